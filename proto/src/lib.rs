@@ -1,0 +1,77 @@
+//! The gRPC contract of moor, package `moor.v1`: the `Cni` service the plugin
+//! calls and the `Admin` service `ipamctl` calls. Both are served by `ipamd` on
+//! one unix socket.
+
+#[allow(clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("moor.v1");
+}
+
+/// Default path of ipamd's socket.
+pub const DEFAULT_SOCKET: &str = "/run/moor/ipamd.sock";
+
+/// gRPC metadata key carrying the CNI error code ipamd wants the plugin to
+/// report, so the plugin need not guess it from the gRPC status code.
+pub const CNI_CODE_KEY: &str = "moor-cni-code";
+
+/// Name of the host end of a pod's veth, derived from the CNI attachment key.
+///
+/// Both ipamd (which creates the link) and the plugin (which deletes it when
+/// ipamd is down) compute it, so it must never change between versions:
+/// FNV-1a 64 over `container_id`, a NUL, `ifname`; "mr" + 12 hex digits
+/// (14 bytes, under the kernel's 15-byte IFNAMSIZ limit).
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(ifname.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("mr{:012x}", h >> 16)
+}
+
+/// MAC address of a pod interface, derived from its IPv4 address so that a pod
+/// re-created with the same IP (on any node) also has the same MAC, and peers'
+/// ARP caches stay right. 0a:58 is locally administered, unicast.
+pub fn mac_for_ipv4(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_stable_and_short() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_ne!(a, host_ifname("abcd", "eth0"));
+        // The boundary between the two parts matters.
+        assert_ne!(host_ifname("ab", "ceth0"), host_ifname("abc", "eth0"));
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("mr"));
+        // Pinned: a change here strands host veths of running pods on upgrade.
+        assert_eq!(host_ifname("c1", "eth0"), "mrf53f02b3bfe9");
+    }
+
+    #[test]
+    fn mac_is_derived_from_ip() {
+        let mac = mac_for_ipv4("10.1.2.3".parse().unwrap());
+        assert_eq!(format_mac(&mac), "0a:58:0a:01:02:03");
+        assert_eq!(mac[0] & 1, 0, "unicast");
+        assert_eq!(mac[0] & 2, 2, "locally administered");
+    }
+}
