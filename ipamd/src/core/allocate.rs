@@ -1,0 +1,197 @@
+//! The ADD decision: which IP a pod gets, or why it gets none. Invariant 3 of
+//! BRIEF.md lives here: a pod with a binding gets that IP back or a refusal
+//! that says why, never a silently different IP.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::model::{AttachmentKey, Binding, Lease, Pool, PoolCounts};
+
+/// What the caller read from the store for one ADD.
+pub struct AddInput<'a> {
+    pub pool: &'a Pool,
+    /// The ToR of the node the pod landed on.
+    pub tor: &'a str,
+    /// The pool's leases (IPs bound or in use), by IP.
+    pub leases: &'a BTreeMap<Ipv4Addr, Lease>,
+    /// The pod's binding, if it has one (in any pool).
+    pub binding: Option<&'a Binding>,
+    pub key: &'a AttachmentKey,
+    /// Whether the pod should keep its IP after DEL (policy and name).
+    pub keeps_ip: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddDecision {
+    /// Attach `ip`. `new_binding`: also bind it to the pod.
+    Take { ip: Ipv4Addr, new_binding: bool },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The pod's IP belongs to another ToR than the node's.
+    WrongTor { ip: Ipv4Addr, bound_tor: String, node_tor: String },
+    /// The pod is bound to an IP of another pool than the one it asks for.
+    OtherPool { ip: Ipv4Addr, bound_pool: String },
+    /// The pod's IP is still attached to another container (its previous
+    /// incarnation not torn down yet): try again later.
+    StillAttached { ip: Ipv4Addr, holder: AttachmentKey },
+    /// The pool has no IPs on the node's ToR at all.
+    NotOnTor { pool_tors: Vec<String> },
+    /// Every IP of the pool on this ToR is bound or in use.
+    Full { tor: String, counts: PoolCounts },
+}
+
+pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
+    let pool = input.pool;
+    if let Some(b) = input.binding {
+        if b.pool != pool.name {
+            return Err(Refusal::OtherPool {
+                ip: b.ip,
+                bound_pool: b.pool.clone(),
+            });
+        }
+        if b.tor != input.tor {
+            return Err(Refusal::WrongTor {
+                ip: b.ip,
+                bound_tor: b.tor.clone(),
+                node_tor: input.tor.to_string(),
+            });
+        }
+        if let Some(att) = input.leases.get(&b.ip).and_then(|l| l.attachment.as_ref()) {
+            if &att.key != input.key {
+                return Err(Refusal::StillAttached {
+                    ip: b.ip,
+                    holder: att.key.clone(),
+                });
+            }
+        }
+        return Ok(AddDecision::Take {
+            ip: b.ip,
+            new_binding: false,
+        });
+    }
+    let Some(ips) = pool.ips.get(input.tor).filter(|v| !v.is_empty()) else {
+        return Err(Refusal::NotOnTor {
+            pool_tors: pool.ips.keys().cloned().collect(),
+        });
+    };
+    match ips.iter().find(|ip| !input.leases.contains_key(ip)) {
+        Some(&ip) => Ok(AddDecision::Take {
+            ip,
+            new_binding: input.keeps_ip,
+        }),
+        None => {
+            let mut counts = PoolCounts {
+                total: ips.len() as u32,
+                ..Default::default()
+            };
+            for ip in ips {
+                match input.leases.get(ip).map(|l| l.attachment.is_some()) {
+                    Some(true) => counts.in_use += 1,
+                    Some(false) => counts.bound += 1,
+                    None => counts.free += 1,
+                }
+            }
+            Err(Refusal::Full {
+                tor: input.tor.to_string(),
+                counts,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::*;
+
+    fn pool() -> Pool {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        Pool {
+            name: "web".into(),
+            namespace: "default".into(),
+            app: "web".into(),
+            policy: Policy::Auto,
+            tors: vec!["r1".into(), "r2".into()],
+            ips: [
+                ("r1".to_string(), vec![ip("10.1.0.10"), ip("10.1.0.11")]),
+                ("r2".to_string(), vec![ip("10.2.0.10")]),
+            ]
+            .into(),
+        }
+    }
+
+    fn key(c: &str) -> AttachmentKey {
+        AttachmentKey {
+            node: "n1".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn attached(ip: &str, c: &str, bound: bool) -> (Ipv4Addr, Lease) {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: format!("pod-{c}"),
+            uid: String::new(),
+        };
+        (
+            ip,
+            Lease {
+                ip,
+                pool: "web".into(),
+                tor: "r1".into(),
+                binding: bound.then(|| pod.clone()),
+                attachment: Some(Attachment {
+                    key: key(c),
+                    pod,
+                    netns: String::new(),
+                    network: "moor".into(),
+                    state: AttachmentState::Ready,
+                    created_unix: 0,
+                    created_binding: bound,
+                }),
+            },
+        )
+    }
+
+    #[test]
+    fn takes_lowest_free_on_the_node_tor() {
+        let p = pool();
+        let leases = BTreeMap::from([attached("10.1.0.10", "a", false)]);
+        let k = key("b");
+        let d = decide(&AddInput { pool: &p, tor: "r1", leases: &leases, binding: None, key: &k, keeps_ip: true });
+        assert_eq!(d, Ok(AddDecision::Take { ip: "10.1.0.11".parse().unwrap(), new_binding: true }));
+        let d = decide(&AddInput { pool: &p, tor: "r2", leases: &leases, binding: None, key: &k, keeps_ip: false });
+        assert_eq!(d, Ok(AddDecision::Take { ip: "10.2.0.10".parse().unwrap(), new_binding: false }));
+    }
+
+    #[test]
+    fn full_pool_counts_what_holds_it() {
+        let p = pool();
+        let leases = BTreeMap::from([attached("10.1.0.10", "a", false), attached("10.1.0.11", "b", true)]);
+        let k = key("c");
+        let d = decide(&AddInput { pool: &p, tor: "r1", leases: &leases, binding: None, key: &k, keeps_ip: false });
+        assert_eq!(d, Err(Refusal::Full { tor: "r1".into(), counts: PoolCounts { total: 2, bound: 0, in_use: 2, free: 0 } }));
+        let d = decide(&AddInput { pool: &p, tor: "r9", leases: &leases, binding: None, key: &k, keeps_ip: false });
+        assert!(matches!(d, Err(Refusal::NotOnTor { .. })));
+    }
+
+    #[test]
+    fn binding_wins_or_refuses_clearly() {
+        let p = pool();
+        let b = Binding { pod: PodRef::default(), pool: "web".into(), ip: "10.1.0.11".parse().unwrap(), tor: "r1".into() };
+        let leases = BTreeMap::new();
+        let k = key("c");
+        let input = |tor, binding| AddInput { pool: &p, tor, leases: &leases, binding, key: &k, keeps_ip: true };
+        assert_eq!(decide(&input("r1", Some(&b))), Ok(AddDecision::Take { ip: b.ip, new_binding: false }));
+        assert!(matches!(decide(&input("r2", Some(&b))), Err(Refusal::WrongTor { .. })));
+        let other = Binding { pool: "db".into(), ..b.clone() };
+        assert!(matches!(decide(&input("r1", Some(&other))), Err(Refusal::OtherPool { .. })));
+        let held = BTreeMap::from([attached("10.1.0.11", "old", true)]);
+        let d = decide(&AddInput { pool: &p, tor: "r1", leases: &held, binding: Some(&b), key: &k, keeps_ip: true });
+        assert!(matches!(d, Err(Refusal::StillAttached { .. })));
+    }
+}

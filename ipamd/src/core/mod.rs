@@ -1,0 +1,13 @@
+//! The allocation core: ToRs, pools, bindings and attachments as plain data and
+//! functions. No I/O, no clock, no async: callers pass in what was read from the
+//! store (and the time, where it matters) and get back a decision to commit.
+//! Everything here is tested without a store or a kernel.
+
+pub mod allocate;
+pub mod carve;
+pub mod model;
+pub mod spread;
+pub mod validate;
+pub mod workload;
+
+pub use model::*;

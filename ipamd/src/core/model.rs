@@ -1,0 +1,289 @@
+//! The records moor keeps, in the words of BRIEF.md. They are serialized as
+//! JSON into the store (redb or etcd), so field names are part of the on-disk
+//! format: add fields with `#[serde(default)]`, never rename.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+/// An inclusive range of IPv4 addresses reserved for pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpRange {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+impl IpRange {
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.first <= ip && ip <= self.last
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> {
+        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from)
+    }
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A ToR (top-of-rack switch) and its L2 domain: the subnet, the gateway, an
+/// optional VLAN and the parts of the subnet reserved for pods. An IP can move
+/// between nodes of one ToR, never out of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tor {
+    pub name: String,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// Never empty once validated: "no ranges given" is stored as the whole
+    /// subnet minus network, broadcast and gateway, split around the gateway.
+    pub ranges: Vec<IpRange>,
+}
+
+impl Tor {
+    /// IPs in the pod ranges, the gateway excluded.
+    pub fn capacity(&self) -> u32 {
+        self.ranges.iter().map(IpRange::len).sum::<u32>()
+            - u32::from(self.ranges.iter().any(|r| r.contains(self.gateway)))
+    }
+
+    /// Every IP a pool may be given, in ascending order.
+    pub fn pod_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(IpRange::iter)
+            .filter(move |ip| *ip != self.gateway)
+    }
+}
+
+/// Whether a pod keeps its IP after DEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Pods with a stable name (StatefulSet ordinal, bare pod) keep their IP;
+    /// generated names (Deployment, DaemonSet, Job) give it back.
+    #[default]
+    Auto,
+    /// Every pod keeps its IP until `ipamctl ip release`.
+    Sticky,
+    /// Every pod gives its IP back on DEL.
+    Release,
+}
+
+impl Policy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Policy::Auto => "auto",
+            Policy::Sticky => "sticky",
+            Policy::Release => "release",
+        }
+    }
+
+    /// Whether a pod of this pool keeps its IP, given what its name says.
+    pub fn keeps_ip(&self, stable_name: bool) -> bool {
+        match self {
+            Policy::Auto => stable_name,
+            Policy::Sticky => true,
+            Policy::Release => false,
+        }
+    }
+}
+
+pub const DEFAULT_POOL_SIZE: u32 = 30;
+
+/// An app's pool: the IPs its pods may use, carved from one or more ToRs before
+/// any pod starts, so they can be put into whitelists first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub namespace: String,
+    pub app: String,
+    pub policy: Policy,
+    /// The ToRs the pool was asked to spread over (its IPs may be on fewer when
+    /// a ToR was full).
+    pub tors: Vec<String>,
+    /// The pool's IPs per ToR, ascending. `size` is their total.
+    pub ips: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+impl Pool {
+    pub fn size(&self) -> u32 {
+        self.ips.values().map(|v| v.len() as u32).sum()
+    }
+
+    pub fn tor_of(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.ips
+            .iter()
+            .find(|(_, ips)| ips.binary_search(&ip).is_ok())
+            .map(|(t, _)| t.as_str())
+    }
+
+    pub fn all_ips(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<_> = self.ips.values().flatten().copied().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Which IPs of a ToR are carved into which pool. One record per ToR, changed
+/// only by pool create/resize/delete, so allocation never contends on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carved {
+    pub ips: BTreeMap<Ipv4Addr, String>,
+}
+
+/// A pod as kubelet names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+}
+
+impl PodRef {
+    pub fn is_known(&self) -> bool {
+        !self.namespace.is_empty() && !self.name.is_empty()
+    }
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The CNI attachment key: one container interface on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    pub node: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl std::fmt::Display for AttachmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} on {}", self.container_id, self.ifname, self.node)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentState {
+    /// Recorded before the datapath is wired. Found at start-up, it means ipamd
+    /// died mid-ADD: the runtime got no result, so it is rolled back.
+    Pending,
+    /// Wired and reported to the runtime.
+    Ready,
+}
+
+/// The live use of an IP by one container interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub key: AttachmentKey,
+    pub pod: PodRef,
+    pub netns: String,
+    pub network: String,
+    pub state: AttachmentState,
+    pub created_unix: u64,
+    /// This ADD created the pod's binding; rolling the ADD back drops it too.
+    #[serde(default)]
+    pub created_binding: bool,
+}
+
+/// What is known of one IP of a pool that is not free. A free IP has no lease
+/// record at all; the record exists while the IP is bound, attached or both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub tor: String,
+    /// The pod this IP is kept for (sticky).
+    pub binding: Option<PodRef>,
+    pub attachment: Option<Attachment>,
+}
+
+impl Lease {
+    pub fn state(&self) -> IpState {
+        match (&self.binding, &self.attachment) {
+            (_, Some(_)) => IpState::InUse,
+            (Some(_), None) => IpState::Bound,
+            (None, None) => IpState::Free,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpState {
+    Free,
+    Bound,
+    InUse,
+}
+
+impl IpState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IpState::Free => "free",
+            IpState::Bound => "bound",
+            IpState::InUse => "in-use",
+        }
+    }
+}
+
+/// A pod's binding: where its IP is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub pod: PodRef,
+    pub pool: String,
+    pub ip: Ipv4Addr,
+    pub tor: String,
+}
+
+/// Index entry from an attachment key to its IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    pub pool: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Per-ToR counts of a pool, as `ipamctl pool show` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub total: u32,
+    pub bound: u32,
+    pub in_use: u32,
+    pub free: u32,
+}
+
+/// Counts the pool's IPs on each ToR from its leases.
+pub fn pool_counts(pool: &Pool, leases: &[Lease]) -> BTreeMap<String, PoolCounts> {
+    let mut out: BTreeMap<String, PoolCounts> = BTreeMap::new();
+    for (tor, ips) in &pool.ips {
+        let c = out.entry(tor.clone()).or_default();
+        c.total = ips.len() as u32;
+        c.free = c.total;
+    }
+    for lease in leases.iter().filter(|l| l.pool == pool.name) {
+        let Some(tor) = pool.tor_of(lease.ip) else {
+            continue;
+        };
+        let c = out.entry(tor.to_string()).or_default();
+        match lease.state() {
+            IpState::InUse => c.in_use += 1,
+            IpState::Bound => c.bound += 1,
+            IpState::Free => continue,
+        }
+        c.free -= 1;
+    }
+    out
+}

@@ -1,0 +1,863 @@
+//! The allocation service: reads what the core needs from the store, asks the
+//! core for a decision and commits it as one compare-and-swap transaction,
+//! retrying when another writer got there first. Knows nothing of netlink.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
+use crate::core::{
+    carve, spread, validate, workload, Attachment, AttachmentKey, AttachmentRef, AttachmentState,
+    Binding, Carved, Lease, PodRef, Policy, Pool, Tor, DEFAULT_POOL_SIZE,
+};
+use crate::error::{cni_code, Error, Result};
+use crate::store::{keys, Entry, Store, StoreExt, Txn};
+
+/// How often a transaction is retried when another writer changed what it read.
+const MAX_ATTEMPTS: u32 = 32;
+
+pub struct Ipam {
+    store: Arc<dyn Store>,
+    /// Serializes this daemon's own writes per pool, so its ADDs don't make
+    /// each other retry; other daemons are kept apart by the CAS checks.
+    pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What `pool create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSpec {
+    pub name: String,
+    pub namespace: String,
+    pub app: String,
+    /// 0 = the default (30).
+    pub size: u32,
+    /// Empty = every ToR.
+    pub tors: Vec<String>,
+    pub policy: Policy,
+}
+
+/// One ADD as the allocation service sees it.
+#[derive(Debug, Clone)]
+pub struct AllocRequest {
+    pub key: AttachmentKey,
+    pub pod: PodRef,
+    /// Explicit pool (MOOR_POOL or config); None = the pod's app's pool.
+    pub pool: Option<String>,
+    pub netns: String,
+    pub network: String,
+    /// The ToR of this node.
+    pub tor: String,
+    pub now_unix: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub lease: Lease,
+    pub tor: Tor,
+    /// The attachment existed before this call (a repeated ADD).
+    pub existing: bool,
+}
+
+impl Allocation {
+    pub fn attachment(&self) -> &Attachment {
+        self.lease.attachment.as_ref().expect("allocations are attached")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub binding_kept: bool,
+    pub attachment: Attachment,
+}
+
+/// An IP of a pool as `ipamctl ip` shows it.
+#[derive(Debug, Clone)]
+pub struct IpView {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub tor: String,
+    pub lease: Option<Lease>,
+}
+
+fn refused(code: u32, msg: String) -> Error {
+    Error::Refused { code, msg }
+}
+
+/// Small jittered backoff without a clock or rand dependency in the core:
+/// the attempt number and the address of a stack value are jitter enough.
+async fn backoff(attempt: u32) {
+    let seed = (&attempt as *const u32 as usize as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let base = 1u64 << attempt.min(6);
+    let jitter = seed % (base * 500 + 1);
+    tokio::time::sleep(Duration::from_micros(base * 500 + jitter)).await;
+}
+
+fn contention(what: &str) -> Error {
+    refused(
+        cni_code::TRY_AGAIN_LATER,
+        format!("{what}: gave up after {MAX_ATTEMPTS} attempts because other writers kept changing the same records; retry"),
+    )
+}
+
+impl Ipam {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            pool_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.pool_locks
+            .lock()
+            .unwrap()
+            .entry(pool.to_string())
+            .or_default()
+            .clone()
+    }
+
+    // ---------------------------------------------------------------- ToRs
+
+    pub async fn add_tor(
+        &self,
+        name: &str,
+        subnet: &str,
+        gateway: &str,
+        vlan: u32,
+        ranges: &[(String, String)],
+    ) -> Result<Tor> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (tors, rev) = self.store.list_json::<Tor>(keys::TORS).await?;
+            let existing: Vec<Tor> = tors.into_iter().map(|(t, _)| t).collect();
+            let tor = validate::tor(name, subnet, gateway, vlan, ranges, &existing)
+                .map_err(Error::Invalid)?;
+            let mut txn = Txn::default();
+            // No ToR appeared meanwhile (its subnet could overlap ours).
+            txn.expect_prefix_unchanged(keys::TORS, rev)
+                .expect(&keys::tor(name), None)
+                .put(&keys::tor(name), &tor);
+            if self.store.commit(txn).await? {
+                return Ok(tor);
+            }
+        }
+        Err(contention("tor add"))
+    }
+
+    pub async fn tors(&self) -> Result<Vec<(Tor, u32)>> {
+        let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
+        let mut out = Vec::new();
+        for (tor, _) in tors {
+            let carved = self.carved(&tor.name).await?.0;
+            out.push((tor, carved.ips.len() as u32));
+        }
+        Ok(out)
+    }
+
+    pub async fn tor(&self, name: &str) -> Result<Option<Tor>> {
+        Ok(self
+            .store
+            .get_json::<Tor>(&keys::tor(name))
+            .await?
+            .map(|(t, _)| t))
+    }
+
+    async fn carved(&self, tor: &str) -> Result<(Carved, Option<Entry>)> {
+        Ok(match self.store.get_json::<Carved>(&keys::carved(tor)).await? {
+            Some((c, e)) => (c, Some(e)),
+            None => (Carved::default(), None),
+        })
+    }
+
+    pub async fn delete_tor(&self, name: &str) -> Result<()> {
+        let Some((_, tor_entry)) = self.store.get_json::<Tor>(&keys::tor(name)).await? else {
+            return Err(Error::NotFound(format!("ToR {name} does not exist")));
+        };
+        let (carved, carved_entry) = self.carved(name).await?;
+        if !carved.ips.is_empty() {
+            let mut pools: Vec<&str> = carved.ips.values().map(String::as_str).collect();
+            pools.dedup();
+            return Err(Error::Conflict(format!(
+                "ToR {name} still has {} IPs in pools {}: delete or shrink those pools first",
+                carved.ips.len(),
+                pools.join(", ")
+            )));
+        }
+        let mut txn = Txn::default();
+        txn.expect(&keys::tor(name), Some(&tor_entry))
+            .expect(&keys::carved(name), carved_entry.as_ref())
+            .delete(&keys::tor(name))
+            .delete(&keys::carved(name));
+        if self.store.commit(txn).await? {
+            Ok(())
+        } else {
+            Err(Error::Conflict(format!(
+                "ToR {name} changed while deleting it; run the command again"
+            )))
+        }
+    }
+
+    // --------------------------------------------------------------- pools
+
+    pub async fn create_pool(&self, spec: &PoolSpec) -> Result<Pool> {
+        validate::name("pool name", &spec.name).map_err(Error::Invalid)?;
+        validate::k8s_name("namespace", &spec.namespace).map_err(Error::Invalid)?;
+        validate::k8s_name("app", &spec.app).map_err(Error::Invalid)?;
+        let size = if spec.size == 0 {
+            DEFAULT_POOL_SIZE
+        } else {
+            validate::pool_size(spec.size).map_err(Error::Invalid)?
+        };
+        let lock = self.pool_lock(&spec.name);
+        let _guard = lock.lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some((p, _)) = self.store.get_json::<Pool>(&keys::pool(&spec.name)).await? {
+                return Err(Error::Conflict(format!(
+                    "pool {} already exists (app {}/{}): resize it, or pick another name",
+                    spec.name, p.namespace, p.app
+                )));
+            }
+            let app_key = keys::app(&spec.namespace, &spec.app);
+            if let Some((other, _)) = self.store.get_json::<String>(&app_key).await? {
+                return Err(Error::Conflict(format!(
+                    "app {}/{} already has pool {other}: one pool per app; resize that one",
+                    spec.namespace, spec.app
+                )));
+            }
+            let tors = self.pool_tors(&spec.tors).await?;
+            let mut pool = Pool {
+                name: spec.name.clone(),
+                namespace: spec.namespace.clone(),
+                app: spec.app.clone(),
+                policy: spec.policy,
+                tors: tors.iter().map(|(t, ..)| t.name.clone()).collect(),
+                ips: BTreeMap::new(),
+            };
+            let mut txn = Txn::default();
+            carve_into(&mut pool, &tors, size, &mut txn)?;
+            txn.expect(&keys::pool(&pool.name), None)
+                .expect(&app_key, None)
+                .put(&keys::pool(&pool.name), &pool)
+                .put(&app_key, &pool.name);
+            if self.store.commit(txn).await? {
+                return Ok(pool);
+            }
+        }
+        Err(contention("pool create"))
+    }
+
+    /// The ToRs a pool spreads over, with their carved records.
+    async fn pool_tors(&self, names: &[String]) -> Result<Vec<(Tor, Carved, Option<Entry>)>> {
+        let mut out = Vec::new();
+        if names.is_empty() {
+            let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
+            if tors.is_empty() {
+                return Err(Error::Invalid(
+                    "no ToR is defined yet: add one with `ipamctl tor add NAME --subnet CIDR --gateway IP`".into(),
+                ));
+            }
+            for (t, _) in tors {
+                let (c, e) = self.carved(&t.name).await?;
+                out.push((t, c, e));
+            }
+        } else {
+            for name in names {
+                let Some(t) = self.tor(name).await? else {
+                    return Err(Error::Invalid(format!(
+                        "ToR {name} does not exist: add it with `ipamctl tor add {name} ...` or fix --tor"
+                    )));
+                };
+                let (c, e) = self.carved(name).await?;
+                out.push((t, c, e));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn resize_pool(&self, name: &str, size: u32) -> Result<Pool> {
+        let size = validate::pool_size(size).map_err(Error::Invalid)?;
+        let lock = self.pool_lock(name);
+        let _guard = lock.lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut pool, pool_entry) = self.pool_entry(name).await?;
+            let current = pool.size();
+            let mut txn = Txn::default();
+            if size > current {
+                let tors = self.pool_tors(&pool.tors).await?;
+                carve_into(&mut pool, &tors, size - current, &mut txn)?;
+            } else if size < current {
+                let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
+                let busy: std::collections::HashSet<Ipv4Addr> =
+                    leases.iter().map(|(l, _)| l.ip).collect();
+                let drop = spread::shrink(&pool.ips, &|ip| busy.contains(&ip), current - size)
+                    .map_err(|can| {
+                        Error::Conflict(format!(
+                            "pool {name} cannot shrink from {current} to {size}: {} of its IPs are bound or in use, so it can shrink to {} at the least; release bindings first (ipamctl binding list --pool {name})",
+                            busy.len(),
+                            current - can
+                        ))
+                    })?;
+                // Give the dropped IPs back to their ToRs.
+                let mut by_tor: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+                for ip in drop {
+                    let tor = pool.tor_of(ip).expect("dropped IPs are the pool's").to_string();
+                    by_tor.entry(tor).or_default().push(ip);
+                }
+                for (tor, ips) in by_tor {
+                    let (mut carved, entry) = self.carved(&tor).await?;
+                    for ip in &ips {
+                        carved.ips.remove(ip);
+                    }
+                    let list = pool.ips.get_mut(&tor).expect("tor of the pool");
+                    list.retain(|ip| !ips.contains(ip));
+                    if list.is_empty() {
+                        pool.ips.remove(&tor);
+                    }
+                    txn.expect(&keys::carved(&tor), entry.as_ref())
+                        .put(&keys::carved(&tor), &carved);
+                }
+                // No lease appeared on an IP we drop since we read them.
+                txn.expect_prefix_unchanged(&keys::leases(name), rev);
+            } else {
+                return Ok(pool);
+            }
+            txn.expect(&keys::pool(name), Some(&pool_entry))
+                .put(&keys::pool(name), &pool);
+            if self.store.commit(txn).await? {
+                return Ok(pool);
+            }
+        }
+        Err(contention("pool resize"))
+    }
+
+    async fn pool_entry(&self, name: &str) -> Result<(Pool, Entry)> {
+        self.store
+            .get_json::<Pool>(&keys::pool(name))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("pool {name} does not exist (ipamctl pool list)")))
+    }
+
+    pub async fn pools(&self) -> Result<Vec<Pool>> {
+        let (pools, _) = self.store.list_json::<Pool>(keys::POOLS).await?;
+        Ok(pools.into_iter().map(|(p, _)| p).collect())
+    }
+
+    pub async fn pool(&self, name: &str) -> Result<(Pool, Vec<Lease>)> {
+        let (pool, _) = self.pool_entry(name).await?;
+        let leases = self.leases(name).await?;
+        Ok((pool, leases))
+    }
+
+    pub async fn leases(&self, pool: &str) -> Result<Vec<Lease>> {
+        let (leases, _) = self.store.list_json::<Lease>(&keys::leases(pool)).await?;
+        Ok(leases.into_iter().map(|(l, _)| l).collect())
+    }
+
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        let lock = self.pool_lock(name);
+        let _guard = lock.lock().await;
+        let (pool, pool_entry) = self.pool_entry(name).await?;
+        let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
+        let attached: Vec<String> = leases
+            .iter()
+            .filter_map(|(l, _)| l.attachment.as_ref().map(|a| format!("{} ({})", l.ip, a.pod)))
+            .collect();
+        if !attached.is_empty() {
+            return Err(Error::Conflict(format!(
+                "pool {name} has {} IPs in use: {}; delete those pods first",
+                attached.len(),
+                attached.join(", ")
+            )));
+        }
+        let mut txn = Txn::default();
+        txn.expect(&keys::pool(name), Some(&pool_entry))
+            .expect_prefix_unchanged(&keys::leases(name), rev)
+            .delete(&keys::pool(name))
+            .delete(&keys::app(&pool.namespace, &pool.app));
+        for (lease, _) in &leases {
+            txn.delete(&keys::lease(name, lease.ip));
+            if let Some(pod) = &lease.binding {
+                txn.delete(&keys::binding(pod));
+            }
+        }
+        for (tor, ips) in &pool.ips {
+            let (mut carved, entry) = self.carved(tor).await?;
+            for ip in ips {
+                carved.ips.remove(ip);
+            }
+            txn.expect(&keys::carved(tor), entry.as_ref())
+                .put(&keys::carved(tor), &carved);
+        }
+        if self.store.commit(txn).await? {
+            Ok(())
+        } else {
+            Err(Error::Conflict(format!(
+                "pool {name} changed while deleting it; run the command again"
+            )))
+        }
+    }
+
+    // ----------------------------------------------------------------- IPs
+
+    pub async fn ips(&self, pool: Option<&str>) -> Result<Vec<IpView>> {
+        let pools = match pool {
+            Some(p) => vec![self.pool_entry(p).await?.0],
+            None => self.pools().await?,
+        };
+        let mut out = Vec::new();
+        for p in pools {
+            let mut leases: BTreeMap<Ipv4Addr, Lease> = self
+                .leases(&p.name)
+                .await?
+                .into_iter()
+                .map(|l| (l.ip, l))
+                .collect();
+            for (tor, ips) in &p.ips {
+                for ip in ips {
+                    out.push(IpView {
+                        ip: *ip,
+                        pool: p.name.clone(),
+                        tor: tor.clone(),
+                        lease: leases.remove(ip),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|v| v.ip);
+        Ok(out)
+    }
+
+    pub async fn ip(&self, ip: Ipv4Addr) -> Result<IpView> {
+        let not_found = || {
+            Error::NotFound(format!(
+                "{ip} is in no pool (ipamctl ip list shows the IPs of every pool)"
+            ))
+        };
+        let tors = self.tors().await?;
+        let tor = tors
+            .iter()
+            .find(|(t, _)| t.subnet.contains(ip))
+            .ok_or_else(not_found)?;
+        let (carved, _) = self.carved(&tor.0.name).await?;
+        let pool = carved.ips.get(&ip).ok_or_else(not_found)?;
+        let lease = self
+            .store
+            .get_json::<Lease>(&keys::lease(pool, ip))
+            .await?
+            .map(|(l, _)| l);
+        Ok(IpView {
+            ip,
+            pool: pool.clone(),
+            tor: tor.0.name.clone(),
+            lease,
+        })
+    }
+
+    /// Drops the binding on an IP. A live attachment keeps the IP until its
+    /// DEL; then it goes back to the pool.
+    pub async fn release_ip(&self, ip: Ipv4Addr) -> Result<(IpView, bool)> {
+        let view = self.ip(ip).await?;
+        let lock = self.pool_lock(&view.pool);
+        let _guard = lock.lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let key = keys::lease(&view.pool, ip);
+            let Some((mut lease, entry)) = self.store.get_json::<Lease>(&key).await? else {
+                return Ok((IpView { lease: None, ..view }, false));
+            };
+            let Some(pod) = lease.binding.take() else {
+                return Ok((IpView { lease: Some(lease), ..view }, false));
+            };
+            let mut txn = Txn::default();
+            txn.expect(&key, Some(&entry)).delete(&keys::binding(&pod));
+            if lease.attachment.is_some() {
+                txn.put(&key, &lease);
+            } else {
+                txn.delete(&key);
+            }
+            if self.store.commit(txn).await? {
+                let lease = lease.attachment.is_some().then_some(lease);
+                return Ok((IpView { lease, ..view }, true));
+            }
+        }
+        Err(contention("ip release"))
+    }
+
+    pub async fn bindings(&self, pool: Option<&str>) -> Result<Vec<(Binding, bool)>> {
+        let (bindings, _) = self.store.list_json::<Binding>(keys::BINDINGS).await?;
+        let mut out = Vec::new();
+        for (b, _) in bindings {
+            if pool.is_some_and(|p| p != b.pool) {
+                continue;
+            }
+            let attached = self
+                .store
+                .get_json::<Lease>(&keys::lease(&b.pool, b.ip))
+                .await?
+                .is_some_and(|(l, _)| l.attachment.is_some());
+            out.push((b, attached));
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------ CNI path
+
+    /// The pool a pod draws from: explicit, or its app's.
+    async fn resolve_pool(&self, req: &AllocRequest) -> Result<(String, bool)> {
+        if let Some(p) = &req.pool {
+            if self.store.get(&keys::pool(p)).await?.is_none() {
+                return Err(refused(
+                    cni_code::NO_POOL,
+                    format!("pool {p} (named by MOOR_POOL or the network config) does not exist: create it with `ipamctl pool create {p} --namespace NS --app APP`"),
+                ));
+            }
+            let stable = req.pod.is_known() && workload::workload_of(&req.pod.name).stable_name;
+            return Ok((p.clone(), stable));
+        }
+        if !req.pod.is_known() {
+            return Err(refused(
+                cni_code::NO_POOL,
+                "no pool for this container: the runtime passed no K8S_POD_NAMESPACE/K8S_POD_NAME, so set MOOR_POOL in CNI_ARGS or \"pool\" in the network config".into(),
+            ));
+        }
+        let w = workload::workload_of(&req.pod.name);
+        match self
+            .store
+            .get_json::<String>(&keys::app(&req.pod.namespace, &w.app))
+            .await?
+        {
+            Some((p, _)) => Ok((p, w.stable_name)),
+            None => Err(refused(
+                cni_code::NO_POOL,
+                format!(
+                    "no pool for app {ns}/{app} (pod {pod}): create one with `ipamctl pool create {app} --namespace {ns} --app {app}` so its IPs are known before it starts, or name a pool with MOOR_POOL",
+                    ns = req.pod.namespace,
+                    app = w.app,
+                    pod = req.pod
+                ),
+            )),
+        }
+    }
+
+    /// Records the attachment (state pending) and returns the IP. Repeated
+    /// for the same key, returns the same attachment.
+    pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
+        let Some(tor) = self.tor(&req.tor).await? else {
+            return Err(refused(
+                cni_code::TOR_UNDEFINED,
+                format!(
+                    "this node's ToR {t} is not defined yet: add it with `ipamctl tor add {t} --subnet CIDR --gateway IP`",
+                    t = req.tor
+                ),
+            ));
+        };
+        if let Some(existing) = self.attached(&req.key).await? {
+            return Ok(Allocation {
+                lease: existing,
+                tor,
+                existing: true,
+            });
+        }
+        let (pool_name, stable_name) = self.resolve_pool(req).await?;
+        let lock = self.pool_lock(&pool_name);
+        let _guard = lock.lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (pool, pool_entry) = self.pool_entry(&pool_name).await?;
+            let binding = if req.pod.is_known() {
+                self.store.get_json::<Binding>(&keys::binding(&req.pod)).await?
+            } else {
+                None
+            };
+            let (lease_list, _) = self.store.list_json::<Lease>(&keys::leases(&pool.name)).await?;
+            let leases: BTreeMap<Ipv4Addr, (Lease, Entry)> =
+                lease_list.into_iter().map(|(l, e)| (l.ip, (l, e))).collect();
+            let plain: BTreeMap<Ipv4Addr, Lease> =
+                leases.iter().map(|(ip, (l, _))| (*ip, l.clone())).collect();
+            let keeps_ip = req.pod.is_known() && pool.policy.keeps_ip(stable_name);
+            let decision = allocate::decide(&AddInput {
+                pool: &pool,
+                tor: &req.tor,
+                leases: &plain,
+                binding: binding.as_ref().map(|(b, _)| b),
+                key: &req.key,
+                keeps_ip,
+            })
+            .map_err(|r| explain(r, &pool, &req.pod))?;
+            let AddDecision::Take { ip, new_binding } = decision;
+            let old = leases.get(&ip);
+            let attachment = Attachment {
+                key: req.key.clone(),
+                pod: req.pod.clone(),
+                netns: req.netns.clone(),
+                network: req.network.clone(),
+                state: AttachmentState::Pending,
+                created_unix: req.now_unix,
+                created_binding: new_binding,
+            };
+            let lease = Lease {
+                ip,
+                pool: pool.name.clone(),
+                tor: req.tor.clone(),
+                binding: if new_binding {
+                    Some(req.pod.clone())
+                } else {
+                    old.and_then(|(l, _)| l.binding.clone())
+                },
+                attachment: Some(attachment),
+            };
+            let lease_key = keys::lease(&pool.name, ip);
+            let att_key = keys::attachment(&req.key);
+            let mut txn = Txn::default();
+            txn.expect(&keys::pool(&pool.name), Some(&pool_entry))
+                .expect(&lease_key, old.map(|(_, e)| e))
+                .expect(&att_key, None)
+                .put(&lease_key, &lease)
+                .put(
+                    &att_key,
+                    &AttachmentRef {
+                        pool: pool.name.clone(),
+                        ip,
+                    },
+                );
+            if new_binding {
+                let b = Binding {
+                    pod: req.pod.clone(),
+                    pool: pool.name.clone(),
+                    ip,
+                    tor: req.tor.clone(),
+                };
+                txn.expect(&keys::binding(&req.pod), None)
+                    .put(&keys::binding(&req.pod), &b);
+            } else if let Some((_, e)) = &binding {
+                txn.expect(&keys::binding(&req.pod), Some(e));
+            }
+            if self.store.commit(txn).await? {
+                return Ok(Allocation {
+                    lease,
+                    tor,
+                    existing: false,
+                });
+            }
+            backoff(attempt).await;
+        }
+        Err(contention(&format!("allocating in pool {pool_name}")))
+    }
+
+    /// The lease of an attachment, if this key is attached.
+    pub async fn attached(&self, key: &AttachmentKey) -> Result<Option<Lease>> {
+        let Some((r, _)) = self
+            .store
+            .get_json::<AttachmentRef>(&keys::attachment(key))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
+            .await?
+            .map(|(l, _)| l)
+            .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
+    }
+
+    /// Marks an attachment wired: from now on a restart keeps it.
+    pub async fn mark_ready(&self, key: &AttachmentKey) -> Result<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some((r, _)) = self
+                .store
+                .get_json::<AttachmentRef>(&keys::attachment(key))
+                .await?
+            else {
+                return Err(Error::Internal(format!("attachment {key} vanished before it was wired")));
+            };
+            let lease_key = keys::lease(&r.pool, r.ip);
+            let Some((mut lease, entry)) = self.store.get_json::<Lease>(&lease_key).await? else {
+                return Err(Error::Internal(format!("lease of {key} vanished before it was wired")));
+            };
+            match lease.attachment.as_mut() {
+                Some(a) if &a.key == key => a.state = AttachmentState::Ready,
+                _ => return Err(Error::Internal(format!("{} is no longer attached to {key}", r.ip))),
+            }
+            let mut txn = Txn::default();
+            txn.expect(&lease_key, Some(&entry)).put(&lease_key, &lease);
+            if self.store.commit(txn).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(contention("marking an attachment ready"))
+    }
+
+    /// Ends an attachment. The IP stays with the pod if it has a binding,
+    /// else goes back to the pool. `rollback` (a failed or half-done ADD) also
+    /// drops a binding that ADD created. `Ok(None)`: nothing was attached.
+    pub async fn release(&self, key: &AttachmentKey, rollback: bool) -> Result<Option<Released>> {
+        let att_key = keys::attachment(key);
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some((r, att_entry)) = self.store.get_json::<AttachmentRef>(&att_key).await? else {
+                return Ok(None);
+            };
+            let lock = self.pool_lock(&r.pool);
+            let _guard = lock.lock().await;
+            let lease_key = keys::lease(&r.pool, r.ip);
+            let mut txn = Txn::default();
+            txn.expect(&att_key, Some(&att_entry)).delete(&att_key);
+            let lease = self.store.get_json::<Lease>(&lease_key).await?;
+            let Some((mut lease, lease_entry)) = lease else {
+                // A dangling index entry: drop it.
+                if self.store.commit(txn).await? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let attachment = match lease.attachment.take() {
+                Some(a) if &a.key == key => a,
+                other => {
+                    // The IP moved on; only the index entry is ours.
+                    lease.attachment = other;
+                    if self.store.commit(txn).await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            };
+            txn.expect(&lease_key, Some(&lease_entry));
+            if rollback && attachment.created_binding {
+                if let Some(pod) = lease.binding.take() {
+                    txn.delete(&keys::binding(&pod));
+                }
+            }
+            let binding_kept = lease.binding.is_some();
+            if binding_kept {
+                txn.put(&lease_key, &lease);
+            } else {
+                txn.delete(&lease_key);
+            }
+            if self.store.commit(txn).await? {
+                return Ok(Some(Released {
+                    ip: r.ip,
+                    pool: r.pool,
+                    binding_kept,
+                    attachment,
+                }));
+            }
+            backoff(attempt).await;
+        }
+        Err(contention("releasing an attachment"))
+    }
+
+    /// Every attachment recorded for a node.
+    pub async fn node_attachments(&self, node: &str) -> Result<Vec<Lease>> {
+        let (refs, _) = self
+            .store
+            .list_json::<AttachmentRef>(&keys::node_attachments(node))
+            .await?;
+        let mut out = Vec::new();
+        for (r, e) in refs {
+            if let Some((l, _)) = self.store.get_json::<Lease>(&keys::lease(&r.pool, r.ip)).await? {
+                if l.attachment
+                    .as_ref()
+                    .is_some_and(|a| keys::attachment(&a.key) == e.key)
+                {
+                    out.push(l);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Carves `n` more IPs for `pool` over `tors`, weighted by each ToR's free
+/// IPs, and adds the carved-record writes to `txn`.
+fn carve_into(
+    pool: &mut Pool,
+    tors: &[(Tor, Carved, Option<Entry>)],
+    n: u32,
+    txn: &mut Txn,
+) -> Result<()> {
+    let free: BTreeMap<String, u32> = tors
+        .iter()
+        .map(|(t, c, _)| (t.name.clone(), carve::free_count(t, c)))
+        .collect();
+    let shares = spread::by_free(n, &free).map_err(|total| {
+        Error::Invalid(format!(
+            "pool {} needs {n} more IPs but ToRs {} have only {total} free: add ranges, add ToRs or ask for fewer",
+            pool.name,
+            free.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    for (tor, carved, entry) in tors {
+        let share = shares[&tor.name];
+        if share == 0 {
+            continue;
+        }
+        let ips = carve::lowest_free(tor, carved, share);
+        let mut carved = carved.clone();
+        for ip in &ips {
+            carved.ips.insert(*ip, pool.name.clone());
+        }
+        let list = pool.ips.entry(tor.name.clone()).or_default();
+        list.extend(ips);
+        list.sort();
+        txn.expect(&keys::carved(&tor.name), entry.as_ref())
+            .put(&keys::carved(&tor.name), &carved);
+    }
+    Ok(())
+}
+
+/// Turns a core refusal into the error a runtime shows to a person.
+fn explain(r: Refusal, pool: &Pool, pod: &PodRef) -> Error {
+    match r {
+        Refusal::WrongTor { ip, bound_tor, node_tor } => refused(
+            cni_code::WRONG_TOR,
+            format!(
+                "pod {pod} keeps IP {ip} on ToR {bound_tor}, but this node is on ToR {node_tor}: schedule it onto a node of ToR {bound_tor} (node label moor.io/tor={bound_tor}), or release the IP with `ipamctl ip release {ip}` to give it a new one"
+            ),
+        ),
+        Refusal::OtherPool { ip, bound_pool } => refused(
+            cni_code::OTHER_POOL,
+            format!(
+                "pod {pod} keeps IP {ip} of pool {bound_pool} but asks for pool {}: release it with `ipamctl ip release {ip}` first",
+                pool.name
+            ),
+        ),
+        Refusal::StillAttached { ip, holder } => refused(
+            cni_code::TRY_AGAIN_LATER,
+            format!(
+                "pod {pod} keeps IP {ip}, but it is still attached to container {holder} (the pod's previous instance has not been torn down yet); retry once it is deleted"
+            ),
+        ),
+        Refusal::NotOnTor { pool_tors } => refused(
+            cni_code::WRONG_TOR,
+            format!(
+                "pool {} has no IPs on this node's ToR (it has IPs on: {}): schedule the pod onto a node of those ToRs, or grow the pool onto this ToR",
+                pool.name,
+                if pool_tors.is_empty() { "none".to_string() } else { pool_tors.join(", ") }
+            ),
+        ),
+        Refusal::Full { tor, counts } => refused(
+            cni_code::POOL_FULL,
+            format!(
+                "pool {} is full on ToR {}: {} IPs, {} in use, {} kept for pods that are not running (ipamctl binding list --pool {}), {} free; grow it with `ipamctl pool resize {} --size N`",
+                pool.name,
+                tor,
+                counts.total,
+                counts.in_use,
+                counts.bound,
+                pool.name,
+                counts.free,
+                pool.name
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+#[path = "ipam_tests.rs"]
+mod tests;

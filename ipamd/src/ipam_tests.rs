@@ -1,0 +1,360 @@
+//! The allocation service over the in-memory store: stickiness, ToR rules,
+//! resize, and random concurrent interleavings checked by the audit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::audit::audit;
+use crate::store::mem::MemStore;
+
+fn range(a: &str, b: &str) -> (String, String) {
+    (a.to_string(), b.to_string())
+}
+
+/// Two ToRs with 10 pod IPs each, and pool `web` (app default/web) of `size`.
+async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
+    let store = Arc::new(MemStore::new());
+    let ipam = Ipam::new(store.clone());
+    ipam.add_tor("r1", "10.1.0.0/24", "10.1.0.1", 0, &[range("10.1.0.10", "10.1.0.19")])
+        .await
+        .unwrap();
+    ipam.add_tor("r2", "10.2.0.0/24", "10.2.0.1", 0, &[range("10.2.0.10", "10.2.0.19")])
+        .await
+        .unwrap();
+    ipam.create_pool(&PoolSpec {
+        name: "web".into(),
+        namespace: "default".into(),
+        app: "web".into(),
+        size,
+        tors: vec![],
+        policy,
+    })
+    .await
+    .unwrap();
+    (store, ipam)
+}
+
+fn req(node: &str, tor: &str, cid: &str, pod: &str) -> AllocRequest {
+    AllocRequest {
+        key: AttachmentKey {
+            node: node.into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+        },
+        pod: PodRef {
+            namespace: "default".into(),
+            name: pod.into(),
+            uid: String::new(),
+        },
+        pool: None,
+        netns: format!("/run/netns/{cid}"),
+        network: "moor".into(),
+        tor: tor.into(),
+        now_unix: 1,
+    }
+}
+
+async fn clean(store: &MemStore) {
+    let bad = audit(store).await.unwrap();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+fn code(e: Error) -> (u32, String) {
+    (e.cni_code(), e.to_string())
+}
+
+#[tokio::test]
+async fn pool_is_spread_and_exported_before_any_pod() {
+    let (store, ipam) = setup(8, Policy::Auto).await;
+    let (pool, leases) = ipam.pool("web").await.unwrap();
+    assert_eq!(pool.ips["r1"].len(), 4);
+    assert_eq!(pool.ips["r2"].len(), 4);
+    assert!(leases.is_empty());
+    assert_eq!(pool.all_ips().len(), 8);
+    clean(&store).await;
+}
+
+#[tokio::test]
+async fn statefulset_pod_keeps_its_ip_and_its_tor() {
+    let (store, ipam) = setup(8, Policy::Auto).await;
+    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    ipam.mark_ready(&a.attachment().key).await.unwrap();
+    let ip = a.lease.ip;
+    // Same key again: the same attachment (idempotent ADD).
+    let again = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    assert!(again.existing);
+    assert_eq!(again.lease.ip, ip);
+    // Re-created before the old one is gone: a clear "try again".
+    let (c, msg) = code(ipam.allocate(&req("n2", "r1", "c2", "web-0")).await.unwrap_err());
+    assert_eq!(c, cni_code::TRY_AGAIN_LATER, "{msg}");
+    assert!(msg.contains("c1") && msg.contains(&ip.to_string()), "{msg}");
+
+    let rel = ipam.release(&a.attachment().key, false).await.unwrap().unwrap();
+    assert!(rel.binding_kept);
+    clean(&store).await;
+    // Another node of the same ToR: same IP.
+    let b = ipam.allocate(&req("n2", "r1", "c2", "web-0")).await.unwrap();
+    assert_eq!(b.lease.ip, ip);
+    ipam.release(&b.attachment().key, false).await.unwrap();
+    // A node of another ToR: refused, naming both ToRs.
+    let (c, msg) = code(ipam.allocate(&req("n3", "r2", "c3", "web-0")).await.unwrap_err());
+    assert_eq!(c, cni_code::WRONG_TOR);
+    assert!(msg.contains("r1") && msg.contains("r2") && msg.contains(&ip.to_string()), "{msg}");
+    // Releasing the binding lets it start anywhere.
+    let (_, was_bound) = ipam.release_ip(ip).await.unwrap();
+    assert!(was_bound);
+    let c = ipam.allocate(&req("n3", "r2", "c3", "web-0")).await.unwrap();
+    assert_eq!(c.lease.tor, "r2");
+    clean(&store).await;
+}
+
+#[tokio::test]
+async fn deployment_pod_gives_its_ip_back() {
+    let (store, ipam) = setup(2, Policy::Auto).await;
+    let pod = "web-7d9f8c6b5-x2x9z";
+    let a = ipam.allocate(&req("n1", "r1", "c1", pod)).await.unwrap();
+    assert!(a.lease.binding.is_none());
+    let rel = ipam.release(&a.attachment().key, false).await.unwrap().unwrap();
+    assert!(!rel.binding_kept);
+    assert!(ipam.leases("web").await.unwrap().is_empty());
+    // Releasing twice is fine (DEL is idempotent).
+    assert!(ipam.release(&a.attachment().key, false).await.unwrap().is_none());
+    clean(&store).await;
+}
+
+#[tokio::test]
+async fn policy_overrides_the_name() {
+    let (_, ipam) = setup(2, Policy::Sticky).await;
+    let a = ipam.allocate(&req("n1", "r1", "c1", "web-7d9f8c6b5-x2x9z")).await.unwrap();
+    assert!(a.lease.binding.is_some());
+    let (_, ipam) = setup(2, Policy::Release).await;
+    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    assert!(a.lease.binding.is_none());
+}
+
+#[tokio::test]
+async fn rollback_drops_the_binding_it_created() {
+    let (store, ipam) = setup(2, Policy::Auto).await;
+    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    let rel = ipam.release(&a.attachment().key, true).await.unwrap().unwrap();
+    assert!(!rel.binding_kept);
+    assert!(ipam.bindings(None).await.unwrap().is_empty());
+    // A rollback of a re-attach keeps the older binding.
+    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    ipam.release(&a.attachment().key, false).await.unwrap();
+    let b = ipam.allocate(&req("n1", "r1", "c2", "web-0")).await.unwrap();
+    let rel = ipam.release(&b.attachment().key, true).await.unwrap().unwrap();
+    assert!(rel.binding_kept);
+    clean(&store).await;
+}
+
+#[tokio::test]
+async fn full_pool_and_missing_things_say_what_to_do() {
+    let (_, ipam) = setup(2, Policy::Auto).await; // one IP per ToR
+    ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    let (c, msg) = code(ipam.allocate(&req("n1", "r1", "c2", "web-1")).await.unwrap_err());
+    assert_eq!(c, cni_code::POOL_FULL);
+    for want in ["pool web", "ToR r1", "1 IPs", "1 in use", "0 free", "pool resize web"] {
+        assert!(msg.contains(want), "{want:?} missing from {msg}");
+    }
+    let (c, msg) = code(ipam.allocate(&req("n1", "r1", "c3", "db-0")).await.unwrap_err());
+    assert_eq!(c, cni_code::NO_POOL);
+    assert!(msg.contains("default/db"), "{msg}");
+    let (c, msg) = code(ipam.allocate(&req("n1", "r9", "c4", "web-2")).await.unwrap_err());
+    assert_eq!(c, cni_code::TOR_UNDEFINED);
+    assert!(msg.contains("ipamctl tor add r9"), "{msg}");
+    let mut r = req("n1", "r1", "c5", "");
+    r.pod = PodRef::default();
+    let (c, msg) = code(ipam.allocate(&r).await.unwrap_err());
+    assert_eq!(c, cni_code::NO_POOL);
+    assert!(msg.contains("MOOR_POOL"), "{msg}");
+    // With an explicit pool an anonymous container (podman) gets an IP, unbound.
+    r.pool = Some("web".into());
+    let (c, _) = code(ipam.allocate(&r).await.unwrap_err());
+    assert_eq!(c, cni_code::POOL_FULL, "r1 has one IP, taken");
+    r.tor = "r2".into();
+    let a = ipam.allocate(&r).await.unwrap();
+    assert!(a.lease.binding.is_none());
+}
+
+#[tokio::test]
+async fn resize_keeps_spread_and_never_takes_a_used_ip() {
+    let (store, ipam) = setup(4, Policy::Auto).await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let a = ipam.allocate(&req("n1", "r1", &format!("c{i}"), &format!("web-{i}"))).await.unwrap();
+        held.push(a.lease.ip);
+    }
+    let p = ipam.resize_pool("web", 10).await.unwrap();
+    assert_eq!((p.ips["r1"].len(), p.ips["r2"].len()), (5, 5));
+    clean(&store).await;
+    let p = ipam.resize_pool("web", 3).await.unwrap();
+    assert_eq!(p.size(), 3);
+    for ip in &held {
+        assert!(p.all_ips().contains(ip), "{ip} in use was dropped");
+    }
+    let err = ipam.resize_pool("web", 1).await.unwrap_err().to_string();
+    assert!(err.contains("bound or in use") && err.contains("2 at the least"), "{err}");
+    assert_eq!(ipam.pool("web").await.unwrap().0.size(), 3, "refused resize changed nothing");
+    let err = ipam.resize_pool("web", 0).await.unwrap_err().to_string();
+    assert!(err.contains("size 0"), "{err}");
+    clean(&store).await;
+    // Freed IPs go back to the ToR for other pools.
+    let tors = ipam.tors().await.unwrap();
+    assert_eq!(tors.iter().map(|(_, c)| c).sum::<u32>(), 3);
+}
+
+#[tokio::test]
+async fn bad_admin_input_changes_nothing() {
+    let (store, ipam) = setup(4, Policy::Auto).await;
+    let before = store.list("").await.unwrap().0;
+    let spec = |name: &str, ns: &str, app: &str, size: u32, tors: &[&str]| PoolSpec {
+        name: name.into(),
+        namespace: ns.into(),
+        app: app.into(),
+        size,
+        tors: tors.iter().map(|s| s.to_string()).collect(),
+        policy: Policy::Auto,
+    };
+    let cases = [
+        spec("web", "default", "other", 1, &[]),
+        spec("web2", "default", "web", 1, &[]),
+        spec("Bad_Name", "default", "x", 1, &[]),
+        spec("x", "Default", "x", 1, &[]),
+        spec("x", "default", "x", 100, &[]),
+        spec("x", "default", "x", 70_000, &[]),
+        spec("x", "default", "x", 1, &["r9"]),
+    ];
+    for c in cases {
+        assert!(ipam.create_pool(&c).await.is_err(), "{c:?}");
+    }
+    assert!(ipam.add_tor("r3", "10.1.0.0/16", "10.1.0.1", 0, &[]).await.is_err());
+    assert!(ipam.delete_tor("r1").await.is_err(), "ToR with pool IPs");
+    assert!(ipam.delete_pool("nope").await.is_err());
+    assert!(ipam.release_ip("192.168.9.9".parse().unwrap()).await.is_err());
+    assert_eq!(store.list("").await.unwrap().0, before);
+}
+
+#[tokio::test]
+async fn store_down_fails_cleanly_and_recovers() {
+    let (store, ipam) = setup(4, Policy::Auto).await;
+    store.set_down(true);
+    let e = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER);
+    store.set_down(false);
+    ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    clean(&store).await;
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Add { pod: usize, node: usize },
+    Del { pod: usize },
+    Resize(u32),
+    ReleaseBinding { pod: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0usize..12, 0usize..3).prop_map(|(pod, node)| Step::Add { pod, node }),
+        4 => (0usize..12).prop_map(|pod| Step::Del { pod }),
+        1 => (2u32..16).prop_map(Step::Resize),
+        1 => (0usize..12).prop_map(|pod| Step::ReleaseBinding { pod }),
+    ]
+}
+
+/// Pods 0-5 are StatefulSet-style (sticky), 6-11 Deployment-style.
+fn pod_name(p: usize) -> String {
+    if p < 6 {
+        format!("web-{p}")
+    } else {
+        format!("web-5c5b7d9d8f-{}", ["bcdfg", "hjklm", "npqrs", "tvwxz", "22457", "68924"][p - 6])
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// Four concurrent actors run random scripts against one pool; whatever
+    /// the interleaving, the store stays consistent, no IP is attached twice,
+    /// sticky pods only ever see their own IP, and after everything is
+    /// deleted the only leases left are bindings.
+    #[test]
+    fn concurrent_random_scripts_keep_the_invariants(scripts in proptest::collection::vec(proptest::collection::vec(step(), 1..25), 4)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (store, ipam) = setup(8, Policy::Auto).await;
+            let ipam = Arc::new(ipam);
+            let nodes = [("n1", "r1"), ("n2", "r1"), ("n3", "r2")];
+            // Each actor owns the pods with index % 4 == actor, so one pod is
+            // never ADDed twice at once (a runtime never does that either).
+            let mut tasks = Vec::new();
+            for (actor, script) in scripts.into_iter().enumerate() {
+                let ipam = ipam.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut live: BTreeMap<usize, AttachmentKey> = BTreeMap::new();
+                    let mut seen: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
+                    let mut gen = 0;
+                    for s in script {
+                        match s {
+                            Step::Add { pod, node } if pod % 4 == actor && !live.contains_key(&pod) => {
+                                gen += 1;
+                                let (n, t) = nodes[node];
+                                let r = req(n, t, &format!("p{pod}g{gen}"), &pod_name(pod));
+                                match ipam.allocate(&r).await {
+                                    Ok(a) => {
+                                        if pod < 6 {
+                                            if let Some(prev) = seen.get(&pod) {
+                                                assert_eq!(*prev, a.lease.ip, "sticky pod {pod} got a different IP");
+                                            }
+                                            seen.insert(pod, a.lease.ip);
+                                        }
+                                        ipam.mark_ready(&r.key).await.unwrap();
+                                        live.insert(pod, r.key);
+                                    }
+                                    Err(e) => assert!(
+                                        [cni_code::POOL_FULL, cni_code::WRONG_TOR, cni_code::TRY_AGAIN_LATER].contains(&e.cni_code()),
+                                        "unexpected refusal {e}"
+                                    ),
+                                }
+                            }
+                            Step::Del { pod } if pod % 4 == actor => {
+                                if let Some(k) = live.remove(&pod) {
+                                    assert!(ipam.release(&k, false).await.unwrap().is_some());
+                                }
+                            }
+                            Step::ReleaseBinding { pod } if pod % 4 == actor => {
+                                if let Some(ip) = seen.remove(&pod) {
+                                    ipam.release_ip(ip).await.unwrap();
+                                }
+                            }
+                            Step::Resize(n) if actor == 0 => {
+                                let _ = ipam.resize_pool("web", n).await;
+                            }
+                            _ => {}
+                        }
+                    }
+                    for k in live.values() {
+                        ipam.release(k, false).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            clean(&store).await;
+            let leases = ipam.leases("web").await.unwrap();
+            assert!(leases.iter().all(|l| l.attachment.is_none() && l.binding.is_some()), "{leases:?}");
+            let bound: BTreeSet<_> = leases.iter().map(|l| l.ip).collect();
+            assert_eq!(bound.len(), leases.len());
+            let (pool, _) = ipam.pool("web").await.unwrap();
+            let counts = crate::core::pool_counts(&pool, &leases);
+            let total: u32 = counts.values().map(|c| c.total).sum();
+            let free: u32 = counts.values().map(|c| c.free).sum();
+            assert_eq!(total, pool.size());
+            assert_eq!(free as usize, pool.size() as usize - leases.len());
+        });
+    }
+}

@@ -1,0 +1,202 @@
+//! Where ipamd keeps its state: one small key-value `Store` trait with
+//! compare-and-swap transactions, and its backends. The same trait fits redb
+//! (one node, embedded) and etcd (many nodes): every change is one
+//! transaction that applies only if what it read is unchanged, so two writers
+//! can never both take one IP.
+
+pub mod keys;
+pub mod mem;
+pub mod redb;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A value and the store revision that last changed it (etcd's mod_revision).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// A condition a transaction depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The key's version is exactly this; 0 means the key must not exist.
+    Version { key: String, version: u64 },
+    /// No key under the prefix was created or changed after `revision` (the
+    /// revision a `list` returned). Deletions are not seen; callers use it to
+    /// guard against new leases appearing.
+    PrefixUnchangedSince { prefix: String, revision: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Txn {
+    pub checks: Vec<Check>,
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    /// Requires `key` to still have the version of `entry` (or to be absent).
+    pub fn expect(&mut self, key: &str, entry: Option<&Entry>) -> &mut Self {
+        self.checks.push(Check::Version {
+            key: key.to_string(),
+            version: entry.map_or(0, |e| e.version),
+        });
+        self
+    }
+
+    pub fn expect_prefix_unchanged(&mut self, prefix: &str, revision: u64) -> &mut Self {
+        self.checks.push(Check::PrefixUnchangedSince {
+            prefix: prefix.to_string(),
+            revision,
+        });
+        self
+    }
+
+    pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> &mut Self {
+        self.ops.push(Op::Put {
+            key: key.to_string(),
+            value: serde_json::to_vec(value).expect("records serialize"),
+        });
+        self
+    }
+
+    pub fn delete(&mut self, key: &str) -> &mut Self {
+        self.ops.push(Op::Delete {
+            key: key.to_string(),
+        });
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time; the operation
+    /// may be retried later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A record could not be decoded: a bug or a hand edit.
+    #[error("store record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Every entry under `prefix`, in key order, and the store revision the
+    /// read saw (for `Check::PrefixUnchangedSince`).
+    async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError>;
+    /// Applies every op if every check holds, atomically and durably.
+    /// `Ok(false)`: a check failed and nothing was written.
+    async fn commit(&self, txn: Txn) -> Result<bool, StoreError>;
+    /// What the store is, for logs and `ipamctl`.
+    fn describe(&self) -> String;
+}
+
+pub fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StoreError> {
+    serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
+        key: e.key.clone(),
+        reason: err.to_string(),
+    })
+}
+
+/// Typed reads over any store.
+#[async_trait]
+pub trait StoreExt: Store {
+    async fn get_json<T: DeserializeOwned + Send>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, Entry)>, StoreError> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(e) => Ok(Some((decode(&e)?, e))),
+        }
+    }
+
+    async fn list_json<T: DeserializeOwned + Send>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(T, Entry)>, u64), StoreError> {
+        let (entries, rev) = self.list(prefix).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push((decode(&e)?, e));
+        }
+        Ok((out, rev))
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
+
+/// Opens the store named on the command line: `redb:PATH`.
+pub fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, String> {
+    match spec.split_once(':') {
+        Some(("redb", path)) if !path.is_empty() => Ok(std::sync::Arc::new(
+            redb::RedbStore::open(std::path::Path::new(path)).map_err(|e| e.to_string())?,
+        )),
+        _ => Err(format!(
+            "--store {spec:?} is not a store this ipamd knows: use redb:/var/lib/moor/ipamd.redb"
+        )),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! Behaviour every backend must have; each backend's tests call these.
+    use super::*;
+
+    pub async fn cas_semantics(s: &dyn Store) {
+        let mut t = Txn::default();
+        t.expect("a/1", None).put("a/1", &"one");
+        assert!(s.commit(t).await.unwrap(), "create-only on an absent key");
+        let e1 = s.get("a/1").await.unwrap().unwrap();
+        assert!(e1.version > 0);
+
+        let mut again = Txn::default();
+        again.expect("a/1", None).put("a/1", &"dup");
+        assert!(!s.commit(again).await.unwrap(), "create-only on a present key fails");
+        assert_eq!(s.get("a/1").await.unwrap().unwrap().value, b"\"one\"");
+
+        let mut upd = Txn::default();
+        upd.expect("a/1", Some(&e1)).put("a/1", &"uno").put("a/2", &"two");
+        assert!(s.commit(upd).await.unwrap());
+        let e2 = s.get("a/1").await.unwrap().unwrap();
+        assert!(e2.version > e1.version);
+
+        let mut stale = Txn::default();
+        stale.expect("a/1", Some(&e1)).delete("a/1");
+        assert!(!s.commit(stale).await.unwrap(), "stale version fails");
+        assert!(s.get("a/1").await.unwrap().is_some(), "and changes nothing");
+
+        let (list, rev) = s.list("a/").await.unwrap();
+        assert_eq!(list.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        let (none, _) = s.list("b/").await.unwrap();
+        assert!(none.is_empty());
+
+        let mut guarded = Txn::default();
+        guarded.expect_prefix_unchanged("a/", rev).put("b/1", &1);
+        assert!(s.commit(guarded).await.unwrap(), "nothing changed under a/");
+        let mut other = Txn::default();
+        other.put("a/3", &3);
+        assert!(s.commit(other).await.unwrap());
+        let mut guarded = Txn::default();
+        guarded.expect_prefix_unchanged("a/", rev).put("b/2", &2);
+        assert!(!s.commit(guarded).await.unwrap(), "a/3 appeared after the read");
+        assert!(s.get("b/2").await.unwrap().is_none());
+
+        let mut del = Txn::default();
+        del.delete("a/1").delete("a/missing");
+        assert!(s.commit(del).await.unwrap(), "deleting a missing key is fine");
+        assert!(s.get("a/1").await.unwrap().is_none());
+    }
+}
