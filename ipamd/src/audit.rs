@@ -12,7 +12,10 @@ use crate::store::{keys, Store, StoreError, StoreExt};
 pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
     let mut bad = Vec::new();
     let (pools, _) = store.list_json::<Pool>(keys::POOLS).await?;
-    let pools: BTreeMap<String, Pool> = pools.into_iter().map(|(p, _)| (p.name.clone(), p)).collect();
+    let pools: BTreeMap<String, Pool> = pools
+        .into_iter()
+        .map(|(p, _)| (p.name.clone(), p))
+        .collect();
     let (tors, _) = store.list_json::<Tor>(keys::TORS).await?;
 
     // Each IP in at most one pool, and the ToR's carved record agrees.
@@ -23,12 +26,18 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
                 if let Some(other) = owner.insert(*ip, &p.name) {
                     bad.push(format!("{ip} is in pools {other} and {}", p.name));
                 }
-                if !tors.iter().any(|(t, _)| &t.name == tor && t.subnet.contains(*ip)) {
+                if !tors
+                    .iter()
+                    .any(|(t, _)| &t.name == tor && t.subnet.contains(*ip))
+                {
                     bad.push(format!("{ip} of pool {} is not in ToR {tor}", p.name));
                 }
             }
         }
-        match store.get_json::<String>(&keys::app(&p.namespace, &p.app)).await? {
+        match store
+            .get_json::<String>(&keys::app(&p.namespace, &p.app))
+            .await?
+        {
             Some((name, _)) if name == p.name => {}
             other => bad.push(format!("app index of pool {} is {other:?}", p.name)),
         }
@@ -41,7 +50,10 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
             .unwrap_or_default();
         for (ip, pool) in &carved.ips {
             if owner.get(ip) != Some(&pool.as_str()) {
-                bad.push(format!("ToR {} says {ip} is carved to {pool}, the pools disagree", t.name));
+                bad.push(format!(
+                    "ToR {} says {ip} is carved to {pool}, the pools disagree",
+                    t.name
+                ));
             }
         }
         let in_pools = owner.keys().filter(|ip| t.subnet.contains(**ip)).count();
@@ -63,24 +75,35 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
         }
         match pools.get(&l.pool) {
             None => bad.push(format!("lease {where_} of a missing pool")),
-            Some(p) if p.tor_of(l.ip) != Some(l.tor.as_str()) => {
-                bad.push(format!("lease {where_}: {} is not the pool's on ToR {}", l.ip, l.tor))
-            }
+            Some(p) if p.tor_of(l.ip) != Some(l.tor.as_str()) => bad.push(format!(
+                "lease {where_}: {} is not the pool's on ToR {}",
+                l.ip, l.tor
+            )),
             _ => {}
         }
         if l.binding.is_none() && l.attachment.is_none() {
-            bad.push(format!("lease {where_} holds nothing (a free IP must have no lease)"));
+            bad.push(format!(
+                "lease {where_} holds nothing (a free IP must have no lease)"
+            ));
         }
         if let Some(pod) = &l.binding {
             match store.get_json::<Binding>(&keys::binding(pod)).await? {
                 Some((b, _)) if b.ip == l.ip && b.pool == l.pool => {}
-                other => bad.push(format!("lease {where_} bound to {pod}, binding says {other:?}")),
+                other => bad.push(format!(
+                    "lease {where_} bound to {pod}, binding says {other:?}"
+                )),
             }
         }
         if let Some(a) = &l.attachment {
-            match store.get_json::<AttachmentRef>(&keys::attachment(&a.key)).await? {
+            match store
+                .get_json::<AttachmentRef>(&keys::attachment(&a.key))
+                .await?
+            {
                 Some((r, _)) if r.ip == l.ip && r.pool == l.pool => {}
-                other => bad.push(format!("lease {where_} attached to {}, index says {other:?}", a.key)),
+                other => bad.push(format!(
+                    "lease {where_} attached to {}, index says {other:?}",
+                    a.key
+                )),
             }
         }
     }
@@ -91,7 +114,10 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
             .await?
             .is_some_and(|(l, _)| l.binding.as_ref() == Some(&b.pod));
         if !ok {
-            bad.push(format!("binding of {} to {} has no matching lease", b.pod, b.ip));
+            bad.push(format!(
+                "binding of {} to {} has no matching lease",
+                b.pod, b.ip
+            ));
         }
     }
     let (refs, _) = store.list_json::<AttachmentRef>(keys::ATTACHMENTS).await?;
@@ -102,7 +128,10 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
             .and_then(|(l, _)| l.attachment)
             .is_some_and(|a| keys::attachment(&a.key) == e.key);
         if !ok {
-            bad.push(format!("attachment index {} -> {} has no matching lease", e.key, r.ip));
+            bad.push(format!(
+                "attachment index {} -> {} has no matching lease",
+                e.key, r.ip
+            ));
         }
     }
     Ok(bad)

@@ -78,7 +78,10 @@ impl Error {
         let mut s = tonic::Status::new(code, self.to_string());
         s.metadata_mut().insert(
             moor_proto::CNI_CODE_KEY,
-            self.cni_code().to_string().parse().expect("digits are ascii"),
+            self.cni_code()
+                .to_string()
+                .parse()
+                .expect("digits are ascii"),
         );
         s
     }

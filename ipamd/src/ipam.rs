@@ -62,7 +62,10 @@ pub struct Allocation {
 
 impl Allocation {
     pub fn attachment(&self) -> &Attachment {
-        self.lease.attachment.as_ref().expect("allocations are attached")
+        self.lease
+            .attachment
+            .as_ref()
+            .expect("allocations are attached")
     }
 }
 
@@ -170,10 +173,12 @@ impl Ipam {
     }
 
     async fn carved(&self, tor: &str) -> Result<(Carved, Option<Entry>)> {
-        Ok(match self.store.get_json::<Carved>(&keys::carved(tor)).await? {
-            Some((c, e)) => (c, Some(e)),
-            None => (Carved::default(), None),
-        })
+        Ok(
+            match self.store.get_json::<Carved>(&keys::carved(tor)).await? {
+                Some((c, e)) => (c, Some(e)),
+                None => (Carved::default(), None),
+            },
+        )
     }
 
     pub async fn delete_tor(&self, name: &str) -> Result<()> {
@@ -307,7 +312,10 @@ impl Ipam {
                 // Give the dropped IPs back to their ToRs.
                 let mut by_tor: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
                 for ip in drop {
-                    let tor = pool.tor_of(ip).expect("dropped IPs are the pool's").to_string();
+                    let tor = pool
+                        .tor_of(ip)
+                        .expect("dropped IPs are the pool's")
+                        .to_string();
                     by_tor.entry(tor).or_default().push(ip);
                 }
                 for (tor, ips) in by_tor {
@@ -341,7 +349,9 @@ impl Ipam {
         self.store
             .get_json::<Pool>(&keys::pool(name))
             .await?
-            .ok_or_else(|| Error::NotFound(format!("pool {name} does not exist (ipamctl pool list)")))
+            .ok_or_else(|| {
+                Error::NotFound(format!("pool {name} does not exist (ipamctl pool list)"))
+            })
     }
 
     pub async fn pools(&self) -> Result<Vec<Pool>> {
@@ -367,7 +377,11 @@ impl Ipam {
         let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
         let attached: Vec<String> = leases
             .iter()
-            .filter_map(|(l, _)| l.attachment.as_ref().map(|a| format!("{} ({})", l.ip, a.pod)))
+            .filter_map(|(l, _)| {
+                l.attachment
+                    .as_ref()
+                    .map(|a| format!("{} ({})", l.ip, a.pod))
+            })
             .collect();
         if !attached.is_empty() {
             return Err(Error::Conflict(format!(
@@ -469,10 +483,22 @@ impl Ipam {
         for _ in 0..MAX_ATTEMPTS {
             let key = keys::lease(&view.pool, ip);
             let Some((mut lease, entry)) = self.store.get_json::<Lease>(&key).await? else {
-                return Ok((IpView { lease: None, ..view }, false));
+                return Ok((
+                    IpView {
+                        lease: None,
+                        ..view
+                    },
+                    false,
+                ));
             };
             let Some(pod) = lease.binding.take() else {
-                return Ok((IpView { lease: Some(lease), ..view }, false));
+                return Ok((
+                    IpView {
+                        lease: Some(lease),
+                        ..view
+                    },
+                    false,
+                ));
             };
             let mut txn = Txn::default();
             txn.expect(&key, Some(&entry)).delete(&keys::binding(&pod));
@@ -570,13 +596,20 @@ impl Ipam {
         for attempt in 0..MAX_ATTEMPTS {
             let (pool, pool_entry) = self.pool_entry(&pool_name).await?;
             let binding = if req.pod.is_known() {
-                self.store.get_json::<Binding>(&keys::binding(&req.pod)).await?
+                self.store
+                    .get_json::<Binding>(&keys::binding(&req.pod))
+                    .await?
             } else {
                 None
             };
-            let (lease_list, _) = self.store.list_json::<Lease>(&keys::leases(&pool.name)).await?;
-            let leases: BTreeMap<Ipv4Addr, (Lease, Entry)> =
-                lease_list.into_iter().map(|(l, e)| (l.ip, (l, e))).collect();
+            let (lease_list, _) = self
+                .store
+                .list_json::<Lease>(&keys::leases(&pool.name))
+                .await?;
+            let leases: BTreeMap<Ipv4Addr, (Lease, Entry)> = lease_list
+                .into_iter()
+                .map(|(l, e)| (l.ip, (l, e)))
+                .collect();
             let plain: BTreeMap<Ipv4Addr, Lease> =
                 leases.iter().map(|(ip, (l, _))| (*ip, l.clone())).collect();
             let keeps_ip = req.pod.is_known() && pool.policy.keeps_ip(stable_name);
@@ -674,15 +707,24 @@ impl Ipam {
                 .get_json::<AttachmentRef>(&keys::attachment(key))
                 .await?
             else {
-                return Err(Error::Internal(format!("attachment {key} vanished before it was wired")));
+                return Err(Error::Internal(format!(
+                    "attachment {key} vanished before it was wired"
+                )));
             };
             let lease_key = keys::lease(&r.pool, r.ip);
             let Some((mut lease, entry)) = self.store.get_json::<Lease>(&lease_key).await? else {
-                return Err(Error::Internal(format!("lease of {key} vanished before it was wired")));
+                return Err(Error::Internal(format!(
+                    "lease of {key} vanished before it was wired"
+                )));
             };
             match lease.attachment.as_mut() {
                 Some(a) if &a.key == key => a.state = AttachmentState::Ready,
-                _ => return Err(Error::Internal(format!("{} is no longer attached to {key}", r.ip))),
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "{} is no longer attached to {key}",
+                        r.ip
+                    )))
+                }
             }
             let mut txn = Txn::default();
             txn.expect(&lease_key, Some(&entry)).put(&lease_key, &lease);
@@ -760,7 +802,11 @@ impl Ipam {
             .await?;
         let mut out = Vec::new();
         for (r, e) in refs {
-            if let Some((l, _)) = self.store.get_json::<Lease>(&keys::lease(&r.pool, r.ip)).await? {
+            if let Some((l, _)) = self
+                .store
+                .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
+                .await?
+            {
                 if l.attachment
                     .as_ref()
                     .is_some_and(|a| keys::attachment(&a.key) == e.key)

@@ -17,12 +17,24 @@ fn range(a: &str, b: &str) -> (String, String) {
 async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
     let store = Arc::new(MemStore::new());
     let ipam = Ipam::new(store.clone());
-    ipam.add_tor("r1", "10.1.0.0/24", "10.1.0.1", 0, &[range("10.1.0.10", "10.1.0.19")])
-        .await
-        .unwrap();
-    ipam.add_tor("r2", "10.2.0.0/24", "10.2.0.1", 0, &[range("10.2.0.10", "10.2.0.19")])
-        .await
-        .unwrap();
+    ipam.add_tor(
+        "r1",
+        "10.1.0.0/24",
+        "10.1.0.1",
+        0,
+        &[range("10.1.0.10", "10.1.0.19")],
+    )
+    .await
+    .unwrap();
+    ipam.add_tor(
+        "r2",
+        "10.2.0.0/24",
+        "10.2.0.1",
+        0,
+        &[range("10.2.0.10", "10.2.0.19")],
+    )
+    .await
+    .unwrap();
     ipam.create_pool(&PoolSpec {
         name: "web".into(),
         namespace: "default".into(),
@@ -79,33 +91,60 @@ async fn pool_is_spread_and_exported_before_any_pod() {
 #[tokio::test]
 async fn statefulset_pod_keeps_its_ip_and_its_tor() {
     let (store, ipam) = setup(8, Policy::Auto).await;
-    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    let a = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
     ipam.mark_ready(&a.attachment().key).await.unwrap();
     let ip = a.lease.ip;
     // Same key again: the same attachment (idempotent ADD).
-    let again = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    let again = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
     assert!(again.existing);
     assert_eq!(again.lease.ip, ip);
     // Re-created before the old one is gone: a clear "try again".
-    let (c, msg) = code(ipam.allocate(&req("n2", "r1", "c2", "web-0")).await.unwrap_err());
+    let (c, msg) = code(
+        ipam.allocate(&req("n2", "r1", "c2", "web-0"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(c, cni_code::TRY_AGAIN_LATER, "{msg}");
     assert!(msg.contains("c1") && msg.contains(&ip.to_string()), "{msg}");
 
-    let rel = ipam.release(&a.attachment().key, false).await.unwrap().unwrap();
+    let rel = ipam
+        .release(&a.attachment().key, false)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rel.binding_kept);
     clean(&store).await;
     // Another node of the same ToR: same IP.
-    let b = ipam.allocate(&req("n2", "r1", "c2", "web-0")).await.unwrap();
+    let b = ipam
+        .allocate(&req("n2", "r1", "c2", "web-0"))
+        .await
+        .unwrap();
     assert_eq!(b.lease.ip, ip);
     ipam.release(&b.attachment().key, false).await.unwrap();
     // A node of another ToR: refused, naming both ToRs.
-    let (c, msg) = code(ipam.allocate(&req("n3", "r2", "c3", "web-0")).await.unwrap_err());
+    let (c, msg) = code(
+        ipam.allocate(&req("n3", "r2", "c3", "web-0"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(c, cni_code::WRONG_TOR);
-    assert!(msg.contains("r1") && msg.contains("r2") && msg.contains(&ip.to_string()), "{msg}");
+    assert!(
+        msg.contains("r1") && msg.contains("r2") && msg.contains(&ip.to_string()),
+        "{msg}"
+    );
     // Releasing the binding lets it start anywhere.
     let (_, was_bound) = ipam.release_ip(ip).await.unwrap();
     assert!(was_bound);
-    let c = ipam.allocate(&req("n3", "r2", "c3", "web-0")).await.unwrap();
+    let c = ipam
+        .allocate(&req("n3", "r2", "c3", "web-0"))
+        .await
+        .unwrap();
     assert_eq!(c.lease.tor, "r2");
     clean(&store).await;
 }
@@ -116,36 +155,67 @@ async fn deployment_pod_gives_its_ip_back() {
     let pod = "web-7d9f8c6b5-x2x9z";
     let a = ipam.allocate(&req("n1", "r1", "c1", pod)).await.unwrap();
     assert!(a.lease.binding.is_none());
-    let rel = ipam.release(&a.attachment().key, false).await.unwrap().unwrap();
+    let rel = ipam
+        .release(&a.attachment().key, false)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!rel.binding_kept);
     assert!(ipam.leases("web").await.unwrap().is_empty());
     // Releasing twice is fine (DEL is idempotent).
-    assert!(ipam.release(&a.attachment().key, false).await.unwrap().is_none());
+    assert!(ipam
+        .release(&a.attachment().key, false)
+        .await
+        .unwrap()
+        .is_none());
     clean(&store).await;
 }
 
 #[tokio::test]
 async fn policy_overrides_the_name() {
     let (_, ipam) = setup(2, Policy::Sticky).await;
-    let a = ipam.allocate(&req("n1", "r1", "c1", "web-7d9f8c6b5-x2x9z")).await.unwrap();
+    let a = ipam
+        .allocate(&req("n1", "r1", "c1", "web-7d9f8c6b5-x2x9z"))
+        .await
+        .unwrap();
     assert!(a.lease.binding.is_some());
     let (_, ipam) = setup(2, Policy::Release).await;
-    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    let a = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
     assert!(a.lease.binding.is_none());
 }
 
 #[tokio::test]
 async fn rollback_drops_the_binding_it_created() {
     let (store, ipam) = setup(2, Policy::Auto).await;
-    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
-    let rel = ipam.release(&a.attachment().key, true).await.unwrap().unwrap();
+    let a = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
+    let rel = ipam
+        .release(&a.attachment().key, true)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!rel.binding_kept);
     assert!(ipam.bindings(None).await.unwrap().is_empty());
     // A rollback of a re-attach keeps the older binding.
-    let a = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    let a = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
     ipam.release(&a.attachment().key, false).await.unwrap();
-    let b = ipam.allocate(&req("n1", "r1", "c2", "web-0")).await.unwrap();
-    let rel = ipam.release(&b.attachment().key, true).await.unwrap().unwrap();
+    let b = ipam
+        .allocate(&req("n1", "r1", "c2", "web-0"))
+        .await
+        .unwrap();
+    let rel = ipam
+        .release(&b.attachment().key, true)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rel.binding_kept);
     clean(&store).await;
 }
@@ -153,16 +223,37 @@ async fn rollback_drops_the_binding_it_created() {
 #[tokio::test]
 async fn full_pool_and_missing_things_say_what_to_do() {
     let (_, ipam) = setup(2, Policy::Auto).await; // one IP per ToR
-    ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
-    let (c, msg) = code(ipam.allocate(&req("n1", "r1", "c2", "web-1")).await.unwrap_err());
+    ipam.allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
+    let (c, msg) = code(
+        ipam.allocate(&req("n1", "r1", "c2", "web-1"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(c, cni_code::POOL_FULL);
-    for want in ["pool web", "ToR r1", "1 IPs", "1 in use", "0 free", "pool resize web"] {
+    for want in [
+        "pool web",
+        "ToR r1",
+        "1 IPs",
+        "1 in use",
+        "0 free",
+        "pool resize web",
+    ] {
         assert!(msg.contains(want), "{want:?} missing from {msg}");
     }
-    let (c, msg) = code(ipam.allocate(&req("n1", "r1", "c3", "db-0")).await.unwrap_err());
+    let (c, msg) = code(
+        ipam.allocate(&req("n1", "r1", "c3", "db-0"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(c, cni_code::NO_POOL);
     assert!(msg.contains("default/db"), "{msg}");
-    let (c, msg) = code(ipam.allocate(&req("n1", "r9", "c4", "web-2")).await.unwrap_err());
+    let (c, msg) = code(
+        ipam.allocate(&req("n1", "r9", "c4", "web-2"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(c, cni_code::TOR_UNDEFINED);
     assert!(msg.contains("ipamctl tor add r9"), "{msg}");
     let mut r = req("n1", "r1", "c5", "");
@@ -184,7 +275,10 @@ async fn resize_keeps_spread_and_never_takes_a_used_ip() {
     let (store, ipam) = setup(4, Policy::Auto).await;
     let mut held = Vec::new();
     for i in 0..2 {
-        let a = ipam.allocate(&req("n1", "r1", &format!("c{i}"), &format!("web-{i}"))).await.unwrap();
+        let a = ipam
+            .allocate(&req("n1", "r1", &format!("c{i}"), &format!("web-{i}")))
+            .await
+            .unwrap();
         held.push(a.lease.ip);
     }
     let p = ipam.resize_pool("web", 10).await.unwrap();
@@ -196,8 +290,15 @@ async fn resize_keeps_spread_and_never_takes_a_used_ip() {
         assert!(p.all_ips().contains(ip), "{ip} in use was dropped");
     }
     let err = ipam.resize_pool("web", 1).await.unwrap_err().to_string();
-    assert!(err.contains("bound or in use") && err.contains("2 at the least"), "{err}");
-    assert_eq!(ipam.pool("web").await.unwrap().0.size(), 3, "refused resize changed nothing");
+    assert!(
+        err.contains("bound or in use") && err.contains("2 at the least"),
+        "{err}"
+    );
+    assert_eq!(
+        ipam.pool("web").await.unwrap().0.size(),
+        3,
+        "refused resize changed nothing"
+    );
     let err = ipam.resize_pool("web", 0).await.unwrap_err().to_string();
     assert!(err.contains("size 0"), "{err}");
     clean(&store).await;
@@ -230,10 +331,16 @@ async fn bad_admin_input_changes_nothing() {
     for c in cases {
         assert!(ipam.create_pool(&c).await.is_err(), "{c:?}");
     }
-    assert!(ipam.add_tor("r3", "10.1.0.0/16", "10.1.0.1", 0, &[]).await.is_err());
+    assert!(ipam
+        .add_tor("r3", "10.1.0.0/16", "10.1.0.1", 0, &[])
+        .await
+        .is_err());
     assert!(ipam.delete_tor("r1").await.is_err(), "ToR with pool IPs");
     assert!(ipam.delete_pool("nope").await.is_err());
-    assert!(ipam.release_ip("192.168.9.9".parse().unwrap()).await.is_err());
+    assert!(ipam
+        .release_ip("192.168.9.9".parse().unwrap())
+        .await
+        .is_err());
     assert_eq!(store.list("").await.unwrap().0, before);
 }
 
@@ -241,10 +348,15 @@ async fn bad_admin_input_changes_nothing() {
 async fn store_down_fails_cleanly_and_recovers() {
     let (store, ipam) = setup(4, Policy::Auto).await;
     store.set_down(true);
-    let e = ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap_err();
+    let e = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap_err();
     assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER);
     store.set_down(false);
-    ipam.allocate(&req("n1", "r1", "c1", "web-0")).await.unwrap();
+    ipam.allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
     clean(&store).await;
 }
 
@@ -270,7 +382,10 @@ fn pod_name(p: usize) -> String {
     if p < 6 {
         format!("web-{p}")
     } else {
-        format!("web-5c5b7d9d8f-{}", ["bcdfg", "hjklm", "npqrs", "tvwxz", "22457", "68924"][p - 6])
+        format!(
+            "web-5c5b7d9d8f-{}",
+            ["bcdfg", "hjklm", "npqrs", "tvwxz", "22457", "68924"][p - 6]
+        )
     }
 }
 

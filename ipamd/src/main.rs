@@ -1,1 +1,143 @@
-fn main() {}
+//! ipamd: allocates sticky IPs from per-app, per-ToR pools and wires pods on
+//! this node. See docs/architecture.md.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use moor_ipamd::cni::{Node, NodeConfig};
+use moor_ipamd::datapath::BridgeDatapath;
+use moor_ipamd::ipam::Ipam;
+use moor_ipamd::{server, store};
+use tracing::{error, info};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Pods go onto a Linux bridge that carries the host's uplink to the ToR.
+    Physical,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "ipamd", version, about = "moor's per-node IPAM daemon")]
+struct Args {
+    /// Unix socket to serve the CNI and admin APIs on (root-only, 0600).
+    #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where state lives: redb:PATH (embedded, one node).
+    #[arg(
+        long,
+        env = "MOOR_STORE",
+        default_value = "redb:/var/lib/moor/ipamd.redb"
+    )]
+    store: String,
+    /// This node's name, as pods' attachments record it. Default: hostname.
+    #[arg(long, env = "MOOR_NODE")]
+    node: Option<String>,
+    /// The ToR (L2 domain) this node is under. It may be defined later with
+    /// `ipamctl tor add`; ADDs fail with a clear error until then.
+    #[arg(long, env = "MOOR_TOR")]
+    tor: String,
+    #[arg(long, value_enum, default_value = "physical")]
+    mode: Mode,
+    /// The Linux bridge that carries the uplink to the ToR (physical mode).
+    #[arg(long, env = "MOOR_BRIDGE")]
+    bridge: String,
+    /// Where the plugin records DELs made while ipamd is down. Default: the
+    /// socket path + ".pending" (what the plugin uses by default).
+    #[arg(long)]
+    pending_dir: Option<PathBuf>,
+    /// CNI GC leaves attachments younger than this alone.
+    #[arg(long, default_value_t = 60)]
+    gc_grace_seconds: u64,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or moor_ipamd=debug.
+    #[arg(long, env = "MOOR_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Err(e) = rt.block_on(run(args)) {
+        error!("{e:#}");
+        eprintln!("ipamd: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let node_name = match args.node {
+        Some(n) => n,
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    if args.tor.is_empty() {
+        bail!("--tor is empty: name the ToR this node is under");
+    }
+    let store = store::open(&args.store).map_err(anyhow::Error::msg)?;
+    let datapath = match args.mode {
+        Mode::Physical => BridgeDatapath::new(&args.bridge)
+            .await
+            .with_context(|| format!("--bridge {}", args.bridge))?,
+    };
+    let pending_dir = args.pending_dir.unwrap_or_else(|| {
+        let mut p = args.socket.clone().into_os_string();
+        p.push(".pending");
+        p.into()
+    });
+    let node = Arc::new(Node {
+        cfg: NodeConfig {
+            name: node_name.clone(),
+            tor: args.tor.clone(),
+            pending_dir,
+            gc_grace: Duration::from_secs(args.gc_grace_seconds),
+        },
+        ipam: Arc::new(Ipam::new(store.clone())),
+        datapath: Arc::new(datapath),
+    });
+    node.recover().await.context("recovering after start")?;
+    let listener =
+        server::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
+    info!(
+        node = %node_name,
+        tor = %args.tor,
+        store = %store.describe(),
+        socket = %args.socket.display(),
+        "ipamd ready"
+    );
+
+    // DELs the plugin recorded while we could not be reached (it may have
+    // raced our start) are picked up within seconds.
+    let replayer = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = replayer.replay_pending_dels().await {
+                error!(error = %e, "replaying pending DELs");
+            }
+        }
+    });
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        info!("shutting down");
+    };
+    server::serve(node, listener, shutdown).await?;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

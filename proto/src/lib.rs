@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("moor.v1");
 }
 
+pub mod pending;
+
 /// Default path of ipamd's socket.
 pub const DEFAULT_SOCKET: &str = "/run/moor/ipamd.sock";
 

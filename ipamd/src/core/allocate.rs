@@ -30,7 +30,11 @@ pub enum AddDecision {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The pod's IP belongs to another ToR than the node's.
-    WrongTor { ip: Ipv4Addr, bound_tor: String, node_tor: String },
+    WrongTor {
+        ip: Ipv4Addr,
+        bound_tor: String,
+        node_tor: String,
+    },
     /// The pod is bound to an IP of another pool than the one it asks for.
     OtherPool { ip: Ipv4Addr, bound_pool: String },
     /// The pod's IP is still attached to another container (its previous
@@ -162,36 +166,124 @@ mod tests {
         let p = pool();
         let leases = BTreeMap::from([attached("10.1.0.10", "a", false)]);
         let k = key("b");
-        let d = decide(&AddInput { pool: &p, tor: "r1", leases: &leases, binding: None, key: &k, keeps_ip: true });
-        assert_eq!(d, Ok(AddDecision::Take { ip: "10.1.0.11".parse().unwrap(), new_binding: true }));
-        let d = decide(&AddInput { pool: &p, tor: "r2", leases: &leases, binding: None, key: &k, keeps_ip: false });
-        assert_eq!(d, Ok(AddDecision::Take { ip: "10.2.0.10".parse().unwrap(), new_binding: false }));
+        let d = decide(&AddInput {
+            pool: &p,
+            tor: "r1",
+            leases: &leases,
+            binding: None,
+            key: &k,
+            keeps_ip: true,
+        });
+        assert_eq!(
+            d,
+            Ok(AddDecision::Take {
+                ip: "10.1.0.11".parse().unwrap(),
+                new_binding: true
+            })
+        );
+        let d = decide(&AddInput {
+            pool: &p,
+            tor: "r2",
+            leases: &leases,
+            binding: None,
+            key: &k,
+            keeps_ip: false,
+        });
+        assert_eq!(
+            d,
+            Ok(AddDecision::Take {
+                ip: "10.2.0.10".parse().unwrap(),
+                new_binding: false
+            })
+        );
     }
 
     #[test]
     fn full_pool_counts_what_holds_it() {
         let p = pool();
-        let leases = BTreeMap::from([attached("10.1.0.10", "a", false), attached("10.1.0.11", "b", true)]);
+        let leases = BTreeMap::from([
+            attached("10.1.0.10", "a", false),
+            attached("10.1.0.11", "b", true),
+        ]);
         let k = key("c");
-        let d = decide(&AddInput { pool: &p, tor: "r1", leases: &leases, binding: None, key: &k, keeps_ip: false });
-        assert_eq!(d, Err(Refusal::Full { tor: "r1".into(), counts: PoolCounts { total: 2, bound: 0, in_use: 2, free: 0 } }));
-        let d = decide(&AddInput { pool: &p, tor: "r9", leases: &leases, binding: None, key: &k, keeps_ip: false });
+        let d = decide(&AddInput {
+            pool: &p,
+            tor: "r1",
+            leases: &leases,
+            binding: None,
+            key: &k,
+            keeps_ip: false,
+        });
+        assert_eq!(
+            d,
+            Err(Refusal::Full {
+                tor: "r1".into(),
+                counts: PoolCounts {
+                    total: 2,
+                    bound: 0,
+                    in_use: 2,
+                    free: 0
+                }
+            })
+        );
+        let d = decide(&AddInput {
+            pool: &p,
+            tor: "r9",
+            leases: &leases,
+            binding: None,
+            key: &k,
+            keeps_ip: false,
+        });
         assert!(matches!(d, Err(Refusal::NotOnTor { .. })));
     }
 
     #[test]
     fn binding_wins_or_refuses_clearly() {
         let p = pool();
-        let b = Binding { pod: PodRef::default(), pool: "web".into(), ip: "10.1.0.11".parse().unwrap(), tor: "r1".into() };
+        let b = Binding {
+            pod: PodRef::default(),
+            pool: "web".into(),
+            ip: "10.1.0.11".parse().unwrap(),
+            tor: "r1".into(),
+        };
         let leases = BTreeMap::new();
         let k = key("c");
-        let input = |tor, binding| AddInput { pool: &p, tor, leases: &leases, binding, key: &k, keeps_ip: true };
-        assert_eq!(decide(&input("r1", Some(&b))), Ok(AddDecision::Take { ip: b.ip, new_binding: false }));
-        assert!(matches!(decide(&input("r2", Some(&b))), Err(Refusal::WrongTor { .. })));
-        let other = Binding { pool: "db".into(), ..b.clone() };
-        assert!(matches!(decide(&input("r1", Some(&other))), Err(Refusal::OtherPool { .. })));
+        let input = |tor, binding| AddInput {
+            pool: &p,
+            tor,
+            leases: &leases,
+            binding,
+            key: &k,
+            keeps_ip: true,
+        };
+        assert_eq!(
+            decide(&input("r1", Some(&b))),
+            Ok(AddDecision::Take {
+                ip: b.ip,
+                new_binding: false
+            })
+        );
+        assert!(matches!(
+            decide(&input("r2", Some(&b))),
+            Err(Refusal::WrongTor { .. })
+        ));
+        let other = Binding {
+            pool: "db".into(),
+            ..b.clone()
+        };
+        assert!(matches!(
+            decide(&input("r1", Some(&other))),
+            Err(Refusal::OtherPool { .. })
+        ));
         let held = BTreeMap::from([attached("10.1.0.11", "old", true)]);
-        let d = decide(&AddInput { pool: &p, tor: "r1", leases: &held, binding: Some(&b), key: &k, keeps_ip: true });
+        let d = decide(&AddInput {
+            pool: &p,
+            tor: "r1",
+            leases: &held,
+            binding: Some(&b),
+            key: &k,
+            keeps_ip: true,
+        });
         assert!(matches!(d, Err(Refusal::StillAttached { .. })));
     }
 }

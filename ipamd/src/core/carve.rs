@@ -15,7 +15,12 @@ pub fn lowest_free(tor: &Tor, carved: &Carved, n: u32) -> Vec<Ipv4Addr> {
 
 /// IPs of the ToR no pool has.
 pub fn free_count(tor: &Tor, carved: &Carved) -> u32 {
-    tor.capacity() - carved.ips.keys().filter(|ip| tor.subnet.contains(**ip)).count() as u32
+    tor.capacity()
+        - carved
+            .ips
+            .keys()
+            .filter(|ip| tor.subnet.contains(**ip))
+            .count() as u32
 }
 
 #[cfg(test)]
@@ -29,7 +34,10 @@ mod tests {
         let mut carved = Carved::default();
         carved.ips.insert("10.0.0.2".parse().unwrap(), "p".into());
         let got = lowest_free(&tor, &carved, 3);
-        let want: Vec<Ipv4Addr> = ["10.0.0.1", "10.0.0.4", "10.0.0.5"].iter().map(|s| s.parse().unwrap()).collect();
+        let want: Vec<Ipv4Addr> = ["10.0.0.1", "10.0.0.4", "10.0.0.5"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         assert_eq!(got, want);
         assert_eq!(free_count(&tor, &carved), 4); // .1 .4 .5 .6
         assert_eq!(lowest_free(&tor, &carved, 10).len(), 4);

@@ -16,7 +16,8 @@ pub struct IpRange {
 }
 
 impl IpRange {
-    pub fn len(&self) -> u32 {
+    /// Number of IPs in the range (never 0: first <= last is validated).
+    pub fn size(&self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
     }
 
@@ -53,7 +54,7 @@ pub struct Tor {
 impl Tor {
     /// IPs in the pod ranges, the gateway excluded.
     pub fn capacity(&self) -> u32 {
-        self.ranges.iter().map(IpRange::len).sum::<u32>()
+        self.ranges.iter().map(IpRange::size).sum::<u32>()
             - u32::from(self.ranges.iter().any(|r| r.contains(self.gateway)))
     }
 

@@ -26,7 +26,7 @@ pub fn by_free(n: u32, free: &BTreeMap<String, u32>) -> Result<BTreeMap<String, 
         remainders.push((share % total, tor.clone()));
     }
     // Largest remainder first; BTreeMap order breaks ties deterministically.
-    remainders.sort_by(|a, b| b.0.cmp(&a.0));
+    remainders.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, tor) in remainders.into_iter().take((u64::from(n) - given) as usize) {
         *out.get_mut(&tor).expect("tor from the same map") += 1;
     }
@@ -41,10 +41,18 @@ pub fn shrink(
     busy: &dyn Fn(Ipv4Addr) -> bool,
     k: u32,
 ) -> Result<Vec<Ipv4Addr>, u32> {
-    let mut left: BTreeMap<&str, u32> = ips.iter().map(|(t, v)| (t.as_str(), v.len() as u32)).collect();
+    let mut left: BTreeMap<&str, u32> = ips
+        .iter()
+        .map(|(t, v)| (t.as_str(), v.len() as u32))
+        .collect();
     let mut droppable: BTreeMap<&str, Vec<Ipv4Addr>> = ips
         .iter()
-        .map(|(t, v)| (t.as_str(), v.iter().copied().filter(|ip| !busy(*ip)).collect()))
+        .map(|(t, v)| {
+            (
+                t.as_str(),
+                v.iter().copied().filter(|ip| !busy(*ip)).collect(),
+            )
+        })
         .collect();
     let can = droppable.values().map(|v| v.len() as u32).sum::<u32>();
     if k > can {
@@ -82,7 +90,10 @@ mod tests {
         let got = by_free(31, &m(&[("a", 100), ("b", 100), ("c", 100)])).unwrap();
         assert_eq!(got.values().sum::<u32>(), 31);
         assert_eq!(by_free(31, &m(&[("a", 10), ("b", 20)])), Err(30));
-        assert_eq!(by_free(5, &m(&[("a", 0), ("b", 20)])).unwrap(), m(&[("a", 0), ("b", 5)]));
+        assert_eq!(
+            by_free(5, &m(&[("a", 0), ("b", 20)])).unwrap(),
+            m(&[("a", 0), ("b", 5)])
+        );
     }
 
     #[test]

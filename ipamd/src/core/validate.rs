@@ -46,9 +46,9 @@ pub fn k8s_name(field: &str, value: &str) -> Result<(), String> {
 }
 
 pub fn subnet(value: &str) -> Result<Ipv4Network, String> {
-    let net: Ipv4Network = value.parse().map_err(|_| {
-        format!("subnet {value:?} is not an IPv4 CIDR: write it like 10.1.0.0/24")
-    })?;
+    let net: Ipv4Network = value
+        .parse()
+        .map_err(|_| format!("subnet {value:?} is not an IPv4 CIDR: write it like 10.1.0.0/24"))?;
     if net.network() != net.ip() {
         return Err(format!(
             "subnet {value:?} has host bits set: use {}/{}",
@@ -103,14 +103,19 @@ pub fn tor(
             last: ip("range end", last)?,
         };
         if r.first > r.last {
-            return Err(format!("range {r} is backwards: write it as {last}-{first}"));
+            return Err(format!(
+                "range {r} is backwards: write it as {last}-{first}"
+            ));
         }
         if !usable(r.first) || !usable(r.last) {
             return Err(format!(
                 "range {r} is not inside the host addresses of subnet {net}"
             ));
         }
-        if let Some(o) = parsed.iter().find(|o: &&IpRange| o.first <= r.last && r.first <= o.last) {
+        if let Some(o) = parsed
+            .iter()
+            .find(|o: &&IpRange| o.first <= r.last && r.first <= o.last)
+        {
             return Err(format!("range {r} overlaps range {o}: give each IP once"));
         }
         parsed.push(r);
@@ -164,14 +169,23 @@ mod tests {
     use super::*;
 
     fn t(subnet: &str, gw: &str, vlan: u32, ranges: &[(&str, &str)]) -> Result<Tor, String> {
-        let r: Vec<_> = ranges.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let r: Vec<_> = ranges
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         let existing = [tor("other", "10.9.0.0/16", "10.9.0.1", 0, &[], &[]).unwrap()];
         tor("rack-1", subnet, gw, vlan, &r, &existing)
     }
 
     #[test]
     fn good_tor() {
-        let tor = t("10.1.0.0/24", "10.1.0.1", 100, &[("10.1.0.100", "10.1.0.199")]).unwrap();
+        let tor = t(
+            "10.1.0.0/24",
+            "10.1.0.1",
+            100,
+            &[("10.1.0.100", "10.1.0.199")],
+        )
+        .unwrap();
         assert_eq!(tor.capacity(), 100);
         assert_eq!(tor.vlan, Some(100));
         let whole = t("10.1.0.0/24", "10.1.0.1", 0, &[]).unwrap();
@@ -182,7 +196,8 @@ mod tests {
 
     #[test]
     fn bad_tors_name_the_field() {
-        let cases: &[(&str, &str, u32, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a str, u32, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("10.1.0.0/33", "10.1.0.1", 0, &[], "subnet"),
             ("10.1.0.5/24", "10.1.0.1", 0, &[], "use 10.1.0.0/24"),
             ("fd00::/64", "10.1.0.1", 0, &[], "subnet"),
@@ -192,16 +207,48 @@ mod tests {
             ("10.1.0.0/24", "10.1.0.255", 0, &[], "gateway"),
             ("10.1.0.0/24", "gw", 0, &[], "gateway"),
             ("10.1.0.0/24", "10.1.0.1", 4095, &[], "vlan"),
-            ("10.1.0.0/24", "10.1.0.1", 0, &[("10.1.0.9", "10.1.0.2")], "backwards"),
-            ("10.1.0.0/24", "10.1.0.1", 0, &[("10.1.0.9", "10.1.1.2")], "range"),
-            ("10.1.0.0/24", "10.1.0.1", 0, &[("10.1.0.2", "10.1.0.9"), ("10.1.0.5", "10.1.0.20")], "overlaps"),
-            ("10.1.0.0/24", "10.1.0.1", 0, &[("10.1.0.1", "10.1.0.1")], "no IP left"),
-            ("10.9.4.0/24", "10.9.4.1", 0, &[], "overlaps subnet 10.9.0.0/16"),
+            (
+                "10.1.0.0/24",
+                "10.1.0.1",
+                0,
+                &[("10.1.0.9", "10.1.0.2")],
+                "backwards",
+            ),
+            (
+                "10.1.0.0/24",
+                "10.1.0.1",
+                0,
+                &[("10.1.0.9", "10.1.1.2")],
+                "range",
+            ),
+            (
+                "10.1.0.0/24",
+                "10.1.0.1",
+                0,
+                &[("10.1.0.2", "10.1.0.9"), ("10.1.0.5", "10.1.0.20")],
+                "overlaps",
+            ),
+            (
+                "10.1.0.0/24",
+                "10.1.0.1",
+                0,
+                &[("10.1.0.1", "10.1.0.1")],
+                "no IP left",
+            ),
+            (
+                "10.9.4.0/24",
+                "10.9.4.1",
+                0,
+                &[],
+                "overlaps subnet 10.9.0.0/16",
+            ),
         ];
         for (subnet, gw, vlan, ranges, want) in cases {
             let err = t(subnet, gw, *vlan, ranges).unwrap_err();
             assert!(err.contains(want), "{subnet} {gw} {vlan} {ranges:?}: {err}");
         }
-        assert!(tor("Rack_1", "10.1.0.0/24", "10.1.0.1", 0, &[], &[]).unwrap_err().contains("ToR name"));
+        assert!(tor("Rack_1", "10.1.0.0/24", "10.1.0.1", 0, &[], &[])
+            .unwrap_err()
+            .contains("ToR name"));
     }
 }

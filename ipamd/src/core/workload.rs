@@ -14,7 +14,9 @@ pub struct Workload {
 /// Characters Kubernetes uses for generated suffixes (k8s.io/apimachinery
 /// rand.SafeEncodeString: no vowels, no 0, 1, 3 to avoid words and confusion).
 fn is_generated(s: &str, min: usize, max: usize) -> bool {
-    (min..=max).contains(&s.len()) && s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    (min..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
 }
 
 /// Reads the workload from a pod name:

@@ -45,5 +45,8 @@ pub fn node_attachments(node: &str) -> String {
 }
 
 pub fn attachment(key: &AttachmentKey) -> String {
-    format!("attachments/{}/{}/{}", key.node, key.container_id, key.ifname)
+    format!(
+        "attachments/{}/{}/{}",
+        key.node, key.container_id, key.ifname
+    )
 }

@@ -45,9 +45,7 @@ impl MemStore {
 fn apply(inner: &mut Inner, txn: Txn) -> bool {
     for c in &txn.checks {
         let ok = match c {
-            Check::Version { key, version } => {
-                inner.kv.get(key).map_or(0, |(_, v)| *v) == *version
-            }
+            Check::Version { key, version } => inner.kv.get(key).map_or(0, |(_, v)| *v) == *version,
             Check::PrefixUnchangedSince { prefix, revision } => inner
                 .kv
                 .range(prefix.clone()..)

@@ -164,11 +164,16 @@ pub(crate) mod conformance {
 
         let mut again = Txn::default();
         again.expect("a/1", None).put("a/1", &"dup");
-        assert!(!s.commit(again).await.unwrap(), "create-only on a present key fails");
+        assert!(
+            !s.commit(again).await.unwrap(),
+            "create-only on a present key fails"
+        );
         assert_eq!(s.get("a/1").await.unwrap().unwrap().value, b"\"one\"");
 
         let mut upd = Txn::default();
-        upd.expect("a/1", Some(&e1)).put("a/1", &"uno").put("a/2", &"two");
+        upd.expect("a/1", Some(&e1))
+            .put("a/1", &"uno")
+            .put("a/2", &"two");
         assert!(s.commit(upd).await.unwrap());
         let e2 = s.get("a/1").await.unwrap().unwrap();
         assert!(e2.version > e1.version);
@@ -179,7 +184,10 @@ pub(crate) mod conformance {
         assert!(s.get("a/1").await.unwrap().is_some(), "and changes nothing");
 
         let (list, rev) = s.list("a/").await.unwrap();
-        assert_eq!(list.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        assert_eq!(
+            list.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
         let (none, _) = s.list("b/").await.unwrap();
         assert!(none.is_empty());
 
@@ -191,12 +199,18 @@ pub(crate) mod conformance {
         assert!(s.commit(other).await.unwrap());
         let mut guarded = Txn::default();
         guarded.expect_prefix_unchanged("a/", rev).put("b/2", &2);
-        assert!(!s.commit(guarded).await.unwrap(), "a/3 appeared after the read");
+        assert!(
+            !s.commit(guarded).await.unwrap(),
+            "a/3 appeared after the read"
+        );
         assert!(s.get("b/2").await.unwrap().is_none());
 
         let mut del = Txn::default();
         del.delete("a/1").delete("a/missing");
-        assert!(s.commit(del).await.unwrap(), "deleting a missing key is fine");
+        assert!(
+            s.commit(del).await.unwrap(),
+            "deleting a missing key is fine"
+        );
         assert!(s.get("a/1").await.unwrap().is_none());
     }
 }

@@ -207,7 +207,10 @@ mod tests {
         let mut t = Txn::default();
         t.put("j", &1);
         s.commit(t).await.unwrap();
-        assert!(s.get("j").await.unwrap().unwrap().version > e.version, "revision persists");
+        assert!(
+            s.get("j").await.unwrap().unwrap().version > e.version,
+            "revision persists"
+        );
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 }

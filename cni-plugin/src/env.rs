@@ -1,0 +1,423 @@
+//! The CNI environment: CNI_COMMAND, the attachment variables and CNI_ARGS
+//! (spec section 2, "Parameters"). Parsing takes a lookup function instead of
+//! reading the process environment, so it is tested without touching it.
+
+use crate::error::{code, CniError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Status,
+    Version,
+    Gc,
+}
+
+impl Command {
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let Some(cmd) = lookup("CNI_COMMAND") else {
+            return Err(invalid_env(
+                "CNI_COMMAND",
+                "CNI_COMMAND is not set; expected ADD, DEL, CHECK, STATUS, GC or VERSION \
+                 (moor is a CNI plugin, run by a container runtime)",
+            ));
+        };
+        match cmd.as_str() {
+            "ADD" => Ok(Self::Add),
+            "DEL" => Ok(Self::Del),
+            "CHECK" => Ok(Self::Check),
+            "STATUS" => Ok(Self::Status),
+            "VERSION" => Ok(Self::Version),
+            "GC" => Ok(Self::Gc),
+            _ => Err(invalid_env(
+                "CNI_COMMAND",
+                format!("CNI_COMMAND is {cmd:?}; expected ADD, DEL, CHECK, STATUS, GC or VERSION"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Add => "ADD",
+            Self::Del => "DEL",
+            Self::Check => "CHECK",
+            Self::Status => "STATUS",
+            Self::Version => "VERSION",
+            Self::Gc => "GC",
+        }
+    }
+}
+
+/// The container interface an ADD, DEL or CHECK is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+    /// CNI_NETNS; empty only for DEL (containerd's repeated DELs send none).
+    pub netns: String,
+}
+
+impl Attachment {
+    pub fn from_env(
+        cmd: Command,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, CniError> {
+        let container_id = lookup("CNI_CONTAINERID").unwrap_or_default();
+        validate_container_id(&container_id)?;
+        let ifname = lookup("CNI_IFNAME").unwrap_or_default();
+        validate_ifname(&ifname)?;
+        let netns = lookup("CNI_NETNS").unwrap_or_default();
+        if netns.is_empty() && cmd != Command::Del {
+            return Err(invalid_env(
+                "CNI_NETNS",
+                format!(
+                    "CNI_NETNS is not set or empty; {} needs the path of the container's \
+                     network namespace",
+                    cmd.name()
+                ),
+            ));
+        }
+        Ok(Self {
+            container_id,
+            ifname,
+            netns,
+        })
+    }
+}
+
+/// Spec: not empty, starts with an alphanumeric character, then any of
+/// alphanumerics, `_`, `.`, `-`.
+pub fn validate_container_id(id: &str) -> Result<(), CniError> {
+    let mut chars = id.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        return Ok(());
+    }
+    let why = if id.is_empty() {
+        "CNI_CONTAINERID is not set or empty".to_string()
+    } else {
+        format!(
+            "CNI_CONTAINERID {id:?} is invalid: it must start with a letter or digit, \
+             followed by letters, digits, '_', '.' or '-'"
+        )
+    };
+    Err(invalid_env("CNI_CONTAINERID", why))
+}
+
+/// What the kernel accepts as a link name (dev_valid_name): 1 to 15 bytes
+/// (IFNAMSIZ minus the NUL), no '/', ':' or whitespace, not "." or "..".
+pub fn validate_ifname(name: &str) -> Result<(), CniError> {
+    let why = if name.is_empty() {
+        Some("CNI_IFNAME is not set or empty".to_string())
+    } else if name.len() > 15 {
+        Some(format!(
+            "CNI_IFNAME {name:?} is {} bytes long; a Linux interface name has at most 15",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some(format!("CNI_IFNAME {name:?} is not a valid interface name"))
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        Some(format!(
+            "CNI_IFNAME {name:?} is invalid: an interface name cannot contain '/', ':' or whitespace"
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(invalid_env("CNI_IFNAME", why)),
+    }
+}
+
+/// The keys moor understands in CNI_ARGS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniArgs {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub pod_infra_container_id: String,
+    /// MOOR_POOL: the pool to allocate from, over the config's `pool`.
+    pub pool: Option<String>,
+}
+
+/// Parses `KEY=VALUE;KEY=VALUE`. A pair without '=' is an invalid CNI_ARGS
+/// (code 4); an unknown key is an unsupported field (code 2) unless
+/// `IgnoreUnknown` is 1 or true, as in libcni.
+pub fn parse_cni_args(raw: &str) -> Result<CniArgs, CniError> {
+    let mut pairs = Vec::new();
+    for pair in raw.split(';').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(invalid_env(
+                "CNI_ARGS",
+                format!("CNI_ARGS has {pair:?}, which is not a KEY=VALUE pair (pairs are separated by ';')"),
+            ));
+        };
+        if key.is_empty() {
+            return Err(invalid_env(
+                "CNI_ARGS",
+                format!("CNI_ARGS has {pair:?}, which has an empty key"),
+            ));
+        }
+        pairs.push((key, value));
+    }
+    let mut ignore_unknown = false;
+    for (key, value) in &pairs {
+        if *key == "IgnoreUnknown" {
+            ignore_unknown = match value.to_ascii_lowercase().as_str() {
+                "1" | "true" => true,
+                "0" | "false" | "" => false,
+                _ => {
+                    return Err(invalid_env(
+                        "CNI_ARGS",
+                        format!(
+                            "CNI_ARGS has IgnoreUnknown={value:?}; expected 1, true, 0 or false"
+                        ),
+                    ))
+                }
+            };
+        }
+    }
+    let mut args = CniArgs::default();
+    for (key, value) in pairs {
+        let value = value.to_string();
+        match key {
+            "K8S_POD_NAMESPACE" => args.pod_namespace = value,
+            "K8S_POD_NAME" => args.pod_name = value,
+            "K8S_POD_UID" => args.pod_uid = value,
+            "K8S_POD_INFRA_CONTAINER_ID" => args.pod_infra_container_id = value,
+            "MOOR_POOL" => args.pool = Some(value).filter(|p| !p.is_empty()),
+            "IgnoreUnknown" => {}
+            _ if ignore_unknown => {}
+            _ => {
+                return Err(CniError::new(
+                    code::UNSUPPORTED_FIELD,
+                    format!("unsupported CNI_ARGS key {key:?}"),
+                    format!(
+                        "CNI_ARGS has {key}={value:?}, which moor does not know; it knows \
+                         K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, K8S_POD_INFRA_CONTAINER_ID, \
+                         MOOR_POOL and IgnoreUnknown (set IgnoreUnknown=1 to ignore other keys)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn invalid_env(var: &str, details: impl Into<String>) -> CniError {
+    CniError::new(
+        code::INVALID_ENV,
+        format!("invalid environment variable {var}"),
+        details,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    const GOOD: [(&str, &str); 4] = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "3f2a.b_c-9"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", "/var/run/netns/cni-1"),
+    ];
+
+    fn with(over: &[(&'static str, Option<&'static str>)]) -> Vec<(&'static str, &'static str)> {
+        let mut v: Vec<_> = GOOD
+            .iter()
+            .filter(|(k, _)| !over.iter().any(|(o, _)| o == k))
+            .copied()
+            .collect();
+        v.extend(over.iter().filter_map(|(k, val)| val.map(|val| (*k, val))));
+        v
+    }
+
+    #[test]
+    fn good_env_parses() {
+        let env = lookup(&GOOD);
+        let cmd = Command::from_env(&env).unwrap();
+        assert_eq!(cmd, Command::Add);
+        let a = Attachment::from_env(cmd, &env).unwrap();
+        assert_eq!(a.container_id, "3f2a.b_c-9");
+        assert_eq!(a.ifname, "eth0");
+        assert_eq!(a.netns, "/var/run/netns/cni-1");
+    }
+
+    /// Each bad environment gives code 4 and a message naming the variable.
+    #[test]
+    fn bad_env_table() {
+        let long = "a234567890123456";
+        // (what, variables set or unset over a good environment, variable named)
+        type Case = (
+            &'static str,
+            Vec<(&'static str, Option<&'static str>)>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            ("no command", vec![("CNI_COMMAND", None)], "CNI_COMMAND"),
+            (
+                "unknown command",
+                vec![("CNI_COMMAND", Some("ATTACH"))],
+                "CNI_COMMAND",
+            ),
+            (
+                "lowercase command",
+                vec![("CNI_COMMAND", Some("add"))],
+                "CNI_COMMAND",
+            ),
+            (
+                "no container id",
+                vec![("CNI_CONTAINERID", None)],
+                "CNI_CONTAINERID",
+            ),
+            (
+                "empty container id",
+                vec![("CNI_CONTAINERID", Some(""))],
+                "CNI_CONTAINERID",
+            ),
+            (
+                "id starts with dash",
+                vec![("CNI_CONTAINERID", Some("-abc"))],
+                "CNI_CONTAINERID",
+            ),
+            (
+                "id has slash",
+                vec![("CNI_CONTAINERID", Some("ab/c"))],
+                "CNI_CONTAINERID",
+            ),
+            (
+                "id has space",
+                vec![("CNI_CONTAINERID", Some("ab c"))],
+                "CNI_CONTAINERID",
+            ),
+            ("no ifname", vec![("CNI_IFNAME", None)], "CNI_IFNAME"),
+            (
+                "ifname too long",
+                vec![("CNI_IFNAME", Some(long))],
+                "CNI_IFNAME",
+            ),
+            ("ifname dot", vec![("CNI_IFNAME", Some("."))], "CNI_IFNAME"),
+            (
+                "ifname dotdot",
+                vec![("CNI_IFNAME", Some(".."))],
+                "CNI_IFNAME",
+            ),
+            (
+                "ifname slash",
+                vec![("CNI_IFNAME", Some("et/h0"))],
+                "CNI_IFNAME",
+            ),
+            (
+                "ifname space",
+                vec![("CNI_IFNAME", Some("eth 0"))],
+                "CNI_IFNAME",
+            ),
+            (
+                "ifname tab",
+                vec![("CNI_IFNAME", Some("eth\t0"))],
+                "CNI_IFNAME",
+            ),
+            (
+                "ifname colon",
+                vec![("CNI_IFNAME", Some("eth0:1"))],
+                "CNI_IFNAME",
+            ),
+            ("no netns on ADD", vec![("CNI_NETNS", None)], "CNI_NETNS"),
+            (
+                "empty netns on CHECK",
+                vec![("CNI_COMMAND", Some("CHECK")), ("CNI_NETNS", Some(""))],
+                "CNI_NETNS",
+            ),
+        ];
+        for (what, over, var) in cases {
+            let env = lookup(&with(&over));
+            let err = Command::from_env(&env)
+                .and_then(|cmd| Attachment::from_env(cmd, &env))
+                .expect_err(what);
+            assert_eq!(err.code, 4, "{what}: {err}");
+            assert!(err.to_string().contains(var), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn ifname_of_fifteen_bytes_is_fine_sixteen_is_not() {
+        validate_ifname("a23456789012345").unwrap();
+        validate_ifname("a234567890123456").unwrap_err();
+        // Bytes, not characters: 8 two-byte characters are 16 bytes.
+        validate_ifname("éééééééé").unwrap_err();
+    }
+
+    #[test]
+    fn netns_is_optional_for_del() {
+        let env = lookup(&with(&[("CNI_COMMAND", Some("DEL")), ("CNI_NETNS", None)]));
+        let a = Attachment::from_env(Command::Del, &env).unwrap();
+        assert_eq!(a.netns, "");
+    }
+
+    #[test]
+    fn kubelet_args_parse() {
+        let a = parse_cni_args(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=mysql-0;\
+             K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=1-2-3",
+        )
+        .unwrap();
+        assert_eq!(a.pod_namespace, "db");
+        assert_eq!(a.pod_name, "mysql-0");
+        assert_eq!(a.pod_uid, "1-2-3");
+        assert_eq!(a.pod_infra_container_id, "abc");
+        assert_eq!(a.pool, None);
+        assert_eq!(parse_cni_args("").unwrap(), CniArgs::default());
+        assert_eq!(parse_cni_args("K8S_POD_NAME=x;").unwrap().pod_name, "x");
+    }
+
+    #[test]
+    fn moor_pool_and_values_with_equals() {
+        let a = parse_cni_args("MOOR_POOL=mysql-pool;K8S_POD_NAME=a=b").unwrap();
+        assert_eq!(a.pool.as_deref(), Some("mysql-pool"));
+        assert_eq!(a.pod_name, "a=b");
+        assert_eq!(parse_cni_args("MOOR_POOL=").unwrap().pool, None);
+    }
+
+    #[test]
+    fn bad_args_table() {
+        let cases = [
+            ("K8S_POD_NAME", 4, "CNI_ARGS"),
+            ("K8S_POD_NAME=a;junk", 4, "junk"),
+            ("=x", 4, "CNI_ARGS"),
+            ("IgnoreUnknown=maybe", 4, "IgnoreUnknown"),
+            ("FOO=bar", 2, "FOO=\"bar\""),
+            ("IgnoreUnknown=0;FOO=bar", 2, "FOO"),
+        ];
+        for (raw, want, needle) in cases {
+            let e = parse_cni_args(raw).expect_err(raw);
+            assert_eq!(e.code, want, "{raw}: {e}");
+            assert!(e.to_string().contains(needle), "{raw}: {e}");
+        }
+    }
+
+    #[test]
+    fn ignore_unknown_anywhere_in_the_list() {
+        for raw in [
+            "FOO=bar;IgnoreUnknown=true",
+            "IgnoreUnknown=TRUE;FOO=bar",
+            "FOO=1;IgnoreUnknown=1",
+        ] {
+            parse_cni_args(raw).unwrap();
+        }
+    }
+}

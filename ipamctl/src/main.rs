@@ -1,0 +1,442 @@
+//! `ipamctl`: the admin CLI of moor. Talks to ipamd's Admin service over its
+//! unix socket.
+//!
+//! Exit codes: 0 done; 1 ipamd unreachable or it refused (its message is
+//! printed as is); 2 bad usage or bad input, caught before any RPC.
+//! stdout carries only the result: nothing is printed there on error.
+
+mod client;
+mod output;
+mod validate;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use moor_proto::v1::admin_client::AdminClient;
+use moor_proto::v1::{
+    AddTorRequest, CreatePoolRequest, DeletePoolRequest, DeleteTorRequest, ExportPoolRequest,
+    GetIpRequest, GetPoolRequest, GetTorRequest, ListBindingsRequest, ListIpsRequest,
+    ListPoolsRequest, ListTorsRequest, ReleaseIpRequest, ResizePoolRequest,
+};
+use tonic::transport::Channel;
+
+use client::ServerError;
+use output::{ExportFormat, Format};
+use validate::InputError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ipamctl",
+    version,
+    about = "Admin CLI of moor: ToRs, IP pools, IPs and bindings held by ipamd"
+)]
+struct Cli {
+    /// ipamd's unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "MOOR_SOCKET",
+        value_name = "PATH",
+        default_value = moor_proto::DEFAULT_SOCKET
+    )]
+    socket: PathBuf,
+
+    /// Output format of read commands; json is stable, for scripts.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// ToRs (L2 domains): a subnet, a gateway, a VLAN, the ranges for pods.
+    #[command(subcommand)]
+    Tor(TorCommand),
+    /// Per-app IP pools carved from ToRs; their IPs are the app's whitelist.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Single IPs: who holds them, and releasing a binding.
+    #[command(subcommand)]
+    Ip(IpCommand),
+    /// Sticky bindings: pod -> IP.
+    #[command(subcommand)]
+    Binding(BindingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TorCommand {
+    /// Add a ToR.
+    Add(TorAddArgs),
+    /// List ToRs.
+    List,
+    /// Show one ToR.
+    Show { name: String },
+    /// Delete a ToR (ipamd refuses while pools hold IPs of it).
+    Delete { name: String },
+}
+
+// Values are taken as strings and checked by `validate`, so that every bad
+// value gets the same kind of message: flag, value, fix.
+#[derive(Debug, Args)]
+struct TorAddArgs {
+    /// The ToR's name: lowercase letters, digits and '-', e.g. rack-1.
+    name: String,
+    /// The ToR's subnet, e.g. 10.1.0.0/24.
+    #[arg(long, value_name = "CIDR")]
+    subnet: String,
+    /// The router of the subnet, e.g. 10.1.0.1.
+    #[arg(long, value_name = "IP")]
+    gateway: String,
+    /// 802.1Q VLAN id, 1-4094; omit for untagged.
+    #[arg(long, value_name = "ID", allow_negative_numbers = true)]
+    vlan: Option<String>,
+    /// Addresses reserved for pods, FIRST-LAST; repeatable. Default: the
+    /// whole subnet but network, gateway and broadcast.
+    #[arg(long = "range", value_name = "A-B")]
+    ranges: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Create a pool for an app.
+    Create(PoolCreateArgs),
+    /// Grow or shrink a pool.
+    Resize {
+        name: String,
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        size: String,
+    },
+    /// List pools.
+    List,
+    /// Show a pool with its counts per ToR.
+    Show { name: String },
+    /// Delete a pool.
+    Delete { name: String },
+    /// Print the pool's whitelist: every IP of the pool, whatever its state.
+    Export {
+        name: String,
+        /// Default: json with -o json, else plain.
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PoolCreateArgs {
+    /// The pool's name: lowercase letters, digits and '-', e.g. mysql-prod.
+    name: String,
+    /// Namespace of the app's pods.
+    #[arg(long, value_name = "NS")]
+    namespace: String,
+    /// The app (label value) whose pods take IPs from this pool.
+    #[arg(long)]
+    app: String,
+    /// Number of IPs, 1-65535; default 30.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    size: Option<String>,
+    /// ToRs to carve from, repeatable; default all, spread by their usage.
+    #[arg(long = "tor", value_name = "T")]
+    tors: Vec<String>,
+    /// Who keeps an IP after pod deletion: auto (stable pod names), sticky
+    /// (every pod) or release (no pod). Default auto.
+    #[arg(long)]
+    policy: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum IpCommand {
+    /// List IPs, of one pool or all.
+    List {
+        #[arg(long, value_name = "P")]
+        pool: Option<String>,
+    },
+    /// Show one IP.
+    Show {
+        #[arg(value_name = "IP")]
+        address: String,
+    },
+    /// Drop the IP's binding so the IP goes back to its pool.
+    Release {
+        #[arg(value_name = "IP")]
+        address: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BindingCommand {
+    /// List bindings, of one pool or all.
+    List {
+        #[arg(long, value_name = "P")]
+        pool: Option<String>,
+    },
+}
+
+/// One checked RPC, ready to send.
+#[derive(Debug)]
+enum Rpc {
+    AddTor(AddTorRequest),
+    ListTors,
+    GetTor(String),
+    DeleteTor(String),
+    CreatePool(CreatePoolRequest),
+    ResizePool(ResizePoolRequest),
+    ListPools,
+    GetPool(String),
+    DeletePool(String),
+    ExportPool(String, ExportFormat),
+    ListIps(String),
+    GetIp(String),
+    ReleaseIp(String),
+    ListBindings(String),
+}
+
+/// Checks the command line and turns it into an RPC, without I/O.
+fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
+    use validate::name;
+    let pool_filter = |p: &Option<String>| match p {
+        Some(p) => name("--pool", p),
+        None => Ok(String::new()),
+    };
+    Ok(match command {
+        Command::Tor(c) => match c {
+            TorCommand::Add(a) => Rpc::AddTor(validate::tor_add(&validate::TorAdd {
+                name: &a.name,
+                subnet: &a.subnet,
+                gateway: &a.gateway,
+                vlan: a.vlan.as_deref(),
+                ranges: &a.ranges,
+            })?),
+            TorCommand::List => Rpc::ListTors,
+            TorCommand::Show { name: n } => Rpc::GetTor(name("NAME", n)?),
+            TorCommand::Delete { name: n } => Rpc::DeleteTor(name("NAME", n)?),
+        },
+        Command::Pool(c) => match c {
+            PoolCommand::Create(a) => {
+                Rpc::CreatePool(validate::pool_create(&validate::PoolCreate {
+                    name: &a.name,
+                    namespace: &a.namespace,
+                    app: &a.app,
+                    size: a.size.as_deref(),
+                    tors: &a.tors,
+                    policy: a.policy.as_deref(),
+                })?)
+            }
+            PoolCommand::Resize { name: n, size } => Rpc::ResizePool(ResizePoolRequest {
+                name: name("NAME", n)?,
+                size: validate::size("--size", size)?,
+            }),
+            PoolCommand::List => Rpc::ListPools,
+            PoolCommand::Show { name: n } => Rpc::GetPool(name("NAME", n)?),
+            PoolCommand::Delete { name: n } => Rpc::DeletePool(name("NAME", n)?),
+            PoolCommand::Export { name: n, format: f } => {
+                let f = f.unwrap_or(match format {
+                    Format::Json => ExportFormat::Json,
+                    Format::Table => ExportFormat::Plain,
+                });
+                Rpc::ExportPool(name("NAME", n)?, f)
+            }
+        },
+        Command::Ip(c) => match c {
+            IpCommand::List { pool } => Rpc::ListIps(pool_filter(pool)?),
+            IpCommand::Show { address } => {
+                Rpc::GetIp(validate::address("IP", address)?.to_string())
+            }
+            IpCommand::Release { address } => {
+                Rpc::ReleaseIp(validate::address("IP", address)?.to_string())
+            }
+        },
+        Command::Binding(BindingCommand::List { pool }) => Rpc::ListBindings(pool_filter(pool)?),
+    })
+}
+
+/// Sends the RPC and renders its reply.
+async fn call(
+    client: &mut AdminClient<Channel>,
+    rpc: Rpc,
+    format: Format,
+) -> Result<String, tonic::Status> {
+    Ok(match rpc {
+        Rpc::AddTor(req) => output::tor_show(&client.add_tor(req).await?.into_inner(), format),
+        Rpc::ListTors => {
+            let reply = client.list_tors(ListTorsRequest {}).await?.into_inner();
+            output::tor_list(&reply.tors, format)
+        }
+        Rpc::GetTor(name) => {
+            let tor = client.get_tor(GetTorRequest { name }).await?.into_inner();
+            output::tor_show(&tor, format)
+        }
+        Rpc::DeleteTor(name) => {
+            client
+                .delete_tor(DeleteTorRequest { name: name.clone() })
+                .await?;
+            output::deleted("tor", &name, format)
+        }
+        Rpc::CreatePool(req) => {
+            output::pool_show(&client.create_pool(req).await?.into_inner(), format)
+        }
+        Rpc::ResizePool(req) => {
+            output::pool_show(&client.resize_pool(req).await?.into_inner(), format)
+        }
+        Rpc::ListPools => {
+            let reply = client.list_pools(ListPoolsRequest {}).await?.into_inner();
+            output::pool_list(&reply.pools, format)
+        }
+        Rpc::GetPool(name) => {
+            let pool = client.get_pool(GetPoolRequest { name }).await?.into_inner();
+            output::pool_show(&pool, format)
+        }
+        Rpc::DeletePool(name) => {
+            client
+                .delete_pool(DeletePoolRequest { name: name.clone() })
+                .await?;
+            output::deleted("pool", &name, format)
+        }
+        Rpc::ExportPool(name, export_format) => {
+            let reply = client
+                .export_pool(ExportPoolRequest { name })
+                .await?
+                .into_inner();
+            output::pool_export(&reply, export_format)
+        }
+        Rpc::ListIps(pool) => {
+            let reply = client.list_ips(ListIpsRequest { pool }).await?.into_inner();
+            output::ip_list(&reply.ips, format)
+        }
+        Rpc::GetIp(address) => {
+            let ip = client.get_ip(GetIpRequest { address }).await?.into_inner();
+            output::ip_show(&ip, format)
+        }
+        Rpc::ReleaseIp(address) => {
+            let reply = client
+                .release_ip(ReleaseIpRequest { address })
+                .await?
+                .into_inner();
+            output::ip_release(&reply, format)
+        }
+        Rpc::ListBindings(pool) => {
+            let reply = client
+                .list_bindings(ListBindingsRequest { pool })
+                .await?
+                .into_inner();
+            output::binding_list(&reply.bindings, format)
+        }
+    })
+}
+
+fn run(cli: &Cli) -> anyhow::Result<String> {
+    // Input is checked before connecting: a typo is answered even when ipamd
+    // is down, and never reaches it.
+    let rpc = plan(&cli.command, cli.output)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut client = client::connect(&cli.socket).await?;
+        let text = call(&mut client, rpc, cli.output)
+            .await
+            .map_err(ServerError)?;
+        Ok(text)
+    })
+}
+
+fn main() -> ExitCode {
+    // clap prints its own usage errors and exits 2.
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(text) => match io::stdout().lock().write_all(text.as_bytes()) {
+            // `ipamctl ip list | head` closes the pipe early: not an error.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipamctl: writing the output: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("ipamctl: {e:#}");
+            if e.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn plan_of(args: &[&str]) -> Result<Rpc, InputError> {
+        let cli = Cli::try_parse_from(std::iter::once("ipamctl").chain(args.iter().copied()))
+            .expect("parses");
+        plan(&cli.command, cli.output)
+    }
+
+    #[test]
+    fn plans_carry_the_checked_values() {
+        match plan_of(&[
+            "tor",
+            "add",
+            "rack-1",
+            "--subnet",
+            "10.1.0.0/24",
+            "--gateway",
+            "10.1.0.1",
+            "--vlan",
+            "100",
+            "--range",
+            "10.1.0.10-10.1.0.20",
+            "--range",
+            "10.1.0.30-10.1.0.40",
+        ]) {
+            Ok(Rpc::AddTor(req)) => {
+                assert_eq!(req.vlan, 100);
+                assert_eq!(req.ranges.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["pool", "resize", "web", "--size", "40"]) {
+            Ok(Rpc::ResizePool(req)) => assert_eq!((req.name.as_str(), req.size), ("web", 40)),
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["-o", "json", "pool", "export", "web"]) {
+            Ok(Rpc::ExportPool(_, ExportFormat::Json)) => {}
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["pool", "export", "web"]) {
+            Ok(Rpc::ExportPool(_, ExportFormat::Plain)) => {}
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["ip", "list"]) {
+            Ok(Rpc::ListIps(pool)) => assert_eq!(pool, "", "empty = all pools"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plans_reject_bad_names_and_addresses() {
+        for (args, flag) in [
+            (&["tor", "show", "Rack1"][..], "NAME"),
+            (&["pool", "delete", "a_b"][..], "NAME"),
+            (&["pool", "resize", "web", "--size", "-1"][..], "--size"),
+            (&["ip", "list", "--pool", "Web"][..], "--pool"),
+            (&["binding", "list", "--pool", ""][..], "--pool"),
+            (&["ip", "release", "10.1.0.300"][..], "IP"),
+            (&["ip", "show", "fd00::1"][..], "IP"),
+        ] {
+            let e = plan_of(args).expect_err(&format!("{args:?}"));
+            assert_eq!(e.flag, flag, "{args:?}: {e}");
+        }
+    }
+}

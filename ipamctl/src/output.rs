@@ -1,0 +1,1003 @@
+//! What `ipamctl` prints: aligned tables for people, JSON for scripts.
+//!
+//! The JSON comes from the view structs below, not from the generated proto
+//! types, so that its shape is ours to keep stable: snake_case field names,
+//! enums as lowercase words, absent things as `null`, lists as arrays, sorted
+//! (ToRs, pools by name; IPs by address; bindings by pod).
+
+use std::net::Ipv4Addr;
+
+use clap::ValueEnum;
+use moor_proto::v1::{
+    Attachment, Binding, ExportPoolReply, Ip, PodRef, Pool, ReleaseIpReply, ReleasePolicy, Tor,
+};
+use serde::Serialize;
+
+/// `-o/--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// `pool export --format`: how a whitelist is handed to a firewall or a
+/// database's grant script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One IP a line.
+    Plain,
+    /// Header `ip,pool`, then one row per IP.
+    Csv,
+    /// `{"pool": NAME, "ips": [..]}`.
+    Json,
+}
+
+// ---------------------------------------------------------------------------
+// JSON views.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RangeView {
+    pub first: String,
+    pub last: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TorView {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: String,
+    /// `null` = untagged.
+    pub vlan: Option<u32>,
+    pub ranges: Vec<RangeView>,
+    pub capacity: u32,
+    pub carved: u32,
+}
+
+impl From<&Tor> for TorView {
+    fn from(t: &Tor) -> Self {
+        Self {
+            name: t.name.clone(),
+            subnet: t.subnet.clone(),
+            gateway: t.gateway.clone(),
+            vlan: (t.vlan != 0).then_some(t.vlan),
+            ranges: t
+                .ranges
+                .iter()
+                .map(|r| RangeView {
+                    first: r.first.clone(),
+                    last: r.last.clone(),
+                })
+                .collect(),
+            capacity: t.capacity,
+            carved: t.carved,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CountsView {
+    pub total: u32,
+    pub bound: u32,
+    pub in_use: u32,
+    pub free: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolTorView {
+    pub tor: String,
+    #[serde(flatten)]
+    pub counts: CountsView,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolView {
+    pub name: String,
+    pub namespace: String,
+    pub app: String,
+    pub size: u32,
+    /// `auto`, `sticky` or `release`.
+    pub policy: String,
+    pub tors: Vec<PoolTorView>,
+    /// The sums over `tors`.
+    pub totals: CountsView,
+}
+
+impl From<&Pool> for PoolView {
+    fn from(p: &Pool) -> Self {
+        let tors: Vec<PoolTorView> = p
+            .tors
+            .iter()
+            .map(|t| PoolTorView {
+                tor: t.tor.clone(),
+                counts: CountsView {
+                    total: t.total,
+                    bound: t.bound,
+                    in_use: t.in_use,
+                    free: t.free,
+                },
+            })
+            .collect();
+        let totals = tors.iter().fold(CountsView::default(), |a, t| CountsView {
+            total: a.total.saturating_add(t.counts.total),
+            bound: a.bound.saturating_add(t.counts.bound),
+            in_use: a.in_use.saturating_add(t.counts.in_use),
+            free: a.free.saturating_add(t.counts.free),
+        });
+        Self {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            app: p.app.clone(),
+            size: p.size,
+            policy: policy_name(p.policy),
+            tors,
+            totals,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodView {
+    /// `None` for a missing or all-empty PodRef (proto3 cannot tell them apart
+    /// reliably across implementations).
+    fn of(p: Option<&PodRef>) -> Option<Self> {
+        let p = p?;
+        if p.namespace.is_empty() && p.name.is_empty() && p.uid.is_empty() {
+            return None;
+        }
+        Some(Self {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+        })
+    }
+
+    fn display(&self) -> String {
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AttachmentView {
+    pub container_id: String,
+    pub ifname: String,
+    pub node: String,
+    pub netns: String,
+    pub pod: Option<PodView>,
+    pub host_ifname: String,
+    pub mac: String,
+    /// `pending` (ADD in flight) or `ready`.
+    pub state: String,
+    pub network: String,
+    pub created_unix: u64,
+}
+
+impl From<&Attachment> for AttachmentView {
+    fn from(a: &Attachment) -> Self {
+        Self {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            node: a.node.clone(),
+            netns: a.netns.clone(),
+            pod: PodView::of(a.pod.as_ref()),
+            host_ifname: a.host_ifname.clone(),
+            mac: a.mac.clone(),
+            state: a.state.clone(),
+            network: a.network.clone(),
+            created_unix: a.created_unix,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IpView {
+    pub address: String,
+    pub pool: String,
+    pub tor: String,
+    /// `free`, `bound` or `in-use`.
+    pub state: String,
+    /// The pod this IP is kept for.
+    pub binding: Option<PodView>,
+    /// The live use of the IP.
+    pub attachment: Option<AttachmentView>,
+}
+
+impl From<&Ip> for IpView {
+    fn from(ip: &Ip) -> Self {
+        Self {
+            address: ip.address.clone(),
+            pool: ip.pool.clone(),
+            tor: ip.tor.clone(),
+            state: ip.state.clone(),
+            binding: PodView::of(ip.binding.as_ref()),
+            attachment: ip.attachment.as_ref().map(AttachmentView::from),
+        }
+    }
+}
+
+impl IpView {
+    /// The pod column: who holds the IP, by binding or else by attachment.
+    fn pod(&self) -> Option<String> {
+        self.binding
+            .as_ref()
+            .or_else(|| self.attachment.as_ref().and_then(|a| a.pod.as_ref()))
+            .map(PodView::display)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BindingView {
+    pub pod: PodView,
+    pub pool: String,
+    pub address: String,
+    pub tor: String,
+    pub attached: bool,
+}
+
+impl From<&Binding> for BindingView {
+    fn from(b: &Binding) -> Self {
+        Self {
+            pod: PodView::of(b.pod.as_ref()).unwrap_or(PodView {
+                namespace: String::new(),
+                name: String::new(),
+                uid: String::new(),
+            }),
+            pool: b.pool.clone(),
+            address: b.address.clone(),
+            tor: b.tor.clone(),
+            attached: b.attached,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReleaseView {
+    /// The IP after release.
+    pub ip: Option<IpView>,
+    pub was_bound: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExportView {
+    pub pool: String,
+    pub ips: Vec<String>,
+}
+
+fn policy_name(p: i32) -> String {
+    match ReleasePolicy::try_from(p) {
+        Ok(ReleasePolicy::Auto) => "auto".into(),
+        Ok(ReleasePolicy::Sticky) => "sticky".into(),
+        Ok(ReleasePolicy::Release) => "release".into(),
+        // A newer ipamd; say so rather than guess.
+        Err(_) => format!("unknown({p})"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rendering, one function per command. Each returns the whole text so that
+// nothing reaches stdout unless all of it is ready.
+// ---------------------------------------------------------------------------
+
+pub fn tor_list(tors: &[Tor], format: Format) -> String {
+    let mut views: Vec<TorView> = tors.iter().map(TorView::from).collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    if format == Format::Json {
+        return json(&views);
+    }
+    let mut t = Table::new(&[
+        "NAME", "SUBNET", "GATEWAY", "VLAN", "RANGES", "CAPACITY", "CARVED",
+    ]);
+    for v in &views {
+        t.row([
+            v.name.clone(),
+            v.subnet.clone(),
+            v.gateway.clone(),
+            vlan(v.vlan),
+            ranges(&v.ranges, ","),
+            v.capacity.to_string(),
+            v.carved.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn tor_show(tor: &Tor, format: Format) -> String {
+    let v = TorView::from(tor);
+    if format == Format::Json {
+        return json(&v);
+    }
+    fields(&[
+        ("Name", v.name.clone()),
+        ("Subnet", v.subnet.clone()),
+        ("Gateway", v.gateway.clone()),
+        ("VLAN", vlan(v.vlan)),
+        ("Ranges", ranges(&v.ranges, ", ")),
+        ("Capacity", v.capacity.to_string()),
+        ("Carved", v.carved.to_string()),
+    ])
+}
+
+pub fn pool_list(pools: &[Pool], format: Format) -> String {
+    let mut views: Vec<PoolView> = pools.iter().map(PoolView::from).collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    if format == Format::Json {
+        return json(&views);
+    }
+    let mut t = Table::new(&["NAME", "NAMESPACE", "APP", "SIZE", "POLICY", "TORS", "FREE"]);
+    for v in &views {
+        t.row([
+            v.name.clone(),
+            v.namespace.clone(),
+            v.app.clone(),
+            v.size.to_string(),
+            v.policy.clone(),
+            v.tors
+                .iter()
+                .map(|t| t.tor.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            v.totals.free.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn pool_show(pool: &Pool, format: Format) -> String {
+    let v = PoolView::from(pool);
+    if format == Format::Json {
+        return json(&v);
+    }
+    let mut out = fields(&[
+        ("Name", v.name.clone()),
+        ("Namespace", v.namespace.clone()),
+        ("App", v.app.clone()),
+        ("Size", v.size.to_string()),
+        ("Policy", v.policy.clone()),
+    ]);
+    out.push('\n');
+    let mut t = Table::new(&["TOR", "TOTAL", "BOUND", "IN-USE", "FREE"]);
+    let counts = |name: &str, c: &CountsView| {
+        [
+            name.to_string(),
+            c.total.to_string(),
+            c.bound.to_string(),
+            c.in_use.to_string(),
+            c.free.to_string(),
+        ]
+    };
+    for pt in &v.tors {
+        t.row(counts(&pt.tor, &pt.counts));
+    }
+    t.row(counts("total", &v.totals));
+    out.push_str(&t.render());
+    out
+}
+
+pub fn pool_export(reply: &ExportPoolReply, format: ExportFormat) -> String {
+    match format {
+        ExportFormat::Plain => reply.ips.iter().map(|ip| format!("{ip}\n")).collect(),
+        ExportFormat::Csv => {
+            // Pool names are DNS labels and IPs are dotted quads: nothing to
+            // quote.
+            let mut out = String::from("ip,pool\n");
+            for ip in &reply.ips {
+                out.push_str(&format!("{ip},{}\n", reply.pool));
+            }
+            out
+        }
+        ExportFormat::Json => json(&ExportView {
+            pool: reply.pool.clone(),
+            ips: reply.ips.clone(),
+        }),
+    }
+}
+
+pub fn ip_list(ips: &[Ip], format: Format) -> String {
+    let mut views: Vec<IpView> = ips.iter().map(IpView::from).collect();
+    views.sort_by_key(|a| address_key(&a.address));
+    if format == Format::Json {
+        return json(&views);
+    }
+    let mut t = Table::new(&["IP", "POOL", "TOR", "STATE", "POD", "NODE", "CONTAINER"]);
+    for v in &views {
+        let att = v.attachment.as_ref();
+        t.row([
+            v.address.clone(),
+            v.pool.clone(),
+            v.tor.clone(),
+            v.state.clone(),
+            v.pod().unwrap_or_default(),
+            att.map(|a| a.node.clone()).unwrap_or_default(),
+            att.map(|a| short_id(&a.container_id)).unwrap_or_default(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn ip_show(ip: &Ip, format: Format) -> String {
+    let v = IpView::from(ip);
+    if format == Format::Json {
+        return json(&v);
+    }
+    fields(&ip_fields(&v))
+}
+
+pub fn ip_release(reply: &ReleaseIpReply, format: Format) -> String {
+    let v = ReleaseView {
+        ip: reply.ip.as_ref().map(IpView::from),
+        was_bound: reply.was_bound,
+    };
+    if format == Format::Json {
+        return json(&v);
+    }
+    let address = v.ip.as_ref().map(|ip| ip.address.as_str()).unwrap_or("");
+    let mut out = if v.was_bound {
+        format!("released {address}: its binding is dropped\n")
+    } else {
+        format!("released {address}: it had no binding\n")
+    };
+    if let Some(ip) = &v.ip {
+        out.push_str(&fields(&ip_fields(ip)));
+    }
+    out
+}
+
+pub fn binding_list(bindings: &[Binding], format: Format) -> String {
+    let mut views: Vec<BindingView> = bindings.iter().map(BindingView::from).collect();
+    views.sort_by(|a, b| {
+        (&a.pod.namespace, &a.pod.name, &a.pool).cmp(&(&b.pod.namespace, &b.pod.name, &b.pool))
+    });
+    if format == Format::Json {
+        return json(&views);
+    }
+    let mut t = Table::new(&["POD", "POOL", "IP", "TOR", "ATTACHED"]);
+    for v in &views {
+        t.row([
+            v.pod.display(),
+            v.pool.clone(),
+            v.address.clone(),
+            v.tor.clone(),
+            if v.attached { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// What `tor delete` and `pool delete` print.
+pub fn deleted(kind: &str, name: &str, format: Format) -> String {
+    if format == Format::Json {
+        let mut m = serde_json::Map::new();
+        m.insert(kind.to_string(), name.into());
+        m.insert("deleted".to_string(), true.into());
+        return json(&m);
+    }
+    format!("deleted {kind} {name}\n")
+}
+
+fn ip_fields(v: &IpView) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("Address", v.address.clone()),
+        ("Pool", v.pool.clone()),
+        ("ToR", v.tor.clone()),
+        ("State", v.state.clone()),
+        (
+            "Binding",
+            v.binding.as_ref().map(PodView::display).unwrap_or_default(),
+        ),
+    ];
+    match &v.attachment {
+        None => rows.push(("Attachment", String::new())),
+        Some(a) => rows.extend([
+            ("Attachment", String::new()),
+            ("  Container", a.container_id.clone()),
+            ("  Ifname", a.ifname.clone()),
+            ("  Node", a.node.clone()),
+            ("  Netns", a.netns.clone()),
+            (
+                "  Pod",
+                a.pod.as_ref().map(PodView::display).unwrap_or_default(),
+            ),
+            ("  Host ifname", a.host_ifname.clone()),
+            ("  MAC", a.mac.clone()),
+            ("  State", a.state.clone()),
+            ("  Network", a.network.clone()),
+            ("  Created", utc(a.created_unix)),
+        ]),
+    }
+    rows
+}
+
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("views serialize");
+    s.push('\n');
+    s
+}
+
+fn vlan(v: Option<u32>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn ranges(ranges: &[RangeView], sep: &str) -> String {
+    ranges
+        .iter()
+        .map(|r| {
+            if r.first == r.last {
+                r.first.clone()
+            } else {
+                format!("{}-{}", r.first, r.last)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// Container ids are 64 hex digits; 12 tell them apart, as `docker ps` shows.
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Sort key that puts 10.0.0.9 before 10.0.0.10; anything unparsable last.
+fn address_key(a: &str) -> (u8, u32, String) {
+    match a.parse::<Ipv4Addr>() {
+        Ok(ip) => (0, u32::from(ip), String::new()),
+        Err(_) => (1, 0, a.to_string()),
+    }
+}
+
+/// `2024-05-01T12:00:00Z`, without a date crate for one field.
+fn utc(secs: u64) -> String {
+    if secs == 0 {
+        return String::new();
+    }
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// `Key:  value` lines, values aligned; an empty value shows as `-`, except
+/// on a section header (a key followed by indented keys).
+fn fields(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    for (i, (k, v)) in rows.iter().enumerate() {
+        let key = format!("{k}:");
+        let header = v.is_empty()
+            && rows
+                .get(i + 1)
+                .is_some_and(|(next, _)| next.starts_with(' '));
+        if header {
+            out.push_str(&key);
+        } else {
+            let v = if v.is_empty() { "-" } else { v };
+            out.push_str(&format!("{key:width$}  {v}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Columns left-aligned to their widest cell, two spaces apart; an empty
+/// cell shows as `-` so that `awk` sees the same number of fields in every
+/// row.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    pub fn row<const N: usize>(&mut self, cells: [String; N]) {
+        debug_assert_eq!(N, self.rows[0].len(), "row width");
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| if c.is_empty() { "-".to_string() } else { c })
+                .collect(),
+        );
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.rows[0].len();
+        let widths: Vec<usize> = (0..cols)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (i, cell) in r.iter().enumerate() {
+                if i + 1 < cols {
+                    let pad = widths[i] - cell.chars().count();
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad + 2));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moor_proto::v1::{IpRange, PoolTor};
+    use serde_json::json;
+
+    fn tor(name: &str, vlan: u32) -> Tor {
+        Tor {
+            name: name.into(),
+            subnet: "10.1.0.0/24".into(),
+            gateway: "10.1.0.1".into(),
+            vlan,
+            ranges: vec![
+                IpRange {
+                    first: "10.1.0.10".into(),
+                    last: "10.1.0.99".into(),
+                },
+                IpRange {
+                    first: "10.1.0.200".into(),
+                    last: "10.1.0.200".into(),
+                },
+            ],
+            capacity: 91,
+            carved: 30,
+        }
+    }
+
+    fn pool() -> Pool {
+        Pool {
+            name: "mysql".into(),
+            namespace: "db".into(),
+            app: "mysql".into(),
+            size: 30,
+            policy: ReleasePolicy::Sticky.into(),
+            tors: vec![
+                PoolTor {
+                    tor: "rack-1".into(),
+                    total: 15,
+                    bound: 3,
+                    in_use: 10,
+                    free: 2,
+                },
+                PoolTor {
+                    tor: "rack-2".into(),
+                    total: 15,
+                    bound: 0,
+                    in_use: 1,
+                    free: 14,
+                },
+            ],
+        }
+    }
+
+    fn pod(ns: &str, name: &str) -> Option<PodRef> {
+        Some(PodRef {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: "u1".into(),
+        })
+    }
+
+    fn in_use_ip() -> Ip {
+        Ip {
+            address: "10.1.0.17".into(),
+            pool: "mysql".into(),
+            tor: "rack-1".into(),
+            state: "in-use".into(),
+            binding: pod("db", "mysql-0"),
+            attachment: Some(Attachment {
+                container_id: "0123456789abcdef0123".into(),
+                ifname: "eth0".into(),
+                node: "node-a".into(),
+                netns: "/var/run/netns/x".into(),
+                pod: pod("db", "mysql-0"),
+                host_ifname: "mr0123456789ab".into(),
+                mac: "0a:58:0a:01:00:11".into(),
+                state: "ready".into(),
+                network: "moor".into(),
+                created_unix: 1_714_564_800,
+            }),
+        }
+    }
+
+    fn free_ip(addr: &str) -> Ip {
+        Ip {
+            address: addr.into(),
+            pool: "mysql".into(),
+            tor: "rack-2".into(),
+            state: "free".into(),
+            binding: Some(PodRef::default()),
+            attachment: None,
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_and_fills_empty_cells() {
+        let mut t = Table::new(&["A", "LONGER", "C"]);
+        t.row(["xxxx".into(), String::new(), "z".into()]);
+        t.row(["y".into(), "b".into(), String::new()]);
+        assert_eq!(
+            t.render(),
+            "A     LONGER  C\n\
+             xxxx  -       z\n\
+             y     b       -\n"
+        );
+    }
+
+    #[test]
+    fn tor_list_table_shows_untagged_vlan_as_dash() {
+        let out = tor_list(&[tor("rack-2", 0), tor("rack-1", 100)], Format::Table);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME    SUBNET       GATEWAY   VLAN  RANGES                          CAPACITY  CARVED"
+        );
+        assert_eq!(
+            lines[1],
+            "rack-1  10.1.0.0/24  10.1.0.1  100   10.1.0.10-10.1.0.99,10.1.0.200  91        30"
+        );
+        assert!(lines[2].starts_with("rack-2  10.1.0.0/24  10.1.0.1  -     "));
+    }
+
+    #[test]
+    fn tor_json_is_an_array_of_snake_case_objects() {
+        let out = tor_list(&[tor("rack-1", 0)], Format::Json);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!([{
+                "name": "rack-1",
+                "subnet": "10.1.0.0/24",
+                "gateway": "10.1.0.1",
+                "vlan": null,
+                "ranges": [
+                    {"first": "10.1.0.10", "last": "10.1.0.99"},
+                    {"first": "10.1.0.200", "last": "10.1.0.200"}
+                ],
+                "capacity": 91,
+                "carved": 30
+            }])
+        );
+        let one: serde_json::Value =
+            serde_json::from_str(&tor_show(&tor("rack-1", 7), Format::Json)).unwrap();
+        assert_eq!(one["vlan"], 7);
+    }
+
+    #[test]
+    fn tor_show_is_a_field_block() {
+        let out = tor_show(&tor("rack-1", 0), Format::Table);
+        assert!(out.contains("Name:      rack-1\n"), "{out}");
+        assert!(out.contains("VLAN:      -\n"), "{out}");
+        assert!(
+            out.contains("Ranges:    10.1.0.10-10.1.0.99, 10.1.0.200\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn pool_show_has_per_tor_rows_and_a_total() {
+        let out = pool_show(&pool(), Format::Table);
+        assert!(out.contains("Policy:     sticky\n"), "{out}");
+        let table: Vec<&str> = out.split("\n\n").nth(1).unwrap().lines().collect();
+        assert_eq!(table[0], "TOR     TOTAL  BOUND  IN-USE  FREE");
+        assert_eq!(table[1], "rack-1  15     3      10      2");
+        assert_eq!(table[2], "rack-2  15     0      1       14");
+        assert_eq!(table[3], "total   30     3      11      16");
+    }
+
+    #[test]
+    fn pool_json_has_counts_per_tor_and_totals() {
+        let v: serde_json::Value =
+            serde_json::from_str(&pool_list(&[pool()], Format::Json)).unwrap();
+        assert_eq!(v[0]["policy"], "sticky");
+        assert_eq!(
+            v[0]["tors"][0],
+            json!({"tor": "rack-1", "total": 15, "bound": 3, "in_use": 10, "free": 2})
+        );
+        assert_eq!(
+            v[0]["totals"],
+            json!({"total": 30, "bound": 3, "in_use": 11, "free": 16})
+        );
+    }
+
+    #[test]
+    fn pool_list_table_sums_free_and_names_tors() {
+        let out = pool_list(&[pool()], Format::Table);
+        assert_eq!(
+            out,
+            "NAME   NAMESPACE  APP    SIZE  POLICY  TORS           FREE\n\
+             mysql  db         mysql  30    sticky  rack-1,rack-2  16\n"
+        );
+    }
+
+    #[test]
+    fn unknown_policy_is_shown_not_guessed() {
+        let mut p = pool();
+        p.policy = 9;
+        assert_eq!(PoolView::from(&p).policy, "unknown(9)");
+    }
+
+    #[test]
+    fn export_formats() {
+        let reply = ExportPoolReply {
+            pool: "mysql".into(),
+            ips: vec!["10.1.0.10".into(), "10.1.0.11".into()],
+        };
+        assert_eq!(
+            pool_export(&reply, ExportFormat::Plain),
+            "10.1.0.10\n10.1.0.11\n"
+        );
+        assert_eq!(
+            pool_export(&reply, ExportFormat::Csv),
+            "ip,pool\n10.1.0.10,mysql\n10.1.0.11,mysql\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&pool_export(&reply, ExportFormat::Json)).unwrap();
+        assert_eq!(
+            v,
+            json!({"pool": "mysql", "ips": ["10.1.0.10", "10.1.0.11"]})
+        );
+        let empty = ExportPoolReply {
+            pool: "x".into(),
+            ips: vec![],
+        };
+        assert_eq!(pool_export(&empty, ExportFormat::Plain), "");
+        assert_eq!(pool_export(&empty, ExportFormat::Csv), "ip,pool\n");
+    }
+
+    #[test]
+    fn ip_list_sorts_by_address_and_shortens_container_ids() {
+        let ips = [free_ip("10.1.0.100"), in_use_ip(), free_ip("10.1.0.9")];
+        let out = ip_list(&ips, Format::Table);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "IP          POOL   TOR     STATE   POD         NODE    CONTAINER",
+                "10.1.0.9    mysql  rack-2  free    -           -       -",
+                "10.1.0.17   mysql  rack-1  in-use  db/mysql-0  node-a  0123456789ab",
+                "10.1.0.100  mysql  rack-2  free    -           -       -",
+            ]
+        );
+    }
+
+    #[test]
+    fn ip_json_uses_null_for_absent_binding_and_attachment() {
+        let v: serde_json::Value =
+            serde_json::from_str(&ip_list(&[free_ip("10.1.0.9"), in_use_ip()], Format::Json))
+                .unwrap();
+        assert_eq!(
+            v[0],
+            json!({
+                "address": "10.1.0.9", "pool": "mysql", "tor": "rack-2",
+                "state": "free", "binding": null, "attachment": null
+            })
+        );
+        assert_eq!(
+            v[1]["binding"],
+            json!({"namespace": "db", "name": "mysql-0", "uid": "u1"})
+        );
+        assert_eq!(v[1]["attachment"]["container_id"], "0123456789abcdef0123");
+        assert_eq!(v[1]["attachment"]["created_unix"], 1_714_564_800u64);
+    }
+
+    #[test]
+    fn ip_show_nests_the_attachment() {
+        let out = ip_show(&in_use_ip(), Format::Table);
+        assert!(out.contains("Binding:        db/mysql-0\n"), "{out}");
+        assert!(out.contains("\nAttachment:\n  Container:"), "{out}");
+        assert!(
+            out.contains("  Created:      2024-05-01T12:00:00Z\n"),
+            "{out}"
+        );
+        let free = ip_show(&free_ip("10.1.0.9"), Format::Table);
+        assert!(free.contains("Attachment:  -\n"), "{free}");
+        assert!(free.contains("Binding:     -\n"), "{free}");
+    }
+
+    #[test]
+    fn release_reports_whether_a_binding_was_dropped() {
+        let reply = ReleaseIpReply {
+            ip: Some(free_ip("10.1.0.9")),
+            was_bound: true,
+        };
+        assert!(ip_release(&reply, Format::Table)
+            .starts_with("released 10.1.0.9: its binding is dropped\n"));
+        let v: serde_json::Value = serde_json::from_str(&ip_release(&reply, Format::Json)).unwrap();
+        assert_eq!(v["was_bound"], true);
+        assert_eq!(v["ip"]["state"], "free");
+    }
+
+    #[test]
+    fn binding_list_table_and_json() {
+        let b = |ns: &str, name: &str, attached| Binding {
+            pod: pod(ns, name),
+            pool: "mysql".into(),
+            address: "10.1.0.17".into(),
+            tor: "rack-1".into(),
+            attached,
+        };
+        let list = [b("db", "mysql-1", false), b("db", "mysql-0", true)];
+        assert_eq!(
+            binding_list(&list, Format::Table),
+            "POD         POOL   IP         TOR     ATTACHED\n\
+             db/mysql-0  mysql  10.1.0.17  rack-1  yes\n\
+             db/mysql-1  mysql  10.1.0.17  rack-1  no\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&binding_list(&list, Format::Json)).unwrap();
+        assert_eq!(
+            v[0],
+            json!({
+                "pod": {"namespace": "db", "name": "mysql-0", "uid": "u1"},
+                "pool": "mysql", "address": "10.1.0.17", "tor": "rack-1", "attached": true
+            })
+        );
+    }
+
+    #[test]
+    fn empty_lists_are_a_header_or_an_empty_array() {
+        assert_eq!(binding_list(&[], Format::Json), "[]\n");
+        assert_eq!(
+            binding_list(&[], Format::Table),
+            "POD  POOL  IP  TOR  ATTACHED\n"
+        );
+    }
+
+    #[test]
+    fn deleted_message() {
+        assert_eq!(
+            deleted("tor", "rack-1", Format::Table),
+            "deleted tor rack-1\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&deleted("pool", "web", Format::Json)).unwrap();
+        assert_eq!(v, json!({"pool": "web", "deleted": true}));
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "");
+        assert_eq!(utc(86_399), "1970-01-01T23:59:59Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_714_564_800), "2024-05-01T12:00:00Z");
+    }
+}

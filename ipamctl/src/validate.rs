@@ -1,0 +1,762 @@
+//! Client-side checks of what the operator typed, before any RPC.
+//!
+//! ipamd checks everything again; these exist so that a typo gets an answer
+//! that names the flag, the bad value and the fix, without a round trip and
+//! even when ipamd is down. Pure functions: no I/O.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use moor_proto::v1::{AddTorRequest, CreatePoolRequest, IpRange, ReleasePolicy};
+
+/// Longest name of a ToR, pool or namespace: a DNS label.
+const MAX_NAME: usize = 63;
+/// Largest pool; also the width of `size` in ipamd's store.
+const MAX_POOL_SIZE: u32 = 65535;
+
+/// Bad input: which flag (or positional argument), the value given, and what
+/// is wrong with it including how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub flag: String,
+    pub value: String,
+    pub message: String,
+}
+
+impl InputError {
+    fn new(flag: &str, value: &str, message: impl Into<String>) -> Self {
+        Self {
+            flag: flag.to_string(),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} {:?}: {}",
+            self.flag, self.value, self.message
+        )
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// The arguments of `tor add`, as typed.
+#[derive(Debug, Default, Clone)]
+pub struct TorAdd<'a> {
+    pub name: &'a str,
+    pub subnet: &'a str,
+    pub gateway: &'a str,
+    pub vlan: Option<&'a str>,
+    pub ranges: &'a [String],
+}
+
+/// The arguments of `pool create`, as typed.
+#[derive(Debug, Default, Clone)]
+pub struct PoolCreate<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub app: &'a str,
+    pub size: Option<&'a str>,
+    pub tors: &'a [String],
+    pub policy: Option<&'a str>,
+}
+
+pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
+    let name = name("NAME", args.name)?;
+    let subnet = subnet("--subnet", args.subnet)?;
+    let gateway = gateway("--gateway", args.gateway, subnet)?;
+    let vlan = match args.vlan {
+        Some(v) => vlan("--vlan", v)?,
+        None => 0,
+    };
+    let mut ranges: Vec<(Ipv4Addr, Ipv4Addr, &str)> = Vec::new();
+    for text in args.ranges {
+        let (first, last) = range("--range", text, subnet)?;
+        if let Some((_, _, other)) = ranges.iter().find(|(f, l, _)| first <= *l && *f <= last) {
+            return Err(InputError::new(
+                "--range",
+                text,
+                format!("overlaps --range {other}; merge them into one range"),
+            ));
+        }
+        ranges.push((first, last, text));
+    }
+    Ok(AddTorRequest {
+        name,
+        subnet: subnet.to_string(),
+        gateway: gateway.to_string(),
+        vlan,
+        ranges: ranges
+            .into_iter()
+            .map(|(first, last, _)| IpRange {
+                first: first.to_string(),
+                last: last.to_string(),
+            })
+            .collect(),
+    })
+}
+
+pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputError> {
+    let name = name("NAME", args.name)?;
+    let namespace = self::name("--namespace", args.namespace)?;
+    let app = app("--app", args.app)?;
+    let size = match args.size {
+        Some(s) => size("--size", s)?,
+        // 0 asks ipamd for its default (30).
+        None => 0,
+    };
+    let mut tors: Vec<String> = Vec::new();
+    for tor in args.tors {
+        let tor = self::name("--tor", tor)?;
+        if tors.contains(&tor) {
+            return Err(InputError::new(
+                "--tor",
+                &tor,
+                "is given twice; name each ToR once",
+            ));
+        }
+        tors.push(tor);
+    }
+    let policy = match args.policy {
+        Some(p) => policy("--policy", p)?,
+        None => ReleasePolicy::Auto,
+    };
+    Ok(CreatePoolRequest {
+        name,
+        namespace,
+        app,
+        size,
+        tors,
+        policy: policy.into(),
+    })
+}
+
+/// A ToR, pool or namespace name: a lowercase DNS label, like Kubernetes
+/// namespaces, so that a pool can be named after the app it serves.
+pub fn name(flag: &str, value: &str) -> Result<String, InputError> {
+    if value.is_empty() {
+        return Err(InputError::new(
+            flag,
+            value,
+            "must not be empty; give a lowercase name such as rack-1",
+        ));
+    }
+    if value.len() > MAX_NAME {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!(
+                "is {} characters long; shorten it to at most {MAX_NAME}",
+                value.len()
+            ),
+        ));
+    }
+    if is_dns_label(value) {
+        return Ok(value.to_string());
+    }
+    let mut message = String::from(
+        "use only lowercase letters, digits and '-', starting and ending with a letter or digit",
+    );
+    let suggestion: String = value
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c == '_' || c == '.' { '-' } else { c })
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string();
+    if is_dns_label(&suggestion) {
+        message.push_str(&format!(", e.g. {suggestion}"));
+    }
+    Err(InputError::new(flag, value, message))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= MAX_NAME
+        && ok(&b[0])
+        && ok(&b[b.len() - 1])
+        && b.iter().all(|c| ok(c) || *c == b'-')
+}
+
+/// An app is a Kubernetes label value, which (unlike a namespace) may hold
+/// capitals, '_' and '.'.
+pub fn app(flag: &str, value: &str) -> Result<String, InputError> {
+    let b = value.as_bytes();
+    let edge = |c: &u8| c.is_ascii_alphanumeric();
+    if b.is_empty() {
+        return Err(InputError::new(
+            flag,
+            value,
+            "must not be empty; give the app label of the pods, e.g. mysql",
+        ));
+    }
+    if b.len() > MAX_NAME {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!(
+                "is {} characters long; a label value holds at most {MAX_NAME}",
+                b.len()
+            ),
+        ));
+    }
+    if !edge(&b[0])
+        || !edge(&b[b.len() - 1])
+        || !b.iter().all(|c| edge(c) || matches!(c, b'-' | b'_' | b'.'))
+    {
+        return Err(InputError::new(
+            flag,
+            value,
+            "use a Kubernetes label value: letters, digits, '-', '_' and '.', \
+             starting and ending with a letter or digit",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// An IPv4 subnet in CIDR form with the host bits zero.
+pub fn subnet(flag: &str, value: &str) -> Result<Ipv4Network, InputError> {
+    let Some((addr, prefix)) = value.split_once('/') else {
+        return Err(InputError::new(
+            flag,
+            value,
+            "needs a prefix length; write address/prefix, e.g. 10.1.0.0/24",
+        ));
+    };
+    match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => {}
+        Ok(IpAddr::V6(_)) => {
+            return Err(InputError::new(
+                flag,
+                value,
+                "is IPv6; ToRs are IPv4, use a subnet such as 10.1.0.0/24",
+            ))
+        }
+        Err(_) => {
+            return Err(InputError::new(
+                flag,
+                value,
+                format!("{addr:?} is not an IPv4 address; write address/prefix, e.g. 10.1.0.0/24"),
+            ))
+        }
+    }
+    let net: Ipv4Network = value.parse().map_err(|_| {
+        InputError::new(
+            flag,
+            value,
+            format!("prefix length {prefix:?} is not 0-32; write address/prefix, e.g. 10.1.0.0/24"),
+        )
+    })?;
+    if net.ip() != net.network() {
+        let fixed = Ipv4Network::new(net.network(), net.prefix()).expect("same prefix");
+        return Err(InputError::new(
+            flag,
+            value,
+            format!("host bits are set: use {fixed}, not {value}"),
+        ));
+    }
+    if net.prefix() > 30 {
+        return Err(InputError::new(
+            flag,
+            value,
+            "leaves no room for a gateway and pods; use a /30 or wider, e.g. 10.1.0.0/24",
+        ));
+    }
+    Ok(net)
+}
+
+/// The ToR's router: a host address of `subnet`.
+pub fn gateway(flag: &str, value: &str, subnet: Ipv4Network) -> Result<Ipv4Addr, InputError> {
+    let first = first_host(subnet);
+    let ip = ipv4(value).ok_or_else(|| {
+        InputError::new(
+            flag,
+            value,
+            format!("is not an IPv4 address; give the router's address in {subnet}, e.g. {first}"),
+        )
+    })?;
+    if !subnet.contains(ip) {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!("is outside --subnet {subnet}; give the router's address in it, e.g. {first}"),
+        ));
+    }
+    if ip == subnet.network() {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!("is the network address of {subnet}; use a host address such as {first}"),
+        ));
+    }
+    if ip == subnet.broadcast() {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!(
+                "is the broadcast address of {subnet}; use a host address such as {}",
+                last_host(subnet)
+            ),
+        ));
+    }
+    Ok(ip)
+}
+
+/// An 802.1Q VLAN id; untagged is "no --vlan", not 0.
+pub fn vlan(flag: &str, value: &str) -> Result<u32, InputError> {
+    let id: u32 = value.parse().map_err(|_| {
+        InputError::new(
+            flag,
+            value,
+            "is not a number; give a VLAN id 1-4094, or omit --vlan for untagged",
+        )
+    })?;
+    if !(1..=4094).contains(&id) {
+        return Err(InputError::new(
+            flag,
+            value,
+            "is out of range; a VLAN id is 1-4094 (0 and 4095 are reserved), omit --vlan for untagged",
+        ));
+    }
+    Ok(id)
+}
+
+/// `FIRST-LAST`, both in `subnet`, FIRST <= LAST.
+pub fn range(
+    flag: &str,
+    value: &str,
+    subnet: Ipv4Network,
+) -> Result<(Ipv4Addr, Ipv4Addr), InputError> {
+    let example = format!("{}-{}", first_host(subnet), last_host(subnet));
+    let Some((a, b)) = value.split_once('-') else {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!("write a range as FIRST-LAST, e.g. {example}"),
+        ));
+    };
+    let parse = |s: &str| {
+        ipv4(s.trim()).ok_or_else(|| {
+            InputError::new(
+                flag,
+                value,
+                format!(
+                    "{:?} is not an IPv4 address; write FIRST-LAST, e.g. {example}",
+                    s.trim()
+                ),
+            )
+        })
+    };
+    let (first, last) = (parse(a)?, parse(b)?);
+    if first > last {
+        return Err(InputError::new(
+            flag,
+            value,
+            format!("starts after it ends; write it low-high: {last}-{first}"),
+        ));
+    }
+    for ip in [first, last] {
+        if !subnet.contains(ip) {
+            return Err(InputError::new(
+                flag,
+                value,
+                format!("{ip} is outside --subnet {subnet}; keep ranges inside it, e.g. {example}"),
+            ));
+        }
+    }
+    Ok((first, last))
+}
+
+/// A pool size, for `pool create --size` and `pool resize --size`.
+pub fn size(flag: &str, value: &str) -> Result<u32, InputError> {
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_POOL_SIZE).contains(&n) => Ok(n),
+        Ok(_) => Err(InputError::new(
+            flag,
+            value,
+            format!("is out of range; a pool holds 1-{MAX_POOL_SIZE} IPs"),
+        )),
+        Err(_) => Err(InputError::new(
+            flag,
+            value,
+            format!("is not a number; give a pool size 1-{MAX_POOL_SIZE}"),
+        )),
+    }
+}
+
+pub fn policy(flag: &str, value: &str) -> Result<ReleasePolicy, InputError> {
+    match value {
+        "auto" => Ok(ReleasePolicy::Auto),
+        "sticky" => Ok(ReleasePolicy::Sticky),
+        "release" => Ok(ReleasePolicy::Release),
+        _ => Err(InputError::new(
+            flag,
+            value,
+            "use auto (stable pod names keep their IP), sticky (every pod keeps its IP) \
+             or release (every pod gives its IP back)",
+        )),
+    }
+}
+
+/// An address argument, as in `ip show IP`.
+pub fn address(flag: &str, value: &str) -> Result<Ipv4Addr, InputError> {
+    ipv4(value).ok_or_else(|| {
+        InputError::new(
+            flag,
+            value,
+            "is not an IPv4 address; give a pod address such as 10.1.0.17 (no /prefix)",
+        )
+    })
+}
+
+fn ipv4(s: &str) -> Option<Ipv4Addr> {
+    s.parse().ok()
+}
+
+fn first_host(net: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
+}
+
+fn last_host(net: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.broadcast()).saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tor(
+        name: &str,
+        subnet: &str,
+        gateway: &str,
+        vlan: Option<&str>,
+        ranges: &[&str],
+    ) -> Result<AddTorRequest, InputError> {
+        let ranges: Vec<String> = ranges.iter().map(|s| s.to_string()).collect();
+        tor_add(&TorAdd {
+            name,
+            subnet,
+            gateway,
+            vlan,
+            ranges: &ranges,
+        })
+    }
+
+    fn pool(
+        name: &str,
+        namespace: &str,
+        app: &str,
+        size: Option<&str>,
+        tors: &[&str],
+        policy: Option<&str>,
+    ) -> Result<CreatePoolRequest, InputError> {
+        let tors: Vec<String> = tors.iter().map(|s| s.to_string()).collect();
+        pool_create(&PoolCreate {
+            name,
+            namespace,
+            app,
+            size,
+            tors: &tors,
+            policy,
+        })
+    }
+
+    fn err<T: fmt::Debug>(r: Result<T, InputError>) -> Option<InputError> {
+        r.err()
+    }
+
+    #[test]
+    fn bad_input_names_the_flag_the_value_and_the_fix() {
+        const NET: &str = "10.1.0.0/24";
+        const GW: &str = "10.1.0.1";
+        // (what, error, flag it must name, words of the fix)
+        let cases: Vec<(&str, Option<InputError>, &str, &str)> = vec![
+            (
+                "tor name with capitals",
+                err(tor("Rack1", NET, GW, None, &[])),
+                "NAME",
+                "e.g. rack1",
+            ),
+            (
+                "tor name with underscore",
+                err(tor("rack_1", NET, GW, None, &[])),
+                "NAME",
+                "e.g. rack-1",
+            ),
+            (
+                "tor name ending in '-'",
+                err(tor("rack-", NET, GW, None, &[])),
+                "NAME",
+                "starting and ending",
+            ),
+            (
+                "empty tor name",
+                err(tor("", NET, GW, None, &[])),
+                "NAME",
+                "must not be empty",
+            ),
+            (
+                "64-char tor name",
+                err(tor(&"a".repeat(64), NET, GW, None, &[])),
+                "NAME",
+                "at most 63",
+            ),
+            (
+                "subnet with host bits",
+                err(tor("r1", "10.1.0.5/24", GW, None, &[])),
+                "--subnet",
+                "use 10.1.0.0/24, not 10.1.0.5/24",
+            ),
+            (
+                "subnet without prefix",
+                err(tor("r1", "10.1.0.0", GW, None, &[])),
+                "--subnet",
+                "e.g. 10.1.0.0/24",
+            ),
+            (
+                "subnet garbage",
+                err(tor("r1", "10.1.0/24", GW, None, &[])),
+                "--subnet",
+                "not an IPv4 address",
+            ),
+            (
+                "subnet prefix 33",
+                err(tor("r1", "10.1.0.0/33", GW, None, &[])),
+                "--subnet",
+                "not 0-32",
+            ),
+            (
+                "IPv6 subnet",
+                err(tor("r1", "fd00::/64", GW, None, &[])),
+                "--subnet",
+                "is IPv6",
+            ),
+            (
+                "/31 subnet",
+                err(tor("r1", "10.1.0.0/31", "10.1.0.1", None, &[])),
+                "--subnet",
+                "/30 or wider",
+            ),
+            (
+                "gateway outside subnet",
+                err(tor("r1", NET, "10.2.0.1", None, &[])),
+                "--gateway",
+                "outside --subnet 10.1.0.0/24",
+            ),
+            (
+                "gateway is network address",
+                err(tor("r1", NET, "10.1.0.0", None, &[])),
+                "--gateway",
+                "network address of 10.1.0.0/24; use a host address such as 10.1.0.1",
+            ),
+            (
+                "gateway is broadcast address",
+                err(tor("r1", NET, "10.1.0.255", None, &[])),
+                "--gateway",
+                "such as 10.1.0.254",
+            ),
+            (
+                "gateway not an IP",
+                err(tor("r1", NET, "router", None, &[])),
+                "--gateway",
+                "not an IPv4 address",
+            ),
+            (
+                "VLAN 0",
+                err(tor("r1", NET, GW, Some("0"), &[])),
+                "--vlan",
+                "omit --vlan for untagged",
+            ),
+            (
+                "VLAN 4095",
+                err(tor("r1", NET, GW, Some("4095"), &[])),
+                "--vlan",
+                "1-4094",
+            ),
+            (
+                "VLAN not a number",
+                err(tor("r1", NET, GW, Some("ten"), &[])),
+                "--vlan",
+                "not a number",
+            ),
+            (
+                "range without dash",
+                err(tor("r1", NET, GW, None, &["10.1.0.10"])),
+                "--range",
+                "FIRST-LAST, e.g. 10.1.0.1-10.1.0.254",
+            ),
+            (
+                "range reversed",
+                err(tor("r1", NET, GW, None, &["10.1.0.20-10.1.0.10"])),
+                "--range",
+                "low-high: 10.1.0.10-10.1.0.20",
+            ),
+            (
+                "range leaving the subnet",
+                err(tor("r1", NET, GW, None, &["10.1.0.200-10.1.1.10"])),
+                "--range",
+                "10.1.1.10 is outside --subnet 10.1.0.0/24",
+            ),
+            (
+                "range end not an IP",
+                err(tor("r1", NET, GW, None, &["10.1.0.10-x"])),
+                "--range",
+                "\"x\" is not an IPv4 address",
+            ),
+            (
+                "overlapping ranges",
+                err(tor(
+                    "r1",
+                    NET,
+                    GW,
+                    None,
+                    &["10.1.0.10-10.1.0.20", "10.1.0.20-10.1.0.30"],
+                )),
+                "--range",
+                "overlaps --range 10.1.0.10-10.1.0.20",
+            ),
+            (
+                "pool name with a dot",
+                err(pool("my.pool", "default", "web", None, &[], None)),
+                "NAME",
+                "e.g. my-pool",
+            ),
+            (
+                "namespace with capitals",
+                err(pool("p", "Prod", "web", None, &[], None)),
+                "--namespace",
+                "e.g. prod",
+            ),
+            (
+                "empty app",
+                err(pool("p", "default", "", None, &[], None)),
+                "--app",
+                "must not be empty",
+            ),
+            (
+                "app with a slash",
+                err(pool("p", "default", "a/b", None, &[], None)),
+                "--app",
+                "label value",
+            ),
+            (
+                "size 0",
+                err(pool("p", "default", "web", Some("0"), &[], None)),
+                "--size",
+                "1-65535",
+            ),
+            (
+                "size 65536",
+                err(pool("p", "default", "web", Some("65536"), &[], None)),
+                "--size",
+                "1-65535",
+            ),
+            (
+                "size negative",
+                err(pool("p", "default", "web", Some("-3"), &[], None)),
+                "--size",
+                "not a number",
+            ),
+            (
+                "bad tor name in pool",
+                err(pool("p", "default", "web", None, &["Rack 1"], None)),
+                "--tor",
+                "lowercase",
+            ),
+            (
+                "tor given twice",
+                err(pool("p", "default", "web", None, &["r1", "r1"], None)),
+                "--tor",
+                "given twice",
+            ),
+            (
+                "unknown policy",
+                err(pool("p", "default", "web", None, &[], Some("keep"))),
+                "--policy",
+                "auto",
+            ),
+            (
+                "address with prefix",
+                err(address("IP", "10.1.0.17/24")),
+                "IP",
+                "no /prefix",
+            ),
+        ];
+        assert!(cases.len() >= 15);
+        for (what, error, flag, fix) in cases {
+            let e = error.unwrap_or_else(|| panic!("{what}: accepted"));
+            let text = e.to_string();
+            assert_eq!(e.flag, flag, "{what}: {text}");
+            assert!(text.contains(flag), "{what}: {text} does not name {flag}");
+            assert!(
+                text.contains(&format!("{:?}", e.value)),
+                "{what}: {text} does not quote the value"
+            );
+            assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
+        }
+    }
+
+    #[test]
+    fn good_tor_becomes_the_request() {
+        let req = tor(
+            "rack-1",
+            "10.1.0.0/24",
+            "10.1.0.1",
+            Some("100"),
+            &["10.1.0.10-10.1.0.99", "10.1.0.200 - 10.1.0.200"],
+        )
+        .unwrap();
+        assert_eq!(req.name, "rack-1");
+        assert_eq!(req.subnet, "10.1.0.0/24");
+        assert_eq!(req.gateway, "10.1.0.1");
+        assert_eq!(req.vlan, 100);
+        assert_eq!(req.ranges.len(), 2);
+        assert_eq!(req.ranges[1].first, "10.1.0.200");
+        assert_eq!(req.ranges[1].last, "10.1.0.200");
+
+        let untagged = tor("r2", "192.168.0.0/30", "192.168.0.2", None, &[]).unwrap();
+        assert_eq!(untagged.vlan, 0);
+        assert!(untagged.ranges.is_empty());
+    }
+
+    #[test]
+    fn good_pool_becomes_the_request() {
+        let req = pool(
+            "mysql-prod",
+            "db",
+            "MySQL_8.0",
+            Some("65535"),
+            &["r1", "r2"],
+            Some("sticky"),
+        )
+        .unwrap();
+        assert_eq!(req.size, 65535);
+        assert_eq!(req.tors, vec!["r1", "r2"]);
+        assert_eq!(req.policy, ReleasePolicy::Sticky as i32);
+
+        let defaults = pool("web", "default", "web", None, &[], None).unwrap();
+        assert_eq!(defaults.size, 0, "0 asks ipamd for its default");
+        assert_eq!(defaults.policy, ReleasePolicy::Auto as i32);
+        assert!(defaults.tors.is_empty());
+    }
+
+    #[test]
+    fn names_at_the_limits() {
+        assert!(name("NAME", &"a".repeat(63)).is_ok());
+        assert!(name("NAME", "0").is_ok());
+        assert!(name("NAME", "a-b-c").is_ok());
+        assert!(name("NAME", "-a").is_err());
+        assert!(name("NAME", "a b").is_err());
+        // No suggestion when lowercasing would not help.
+        let e = name("NAME", "ü").unwrap_err();
+        assert!(!e.message.contains("e.g."), "{e}");
+    }
+}

@@ -1,0 +1,447 @@
+//! The CNI operations of one node: ADD, DEL, CHECK, STATUS, GC, and the
+//! recovery after a crash. Joins the allocation service (which IP) and the
+//! datapath (the veth), in the order that survives kill -9 at any point:
+//!
+//! ADD: record the attachment as pending -> wire -> mark it ready -> reply.
+//!   A restart rolls back whatever is still pending: the runtime never got a
+//!   result for it, and it retries ADD after a DEL.
+//! DEL: unwire -> release. A crash in between leaves an attachment whose
+//!   link is gone; the runtime's retried DEL (or GC) finishes it.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnetwork::Ipv4Network;
+use moor_proto::v1;
+use tracing::{info, warn};
+
+use crate::core::{AttachmentKey, AttachmentState, Lease, PodRef, Tor};
+use crate::datapath::{Datapath, PodLink};
+use crate::error::{cni_code, Error, Result};
+use crate::ipam::{AllocRequest, Ipam};
+
+pub struct NodeConfig {
+    pub name: String,
+    pub tor: String,
+    /// Where the plugin leaves DELs it could not hand to ipamd.
+    pub pending_dir: PathBuf,
+    /// GC leaves attachments younger than this alone: the runtime's list of
+    /// valid attachments may predate an ADD that just finished.
+    pub gc_grace: Duration,
+}
+
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub ipam: Arc<Ipam>,
+    pub datapath: Arc<dyn Datapath>,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// CNI_CONTAINERID per the spec: alphanumeric first, then [A-Za-z0-9_.-].
+fn valid_container_id(id: &str) -> bool {
+    let mut b = id.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
+}
+
+/// Checks the attachment key of an RPC (the plugin checks too, but the socket
+/// is an API of its own).
+fn key_of(node: &str, key: Option<&v1::AttachmentKey>) -> Result<AttachmentKey> {
+    let key = key.ok_or_else(|| Error::Invalid("request has no attachment key".into()))?;
+    if !valid_container_id(&key.container_id) {
+        return Err(Error::Invalid(format!(
+            "container id {:?} is not valid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'",
+            key.container_id
+        )));
+    }
+    if !valid_ifname(&key.ifname) {
+        return Err(Error::Invalid(format!(
+            "interface name {:?} is not valid: use 1-15 bytes with no '/', ':' or spaces",
+            key.ifname
+        )));
+    }
+    Ok(AttachmentKey {
+        node: node.to_string(),
+        container_id: key.container_id.clone(),
+        ifname: key.ifname.clone(),
+    })
+}
+
+fn pod_of(p: Option<&v1::PodRef>) -> PodRef {
+    p.map(|p| PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    })
+    .unwrap_or_default()
+}
+
+fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
+    let a = lease.attachment.as_ref().expect("attached lease");
+    Ok(PodLink {
+        netns: PathBuf::from(netns),
+        ifname: a.key.ifname.clone(),
+        host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
+        address: Ipv4Network::new(lease.ip, tor.subnet.prefix())
+            .map_err(|e| Error::Internal(e.to_string()))?,
+        gateway: tor.gateway,
+        mac: moor_proto::mac_for_ipv4(lease.ip),
+    })
+}
+
+impl Node {
+    pub async fn add(&self, req: &v1::AddRequest) -> Result<v1::AddReply> {
+        let key = key_of(&self.cfg.name, req.key.as_ref())?;
+        if !req.netns.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "netns {:?} is not a path: CNI_NETNS must name the pod's network namespace, e.g. /run/netns/NAME",
+                req.netns
+            )));
+        }
+        // A DEL of this attachment that ipamd missed while down comes first.
+        self.replay_pending_del(&key).await?;
+        let pod = pod_of(req.pod.as_ref());
+        let alloc = self
+            .ipam
+            .allocate(&AllocRequest {
+                key: key.clone(),
+                pod,
+                pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
+                netns: req.netns.clone(),
+                network: req.network.clone(),
+                tor: self.cfg.tor.clone(),
+                now_unix: now_unix(),
+            })
+            .await?;
+        let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;
+        let ready = alloc.existing && alloc.attachment().state == AttachmentState::Ready;
+        let mtu;
+        let host_mac;
+        if ready {
+            // A repeated ADD: fine if what we built is still intact.
+            self.datapath.check(&link).await.map_err(|e| {
+                Error::Conflict(format!(
+                    "{key} is already attached with {} but its wiring is broken ({e}): DEL it first",
+                    alloc.lease.ip
+                ))
+            })?;
+            mtu = 0;
+            host_mac = [0u8; 6];
+        } else {
+            match self.datapath.wire(&link).await {
+                Ok(w) => {
+                    mtu = w.mtu;
+                    host_mac = w.host_mac;
+                }
+                Err(e) => {
+                    if let Err(re) = self.ipam.release(&key, true).await {
+                        // The pending attachment stays; the next start rolls it back.
+                        warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
+                    }
+                    return Err(Error::Datapath(format!(
+                        "wiring {} for pod {} failed, the IP was given back: {e}",
+                        alloc.lease.ip,
+                        alloc.attachment().pod
+                    )));
+                }
+            }
+            if let Err(e) = self.ipam.mark_ready(&key).await {
+                let _ = self.datapath.unwire(&link.host_ifname).await;
+                let _ = self.ipam.release(&key, true).await;
+                return Err(e);
+            }
+        }
+        info!(%key, ip = %alloc.lease.ip, pool = %alloc.lease.pool, "ADD");
+        Ok(reply(&alloc.tor, &alloc.lease, &link, mtu, host_mac))
+    }
+
+    pub async fn del(&self, req: &v1::DelRequest) -> Result<v1::DelReply> {
+        let key = key_of(&self.cfg.name, req.key.as_ref())?;
+        let reply = self.del_key(&key).await?;
+        // The plugin may have left a record for this DEL while we were down.
+        let path =
+            moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
+        let _ = moor_proto::pending::remove(&path);
+        Ok(reply)
+    }
+
+    async fn del_key(&self, key: &AttachmentKey) -> Result<v1::DelReply> {
+        // The host end is named after the key, so it goes even when no
+        // attachment was recorded (an ADD rolled back half-way).
+        let host = moor_proto::host_ifname(&key.container_id, &key.ifname);
+        self.datapath
+            .unwire(&host)
+            .await
+            .map_err(|e| Error::Datapath(format!("removing {host} for {key}: {e}")))?;
+        let released = self.ipam.release(key, false).await?;
+        if let Some(r) = &released {
+            info!(%key, ip = %r.ip, binding_kept = r.binding_kept, "DEL");
+        }
+        Ok(match released {
+            Some(r) => v1::DelReply {
+                released: true,
+                address: r.ip.to_string(),
+                binding_kept: r.binding_kept,
+            },
+            None => v1::DelReply::default(),
+        })
+    }
+
+    pub async fn check(&self, req: &v1::CheckRequest) -> Result<()> {
+        let key = key_of(&self.cfg.name, req.key.as_ref())?;
+        let Some(lease) = self.ipam.attached(&key).await? else {
+            return Err(Error::Refused {
+                code: cni_code::NOT_ATTACHED,
+                msg: format!("{key} has no attachment on this node: ADD it first"),
+            });
+        };
+        if !req.address.is_empty() {
+            let want: Ipv4Addr = req
+                .address
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| {
+                    Error::Invalid(format!(
+                        "prevResult address {:?} is not an IPv4 CIDR",
+                        req.address
+                    ))
+                })?;
+            if want != lease.ip {
+                return Err(Error::Conflict(format!(
+                    "{key} holds {} but prevResult says {want}",
+                    lease.ip
+                )));
+            }
+        }
+        let tor =
+            self.ipam.tor(&lease.tor).await?.ok_or_else(|| {
+                Error::Internal(format!("ToR {} of {} is gone", lease.tor, lease.ip))
+            })?;
+        let netns = if req.netns.is_empty() {
+            lease
+                .attachment
+                .as_ref()
+                .map(|a| a.netns.clone())
+                .unwrap_or_default()
+        } else {
+            req.netns.clone()
+        };
+        let link = link_for(&tor, &lease, &netns)?;
+        self.datapath
+            .check(&link)
+            .await
+            .map_err(|e| Error::Datapath(format!("{key} ({}): {e}", lease.ip)))
+    }
+
+    pub async fn status(&self) -> v1::StatusReply {
+        let mut reply = v1::StatusReply {
+            node: self.cfg.name.clone(),
+            tor: self.cfg.tor.clone(),
+            ..Default::default()
+        };
+        match self.free_on_tor().await {
+            Err(e) => reply.reason = e.to_string(),
+            Ok(None) => {
+                reply.reason = format!(
+                    "this node's ToR {t} is not defined: add it with `ipamctl tor add {t} ...`",
+                    t = self.cfg.tor
+                )
+            }
+            Ok(Some((0, pools))) => {
+                reply.reason = if pools == 0 {
+                    format!(
+                        "no pool has IPs on ToR {}: create one with `ipamctl pool create`",
+                        self.cfg.tor
+                    )
+                } else {
+                    format!("all {pools} pools with IPs on ToR {} are full: grow them with `ipamctl pool resize`", self.cfg.tor)
+                }
+            }
+            Ok(Some((free, _))) => {
+                reply.ready = true;
+                reply.free = free;
+            }
+        }
+        reply
+    }
+
+    /// Free IPs over all pools on this node's ToR, and how many pools have IPs
+    /// there; None when the ToR is not defined.
+    async fn free_on_tor(&self) -> Result<Option<(u32, u32)>> {
+        if self.ipam.tor(&self.cfg.tor).await?.is_none() {
+            return Ok(None);
+        }
+        let mut free = 0;
+        let mut pools = 0;
+        for p in self.ipam.pools().await? {
+            let Some(ips) = p.ips.get(&self.cfg.tor) else {
+                continue;
+            };
+            pools += 1;
+            let used = self
+                .ipam
+                .leases(&p.name)
+                .await?
+                .iter()
+                .filter(|l| l.tor == self.cfg.tor)
+                .count() as u32;
+            free += ips.len() as u32 - used;
+        }
+        Ok(Some((free, pools)))
+    }
+
+    /// Releases this node's attachments of `network` that the runtime no
+    /// longer knows. Errors are collected, not fatal: GC removes what it can.
+    pub async fn gc(&self, req: &v1::GcRequest) -> Result<v1::GcReply> {
+        let valid: std::collections::HashSet<(String, String)> = req
+            .valid
+            .iter()
+            .map(|k| (k.container_id.clone(), k.ifname.clone()))
+            .collect();
+        let cutoff = now_unix().saturating_sub(self.cfg.gc_grace.as_secs());
+        let mut released = Vec::new();
+        let mut errors = Vec::new();
+        for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+            let a = lease
+                .attachment
+                .as_ref()
+                .expect("node attachments are attached");
+            if a.network != req.network
+                || a.state != AttachmentState::Ready
+                || a.created_unix > cutoff
+                || valid.contains(&(a.key.container_id.clone(), a.key.ifname.clone()))
+            {
+                continue;
+            }
+            match self.del_key(&a.key).await {
+                Ok(_) => {
+                    info!(key = %a.key, ip = %lease.ip, "GC released a stale attachment");
+                    released.push(lease.ip.to_string());
+                }
+                Err(e) => errors.push(format!("{}: {e}", a.key)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(v1::GcReply { released })
+        } else {
+            Err(Error::Internal(format!(
+                "GC released {} attachments but failed on {}: {}",
+                released.len(),
+                errors.len(),
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// After a start: rolls back ADDs a crash left half-done and applies the
+    /// DELs the plugin recorded while ipamd was down.
+    pub async fn recover(&self) -> Result<()> {
+        let mut rolled_back = 0;
+        for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+            let a = lease.attachment.as_ref().expect("attached");
+            if a.state == AttachmentState::Pending {
+                let host = moor_proto::host_ifname(&a.key.container_id, &a.key.ifname);
+                self.datapath
+                    .unwire(&host)
+                    .await
+                    .map_err(|e| Error::Datapath(e.to_string()))?;
+                self.ipam.release(&a.key, true).await?;
+                warn!(key = %a.key, ip = %lease.ip, "rolled back an ADD that a crash left half-done");
+                rolled_back += 1;
+            }
+        }
+        let replayed = self.replay_pending_dels().await?;
+        info!(rolled_back, replayed, "recovered");
+        Ok(())
+    }
+
+    /// Applies every DEL the plugin recorded while ipamd was unreachable.
+    pub async fn replay_pending_dels(&self) -> Result<usize> {
+        let scan = match moor_proto::pending::scan(&self.cfg.pending_dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "reading pending DELs in {}: {e}",
+                    self.cfg.pending_dir.display()
+                )))
+            }
+        };
+        for s in &scan.skipped {
+            warn!(path = %s.path.display(), reason = %s.reason, "skipping a file in the pending-DEL directory");
+        }
+        let mut n = 0;
+        for (path, rec) in scan.records {
+            let key = AttachmentKey {
+                node: self.cfg.name.clone(),
+                container_id: rec.container_id.clone(),
+                ifname: rec.ifname.clone(),
+            };
+            self.del_key(&key).await?;
+            let _ = moor_proto::pending::remove(&path);
+            info!(%key, "applied a DEL recorded while ipamd was down");
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn replay_pending_del(&self, key: &AttachmentKey) -> Result<()> {
+        let path =
+            moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
+        if path.exists() {
+            self.del_key(key).await?;
+            let _ = moor_proto::pending::remove(&path);
+        }
+        Ok(())
+    }
+}
+
+fn reply(tor: &Tor, lease: &Lease, link: &PodLink, mtu: u32, host_mac: [u8; 6]) -> v1::AddReply {
+    let mut interfaces = vec![];
+    if host_mac != [0; 6] {
+        interfaces.push(v1::Interface {
+            name: link.host_ifname.clone(),
+            mac: moor_proto::format_mac(&host_mac),
+            mtu,
+            sandbox: String::new(),
+        });
+    }
+    interfaces.push(v1::Interface {
+        name: link.ifname.clone(),
+        mac: moor_proto::format_mac(&link.mac),
+        mtu,
+        sandbox: link.netns.display().to_string(),
+    });
+    v1::AddReply {
+        interface_index: interfaces.len() as u32 - 1,
+        interfaces,
+        address: link.address.to_string(),
+        gateway: tor.gateway.to_string(),
+        routes: vec![v1::Route {
+            dst: "0.0.0.0/0".into(),
+            gw: tor.gateway.to_string(),
+        }],
+        pool: lease.pool.clone(),
+        tor: tor.name.clone(),
+        sticky: lease.binding.is_some(),
+    }
+}

@@ -1,0 +1,409 @@
+//! Physical mode: pods' veths are ports of a Linux bridge that is itself
+//! attached to the physical network (the node's uplink is also a port).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use moor_proto::format_mac;
+use netlink_packet_route::link::{
+    BridgePortState, InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
+};
+use rtnetlink::{Handle, LinkUnspec};
+
+use super::announce::Announcer;
+use super::netlinksafe::{self, to_io};
+use super::netns::{open_netns, run_in_netns, NetnsThread};
+use super::{validate_ifname, veth, Datapath, DatapathError, PodLink, Wired};
+
+/// How long the first announcement waits for the new bridge port to forward.
+const PORT_FORWARDING_WAIT: Duration = Duration::from_millis(100);
+
+/// When the announcements after the first go out, counted from the previous
+/// one: a switch or peer that missed the first (port still coming up,
+/// packet lost) gets two more chances within about a second.
+const LATER_ANNOUNCEMENTS: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
+
+/// Wires pods onto a bridge in ipamd's own network namespace.
+pub struct BridgeDatapath {
+    /// One rtnetlink connection in ipamd's netns for the daemon's life.
+    handle: Handle,
+    bridge: String,
+}
+
+/// What `wire` needs to know about the bridge, read fresh each time so that a
+/// re-created bridge or a changed MTU is followed.
+struct BridgeInfo {
+    index: u32,
+    mtu: u32,
+    mac: Option<Vec<u8>>,
+}
+
+impl BridgeDatapath {
+    /// Connects to the kernel in the calling thread's netns, verifies that
+    /// `bridge` exists and is a bridge, and pins its MAC.
+    ///
+    /// A bridge whose MAC was never set takes the lowest MAC of its ports, so
+    /// its MAC (and with it the MAC of the node's or gateway's IP on it)
+    /// changes as pod veths come and go, and peers that cached the old one
+    /// lose the node for up to a minute. Setting the MAC explicitly, even to
+    /// its current value, marks it as set (NET_ADDR_SET) and the bridge stops
+    /// following its ports.
+    pub async fn new(bridge: &str) -> Result<Self, DatapathError> {
+        validate_ifname(bridge)?;
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| DatapathError::Netlink {
+                op: "open a netlink socket".to_string(),
+                source,
+            })?;
+        tokio::spawn(connection);
+        let info = bridge_info(&handle, bridge).await?;
+        let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
+            op: format!("read the MAC of bridge {bridge}"),
+            source: io::Error::other("the kernel reported no address"),
+        })?;
+        if mac_already_set(bridge, info.index, &mac) {
+            tracing::info!(bridge, mac = %format_mac(&mac), mtu = info.mtu, "bridge MAC already pinned");
+        } else {
+            pin_mac(&handle, bridge, info.index, &mac).await?;
+            tracing::info!(bridge, mac = %format_mac(&mac), mtu = info.mtu, "pinned bridge MAC");
+        }
+        Ok(BridgeDatapath {
+            handle,
+            bridge: bridge.to_string(),
+        })
+    }
+
+    /// The bridge's name.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+}
+
+#[async_trait::async_trait]
+impl Datapath for BridgeDatapath {
+    async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError> {
+        // Run to completion even if the caller is cancelled (a client gone
+        // mid-ADD), so a half-wired pod is always rolled back.
+        let task = tokio::spawn(wire(self.handle.clone(), self.bridge.clone(), link.clone()));
+        task.await.map_err(|e| DatapathError::Worker {
+            netns: link.netns.clone(),
+            reason: format!("wiring task failed: {e}"),
+        })?
+    }
+
+    async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        // Deleting one end of a veth deletes the pair, wherever the other
+        // end is; a netns that is already gone took its end with it.
+        let deleted = netlinksafe::delete_link_by_name(&self.handle, host_ifname)
+            .await
+            .map_err(|source| DatapathError::Netlink {
+                op: format!("delete host interface {host_ifname}"),
+                source,
+            })?;
+        tracing::debug!(host_ifname, deleted, "unwired");
+        Ok(())
+    }
+
+    async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
+        let bridge = bridge_info(&self.handle, &self.bridge).await?;
+        let host_ifname = &link.host_ifname;
+        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
+            .await
+            .map_err(|source| DatapathError::Netlink {
+                op: format!("look up host interface {host_ifname}"),
+                source,
+            })?
+            .ok_or_else(|| {
+                DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
+            })?;
+        if !host.header.flags.contains(LinkFlags::Up) {
+            return Err(DatapathError::CheckFailed(format!(
+                "host interface {host_ifname} is down"
+            )));
+        }
+        let master = host.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Controller(index) => Some(*index),
+            _ => None,
+        });
+        if master != Some(bridge.index) {
+            return Err(DatapathError::CheckFailed(format!(
+                "host interface {host_ifname} is not a port of bridge {}",
+                self.bridge
+            )));
+        }
+        let netns = open_netns(&link.netns)?;
+        run_in_netns(netns, link.netns.clone(), {
+            let link = link.clone();
+            move |handle| veth::check_pod(handle, link)
+        })
+        .await
+    }
+
+    async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
+        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
+            .await
+            .map_err(|source| DatapathError::Netlink {
+                op: format!("look up host interface {host_ifname}"),
+                source,
+            })?;
+        Ok(host.is_some())
+    }
+}
+
+async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, DatapathError> {
+    validate_ifname(&link.host_ifname)?;
+    validate_ifname(&link.ifname)?;
+    if !link.address.contains(link.gateway) {
+        return Err(DatapathError::GatewayOutsideSubnet {
+            gateway: link.gateway,
+            address: link.address,
+        });
+    }
+    let netns = open_netns(&link.netns)?;
+    // Enters the pod's netns while the veth is being created here.
+    let pod = NetnsThread::spawn(
+        netns.try_clone().map_err(|source| DatapathError::Netns {
+            netns: link.netns.clone(),
+            source,
+        })?,
+        link.netns.clone(),
+    )?;
+    let br = bridge_info(&handle, &bridge).await?;
+    let host_mac = random_mac().map_err(|source| DatapathError::Netlink {
+        op: "draw a random MAC for the host end".to_string(),
+        source,
+    })?;
+
+    let pair = veth::pair_request(&link, host_mac, br.index, br.mtu, netns.as_raw_fd());
+    if let Err(e) = handle.link().add(pair).execute().await {
+        return Err(create_error(&handle, &bridge, &link, e).await);
+    }
+
+    drop(netns);
+    let configured = pod
+        .run({
+            let link = link.clone();
+            move |pod| veth::configure_pod(pod, link)
+        })
+        .await;
+    let announcer = match configured {
+        Ok(announcer) => announcer,
+        Err(e) => {
+            rollback(&handle, &link.host_ifname).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = announce_first(&handle, &announcer, &link).await {
+        rollback(&handle, &link.host_ifname).await;
+        return Err(e);
+    }
+    tokio::spawn(announce_again(announcer, link.clone()));
+    Ok(Wired {
+        host_mac,
+        mtu: br.mtu,
+    })
+}
+
+/// Turns a failed veth creation into the error a person can act on. EEXIST
+/// means either the host name exists here or `CNI_IFNAME` exists in the pod;
+/// one lookup of the host name tells which.
+async fn create_error(
+    handle: &Handle,
+    bridge: &str,
+    link: &PodLink,
+    e: rtnetlink::Error,
+) -> DatapathError {
+    if netlinksafe::errno(&e) == Some(libc::EEXIST) {
+        return match netlinksafe::link_by_name(handle, &link.host_ifname).await {
+            Ok(Some(_)) => DatapathError::HostLinkExists {
+                host_ifname: link.host_ifname.clone(),
+            },
+            _ => DatapathError::PodIfnameExists {
+                ifname: link.ifname.clone(),
+                netns: link.netns.clone(),
+            },
+        };
+    }
+    DatapathError::Netlink {
+        op: format!(
+            "create veth {} (port of bridge {bridge}) with peer {} in netns {}",
+            link.host_ifname,
+            link.ifname,
+            link.netns.display()
+        ),
+        source: to_io(e),
+    }
+}
+
+async fn rollback(handle: &Handle, host_ifname: &str) {
+    if let Err(e) = netlinksafe::delete_link_by_name(handle, host_ifname).await {
+        tracing::error!(
+            host_ifname,
+            error = %e,
+            "rollback of a failed wire could not delete the host interface; reconcile will retry"
+        );
+    }
+}
+
+/// Sends the first gratuitous ARP once the host end forwards.
+///
+/// The bridge enables a new port only when the kernel's linkwatch worker
+/// processes the carrier change of the host end, asynchronously and after
+/// the pod end came up; a frame sent before that is dropped at the bridge.
+/// Sent straight from the pod's thread, the first announcement was lost that
+/// way in about a third of our test runs, so wait for the port (usually
+/// already forwarding by now; bounded, since a bridge running STP keeps new
+/// ports in listening/learning for seconds).
+async fn announce_first(
+    handle: &Handle,
+    announcer: &Announcer,
+    link: &PodLink,
+) -> Result<(), DatapathError> {
+    let started = Instant::now();
+    let mut state = port_state(handle, &link.host_ifname).await;
+    while state != Some(BridgePortState::Forwarding) && started.elapsed() < PORT_FORWARDING_WAIT {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        state = port_state(handle, &link.host_ifname).await;
+    }
+    if state != Some(BridgePortState::Forwarding) {
+        tracing::warn!(
+            host_ifname = %link.host_ifname,
+            ?state,
+            "bridge port not forwarding {PORT_FORWARDING_WAIT:?} after wiring (STP on?); \
+             gratuitous ARPs may be dropped until it does"
+        );
+    }
+    tracing::debug!(host_ifname = %link.host_ifname, waited = ?started.elapsed(), "host end forwarding");
+    announcer.send().map_err(|source| DatapathError::Announce {
+        ip: link.address.ip(),
+        ifname: link.ifname.clone(),
+        source,
+    })
+}
+
+/// The bridge port state of `host_ifname`, if it can be read.
+async fn port_state(handle: &Handle, host_ifname: &str) -> Option<BridgePortState> {
+    let link = netlinksafe::link_by_name(handle, host_ifname)
+        .await
+        .ok()??;
+    link.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                port.into_iter().find_map(|p| match p {
+                    InfoBridgePort::State(state) => Some(state),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+async fn announce_again(announcer: Announcer, link: PodLink) {
+    for delay in LATER_ANNOUNCEMENTS {
+        tokio::time::sleep(delay).await;
+        if let Err(e) = announcer.send() {
+            // The pod may be gone already; nothing to undo.
+            tracing::debug!(ifname = %link.ifname, netns = %link.netns.display(),
+                ip = %link.address.ip(), error = %e, "later gratuitous ARP not sent");
+            return;
+        }
+    }
+}
+
+/// Sets the bridge's MAC to `mac`. Any MAC change, even to the same value,
+/// also flushes the bridge's neighbour entries (permanent ones included), so
+/// this is done only when [`mac_already_set`] cannot tell it was done before.
+async fn pin_mac(
+    handle: &Handle,
+    bridge: &str,
+    index: u32,
+    mac: &[u8],
+) -> Result<(), DatapathError> {
+    let request = LinkUnspec::new_with_index(index)
+        .address(mac.to_vec())
+        .build();
+    handle
+        .link()
+        .set(request)
+        .execute()
+        .await
+        .map_err(|e| DatapathError::Netlink {
+            op: format!("pin the MAC of bridge {bridge} to {}", format_mac(mac)),
+            source: to_io(e),
+        })
+}
+
+/// Whether the bridge's MAC is already marked as set (addr_assign_type 3,
+/// NET_ADDR_SET), so that an ipamd restart does not flush the node's
+/// neighbour table. Netlink does not report addr_assign_type; sysfs does,
+/// but /sys shows the devices of the netns it was mounted in, which need not
+/// be ours: it is trusted only when it describes this very device.
+fn mac_already_set(bridge: &str, index: u32, mac: &[u8]) -> bool {
+    const NET_ADDR_SET: &str = "3";
+    let dir = std::path::Path::new("/sys/class/net").join(bridge);
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .map(|s| s.trim().to_string())
+            .ok()
+    };
+    read("ifindex") == Some(index.to_string())
+        && read("address") == Some(format_mac(mac))
+        && read("addr_assign_type").as_deref() == Some(NET_ADDR_SET)
+}
+
+async fn bridge_info(handle: &Handle, bridge: &str) -> Result<BridgeInfo, DatapathError> {
+    let link = netlinksafe::link_by_name(handle, bridge)
+        .await
+        .map_err(|source| DatapathError::Netlink {
+            op: format!("look up bridge {bridge}"),
+            source,
+        })?
+        .ok_or_else(|| DatapathError::BridgeNotFound {
+            bridge: bridge.to_string(),
+        })?;
+    let mut info = BridgeInfo {
+        index: link.header.index,
+        mtu: 0,
+        mac: None,
+    };
+    let mut kind = None;
+    for attribute in link.attributes {
+        match attribute {
+            LinkAttribute::Mtu(mtu) => info.mtu = mtu,
+            LinkAttribute::Address(mac) => info.mac = Some(mac),
+            LinkAttribute::LinkInfo(infos) => {
+                kind = infos.into_iter().find_map(|i| match i {
+                    LinkInfo::Kind(kind) => Some(kind),
+                    _ => None,
+                })
+            }
+            _ => {}
+        }
+    }
+    match kind {
+        Some(InfoKind::Bridge) => Ok(info),
+        other => Err(DatapathError::NotABridge {
+            bridge: bridge.to_string(),
+            kind: other.map_or_else(
+                || "kind-less (physical or loopback)".to_string(),
+                |k| k.to_string(),
+            ),
+        }),
+    }
+}
+
+/// A random locally administered unicast MAC, as the kernel would pick for
+/// the host end; drawn here so that `Wired` needs no extra lookup.
+fn random_mac() -> io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}

@@ -1,0 +1,215 @@
+//! The pod datapath: wires a pod's network interface to the node and tears it
+//! down.
+//!
+//! Physical mode ([`BridgeDatapath`]): a veth pair whose host end is a port of
+//! the node's bridge to the physical network and whose pod end is `CNI_IFNAME`
+//! in the pod's network namespace, with the pod's sticky IP and MAC, a default
+//! route via the ToR's gateway, and gratuitous ARPs so that peers which cached
+//! an earlier owner of the IP learn the new MAC at once.
+//!
+//! Netlink sockets belong to the netns of the thread that opened them, so all
+//! work inside a pod netns runs on a short-lived OS thread of its own
+//! ([`netns`]); nothing async ever calls `setns`.
+
+mod announce;
+mod bridge;
+mod netlinksafe;
+mod netns;
+mod veth;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+
+pub use announce::{gratuitous_arp, GARP_LEN};
+pub use bridge::BridgeDatapath;
+
+/// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLink {
+    /// `CNI_NETNS`, e.g. `/run/netns/pod-a`.
+    pub netns: PathBuf,
+    /// `CNI_IFNAME`, e.g. `eth0`.
+    pub ifname: String,
+    /// Host end of the veth; callers use `moor_proto::host_ifname`.
+    pub host_ifname: String,
+    /// Pod IP with the ToR subnet's prefix, e.g. 10.1.0.17/24.
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    /// Pod MAC; callers use `moor_proto::mac_for_ipv4`.
+    pub mac: [u8; 6],
+}
+
+/// What [`Datapath::wire`] created, for the CNI result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wired {
+    /// MAC of the host end of the veth.
+    pub host_mac: [u8; 6],
+    /// MTU of both ends (the bridge's).
+    pub mtu: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "network namespace {} does not exist: the pod sandbox is gone or CNI_NETNS is wrong",
+        netns.display()
+    )]
+    NetnsNotFound { netns: PathBuf },
+
+    #[error("cannot use network namespace {}: {source}", netns.display())]
+    Netns {
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "bridge {bridge} not found in ipamd's network namespace: create it \
+         (ip link add {bridge} type bridge) or set ipamd's bridge to an existing one"
+    )]
+    BridgeNotFound { bridge: String },
+
+    #[error(
+        "link {bridge} is a {kind} device, not a bridge: set ipamd's bridge to the name of a Linux bridge"
+    )]
+    NotABridge { bridge: String, kind: String },
+
+    #[error(
+        "host interface {host_ifname} already exists: an earlier attachment with the same \
+         container id and CNI_IFNAME was not torn down; run CNI DEL for it \
+         (or ip link del {host_ifname}) and retry"
+    )]
+    HostLinkExists { host_ifname: String },
+
+    #[error(
+        "interface {ifname} (CNI_IFNAME) already exists in the pod's network namespace {}: \
+         pick another CNI_IFNAME or remove that interface from the pod",
+        netns.display()
+    )]
+    PodIfnameExists { ifname: String, netns: PathBuf },
+
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidIfname { name: String, reason: &'static str },
+
+    #[error(
+        "gateway {gateway} is not inside the pod's subnet {address}: fix the ToR's gateway or subnet"
+    )]
+    GatewayOutsideSubnet {
+        gateway: Ipv4Addr,
+        address: Ipv4Network,
+    },
+
+    /// A kernel request failed; `op` says what was being done to which link.
+    #[error("failed to {op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to announce {ip} (gratuitous ARP) on {ifname}: {source}")]
+    Announce {
+        ip: Ipv4Addr,
+        ifname: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// [`Datapath::check`] found the wiring different from what was asked.
+    #[error("pod wiring check failed: {0}")]
+    CheckFailed(String),
+
+    #[error("worker thread for network namespace {}: {reason}", netns.display())]
+    Worker { netns: PathBuf, reason: String },
+}
+
+#[async_trait::async_trait]
+pub trait Datapath: Send + Sync + 'static {
+    /// Create everything for the pod; on any failure undo what this call did
+    /// and return the error.
+    async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError>;
+    /// Remove the pod's interface. Idempotent: missing host link / missing
+    /// netns = Ok.
+    async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError>;
+    /// Verify the pod's wiring: host link exists, is up and enslaved to the
+    /// bridge; pod interface exists in netns with the address, MAC; default
+    /// route via gateway. The error says what is wrong.
+    async fn check(&self, link: &PodLink) -> Result<(), DatapathError>;
+    /// Whether the host end exists (used by reconcile).
+    async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError>;
+}
+
+/// Deletes the link `name` in the calling thread's network namespace, with a
+/// netlink socket and a current_thread runtime of its own. `Ok(true)` = it was
+/// deleted, `Ok(false)` = there was no such link.
+///
+/// For synchronous callers (the CNI plugin's DEL when ipamd is down). Called
+/// from inside a tokio runtime it runs on a scoped thread instead, since a
+/// runtime cannot be started inside another; a new thread starts in the netns
+/// of the thread that created it, so "current netns" still holds.
+pub fn delete_link_blocking(name: &str) -> io::Result<bool> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|s| match s.spawn(|| delete_link_now(name)).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        });
+    }
+    delete_link_now(name)
+}
+
+fn delete_link_now(name: &str) -> io::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    runtime.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        netlinksafe::delete_link_by_name(&handle, name).await
+    })
+}
+
+/// Kernel interface names: 1..=15 bytes (IFNAMSIZ - 1), no '/', ':' or
+/// whitespace, not "." or "..". The kernel's own error for these is a bare
+/// EINVAL, which names nothing.
+pub(crate) fn validate_ifname(name: &str) -> Result<(), DatapathError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > 15 {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("reserved")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        Some("contains '/', ':', a NUL or whitespace")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(DatapathError::InvalidIfname {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_validation() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("mr0123456789ab").is_ok());
+        assert!(validate_ifname("abcdefghijklmno").is_ok());
+        for bad in ["", "abcdefghijklmnop", "a/b", "a:b", "a b", ".", ".."] {
+            let err = validate_ifname(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid interface name"), "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,747 @@
+//! The physical-mode datapath against real kernel objects.
+//!
+//! Each test builds its own topology and never touches the host: a "node"
+//! netns holding a bridge (as the node's bridge to the physical network) and
+//! one netns per pod. The datapath runs inside the node netns, on a thread
+//! that entered it. Namespaces are deleted by a Drop guard, so also when an
+//! assertion fails. Needs root; fails (never skips) without it.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use moor_ipamd::datapath::{BridgeDatapath, Datapath, DatapathError, PodLink};
+use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
+use nix::sched::{setns, CloneFlags};
+use serde_json::Value;
+
+const BRIDGE: &str = "br0";
+const BRIDGE_MAC: &str = "02:00:00:0b:00:01";
+const BRIDGE_MTU: u32 = 1400;
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the datapath tests create network namespaces, bridges and veths and must run as root \
+         (e.g. sudo -E cargo test -p moor-ipamd --test datapath)"
+    );
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("moor-dp-{}-{n}-{role}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let netns = Netns { name };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <netns> args...`, which must succeed; returns stdout.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// `ip -n <netns> args...` without insisting on success.
+    fn try_ip(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip")
+    }
+
+    /// `ip -j -n <netns> args...` parsed.
+    fn ip_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&all)).expect("ip -j prints JSON")
+    }
+
+    /// A command run inside the netns (`ip netns exec`).
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        self.try_ip(&["link", "show", "dev", name]).status.success()
+    }
+
+    /// The one link called `name`, as `ip -j link show` prints it.
+    fn link(&self, name: &str) -> Value {
+        self.ip_json(&["link", "show", "dev", name])[0].clone()
+    }
+
+    fn mac_of(&self, name: &str) -> String {
+        self.link(name)["address"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A node netns with bridge br0 (explicit MAC, MTU 1400, the ToR's gateway
+/// address on it, as a gateway reachable on the L2 segment).
+fn node_with_bridge() -> Netns {
+    let node = Netns::new("node");
+    node.ip(&[
+        "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
+    ]);
+    node.ip(&["link", "set", BRIDGE, "mtu", &BRIDGE_MTU.to_string(), "up"]);
+    node.ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", BRIDGE]);
+    // An uplink port, so that the bridge has carrier before any pod, as on a
+    // real node.
+    node.ip(&[
+        "link",
+        "add",
+        "uplink",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink-peer",
+    ]);
+    node.ip(&["link", "set", "uplink-peer", "up"]);
+    node.ip(&["link", "set", "uplink", "master", BRIDGE, "up"]);
+    node
+}
+
+fn pod_link(pod: &Netns, container_id: &str, ip: Ipv4Addr) -> PodLink {
+    PodLink {
+        netns: pod.path(),
+        ifname: "eth0".to_string(),
+        host_ifname: host_ifname(container_id, "eth0"),
+        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
+        gateway: GATEWAY,
+        mac: mac_for_ipv4(ip),
+    }
+}
+
+/// Runs `body` on a thread inside `netns` with a runtime of its own, as
+/// ipamd runs in a node's netns. Panics propagate.
+fn in_netns<F, Fut>(netns: &Netns, body: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = ()>,
+{
+    let path = netns.path();
+    std::thread::scope(|s| {
+        let thread = s.spawn(move || {
+            let ns = File::open(&path).expect("open the node netns");
+            setns(&ns, CloneFlags::CLONE_NEWNET).expect("enter the node netns");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body())
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
+#[test]
+fn wire_creates_both_ends() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-a", Ipv4Addr::new(10, 1, 0, 17));
+        let started = Instant::now();
+        let wired = dp.wire(&link).await.unwrap();
+        let wire_time = started.elapsed();
+        assert_eq!(wired.mtu, BRIDGE_MTU);
+
+        let host = node.link(&link.host_ifname);
+        assert_eq!(host["master"], BRIDGE, "{host}");
+        assert_eq!(host["mtu"], BRIDGE_MTU, "{host}");
+        assert_eq!(host["address"], format_mac(&wired.host_mac), "{host}");
+        assert!(
+            host["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+            "{host}"
+        );
+
+        let eth0 = pod.link("eth0");
+        assert_eq!(eth0["mtu"], BRIDGE_MTU, "{eth0}");
+        assert_eq!(eth0["address"], format_mac(&link.mac), "{eth0}");
+        assert_eq!(eth0["operstate"], "UP", "{eth0}");
+        let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+        let addr = &addrs[0]["addr_info"][0];
+        assert_eq!(
+            (&addr["local"], &addr["prefixlen"]),
+            (&"10.1.0.17".into(), &24.into()),
+            "{addrs}"
+        );
+        let routes = pod.ip_json(&["route", "show", "default"]);
+        assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
+        assert_eq!(
+            (&routes[0]["gateway"], &routes[0]["dev"]),
+            (&"10.1.0.1".into(), &"eth0".into())
+        );
+        dp.check(&link).await.unwrap();
+
+        let started = Instant::now();
+        dp.unwire(&link.host_ifname).await.unwrap();
+        let unwire_time = started.elapsed();
+        println!("one wire: {wire_time:?}, one unwire: {unwire_time:?}");
+        assert!(!node.link_exists(&link.host_ifname), "host end left behind");
+        assert!(!pod.link_exists("eth0"), "pod end left behind");
+    });
+}
+
+#[test]
+fn wire_unwire_wall_time() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-time", Ipv4Addr::new(10, 1, 0, 30));
+        let (mut wires, mut unwires) = (vec![], vec![]);
+        for _ in 0..10 {
+            let started = Instant::now();
+            dp.wire(&link).await.unwrap();
+            wires.push(started.elapsed());
+            let started = Instant::now();
+            dp.unwire(&link.host_ifname).await.unwrap();
+            unwires.push(started.elapsed());
+        }
+        wires.sort();
+        unwires.sort();
+        println!(
+            "wire: min {:?} median {:?} max {:?}; unwire: min {:?} median {:?} max {:?}",
+            wires[0], wires[5], wires[9], unwires[0], unwires[5], unwires[9]
+        );
+    });
+}
+
+#[test]
+fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
+    require_root();
+    let node = node_with_bridge();
+    let (pod_a, pod_b) = (Netns::new("pod"), Netns::new("pod"));
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        dp.wire(&pod_link(&pod_a, "ctr-a", Ipv4Addr::new(10, 1, 0, 17)))
+            .await
+            .unwrap();
+        dp.wire(&pod_link(&pod_b, "ctr-b", Ipv4Addr::new(10, 1, 0, 18)))
+            .await
+            .unwrap();
+        for (from, to) in [
+            (&pod_b, "10.1.0.17"),
+            (&pod_a, "10.1.0.18"),
+            (&pod_a, "10.1.0.1"),
+        ] {
+            let out = from.exec(&["ping", "-c1", "-W1", to]);
+            assert!(
+                out.status.success(),
+                "ping {to} from {} failed: {}{}",
+                from.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
+#[test]
+fn wire_sends_three_gratuitous_arps() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns", "exec", &node.name, "tcpdump", "-l", "-n", "-e", "-c", "3",
+        ])
+        .args(["-i", BRIDGE, "arp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcpdump");
+    // Wire only once tcpdump listens; its stderr says so.
+    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tcpdump exited early"
+        );
+    }
+    let link = pod_link(&pod, "ctr-garp", Ipv4Addr::new(10, 1, 0, 17));
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        dp.wire(&link).await.unwrap();
+        // The later announcements go out from this runtime at ~+0.2 s, ~+1 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tcpdump.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = tcpdump.kill();
+    let out = tcpdump.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    let garps: Vec<&str> = seen
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!("{} ", format_mac(&link.mac)))
+                || l.contains(&format!(" {} > ff:ff:ff:ff:ff:ff", format_mac(&link.mac)))
+        })
+        .filter(|l| l.contains("10.1.0.17") && !l.contains("Reply"))
+        .collect();
+    assert_eq!(
+        garps.len(),
+        3,
+        "expected 3 gratuitous ARPs from the pod, tcpdump saw:\n{seen}"
+    );
+}
+
+#[test]
+fn garp_corrects_a_stale_neighbour_entry_on_the_node() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    let link = pod_link(&pod, "ctr-neigh", Ipv4Addr::new(10, 1, 0, 17));
+    let want = format_mac(&link.mac);
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        // The node knew 10.1.0.17 at another MAC (the IP's previous owner)
+        // and has no reason to ask again: the announcement alone must fix it.
+        // Seeded after new(), whose MAC pinning flushes the bridge's entries.
+        let old_owner = ["lladdr", "02:de:ad:be:ef:01", "dev", BRIDGE, "nud", "stale"];
+        node.ip(&[&["neigh", "replace", "10.1.0.17"][..], &old_owner].concat());
+        dp.wire(&link).await.unwrap();
+        // Well before the second announcement (~+200 ms): the first one,
+        // sent before wire returns, must have done it.
+        let deadline = Instant::now() + Duration::from_millis(150);
+        loop {
+            let neigh = node.ip_json(&["neigh", "show", "10.1.0.17", "dev", BRIDGE]);
+            if neigh[0]["lladdr"] == want.as_str() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first gratuitous ARP did not update the node's neighbour entry: {neigh}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+#[test]
+fn wire_fails_cleanly_when_ifname_exists_in_pod() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    let before = pod.mac_of("eth0");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-dup", Ipv4Addr::new(10, 1, 0, 17));
+        let err = dp.wire(&link).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DatapathError::PodIfnameExists { .. }),
+            "{err:?}"
+        );
+        assert!(msg.contains("eth0") && msg.contains(&pod.name), "{msg}");
+        println!("{msg}");
+        assert!(!dp.host_link_exists(&link.host_ifname).await.unwrap());
+        assert!(!node.link_exists(&link.host_ifname), "host end left behind");
+        assert_eq!(pod.mac_of("eth0"), before, "the pod's own eth0 was touched");
+    });
+}
+
+#[test]
+fn wire_fails_cleanly_when_host_link_exists() {
+    require_root();
+    let node = node_with_bridge();
+    let (pod_a, pod_b) = (Netns::new("pod"), Netns::new("pod"));
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let first = pod_link(&pod_a, "ctr-same", Ipv4Addr::new(10, 1, 0, 17));
+        dp.wire(&first).await.unwrap();
+        // Same attachment key (so same host name), another sandbox.
+        let second = PodLink {
+            netns: pod_b.path(),
+            ..pod_link(&pod_b, "ctr-same", Ipv4Addr::new(10, 1, 0, 18))
+        };
+        let err = dp.wire(&second).await.unwrap_err();
+        assert!(
+            matches!(err, DatapathError::HostLinkExists { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&first.host_ifname), "{err}");
+        println!("{err}");
+        assert!(
+            !pod_b.link_exists("eth0"),
+            "pod end created in the second pod"
+        );
+        // The first pod's wiring is not "rolled back" by the second's failure.
+        dp.check(&first).await.unwrap();
+    });
+}
+
+#[test]
+fn wire_into_missing_netns_or_with_bad_input_leaves_nothing() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    let links_before = node.ip_json(&["link", "show"]).as_array().unwrap().len();
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let missing = PathBuf::from(format!("/run/netns/moor-dp-{}-missing", std::process::id()));
+        let link = PodLink {
+            netns: missing.clone(),
+            ..pod_link(&pod, "ctr-gone", Ipv4Addr::new(10, 1, 0, 17))
+        };
+        let err = dp.wire(&link).await.unwrap_err();
+        assert!(
+            matches!(err, DatapathError::NetnsNotFound { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+        println!("{err}");
+
+        let outside = PodLink {
+            gateway: Ipv4Addr::new(10, 2, 0, 1),
+            ..pod_link(&pod, "ctr-gw", Ipv4Addr::new(10, 1, 0, 17))
+        };
+        let err = dp.wire(&outside).await.unwrap_err();
+        assert!(
+            matches!(err, DatapathError::GatewayOutsideSubnet { .. }),
+            "{err:?}"
+        );
+
+        let long = PodLink {
+            ifname: "a-very-long-ifname".to_string(),
+            ..pod_link(&pod, "ctr-long", Ipv4Addr::new(10, 1, 0, 17))
+        };
+        let err = dp.wire(&long).await.unwrap_err();
+        assert!(
+            matches!(err, DatapathError::InvalidIfname { .. }),
+            "{err:?}"
+        );
+    });
+    let links_after = node.ip_json(&["link", "show"]).as_array().unwrap().len();
+    assert_eq!(
+        links_before, links_after,
+        "a failed wire left a link in the node"
+    );
+    assert!(!pod.link_exists("eth0"));
+}
+
+#[test]
+fn unwire_is_idempotent() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    let gone = Netns::new("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-del", Ipv4Addr::new(10, 1, 0, 17));
+        dp.wire(&link).await.unwrap();
+        assert!(dp.host_link_exists(&link.host_ifname).await.unwrap());
+        dp.unwire(&link.host_ifname).await.unwrap();
+        assert!(!dp.host_link_exists(&link.host_ifname).await.unwrap());
+        dp.unwire(&link.host_ifname).await.unwrap();
+        dp.unwire("mrneverexisted").await.unwrap();
+
+        // The sandbox's netns is deleted before DEL (the runtime tore it down).
+        let link = pod_link(&gone, "ctr-gone", Ipv4Addr::new(10, 1, 0, 18));
+        dp.wire(&link).await.unwrap();
+        run("ip", &["netns", "del", &gone.name]);
+        dp.unwire(&link.host_ifname).await.unwrap();
+        dp.unwire(&link.host_ifname).await.unwrap();
+    });
+}
+
+#[test]
+fn delete_link_blocking_reports_whether_it_deleted() {
+    require_root();
+    let node = Netns::new("node");
+    node.ip(&[
+        "link", "add", "dlb0", "type", "veth", "peer", "name", "dlb1",
+    ]);
+    let path = node.path();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            assert!(moor_ipamd::datapath::delete_link_blocking("dlb0").unwrap());
+            assert!(!moor_ipamd::datapath::delete_link_blocking("dlb0").unwrap());
+            // Also from inside a runtime (it then uses a thread of its own,
+            // which starts in this thread's netns).
+            node.ip(&[
+                "link", "add", "dlb2", "type", "veth", "peer", "name", "dlb3",
+            ]);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                assert!(moor_ipamd::datapath::delete_link_blocking("dlb2").unwrap());
+            });
+        })
+        .join()
+        .unwrap();
+    });
+    assert!(!node.link_exists("dlb0") && !node.link_exists("dlb1") && !node.link_exists("dlb2"));
+}
+
+#[test]
+fn check_passes_after_wire_and_names_what_broke() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-check", Ipv4Addr::new(10, 1, 0, 17));
+        dp.wire(&link).await.unwrap();
+        dp.check(&link).await.unwrap();
+
+        let wrong_mac = PodLink {
+            mac: [0x0a, 0x58, 1, 2, 3, 4],
+            ..link.clone()
+        };
+        let err = dp.check(&wrong_mac).await.unwrap_err();
+        assert!(err.to_string().contains("MAC"), "{err}");
+
+        pod.ip(&["addr", "del", "10.1.0.17/24", "dev", "eth0"]);
+        let err = dp.check(&link).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DatapathError::CheckFailed(_)), "{err:?}");
+        assert!(
+            msg.contains("10.1.0.17/24") && msg.contains("eth0"),
+            "{msg}"
+        );
+        println!("{msg}");
+
+        dp.unwire(&link.host_ifname).await.unwrap();
+        let err = dp.check(&link).await.unwrap_err();
+        assert!(err.to_string().contains(&link.host_ifname), "{err}");
+    });
+}
+
+#[test]
+fn bridge_mac_stays_pinned_when_lower_macs_join() {
+    require_root();
+    let node = Netns::new("node");
+    // Bridges with kernel-chosen MACs: unpinned, they follow their lowest port.
+    for bridge in ["brpin", "brfree"] {
+        node.ip(&["link", "add", bridge, "type", "bridge"]);
+        node.ip(&["link", "set", bridge, "up"]);
+        node.ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", bridge]);
+    }
+    let pod = Netns::new("pod");
+    let add_low_port = |bridge: &str, port: &str, peer: &str| {
+        node.ip(&[
+            "link",
+            "add",
+            port,
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+        ]);
+        node.ip(&["link", "set", port, "master", bridge, "up"]);
+    };
+    // Control: without pinning, a port with a lower MAC takes over.
+    add_low_port("brfree", "lowf", "lowf1");
+    assert_eq!(
+        node.mac_of("brfree"),
+        "02:00:00:00:00:01",
+        "this kernel's bridge does not follow its lowest port; the pin test below proves nothing"
+    );
+
+    let pinned = node.mac_of("brpin");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new("brpin").await.unwrap();
+        dp.wire(&pod_link(&pod, "ctr-pin", Ipv4Addr::new(10, 1, 0, 17)))
+            .await
+            .unwrap();
+        add_low_port("brpin", "lowp", "lowp1");
+        assert_eq!(node.mac_of("brpin"), pinned, "bridge MAC moved");
+    });
+}
+
+#[test]
+fn new_names_a_missing_or_wrong_bridge() {
+    require_root();
+    let node = Netns::new("node");
+    node.ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]);
+    in_netns(&node, || async {
+        let err = BridgeDatapath::new("nosuchbr").await.err().unwrap();
+        assert!(
+            matches!(err, DatapathError::BridgeNotFound { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("bridge nosuchbr not found"),
+            "{err}"
+        );
+        let err = BridgeDatapath::new("vx0").await.err().unwrap();
+        assert!(matches!(err, DatapathError::NotABridge { .. }), "{err:?}");
+        assert!(err.to_string().contains("vx0 is a veth"), "{err}");
+        println!("{err}");
+    });
+}
+
+#[test]
+fn restart_does_not_repin_or_flush_neighbours() {
+    require_root();
+    let node = Netns::new("node");
+    node.ip(&["link", "add", "brr", "type", "bridge"]);
+    node.ip(&["link", "set", "brr", "up"]);
+    let path = node.path();
+    std::thread::scope(|s| {
+        let thread = s.spawn(|| {
+            // ipamd sees its own netns's devices in /sys (a DaemonSet with
+            // host networking does); give this thread the same view.
+            setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            mount_private_sysfs();
+            let read =
+                |f: &str| std::fs::read_to_string(format!("/sys/class/net/brr/{f}")).unwrap();
+            assert_eq!(
+                read("addr_assign_type").trim(),
+                "1",
+                "a new bridge's MAC is random"
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                BridgeDatapath::new("brr").await.unwrap();
+                assert_eq!(
+                    read("addr_assign_type").trim(),
+                    "3",
+                    "new() did not pin the MAC"
+                );
+                let static_neigh = ["10.1.0.99", "lladdr", "02:00:00:00:99:99", "dev", "brr"];
+                node.ip(&[&["neigh", "add"][..], &static_neigh, &["nud", "permanent"]].concat());
+                // ipamd restarts: pinning again would flush the entry.
+                BridgeDatapath::new("brr").await.unwrap();
+                let neigh = node.ip_json(&["neigh", "show", "10.1.0.99", "dev", "brr"]);
+                assert_eq!(
+                    neigh[0]["lladdr"], "02:00:00:00:99:99",
+                    "neighbours flushed: {neigh}"
+                );
+            });
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
+/// Gives the calling thread a private mount namespace with a sysfs mounted
+/// from its current netns (as `ip netns exec` does for a process).
+fn mount_private_sysfs() {
+    // SAFETY: plain syscalls on constant, NUL-terminated strings; unshare
+    // affects only this thread, which exits at the end of the test.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
+        let root = c"/".as_ptr();
+        let none = std::ptr::null();
+        assert_eq!(
+            libc::mount(none, root, none, libc::MS_REC | libc::MS_SLAVE, none.cast()),
+            0,
+            "make / a slave mount"
+        );
+        let sysfs = c"sysfs".as_ptr();
+        assert_eq!(
+            libc::mount(sysfs, c"/sys".as_ptr(), sysfs, 0, none.cast()),
+            0,
+            "mount sysfs: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn wire_rolls_back_when_a_pod_side_step_fails() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    // The pod already has a default route (another interface with a gateway),
+    // so adding ours fails after the veth exists.
+    pod.ip(&[
+        "link",
+        "add",
+        "net1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "net1-peer",
+    ]);
+    pod.ip(&["link", "set", "net1-peer", "up"]);
+    pod.ip(&["link", "set", "net1", "up"]);
+    pod.ip(&["addr", "add", "10.9.0.2/24", "dev", "net1"]);
+    pod.ip(&["route", "add", "default", "via", "10.9.0.1"]);
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-route", Ipv4Addr::new(10, 1, 0, 17));
+        let err = dp.wire(&link).await.unwrap_err();
+        assert!(
+            err.to_string().contains("already has a default route"),
+            "{err}"
+        );
+        println!("{err}");
+        assert!(
+            !node.link_exists(&link.host_ifname),
+            "host end not rolled back"
+        );
+        assert!(!pod.link_exists("eth0"), "pod end not rolled back");
+    });
+}
