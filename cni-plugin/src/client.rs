@@ -287,15 +287,15 @@ mod tests {
     fn grpc_codes_map_to_cni_codes() {
         let cases = [
             (Code::InvalidArgument, 7),
-            (Code::ResourceExhausted, 100),
-            (Code::FailedPrecondition, 100),
-            (Code::NotFound, 100),
-            (Code::AlreadyExists, 100),
+            (Code::ResourceExhausted, 110),
+            (Code::FailedPrecondition, 110),
+            (Code::NotFound, 110),
+            (Code::AlreadyExists, 110),
             (Code::DeadlineExceeded, 11),
             (Code::Aborted, 11),
-            (Code::Unimplemented, 101),
-            (Code::Internal, 102),
-            (Code::Unknown, 102),
+            (Code::Unimplemented, 111),
+            (Code::Internal, 112),
+            (Code::Unknown, 112),
         ];
         for (grpc, want) in cases {
             let e = failed(&status(

@@ -7,23 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// Well-known codes (spec section 5) and moor's own (100+).
-pub mod code {
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    pub const INVALID_ENV: u32 = 4;
-    pub const IO_FAILURE: u32 = 5;
-    pub const DECODING_FAILURE: u32 = 6;
-    pub const INVALID_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// ipamd understood the request and refused it: no free IP in the pool,
-    /// pod scheduled outside its binding's ToR, unknown pool, ...
-    pub const REFUSED: u32 = 100;
-    /// ipamd does not know the RPC: plugin and daemon versions differ.
-    pub const VERSION_SKEW: u32 = 101;
-    /// ipamd failed internally, or answered something the plugin cannot use.
-    pub const IPAMD_FAILED: u32 = 102;
-}
+pub use moor_proto::cni_code as code;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {

@@ -284,7 +284,7 @@ fn ipamd_refusals_keep_ipamd_s_words() {
     );
     assert_ne!(r.code, 0);
     let e = r.json();
-    assert_eq!(e["code"], 100);
+    assert_eq!(e["code"], 110);
     assert_eq!(e["msg"], "moor: allocation refused");
     assert_eq!(
         e["details"],
@@ -324,7 +324,7 @@ fn del_goes_through_ipamd_and_passes_its_errors_on() {
     let c = json!({"cniVersion": "1.0.0", "name": "store-down", "socket": sock}).to_string();
     let r = moor(&env, &c);
     assert_ne!(r.code, 0);
-    assert_eq!(r.json()["code"], 102);
+    assert_eq!(r.json()["code"], 112);
     assert!(!dir.join("ipamd.sock.pending").exists());
 
     // ...but "already gone" is success.
@@ -358,7 +358,7 @@ fn check_sends_the_address_from_prev_result() {
         &attachment_env("CHECK", &cid, ""),
         &conf("1.0.0", &sock, prev("10.1.0.18/24")),
     );
-    assert_eq!(r.json()["code"], 100);
+    assert_eq!(r.json()["code"], 110);
     let Seen::Check(req) = &fake.seen()[1] else {
         panic!()
     };

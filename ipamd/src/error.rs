@@ -4,18 +4,7 @@
 
 use crate::store::StoreError;
 
-/// moor's own CNI error codes (the spec leaves 100+ to plugins).
-pub mod cni_code {
-    pub const INVALID_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    pub const POOL_FULL: u32 = 100;
-    pub const WRONG_TOR: u32 = 101;
-    pub const NO_POOL: u32 = 102;
-    pub const TOR_UNDEFINED: u32 = 103;
-    pub const DATAPATH: u32 = 104;
-    pub const OTHER_POOL: u32 = 105;
-    pub const NOT_ATTACHED: u32 = 106;
-}
+pub use moor_proto::cni_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,7 +48,7 @@ impl Error {
             Error::Refused { code, .. } => *code,
             Error::Unavailable(_) => cni_code::TRY_AGAIN_LATER,
             Error::Datapath(_) => cni_code::DATAPATH,
-            Error::Internal(_) => 999,
+            Error::Internal(_) => cni_code::IPAMD_FAILED,
         }
     }
 

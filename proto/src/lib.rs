@@ -16,6 +16,39 @@ pub const DEFAULT_SOCKET: &str = "/run/moor/ipamd.sock";
 /// report, so the plugin need not guess it from the gRPC status code.
 pub const CNI_CODE_KEY: &str = "moor-cni-code";
 
+/// CNI error codes: the spec's well-known ones and moor's own (100+), in one
+/// place so the plugin and ipamd never disagree. docs/operations.md lists them.
+pub mod cni_code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODING_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// Every IP of the pod's pool on this node's ToR is bound or in use.
+    pub const POOL_FULL: u32 = 100;
+    /// The pod's IP (or its pool) is on another ToR than this node's.
+    pub const WRONG_TOR: u32 = 101;
+    /// No pool for the pod (none for its app, or the named one is missing).
+    pub const NO_POOL: u32 = 102;
+    /// This node's ToR is not defined yet.
+    pub const TOR_UNDEFINED: u32 = 103;
+    /// Wiring the pod's interface failed (the IP was given back).
+    pub const DATAPATH: u32 = 104;
+    /// The pod keeps an IP of another pool than the one it asks for.
+    pub const OTHER_POOL: u32 = 105;
+    /// CHECK of an attachment this node does not have.
+    pub const NOT_ATTACHED: u32 = 106;
+    /// ipamd refused the request without saying which way (older ipamd).
+    pub const REFUSED: u32 = 110;
+    /// ipamd does not know the RPC: plugin and daemon versions differ.
+    pub const VERSION_SKEW: u32 = 111;
+    /// ipamd failed internally, or answered something the plugin cannot use.
+    pub const IPAMD_FAILED: u32 = 112;
+}
+
 /// Name of the host end of a pod's veth, derived from the CNI attachment key.
 ///
 /// Both ipamd (which creates the link) and the plugin (which deletes it when
