@@ -182,6 +182,16 @@ pub fn from_status(status: &Status, op: &str, socket: &Path) -> CallError {
                 status.message()
             ))
         }
+        // A daemon killed mid-request breaks the HTTP/2 connection: tonic
+        // reports that as Unknown "transport error" with the broken
+        // connection as its source (seen in the kill -9 e2e test).
+        (None, _) if broke_in_transport(status) => {
+            return CallError::Unreachable(format!(
+                "{op} to ipamd at {} failed: {}; ipamd is not running or died mid-request",
+                socket.display(),
+                error_chain(status)
+            ))
+        }
         (None, Code::DeadlineExceeded | Code::Aborted) => code::TRY_AGAIN_LATER,
         (None, Code::InvalidArgument) => code::INVALID_CONFIG,
         (
@@ -205,6 +215,18 @@ pub fn from_status(status: &Status, op: &str, socket: &Path) -> CallError {
         status.message().to_string()
     };
     CallError::Failed(CniError::new(cni_code, short_msg(cni_code), details))
+}
+
+/// Did the call fail in the connection rather than in ipamd's handler?
+fn broke_in_transport(status: &Status) -> bool {
+    let mut cur = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if e.is::<tonic::transport::Error>() || e.is::<io::Error>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn short_msg(cni_code: u32) -> &'static str {
@@ -328,6 +350,24 @@ mod tests {
             }
             CallError::Failed(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn broken_connection_mid_request_is_unreachable() {
+        let mut s = status(Code::Unknown, "transport error", None);
+        s.set_source(std::sync::Arc::new(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        match from_status(&s, "ADD", Path::new("/run/x.sock")) {
+            CallError::Unreachable(w) => {
+                assert!(w.contains("/run/x.sock") && w.contains("reset"), "{w}");
+                assert_eq!(CallError::Unreachable(w).into_cni(11).code, 11);
+            }
+            CallError::Failed(e) => panic!("{e}"),
+        }
+        // Unknown without a transport cause stays ipamd's failure.
+        assert_eq!(failed(&status(Code::Unknown, "boom", None)).code, 112);
     }
 
     #[test]

@@ -151,7 +151,14 @@ impl Node {
                     host_mac = w.host_mac;
                 }
                 Err(e) => {
-                    if let Err(re) = self.ipam.release(&key, true).await {
+                    // A pending attachment found here belongs to an ADD that
+                    // may still be running; only roll back what this call made.
+                    let rollback = if alloc.existing {
+                        Ok(None)
+                    } else {
+                        self.ipam.release(&key, true).await
+                    };
+                    if let Err(re) = rollback {
                         // The pending attachment stays; the next start rolls it back.
                         warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
                     }

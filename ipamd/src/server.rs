@@ -363,7 +363,11 @@ pub fn authorized(listener: UnixListener) -> impl Stream<Item = std::io::Result<
                         warn!(error = %e, "refused a connection whose peer credentials are unknown")
                     }
                 },
-                Err(e) => return Some((Err(e), l)),
+                Err(e) => {
+                    // Out of fds and the like: don't spin on accept.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    return Some((Err(e), l));
+                }
             }
         }
     })

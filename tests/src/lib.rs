@@ -1,3 +1,13 @@
 //! Test harness for moor's end-to-end tests and benchmarks: builds a ToR and a
 //! node out of network namespaces, runs the real `ipamd`, `moor` and
 //! `ipamctl` binaries against them, and removes everything it made.
+//!
+//! - [`testbed`]: [`Testbed`] (one ToR + one node + one ipamd) and [`Pod`].
+//! - [`names`]: Kubernetes-shaped pod names and container ids.
+//! - [`bins`]: where the built binaries are.
+
+pub mod bins;
+pub mod names;
+pub mod testbed;
+
+pub use testbed::{CniRun, Counts, Options, Pod, PodAddr, Testbed};

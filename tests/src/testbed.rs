@@ -1,0 +1,804 @@
+//! One node under one ToR, made of network namespaces, with the real ipamd
+//! running on it:
+//!
+//! ```text
+//!   ToR netns                node netns                         pod netns
+//!   tor0 (gateway .1) ---- uplink0 -[br0 .2, pinned MAC]- mr... ---- eth0
+//!                                    ipamd (own temp dir)
+//! ```
+//!
+//! Every testbed has its own /24, names that hold the process id and a
+//! counter, and its own socket, store and pending-DEL directory, so many run
+//! in parallel in one process and beside other processes. Drop kills ipamd
+//! by pid and deletes every namespace it made, also when the test panicked
+//! (then it prints the tail of ipamd's log first).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::bins::{bins, Bins};
+
+/// The node's bridge to the ToR, as ipamd's `--bridge`.
+pub const BRIDGE: &str = "br0";
+/// The name of the ToR every testbed defines (unless told not to).
+pub const TOR: &str = "rack-1";
+/// The k8s namespace of pods made by [`Testbed::pod`].
+pub const POD_NAMESPACE: &str = "shop";
+/// The network config's `name`.
+pub const NETWORK: &str = "moor-e2e";
+
+/// How long ipamd may take to open its socket.
+const IPAMD_START: Duration = Duration::from_secs(15);
+/// How long ipamd may take to exit on SIGTERM before it gets SIGKILL.
+const IPAMD_STOP: Duration = Duration::from_secs(3);
+
+/// What differs between testbeds.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `ipamd --gc-grace-seconds`; None: ipamd's default.
+    pub gc_grace_seconds: Option<u64>,
+    /// Define the ToR with `ipamctl tor add` once ipamd is up.
+    pub define_tor: bool,
+    /// ipamd's `--log`.
+    pub log: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gc_grace_seconds: None,
+            define_tor: true,
+            log: "info".into(),
+        }
+    }
+}
+
+/// A pod: a network namespace and the Kubernetes identity the runtime passes
+/// in CNI_ARGS.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The netns name (under /run/netns).
+    pub netns: String,
+}
+
+impl Pod {
+    /// CNI_NETNS.
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.netns)
+    }
+
+    /// CNI_ARGS as kubelet's runtimes pass them.
+    pub fn cni_args(&self) -> String {
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+            self.namespace, self.name, self.uid
+        )
+    }
+}
+
+/// One run of the `moor` binary.
+#[derive(Debug, Clone)]
+pub struct CniRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout as JSON; Null when stdout is empty. Panics are left to the
+    /// caller: a non-JSON stdout is kept as a JSON string.
+    pub json: Value,
+    pub took: Duration,
+}
+
+impl CniRun {
+    /// Panics (showing everything) unless moor exited 0.
+    pub fn ok(&self, what: &str) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "{what}: moor exited {}\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The CNI error code, panicking unless moor failed with a CNI error.
+    pub fn err_code(&self, what: &str) -> u64 {
+        assert_ne!(
+            self.code, 0,
+            "{what}: moor succeeded but should have failed\nstdout: {}",
+            self.stdout
+        );
+        self.json
+            .get("code")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: failure without a CNI error on stdout\nstdout: {}\nstderr: {}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// `msg` and `details` of a CNI error, joined.
+    pub fn message(&self) -> String {
+        let s = |k: &str| self.json.get(k).and_then(Value::as_str).unwrap_or("");
+        format!("{}; {}", s("msg"), s("details"))
+    }
+}
+
+/// The counts of a pool (`ipamctl -o json pool show`'s `totals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u64,
+    pub bound: u64,
+    pub in_use: u64,
+    pub free: u64,
+}
+
+/// An IPv4 address on a pod interface, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAddr {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub mac: String,
+}
+
+pub struct Testbed {
+    /// Prefix of every namespace name: `moor-e2e-PID-N`.
+    pub id: String,
+    /// This testbed's subnet: `subnet_base`.0/24.
+    pub subnet_base: [u8; 3],
+    pub gateway: Ipv4Addr,
+    pub node_ip: Ipv4Addr,
+    /// The pod range of the ToR: `range.0`..=`range.1`.
+    pub range: (Ipv4Addr, Ipv4Addr),
+    pub bridge_mac: String,
+    pub node: String,
+    pub tor_ns: String,
+    pub node_ns: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub store: PathBuf,
+    pub pending_dir: PathBuf,
+    pub log: PathBuf,
+    pub opts: Options,
+    bins: &'static Bins,
+    node_ns_file: Option<File>,
+    ipamd: Mutex<Option<Child>>,
+    /// Every namespace made, in order; deleted in reverse.
+    made_netns: Mutex<Vec<String>>,
+    pod_counter: AtomicU32,
+}
+
+/// Fails loudly (never skips) without root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: run ./scripts/test as root (the e2e tests create network namespaces, \
+         bridges and veths)"
+    );
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Testbed {
+    /// A testbed with the default options: the ToR is defined, no pools.
+    // No Default: making a testbed creates namespaces and starts a daemon.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Testbed {
+        Self::with(Options::default())
+    }
+
+    pub fn with(opts: Options) -> Testbed {
+        require_root();
+        let bins = bins();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let id = format!("moor-e2e-{pid}-{n}");
+        // Namespaces isolate the subnets of different processes; within one
+        // process each testbed gets its own anyway, for readable logs.
+        let subnet_base = [10, 100 + (n % 150) as u8, (n / 150) as u8];
+        let ip = |last: u8| Ipv4Addr::new(subnet_base[0], subnet_base[1], subnet_base[2], last);
+        let dir = std::env::temp_dir().join(&id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the testbed's temp dir");
+        let socket = dir.join("ipamd.sock");
+        let mut pending = socket.clone().into_os_string();
+        pending.push(".pending");
+        let mut tb = Testbed {
+            subnet_base,
+            gateway: ip(1),
+            node_ip: ip(2),
+            range: (ip(10), ip(249)),
+            bridge_mac: format!("02:00:00:{:02x}:{:02x}:02", (n >> 8) as u8, n as u8),
+            node: format!("node-{n}"),
+            tor_ns: format!("{id}-tor"),
+            node_ns: format!("{id}-node"),
+            store: dir.join("ipamd.redb"),
+            pending_dir: pending.into(),
+            log: dir.join("ipamd.log"),
+            socket,
+            dir,
+            id,
+            opts,
+            bins,
+            node_ns_file: None,
+            ipamd: Mutex::new(None),
+            made_netns: Mutex::new(Vec::new()),
+            pod_counter: AtomicU32::new(0),
+        };
+        tb.build_topology();
+        tb.start_ipamd();
+        if tb.opts.define_tor {
+            tb.define_tor();
+        }
+        tb
+    }
+
+    fn add_netns(&self, name: &str) {
+        run_ok("ip", &["netns", "add", name]);
+        self.made_netns.lock().unwrap().push(name.to_string());
+        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    fn build_topology(&mut self) {
+        let (tor, node) = (self.tor_ns.clone(), self.node_ns.clone());
+        self.add_netns(&tor);
+        self.add_netns(&node);
+        let gw = format!("{}/24", self.gateway);
+        let node_ip = format!("{}/24", self.node_ip);
+        #[rustfmt::skip]
+        let steps: &[&[&str]] = &[
+            &["link", "add", "tor0", "netns", &tor, "type", "veth", "peer", "name", "uplink0", "netns", &node],
+            &["-n", &tor, "addr", "add", &gw, "dev", "tor0"],
+            &["-n", &tor, "link", "set", "tor0", "up"],
+            // Pinned: a bridge takes the lowest MAC of its ports otherwise,
+            // and that changes as pod veths come and go.
+            &["-n", &node, "link", "add", BRIDGE, "address", &self.bridge_mac, "type", "bridge"],
+            &["-n", &node, "link", "set", "uplink0", "master", BRIDGE, "up"],
+            &["-n", &node, "addr", "add", &node_ip, "dev", BRIDGE],
+            &["-n", &node, "link", "set", BRIDGE, "up"],
+        ];
+        for args in steps {
+            run_ok("ip", args);
+        }
+        self.node_ns_file =
+            Some(File::open(format!("/run/netns/{node}")).expect("open the node's netns"));
+        // A new bridge raises its carrier about a second after its first port
+        // joins: wait until the node reaches the gateway.
+        let start = Instant::now();
+        let gw = self.gateway.to_string();
+        loop {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &node, "ping", "-c1", "-W1", "-q", &gw])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "node {node} cannot ping its gateway {gw} after 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ipamctl tor add` for this testbed's ToR.
+    pub fn define_tor(&self) {
+        let subnet = self.subnet();
+        let range = format!("{}-{}", self.range.0, self.range.1);
+        let gw = self.gateway.to_string();
+        let out = self.ipamctl(&[
+            "tor",
+            "add",
+            TOR,
+            "--subnet",
+            &subnet,
+            "--gateway",
+            &gw,
+            "--range",
+            &range,
+        ]);
+        assert_ok(&out, "ipamctl tor add");
+    }
+
+    /// The subnet in CIDR notation.
+    pub fn subnet(&self) -> String {
+        let b = self.subnet_base;
+        format!("{}.{}.{}.0/24", b[0], b[1], b[2])
+    }
+
+    /// Where moor leaves the pending DEL of (`container_id`, eth0) while
+    /// ipamd is down.
+    pub fn pending_record(&self, container_id: &str) -> PathBuf {
+        moor_proto::pending::path_for(&self.pending_dir, container_id, "eth0")
+    }
+
+    /// The binaries this testbed runs.
+    pub fn bins(&self) -> &'static Bins {
+        self.bins
+    }
+
+    /// Is `ip` in this testbed's /24?
+    pub fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        ip.octets()[..3] == self.subnet_base
+    }
+
+    // ------------------------------------------------------------ ipamd
+
+    /// Starts ipamd in the node netns and waits until its socket accepts.
+    pub fn start_ipamd(&self) {
+        let mut guard = self.ipamd.lock().unwrap();
+        assert!(guard.is_none(), "ipamd is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open ipamd's log");
+        let _ = writeln!(&log, "==== ipamd start ====");
+        let store = format!("redb:{}", self.store.display());
+        let mut cmd = Command::new("ip");
+        // `ip netns exec` execs ipamd: the child's pid is ipamd's own.
+        cmd.args(["netns", "exec", &self.node_ns])
+            .arg(&self.bins.ipamd)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--store", &store, "--node", &self.node, "--tor", TOR])
+            .args(["--bridge", BRIDGE, "--log", &self.opts.log]);
+        if let Some(g) = self.opts.gc_grace_seconds {
+            cmd.args(["--gc-grace-seconds", &g.to_string()]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ipamd");
+        let start = Instant::now();
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "ipamd exited ({status}) before opening {}:\n{}",
+                    self.socket.display(),
+                    self.log_tail(40)
+                );
+            }
+            if start.elapsed() > IPAMD_START {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ipamd did not open {} within {IPAMD_START:?}:\n{}",
+                    self.socket.display(),
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        *guard = Some(child);
+    }
+
+    /// SIGTERM and wait (SIGKILL after 3 s). No-op if ipamd is not running.
+    pub fn stop_ipamd(&self) {
+        if let Some(child) = self.ipamd.lock().unwrap().take() {
+            terminate(child);
+        }
+    }
+
+    /// SIGKILL and reap: a crash at whatever point ipamd is at.
+    pub fn kill9_ipamd(&self) {
+        let mut child = self
+            .ipamd
+            .lock()
+            .unwrap()
+            .take()
+            .expect("ipamd is not running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    pub fn ipamd_running(&self) -> bool {
+        self.ipamd.lock().unwrap().is_some()
+    }
+
+    /// The last `lines` lines of ipamd's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    // ------------------------------------------------------------ ipamctl
+
+    /// `ipamctl --socket SOCKET args...`.
+    pub fn ipamctl(&self, args: &[&str]) -> Output {
+        Command::new(&self.bins.ipamctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("MOOR_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ipamctl")
+    }
+
+    /// `ipamctl -o json args...`, which must succeed.
+    pub fn ipamctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ipamctl(&all);
+        assert_ok(&out, &format!("ipamctl {}", all.join(" ")));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ipamctl {} printed no JSON ({e}): {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `ipamctl pool create NAME --namespace shop --app APP --size N`.
+    pub fn create_pool(&self, name: &str, app: &str, size: u32) {
+        let size = size.to_string();
+        let out = self.ipamctl(&[
+            "pool",
+            "create",
+            name,
+            "--namespace",
+            POD_NAMESPACE,
+            "--app",
+            app,
+            "--size",
+            &size,
+        ]);
+        assert_ok(&out, &format!("ipamctl pool create {name}"));
+    }
+
+    /// The pool's totals from `ipamctl -o json pool show`.
+    pub fn pool_counts(&self, pool: &str) -> Counts {
+        let v = self.ipamctl_json(&["pool", "show", pool]);
+        let t = &v["totals"];
+        let n = |k: &str| {
+            t[k].as_u64()
+                .unwrap_or_else(|| panic!("pool show {pool}: no totals.{k} in {v}"))
+        };
+        Counts {
+            total: n("total"),
+            bound: n("bound"),
+            in_use: n("in_use"),
+            free: n("free"),
+        }
+    }
+
+    /// `ipamctl -o json ip list` (all pools).
+    pub fn ip_list(&self) -> Vec<Value> {
+        match self.ipamctl_json(&["ip", "list"]) {
+            Value::Array(a) => a,
+            other => panic!("ip list is not an array: {other}"),
+        }
+    }
+
+    /// The `ip list` entry whose attachment has this container id.
+    pub fn ip_of_container(&self, container_id: &str) -> Option<Value> {
+        self.ip_list()
+            .into_iter()
+            .find(|ip| ip["attachment"]["container_id"] == container_id)
+    }
+
+    // ------------------------------------------------------------ pods
+
+    /// A pod in namespace `shop`: a fresh netns with lo up. Each call makes a
+    /// new netns, also for a name used before (a re-created pod).
+    pub fn pod(&self, name: &str) -> Pod {
+        self.pod_in(POD_NAMESPACE, name)
+    }
+
+    pub fn pod_in(&self, namespace: &str, name: &str) -> Pod {
+        let k = self.pod_counter.fetch_add(1, Ordering::Relaxed);
+        let netns = format!("{}-p{k}", self.id);
+        self.add_netns(&netns);
+        Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: format!("uid-{}-{k}", self.id),
+            netns,
+        }
+    }
+
+    /// Deletes the pod's netns, as a runtime does after the sandbox's DEL.
+    pub fn remove_pod(&self, pod: &Pod) {
+        run_ok("ip", &["netns", "del", &pod.netns]);
+        self.made_netns.lock().unwrap().retain(|n| n != &pod.netns);
+    }
+
+    /// The network config moor reads on stdin: `cniVersion`, `name`, `type`,
+    /// `socket`, then every key of `extra` (an object) over them.
+    pub fn net_conf(&self, cni_version: &str, extra: &Value) -> Value {
+        let mut conf = json!({
+            "cniVersion": cni_version,
+            "name": NETWORK,
+            "type": "moor",
+            "socket": self.socket,
+        });
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                conf[k] = v.clone();
+            }
+        }
+        conf
+    }
+
+    /// The CNI environment of `cmd` for `pod` (ifname eth0).
+    pub fn cni_env(&self, cmd: &str, pod: &Pod, container_id: &str) -> Vec<(String, String)> {
+        [
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", container_id.to_string()),
+            ("CNI_NETNS", pod.netns_path()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_ARGS", pod.cni_args()),
+            ("CNI_PATH", self.bins.dir().display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Runs `moor` as a runtime does: CNI_COMMAND=`cmd` for `pod` (ifname
+    /// eth0), the config of [`Testbed::net_conf`] on stdin, CNI_ARGS from the
+    /// pod unless `cni_args` is given.
+    pub fn moor(
+        &self,
+        cmd: &str,
+        pod: &Pod,
+        container_id: &str,
+        cni_version: &str,
+        extra_config: &Value,
+        cni_args: Option<&str>,
+    ) -> CniRun {
+        let mut env = self.cni_env(cmd, pod, container_id);
+        if let Some(a) = cni_args {
+            env.retain(|(k, _)| k != "CNI_ARGS");
+            env.push(("CNI_ARGS".into(), a.into()));
+        }
+        let conf = self.net_conf(cni_version, extra_config).to_string();
+        self.moor_raw(&env, conf.as_bytes())
+    }
+
+    /// Runs `moor` in the node netns with exactly `env` (nothing inherited)
+    /// and `stdin`.
+    pub fn moor_raw<K: AsRef<str>, V: AsRef<str>>(&self, env: &[(K, V)], stdin: &[u8]) -> CniRun {
+        let fd = self
+            .node_ns_file
+            .as_ref()
+            .expect("node netns is open")
+            .as_raw_fd();
+        let mut cmd = Command::new(&self.bins.moor);
+        cmd.env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Into the node netns between fork and exec, as `ip netns exec`
+        // would, without its extra process and remount.
+        // SAFETY: setns is async-signal-safe; `fd` stays open in the parent
+        // (and so in the child) for the whole call.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let start = Instant::now();
+        let mut child = cmd.spawn().expect("spawn moor");
+        // moor may exit before reading stdin; a runtime ignores that.
+        let written = child.stdin.take().expect("stdin").write_all(stdin);
+        if let Err(e) = written {
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe,
+                "writing moor's stdin: {e}"
+            );
+        }
+        let out = child.wait_with_output().expect("wait for moor");
+        let took = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let json = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout).unwrap_or_else(|_| Value::String(stdout.clone()))
+        };
+        CniRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            json,
+            took,
+        }
+    }
+
+    // ------------------------------------------------------------ looking
+
+    /// Names of links in the node netns starting with "mr": host ends of pod
+    /// veths.
+    pub fn host_links(&self) -> Vec<String> {
+        links(&self.node_ns)
+            .into_iter()
+            .filter(|n| n.starts_with("mr"))
+            .collect()
+    }
+
+    /// Names of the pod's links other than lo.
+    pub fn pod_links(&self, pod: &Pod) -> Vec<String> {
+        links(&pod.netns)
+            .into_iter()
+            .filter(|n| n != "lo")
+            .collect()
+    }
+
+    /// The IPv4 address and MAC of `ifname` in the pod; None if there is no
+    /// such link (or it has no IPv4 address).
+    pub fn pod_addr(&self, pod: &Pod, ifname: &str) -> Option<PodAddr> {
+        let out = Command::new("ip")
+            .args(["-n", &pod.netns, "-j", "addr", "show", "dev", ifname])
+            .stderr(Stdio::null())
+            .output()
+            .expect("run ip");
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let link = v.as_array()?.first()?;
+        let mac = link["address"].as_str()?.to_string();
+        let inet = link["addr_info"]
+            .as_array()?
+            .iter()
+            .find(|a| a["family"] == "inet")?;
+        Some(PodAddr {
+            ip: inet["local"].as_str()?.parse().ok()?,
+            prefix: inet["prefixlen"].as_u64()? as u8,
+            mac,
+        })
+    }
+
+    /// The pod's default gateway, if it has a default route.
+    pub fn pod_default_gateway(&self, pod: &Pod) -> Option<Ipv4Addr> {
+        let out = run_ok(
+            "ip",
+            &["-n", &pod.netns, "-j", "-4", "route", "show", "default"],
+        );
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v.as_array()?.first()?["gateway"].as_str()?.parse().ok()
+    }
+
+    /// Does one ping from the pod to `ip` get an answer (3 tries)?
+    pub fn ping(&self, pod: &Pod, ip: Ipv4Addr) -> bool {
+        let ip = ip.to_string();
+        (0..3).any(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", &pod.netns, "ping", "-c1", "-W1", "-q", &ip])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    /// Stops ipamd if it runs, opens the store and cross-checks every record
+    /// (`moor_ipamd::audit::audit`). Returns the problems found; leaves ipamd
+    /// stopped.
+    pub fn audit(&self) -> Vec<String> {
+        self.stop_ipamd();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let store = moor_ipamd::store::redb::RedbStore::open(&self.store)
+                .unwrap_or_else(|e| panic!("open {}: {e}", self.store.display()));
+            moor_ipamd::audit::audit(&store)
+                .await
+                .unwrap_or_else(|e| panic!("audit {}: {e}", self.store.display()))
+        })
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- testbed {} failed; last lines of ipamd's log ({}):\n{}\n----",
+                self.id,
+                self.log.display(),
+                self.log_tail(60)
+            );
+        }
+        if let Some(child) = self.ipamd.get_mut().map(Option::take).unwrap_or_default() {
+            terminate(child);
+        }
+        self.node_ns_file = None;
+        let made = std::mem::take(self.made_netns.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for ns in made.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, wait up to [`IPAMD_STOP`], then SIGKILL; always reaps.
+fn terminate(mut child: Child) {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < IPAMD_STOP {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("ipamd (pid {pid}) ignored SIGTERM for {IPAMD_STOP:?}: SIGKILL");
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+fn links(netns: &str) -> Vec<String> {
+    let out = run_ok("ip", &["-n", netns, "-j", "link", "show"]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j link show is JSON");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Panics with stdout and stderr unless the command exited 0.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
