@@ -100,6 +100,7 @@ async fn del_without_ipamd(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        rollback: false,
     };
     // Record first: if we are killed after it, ipamd still releases the IP.
     let written = pending::write(&conf.pending_dir, &rec);

@@ -21,6 +21,8 @@ use crate::core::{AttachmentKey, AttachmentState, Lease, PodRef, Tor};
 use crate::datapath::{Datapath, PodLink};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::{AllocRequest, Ipam};
+use crate::mirror::{Mirror, Mirrored};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct NodeConfig {
     pub name: String,
@@ -36,7 +38,17 @@ pub struct Node {
     pub cfg: NodeConfig,
     pub ipam: Arc<Ipam>,
     pub datapath: Arc<dyn Datapath>,
+    /// This node's attachments in a local file, when the shared store is
+    /// remote (etcd): DEL, CHECK, GC and restarts keep working in an outage.
+    pub mirror: Option<Mirror>,
+    /// When the store last failed to answer (unix seconds, 0 = it answers);
+    /// ADDs fail at once for a few seconds after, instead of each waiting
+    /// for the store's timeout.
+    store_down_since: AtomicU64,
 }
+
+/// How long after a store failure ADDs fail fast without trying the store.
+const FAIL_FAST_SECS: u64 = 3;
 
 pub fn now_unix() -> u64 {
     SystemTime::now()
@@ -107,6 +119,55 @@ fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
 }
 
 impl Node {
+    pub fn new(
+        cfg: NodeConfig,
+        ipam: Arc<Ipam>,
+        datapath: Arc<dyn Datapath>,
+        mirror: Option<Mirror>,
+    ) -> Self {
+        Self {
+            cfg,
+            ipam,
+            datapath,
+            mirror,
+            store_down_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Remembers whether the store answered; returns the result unchanged.
+    fn note<T>(&self, r: Result<T>) -> Result<T> {
+        match &r {
+            Err(Error::Unavailable(_)) => {
+                let _ = self.store_down_since.compare_exchange(
+                    0,
+                    now_unix().max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Ok(_) => self.store_down_since.store(0, Ordering::Relaxed),
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn store_down_recently(&self) -> Option<u64> {
+        let since = self.store_down_since.load(Ordering::Relaxed);
+        (since != 0 && now_unix().saturating_sub(since) < FAIL_FAST_SECS).then_some(since)
+    }
+
+    async fn mirror_put(&self, lease: &Lease, tor: &Tor) {
+        if let Some(m) = &self.mirror {
+            let entry = Mirrored {
+                lease: lease.clone(),
+                tor: tor.clone(),
+            };
+            if let Err(e) = m.put(&entry).await {
+                warn!(error = %e, ip = %lease.ip, "could not copy an attachment into the local mirror");
+            }
+        }
+    }
+
     pub async fn add(&self, req: &v1::AddRequest) -> Result<v1::AddReply> {
         let key = key_of(&self.cfg.name, req.key.as_ref())?;
         if !req.netns.starts_with('/') {
@@ -118,19 +179,31 @@ impl Node {
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
         let pod = pod_of(req.pod.as_ref());
-        let alloc = self
-            .ipam
-            .allocate(&AllocRequest {
-                key: key.clone(),
-                pod,
-                pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
-                netns: req.netns.clone(),
-                network: req.network.clone(),
-                tor: self.cfg.tor.clone(),
-                now_unix: now_unix(),
-            })
-            .await?;
+        if let Some(since) = self.store_down_recently() {
+            return Err(Error::Unavailable(format!(
+                "the store ({}) has not answered since {}s ago; no IP can be allocated until it does, retry later",
+                self.ipam.store().describe(),
+                now_unix().saturating_sub(since)
+            )));
+        }
+        let alloc = self.note(
+            self.ipam
+                .allocate(&AllocRequest {
+                    key: key.clone(),
+                    pod,
+                    pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
+                    netns: req.netns.clone(),
+                    network: req.network.clone(),
+                    tor: self.cfg.tor.clone(),
+                    now_unix: now_unix(),
+                })
+                .await,
+        )?;
         let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;
+        if !alloc.existing {
+            // Copied before wiring: a restart during an outage rolls it back.
+            self.mirror_put(&alloc.lease, &alloc.tor).await;
+        }
         let ready = alloc.existing && alloc.attachment().state == AttachmentState::Ready;
         let mtu;
         let host_mac;
@@ -169,11 +242,17 @@ impl Node {
                     )));
                 }
             }
-            if let Err(e) = self.ipam.mark_ready(&key).await {
-                let _ = self.datapath.unwire(&link.host_ifname).await;
-                let _ = self.ipam.release(&key, true).await;
+            if let Err(e) = self.note(self.ipam.mark_ready(&key).await) {
+                // The runtime gets an error; undo, deferring the release if
+                // the store is gone (a restart would roll it back anyway).
+                let _ = self.del_key(&key, true, true).await;
                 return Err(e);
             }
+            let mut lease = alloc.lease.clone();
+            if let Some(a) = lease.attachment.as_mut() {
+                a.state = AttachmentState::Ready;
+            }
+            self.mirror_put(&lease, &alloc.tor).await;
         }
         info!(%key, ip = %alloc.lease.ip, pool = %alloc.lease.pool, "ADD");
         Ok(reply(&alloc.tor, &alloc.lease, &link, mtu, host_mac))
@@ -181,15 +260,21 @@ impl Node {
 
     pub async fn del(&self, req: &v1::DelRequest) -> Result<v1::DelReply> {
         let key = key_of(&self.cfg.name, req.key.as_ref())?;
-        let reply = self.del_key(&key).await?;
-        // The plugin may have left a record for this DEL while we were down.
-        let path =
-            moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
-        let _ = moor_proto::pending::remove(&path);
-        Ok(reply)
+        self.del_key(&key, true, false).await
     }
 
-    async fn del_key(&self, key: &AttachmentKey) -> Result<v1::DelReply> {
+    /// Tears an attachment down: the veth, then the release. A DEL record
+    /// the plugin (or we) left for this key is settled by it. When the store
+    /// is unavailable and `defer` is set, the release is written to the
+    /// pending-DEL directory (durably) and applied when the store is back, so
+    /// a DEL never fails because of an outage. `rollback`: the release of a
+    /// half-done ADD (drops a binding it created).
+    async fn del_key(
+        &self,
+        key: &AttachmentKey,
+        defer: bool,
+        rollback: bool,
+    ) -> Result<v1::DelReply> {
         // The host end is named after the key, so it goes even when no
         // attachment was recorded (an ADD rolled back half-way).
         let host = moor_proto::host_ifname(&key.container_id, &key.ifname);
@@ -197,23 +282,101 @@ impl Node {
             .unwire(&host)
             .await
             .map_err(|e| Error::Datapath(format!("removing {host} for {key}: {e}")))?;
-        let released = self.ipam.release(key, false).await?;
-        if let Some(r) = &released {
-            info!(%key, ip = %r.ip, binding_kept = r.binding_kept, "DEL");
+        let record =
+            moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
+        match self.note(self.ipam.release(key, rollback).await) {
+            Ok(released) => {
+                if let Some(m) = &self.mirror {
+                    if let Err(e) = m.remove(key).await {
+                        warn!(%key, error = %e, "could not drop an attachment from the local mirror");
+                    }
+                }
+                let _ = moor_proto::pending::remove(&record);
+                if let Some(r) = &released {
+                    info!(%key, ip = %r.ip, binding_kept = r.binding_kept, "DEL");
+                }
+                Ok(match released {
+                    Some(r) => v1::DelReply {
+                        released: true,
+                        address: r.ip.to_string(),
+                        binding_kept: r.binding_kept,
+                    },
+                    None => v1::DelReply::default(),
+                })
+            }
+            Err(Error::Unavailable(why)) if defer => {
+                let cached = match &self.mirror {
+                    Some(m) => m.get(key).await.ok().flatten(),
+                    None => None,
+                };
+                let pod = cached.as_ref().and_then(|c| c.lease.attachment.as_ref());
+                let rec = moor_proto::pending::PendingDel {
+                    container_id: key.container_id.clone(),
+                    ifname: key.ifname.clone(),
+                    netns: pod.map(|a| a.netns.clone()).unwrap_or_default(),
+                    pod_namespace: pod.map(|a| a.pod.namespace.clone()).unwrap_or_default(),
+                    pod_name: pod.map(|a| a.pod.name.clone()).unwrap_or_default(),
+                    network: pod.map(|a| a.network.clone()).unwrap_or_default(),
+                    written_unix: now_unix(),
+                    rollback,
+                };
+                moor_proto::pending::write(&self.cfg.pending_dir, &rec).map_err(|e| {
+                    Error::Internal(format!(
+                        "{why}; and the DEL of {key} could not be recorded in {}: {e}",
+                        self.cfg.pending_dir.display()
+                    ))
+                })?;
+                if let Some(m) = &self.mirror {
+                    let _ = m.remove(key).await;
+                }
+                warn!(%key, "store unavailable: DEL recorded, applied when the store is back");
+                Ok(match cached {
+                    Some(c) => v1::DelReply {
+                        released: true,
+                        address: c.lease.ip.to_string(),
+                        binding_kept: c.lease.binding.is_some() && !c.lease.evict,
+                    },
+                    None => v1::DelReply::default(),
+                })
+            }
+            Err(e) => Err(e),
         }
-        Ok(match released {
-            Some(r) => v1::DelReply {
-                released: true,
-                address: r.ip.to_string(),
-                binding_kept: r.binding_kept,
+    }
+
+    /// The attachment of `key`, from the store or, when it is out of reach,
+    /// from the local mirror.
+    async fn attachment_of(&self, key: &AttachmentKey) -> Result<Option<(Lease, Tor)>> {
+        match self.note(self.ipam.attached(key).await) {
+            Ok(None) => Ok(None),
+            Ok(Some(lease)) => {
+                let tor = self.ipam.tor(&lease.tor).await?.ok_or_else(|| {
+                    Error::Internal(format!("ToR {} of {} is gone", lease.tor, lease.ip))
+                })?;
+                Ok(Some((lease, tor)))
+            }
+            Err(Error::Unavailable(why)) => match &self.mirror {
+                Some(m) => Ok(m.get(key).await?.map(|c| (c.lease, c.tor))),
+                None => Err(Error::Unavailable(why)),
             },
-            None => v1::DelReply::default(),
-        })
+            Err(e) => Err(e),
+        }
+    }
+
+    /// This node's attachments, from the store or, in an outage, the mirror.
+    async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
+        match self.note(self.ipam.node_attachments(&self.cfg.name).await) {
+            Ok(all) => Ok((all, true)),
+            Err(Error::Unavailable(why)) => match &self.mirror {
+                Some(m) => Ok((m.all().await?.into_iter().map(|c| c.lease).collect(), false)),
+                None => Err(Error::Unavailable(why)),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn check(&self, req: &v1::CheckRequest) -> Result<()> {
         let key = key_of(&self.cfg.name, req.key.as_ref())?;
-        let Some(lease) = self.ipam.attached(&key).await? else {
+        let Some((lease, tor)) = self.attachment_of(&key).await? else {
             return Err(Error::Refused {
                 code: cni_code::NOT_ATTACHED,
                 msg: format!("{key} has no attachment on this node: ADD it first"),
@@ -239,10 +402,6 @@ impl Node {
                 )));
             }
         }
-        let tor =
-            self.ipam.tor(&lease.tor).await?.ok_or_else(|| {
-                Error::Internal(format!("ToR {} of {} is gone", lease.tor, lease.ip))
-            })?;
         let netns = if req.netns.is_empty() {
             lease
                 .attachment
@@ -327,7 +486,8 @@ impl Node {
         let cutoff = now_unix().saturating_sub(self.cfg.gc_grace.as_secs());
         let mut released = Vec::new();
         let mut errors = Vec::new();
-        for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+        let (mine, _) = self.my_attachments().await?;
+        for lease in mine {
             let a = lease
                 .attachment
                 .as_ref()
@@ -339,7 +499,7 @@ impl Node {
             {
                 continue;
             }
-            match self.del_key(&a.key).await {
+            match self.del_key(&a.key, true, false).await {
                 Ok(_) => {
                     info!(key = %a.key, ip = %lease.ip, "GC released a stale attachment");
                     released.push(lease.ip.to_string());
@@ -359,26 +519,111 @@ impl Node {
         }
     }
 
-    /// After a start: rolls back ADDs a crash left half-done and applies the
-    /// DELs the plugin recorded while ipamd was down.
-    pub async fn recover(&self) -> Result<()> {
+    /// `ipamctl ip evict`: frees a bound IP, or marks a held one so its
+    /// binding goes with the pod; with `force`, also ends the attachment when
+    /// it is on this node (the pod loses its interface) or on a node that is
+    /// not alive (its DEL will never come).
+    pub async fn evict(&self, ip: Ipv4Addr, force: bool) -> Result<v1::EvictIpReply> {
+        let (view, released, holder) = self.ipam.mark_evict(ip).await?;
+        let mut reply = v1::EvictIpReply {
+            released,
+            pending: holder.is_some(),
+            holder: holder
+                .as_ref()
+                .map(|a| crate::server::attachment_msg(a, ip)),
+            ..Default::default()
+        };
+        let Some(h) = holder else {
+            reply.message = if released {
+                format!("{ip} was kept for a pod that is not running; it is free now")
+            } else {
+                format!("{ip} is free; nothing to evict")
+            };
+            reply.ip = Some(crate::server::ip_msg(&view));
+            return Ok(reply);
+        };
+        let who = format!(
+            "pod {} (container {} on node {})",
+            h.pod, h.key.container_id, h.key.node
+        );
+        if !force {
+            reply.message = format!(
+                "{ip} is held by {who}; its binding goes when that pod is deleted (kubectl delete pod -n {} {}); --force ends the attachment now if node {} is this node or not alive",
+                h.pod.namespace, h.pod.name, h.key.node
+            );
+            reply.ip = Some(crate::server::ip_msg(&view));
+            return Ok(reply);
+        }
+        if h.key.node == self.cfg.name {
+            self.del_key(&h.key, false, false).await?;
+        } else {
+            let now = now_unix();
+            let alive = crate::registry::nodes(self.ipam.store().as_ref())
+                .await?
+                .iter()
+                .any(|n| n.name == h.key.node && n.alive(now));
+            if alive {
+                return Err(Error::Conflict(format!(
+                    "{ip} is held by {who} and node {} is alive: delete the pod (kubectl delete pod -n {} {}) or run the evict on that node",
+                    h.key.node, h.pod.namespace, h.pod.name
+                )));
+            }
+            self.ipam.release(&h.key, false).await?;
+        }
+        warn!(%ip, holder = %h.key, "evicted by force");
+        reply.released = true;
+        reply.pending = false;
+        reply.message =
+            format!("{ip} was held by {who}; the attachment and the binding are released");
+        reply.ip = Some(crate::server::ip_msg(&self.ipam.ip(ip).await?));
+        Ok(reply)
+    }
+
+    /// After a start: rolls back ADDs a crash left half-done, applies the
+    /// DELs recorded while ipamd or the store was out of reach, and makes the
+    /// local mirror match the store. `Ok(false)`: the store was unavailable,
+    /// the mirror's pending ADDs were rolled back locally (their releases are
+    /// recorded), and `recover` must run again once the store answers.
+    pub async fn recover(&self) -> Result<bool> {
+        let (mine, online) = self.my_attachments().await?;
         let mut rolled_back = 0;
-        for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+        for lease in &mine {
             let a = lease.attachment.as_ref().expect("attached");
             if a.state == AttachmentState::Pending {
-                let host = moor_proto::host_ifname(&a.key.container_id, &a.key.ifname);
-                self.datapath
-                    .unwire(&host)
-                    .await
-                    .map_err(|e| Error::Datapath(e.to_string()))?;
-                self.ipam.release(&a.key, true).await?;
+                self.del_key(&a.key, true, true).await?;
                 warn!(key = %a.key, ip = %lease.ip, "rolled back an ADD that a crash left half-done");
                 rolled_back += 1;
             }
         }
+        if !online {
+            warn!(
+                rolled_back,
+                "store unavailable at start: serving from the local mirror until it answers"
+            );
+            return Ok(false);
+        }
         let replayed = self.replay_pending_dels().await?;
+        if let Some(m) = &self.mirror {
+            let (now, _) = self.my_attachments().await?;
+            let mut tors: std::collections::HashMap<String, Tor> = Default::default();
+            let mut copy = Vec::new();
+            for lease in now {
+                if !tors.contains_key(&lease.tor) {
+                    if let Some(t) = self.ipam.tor(&lease.tor).await? {
+                        tors.insert(lease.tor.clone(), t);
+                    }
+                }
+                if let Some(tor) = tors.get(&lease.tor) {
+                    copy.push(Mirrored {
+                        lease,
+                        tor: tor.clone(),
+                    });
+                }
+            }
+            m.replace_all(&copy).await?;
+        }
         info!(rolled_back, replayed, "recovered");
-        Ok(())
+        Ok(true)
     }
 
     /// Applies every DEL the plugin recorded while ipamd was unreachable.
@@ -403,9 +648,10 @@ impl Node {
                 container_id: rec.container_id.clone(),
                 ifname: rec.ifname.clone(),
             };
-            self.del_key(&key).await?;
+            // Not deferred again: on failure the record stays for the next try.
+            self.del_key(&key, false, rec.rollback).await?;
             let _ = moor_proto::pending::remove(&path);
-            info!(%key, "applied a DEL recorded while ipamd was down");
+            info!(%key, "applied a DEL recorded while ipamd or the store was out of reach");
             n += 1;
         }
         Ok(n)
@@ -414,8 +660,11 @@ impl Node {
     async fn replay_pending_del(&self, key: &AttachmentKey) -> Result<()> {
         let path =
             moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
-        if path.exists() {
-            self.del_key(key).await?;
+        if let Ok(raw) = std::fs::read(&path) {
+            let rollback = serde_json::from_slice::<moor_proto::pending::PendingDel>(&raw)
+                .map(|r| r.rollback)
+                .unwrap_or(false);
+            self.del_key(key, false, rollback).await?;
             let _ = moor_proto::pending::remove(&path);
         }
         Ok(())

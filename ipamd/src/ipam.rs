@@ -620,8 +620,17 @@ impl Ipam {
                 binding: binding.as_ref().map(|(b, _)| b),
                 key: &req.key,
                 keeps_ip,
-            })
-            .map_err(|r| explain(r, &pool, &req.pod))?;
+            });
+            let decision = match decision {
+                Ok(d) => d,
+                Err(r) => {
+                    let nodes = match &r {
+                        Refusal::WrongTor { bound_tor, .. } => self.alive_nodes_of(bound_tor).await,
+                        _ => Vec::new(),
+                    };
+                    return Err(explain(r, &pool, &req.pod, &nodes));
+                }
+            };
             let AddDecision::Take { ip, new_binding } = decision;
             let old = leases.get(&ip);
             let attachment = Attachment {
@@ -643,6 +652,7 @@ impl Ipam {
                     old.and_then(|(l, _)| l.binding.clone())
                 },
                 attachment: Some(attachment),
+                evict: false,
             };
             let lease_key = keys::lease(&pool.name, ip);
             let att_key = keys::attachment(&req.key);
@@ -770,7 +780,7 @@ impl Ipam {
                 }
             };
             txn.expect(&lease_key, Some(&lease_entry));
-            if rollback && attachment.created_binding {
+            if (rollback && attachment.created_binding) || lease.evict {
                 if let Some(pod) = lease.binding.take() {
                     txn.delete(&keys::binding(&pod));
                 }
@@ -792,6 +802,75 @@ impl Ipam {
             backoff(attempt).await;
         }
         Err(contention("releasing an attachment"))
+    }
+
+    /// Names of the alive nodes of a ToR, for error messages; empty when the
+    /// registry cannot be read.
+    async fn alive_nodes_of(&self, tor: &str) -> Vec<String> {
+        let now = crate::cni::now_unix();
+        match crate::registry::nodes(self.store.as_ref()).await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter(|n| n.tor == tor && n.alive(now))
+                .map(|n| n.name)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// `ip evict` without force: a bound IP no pod holds is released now; a
+    /// held one is marked so its binding goes with the holder's DEL. Returns
+    /// the IP after the change, whether it was released, and the holder.
+    pub async fn mark_evict(&self, ip: Ipv4Addr) -> Result<(IpView, bool, Option<Attachment>)> {
+        let view = self.ip(ip).await?;
+        let lock = self.pool_lock(&view.pool);
+        let _guard = lock.lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let key = keys::lease(&view.pool, ip);
+            let Some((mut lease, entry)) = self.store.get_json::<Lease>(&key).await? else {
+                return Ok((
+                    IpView {
+                        lease: None,
+                        ..view
+                    },
+                    false,
+                    None,
+                ));
+            };
+            let mut txn = Txn::default();
+            txn.expect(&key, Some(&entry));
+            let holder = lease.attachment.clone();
+            let released = match (&holder, lease.binding.take()) {
+                (None, Some(pod)) => {
+                    txn.delete(&key).delete(&keys::binding(&pod));
+                    true
+                }
+                (Some(_), binding) => {
+                    lease.binding = binding;
+                    lease.evict = true;
+                    txn.put(&key, &lease);
+                    false
+                }
+                (None, None) => false,
+            };
+            if self.store.commit(txn).await? {
+                let lease = (!released).then_some(lease);
+                return Ok((IpView { lease, ..view }, released, holder));
+            }
+            backoff(attempt).await;
+        }
+        Err(contention("ip evict"))
+    }
+
+    /// The pool's IP set as a stream: a snapshot, then every change; after a
+    /// store error or compaction, a new snapshot (so nothing is missed).
+    pub fn watch_pool(
+        self: Arc<Self>,
+        name: String,
+    ) -> impl futures::Stream<Item = Result<PoolChange>> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(feed_pool_changes(self, name, tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
     /// Every attachment recorded for a node.
@@ -858,12 +937,17 @@ fn carve_into(
 }
 
 /// Turns a core refusal into the error a runtime shows to a person.
-fn explain(r: Refusal, pool: &Pool, pod: &PodRef) -> Error {
+fn explain(r: Refusal, pool: &Pool, pod: &PodRef, nodes: &[String]) -> Error {
     match r {
         Refusal::WrongTor { ip, bound_tor, node_tor } => refused(
             cni_code::WRONG_TOR,
             format!(
-                "pod {pod} keeps IP {ip} on ToR {bound_tor}, but this node is on ToR {node_tor}: schedule it onto a node of ToR {bound_tor} (node label moor.io/tor={bound_tor}), or release the IP with `ipamctl ip release {ip}` to give it a new one"
+                "pod {pod} keeps IP {ip} on ToR {bound_tor}, but this node is on ToR {node_tor}: schedule it onto a node of ToR {bound_tor} ({}; node label moor.io/tor={bound_tor}), or release the IP with `ipamctl ip release {ip}` to give it a new one",
+                if nodes.is_empty() {
+                    "no node of it is alive now".to_string()
+                } else {
+                    format!("it can run on {}", nodes.join(", "))
+                }
             ),
         ),
         Refusal::OtherPool { ip, bound_pool } => refused(
@@ -907,3 +991,138 @@ fn explain(r: Refusal, pool: &Pool, pod: &PodRef) -> Error {
 #[cfg(test)]
 #[path = "ipam_tests.rs"]
 mod tests;
+
+/// One change of a pool's IP set, as `WatchPool` streams it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChange {
+    Snapshot { ips: Vec<Ipv4Addr>, revision: u64 },
+    Add { ips: Vec<Ipv4Addr>, revision: u64 },
+    Remove { ips: Vec<Ipv4Addr>, revision: u64 },
+    Deleted { revision: u64 },
+}
+
+/// Feeds `tx` until the client goes away or the pool is deleted.
+async fn feed_pool_changes(
+    ipam: Arc<Ipam>,
+    name: String,
+    tx: tokio::sync::mpsc::Sender<Result<PoolChange>>,
+) {
+    use crate::store::StoreError;
+    use futures::StreamExt;
+    use std::collections::BTreeSet;
+    let key = keys::pool(&name);
+    let mut first = true;
+    let mut failures = 0u64;
+    'snapshot: loop {
+        if failures > 0 {
+            let pause = Duration::from_millis(200 * failures.min(10));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = tx.closed() => return,
+            }
+        }
+        // Read the pool and the revision it was read at, then watch from
+        // exactly there: every later change arrives, none is missed.
+        let (entries, rev) = match ipam.store.list(&key).await {
+            Ok(r) => r,
+            Err(e) if first => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+            Err(_) => {
+                failures += 1;
+                continue;
+            }
+        };
+        let Some(entry) = entries.iter().find(|e| e.key == key) else {
+            let end = if first {
+                Err(Error::NotFound(format!(
+                    "pool {name} does not exist (ipamctl pool list)"
+                )))
+            } else {
+                Ok(PoolChange::Deleted { revision: rev })
+            };
+            let _ = tx.send(end).await;
+            return;
+        };
+        let pool: Pool = match crate::store::decode(entry) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let mut watch = match ipam.store.watch(&key, rev).await {
+            Ok(w) => w,
+            // A commit landed between the read and the watch: read again.
+            Err(StoreError::Compacted(_)) => continue,
+            Err(e) if first => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+            Err(_) => {
+                failures += 1;
+                continue;
+            }
+        };
+        first = false;
+        failures = 0;
+        let mut have: BTreeSet<Ipv4Addr> = pool.all_ips().into_iter().collect();
+        let snap = PoolChange::Snapshot {
+            ips: have.iter().copied().collect(),
+            revision: rev,
+        };
+        if tx.send(Ok(snap)).await.is_err() {
+            return;
+        }
+        loop {
+            let ev = tokio::select! {
+                ev = watch.next() => ev,
+                _ = tx.closed() => return,
+            };
+            let ev = match ev {
+                Some(Ok(ev)) => ev,
+                // Connection lost or history compacted: a new snapshot.
+                Some(Err(_)) | None => {
+                    failures = 1;
+                    continue 'snapshot;
+                }
+            };
+            if ev.key != key {
+                continue;
+            }
+            let Some(value) = ev.value else {
+                let _ = tx
+                    .send(Ok(PoolChange::Deleted {
+                        revision: ev.revision,
+                    }))
+                    .await;
+                return;
+            };
+            let Ok(pool) = serde_json::from_slice::<Pool>(&value) else {
+                continue 'snapshot;
+            };
+            let now: BTreeSet<Ipv4Addr> = pool.all_ips().into_iter().collect();
+            let removed: Vec<Ipv4Addr> = have.difference(&now).copied().collect();
+            let added: Vec<Ipv4Addr> = now.difference(&have).copied().collect();
+            have = now;
+            for change in [
+                (!removed.is_empty()).then(|| PoolChange::Remove {
+                    ips: removed,
+                    revision: ev.revision,
+                }),
+                (!added.is_empty()).then(|| PoolChange::Add {
+                    ips: added,
+                    revision: ev.revision,
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if tx.send(Ok(change)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

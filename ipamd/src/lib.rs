@@ -9,5 +9,7 @@ pub mod core;
 pub mod datapath;
 pub mod error;
 pub mod ipam;
+pub mod mirror;
+pub mod registry;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use moor_ipamd::cni::{Node, NodeConfig};
 use moor_ipamd::datapath::BridgeDatapath;
 use moor_ipamd::ipam::Ipam;
+use moor_ipamd::mirror::Mirror;
 use moor_ipamd::{server, store};
 use tracing::{error, info};
 
@@ -25,13 +26,26 @@ struct Args {
     /// Unix socket to serve the CNI and admin APIs on (root-only, 0600).
     #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Where state lives: redb:PATH (embedded, one node).
+    /// Where state lives: redb:PATH (embedded, one node) or
+    /// etcd:URL[,URL...] (etcd members' client URLs; shared by many nodes).
     #[arg(
         long,
         env = "MOOR_STORE",
         default_value = "redb:/var/lib/moor/ipamd.redb"
     )]
     store: String,
+    /// CA certificate (PEM) of the etcd members' certificates (https:// URLs).
+    #[arg(long, env = "MOOR_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to etcd; goes with --etcd-key.
+    #[arg(long, env = "MOOR_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, env = "MOOR_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// Every key ipamd keeps in etcd is under this prefix.
+    #[arg(long, env = "MOOR_ETCD_PREFIX", default_value = "/moor/")]
+    etcd_prefix: String,
     /// This node's name, as pods' attachments record it. Default: hostname.
     #[arg(long, env = "MOOR_NODE")]
     node: Option<String>,
@@ -48,6 +62,15 @@ struct Args {
     /// socket path + ".pending" (what the plugin uses by default).
     #[arg(long)]
     pending_dir: Option<PathBuf>,
+    /// Local copy of this node's attachments, used with an etcd store so DEL,
+    /// CHECK, GC and restarts work while etcd is unreachable. Ignored with a
+    /// redb store (which is local already).
+    #[arg(
+        long,
+        env = "MOOR_LOCAL_STATE",
+        default_value = "/var/lib/moor/local.redb"
+    )]
+    local_state: PathBuf,
     /// CNI GC leaves attachments younger than this alone.
     #[arg(long, default_value_t = 60)]
     gc_grace_seconds: u64,
@@ -83,7 +106,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.tor.is_empty() {
         bail!("--tor is empty: name the ToR this node is under");
     }
-    let store = store::open(&args.store).map_err(anyhow::Error::msg)?;
+    let store_opts = store::StoreOptions {
+        etcd_ca: args.etcd_ca.clone(),
+        etcd_cert: args.etcd_cert.clone(),
+        etcd_key: args.etcd_key.clone(),
+        etcd_prefix: args.etcd_prefix.clone(),
+    };
+    let store = store::open(&args.store, &store_opts)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let datapath = match args.mode {
         Mode::Physical => BridgeDatapath::new(&args.bridge)
             .await
@@ -94,17 +125,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         p.push(".pending");
         p.into()
     });
-    let node = Arc::new(Node {
-        cfg: NodeConfig {
+    let mirror = if args.store.starts_with("redb:") {
+        None
+    } else {
+        Some(
+            Mirror::open(&args.local_state)
+                .with_context(|| format!("--local-state {}", args.local_state.display()))?,
+        )
+    };
+    let node = Arc::new(Node::new(
+        NodeConfig {
             name: node_name.clone(),
             tor: args.tor.clone(),
             pending_dir,
             gc_grace: Duration::from_secs(args.gc_grace_seconds),
         },
-        ipam: Arc::new(Ipam::new(store.clone())),
-        datapath: Arc::new(datapath),
-    });
-    node.recover().await.context("recovering after start")?;
+        Arc::new(Ipam::new(store.clone())),
+        Arc::new(datapath),
+        mirror,
+    ));
+    let recovered = node.recover().await.context("recovering after start")?;
+    let started = moor_ipamd::cni::now_unix();
+    let me = moor_ipamd::registry::NodeRecord {
+        name: node_name.clone(),
+        tor: args.tor.clone(),
+        mode: "physical".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_unix: started,
+        heartbeat_unix: started,
+    };
+    if let Err(e) = moor_ipamd::registry::beat(store.as_ref(), &me).await {
+        // The heartbeat retries; DEL and CHECK must work meanwhile.
+        tracing::warn!(error = %e, "could not register this node yet");
+    }
+    moor_ipamd::registry::spawn_heartbeat(store.clone(), me);
     let listener =
         server::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
     info!(
@@ -117,11 +171,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // DELs the plugin recorded while we could not be reached (it may have
     // raced our start) are picked up within seconds.
+    // A start during a store outage finishes its recovery once it answers.
     let replayer = node.clone();
     tokio::spawn(async move {
+        let mut recovered = recovered;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
+            if !recovered {
+                match replayer.recover().await {
+                    Ok(done) => recovered = done,
+                    Err(e) => error!(error = %e, "recovering"),
+                }
+                continue;
+            }
             if let Err(e) = replayer.replay_pending_dels().await {
                 error!(error = %e, "replaying pending DELs");
             }

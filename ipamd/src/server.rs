@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::cni::Node;
 use crate::core::{pool_counts, PodRef, Policy, Pool, Tor};
 use crate::error::Error;
-use crate::ipam::{IpView, PoolSpec};
+use crate::ipam::{IpView, PoolChange, PoolSpec};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -122,7 +122,25 @@ fn pool_msg(p: &Pool, leases: &[crate::core::Lease]) -> v1::Pool {
     }
 }
 
-fn ip_msg(v: &IpView) -> v1::Ip {
+pub(crate) fn attachment_msg(a: &crate::core::Attachment, ip: Ipv4Addr) -> v1::Attachment {
+    v1::Attachment {
+        container_id: a.key.container_id.clone(),
+        ifname: a.key.ifname.clone(),
+        node: a.key.node.clone(),
+        netns: a.netns.clone(),
+        pod: Some(pod_msg(&a.pod)),
+        host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
+        mac: moor_proto::format_mac(&moor_proto::mac_for_ipv4(ip)),
+        state: match a.state {
+            crate::core::AttachmentState::Pending => "pending".into(),
+            crate::core::AttachmentState::Ready => "ready".into(),
+        },
+        network: a.network.clone(),
+        created_unix: a.created_unix,
+    }
+}
+
+pub(crate) fn ip_msg(v: &IpView) -> v1::Ip {
     let state = v.lease.as_ref().map_or("free", |l| l.state().as_str());
     v1::Ip {
         address: v.ip.to_string(),
@@ -138,21 +156,7 @@ fn ip_msg(v: &IpView) -> v1::Ip {
             .lease
             .as_ref()
             .and_then(|l| l.attachment.as_ref())
-            .map(|a| v1::Attachment {
-                container_id: a.key.container_id.clone(),
-                ifname: a.key.ifname.clone(),
-                node: a.key.node.clone(),
-                netns: a.netns.clone(),
-                pod: Some(pod_msg(&a.pod)),
-                host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
-                mac: moor_proto::format_mac(&moor_proto::mac_for_ipv4(v.ip)),
-                state: match a.state {
-                    crate::core::AttachmentState::Pending => "pending".into(),
-                    crate::core::AttachmentState::Ready => "ready".into(),
-                },
-                network: a.network.clone(),
-                created_unix: a.created_unix,
-            }),
+            .map(|a| attachment_msg(a, v.ip)),
     }
 }
 
@@ -300,6 +304,58 @@ impl Admin for AdminApi {
                 ip: Some(ip_msg(&v)),
                 was_bound,
             }))
+    }
+
+    async fn evict_ip(&self, r: Request<v1::EvictIpRequest>) -> Reply<v1::EvictIpReply> {
+        let ip = parse_ip(&r.get_ref().address)?;
+        ok(self.0.evict(ip, r.get_ref().force).await)
+    }
+
+    async fn list_nodes(&self, _: Request<v1::ListNodesRequest>) -> Reply<v1::ListNodesReply> {
+        let now = crate::cni::now_unix();
+        let nodes = crate::registry::nodes(self.0.ipam.store().as_ref())
+            .await
+            .map_err(|e| Error::from(e).to_status())?;
+        Ok(Response::new(v1::ListNodesReply {
+            nodes: nodes
+                .into_iter()
+                .map(|n| v1::Node {
+                    alive: n.alive(now),
+                    name: n.name,
+                    tor: n.tor,
+                    mode: n.mode,
+                    version: n.version,
+                    started_unix: n.started_unix,
+                    heartbeat_unix: n.heartbeat_unix,
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchPoolStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<v1::PoolChange, Status>> + Send + 'static>>;
+
+    async fn watch_pool(&self, r: Request<v1::WatchPoolRequest>) -> Reply<Self::WatchPoolStream> {
+        use futures::StreamExt;
+        use v1::pool_change::Kind;
+        let name = r.into_inner().name;
+        let pool = name.clone();
+        let stream = self.0.ipam.clone().watch_pool(name).map(move |c| {
+            let strs = |ips: Vec<Ipv4Addr>| ips.iter().map(|ip| ip.to_string()).collect();
+            let (kind, ips, revision) = match c.map_err(|e| e.to_status())? {
+                PoolChange::Snapshot { ips, revision } => (Kind::Snapshot, strs(ips), revision),
+                PoolChange::Add { ips, revision } => (Kind::Add, strs(ips), revision),
+                PoolChange::Remove { ips, revision } => (Kind::Remove, strs(ips), revision),
+                PoolChange::Deleted { revision } => (Kind::Deleted, vec![], revision),
+            };
+            Ok(v1::PoolChange {
+                kind: kind as i32,
+                pool: pool.clone(),
+                ips,
+                revision,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_bindings(

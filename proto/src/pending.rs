@@ -42,6 +42,10 @@ pub struct PendingDel {
     /// When the plugin wrote the record, seconds since the Unix epoch.
     #[serde(default)]
     pub written_unix: u64,
+    /// Written by ipamd for an ADD it rolled back during a store outage: the
+    /// release also drops a binding that ADD created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 /// A file in the pending directory that is not a readable record.
@@ -209,6 +213,7 @@ mod tests {
             pod_name: "db-0".into(),
             network: "moor".into(),
             written_unix: 1_700_000_000,
+            rollback: false,
         }
     }
 

@@ -157,6 +157,7 @@ mod tests {
                     created_unix: 0,
                     created_binding: bound,
                 }),
+                evict: false,
             },
         )
     }

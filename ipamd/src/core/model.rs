@@ -212,6 +212,9 @@ pub struct Lease {
     /// The pod this IP is kept for (sticky).
     pub binding: Option<PodRef>,
     pub attachment: Option<Attachment>,
+    /// `ipamctl ip evict`: the binding goes with the holder's DEL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evict: bool,
 }
 
 impl Lease {

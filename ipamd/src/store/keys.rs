@@ -9,6 +9,11 @@ pub const TORS: &str = "tors/";
 pub const POOLS: &str = "pools/";
 pub const BINDINGS: &str = "bindings/";
 pub const ATTACHMENTS: &str = "attachments/";
+pub const NODES: &str = "nodes/";
+
+pub fn node(name: &str) -> String {
+    format!("nodes/{name}")
+}
 
 pub fn tor(name: &str) -> String {
     format!("tors/{name}")

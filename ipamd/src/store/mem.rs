@@ -8,12 +8,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Check, Entry, Op, Store, StoreError, Txn};
+use super::local_watch::Broadcaster;
+use super::{Check, Entry, Op, Store, StoreError, Txn, WatchEvent, WatchStream};
 
 #[derive(Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
     down: AtomicBool,
+    watchers: Broadcaster,
 }
 
 #[derive(Default)]
@@ -41,8 +43,8 @@ impl MemStore {
     }
 }
 
-/// Checks and applies a transaction to a sorted map; shared with tests.
-fn apply(inner: &mut Inner, txn: Txn) -> bool {
+/// Checks and applies a transaction; returns the changes it made.
+fn apply(inner: &mut Inner, txn: Txn) -> Option<Vec<WatchEvent>> {
     for c in &txn.checks {
         let ok = match c {
             Check::Version { key, version } => inner.kv.get(key).map_or(0, |(_, v)| *v) == *version,
@@ -53,22 +55,34 @@ fn apply(inner: &mut Inner, txn: Txn) -> bool {
                 .all(|(_, (_, v))| v <= revision),
         };
         if !ok {
-            return false;
+            return None;
         }
     }
     inner.revision += 1;
     let rev = inner.revision;
+    let mut events = Vec::new();
     for op in txn.ops {
         match op {
             Op::Put { key, value } => {
+                events.push(WatchEvent {
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                    revision: rev,
+                });
                 inner.kv.insert(key, (value, rev));
             }
             Op::Delete { key } => {
-                inner.kv.remove(&key);
+                if inner.kv.remove(&key).is_some() {
+                    events.push(WatchEvent {
+                        key,
+                        value: None,
+                        revision: rev,
+                    });
+                }
             }
         }
     }
-    true
+    Some(events)
 }
 
 #[async_trait]
@@ -101,7 +115,21 @@ impl Store for MemStore {
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
         self.up()?;
-        Ok(apply(&mut self.inner.lock().unwrap(), txn))
+        let applied = apply(&mut self.inner.lock().unwrap(), txn);
+        Ok(match applied {
+            Some(events) => {
+                self.watchers.publish(events);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+        self.up()?;
+        self.watchers.watch(prefix, after_revision, || {
+            Ok(self.inner.lock().unwrap().revision)
+        })
     }
 
     fn describe(&self) -> String {
@@ -114,5 +142,6 @@ mod tests {
     #[tokio::test]
     async fn conforms() {
         super::super::conformance::cas_semantics(&super::MemStore::new()).await;
+        super::super::conformance::no_history(&super::MemStore::new()).await;
     }
 }

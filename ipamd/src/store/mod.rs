@@ -4,7 +4,9 @@
 //! transaction that applies only if what it read is unchanged, so two writers
 //! can never both take one IP.
 
+pub mod etcd;
 pub mod keys;
+mod local_watch;
 pub mod mem;
 pub mod redb;
 
@@ -77,8 +79,23 @@ impl Txn {
     }
 }
 
+/// One change seen by a watch: a put (`value` Some) or a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub revision: u64,
+}
+
+pub type WatchStream = futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The changes after the revision a watch asked for can no longer be
+    /// replayed (etcd compacted them, or a watcher fell behind): re-read and
+    /// watch from the new revision.
+    #[error("store history before revision {0} is gone: re-read and watch again")]
+    Compacted(u64),
     /// The store cannot be reached or did not answer in time; the operation
     /// may be retried later.
     #[error("store unavailable: {0}")]
@@ -99,6 +116,18 @@ pub trait Store: Send + Sync + 'static {
     /// Applies every op if every check holds, atomically and durably.
     /// `Ok(false)`: a check failed and nothing was written.
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError>;
+    /// Every change under `prefix` after `after_revision` (a revision a
+    /// `list` returned), in commit order. Fails with `Compacted` when those
+    /// changes cannot be replayed; the stream may also end or fail later
+    /// (connection lost). Either way the caller re-reads and watches again,
+    /// so it never misses a change.
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+        let _ = (prefix, after_revision);
+        Err(StoreError::Other(format!(
+            "{} cannot watch yet",
+            self.describe()
+        )))
+    }
     /// What the store is, for logs and `ipamctl`.
     fn describe(&self) -> String;
 }
@@ -138,14 +167,59 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
-/// Opens the store named on the command line: `redb:PATH`.
-pub fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, String> {
+/// What `open` needs besides the store's name: ipamd's `--etcd-*` flags.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub etcd_ca: Option<std::path::PathBuf>,
+    pub etcd_cert: Option<std::path::PathBuf>,
+    pub etcd_key: Option<std::path::PathBuf>,
+    pub etcd_prefix: String,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_prefix: etcd::DEFAULT_PREFIX.to_string(),
+        }
+    }
+}
+
+/// Opens the store named on the command line: `redb:PATH`, or
+/// `etcd:URL[,URL...]` (the members' client URLs). An etcd store connects
+/// lazily: it opens while etcd is down.
+pub async fn open(spec: &str, opts: &StoreOptions) -> Result<std::sync::Arc<dyn Store>, String> {
+    let tls_flags = opts.etcd_ca.is_some() || opts.etcd_cert.is_some() || opts.etcd_key.is_some();
     match spec.split_once(':') {
-        Some(("redb", path)) if !path.is_empty() => Ok(std::sync::Arc::new(
-            redb::RedbStore::open(std::path::Path::new(path)).map_err(|e| e.to_string())?,
-        )),
+        Some(("redb", path)) if !path.is_empty() => {
+            if tls_flags {
+                return Err(format!(
+                    "--etcd-ca/--etcd-cert/--etcd-key are for an etcd: store, and --store is {spec:?}"
+                ));
+            }
+            Ok(std::sync::Arc::new(
+                redb::RedbStore::open(std::path::Path::new(path)).map_err(|e| e.to_string())?,
+            ))
+        }
+        Some(("etcd", endpoints)) if !endpoints.trim().is_empty() => {
+            let o = etcd::EtcdOptions {
+                endpoints: endpoints.split(',').map(str::to_string).collect(),
+                ca: opts.etcd_ca.clone(),
+                cert: opts.etcd_cert.clone(),
+                key: opts.etcd_key.clone(),
+                prefix: opts.etcd_prefix.clone(),
+                ..etcd::EtcdOptions::default()
+            };
+            Ok(std::sync::Arc::new(
+                etcd::EtcdStore::open(o)
+                    .await
+                    .map_err(|e| format!("--store {spec}: {e}"))?,
+            ))
+        }
         _ => Err(format!(
-            "--store {spec:?} is not a store this ipamd knows: use redb:/var/lib/moor/ipamd.redb"
+            "--store {spec:?} is not a store this ipamd knows: use redb:/var/lib/moor/ipamd.redb (one node) or etcd:http://127.0.0.1:2379[,http://HOST:2379...] (shared)"
         )),
     }
 }
@@ -154,6 +228,18 @@ pub fn open(spec: &str) -> Result<std::sync::Arc<dyn Store>, String> {
 pub(crate) mod conformance {
     //! Behaviour every backend must have; each backend's tests call these.
     use super::*;
+
+    /// Stores without history (redb, memory) refuse to replay old changes.
+    pub async fn no_history(s: &dyn Store) {
+        let (_, rev) = s.list("h/").await.unwrap();
+        let mut t = Txn::default();
+        t.put("h/1", &1);
+        assert!(s.commit(t).await.unwrap());
+        assert!(matches!(
+            s.watch("h/", rev).await,
+            Err(StoreError::Compacted(_))
+        ));
+    }
 
     pub async fn cas_semantics(s: &dyn Store) {
         let mut t = Txn::default();
@@ -204,6 +290,28 @@ pub(crate) mod conformance {
             "a/3 appeared after the read"
         );
         assert!(s.get("b/2").await.unwrap().is_none());
+
+        let (_, rev) = s.list("w/").await.unwrap();
+        let mut w = s.watch("w/", rev).await.unwrap();
+        let mut t = Txn::default();
+        t.put("w/1", &1).put("x/1", &1);
+        assert!(s.commit(t).await.unwrap());
+        let mut t = Txn::default();
+        t.delete("w/1");
+        assert!(s.commit(t).await.unwrap());
+        use futures::StreamExt;
+        let put = w.next().await.unwrap().unwrap();
+        assert_eq!(
+            (put.key.as_str(), put.value.as_deref()),
+            ("w/1", Some(&b"1"[..]))
+        );
+        assert!(put.revision > rev);
+        let del = w.next().await.unwrap().unwrap();
+        assert_eq!((del.key.as_str(), del.value), ("w/1", None));
+        assert!(
+            del.revision > put.revision,
+            "x/1 is not under w/ and not seen"
+        );
 
         let mut del = Txn::default();
         del.delete("a/1").delete("a/missing");

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Check, Entry, Op, Store, StoreError, Txn};
+use super::local_watch::Broadcaster;
+use super::{Check, Entry, Op, Store, StoreError, Txn, WatchEvent, WatchStream};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -23,6 +24,7 @@ const REVISION: &str = "revision";
 pub struct RedbStore {
     db: Arc<Database>,
     path: String,
+    watchers: Broadcaster,
 }
 
 fn other(e: impl std::fmt::Display) -> StoreError {
@@ -61,6 +63,7 @@ impl RedbStore {
         Ok(Self {
             db: Arc::new(db),
             path: path.display().to_string(),
+            watchers: Broadcaster::default(),
         })
     }
 
@@ -76,7 +79,15 @@ impl RedbStore {
     }
 }
 
-fn commit_blocking(db: &Database, txn: Txn) -> Result<bool, StoreError> {
+fn revision(db: &Database) -> Result<u64, StoreError> {
+    let r = db.begin_read().map_err(other)?;
+    let meta = r.open_table(META).map_err(other)?;
+    Ok(meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value()))
+}
+
+/// Applies the transaction if its checks hold; returns the changes made.
+fn commit_blocking(db: &Database, txn: Txn) -> Result<Option<Vec<WatchEvent>>, StoreError> {
+    let mut events = Vec::new();
     let w = db.begin_write().map_err(other)?;
     {
         let mut kv = w.open_table(KV).map_err(other)?;
@@ -107,7 +118,7 @@ fn commit_blocking(db: &Database, txn: Txn) -> Result<bool, StoreError> {
             };
             if !ok {
                 // Dropping the write transaction aborts it.
-                return Ok(false);
+                return Ok(None);
             }
         }
         let rev = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value()) + 1;
@@ -120,15 +131,26 @@ fn commit_blocking(db: &Database, txn: Txn) -> Result<bool, StoreError> {
                     buf.extend_from_slice(&rev.to_le_bytes());
                     buf.extend_from_slice(value);
                     kv.insert(key.as_str(), buf.as_slice()).map_err(other)?;
+                    events.push(WatchEvent {
+                        key: key.clone(),
+                        value: Some(value.clone()),
+                        revision: rev,
+                    });
                 }
                 Op::Delete { key } => {
-                    kv.remove(key.as_str()).map_err(other)?;
+                    if kv.remove(key.as_str()).map_err(other)?.is_some() {
+                        events.push(WatchEvent {
+                            key: key.clone(),
+                            value: None,
+                            revision: rev,
+                        });
+                    }
                 }
             }
         }
     }
     w.commit().map_err(other)?;
-    Ok(true)
+    Ok(Some(events))
 }
 
 #[async_trait]
@@ -167,7 +189,21 @@ impl Store for RedbStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
-        self.blocking(move |db| commit_blocking(db, txn)).await
+        match self.blocking(move |db| commit_blocking(db, txn)).await? {
+            Some(events) => {
+                // Published after the commit is durable: a watcher never sees
+                // a change that a crash could take back.
+                self.watchers.publish(events);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+        let db = self.db.clone();
+        self.watchers
+            .watch(prefix, after_revision, move || revision(&db))
     }
 
     fn describe(&self) -> String {
@@ -189,6 +225,8 @@ mod tests {
     async fn conforms() {
         let p = tmp("conf");
         super::super::conformance::cas_semantics(&RedbStore::open(&p).unwrap()).await;
+        let _ = std::fs::remove_dir_all(p.parent().unwrap());
+        super::super::conformance::no_history(&RedbStore::open(&p).unwrap()).await;
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 

@@ -1,0 +1,86 @@
+//! The node registry: each ipamd writes `nodes/<name>` at start and refreshes
+//! it every few seconds, so `ipamctl node list`, the ToR rule's error ("it can
+//! run on nodes ...") and `ip evict --force` know which nodes exist and which
+//! are alive. A heartbeat timestamp (not a store lease) keeps it one plain
+//! record on every backend; a node is alive while its heartbeat is younger
+//! than `ALIVE_WITHIN`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::store::{keys, Store, StoreError, StoreExt, Txn};
+
+/// How often a node refreshes its record.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A node whose heartbeat is older than this is not alive (three missed beats).
+pub const ALIVE_WITHIN: u64 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub tor: String,
+    pub mode: String,
+    pub version: String,
+    pub started_unix: u64,
+    pub heartbeat_unix: u64,
+}
+
+impl NodeRecord {
+    pub fn alive(&self, now_unix: u64) -> bool {
+        now_unix.saturating_sub(self.heartbeat_unix) < ALIVE_WITHIN
+    }
+}
+
+pub async fn beat(store: &dyn Store, rec: &NodeRecord) -> Result<(), StoreError> {
+    let mut txn = Txn::default();
+    txn.put(&keys::node(&rec.name), rec);
+    store.commit(txn).await.map(|_| ())
+}
+
+pub async fn nodes(store: &dyn Store) -> Result<Vec<NodeRecord>, StoreError> {
+    let (nodes, _) = store.list_json::<NodeRecord>(keys::NODES).await?;
+    Ok(nodes.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Refreshes the node's record forever; store outages are logged and skipped.
+pub fn spawn_heartbeat(store: Arc<dyn Store>, mut rec: NodeRecord) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tick.tick().await;
+            rec.heartbeat_unix = crate::cni::now_unix();
+            if let Err(e) = beat(store.as_ref(), &rec).await {
+                warn!(error = %e, "node heartbeat failed");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mem::MemStore;
+
+    #[tokio::test]
+    async fn alive_follows_the_heartbeat() {
+        let s = MemStore::new();
+        let mut rec = NodeRecord {
+            name: "n1".into(),
+            tor: "r1".into(),
+            mode: "physical".into(),
+            version: "0.1.0".into(),
+            started_unix: 100,
+            heartbeat_unix: 100,
+        };
+        beat(&s, &rec).await.unwrap();
+        rec.heartbeat_unix = 120;
+        beat(&s, &rec).await.unwrap();
+        let got = nodes(&s).await.unwrap();
+        assert_eq!(got, vec![rec.clone()]);
+        assert!(got[0].alive(120 + ALIVE_WITHIN - 1));
+        assert!(!got[0].alive(120 + ALIVE_WITHIN));
+    }
+}
