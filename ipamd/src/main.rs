@@ -58,6 +58,11 @@ struct Args {
     /// The Linux bridge that carries the uplink to the ToR (physical mode).
     #[arg(long, env = "MOOR_BRIDGE")]
     bridge: String,
+    /// Network namespace that holds --bridge and the host ends of pod veths.
+    /// Default: ipamd's own. Lets several nodes share one machine (tests)
+    /// while ipamd reaches its store from its own namespace.
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
     /// Where the plugin records DELs made while ipamd is down. Default: the
     /// socket path + ".pending" (what the plugin uses by default).
     #[arg(long)]
@@ -116,7 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let datapath = match args.mode {
-        Mode::Physical => BridgeDatapath::new(&args.bridge)
+        Mode::Physical => BridgeDatapath::new_in(&args.bridge, args.netns.as_deref())
             .await
             .with_context(|| format!("--bridge {}", args.bridge))?,
     };

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use moor_proto::format_mac;
@@ -50,12 +51,47 @@ impl BridgeDatapath {
     /// its current value, marks it as set (NET_ADDR_SET) and the bridge stops
     /// following its ports.
     pub async fn new(bridge: &str) -> Result<Self, DatapathError> {
+        Self::new_in(bridge, None).await
+    }
+
+    /// Like [`BridgeDatapath::new`], with the bridge and the host ends of pod
+    /// veths in the network namespace `netns` rather than ipamd's own. Lets
+    /// several "nodes" share one machine (tests, the testbed) while ipamd
+    /// itself stays where its store is reachable.
+    pub async fn new_in(bridge: &str, netns: Option<&Path>) -> Result<Self, DatapathError> {
         validate_ifname(bridge)?;
-        let (connection, handle, _) =
+        let open = || {
             rtnetlink::new_connection().map_err(|source| DatapathError::Netlink {
                 op: "open a netlink socket".to_string(),
                 source,
-            })?;
+            })
+        };
+        let (connection, handle, _) = match netns {
+            None => open()?,
+            Some(path) => {
+                // The socket belongs to the netns of the thread that opens
+                // it: open it on a thread that entered `netns`, registered
+                // with this runtime's reactor, and let the thread end.
+                let file = open_netns(path)?;
+                let rt = tokio::runtime::Handle::current();
+                let p = path.to_path_buf();
+                std::thread::spawn(move || {
+                    let _in_rt = rt.enter();
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                        |e| DatapathError::Netns {
+                            netns: p.clone(),
+                            source: io::Error::from(e),
+                        },
+                    )?;
+                    open()
+                })
+                .join()
+                .map_err(|_| DatapathError::Worker {
+                    netns: path.to_path_buf(),
+                    reason: "the thread opening its netlink socket panicked".into(),
+                })??
+            }
+        };
         tokio::spawn(connection);
         let info = bridge_info(&handle, bridge).await?;
         let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
