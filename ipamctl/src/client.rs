@@ -16,14 +16,39 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `ip list` over every pool of a big cluster exceeds tonic's 4 MiB default.
 const MAX_REPLY: usize = 256 * 1024 * 1024;
 
-/// Connects to ipamd's Admin service at `socket`.
+/// A watch's HTTP/2 pings: a peer that stops answering (a frozen ipamd, a
+/// half-open connection) is given up after `WATCH_PING + WATCH_PING_TIMEOUT`
+/// and the watch reconnects, instead of waiting for changes forever.
+const WATCH_PING: Duration = Duration::from_secs(10);
+const WATCH_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to ipamd's Admin service at `socket`, for one-shot calls.
 pub async fn connect(socket: &Path) -> Result<AdminClient<Channel>, Unreachable> {
-    let path = socket.to_path_buf();
-    // The URI is required by the API and ignored: the connector below dials
-    // the unix socket whatever it says.
-    let channel = Endpoint::from_static("http://[::]:50051")
+    // The URI is required by the API and ignored: the connector dials the
+    // unix socket whatever it says.
+    let endpoint = Endpoint::from_static("http://[::]:50051")
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    connect_to(socket, endpoint).await
+}
+
+/// Connects for a stream that lasts as long as ipamd runs (`pool export
+/// --watch`): no whole-call limit, and pings to notice a dead peer.
+pub async fn connect_watch(socket: &Path) -> Result<AdminClient<Channel>, Unreachable> {
+    let endpoint = Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(WATCH_PING)
+        .keep_alive_timeout(WATCH_PING_TIMEOUT)
+        .keep_alive_while_idle(true);
+    connect_to(socket, endpoint).await
+}
+
+async fn connect_to(
+    socket: &Path,
+    endpoint: Endpoint,
+) -> Result<AdminClient<Channel>, Unreachable> {
+    let path = socket.to_path_buf();
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let p = path.clone();
             async move {

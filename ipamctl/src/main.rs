@@ -8,6 +8,7 @@
 mod client;
 mod output;
 mod validate;
+mod watch;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -16,21 +17,22 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::{
-    AddTorRequest, CreatePoolRequest, DeletePoolRequest, DeleteTorRequest, ExportPoolRequest,
-    GetIpRequest, GetPoolRequest, GetTorRequest, ListBindingsRequest, ListIpsRequest,
-    ListPoolsRequest, ListTorsRequest, ReleaseIpRequest, ResizePoolRequest,
+    AddTorRequest, CreatePoolRequest, DeletePoolRequest, DeleteTorRequest, EvictIpRequest,
+    ExportPoolRequest, GetIpRequest, GetPoolRequest, GetTorRequest, ListBindingsRequest,
+    ListIpsRequest, ListNodesRequest, ListPoolsRequest, ListTorsRequest, ReleaseIpRequest,
+    ResizePoolRequest,
 };
 use tonic::transport::Channel;
 
 use client::ServerError;
-use output::{ExportFormat, Format};
+use output::{ExportFormat, Format, WatchFormat};
 use validate::InputError;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ipamctl",
     version,
-    about = "Admin CLI of moor: ToRs, IP pools, IPs and bindings held by ipamd"
+    about = "Admin CLI of moor: ToRs, IP pools, IPs, bindings and nodes held by ipamd"
 )]
 struct Cli {
     /// ipamd's unix socket.
@@ -65,6 +67,9 @@ enum Command {
     /// Sticky bindings: pod -> IP.
     #[command(subcommand)]
     Binding(BindingCommand),
+    /// The nodes that registered with the store (one per ipamd).
+    #[command(subcommand)]
+    Node(NodeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,11 +122,23 @@ enum PoolCommand {
     /// Delete a pool.
     Delete { name: String },
     /// Print the pool's whitelist: every IP of the pool, whatever its state.
+    ///
+    /// With --watch, stream it for a whitelist syncer, one line a change,
+    /// flushed: `= N` (replace your set with the N `+ IP` lines that follow),
+    /// `+ IP` (joined), `- IP` (left), `! deleted` (the pool is gone; exit
+    /// 0). With --format json (or -o json): one object a line,
+    /// {"kind":"snapshot|add|remove|deleted","pool":..,"ips":[..],"revision":N}.
+    /// When ipamd restarts or the stream breaks, it reconnects (backoff
+    /// 200 ms to 5 s, forever, a note on stderr each time) and the feed
+    /// starts again with a snapshot.
     Export {
         name: String,
-        /// Default: json with -o json, else plain.
+        /// Default: json with -o json, else plain. --watch takes plain or json.
         #[arg(long, value_enum)]
         format: Option<ExportFormat>,
+        /// Follow the pool: a snapshot, then every change, until it is deleted.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -164,6 +181,23 @@ enum IpCommand {
         #[arg(value_name = "IP")]
         address: String,
     },
+    /// Delete a pod by its IP: a binding no running pod holds is dropped now;
+    /// a held one goes with the pod's DEL, and ipamctl says which pod and
+    /// node hold it.
+    Evict {
+        #[arg(value_name = "IP")]
+        address: String,
+        /// Also end the live attachment now, if it is on ipamd's own node (the
+        /// pod loses its interface) or on a node that is not alive.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List nodes and whether they are alive (a heartbeat within 30 s).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,10 +222,14 @@ enum Rpc {
     GetPool(String),
     DeletePool(String),
     ExportPool(String, ExportFormat),
+    /// Not one call: a stream, see `watch`.
+    WatchPool(String, WatchFormat),
     ListIps(String),
     GetIp(String),
     ReleaseIp(String),
+    EvictIp(EvictIpRequest),
     ListBindings(String),
+    ListNodes,
 }
 
 /// Checks the command line and turns it into an RPC, without I/O.
@@ -232,7 +270,19 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
             PoolCommand::List => Rpc::ListPools,
             PoolCommand::Show { name: n } => Rpc::GetPool(name("NAME", n)?),
             PoolCommand::Delete { name: n } => Rpc::DeletePool(name("NAME", n)?),
-            PoolCommand::Export { name: n, format: f } => {
+            PoolCommand::Export {
+                name: n,
+                format: f,
+                watch: true,
+            } => {
+                let f = validate::watch_format(*f, format)?;
+                Rpc::WatchPool(name("NAME", n)?, f)
+            }
+            PoolCommand::Export {
+                name: n,
+                format: f,
+                watch: false,
+            } => {
                 let f = f.unwrap_or(match format {
                     Format::Json => ExportFormat::Json,
                     Format::Table => ExportFormat::Plain,
@@ -248,8 +298,10 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
             IpCommand::Release { address } => {
                 Rpc::ReleaseIp(validate::address("IP", address)?.to_string())
             }
+            IpCommand::Evict { address, force } => Rpc::EvictIp(validate::evict(address, *force)?),
         },
         Command::Binding(BindingCommand::List { pool }) => Rpc::ListBindings(pool_filter(pool)?),
+        Command::Node(NodeCommand::List) => Rpc::ListNodes,
     })
 }
 
@@ -302,6 +354,7 @@ async fn call(
                 .into_inner();
             output::pool_export(&reply, export_format)
         }
+        Rpc::WatchPool(..) => unreachable!("a watch is a stream: see run_watch"),
         Rpc::ListIps(pool) => {
             let reply = client.list_ips(ListIpsRequest { pool }).await?.into_inner();
             output::ip_list(&reply.ips, format)
@@ -317,6 +370,7 @@ async fn call(
                 .into_inner();
             output::ip_release(&reply, format)
         }
+        Rpc::EvictIp(req) => output::ip_evict(&client.evict_ip(req).await?.into_inner(), format),
         Rpc::ListBindings(pool) => {
             let reply = client
                 .list_bindings(ListBindingsRequest { pool })
@@ -324,13 +378,17 @@ async fn call(
                 .into_inner();
             output::binding_list(&reply.bindings, format)
         }
+        Rpc::ListNodes => {
+            let reply = client.list_nodes(ListNodesRequest {}).await?.into_inner();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            output::node_list(&reply.nodes, now, format)
+        }
     })
 }
 
-fn run(cli: &Cli) -> anyhow::Result<String> {
-    // Input is checked before connecting: a typo is answered even when ipamd
-    // is down, and never reaches it.
-    let rpc = plan(&cli.command, cli.output)?;
+fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -343,10 +401,46 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
     })
 }
 
+/// `pool export --watch`: prints as it goes, so it owns stdout.
+fn run_watch(cli: &Cli, pool: &str, format: WatchFormat) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(watch::follow(
+                &cli.socket,
+                pool,
+                format,
+                &mut io::stdout(),
+                &mut |note| eprintln!("{note}"),
+            ))
+        });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipamctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // clap prints its own usage errors and exits 2.
     let cli = Cli::parse();
-    match run(&cli) {
+    // Input is checked before connecting: a typo is answered even when ipamd
+    // is down, and never reaches it.
+    let rpc = match plan(&cli.command, cli.output) {
+        Ok(rpc) => rpc,
+        Err(e) => {
+            eprintln!("ipamctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Rpc::WatchPool(pool, format) = &rpc {
+        return run_watch(&cli, pool, *format);
+    }
+    match run(&cli, rpc) {
         Ok(text) => match io::stdout().lock().write_all(text.as_bytes()) {
             // `ipamctl ip list | head` closes the pipe early: not an error.
             Ok(()) => ExitCode::SUCCESS,
@@ -358,11 +452,7 @@ fn main() -> ExitCode {
         },
         Err(e) => {
             eprintln!("ipamctl: {e:#}");
-            if e.downcast_ref::<InputError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::FAILURE
         }
     }
 }
@@ -422,6 +512,48 @@ mod tests {
             Ok(Rpc::ListIps(pool)) => assert_eq!(pool, "", "empty = all pools"),
             other => panic!("{other:?}"),
         }
+        match plan_of(&["ip", "evict", "10.1.0.17"]) {
+            Ok(Rpc::EvictIp(req)) => {
+                assert_eq!((req.address.as_str(), req.force), ("10.1.0.17", false))
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["ip", "evict", "--force", "10.1.0.17"]) {
+            Ok(Rpc::EvictIp(req)) => assert!(req.force),
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["node", "list"]) {
+            Ok(Rpc::ListNodes) => {}
+            other => panic!("{other:?}"),
+        }
+        // (args, the watch's line format)
+        for (args, want) in [
+            (
+                &["pool", "export", "web", "--watch"][..],
+                WatchFormat::Plain,
+            ),
+            (
+                &["-o", "json", "pool", "export", "web", "--watch"][..],
+                WatchFormat::Json,
+            ),
+            (
+                &["pool", "export", "web", "--watch", "--format", "json"][..],
+                WatchFormat::Json,
+            ),
+            (
+                &[
+                    "-o", "json", "pool", "export", "--format", "plain", "web", "--watch",
+                ][..],
+                WatchFormat::Plain,
+            ),
+        ] {
+            match plan_of(args) {
+                Ok(Rpc::WatchPool(pool, f)) => {
+                    assert_eq!((pool.as_str(), f), ("web", want), "{args:?}")
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -434,6 +566,13 @@ mod tests {
             (&["binding", "list", "--pool", ""][..], "--pool"),
             (&["ip", "release", "10.1.0.300"][..], "IP"),
             (&["ip", "show", "fd00::1"][..], "IP"),
+            (&["ip", "evict", "10.1.0.17/24"][..], "IP"),
+            (&["ip", "evict", "--force", "web-0"][..], "IP"),
+            (&["pool", "export", "Web", "--watch"][..], "NAME"),
+            (
+                &["pool", "export", "web", "--watch", "--format", "csv"][..],
+                "--format",
+            ),
         ] {
             let e = plan_of(args).expect_err(&format!("{args:?}"));
             assert_eq!(e.flag, flag, "{args:?}: {e}");

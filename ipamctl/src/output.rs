@@ -8,8 +8,10 @@
 use std::net::Ipv4Addr;
 
 use clap::ValueEnum;
+use moor_proto::v1::pool_change::Kind;
 use moor_proto::v1::{
-    Attachment, Binding, ExportPoolReply, Ip, PodRef, Pool, ReleaseIpReply, ReleasePolicy, Tor,
+    Attachment, Binding, EvictIpReply, ExportPoolReply, Ip, Node, PodRef, Pool, PoolChange,
+    ReleaseIpReply, ReleasePolicy, Tor,
 };
 use serde::Serialize;
 
@@ -29,6 +31,17 @@ pub enum ExportFormat {
     /// Header `ip,pool`, then one row per IP.
     Csv,
     /// `{"pool": NAME, "ips": [..]}`.
+    Json,
+}
+
+/// `pool export --watch`: the feed's line format. There is no CSV feed: a
+/// change is not a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFormat {
+    /// `= N` then N `+ IP` lines on a snapshot; `+ IP` / `- IP` per change;
+    /// `! deleted` when the pool is gone.
+    Plain,
+    /// One compact JSON object a line: [`ChangeView`].
     Json,
 }
 
@@ -273,6 +286,85 @@ pub struct ExportView {
     pub ips: Vec<String>,
 }
 
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EvictView {
+    /// The IP after the call.
+    pub ip: Option<IpView>,
+    /// The binding (and with --force, the attachment) is gone now.
+    pub released: bool,
+    /// The binding goes with the holder's DEL.
+    pub pending: bool,
+    /// Who holds the IP, if anyone.
+    pub holder: Option<AttachmentView>,
+    pub message: String,
+}
+
+impl From<&EvictIpReply> for EvictView {
+    fn from(r: &EvictIpReply) -> Self {
+        Self {
+            ip: r.ip.as_ref().map(IpView::from),
+            released: r.released,
+            pending: r.pending,
+            holder: r.holder.as_ref().map(AttachmentView::from),
+            message: r.message.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub tor: String,
+    pub mode: String,
+    pub version: String,
+    pub alive: bool,
+    pub started_unix: u64,
+    pub heartbeat_unix: u64,
+}
+
+impl From<&Node> for NodeView {
+    fn from(n: &Node) -> Self {
+        Self {
+            name: n.name.clone(),
+            tor: n.tor.clone(),
+            mode: n.mode.clone(),
+            version: n.version.clone(),
+            alive: n.alive,
+            started_unix: n.started_unix,
+            heartbeat_unix: n.heartbeat_unix,
+        }
+    }
+}
+
+/// One line of `pool export --watch` in JSON.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChangeView {
+    /// `snapshot` (replace the whole set with `ips`), `add`, `remove` or
+    /// `deleted`.
+    pub kind: &'static str,
+    pub pool: String,
+    pub ips: Vec<String>,
+    pub revision: u64,
+}
+
+/// A change kind this ipamctl does not know (a newer ipamd): it cannot be
+/// applied, and guessing would corrupt a whitelist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownKind(pub i32);
+
+impl std::fmt::Display for UnknownKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ipamd sent a pool change of unknown kind {}; this ipamctl is older than ipamd: \
+             use the ipamctl of ipamd's release",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownKind {}
+
 fn policy_name(p: i32) -> String {
     match ReleasePolicy::try_from(p) {
         Ok(ReleasePolicy::Auto) => "auto".into(),
@@ -473,6 +565,85 @@ pub fn binding_list(bindings: &[Binding], format: Format) -> String {
     t.render()
 }
 
+/// `ip evict`: ipamd's message (what happened, who holds the IP), then the
+/// IP as `ip show` prints it.
+pub fn ip_evict(reply: &EvictIpReply, format: Format) -> String {
+    let v = EvictView::from(reply);
+    if format == Format::Json {
+        return json(&v);
+    }
+    let mut out = String::new();
+    if !v.message.is_empty() {
+        out.push_str(v.message.trim_end());
+        out.push('\n');
+    }
+    if let Some(ip) = &v.ip {
+        out.push_str(&fields(&ip_fields(ip)));
+    }
+    out
+}
+
+/// `node list`; `now_unix` turns the times into ages in the table (JSON
+/// keeps unix seconds).
+pub fn node_list(nodes: &[Node], now_unix: u64, format: Format) -> String {
+    let mut views: Vec<NodeView> = nodes.iter().map(NodeView::from).collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    if format == Format::Json {
+        return json(&views);
+    }
+    let mut t = Table::new(&[
+        "NAME",
+        "TOR",
+        "MODE",
+        "VERSION",
+        "ALIVE",
+        "STARTED",
+        "HEARTBEAT",
+    ]);
+    for v in &views {
+        t.row([
+            v.name.clone(),
+            v.tor.clone(),
+            v.mode.clone(),
+            v.version.clone(),
+            if v.alive { "yes" } else { "no" }.to_string(),
+            age(now_unix, v.started_unix),
+            age(now_unix, v.heartbeat_unix),
+        ]);
+    }
+    t.render()
+}
+
+/// One message of `pool export --watch`, as the lines to print.
+pub fn pool_change(change: &PoolChange, format: WatchFormat) -> Result<String, UnknownKind> {
+    let kind = Kind::try_from(change.kind).map_err(|_| UnknownKind(change.kind))?;
+    let mut ips = change.ips.clone();
+    ips.sort_by_key(|a| address_key(a));
+    if format == WatchFormat::Json {
+        let v = ChangeView {
+            kind: match kind {
+                Kind::Snapshot => "snapshot",
+                Kind::Add => "add",
+                Kind::Remove => "remove",
+                Kind::Deleted => "deleted",
+            },
+            pool: change.pool.clone(),
+            ips,
+            revision: change.revision,
+        };
+        let mut s = serde_json::to_string(&v).expect("views serialize");
+        s.push('\n');
+        return Ok(s);
+    }
+    let lines = |sign: char| -> String { ips.iter().map(|ip| format!("{sign} {ip}\n")).collect() };
+    Ok(match kind {
+        Kind::Snapshot => format!("= {}\n{}", ips.len(), lines('+')),
+        Kind::Add => lines('+'),
+        Kind::Remove => lines('-'),
+        Kind::Deleted => "! deleted\n".to_string(),
+    })
+}
+
 /// What `tor delete` and `pool delete` print.
 pub fn deleted(kind: &str, name: &str, format: Format) -> String {
     if format == Format::Json {
@@ -551,6 +722,26 @@ fn address_key(a: &str) -> (u8, u32, String) {
     match a.parse::<Ipv4Addr>() {
         Ok(ip) => (0, u32::from(ip), String::new()),
         Err(_) => (1, 0, a.to_string()),
+    }
+}
+
+/// How long ago `then` was, kubectl style: `12s ago`, `5m ago`, `3h ago`,
+/// `9d ago`; `in 4s` when `then` is ahead of this clock (a node whose clock
+/// is fast); empty for 0 (never).
+fn age(now: u64, then: u64) -> String {
+    if then == 0 {
+        return String::new();
+    }
+    let short = |secs: u64| match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    if then > now {
+        format!("in {}", short(then - now))
+    } else {
+        format!("{} ago", short(now - then))
     }
 }
 
@@ -991,6 +1182,208 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&deleted("pool", "web", Format::Json)).unwrap();
         assert_eq!(v, json!({"pool": "web", "deleted": true}));
+    }
+
+    fn evict_reply(pending: bool) -> EvictIpReply {
+        let ip = in_use_ip();
+        EvictIpReply {
+            holder: ip.attachment.clone(),
+            ip: Some(ip),
+            released: !pending,
+            pending,
+            message: "10.1.0.17 is held by pod db/mysql-0 (container 0123 on node node-a); \
+                      its binding goes when that pod is deleted"
+                .into(),
+        }
+    }
+
+    #[test]
+    fn evict_prints_the_message_then_the_ip() {
+        let out = ip_evict(&evict_reply(true), Format::Table);
+        let (first, rest) = out.split_once('\n').unwrap();
+        assert!(
+            first.starts_with("10.1.0.17 is held by pod db/mysql-0"),
+            "{out}"
+        );
+        assert!(first.contains("node node-a"), "{out}");
+        assert_eq!(rest, ip_show(&in_use_ip(), Format::Table), "{out}");
+
+        // A freed IP: message and the free IP; no IP at all: just the message.
+        let freed = EvictIpReply {
+            ip: Some(free_ip("10.1.0.9")),
+            released: true,
+            message: "10.1.0.9 was kept for a pod that is not running; it is free now".into(),
+            ..Default::default()
+        };
+        let out = ip_evict(&freed, Format::Table);
+        assert!(
+            out.starts_with(
+                "10.1.0.9 was kept for a pod that is not running; it is free now\nAddress:"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("State:       free\n"), "{out}");
+        let bare = EvictIpReply {
+            message: "done".into(),
+            ..Default::default()
+        };
+        assert_eq!(ip_evict(&bare, Format::Table), "done\n");
+    }
+
+    #[test]
+    fn evict_json_is_the_reply() {
+        // (reply, released, pending, holder is null)
+        let cases = [
+            (evict_reply(true), false, true, false),
+            (evict_reply(false), true, false, false),
+            (
+                EvictIpReply {
+                    ip: Some(free_ip("10.1.0.9")),
+                    released: true,
+                    message: "free now".into(),
+                    ..Default::default()
+                },
+                true,
+                false,
+                true,
+            ),
+        ];
+        for (reply, released, pending, no_holder) in cases {
+            let v: serde_json::Value =
+                serde_json::from_str(&ip_evict(&reply, Format::Json)).unwrap();
+            let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                ["holder", "ip", "message", "pending", "released"],
+                "{v}"
+            );
+            assert_eq!(v["released"], released, "{v}");
+            assert_eq!(v["pending"], pending, "{v}");
+            assert_eq!(v["holder"].is_null(), no_holder, "{v}");
+            assert_eq!(v["message"], reply.message.as_str(), "{v}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&ip_evict(&evict_reply(true), Format::Json)).unwrap();
+        assert_eq!(v["holder"]["node"], "node-a");
+        assert_eq!(v["holder"]["pod"]["name"], "mysql-0");
+        assert_eq!(v["ip"]["address"], "10.1.0.17");
+    }
+
+    fn node(name: &str, alive: bool, started: u64, heartbeat: u64) -> Node {
+        Node {
+            name: name.into(),
+            tor: "rack-1".into(),
+            mode: "physical".into(),
+            version: "0.1.0".into(),
+            alive,
+            started_unix: started,
+            heartbeat_unix: heartbeat,
+        }
+    }
+
+    #[test]
+    fn node_list_shows_ages_and_sorts_by_name() {
+        const NOW: u64 = 1_714_564_800;
+        let nodes = [
+            node("node-b", false, NOW - 3 * 86_400, NOW - 7200),
+            node("node-a", true, NOW - 300, NOW - 12),
+            node("node-c", true, 0, NOW + 4),
+        ];
+        assert_eq!(
+            node_list(&nodes, NOW, Format::Table),
+            "NAME    TOR     MODE      VERSION  ALIVE  STARTED  HEARTBEAT\n\
+             node-a  rack-1  physical  0.1.0    yes    5m ago   12s ago\n\
+             node-b  rack-1  physical  0.1.0    no     3d ago   2h ago\n\
+             node-c  rack-1  physical  0.1.0    yes    -        in 4s\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&node_list(&nodes, NOW, Format::Json)).unwrap();
+        assert_eq!(
+            v[0],
+            json!({
+                "name": "node-a", "tor": "rack-1", "mode": "physical", "version": "0.1.0",
+                "alive": true, "started_unix": NOW - 300, "heartbeat_unix": NOW - 12
+            })
+        );
+        assert_eq!(v[1]["alive"], false);
+        assert_eq!(node_list(&[], NOW, Format::Json), "[]\n");
+        assert_eq!(
+            node_list(&[], NOW, Format::Table),
+            "NAME  TOR  MODE  VERSION  ALIVE  STARTED  HEARTBEAT\n"
+        );
+    }
+
+    #[test]
+    fn ages() {
+        // (now - then, shown)
+        for (ago, want) in [
+            (0, "0s ago"),
+            (59, "59s ago"),
+            (119, "119s ago"),
+            (120, "2m ago"),
+            (7199, "119m ago"),
+            (7200, "2h ago"),
+            (2 * 86_400 - 1, "47h ago"),
+            (2 * 86_400, "2d ago"),
+        ] {
+            assert_eq!(age(1_000_000, 1_000_000 - ago), want, "{ago}");
+        }
+        assert_eq!(age(100, 0), "", "0 = never");
+        assert_eq!(age(100, 130), "in 30s", "a clock ahead of ours");
+    }
+
+    fn change(kind: Kind, ips: &[&str]) -> PoolChange {
+        PoolChange {
+            kind: kind.into(),
+            pool: "web".into(),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            revision: 42,
+        }
+    }
+
+    #[test]
+    fn watch_lines() {
+        // (change, plain, json)
+        let cases = [
+            (
+                change(Kind::Snapshot, &["10.1.0.10", "10.1.0.9"]),
+                "= 2\n+ 10.1.0.9\n+ 10.1.0.10\n",
+                r#"{"kind":"snapshot","pool":"web","ips":["10.1.0.9","10.1.0.10"],"revision":42}"#,
+            ),
+            (
+                change(Kind::Snapshot, &[]),
+                "= 0\n",
+                r#"{"kind":"snapshot","pool":"web","ips":[],"revision":42}"#,
+            ),
+            (
+                change(Kind::Add, &["10.1.0.12", "10.1.0.11"]),
+                "+ 10.1.0.11\n+ 10.1.0.12\n",
+                r#"{"kind":"add","pool":"web","ips":["10.1.0.11","10.1.0.12"],"revision":42}"#,
+            ),
+            (
+                change(Kind::Remove, &["10.1.0.10"]),
+                "- 10.1.0.10\n",
+                r#"{"kind":"remove","pool":"web","ips":["10.1.0.10"],"revision":42}"#,
+            ),
+            (
+                change(Kind::Deleted, &[]),
+                "! deleted\n",
+                r#"{"kind":"deleted","pool":"web","ips":[],"revision":42}"#,
+            ),
+        ];
+        for (c, plain, json_line) in cases {
+            assert_eq!(pool_change(&c, WatchFormat::Plain).unwrap(), plain, "{c:?}");
+            assert_eq!(
+                pool_change(&c, WatchFormat::Json).unwrap(),
+                format!("{json_line}\n"),
+                "{c:?}"
+            );
+        }
+        let mut odd = change(Kind::Add, &["10.1.0.1"]);
+        odd.kind = 7;
+        let e = pool_change(&odd, WatchFormat::Plain).unwrap_err();
+        assert_eq!(e, UnknownKind(7));
+        assert!(e.to_string().contains("unknown kind 7"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
-use moor_proto::v1::{AddTorRequest, CreatePoolRequest, IpRange, ReleasePolicy};
+use moor_proto::v1::{AddTorRequest, CreatePoolRequest, EvictIpRequest, IpRange, ReleasePolicy};
+
+use crate::output::{ExportFormat, Format, WatchFormat};
 
 /// Longest name of a ToR, pool or namespace: a DNS label.
 const MAX_NAME: usize = 63;
@@ -417,6 +419,32 @@ pub fn address(flag: &str, value: &str) -> Result<Ipv4Addr, InputError> {
     })
 }
 
+/// `ip evict IP [--force]`.
+pub fn evict(address: &str, force: bool) -> Result<EvictIpRequest, InputError> {
+    Ok(EvictIpRequest {
+        address: self::address("IP", address)?.to_string(),
+        force,
+    })
+}
+
+/// The line format of `pool export --watch`: `--format` if given, else json
+/// with `-o json`, else plain. A feed of changes has no CSV form.
+pub fn watch_format(
+    format: Option<ExportFormat>,
+    output: Format,
+) -> Result<WatchFormat, InputError> {
+    match (format, output) {
+        (Some(ExportFormat::Plain), _) | (None, Format::Table) => Ok(WatchFormat::Plain),
+        (Some(ExportFormat::Json), _) | (None, Format::Json) => Ok(WatchFormat::Json),
+        (Some(ExportFormat::Csv), _) => Err(InputError::new(
+            "--format",
+            "csv",
+            "cannot be used with --watch: the feed is lines of changes; use --format plain \
+             (= N, + IP, - IP, ! deleted) or --format json, or drop --watch for a CSV export",
+        )),
+    }
+}
+
 fn ipv4(s: &str) -> Option<Ipv4Addr> {
     s.parse().ok()
 }
@@ -746,6 +774,75 @@ mod tests {
         assert_eq!(defaults.size, 0, "0 asks ipamd for its default");
         assert_eq!(defaults.policy, ReleasePolicy::Auto as i32);
         assert!(defaults.tors.is_empty());
+    }
+
+    #[test]
+    fn evict_and_watch_input() {
+        // (what, error, flag it must name, words of the fix)
+        let cases: Vec<(&str, Option<InputError>, &str, &str)> = vec![
+            (
+                "evict an address with a prefix",
+                err(evict("10.1.0.17/24", false)),
+                "IP",
+                "no /prefix",
+            ),
+            (
+                "evict a name",
+                err(evict("web-0", true)),
+                "IP",
+                "not an IPv4 address",
+            ),
+            (
+                "evict an IPv6 address",
+                err(evict("fd00::17", false)),
+                "IP",
+                "such as 10.1.0.17",
+            ),
+            (
+                "evict nothing",
+                err(evict("", false)),
+                "IP",
+                "not an IPv4 address",
+            ),
+            (
+                "watch as csv",
+                err(watch_format(Some(ExportFormat::Csv), Format::Table)),
+                "--format",
+                "cannot be used with --watch",
+            ),
+            (
+                "watch as csv with -o json",
+                err(watch_format(Some(ExportFormat::Csv), Format::Json)),
+                "--format",
+                "--format plain",
+            ),
+        ];
+        for (what, error, flag, fix) in cases {
+            let e = error.unwrap_or_else(|| panic!("{what}: accepted"));
+            let text = e.to_string();
+            assert_eq!(e.flag, flag, "{what}: {text}");
+            assert!(
+                text.contains(&format!("{:?}", e.value)),
+                "{what}: {text} does not quote the value"
+            );
+            assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
+        }
+
+        let req = evict("10.1.0.17", true).unwrap();
+        assert_eq!((req.address.as_str(), req.force), ("10.1.0.17", true));
+        // --format wins over -o; -o json alone means JSON lines.
+        for (format, output, want) in [
+            (None, Format::Table, WatchFormat::Plain),
+            (None, Format::Json, WatchFormat::Json),
+            (Some(ExportFormat::Plain), Format::Json, WatchFormat::Plain),
+            (Some(ExportFormat::Json), Format::Table, WatchFormat::Json),
+        ] {
+            assert_eq!(
+                watch_format(format, output),
+                Ok(want),
+                "{format:?} {output:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Drives the built `ipamctl` binary: bad input, an unreachable ipamd, and a
 //! fake Admin server standing in for ipamd (the real one is not needed here).
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use moor_proto::v1::admin_server::{Admin, AdminServer};
 use moor_proto::v1::*;
@@ -142,6 +145,37 @@ fn bad_input_exits_2_names_the_flag_and_prints_nothing_on_stdout() {
             "--format",
             "csv",
         ),
+        (&["ip", "evict", "10.1.0.256"], "IP", "10.1.0.17"),
+        (
+            &["ip", "evict", "--force", "10.1.0.17/24"],
+            "IP",
+            "no /prefix",
+        ),
+        (&["ip", "evict"], "<IP>", "required"),
+        (
+            &["ip", "evict", "10.1.0.17", "--now"],
+            "--now",
+            "unexpected",
+        ),
+        (
+            &["pool", "export", "web", "--watch", "--format", "csv"],
+            "--format",
+            "cannot be used with --watch",
+        ),
+        (
+            &[
+                "-o", "json", "pool", "export", "web", "--format", "csv", "--watch",
+            ],
+            "--format",
+            "--format json",
+        ),
+        (
+            &["pool", "export", "Web_1", "--watch"],
+            "NAME",
+            "e.g. web-1",
+        ),
+        (&["node", "list", "node-1"], "node-1", "unexpected"),
+        (&["node", "show"], "show", "unrecognized subcommand"),
     ];
     for (args, flag, fix) in cases {
         let out = ipamctl(&socket, args);
@@ -203,6 +237,67 @@ fn unreachable_socket_exits_1_and_names_the_socket() {
 struct FakeAdmin {
     /// Every request received, in Debug form.
     seen: Arc<Mutex<Vec<String>>>,
+    /// WatchPool calls so far, per pool.
+    watches: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+type ChangeStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<PoolChange, Status>> + Send>>;
+
+fn pool_change(kind: pool_change::Kind, ips: &[&str], revision: u64) -> Result<PoolChange, Status> {
+    Ok(PoolChange {
+        kind: kind.into(),
+        pool: "web".into(),
+        ips: ips.iter().map(|s| s.to_string()).collect(),
+        revision,
+    })
+}
+
+/// What the fake's WatchPool does, per pool and call: a script that breaks
+/// the stream and restarts "ipamd" in between, as a real outage would.
+fn watch_script(pool: &str, call: u32) -> Result<ChangeStream, Status> {
+    use pool_change::Kind::*;
+    let script = |changes: Vec<Result<PoolChange, Status>>| -> Result<ChangeStream, Status> {
+        Ok(Box::pin(tokio_stream::iter(changes)))
+    };
+    match (pool, call) {
+        // A snapshot, two changes, then the stream breaks.
+        ("web" | "web-json", 1) => script(vec![
+            pool_change(Snapshot, &["10.1.0.11", "10.1.0.10"], 5),
+            pool_change(Add, &["10.1.0.12"], 6),
+            pool_change(Remove, &["10.1.0.10"], 7),
+            Err(Status::internal("store lost")),
+        ]),
+        // ipamd is starting: its store is not open yet.
+        ("web" | "web-json", 2) => Err(Status::unavailable("store not ready")),
+        // Back: a new snapshot, one change, then the pool is deleted.
+        ("web" | "web-json", _) => script(vec![
+            pool_change(Snapshot, &["10.1.0.11", "10.1.0.12", "10.1.0.13"], 9),
+            pool_change(Deleted, &[], 10),
+        ]),
+        // The stream ends; by the time ipamctl is back the pool is gone.
+        ("gone", 1) => script(vec![pool_change(Snapshot, &["10.1.0.10"], 3)]),
+        ("gone", _) => Err(Status::not_found(
+            "pool gone does not exist (ipamctl pool list)",
+        )),
+        // An IP added every 20 ms, forever.
+        ("endless", _) => {
+            use tokio_stream::StreamExt;
+            let first = tokio_stream::iter(vec![pool_change(Snapshot, &[], 1)]);
+            let mut n = 0u64;
+            let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                Duration::from_millis(20),
+            ))
+            .map(move |_| {
+                n += 1;
+                pool_change(Add, &[&format!("10.2.{}.{}", n / 250, n % 250 + 1)], n + 1)
+            });
+            Ok(Box::pin(first.chain(ticks)))
+        }
+        (other, _) => Err(Status::not_found(format!(
+            "pool {other} does not exist (ipamctl pool list)"
+        ))),
+    }
 }
 
 impl FakeAdmin {
@@ -366,6 +461,87 @@ impl Admin for FakeAdmin {
     ) -> Result<Response<ListBindingsReply>, Status> {
         Ok(Response::new(ListBindingsReply { bindings: vec![] }))
     }
+    async fn evict_ip(&self, r: Request<EvictIpRequest>) -> Result<Response<EvictIpReply>, Status> {
+        let r = r.into_inner();
+        self.saw(&r);
+        let pod = PodRef {
+            namespace: "db".into(),
+            name: "mysql-0".into(),
+            uid: String::new(),
+        };
+        let holder = Attachment {
+            container_id: "c0ffee".into(),
+            ifname: "eth0".into(),
+            node: "node-b".into(),
+            pod: Some(pod.clone()),
+            state: "ready".into(),
+            ..Default::default()
+        };
+        if r.force {
+            return Err(Status::failed_precondition(format!(
+                "{} is held by pod db/mysql-0 (container c0ffee on node node-b) and node node-b \
+                 is alive: delete the pod (kubectl delete pod -n db mysql-0) or run the evict on \
+                 that node",
+                r.address
+            )));
+        }
+        Ok(Response::new(EvictIpReply {
+            ip: Some(Ip {
+                address: r.address.clone(),
+                pool: "mysql".into(),
+                tor: "rack-1".into(),
+                state: "in-use".into(),
+                binding: Some(pod),
+                attachment: Some(holder.clone()),
+            }),
+            released: false,
+            pending: true,
+            holder: Some(holder),
+            message: format!(
+                "{} is held by pod db/mysql-0 (container c0ffee on node node-b); its binding \
+                 goes when that pod is deleted",
+                r.address
+            ),
+        }))
+    }
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesReply>, Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let node = |name: &str, alive: bool, heartbeat: u64| Node {
+            name: name.into(),
+            tor: "rack-1".into(),
+            mode: "physical".into(),
+            version: "0.1.0".into(),
+            alive,
+            started_unix: now - 600,
+            heartbeat_unix: heartbeat,
+        };
+        Ok(Response::new(ListNodesReply {
+            nodes: vec![
+                node("node-b", false, now - 90),
+                node("node-a", true, now - 3),
+            ],
+        }))
+    }
+    type WatchPoolStream = ChangeStream;
+    async fn watch_pool(
+        &self,
+        r: Request<WatchPoolRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let name = r.into_inner().name;
+        let call = {
+            let mut w = self.watches.lock().unwrap();
+            let n = w.entry(name.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        watch_script(&name, call).map(Response::new)
+    }
 }
 
 /// Serves `fake` on a unix socket in `dir` from a background thread that
@@ -503,5 +679,224 @@ fn talks_to_ipamd_over_the_socket() {
         assert_eq!(text(&out.stderr), format!("ipamctl: {message}\n"));
         assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn evict_and_node_list() {
+    let dir = temp_dir("evict");
+    let fake = FakeAdmin::default();
+    let socket = serve(&dir, fake.clone());
+
+    // Accepted, only marked: exit 0, ipamd's message first, then the IP.
+    let out = ok(&ipamctl(&socket, &["ip", "evict", "10.1.0.17"]));
+    let (first, rest) = out.split_once('\n').unwrap();
+    assert!(
+        first.starts_with("10.1.0.17 is held by pod db/mysql-0 (container c0ffee on node node-b)"),
+        "{out}"
+    );
+    assert!(rest.starts_with("Address:"), "{out}");
+    assert!(rest.contains("  Node:"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+        &socket,
+        &["-o", "json", "ip", "evict", "10.1.0.17"],
+    )))
+    .unwrap();
+    assert_eq!(v["pending"], true, "{v}");
+    assert_eq!(v["released"], false, "{v}");
+    assert_eq!(v["holder"]["node"], "node-b", "{v}");
+    assert_eq!(v["ip"]["address"], "10.1.0.17", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("db/mysql-0"), "{v}");
+
+    // Refused (--force while the holder's node is alive): exit 1, the
+    // message as is, nothing on stdout.
+    let out = ipamctl(&socket, &["ip", "evict", "--force", "10.1.0.17"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("ipamctl: 10.1.0.17 is held by pod db/mysql-0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("node node-b is alive"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let seen = fake.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.contains("force: true") && s.contains("10.1.0.17")),
+        "{seen:?}"
+    );
+
+    let table = ok(&ipamctl(&socket, &["node", "list"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "NAME    TOR     MODE      VERSION  ALIVE  STARTED  HEARTBEAT"
+    );
+    assert!(
+        lines[1].starts_with("node-a  rack-1  physical  0.1.0    yes    10m ago  "),
+        "{table}"
+    );
+    assert!(lines[1].ends_with("s ago"), "{table}");
+    assert!(
+        lines[2].starts_with("node-b  rack-1  physical  0.1.0    no     10m ago  "),
+        "{table}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&ipamctl(&socket, &["-o", "json", "node", "list"]))).unwrap();
+    assert_eq!(v[0]["name"], "node-a");
+    assert_eq!(v[0]["alive"], true);
+    assert!(
+        v[0]["heartbeat_unix"].as_u64().unwrap() > 1_700_000_000,
+        "{v}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn watch_prints_the_feed_and_resumes_after_breaks() {
+    let dir = temp_dir("watch");
+    let socket = serve(&dir, FakeAdmin::default());
+
+    // Breaks twice (the stream, then the reconnect), resumes with a new
+    // snapshot, ends with the pool.
+    let start = Instant::now();
+    let out = ipamctl(&socket, &["pool", "export", "web", "--watch"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        text(&out.stdout),
+        "= 2\n+ 10.1.0.10\n+ 10.1.0.11\n+ 10.1.0.12\n- 10.1.0.10\n\
+         = 3\n+ 10.1.0.11\n+ 10.1.0.12\n+ 10.1.0.13\n! deleted\n"
+    );
+    let notes: Vec<&str> = stderr.lines().collect();
+    assert_eq!(notes.len(), 2, "one note per reconnect: {stderr}");
+    assert!(
+        notes[0].starts_with("ipamctl: watch of pool web: store lost; reconnecting in 200ms"),
+        "{stderr}"
+    );
+    assert!(
+        notes[1].starts_with("ipamctl: watch of pool web: store not ready; reconnecting in 400ms"),
+        "{stderr}"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(600), "backed off");
+
+    // JSON lines, the same feed.
+    let out = ipamctl(
+        &socket,
+        &["-o", "json", "pool", "export", "web-json", "--watch"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["snapshot", "add", "remove", "snapshot", "deleted"]);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"kind": "snapshot", "pool": "web", "ips": ["10.1.0.10", "10.1.0.11"], "revision": 5})
+    );
+    assert_eq!(lines[4]["revision"], 10);
+
+    // Deleted while ipamctl was reconnecting: NotFound after a snapshot.
+    let out = ipamctl(&socket, &["pool", "export", "gone", "--watch"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "= 1\n+ 10.1.0.10\n! deleted\n");
+    assert!(text(&out.stderr).contains("was deleted while the watch was reconnecting"));
+
+    // No such pool at the start: exit 1, ipamd's message, nothing on stdout.
+    let out = ipamctl(&socket, &["pool", "export", "nosuch", "--watch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "ipamctl: pool nosuch does not exist (ipamctl pool list)\n"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Kills the child when the test ends, passed or not.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_watch(socket: &Path, pool: &str) -> Reap {
+    Reap(
+        Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["pool", "export", pool, "--watch"])
+            .env_remove("MOOR_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ipamctl"),
+    )
+}
+
+#[test]
+fn watch_keeps_trying_while_ipamd_is_unreachable() {
+    let dir = temp_dir("watch-down");
+    let socket = dir.join("ipamd.sock");
+    let mut child = spawn_watch(&socket, "web");
+    let stderr = child.0.stderr.take().unwrap();
+    let mut notes = BufReader::new(stderr).lines();
+    let a = notes.next().unwrap().unwrap();
+    let b = notes.next().unwrap().unwrap();
+    let c = notes.next().unwrap().unwrap();
+    assert!(a.contains(&socket.display().to_string()), "{a}");
+    assert!(
+        a.contains("no such socket") && a.ends_with("reconnecting in 200ms"),
+        "{a}"
+    );
+    assert!(b.ends_with("reconnecting in 400ms"), "{b}");
+    assert!(c.ends_with("reconnecting in 800ms"), "{c}");
+    assert_eq!(child.0.try_wait().unwrap(), None, "still trying");
+
+    // ipamd comes up: the feed starts with a snapshot.
+    let _ = serve(&dir, FakeAdmin::default());
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "= 2");
+    drop(child);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn watch_exits_0_when_its_reader_goes_away() {
+    let dir = temp_dir("watch-pipe");
+    let socket = serve(&dir, FakeAdmin::default());
+    let mut child = spawn_watch(&socket, "endless");
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "= 0\n");
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "+ 10.2.0.2\n", "each change is flushed as it comes");
+    drop(stdout);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still running");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

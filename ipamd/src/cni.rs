@@ -524,6 +524,19 @@ impl Node {
     /// it is on this node (the pod loses its interface) or on a node that is
     /// not alive (its DEL will never come).
     pub async fn evict(&self, ip: Ipv4Addr, force: bool) -> Result<v1::EvictIpReply> {
+        // A forced evict that will be refused must change nothing: check the
+        // holder's node before marking anything.
+        if force {
+            let now = self.ipam.ip(ip).await?;
+            if let Some(h) = now.lease.as_ref().and_then(|l| l.attachment.as_ref()) {
+                if h.key.node != self.cfg.name && self.node_alive(&h.key.node).await? {
+                    return Err(Error::Conflict(format!(
+                        "{ip} is held by pod {} (container {} on node {}) and node {} is alive: delete the pod (kubectl delete pod -n {} {}) or run the evict on that node",
+                        h.pod, h.key.container_id, h.key.node, h.key.node, h.pod.namespace, h.pod.name
+                    )));
+                }
+            }
+        }
         let (view, released, holder) = self.ipam.mark_evict(ip).await?;
         let mut reply = v1::EvictIpReply {
             released,
@@ -557,17 +570,8 @@ impl Node {
         if h.key.node == self.cfg.name {
             self.del_key(&h.key, false, false).await?;
         } else {
-            let now = now_unix();
-            let alive = crate::registry::nodes(self.ipam.store().as_ref())
-                .await?
-                .iter()
-                .any(|n| n.name == h.key.node && n.alive(now));
-            if alive {
-                return Err(Error::Conflict(format!(
-                    "{ip} is held by {who} and node {} is alive: delete the pod (kubectl delete pod -n {} {}) or run the evict on that node",
-                    h.key.node, h.pod.namespace, h.pod.name
-                )));
-            }
+            // Checked above; a node that came alive since is only a race
+            // with its own DEL, which releases the same attachment.
             self.ipam.release(&h.key, false).await?;
         }
         warn!(%ip, holder = %h.key, "evicted by force");
@@ -577,6 +581,14 @@ impl Node {
             format!("{ip} was held by {who}; the attachment and the binding are released");
         reply.ip = Some(crate::server::ip_msg(&self.ipam.ip(ip).await?));
         Ok(reply)
+    }
+
+    async fn node_alive(&self, node: &str) -> Result<bool> {
+        let now = now_unix();
+        Ok(crate::registry::nodes(self.ipam.store().as_ref())
+            .await?
+            .iter()
+            .any(|n| n.name == node && n.alive(now)))
     }
 
     /// After a start: rolls back ADDs a crash left half-done, applies the

@@ -23,6 +23,9 @@ pub struct Ipam {
     /// Serializes this daemon's own writes per pool, so its ADDs don't make
     /// each other retry; other daemons are kept apart by the CAS checks.
     pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set when ipamd stops: open watches end, so shutdown does not wait on
+    /// streams that never finish by themselves.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// What `pool create` asks for.
@@ -111,7 +114,13 @@ impl Ipam {
         Self {
             store,
             pool_locks: Mutex::new(HashMap::new()),
+            shutdown: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every open watch (ipamd is stopping).
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -869,7 +878,13 @@ impl Ipam {
         name: String,
     ) -> impl futures::Stream<Item = Result<PoolChange>> + Send + 'static {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(feed_pool_changes(self, name, tx));
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = feed_pool_changes(self, name, tx) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
@@ -1107,11 +1122,11 @@ async fn feed_pool_changes(
             let added: Vec<Ipv4Addr> = now.difference(&have).copied().collect();
             have = now;
             for change in [
-                (!removed.is_empty()).then(|| PoolChange::Remove {
+                (!removed.is_empty()).then_some(PoolChange::Remove {
                     ips: removed,
                     revision: ev.revision,
                 }),
-                (!added.is_empty()).then(|| PoolChange::Add {
+                (!added.is_empty()).then_some(PoolChange::Add {
                     ips: added,
                     revision: ev.revision,
                 }),

@@ -196,7 +196,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    let shutdown = async {
+    let ipam = node.ipam.clone();
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
@@ -204,6 +205,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         info!("shutting down");
+        // Watches never end by themselves; requests in flight may finish.
+        ipam.shut_down();
     };
     server::serve(node, listener, shutdown).await?;
     let _ = std::fs::remove_file(&args.socket);
