@@ -27,5 +27,7 @@ mod daemon_down;
 mod datapath;
 #[path = "e2e/protocol.rs"]
 mod protocol;
+#[path = "e2e/socket.rs"]
+mod socket;
 #[path = "e2e/support.rs"]
 mod support;
