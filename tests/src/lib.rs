@@ -7,6 +7,7 @@
 //! - [`bins`]: where the built binaries are.
 
 pub mod bins;
+pub mod cluster;
 pub mod names;
 pub mod testbed;
 

@@ -194,7 +194,7 @@ pub fn require_root() {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn run_ok(program: &str, args: &[&str]) -> String {
+pub(crate) fn run_ok(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -602,55 +602,8 @@ impl Testbed {
     /// Runs `moor` in the node netns with exactly `env` (nothing inherited)
     /// and `stdin`.
     pub fn moor_raw<K: AsRef<str>, V: AsRef<str>>(&self, env: &[(K, V)], stdin: &[u8]) -> CniRun {
-        let fd = self
-            .node_ns_file
-            .as_ref()
-            .expect("node netns is open")
-            .as_raw_fd();
-        let mut cmd = Command::new(&self.bins.moor);
-        cmd.env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // Into the node netns between fork and exec, as `ip netns exec`
-        // would, without its extra process and remount.
-        // SAFETY: setns is async-signal-safe; `fd` stays open in the parent
-        // (and so in the child) for the whole call.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let start = Instant::now();
-        let mut child = cmd.spawn().expect("spawn moor");
-        // moor may exit before reading stdin; a runtime ignores that.
-        let written = child.stdin.take().expect("stdin").write_all(stdin);
-        if let Err(e) = written {
-            assert_eq!(
-                e.kind(),
-                io::ErrorKind::BrokenPipe,
-                "writing moor's stdin: {e}"
-            );
-        }
-        let out = child.wait_with_output().expect("wait for moor");
-        let took = start.elapsed();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let json = if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout).unwrap_or_else(|_| Value::String(stdout.clone()))
-        };
-        CniRun {
-            code: out.status.code().unwrap_or(-1),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            json,
-            took,
-        }
+        let ns = self.node_ns_file.as_ref().expect("node netns is open");
+        run_moor(&self.bins.moor, ns, env, stdin)
     }
 
     // ------------------------------------------------------------ looking
@@ -675,26 +628,7 @@ impl Testbed {
     /// The IPv4 address and MAC of `ifname` in the pod; None if there is no
     /// such link (or it has no IPv4 address).
     pub fn pod_addr(&self, pod: &Pod, ifname: &str) -> Option<PodAddr> {
-        let out = Command::new("ip")
-            .args(["-n", &pod.netns, "-j", "addr", "show", "dev", ifname])
-            .stderr(Stdio::null())
-            .output()
-            .expect("run ip");
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let link = v.as_array()?.first()?;
-        let mac = link["address"].as_str()?.to_string();
-        let inet = link["addr_info"]
-            .as_array()?
-            .iter()
-            .find(|a| a["family"] == "inet")?;
-        Some(PodAddr {
-            ip: inet["local"].as_str()?.parse().ok()?,
-            prefix: inet["prefixlen"].as_u64()? as u8,
-            mac,
-        })
+        addr_in(&pod.netns, ifname)
     }
 
     /// The pod's default gateway, if it has a default route.
@@ -709,15 +643,7 @@ impl Testbed {
 
     /// Does one ping from the pod to `ip` get an answer (3 tries)?
     pub fn ping(&self, pod: &Pod, ip: Ipv4Addr) -> bool {
-        let ip = ip.to_string();
-        (0..3).any(|_| {
-            Command::new("ip")
-                .args(["netns", "exec", &pod.netns, "ping", "-c1", "-W1", "-q", &ip])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        ping_from(&pod.netns, ip)
     }
 
     /// Stops ipamd if it runs, opens the store and cross-checks every record
@@ -764,8 +690,102 @@ impl Drop for Testbed {
     }
 }
 
+/// Runs the `moor` binary in the network namespace `netns` (an open
+/// /run/netns file) with exactly `env` (nothing inherited) and `stdin`, as a
+/// runtime does.
+pub(crate) fn run_moor<K: AsRef<str>, V: AsRef<str>>(
+    moor: &std::path::Path,
+    netns: &File,
+    env: &[(K, V)],
+    stdin: &[u8],
+) -> CniRun {
+    let fd = netns.as_raw_fd();
+    let mut cmd = Command::new(moor);
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Into the node netns between fork and exec, as `ip netns exec`
+    // would, without its extra process and remount.
+    // SAFETY: setns is async-signal-safe; `fd` stays open in the parent
+    // (and so in the child) for the whole call.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn moor");
+    // moor may exit before reading stdin; a runtime ignores that.
+    let written = child.stdin.take().expect("stdin").write_all(stdin);
+    if let Err(e) = written {
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe,
+            "writing moor's stdin: {e}"
+        );
+    }
+    let out = child.wait_with_output().expect("wait for moor");
+    let took = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|_| Value::String(stdout.clone()))
+    };
+    CniRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        json,
+        took,
+    }
+}
+
+/// The IPv4 address and MAC of `ifname` in the netns `netns`; None if there
+/// is no such link (or it has no IPv4 address).
+pub(crate) fn addr_in(netns: &str, ifname: &str) -> Option<PodAddr> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "addr", "show", "dev", ifname])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run ip");
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let link = v.as_array()?.first()?;
+    let mac = link["address"].as_str()?.to_string();
+    let inet = link["addr_info"]
+        .as_array()?
+        .iter()
+        .find(|a| a["family"] == "inet")?;
+    Some(PodAddr {
+        ip: inet["local"].as_str()?.parse().ok()?,
+        prefix: inet["prefixlen"].as_u64()? as u8,
+        mac,
+    })
+}
+
+/// Does one ping from the netns `netns` to `ip` get an answer (3 tries)?
+pub(crate) fn ping_from(netns: &str, ip: Ipv4Addr) -> bool {
+    let ip = ip.to_string();
+    (0..3).any(|_| {
+        Command::new("ip")
+            .args(["netns", "exec", netns, "ping", "-c1", "-W1", "-q", &ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// SIGTERM, wait up to [`IPAMD_STOP`], then SIGKILL; always reaps.
-fn terminate(mut child: Child) {
+pub(crate) fn terminate(mut child: Child) {
     let pid = Pid::from_raw(child.id() as i32);
     let _ = kill(pid, Signal::SIGTERM);
     let start = Instant::now();
@@ -780,7 +800,8 @@ fn terminate(mut child: Child) {
     let _ = child.wait();
 }
 
-fn links(netns: &str) -> Vec<String> {
+/// Names of the links in `netns`.
+pub(crate) fn links(netns: &str) -> Vec<String> {
     let out = run_ok("ip", &["-n", netns, "-j", "link", "show"]);
     let v: Value = serde_json::from_str(&out).expect("ip -j link show is JSON");
     v.as_array()

@@ -15,6 +15,8 @@
 
 #[path = "e2e/bad_input.rs"]
 mod bad_input;
+#[path = "e2e/cluster.rs"]
+mod cluster;
 #[path = "e2e/cluster_cli.rs"]
 mod cluster_cli;
 #[path = "e2e/concurrency.rs"]

@@ -1,0 +1,1051 @@
+//! Several nodes under several ToRs sharing one 3-member etcd cluster, each
+//! node with the real ipamd on it: the cluster mode of issue 3.
+//!
+//! ```text
+//!   etcd m0 m1 m2 (127.0.0.1, free ports)      root netns
+//!     ^          ^            ^
+//!   ipamd n1   ipamd n2     ipamd n3            root netns, --netns <node>
+//!   (own socket, local state, pending dir; one etcd prefix for all)
+//!
+//!   ToR netns tor-a                    node netns n1
+//!   sw0 (gateway .1, pinned MAC) - d-n1 ---- uplink0 -[br0 .2, pinned MAC]- mr... -- pod eth0
+//!                                - d-n2 ---- uplink0 -[br0 .3 ...] (node netns n2)
+//!   ToR netns tor-b
+//!   sw0 (gateway .1)             - d-n3 ---- uplink0 -[br0 .4 ...] (node netns n3)
+//! ```
+//!
+//! Every ToR has its own /24 and pod range; every cluster has its own
+//! namespaces, names with the process id and a counter, its own etcd members
+//! (data under /dev/shm: etcd's fsyncs cost nothing there) and its own etcd
+//! prefix, so clusters run in parallel in one process and beside other
+//! processes. ipamd runs in the root namespace (it reaches etcd on
+//! 127.0.0.1) and works on its node's namespace with `--netns`; `moor` runs
+//! inside the node namespace, as a runtime on that node would run it.
+//!
+//! Drop kills the ipamds and the etcd members by pid and deletes every
+//! namespace and directory it made, also when the test panicked (then it
+//! prints the tail of every ipamd's log first). etcd members and ipamds get
+//! SIGKILL if the thread that started them dies (`PR_SET_PDEATHSIG`): start
+//! and restart them from the thread that owns the `Cluster`.
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
+use moor_ipamd::store::{Store, StoreError, Txn};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::bins::{bins, Bins};
+use crate::testbed::{
+    addr_in, assert_ok, links, ping_from, require_root, run_moor, run_ok, terminate, BRIDGE,
+    NETWORK, POD_NAMESPACE,
+};
+use crate::{CniRun, Counts, Pod, PodAddr};
+
+/// The etcd server binary (Debian's etcd-server, 3.4).
+pub const ETCD: &str = "/usr/bin/etcd";
+/// The bridge in each ToR namespace that carries the gateway.
+pub const TOR_BRIDGE: &str = "sw0";
+/// The cniVersion of [`Cluster::moor`].
+pub const CNI_VERSION: &str = "1.0.0";
+
+/// How long ipamd may take to open its socket.
+const IPAMD_START: Duration = Duration::from_secs(15);
+/// How long etcd may take to answer writes after a start.
+const ETCD_READY: Duration = Duration::from_secs(30);
+/// How long an etcd member may take to exit on SIGTERM.
+const ETCD_STOP: Duration = Duration::from_secs(3);
+
+/// What ToRs and nodes a cluster has.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// (ToR name, number of pod IPs in its range), in order.
+    pub tors: Vec<(String, u32)>,
+    /// (node name, its ToR), in order. Node names are at most 12 bytes.
+    pub nodes: Vec<(String, String)>,
+    /// ipamd's `--log`.
+    pub log: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            tors: Vec::new(),
+            nodes: Vec::new(),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Layout {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A ToR with `pod_ips` addresses reserved for pods (at most 240).
+    pub fn tor(mut self, name: &str, pod_ips: u32) -> Self {
+        self.tors.push((name.into(), pod_ips));
+        self
+    }
+
+    pub fn node(mut self, name: &str, tor: &str) -> Self {
+        self.nodes.push((name.into(), tor.into()));
+        self
+    }
+
+    /// Issue 3's: n1 and n2 under tor-a (200 pod IPs), n3 under tor-b (100).
+    pub fn standard() -> Self {
+        Self::new()
+            .tor("tor-a", 200)
+            .tor("tor-b", 100)
+            .node("n1", "tor-a")
+            .node("n2", "tor-a")
+            .node("n3", "tor-b")
+    }
+}
+
+/// One ToR: a namespace with a bridge that holds the gateway.
+#[derive(Debug, Clone)]
+pub struct TorNet {
+    pub name: String,
+    /// The ToR's namespace.
+    pub ns: String,
+    /// e.g. 10.201.3.0/24.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    /// The pod range: `range.0..=range.1`.
+    pub range: (Ipv4Addr, Ipv4Addr),
+    /// The pinned MAC of the ToR's bridge (and so of the gateway).
+    pub mac: String,
+}
+
+impl TorNet {
+    /// Is `ip` in this ToR's pod range?
+    pub fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (self.range.0..=self.range.1).contains(&ip)
+    }
+
+    pub fn pod_ips(&self) -> u32 {
+        u32::from(self.range.1) - u32::from(self.range.0) + 1
+    }
+}
+
+/// One node: a namespace with `br0` (pinned MAC, the node's IP) and an
+/// uplink into its ToR's bridge, and its ipamd.
+pub struct ClusterNode {
+    pub name: String,
+    pub tor: String,
+    /// The node's namespace (`--netns /run/netns/<ns>`).
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub bridge_mac: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub local_state: PathBuf,
+    /// `--pending-dir`: the socket path + ".pending", where moor writes DELs
+    /// it could not hand to ipamd too.
+    pub pending_dir: PathBuf,
+    pub log: PathBuf,
+    ns_file: File,
+    ipamd: Mutex<Option<Child>>,
+}
+
+impl ClusterNode {
+    /// The last `lines` lines of this node's ipamd log (all its runs).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    /// The DEL records waiting in this node's pending directory.
+    pub fn pending(&self) -> Vec<moor_proto::pending::PendingDel> {
+        moor_proto::pending::scan(&self.pending_dir)
+            .map(|s| s.records.into_iter().map(|(_, r)| r).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One etcd member process.
+struct EtcdMember {
+    name: String,
+    client_url: String,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+pub struct Cluster {
+    /// Prefix of every namespace name: `moor-cl-PID-N`.
+    pub id: String,
+    /// The etcd prefix every ipamd of this cluster uses.
+    pub prefix: String,
+    pub tors: Vec<TorNet>,
+    pub nodes: Vec<ClusterNode>,
+    /// ipamds' directories.
+    pub dir: PathBuf,
+    /// etcd members' data directories.
+    etcd_dir: PathBuf,
+    etcd: Vec<EtcdMember>,
+    log_level: String,
+    bins: &'static Bins,
+    /// Every namespace made, in order; deleted in reverse.
+    made_netns: Mutex<Vec<String>>,
+    pod_counter: AtomicU32,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Spawns `cmd` with its output appended to `log`; SIGKILL when the spawning
+/// thread dies.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
+    let log = OpenOptions::new().create(true).append(true).open(log)?;
+    // SAFETY: prctl is async-signal-safe; nothing else runs here.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+fn kill9(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// A current-thread tokio runtime for one call into the store.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+impl Cluster {
+    /// Starts the etcd members, builds the namespaces, starts one ipamd per
+    /// node and defines the ToRs (`ipamctl tor add` on the first node).
+    pub fn new(layout: Layout) -> Cluster {
+        require_root();
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: the cluster tests need a real etcd (Debian's etcd-server)"
+        );
+        assert!(!layout.tors.is_empty() && !layout.nodes.is_empty());
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let id = format!("moor-cl-{pid}-{n}");
+        let dir = std::env::temp_dir().join(&id);
+        let shm = Path::new("/dev/shm");
+        let etcd_dir = if shm.is_dir() {
+            shm.join(&id)
+        } else {
+            dir.join("etcd")
+        };
+        for d in [&dir, &etcd_dir] {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d).expect("create the cluster's directories");
+        }
+        let mut c = Cluster {
+            prefix: format!("/moor-test-{pid}-{n}/"),
+            tors: Vec::new(),
+            nodes: Vec::new(),
+            dir,
+            etcd_dir,
+            etcd: Vec::new(),
+            log_level: layout.log.clone(),
+            bins: bins(),
+            made_netns: Mutex::new(Vec::new()),
+            pod_counter: AtomicU32::new(0),
+            id,
+        };
+        c.start_etcd_cluster(3);
+        c.build_topology(&layout, n);
+        for i in 0..c.nodes.len() {
+            let name = c.nodes[i].name.clone();
+            c.start_ipamd(&name);
+        }
+        for t in &c.tors {
+            let range = format!("{}-{}", t.range.0, t.range.1);
+            let gw = t.gateway.to_string();
+            let out = c.ipamctl(
+                &c.nodes[0].name,
+                &[
+                    "tor",
+                    "add",
+                    &t.name,
+                    "--subnet",
+                    &t.subnet,
+                    "--gateway",
+                    &gw,
+                    "--range",
+                    &range,
+                ],
+            );
+            assert_ok(&out, &format!("ipamctl tor add {}", t.name));
+        }
+        c
+    }
+
+    // ------------------------------------------------------------ etcd
+
+    fn start_etcd_cluster(&mut self, members: usize) {
+        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let dir = self.etcd_dir.join(&name);
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", dir.join("data").display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster={initial}"),
+                format!("--initial-cluster-token={}", self.id),
+                "--initial-cluster-state=new".into(),
+            ];
+            self.etcd.push(EtcdMember {
+                name,
+                client_url,
+                args,
+                dir,
+                child: Mutex::new(None),
+            });
+        }
+        for i in 0..members {
+            self.etcd_start(i);
+        }
+        self.etcd_wait_ready();
+    }
+
+    /// The members' client URLs.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// `--store` of every ipamd.
+    pub fn store_spec(&self) -> String {
+        format!("etcd:{}", self.etcd_endpoints().join(","))
+    }
+
+    pub fn etcd_members(&self) -> usize {
+        self.etcd.len()
+    }
+
+    pub fn etcd_running(&self, i: usize) -> bool {
+        self.etcd[i].child.lock().unwrap().is_some()
+    }
+
+    /// Starts member `i` (again) on its data directory and ports; does not
+    /// wait (see [`Cluster::etcd_wait_ready`]).
+    pub fn etcd_start(&self, i: usize) {
+        let m = &self.etcd[i];
+        let mut guard = m.child.lock().unwrap();
+        assert!(guard.is_none(), "etcd member {} is running", m.name);
+        std::fs::create_dir_all(&m.dir).expect("etcd member dir");
+        let child = spawn_logged(Command::new(ETCD).args(&m.args), &m.dir.join("etcd.log"))
+            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
+        *guard = Some(child);
+    }
+
+    /// SIGKILL member `i` (its data stays). No-op if it is not running.
+    pub fn etcd_kill9(&self, i: usize) {
+        if let Some(mut c) = self.etcd[i].child.lock().unwrap().take() {
+            kill9(&mut c);
+        }
+    }
+
+    /// SIGTERM member `i`, SIGKILL if it has not exited after 3 s (a member
+    /// that lost quorum may ignore SIGTERM).
+    pub fn etcd_stop(&self, i: usize) {
+        let Some(mut c) = self.etcd[i].child.lock().unwrap().take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let until = Instant::now() + ETCD_STOP;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill9(&mut c);
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT member `i`: a member that hangs, with
+    /// its connections open, instead of one that is gone.
+    pub fn etcd_pause(&self, i: usize, pause: bool) {
+        if let Some(c) = self.etcd[i].child.lock().unwrap().as_ref() {
+            let sig = if pause {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            let _ = kill(Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    pub fn etcd_kill9_all(&self) {
+        for i in 0..self.etcd.len() {
+            self.etcd_kill9(i);
+        }
+    }
+
+    /// Starts every member that is not running and waits until it answers.
+    pub fn etcd_start_all(&self) {
+        for i in 0..self.etcd.len() {
+            if !self.etcd_running(i) {
+                self.etcd_start(i);
+            }
+        }
+        self.etcd_wait_ready();
+    }
+
+    /// Until a write through every running member succeeds (so there is a
+    /// leader and that member is in the cluster); panics after 30 s with the
+    /// member's log.
+    pub fn etcd_wait_ready(&self) {
+        let until = Instant::now() + ETCD_READY;
+        let rt = runtime();
+        for m in &self.etcd {
+            if m.child.lock().unwrap().is_none() {
+                continue;
+            }
+            loop {
+                let probe = rt.block_on(async {
+                    let s = EtcdStore::open(EtcdOptions {
+                        prefix: format!("/moor-ready-{}/", self.id),
+                        ..EtcdOptions::new([m.client_url.clone()])
+                    })
+                    .await?;
+                    let mut t = Txn::default();
+                    t.put(&m.name, &1);
+                    s.commit(t).await
+                });
+                let last = match probe {
+                    Ok(_) => break,
+                    Err(e) => e.to_string(),
+                };
+                if Instant::now() > until {
+                    panic!(
+                        "etcd member {} at {} did not become ready in {ETCD_READY:?} (last error: {last}); its log ends:\n{}",
+                        m.name,
+                        m.client_url,
+                        tail(&m.dir.join("etcd.log"), 15)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The index of the member that is the leader, if a running member
+    /// knows one.
+    pub fn etcd_leader(&self) -> Option<usize> {
+        let rt = runtime();
+        rt.block_on(async {
+            let mut ids = Vec::new();
+            let mut leader = None;
+            for m in &self.etcd {
+                let Ok(s) = EtcdStore::open(EtcdOptions::new([m.client_url.clone()])).await else {
+                    ids.push(None);
+                    continue;
+                };
+                let mut client = s.client();
+                match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
+                    Ok(Ok(st)) => {
+                        if st.leader() != 0 {
+                            leader = Some(st.leader());
+                        }
+                        ids.push(st.header().map(|h| h.member_id()));
+                    }
+                    _ => ids.push(None),
+                }
+            }
+            let leader = leader?;
+            ids.iter().position(|id| *id == Some(leader))
+        })
+    }
+
+    /// Runs `f` against this cluster's etcd, through every member, under
+    /// [`Cluster::prefix`] (the store ipamd sees).
+    pub fn with_store<T, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce(EtcdStore) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let rt = runtime();
+        rt.block_on(async {
+            let s = EtcdStore::open(EtcdOptions {
+                prefix: self.prefix.clone(),
+                ..EtcdOptions::new(self.etcd_endpoints())
+            })
+            .await
+            .expect("open the etcd store");
+            f(s).await
+        })
+    }
+
+    /// Every key under the prefix (relative to it) with its JSON value;
+    /// retries for 10 s while etcd is unavailable.
+    pub fn etcd_list(&self, prefix: &str) -> Vec<(String, Value)> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.with_store(|s| async move { s.list(prefix).await });
+            match r {
+                Ok((entries, _)) => {
+                    return entries
+                        .into_iter()
+                        .map(|e| {
+                            let v = serde_json::from_slice(&e.value).unwrap_or_else(|err| {
+                                panic!("etcd key {} is not JSON: {err}", e.key)
+                            });
+                            (e.key, v)
+                        })
+                        .collect()
+                }
+                Err(StoreError::Unavailable(e)) if Instant::now() < until => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("etcd list {prefix}: {e}"),
+            }
+        }
+    }
+
+    /// `moor_ipamd::audit::audit` on the etcd store (ipamds keep running);
+    /// retries for 10 s while etcd is unavailable.
+    pub fn audit(&self) -> Vec<String> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.with_store(|s| async move { moor_ipamd::audit::audit(&s).await });
+            match r {
+                Ok(problems) => return problems,
+                Err(StoreError::Unavailable(_)) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("audit of etcd {}: {e}", self.prefix),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ topology
+
+    fn add_netns(&self, name: &str) {
+        run_ok("ip", &["netns", "add", name]);
+        self.made_netns.lock().unwrap().push(name.to_string());
+        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    fn build_topology(&mut self, layout: &Layout, n: u32) {
+        assert!(layout.tors.len() <= 50, "at most 50 ToRs");
+        for (t, (name, pod_ips)) in layout.tors.iter().enumerate() {
+            assert!((1..=240).contains(pod_ips), "ToR {name}: 1 to 240 pod IPs");
+            let base = [10, 200 + t as u8, (n % 256) as u8];
+            let ip = |last: u8| Ipv4Addr::new(base[0], base[1], base[2], last);
+            let tor = TorNet {
+                name: name.clone(),
+                ns: format!("{}-{name}", self.id),
+                subnet: format!("{}/24", ip(0)),
+                gateway: ip(1),
+                range: (ip(10), ip(10 + (*pod_ips - 1) as u8)),
+                mac: format!("02:a0:{:02x}:{:02x}:{:02x}:01", (n >> 8) as u8, n as u8, t),
+            };
+            self.add_netns(&tor.ns);
+            let gw = format!("{}/24", tor.gateway);
+            #[rustfmt::skip]
+            let steps: &[&[&str]] = &[
+                &["-n", &tor.ns, "link", "add", TOR_BRIDGE, "address", &tor.mac, "type", "bridge"],
+                &["-n", &tor.ns, "addr", "add", &gw, "dev", TOR_BRIDGE],
+                &["-n", &tor.ns, "link", "set", TOR_BRIDGE, "up"],
+            ];
+            for args in steps {
+                run_ok("ip", args);
+            }
+            self.tors.push(tor);
+        }
+        for (i, (name, tor_name)) in layout.nodes.iter().enumerate() {
+            assert!(
+                name.len() <= 12 && !name.is_empty(),
+                "node name {name:?}: 1 to 12 bytes"
+            );
+            let (t, tor) = self
+                .tors
+                .iter()
+                .enumerate()
+                .find(|(_, t)| &t.name == tor_name)
+                .unwrap_or_else(|| panic!("node {name}: no ToR {tor_name}"));
+            let tor = tor.clone();
+            let ns = format!("{}-{name}", self.id);
+            self.add_netns(&ns);
+            let on_tor = self.nodes.iter().filter(|x| x.tor == tor.name).count() as u8;
+            let o = tor.gateway.octets();
+            let node_ip = Ipv4Addr::new(o[0], o[1], o[2], 2 + on_tor);
+            let bridge_mac = format!(
+                "02:b0:{:02x}:{:02x}:{:02x}:{:02x}",
+                (n >> 8) as u8,
+                n as u8,
+                t,
+                i
+            );
+            let port = format!("d-{name}");
+            let cidr = format!("{node_ip}/24");
+            #[rustfmt::skip]
+            let steps: &[&[&str]] = &[
+                &["link", "add", &port, "netns", &tor.ns, "type", "veth", "peer", "name", "uplink0", "netns", &ns],
+                &["-n", &tor.ns, "link", "set", &port, "master", TOR_BRIDGE, "up"],
+                // Pinned: a bridge takes the lowest MAC of its ports otherwise,
+                // and that changes as pod veths come and go.
+                &["-n", &ns, "link", "add", BRIDGE, "address", &bridge_mac, "type", "bridge"],
+                &["-n", &ns, "link", "set", "uplink0", "master", BRIDGE, "up"],
+                &["-n", &ns, "addr", "add", &cidr, "dev", BRIDGE],
+                &["-n", &ns, "link", "set", BRIDGE, "up"],
+            ];
+            for args in steps {
+                run_ok("ip", args);
+            }
+            let ns_file = File::open(format!("/run/netns/{ns}")).expect("open the node's netns");
+            let dir = self.dir.join(name);
+            std::fs::create_dir_all(&dir).expect("node dir");
+            let socket = dir.join("ipamd.sock");
+            let mut pending = socket.clone().into_os_string();
+            pending.push(".pending");
+            self.nodes.push(ClusterNode {
+                name: name.clone(),
+                tor: tor.name.clone(),
+                ns,
+                ip: node_ip,
+                bridge_mac,
+                local_state: dir.join("local.redb"),
+                pending_dir: pending.into(),
+                log: dir.join("ipamd.log"),
+                socket,
+                dir,
+                ns_file,
+                ipamd: Mutex::new(None),
+            });
+        }
+        // A new bridge raises its carrier about a second after its first
+        // port joins: wait until every node reaches its gateway.
+        let start = Instant::now();
+        for node in &self.nodes {
+            let gw = self.tor(&node.tor).gateway;
+            while !ping_from(&node.ns, gw) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "node {} cannot ping its gateway {gw} after 10 s",
+                    node.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The ToR named `name`.
+    pub fn tor(&self, name: &str) -> &TorNet {
+        self.tors
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no ToR {name}"))
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// The ToR of node `name`.
+    pub fn tor_of(&self, node: &str) -> &TorNet {
+        self.tor(&self.node(node).tor)
+    }
+
+    // ------------------------------------------------------------ ipamd
+
+    /// Starts node `name`'s ipamd and waits until its socket answers.
+    /// Works while etcd is down (ipamd serves from its local state then).
+    pub fn start_ipamd(&self, name: &str) {
+        let node = self.node(name);
+        let mut guard = node.ipamd.lock().unwrap();
+        assert!(guard.is_none(), "ipamd of {name} is already running");
+        let _ = std::fs::remove_file(&node.socket);
+        let netns = format!("/run/netns/{}", node.ns);
+        let mut cmd = Command::new(&self.bins.ipamd);
+        cmd.arg("--socket")
+            .arg(&node.socket)
+            .args(["--store", &self.store_spec(), "--etcd-prefix", &self.prefix])
+            .arg("--local-state")
+            .arg(&node.local_state)
+            .args(["--netns", &netns, "--node", &node.name, "--tor", &node.tor])
+            .args(["--bridge", BRIDGE, "--log", &self.log_level])
+            .arg("--pending-dir")
+            .arg(&node.pending_dir);
+        let mut child = spawn_logged(&mut cmd, &node.log).expect("spawn ipamd");
+        let start = Instant::now();
+        loop {
+            if UnixStream::connect(&node.socket).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "ipamd of {name} exited ({status}) before opening {}:\n{}",
+                    node.socket.display(),
+                    node.log_tail(40)
+                );
+            }
+            if start.elapsed() > IPAMD_START {
+                kill9(&mut child);
+                panic!(
+                    "ipamd of {name} did not open {} within {IPAMD_START:?}:\n{}",
+                    node.socket.display(),
+                    node.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        *guard = Some(child);
+    }
+
+    /// SIGTERM and wait (SIGKILL after 3 s). No-op if it is not running.
+    pub fn stop_ipamd(&self, name: &str) {
+        if let Some(child) = self.node(name).ipamd.lock().unwrap().take() {
+            terminate(child);
+        }
+    }
+
+    /// SIGKILL and reap: a crash at whatever point ipamd is at.
+    pub fn kill9_ipamd(&self, name: &str) {
+        let mut child = self
+            .node(name)
+            .ipamd
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| panic!("ipamd of {name} is not running"));
+        kill9(&mut child);
+    }
+
+    pub fn ipamd_running(&self, name: &str) -> bool {
+        self.node(name).ipamd.lock().unwrap().is_some()
+    }
+
+    /// The first node whose ipamd runs (for cluster-wide ipamctl reads).
+    fn any_running(&self) -> &str {
+        self.nodes
+            .iter()
+            .find(|n| n.ipamd.lock().unwrap().is_some())
+            .map(|n| n.name.as_str())
+            .expect("no ipamd is running")
+    }
+
+    // ------------------------------------------------------------ ipamctl
+
+    /// `ipamctl --socket <node's socket> args...`.
+    pub fn ipamctl(&self, node: &str, args: &[&str]) -> Output {
+        Command::new(&self.bins.ipamctl)
+            .arg("--socket")
+            .arg(&self.node(node).socket)
+            .args(args)
+            .env_remove("MOOR_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ipamctl")
+    }
+
+    /// `ipamctl -o json args...` against `node`, which must succeed.
+    pub fn ipamctl_json(&self, node: &str, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ipamctl(node, &all);
+        assert_ok(&out, &format!("ipamctl {} (on {node})", all.join(" ")));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ipamctl {} printed no JSON ({e}): {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `ipamctl pool create NAME --namespace shop --app APP --size N [--tor T...]`
+    /// (all ToRs when `tors` is empty).
+    pub fn create_pool(&self, name: &str, app: &str, size: u32, tors: &[&str]) {
+        let size = size.to_string();
+        let mut args = vec![
+            "pool",
+            "create",
+            name,
+            "--namespace",
+            POD_NAMESPACE,
+            "--app",
+            app,
+            "--size",
+            &size,
+        ];
+        for t in tors {
+            args.extend(["--tor", t]);
+        }
+        let out = self.ipamctl(self.any_running(), &args);
+        assert_ok(&out, &format!("ipamctl pool create {name}"));
+    }
+
+    /// `ipamctl pool resize NAME --size N`.
+    pub fn resize_pool(&self, name: &str, size: u32) {
+        let size = size.to_string();
+        let out = self.ipamctl(
+            self.any_running(),
+            &["pool", "resize", name, "--size", &size],
+        );
+        assert_ok(&out, &format!("ipamctl pool resize {name} --size {size}"));
+    }
+
+    /// `ipamctl -o json pool show NAME`.
+    pub fn pool_show(&self, pool: &str) -> Value {
+        self.ipamctl_json(self.any_running(), &["pool", "show", pool])
+    }
+
+    /// The pool's totals, and its counts per ToR.
+    pub fn pool_counts(&self, pool: &str) -> (Counts, Vec<(String, Counts)>) {
+        let v = self.pool_show(pool);
+        let counts = |c: &Value| {
+            let n = |k: &str| {
+                c[k].as_u64()
+                    .unwrap_or_else(|| panic!("pool show {pool}: no {k} in {v}"))
+            };
+            Counts {
+                total: n("total"),
+                bound: n("bound"),
+                in_use: n("in_use"),
+                free: n("free"),
+            }
+        };
+        let per_tor = v["tors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("pool show {pool}: no tors in {v}"))
+            .iter()
+            .map(|t| (t["tor"].as_str().unwrap_or_default().to_string(), counts(t)))
+            .collect();
+        (counts(&v["totals"]), per_tor)
+    }
+
+    /// `ipamctl -o json ip list` (all pools, all nodes).
+    pub fn ip_list(&self) -> Vec<Value> {
+        match self.ipamctl_json(self.any_running(), &["ip", "list"]) {
+            Value::Array(a) => a,
+            other => panic!("ip list is not an array: {other}"),
+        }
+    }
+
+    /// The pool's IPs as `ipamctl -o json pool export NAME` prints them.
+    pub fn pool_export(&self, pool: &str) -> Vec<String> {
+        let v = self.ipamctl_json(self.any_running(), &["pool", "export", pool]);
+        v["ips"]
+            .as_array()
+            .unwrap_or_else(|| panic!("pool export {pool}: no ips in {v}"))
+            .iter()
+            .map(|ip| ip.as_str().expect("IPs are strings").to_string())
+            .collect()
+    }
+
+    // ------------------------------------------------------------ pods
+
+    /// A pod in namespace `shop`: a fresh netns with lo up. Each call makes a
+    /// new netns, also for a name used before (a re-created pod). A pod is
+    /// on no node until it is ADDed on one.
+    pub fn pod(&self, name: &str) -> Pod {
+        let k = self.pod_counter.fetch_add(1, Ordering::Relaxed);
+        let netns = format!("{}-p{k}", self.id);
+        self.add_netns(&netns);
+        Pod {
+            namespace: POD_NAMESPACE.to_string(),
+            name: name.to_string(),
+            uid: format!("uid-{}-{k}", self.id),
+            netns,
+        }
+    }
+
+    /// Deletes the pod's netns, as a runtime does after the sandbox's DEL.
+    pub fn remove_pod(&self, pod: &Pod) {
+        run_ok("ip", &["netns", "del", &pod.netns]);
+        self.made_netns.lock().unwrap().retain(|n| n != &pod.netns);
+    }
+
+    /// The network config moor reads on stdin for `node`, every key of
+    /// `extra` (an object) over it.
+    pub fn net_conf(&self, node: &str, extra: &Value) -> Value {
+        let mut conf = json!({
+            "cniVersion": CNI_VERSION,
+            "name": NETWORK,
+            "type": "moor",
+            "socket": self.node(node).socket,
+        });
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                conf[k] = v.clone();
+            }
+        }
+        conf
+    }
+
+    /// Runs `moor` inside `node`'s netns as a runtime on that node does:
+    /// CNI_COMMAND=`cmd` for `pod` (ifname eth0), the config of
+    /// [`Cluster::net_conf`] on stdin.
+    pub fn moor(&self, node: &str, cmd: &str, pod: &Pod, cid: &str, extra: &Value) -> CniRun {
+        let env = [
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", cid.to_string()),
+            ("CNI_NETNS", pod.netns_path()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_ARGS", pod.cni_args()),
+            ("CNI_PATH", self.bins.dir().display().to_string()),
+        ];
+        let conf = self.net_conf(node, extra).to_string();
+        run_moor(
+            &self.bins.moor,
+            &self.node(node).ns_file,
+            &env,
+            conf.as_bytes(),
+        )
+    }
+
+    pub fn add(&self, node: &str, pod: &Pod, cid: &str) -> CniRun {
+        self.moor(node, "ADD", pod, cid, &json!({}))
+    }
+
+    pub fn del(&self, node: &str, pod: &Pod, cid: &str) -> CniRun {
+        self.moor(node, "DEL", pod, cid, &json!({}))
+    }
+
+    /// CHECK with a prevResult naming `ip` on eth0, as a runtime keeps it.
+    pub fn check(&self, node: &str, pod: &Pod, cid: &str, ip: Ipv4Addr) -> CniRun {
+        let prev = json!({
+            "cniVersion": CNI_VERSION,
+            "interfaces": [{"name": "eth0", "sandbox": pod.netns_path()}],
+            "ips": [{"address": format!("{ip}/24"), "interface": 0}],
+        });
+        self.moor(node, "CHECK", pod, cid, &json!({ "prevResult": prev }))
+    }
+
+    // ------------------------------------------------------------ looking
+
+    /// Host ends of pod veths ("mr...") in `node`'s netns.
+    pub fn host_links(&self, node: &str) -> Vec<String> {
+        links(&self.node(node).ns)
+            .into_iter()
+            .filter(|n| n.starts_with("mr"))
+            .collect()
+    }
+
+    /// (node, link) of every host veth end on every node.
+    pub fn all_host_links(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                self.host_links(&n.name)
+                    .into_iter()
+                    .map(move |l| (n.name.clone(), l))
+            })
+            .collect()
+    }
+
+    /// Names of the pod's links other than lo.
+    pub fn pod_links(&self, pod: &Pod) -> Vec<String> {
+        links(&pod.netns)
+            .into_iter()
+            .filter(|n| n != "lo")
+            .collect()
+    }
+
+    /// The IPv4 address and MAC of eth0 in the pod, if any.
+    pub fn pod_addr(&self, pod: &Pod) -> Option<PodAddr> {
+        addr_in(&pod.netns, "eth0")
+    }
+
+    /// Does a ping from the pod to `ip` get an answer (3 tries)?
+    pub fn ping(&self, pod: &Pod, ip: Ipv4Addr) -> bool {
+        ping_from(&pod.netns, ip)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!(
+                    "---- cluster {} failed; last lines of {}'s ipamd log ({}):\n{}\n----",
+                    self.id,
+                    n.name,
+                    n.log.display(),
+                    n.log_tail(60)
+                );
+            }
+            for m in &self.etcd {
+                eprintln!(
+                    "---- etcd member {} ({}), last lines of its log:\n{}\n----",
+                    m.name,
+                    m.client_url,
+                    tail(&m.dir.join("etcd.log"), 8)
+                );
+            }
+        }
+        for n in &mut self.nodes {
+            let child = n.ipamd.get_mut().map(Option::take).unwrap_or_default();
+            if let Some(child) = child {
+                terminate(child);
+            }
+        }
+        for m in &mut self.etcd {
+            let child = m.child.get_mut().map(Option::take).unwrap_or_default();
+            if let Some(mut child) = child {
+                kill9(&mut child);
+            }
+        }
+        // Close the node netns files before deleting the namespaces.
+        let nodes = std::mem::take(&mut self.nodes);
+        drop(nodes);
+        let made = std::mem::take(self.made_netns.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for ns in made.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.etcd_dir);
+    }
+}
