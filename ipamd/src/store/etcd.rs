@@ -84,8 +84,8 @@ impl Default for EtcdOptions {
             cert: None,
             key: None,
             prefix: DEFAULT_PREFIX.to_string(),
-            dial_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(2),
+            dial_timeout: Duration::from_millis(1500),
+            request_timeout: Duration::from_millis(1500),
         }
     }
 }
