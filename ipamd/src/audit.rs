@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use crate::core::{AttachmentRef, Binding, Carved, Lease, Pool, Tor};
+use crate::core::{AttachmentRef, Binding, Carved, FreeCount, Lease, Pool, Tor};
 use crate::store::{keys, Store, StoreError, StoreExt};
 
 /// Every inconsistency found, in words; empty when the store is sound.
@@ -104,6 +104,45 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
                     "lease {where_} attached to {}, index says {other:?}",
                     a.key
                 )),
+            }
+        }
+    }
+    // The published free counts agree with the leases.
+    let (counters, _) = store.list_json::<FreeCount>("free/").await?;
+    for (c, e) in &counters {
+        let owner = pools.values().find_map(|p| {
+            p.ips
+                .iter()
+                .find(|(t, _)| keys::free(&p.name, t) == e.key)
+                .map(|(t, ips)| (p, t, ips))
+        });
+        let Some((p, tor, ips)) = owner else {
+            bad.push(format!("free count {} belongs to no pool's ToR", e.key));
+            continue;
+        };
+        let used = leases
+            .iter()
+            .filter(|(l, _)| l.pool == p.name && &l.tor == tor)
+            .count() as u32;
+        let want = FreeCount {
+            total: ips.len() as u32,
+            free: (ips.len() as u32).saturating_sub(used),
+        };
+        if *c != want {
+            bad.push(format!(
+                "free count {} is {c:?}, the leases say {want:?}",
+                e.key
+            ));
+        }
+    }
+    for p in pools.values() {
+        for tor in p.ips.keys() {
+            let key = keys::free(&p.name, tor);
+            if !counters.iter().any(|(_, e)| e.key == key) {
+                bad.push(format!(
+                    "pool {} publishes no free count for ToR {tor}",
+                    p.name
+                ));
             }
         }
     }

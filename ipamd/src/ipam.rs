@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::{
     carve, spread, validate, workload, Attachment, AttachmentKey, AttachmentRef, AttachmentState,
-    Binding, Carved, Lease, PodRef, Policy, Pool, Tor, DEFAULT_POOL_SIZE,
+    Binding, Carved, FreeCount, Lease, PodRef, Policy, Pool, Tor, DEFAULT_POOL_SIZE,
 };
 use crate::error::{cni_code, Error, Result};
 use crate::store::{keys, Entry, Store, StoreExt, Txn};
@@ -256,6 +256,13 @@ impl Ipam {
             };
             let mut txn = Txn::default();
             carve_into(&mut pool, &tors, size, &mut txn)?;
+            for (tor, ips) in &pool.ips {
+                let n = ips.len() as u32;
+                txn.put(
+                    &keys::free(&pool.name, tor),
+                    &FreeCount { total: n, free: n },
+                );
+            }
             txn.expect(&keys::pool(&pool.name), None)
                 .expect(&app_key, None)
                 .put(&keys::pool(&pool.name), &pool)
@@ -302,6 +309,9 @@ impl Ipam {
         for _ in 0..MAX_ATTEMPTS {
             let (mut pool, pool_entry) = self.pool_entry(name).await?;
             let current = pool.size();
+            // Read before the leases: a lease change after this read also
+            // changes a counter, and the counters' versions are checked.
+            let (counters, _) = self.store.list(&keys::frees(name)).await?;
             let mut txn = Txn::default();
             if size > current {
                 let tors = self.pool_tors(&pool.tors).await?;
@@ -345,6 +355,8 @@ impl Ipam {
             } else {
                 return Ok(pool);
             }
+            let leases = self.leases(name).await?;
+            publish_counts(&mut txn, &pool, &leases, &counters);
             txn.expect(&keys::pool(name), Some(&pool_entry))
                 .put(&keys::pool(name), &pool);
             if self.store.commit(txn).await? {
@@ -418,6 +430,9 @@ impl Ipam {
             txn.expect(&keys::carved(tor), entry.as_ref())
                 .put(&keys::carved(tor), &carved);
         }
+        for e in self.store.list(&keys::frees(name)).await?.0 {
+            txn.delete(&e.key);
+        }
         if self.store.commit(txn).await? {
             Ok(())
         } else {
@@ -425,6 +440,17 @@ impl Ipam {
                 "pool {name} changed while deleting it; run the command again"
             )))
         }
+    }
+
+    /// Adds to `txn` the published free count of (pool, tor) moved by
+    /// `delta` (+1: a lease went away), guarded by the counter's version.
+    async fn bump_free(&self, txn: &mut Txn, pool: &str, tor: &str, delta: i64) -> Result<()> {
+        let key = keys::free(pool, tor);
+        if let Some((mut c, e)) = self.store.get_json::<FreeCount>(&key).await? {
+            c.free = (i64::from(c.free) + delta).clamp(0, i64::from(c.total)) as u32;
+            txn.expect(&key, Some(&e)).put(&key, &c);
+        }
+        Ok(())
     }
 
     // ----------------------------------------------------------------- IPs
@@ -463,12 +489,15 @@ impl Ipam {
                 "{ip} is in no pool (ipamctl ip list shows the IPs of every pool)"
             ))
         };
-        let tors = self.tors().await?;
+        // Only the ToR records: `tors()` would also read every ToR's carved
+        // record (tens of KiB each) just to count them.
+        let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
         let tor = tors
             .iter()
-            .find(|(t, _)| t.subnet.contains(ip))
+            .map(|(t, _)| t)
+            .find(|t| t.subnet.contains(ip))
             .ok_or_else(not_found)?;
-        let (carved, _) = self.carved(&tor.0.name).await?;
+        let (carved, _) = self.carved(&tor.name).await?;
         let pool = carved.ips.get(&ip).ok_or_else(not_found)?;
         let lease = self
             .store
@@ -478,7 +507,7 @@ impl Ipam {
         Ok(IpView {
             ip,
             pool: pool.clone(),
-            tor: tor.0.name.clone(),
+            tor: tor.name.clone(),
             lease,
         })
     }
@@ -515,6 +544,7 @@ impl Ipam {
                 txn.put(&key, &lease);
             } else {
                 txn.delete(&key);
+                self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
             }
             if self.store.commit(txn).await? {
                 let lease = lease.attachment.is_some().then_some(lease);
@@ -611,6 +641,12 @@ impl Ipam {
             } else {
                 None
             };
+            // Read before the leases: a lease change after this read also moves
+            // the counter, whose version the commit checks.
+            let counter = self
+                .store
+                .get_json::<FreeCount>(&keys::free(&pool_name, &req.tor))
+                .await?;
             let (lease_list, _) = self
                 .store
                 .list_json::<Lease>(&keys::leases(&pool.name))
@@ -688,6 +724,20 @@ impl Ipam {
                     .put(&keys::binding(&req.pod), &b);
             } else if let Some((_, e)) = &binding {
                 txn.expect(&keys::binding(&req.pod), Some(e));
+            }
+            if old.is_none() {
+                // A free IP became leased: publish the pool's free count on
+                // this ToR, recomputed (so it also heals a stale one).
+                let key = keys::free(&pool.name, &req.tor);
+                let total = pool.ips.get(&req.tor).map_or(0, |v| v.len() as u32);
+                let used = 1 + plain.values().filter(|l| l.tor == req.tor).count() as u32;
+                txn.expect(&key, counter.as_ref().map(|(_, e)| e)).put(
+                    &key,
+                    &FreeCount {
+                        total,
+                        free: total.saturating_sub(used),
+                    },
+                );
             }
             if self.store.commit(txn).await? {
                 return Ok(Allocation {
@@ -799,6 +849,7 @@ impl Ipam {
                 txn.put(&lease_key, &lease);
             } else {
                 txn.delete(&lease_key);
+                self.bump_free(&mut txn, &r.pool, &lease.tor, 1).await?;
             }
             if self.store.commit(txn).await? {
                 return Ok(Some(Released {
@@ -852,6 +903,7 @@ impl Ipam {
             let released = match (&holder, lease.binding.take()) {
                 (None, Some(pod)) => {
                     txn.delete(&key).delete(&keys::binding(&pod));
+                    self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
                     true
                 }
                 (Some(_), binding) => {
@@ -1139,5 +1191,32 @@ async fn feed_pool_changes(
                 }
             }
         }
+    }
+}
+
+/// Adds to `txn` the pool's published free counts, recomputed from `leases`,
+/// guarded by the versions of the counters read before them (`old`): any
+/// lease change since then also moved a counter, and fails the commit.
+fn publish_counts(txn: &mut Txn, pool: &Pool, leases: &[Lease], old: &[Entry]) {
+    for e in old {
+        txn.expect(&e.key, Some(e));
+        if !pool.ips.keys().any(|t| keys::free(&pool.name, t) == e.key) {
+            txn.delete(&e.key);
+        }
+    }
+    for (tor, ips) in &pool.ips {
+        let key = keys::free(&pool.name, tor);
+        if !old.iter().any(|e| e.key == key) {
+            txn.expect(&key, None);
+        }
+        let used = leases.iter().filter(|l| &l.tor == tor).count() as u32;
+        let total = ips.len() as u32;
+        txn.put(
+            &key,
+            &FreeCount {
+                total,
+                free: total.saturating_sub(used),
+            },
+        );
     }
 }

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::audit::audit;
 use crate::store::mem::MemStore;
+use crate::store::StoreExt;
 
 fn range(a: &str, b: &str) -> (String, String) {
     (a.to_string(), b.to_string())
@@ -472,4 +473,46 @@ proptest! {
             assert_eq!(free as usize, pool.size() as usize - leases.len());
         });
     }
+}
+
+#[tokio::test]
+async fn free_counts_are_published_per_pool_and_tor() {
+    let (store, ipam) = setup(8, Policy::Auto).await;
+    let count = |tor: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .get_json::<FreeCount>(&keys::free("web", tor))
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(count("r1").await, FreeCount { total: 4, free: 4 });
+    let sts = ipam
+        .allocate(&req("n1", "r1", "c1", "web-0"))
+        .await
+        .unwrap();
+    let dep = ipam
+        .allocate(&req("n1", "r1", "c2", "web-5c5b7d9d8f-x2x9z"))
+        .await
+        .unwrap();
+    assert_eq!(count("r1").await, FreeCount { total: 4, free: 2 });
+    assert_eq!(count("r2").await, FreeCount { total: 4, free: 4 });
+    ipam.release(&dep.attachment().key, false).await.unwrap();
+    ipam.release(&sts.attachment().key, false).await.unwrap();
+    assert_eq!(
+        count("r1").await,
+        FreeCount { total: 4, free: 3 },
+        "web-0 keeps its IP"
+    );
+    ipam.release_ip(sts.lease.ip).await.unwrap();
+    assert_eq!(count("r1").await, FreeCount { total: 4, free: 4 });
+    ipam.resize_pool("web", 12).await.unwrap();
+    assert_eq!(count("r1").await.total + count("r2").await.total, 12);
+    clean(&store).await;
+    ipam.delete_pool("web").await.unwrap();
+    assert!(store.list("free/").await.unwrap().0.is_empty());
+    clean(&store).await;
 }

@@ -260,6 +260,17 @@ pub struct AttachmentRef {
     pub ip: Ipv4Addr,
 }
 
+/// What the store publishes per pool and ToR (`free/<pool>/<tor>`), kept
+/// exact by the same transactions that change leases, so a scheduler or a
+/// label sync can watch where an app still has room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreeCount {
+    /// IPs of the pool on the ToR.
+    pub total: u32,
+    /// Of those, neither bound nor in use.
+    pub free: u32,
+}
+
 /// Per-ToR counts of a pool, as `ipamctl pool show` prints them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolCounts {
