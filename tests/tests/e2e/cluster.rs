@@ -198,7 +198,7 @@ struct Pair {
 fn plan(w: usize, wave: usize) -> (String, bool, &'static str) {
     if (w + wave).is_multiple_of(2) {
         let ordinal = (3 * wave + w / 2) % STICKY;
-        let node = if ordinal % 2 == 1 {
+        let node = if !ordinal.is_multiple_of(2) {
             "n3"
         } else if wave.is_multiple_of(2) {
             "n1"
