@@ -1,1 +1,1285 @@
-fn main() {}
+//! Benchmark: CNI ADD+DEL through the real `moor` binary against a running
+//! `ipamd`, side by side in the same run with Debian's reference plugins
+//! (`bridge` + `host-local`), and the ratio moor/ref.
+//!
+//! Run it with `sudo ./scripts/bench [OPTIONS]` (it builds the release
+//! binaries first); `--help` lists the options. What it does:
+//!
+//! - Topology: a ToR network namespace holding two gateways, a node network
+//!   namespace with two Linux bridges (MACs pinned), each with a veth uplink
+//!   to the ToR: `br-moor` for moor (ipamd runs in the node namespace on its
+//!   own socket and redb store in a temp dir), `br-ref` for the reference.
+//! - Pods: one network namespace per worker and plugin, created before any
+//!   timing and reused: ADD, DEL, next ADD in the same namespace, each cycle
+//!   with a new container id and a new Deployment-style pod name (so moor
+//!   gives the IP back to the pool on DEL, as host-local does).
+//! - Both plugins are spawned the same way, the way `ip netns exec` would run
+//!   them in the node namespace (fork, setns, private mount namespace, fresh
+//!   /sys, exec) but without the extra `ip` process; env and stdin as a
+//!   runtime passes them. The time of one invocation is spawn to exit.
+//! - Batches run interleaved, in rounds, with the order flipped every round,
+//!   so machine drift hits both plugins alike.
+//! - Every invocation must exit 0 (else the run aborts with the plugin's
+//!   output); no IP may be live twice; afterwards no link is left in the node
+//!   or pod namespaces, ipamd's pool shows nothing in use or bound, and
+//!   host-local's data dir holds no reservation.
+//!
+//! Everything it creates (namespaces, ipamd, temp dir) is removed by Drop
+//! guards, also on error, panic or Ctrl-C.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+type Res<T> = Result<T, String>;
+
+const USAGE: &str = "\
+cni_add_del: times CNI ADD+DEL of the real moor binary (against ipamd) and of
+Debian's bridge + host-local, interleaved in one run, and prints the ratio.
+
+Usage: sudo ./scripts/bench [OPTIONS]
+   or: cargo bench -p moor-e2e --bench cni_add_del -- [OPTIONS]   (as root,
+       after cargo build --release --bins)
+
+Options:
+  --workers W        concurrent workers (pods) per plugin       [default: 8]
+  --cycles C         ADD+DEL cycles per worker per plugin       [default: 50]
+  --single N         cycles with 1 worker per plugin            [default: 40]
+  --rounds R         interleaved rounds C and N are split over  [default: 5]
+  --version-runs V   CNI_COMMAND=VERSION runs per binary        [default: 100]
+  -h, --help         this text
+";
+
+const REF_PLUGIN_DIR: &str = "/usr/lib/cni";
+const POD_NAME_PREFIX: &str = "bench-7d9f8c6b5-";
+const POD_NAMESPACE: &str = "bench";
+const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// ---------------------------------------------------------------- options
+
+#[derive(Debug, Clone)]
+struct Opts {
+    workers: usize,
+    cycles: usize,
+    single: usize,
+    rounds: usize,
+    version_runs: usize,
+}
+
+fn parse_opts() -> Res<Option<Opts>> {
+    let mut o = Opts {
+        workers: 8,
+        cycles: 50,
+        single: 40,
+        rounds: 5,
+        version_runs: 100,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let slot = match key.as_str() {
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => continue,
+            "-h" | "--help" => return Ok(None),
+            "--workers" => &mut o.workers,
+            "--cycles" => &mut o.cycles,
+            "--single" => &mut o.single,
+            "--rounds" => &mut o.rounds,
+            "--version-runs" => &mut o.version_runs,
+            _ => return Err(format!("unknown argument {a:?}\n\n{USAGE}")),
+        };
+        let v = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| format!("{key} needs a number\n\n{USAGE}"))?,
+        };
+        *slot = v
+            .parse()
+            .map_err(|_| format!("{key} {v:?}: expected a whole number\n\n{USAGE}"))?;
+    }
+    if o.workers == 0 || o.workers > 200 {
+        return Err(format!("--workers {}: expected 1 to 200", o.workers));
+    }
+    if o.rounds == 0 {
+        return Err("--rounds 0: expected at least 1".into());
+    }
+    if o.cycles < o.rounds || o.single < o.rounds {
+        return Err(format!(
+            "--cycles {} and --single {} must each be at least --rounds {} \
+             (they are split over the rounds)",
+            o.cycles, o.single, o.rounds
+        ));
+    }
+    Ok(Some(o))
+}
+
+/// `total` split over `rounds` as evenly as possible.
+fn share(total: usize, rounds: usize, round: usize) -> usize {
+    total / rounds + usize::from(round < total % rounds)
+}
+
+// ---------------------------------------------------------------- Ctrl-C
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn catch_signals() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> Res<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Runs a setup command (not timed); its stdout, or an error with its output.
+fn run(prog: &str, args: &[&str]) -> Res<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{prog} {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Res<String> {
+    run("ip", args)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---------------------------------------------------------------- guards
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Res<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("moor-bench.{}.{nanos:08x}", std::process::id()));
+        std::fs::create_dir(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn add(name: String) -> Res<Self> {
+        ip(&["netns", "add", &name])?;
+        let ns = Self(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// ipamd, killed by its pid (SIGTERM, then SIGKILL after 3 s) on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            return;
+        };
+        if self.alive() {
+            // SAFETY: plain kill(2) of our own child, which we have not reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.alive() {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- spawning
+
+/// Spawns `prog` inside the node's network namespace the way `ip netns exec`
+/// does (setns, private mount namespace, /sys remounted so it shows this
+/// namespace's devices), but in the forked child itself: no `ip` process in
+/// between. Returns the wall time from spawn to exit and the output.
+fn spawn_in_node(
+    node_fd: RawFd,
+    prog: &Path,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Res<(Duration, Output)> {
+    let mut cmd = Command::new(prog);
+    cmd.env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only makes raw syscalls (async-signal-safe), and
+    // node_fd stays open for the whole run.
+    unsafe {
+        cmd.pre_exec(move || enter_netns(node_fd));
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn {}: {e}", prog.display()))?;
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let written = pipe.write_all(stdin);
+    drop(pipe);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {}: {e}", prog.display()))?;
+    let took = start.elapsed();
+    if let Err(e) = written {
+        return Err(format!(
+            "writing stdin of {}: {e}; it printed: {}{}",
+            prog.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((took, out))
+}
+
+/// In the forked child: what `ip netns exec` does before exec.
+fn enter_netns(fd: RawFd) -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: raw syscalls with valid, NUL-terminated static strings.
+    unsafe {
+        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+            return Err(err());
+        }
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(err());
+        }
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(err());
+        }
+        libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH);
+        if libc::mount(
+            c"sysfs".as_ptr(),
+            c"/sys".as_ptr(),
+            c"sysfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(err());
+        }
+    }
+    Ok(())
+}
+
+fn describe_failure(what: &str, out: &Output) -> String {
+    format!(
+        "{what} exited with {}\n  stdout: {}\n  stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+// ---------------------------------------------------------------- plugins
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Moor,
+    Ref,
+}
+
+impl Which {
+    fn key(self) -> &'static str {
+        match self {
+            Which::Moor => "moor",
+            Which::Ref => "ref",
+        }
+    }
+}
+
+struct Plugin {
+    which: Which,
+    bin: PathBuf,
+    cni_path: String,
+    config: String,
+    gateway: &'static str,
+    /// Pod network namespaces, one per worker.
+    pods: Vec<Netns>,
+    node_fd: RawFd,
+    seq: AtomicU64,
+}
+
+/// Pod name suffix the way Kubernetes generates them (5 chars of this set).
+fn suffix(mut n: u64) -> String {
+    const SET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| {
+            let c = SET[(n % SET.len() as u64) as usize] as char;
+            n /= SET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+struct Cycle {
+    add: Duration,
+    del: Duration,
+}
+
+impl Plugin {
+    fn invoke(&self, command: &str, pod: &Netns, seq: u64) -> Res<(Duration, Output)> {
+        let tag = match self.which {
+            Which::Moor => 0xa,
+            Which::Ref => 0xb,
+        };
+        let cid = format!("{tag:x}{:015x}{seq:048x}", std::process::id());
+        let pod_name = format!("{POD_NAME_PREFIX}{}", suffix(seq));
+        let uid = format!("00000000-0000-4000-8{tag:03x}-{seq:012x}");
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod_name};\
+             K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
+        );
+        let netns = pod.path();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", cid.as_str()),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", self.cni_path.as_str()),
+            ("CNI_ARGS", args.as_str()),
+            ("PATH", PATH_ENV),
+        ];
+        let (took, out) = spawn_in_node(self.node_fd, &self.bin, &env, self.config.as_bytes())?;
+        if !out.status.success() {
+            check_interrupted()?;
+            return Err(describe_failure(
+                &format!(
+                    "{} {command} (pod {pod_name}, netns {}, container {cid})",
+                    self.which.key(),
+                    pod.0
+                ),
+                &out,
+            ));
+        }
+        Ok((took, out))
+    }
+
+    /// One ADD then DEL in `pod`; the ADD's IP is checked against `live`.
+    fn cycle(&self, pod: &Netns, live: &Mutex<HashSet<String>>) -> Res<Cycle> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (add, out) = self.invoke("ADD", pod, seq)?;
+        let result: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            describe_failure(
+                &format!("{} ADD printed no JSON result ({e}); it", self.which.key()),
+                &out,
+            )
+        })?;
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .ok_or_else(|| {
+                format!(
+                    "{} ADD result has no ips[0].address: {result}",
+                    self.which.key()
+                )
+            })?
+            .to_string();
+        if !live.lock().unwrap().insert(addr.clone()) {
+            return Err(format!(
+                "{}: {addr} handed out while another pod still holds it",
+                self.which.key()
+            ));
+        }
+        let (del, _) = self.invoke("DEL", pod, seq)?;
+        live.lock().unwrap().remove(&addr);
+        Ok(Cycle { add, del })
+    }
+
+    fn version(&self) -> Res<Duration> {
+        let env = [("CNI_COMMAND", "VERSION"), ("PATH", PATH_ENV)];
+        let (took, out) =
+            spawn_in_node(self.node_fd, &self.bin, &env, br#"{"cniVersion":"1.0.0"}"#)?;
+        if !out.status.success()
+            || !String::from_utf8_lossy(&out.stdout).contains("supportedVersions")
+        {
+            return Err(describe_failure(
+                &format!("{} VERSION", self.which.key()),
+                &out,
+            ));
+        }
+        Ok(took)
+    }
+}
+
+// ---------------------------------------------------------------- batches
+
+#[derive(Default)]
+struct Samples {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    cycles: usize,
+    wall: Duration,
+    /// cycles/s of each batch, in order.
+    per_batch: Vec<f64>,
+}
+
+impl Samples {
+    fn absorb(&mut self, b: Samples) {
+        self.per_batch.push(b.cycles as f64 / b.wall.as_secs_f64());
+        self.add.extend(b.add);
+        self.del.extend(b.del);
+        self.cycles += b.cycles;
+        self.wall += b.wall;
+    }
+
+    fn rate(&self) -> f64 {
+        self.cycles as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn sort(&mut self) {
+        self.add.sort();
+        self.del.sort();
+    }
+
+    fn lat_json(v: &[Duration]) -> Value {
+        json!({
+            "p50": round3(ms(pct(v, 50.0))),
+            "p90": round3(ms(pct(v, 90.0))),
+            "p99": round3(ms(pct(v, 99.0))),
+            "max": round3(ms(pct(v, 100.0))),
+            "n": v.len(),
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "add_ms": Self::lat_json(&self.add),
+            "del_ms": Self::lat_json(&self.del),
+            "cycles": self.cycles,
+            "cycles_per_s": round3(self.rate()),
+            "batch_cycles_per_s": self.per_batch.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
+/// netns, started together; wall time from start to the last one's end.
+fn batch(p: &Plugin, workers: usize, cycles: usize) -> Res<Samples> {
+    let live = Mutex::new(HashSet::new());
+    let stop = AtomicBool::new(false);
+    let start_line = Barrier::new(workers + 1);
+    let (results, wall) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (live, stop, start_line, pod) = (&live, &stop, &start_line, &p.pods[w]);
+                s.spawn(move || -> Res<Vec<Cycle>> {
+                    start_line.wait();
+                    let mut done = Vec::with_capacity(cycles);
+                    for _ in 0..cycles {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        check_interrupted()?;
+                        match p.cycle(pod, live) {
+                            Ok(c) => done.push(c),
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        start_line.wait();
+        let t0 = Instant::now();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+            .collect();
+        (results, t0.elapsed())
+    });
+    let mut s = Samples {
+        wall,
+        ..Samples::default()
+    };
+    for r in results {
+        for c in r? {
+            s.add.push(c.add);
+            s.del.push(c.del);
+            s.cycles += 1;
+        }
+    }
+    if !live.lock().unwrap().is_empty() {
+        return Err(format!("{}: IPs still live after a batch", p.which.key()));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------- testbed
+
+struct Bins {
+    moor: PathBuf,
+    ipamd: PathBuf,
+    ipamctl: PathBuf,
+}
+
+fn find_bins() -> Res<Bins> {
+    // The bench runs from target/release/deps/; the binaries sit one up.
+    let dir = match std::env::var_os("MOOR_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find the bench's own path: {e}"))?
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or("cannot find the target dir")?,
+    };
+    let bins = Bins {
+        moor: dir.join("moor"),
+        ipamd: dir.join("ipamd"),
+        ipamctl: dir.join("ipamctl"),
+    };
+    for b in [&bins.moor, &bins.ipamd, &bins.ipamctl] {
+        if !b.is_file() {
+            return Err(format!(
+                "{} is missing: the bench times the release binaries; run \
+                 `sudo ./scripts/bench` (it builds them), or `cargo build --release --bins` first",
+                b.display()
+            ));
+        }
+    }
+    for b in ["bridge", "host-local"] {
+        let p = Path::new(REF_PLUGIN_DIR).join(b);
+        if !p.is_file() {
+            return Err(format!(
+                "{} is missing: install Debian's containernetworking-plugins (./scripts/setup)",
+                p.display()
+            ));
+        }
+    }
+    Ok(bins)
+}
+
+/// Field order is drop order: ipamd first, then pods, node, ToR, temp dir.
+struct Testbed {
+    ipamd: Option<Daemon>,
+    moor: Plugin,
+    reference: Plugin,
+    _node_fd: File,
+    node: Netns,
+    _tor: Netns,
+    tmp: TempDir,
+    socket: PathBuf,
+    host_local_dir: PathBuf,
+    ipamctl: PathBuf,
+}
+
+const MOOR_BRIDGE: &str = "br-moor";
+const REF_BRIDGE: &str = "br-ref";
+const MOOR_GW: &str = "10.211.0.1";
+const REF_GW: &str = "10.212.0.1";
+const POOL: &str = "bench";
+
+impl Testbed {
+    fn new(bins: &Bins, workers: usize) -> Res<Self> {
+        let tmp = TempDir::new()?;
+        let id = format!("mbench{}", std::process::id());
+        let tor = Netns::add(format!("{id}-tor"))?;
+        let node = Netns::add(format!("{id}-node"))?;
+        // (bridge, pinned MAC, node uplink, ToR side, gateway, node's own IP)
+        let sides = [
+            (
+                MOOR_BRIDGE,
+                "02:00:00:b0:01:01",
+                "uplink-moor",
+                "tor-moor",
+                MOOR_GW,
+                "10.211.0.2",
+            ),
+            (
+                REF_BRIDGE,
+                "02:00:00:b0:02:01",
+                "uplink-ref",
+                "tor-ref",
+                REF_GW,
+                "10.212.0.2",
+            ),
+        ];
+        for (br, mac, up, down, gw, own) in sides {
+            ip(&[
+                "link", "add", down, "netns", &tor.0, "type", "veth", "peer", "name", up, "netns",
+                &node.0,
+            ])?;
+            ip(&[
+                "-n",
+                &tor.0,
+                "addr",
+                "add",
+                &format!("{gw}/16"),
+                "dev",
+                down,
+            ])?;
+            ip(&["-n", &tor.0, "link", "set", down, "up"])?;
+            ip(&[
+                "-n", &node.0, "link", "add", br, "address", mac, "type", "bridge",
+            ])?;
+            ip(&["-n", &node.0, "link", "set", up, "master", br, "up"])?;
+            ip(&[
+                "-n",
+                &node.0,
+                "addr",
+                "add",
+                &format!("{own}/16"),
+                "dev",
+                br,
+            ])?;
+            ip(&["-n", &node.0, "link", "set", br, "up"])?;
+        }
+        // A new bridge raises its carrier about a second after its first port
+        // joins: wait until both gateways answer.
+        for (_, _, _, _, gw, _) in sides {
+            wait_ping(&node.0, gw)?;
+        }
+        let node_fd = File::open(node.path()).map_err(|e| format!("open {}: {e}", node.path()))?;
+
+        // ipamd in the node netns, its own socket and store.
+        let socket = tmp.0.join("ipamd.sock");
+        let log = tmp.0.join("ipamd.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.0])
+            .arg(&bins.ipamd)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--store")
+            .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
+            .args([
+                "--node",
+                "bench-node",
+                "--tor",
+                "bench-rack",
+                "--bridge",
+                MOOR_BRIDGE,
+            ])
+            .args(["--log", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?)
+            .spawn()
+            .map_err(|e| format!("cannot start ipamd: {e}"))?;
+        // `ip netns exec` execs ipamd: the child's pid is ipamd's.
+        let mut ipamd = Daemon { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if !ipamd.alive() || Instant::now() > deadline {
+                return Err(format!(
+                    "ipamd did not come up on {}; its log:\n{}",
+                    socket.display(),
+                    ipamd.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let host_local_dir = tmp.0.join("host-local");
+        let mut bed = Self {
+            ipamd: Some(ipamd),
+            moor: Plugin {
+                which: Which::Moor,
+                bin: bins.moor.clone(),
+                cni_path: bins.moor.parent().unwrap().display().to_string(),
+                config: json!({
+                    "cniVersion": "1.0.0", "name": "moor", "type": "moor",
+                    "socket": socket,
+                })
+                .to_string(),
+                gateway: MOOR_GW,
+                pods: Vec::new(),
+                node_fd: node_fd.as_raw_fd(),
+                seq: AtomicU64::new(0),
+            },
+            reference: Plugin {
+                which: Which::Ref,
+                bin: Path::new(REF_PLUGIN_DIR).join("bridge"),
+                cni_path: REF_PLUGIN_DIR.into(),
+                // The brief's reference config, plus a default route via
+                // the gateway (moor sets one too) and a range that leaves
+                // the node's own address alone.
+                config: json!({
+                    "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+                    "bridge": REF_BRIDGE, "isGateway": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{
+                            "subnet": "10.212.0.0/16", "gateway": REF_GW,
+                            "rangeStart": "10.212.1.1", "rangeEnd": "10.212.4.254",
+                        }]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": host_local_dir,
+                    },
+                })
+                .to_string(),
+                gateway: REF_GW,
+                pods: Vec::new(),
+                node_fd: node_fd.as_raw_fd(),
+                seq: AtomicU64::new(0),
+            },
+            _node_fd: node_fd,
+            node,
+            _tor: tor,
+            socket,
+            host_local_dir,
+            ipamctl: bins.ipamctl.clone(),
+            tmp,
+        };
+
+        // The ToR and a pool big enough for every worker's pod at once.
+        let size = (2 * workers + 2).to_string();
+        bed.ctl(&[
+            "tor",
+            "add",
+            "bench-rack",
+            "--subnet",
+            "10.211.0.0/16",
+            "--gateway",
+            MOOR_GW,
+            "--range",
+            "10.211.1.1-10.211.4.254",
+        ])?;
+        bed.ctl(&[
+            "pool",
+            "create",
+            POOL,
+            "--namespace",
+            POD_NAMESPACE,
+            "--app",
+            "bench",
+            "--size",
+            &size,
+        ])?;
+
+        for w in 0..workers {
+            bed.moor.pods.push(Netns::add(format!("{id}-m{w}"))?);
+            bed.reference.pods.push(Netns::add(format!("{id}-r{w}"))?);
+        }
+        Ok(bed)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Res<String> {
+        let mut all = vec![
+            "--socket",
+            self.socket.to_str().ok_or("socket path is not UTF-8")?,
+        ];
+        all.extend_from_slice(args);
+        run(
+            self.ipamctl.to_str().ok_or("ipamctl path is not UTF-8")?,
+            &all,
+        )
+    }
+
+    fn plugin(&self, w: Which) -> &Plugin {
+        match w {
+            Which::Moor => &self.moor,
+            Which::Ref => &self.reference,
+        }
+    }
+
+    /// One untimed ADD, a ping from the pod to its gateway (both setups must
+    /// really work), DEL; then one untimed cycle per worker.
+    fn warm_up(&self, w: Which, workers: usize) -> Res<()> {
+        let p = self.plugin(w);
+        let pod = &p.pods[0];
+        let seq = p.seq.fetch_add(1, Ordering::Relaxed);
+        p.invoke("ADD", pod, seq)?;
+        let pinged = wait_ping(&pod.0, p.gateway);
+        p.invoke("DEL", pod, seq)?;
+        pinged.map_err(|e| format!("{} pod: {e}", w.key()))?;
+        batch(p, workers, 1)?;
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        self.ipamd
+            .as_ref()
+            .map(Daemon::log_tail)
+            .unwrap_or_default()
+    }
+
+    /// After the run: ipamd alive, nothing left over anywhere.
+    fn verify_clean(&mut self) -> Res<()> {
+        let mut problems = Vec::new();
+        if let Some(d) = self.ipamd.as_mut() {
+            if !d.alive() {
+                problems.push(format!("ipamd died; its log:\n{}", d.log_tail()));
+            }
+        }
+        let expected: HashSet<&str> =
+            ["lo", MOOR_BRIDGE, REF_BRIDGE, "uplink-moor", "uplink-ref"].into();
+        let left = links(&self.node.0)?;
+        let extra: Vec<_> = left
+            .iter()
+            .filter(|l| !expected.contains(l.as_str()))
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!("links left in the node netns: {extra:?}"));
+        }
+        for pod in self.moor.pods.iter().chain(&self.reference.pods) {
+            let l = links(&pod.0)?;
+            if l.iter().any(|n| n != "lo") {
+                problems.push(format!("links left in pod netns {}: {l:?}", pod.0));
+            }
+        }
+        let pool: Value = serde_json::from_str(&self.ctl(&["-o", "json", "pool", "show", POOL])?)
+            .map_err(|e| format!("ipamctl -o json pool show: {e}"))?;
+        let (in_use, bound) = (&pool["totals"]["in_use"], &pool["totals"]["bound"]);
+        if in_use != &json!(0) || bound != &json!(0) {
+            problems.push(format!(
+                "moor pool {POOL} after the run: in_use {in_use}, bound {bound}"
+            ));
+        }
+        let dir = self.host_local_dir.join("ref");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let held: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+                .collect();
+            if !held.is_empty() {
+                problems.push(format!("host-local still holds {held:?}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not clean after the run:\n  {}",
+                problems.join("\n  ")
+            ))
+        }
+    }
+}
+
+fn links(ns: &str) -> Res<Vec<String>> {
+    let v: Value = serde_json::from_str(&ip(&["-j", "-n", ns, "link", "show"])?)
+        .map_err(|e| format!("ip -j link show in {ns}: {e}"))?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn wait_ping(ns: &str, addr: &str) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        check_interrupted()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{addr} does not answer ping from netns {ns} after 10 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+struct Report {
+    opts: Opts,
+    multi: [Samples; 2],
+    single: [Samples; 2],
+    version: [Vec<Duration>; 2],
+    floor: Vec<Duration>,
+    total: Duration,
+    /// 1-minute load average before and after the timed part.
+    load: (String, String),
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The source the binaries were (presumably) built from.
+fn commit() -> String {
+    let head = run("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+    match head.trim() {
+        "" => "unknown (not a git checkout)".into(),
+        h => format!("{h}{}", if dirty { "-dirty" } else { "" }),
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+impl Report {
+    fn print(&mut self) {
+        for s in self.multi.iter_mut().chain(self.single.iter_mut()) {
+            s.sort();
+        }
+        for v in self.version.iter_mut() {
+            v.sort();
+        }
+        self.floor.sort();
+        let o = &self.opts;
+        let (m, r) = (&self.multi, &self.single);
+        println!();
+        println!(
+            "moor (moor + ipamd) vs ref (Debian bridge + host-local {}), interleaved in {} rounds, {:.1} s",
+            ref_version(),
+            o.rounds,
+            self.total.as_secs_f64()
+        );
+        println!(
+            "machine: {} CPUs, kernel {}; each plugin: {} workers x {} cycles, then 1 worker x {} cycles",
+            cpus(),
+            kernel(),
+            o.workers,
+            o.cycles,
+            o.single
+        );
+        println!(
+            "load average (1 min): {} before the timed part, {} after (the bench adds to it); source {}",
+            self.load.0,
+            self.load.1,
+            commit()
+        );
+        println!("{:<28}{:>12}{:>12}{:>12}", "", "moor", "ref", "moor/ref");
+        let lat = |label: &str, a: &[Duration], b: &[Duration], p: f64| {
+            let (x, y) = (ms(pct(a, p)), ms(pct(b, p)));
+            println!("{label:<28}{:>9.2} ms{:>9.2} ms{:>12.2}", x, y, x / y);
+        };
+        for (title, s) in [
+            (format!("{} workers", o.workers), m),
+            ("1 worker".to_string(), r),
+        ] {
+            println!("-- {title}");
+            for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+                lat(&format!("  ADD {name}"), &s[0].add, &s[1].add, p);
+            }
+            for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+                lat(&format!("  DEL {name}"), &s[0].del, &s[1].del, p);
+            }
+            let (x, y) = (s[0].rate(), s[1].rate());
+            println!(
+                "{:<28}{:>12.1}{:>12.1}{:>12.2}",
+                "  ADD+DEL cycles/s",
+                x,
+                y,
+                x / y
+            );
+            let spread = |s: &Samples| {
+                let lo = s.per_batch.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = s.per_batch.iter().copied().fold(0.0, f64::max);
+                format!("{lo:.0}-{hi:.0}")
+            };
+            println!(
+                "{:<28}{:>12}{:>12}",
+                "  cycles/s range per round",
+                spread(&s[0]),
+                spread(&s[1])
+            );
+        }
+        println!("-- process start");
+        lat("  VERSION p50", &self.version[0], &self.version[1], 50.0);
+        println!(
+            "{:<28}{:>9.2} ms   (/bin/true spawned the same way: fork, setns, mount ns, /sys)",
+            "  spawn floor p50",
+            ms(pct(&self.floor, 50.0))
+        );
+        println!("moor/ref < 1 on latencies and > 1 on cycles/s means moor is faster.");
+        println!();
+        let j = json!({
+            "bench": "cni_add_del",
+            "cpus": cpus(),
+            "kernel": kernel(),
+            "loadavg_before": self.load.0,
+            "loadavg_after": self.load.1,
+            "commit": commit(),
+            "ref_plugins": format!("containernetworking-plugins {}", ref_version()),
+            "workers": o.workers,
+            "cycles_per_worker": o.cycles,
+            "single_cycles": o.single,
+            "rounds": o.rounds,
+            "seconds": round3(self.total.as_secs_f64()),
+            "spawn_floor_p50_ms": round3(ms(pct(&self.floor, 50.0))),
+            "moor": {
+                "multi": m[0].to_json(),
+                "single": r[0].to_json(),
+                "version_p50_ms": round3(ms(pct(&self.version[0], 50.0))),
+            },
+            "ref": {
+                "multi": m[1].to_json(),
+                "single": r[1].to_json(),
+                "version_p50_ms": round3(ms(pct(&self.version[1], 50.0))),
+            },
+            "ratio_moor_over_ref": {
+                "add_p50_multi": round3(ms(pct(&m[0].add, 50.0)) / ms(pct(&m[1].add, 50.0))),
+                "del_p50_multi": round3(ms(pct(&m[0].del, 50.0)) / ms(pct(&m[1].del, 50.0))),
+                "cycles_per_s_multi": round3(m[0].rate() / m[1].rate()),
+                "add_p50_single": round3(ms(pct(&r[0].add, 50.0)) / ms(pct(&r[1].add, 50.0))),
+                "del_p50_single": round3(ms(pct(&r[0].del, 50.0)) / ms(pct(&r[1].del, 50.0))),
+                "cycles_per_s_single": round3(r[0].rate() / r[1].rate()),
+                "version_p50": round3(ms(pct(&self.version[0], 50.0)) / ms(pct(&self.version[1], 50.0))),
+            },
+        });
+        println!("{j}");
+    }
+}
+
+fn ref_version() -> String {
+    run(
+        "dpkg-query",
+        &["-W", "-f=${Version}", "containernetworking-plugins"],
+    )
+    .unwrap_or_else(|_| "?".into())
+}
+
+// ---------------------------------------------------------------- main
+
+fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
+    let order = [Which::Moor, Which::Ref];
+    let idx = |w: Which| usize::from(w == Which::Ref);
+    eprintln!("bench: warm-up (one pod of each pings its gateway)");
+    for w in order {
+        bed.warm_up(w, opts.workers)?;
+    }
+    let load_before = loadavg();
+    let t0 = Instant::now();
+    let mut multi = [Samples::default(), Samples::default()];
+    let mut single = [Samples::default(), Samples::default()];
+    for round in 0..opts.rounds {
+        let mut this = order;
+        if round % 2 == 1 {
+            this.reverse();
+        }
+        let (c, n) = (
+            share(opts.cycles, opts.rounds, round),
+            share(opts.single, opts.rounds, round),
+        );
+        for w in this {
+            let s = batch(bed.plugin(w), opts.workers, c)?;
+            eprintln!(
+                "bench: round {}/{} {:<4} {} workers x {c}: {:.1} cycles/s",
+                round + 1,
+                opts.rounds,
+                w.key(),
+                opts.workers,
+                s.cycles as f64 / s.wall.as_secs_f64()
+            );
+            multi[idx(w)].absorb(s);
+        }
+        this.reverse();
+        for w in this {
+            let s = batch(bed.plugin(w), 1, n)?;
+            single[idx(w)].absorb(s);
+        }
+    }
+    let total = t0.elapsed();
+
+    eprintln!("bench: VERSION x {} per binary", opts.version_runs);
+    let mut version = [Vec::new(), Vec::new()];
+    let mut floor = Vec::new();
+    let truth = Path::new("/bin/true");
+    for i in 0..opts.version_runs {
+        check_interrupted()?;
+        let mut this = order;
+        if i % 2 == 1 {
+            this.reverse();
+        }
+        for w in this {
+            version[idx(w)].push(bed.plugin(w).version()?);
+        }
+        let (took, out) = spawn_in_node(bed.moor.node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
+        if !out.status.success() {
+            return Err(describe_failure("/bin/true in the node netns", &out));
+        }
+        floor.push(took);
+    }
+
+    bed.verify_clean()?;
+    Ok(Report {
+        opts: opts.clone(),
+        multi,
+        single,
+        version,
+        floor,
+        total,
+        load: (load_before, loadavg()),
+    })
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_opts() {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cni_add_del: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "cni_add_del: must run as root (it creates network namespaces, bridges and \
+             veths): run `sudo ./scripts/bench`"
+        );
+        return ExitCode::from(2);
+    }
+    catch_signals();
+    let bins = match find_bins() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cni_add_del: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "bench: moor {} vs {}/bridge + host-local; setting up",
+        bins.moor.display(),
+        REF_PLUGIN_DIR
+    );
+    let mut bed = match Testbed::new(&bins, opts.workers) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cni_add_del: setup failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match bench(&opts, &mut bed) {
+        Ok(mut report) => {
+            drop(bed);
+            report.print();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cni_add_del: {e}");
+            let tail = bed.log_tail();
+            if !tail.is_empty() {
+                eprintln!(
+                    "ipamd log ({}):\n{tail}",
+                    bed.tmp.0.join("ipamd.log").display()
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
