@@ -22,7 +22,7 @@ use crate::datapath::{Datapath, PodLink};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::{AllocRequest, Ipam};
 use crate::mirror::{Mirror, Mirrored};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct NodeConfig {
     pub name: String,
@@ -41,10 +41,17 @@ pub struct Node {
     /// This node's attachments in a local file, when the shared store is
     /// remote (etcd): DEL, CHECK, GC and restarts keep working in an outage.
     pub mirror: Option<Mirror>,
+    /// When the store began failing to answer (unix seconds, 0 = it
+    /// answers), for messages.
+    store_down_since: AtomicU64,
     /// When the store last failed to answer (unix seconds, 0 = it answers);
     /// ADDs fail at once for a few seconds after, instead of each waiting
-    /// for the store's timeout.
-    store_down_since: AtomicU64,
+    /// for the store's timeout. Renewed by every failure, so a long outage
+    /// costs one probe per window, not one per ADD.
+    store_failed_at: AtomicU64,
+    /// The datapath was reconciled with this node's attachments (once, at
+    /// the first `recover`, before ADDs are served).
+    reconciled: AtomicBool,
 }
 
 /// How long after a store failure ADDs fail fast without trying the store.
@@ -115,6 +122,10 @@ fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
             .map_err(|e| Error::Internal(e.to_string()))?,
         gateway: tor.gateway,
         mac: moor_proto::mac_for_ipv4(lease.ip),
+        vlan: tor.vlan,
+        pod_namespace: a.pod.namespace.clone(),
+        pod_name: a.pod.name.clone(),
+        container_id: a.key.container_id.clone(),
     })
 }
 
@@ -131,6 +142,8 @@ impl Node {
             datapath,
             mirror,
             store_down_since: AtomicU64::new(0),
+            store_failed_at: AtomicU64::new(0),
+            reconciled: AtomicBool::new(false),
         }
     }
 
@@ -138,22 +151,28 @@ impl Node {
     fn note<T>(&self, r: Result<T>) -> Result<T> {
         match &r {
             Err(Error::Unavailable(_)) => {
+                let now = now_unix().max(1);
                 let _ = self.store_down_since.compare_exchange(
                     0,
-                    now_unix().max(1),
+                    now,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 );
+                self.store_failed_at.store(now, Ordering::Relaxed);
             }
-            Ok(_) => self.store_down_since.store(0, Ordering::Relaxed),
+            Ok(_) => {
+                self.store_down_since.store(0, Ordering::Relaxed);
+                self.store_failed_at.store(0, Ordering::Relaxed);
+            }
             Err(_) => {}
         }
         r
     }
 
     fn store_down_recently(&self) -> Option<u64> {
+        let last = self.store_failed_at.load(Ordering::Relaxed);
         let since = self.store_down_since.load(Ordering::Relaxed);
-        (since != 0 && now_unix().saturating_sub(since) < FAIL_FAST_SECS).then_some(since)
+        (last != 0 && now_unix().saturating_sub(last) < FAIL_FAST_SECS).then_some(since.max(1))
     }
 
     async fn mirror_put(&self, lease: &Lease, tor: &Tor) {
@@ -612,6 +631,7 @@ impl Node {
                 rolled_back,
                 "store unavailable at start: serving from the local mirror until it answers"
             );
+            self.reconcile_datapath(false).await?;
             return Ok(false);
         }
         let replayed = self.replay_pending_dels().await?;
@@ -634,8 +654,84 @@ impl Node {
             }
             m.replace_all(&copy).await?;
         }
+        self.reconcile_datapath(true).await?;
         info!(rolled_back, replayed, "recovered");
         Ok(true)
+    }
+
+    /// Makes the datapath (OVS ports) match this node's attachments, from the
+    /// store or, `online` false, the mirror. Only the first call does it:
+    /// `recover` runs again later (store back) while ADDs are served, and a
+    /// port wired by an ADD whose attachment the list predates would be taken
+    /// for a stale one. A datapath failure is logged, not fatal: DELs must be
+    /// served; the next start reconciles again.
+    async fn reconcile_datapath(&self, online: bool) -> Result<()> {
+        if self.reconciled.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let pairs: Vec<(Lease, Tor)> = if online {
+            let mut tors: std::collections::HashMap<String, Option<Tor>> = Default::default();
+            let mut pairs = Vec::new();
+            for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+                if !tors.contains_key(&lease.tor) {
+                    tors.insert(lease.tor.clone(), self.ipam.tor(&lease.tor).await?);
+                }
+                match tors.get(&lease.tor).cloned().flatten() {
+                    Some(tor) => pairs.push((lease, tor)),
+                    None => {
+                        warn!(ip = %lease.ip, tor = %lease.tor, "an attachment's ToR is gone; its port is not reconciled")
+                    }
+                }
+            }
+            pairs
+        } else {
+            match &self.mirror {
+                Some(m) => m
+                    .all()
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.lease, c.tor))
+                    .collect(),
+                None => return Ok(()),
+            }
+        };
+        let mut live = Vec::new();
+        for (lease, tor) in &pairs {
+            let netns = lease
+                .attachment
+                .as_ref()
+                .map(|a| a.netns.as_str())
+                .unwrap_or("");
+            live.push(link_for(tor, lease, netns)?);
+        }
+        match self.datapath.reconcile(&live).await {
+            Ok(r) => {
+                for l in &r.host_gone {
+                    warn!(
+                        pod = %format!("{}/{}", l.pod_namespace, l.pod_name),
+                        container = %l.container_id, ifname = %l.ifname, ip = %l.address.ip(),
+                        host_ifname = %l.host_ifname,
+                        "reconcile: the pod's host interface is gone, so is its network (its network \
+                         namespace was deleted?); the attachment stays until the runtime's DEL or GC"
+                    );
+                }
+                info!(
+                    live = live.len(),
+                    kept = r.kept,
+                    removed = r.removed.len(),
+                    readded = r.readded.len(),
+                    repaired = r.repaired.len(),
+                    host_gone = r.host_gone.len(),
+                    "datapath reconciled with this node's attachments"
+                );
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not reconcile the datapath with this node's attachments; \
+                 ports stay as they are until the next start"
+            ),
+        }
+        Ok(())
     }
 
     /// Applies every DEL the plugin recorded while ipamd was unreachable.

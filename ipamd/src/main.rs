@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use moor_ipamd::cni::{Node, NodeConfig};
-use moor_ipamd::datapath::BridgeDatapath;
+use moor_ipamd::datapath::{BridgeDatapath, Datapath, OvsConfig, OvsDatapath};
 use moor_ipamd::ipam::Ipam;
 use moor_ipamd::mirror::Mirror;
 use moor_ipamd::{server, store};
@@ -18,6 +18,18 @@ use tracing::{error, info};
 enum Mode {
     /// Pods go onto a Linux bridge that carries the host's uplink to the ToR.
     Physical,
+    /// Pods are VLAN access ports (the VLAN of their ToR) of an Open vSwitch
+    /// bridge whose trunk port is the uplink to the ToR (--ovsdb, --uplink).
+    Ovs,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Physical => "physical",
+            Mode::Ovs => "ovs",
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -55,9 +67,37 @@ struct Args {
     tor: String,
     #[arg(long, value_enum, default_value = "physical")]
     mode: Mode,
-    /// The Linux bridge that carries the uplink to the ToR (physical mode).
+    /// Physical mode: the Linux bridge that carries the uplink to the ToR.
+    /// OVS mode: the OVS bridge for pods' ports (e.g. br-int), created if
+    /// missing.
     #[arg(long, env = "MOOR_BRIDGE")]
     bridge: String,
+    /// OVS mode: ovsdb-server's endpoint, unix:PATH or tcp:IP:PORT.
+    /// Default: unix:/run/openvswitch/db.sock.
+    #[arg(long, env = "MOOR_OVSDB", value_name = "ENDPOINT")]
+    ovsdb: Option<moor_ovs::Endpoint>,
+    /// OVS mode: the node's link to the ToR, made a trunk port of --bridge
+    /// (and set up) if it is not one yet. It must exist in ovs-vswitchd's
+    /// network namespace (--netns).
+    #[arg(long, env = "MOOR_UPLINK", value_name = "IFACE")]
+    uplink: Option<String>,
+    /// OVS mode: the VLANs the uplink trunks, e.g. 100,200. Default: all.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "VLAN,...",
+        requires = "uplink"
+    )]
+    uplink_vlans: Vec<u16>,
+    /// OVS mode: datapath_type of --bridge when ipamd creates it (netdev: the
+    /// userspace datapath, for hosts without the openvswitch kernel module).
+    /// An existing bridge with another type is an error.
+    #[arg(long, value_name = "TYPE")]
+    ovs_datapath_type: Option<String>,
+    /// OVS mode: bound on each OVSDB call, reconnecting and waiting for
+    /// ovs-vswitchd included, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    ovsdb_timeout_ms: u64,
     /// Network namespace that holds --bridge and the host ends of pod veths.
     /// Default: ipamd's own. Lets several nodes share one machine (tests)
     /// while ipamd reaches its store from its own namespace.
@@ -120,10 +160,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.store, &store_opts)
         .await
         .map_err(anyhow::Error::msg)?;
-    let datapath = match args.mode {
-        Mode::Physical => BridgeDatapath::new_in(&args.bridge, args.netns.as_deref())
-            .await
-            .with_context(|| format!("--bridge {}", args.bridge))?,
+    let datapath: Arc<dyn Datapath> = match args.mode {
+        Mode::Physical => {
+            for (set, flag) in [
+                (args.ovsdb.is_some(), "--ovsdb"),
+                (args.uplink.is_some(), "--uplink"),
+                (args.ovs_datapath_type.is_some(), "--ovs-datapath-type"),
+            ] {
+                if set {
+                    bail!("{flag} is for --mode ovs; physical mode attaches the uplink to --bridge itself");
+                }
+            }
+            Arc::new(
+                BridgeDatapath::new_in(&args.bridge, args.netns.as_deref())
+                    .await
+                    .with_context(|| format!("--bridge {}", args.bridge))?,
+            )
+        }
+        Mode::Ovs => {
+            if args.ovsdb_timeout_ms == 0 {
+                bail!("--ovsdb-timeout-ms must be more than 0");
+            }
+            let endpoint = match args.ovsdb.clone() {
+                Some(e) => e,
+                None => "unix:/run/openvswitch/db.sock".parse()?,
+            };
+            let cfg = OvsConfig {
+                datapath_type: args.ovs_datapath_type.clone(),
+                uplink: args.uplink.clone(),
+                uplink_vlans: args.uplink_vlans.clone(),
+                timeout: Duration::from_millis(args.ovsdb_timeout_ms),
+                ..OvsConfig::new(endpoint.clone(), args.bridge.clone())
+            };
+            Arc::new(
+                OvsDatapath::new_in(&cfg, args.netns.as_deref())
+                    .await
+                    .with_context(|| {
+                        format!("--mode ovs --bridge {} --ovsdb {endpoint}", args.bridge)
+                    })?,
+            )
+        }
     };
     let pending_dir = args.pending_dir.unwrap_or_else(|| {
         let mut p = args.socket.clone().into_os_string();
@@ -146,7 +222,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             gc_grace: Duration::from_secs(args.gc_grace_seconds),
         },
         Arc::new(Ipam::new(store.clone())),
-        Arc::new(datapath),
+        datapath,
         mirror,
     ));
     let recovered = node.recover().await.context("recovering after start")?;
@@ -154,7 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let me = moor_ipamd::registry::NodeRecord {
         name: node_name.clone(),
         tor: args.tor.clone(),
-        mode: "physical".into(),
+        mode: args.mode.as_str().into(),
         version: env!("CARGO_PKG_VERSION").into(),
         started_unix: started,
         heartbeat_unix: started,

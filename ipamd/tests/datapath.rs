@@ -156,6 +156,10 @@ fn pod_link(pod: &Netns, container_id: &str, ip: Ipv4Addr) -> PodLink {
         address: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
         gateway: GATEWAY,
         mac: mac_for_ipv4(ip),
+        vlan: None,
+        pod_namespace: "default".to_string(),
+        pod_name: container_id.to_string(),
+        container_id: container_id.to_string(),
     }
 }
 

@@ -99,6 +99,28 @@ impl Announcer {
     }
 }
 
+/// When the announcements after the first go out, counted from the previous
+/// one: a switch or peer that missed the first (port still coming up,
+/// packet lost) gets two more chances within about a second.
+const LATER_ANNOUNCEMENTS: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(800),
+];
+
+/// Sends the announcements after the first; spawned by the datapaths once
+/// the first went out. Ends early if the pod is gone.
+pub(crate) async fn announce_again(announcer: Announcer, link: super::PodLink) {
+    for delay in LATER_ANNOUNCEMENTS {
+        tokio::time::sleep(delay).await;
+        if let Err(e) = announcer.send() {
+            // The pod may be gone already; nothing to undo.
+            tracing::debug!(ifname = %link.ifname, netns = %link.netns.display(),
+                ip = %link.address.ip(), error = %e, "later gratuitous ARP not sent");
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! attached to the physical network (the node's uplink is also a port).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,18 +11,14 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{Handle, LinkUnspec};
 
-use super::announce::Announcer;
+use super::announce::{announce_again, Announcer};
 use super::netlinksafe::{self, to_io};
-use super::netns::{open_netns, run_in_netns, NetnsThread};
-use super::{validate_ifname, veth, Datapath, DatapathError, PodLink, Wired};
+use super::netns::{netlink_in, open_netns, run_in_netns};
+use super::veth::{self, rollback, NewPair};
+use super::{validate_ifname, Datapath, DatapathError, PodLink, Wired};
 
 /// How long the first announcement waits for the new bridge port to forward.
 const PORT_FORWARDING_WAIT: Duration = Duration::from_millis(100);
-
-/// When the announcements after the first go out, counted from the previous
-/// one: a switch or peer that missed the first (port still coming up,
-/// packet lost) gets two more chances within about a second.
-const LATER_ANNOUNCEMENTS: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
 
 /// Wires pods onto a bridge in ipamd's own network namespace.
 pub struct BridgeDatapath {
@@ -60,39 +55,7 @@ impl BridgeDatapath {
     /// itself stays where its store is reachable.
     pub async fn new_in(bridge: &str, netns: Option<&Path>) -> Result<Self, DatapathError> {
         validate_ifname(bridge)?;
-        let open = || {
-            rtnetlink::new_connection().map_err(|source| DatapathError::Netlink {
-                op: "open a netlink socket".to_string(),
-                source,
-            })
-        };
-        let (connection, handle, _) = match netns {
-            None => open()?,
-            Some(path) => {
-                // The socket belongs to the netns of the thread that opens
-                // it: open it on a thread that entered `netns`, registered
-                // with this runtime's reactor, and let the thread end.
-                let file = open_netns(path)?;
-                let rt = tokio::runtime::Handle::current();
-                let p = path.to_path_buf();
-                std::thread::spawn(move || {
-                    let _in_rt = rt.enter();
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                        |e| DatapathError::Netns {
-                            netns: p.clone(),
-                            source: io::Error::from(e),
-                        },
-                    )?;
-                    open()
-                })
-                .join()
-                .map_err(|_| DatapathError::Worker {
-                    netns: path.to_path_buf(),
-                    reason: "the thread opening its netlink socket panicked".into(),
-                })??
-            }
-        };
-        tokio::spawn(connection);
+        let handle = netlink_in(netns)?;
         let info = bridge_info(&handle, bridge).await?;
         let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
             op: format!("read the MAC of bridge {bridge}"),
@@ -188,41 +151,18 @@ impl Datapath for BridgeDatapath {
 }
 
 async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, DatapathError> {
-    validate_ifname(&link.host_ifname)?;
-    validate_ifname(&link.ifname)?;
-    if !link.address.contains(link.gateway) {
-        return Err(DatapathError::GatewayOutsideSubnet {
-            gateway: link.gateway,
-            address: link.address,
-        });
-    }
-    let netns = open_netns(&link.netns)?;
-    // Enters the pod's netns while the veth is being created here.
-    let pod = NetnsThread::spawn(
-        netns.try_clone().map_err(|source| DatapathError::Netns {
-            netns: link.netns.clone(),
-            source,
-        })?,
-        link.netns.clone(),
-    )?;
+    // Enters the pod's netns while the bridge is looked up.
+    let mut pair = NewPair::prepare(&link)?;
     let br = bridge_info(&handle, &bridge).await?;
-    let host_mac = random_mac().map_err(|source| DatapathError::Netlink {
-        op: "draw a random MAC for the host end".to_string(),
-        source,
-    })?;
-
-    let pair = veth::pair_request(&link, host_mac, br.index, br.mtu, netns.as_raw_fd());
-    if let Err(e) = handle.link().add(pair).execute().await {
-        return Err(create_error(&handle, &bridge, &link, e).await);
-    }
-
-    drop(netns);
-    let configured = pod
-        .run({
-            let link = link.clone();
-            move |pod| veth::configure_pod(pod, link)
-        })
-        .await;
+    let host_mac = pair.host_mac;
+    pair.create(
+        &handle,
+        Some(br.index),
+        br.mtu,
+        &format!("port of bridge {bridge}"),
+    )
+    .await?;
+    let configured = pair.configure_pod(false).await;
     let announcer = match configured {
         Ok(announcer) => announcer,
         Err(e) => {
@@ -239,47 +179,6 @@ async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, Da
         host_mac,
         mtu: br.mtu,
     })
-}
-
-/// Turns a failed veth creation into the error a person can act on. EEXIST
-/// means either the host name exists here or `CNI_IFNAME` exists in the pod;
-/// one lookup of the host name tells which.
-async fn create_error(
-    handle: &Handle,
-    bridge: &str,
-    link: &PodLink,
-    e: rtnetlink::Error,
-) -> DatapathError {
-    if netlinksafe::errno(&e) == Some(libc::EEXIST) {
-        return match netlinksafe::link_by_name(handle, &link.host_ifname).await {
-            Ok(Some(_)) => DatapathError::HostLinkExists {
-                host_ifname: link.host_ifname.clone(),
-            },
-            _ => DatapathError::PodIfnameExists {
-                ifname: link.ifname.clone(),
-                netns: link.netns.clone(),
-            },
-        };
-    }
-    DatapathError::Netlink {
-        op: format!(
-            "create veth {} (port of bridge {bridge}) with peer {} in netns {}",
-            link.host_ifname,
-            link.ifname,
-            link.netns.display()
-        ),
-        source: to_io(e),
-    }
-}
-
-async fn rollback(handle: &Handle, host_ifname: &str) {
-    if let Err(e) = netlinksafe::delete_link_by_name(handle, host_ifname).await {
-        tracing::error!(
-            host_ifname,
-            error = %e,
-            "rollback of a failed wire could not delete the host interface; reconcile will retry"
-        );
-    }
 }
 
 /// Sends the first gratuitous ARP once the host end forwards.
@@ -335,18 +234,6 @@ async fn port_state(handle: &Handle, host_ifname: &str) -> Option<BridgePortStat
         }),
         _ => None,
     })
-}
-
-async fn announce_again(announcer: Announcer, link: PodLink) {
-    for delay in LATER_ANNOUNCEMENTS {
-        tokio::time::sleep(delay).await;
-        if let Err(e) = announcer.send() {
-            // The pod may be gone already; nothing to undo.
-            tracing::debug!(ifname = %link.ifname, netns = %link.netns.display(),
-                ip = %link.address.ip(), error = %e, "later gratuitous ARP not sent");
-            return;
-        }
-    }
 }
 
 /// Sets the bridge's MAC to `mac`. Any MAC change, even to the same value,
@@ -429,17 +316,4 @@ async fn bridge_info(handle: &Handle, bridge: &str) -> Result<BridgeInfo, Datapa
             ),
         }),
     }
-}
-
-/// A random locally administered unicast MAC, as the kernel would pick for
-/// the host end; drawn here so that `Wired` needs no extra lookup.
-fn random_mac() -> io::Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    // SAFETY: the buffer is valid for writes of its length.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        return Err(io::Error::last_os_error());
-    }
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    Ok(mac)
 }

@@ -7,6 +7,11 @@
 //! route via the ToR's gateway, and gratuitous ARPs so that peers which cached
 //! an earlier owner of the IP learn the new MAC at once.
 //!
+//! OVS mode ([`OvsDatapath`]): the same veth pair, its host end an access
+//! port of an Open vSwitch bridge (`br-int`) with the VLAN of the pod's ToR,
+//! added and removed over OVSDB (crate `moor-ovs`), never by forking
+//! `ovs-vsctl`.
+//!
 //! Netlink sockets belong to the netns of the thread that opened them, so all
 //! work inside a pod netns runs on a short-lived OS thread of its own
 //! ([`netns`]); nothing async ever calls `setns`.
@@ -15,6 +20,7 @@ mod announce;
 mod bridge;
 mod netlinksafe;
 mod netns;
+mod ovs;
 mod veth;
 
 use std::io;
@@ -25,6 +31,7 @@ use ipnetwork::Ipv4Network;
 
 pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
+pub use ovs::{pod_port, OvsConfig, OvsDatapath};
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +47,30 @@ pub struct PodLink {
     pub gateway: Ipv4Addr,
     /// Pod MAC; callers use `moor_proto::mac_for_ipv4`.
     pub mac: [u8; 6],
+    /// VLAN of the pod's ToR (OVS mode: the access port's tag; `None`: an
+    /// untagged port). Unused in physical mode.
+    pub vlan: Option<u16>,
+    /// Who the pod is, for the OVS port's external_ids.
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// `CNI_CONTAINERID`; with `ifname` the attachment's key.
+    pub container_id: String,
+}
+
+/// What [`Datapath::reconcile`] found and did, by host interface name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Live pods whose wiring was already right.
+    pub kept: usize,
+    /// Ports of pods that are not live, removed.
+    pub removed: Vec<String>,
+    /// Live pods whose port was missing, added again.
+    pub readded: Vec<String>,
+    /// Live pods whose port had other settings (tag, external_ids), replaced.
+    pub repaired: Vec<String>,
+    /// Live pods whose host interface is gone: their network namespace (and
+    /// with it their network) is gone; the caller decides what to do.
+    pub host_gone: Vec<PodLink>,
 }
 
 /// What [`Datapath::wire`] created, for the CNI result.
@@ -124,6 +155,23 @@ pub enum DatapathError {
 
     #[error("worker thread for network namespace {}: {reason}", netns.display())]
     Worker { netns: PathBuf, reason: String },
+
+    /// An OVSDB call failed; `source` names the ovsdb-server endpoint.
+    #[error("failed to {op}: {source}")]
+    Ovs {
+        op: String,
+        #[source]
+        source: Box<moor_ovs::Error>,
+    },
+
+    /// Open vSwitch holds the port but cannot use it (e.g. the uplink
+    /// device does not exist in ovs-vswitchd's network namespace).
+    #[error("OVS port {port} on bridge {bridge}: {reason}")]
+    OvsPort {
+        port: String,
+        bridge: String,
+        reason: String,
+    },
 }
 
 #[async_trait::async_trait]
@@ -140,6 +188,14 @@ pub trait Datapath: Send + Sync + 'static {
     async fn check(&self, link: &PodLink) -> Result<(), DatapathError>;
     /// Whether the host end exists (used by reconcile).
     async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError>;
+    /// After a start: make the switch's state match `live`, this node's
+    /// attachments (ports of pods not in it removed, missing ports of live
+    /// pods added again). Physical mode keeps no state apart from the veths
+    /// themselves: nothing to do.
+    async fn reconcile(&self, live: &[PodLink]) -> Result<ReconcileReport, DatapathError> {
+        let _ = live;
+        Ok(ReconcileReport::default())
+    }
 }
 
 /// Deletes the link `name` in the calling thread's network namespace, with a

@@ -34,6 +34,43 @@ pub(crate) fn open_netns(path: &Path) -> Result<File, DatapathError> {
     })
 }
 
+/// An rtnetlink connection in `netns` (`None`: the calling thread's), driven
+/// by the current tokio runtime. The socket belongs to the netns of the thread
+/// that opens it, so for another netns it is opened on a short-lived thread
+/// that entered it, registered with this runtime's reactor; the socket keeps
+/// its netns after the thread ends.
+pub(crate) fn netlink_in(netns: Option<&Path>) -> Result<Handle, DatapathError> {
+    let open = || {
+        rtnetlink::new_connection().map_err(|source| DatapathError::Netlink {
+            op: "open a netlink socket".to_string(),
+            source,
+        })
+    };
+    let (connection, handle, _) = match netns {
+        None => open()?,
+        Some(path) => {
+            let file = open_netns(path)?;
+            let rt = tokio::runtime::Handle::current();
+            let p = path.to_path_buf();
+            std::thread::spawn(move || {
+                let _in_rt = rt.enter();
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| DatapathError::Netns {
+                    netns: p.clone(),
+                    source: io::Error::from(e),
+                })?;
+                open()
+            })
+            .join()
+            .map_err(|_| DatapathError::Worker {
+                netns: path.to_path_buf(),
+                reason: "the thread opening its netlink socket panicked".into(),
+            })??
+        }
+    };
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
 /// Runs `work` with an rtnetlink handle inside the netns `netns` (opened from
 /// `path`, which is only used in errors), on a thread of its own.
 pub(crate) async fn run_in_netns<F, Fut, T>(

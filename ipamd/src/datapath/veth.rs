@@ -1,9 +1,10 @@
 //! The veth pair of one pod: the request that creates it, and what is done
 //! and checked on the pod's side of it.
 
+use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use ipnetwork::Ipv4Network;
 use moor_proto::format_mac;
@@ -15,12 +16,14 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 
 use super::announce::Announcer;
 use super::netlinksafe::{self, to_io};
-use super::{DatapathError, PodLink};
+use super::netns::{open_netns, NetnsThread};
+use super::{validate_ifname, DatapathError, PodLink};
 
-/// The one RTM_NEWLINK that creates the whole pair: the host end enslaved to
-/// the bridge and up, the pod end created directly in the pod's netns
-/// (IFLA_NET_NS_FD on the peer, not created and then moved) with the pod's
-/// name, MAC and the same MTU.
+/// The one RTM_NEWLINK that creates the whole pair: the host end up (and
+/// enslaved to `controller`, the Linux bridge, if given; an OVS port is added
+/// by OVSDB afterwards instead), the pod end created directly in the pod's
+/// netns (IFLA_NET_NS_FD on the peer, not created and then moved) with the
+/// pod's name, MAC and the same MTU.
 ///
 /// The pod end is not brought up here: the kernel applies the peer's
 /// ifinfomsg flags before it links the two ends, so IFF_UP on the peer makes
@@ -28,7 +31,7 @@ use super::{DatapathError, PodLink};
 pub(crate) fn pair_request(
     link: &PodLink,
     host_mac: [u8; 6],
-    bridge_index: u32,
+    controller: Option<u32>,
     mtu: u32,
     pod_netns: RawFd,
 ) -> LinkMessage {
@@ -38,13 +41,156 @@ pub(crate) fn pair_request(
         .mtu(mtu)
         .setns_by_fd(pod_netns)
         .build();
-    LinkVeth::new(&link.host_ifname, &link.ifname)
+    let host = LinkVeth::new(&link.host_ifname, &link.ifname)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .address(host_mac.to_vec())
-        .mtu(mtu)
-        .controller(bridge_index)
-        .up()
-        .build()
+        .mtu(mtu);
+    match controller {
+        Some(index) => host.controller(index),
+        None => host,
+    }
+    .up()
+    .build()
+}
+
+/// One pod's veth pair on its way: the input checked, the pod's netns open
+/// and a thread entering it, the host end's MAC drawn. Shared by the bridge
+/// and the OVS datapaths: [`NewPair::create`] makes both ends in one request,
+/// [`NewPair::configure_pod`] sets the pod end up. Dropped unused, it leaves
+/// nothing behind (the thread exits).
+pub(crate) struct NewPair {
+    link: PodLink,
+    netns: Option<File>,
+    pod: NetnsThread,
+    pub(crate) host_mac: [u8; 6],
+}
+
+impl NewPair {
+    /// Checks the names and the gateway and starts the pod's thread, so that
+    /// entering the netns overlaps with the caller's next steps.
+    pub(crate) fn prepare(link: &PodLink) -> Result<Self, DatapathError> {
+        validate_ifname(&link.host_ifname)?;
+        validate_ifname(&link.ifname)?;
+        if !link.address.contains(link.gateway) {
+            return Err(DatapathError::GatewayOutsideSubnet {
+                gateway: link.gateway,
+                address: link.address,
+            });
+        }
+        let netns = open_netns(&link.netns)?;
+        let pod = NetnsThread::spawn(
+            netns.try_clone().map_err(|source| DatapathError::Netns {
+                netns: link.netns.clone(),
+                source,
+            })?,
+            link.netns.clone(),
+        )?;
+        let host_mac = random_mac().map_err(|source| DatapathError::Netlink {
+            op: "draw a random MAC for the host end".to_string(),
+            source,
+        })?;
+        Ok(NewPair {
+            link: link.clone(),
+            netns: Some(netns),
+            pod,
+            host_mac,
+        })
+    }
+
+    /// Creates both ends in one request (see [`pair_request`]); `attached`
+    /// says, for errors, where the host end goes ("port of bridge br0").
+    pub(crate) async fn create(
+        &mut self,
+        handle: &Handle,
+        controller: Option<u32>,
+        mtu: u32,
+        attached: &str,
+    ) -> Result<(), DatapathError> {
+        let netns = self.netns.take().ok_or_else(|| DatapathError::Worker {
+            netns: self.link.netns.clone(),
+            reason: "the pair was created already".to_string(),
+        })?;
+        let request = pair_request(
+            &self.link,
+            self.host_mac,
+            controller,
+            mtu,
+            netns.as_raw_fd(),
+        );
+        match handle.link().add(request).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(create_error(handle, attached, &self.link, e).await),
+        }
+    }
+
+    /// Sets the pod end up with its address and default route, on the pod's
+    /// thread; returns the announcer for the caller to send the gratuitous
+    /// ARPs once the host end forwards. The caller rolls back on failure.
+    /// `tx_checksum_off`: see [`disable_tx_checksum`].
+    pub(crate) async fn configure_pod(
+        self,
+        tx_checksum_off: bool,
+    ) -> Result<Announcer, DatapathError> {
+        let link = self.link;
+        self.pod
+            .run(move |pod| configure_pod(pod, link, tx_checksum_off))
+            .await
+    }
+}
+
+/// Turns a failed veth creation into the error a person can act on. EEXIST
+/// means either the host name exists here or `CNI_IFNAME` exists in the pod;
+/// one lookup of the host name tells which.
+async fn create_error(
+    handle: &Handle,
+    attached: &str,
+    link: &PodLink,
+    e: rtnetlink::Error,
+) -> DatapathError {
+    if netlinksafe::errno(&e) == Some(libc::EEXIST) {
+        return match netlinksafe::link_by_name(handle, &link.host_ifname).await {
+            Ok(Some(_)) => DatapathError::HostLinkExists {
+                host_ifname: link.host_ifname.clone(),
+            },
+            _ => DatapathError::PodIfnameExists {
+                ifname: link.ifname.clone(),
+                netns: link.netns.clone(),
+            },
+        };
+    }
+    DatapathError::Netlink {
+        op: format!(
+            "create veth {} ({attached}) with peer {} in netns {}",
+            link.host_ifname,
+            link.ifname,
+            link.netns.display()
+        ),
+        source: to_io(e),
+    }
+}
+
+/// Deletes the host end (and with it the pod end) after a failed wire.
+pub(crate) async fn rollback(handle: &Handle, host_ifname: &str) {
+    if let Err(e) = netlinksafe::delete_link_by_name(handle, host_ifname).await {
+        tracing::error!(
+            host_ifname,
+            error = %e,
+            "rollback of a failed wire could not delete the host interface; reconcile will retry"
+        );
+    }
+}
+
+/// A random locally administered unicast MAC, as the kernel would pick for
+/// the host end; drawn here so that `Wired` needs no extra lookup.
+fn random_mac() -> io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }
 
 /// Inside the pod's netns: link up, address, default route, and a packet
@@ -53,9 +199,16 @@ pub(crate) fn pair_request(
 pub(crate) async fn configure_pod(
     handle: Handle,
     link: PodLink,
+    tx_checksum_off: bool,
 ) -> Result<Announcer, DatapathError> {
     let netns = link.netns.display();
     let ifname = &link.ifname;
+    if tx_checksum_off {
+        disable_tx_checksum(ifname).map_err(|source| DatapathError::Netlink {
+            op: format!("turn TX checksum offload off on {ifname} in netns {netns} (SIOCETHTOOL)"),
+            source,
+        })?;
+    }
     let index = pod_ifindex(&handle, &link)
         .await?
         .ok_or_else(|| DatapathError::Netlink {
@@ -116,6 +269,53 @@ pub(crate) async fn configure_pod(
         source,
     };
     Announcer::open(index, link.mac, ip).map_err(announce_error)
+}
+
+/// `ethtool -K IFNAME tx off` in the calling thread's netns (the kernel drops
+/// TSO with it).
+///
+/// A veth hands the packets a pod sends to its peer with the TCP/UDP
+/// checksum left for "the hardware" to fill in (CHECKSUM_PARTIAL). The
+/// kernel's own bridge and OVS's kernel datapath keep that state with the
+/// packet, but OVS's userspace datapath (`datapath_type=netdev`) reads the
+/// host end through a packet socket and forwards the bytes as they are, so
+/// every TCP segment arrives with a wrong checksum and is dropped: ping
+/// works, TCP does not (seen here). With TX checksum offload off, the pod's
+/// kernel fills the checksum itself.
+pub(crate) fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain syscall with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = std::ptr::addr_of_mut!(value).cast();
+    // SAFETY: SIOCETHTOOL takes an ifreq whose ifru_data points to an
+    // ethtool command struct; both live until the call returns.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Inside the pod's netns: the interface has the MAC, is up, has the
@@ -265,8 +465,12 @@ mod tests {
             address: "10.1.0.17/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 1, 0, 1),
             mac: [0x0a, 0x58, 10, 1, 0, 17],
+            vlan: None,
+            pod_namespace: "default".into(),
+            pod_name: "a".into(),
+            container_id: "0123".into(),
         };
-        let message = pair_request(&link, [2, 0, 0, 0, 0, 9], 7, 1400, 42);
+        let message = pair_request(&link, [2, 0, 0, 0, 0, 9], Some(7), 1400, 42);
         let a = &message.attributes;
         assert!(message.header.flags.contains(LinkFlags::Up));
         assert!(a.contains(&LinkAttribute::IfName("mr0123456789ab".into())));
@@ -303,5 +507,13 @@ mod tests {
                 .count(),
             1
         );
+
+        // For OVS: no controller, still up.
+        let free = pair_request(&link, [2, 0, 0, 0, 0, 9], None, 1400, 42);
+        assert!(free.header.flags.contains(LinkFlags::Up));
+        assert!(!free
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(_))));
     }
 }

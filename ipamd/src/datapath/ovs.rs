@@ -1,0 +1,745 @@
+//! OVS mode: pods' veths are VLAN access ports of an Open vSwitch bridge
+//! (`br-int`), whose trunk port (the node's uplink) carries every VLAN to the
+//! ToR. The veth pair is made exactly as in physical mode, without a master;
+//! the port is added over OVSDB ([`moor_ovs`]), one transaction, no
+//! `ovs-vsctl` fork, and tagged with the VLAN of the pod's ToR.
+//!
+//! Each pod port's `external_ids` say whose it is (`moor-owner=moor`, the
+//! pod's namespace and name, container id, ifname and IP), so that a restarted
+//! ipamd can tell its ports from anyone else's and reconcile them with its
+//! attachments ([`Datapath::reconcile`]).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use moor_ovs::{Endpoint, ErrorKind, Options, Ovsdb, Port, PortSpec};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::{Handle, LinkUnspec};
+
+use super::announce::announce_again;
+use super::netlinksafe::{self, to_io};
+use super::netns::{netlink_in, open_netns, run_in_netns};
+use super::veth::{self, NewPair};
+use super::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
+
+/// `external_ids` keys of a pod's port.
+pub const OWNER_KEY: &str = "moor-owner";
+/// The value of [`OWNER_KEY`]: ports with it are ipamd's to add and remove.
+pub const OWNER: &str = "moor";
+pub const NAMESPACE_KEY: &str = "moor-namespace";
+pub const NAME_KEY: &str = "moor-name";
+pub const CONTAINER_KEY: &str = "moor-container";
+pub const IFNAME_KEY: &str = "moor-ifname";
+pub const IP_KEY: &str = "moor-ip";
+/// The uplink's port says `moor-role=uplink` (and no owner, so that reconcile
+/// never takes it for a pod's).
+pub const ROLE_KEY: &str = "moor-role";
+pub const UPLINK_ROLE: &str = "uplink";
+
+/// MTU of pod veths when neither the uplink nor the bridge device tells one.
+const DEFAULT_MTU: u32 = 1500;
+
+/// How ipamd reaches Open vSwitch and what it makes sure exists there.
+#[derive(Debug, Clone)]
+pub struct OvsConfig {
+    /// ovsdb-server, `unix:PATH` or `tcp:IP:PORT`.
+    pub endpoint: Endpoint,
+    /// The integration bridge, created if missing.
+    pub bridge: String,
+    /// `datapath_type` of the bridge if ipamd creates it (`netdev`: the
+    /// userspace datapath); an existing bridge with another one is an error.
+    pub datapath_type: Option<String>,
+    /// The node's link to the ToR, made a trunk port of the bridge.
+    pub uplink: Option<String>,
+    /// VLANs the uplink carries; empty = all.
+    pub uplink_vlans: Vec<u16>,
+    /// Bounds every OVSDB call, reconnecting and waiting for ovs-vswitchd
+    /// included.
+    pub timeout: Duration,
+}
+
+impl OvsConfig {
+    pub fn new(endpoint: Endpoint, bridge: impl Into<String>) -> Self {
+        OvsConfig {
+            endpoint,
+            bridge: bridge.into(),
+            datapath_type: None,
+            uplink: None,
+            uplink_vlans: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Wires pods as VLAN access ports of an OVS bridge.
+#[derive(Clone)]
+pub struct OvsDatapath {
+    /// rtnetlink in the netns of ovs-vswitchd (ipamd's `--netns`), where
+    /// the host ends of the veths live.
+    handle: Handle,
+    /// Writes return once ovs-vswitchd applied them.
+    ovs: Ovsdb,
+    /// The same connection, not waiting for ovs-vswitchd: for removals, where
+    /// the database is what counts (a stopped ovs-vswitchd applies it when it
+    /// is back).
+    ovs_nowait: Ovsdb,
+    bridge: String,
+    mtu: u32,
+    /// The bridge is on the userspace datapath: pods' veths need TX
+    /// checksum offload off (see `veth::disable_tx_checksum`).
+    userspace: bool,
+}
+
+/// The port of a pod: named after the host end, tagged with the pod's VLAN,
+/// `external_ids` naming the pod.
+pub fn pod_port(link: &PodLink) -> PortSpec {
+    let mut spec = PortSpec::new(link.host_ifname.clone())
+        .external_id(OWNER_KEY, OWNER)
+        .external_id(NAMESPACE_KEY, link.pod_namespace.clone())
+        .external_id(NAME_KEY, link.pod_name.clone())
+        .external_id(CONTAINER_KEY, link.container_id.clone())
+        .external_id(IFNAME_KEY, link.ifname.clone())
+        .external_id(IP_KEY, link.address.ip().to_string());
+    spec.tag = link.vlan;
+    spec
+}
+
+fn ovs_error(op: impl Into<String>) -> impl FnOnce(moor_ovs::Error) -> DatapathError {
+    let op = op.into();
+    move |source| DatapathError::Ovs {
+        op,
+        source: Box::new(source),
+    }
+}
+
+/// Whether a failed write certainly changed nothing in the database (so a
+/// rollback need not remove the port).
+fn nothing_written(e: &moor_ovs::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Connect { .. }
+            | ErrorKind::NoSuchBridge(_)
+            | ErrorKind::Conflict { .. }
+            | ErrorKind::Invalid(_)
+            | ErrorKind::NotInitialized
+    )
+}
+
+fn fmt_tag(tag: Option<u16>) -> String {
+    tag.map_or_else(|| "none".to_string(), |t| t.to_string())
+}
+
+/// How `port`'s settings differ from what `link` asks for; empty if not.
+fn setting_problems(port: &Port, link: &PodLink) -> Vec<String> {
+    let mut problems = Vec::new();
+    if port.tag != link.vlan {
+        problems.push(format!(
+            "tag {}, expected {} (the VLAN of the pod's ToR)",
+            fmt_tag(port.tag),
+            fmt_tag(link.vlan)
+        ));
+    }
+    if !port.trunks.is_empty() {
+        problems.push(format!(
+            "trunks {:?}, expected none (an access port)",
+            port.trunks
+        ));
+    }
+    if port.kind != "system" {
+        problems.push(format!(
+            "interface type {:?}, expected a system device (the veth)",
+            port.kind
+        ));
+    }
+    for (key, want) in &pod_port(link).external_ids {
+        let have = port.external_ids.get(key);
+        if have != Some(want) {
+            problems.push(format!(
+                "external_ids:{key} is {}, expected {want:?}",
+                have.map_or_else(|| "missing".to_string(), |h| format!("{h:?}"))
+            ));
+        }
+    }
+    problems
+}
+
+/// Whether ovs-vswitchd uses the port: it opened the device.
+fn usage_problem(port: &Port) -> Option<String> {
+    if let Some(error) = &port.error {
+        return Some(format!("ovs-vswitchd cannot use it: {error}"));
+    }
+    match port.ofport {
+        Some(-1) => Some("ovs-vswitchd could not open its device (ofport -1)".to_string()),
+        None => Some("not applied by ovs-vswitchd (no ofport yet); is it running?".to_string()),
+        Some(_) => None,
+    }
+}
+
+async fn link_mtu(handle: &Handle, name: &str) -> Option<u32> {
+    let link = netlinksafe::link_by_name(handle, name).await.ok()??;
+    link.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::Mtu(mtu) => Some(mtu),
+        _ => None,
+    })
+}
+
+impl OvsDatapath {
+    /// Connects to ovsdb-server (retrying until `cfg.timeout`, in case it is
+    /// starting), makes sure the bridge and the uplink's trunk port exist, with
+    /// the host ends of pod veths in the calling thread's netns.
+    pub async fn new(cfg: &OvsConfig) -> Result<Self, DatapathError> {
+        Self::new_in(cfg, None).await
+    }
+
+    /// Like [`OvsDatapath::new`], with ovs-vswitchd and the host ends of pod
+    /// veths in the network namespace `netns` (ipamd's `--netns`).
+    pub async fn new_in(cfg: &OvsConfig, netns: Option<&Path>) -> Result<Self, DatapathError> {
+        validate_ifname(&cfg.bridge)?;
+        if let Some(uplink) = &cfg.uplink {
+            validate_ifname(uplink)?;
+        }
+        let handle = netlink_in(netns)?;
+        let opts = Options {
+            timeout: cfg.timeout,
+            wait_applied: true,
+        };
+        let ovs = Ovsdb::connect(&cfg.endpoint, opts.clone())
+            .await
+            .map_err(ovs_error("connect to ovsdb-server"))?;
+        let ovs_nowait = ovs.with_options(Options {
+            wait_applied: false,
+            ..opts
+        });
+        let bridge = cfg.bridge.as_str();
+        ovs.ensure_bridge(bridge, cfg.datapath_type.as_deref())
+            .await
+            .map_err(ovs_error(format!("make sure OVS bridge {bridge} exists")))?;
+        let userspace = match cfg.datapath_type.as_deref() {
+            Some(t) => t == "netdev",
+            // An existing bridge, type unknown: asking for "netdev" changes
+            // nothing and is refused unless it is one.
+            None => match ovs.ensure_bridge(bridge, Some("netdev")).await {
+                Ok(()) => true,
+                Err(e) if matches!(e.kind(), ErrorKind::Conflict { .. }) => false,
+                Err(e) => {
+                    return Err(ovs_error(format!(
+                        "read the datapath_type of OVS bridge {bridge}"
+                    ))(e))
+                }
+            },
+        };
+        if let Some(uplink) = &cfg.uplink {
+            ensure_uplink(&handle, &ovs, bridge, uplink, &cfg.uplink_vlans).await?;
+        }
+        // The uplink's MTU is the segment's; the bridge's own device (a tap
+        // with the userspace datapath) is the next best guess.
+        let mut mtu = None;
+        for name in cfg.uplink.iter().map(String::as_str).chain([bridge]) {
+            mtu = link_mtu(&handle, name).await;
+            if mtu.is_some() {
+                break;
+            }
+        }
+        let mtu = mtu.unwrap_or(DEFAULT_MTU);
+        tracing::info!(
+            endpoint = %cfg.endpoint,
+            bridge,
+            uplink = cfg.uplink.as_deref().unwrap_or("none"),
+            mtu,
+            userspace,
+            "OVS datapath ready"
+        );
+        Ok(OvsDatapath {
+            handle,
+            ovs,
+            ovs_nowait,
+            bridge: bridge.to_string(),
+            mtu,
+            userspace,
+        })
+    }
+
+    /// The OVS bridge's name.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// MTU given to both ends of pod veths.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The OVSDB client (writes wait for ovs-vswitchd).
+    pub fn ovsdb(&self) -> &Ovsdb {
+        &self.ovs
+    }
+
+    async fn wire_now(self, link: PodLink) -> Result<Wired, DatapathError> {
+        // Enters the pod's netns while the pair is being created here.
+        let mut pair = NewPair::prepare(&link)?;
+        let host_mac = pair.host_mac;
+        pair.create(
+            &self.handle,
+            None,
+            self.mtu,
+            &format!("for OVS bridge {}", self.bridge),
+        )
+        .await?;
+        // The pod end is configured on its thread while OVS adds the host end
+        // as a port: each needs only the pair.
+        let spec = pod_port(&link);
+        let (configured, added) = tokio::join!(
+            pair.configure_pod(self.userspace),
+            self.ovs.add_port(&self.bridge, &spec)
+        );
+        let port_written = match &added {
+            Ok(()) => true,
+            Err(e) => !nothing_written(e),
+        };
+        let announcer = match (configured, added) {
+            (Ok(announcer), Ok(())) => announcer,
+            (configured, added) => {
+                self.rollback(&link.host_ifname, port_written).await;
+                return Err(match (configured, added) {
+                    (Err(e), _) => e,
+                    (_, Err(e)) => ovs_error(format!(
+                        "add port {} (VLAN {}) to OVS bridge {}",
+                        link.host_ifname,
+                        fmt_tag(link.vlan),
+                        self.bridge
+                    ))(e),
+                    (Ok(_), Ok(())) => unreachable!("handled above"),
+                });
+            }
+        };
+        // ovs-vswitchd has applied the port: the first announcement goes
+        // through an installed port.
+        if let Err(source) = announcer.send() {
+            self.rollback(&link.host_ifname, true).await;
+            return Err(DatapathError::Announce {
+                ip: link.address.ip(),
+                ifname: link.ifname.clone(),
+                source,
+            });
+        }
+        tokio::spawn(announce_again(announcer, link));
+        Ok(Wired {
+            host_mac,
+            mtu: self.mtu,
+        })
+    }
+
+    /// Undoes a failed wire: the port (if it may have been written) and the
+    /// veth, both at once so that an unreachable ovsdb-server delays it by
+    /// one timeout at most.
+    async fn rollback(&self, host_ifname: &str, port: bool) {
+        let remove = async {
+            if !port {
+                return;
+            }
+            if let Err(e) = self.ovs_nowait.remove_port(&self.bridge, host_ifname).await {
+                tracing::error!(
+                    host_ifname,
+                    bridge = %self.bridge,
+                    error = %e,
+                    "rollback of a failed wire could not remove the OVS port; \
+                     ipamd's next start removes it (reconcile)"
+                );
+            }
+        };
+        tokio::join!(remove, veth::rollback(&self.handle, host_ifname));
+    }
+
+    /// The port named `link.host_ifname` on our bridge, if any.
+    async fn port_of(&self, link: &PodLink) -> Result<Option<Port>, DatapathError> {
+        let find = |ports: Vec<Port>| {
+            ports
+                .into_iter()
+                .find(|p| p.name == link.host_ifname && p.bridge == self.bridge)
+        };
+        let op = || {
+            format!(
+                "look up port {} on OVS bridge {}",
+                link.host_ifname, self.bridge
+            )
+        };
+        let mine = self
+            .ovs
+            .ports_with(CONTAINER_KEY, &link.container_id)
+            .await
+            .map_err(ovs_error(op()))?;
+        if let Some(port) = find(mine) {
+            return Ok(Some(port));
+        }
+        // Not found by its external_ids: it may be there without them.
+        let all = self
+            .ovs
+            .ports(&self.bridge)
+            .await
+            .map_err(ovs_error(op()))?;
+        Ok(find(all))
+    }
+
+    async fn host_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
+        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
+            .await
+            .map_err(|source| DatapathError::Netlink {
+                op: format!("look up host interface {host_ifname}"),
+                source,
+            })?;
+        Ok(host.is_some())
+    }
+
+    /// Adds the port of a live pod again, replacing a port of that name with
+    /// other settings (or someone else's) on our bridge.
+    async fn readd(&self, link: &PodLink, replace: bool) -> Result<(), DatapathError> {
+        let op = || {
+            format!(
+                "add port {} (VLAN {}) to OVS bridge {} again",
+                link.host_ifname,
+                fmt_tag(link.vlan),
+                self.bridge
+            )
+        };
+        if replace {
+            self.ovs_nowait
+                .remove_port(&self.bridge, &link.host_ifname)
+                .await
+                .map_err(ovs_error(op()))?;
+        }
+        self.ovs_nowait
+            .add_port(&self.bridge, &pod_port(link))
+            .await
+            .map_err(ovs_error(op()))
+    }
+}
+
+/// Makes the uplink a trunk port of `bridge` (all VLANs if `vlans` is empty),
+/// up, and used by ovs-vswitchd.
+async fn ensure_uplink(
+    handle: &Handle,
+    ovs: &Ovsdb,
+    bridge: &str,
+    uplink: &str,
+    vlans: &[u16],
+) -> Result<(), DatapathError> {
+    let port_error = |reason: String| DatapathError::OvsPort {
+        port: uplink.to_string(),
+        bridge: bridge.to_string(),
+        reason,
+    };
+    let device = netlinksafe::link_by_name(handle, uplink)
+        .await
+        .map_err(|source| DatapathError::Netlink {
+            op: format!("look up uplink {uplink}"),
+            source,
+        })?
+        .ok_or_else(|| {
+            port_error(format!(
+                "uplink device {uplink} does not exist in ovs-vswitchd's network namespace \
+                 (ipamd's --netns): create it or fix --uplink"
+            ))
+        })?;
+    if !device.header.flags.contains(LinkFlags::Up) {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(device.header.index).up().build())
+            .execute()
+            .await
+            .map_err(|e| DatapathError::Netlink {
+                op: format!("set uplink {uplink} up"),
+                source: to_io(e),
+            })?;
+    }
+    let spec = PortSpec::new(uplink)
+        .trunks(vlans.iter().copied())
+        .external_id(ROLE_KEY, UPLINK_ROLE);
+    match ovs.add_port(bridge, &spec).await {
+        Ok(()) => {}
+        // Someone made it by hand (other trunks, no external_ids): theirs to
+        // keep, as long as it is on our bridge.
+        Err(e) if matches!(e.kind(), ErrorKind::Conflict { .. }) => {
+            tracing::warn!(uplink, bridge, error = %e, "uplink port exists with other settings; left as it is");
+        }
+        Err(e) => {
+            return Err(ovs_error(format!(
+                "add uplink {uplink} to OVS bridge {bridge} as a trunk"
+            ))(e))
+        }
+    }
+    let ports = ovs
+        .ports(bridge)
+        .await
+        .map_err(ovs_error(format!("list the ports of OVS bridge {bridge}")))?;
+    let port = ports.iter().find(|p| p.name == uplink).ok_or_else(|| {
+        port_error(format!(
+            "uplink {uplink} is a port of another bridge: move it \
+             (ovs-vsctl del-port {uplink}) or fix --uplink"
+        ))
+    })?;
+    if let Some(problem) = usage_problem(port) {
+        return Err(port_error(problem));
+    }
+    tracing::info!(uplink, bridge, trunks = ?port.trunks, "uplink is a trunk port");
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Datapath for OvsDatapath {
+    async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError> {
+        // Run to completion even if the caller is cancelled, so a half-wired
+        // pod is always rolled back.
+        let task = tokio::spawn(self.clone().wire_now(link.clone()));
+        task.await.map_err(|e| DatapathError::Worker {
+            netns: link.netns.clone(),
+            reason: format!("wiring task failed: {e}"),
+        })?
+    }
+
+    async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError> {
+        // The port row and the veth go at once; both are idempotent, so a
+        // DEL that failed half-way (ovsdb-server down) is simply retried.
+        let (port, host) = tokio::join!(
+            self.ovs_nowait.remove_port(&self.bridge, host_ifname),
+            netlinksafe::delete_link_by_name(&self.handle, host_ifname)
+        );
+        let removed = port.map_err(ovs_error(format!(
+            "remove port {host_ifname} from OVS bridge {}",
+            self.bridge
+        )))?;
+        let deleted = host.map_err(|source| DatapathError::Netlink {
+            op: format!("delete host interface {host_ifname}"),
+            source,
+        })?;
+        tracing::debug!(host_ifname, removed, deleted, "unwired");
+        Ok(())
+    }
+
+    async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
+        let host_ifname = &link.host_ifname;
+        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
+            .await
+            .map_err(|source| DatapathError::Netlink {
+                op: format!("look up host interface {host_ifname}"),
+                source,
+            })?
+            .ok_or_else(|| {
+                DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
+            })?;
+        if !host.header.flags.contains(LinkFlags::Up) {
+            return Err(DatapathError::CheckFailed(format!(
+                "host interface {host_ifname} is down"
+            )));
+        }
+        let port = self.port_of(link).await?.ok_or_else(|| {
+            DatapathError::CheckFailed(format!(
+                "host interface {host_ifname} is not a port of OVS bridge {}",
+                self.bridge
+            ))
+        })?;
+        let mut problems = setting_problems(&port, link);
+        problems.extend(usage_problem(&port));
+        if !problems.is_empty() {
+            return Err(DatapathError::CheckFailed(format!(
+                "OVS port {host_ifname} on bridge {}: {}",
+                self.bridge,
+                problems.join("; ")
+            )));
+        }
+        let netns = open_netns(&link.netns)?;
+        run_in_netns(netns, link.netns.clone(), {
+            let link = link.clone();
+            move |handle| veth::check_pod(handle, link)
+        })
+        .await
+    }
+
+    async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
+        self.host_exists(host_ifname).await
+    }
+
+    /// Ports with `moor-owner=moor` on our bridge whose (container, ifname)
+    /// is not live are removed (the host veth, if any, is left alone);
+    /// live pods' ports with other settings are replaced; missing ones are
+    /// added again if the host veth exists, and reported in `host_gone` if
+    /// not. Ports without our owner mark (the uplink, anyone else's) are
+    /// never touched, except one squatting a live pod's port name.
+    async fn reconcile(&self, live: &[PodLink]) -> Result<ReconcileReport, DatapathError> {
+        let mut report = ReconcileReport::default();
+        let bridge = self.bridge.as_str();
+        let ours = self
+            .ovs
+            .ports_with(OWNER_KEY, OWNER)
+            .await
+            .map_err(ovs_error(format!(
+                "list moor's ports on OVS bridge {bridge}"
+            )))?;
+        let wanted: HashMap<(&str, &str), &PodLink> = live
+            .iter()
+            .map(|l| ((l.container_id.as_str(), l.ifname.as_str()), l))
+            .collect();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut changed = false;
+        for port in ours.iter().filter(|p| p.bridge == bridge) {
+            let key = (
+                port.external_ids.get(CONTAINER_KEY),
+                port.external_ids.get(IFNAME_KEY),
+            );
+            let link = match key {
+                (Some(c), Some(i)) => wanted.get(&(c.as_str(), i.as_str())).copied(),
+                _ => None,
+            }
+            .filter(|l| l.host_ifname == port.name);
+            let Some(link) = link else {
+                self.ovs_nowait
+                    .remove_port(bridge, &port.name)
+                    .await
+                    .map_err(ovs_error(format!(
+                        "remove port {} of a pod that is gone from OVS bridge {bridge}",
+                        port.name
+                    )))?;
+                tracing::info!(port = %port.name, bridge, pod = ?port.external_ids.get(NAME_KEY),
+                    "reconcile: removed the port of a pod that has no attachment here");
+                report.removed.push(port.name.clone());
+                changed = true;
+                continue;
+            };
+            seen.insert(link.host_ifname.as_str());
+            if !self.host_exists(&link.host_ifname).await? {
+                report.host_gone.push(link.clone());
+                continue;
+            }
+            let problems = setting_problems(port, link);
+            if problems.is_empty() {
+                report.kept += 1;
+                continue;
+            }
+            self.readd(link, true).await?;
+            tracing::warn!(port = %port.name, bridge, problems = %problems.join("; "),
+                "reconcile: replaced a live pod's port that had other settings");
+            report.repaired.push(port.name.clone());
+            changed = true;
+        }
+        for link in live {
+            if seen.contains(link.host_ifname.as_str()) {
+                continue;
+            }
+            if !self.host_exists(&link.host_ifname).await? {
+                report.host_gone.push(link.clone());
+                continue;
+            }
+            match self.readd(link, false).await {
+                Ok(()) => {
+                    tracing::info!(port = %link.host_ifname, bridge,
+                        "reconcile: added a live pod's missing port again");
+                    report.readded.push(link.host_ifname.clone());
+                }
+                // The name is taken by a port without our mark.
+                Err(DatapathError::Ovs { source, .. })
+                    if matches!(source.kind(), ErrorKind::Conflict { .. }) =>
+                {
+                    self.readd(link, true).await?;
+                    tracing::warn!(port = %link.host_ifname, bridge, conflict = %source,
+                        "reconcile: replaced a port squatting a live pod's port name");
+                    report.repaired.push(link.host_ifname.clone());
+                }
+                Err(e) => return Err(e),
+            }
+            changed = true;
+        }
+        if changed {
+            let timeout = self.ovs.options().timeout;
+            self.ovs
+                .wait_applied(timeout)
+                .await
+                .map_err(ovs_error(format!(
+                    "wait for ovs-vswitchd to apply the reconciled ports of OVS bridge {bridge}"
+                )))?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    fn link() -> PodLink {
+        PodLink {
+            netns: "/run/netns/pod-a".into(),
+            ifname: "eth0".into(),
+            host_ifname: "mr0123456789ab".into(),
+            address: "10.1.0.17/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 1, 0, 1),
+            mac: [0x0a, 0x58, 10, 1, 0, 17],
+            vlan: Some(100),
+            pod_namespace: "default".into(),
+            pod_name: "web-0".into(),
+            container_id: "c0ffee".into(),
+        }
+    }
+
+    #[test]
+    fn pod_port_names_the_pod() {
+        let spec = pod_port(&link());
+        assert_eq!(spec.name, "mr0123456789ab");
+        assert_eq!(spec.tag, Some(100));
+        assert!(spec.trunks.is_empty() && spec.kind.is_none());
+        let want: BTreeMap<String, String> = [
+            (OWNER_KEY, "moor"),
+            (NAMESPACE_KEY, "default"),
+            (NAME_KEY, "web-0"),
+            (CONTAINER_KEY, "c0ffee"),
+            (IFNAME_KEY, "eth0"),
+            (IP_KEY, "10.1.0.17"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(spec.external_ids, want);
+        let untagged = pod_port(&PodLink {
+            vlan: None,
+            ..link()
+        });
+        assert_eq!(untagged.tag, None);
+    }
+
+    #[test]
+    fn problems_name_each_difference() {
+        let l = link();
+        let spec = pod_port(&l);
+        let mut port = Port {
+            name: l.host_ifname.clone(),
+            bridge: "br-int".into(),
+            kind: "system".into(),
+            tag: spec.tag,
+            trunks: vec![],
+            external_ids: spec.external_ids.clone(),
+            ofport: Some(3),
+            error: None,
+        };
+        assert!(setting_problems(&port, &l).is_empty());
+        assert!(usage_problem(&port).is_none());
+        // Extra keys (other tools') are fine.
+        port.external_ids.insert("attached-mac".into(), "x".into());
+        assert!(setting_problems(&port, &l).is_empty());
+        port.tag = Some(300);
+        port.external_ids.insert(IP_KEY.into(), "10.1.0.99".into());
+        port.external_ids.remove(NAME_KEY);
+        let p = setting_problems(&port, &l).join("; ");
+        for want in [
+            "tag 300, expected 100",
+            "external_ids:moor-ip is \"10.1.0.99\", expected \"10.1.0.17\"",
+            "external_ids:moor-name is missing",
+        ] {
+            assert!(p.contains(want), "{p}");
+        }
+        port.ofport = Some(-1);
+        assert!(usage_problem(&port).unwrap().contains("could not open"));
+        port.error = Some("could not open network device x (No such device)".into());
+        assert!(usage_problem(&port).unwrap().contains("No such device"));
+    }
+}
