@@ -13,7 +13,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 use super::announce::{announce_again, Announcer};
 use super::netlinksafe::{self, to_io};
-use super::netns::{netlink_in, open_netns, run_in_netns};
+use super::netns::{netlink_in, open_netns, run_in_netns, LinkDeleter};
 use super::veth::{self, rollback, NewPair};
 use super::{validate_ifname, Datapath, DatapathError, PodLink, Wired};
 
@@ -25,6 +25,7 @@ pub struct BridgeDatapath {
     /// One rtnetlink connection in ipamd's netns for the daemon's life.
     handle: Handle,
     bridge: String,
+    deleter: LinkDeleter,
 }
 
 /// What `wire` needs to know about the bridge, read fresh each time so that a
@@ -56,6 +57,7 @@ impl BridgeDatapath {
     pub async fn new_in(bridge: &str, netns: Option<&Path>) -> Result<Self, DatapathError> {
         validate_ifname(bridge)?;
         let handle = netlink_in(netns)?;
+        let deleter = LinkDeleter::new(netns)?;
         let info = bridge_info(&handle, bridge).await?;
         let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
             op: format!("read the MAC of bridge {bridge}"),
@@ -70,6 +72,7 @@ impl BridgeDatapath {
         Ok(BridgeDatapath {
             handle,
             bridge: bridge.to_string(),
+            deleter,
         })
     }
 
@@ -94,12 +97,7 @@ impl Datapath for BridgeDatapath {
     async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError> {
         // Deleting one end of a veth deletes the pair, wherever the other
         // end is; a netns that is already gone took its end with it.
-        let deleted = netlinksafe::delete_link_by_name(&self.handle, host_ifname)
-            .await
-            .map_err(|source| DatapathError::Netlink {
-                op: format!("delete host interface {host_ifname}"),
-                source,
-            })?;
+        let deleted = self.deleter.delete(host_ifname).await?;
         tracing::debug!(host_ifname, deleted, "unwired");
         Ok(())
     }

@@ -216,7 +216,7 @@ pub fn delete_link_blocking(name: &str) -> io::Result<bool> {
     delete_link_now(name)
 }
 
-fn delete_link_now(name: &str) -> io::Result<bool> {
+pub(crate) fn delete_link_now(name: &str) -> io::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;

@@ -177,3 +177,57 @@ fn serve_one(netns: &File, path: &Path, job: oneshot::Receiver<Job>) {
         }
     }
 }
+
+/// Deletes links on threads and netlink sockets of their own, in the netns
+/// the datapath's host ends live in.
+///
+/// A veth delete takes ~17 ms in the kernel, during which `sendto` blocks.
+/// Sent over the daemon's one shared socket, concurrent DELs ran strictly one
+/// after another and every ADD queued behind them (8 workers: 39 ADD+DEL
+/// cycles/s against the reference plugins' 66-102); each blocked send also
+/// held a runtime worker. On separate sockets the kernel overlaps the slow
+/// part of the deletes.
+#[derive(Clone)]
+pub(crate) struct LinkDeleter {
+    netns: Option<std::sync::Arc<File>>,
+    path: Option<PathBuf>,
+}
+
+impl LinkDeleter {
+    pub(crate) fn new(netns: Option<&Path>) -> Result<Self, DatapathError> {
+        Ok(Self {
+            netns: netns.map(open_netns).transpose()?.map(std::sync::Arc::new),
+            path: netns.map(Path::to_path_buf),
+        })
+    }
+
+    /// `Ok(true)`: deleted; `Ok(false)`: there was no such link.
+    pub(crate) async fn delete(&self, name: &str) -> Result<bool, DatapathError> {
+        let (tx, rx) = oneshot::channel();
+        let netns = self.netns.clone();
+        let owned = name.to_string();
+        std::thread::Builder::new()
+            .name("moor-unwire".to_string())
+            .spawn(move || {
+                let result = match &netns {
+                    Some(f) => setns(f.as_ref(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from),
+                    None => Ok(()),
+                }
+                .and_then(|()| super::delete_link_now(&owned));
+                let _ = tx.send(result);
+            })
+            .map_err(|e| DatapathError::Worker {
+                netns: self.path.clone().unwrap_or_default(),
+                reason: format!("cannot start a thread: {e}"),
+            })?;
+        rx.await
+            .map_err(|_| DatapathError::Worker {
+                netns: self.path.clone().unwrap_or_default(),
+                reason: "the thread deleting a link died".into(),
+            })?
+            .map_err(|source| DatapathError::Netlink {
+                op: format!("delete host interface {name}"),
+                source,
+            })
+    }
+}

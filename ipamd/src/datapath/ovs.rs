@@ -19,7 +19,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 use super::announce::announce_again;
 use super::netlinksafe::{self, to_io};
-use super::netns::{netlink_in, open_netns, run_in_netns};
+use super::netns::{netlink_in, open_netns, run_in_netns, LinkDeleter};
 use super::veth::{self, NewPair};
 use super::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
 
@@ -78,6 +78,8 @@ pub struct OvsDatapath {
     /// rtnetlink in the netns of ovs-vswitchd (ipamd's `--netns`), where
     /// the host ends of the veths live.
     handle: Handle,
+    /// Deletes veths off the shared socket (see `LinkDeleter`).
+    deleter: LinkDeleter,
     /// Writes return once ovs-vswitchd applied them.
     ovs: Ovsdb,
     /// The same connection, not waiting for ovs-vswitchd: for removals, where
@@ -200,6 +202,7 @@ impl OvsDatapath {
             validate_ifname(uplink)?;
         }
         let handle = netlink_in(netns)?;
+        let deleter = LinkDeleter::new(netns)?;
         let opts = Options {
             timeout: cfg.timeout,
             wait_applied: true,
@@ -252,6 +255,7 @@ impl OvsDatapath {
         );
         Ok(OvsDatapath {
             handle,
+            deleter,
             ovs,
             ovs_nowait,
             bridge: bridge.to_string(),
@@ -502,16 +506,13 @@ impl Datapath for OvsDatapath {
         // DEL that failed half-way (ovsdb-server down) is simply retried.
         let (port, host) = tokio::join!(
             self.ovs_nowait.remove_port(&self.bridge, host_ifname),
-            netlinksafe::delete_link_by_name(&self.handle, host_ifname)
+            self.deleter.delete(host_ifname)
         );
         let removed = port.map_err(ovs_error(format!(
             "remove port {host_ifname} from OVS bridge {}",
             self.bridge
         )))?;
-        let deleted = host.map_err(|source| DatapathError::Netlink {
-            op: format!("delete host interface {host_ifname}"),
-            source,
-        })?;
+        let deleted = host?;
         tracing::debug!(host_ifname, removed, deleted, "unwired");
         Ok(())
     }
