@@ -10,7 +10,12 @@ use moor_e2e::Testbed;
 fn socket_is_root_only_even_when_its_mode_is_opened() {
     let tb = Testbed::new();
     let mode = std::fs::metadata(&tb.socket).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "socket {} has mode {mode:o}", tb.socket.display());
+    assert_eq!(
+        mode,
+        0o600,
+        "socket {} has mode {mode:o}",
+        tb.socket.display()
+    );
 
     // Open the path to everyone, as a careless operator might.
     let dir = tb.socket.parent().unwrap();
@@ -27,12 +32,20 @@ fn socket_is_root_only_even_when_its_mode_is_opened() {
         .output()
         .expect("run setpriv");
     let stderr = String::from_utf8_lossy(&as_nobody.stderr);
-    assert_eq!(as_nobody.status.code(), Some(1), "non-root peer got through: {stderr}");
+    assert_eq!(
+        as_nobody.status.code(),
+        Some(1),
+        "non-root peer got through: {stderr}"
+    );
     assert!(as_nobody.stdout.is_empty());
 
     // Root still gets in, and ipamd said why it dropped the other one.
     let ok = tb.ipamctl(&["tor", "list"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
     let log = std::fs::read_to_string(&tb.log).unwrap_or_default();
     assert!(
