@@ -17,7 +17,7 @@ use ipnetwork::Ipv4Network;
 use moor_proto::v1;
 use tracing::{info, warn};
 
-use crate::core::{AttachmentKey, AttachmentState, Lease, PodRef, Tor};
+use crate::core::{Attachment, AttachmentKey, AttachmentState, Lease, PodRef, Tor};
 use crate::datapath::{Datapath, PodLink};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::{AllocRequest, Ipam};
@@ -180,11 +180,147 @@ impl Node {
             let entry = Mirrored {
                 lease: lease.clone(),
                 tor: tor.clone(),
+                offline: false,
             };
             if let Err(e) = m.put(&entry).await {
                 warn!(error = %e, ip = %lease.ip, "could not copy an attachment into the local mirror");
             }
+            if let Some(pod) = &lease.binding {
+                let _ = m.forget_bound(pod).await;
+            }
         }
+    }
+
+    /// Keeps the binding of a pod whose DEL kept its IP, for `add_offline`.
+    async fn cache_binding(&self, m: &Mirror, c: &Mirrored) {
+        let Some(pod) = c.lease.binding.clone() else {
+            return;
+        };
+        let mut lease = c.lease.clone();
+        lease.attachment = None;
+        let entry = Mirrored {
+            lease,
+            tor: c.tor.clone(),
+            offline: false,
+        };
+        if let Err(e) = m.put_bound(&pod, &entry).await {
+            warn!(%pod, error = %e, "could not cache a binding in the local mirror");
+        }
+    }
+
+    /// An ADD while the store is out of reach: a pod whose binding this node
+    /// cached (it ran here and its DEL kept its IP) starts again on that IP;
+    /// the attachment goes to the store when it is back (`sync_offline`).
+    /// Any other pod gets code 11: a new IP must be taken in one place.
+    async fn add_offline(
+        &self,
+        key: &AttachmentKey,
+        pod: &PodRef,
+        req: &v1::AddRequest,
+        why: String,
+    ) -> Result<v1::AddReply> {
+        let Some(m) = self.mirror.as_ref().filter(|_| pod.is_known()) else {
+            return Err(Error::Unavailable(why));
+        };
+        let Some(cached) = m.bound(pod).await? else {
+            return Err(Error::Unavailable(format!(
+                "{why} (pod {pod} keeps no IP cached on this node that it could restart with)"
+            )));
+        };
+        if cached.tor.name != self.cfg.tor
+            || (!req.pool.is_empty() && req.pool != cached.lease.pool)
+        {
+            return Err(Error::Unavailable(why));
+        }
+        // Its previous instance may still be attached here (DEL not run yet).
+        if let Some(old) = m
+            .all()
+            .await?
+            .into_iter()
+            .find(|e| e.lease.ip == cached.lease.ip)
+        {
+            let holder = old
+                .lease
+                .attachment
+                .map(|a| a.key.to_string())
+                .unwrap_or_default();
+            return Err(Error::Unavailable(format!(
+                "{why}; pod {pod} keeps {} but it is still attached to {holder}; retry once that is deleted",
+                cached.lease.ip
+            )));
+        }
+        let mut lease = cached.lease.clone();
+        lease.attachment = Some(Attachment {
+            key: key.clone(),
+            pod: pod.clone(),
+            netns: req.netns.clone(),
+            network: req.network.clone(),
+            state: AttachmentState::Ready,
+            created_unix: now_unix(),
+            created_binding: false,
+        });
+        let link = link_for(&cached.tor, &lease, &req.netns)?;
+        let wired = self.datapath.wire(&link).await.map_err(|e| {
+            Error::Datapath(format!("wiring {} for pod {pod} failed: {e}", lease.ip))
+        })?;
+        let entry = Mirrored {
+            lease: lease.clone(),
+            tor: cached.tor.clone(),
+            offline: true,
+        };
+        // Durable before the reply, or a restart would forget the pod.
+        if let Err(e) = m.put(&entry).await {
+            let _ = self.datapath.unwire(&link.host_ifname).await;
+            return Err(Error::Internal(format!(
+                "{why}; and pod {pod} could not be recorded locally: {e}"
+            )));
+        }
+        let _ = m.forget_bound(pod).await;
+        warn!(%key, ip = %lease.ip, "store unavailable: pod restarted on its kept IP; it goes to the store when the store is back");
+        Ok(reply(&cached.tor, &lease, &link, wired.mtu, wired.host_mac))
+    }
+
+    /// Writes the attachments made during an outage into the store. One the
+    /// store no longer allows (its binding was released, or the IP attached
+    /// elsewhere meanwhile) loses its interface here: two live attachments of
+    /// one IP must never exist.
+    pub async fn sync_offline(&self) -> Result<usize> {
+        let Some(m) = &self.mirror else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for e in m.all().await? {
+            let Some(a) = e.lease.attachment.clone().filter(|_| e.offline) else {
+                continue;
+            };
+            // A DEL may have taken it away since the list was read.
+            if !m.get(&a.key).await?.is_some_and(|x| x.offline) {
+                continue;
+            }
+            if self.note(self.ipam.attach_bound(&e.lease).await)? {
+                m.put(&Mirrored {
+                    offline: false,
+                    ..e.clone()
+                })
+                .await?;
+                info!(key = %a.key, ip = %e.lease.ip, "wrote an attachment made during the store outage");
+                n += 1;
+            } else {
+                tracing::error!(
+                    key = %a.key,
+                    pod = %a.pod,
+                    ip = %e.lease.ip,
+                    "pod restarted on its kept IP during the store outage, but the store no longer keeps that IP for it (released or taken meanwhile): taking its interface down"
+                );
+                let host = moor_proto::host_ifname(&a.key.container_id, &a.key.ifname);
+                self.datapath
+                    .unwire(&host)
+                    .await
+                    .map_err(|e| Error::Datapath(e.to_string()))?;
+                m.remove(&a.key).await?;
+            }
+        }
+        Ok(n)
     }
 
     pub async fn add(&self, req: &v1::AddRequest) -> Result<v1::AddReply> {
@@ -198,26 +334,31 @@ impl Node {
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
         let pod = pod_of(req.pod.as_ref());
-        if let Some(since) = self.store_down_recently() {
-            return Err(Error::Unavailable(format!(
+        let alloc = match self.store_down_recently() {
+            Some(since) => Err(Error::Unavailable(format!(
                 "the store ({}) has not answered since {}s ago; no IP can be allocated until it does, retry later",
                 self.ipam.store().describe(),
                 now_unix().saturating_sub(since)
-            )));
-        }
-        let alloc = self.note(
-            self.ipam
-                .allocate(&AllocRequest {
-                    key: key.clone(),
-                    pod,
-                    pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
-                    netns: req.netns.clone(),
-                    network: req.network.clone(),
-                    tor: self.cfg.tor.clone(),
-                    now_unix: now_unix(),
-                })
-                .await,
-        )?;
+            ))),
+            None => self.note(
+                self.ipam
+                    .allocate(&AllocRequest {
+                        key: key.clone(),
+                        pod: pod.clone(),
+                        pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
+                        netns: req.netns.clone(),
+                        network: req.network.clone(),
+                        tor: self.cfg.tor.clone(),
+                        now_unix: now_unix(),
+                    })
+                    .await,
+            ),
+        };
+        let alloc = match alloc {
+            Ok(a) => a,
+            Err(Error::Unavailable(why)) => return self.add_offline(&key, &pod, req, why).await,
+            Err(e) => return Err(e),
+        };
         let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;
         if !alloc.existing {
             // Copied before wiring: a restart during an outage rolls it back.
@@ -303,9 +444,18 @@ impl Node {
             .map_err(|e| Error::Datapath(format!("removing {host} for {key}: {e}")))?;
         let record =
             moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
+        let cached = match &self.mirror {
+            Some(m) => m.get(key).await.ok().flatten(),
+            None => None,
+        };
         match self.note(self.ipam.release(key, rollback).await) {
             Ok(released) => {
                 if let Some(m) = &self.mirror {
+                    if let (Some(r), Some(c)) = (&released, &cached) {
+                        if r.binding_kept {
+                            self.cache_binding(m, c).await;
+                        }
+                    }
                     if let Err(e) = m.remove(key).await {
                         warn!(%key, error = %e, "could not drop an attachment from the local mirror");
                     }
@@ -324,10 +474,6 @@ impl Node {
                 })
             }
             Err(Error::Unavailable(why)) if defer => {
-                let cached = match &self.mirror {
-                    Some(m) => m.get(key).await.ok().flatten(),
-                    None => None,
-                };
                 let pod = cached.as_ref().and_then(|c| c.lease.attachment.as_ref());
                 let rec = moor_proto::pending::PendingDel {
                     container_id: key.container_id.clone(),
@@ -346,6 +492,11 @@ impl Node {
                     ))
                 })?;
                 if let Some(m) = &self.mirror {
+                    let keeps =
+                        |c: &&Mirrored| !rollback && c.lease.binding.is_some() && !c.lease.evict;
+                    if let Some(c) = cached.as_ref().filter(keeps) {
+                        self.cache_binding(m, c).await;
+                    }
                     let _ = m.remove(key).await;
                 }
                 warn!(%key, "store unavailable: DEL recorded, applied when the store is back");
@@ -635,6 +786,13 @@ impl Node {
             return Ok(false);
         }
         let replayed = self.replay_pending_dels().await?;
+        let synced = self.sync_offline().await?;
+        if synced > 0 {
+            info!(
+                synced,
+                "attachments made during the store outage are in the store"
+            );
+        }
         if let Some(m) = &self.mirror {
             let (now, _) = self.my_attachments().await?;
             let mut tors: std::collections::HashMap<String, Tor> = Default::default();
@@ -649,6 +807,7 @@ impl Node {
                     copy.push(Mirrored {
                         lease,
                         tor: tor.clone(),
+                        offline: false,
                     });
                 }
             }

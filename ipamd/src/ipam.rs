@@ -768,6 +768,57 @@ impl Ipam {
             .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
     }
 
+    /// Writes an attachment made during a store outage from the pod's cached
+    /// binding (`lease` carries it, ready). Applies only if the store still
+    /// keeps that IP for that pod and nothing is attached to it: `Ok(false)`
+    /// means it does not, and the caller must take the pod's interface down.
+    pub async fn attach_bound(&self, lease: &Lease) -> Result<bool> {
+        let a = lease
+            .attachment
+            .as_ref()
+            .expect("attach_bound needs an attachment");
+        let lock = self.pool_lock(&lease.pool);
+        let _guard = lock.lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let key = keys::lease(&lease.pool, lease.ip);
+            let att_key = keys::attachment(&a.key);
+            let Some((now, entry)) = self.store.get_json::<Lease>(&key).await? else {
+                return Ok(false);
+            };
+            // The same pod by name: a re-created pod has a new UID.
+            let same_pod = now
+                .binding
+                .as_ref()
+                .is_some_and(|b| b.namespace == a.pod.namespace && b.name == a.pod.name);
+            if !same_pod || now.evict {
+                return Ok(false);
+            }
+            match &now.attachment {
+                Some(other) if other.key == a.key => return Ok(true),
+                Some(_) => return Ok(false),
+                None => {}
+            }
+            let mut merged = now.clone();
+            merged.attachment = Some(a.clone());
+            let mut txn = Txn::default();
+            txn.expect(&key, Some(&entry))
+                .expect(&att_key, None)
+                .put(&key, &merged)
+                .put(
+                    &att_key,
+                    &AttachmentRef {
+                        pool: lease.pool.clone(),
+                        ip: lease.ip,
+                    },
+                );
+            if self.store.commit(txn).await? {
+                return Ok(true);
+            }
+            backoff(attempt).await;
+        }
+        Err(contention("writing an attachment made during an outage"))
+    }
+
     /// Marks an attachment wired: from now on a restart keeps it.
     pub async fn mark_ready(&self, key: &AttachmentKey) -> Result<()> {
         for attempt in 0..MAX_ATTEMPTS {

@@ -269,6 +269,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if let Err(e) = replayer.replay_pending_dels().await {
                 error!(error = %e, "replaying pending DELs");
             }
+            if let Err(e) = replayer.sync_offline().await {
+                error!(error = %e, "writing attachments made during a store outage");
+            }
         }
     });
 

@@ -8,11 +8,17 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{AttachmentKey, Lease, Tor};
+use crate::core::{AttachmentKey, Lease, PodRef, Tor};
 use crate::store::redb::RedbStore;
 use crate::store::{Store, StoreError, StoreExt, Txn};
 
 const PREFIX: &str = "mirror/";
+/// Bindings of pods that ran on this node (`bound/<ns>/<pod>`), kept after
+/// their DEL so a pod can start again here on its own IP while the store is
+/// out of reach.
+fn bound_key(pod: &PodRef) -> String {
+    format!("bound/{}/{}", pod.namespace, pod.name)
+}
 
 fn key(k: &AttachmentKey) -> String {
     format!("mirror/{}/{}", k.container_id, k.ifname)
@@ -24,6 +30,10 @@ fn key(k: &AttachmentKey) -> String {
 pub struct Mirrored {
     pub lease: Lease,
     pub tor: Tor,
+    /// Attached during a store outage from a cached binding: not yet in the
+    /// store; `Node::sync_offline` writes it there when the store is back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
 }
 
 pub struct Mirror {
@@ -65,6 +75,27 @@ impl Mirror {
     pub async fn all(&self) -> Result<Vec<Mirrored>, StoreError> {
         let (all, _) = self.store.list_json::<Mirrored>(PREFIX).await?;
         Ok(all.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// Remembers that `pod` keeps `m.lease.ip` (its DEL kept the binding).
+    pub async fn put_bound(&self, pod: &PodRef, m: &Mirrored) -> Result<(), StoreError> {
+        let mut txn = Txn::default();
+        txn.put(&bound_key(pod), m);
+        self.store.commit(txn).await.map(|_| ())
+    }
+
+    pub async fn bound(&self, pod: &PodRef) -> Result<Option<Mirrored>, StoreError> {
+        Ok(self
+            .store
+            .get_json::<Mirrored>(&bound_key(pod))
+            .await?
+            .map(|(m, _)| m))
+    }
+
+    pub async fn forget_bound(&self, pod: &PodRef) -> Result<(), StoreError> {
+        let mut txn = Txn::default();
+        txn.delete(&bound_key(pod));
+        self.store.commit(txn).await.map(|_| ())
     }
 
     /// Makes the mirror exactly `leases` (what the shared store says), in one

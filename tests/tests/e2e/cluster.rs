@@ -727,6 +727,40 @@ fn whole_cluster_down_and_back(c: &Cluster) {
         .ok("CHECK on n2 after its restart during the outage");
     del_during(&d2, "DEL on n2 after its restart during the outage");
     del_during(&s3, "DEL of StatefulSet pod api-50 on n3 during the outage");
+    // api-50 starts again on n3 while etcd is still down: n3 cached its
+    // binding at the DEL, so it gets its own IP back at once (issue 3: "ADD
+    // during an outage fails ... unless the pod re-uses its own binding
+    // already cached on this node"), and it reaches its gateway.
+    let s3b = {
+        let pod = c.pod(&statefulset_pod("api", 50));
+        let cid = container_id();
+        let r = c.add("n3", &pod, &cid);
+        let (ip, _) = check_added(c, "n3", &pod, &r);
+        assert_eq!(
+            ip, s3.ip,
+            "api-50 restarted on its own IP during the outage"
+        );
+        assert!(
+            c.ping(&pod, c.tor_of("n3").gateway),
+            "api-50 reaches its gateway"
+        );
+        Up {
+            node: "n3",
+            pod,
+            cid,
+            ip,
+        }
+    };
+    // api-0's binding was cached on n1, not n3: no IP for it on n3.
+    {
+        let pod = c.pod(&statefulset_pod("api", 0));
+        let r = c.add("n3", &pod, &container_id());
+        assert_eq!(
+            r.err_code("ADD of api-0 on n3 during the outage"),
+            TRY_AGAIN_LATER
+        );
+        assert!(c.pod_links(&pod).is_empty());
+    }
     // Past the fail-fast window: ADDs still fail fast.
     std::thread::sleep(Duration::from_secs(4).saturating_sub(down.elapsed()));
     try_add("n2", "ADD on n2 (restarted) 4 s into the outage");
@@ -748,8 +782,8 @@ fn whole_cluster_down_and_back(c: &Cluster) {
         let ips = ips_by_addr(c);
         let state = |ip: &Ipv4Addr| ips[ip]["state"].as_str().unwrap_or("").to_string();
         let done = gone.iter().all(|ip| state(ip) == "free")
-            && [s1.ip, s3.ip].iter().all(|ip| state(ip) == "bound")
-            && [&d3, &d4]
+            && state(&s1.ip) == "bound"
+            && [&d3, &d4, &s3b]
                 .iter()
                 .all(|u| ips[&u.ip]["attachment"]["container_id"] == u.cid.as_str());
         done.then_some(())
@@ -761,12 +795,12 @@ fn whole_cluster_down_and_back(c: &Cluster) {
     // Nothing duplicated: exactly d3 and d4 attached, each once; the two
     // StatefulSet pods keep their bindings; no pending record left.
     let att = attachments(c);
-    let want: BTreeMap<String, (Ipv4Addr, String)> = [&d3, &d4]
+    let want: BTreeMap<String, (Ipv4Addr, String)> = [&d3, &d4, &s3b]
         .iter()
         .map(|u| (u.cid.clone(), (u.ip, u.node.to_string())))
         .collect();
     assert_eq!(att, want, "attachments after the outage");
-    assert_eq!(c.etcd_list("attachments/").len(), 2);
+    assert_eq!(c.etcd_list("attachments/").len(), 3);
     let bindings = c.etcd_list("bindings/");
     let bound_ips: BTreeSet<&str> = bindings
         .iter()
@@ -777,8 +811,8 @@ fn whole_cluster_down_and_back(c: &Cluster) {
         assert!(bound_ips.contains(u.ip.to_string().as_str()));
     }
     let (total, _) = c.pool_counts("api");
-    assert_eq!(total, counts(60, bound_after, 2));
-    for u in [&d3, &d4] {
+    assert_eq!(total, counts(60, bound_after - 1, 3));
+    for u in [&d3, &d4, &s3b] {
         assert_eq!(c.pod_addr(&u.pod).map(|a| a.ip), Some(u.ip));
         c.check(u.node, &u.pod, &u.cid, u.ip)
             .ok("CHECK after the outage");
@@ -811,7 +845,7 @@ fn whole_cluster_down_and_back(c: &Cluster) {
         t0.elapsed()
     );
     c.del("n1", &fresh, &cid).ok("DEL");
-    for u in [&d3, &d4] {
+    for u in [&d3, &d4, &s3b] {
         c.del(u.node, &u.pod, &u.cid).ok("DEL");
     }
     assert!(c.all_host_links().is_empty(), "{:?}", c.all_host_links());
