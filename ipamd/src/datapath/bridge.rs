@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use moor_proto::format_mac;
 use netlink_packet_route::link::{
-    BridgePortState, InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
+    BridgePortState, InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkInfo,
 };
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::announce::{announce_again, Announcer};
 use super::netlinksafe::{self, to_io};
-use super::netns::{netlink_in, open_netns, run_in_netns, LinkDeleter};
+use super::netns::{netlink_in, LinkDeleter};
 use super::veth::{self, rollback, NewPair};
 use super::{validate_ifname, Datapath, DatapathError, PodLink, Wired};
 
@@ -105,20 +105,7 @@ impl Datapath for BridgeDatapath {
     async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
         let bridge = bridge_info(&self.handle, &self.bridge).await?;
         let host_ifname = &link.host_ifname;
-        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
-            .await
-            .map_err(|source| DatapathError::Netlink {
-                op: format!("look up host interface {host_ifname}"),
-                source,
-            })?
-            .ok_or_else(|| {
-                DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
-            })?;
-        if !host.header.flags.contains(LinkFlags::Up) {
-            return Err(DatapathError::CheckFailed(format!(
-                "host interface {host_ifname} is down"
-            )));
-        }
+        let host = veth::check_host_end_up(&self.handle, host_ifname).await?;
         let master = host.attributes.iter().find_map(|a| match a {
             LinkAttribute::Controller(index) => Some(*index),
             _ => None,
@@ -129,22 +116,11 @@ impl Datapath for BridgeDatapath {
                 self.bridge
             )));
         }
-        let netns = open_netns(&link.netns)?;
-        run_in_netns(netns, link.netns.clone(), {
-            let link = link.clone();
-            move |handle| veth::check_pod(handle, link)
-        })
-        .await
+        veth::check_pod_side(link).await
     }
 
     async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
-        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
-            .await
-            .map_err(|source| DatapathError::Netlink {
-                op: format!("look up host interface {host_ifname}"),
-                source,
-            })?;
-        Ok(host.is_some())
+        Ok(veth::host_end(&self.handle, host_ifname).await?.is_some())
     }
 }
 

@@ -19,7 +19,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 use super::announce::announce_again;
 use super::netlinksafe::{self, to_io};
-use super::netns::{netlink_in, open_netns, run_in_netns, LinkDeleter};
+use super::netns::{netlink_in, LinkDeleter};
 use super::veth::{self, NewPair};
 use super::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
 
@@ -386,13 +386,7 @@ impl OvsDatapath {
     }
 
     async fn host_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
-        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
-            .await
-            .map_err(|source| DatapathError::Netlink {
-                op: format!("look up host interface {host_ifname}"),
-                source,
-            })?;
-        Ok(host.is_some())
+        Ok(veth::host_end(&self.handle, host_ifname).await?.is_some())
     }
 
     /// Adds the port of a live pod again, replacing a port of that name with
@@ -519,20 +513,7 @@ impl Datapath for OvsDatapath {
 
     async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
         let host_ifname = &link.host_ifname;
-        let host = netlinksafe::link_by_name(&self.handle, host_ifname)
-            .await
-            .map_err(|source| DatapathError::Netlink {
-                op: format!("look up host interface {host_ifname}"),
-                source,
-            })?
-            .ok_or_else(|| {
-                DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
-            })?;
-        if !host.header.flags.contains(LinkFlags::Up) {
-            return Err(DatapathError::CheckFailed(format!(
-                "host interface {host_ifname} is down"
-            )));
-        }
+        veth::check_host_end_up(&self.handle, host_ifname).await?;
         let port = self.port_of(link).await?.ok_or_else(|| {
             DatapathError::CheckFailed(format!(
                 "host interface {host_ifname} is not a port of OVS bridge {}",
@@ -548,12 +529,7 @@ impl Datapath for OvsDatapath {
                 problems.join("; ")
             )));
         }
-        let netns = open_netns(&link.netns)?;
-        run_in_netns(netns, link.netns.clone(), {
-            let link = link.clone();
-            move |handle| veth::check_pod(handle, link)
-        })
-        .await
+        veth::check_pod_side(link).await
     }
 
     async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {

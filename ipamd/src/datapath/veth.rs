@@ -451,6 +451,45 @@ fn list_or_none<T: std::fmt::Display>(items: &[T]) -> String {
         .join(", ")
 }
 
+/// The host end of a pod's veth, if it exists.
+pub(crate) async fn host_end(
+    handle: &Handle,
+    host_ifname: &str,
+) -> Result<Option<LinkMessage>, DatapathError> {
+    netlinksafe::link_by_name(handle, host_ifname)
+        .await
+        .map_err(|source| DatapathError::Netlink {
+            op: format!("look up host interface {host_ifname}"),
+            source,
+        })
+}
+
+/// CHECK of the host end, whatever it is plugged into: it exists and is up.
+pub(crate) async fn check_host_end_up(
+    handle: &Handle,
+    host_ifname: &str,
+) -> Result<LinkMessage, DatapathError> {
+    let host = host_end(handle, host_ifname).await?.ok_or_else(|| {
+        DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
+    })?;
+    if !host.header.flags.contains(LinkFlags::Up) {
+        return Err(DatapathError::CheckFailed(format!(
+            "host interface {host_ifname} is down"
+        )));
+    }
+    Ok(host)
+}
+
+/// CHECK of the pod side, on a thread inside the pod's netns.
+pub(crate) async fn check_pod_side(link: &PodLink) -> Result<(), DatapathError> {
+    let netns = open_netns(&link.netns)?;
+    super::netns::run_in_netns(netns, link.netns.clone(), {
+        let link = link.clone();
+        move |handle| check_pod(handle, link)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
