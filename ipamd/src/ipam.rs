@@ -515,43 +515,8 @@ impl Ipam {
     /// Drops the binding on an IP. A live attachment keeps the IP until its
     /// DEL; then it goes back to the pool.
     pub async fn release_ip(&self, ip: Ipv4Addr) -> Result<(IpView, bool)> {
-        let view = self.ip(ip).await?;
-        let lock = self.pool_lock(&view.pool);
-        let _guard = lock.lock().await;
-        for _ in 0..MAX_ATTEMPTS {
-            let key = keys::lease(&view.pool, ip);
-            let Some((mut lease, entry)) = self.store.get_json::<Lease>(&key).await? else {
-                return Ok((
-                    IpView {
-                        lease: None,
-                        ..view
-                    },
-                    false,
-                ));
-            };
-            let Some(pod) = lease.binding.take() else {
-                return Ok((
-                    IpView {
-                        lease: Some(lease),
-                        ..view
-                    },
-                    false,
-                ));
-            };
-            let mut txn = Txn::default();
-            txn.expect(&key, Some(&entry)).delete(&keys::binding(&pod));
-            if lease.attachment.is_some() {
-                txn.put(&key, &lease);
-            } else {
-                txn.delete(&key);
-                self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
-            }
-            if self.store.commit(txn).await? {
-                let lease = lease.attachment.is_some().then_some(lease);
-                return Ok((IpView { lease, ..view }, true));
-            }
-        }
-        Err(contention("ip release"))
+        let (view, dropped, _) = self.drop_binding(ip, false).await?;
+        Ok((view, dropped))
     }
 
     pub async fn bindings(&self, pool: Option<&str>) -> Result<Vec<(Binding, bool)>> {
@@ -933,11 +898,23 @@ impl Ipam {
     /// held one is marked so its binding goes with the holder's DEL. Returns
     /// the IP after the change, whether it was released, and the holder.
     pub async fn mark_evict(&self, ip: Ipv4Addr) -> Result<(IpView, bool, Option<Attachment>)> {
+        self.drop_binding(ip, true).await
+    }
+
+    /// The binding of `ip` goes: now if no pod holds the IP (the IP is free
+    /// again); if one does, now (`ip release`) or, with `at_del`, with that
+    /// pod's DEL (`ip evict`). Returns the IP after the change, whether the
+    /// binding was dropped now, and the holder.
+    async fn drop_binding(
+        &self,
+        ip: Ipv4Addr,
+        at_del: bool,
+    ) -> Result<(IpView, bool, Option<Attachment>)> {
         let view = self.ip(ip).await?;
         let lock = self.pool_lock(&view.pool);
         let _guard = lock.lock().await;
+        let key = keys::lease(&view.pool, ip);
         for attempt in 0..MAX_ATTEMPTS {
-            let key = keys::lease(&view.pool, ip);
             let Some((mut lease, entry)) = self.store.get_json::<Lease>(&key).await? else {
                 return Ok((
                     IpView {
@@ -948,30 +925,43 @@ impl Ipam {
                     None,
                 ));
             };
+            let holder = lease.attachment.clone();
+            let Some(pod) = lease.binding.clone() else {
+                return Ok((
+                    IpView {
+                        lease: Some(lease),
+                        ..view
+                    },
+                    false,
+                    holder,
+                ));
+            };
             let mut txn = Txn::default();
             txn.expect(&key, Some(&entry));
-            let holder = lease.attachment.clone();
-            let released = match (&holder, lease.binding.take()) {
-                (None, Some(pod)) => {
-                    txn.delete(&key).delete(&keys::binding(&pod));
-                    self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
-                    true
-                }
-                (Some(_), binding) => {
-                    lease.binding = binding;
+            let dropped = match &holder {
+                Some(_) if at_del => {
                     lease.evict = true;
                     txn.put(&key, &lease);
                     false
                 }
-                (None, None) => false,
+                Some(_) => {
+                    lease.binding = None;
+                    txn.put(&key, &lease).delete(&keys::binding(&pod));
+                    true
+                }
+                None => {
+                    txn.delete(&key).delete(&keys::binding(&pod));
+                    self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
+                    true
+                }
             };
             if self.store.commit(txn).await? {
-                let lease = (!released).then_some(lease);
-                return Ok((IpView { lease, ..view }, released, holder));
+                let lease = holder.is_some().then_some(lease);
+                return Ok((IpView { lease, ..view }, dropped, holder));
             }
             backoff(attempt).await;
         }
-        Err(contention("ip evict"))
+        Err(contention(if at_del { "ip evict" } else { "ip release" }))
     }
 
     /// The pool's IP set as a stream: a snapshot, then every change; after a
