@@ -146,7 +146,7 @@ impl Ipam {
         vlan: u32,
         ranges: &[(String, String)],
     ) -> Result<Tor> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let (tors, rev) = self.store.list_json::<Tor>(keys::TORS).await?;
             let existing: Vec<Tor> = tors.into_iter().map(|(t, _)| t).collect();
             let tor = validate::tor(name, subnet, gateway, vlan, ranges, &existing)
@@ -159,6 +159,7 @@ impl Ipam {
             if self.store.commit(txn).await? {
                 return Ok(tor);
             }
+            backoff(attempt).await;
         }
         Err(contention("tor add"))
     }
@@ -231,7 +232,7 @@ impl Ipam {
         };
         let lock = self.pool_lock(&spec.name);
         let _guard = lock.lock().await;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             if let Some((p, _)) = self.store.get_json::<Pool>(&keys::pool(&spec.name)).await? {
                 return Err(Error::Conflict(format!(
                     "pool {} already exists (app {}/{}): resize it, or pick another name",
@@ -270,6 +271,7 @@ impl Ipam {
             if self.store.commit(txn).await? {
                 return Ok(pool);
             }
+            backoff(attempt).await;
         }
         Err(contention("pool create"))
     }
@@ -306,7 +308,7 @@ impl Ipam {
         let size = validate::pool_size(size).map_err(Error::Invalid)?;
         let lock = self.pool_lock(name);
         let _guard = lock.lock().await;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let (mut pool, pool_entry) = self.pool_entry(name).await?;
             let current = pool.size();
             // Read before the leases: a lease change after this read also
@@ -362,6 +364,7 @@ impl Ipam {
             if self.store.commit(txn).await? {
                 return Ok(pool);
             }
+            backoff(attempt).await;
         }
         Err(contention("pool resize"))
     }
