@@ -103,6 +103,11 @@ struct TorAddArgs {
     /// whole subnet but network, gateway and broadcast.
     #[arg(long = "range", value_name = "A-B")]
     ranges: Vec<String>,
+    /// Make this an extra segment (VLAN and subnet) of ToR TOR: nodes of
+    /// TOR serve it too, and pools that name it in --tors take IPs from it.
+    /// Each segment of a ToR has its own VLAN.
+    #[arg(long, value_name = "TOR")]
+    segment_of: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +252,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                 gateway: &a.gateway,
                 vlan: a.vlan.as_deref(),
                 ranges: &a.ranges,
+                segment_of: a.segment_of.as_deref(),
             })?),
             TorCommand::List => Rpc::ListTors,
             TorCommand::Show { name: n } => Rpc::GetTor(name("NAME", n)?),

@@ -65,6 +65,8 @@ pub struct TorView {
     pub ranges: Vec<RangeView>,
     pub capacity: u32,
     pub carved: u32,
+    /// The ToR this record is a segment of; `null`: a ToR's own segment.
+    pub segment_of: Option<String>,
 }
 
 impl From<&Tor> for TorView {
@@ -84,6 +86,7 @@ impl From<&Tor> for TorView {
                 .collect(),
             capacity: t.capacity,
             carved: t.carved,
+            segment_of: (!t.segment_of.is_empty()).then(|| t.segment_of.clone()),
         }
     }
 }
@@ -387,11 +390,12 @@ pub fn tor_list(tors: &[Tor], format: Format) -> String {
         return json(&views);
     }
     let mut t = Table::new(&[
-        "NAME", "SUBNET", "GATEWAY", "VLAN", "RANGES", "CAPACITY", "CARVED",
+        "NAME", "TOR", "SUBNET", "GATEWAY", "VLAN", "RANGES", "CAPACITY", "CARVED",
     ]);
     for v in &views {
         t.row([
             v.name.clone(),
+            v.segment_of.clone().unwrap_or_else(|| v.name.clone()),
             v.subnet.clone(),
             v.gateway.clone(),
             vlan(v.vlan),
@@ -410,6 +414,10 @@ pub fn tor_show(tor: &Tor, format: Format) -> String {
     }
     fields(&[
         ("Name", v.name.clone()),
+        (
+            "ToR",
+            v.segment_of.clone().unwrap_or_else(|| v.name.clone()),
+        ),
         ("Subnet", v.subnet.clone()),
         ("Gateway", v.gateway.clone()),
         ("VLAN", vlan(v.vlan)),
@@ -870,6 +878,7 @@ mod tests {
             ],
             capacity: 91,
             carved: 30,
+            segment_of: String::new(),
         }
     }
 
@@ -954,18 +963,24 @@ mod tests {
     }
 
     #[test]
-    fn tor_list_table_shows_untagged_vlan_as_dash() {
-        let out = tor_list(&[tor("rack-2", 0), tor("rack-1", 100)], Format::Table);
+    fn tor_list_table_shows_untagged_vlan_as_dash_and_segments_under_their_tor() {
+        let db = Tor {
+            segment_of: "rack-1".into(),
+            vlan: 200,
+            ..tor("rack-1-db", 0)
+        };
+        let out = tor_list(&[tor("rack-2", 0), tor("rack-1", 100), db], Format::Table);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME    SUBNET       GATEWAY   VLAN  RANGES                          CAPACITY  CARVED"
+            "NAME       TOR     SUBNET       GATEWAY   VLAN  RANGES                          CAPACITY  CARVED"
         );
         assert_eq!(
             lines[1],
-            "rack-1  10.1.0.0/24  10.1.0.1  100   10.1.0.10-10.1.0.99,10.1.0.200  91        30"
+            "rack-1     rack-1  10.1.0.0/24  10.1.0.1  100   10.1.0.10-10.1.0.99,10.1.0.200  91        30"
         );
-        assert!(lines[2].starts_with("rack-2  10.1.0.0/24  10.1.0.1  -     "));
+        assert!(lines[2].starts_with("rack-1-db  rack-1  10.1.0.0/24  10.1.0.1  200   "));
+        assert!(lines[3].starts_with("rack-2     rack-2  10.1.0.0/24  10.1.0.1  -     "));
     }
 
     #[test]
@@ -984,7 +999,8 @@ mod tests {
                     {"first": "10.1.0.200", "last": "10.1.0.200"}
                 ],
                 "capacity": 91,
-                "carved": 30
+                "carved": 30,
+                "segment_of": null
             }])
         );
         let one: serde_json::Value =

@@ -56,6 +56,7 @@ pub struct TorAdd<'a> {
     pub gateway: &'a str,
     pub vlan: Option<&'a str>,
     pub ranges: &'a [String],
+    pub segment_of: Option<&'a str>,
 }
 
 /// The arguments of `pool create`, as typed.
@@ -89,7 +90,20 @@ pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
         }
         ranges.push((first, last, text));
     }
+    let segment_of = match args.segment_of {
+        Some(of) => self::name("--segment-of", of)?,
+        None => String::new(),
+    };
+    if segment_of == name {
+        return Err(InputError::new(
+            "--segment-of",
+            &segment_of,
+            "names the segment itself: give the ToR it is on, or leave --segment-of out"
+                .to_string(),
+        ));
+    }
     Ok(AddTorRequest {
+        segment_of,
         name,
         subnet: subnet.to_string(),
         gateway: gateway.to_string(),
@@ -475,6 +489,7 @@ mod tests {
             gateway,
             vlan,
             ranges: &ranges,
+            segment_of: None,
         })
     }
 

@@ -318,6 +318,7 @@ fn tor(name: &str) -> Tor {
         }],
         capacity: 90,
         carved: 30,
+        segment_of: String::new(),
     }
 }
 
@@ -355,6 +356,7 @@ impl Admin for FakeAdmin {
             ranges: r.ranges,
             capacity: 90,
             carved: 0,
+            segment_of: r.segment_of,
         }))
     }
     async fn list_tors(
@@ -588,7 +590,7 @@ fn talks_to_ipamd_over_the_socket() {
 
     let table = ok(&ipamctl(&socket, &["tor", "list"]));
     assert!(
-        table.starts_with("NAME    SUBNET       GATEWAY   VLAN  RANGES"),
+        table.starts_with("NAME    TOR     SUBNET       GATEWAY   VLAN  RANGES"),
         "{table}"
     );
 

@@ -227,9 +227,10 @@ impl Node {
                 "{why} (pod {pod} keeps no IP cached on this node that it could restart with)"
             )));
         };
-        if cached.tor.name != self.cfg.tor
-            || (!req.pool.is_empty() && req.pool != cached.lease.pool)
-        {
+        // The cached segment must be on this node's ToR (configured by the
+        // ToR's name, or by one of its segments' names).
+        let here = cached.tor.switch() == self.cfg.tor || cached.tor.name == self.cfg.tor;
+        if !here || (!req.pool.is_empty() && req.pool != cached.lease.pool) {
             return Err(Error::Unavailable(why));
         }
         // Its previous instance may still be attached here (DEL not run yet).
@@ -620,27 +621,39 @@ impl Node {
         reply
     }
 
-    /// Free IPs over all pools on this node's ToR, and how many pools have IPs
-    /// there; None when the ToR is not defined.
+    /// Free IPs over all pools on this node's ToR (all its segments), and how
+    /// many pools have IPs there; None when the ToR is not defined.
     async fn free_on_tor(&self) -> Result<Option<(u32, u32)>> {
-        if self.ipam.tor(&self.cfg.tor).await?.is_none() {
+        let segments: Vec<String> = self
+            .ipam
+            .segments_of(&self.cfg.tor)
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        if segments.is_empty() {
             return Ok(None);
         }
         let mut free = 0;
         let mut pools = 0;
         for p in self.ipam.pools().await? {
-            let Some(ips) = p.ips.get(&self.cfg.tor) else {
+            let here: u32 = segments
+                .iter()
+                .filter_map(|s| p.ips.get(s))
+                .map(|ips| ips.len() as u32)
+                .sum();
+            if here == 0 {
                 continue;
-            };
+            }
             pools += 1;
             let used = self
                 .ipam
                 .leases(&p.name)
                 .await?
                 .iter()
-                .filter(|l| l.tor == self.cfg.tor)
+                .filter(|l| segments.contains(&l.tor))
                 .count() as u32;
-            free += ips.len() as u32 - used;
+            free += here.saturating_sub(used);
         }
         Ok(Some((free, pools)))
     }

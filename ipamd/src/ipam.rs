@@ -145,11 +145,12 @@ impl Ipam {
         gateway: &str,
         vlan: u32,
         ranges: &[(String, String)],
+        segment_of: &str,
     ) -> Result<Tor> {
         for attempt in 0..MAX_ATTEMPTS {
             let (tors, rev) = self.store.list_json::<Tor>(keys::TORS).await?;
             let existing: Vec<Tor> = tors.into_iter().map(|(t, _)| t).collect();
-            let tor = validate::tor(name, subnet, gateway, vlan, ranges, &existing)
+            let tor = validate::tor(name, subnet, gateway, vlan, ranges, segment_of, &existing)
                 .map_err(Error::Invalid)?;
             let mut txn = Txn::default();
             // No ToR appeared meanwhile (its subnet could overlap ours).
@@ -172,6 +173,20 @@ impl Ipam {
             out.push((tor, carved.ips.len() as u32));
         }
         Ok(out)
+    }
+
+    /// The segments a node of ToR `tor` serves: the ToR's own record and
+    /// every record made with `--segment-of` it. A node configured with a
+    /// segment's name serves that segment's ToR.
+    pub async fn segments_of(&self, tor: &str) -> Result<Vec<Tor>> {
+        let (all, _) = self.store.list_json::<Tor>(keys::TORS).await?;
+        let all: Vec<Tor> = all.into_iter().map(|(t, _)| t).collect();
+        let switch = all
+            .iter()
+            .find(|t| t.name == tor)
+            .map_or(tor, |t| t.switch())
+            .to_string();
+        Ok(all.into_iter().filter(|t| t.switch() == switch).collect())
     }
 
     pub async fn tor(&self, name: &str) -> Result<Option<Tor>> {
@@ -286,7 +301,9 @@ impl Ipam {
                     "no ToR is defined yet: add one with `ipamctl tor add NAME --subnet CIDR --gateway IP`".into(),
                 ));
             }
-            for (t, _) in tors {
+            // By default a pool spreads over every ToR, on each ToR's own
+            // segment; other segments are only used when a pool names them.
+            for (t, _) in tors.into_iter().filter(|(t, _)| t.segment_of.is_none()) {
                 let (c, e) = self.carved(&t.name).await?;
                 out.push((t, c, e));
             }
@@ -297,6 +314,16 @@ impl Ipam {
                         "ToR {name} does not exist: add it with `ipamctl tor add {name} ...` or fix --tor"
                     )));
                 };
+                // One segment per ToR: a pod on a node of that ToR must
+                // know which of the pool's subnets (and VLANs) it gets.
+                if let Some((o, ..)) = out.iter().find(|(o, ..)| o.switch() == t.switch()) {
+                    return Err(Error::Invalid(format!(
+                        "--tors names {} and {}, two segments of ToR {}: a pool takes one segment per ToR; name one of them",
+                        o.name,
+                        t.name,
+                        t.switch()
+                    )));
+                }
                 let (c, e) = self.carved(name).await?;
                 out.push((t, c, e));
             }
@@ -581,7 +608,8 @@ impl Ipam {
     /// Records the attachment (state pending) and returns the IP. Repeated
     /// for the same key, returns the same attachment.
     pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
-        let Some(tor) = self.tor(&req.tor).await? else {
+        let segments = self.segments_of(&req.tor).await?;
+        if segments.is_empty() {
             return Err(refused(
                 cni_code::TOR_UNDEFINED,
                 format!(
@@ -589,11 +617,24 @@ impl Ipam {
                     t = req.tor
                 ),
             ));
+        }
+        let segment = |name: &str| {
+            segments
+                .iter()
+                .find(|t| t.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "segment {name} is not on ToR {}; it was deleted or moved",
+                        req.tor
+                    ))
+                })
         };
+        let segment_names: Vec<String> = segments.iter().map(|t| t.name.clone()).collect();
         if let Some(existing) = self.attached(&req.key).await? {
             return Ok(Allocation {
+                tor: segment(&existing.tor)?,
                 lease: existing,
-                tor,
                 existing: true,
             });
         }
@@ -610,10 +651,10 @@ impl Ipam {
                 None
             };
             // Read before the leases: a lease change after this read also moves
-            // the counter, whose version the commit checks.
-            let counter = self
+            // the counters, whose versions the commit checks.
+            let (counters, _) = self
                 .store
-                .get_json::<FreeCount>(&keys::free(&pool_name, &req.tor))
+                .list_json::<FreeCount>(&keys::frees(&pool_name))
                 .await?;
             let (lease_list, _) = self
                 .store
@@ -629,6 +670,7 @@ impl Ipam {
             let decision = allocate::decide(&AddInput {
                 pool: &pool,
                 tor: &req.tor,
+                segments: &segment_names,
                 leases: &plain,
                 binding: binding.as_ref().map(|(b, _)| b),
                 key: &req.key,
@@ -637,14 +679,26 @@ impl Ipam {
             let decision = match decision {
                 Ok(d) => d,
                 Err(r) => {
-                    let nodes = match &r {
-                        Refusal::WrongTor { bound_tor, .. } => self.alive_nodes_of(bound_tor).await,
-                        _ => Vec::new(),
+                    let bound_tor = match &r {
+                        Refusal::WrongTor { bound_segment, .. } => {
+                            let t = self.tor(bound_segment).await?;
+                            Some(t.map_or(bound_segment.clone(), |t| t.switch().to_string()))
+                        }
+                        _ => None,
                     };
-                    return Err(explain(r, &pool, &req.pod, &nodes));
+                    let nodes = match &bound_tor {
+                        Some(t) => self.alive_nodes_of(t).await,
+                        None => Vec::new(),
+                    };
+                    return Err(explain(r, &pool, &req.pod, bound_tor.as_deref(), &nodes));
                 }
             };
-            let AddDecision::Take { ip, new_binding } = decision;
+            let AddDecision::Take {
+                ip,
+                segment: seg,
+                new_binding,
+            } = decision;
+            let tor = segment(&seg)?;
             let old = leases.get(&ip);
             let attachment = Attachment {
                 key: req.key.clone(),
@@ -658,7 +712,7 @@ impl Ipam {
             let lease = Lease {
                 ip,
                 pool: pool.name.clone(),
-                tor: req.tor.clone(),
+                tor: seg.clone(),
                 binding: if new_binding {
                     Some(req.pod.clone())
                 } else {
@@ -686,7 +740,7 @@ impl Ipam {
                     pod: req.pod.clone(),
                     pool: pool.name.clone(),
                     ip,
-                    tor: req.tor.clone(),
+                    tor: seg.clone(),
                 };
                 txn.expect(&keys::binding(&req.pod), None)
                     .put(&keys::binding(&req.pod), &b);
@@ -695,11 +749,12 @@ impl Ipam {
             }
             if old.is_none() {
                 // A free IP became leased: publish the pool's free count on
-                // this ToR, recomputed (so it also heals a stale one).
-                let key = keys::free(&pool.name, &req.tor);
-                let total = pool.ips.get(&req.tor).map_or(0, |v| v.len() as u32);
-                let used = 1 + plain.values().filter(|l| l.tor == req.tor).count() as u32;
-                txn.expect(&key, counter.as_ref().map(|(_, e)| e)).put(
+                // this segment, recomputed (so it also heals a stale one).
+                let key = keys::free(&pool.name, &seg);
+                let counter = counters.iter().find(|(_, e)| e.key == key);
+                let total = pool.ips.get(&seg).map_or(0, |v| v.len() as u32);
+                let used = 1 + plain.values().filter(|l| l.tor == seg).count() as u32;
+                txn.expect(&key, counter.map(|(_, e)| e)).put(
                     &key,
                     &FreeCount {
                         total,
@@ -1048,19 +1103,34 @@ fn carve_into(
 }
 
 /// Turns a core refusal into the error a runtime shows to a person.
-fn explain(r: Refusal, pool: &Pool, pod: &PodRef, nodes: &[String]) -> Error {
+/// `bound_tor`: the ToR of a WrongTor refusal's segment.
+fn explain(
+    r: Refusal,
+    pool: &Pool,
+    pod: &PodRef,
+    bound_tor: Option<&str>,
+    nodes: &[String],
+) -> Error {
     match r {
-        Refusal::WrongTor { ip, bound_tor, node_tor } => refused(
+        Refusal::WrongTor {
+            ip,
+            bound_segment,
+            node_tor,
+        } => {
+            let bound_tor = bound_tor.unwrap_or(&bound_segment);
+            refused(
             cni_code::WRONG_TOR,
             format!(
-                "pod {pod} keeps IP {ip} on ToR {bound_tor}, but this node is on ToR {node_tor}: schedule it onto a node of ToR {bound_tor} ({}; node label moor.io/tor={bound_tor}), or release the IP with `ipamctl ip release {ip}` to give it a new one",
+                "pod {pod} keeps IP {ip} on ToR {bound_tor}{}, but this node is on ToR {node_tor}: schedule it onto a node of ToR {bound_tor} ({}; node label moor.io/tor={bound_tor}), or release the IP with `ipamctl ip release {ip}` to give it a new one",
+                if bound_tor == bound_segment { String::new() } else { format!(" (segment {bound_segment})") },
                 if nodes.is_empty() {
                     "no node of it is alive now".to_string()
                 } else {
                     format!("it can run on {}", nodes.join(", "))
                 }
             ),
-        ),
+        )
+        }
         Refusal::OtherPool { ip, bound_pool } => refused(
             cni_code::OTHER_POOL,
             format!(

@@ -24,6 +24,7 @@ async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
         "10.1.0.1",
         0,
         &[range("10.1.0.10", "10.1.0.19")],
+        "",
     )
     .await
     .unwrap();
@@ -33,6 +34,7 @@ async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
         "10.2.0.1",
         0,
         &[range("10.2.0.10", "10.2.0.19")],
+        "",
     )
     .await
     .unwrap();
@@ -272,6 +274,88 @@ async fn full_pool_and_missing_things_say_what_to_do() {
 }
 
 #[tokio::test]
+async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
+    // r1 carries VLAN 100 (its own segment) and VLAN 200 (segment r1-db);
+    // r2 carries only its own.
+    let (store, ipam) = setup(4, Policy::Auto).await;
+    ipam.add_tor("r1-db", "10.5.0.0/24", "10.5.0.1", 200, &[], "r1")
+        .await
+        .unwrap();
+    let (_, msg) = code(
+        ipam.add_tor("r1-x", "10.6.0.0/24", "10.6.0.1", 200, &[], "r1")
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        msg.contains("already has segment r1-db on VLAN 200"),
+        "{msg}"
+    );
+    let spec = |name: &str, app: &str, tors: &[&str]| PoolSpec {
+        name: name.into(),
+        namespace: "default".into(),
+        app: app.into(),
+        size: 2,
+        tors: tors.iter().map(|t| t.to_string()).collect(),
+        policy: Policy::Auto,
+    };
+    let (_, msg) = code(
+        ipam.create_pool(&spec("both", "both", &["r1", "r1-db"]))
+            .await
+            .unwrap_err(),
+    );
+    assert!(msg.contains("two segments of ToR r1"), "{msg}");
+    ipam.create_pool(&spec("db", "db", &["r1-db"]))
+        .await
+        .unwrap();
+    // A pool that names no ToR spreads over ToRs' own segments only.
+    ipam.create_pool(&spec("any", "any", &[])).await.unwrap();
+    let (any, _) = ipam.pool("any").await.unwrap();
+    assert_eq!(any.ips.keys().collect::<Vec<_>>(), ["r1", "r2"]);
+
+    // A node of r1 gets the db pool's IP on the segment, with its VLAN and
+    // gateway; the web pod on the same node gets ToR r1's own segment.
+    let db = ipam.allocate(&req("n1", "r1", "c1", "db-0")).await.unwrap();
+    assert_eq!(db.tor.name, "r1-db");
+    assert_eq!(db.tor.vlan, Some(200));
+    assert!(db.tor.subnet.contains(db.lease.ip), "{}", db.lease.ip);
+    assert_eq!(db.lease.tor, "r1-db");
+    ipam.mark_ready(&db.attachment().key).await.unwrap();
+    let web = ipam
+        .allocate(&req("n1", "r1", "c2", "web-7d9f8c6b5-x2x9z"))
+        .await
+        .unwrap();
+    assert_eq!(web.tor.name, "r1");
+    clean(&store).await;
+
+    // db-0 keeps its IP; on a node of r2 it is refused, naming both.
+    ipam.release(&db.attachment().key, false).await.unwrap();
+    let (c, msg) = code(
+        ipam.allocate(&req("n3", "r2", "c3", "db-0"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, cni_code::WRONG_TOR, "{msg}");
+    assert!(
+        msg.contains("on ToR r1 (segment r1-db), but this node is on ToR r2"),
+        "{msg}"
+    );
+    // On another node of r1 it gets the same IP back.
+    let back = ipam.allocate(&req("n2", "r1", "c4", "db-0")).await.unwrap();
+    assert_eq!(back.lease.ip, db.lease.ip);
+    ipam.mark_ready(&back.attachment().key).await.unwrap();
+    // The other IP of the pool on r1: then the pool is full on the segment.
+    ipam.allocate(&req("n2", "r1", "c5", "db-1")).await.unwrap();
+    let (c, msg) = code(
+        ipam.allocate(&req("n2", "r1", "c6", "db-2"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, cni_code::POOL_FULL, "{msg}");
+    assert!(msg.contains("full on ToR r1 (segment r1-db)"), "{msg}");
+    clean(&store).await;
+}
+
+#[tokio::test]
 async fn resize_keeps_spread_and_never_takes_a_used_ip() {
     let (store, ipam) = setup(4, Policy::Auto).await;
     let mut held = Vec::new();
@@ -333,7 +417,7 @@ async fn bad_admin_input_changes_nothing() {
         assert!(ipam.create_pool(&c).await.is_err(), "{c:?}");
     }
     assert!(ipam
-        .add_tor("r3", "10.1.0.0/16", "10.1.0.1", 0, &[])
+        .add_tor("r3", "10.1.0.0/16", "10.1.0.1", 0, &[], "")
         .await
         .is_err());
     assert!(ipam.delete_tor("r1").await.is_err(), "ToR with pool IPs");

@@ -91,6 +91,7 @@ fn tor_msg(t: &Tor, carved: u32) -> v1::Tor {
             .collect(),
         capacity: t.capacity(),
         carved,
+        segment_of: t.segment_of.clone().unwrap_or_default(),
     }
 }
 
@@ -176,7 +177,14 @@ impl Admin for AdminApi {
             r.ranges.into_iter().map(|x| (x.first, x.last)).collect();
         let ipam = &self.0.ipam;
         ok(ipam
-            .add_tor(&r.name, &r.subnet, &r.gateway, r.vlan, &ranges)
+            .add_tor(
+                &r.name,
+                &r.subnet,
+                &r.gateway,
+                r.vlan,
+                &ranges,
+                &r.segment_of,
+            )
             .await
             .map(|t| tor_msg(&t, 0)))
     }

@@ -691,6 +691,7 @@ async fn setup(
                 format!("10.{n}.{}", TOR_RANGE.0),
                 format!("10.{n}.{}", TOR_RANGE.1),
             )],
+            "",
         )
         .await
         .map_err(|e| format!("tor add {}: {e}", tor_name(i)))?;

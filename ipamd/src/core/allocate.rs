@@ -12,6 +12,9 @@ pub struct AddInput<'a> {
     pub pool: &'a Pool,
     /// The ToR of the node the pod landed on.
     pub tor: &'a str,
+    /// The segments (ToR records) of that ToR: its own and those made with
+    /// `--segment-of` it. The pod may take an IP of any of them the pool has.
+    pub segments: &'a [String],
     /// The pool's leases (IPs bound or in use), by IP.
     pub leases: &'a BTreeMap<Ipv4Addr, Lease>,
     /// The pod's binding, if it has one (in any pool).
@@ -23,16 +26,20 @@ pub struct AddInput<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddDecision {
-    /// Attach `ip`. `new_binding`: also bind it to the pod.
-    Take { ip: Ipv4Addr, new_binding: bool },
+    /// Attach `ip` of `segment`. `new_binding`: also bind it to the pod.
+    Take {
+        ip: Ipv4Addr,
+        segment: String,
+        new_binding: bool,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// The pod's IP belongs to another ToR than the node's.
+    /// The pod's IP belongs to a segment that is not on the node's ToR.
     WrongTor {
         ip: Ipv4Addr,
-        bound_tor: String,
+        bound_segment: String,
         node_tor: String,
     },
     /// The pod is bound to an IP of another pool than the one it asks for.
@@ -42,7 +49,8 @@ pub enum Refusal {
     StillAttached { ip: Ipv4Addr, holder: AttachmentKey },
     /// The pool has no IPs on the node's ToR at all.
     NotOnTor { pool_tors: Vec<String> },
-    /// Every IP of the pool on this ToR is bound or in use.
+    /// Every IP of the pool on this ToR is bound or in use. `tor` names the
+    /// ToR, and the segment when it is not the ToR's own.
     Full { tor: String, counts: PoolCounts },
 }
 
@@ -55,10 +63,10 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
                 bound_pool: b.pool.clone(),
             });
         }
-        if b.tor != input.tor {
+        if !input.segments.contains(&b.tor) {
             return Err(Refusal::WrongTor {
                 ip: b.ip,
-                bound_tor: b.tor.clone(),
+                bound_segment: b.tor.clone(),
                 node_tor: input.tor.to_string(),
             });
         }
@@ -72,37 +80,51 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
         }
         return Ok(AddDecision::Take {
             ip: b.ip,
+            segment: b.tor.clone(),
             new_binding: false,
         });
     }
-    let Some(ips) = pool.ips.get(input.tor).filter(|v| !v.is_empty()) else {
+    let here: Vec<(&String, &Vec<Ipv4Addr>)> = pool
+        .ips
+        .iter()
+        .filter(|(seg, ips)| input.segments.contains(seg) && !ips.is_empty())
+        .collect();
+    if here.is_empty() {
         return Err(Refusal::NotOnTor {
             pool_tors: pool.ips.keys().cloned().collect(),
         });
-    };
-    match ips.iter().find(|ip| !input.leases.contains_key(ip)) {
-        Some(&ip) => Ok(AddDecision::Take {
-            ip,
-            new_binding: input.keeps_ip,
-        }),
-        None => {
-            let mut counts = PoolCounts {
-                total: ips.len() as u32,
-                ..Default::default()
-            };
-            for ip in ips {
-                match input.leases.get(ip).map(|l| l.attachment.is_some()) {
-                    Some(true) => counts.in_use += 1,
-                    Some(false) => counts.bound += 1,
-                    None => counts.free += 1,
-                }
-            }
-            Err(Refusal::Full {
-                tor: input.tor.to_string(),
-                counts,
-            })
+    }
+    for (segment, ips) in &here {
+        if let Some(&ip) = ips.iter().find(|ip| !input.leases.contains_key(ip)) {
+            return Ok(AddDecision::Take {
+                ip,
+                segment: segment.to_string(),
+                new_binding: input.keeps_ip,
+            });
         }
     }
+    let mut counts = PoolCounts::default();
+    for ip in here.iter().flat_map(|(_, ips)| ips.iter()) {
+        counts.total += 1;
+        match input.leases.get(ip).map(|l| l.attachment.is_some()) {
+            Some(true) => counts.in_use += 1,
+            Some(false) => counts.bound += 1,
+            None => counts.free += 1,
+        }
+    }
+    let names: Vec<&str> = here
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .filter(|s| *s != input.tor)
+        .collect();
+    Err(Refusal::Full {
+        tor: if names.is_empty() {
+            input.tor.to_string()
+        } else {
+            format!("{} (segment {})", input.tor, names.join(", "))
+        },
+        counts,
+    })
 }
 
 #[cfg(test)]
@@ -170,6 +192,7 @@ mod tests {
         let d = decide(&AddInput {
             pool: &p,
             tor: "r1",
+            segments: &["r1".to_string()],
             leases: &leases,
             binding: None,
             key: &k,
@@ -179,12 +202,14 @@ mod tests {
             d,
             Ok(AddDecision::Take {
                 ip: "10.1.0.11".parse().unwrap(),
+                segment: "r1".into(),
                 new_binding: true
             })
         );
         let d = decide(&AddInput {
             pool: &p,
             tor: "r2",
+            segments: &["r2".to_string()],
             leases: &leases,
             binding: None,
             key: &k,
@@ -194,6 +219,7 @@ mod tests {
             d,
             Ok(AddDecision::Take {
                 ip: "10.2.0.10".parse().unwrap(),
+                segment: "r2".into(),
                 new_binding: false
             })
         );
@@ -210,6 +236,7 @@ mod tests {
         let d = decide(&AddInput {
             pool: &p,
             tor: "r1",
+            segments: &["r1".to_string()],
             leases: &leases,
             binding: None,
             key: &k,
@@ -230,6 +257,7 @@ mod tests {
         let d = decide(&AddInput {
             pool: &p,
             tor: "r9",
+            segments: &["r9".to_string()],
             leases: &leases,
             binding: None,
             key: &k,
@@ -249,9 +277,12 @@ mod tests {
         };
         let leases = BTreeMap::new();
         let k = key("c");
+        let segs = |t: &str| vec![t.to_string()];
+        let (r1, r2) = (segs("r1"), segs("r2"));
         let input = |tor, binding| AddInput {
             pool: &p,
             tor,
+            segments: if tor == "r1" { &r1 } else { &r2 },
             leases: &leases,
             binding,
             key: &k,
@@ -261,6 +292,7 @@ mod tests {
             decide(&input("r1", Some(&b))),
             Ok(AddDecision::Take {
                 ip: b.ip,
+                segment: "r1".into(),
                 new_binding: false
             })
         );
@@ -280,11 +312,72 @@ mod tests {
         let d = decide(&AddInput {
             pool: &p,
             tor: "r1",
+            segments: &["r1".to_string()],
             leases: &held,
             binding: Some(&b),
             key: &k,
             keeps_ip: true,
         });
         assert!(matches!(d, Err(Refusal::StillAttached { .. })));
+    }
+
+    #[test]
+    fn segments_of_the_node_tor_are_served_and_named_when_full() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // A pool on segment r1-db of ToR r1 (and on ToR r2's own segment).
+        let p = Pool {
+            ips: [
+                ("r1-db".to_string(), vec![ip("10.5.0.10")]),
+                ("r2".to_string(), vec![ip("10.2.0.10")]),
+            ]
+            .into(),
+            ..pool()
+        };
+        let on_r1 = vec!["r1".to_string(), "r1-db".to_string()];
+        let k = key("c");
+        let empty = BTreeMap::new();
+        let input = |leases, binding| AddInput {
+            pool: &p,
+            tor: "r1",
+            segments: &on_r1,
+            leases,
+            binding,
+            key: &k,
+            keeps_ip: true,
+        };
+        assert_eq!(
+            decide(&input(&empty, None)),
+            Ok(AddDecision::Take {
+                ip: ip("10.5.0.10"),
+                segment: "r1-db".into(),
+                new_binding: true
+            })
+        );
+        let mut held = attached("10.5.0.10", "a", false);
+        held.1.tor = "r1-db".into();
+        let leases = BTreeMap::from([held]);
+        match decide(&input(&leases, None)) {
+            Err(Refusal::Full { tor, counts }) => {
+                assert_eq!(tor, "r1 (segment r1-db)");
+                assert_eq!((counts.total, counts.in_use), (1, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A pod bound on ToR r2 is refused on r1 even though the pool has
+        // IPs here, and the refusal names the segment it is bound to.
+        let b = Binding {
+            pod: PodRef::default(),
+            pool: "web".into(),
+            ip: ip("10.2.0.10"),
+            tor: "r2".into(),
+        };
+        assert_eq!(
+            decide(&input(&empty, Some(&b))),
+            Err(Refusal::WrongTor {
+                ip: b.ip,
+                bound_segment: "r2".into(),
+                node_tor: "r1".into()
+            })
+        );
     }
 }

@@ -30,7 +30,7 @@ mod tests {
 
     #[test]
     fn carves_lowest_uncarved_skipping_gateway() {
-        let tor = validate::tor("r1", "10.0.0.0/29", "10.0.0.3", 0, &[], &[]).unwrap();
+        let tor = validate::tor("r1", "10.0.0.0/29", "10.0.0.3", 0, &[], "", &[]).unwrap();
         let mut carved = Carved::default();
         carved.ips.insert("10.0.0.2".parse().unwrap(), "p".into());
         let got = lowest_free(&tor, &carved, 3);

@@ -39,6 +39,10 @@ impl std::fmt::Display for IpRange {
 /// A ToR (top-of-rack switch) and its L2 domain: the subnet, the gateway, an
 /// optional VLAN and the parts of the subnet reserved for pods. An IP can move
 /// between nodes of one ToR, never out of it.
+///
+/// A ToR that carries several VLANs/subnets has one record per segment: the
+/// extra ones name the ToR in `segment_of`, and nodes of the ToR serve all of
+/// them. Pools name the segment they take IPs from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tor {
     pub name: String,
@@ -49,9 +53,18 @@ pub struct Tor {
     /// Never empty once validated: "no ranges given" is stored as the whole
     /// subnet minus network, broadcast and gateway, split around the gateway.
     pub ranges: Vec<IpRange>,
+    /// The ToR this record is an extra segment of; None: it is a ToR (and
+    /// its first segment) itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_of: Option<String>,
 }
 
 impl Tor {
+    /// The switch this segment is on: where its IPs may move between nodes.
+    pub fn switch(&self) -> &str {
+        self.segment_of.as_deref().unwrap_or(&self.name)
+    }
+
     /// IPs in the pod ranges, the gateway excluded.
     pub fn capacity(&self) -> u32 {
         self.ranges.iter().map(IpRange::size).sum::<u32>()

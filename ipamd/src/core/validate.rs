@@ -71,16 +71,44 @@ fn ip(field: &str, value: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// Builds a validated ToR. `ranges` are `(first, last)` strings; none means
-/// the whole subnet but network, broadcast and gateway.
+/// the whole subnet but network, broadcast and gateway. A non-empty
+/// `segment_of` makes it an extra segment (VLAN/subnet) of that ToR.
 pub fn tor(
     tor_name: &str,
     subnet_s: &str,
     gateway_s: &str,
     vlan: u32,
     ranges: &[(String, String)],
+    segment_of: &str,
     existing: &[Tor],
 ) -> Result<Tor, String> {
     name("ToR name", tor_name)?;
+    if !segment_of.is_empty() {
+        name("segment-of", segment_of)?;
+        if segment_of == tor_name {
+            return Err(format!(
+                "segment-of {segment_of:?} names the segment itself: give the ToR it is on, or leave --segment-of out for a ToR's first segment"
+            ));
+        }
+        if let Some(t) = existing.iter().find(|t| t.name == segment_of) {
+            if let Some(of) = &t.segment_of {
+                return Err(format!(
+                    "segment-of {segment_of:?} is itself a segment of ToR {of}: use --segment-of {of}"
+                ));
+            }
+        }
+    }
+    // Segments hang off a ToR, never off another segment: a record that
+    // other records name as their ToR cannot become a segment.
+    if let Some(t) = existing
+        .iter()
+        .find(|t| !segment_of.is_empty() && t.segment_of.as_deref() == Some(tor_name))
+    {
+        return Err(format!(
+            "{tor_name} is the ToR of segment {}, so it cannot be a segment of {segment_of}: pick another name",
+            t.name
+        ));
+    }
     let net = subnet(subnet_s)?;
     let gateway = ip("gateway", gateway_s)?;
     let usable = |a: Ipv4Addr| net.contains(a) && a != net.network() && a != net.broadcast();
@@ -146,7 +174,22 @@ pub fn tor(
         gateway,
         vlan: (vlan != 0).then_some(vlan as u16),
         ranges: parsed,
+        segment_of: (!segment_of.is_empty()).then(|| segment_of.to_string()),
     };
+    // Two segments of one ToR on one VLAN would be one L2 domain with two
+    // subnets, and a node could not tell which access tag a pod gets.
+    if let Some(o) = existing
+        .iter()
+        .find(|o| o.switch() == t.switch() && o.vlan == t.vlan)
+    {
+        return Err(format!(
+            "ToR {} already has segment {} on {}: give each segment of a ToR its own --vlan",
+            t.switch(),
+            o.name,
+            o.vlan
+                .map_or("the untagged network".to_string(), |v| format!("VLAN {v}"))
+        ));
+    }
     if t.capacity() == 0 {
         return Err(format!(
             "ToR {tor_name} has no IP left for pods: its only range IP is the gateway {gateway}"
@@ -173,8 +216,8 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        let existing = [tor("other", "10.9.0.0/16", "10.9.0.1", 0, &[], &[]).unwrap()];
-        tor("rack-1", subnet, gw, vlan, &r, &existing)
+        let existing = [tor("other", "10.9.0.0/16", "10.9.0.1", 0, &[], "", &[]).unwrap()];
+        tor("rack-1", subnet, gw, vlan, &r, "", &existing)
     }
 
     #[test]
@@ -247,8 +290,68 @@ mod tests {
             let err = t(subnet, gw, *vlan, ranges).unwrap_err();
             assert!(err.contains(want), "{subnet} {gw} {vlan} {ranges:?}: {err}");
         }
-        assert!(tor("Rack_1", "10.1.0.0/24", "10.1.0.1", 0, &[], &[])
+        assert!(tor("Rack_1", "10.1.0.0/24", "10.1.0.1", 0, &[], "", &[])
             .unwrap_err()
             .contains("ToR name"));
+    }
+
+    #[test]
+    fn segments_hang_off_one_tor_each_on_its_own_vlan() {
+        let rack = tor("rack-1", "10.1.0.0/24", "10.1.0.1", 100, &[], "", &[]).unwrap();
+        let seg = |name: &str, subnet: &str, vlan: u32, of: &str, existing: &[Tor]| {
+            let gw = subnet.replace(".0/24", ".1");
+            tor(name, subnet, &gw, vlan, &[], of, existing)
+        };
+        let db = seg(
+            "rack-1-db",
+            "10.2.0.0/24",
+            200,
+            "rack-1",
+            std::slice::from_ref(&rack),
+        )
+        .unwrap();
+        assert_eq!(db.switch(), "rack-1");
+        assert_eq!(rack.switch(), "rack-1");
+        // The ToR need not be defined first: nodes name it with --tor.
+        let lone = seg("rack-9-db", "10.9.0.0/24", 200, "rack-9", &[]).unwrap();
+        assert_eq!(lone.switch(), "rack-9");
+
+        let existing = [rack.clone(), db.clone()];
+        let cases = [
+            (
+                seg("x", "10.3.0.0/24", 200, "rack-1", &existing),
+                "already has segment rack-1-db on VLAN 200",
+            ),
+            (
+                seg("x", "10.3.0.0/24", 100, "rack-1", &existing),
+                "already has segment rack-1 on VLAN 100",
+            ),
+            (
+                seg("x", "10.3.0.0/24", 300, "rack-1-db", &existing),
+                "use --segment-of rack-1",
+            ),
+            (seg("x", "10.3.0.0/24", 300, "x", &existing), "itself"),
+            (
+                seg("x", "10.3.0.0/24", 300, "Rack", &existing),
+                "segment-of",
+            ),
+            (
+                seg(
+                    "rack-1",
+                    "10.3.0.0/24",
+                    300,
+                    "rack-2",
+                    std::slice::from_ref(&db),
+                ),
+                "is the ToR of segment rack-1-db",
+            ),
+        ];
+        for (got, want) in cases {
+            let err = got.unwrap_err();
+            assert!(err.contains(want), "want {want:?} in {err}");
+        }
+        // Another VLAN on the same ToR is fine, and VLAN 200 on another ToR.
+        seg("rack-1-web", "10.3.0.0/24", 300, "rack-1", &existing).unwrap();
+        seg("rack-2-db", "10.4.0.0/24", 200, "rack-2", &existing).unwrap();
     }
 }
