@@ -430,7 +430,7 @@ impl Node {
     /// pending-DEL directory (durably) and applied when the store is back, so
     /// a DEL never fails because of an outage. `rollback`: the release of a
     /// half-done ADD (drops a binding it created).
-    async fn del_key(
+    pub(crate) async fn del_key(
         &self,
         key: &AttachmentKey,
         defer: bool,
@@ -534,7 +534,7 @@ impl Node {
     }
 
     /// This node's attachments, from the store or, in an outage, the mirror.
-    async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
+    pub(crate) async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
         match self.note(self.ipam.node_attachments(&self.cfg.name).await) {
             Ok(all) => Ok((all, true)),
             Err(Error::Unavailable(why)) => match &self.mirror {

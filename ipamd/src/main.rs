@@ -116,9 +116,14 @@ struct Args {
         default_value = "/var/lib/moor/local.redb"
     )]
     local_state: PathBuf,
-    /// CNI GC leaves attachments younger than this alone.
+    /// CNI GC and the leak sweep leave attachments younger than this alone.
     #[arg(long, default_value_t = 60)]
     gc_grace_seconds: u64,
+    /// Every N seconds, release this node's attachments whose pod netns or
+    /// host veth is gone (seen so on two passes in a row, and older than
+    /// --gc-grace-seconds): DELs a runtime never sent. 0 turns it off.
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    reconcile_interval_seconds: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or moor_ipamd=debug.
     #[arg(long, env = "MOOR_LOG", default_value = "info")]
     log: String,
@@ -274,6 +279,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
+
+    if args.reconcile_interval_seconds > 0 {
+        let sweeper = node.clone();
+        let every = Duration::from_secs(args.reconcile_interval_seconds);
+        tokio::spawn(async move {
+            let mut sweep = moor_ipamd::sweep::Sweep::new();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match sweep.pass(&sweeper).await {
+                    Ok(r) => {
+                        for e in r.errors {
+                            error!(error = %e, "leak sweep");
+                        }
+                    }
+                    Err(e) => error!(error = %e, "leak sweep"),
+                }
+            }
+        });
+    }
 
     let ipam = node.ipam.clone();
     let shutdown = async move {
