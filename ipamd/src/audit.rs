@@ -81,7 +81,7 @@ pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
             )),
             _ => {}
         }
-        if l.binding.is_none() && l.attachment.is_none() {
+        if l.binding.is_none() && l.attachment.is_none() && l.quarantine.is_none() {
             bad.push(format!(
                 "lease {where_} holds nothing (a free IP must have no lease)"
             ));

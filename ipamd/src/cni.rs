@@ -17,8 +17,8 @@ use ipnetwork::Ipv4Network;
 use moor_proto::v1;
 use tracing::{info, warn};
 
-use crate::core::{Attachment, AttachmentKey, AttachmentState, Lease, PodRef, Tor};
-use crate::datapath::{Datapath, PodLink};
+use crate::core::{Attachment, AttachmentKey, AttachmentState, Lease, PodRef, Quarantine, Tor};
+use crate::datapath::{Datapath, DatapathError, PodLink};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::{AllocRequest, Ipam};
 use crate::mirror::{Mirror, Mirrored};
@@ -383,6 +383,25 @@ impl Node {
                 Ok(w) => {
                     mtu = w.mtu;
                     host_mac = w.host_mac;
+                }
+                Err(DatapathError::AddressConflict { ip, mac }) if !alloc.existing => {
+                    let q = Quarantine {
+                        mac: mac.clone(),
+                        node: self.cfg.name.clone(),
+                        since_unix: now_unix(),
+                    };
+                    warn!(%key, %ip, other_mac = %mac, "duplicate address: IP quarantined");
+                    if let Err(re) = self.ipam.quarantine(&key, q).await {
+                        warn!(%key, error = %re, "could not quarantine the IP of a failed ADD");
+                    }
+                    return Err(Error::Refused {
+                        code: cni_code::ADDRESS_CONFLICT,
+                        msg: crate::ipam::quarantine_message(
+                            ip,
+                            &mac,
+                            Some(&alloc.attachment().pod),
+                        ),
+                    });
                 }
                 Err(e) => {
                     // A pending attachment found here belongs to an ADD that

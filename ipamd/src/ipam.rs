@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::{
     carve, spread, validate, workload, Attachment, AttachmentKey, AttachmentRef, AttachmentState,
-    Binding, Carved, FreeCount, Lease, PodRef, Policy, Pool, Tor, DEFAULT_POOL_SIZE,
+    Binding, Carved, FreeCount, Lease, PodRef, Policy, Pool, Quarantine, Tor, DEFAULT_POOL_SIZE,
 };
 use crate::error::{cni_code, Error, Result};
 use crate::store::{keys, Entry, Store, StoreExt, Txn};
@@ -720,6 +720,7 @@ impl Ipam {
                 },
                 attachment: Some(attachment),
                 evict: false,
+                quarantine: None,
             };
             let lease_key = keys::lease(&pool.name, ip);
             let att_key = keys::attachment(&req.key);
@@ -883,6 +884,23 @@ impl Ipam {
     /// else goes back to the pool. `rollback` (a failed or half-done ADD) also
     /// drops a binding that ADD created. `Ok(None)`: nothing was attached.
     pub async fn release(&self, key: &AttachmentKey, rollback: bool) -> Result<Option<Released>> {
+        self.release_as(key, rollback, None).await
+    }
+
+    /// Rolls back an ADD whose duplicate-address probe heard another owner
+    /// of the IP, and quarantines the IP: it stays out of use (a binding
+    /// that this ADD did not create stays too, so the pod is refused rather
+    /// than given another IP) until `ipamctl ip release`.
+    pub async fn quarantine(&self, key: &AttachmentKey, q: Quarantine) -> Result<Option<Released>> {
+        self.release_as(key, true, Some(q)).await
+    }
+
+    async fn release_as(
+        &self,
+        key: &AttachmentKey,
+        rollback: bool,
+        quarantine: Option<Quarantine>,
+    ) -> Result<Option<Released>> {
         let att_key = keys::attachment(key);
         for attempt in 0..MAX_ATTEMPTS {
             let Some((r, att_entry)) = self.store.get_json::<AttachmentRef>(&att_key).await? else {
@@ -919,7 +937,10 @@ impl Ipam {
                 }
             }
             let binding_kept = lease.binding.is_some();
-            if binding_kept {
+            if quarantine.is_some() {
+                lease.quarantine = quarantine.clone();
+            }
+            if binding_kept || lease.quarantine.is_some() {
                 txn.put(&lease_key, &lease);
             } else {
                 txn.delete(&lease_key);
@@ -984,6 +1005,30 @@ impl Ipam {
                 ));
             };
             let holder = lease.attachment.clone();
+            if !at_del && lease.quarantine.is_some() {
+                // `ip release` of a quarantined IP: the operator has dealt
+                // with the other owner; the IP (and a binding kept on it)
+                // goes back to the pool.
+                let mut txn = Txn::default();
+                txn.expect(&key, Some(&entry)).delete(&key);
+                if let Some(pod) = &lease.binding {
+                    txn.delete(&keys::binding(pod));
+                }
+                self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
+                if self.store.commit(txn).await? {
+                    tracing::info!(%ip, other_mac = %lease.quarantine.as_ref().map_or("", |q| q.mac.as_str()), "quarantine lifted");
+                    return Ok((
+                        IpView {
+                            lease: None,
+                            ..view
+                        },
+                        true,
+                        None,
+                    ));
+                }
+                backoff(attempt).await;
+                continue;
+            }
             let Some(pod) = lease.binding.clone() else {
                 return Ok((
                     IpView {
@@ -1102,6 +1147,14 @@ fn carve_into(
     Ok(())
 }
 
+/// What a pod (or its runtime) is told about a quarantined IP.
+pub fn quarantine_message(ip: Ipv4Addr, mac: &str, pod: Option<&PodRef>) -> String {
+    let whose = pod.map_or(String::new(), |p| format!(" of pod {p}"));
+    format!(
+        "IP {ip}{whose} is quarantined: MAC {mac} answered for it on the network (moor's duplicate-address probe), so no pod gets it; find that host (`ip neigh | grep -i {mac}` on the gateway, or the switch's MAC table), then `ipamctl ip release {ip}`"
+    )
+}
+
 /// Turns a core refusal into the error a runtime shows to a person.
 /// `bound_tor`: the ToR of a WrongTor refusal's segment.
 fn explain(
@@ -1143,6 +1196,10 @@ fn explain(
             format!(
                 "pod {pod} keeps IP {ip}, but it is still attached to container {holder} (the pod's previous instance has not been torn down yet); retry once it is deleted"
             ),
+        ),
+        Refusal::Quarantined { ip, mac } => refused(
+            cni_code::ADDRESS_CONFLICT,
+            quarantine_message(ip, &mac, Some(pod)),
         ),
         Refusal::NotOnTor { pool_tors } => refused(
             cni_code::WRONG_TOR,

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::audit::audit;
+use crate::core::IpState;
 use crate::store::mem::MemStore;
 use crate::store::StoreExt;
 
@@ -352,6 +353,89 @@ async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
     );
     assert_eq!(c, cni_code::POOL_FULL, "{msg}");
     assert!(msg.contains("full on ToR r1 (segment r1-db)"), "{msg}");
+    clean(&store).await;
+}
+
+#[tokio::test]
+async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
+    // Two IPs of pool web on r1.
+    let (store, ipam) = setup(4, Policy::Auto).await;
+    let q = |mac: &str| Quarantine {
+        mac: mac.into(),
+        node: "n1".into(),
+        since_unix: 5,
+    };
+    // A Deployment pod's ADD hears another owner: its IP is quarantined.
+    let first = ipam
+        .allocate(&req("n1", "r1", "c1", "web-7d9f8c6b5-x2x9z"))
+        .await
+        .unwrap();
+    let bad_ip = first.lease.ip;
+    ipam.quarantine(&first.attachment().key, q("02:00:00:00:00:99"))
+        .await
+        .unwrap();
+    let view = ipam.ip(bad_ip).await.unwrap();
+    let lease = view.lease.expect("the quarantined IP keeps its lease");
+    assert_eq!(lease.state(), IpState::Quarantined);
+    assert!(lease.attachment.is_none());
+    clean(&store).await;
+    // The next pod on r1 gets the other IP, never the quarantined one; then
+    // the pool is full there and says so.
+    let next = ipam
+        .allocate(&req("n1", "r1", "c2", "web-7d9f8c6b5-x2x9b"))
+        .await
+        .unwrap();
+    assert_ne!(next.lease.ip, bad_ip);
+    let (c, _) = code(
+        ipam.allocate(&req("n1", "r1", "c3", "web-7d9f8c6b5-x2x9c"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, cni_code::POOL_FULL);
+    clean(&store).await;
+
+    // A StatefulSet pod keeps its binding through a quarantine of its IP
+    // (it must not silently get another), and is told why and what to do.
+    ipam.release(&next.attachment().key, false).await.unwrap();
+    let web0 = ipam
+        .allocate(&req("n1", "r1", "c4", "web-0"))
+        .await
+        .unwrap();
+    ipam.mark_ready(&web0.attachment().key).await.unwrap();
+    ipam.release(&web0.attachment().key, false).await.unwrap();
+    let again = ipam
+        .allocate(&req("n1", "r1", "c5", "web-0"))
+        .await
+        .unwrap();
+    assert_eq!(again.lease.ip, web0.lease.ip);
+    ipam.quarantine(&again.attachment().key, q("02:00:00:00:00:98"))
+        .await
+        .unwrap();
+    let (c, msg) = code(
+        ipam.allocate(&req("n1", "r1", "c6", "web-0"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, cni_code::ADDRESS_CONFLICT, "{msg}");
+    assert!(
+        msg.contains(&web0.lease.ip.to_string())
+            && msg.contains("02:00:00:00:00:98")
+            && msg.contains("ipamctl ip release"),
+        "{msg}"
+    );
+    clean(&store).await;
+
+    // `ip release` lifts a quarantine: the IP and its binding go back.
+    for ip in [bad_ip, web0.lease.ip] {
+        let (view, dropped) = ipam.release_ip(ip).await.unwrap();
+        assert!(dropped && view.lease.is_none(), "{ip}");
+    }
+    clean(&store).await;
+    let back = ipam
+        .allocate(&req("n1", "r1", "c7", "web-0"))
+        .await
+        .unwrap();
+    assert!([bad_ip, web0.lease.ip].contains(&back.lease.ip));
     clean(&store).await;
 }
 

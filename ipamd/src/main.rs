@@ -116,6 +116,12 @@ struct Args {
         default_value = "/var/lib/moor/local.redb"
     )]
     local_state: PathBuf,
+    /// Before a pod uses its IP, probe for another owner of it for this many
+    /// milliseconds (RFC 5227 ARP probes; 1-900). A conflict fails the ADD
+    /// (code 107) and quarantines the IP until `ipamctl ip release`. Costs
+    /// that much ADD latency; 0 (the default) turns it off.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    dad_probe_ms: u64,
     /// CNI GC and the leak sweep leave attachments younger than this alone.
     #[arg(long, default_value_t = 60)]
     gc_grace_seconds: u64,
@@ -165,6 +171,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.store, &store_opts)
         .await
         .map_err(anyhow::Error::msg)?;
+    if args.dad_probe_ms > 900 {
+        bail!(
+            "--dad-probe-ms {} is too long: every ADD waits that long; use 1-900 (200 finds a host that answers ARP on a healthy LAN), or 0 to turn the probe off",
+            args.dad_probe_ms
+        );
+    }
+    let dad = (args.dad_probe_ms > 0).then(|| Duration::from_millis(args.dad_probe_ms));
     let datapath: Arc<dyn Datapath> = match args.mode {
         Mode::Physical => {
             for (set, flag) in [
@@ -176,11 +189,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     bail!("{flag} is for --mode ovs; physical mode attaches the uplink to --bridge itself");
                 }
             }
-            Arc::new(
-                BridgeDatapath::new_in(&args.bridge, args.netns.as_deref())
-                    .await
-                    .with_context(|| format!("--bridge {}", args.bridge))?,
-            )
+            let dp = BridgeDatapath::new_in(&args.bridge, args.netns.as_deref())
+                .await
+                .with_context(|| format!("--bridge {}", args.bridge))?;
+            Arc::new(match dad {
+                Some(w) => dp.with_dad_probe(w),
+                None => dp,
+            })
         }
         Mode::Ovs => {
             if args.ovsdb_timeout_ms == 0 {
@@ -197,13 +212,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 timeout: Duration::from_millis(args.ovsdb_timeout_ms),
                 ..OvsConfig::new(endpoint.clone(), args.bridge.clone())
             };
-            Arc::new(
-                OvsDatapath::new_in(&cfg, args.netns.as_deref())
-                    .await
-                    .with_context(|| {
-                        format!("--mode ovs --bridge {} --ovsdb {endpoint}", args.bridge)
-                    })?,
-            )
+            let dp = OvsDatapath::new_in(&cfg, args.netns.as_deref())
+                .await
+                .with_context(|| {
+                    format!("--mode ovs --bridge {} --ovsdb {endpoint}", args.bridge)
+                })?;
+            Arc::new(match dad {
+                Some(w) => dp.with_dad_probe(w),
+                None => dp,
+            })
         }
     };
     let pending_dir = args.pending_dir.unwrap_or_else(|| {

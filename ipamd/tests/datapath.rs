@@ -293,6 +293,72 @@ fn pods_on_one_bridge_reach_each_other_and_the_gateway() {
     });
 }
 
+/// A host on the bridge that holds `ip` with `mac` (not a moor pod: its own
+/// MAC, set up by hand, as a forgotten VM or a bare-metal box would be).
+fn squatter(node: &Netns, ip: Ipv4Addr, mac: &str) -> Netns {
+    let host = Netns::new("squat");
+    // Names are per netns: the node netns is this test's own.
+    let (outer, inner) = ("squat0", "eth0");
+    run(
+        "ip",
+        &[
+            "-n", &node.name, "link", "add", outer, "type", "veth", "peer", "name", inner, "netns",
+            &host.name,
+        ],
+    );
+    node.ip(&["link", "set", outer, "master", BRIDGE, "up"]);
+    host.ip(&["link", "set", inner, "address", mac, "up"]);
+    host.ip(&["addr", "add", &format!("{ip}/24"), "dev", inner]);
+    host
+}
+
+#[test]
+fn dad_probe_refuses_an_ip_another_host_answers_for_and_leaves_nothing() {
+    require_root();
+    let node = node_with_bridge();
+    let ip = Ipv4Addr::new(10, 1, 0, 40);
+    let other_mac = "02:00:00:00:00:99";
+    let _squatter = squatter(&node, ip, other_mac);
+    let (pod, free_pod) = (Netns::new("pod"), Netns::new("pod"));
+    in_netns(&node, || async {
+        let window = Duration::from_millis(300);
+        let dp = BridgeDatapath::new(BRIDGE)
+            .await
+            .unwrap()
+            .with_dad_probe(window);
+        let link = pod_link(&pod, "ctr-dup", ip);
+        let started = Instant::now();
+        match dp.wire(&link).await {
+            Err(DatapathError::AddressConflict { ip: got, mac }) => {
+                assert_eq!((got, mac.as_str()), (ip, other_mac));
+            }
+            other => panic!("wire of a taken IP: want AddressConflict, got {other:?}"),
+        }
+        println!("conflict found after {:?}", started.elapsed());
+        assert!(!node.link_exists(&link.host_ifname), "host end left behind");
+        assert!(!pod.link_exists("eth0"), "pod end left behind");
+
+        // A free IP passes the probe, which takes about the window.
+        let free = pod_link(&free_pod, "ctr-free", Ipv4Addr::new(10, 1, 0, 41));
+        let started = Instant::now();
+        dp.wire(&free).await.unwrap();
+        let took = started.elapsed();
+        assert!(took >= window, "the probe listened only {took:?}");
+        let out = free_pod.exec(&["ping", "-c1", "-W1", "10.1.0.1"]);
+        assert!(
+            out.status.success(),
+            "the probed pod cannot reach the gateway"
+        );
+        dp.unwire(&free.host_ifname).await.unwrap();
+
+        // Without the probe (the default) the same taken IP is wired: the
+        // test above is the probe's doing.
+        let plain = BridgeDatapath::new(BRIDGE).await.unwrap();
+        plain.wire(&link).await.unwrap();
+        plain.unwire(&link.host_ifname).await.unwrap();
+    });
+}
+
 #[test]
 fn wire_sends_three_gratuitous_arps() {
     require_root();

@@ -41,6 +41,9 @@ pub mod cni_code {
     pub const OTHER_POOL: u32 = 105;
     /// CHECK of an attachment this node does not have.
     pub const NOT_ATTACHED: u32 = 106;
+    /// The duplicate-address probe found another owner of the pod's IP; the
+    /// IP is quarantined until `ipamctl ip release`.
+    pub const ADDRESS_CONFLICT: u32 = 107;
     /// ipamd refused the request without saying which way (older ipamd).
     pub const REFUSED: u32 = 110;
     /// ipamd does not know the RPC: plugin and daemon versions differ.

@@ -5,10 +5,14 @@
 //! - [`testbed`]: [`Testbed`] (one ToR + one node + one ipamd) and [`Pod`].
 //! - [`names`]: Kubernetes-shaped pod names and container ids.
 //! - [`bins`]: where the built binaries are.
+//! - [`install_cni`]: runs scripts/install-cni.
+//! - [`podman`]: a private podman 4.3 on the CNI backend.
 
 pub mod bins;
 pub mod cluster;
+pub mod install_cni;
 pub mod names;
+pub mod podman;
 pub mod testbed;
 
 pub use testbed::{CniRun, Counts, Options, Pod, PodAddr, Testbed};

@@ -12,6 +12,10 @@
 //! in parallel in one process and beside other processes. Drop kills ipamd
 //! by pid and deletes every namespace it made, also when the test panicked
 //! (then it prints the tail of ipamd's log first).
+//!
+//! With [`Options::root_netns`] the node is this machine's own (root) netns,
+//! where real runtimes (podman, containerd) run CNI plugins: the bridge and
+//! uplink get unique names there and ipamd runs there too.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -54,6 +58,11 @@ pub struct Options {
     pub define_tor: bool,
     /// ipamd's `--log`.
     pub log: String,
+    /// The node is the root netns (see the module doc): the bridge is
+    /// `mbPID-N`, the uplink `muPID-N`, and the bridge has no node IP, since
+    /// a /24 route in the root netns would clash with another process's
+    /// testbed on the same subnet. `node_ns` then names the root netns.
+    pub root_netns: bool,
 }
 
 impl Default for Options {
@@ -62,6 +71,7 @@ impl Default for Options {
             gc_grace_seconds: None,
             define_tor: true,
             log: "info".into(),
+            root_netns: false,
         }
     }
 }
@@ -167,8 +177,14 @@ pub struct Testbed {
     /// The pod range of the ToR: `range.0`..=`range.1`.
     pub range: (Ipv4Addr, Ipv4Addr),
     pub bridge_mac: String,
+    /// ipamd's `--bridge`: [`BRIDGE`], or unique with `root_netns`.
+    pub bridge: String,
+    /// The node's end of the veth to the ToR.
+    pub uplink: String,
     pub node: String,
     pub tor_ns: String,
+    /// The node's netns name under /run/netns (with `root_netns`: a name
+    /// attached to the root netns, removed again on drop).
     pub node_ns: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -235,12 +251,28 @@ impl Testbed {
         let socket = dir.join("ipamd.sock");
         let mut pending = socket.clone().into_os_string();
         pending.push(".pending");
+        let (bridge, uplink, bridge_mac) = if opts.root_netns {
+            // One root netns for every process: the pid makes them unique.
+            let mac = format!(
+                "02:01:{:02x}:{:02x}:{:02x}:{:02x}",
+                (pid >> 8) as u8,
+                pid as u8,
+                (n >> 8) as u8,
+                n as u8
+            );
+            (format!("mb{pid}-{n}"), format!("mu{pid}-{n}"), mac)
+        } else {
+            let mac = format!("02:00:00:{:02x}:{:02x}:02", (n >> 8) as u8, n as u8);
+            (BRIDGE.to_string(), "uplink0".to_string(), mac)
+        };
         let mut tb = Testbed {
             subnet_base,
             gateway: ip(1),
             node_ip: ip(2),
             range: (ip(10), ip(249)),
-            bridge_mac: format!("02:00:00:{:02x}:{:02x}:02", (n >> 8) as u8, n as u8),
+            bridge_mac,
+            bridge,
+            uplink,
             node: format!("node-{n}"),
             tor_ns: format!("{id}-tor"),
             node_ns: format!("{id}-node"),
@@ -273,27 +305,44 @@ impl Testbed {
 
     fn build_topology(&mut self) {
         let (tor, node) = (self.tor_ns.clone(), self.node_ns.clone());
+        let (bridge, uplink) = (self.bridge.as_str(), self.uplink.as_str());
         self.add_netns(&tor);
-        self.add_netns(&node);
+        if self.opts.root_netns {
+            // A name for our own netns, so every `ip -n` and `ip netns exec`
+            // below works unchanged; `ip netns del` only removes the name.
+            run_ok(
+                "ip",
+                &["netns", "attach", &node, &std::process::id().to_string()],
+            );
+            self.made_netns.lock().unwrap().push(node.clone());
+        } else {
+            self.add_netns(&node);
+        }
         let gw = format!("{}/24", self.gateway);
         let node_ip = format!("{}/24", self.node_ip);
         #[rustfmt::skip]
         let steps: &[&[&str]] = &[
-            &["link", "add", "tor0", "netns", &tor, "type", "veth", "peer", "name", "uplink0", "netns", &node],
+            &["link", "add", "tor0", "netns", &tor, "type", "veth", "peer", "name", uplink, "netns", &node],
             &["-n", &tor, "addr", "add", &gw, "dev", "tor0"],
             &["-n", &tor, "link", "set", "tor0", "up"],
             // Pinned: a bridge takes the lowest MAC of its ports otherwise,
             // and that changes as pod veths come and go.
-            &["-n", &node, "link", "add", BRIDGE, "address", &self.bridge_mac, "type", "bridge"],
-            &["-n", &node, "link", "set", "uplink0", "master", BRIDGE, "up"],
-            &["-n", &node, "addr", "add", &node_ip, "dev", BRIDGE],
-            &["-n", &node, "link", "set", BRIDGE, "up"],
+            &["-n", &node, "link", "add", bridge, "address", &self.bridge_mac, "type", "bridge"],
+            &["-n", &node, "link", "set", uplink, "master", bridge, "up"],
+            &["-n", &node, "link", "set", bridge, "up"],
         ];
         for args in steps {
             run_ok("ip", args);
         }
+        if !self.opts.root_netns {
+            run_ok("ip", &["-n", &node, "addr", "add", &node_ip, "dev", bridge]);
+        }
         self.node_ns_file =
             Some(File::open(format!("/run/netns/{node}")).expect("open the node's netns"));
+        if self.opts.root_netns {
+            self.wait_bridge_up();
+            return;
+        }
         // A new bridge raises its carrier about a second after its first port
         // joins: wait until the node reaches the gateway.
         let start = Instant::now();
@@ -313,6 +362,25 @@ impl Testbed {
                 "node {node} cannot ping its gateway {gw} after 5 s"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Without a node IP to ping from, the bridge's carrier says when its
+    /// uplink forwards.
+    fn wait_bridge_up(&self) {
+        let start = Instant::now();
+        loop {
+            let out = run_ok("ip", &["-j", "link", "show", "dev", &self.bridge]);
+            let v: Value = serde_json::from_str(&out).expect("ip -j link show is JSON");
+            if v[0]["operstate"] == "UP" {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "bridge {} is not up after 5 s: {out}",
+                self.bridge
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -377,7 +445,7 @@ impl Testbed {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--store", &store, "--node", &self.node, "--tor", TOR])
-            .args(["--bridge", BRIDGE, "--log", &self.opts.log]);
+            .args(["--bridge", &self.bridge, "--log", &self.opts.log]);
         if let Some(g) = self.opts.gc_grace_seconds {
             cmd.args(["--gc-grace-seconds", &g.to_string()]);
         }
@@ -609,12 +677,21 @@ impl Testbed {
     // ------------------------------------------------------------ looking
 
     /// Names of links in the node netns starting with "mr": host ends of pod
-    /// veths.
+    /// veths. With `root_netns` only those on this testbed's bridge: the root
+    /// netns holds other testbeds' too.
     pub fn host_links(&self) -> Vec<String> {
-        links(&self.node_ns)
-            .into_iter()
-            .filter(|n| n.starts_with("mr"))
-            .collect()
+        let all = if self.opts.root_netns {
+            let out = run_ok("ip", &["-j", "link", "show", "master", &self.bridge]);
+            let v: Value = serde_json::from_str(&out).expect("ip -j link show is JSON");
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+                .collect()
+        } else {
+            links(&self.node_ns)
+        };
+        all.into_iter().filter(|n| n.starts_with("mr")).collect()
     }
 
     /// Names of the pod's links other than lo.
@@ -679,6 +756,16 @@ impl Drop for Testbed {
             terminate(child);
         }
         self.node_ns_file = None;
+        if self.opts.root_netns {
+            // The root netns outlives us: its links go by name. The uplink
+            // goes with the ToR's netns, but not if that was never made.
+            for link in [&self.bridge, &self.uplink] {
+                let _ = Command::new("ip")
+                    .args(["link", "del", link])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let made = std::mem::take(self.made_netns.get_mut().unwrap_or_else(|e| e.into_inner()));
         for ns in made.iter().rev() {
             let _ = Command::new("ip")

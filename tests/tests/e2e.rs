@@ -27,6 +27,8 @@ mod crash;
 mod daemon_down;
 #[path = "e2e/datapath.rs"]
 mod datapath;
+#[path = "e2e/install_cni.rs"]
+mod install_cni;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 #[path = "e2e/socket.rs"]

@@ -47,6 +47,8 @@ pub enum Refusal {
     /// The pod's IP is still attached to another container (its previous
     /// incarnation not torn down yet): try again later.
     StillAttached { ip: Ipv4Addr, holder: AttachmentKey },
+    /// The pod's IP is quarantined: another interface answered for it.
+    Quarantined { ip: Ipv4Addr, mac: String },
     /// The pool has no IPs on the node's ToR at all.
     NotOnTor { pool_tors: Vec<String> },
     /// Every IP of the pool on this ToR is bound or in use. `tor` names the
@@ -68,6 +70,12 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
                 ip: b.ip,
                 bound_segment: b.tor.clone(),
                 node_tor: input.tor.to_string(),
+            });
+        }
+        if let Some(q) = input.leases.get(&b.ip).and_then(|l| l.quarantine.as_ref()) {
+            return Err(Refusal::Quarantined {
+                ip: b.ip,
+                mac: q.mac.clone(),
             });
         }
         if let Some(att) = input.leases.get(&b.ip).and_then(|l| l.attachment.as_ref()) {
@@ -180,6 +188,7 @@ mod tests {
                     created_binding: bound,
                 }),
                 evict: false,
+                quarantine: None,
             },
         )
     }

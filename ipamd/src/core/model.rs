@@ -228,14 +228,29 @@ pub struct Lease {
     /// `ipamctl ip evict`: the binding goes with the holder's DEL.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub evict: bool,
+    /// Another interface answered for this IP (the duplicate-address probe):
+    /// no pod gets it until `ipamctl ip release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
+}
+
+/// Why an IP is out of use: who else was heard using it, where and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// The MAC that answered for the IP.
+    pub mac: String,
+    /// The node whose probe heard it.
+    pub node: String,
+    pub since_unix: u64,
 }
 
 impl Lease {
     pub fn state(&self) -> IpState {
-        match (&self.binding, &self.attachment) {
-            (_, Some(_)) => IpState::InUse,
-            (Some(_), None) => IpState::Bound,
-            (None, None) => IpState::Free,
+        match (&self.binding, &self.attachment, &self.quarantine) {
+            (_, Some(_), _) => IpState::InUse,
+            (_, None, Some(_)) => IpState::Quarantined,
+            (Some(_), None, None) => IpState::Bound,
+            (None, None, None) => IpState::Free,
         }
     }
 }
@@ -245,6 +260,7 @@ pub enum IpState {
     Free,
     Bound,
     InUse,
+    Quarantined,
 }
 
 impl IpState {
@@ -253,6 +269,7 @@ impl IpState {
             IpState::Free => "free",
             IpState::Bound => "bound",
             IpState::InUse => "in-use",
+            IpState::Quarantined => "quarantined",
         }
     }
 }
@@ -308,7 +325,9 @@ pub fn pool_counts(pool: &Pool, leases: &[Lease]) -> BTreeMap<String, PoolCounts
         let c = out.entry(tor.to_string()).or_default();
         match lease.state() {
             IpState::InUse => c.in_use += 1,
-            IpState::Bound => c.bound += 1,
+            // Kept from pods either way: for one that is not running, or
+            // from all of them until an operator clears the conflict.
+            IpState::Bound | IpState::Quarantined => c.bound += 1,
             IpState::Free => continue,
         }
         c.free -= 1;

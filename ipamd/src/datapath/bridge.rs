@@ -11,7 +11,7 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{Handle, LinkUnspec};
 
-use super::announce::{announce_again, Announcer};
+use super::announce::{announce_again, probe_for_owner, Announcer};
 use super::netlinksafe::{self, to_io};
 use super::netns::{netlink_in, LinkDeleter};
 use super::veth::{self, rollback, NewPair};
@@ -26,6 +26,8 @@ pub struct BridgeDatapath {
     handle: Handle,
     bridge: String,
     deleter: LinkDeleter,
+    /// The duplicate-address probe's window; None: no probe.
+    dad_probe: Option<Duration>,
 }
 
 /// What `wire` needs to know about the bridge, read fresh each time so that a
@@ -73,7 +75,15 @@ impl BridgeDatapath {
             handle,
             bridge: bridge.to_string(),
             deleter,
+            dad_probe: None,
         })
+    }
+
+    /// Probe for another owner of each pod's IP for `window` before using it
+    /// (see [`DatapathError::AddressConflict`]).
+    pub fn with_dad_probe(mut self, window: Duration) -> Self {
+        self.dad_probe = Some(window);
+        self
     }
 
     /// The bridge's name.
@@ -87,7 +97,12 @@ impl Datapath for BridgeDatapath {
     async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError> {
         // Run to completion even if the caller is cancelled (a client gone
         // mid-ADD), so a half-wired pod is always rolled back.
-        let task = tokio::spawn(wire(self.handle.clone(), self.bridge.clone(), link.clone()));
+        let task = tokio::spawn(wire(
+            self.handle.clone(),
+            self.bridge.clone(),
+            link.clone(),
+            self.dad_probe,
+        ));
         task.await.map_err(|e| DatapathError::Worker {
             netns: link.netns.clone(),
             reason: format!("wiring task failed: {e}"),
@@ -124,7 +139,12 @@ impl Datapath for BridgeDatapath {
     }
 }
 
-async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, DatapathError> {
+async fn wire(
+    handle: Handle,
+    bridge: String,
+    link: PodLink,
+    dad_probe: Option<Duration>,
+) -> Result<Wired, DatapathError> {
     // Enters the pod's netns while the bridge is looked up.
     let mut pair = NewPair::prepare(&link)?;
     let br = bridge_info(&handle, &bridge).await?;
@@ -136,7 +156,7 @@ async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, Da
         &format!("port of bridge {bridge}"),
     )
     .await?;
-    let configured = pair.configure_pod(false).await;
+    let configured = pair.configure_pod(false, dad_probe.is_some()).await;
     let announcer = match configured {
         Ok(announcer) => announcer,
         Err(e) => {
@@ -144,7 +164,15 @@ async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, Da
             return Err(e);
         }
     };
-    if let Err(e) = announce_first(&handle, &announcer, &link).await {
+    wait_forwarding(&handle, &link).await;
+    let announcer = match probe_for_owner(announcer, dad_probe, &link).await {
+        Ok(a) => a,
+        Err(e) => {
+            rollback(&handle, &link.host_ifname).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = announce_first(&announcer, &link) {
         rollback(&handle, &link.host_ifname).await;
         return Err(e);
     }
@@ -155,7 +183,8 @@ async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, Da
     })
 }
 
-/// Sends the first gratuitous ARP once the host end forwards.
+/// Waits (bounded) until the host end forwards, so that the probe and the
+/// first gratuitous ARP reach the network.
 ///
 /// The bridge enables a new port only when the kernel's linkwatch worker
 /// processes the carrier change of the host end, asynchronously and after
@@ -164,11 +193,7 @@ async fn wire(handle: Handle, bridge: String, link: PodLink) -> Result<Wired, Da
 /// way in about a third of our test runs, so wait for the port (usually
 /// already forwarding by now; bounded, since a bridge running STP keeps new
 /// ports in listening/learning for seconds).
-async fn announce_first(
-    handle: &Handle,
-    announcer: &Announcer,
-    link: &PodLink,
-) -> Result<(), DatapathError> {
+async fn wait_forwarding(handle: &Handle, link: &PodLink) {
     let started = Instant::now();
     let mut state = port_state(handle, &link.host_ifname).await;
     while state != Some(BridgePortState::Forwarding) && started.elapsed() < PORT_FORWARDING_WAIT {
@@ -184,6 +209,10 @@ async fn announce_first(
         );
     }
     tracing::debug!(host_ifname = %link.host_ifname, waited = ?started.elapsed(), "host end forwarding");
+}
+
+/// Sends the first gratuitous ARP.
+fn announce_first(announcer: &Announcer, link: &PodLink) -> Result<(), DatapathError> {
     announcer.send().map_err(|source| DatapathError::Announce {
         ip: link.address.ip(),
         ifname: link.ifname.clone(),

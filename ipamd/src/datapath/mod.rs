@@ -141,6 +141,12 @@ pub enum DatapathError {
         source: io::Error,
     },
 
+    /// The duplicate-address probe heard another interface use the IP.
+    #[error(
+        "{ip} is already used on the network by MAC {mac} (it answered moor's duplicate-address probe)"
+    )]
+    AddressConflict { ip: Ipv4Addr, mac: String },
+
     #[error("failed to announce {ip} (gratuitous ARP) on {ifname}: {source}")]
     Announce {
         ip: Ipv4Addr,

@@ -17,7 +17,7 @@ use moor_ovs::{Endpoint, ErrorKind, Options, Ovsdb, Port, PortSpec};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::{Handle, LinkUnspec};
 
-use super::announce::announce_again;
+use super::announce::{announce_again, probe_for_owner};
 use super::netlinksafe::{self, to_io};
 use super::netns::{netlink_in, LinkDeleter};
 use super::veth::{self, NewPair};
@@ -91,6 +91,8 @@ pub struct OvsDatapath {
     /// The bridge is on the userspace datapath: pods' veths need TX
     /// checksum offload off (see `veth::disable_tx_checksum`).
     userspace: bool,
+    /// The duplicate-address probe's window; None: no probe.
+    dad_probe: Option<Duration>,
 }
 
 /// The port of a pod: named after the host end, tagged with the pod's VLAN,
@@ -261,7 +263,15 @@ impl OvsDatapath {
             bridge: bridge.to_string(),
             mtu,
             userspace,
+            dad_probe: None,
         })
+    }
+
+    /// Probe for another owner of each pod's IP for `window` before using it
+    /// (see [`DatapathError::AddressConflict`]).
+    pub fn with_dad_probe(mut self, window: Duration) -> Self {
+        self.dad_probe = Some(window);
+        self
     }
 
     /// The OVS bridge's name.
@@ -294,7 +304,7 @@ impl OvsDatapath {
         // as a port: each needs only the pair.
         let spec = pod_port(&link);
         let (configured, added) = tokio::join!(
-            pair.configure_pod(self.userspace),
+            pair.configure_pod(self.userspace, self.dad_probe.is_some()),
             self.ovs.add_port(&self.bridge, &spec)
         );
         let port_written = match &added {
@@ -317,8 +327,15 @@ impl OvsDatapath {
                 });
             }
         };
-        // ovs-vswitchd has applied the port: the first announcement goes
-        // through an installed port.
+        // ovs-vswitchd has applied the port: the probe and the first
+        // announcement go through an installed port.
+        let announcer = match probe_for_owner(announcer, self.dad_probe, &link).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.rollback(&link.host_ifname, true).await;
+                return Err(e);
+            }
+        };
         if let Err(source) = announcer.send() {
             self.rollback(&link.host_ifname, true).await;
             return Err(DatapathError::Announce {

@@ -126,14 +126,16 @@ impl NewPair {
     /// Sets the pod end up with its address and default route, on the pod's
     /// thread; returns the announcer for the caller to send the gratuitous
     /// ARPs once the host end forwards. The caller rolls back on failure.
-    /// `tx_checksum_off`: see [`disable_tx_checksum`].
+    /// `tx_checksum_off`: see [`disable_tx_checksum`]. `probe`: the
+    /// announcer can also run the duplicate-address probe.
     pub(crate) async fn configure_pod(
         self,
         tx_checksum_off: bool,
+        probe: bool,
     ) -> Result<Announcer, DatapathError> {
         let link = self.link;
         self.pod
-            .run(move |pod| configure_pod(pod, link, tx_checksum_off))
+            .run(move |pod| configure_pod(pod, link, tx_checksum_off, probe))
             .await
     }
 }
@@ -200,6 +202,7 @@ pub(crate) async fn configure_pod(
     handle: Handle,
     link: PodLink,
     tx_checksum_off: bool,
+    probe: bool,
 ) -> Result<Announcer, DatapathError> {
     let netns = link.netns.display();
     let ifname = &link.ifname;
@@ -268,7 +271,7 @@ pub(crate) async fn configure_pod(
         ifname: ifname.clone(),
         source,
     };
-    Announcer::open(index, link.mac, ip).map_err(announce_error)
+    Announcer::open(index, link.mac, ip, probe).map_err(announce_error)
 }
 
 /// `ethtool -K IFNAME tx off` in the calling thread's netns (the kernel drops
