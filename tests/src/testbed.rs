@@ -63,6 +63,8 @@ pub struct Options {
     /// a /24 route in the root netns would clash with another process's
     /// testbed on the same subnet. `node_ns` then names the root netns.
     pub root_netns: bool,
+    /// More `ipamd` flags, e.g. `--reconcile-interval-seconds 1`.
+    pub ipamd_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             define_tor: true,
             log: "info".into(),
             root_netns: false,
+            ipamd_args: Vec::new(),
         }
     }
 }
@@ -449,6 +452,7 @@ impl Testbed {
         if let Some(g) = self.opts.gc_grace_seconds {
             cmd.args(["--gc-grace-seconds", &g.to_string()]);
         }
+        cmd.args(&self.opts.ipamd_args);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

@@ -29,9 +29,13 @@ mod daemon_down;
 mod datapath;
 #[path = "e2e/install_cni.rs"]
 mod install_cni;
+#[path = "e2e/ovs_cluster.rs"]
+mod ovs_cluster;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 #[path = "e2e/socket.rs"]
 mod socket;
 #[path = "e2e/support.rs"]
 mod support;
+#[path = "e2e/sweep.rs"]
+mod sweep;
