@@ -226,6 +226,17 @@ pub struct IpView {
     pub binding: Option<PodView>,
     /// The live use of the IP.
     pub attachment: Option<AttachmentView>,
+    /// Why no pod gets the IP (state `quarantined`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<QuarantineView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuarantineView {
+    /// The MAC that answered for the IP.
+    pub mac: String,
+    pub node: String,
+    pub since_unix: u64,
 }
 
 impl From<&Ip> for IpView {
@@ -237,6 +248,11 @@ impl From<&Ip> for IpView {
             state: ip.state.clone(),
             binding: PodView::of(ip.binding.as_ref()),
             attachment: ip.attachment.as_ref().map(AttachmentView::from),
+            quarantine: ip.quarantine.as_ref().map(|q| QuarantineView {
+                mac: q.mac.clone(),
+                node: q.node.clone(),
+                since_unix: q.since_unix,
+            }),
         }
     }
 }
@@ -693,6 +709,15 @@ fn ip_fields(v: &IpView) -> Vec<(&'static str, String)> {
             ("  Created", utc(a.created_unix)),
         ]),
     }
+    if let Some(q) = &v.quarantine {
+        rows.extend([
+            ("Quarantine", String::new()),
+            ("  Other MAC", q.mac.clone()),
+            ("  Heard by", q.node.clone()),
+            ("  Since", utc(q.since_unix)),
+            ("  Lift with", format!("ipamctl ip release {}", v.address)),
+        ]);
+    }
     rows
 }
 
@@ -935,6 +960,7 @@ mod tests {
                 network: "moor".into(),
                 created_unix: 1_714_564_800,
             }),
+            quarantine: None,
         }
     }
 
@@ -946,7 +972,29 @@ mod tests {
             state: "free".into(),
             binding: Some(PodRef::default()),
             attachment: None,
+            quarantine: None,
         }
+    }
+
+    #[test]
+    fn quarantined_ip_shows_the_other_mac_and_the_way_out() {
+        let ip = Ip {
+            state: "quarantined".into(),
+            quarantine: Some(moor_proto::v1::Quarantine {
+                mac: "02:00:00:00:00:99".into(),
+                node: "node-a".into(),
+                since_unix: 1_714_564_800,
+            }),
+            ..free_ip("10.1.0.40")
+        };
+        let out = ip_show(&ip, Format::Table);
+        assert!(out.contains("02:00:00:00:00:99"), "{out}");
+        assert!(out.contains("ipamctl ip release 10.1.0.40"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&ip_show(&ip, Format::Json)).unwrap();
+        assert_eq!(v["quarantine"]["mac"], "02:00:00:00:00:99");
+        let free: serde_json::Value =
+            serde_json::from_str(&ip_show(&free_ip("10.1.0.41"), Format::Json)).unwrap();
+        assert!(free.get("quarantine").is_none(), "{free}");
     }
 
     #[test]

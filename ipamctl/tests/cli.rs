@@ -432,6 +432,7 @@ impl Admin for FakeAdmin {
                     uid: String::new(),
                 }),
                 attachment: None,
+                quarantine: None,
             }],
         }))
     }
@@ -453,6 +454,7 @@ impl Admin for FakeAdmin {
                 state: "free".into(),
                 binding: None,
                 attachment: None,
+                quarantine: None,
             }),
             was_bound: true,
         }))
@@ -495,6 +497,7 @@ impl Admin for FakeAdmin {
                 state: "in-use".into(),
                 binding: Some(pod),
                 attachment: Some(holder.clone()),
+                quarantine: None,
             }),
             released: false,
             pending: true,

@@ -158,6 +158,15 @@ pub(crate) fn ip_msg(v: &IpView) -> v1::Ip {
             .as_ref()
             .and_then(|l| l.attachment.as_ref())
             .map(|a| attachment_msg(a, v.ip)),
+        quarantine: v
+            .lease
+            .as_ref()
+            .and_then(|l| l.quarantine.as_ref())
+            .map(|q| v1::Quarantine {
+                mac: q.mac.clone(),
+                node: q.node.clone(),
+                since_unix: q.since_unix,
+            }),
     }
 }
 
