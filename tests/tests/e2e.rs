@@ -23,6 +23,8 @@ mod cluster_cli;
 mod concurrency;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/dad.rs"]
+mod dad;
 #[path = "e2e/daemon_down.rs"]
 mod daemon_down;
 #[path = "e2e/datapath.rs"]
