@@ -7,9 +7,13 @@
 //! - [`bins`]: where the built binaries are.
 //! - [`install_cni`]: runs scripts/install-cni.
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
+//! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
+//!   with moor as its CNI.
 
 pub mod bins;
 pub mod cluster;
+pub mod containerd;
+pub mod cri;
 pub mod install_cni;
 pub mod names;
 pub mod podman;
