@@ -24,9 +24,13 @@ pub fn bins() -> &'static Bins {
     BINS.get_or_init(|| {
         let exe = std::env::current_exe().expect("path of the test executable");
         let deps = exe.parent().expect("test executable has a directory");
-        // Tests run from target/<profile>/deps; be lenient if run from the
-        // profile directory itself.
-        let dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        // Tests run from target/<profile>/deps, examples from
+        // target/<profile>/examples; be lenient if run from the profile
+        // directory itself.
+        let dir = if deps
+            .file_name()
+            .is_some_and(|n| n == "deps" || n == "examples")
+        {
             deps.parent().expect("deps has a parent")
         } else {
             deps

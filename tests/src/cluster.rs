@@ -22,6 +22,11 @@
 //! 127.0.0.1) and works on its node's namespace with `--netns`; `moor` runs
 //! inside the node namespace, as a runtime on that node would run it.
 //!
+//! With [`Fabric::Bare`] the cluster makes only the namespaces and each
+//! node's uplink veth, and leaves switching them, starting the ipamds and
+//! defining the ToRs to its caller (`crate::ovs_cluster` puts Open vSwitch
+//! there).
+//!
 //! Drop kills the ipamds and the etcd members by pid and deletes every
 //! namespace and directory it made, also when the test panicked (then it
 //! prints the tail of every ipamd's log first). etcd members and ipamds get
@@ -56,6 +61,8 @@ use crate::{CniRun, Counts, Pod, PodAddr};
 pub const ETCD: &str = "/usr/bin/etcd";
 /// The bridge in each ToR namespace that carries the gateway.
 pub const TOR_BRIDGE: &str = "sw0";
+/// Each node's end of its veth to the ToR (the ToR's end is `d-<node>`).
+pub const UPLINK: &str = "uplink0";
 /// The cniVersion of [`Cluster::moor`].
 pub const CNI_VERSION: &str = "1.0.0";
 
@@ -66,15 +73,45 @@ const ETCD_READY: Duration = Duration::from_secs(30);
 /// How long an etcd member may take to exit on SIGTERM.
 const ETCD_STOP: Duration = Duration::from_secs(3);
 
+/// How the ToRs and nodes of a cluster are switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fabric {
+    /// A Linux bridge with the gateway in each ToR, `br0` with the node's IP
+    /// in each node, ipamd in physical mode; [`Cluster::new`] starts the
+    /// ipamds and defines the ToRs.
+    #[default]
+    LinuxBridges,
+    /// Only the namespaces and the uplink veths (up, switched by nothing):
+    /// the caller builds the switches, sets [`ClusterNode::datapath_args`],
+    /// starts the ipamds and calls [`Cluster::define_tors`]. VLANs and
+    /// segments need this (a Linux bridge here has no VLAN filtering).
+    Bare,
+}
+
+/// One ToR record of a layout: a ToR, or a segment of one.
+#[derive(Debug, Clone)]
+pub struct TorSpec {
+    pub name: String,
+    /// Number of pod IPs in its range (at most 240).
+    pub pod_ips: u32,
+    /// `ipamctl tor add --vlan`.
+    pub vlan: Option<u16>,
+    /// `ipamctl tor add --segment-of`: a segment shares the namespace (the
+    /// switch) of its ToR and has its own subnet, gateway and VLAN.
+    pub segment_of: Option<String>,
+}
+
 /// What ToRs and nodes a cluster has.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// (ToR name, number of pod IPs in its range), in order.
-    pub tors: Vec<(String, u32)>,
+    /// ToRs and segments, in the order they are defined (a segment after
+    /// its ToR).
+    pub tors: Vec<TorSpec>,
     /// (node name, its ToR), in order. Node names are at most 12 bytes.
     pub nodes: Vec<(String, String)>,
     /// ipamd's `--log`.
     pub log: String,
+    pub fabric: Fabric,
 }
 
 impl Default for Layout {
@@ -83,6 +120,7 @@ impl Default for Layout {
             tors: Vec::new(),
             nodes: Vec::new(),
             log: "info".into(),
+            fabric: Fabric::default(),
         }
     }
 }
@@ -94,7 +132,36 @@ impl Layout {
 
     /// A ToR with `pod_ips` addresses reserved for pods (at most 240).
     pub fn tor(mut self, name: &str, pod_ips: u32) -> Self {
-        self.tors.push((name.into(), pod_ips));
+        self.tors.push(TorSpec {
+            name: name.into(),
+            pod_ips,
+            vlan: None,
+            segment_of: None,
+        });
+        self
+    }
+
+    /// A ToR whose subnet is VLAN `vlan`.
+    pub fn tor_on_vlan(self, name: &str, pod_ips: u32, vlan: u16) -> Self {
+        let mut l = self.tor(name, pod_ips);
+        l.tors.last_mut().expect("just pushed").vlan = Some(vlan);
+        l
+    }
+
+    /// Another segment (subnet, VLAN `vlan`) of the ToR `of`, defined before.
+    pub fn segment(mut self, name: &str, of: &str, pod_ips: u32, vlan: u16) -> Self {
+        assert!(
+            self.tors
+                .iter()
+                .any(|t| t.name == of && t.segment_of.is_none()),
+            "segment {name}: define its ToR {of} first"
+        );
+        self.tors.push(TorSpec {
+            name: name.into(),
+            pod_ips,
+            vlan: Some(vlan),
+            segment_of: Some(of.into()),
+        });
         self
     }
 
@@ -114,19 +181,24 @@ impl Layout {
     }
 }
 
-/// One ToR: a namespace with a bridge that holds the gateway.
+/// One ToR (or segment of one): a namespace with a bridge that holds the
+/// gateway.
 #[derive(Debug, Clone)]
 pub struct TorNet {
     pub name: String,
-    /// The ToR's namespace.
+    /// The ToR's namespace (a segment's is its ToR's).
     pub ns: String,
     /// e.g. 10.201.3.0/24.
     pub subnet: String,
     pub gateway: Ipv4Addr,
     /// The pod range: `range.0..=range.1`.
     pub range: (Ipv4Addr, Ipv4Addr),
-    /// The pinned MAC of the ToR's bridge (and so of the gateway).
+    /// The pinned MAC of the gateway (with Linux bridges: of the ToR's
+    /// bridge).
     pub mac: String,
+    pub vlan: Option<u16>,
+    /// The ToR this is a segment of.
+    pub segment_of: Option<String>,
 }
 
 impl TorNet {
@@ -147,8 +219,12 @@ pub struct ClusterNode {
     pub tor: String,
     /// The node's namespace (`--netns /run/netns/<ns>`).
     pub ns: String,
+    /// The node's IP on `br0` (not configured with [`Fabric::Bare`]).
     pub ip: Ipv4Addr,
     pub bridge_mac: String,
+    /// ipamd's arguments that choose and set up its datapath; default
+    /// `--bridge br0` (physical mode).
+    pub datapath_args: Vec<String>,
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub local_state: PathBuf,
@@ -285,30 +361,43 @@ impl Cluster {
         };
         c.start_etcd_cluster(3);
         c.build_topology(&layout, n);
-        for i in 0..c.nodes.len() {
-            let name = c.nodes[i].name.clone();
-            c.start_ipamd(&name);
-        }
-        for t in &c.tors {
-            let range = format!("{}-{}", t.range.0, t.range.1);
-            let gw = t.gateway.to_string();
-            let out = c.ipamctl(
-                &c.nodes[0].name,
-                &[
-                    "tor",
-                    "add",
-                    &t.name,
-                    "--subnet",
-                    &t.subnet,
-                    "--gateway",
-                    &gw,
-                    "--range",
-                    &range,
-                ],
-            );
-            assert_ok(&out, &format!("ipamctl tor add {}", t.name));
+        if layout.fabric == Fabric::LinuxBridges {
+            for i in 0..c.nodes.len() {
+                let name = c.nodes[i].name.clone();
+                c.start_ipamd(&name);
+            }
+            c.define_tors();
         }
         c
+    }
+
+    /// `ipamctl tor add` of every ToR and segment of the layout, in order,
+    /// through the first node's ipamd.
+    pub fn define_tors(&self) {
+        for t in &self.tors {
+            let range = format!("{}-{}", t.range.0, t.range.1);
+            let gw = t.gateway.to_string();
+            let vlan = t.vlan.map(|v| v.to_string());
+            let mut args = vec![
+                "tor",
+                "add",
+                &t.name,
+                "--subnet",
+                &t.subnet,
+                "--gateway",
+                &gw,
+                "--range",
+                &range,
+            ];
+            if let Some(v) = &vlan {
+                args.extend(["--vlan", v]);
+            }
+            if let Some(of) = &t.segment_of {
+                args.extend(["--segment-of", of]);
+            }
+            let out = self.ipamctl(&self.nodes[0].name, &args);
+            assert_ok(&out, &format!("ipamctl {}", args.join(" ")));
+        }
     }
 
     // ------------------------------------------------------------ etcd
@@ -572,19 +661,40 @@ impl Cluster {
 
     fn build_topology(&mut self, layout: &Layout, n: u32) {
         assert!(layout.tors.len() <= 50, "at most 50 ToRs");
-        for (t, (name, pod_ips)) in layout.tors.iter().enumerate() {
-            assert!((1..=240).contains(pod_ips), "ToR {name}: 1 to 240 pod IPs");
+        let bare = layout.fabric == Fabric::Bare;
+        for (t, spec) in layout.tors.iter().enumerate() {
+            let (name, pod_ips) = (&spec.name, spec.pod_ips);
+            assert!((1..=240).contains(&pod_ips), "ToR {name}: 1 to 240 pod IPs");
+            assert!(
+                bare || (spec.vlan.is_none() && spec.segment_of.is_none()),
+                "ToR {name}: VLANs and segments need Fabric::Bare and a VLAN-aware switch \
+                 (e.g. moor_e2e::ovs_cluster)"
+            );
             let base = [10, 200 + t as u8, (n % 256) as u8];
             let ip = |last: u8| Ipv4Addr::new(base[0], base[1], base[2], last);
+            let ns = match &spec.segment_of {
+                Some(of) => self.tor(of).ns.clone(),
+                None => format!("{}-{name}", self.id),
+            };
             let tor = TorNet {
                 name: name.clone(),
-                ns: format!("{}-{name}", self.id),
+                ns,
                 subnet: format!("{}/24", ip(0)),
                 gateway: ip(1),
-                range: (ip(10), ip(10 + (*pod_ips - 1) as u8)),
+                range: (ip(10), ip(10 + (pod_ips - 1) as u8)),
                 mac: format!("02:a0:{:02x}:{:02x}:{:02x}:01", (n >> 8) as u8, n as u8, t),
+                vlan: spec.vlan,
+                segment_of: spec.segment_of.clone(),
             };
+            if tor.segment_of.is_some() {
+                self.tors.push(tor);
+                continue;
+            }
             self.add_netns(&tor.ns);
+            if bare {
+                self.tors.push(tor);
+                continue;
+            }
             let gw = format!("{}/24", tor.gateway);
             #[rustfmt::skip]
             let steps: &[&[&str]] = &[
@@ -608,6 +718,10 @@ impl Cluster {
                 .enumerate()
                 .find(|(_, t)| &t.name == tor_name)
                 .unwrap_or_else(|| panic!("node {name}: no ToR {tor_name}"));
+            assert!(
+                tor.segment_of.is_none(),
+                "node {name}: {tor_name} is a segment; a node is under its ToR"
+            );
             let tor = tor.clone();
             let ns = format!("{}-{name}", self.id);
             self.add_netns(&ns);
@@ -624,16 +738,25 @@ impl Cluster {
             let port = format!("d-{name}");
             let cidr = format!("{node_ip}/24");
             #[rustfmt::skip]
-            let steps: &[&[&str]] = &[
-                &["link", "add", &port, "netns", &tor.ns, "type", "veth", "peer", "name", "uplink0", "netns", &ns],
-                &["-n", &tor.ns, "link", "set", &port, "master", TOR_BRIDGE, "up"],
-                // Pinned: a bridge takes the lowest MAC of its ports otherwise,
-                // and that changes as pod veths come and go.
-                &["-n", &ns, "link", "add", BRIDGE, "address", &bridge_mac, "type", "bridge"],
-                &["-n", &ns, "link", "set", "uplink0", "master", BRIDGE, "up"],
-                &["-n", &ns, "addr", "add", &cidr, "dev", BRIDGE],
-                &["-n", &ns, "link", "set", BRIDGE, "up"],
-            ];
+            let veth = ["link", "add", &port, "netns", &tor.ns, "type", "veth", "peer", "name", UPLINK, "netns", &ns];
+            run_ok("ip", &veth);
+            #[rustfmt::skip]
+            let steps: &[&[&str]] = if bare {
+                &[
+                    &["-n", &tor.ns, "link", "set", &port, "up"],
+                    &["-n", &ns, "link", "set", UPLINK, "up"],
+                ]
+            } else {
+                &[
+                    &["-n", &tor.ns, "link", "set", &port, "master", TOR_BRIDGE, "up"],
+                    // Pinned: a bridge takes the lowest MAC of its ports otherwise,
+                    // and that changes as pod veths come and go.
+                    &["-n", &ns, "link", "add", BRIDGE, "address", &bridge_mac, "type", "bridge"],
+                    &["-n", &ns, "link", "set", UPLINK, "master", BRIDGE, "up"],
+                    &["-n", &ns, "addr", "add", &cidr, "dev", BRIDGE],
+                    &["-n", &ns, "link", "set", BRIDGE, "up"],
+                ]
+            };
             for args in steps {
                 run_ok("ip", args);
             }
@@ -649,6 +772,7 @@ impl Cluster {
                 ns,
                 ip: node_ip,
                 bridge_mac,
+                datapath_args: vec!["--bridge".into(), BRIDGE.into()],
                 local_state: dir.join("local.redb"),
                 pending_dir: pending.into(),
                 log: dir.join("ipamd.log"),
@@ -657,6 +781,9 @@ impl Cluster {
                 ns_file,
                 ipamd: Mutex::new(None),
             });
+        }
+        if bare {
+            return;
         }
         // A new bridge raises its carrier about a second after its first
         // port joins: wait until every node reaches its gateway.
@@ -712,7 +839,8 @@ impl Cluster {
             .arg("--local-state")
             .arg(&node.local_state)
             .args(["--netns", &netns, "--node", &node.name, "--tor", &node.tor])
-            .args(["--bridge", BRIDGE, "--log", &self.log_level])
+            .args(&node.datapath_args)
+            .args(["--log", &self.log_level])
             .arg("--pending-dir")
             .arg(&node.pending_dir);
         let mut child = spawn_logged(&mut cmd, &node.log).expect("spawn ipamd");

@@ -3,6 +3,8 @@
 //! `ipamctl` binaries against them, and removes everything it made.
 //!
 //! - [`testbed`]: [`Testbed`] (one ToR + one node + one ipamd) and [`Pod`].
+//! - [`cluster`]: several nodes on a real etcd; [`ovs_cluster`]: the same
+//!   switched by Open vSwitch with VLANs (issue 4).
 //! - [`names`]: Kubernetes-shaped pod names and container ids.
 //! - [`bins`]: where the built binaries are.
 //! - [`install_cni`]: runs scripts/install-cni.
@@ -16,6 +18,7 @@ pub mod containerd;
 pub mod cri;
 pub mod install_cni;
 pub mod names;
+pub mod ovs_cluster;
 pub mod podman;
 pub mod testbed;
 

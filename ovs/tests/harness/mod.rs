@@ -24,6 +24,8 @@ pub struct Ovs {
     ovsdb_server: Option<Child>,
     vswitchd: Option<Child>,
     netns_created: bool,
+    /// ovsdb-server runs in `netns` too (an existing namespace: `start_in`).
+    ovsdb_in_netns: bool,
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -43,6 +45,17 @@ impl Ovs {
     /// ovsdb-server with an initialized database, and ovs-vswitchd in a new
     /// network namespace.
     pub fn start() -> Ovs {
+        Self::start_with(None)
+    }
+
+    /// The same with ovsdb-server and ovs-vswitchd in `netns`, an existing
+    /// namespace that its maker deletes (so that the node of a multi-node
+    /// testbed holds its own switch).
+    pub fn start_in(netns: &str) -> Ovs {
+        Self::start_with(Some(netns))
+    }
+
+    fn start_with(netns: Option<&str>) -> Ovs {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}-{}",
@@ -56,11 +69,12 @@ impl Ovs {
         // From here on Drop cleans up whatever was started.
         let mut ovs = Ovs {
             sock: dir.join("db.sock"),
-            netns: format!("moor-ovs-{id}"),
+            netns: netns.map_or_else(|| format!("moor-ovs-{id}"), str::to_string),
             dir,
             ovsdb_server: None,
             vswitchd: None,
             netns_created: false,
+            ovsdb_in_netns: netns.is_some(),
         };
         run(Command::new("ovsdb-tool")
             .arg("create")
@@ -68,9 +82,11 @@ impl Ovs {
             .arg(SCHEMA));
         ovs.start_ovsdb_server();
         ovs.vsctl(&["--no-wait", "init"]);
-        run(Command::new("ip").args(["netns", "add", &ovs.netns]));
-        ovs.netns_created = true;
-        ovs.ip(&["link", "set", "lo", "up"]);
+        if netns.is_none() {
+            run(Command::new("ip").args(["netns", "add", &ovs.netns]));
+            ovs.netns_created = true;
+            ovs.ip(&["link", "set", "lo", "up"]);
+        }
         ovs.start_vswitchd();
         ovs
     }
@@ -90,8 +106,14 @@ impl Ovs {
     pub fn start_ovsdb_server(&mut self) {
         assert!(self.ovsdb_server.is_none(), "ovsdb-server already running");
         let d = &self.dir;
-        let child = self
-            .command("ovsdb-server")
+        let mut cmd = if self.ovsdb_in_netns {
+            let mut c = self.command("ip");
+            c.args(["netns", "exec", &self.netns, "ovsdb-server"]);
+            c
+        } else {
+            self.command("ovsdb-server")
+        };
+        let child = cmd
             .arg(d.join("conf.db"))
             .arg(format!("--remote=punix:{}", self.sock.display()))
             // Also listen where the Manager table says (tcp, in one test).
@@ -133,8 +155,13 @@ impl Ovs {
         }
     }
 
-    fn start_vswitchd(&mut self) {
+    /// Starts (or restarts) ovs-vswitchd in the namespace and waits until
+    /// its control socket is there.
+    pub fn start_vswitchd(&mut self) {
+        assert!(self.vswitchd.is_none(), "ovs-vswitchd already running");
         let d = &self.dir;
+        // A killed one leaves its control socket behind.
+        let _ = std::fs::remove_file(d.join("ovs-vswitchd.ctl"));
         // `ip netns exec` execs ovs-vswitchd, so the child's pid is vswitchd's.
         let child = self
             .command("ip")
@@ -174,6 +201,13 @@ impl Ovs {
     /// Stops ovs-vswitchd (SIGTERM): the database stays, nothing applies it.
     pub fn stop_vswitchd(&mut self) {
         stop(&mut self.vswitchd.take().expect("ovs-vswitchd not running"));
+    }
+
+    /// SIGKILLs ovs-vswitchd, as a crash would; its tap devices stay.
+    pub fn kill_vswitchd(&mut self) {
+        let mut child = self.vswitchd.take().expect("ovs-vswitchd not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// SIGKILLs ovsdb-server, as a crash would.
