@@ -76,6 +76,8 @@ pub fn is_netns(path: &str) -> bool {
 #[derive(Default)]
 pub struct Sweep {
     suspects: HashMap<AttachmentKey, u64>,
+    /// Switch ports seen without their interface on the last pass.
+    orphans: std::collections::HashSet<String>,
 }
 
 /// What a pass did, for logs and tests.
@@ -83,6 +85,8 @@ pub struct Sweep {
 pub struct SweepReport {
     pub suspects: usize,
     pub released: Vec<AttachmentKey>,
+    /// Switch ports removed because their interface was gone twice.
+    pub removed_ports: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -139,7 +143,8 @@ impl Sweep {
             }
         }
         self.suspects = next;
-        if report.suspects > 0 || !report.released.is_empty() {
+        self.sweep_orphan_ports(node, &mut report).await;
+        if report.suspects > 0 || !report.released.is_empty() || !report.removed_ports.is_empty() {
             info!(
                 suspects = report.suspects,
                 released = report.released.len(),
@@ -147,6 +152,39 @@ impl Sweep {
             );
         }
         Ok(report)
+    }
+
+    /// Ports a DEL could not remove (OVS database out of reach): removed
+    /// when seen without their interface on two passes in a row. The veth
+    /// exists before its port is written, so a port in the middle of an
+    /// ADD never looks orphaned.
+    async fn sweep_orphan_ports(&mut self, node: &Node, report: &mut SweepReport) {
+        let now = match node.datapath.orphan_ports().await {
+            Ok(v) => v,
+            Err(e) => {
+                report.errors.push(format!("listing switch ports: {e}"));
+                return;
+            }
+        };
+        let mut next = std::collections::HashSet::new();
+        for port in now {
+            if !self.orphans.contains(&port) {
+                next.insert(port);
+                continue;
+            }
+            match node.datapath.remove_orphan_port(&port).await {
+                Ok(true) => {
+                    warn!(%port, "removed a switch port whose pod interface is gone");
+                    report.removed_ports.push(port);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    report.errors.push(format!("{port}: {e}"));
+                    next.insert(port);
+                }
+            }
+        }
+        self.orphans = next;
     }
 }
 

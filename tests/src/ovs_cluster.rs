@@ -183,6 +183,10 @@ impl OvsCluster {
                 UPLINK,
                 "--ovs-datapath-type",
                 "netdev",
+                // The leak sweep removes ports a DEL during an OVS outage
+                // could not; fast here so tests see it.
+                "--reconcile-interval-seconds",
+                "1",
             ]
             .map(String::from)
             .to_vec();

@@ -202,6 +202,17 @@ pub trait Datapath: Send + Sync + 'static {
         let _ = live;
         Ok(ReconcileReport::default())
     }
+    /// Switch ports of moor's whose host interface does not exist (a DEL
+    /// that could not reach the switch's database removed only the veth).
+    /// A Linux bridge drops a port with its interface: none there.
+    async fn orphan_ports(&self) -> Result<Vec<String>, DatapathError> {
+        Ok(Vec::new())
+    }
+    /// Removes such a port, if it still has no interface.
+    async fn remove_orphan_port(&self, name: &str) -> Result<bool, DatapathError> {
+        let _ = name;
+        Ok(false)
+    }
 }
 
 /// Deletes the link `name` in the calling thread's network namespace, with a

@@ -519,12 +519,16 @@ impl Datapath for OvsDatapath {
             self.ovs_nowait.remove_port(&self.bridge, host_ifname),
             self.deleter.delete(host_ifname)
         );
-        let removed = port.map_err(ovs_error(format!(
-            "remove port {host_ifname} from OVS bridge {}",
-            self.bridge
-        )))?;
         let deleted = host?;
-        tracing::debug!(host_ifname, removed, deleted, "unwired");
+        match port {
+            Ok(removed) => tracing::debug!(host_ifname, removed, deleted, "unwired"),
+            // The pod is gone with its veth; a DEL must not fail because the
+            // switch's database is out of reach. The port row, now without
+            // an interface, is the leak sweep's (`orphan_ports`).
+            Err(e) => tracing::warn!(host_ifname, bridge = %self.bridge, error = %e,
+                "DEL removed the pod's veth but not its OVS port (ovsdb-server unreachable?); \
+                 the leak sweep removes the port once the database answers"),
+        }
         Ok(())
     }
 
@@ -559,6 +563,38 @@ impl Datapath for OvsDatapath {
     /// added again if the host veth exists, and reported in `host_gone` if
     /// not. Ports without our owner mark (the uplink, anyone else's) are
     /// never touched, except one squatting a live pod's port name.
+    async fn orphan_ports(&self) -> Result<Vec<String>, DatapathError> {
+        let bridge = self.bridge.as_str();
+        let ours = self
+            .ovs
+            .ports_with(OWNER_KEY, OWNER)
+            .await
+            .map_err(ovs_error(format!(
+                "list moor's ports on OVS bridge {bridge}"
+            )))?;
+        let mut out = Vec::new();
+        for port in ours.iter().filter(|p| p.bridge == bridge) {
+            if !self.host_exists(&port.name).await? {
+                out.push(port.name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_orphan_port(&self, name: &str) -> Result<bool, DatapathError> {
+        // An ADD may have re-created the pod's veth (and port) since.
+        if self.host_exists(name).await? {
+            return Ok(false);
+        }
+        self.ovs_nowait
+            .remove_port(&self.bridge, name)
+            .await
+            .map_err(ovs_error(format!(
+                "remove port {name}, whose interface is gone, from OVS bridge {}",
+                self.bridge
+            )))
+    }
+
     async fn reconcile(&self, live: &[PodLink]) -> Result<ReconcileReport, DatapathError> {
         let mut report = ReconcileReport::default();
         let bridge = self.bridge.as_str();
