@@ -274,6 +274,19 @@ impl OvsDatapath {
         self
     }
 
+    /// The ports on our bridge marked `moor-owner=moor`.
+    async fn our_ports(&self) -> Result<Vec<moor_ovs::Port>, DatapathError> {
+        let bridge = self.bridge.as_str();
+        let all = self
+            .ovs
+            .ports_with(OWNER_KEY, OWNER)
+            .await
+            .map_err(ovs_error(format!(
+                "list moor's ports on OVS bridge {bridge}"
+            )))?;
+        Ok(all.into_iter().filter(|p| p.bridge == bridge).collect())
+    }
+
     /// The OVS bridge's name.
     pub fn bridge(&self) -> &str {
         &self.bridge
@@ -557,23 +570,9 @@ impl Datapath for OvsDatapath {
         self.host_exists(host_ifname).await
     }
 
-    /// Ports with `moor-owner=moor` on our bridge whose (container, ifname)
-    /// is not live are removed (the host veth, if any, is left alone);
-    /// live pods' ports with other settings are replaced; missing ones are
-    /// added again if the host veth exists, and reported in `host_gone` if
-    /// not. Ports without our owner mark (the uplink, anyone else's) are
-    /// never touched, except one squatting a live pod's port name.
     async fn orphan_ports(&self) -> Result<Vec<String>, DatapathError> {
-        let bridge = self.bridge.as_str();
-        let ours = self
-            .ovs
-            .ports_with(OWNER_KEY, OWNER)
-            .await
-            .map_err(ovs_error(format!(
-                "list moor's ports on OVS bridge {bridge}"
-            )))?;
         let mut out = Vec::new();
-        for port in ours.iter().filter(|p| p.bridge == bridge) {
+        for port in self.our_ports().await? {
             if !self.host_exists(&port.name).await? {
                 out.push(port.name.clone());
             }
@@ -595,23 +594,23 @@ impl Datapath for OvsDatapath {
             )))
     }
 
+    /// Ports with `moor-owner=moor` on our bridge whose (container, ifname)
+    /// is not live are removed (the host veth, if any, is left alone);
+    /// live pods' ports with other settings are replaced; missing ones are
+    /// added again if the host veth exists, and reported in `host_gone` if
+    /// not. Ports without our owner mark (the uplink, anyone else's) are
+    /// never touched, except one squatting a live pod's port name.
     async fn reconcile(&self, live: &[PodLink]) -> Result<ReconcileReport, DatapathError> {
         let mut report = ReconcileReport::default();
         let bridge = self.bridge.as_str();
-        let ours = self
-            .ovs
-            .ports_with(OWNER_KEY, OWNER)
-            .await
-            .map_err(ovs_error(format!(
-                "list moor's ports on OVS bridge {bridge}"
-            )))?;
+        let ours = self.our_ports().await?;
         let wanted: HashMap<(&str, &str), &PodLink> = live
             .iter()
             .map(|l| ((l.container_id.as_str(), l.ifname.as_str()), l))
             .collect();
         let mut seen: HashSet<&str> = HashSet::new();
         let mut changed = false;
-        for port in ours.iter().filter(|p| p.bridge == bridge) {
+        for port in &ours {
             let key = (
                 port.external_ids.get(CONTAINER_KEY),
                 port.external_ids.get(IFNAME_KEY),
