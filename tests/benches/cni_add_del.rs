@@ -33,14 +33,18 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::process::{Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use moor_e2e::bench::{
+    check_interrupted, commit, cpus, describe_failure, ip, kernel, lat_json, links, loadavg, ms,
+    pct, release_bins, round3, run, start, suffix, wait_ping, Args, Daemon, Netns, Res, TempDir,
+    PERCENTILES,
+};
+use moor_e2e::bins::Bins;
 use serde_json::{json, Value};
-
-type Res<T> = Result<T, String>;
 
 const USAGE: &str = "\
 cni_add_del: times CNI ADD+DEL of the real moor binary (against ipamd) and of
@@ -83,32 +87,18 @@ fn parse_opts() -> Res<Option<Opts>> {
         rounds: 5,
         version_runs: 100,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) => (k.to_string(), Some(v.to_string())),
-            None => (a.clone(), None),
-        };
-        let slot = match key.as_str() {
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => continue,
+    let mut args = Args::new(USAGE);
+    while let Some(a) = args.next_arg() {
+        let slot = match a.key.as_str() {
             "-h" | "--help" => return Ok(None),
             "--workers" => &mut o.workers,
             "--cycles" => &mut o.cycles,
             "--single" => &mut o.single,
             "--rounds" => &mut o.rounds,
             "--version-runs" => &mut o.version_runs,
-            _ => return Err(format!("unknown argument {a:?}\n\n{USAGE}")),
+            _ => return Err(args.unknown(&a)),
         };
-        let v = match inline {
-            Some(v) => v,
-            None => args
-                .next()
-                .ok_or_else(|| format!("{key} needs a number\n\n{USAGE}"))?,
-        };
-        *slot = v
-            .parse()
-            .map_err(|_| format!("{key} {v:?}: expected a whole number\n\n{USAGE}"))?;
+        *slot = args.number(a)?;
     }
     if o.workers == 0 || o.workers > 200 {
         return Err(format!("--workers {}: expected 1 to 200", o.workers));
@@ -129,152 +119,6 @@ fn parse_opts() -> Res<Option<Opts>> {
 /// `total` split over `rounds` as evenly as possible.
 fn share(total: usize, rounds: usize, round: usize) -> usize {
     total / rounds + usize::from(round < total % rounds)
-}
-
-// ---------------------------------------------------------------- Ctrl-C
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn catch_signals() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> Res<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err("interrupted".into())
-    } else {
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------- helpers
-
-/// Runs a setup command (not timed); its stdout, or an error with its output.
-fn run(prog: &str, args: &[&str]) -> Res<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{prog} {}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> Res<String> {
-    run("ip", args)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-// ---------------------------------------------------------------- guards
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Res<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!("moor-bench.{}.{nanos:08x}", std::process::id()));
-        std::fs::create_dir(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn add(name: String) -> Res<Self> {
-        ip(&["netns", "add", &name])?;
-        let ns = Self(name);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// ipamd, killed by its pid (SIGTERM, then SIGKILL after 3 s) on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let Ok(pid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        if self.alive() {
-            // SAFETY: plain kill(2) of our own child, which we have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while self.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if self.alive() {
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- spawning
@@ -358,15 +202,6 @@ fn enter_netns(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-fn describe_failure(what: &str, out: &Output) -> String {
-    format!(
-        "{what} exited with {}\n  stdout: {}\n  stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    )
-}
-
 // ---------------------------------------------------------------- plugins
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,18 +231,6 @@ struct Plugin {
     seq: AtomicU64,
 }
 
-/// Pod name suffix the way Kubernetes generates them (5 chars of this set).
-fn suffix(mut n: u64) -> String {
-    const SET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5)
-        .map(|_| {
-            let c = SET[(n % SET.len() as u64) as usize] as char;
-            n /= SET.len() as u64;
-            c
-        })
-        .collect()
-}
-
 struct Cycle {
     add: Duration,
     del: Duration,
@@ -426,7 +249,7 @@ impl Plugin {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod_name};\
              K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
         );
-        let netns = pod.path();
+        let netns = pod.path().display().to_string();
         let env = [
             ("CNI_COMMAND", command),
             ("CNI_CONTAINERID", cid.as_str()),
@@ -527,29 +350,15 @@ impl Samples {
         self.del.sort();
     }
 
-    fn lat_json(v: &[Duration]) -> Value {
-        json!({
-            "p50": round3(ms(pct(v, 50.0))),
-            "p90": round3(ms(pct(v, 90.0))),
-            "p99": round3(ms(pct(v, 99.0))),
-            "max": round3(ms(pct(v, 100.0))),
-            "n": v.len(),
-        })
-    }
-
     fn to_json(&self) -> Value {
         json!({
-            "add_ms": Self::lat_json(&self.add),
-            "del_ms": Self::lat_json(&self.del),
+            "add_ms": lat_json(&self.add),
+            "del_ms": lat_json(&self.del),
             "cycles": self.cycles,
             "cycles_per_s": round3(self.rate()),
             "batch_cycles_per_s": self.per_batch.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
         })
     }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
@@ -609,37 +418,8 @@ fn batch(p: &Plugin, workers: usize, cycles: usize) -> Res<Samples> {
 
 // ---------------------------------------------------------------- testbed
 
-struct Bins {
-    moor: PathBuf,
-    ipamd: PathBuf,
-    ipamctl: PathBuf,
-}
-
 fn find_bins() -> Res<Bins> {
-    // The bench runs from target/release/deps/; the binaries sit one up.
-    let dir = match std::env::var_os("MOOR_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot find the bench's own path: {e}"))?
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or("cannot find the target dir")?,
-    };
-    let bins = Bins {
-        moor: dir.join("moor"),
-        ipamd: dir.join("ipamd"),
-        ipamctl: dir.join("ipamctl"),
-    };
-    for b in [&bins.moor, &bins.ipamd, &bins.ipamctl] {
-        if !b.is_file() {
-            return Err(format!(
-                "{} is missing: the bench times the release binaries; run \
-                 `sudo ./scripts/bench` (it builds them), or `cargo build --release --bins` first",
-                b.display()
-            ));
-        }
-    }
+    let bins = release_bins("./scripts/bench")?;
     for b in ["bridge", "host-local"] {
         let p = Path::new(REF_PLUGIN_DIR).join(b);
         if !p.is_file() {
@@ -650,6 +430,17 @@ fn find_bins() -> Res<Bins> {
         }
     }
     Ok(bins)
+}
+
+/// A fresh temp dir for this run's sockets, stores and logs.
+fn temp_dir() -> Res<TempDir> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    TempDir::create(
+        std::env::temp_dir().join(format!("moor-bench.{}.{nanos:08x}", std::process::id())),
+    )
 }
 
 /// Field order is drop order: ipamd first, then pods, node, ToR, temp dir.
@@ -674,7 +465,7 @@ const POOL: &str = "bench";
 
 impl Testbed {
     fn new(bins: &Bins, workers: usize) -> Res<Self> {
-        let tmp = TempDir::new()?;
+        let tmp = temp_dir()?;
         let id = format!("mbench{}", std::process::id());
         let tor = Netns::add(format!("{id}-tor"))?;
         let node = Netns::add(format!("{id}-node"))?;
@@ -732,45 +523,34 @@ impl Testbed {
         for (_, _, _, _, gw, _) in sides {
             wait_ping(&node.0, gw)?;
         }
-        let node_fd = File::open(node.path()).map_err(|e| format!("open {}: {e}", node.path()))?;
+        let node_fd =
+            File::open(node.path()).map_err(|e| format!("open {}: {e}", node.path().display()))?;
 
         // ipamd in the node netns, its own socket and store.
         let socket = tmp.0.join("ipamd.sock");
         let log = tmp.0.join("ipamd.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.0])
-            .arg(&bins.ipamd)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--store")
-            .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
-            .args([
-                "--node",
-                "bench-node",
-                "--tor",
-                "bench-rack",
-                "--bridge",
-                MOOR_BRIDGE,
-            ])
-            .args(["--log", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?)
-            .spawn()
-            .map_err(|e| format!("cannot start ipamd: {e}"))?;
         // `ip netns exec` execs ipamd: the child's pid is ipamd's.
-        let mut ipamd = Daemon { child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if !ipamd.alive() || Instant::now() > deadline {
-                return Err(format!(
-                    "ipamd did not come up on {}; its log:\n{}",
-                    socket.display(),
-                    ipamd.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ipamd = Daemon::start(
+            Command::new("ip")
+                .args(["netns", "exec", &node.0])
+                .arg(&bins.ipamd)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--store")
+                .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
+                .args([
+                    "--node",
+                    "bench-node",
+                    "--tor",
+                    "bench-rack",
+                    "--bridge",
+                    MOOR_BRIDGE,
+                ])
+                .args(["--log", "warn"]),
+            log,
+            &socket,
+            Duration::from_secs(10),
+        )?;
 
         let host_local_dir = tmp.0.join("host-local");
         let mut bed = Self {
@@ -857,15 +637,10 @@ impl Testbed {
     }
 
     fn ctl(&self, args: &[&str]) -> Res<String> {
-        let mut all = vec![
-            "--socket",
-            self.socket.to_str().ok_or("socket path is not UTF-8")?,
-        ];
-        all.extend_from_slice(args);
-        run(
-            self.ipamctl.to_str().ok_or("ipamctl path is not UTF-8")?,
-            &all,
-        )
+        run(Command::new(&self.ipamctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args))
     }
 
     fn plugin(&self, w: Which) -> &Plugin {
@@ -950,41 +725,6 @@ impl Testbed {
     }
 }
 
-fn links(ns: &str) -> Res<Vec<String>> {
-    let v: Value = serde_json::from_str(&ip(&["-j", "-n", ns, "link", "show"])?)
-        .map_err(|e| format!("ip -j link show in {ns}: {e}"))?;
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-fn wait_ping(ns: &str, addr: &str) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q", addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            return Ok(());
-        }
-        check_interrupted()?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{addr} does not answer ping from netns {ns} after 10 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 // ---------------------------------------------------------------- report
 
 struct Report {
@@ -996,35 +736,6 @@ struct Report {
     total: Duration,
     /// 1-minute load average before and after the timed part.
     load: (String, String),
-}
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// The source the binaries were (presumably) built from.
-fn commit() -> String {
-    let head = run("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
-    let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false);
-    match head.trim() {
-        "" => "unknown (not a git checkout)".into(),
-        h => format!("{h}{}", if dirty { "-dirty" } else { "" }),
-    }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 impl Report {
@@ -1069,10 +780,10 @@ impl Report {
             ("1 worker".to_string(), r),
         ] {
             println!("-- {title}");
-            for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            for (name, p) in PERCENTILES {
                 lat(&format!("  ADD {name}"), &s[0].add, &s[1].add, p);
             }
-            for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            for (name, p) in PERCENTILES {
                 lat(&format!("  DEL {name}"), &s[0].del, &s[1].del, p);
             }
             let (x, y) = (s[0].rate(), s[1].rate());
@@ -1143,11 +854,8 @@ impl Report {
 }
 
 fn ref_version() -> String {
-    run(
-        "dpkg-query",
-        &["-W", "-f=${Version}", "containernetworking-plugins"],
-    )
-    .unwrap_or_else(|_| "?".into())
+    run(Command::new("dpkg-query").args(["-W", "-f=${Version}", "containernetworking-plugins"]))
+        .unwrap_or_else(|_| "?".into())
 }
 
 // ---------------------------------------------------------------- main
@@ -1225,32 +933,16 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_opts() {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("cni_add_del: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "cni_add_del: must run as root (it creates network namespaces, bridges and \
-             veths): run `sudo ./scripts/bench`"
-        );
-        return ExitCode::from(2);
-    }
-    catch_signals();
-    let bins = match find_bins() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("cni_add_del: {e}");
-            return ExitCode::from(2);
-        }
+    let (opts, bins) = match start(
+        "cni_add_del",
+        USAGE,
+        parse_opts(),
+        "it creates network namespaces, bridges and veths",
+        "./scripts/bench",
+        find_bins,
+    ) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     eprintln!(
         "bench: moor {} vs {}/bridge + host-local; setting up",

@@ -59,21 +59,25 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::process::{Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use harness::Ovs;
+use moor_e2e::bench::{
+    check_interrupted, commit, cpus, describe_failure, ip, kernel, lat_json, links, loadavg,
+    median, ms, pct, release_bins, round3, run, start, suffix, wait_ping, Args, Daemon, Netns, Res,
+    TempDir, PERCENTILES,
+};
+use moor_e2e::bins::Bins;
 use moor_ipamd::datapath::{gratuitous_arp, Datapath, OvsConfig, OvsDatapath, PodLink};
 use moor_proto::{host_ifname, mac_for_ipv4};
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::{json, Value};
-
-type Res<T> = Result<T, String>;
 
 const USAGE: &str = "\
 ovs_add_del: N pods ADDed then DELeted on one node in OVS mode (private
@@ -137,48 +141,28 @@ fn parse_opts() -> Res<Option<Opts>> {
         ipamd_log: "warn".into(),
         keep_logs: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) => (k.to_string(), Some(v.to_string())),
-            None => (a.clone(), None),
-        };
-        let slot = match key.as_str() {
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => continue,
+    let mut args = Args::new(USAGE);
+    while let Some(a) = args.next_arg() {
+        let slot = match a.key.as_str() {
             "-h" | "--help" => return Ok(None),
             "--ref-del-waits" => {
                 o.ref_del_waits = true;
                 continue;
             }
-            "--ipamd-log" | "--keep-logs" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => args
-                        .next()
-                        .ok_or_else(|| format!("{key} needs a value\n\n{USAGE}"))?,
-                };
-                if key == "--ipamd-log" {
-                    o.ipamd_log = v;
-                } else {
-                    o.keep_logs = Some(PathBuf::from(v));
-                }
+            "--ipamd-log" => {
+                o.ipamd_log = args.value(a, "a value")?;
+                continue;
+            }
+            "--keep-logs" => {
+                o.keep_logs = Some(PathBuf::from(args.value(a, "a value")?));
                 continue;
             }
             "--pods" => &mut o.pods,
             "--workers" => &mut o.workers,
             "--rounds" => &mut o.rounds,
-            _ => return Err(format!("unknown argument {a:?}\n\n{USAGE}")),
+            _ => return Err(args.unknown(&a)),
         };
-        let v = match inline {
-            Some(v) => v,
-            None => args
-                .next()
-                .ok_or_else(|| format!("{key} needs a number\n\n{USAGE}"))?,
-        };
-        *slot = v
-            .parse()
-            .map_err(|_| format!("{key} {v:?}: expected a whole number\n\n{USAGE}"))?;
+        *slot = args.number(a)?;
     }
     if o.pods == 0 || o.pods > 1500 {
         return Err(format!("--pods {}: expected 1 to 1500", o.pods));
@@ -192,91 +176,7 @@ fn parse_opts() -> Res<Option<Opts>> {
     Ok(Some(o))
 }
 
-// ---------------------------------------------------------------- Ctrl-C
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn catch_signals() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> Res<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err("interrupted".into())
-    } else {
-        Ok(())
-    }
-}
-
 // ---------------------------------------------------------------- helpers
-
-/// Runs a setup or check command (not timed); its stdout, or an error.
-fn run(cmd: &mut Command) -> Res<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(describe_failure(&format!("{cmd:?}"), &out));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> Res<String> {
-    run(Command::new("ip").args(args))
-}
-
-fn describe_failure(what: &str, out: &Output) -> String {
-    format!(
-        "{what} exited with {}\n  stdout: {}\n  stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    pct(&s, 50.0)
-}
-
-/// Pod name suffix the way Kubernetes generates them (5 chars of this set).
-fn suffix(mut n: u64) -> String {
-    const SET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5)
-        .map(|_| {
-            let c = SET[(n % SET.len() as u64) as usize] as char;
-            n /= SET.len() as u64;
-            c
-        })
-        .collect()
-}
 
 /// The IP of pod `i` for moor-dp and ref (moor's come from ipamd).
 fn fixed_ip(i: usize) -> Ipv4Addr {
@@ -304,49 +204,21 @@ fn mib(kib: u64) -> f64 {
 
 // ---------------------------------------------------------------- guards
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Res<Self> {
-        let p = PathBuf::from(format!("/tmp/moor-bench-ovs.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// This run's temp dir (sockets, store, logs, the OVS database).
+fn temp_dir() -> Res<TempDir> {
+    TempDir::create(PathBuf::from(format!(
+        "/tmp/moor-bench-ovs.{}",
+        std::process::id()
+    )))
 }
 
 /// A named network namespace without IPv6 (its neighbour discovery chatter
 /// would be flooded to every port by ovs-vswitchd and is not what is timed),
 /// deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn add(name: String) -> Res<Self> {
-        ip(&["netns", "add", &name])?;
-        let ns = Self(name);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        no_ipv6(&ns.0)?;
-        Ok(ns)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
+fn netns_without_ipv6(name: String) -> Res<Netns> {
+    let ns = Netns::add(name)?;
+    no_ipv6(&ns.0)?;
+    Ok(ns)
 }
 
 fn no_ipv6(netns: &str) -> Res<()> {
@@ -360,44 +232,6 @@ fn no_ipv6(netns: &str) -> Res<()> {
         "net.ipv6.conf.default.disable_ipv6=1",
     ]))
     .map(drop)
-}
-
-/// ipamd, stopped by its pid (SIGTERM, then SIGKILL after 3 s) on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let Ok(pid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        if self.alive() {
-            // SAFETY: plain kill(2) of our own child, which we have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while self.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if self.alive() {
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- sides
@@ -610,37 +444,8 @@ async fn ref_configure_pod(mac: [u8; 6], ip: Ipv4Addr) -> Res<Garp> {
 
 // ---------------------------------------------------------------- testbed
 
-struct Bins {
-    moor: PathBuf,
-    ipamd: PathBuf,
-    ipamctl: PathBuf,
-}
-
 fn find_bins() -> Res<Bins> {
-    // The bench runs from target/release/deps/; the binaries sit one up.
-    let dir = match std::env::var_os("MOOR_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot find the bench's own path: {e}"))?
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or("cannot find the target dir")?,
-    };
-    let bins = Bins {
-        moor: dir.join("moor"),
-        ipamd: dir.join("ipamd"),
-        ipamctl: dir.join("ipamctl"),
-    };
-    for b in [&bins.moor, &bins.ipamd, &bins.ipamctl] {
-        if !b.is_file() {
-            return Err(format!(
-                "{} is missing: the bench times the release binaries; run \
-                 `sudo ./scripts/bench-ovs` (it builds them), or `cargo build --release --bins` first",
-                b.display()
-            ));
-        }
-    }
+    let bins = release_bins("./scripts/bench-ovs")?;
     for tool in ["ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool"] {
         let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -678,7 +483,7 @@ struct Bed {
 
 impl Bed {
     fn new(bins: &Bins, opts: &Opts) -> Res<Self> {
-        let tmp = TempDir::new()?;
+        let tmp = temp_dir()?;
         eprintln!("bench: starting ovsdb-server and ovs-vswitchd (netdev)");
         let ovs = Ovs::start();
         no_ipv6(&ovs.netns)?;
@@ -689,40 +494,28 @@ impl Bed {
         // store from the host; it creates br-int.
         let socket = tmp.0.join("ipamd.sock");
         let log = tmp.0.join("ipamd.log");
-        let child = Command::new(&bins.ipamd)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--store")
-            .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
-            .args(["--node", "bench-node", "--tor", TOR, "--mode", "ovs"])
-            .args(["--bridge", BRIDGE, "--ovs-datapath-type", "netdev"])
-            .arg("--ovsdb")
-            .arg(ovs.db())
-            .arg("--netns")
-            .arg(&node_path)
-            .args(["--log", &opts.ipamd_log])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?)
-            .spawn()
-            .map_err(|e| format!("cannot start ipamd: {e}"))?;
-        let mut ipamd = Daemon { child, log };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !socket.exists() {
-            if !ipamd.alive() || Instant::now() > deadline {
-                return Err(format!(
-                    "ipamd did not come up on {}; its log:\n{}",
-                    socket.display(),
-                    ipamd.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ipamd = Daemon::start(
+            Command::new(&bins.ipamd)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--store")
+                .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
+                .args(["--node", "bench-node", "--tor", TOR, "--mode", "ovs"])
+                .args(["--bridge", BRIDGE, "--ovs-datapath-type", "netdev"])
+                .arg("--ovsdb")
+                .arg(ovs.db())
+                .arg("--netns")
+                .arg(&node_path)
+                .args(["--log", &opts.ipamd_log]),
+            log,
+            &socket,
+            Duration::from_secs(15),
+        )?;
         let ipamd_start_kib = memory_kib(ipamd.child.id()).map_or(0, |m| m.0);
 
         // The gateway: a namespace on an access port of VLAN 100.
         let id = format!("mbovs{}", std::process::id());
-        let gw = Netns::add(format!("{id}-gw"))?;
+        let gw = netns_without_ipv6(format!("{id}-gw"))?;
         ip(&[
             "-n", &ovs.netns, "link", "add", GW_PORT, "type", "veth", "peer", "name", "eth0",
             "netns", &gw.0,
@@ -744,7 +537,7 @@ impl Bed {
         let mut pods = Vec::with_capacity(opts.pods);
         for i in 0..opts.pods {
             check_interrupted()?;
-            pods.push(Netns::add(format!("{id}-p{i}"))?);
+            pods.push(netns_without_ipv6(format!("{id}-p{i}"))?);
         }
 
         let dp_rt = tokio::runtime::Builder::new_multi_thread()
@@ -1292,39 +1085,6 @@ impl Drop for Bed {
     }
 }
 
-fn links(ns: &str) -> Res<Vec<String>> {
-    let v: Value = serde_json::from_str(&ip(&["-j", "-n", ns, "link", "show"])?)
-        .map_err(|e| format!("ip -j link show in {ns}: {e}"))?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect())
-}
-
-fn wait_ping(ns: &str, addr: Ipv4Addr) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q"])
-            .arg(addr.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(());
-        }
-        check_interrupted()?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{addr} does not answer ping from netns {ns} after 10 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 // ---------------------------------------------------------------- phases
 
 /// An op and when it ended, counted from the start of its phase.
@@ -1451,23 +1211,13 @@ impl Samples {
         (pods * self.add_walls.len()) as f64 / wall.as_secs_f64().max(1e-9)
     }
 
-    fn lat_json(v: &[Duration]) -> Value {
-        json!({
-            "p50": round3(ms(pct(v, 50.0))),
-            "p90": round3(ms(pct(v, 90.0))),
-            "p99": round3(ms(pct(v, 99.0))),
-            "max": round3(ms(pct(v, 100.0))),
-            "n": v.len(),
-        })
-    }
-
     fn to_json(&self, pods: usize) -> Value {
         let walls = |v: &[Duration]| v.iter().map(|d| round3(ms(*d))).collect::<Vec<_>>();
         let mut j = json!({
-            "add_ms": Self::lat_json(&self.add),
+            "add_ms": lat_json(&self.add),
             "add_first_fifth_p50_ms": round3(ms(pct(&self.add_first, 50.0))),
             "add_last_fifth_p50_ms": round3(ms(pct(&self.add_last, 50.0))),
-            "del_ms": Self::lat_json(&self.del),
+            "del_ms": lat_json(&self.del),
             "add_phase_wall_ms": walls(&self.add_walls),
             "del_phase_wall_ms": walls(&self.del_walls),
             "add_del_pods_per_s": round3(self.pods_per_s(pods)),
@@ -1581,40 +1331,11 @@ fn run_side(
 
 // ---------------------------------------------------------------- report
 
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
 fn ovs_version() -> String {
     run(Command::new("ovs-vswitchd").arg("--version"))
         .ok()
         .and_then(|s| s.lines().next().map(str::to_owned))
         .unwrap_or_else(|| "?".into())
-}
-
-/// The source the binaries were (presumably) built from.
-fn commit() -> String {
-    let head = run(Command::new("git").args(["rev-parse", "--short", "HEAD"])).unwrap_or_default();
-    let dirty = run(Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]))
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false);
-    match head.trim() {
-        "" => "unknown (not a git checkout)".into(),
-        h => format!("{h}{}", if dirty { "-dirty" } else { "" }),
-    }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 struct Report {
@@ -1680,7 +1401,7 @@ impl Report {
         for (level, workers) in [(0, 1), (1, o.workers)] {
             let s = &self.samples[level];
             println!("-- {workers} worker{}", if workers == 1 { "" } else { "s" });
-            for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            for (name, p) in PERCENTILES {
                 let v = [0, 1, 2].map(|k| ms(pct(&s[k].add, p)));
                 row(&format!("  ADD {name}"), v, " ms");
             }
@@ -1689,7 +1410,7 @@ impl Report {
             row(&format!("  ADD p50, pods 1-{fifth}"), v, " ms");
             let v = [0, 1, 2].map(|k| ms(pct(&s[k].add_last, 50.0)));
             row(&format!("  ADD p50, pods {}-{n}", n - fifth + 1), v, " ms");
-            for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            for (name, p) in PERCENTILES {
                 let v = [0, 1, 2].map(|k| ms(pct(&s[k].del, p)));
                 row(&format!("  DEL {name}"), v, " ms");
             }
@@ -1826,32 +1547,16 @@ fn bench(opts: &Opts, bed: &mut Bed) -> Res<Report> {
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_opts() {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("ovs_add_del: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "ovs_add_del: must run as root (it runs Open vSwitch and creates network \
-             namespaces): run `sudo ./scripts/bench-ovs`"
-        );
-        return ExitCode::from(2);
-    }
-    catch_signals();
-    let bins = match find_bins() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ovs_add_del: {e}");
-            return ExitCode::from(2);
-        }
+    let (opts, bins) = match start(
+        "ovs_add_del",
+        USAGE,
+        parse_opts(),
+        "it runs Open vSwitch and creates network namespaces",
+        "./scripts/bench-ovs",
+        find_bins,
+    ) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let mut bed = match Bed::new(&bins, &opts) {
         Ok(b) => b,

@@ -51,9 +51,10 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::bins::{bins, Bins};
+use crate::ipamctl::Ipamctl;
 use crate::testbed::{
-    addr_in, assert_ok, links, ping_from, require_root, run_moor, run_ok, terminate, BRIDGE,
-    NETWORK, POD_NAMESPACE,
+    addr_in, links, ping_from, require_root, run_moor, run_ok, terminate, BRIDGE, NETWORK,
+    POD_NAMESPACE,
 };
 use crate::{CniRun, Counts, Pod, PodAddr};
 
@@ -374,29 +375,17 @@ impl Cluster {
     /// `ipamctl tor add` of every ToR and segment of the layout, in order,
     /// through the first node's ipamd.
     pub fn define_tors(&self) {
+        let ctl = self.ctl(&self.nodes[0].name);
         for t in &self.tors {
-            let range = format!("{}-{}", t.range.0, t.range.1);
-            let gw = t.gateway.to_string();
             let vlan = t.vlan.map(|v| v.to_string());
-            let mut args = vec![
-                "tor",
-                "add",
-                &t.name,
-                "--subnet",
-                &t.subnet,
-                "--gateway",
-                &gw,
-                "--range",
-                &range,
-            ];
+            let mut extra = vec![];
             if let Some(v) = &vlan {
-                args.extend(["--vlan", v]);
+                extra.extend(["--vlan", v.as_str()]);
             }
             if let Some(of) = &t.segment_of {
-                args.extend(["--segment-of", of]);
+                extra.extend(["--segment-of", of.as_str()]);
             }
-            let out = self.ipamctl(&self.nodes[0].name, &args);
-            assert_ok(&out, &format!("ipamctl {}", args.join(" ")));
+            ctl.tor_add(&t.name, &t.subnet, t.gateway, t.range, &extra);
         }
     }
 
@@ -903,111 +892,54 @@ impl Cluster {
 
     // ------------------------------------------------------------ ipamctl
 
+    /// `ipamctl` against `node`'s ipamd.
+    pub fn ctl(&self, node: &str) -> Ipamctl<'_> {
+        Ipamctl {
+            bin: &self.bins.ipamctl,
+            socket: &self.node(node).socket,
+        }
+    }
+
     /// `ipamctl --socket <node's socket> args...`.
     pub fn ipamctl(&self, node: &str, args: &[&str]) -> Output {
-        Command::new(&self.bins.ipamctl)
-            .arg("--socket")
-            .arg(&self.node(node).socket)
-            .args(args)
-            .env_remove("MOOR_SOCKET")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ipamctl")
+        self.ctl(node).run(args)
     }
 
     /// `ipamctl -o json args...` against `node`, which must succeed.
     pub fn ipamctl_json(&self, node: &str, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.ipamctl(node, &all);
-        assert_ok(&out, &format!("ipamctl {} (on {node})", all.join(" ")));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ipamctl {} printed no JSON ({e}): {}",
-                all.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.ctl(node).json(args)
     }
 
     /// `ipamctl pool create NAME --namespace shop --app APP --size N [--tor T...]`
     /// (all ToRs when `tors` is empty).
     pub fn create_pool(&self, name: &str, app: &str, size: u32, tors: &[&str]) {
-        let size = size.to_string();
-        let mut args = vec![
-            "pool",
-            "create",
-            name,
-            "--namespace",
-            POD_NAMESPACE,
-            "--app",
-            app,
-            "--size",
-            &size,
-        ];
-        for t in tors {
-            args.extend(["--tor", t]);
-        }
-        let out = self.ipamctl(self.any_running(), &args);
-        assert_ok(&out, &format!("ipamctl pool create {name}"));
+        self.ctl(self.any_running())
+            .create_pool(name, app, size, tors);
     }
 
     /// `ipamctl pool resize NAME --size N`.
     pub fn resize_pool(&self, name: &str, size: u32) {
-        let size = size.to_string();
-        let out = self.ipamctl(
-            self.any_running(),
-            &["pool", "resize", name, "--size", &size],
-        );
-        assert_ok(&out, &format!("ipamctl pool resize {name} --size {size}"));
+        self.ctl(self.any_running()).resize_pool(name, size);
     }
 
     /// `ipamctl -o json pool show NAME`.
     pub fn pool_show(&self, pool: &str) -> Value {
-        self.ipamctl_json(self.any_running(), &["pool", "show", pool])
+        self.ctl(self.any_running()).pool_show(pool)
     }
 
     /// The pool's totals, and its counts per ToR.
     pub fn pool_counts(&self, pool: &str) -> (Counts, Vec<(String, Counts)>) {
-        let v = self.pool_show(pool);
-        let counts = |c: &Value| {
-            let n = |k: &str| {
-                c[k].as_u64()
-                    .unwrap_or_else(|| panic!("pool show {pool}: no {k} in {v}"))
-            };
-            Counts {
-                total: n("total"),
-                bound: n("bound"),
-                in_use: n("in_use"),
-                free: n("free"),
-            }
-        };
-        let per_tor = v["tors"]
-            .as_array()
-            .unwrap_or_else(|| panic!("pool show {pool}: no tors in {v}"))
-            .iter()
-            .map(|t| (t["tor"].as_str().unwrap_or_default().to_string(), counts(t)))
-            .collect();
-        (counts(&v["totals"]), per_tor)
+        self.ctl(self.any_running()).pool_counts_per_tor(pool)
     }
 
     /// `ipamctl -o json ip list` (all pools, all nodes).
     pub fn ip_list(&self) -> Vec<Value> {
-        match self.ipamctl_json(self.any_running(), &["ip", "list"]) {
-            Value::Array(a) => a,
-            other => panic!("ip list is not an array: {other}"),
-        }
+        self.ctl(self.any_running()).ip_list()
     }
 
     /// The pool's IPs as `ipamctl -o json pool export NAME` prints them.
     pub fn pool_export(&self, pool: &str) -> Vec<String> {
-        let v = self.ipamctl_json(self.any_running(), &["pool", "export", pool]);
-        v["ips"]
-            .as_array()
-            .unwrap_or_else(|| panic!("pool export {pool}: no ips in {v}"))
-            .iter()
-            .map(|ip| ip.as_str().expect("IPs are strings").to_string())
-            .collect()
+        self.ctl(self.any_running()).pool_export(pool)
     }
 
     // ------------------------------------------------------------ pods

@@ -44,6 +44,7 @@ use crate::bins::{bins, Bins};
 use crate::cri::v1::{PodSandboxConfig, PodSandboxMetadata, PodSandboxState};
 use crate::cri::{Cri, SandboxInfo};
 use crate::install_cni;
+use crate::ipamctl::Ipamctl;
 use crate::testbed::{assert_ok, require_root, run_ok, terminate};
 
 mod host;
@@ -343,71 +344,36 @@ impl CriNode {
     }
 
     fn define_tor(&self) {
-        let range = format!("{}-{}", self.range.0, self.range.1);
-        let out = self.ipamctl(&[
-            "tor",
-            "add",
-            TOR,
-            "--subnet",
-            &self.subnet(),
-            "--gateway",
-            &self.gateway.to_string(),
-            "--range",
-            &range,
-        ]);
-        assert_ok(&out, "ipamctl tor add");
+        self.ctl()
+            .tor_add(TOR, &self.subnet(), self.gateway, self.range, &[]);
+    }
+
+    /// `ipamctl` against this node's ipamd.
+    pub fn ctl(&self) -> Ipamctl<'_> {
+        Ipamctl {
+            bin: &self.bins.ipamctl,
+            socket: &self.ipamd_socket,
+        }
     }
 
     /// `ipamctl --socket SOCKET args...`.
     pub fn ipamctl(&self, args: &[&str]) -> Output {
-        Command::new(&self.bins.ipamctl)
-            .arg("--socket")
-            .arg(&self.ipamd_socket)
-            .args(args)
-            .env_remove("MOOR_SOCKET")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ipamctl")
+        self.ctl().run(args)
     }
 
     /// `ipamctl -o json args...`, which must succeed.
     pub fn ipamctl_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.ipamctl(&all);
-        assert_ok(&out, &format!("ipamctl {}", all.join(" ")));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ipamctl {} printed no JSON ({e}): {}",
-                all.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.ctl().json(args)
     }
 
     /// `ipamctl pool create NAME --namespace shop --app APP --size N`.
     pub fn create_pool(&self, name: &str, app: &str, size: u32) {
-        let size = size.to_string();
-        let out = self.ipamctl(&[
-            "pool",
-            "create",
-            name,
-            "--namespace",
-            POD_NAMESPACE,
-            "--app",
-            app,
-            "--size",
-            &size,
-        ]);
-        assert_ok(&out, &format!("ipamctl pool create {name}"));
+        self.ctl().create_pool(name, app, size, &[]);
     }
 
     /// `ipamctl -o json ip list` (every IP of every pool).
     pub fn ip_list(&self) -> Vec<Value> {
-        match self.ipamctl_json(&["ip", "list"]) {
-            Value::Array(a) => a,
-            other => panic!("ip list is not an array: {other}"),
-        }
+        self.ctl().ip_list()
     }
 
     /// The `ip list` entry of `ip`.

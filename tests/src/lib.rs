@@ -7,16 +7,20 @@
 //!   switched by Open vSwitch with VLANs (issue 4).
 //! - [`names`]: Kubernetes-shaped pod names and container ids.
 //! - [`bins`]: where the built binaries are.
+//! - [`bench`]: what the ADD/DEL benches share (guards, statistics, machine facts).
 //! - [`install_cni`]: runs scripts/install-cni.
+//! - [`ipamctl`]: the admin CLI against one ipamd socket.
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
 //! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
 //!   with moor as its CNI.
 
+pub mod bench;
 pub mod bins;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod install_cni;
+pub mod ipamctl;
 pub mod names;
 pub mod ovs_cluster;
 pub mod podman;

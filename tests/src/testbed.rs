@@ -34,6 +34,8 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::bins::{bins, Bins};
+pub use crate::ipamctl::Counts;
+use crate::ipamctl::Ipamctl;
 
 /// The node's bridge to the ToR, as ipamd's `--bridge`.
 pub const BRIDGE: &str = "br0";
@@ -146,20 +148,20 @@ impl CniRun {
             })
     }
 
+    /// The IP of an ADD result (`ips[0].address` without its prefix length).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.json["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no ips[0].address in {}", self.stdout))
+    }
+
     /// `msg` and `details` of a CNI error, joined.
     pub fn message(&self) -> String {
         let s = |k: &str| self.json.get(k).and_then(Value::as_str).unwrap_or("");
         format!("{}; {}", s("msg"), s("details"))
     }
-}
-
-/// The counts of a pool (`ipamctl -o json pool show`'s `totals`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub total: u64,
-    pub bound: u64,
-    pub in_use: u64,
-    pub free: u64,
 }
 
 /// An IPv4 address on a pod interface, as the kernel reports it.
@@ -389,21 +391,8 @@ impl Testbed {
 
     /// `ipamctl tor add` for this testbed's ToR.
     pub fn define_tor(&self) {
-        let subnet = self.subnet();
-        let range = format!("{}-{}", self.range.0, self.range.1);
-        let gw = self.gateway.to_string();
-        let out = self.ipamctl(&[
-            "tor",
-            "add",
-            TOR,
-            "--subnet",
-            &subnet,
-            "--gateway",
-            &gw,
-            "--range",
-            &range,
-        ]);
-        assert_ok(&out, "ipamctl tor add");
+        self.ctl()
+            .tor_add(TOR, &self.subnet(), self.gateway, self.range, &[]);
     }
 
     /// The subnet in CIDR notation.
@@ -517,72 +506,37 @@ impl Testbed {
 
     // ------------------------------------------------------------ ipamctl
 
+    /// `ipamctl` against this testbed's ipamd.
+    pub fn ctl(&self) -> Ipamctl<'_> {
+        Ipamctl {
+            bin: &self.bins.ipamctl,
+            socket: &self.socket,
+        }
+    }
+
     /// `ipamctl --socket SOCKET args...`.
     pub fn ipamctl(&self, args: &[&str]) -> Output {
-        Command::new(&self.bins.ipamctl)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("MOOR_SOCKET")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ipamctl")
+        self.ctl().run(args)
     }
 
     /// `ipamctl -o json args...`, which must succeed.
     pub fn ipamctl_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.ipamctl(&all);
-        assert_ok(&out, &format!("ipamctl {}", all.join(" ")));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ipamctl {} printed no JSON ({e}): {}",
-                all.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.ctl().json(args)
     }
 
     /// `ipamctl pool create NAME --namespace shop --app APP --size N`.
     pub fn create_pool(&self, name: &str, app: &str, size: u32) {
-        let size = size.to_string();
-        let out = self.ipamctl(&[
-            "pool",
-            "create",
-            name,
-            "--namespace",
-            POD_NAMESPACE,
-            "--app",
-            app,
-            "--size",
-            &size,
-        ]);
-        assert_ok(&out, &format!("ipamctl pool create {name}"));
+        self.ctl().create_pool(name, app, size, &[]);
     }
 
     /// The pool's totals from `ipamctl -o json pool show`.
     pub fn pool_counts(&self, pool: &str) -> Counts {
-        let v = self.ipamctl_json(&["pool", "show", pool]);
-        let t = &v["totals"];
-        let n = |k: &str| {
-            t[k].as_u64()
-                .unwrap_or_else(|| panic!("pool show {pool}: no totals.{k} in {v}"))
-        };
-        Counts {
-            total: n("total"),
-            bound: n("bound"),
-            in_use: n("in_use"),
-            free: n("free"),
-        }
+        self.ctl().pool_counts(pool)
     }
 
     /// `ipamctl -o json ip list` (all pools).
     pub fn ip_list(&self) -> Vec<Value> {
-        match self.ipamctl_json(&["ip", "list"]) {
-            Value::Array(a) => a,
-            other => panic!("ip list is not an array: {other}"),
-        }
+        self.ctl().ip_list()
     }
 
     /// The `ip list` entry whose attachment has this container id.

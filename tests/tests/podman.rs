@@ -142,6 +142,28 @@ fn exec_ping(p: &Podman, container: &str, ip: Ipv4Addr) -> bool {
     })
 }
 
+/// The arguments of `podman run -d --name NAME --network NET IMAGE sleep 600`.
+fn run_detached<'a>(name: &'a str, net: &'a str) -> [&'a str; 9] {
+    [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        IMAGE,
+        "sleep",
+        "600",
+    ]
+}
+
+/// The IPv4 address and prefix on container `name`'s eth0.
+fn eth0_inet(p: &Podman, name: &str) -> (Ipv4Addr, u8) {
+    parse_inet(&p.ok(&[
+        "exec", name, "ip", "-o", "-4", "addr", "show", "dev", "eth0",
+    ]))
+}
+
 /// Runs `podman ARGS` and prints how long it took (no assertion on it).
 fn timed(p: &Podman, args: &[&str]) -> String {
     let start = Instant::now();
@@ -201,25 +223,8 @@ fn container_holds_its_pool_ip_until_stopped() {
     let e = env(3);
     let p = &e.podman;
     let name = format!("{}-a", e.net);
-    let cid = timed(
-        p,
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &e.net,
-            IMAGE,
-            "sleep",
-            "600",
-        ],
-    )
-    .trim()
-    .to_string();
-    let (ip, prefix) = parse_inet(&p.ok(&[
-        "exec", &name, "ip", "-o", "-4", "addr", "show", "dev", "eth0",
-    ]));
+    let cid = timed(p, &run_detached(&name, &e.net)).trim().to_string();
+    let (ip, prefix) = eth0_inet(p, &name);
     assert_eq!(prefix, 24);
 
     // What the container shows is what ipamd has for its container id.
@@ -254,23 +259,8 @@ fn container_holds_its_pool_ip_until_stopped() {
         "{name} pings the gateway"
     );
     let name_b = format!("{}-b", e.net);
-    let cid_b = p
-        .ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name_b,
-            "--network",
-            &e.net,
-            IMAGE,
-            "sleep",
-            "600",
-        ])
-        .trim()
-        .to_string();
-    let (ip_b, _) = parse_inet(&p.ok(&[
-        "exec", &name_b, "ip", "-o", "-4", "addr", "show", "dev", "eth0",
-    ]));
+    let cid_b = p.ok(&run_detached(&name_b, &e.net)).trim().to_string();
+    let (ip_b, _) = eth0_inet(p, &name_b);
     assert_ne!(ip, ip_b, "two containers, two IPs");
     assert!(exec_ping(p, &name_b, ip), "{name_b} pings {name}");
 
@@ -292,9 +282,7 @@ fn container_holds_its_pool_ip_until_stopped() {
 
     // Started again, the same container id gets an IP of the pool again.
     timed(p, &["start", &name]);
-    let (ip2, _) = parse_inet(&p.ok(&[
-        "exec", &name, "ip", "-o", "-4", "addr", "show", "dev", "eth0",
-    ]));
+    let (ip2, _) = eth0_inet(p, &name);
     let entry = e.tb.ip_of_container(&cid).expect("attached again");
     assert_eq!(entry["address"], ip2.to_string().as_str());
     assert!(pool_ips(&e.tb).contains(&ip2));
@@ -314,29 +302,9 @@ fn a_full_pool_fails_the_container_with_our_message_and_leaves_nothing() {
     let e = env(1);
     let p = &e.podman;
     let first = format!("{}-a", e.net);
-    p.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &first,
-        "--network",
-        &e.net,
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    p.ok(&run_detached(&first, &e.net));
     let second = format!("{}-b", e.net);
-    let out = p.run(&[
-        "run",
-        "-d",
-        "--name",
-        &second,
-        "--network",
-        &e.net,
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    let out = p.run(&run_detached(&second, &e.net));
     assert!(
         !out.status.success(),
         "a second container in a pool of 1 must fail"

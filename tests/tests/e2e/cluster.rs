@@ -37,22 +37,13 @@ const WRONG_TOR: u64 = 101;
 
 // ------------------------------------------------------------ helpers
 
-/// The IP of an ADD result (`ips[0].address`, CIDR).
-fn ip_of(r: &CniRun) -> Ipv4Addr {
-    r.json["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no ips[0].address in {}", r.stdout))
-}
-
 /// Checks a successful ADD on `node` against its ToR and the pod's eth0:
 /// the IP is in the ToR's pod range with its prefix and gateway, the MAC is
 /// the one derived from the IP, and eth0 really has both. Returns (IP, MAC).
 fn check_added(c: &Cluster, node: &str, pod: &Pod, r: &CniRun) -> (Ipv4Addr, String) {
     r.ok(&format!("ADD {} on {node}", pod.name));
     let tor = c.tor_of(node);
-    let ip = ip_of(r);
+    let ip = r.ip();
     assert!(
         tor.in_range(ip),
         "ADD {} on {node}: {ip} is not in {}'s pod range {:?}",

@@ -366,13 +366,6 @@ fn state_of(tb: &Testbed, ip: Ipv4Addr) -> String {
     v["state"].as_str().unwrap_or_default().to_string()
 }
 
-fn ip_of(add: &moor_e2e::CniRun) -> Ipv4Addr {
-    let addr = add.json["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {}", add.stdout));
-    addr.split('/').next().unwrap().parse().expect("IPv4")
-}
-
 #[test]
 fn evict_by_ip() {
     let tb = Testbed::new();
@@ -384,7 +377,7 @@ fn evict_by_ip() {
     let c0 = container_id();
     let add = tb.moor("ADD", &web0, &c0, "1.0.0", &json!({}), None);
     add.ok("ADD web-0");
-    let ip0 = ip_of(&add);
+    let ip0 = add.ip();
     let out = tb.ipamctl(&["ip", "evict", &ip0.to_string()]);
     assert_ok(&out, "ip evict (held)");
     let table = text(&out.stdout);
@@ -418,7 +411,7 @@ fn evict_by_ip() {
     let c1 = container_id();
     let add = tb.moor("ADD", &web1, &c1, "1.0.0", &json!({}), None);
     add.ok("ADD web-1");
-    let ip1 = ip_of(&add);
+    let ip1 = add.ip();
     tb.moor("DEL", &web1, &c1, "1.0.0", &json!({}), None)
         .ok("DEL web-1");
     tb.remove_pod(&web1);
@@ -443,7 +436,7 @@ fn evict_by_ip() {
     let c2 = container_id();
     let add = tb.moor("ADD", &web2, &c2, "1.0.0", &json!({}), None);
     add.ok("ADD web-2");
-    let ip2 = ip_of(&add);
+    let ip2 = add.ip();
     assert_eq!(tb.host_links(), vec![host_ifname(&c2, "eth0")]);
     let v = evict(&tb, ip2, true);
     assert_eq!(v["released"], true, "{v}");

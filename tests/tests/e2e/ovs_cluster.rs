@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use moor_e2e::cluster::{Layout, UPLINK};
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::ovs_cluster::{tcp_echo, OvsCluster, NODE_BRIDGE};
-use moor_e2e::{CniRun, Pod};
+use moor_e2e::Pod;
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use serde_json::Value;
 
@@ -57,13 +57,22 @@ struct Live {
     host: String,
 }
 
-/// The IP of an ADD result (`ips[0].address`, CIDR).
-fn ip_of(r: &CniRun) -> Ipv4Addr {
-    r.json["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no ips[0].address in {}", r.stdout))
+/// Nodes n1 and n2 under ToR [`TOR`] on VLAN 100, 16 pod IPs.
+fn two_nodes() -> OvsCluster {
+    OvsCluster::new(
+        Layout::new()
+            .tor_on_vlan(TOR, 16, 100)
+            .node("n1", TOR)
+            .node("n2", TOR),
+    )
+}
+
+/// How long test `what` took, for the log (not asserted).
+fn print_took(what: &str, started: Instant) {
+    println!(
+        "ovs_cluster {what}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// ADDs `pod` on `node` and checks it got an IP of ToR/segment `tor` with
@@ -72,7 +81,7 @@ fn add(c: &OvsCluster, node: &str, pod: Pod, tor: &str) -> Live {
     let cid = container_id();
     let r = c.add(node, &pod, &cid);
     r.ok(&format!("ADD {} on {node}", pod.name));
-    let ip = ip_of(&r);
+    let ip = r.ip();
     let t = c.tor(tor);
     assert!(
         t.in_range(ip),
@@ -295,10 +304,7 @@ fn vlans_isolate_pods_and_every_pod_reaches_its_gateway() {
     for n in ["n1", "n2"] {
         assert_ports(&c, n, &[]);
     }
-    println!(
-        "ovs_cluster 1 (VLANs): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    print_took("1 (VLANs)", started);
 }
 
 // ------------------------------------------------------------ 2
@@ -358,12 +364,7 @@ fn cached_mac(pod: &Pod, ip: Ipv4Addr) -> Option<String> {
 #[test]
 fn moved_sticky_pod_is_reached_again_within_a_second() {
     let started = Instant::now();
-    let c = OvsCluster::new(
-        Layout::new()
-            .tor_on_vlan(TOR, 16, 100)
-            .node("n1", TOR)
-            .node("n2", TOR),
-    );
+    let c = two_nodes();
     c.create_pool("web", "web", 4, &[]);
     let web0 = add(&c, "n1", c.pod(&statefulset_pod("web", 0)), TOR);
     let peer = add(&c, "n1", c.pod(&deployment_pod("web", 1)), TOR);
@@ -417,10 +418,7 @@ fn moved_sticky_pod_is_reached_again_within_a_second() {
     assert_ports(&c, "n2", &[&moved]);
     del(&c, &moved);
     del(&c, &peer);
-    println!(
-        "ovs_cluster 2 (move): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    print_took("2 (move)", started);
 }
 
 // ------------------------------------------------------------ 3
@@ -428,12 +426,7 @@ fn moved_sticky_pod_is_reached_again_within_a_second() {
 #[test]
 fn node_ovs_killed_and_restarted_under_live_pods() {
     let started = Instant::now();
-    let c = OvsCluster::new(
-        Layout::new()
-            .tor_on_vlan(TOR, 16, 100)
-            .node("n1", TOR)
-            .node("n2", TOR),
-    );
+    let c = two_nodes();
     c.create_pool("web", "web", 8, &[]);
     let gw = c.tor(TOR).gateway;
     let p1 = add(&c, "n1", c.pod(&deployment_pod("web", 1)), TOR);
@@ -525,10 +518,7 @@ fn node_ovs_killed_and_restarted_under_live_pods() {
         del(&c, p);
     }
     assert_ports(&c, "n1", &[]);
-    println!(
-        "ovs_cluster 3 (OVS restart): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    print_took("3 (OVS restart)", started);
 }
 
 // ------------------------------------------------------------ 4
@@ -605,8 +595,5 @@ fn ipamd_restart_leaves_one_correct_port_per_live_pod() {
     assert_ports(&c, "n1", &[]);
     let problems = c.audit();
     assert!(problems.is_empty(), "audit: {problems:#?}");
-    println!(
-        "ovs_cluster 4 (ipamd restart): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    print_took("4 (ipamd restart)", started);
 }
