@@ -104,7 +104,7 @@ struct TorAddArgs {
     #[arg(long = "range", value_name = "A-B")]
     ranges: Vec<String>,
     /// Make this an extra segment (VLAN and subnet) of ToR TOR: nodes of
-    /// TOR serve it too, and pools that name it in --tors take IPs from it.
+    /// TOR serve it too, and pools that name it with --tor take IPs from it.
     /// Each segment of a ToR has its own VLAN.
     #[arg(long, value_name = "TOR")]
     segment_of: Option<String>,

@@ -220,7 +220,7 @@ pub struct IpView {
     pub address: String,
     pub pool: String,
     pub tor: String,
-    /// `free`, `bound` or `in-use`.
+    /// `free`, `bound`, `in-use` or `quarantined`.
     pub state: String,
     /// The pod this IP is kept for.
     pub binding: Option<PodView>,

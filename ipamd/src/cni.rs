@@ -390,17 +390,25 @@ impl Node {
                         node: self.cfg.name.clone(),
                         since_unix: now_unix(),
                     };
-                    warn!(%key, %ip, other_mac = %mac, "duplicate address: IP quarantined");
+                    let pod = &alloc.attachment().pod;
                     if let Err(re) = self.ipam.quarantine(&key, q).await {
-                        warn!(%key, error = %re, "could not quarantine the IP of a failed ADD");
+                        // Not quarantined: at least give the IP back (the
+                        // next ADD probes again), or a restart rolls it back.
+                        warn!(%key, %ip, other_mac = %mac, error = %re, "duplicate address, and the IP could not be quarantined");
+                        if let Err(re) = self.ipam.release(&key, true).await {
+                            warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
+                        }
+                        return Err(Error::Refused {
+                            code: cni_code::ADDRESS_CONFLICT,
+                            msg: format!(
+                                "IP {ip} of pod {pod} is already used on the network by MAC {mac} (moor's duplicate-address probe), and it could not be quarantined ({re}): find that host; the IP was given back and the next ADD probes again"
+                            ),
+                        });
                     }
+                    warn!(%key, %ip, other_mac = %mac, "duplicate address: IP quarantined");
                     return Err(Error::Refused {
                         code: cni_code::ADDRESS_CONFLICT,
-                        msg: crate::ipam::quarantine_message(
-                            ip,
-                            &mac,
-                            Some(&alloc.attachment().pod),
-                        ),
+                        msg: crate::ipam::quarantine_message(ip, &mac, Some(pod)),
                     });
                 }
                 Err(e) => {

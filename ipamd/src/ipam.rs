@@ -318,7 +318,7 @@ impl Ipam {
                 // know which of the pool's subnets (and VLANs) it gets.
                 if let Some((o, ..)) = out.iter().find(|(o, ..)| o.switch() == t.switch()) {
                     return Err(Error::Invalid(format!(
-                        "--tors names {} and {}, two segments of ToR {}: a pool takes one segment per ToR; name one of them",
+                        "--tor names {} and {}, two segments of ToR {}: a pool takes one segment per ToR; name one of them",
                         o.name,
                         t.name,
                         t.switch()
@@ -814,7 +814,9 @@ impl Ipam {
                 .binding
                 .as_ref()
                 .is_some_and(|b| b.namespace == a.pod.namespace && b.name == a.pod.name);
-            if !same_pod || now.evict {
+            // A quarantined IP is in use by someone else on the network: the
+            // pod's offline restart loses it (its interface is taken down).
+            if !same_pod || now.evict || now.quarantine.is_some() {
                 return Ok(false);
             }
             match &now.attachment {
@@ -1005,31 +1007,21 @@ impl Ipam {
                 ));
             };
             let holder = lease.attachment.clone();
-            if !at_del && lease.quarantine.is_some() {
-                // `ip release` of a quarantined IP: the operator has dealt
-                // with the other owner; the IP (and a binding kept on it)
-                // goes back to the pool.
-                let mut txn = Txn::default();
-                txn.expect(&key, Some(&entry)).delete(&key);
-                if let Some(pod) = &lease.binding {
-                    txn.delete(&keys::binding(pod));
+            let lifted = lease.quarantine.take();
+            if let Some(q) = &lifted {
+                if at_del {
+                    return Err(Error::Conflict(format!(
+                        "{ip} is quarantined (MAC {} answered for it on the network), not held by a pod: once that host is dealt with, lift the quarantine with `ipamctl ip release {ip}`",
+                        q.mac
+                    )));
                 }
-                self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
-                if self.store.commit(txn).await? {
-                    tracing::info!(%ip, other_mac = %lease.quarantine.as_ref().map_or("", |q| q.mac.as_str()), "quarantine lifted");
-                    return Ok((
-                        IpView {
-                            lease: None,
-                            ..view
-                        },
-                        true,
-                        None,
-                    ));
-                }
-                backoff(attempt).await;
-                continue;
             }
-            let Some(pod) = lease.binding.clone() else {
+            // `ip release` of a quarantined IP (the operator has dealt with
+            // the other owner) lifts the quarantine and drops a binding kept
+            // on the IP; an attachment (a pod restarted on it during a store
+            // outage) stays, and the IP with it.
+            let binding = lease.binding.clone();
+            if binding.is_none() && lifted.is_none() {
                 return Ok((
                     IpView {
                         lease: Some(lease),
@@ -1038,27 +1030,31 @@ impl Ipam {
                     false,
                     holder,
                 ));
-            };
+            }
             let mut txn = Txn::default();
             txn.expect(&key, Some(&entry));
-            let dropped = match &holder {
-                Some(_) if at_del => {
-                    lease.evict = true;
-                    txn.put(&key, &lease);
-                    false
+            let dropped = if holder.is_some() && at_del {
+                // The binding goes with the holder's DEL.
+                lease.evict = true;
+                txn.put(&key, &lease);
+                false
+            } else {
+                if let Some(pod) = &binding {
+                    txn.delete(&keys::binding(pod));
                 }
-                Some(_) => {
+                if holder.is_some() {
                     lease.binding = None;
-                    txn.put(&key, &lease).delete(&keys::binding(&pod));
-                    true
-                }
-                None => {
-                    txn.delete(&key).delete(&keys::binding(&pod));
+                    txn.put(&key, &lease);
+                } else {
+                    txn.delete(&key);
                     self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
-                    true
                 }
+                true
             };
             if self.store.commit(txn).await? {
+                if let Some(q) = &lifted {
+                    tracing::info!(%ip, other_mac = %q.mac, "quarantine lifted");
+                }
                 let lease = holder.is_some().then_some(lease);
                 return Ok((IpView { lease, ..view }, dropped, holder));
             }

@@ -425,6 +425,17 @@ async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
     );
     clean(&store).await;
 
+    // `ip evict` does not lift a quarantine; it points to `ip release`.
+    let (c, msg) = code(ipam.mark_evict(web0.lease.ip).await.unwrap_err());
+    assert_eq!(c, Error::Conflict(String::new()).cni_code(), "{msg}");
+    assert!(msg.contains("ipamctl ip release"), "{msg}");
+    // A restart of web-0 during a store outage (on the node that cached its
+    // binding) is not written back onto the quarantined IP.
+    let mut offline = again.lease.clone();
+    offline.attachment.as_mut().unwrap().key.container_id = "c-offline".into();
+    assert!(!ipam.attach_bound(&offline).await.unwrap());
+    clean(&store).await;
+
     // `ip release` lifts a quarantine: the IP and its binding go back.
     for ip in [bad_ip, web0.lease.ip] {
         let (view, dropped) = ipam.release_ip(ip).await.unwrap();

@@ -125,9 +125,10 @@ struct Args {
     /// CNI GC and the leak sweep leave attachments younger than this alone.
     #[arg(long, default_value_t = 60)]
     gc_grace_seconds: u64,
-    /// Every N seconds, release this node's attachments whose pod netns or
-    /// host veth is gone (seen so on two passes in a row, and older than
-    /// --gc-grace-seconds): DELs a runtime never sent. 0 turns it off.
+    /// Every N seconds, release this node's attachments whose host veth is
+    /// gone (seen so on two passes in a row, and older than
+    /// --gc-grace-seconds): DELs a runtime never sent. In OVS mode, also
+    /// remove moor's ports whose interface is gone. 0 turns it off.
     #[arg(long, default_value_t = 60, value_name = "N")]
     reconcile_interval_seconds: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or moor_ipamd=debug.

@@ -6,10 +6,13 @@
 //!
 //! Releasing an IP that is still in use would give one address to two pods,
 //! so an attachment is released only when
-//! - it is older than the grace period (an ADD that just finished may not
-//!   have a netns the sweep can see yet, e.g. while a runtime bind-mounts it),
-//! - its pod netns is gone, or its host veth is gone (a veth pair dies as a
-//!   whole, so the pod's interface, and the IP on it, went with it), and
+//! - it is older than the grace period,
+//! - its host veth is gone: a veth pair dies as a whole, so the pod's
+//!   interface, and the IP on it, went with it; and a pod netns that is
+//!   destroyed takes its veth along. The netns path is only logged: from a
+//!   DaemonSet without `mountPropagation: HostToContainer` (or without
+//!   hostPID for /proc/PID/ns/net paths) a live pod's netns looks gone, and
+//!   the veth never lies that way, and
 //! - the previous pass saw it gone too (a pass that races a runtime's own
 //!   teardown or a restart of the datapath does not act alone).
 
@@ -49,7 +52,7 @@ pub fn verdict(
     if a.state != AttachmentState::Ready || a.created_unix.saturating_add(grace_secs) > now_unix {
         return Verdict::Keep;
     }
-    if seen.netns_exists && seen.host_link_exists {
+    if seen.host_link_exists {
         return Verdict::Keep;
     }
     if suspect {
@@ -148,6 +151,7 @@ impl Sweep {
             info!(
                 suspects = report.suspects,
                 released = report.released.len(),
+                removed_ports = report.removed_ports.len(),
                 "leak sweep"
             );
         }
@@ -222,25 +226,33 @@ mod tests {
         host_link_exists: false,
     };
 
+    const GONE: Seen = Seen {
+        netns_exists: false,
+        host_link_exists: false,
+    };
+
     #[test]
-    fn gone_twice_after_the_grace_period_is_released() {
+    fn veth_gone_twice_after_the_grace_period_is_released() {
         let a = att(100, AttachmentState::Ready);
-        for seen in [NO_NETNS, NO_VETH] {
+        for seen in [NO_VETH, GONE] {
             assert_eq!(verdict(&a, seen, 200, 60, false), Verdict::Suspect);
             assert_eq!(verdict(&a, seen, 205, 60, true), Verdict::Release);
         }
     }
 
     #[test]
-    fn alive_young_or_half_added_is_kept() {
+    fn alive_young_half_added_or_netns_hidden_is_kept() {
         let a = att(100, AttachmentState::Ready);
         assert_eq!(verdict(&a, ALIVE, 1000, 60, true), Verdict::Keep);
+        // A netns path ipamd cannot see (mount propagation) with the veth
+        // still there: the pod is alive.
+        assert_eq!(verdict(&a, NO_NETNS, 1000, 60, true), Verdict::Keep);
         // Within the grace period, even gone and suspected.
-        assert_eq!(verdict(&a, NO_NETNS, 159, 60, true), Verdict::Keep);
-        assert_eq!(verdict(&a, NO_NETNS, 160, 60, false), Verdict::Suspect);
+        assert_eq!(verdict(&a, GONE, 159, 60, true), Verdict::Keep);
+        assert_eq!(verdict(&a, GONE, 160, 60, false), Verdict::Suspect);
         // A pending ADD is the start-up recovery's, never the sweep's.
         let p = att(100, AttachmentState::Pending);
-        assert_eq!(verdict(&p, NO_NETNS, 1000, 60, true), Verdict::Keep);
+        assert_eq!(verdict(&p, GONE, 1000, 60, true), Verdict::Keep);
     }
 
     #[test]

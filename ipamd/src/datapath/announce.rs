@@ -55,10 +55,12 @@ pub fn arp_probe(mac: [u8; 6], ip: Ipv4Addr) -> [u8; GARP_LEN] {
 /// interface uses (or is probing for) `ip`: its sender IP is `ip` (an
 /// answer to our probe, or any traffic of the owner), or it is a probe for
 /// `ip` itself (RFC 5227 2.1.1: two hosts probing at once both back off).
-/// Returns that interface's MAC. The MAC is not compared with ours: another
-/// moor pod with the same IP (two stores disagreeing) has the same MAC, and
-/// our own frames are told apart by the socket (`PACKET_OUTGOING`).
-pub fn conflict_in(frame: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
+/// Returns that interface's MAC. A sender IP of `ip` conflicts whatever the
+/// MAC: another moor pod with the same IP (two stores disagreeing) has the
+/// same MAC as ours; our own frames are told apart by the socket
+/// (`PACKET_OUTGOING`). A probe from our own MAC is ours reflected back (a
+/// hairpin, a switch echoing it), not a rival.
+pub fn conflict_in(frame: &[u8], ip: Ipv4Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> {
     if frame.len() < GARP_LEN
         || frame[12..14] != ETH_P_ARP.to_be_bytes()
         || frame[16..18] != ETH_P_IP.to_be_bytes()
@@ -71,7 +73,8 @@ pub fn conflict_in(frame: &[u8], ip: Ipv4Addr) -> Option<[u8; 6]> {
     let sender_ip = Ipv4Addr::from(<[u8; 4]>::try_from(&frame[28..32]).expect("4 bytes"));
     let target_ip = Ipv4Addr::from(<[u8; 4]>::try_from(&frame[38..42]).expect("4 bytes"));
     let is_request = frame[20..22] == ARPOP_REQUEST.to_be_bytes();
-    let probing_too = is_request && sender_ip.is_unspecified() && target_ip == ip;
+    let probing_too =
+        is_request && sender_ip.is_unspecified() && target_ip == ip && sender_mac != own_mac;
     (sender_ip == ip || probing_too).then_some(sender_mac)
 }
 
@@ -254,7 +257,7 @@ impl Announcer {
                 // Our own probes, seen on their way out.
                 continue;
             }
-            if let Some(mac) = conflict_in(&buf[..got as usize], self.ip) {
+            if let Some(mac) = conflict_in(&buf[..got as usize], self.ip, self.mac) {
                 return Ok(Some(mac));
             }
         }
@@ -360,20 +363,28 @@ mod tests {
         // The owner's answer (or any of its ARP traffic) names it.
         let mut answer = gratuitous_arp(OTHER, IP);
         answer[20..22].copy_from_slice(&2u16.to_be_bytes());
-        assert_eq!(conflict_in(&answer, IP), Some(OTHER));
-        assert_eq!(conflict_in(&gratuitous_arp(OTHER, IP), IP), Some(OTHER));
+        assert_eq!(conflict_in(&answer, IP, OWN), Some(OTHER));
+        assert_eq!(
+            conflict_in(&gratuitous_arp(OTHER, IP), IP, OWN),
+            Some(OTHER)
+        );
         // Someone probing for the same IP at the same time.
-        assert_eq!(conflict_in(&arp_probe(OTHER, IP), IP), Some(OTHER));
+        assert_eq!(conflict_in(&arp_probe(OTHER, IP), IP, OWN), Some(OTHER));
         // Another moor pod with the same IP has the same MAC as ours.
-        assert_eq!(conflict_in(&gratuitous_arp(OWN, IP), IP), Some(OWN));
-        // Not conflicts: other IPs, other protocols, runts.
+        assert_eq!(conflict_in(&gratuitous_arp(OWN, IP), IP, OWN), Some(OWN));
+        // Not conflicts: our own probe reflected back, other IPs, other
+        // protocols, runts.
+        assert_eq!(conflict_in(&arp_probe(OWN, IP), IP, OWN), None);
         let elsewhere = Ipv4Addr::new(10, 1, 0, 18);
-        assert_eq!(conflict_in(&gratuitous_arp(OTHER, elsewhere), IP), None);
-        assert_eq!(conflict_in(&arp_probe(OTHER, elsewhere), IP), None);
+        assert_eq!(
+            conflict_in(&gratuitous_arp(OTHER, elsewhere), IP, OWN),
+            None
+        );
+        assert_eq!(conflict_in(&arp_probe(OTHER, elsewhere), IP, OWN), None);
         let mut ipv4 = gratuitous_arp(OTHER, IP);
         ipv4[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        assert_eq!(conflict_in(&ipv4, IP), None);
-        assert_eq!(conflict_in(&answer[..30], IP), None);
+        assert_eq!(conflict_in(&ipv4, IP, OWN), None);
+        assert_eq!(conflict_in(&answer[..30], IP, OWN), None);
     }
 
     #[test]
