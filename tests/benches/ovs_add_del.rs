@@ -368,41 +368,6 @@ impl Garp {
     }
 }
 
-/// `ethtool -K IFNAME tx off` in the calling thread's netns: the userspace
-/// datapath forwards the pod's packets as they are, so the pod must fill in
-/// its own checksums (ipamd does the same; Kube-OVN too, for netdev).
-fn disable_tx_checksum(ifname: &str) -> std::io::Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: plain syscall with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket() and is ours alone.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    request.ifr_ifru.ifru_data = std::ptr::addr_of_mut!(value).cast();
-    // SAFETY: SIOCETHTOOL takes an ifreq pointing at an ethtool command;
-    // both live until the call returns.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// ref's pod side, in the pod's netns (the calling thread entered it): TX
 /// checksum off, link up, address, default route, one request at a time;
 /// returns the socket for the gratuitous ARP.
@@ -410,7 +375,8 @@ async fn ref_configure_pod(mac: [u8; 6], ip: Ipv4Addr) -> Res<Garp> {
     let (conn, h, _) = rtnetlink::new_connection().map_err(|e| format!("netlink in pod: {e}"))?;
     let conn = tokio::spawn(conn);
     let result = async {
-        disable_tx_checksum("eth0").map_err(|e| format!("tx off on eth0: {e}"))?;
+        moor_ipamd::datapath::disable_tx_checksum("eth0")
+            .map_err(|e| format!("tx off on eth0: {e}"))?;
         let index = match h.link().get().match_name("eth0").execute().next().await {
             Some(Ok(l)) => l.header.index,
             other => return Err(format!("eth0 not found in the pod: {other:?}")),

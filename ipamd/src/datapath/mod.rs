@@ -32,6 +32,7 @@ use ipnetwork::Ipv4Network;
 pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
+pub use veth::disable_tx_checksum;
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.
 #[derive(Debug, Clone, PartialEq, Eq)]

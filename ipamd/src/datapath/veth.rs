@@ -285,7 +285,7 @@ pub(crate) async fn configure_pod(
 /// every TCP segment arrives with a wrong checksum and is dropped: ping
 /// works, TCP does not (seen here). With TX checksum offload off, the pod's
 /// kernel fills the checksum itself.
-pub(crate) fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
+pub fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
     const ETHTOOL_STXCSUM: u32 = 0x17;
     #[repr(C)]
     struct EthtoolValue {
