@@ -6,19 +6,20 @@
 //! that entered it. Namespaces are deleted by a Drop guard, so also when an
 //! assertion fails. Needs root; fails (never skips) without it.
 
+mod common;
+
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{run, Netns};
 use moor_ipamd::datapath::{BridgeDatapath, Datapath, DatapathError, PodLink};
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use nix::sched::{setns, CloneFlags};
-use serde_json::Value;
 
 const BRIDGE: &str = "br0";
 const BRIDGE_MAC: &str = "02:00:00:0b:00:01";
@@ -26,100 +27,7 @@ const BRIDGE_MTU: u32 = 1400;
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the datapath tests create network namespaces, bridges and veths and must run as root \
-         (e.g. sudo -E cargo test -p moor-ipamd --test datapath)"
-    );
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("moor-dp-{}-{n}-{role}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let netns = Netns { name };
-        netns.ip(&["link", "set", "lo", "up"]);
-        netns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <netns> args...`, which must succeed; returns stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// `ip -n <netns> args...` without insisting on success.
-    fn try_ip(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip")
-    }
-
-    /// `ip -j -n <netns> args...` parsed.
-    fn ip_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-j"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ip(&all)).expect("ip -j prints JSON")
-    }
-
-    /// A command run inside the netns (`ip netns exec`).
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-
-    fn link_exists(&self, name: &str) -> bool {
-        self.try_ip(&["link", "show", "dev", name]).status.success()
-    }
-
-    /// The one link called `name`, as `ip -j link show` prints it.
-    fn link(&self, name: &str) -> Value {
-        self.ip_json(&["link", "show", "dev", name])[0].clone()
-    }
-
-    fn mac_of(&self, name: &str) -> String {
-        self.link(name)["address"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::netns::require_root("network namespaces, bridges and veths", "datapath");
 }
 
 /// A node netns with bridge br0 (explicit MAC, MTU 1400, the ToR's gateway

@@ -6,16 +6,17 @@
 //! with `ovs-vsctl`, `ip` and `ping`. Needs root; missing OVS binaries fail
 //! the tests, they are never skipped.
 
+mod common;
 #[path = "../../ovs/tests/harness/mod.rs"]
 mod harness;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::{link_exists, run, Netns};
+use common::tcp_echo::tcp_echo;
 use harness::Ovs;
 use moor_ipamd::datapath::{
     BridgeDatapath, Datapath, DatapathError, OvsConfig, OvsDatapath, PodLink,
@@ -27,170 +28,7 @@ const BRIDGE: &str = "br-int";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the OVS datapath tests create network namespaces and run Open vSwitch and must run \
-         as root (e.g. sudo -E cargo test -p moor-ipamd --test ovs_datapath)"
-    );
-}
-
-/// A named network namespace for a pod (or a gateway), deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("moor-ovsdp-{}-{n}-{role}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let netns = Netns { name };
-        netns.ip(&["link", "set", "lo", "up"]);
-        // No IPv6 chatter: the tests are about IPv4 reachability.
-        netns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        netns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        netns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-
-    fn link_exists(&self, name: &str) -> bool {
-        link_exists(&self.name, name)
-    }
-
-    /// One ping (1 s timeout); whether it was answered.
-    fn pings(&self, to: Ipv4Addr) -> bool {
-        self.exec(&["ping", "-c1", "-W1", "-q", &to.to_string()])
-            .status
-            .success()
-    }
-
-    /// Whether `to` answers a ping within `within`.
-    fn reaches(&self, to: Ipv4Addr, within: Duration) -> bool {
-        let started = Instant::now();
-        loop {
-            if self.pings(to) {
-                return true;
-            }
-            if started.elapsed() >= within {
-                return false;
-            }
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs `f` on a thread inside `netns`.
-fn in_netns<T: Send + 'static>(
-    netns: PathBuf,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).expect("open netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
-
-/// Sends 1 MiB over TCP from `client` to a server in `server` at `ip` and
-/// reads it back: TCP, not only ping, goes through the datapath (full-size
-/// segments with checksums right).
-fn tcp_echo(client: &Netns, server: &Netns, ip: Ipv4Addr) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    const LEN: usize = 1 << 20;
-    let addr = SocketAddr::from((ip, 7777));
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    let srv = in_netns(server.path(), move || -> std::io::Result<()> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        ready_tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut conn = loop {
-            match listener.accept() {
-                Ok((conn, _)) => break conn,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        return Err(std::io::Error::other("no connection within 5 s"));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = vec![0u8; LEN];
-        conn.read_exact(&mut buf)?;
-        conn.write_all(&buf)
-    });
-    ready
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| "server did not listen".to_string())?;
-    let cli = in_netns(client.path(), move || -> std::io::Result<()> {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-        conn.write_all(&data)?;
-        let mut back = vec![0u8; LEN];
-        conn.read_exact(&mut back)?;
-        if back != data {
-            return Err(std::io::Error::other("data came back different"));
-        }
-        Ok(())
-    });
-    let c = cli.join().unwrap().map_err(|e| format!("client: {e}"));
-    let s = srv.join().unwrap().map_err(|e| format!("server: {e}"));
-    c.and(s)
-}
-
-fn link_exists(netns: &str, name: &str) -> bool {
-    Command::new("ip")
-        .args(["-n", netns, "link", "show", "dev", name])
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
+    common::netns::require_root("network namespaces and run Open vSwitch", "ovs_datapath");
 }
 
 fn node_path(ovs: &Ovs) -> PathBuf {
@@ -296,7 +134,11 @@ async fn pods_on_one_vlan_reach_each_other_and_another_vlan_is_isolated() {
         ovs.vsctl(&["get", "bridge", BRIDGE, "datapath_type"]),
         "netdev"
     );
-    let (pa, pb, pc) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
+    let (pa, pb, pc) = (
+        Netns::ipv4_only("a"),
+        Netns::ipv4_only("b"),
+        Netns::ipv4_only("c"),
+    );
     let (ipa, ipb, ipc) = (
         Ipv4Addr::new(10, 1, 0, 11),
         Ipv4Addr::new(10, 1, 0, 12),
@@ -343,7 +185,7 @@ async fn pods_on_one_vlan_reach_each_other_and_another_vlan_is_isolated() {
     assert!(pb.pings(ipa), "b cannot reach a");
     // TCP too: on the userspace datapath this needs the pods' TX checksum
     // offload off, which wire does.
-    tcp_echo(&pa, &pb, ipb).expect("TCP from a to b");
+    tcp_echo(pa.path(), pb.path(), ipb, 1 << 20).expect("TCP from a to b");
     assert!(!pc.pings(ipa), "VLAN 200 reaches VLAN 100");
     assert!(!pa.pings(ipc), "VLAN 100 reaches VLAN 200");
 
@@ -373,7 +215,7 @@ async fn unwire_removes_port_and_veth_and_is_idempotent() {
     require_root();
     let ovs = Ovs::start();
     let dp = datapath(&ovs, &config(&ovs)).await;
-    let pod = Netns::new("pod");
+    let pod = Netns::ipv4_only("pod");
     let link = pod_link(&pod, "ctr-del", Ipv4Addr::new(10, 1, 0, 21), 100);
     dp.wire(&link).await.unwrap();
     assert_eq!(ports(&ovs, BRIDGE), vec![link.host_ifname.clone()]);
@@ -403,10 +245,10 @@ async fn reconcile_removes_stale_ports_and_readds_missing_ones() {
     let ovs = Ovs::start();
     let dp = datapath(&ovs, &config(&ovs)).await;
     let (pa, pb, ps, pg) = (
-        Netns::new("a"),
-        Netns::new("b"),
-        Netns::new("stale"),
-        Netns::new("gone"),
+        Netns::ipv4_only("a"),
+        Netns::ipv4_only("b"),
+        Netns::ipv4_only("stale"),
+        Netns::ipv4_only("gone"),
     );
     let (ipa, ipb) = (Ipv4Addr::new(10, 1, 0, 31), Ipv4Addr::new(10, 1, 0, 32));
     let a = pod_link(&pa, "ctr-a", ipa, 100);
@@ -481,7 +323,7 @@ async fn wire_rolls_back_when_the_port_cannot_be_added() {
         ..config(&ovs)
     };
     let dp = datapath(&ovs, &cfg).await;
-    let pod = Netns::new("pod");
+    let pod = Netns::ipv4_only("pod");
     let link = pod_link(&pod, "ctr-rb", Ipv4Addr::new(10, 1, 0, 41), 100);
 
     // The bridge is gone: the transaction aborts, the veth is deleted.
@@ -537,7 +379,11 @@ async fn pods_survive_an_ovsdb_server_restart_and_the_next_wire_works() {
         ..config(&ovs)
     };
     let dp = datapath(&ovs, &cfg).await;
-    let (pa, pb, pc) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
+    let (pa, pb, pc) = (
+        Netns::ipv4_only("a"),
+        Netns::ipv4_only("b"),
+        Netns::ipv4_only("c"),
+    );
     let (ipa, ipb, ipc) = (
         Ipv4Addr::new(10, 1, 0, 51),
         Ipv4Addr::new(10, 1, 0, 52),
@@ -547,7 +393,7 @@ async fn pods_survive_an_ovsdb_server_restart_and_the_next_wire_works() {
     let b = pod_link(&pb, "ctr-b", ipb, 100);
     let c = pod_link(&pc, "ctr-c", ipc, 100);
     // d is deleted while ovsdb-server is down.
-    let pd = Netns::new("d");
+    let pd = Netns::ipv4_only("d");
     let d = pod_link(&pd, "ctr-d", Ipv4Addr::new(10, 1, 0, 54), 100);
     dp.wire(&a).await.unwrap();
     dp.wire(&b).await.unwrap();
@@ -621,7 +467,7 @@ async fn uplink_is_a_trunk_that_carries_the_pods_vlan_to_the_tor() {
     // peer as a trunk and VLAN 100's gateway on an access port.
     ovs.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
     ovs.ip(&["link", "set", "up0p", "up"]);
-    let gw = Netns::new("gw");
+    let gw = Netns::ipv4_only("gw");
     ovs.ip(&[
         "link", "add", "gwh", "type", "veth", "peer", "name", "eth0", "netns", &gw.name,
     ]);
@@ -664,7 +510,7 @@ async fn uplink_is_a_trunk_that_carries_the_pods_vlan_to_the_tor() {
     let dp = datapath(&ovs, &cfg).await;
     assert_eq!(ports(&ovs, BRIDGE), vec!["up0".to_string()]);
 
-    let (pa, pc) = (Netns::new("a"), Netns::new("c"));
+    let (pa, pc) = (Netns::ipv4_only("a"), Netns::ipv4_only("c"));
     let a = pod_link(&pa, "ctr-a", Ipv4Addr::new(10, 1, 0, 61), 100);
     let c = pod_link(&pc, "ctr-c", Ipv4Addr::new(10, 1, 0, 62), 200);
     dp.wire(&a).await.unwrap();
@@ -726,7 +572,7 @@ async fn wire_unwire_wall_time_ovs_vs_bridge() {
     let bridge = BridgeDatapath::new_in("lbr0", Some(&node_path(&ovs)))
         .await
         .unwrap();
-    let pod = Netns::new("pod");
+    let pod = Netns::ipv4_only("pod");
     let link = pod_link(&pod, "ctr-time", Ipv4Addr::new(10, 1, 0, 70), 100);
     let modes: [(&str, &dyn Datapath); 2] = [("ovs", &dp), ("bridge", &bridge)];
     for (mode, dp) in modes {
