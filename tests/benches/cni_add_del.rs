@@ -34,14 +34,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
     check_interrupted, commit, cpus, describe_failure, ip, kernel, lat_json, links, loadavg, ms,
-    pct, release_bins, round3, run, start, suffix, wait_ping, Args, Daemon, Netns, Res, TempDir,
-    PERCENTILES,
+    pct, release_bins, round3, run, run_workers, start, suffix, wait_ping, Args, Daemon, Netns,
+    Res, TempDir, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
 use serde_json::{json, Value};
@@ -365,46 +365,23 @@ impl Samples {
 /// netns, started together; wall time from start to the last one's end.
 fn batch(p: &Plugin, workers: usize, cycles: usize) -> Res<Samples> {
     let live = Mutex::new(HashSet::new());
-    let stop = AtomicBool::new(false);
-    let start_line = Barrier::new(workers + 1);
-    let (results, wall) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let (live, stop, start_line, pod) = (&live, &stop, &start_line, &p.pods[w]);
-                s.spawn(move || -> Res<Vec<Cycle>> {
-                    start_line.wait();
-                    let mut done = Vec::with_capacity(cycles);
-                    for _ in 0..cycles {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        check_interrupted()?;
-                        match p.cycle(pod, live) {
-                            Ok(c) => done.push(c),
-                            Err(e) => {
-                                stop.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        start_line.wait();
-        let t0 = Instant::now();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
-            .collect();
-        (results, t0.elapsed())
-    });
+    let (results, _, wall) = run_workers(
+        workers,
+        |w| Ok((&p.pods[w], cycles)),
+        |(pod, left): &mut (&Netns, usize)| {
+            if *left == 0 {
+                return Ok(None);
+            }
+            *left -= 1;
+            p.cycle(pod, &live).map(Some)
+        },
+    );
     let mut s = Samples {
         wall,
         ..Samples::default()
     };
     for r in results {
-        for c in r? {
+        for (c, _) in r? {
             s.add.push(c.add);
             s.del.push(c.del);
             s.cycles += 1;

@@ -60,16 +60,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use harness::Ovs;
 use moor_e2e::bench::{
     check_interrupted, commit, cpus, describe_failure, ip, kernel, lat_json, links, loadavg,
-    median, ms, pct, release_bins, round3, run, start, suffix, wait_ping, Args, Daemon, Netns, Res,
-    TempDir, PERCENTILES,
+    median, ms, pct, release_bins, round3, run, run_workers, start, suffix, wait_ping, Args,
+    Daemon, Netns, Res, TempDir, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
 use moor_ipamd::datapath::{gratuitous_arp, Datapath, OvsConfig, OvsDatapath, PodLink};
@@ -1067,43 +1067,17 @@ where
     F: Fn(&Ctx, usize) -> Res<Op> + Sync,
 {
     let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let start_line = Barrier::new(workers + 1);
-    let (results, t0, wall) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let (next, stop, start_line, op) = (&next, &stop, &start_line, &op);
-                s.spawn(move || -> Res<Vec<(Op, Instant)>> {
-                    let ctx = bed.ctx(side);
-                    start_line.wait();
-                    let ctx = ctx?;
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n || stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let r = check_interrupted().and_then(|()| op(&ctx, i));
-                        match r {
-                            Ok(o) => done.push((o, Instant::now())),
-                            Err(e) => {
-                                stop.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        start_line.wait();
-        let t0 = Instant::now();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
-            .collect();
-        (results, t0, t0.elapsed())
-    });
+    let (results, t0, wall) = run_workers(
+        workers,
+        |_| bed.ctx(side),
+        |ctx| {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                return Ok(None);
+            }
+            op(ctx, i).map(Some)
+        },
+    );
     let mut ops = Vec::with_capacity(n);
     for r in results {
         ops.extend(r?.into_iter().map(|(op, ended)| Timed {

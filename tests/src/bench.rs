@@ -7,6 +7,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -14,6 +15,63 @@ use serde_json::{json, Value};
 use crate::bins::Bins;
 
 pub type Res<T> = Result<T, String>;
+
+// ---------------------------------------------------------------- workers
+
+/// What each worker of [`run_workers`] did: its steps' results with when
+/// each ended, or the error that stopped it.
+pub type WorkerResults<T> = Vec<Res<Vec<(T, Instant)>>>;
+
+/// Runs `workers` threads that start together: each makes its state with
+/// `prepare(worker)` (untimed, before the start line), then calls
+/// `step(&mut state)` until it returns `Ok(None)`. An error, a panic or
+/// Ctrl-C in one worker stops the others at their next step. Returns what
+/// every worker did, the start instant, and the wall time from the start to
+/// the last worker's end.
+pub fn run_workers<C, T, P, S>(
+    workers: usize,
+    prepare: P,
+    step: S,
+) -> (WorkerResults<T>, Instant, Duration)
+where
+    T: Send,
+    P: Fn(usize) -> Res<C> + Sync,
+    S: Fn(&mut C) -> Res<Option<T>> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let start_line = Barrier::new(workers + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (stop, start_line, prepare, step) = (&stop, &start_line, &prepare, &step);
+                s.spawn(move || -> Res<Vec<(T, Instant)>> {
+                    let state = prepare(w);
+                    start_line.wait();
+                    let mut state = state?;
+                    let mut done = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match check_interrupted().and_then(|()| step(&mut state)) {
+                            Ok(Some(t)) => done.push((t, Instant::now())),
+                            Ok(None) => break,
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        start_line.wait();
+        let t0 = Instant::now();
+        let results = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
+            .collect();
+        (results, t0, t0.elapsed())
+    })
+}
 
 // ---------------------------------------------------------------- Ctrl-C
 
