@@ -33,6 +33,8 @@
 
 #[path = "../../ovs/tests/harness/mod.rs"]
 mod ovs_harness;
+#[path = "../../ipamd/tests/common/tcp_echo.rs"]
+mod tcp_echo;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -430,74 +432,12 @@ impl OvsCluster {
 /// `ip`:port 7777 and checks what comes back: full-size segments with right
 /// checksums cross the userspace datapaths of two nodes and the ToR.
 pub fn tcp_echo(client: &Pod, server: &Pod, ip: Ipv4Addr) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    const LEN: usize = 256 << 10;
-    const WAIT: Duration = Duration::from_secs(5);
-    let addr = SocketAddr::from((ip, 7777));
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    let srv = in_netns(server, move || -> std::io::Result<()> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        ready_tx.send(()).expect("the client waits");
-        let deadline = Instant::now() + WAIT;
-        let mut conn = loop {
-            match listener.accept() {
-                Ok((conn, _)) => break conn,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        return Err(std::io::Error::other("no connection within 5 s"));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(WAIT))?;
-        let mut buf = vec![0u8; LEN];
-        conn.read_exact(&mut buf)?;
-        conn.write_all(&buf)
-    });
-    ready
-        .recv_timeout(WAIT)
-        .map_err(|_| "the server did not listen".to_string())?;
-    let cli = in_netns(client, move || -> std::io::Result<()> {
-        let mut conn = TcpStream::connect_timeout(&addr, WAIT)?;
-        conn.set_read_timeout(Some(WAIT))?;
-        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-        conn.write_all(&data)?;
-        let mut back = vec![0u8; LEN];
-        conn.read_exact(&mut back)?;
-        if back != data {
-            return Err(std::io::Error::other("the data came back different"));
-        }
-        Ok(())
-    });
-    let c = cli
-        .join()
-        .expect("client thread")
-        .map_err(|e| format!("client: {e}"));
-    let s = srv
-        .join()
-        .expect("server thread")
-        .map_err(|e| format!("server: {e}"));
-    c.and(s)
-}
-
-/// Runs `f` on a new thread inside `pod`'s netns (sockets it opens stay
-/// there).
-fn in_netns<T: Send + 'static>(
-    pod: &Pod,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = pod.netns_path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        f()
-    })
+    tcp_echo::tcp_echo(
+        client.netns_path().into(),
+        server.netns_path().into(),
+        ip,
+        256 << 10,
+    )
 }
 
 /// The ToR's internal port that carries the gateway of VLAN `vlan`.
