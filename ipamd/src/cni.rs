@@ -17,11 +17,14 @@ use ipnetwork::Ipv4Network;
 use moor_proto::v1;
 use tracing::{info, warn};
 
-use crate::core::{Attachment, AttachmentKey, AttachmentState, Lease, PodRef, Quarantine, Tor};
+use crate::core::{
+    Attachment, AttachmentKey, AttachmentState, FreeCount, Lease, PodRef, Quarantine, Tor,
+};
 use crate::datapath::{Datapath, DatapathError, PodLink};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::{AllocRequest, Ipam};
 use crate::mirror::{Mirror, Mirrored};
+use crate::store::{keys, StoreExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct NodeConfig {
@@ -649,7 +652,10 @@ impl Node {
     }
 
     /// Free IPs over all pools on this node's ToR (all its segments), and how
-    /// many pools have IPs there; None when the ToR is not defined.
+    /// many pools have IPs there; None when the ToR is not defined. Read from
+    /// the published free counts (`free/<pool>/<segment>`, exact: every
+    /// lease change updates them in its own transaction): one list, however
+    /// many pools there are.
     async fn free_on_tor(&self) -> Result<Option<(u32, u32)>> {
         let segments: Vec<String> = self
             .ipam
@@ -661,28 +667,19 @@ impl Node {
         if segments.is_empty() {
             return Ok(None);
         }
+        let (counts, _) = self.ipam.store().list_json::<FreeCount>(keys::FREE).await?;
         let mut free = 0;
-        let mut pools = 0;
-        for p in self.ipam.pools().await? {
-            let here: u32 = segments
-                .iter()
-                .filter_map(|s| p.ips.get(s))
-                .map(|ips| ips.len() as u32)
-                .sum();
-            if here == 0 {
+        let mut pools = std::collections::BTreeSet::new();
+        for (c, entry) in counts {
+            let Some((pool, segment)) = entry.key[keys::FREE.len()..].split_once('/') else {
                 continue;
+            };
+            if c.total > 0 && segments.iter().any(|s| s == segment) {
+                pools.insert(pool.to_string());
+                free += c.free;
             }
-            pools += 1;
-            let used = self
-                .ipam
-                .leases(&p.name)
-                .await?
-                .iter()
-                .filter(|l| segments.contains(&l.tor))
-                .count() as u32;
-            free += here.saturating_sub(used);
         }
-        Ok(Some((free, pools)))
+        Ok(Some((free, pools.len() as u32)))
     }
 
     /// Releases this node's attachments of `network` that the runtime no

@@ -10,6 +10,8 @@ pub const POOLS: &str = "pools/";
 pub const BINDINGS: &str = "bindings/";
 pub const ATTACHMENTS: &str = "attachments/";
 pub const NODES: &str = "nodes/";
+/// Every pool's free counts: `free/<pool>/<segment>`.
+pub const FREE: &str = "free/";
 
 pub fn node(name: &str) -> String {
     format!("nodes/{name}")

@@ -243,3 +243,77 @@ fn status_and_gc(tb: &Testbed) {
     let c = tb.pool_counts("proto");
     assert_eq!((c.in_use, c.total), (0, 8), "{c:?}");
 }
+
+/// Issue 5: STATUS says "not ready" (code 50, with the reason) while this
+/// node cannot give a pod an IP: ToR undefined, no pool on it, every pool on
+/// it full, ipamd unreachable; a pool on another segment of the ToR counts.
+#[test]
+fn status_is_ready_only_while_the_node_can_hand_out_an_ip() {
+    let tb = Testbed::with(Options {
+        define_tor: false,
+        ..Options::default()
+    });
+    let status = || {
+        tb.moor_raw(
+            &[("CNI_COMMAND", "STATUS")],
+            tb.net_conf("1.1.0", &json!({})).to_string().as_bytes(),
+        )
+    };
+    let not_ready = |why: &str| {
+        let r = status();
+        assert_eq!(r.err_code(why), 50, "{why}: {}", r.stdout);
+        let msg = r.message();
+        assert!(msg.contains(why), "want {why:?} in {msg}");
+    };
+    not_ready("not defined");
+    tb.define_tor();
+    not_ready("no pool has IPs on ToR rack-1");
+    tb.create_pool("api", "api", 1);
+    status().ok("STATUS with a free IP");
+
+    let pod = tb.pod(&deployment_pod("api", 1));
+    let cid = container_id();
+    tb.moor("ADD", &pod, &cid, "1.1.0", &json!({}), None)
+        .ok("ADD the pool's only IP");
+    not_ready("all 1 pools with IPs on ToR rack-1 are full");
+
+    // A second segment of the same ToR, with a pool on it: ready again.
+    let out = tb.ipamctl(&[
+        "tor",
+        "add",
+        "rack-1-db",
+        "--subnet",
+        "172.31.7.0/24",
+        "--gateway",
+        "172.31.7.1",
+        "--vlan",
+        "200",
+        "--segment-of",
+        "rack-1",
+    ]);
+    assert!(out.status.success(), "tor add --segment-of: {out:?}");
+    let out = tb.ipamctl(&[
+        "pool",
+        "create",
+        "db",
+        "--namespace",
+        "shop",
+        "--app",
+        "db",
+        "--size",
+        "2",
+        "--tor",
+        "rack-1-db",
+    ]);
+    assert!(out.status.success(), "pool create on the segment: {out:?}");
+    status().ok("STATUS with free IPs on another segment of the ToR");
+
+    tb.stop_ipamd();
+    let r = status();
+    assert_eq!(r.err_code("STATUS with ipamd down"), 50, "{}", r.stdout);
+    assert!(
+        r.message().contains(&tb.socket.display().to_string()),
+        "{}",
+        r.message()
+    );
+}
