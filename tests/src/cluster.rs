@@ -53,8 +53,8 @@ use serde_json::{json, Value};
 use crate::bins::{bins, Bins};
 use crate::ipamctl::Ipamctl;
 use crate::testbed::{
-    addr_in, links, ping_from, require_root, run_moor, run_ok, terminate, BRIDGE, NETWORK,
-    POD_NAMESPACE,
+    addr_in, cni_env, links, net_conf, ping_from, require_root, run_moor, run_ok, terminate,
+    Namespaces, BRIDGE, POD_NAMESPACE,
 };
 use crate::{CniRun, Counts, Pod, PodAddr};
 
@@ -274,9 +274,7 @@ pub struct Cluster {
     etcd: Vec<EtcdMember>,
     log_level: String,
     bins: &'static Bins,
-    /// Every namespace made, in order; deleted in reverse.
-    made_netns: Mutex<Vec<String>>,
-    pod_counter: AtomicU32,
+    netns: Namespaces,
 }
 
 fn free_port() -> u16 {
@@ -356,8 +354,7 @@ impl Cluster {
             etcd: Vec::new(),
             log_level: layout.log.clone(),
             bins: bins(),
-            made_netns: Mutex::new(Vec::new()),
-            pod_counter: AtomicU32::new(0),
+            netns: Namespaces::new(&id),
             id,
         };
         c.start_etcd_cluster(3);
@@ -642,12 +639,6 @@ impl Cluster {
 
     // ------------------------------------------------------------ topology
 
-    fn add_netns(&self, name: &str) {
-        run_ok("ip", &["netns", "add", name]);
-        self.made_netns.lock().unwrap().push(name.to_string());
-        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
-    }
-
     fn build_topology(&mut self, layout: &Layout, n: u32) {
         assert!(layout.tors.len() <= 50, "at most 50 ToRs");
         let bare = layout.fabric == Fabric::Bare;
@@ -679,7 +670,7 @@ impl Cluster {
                 self.tors.push(tor);
                 continue;
             }
-            self.add_netns(&tor.ns);
+            self.netns.add(&tor.ns);
             if bare {
                 self.tors.push(tor);
                 continue;
@@ -713,7 +704,7 @@ impl Cluster {
             );
             let tor = tor.clone();
             let ns = format!("{}-{name}", self.id);
-            self.add_netns(&ns);
+            self.netns.add(&ns);
             let on_tor = self.nodes.iter().filter(|x| x.tor == tor.name).count() as u8;
             let o = tor.gateway.octets();
             let node_ip = Ipv4Addr::new(o[0], o[1], o[2], 2 + on_tor);
@@ -948,52 +939,25 @@ impl Cluster {
     /// new netns, also for a name used before (a re-created pod). A pod is
     /// on no node until it is ADDed on one.
     pub fn pod(&self, name: &str) -> Pod {
-        let k = self.pod_counter.fetch_add(1, Ordering::Relaxed);
-        let netns = format!("{}-p{k}", self.id);
-        self.add_netns(&netns);
-        Pod {
-            namespace: POD_NAMESPACE.to_string(),
-            name: name.to_string(),
-            uid: format!("uid-{}-{k}", self.id),
-            netns,
-        }
+        self.netns.pod(POD_NAMESPACE, name)
     }
 
     /// Deletes the pod's netns, as a runtime does after the sandbox's DEL.
     pub fn remove_pod(&self, pod: &Pod) {
-        run_ok("ip", &["netns", "del", &pod.netns]);
-        self.made_netns.lock().unwrap().retain(|n| n != &pod.netns);
+        self.netns.remove_pod(pod);
     }
 
     /// The network config moor reads on stdin for `node`, every key of
     /// `extra` (an object) over it.
     pub fn net_conf(&self, node: &str, extra: &Value) -> Value {
-        let mut conf = json!({
-            "cniVersion": CNI_VERSION,
-            "name": NETWORK,
-            "type": "moor",
-            "socket": self.node(node).socket,
-        });
-        if let Some(extra) = extra.as_object() {
-            for (k, v) in extra {
-                conf[k] = v.clone();
-            }
-        }
-        conf
+        net_conf(CNI_VERSION, &self.node(node).socket, extra)
     }
 
     /// Runs `moor` inside `node`'s netns as a runtime on that node does:
     /// CNI_COMMAND=`cmd` for `pod` (ifname eth0), the config of
     /// [`Cluster::net_conf`] on stdin.
     pub fn moor(&self, node: &str, cmd: &str, pod: &Pod, cid: &str, extra: &Value) -> CniRun {
-        let env = [
-            ("CNI_COMMAND", cmd.to_string()),
-            ("CNI_CONTAINERID", cid.to_string()),
-            ("CNI_NETNS", pod.netns_path()),
-            ("CNI_IFNAME", "eth0".to_string()),
-            ("CNI_ARGS", pod.cni_args()),
-            ("CNI_PATH", self.bins.dir().display().to_string()),
-        ];
+        let env = cni_env(self.bins, cmd, pod, cid);
         let conf = self.net_conf(node, extra).to_string();
         run_moor(
             &self.bins.moor,
@@ -1045,10 +1009,7 @@ impl Cluster {
 
     /// Names of the pod's links other than lo.
     pub fn pod_links(&self, pod: &Pod) -> Vec<String> {
-        links(&pod.netns)
-            .into_iter()
-            .filter(|n| n != "lo")
-            .collect()
+        pod.links()
     }
 
     /// The IPv4 address and MAC of eth0 in the pod, if any.
@@ -1098,13 +1059,7 @@ impl Drop for Cluster {
         // Close the node netns files before deleting the namespaces.
         let nodes = std::mem::take(&mut self.nodes);
         drop(nodes);
-        let made = std::mem::take(self.made_netns.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for ns in made.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        self.netns.delete_all();
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.etcd_dir);
     }

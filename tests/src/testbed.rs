@@ -98,6 +98,14 @@ impl Pod {
         format!("/run/netns/{}", self.netns)
     }
 
+    /// Names of the pod's links other than lo.
+    pub fn links(&self) -> Vec<String> {
+        links(&self.netns)
+            .into_iter()
+            .filter(|n| n != "lo")
+            .collect()
+    }
+
     /// CNI_ARGS as kubelet's runtimes pass them.
     pub fn cni_args(&self) -> String {
         format!(
@@ -200,9 +208,7 @@ pub struct Testbed {
     bins: &'static Bins,
     node_ns_file: Option<File>,
     ipamd: Mutex<Option<Child>>,
-    /// Every namespace made, in order; deleted in reverse.
-    made_netns: Mutex<Vec<String>>,
-    pod_counter: AtomicU32,
+    netns: Namespaces,
 }
 
 /// Fails loudly (never skips) without root.
@@ -286,13 +292,12 @@ impl Testbed {
             log: dir.join("ipamd.log"),
             socket,
             dir,
-            id,
             opts,
             bins,
             node_ns_file: None,
             ipamd: Mutex::new(None),
-            made_netns: Mutex::new(Vec::new()),
-            pod_counter: AtomicU32::new(0),
+            netns: Namespaces::new(&id),
+            id,
         };
         tb.build_topology();
         tb.start_ipamd();
@@ -302,16 +307,10 @@ impl Testbed {
         tb
     }
 
-    fn add_netns(&self, name: &str) {
-        run_ok("ip", &["netns", "add", name]);
-        self.made_netns.lock().unwrap().push(name.to_string());
-        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
-    }
-
     fn build_topology(&mut self) {
         let (tor, node) = (self.tor_ns.clone(), self.node_ns.clone());
         let (bridge, uplink) = (self.bridge.as_str(), self.uplink.as_str());
-        self.add_netns(&tor);
+        self.netns.add(&tor);
         if self.opts.root_netns {
             // A name for our own netns, so every `ip -n` and `ip netns exec`
             // below works unchanged; `ip netns del` only removes the name.
@@ -319,9 +318,9 @@ impl Testbed {
                 "ip",
                 &["netns", "attach", &node, &std::process::id().to_string()],
             );
-            self.made_netns.lock().unwrap().push(node.clone());
+            self.netns.adopt(&node);
         } else {
-            self.add_netns(&node);
+            self.netns.add(&node);
         }
         let gw = format!("{}/24", self.gateway);
         let node_ip = format!("{}/24", self.node_ip);
@@ -555,53 +554,23 @@ impl Testbed {
     }
 
     pub fn pod_in(&self, namespace: &str, name: &str) -> Pod {
-        let k = self.pod_counter.fetch_add(1, Ordering::Relaxed);
-        let netns = format!("{}-p{k}", self.id);
-        self.add_netns(&netns);
-        Pod {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            uid: format!("uid-{}-{k}", self.id),
-            netns,
-        }
+        self.netns.pod(namespace, name)
     }
 
     /// Deletes the pod's netns, as a runtime does after the sandbox's DEL.
     pub fn remove_pod(&self, pod: &Pod) {
-        run_ok("ip", &["netns", "del", &pod.netns]);
-        self.made_netns.lock().unwrap().retain(|n| n != &pod.netns);
+        self.netns.remove_pod(pod);
     }
 
     /// The network config moor reads on stdin: `cniVersion`, `name`, `type`,
     /// `socket`, then every key of `extra` (an object) over them.
     pub fn net_conf(&self, cni_version: &str, extra: &Value) -> Value {
-        let mut conf = json!({
-            "cniVersion": cni_version,
-            "name": NETWORK,
-            "type": "moor",
-            "socket": self.socket,
-        });
-        if let Some(extra) = extra.as_object() {
-            for (k, v) in extra {
-                conf[k] = v.clone();
-            }
-        }
-        conf
+        net_conf(cni_version, &self.socket, extra)
     }
 
     /// The CNI environment of `cmd` for `pod` (ifname eth0).
     pub fn cni_env(&self, cmd: &str, pod: &Pod, container_id: &str) -> Vec<(String, String)> {
-        [
-            ("CNI_COMMAND", cmd.to_string()),
-            ("CNI_CONTAINERID", container_id.to_string()),
-            ("CNI_NETNS", pod.netns_path()),
-            ("CNI_IFNAME", "eth0".to_string()),
-            ("CNI_ARGS", pod.cni_args()),
-            ("CNI_PATH", self.bins.dir().display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        cni_env(self.bins, cmd, pod, container_id)
     }
 
     /// Runs `moor` as a runtime does: CNI_COMMAND=`cmd` for `pod` (ifname
@@ -654,10 +623,7 @@ impl Testbed {
 
     /// Names of the pod's links other than lo.
     pub fn pod_links(&self, pod: &Pod) -> Vec<String> {
-        links(&pod.netns)
-            .into_iter()
-            .filter(|n| n != "lo")
-            .collect()
+        pod.links()
     }
 
     /// The IPv4 address and MAC of `ifname` in the pod; None if there is no
@@ -724,15 +690,107 @@ impl Drop for Testbed {
                     .status();
             }
         }
-        let made = std::mem::take(self.made_netns.get_mut().unwrap_or_else(|e| e.into_inner()));
+        self.netns.delete_all();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The network namespaces a testbed or cluster makes, and its pods'.
+pub(crate) struct Namespaces {
+    /// Prefix of pod netns names and uids: the testbed's or cluster's id.
+    id: String,
+    /// Every namespace made, in order; deleted in reverse.
+    made: Mutex<Vec<String>>,
+    pods: AtomicU32,
+}
+
+impl Namespaces {
+    pub(crate) fn new(id: &str) -> Namespaces {
+        Namespaces {
+            id: id.to_string(),
+            made: Mutex::new(Vec::new()),
+            pods: AtomicU32::new(0),
+        }
+    }
+
+    /// Makes netns `name` with lo up.
+    pub(crate) fn add(&self, name: &str) {
+        run_ok("ip", &["netns", "add", name]);
+        self.adopt(name);
+        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// Deletes `name` with the others, though it was made elsewhere.
+    pub(crate) fn adopt(&self, name: &str) {
+        self.made.lock().unwrap().push(name.to_string());
+    }
+
+    /// A pod: a fresh netns with lo up, also for a name used before.
+    pub(crate) fn pod(&self, namespace: &str, name: &str) -> Pod {
+        let k = self.pods.fetch_add(1, Ordering::Relaxed);
+        let netns = format!("{}-p{k}", self.id);
+        self.add(&netns);
+        Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: format!("uid-{}-{k}", self.id),
+            netns,
+        }
+    }
+
+    pub(crate) fn remove_pod(&self, pod: &Pod) {
+        run_ok("ip", &["netns", "del", &pod.netns]);
+        self.made.lock().unwrap().retain(|n| n != &pod.netns);
+    }
+
+    /// Deletes every namespace made, the last first.
+    pub(crate) fn delete_all(&mut self) {
+        let made = std::mem::take(self.made.get_mut().unwrap_or_else(|e| e.into_inner()));
         for ns in made.iter().rev() {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The network config moor reads on stdin: `cniVersion`, `name`, `type`,
+/// `socket`, then every key of `extra` (an object) over them.
+pub(crate) fn net_conf(cni_version: &str, socket: &std::path::Path, extra: &Value) -> Value {
+    let mut conf = json!({
+        "cniVersion": cni_version,
+        "name": NETWORK,
+        "type": "moor",
+        "socket": socket,
+    });
+    if let Some(extra) = extra.as_object() {
+        for (k, v) in extra {
+            conf[k] = v.clone();
+        }
+    }
+    conf
+}
+
+/// The CNI environment of `cmd` for `pod` (ifname eth0), as a runtime sets
+/// it.
+pub(crate) fn cni_env(
+    bins: &Bins,
+    cmd: &str,
+    pod: &Pod,
+    container_id: &str,
+) -> Vec<(String, String)> {
+    [
+        ("CNI_COMMAND", cmd.to_string()),
+        ("CNI_CONTAINERID", container_id.to_string()),
+        ("CNI_NETNS", pod.netns_path()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_ARGS", pod.cni_args()),
+        ("CNI_PATH", bins.dir().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// Runs the `moor` binary in the network namespace `netns` (an open
