@@ -31,6 +31,8 @@ use moor_e2e::{CniRun, Counts, Pod};
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use serde_json::Value;
 
+use crate::support::{assert_host_veth, assert_unwired, Feed};
+
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const TRY_AGAIN_LATER: u64 = 11;
 const WRONG_TOR: u64 = 101;
@@ -940,10 +942,7 @@ fn kill9_ipamd_mid_burst_matches_etcd() {
             Some(&ip),
             "ADD {i} succeeded: in etcd with {ip}"
         );
-        assert!(
-            host.contains(&host_ifname(cid, "eth0")),
-            "ADD {i}: host veth"
-        );
+        assert_host_veth(&host, cid, &format!("ADD {i}"));
         assert!(holders.insert(ip), "{ip} twice");
     }
     // Every failed ADD: absent and unwired, or complete (its reply was lost)
@@ -952,17 +951,7 @@ fn kill9_ipamd_mid_burst_matches_etcd() {
     for &i in &failed {
         let (pod, cid) = &pods[i];
         match on_n1.get(cid.as_str()) {
-            None => {
-                assert!(
-                    !host.contains(&host_ifname(cid, "eth0")),
-                    "failed ADD {i}: host veth"
-                );
-                assert!(
-                    c.pod_links(pod).is_empty(),
-                    "failed ADD {i}: {:?}",
-                    c.pod_links(pod)
-                );
-            }
+            None => assert_unwired(&host, cid, &c.pod_links(pod), &format!("failed ADD {i}")),
             Some(ip) => {
                 completed += 1;
                 assert_eq!(c.pod_addr(pod).map(|a| a.ip), Some(*ip), "failed ADD {i}");
@@ -996,61 +985,6 @@ fn kill9_ipamd_mid_burst_matches_etcd() {
 }
 
 // ------------------------------------------------------------ 5
-
-/// What a whitelist syncer knows from the plain feed.
-#[derive(Debug, Default)]
-struct Feed {
-    set: BTreeSet<String>,
-    lines: usize,
-    snapshots: usize,
-    /// `+` lines still owed by the last `= N`.
-    owed: usize,
-    /// Lines that break the protocol.
-    errors: Vec<String>,
-}
-
-impl Feed {
-    fn apply(&mut self, line: &str) {
-        self.lines += 1;
-        let mut bad = |why: &str| self.errors.push(format!("{line:?}: {why}"));
-        match line.split_once(' ') {
-            Some(("=", n)) => {
-                if self.owed > 0 {
-                    bad("a snapshot before the last one was complete");
-                }
-                self.owed = n.parse().unwrap_or_else(|_| {
-                    bad("N is not a number");
-                    0
-                });
-                self.set.clear();
-                self.snapshots += 1;
-            }
-            Some(("+", ip)) => {
-                if ip.parse::<Ipv4Addr>().is_err() {
-                    bad("not an IPv4 address");
-                }
-                if !self.set.insert(ip.to_string()) {
-                    bad("added twice");
-                }
-                self.owed = self.owed.saturating_sub(1);
-            }
-            Some(("-", ip)) => {
-                if self.owed > 0 {
-                    bad("a removal inside a snapshot");
-                }
-                if !self.set.remove(ip) {
-                    bad("removes an IP that is not in the set");
-                }
-            }
-            _ => bad("not a line of the protocol"),
-        }
-    }
-
-    /// The set, if no snapshot is half-read.
-    fn complete(&self) -> Option<BTreeSet<String>> {
-        (self.owed == 0 && self.snapshots > 0).then(|| self.set.clone())
-    }
-}
 
 /// `ipamctl pool export NAME --watch`, killed (by pid) on drop.
 struct Watch {
@@ -1098,7 +1032,7 @@ impl Watch {
                     std::fs::read_to_string(&self.stderr).unwrap_or_default()
                 );
             }
-            let have = self.feed.lock().unwrap().complete()?;
+            let have = self.feed.lock().unwrap().set()?;
             let want: BTreeSet<String> = c.pool_export(pool).into_iter().collect();
             (have == want).then_some(())
         });
@@ -1188,9 +1122,10 @@ fn pool_export_watch_survives_etcd_restart() {
     );
     let feed = w.feed.lock().unwrap();
     assert!(
-        feed.errors.is_empty(),
-        "protocol errors: {:#?}",
-        feed.errors
+        feed.errors.is_empty() && !feed.deleted,
+        "protocol errors: {:#?} (pool deleted: {})",
+        feed.errors,
+        feed.deleted
     );
     let want: BTreeSet<String> = c.pool_export("wl").into_iter().collect();
     assert_eq!(want.len(), 25);
@@ -1200,7 +1135,7 @@ fn pool_export_watch_survives_etcd_restart() {
         "cluster: pool export --watch: first snapshot in {first:.2?}; resize up seen in {up:.2?}; \
          after 100 ADD/DEL in sync ({churn:.2?}); etcd stopped and back in {back:.2?}, resize down accepted after {resize_took:.2?}, \
          feed in sync {down:.2?} later; {} lines, {} snapshots ({} after the restart), {} reconnect notes on stderr",
-        feed.lines,
+        feed.lines.len(),
         feed.snapshots,
         feed.snapshots - snapshots_before,
         notes.lines().count()

@@ -18,68 +18,9 @@ use moor_e2e::Testbed;
 use moor_proto::host_ifname;
 use serde_json::{json, Value};
 
+use crate::support::Feed;
+
 // ------------------------------------------------------------ the syncer
-
-/// What a whitelist syncer knows from the plain feed.
-#[derive(Debug, Default)]
-struct Feed {
-    set: BTreeSet<String>,
-    /// Every line, in order.
-    lines: Vec<String>,
-    snapshots: usize,
-    /// `+` lines still owed by the last `= N`.
-    owed: usize,
-    deleted: bool,
-    /// Lines that break the protocol.
-    errors: Vec<String>,
-}
-
-impl Feed {
-    fn apply(&mut self, line: &str) {
-        self.lines.push(line.to_string());
-        let mut bad = |why: &str| self.errors.push(format!("{line:?}: {why}"));
-        if self.deleted {
-            bad("after ! deleted");
-        }
-        match line.split_once(' ') {
-            Some(("=", n)) => {
-                if self.owed > 0 {
-                    bad("a snapshot before the last one was complete");
-                }
-                match n.parse() {
-                    Ok(n) => self.owed = n,
-                    Err(_) => bad("N is not a number"),
-                }
-                self.set.clear();
-                self.snapshots += 1;
-            }
-            Some(("+", ip)) => {
-                if ip.parse::<Ipv4Addr>().is_err() {
-                    bad("not an IPv4 address");
-                }
-                if !self.set.insert(ip.to_string()) {
-                    bad("added twice");
-                }
-                self.owed = self.owed.saturating_sub(1);
-            }
-            Some(("-", ip)) => {
-                if self.owed > 0 {
-                    bad("a removal inside a snapshot");
-                }
-                if !self.set.remove(ip) {
-                    bad("removes an IP that is not in the set");
-                }
-            }
-            Some(("!", "deleted")) => self.deleted = true,
-            _ => bad("not a line of the protocol"),
-        }
-    }
-
-    /// Complete: no snapshot half-read.
-    fn set(&self) -> Option<BTreeSet<String>> {
-        (self.owed == 0 && self.snapshots > 0).then(|| self.set.clone())
-    }
-}
 
 /// `ipamctl pool export NAME --watch`, its stdout applied on a thread. Drop
 /// kills it, so a failing test leaves no process behind.

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use moor_e2e::names::{container_id, deployment_pod};
 use moor_e2e::{CniRun, Counts, Pod, Testbed};
-use moor_proto::host_ifname;
 use serde_json::{json, Value};
 
-use crate::support::{check_add_result, check_wired, prev_result, Attached};
+use crate::support::{
+    assert_host_veth, assert_unwired, check_add_result, check_wired, prev_result, Attached,
+};
 
 const ADDS: usize = 40;
 const WORKERS: usize = 8;
@@ -144,10 +145,7 @@ fn burst_kill_restart(tb: &Testbed, round: usize, live: &mut Vec<(Pod, String, A
         assert_eq!(e["address"], got.ip.to_string().as_str(), "ADD {i}");
         assert_eq!(e["attachment"]["state"], "ready", "ADD {i}: {e}");
         check_wired(tb, pod, &got);
-        assert!(
-            host_links.contains(&host_ifname(cid, "eth0")),
-            "ADD {i}: host veth"
-        );
+        assert_host_veth(&host_links, cid, &format!("ADD {i}"));
         assert!(
             holder.insert(got.ip, pod.name.clone()).is_none(),
             "{} handed out twice",
@@ -161,17 +159,12 @@ fn burst_kill_restart(tb: &Testbed, round: usize, live: &mut Vec<(Pod, String, A
     for &i in &failed {
         let (pod, cid) = &pods[i];
         match by_cid.get(cid.as_str()) {
-            None => {
-                assert!(
-                    !host_links.contains(&host_ifname(cid, "eth0")),
-                    "failed ADD {i}: no attachment but a host veth"
-                );
-                assert!(
-                    tb.pod_links(pod).is_empty(),
-                    "failed ADD {i}: no attachment but links in the pod: {:?}",
-                    tb.pod_links(pod)
-                );
-            }
+            None => assert_unwired(
+                &host_links,
+                cid,
+                &tb.pod_links(pod),
+                &format!("failed ADD {i}"),
+            ),
             Some(e) => {
                 completed += 1;
                 assert_eq!(e["attachment"]["state"], "ready", "failed ADD {i}: {e}");

@@ -200,3 +200,88 @@ pub fn prev_result(pod: &Pod, version: &str, ip: Ipv4Addr) -> Value {
 pub fn ip_entry(tb: &Testbed, ip: Ipv4Addr) -> Value {
     tb.ipamctl_json(&["ip", "show", &ip.to_string()])
 }
+
+/// After a successful ADD: the node (its `host_links`) holds the host end of
+/// `cid`'s veth.
+pub fn assert_host_veth(host_links: &[String], cid: &str, what: &str) {
+    assert!(
+        host_links.contains(&host_ifname(cid, "eth0")),
+        "{what}: host veth"
+    );
+}
+
+/// A failed ADD that left no attachment left nothing else: no host veth on
+/// the node (its `host_links`), no link in the pod (`pod_links`).
+pub fn assert_unwired(host_links: &[String], cid: &str, pod_links: &[String], what: &str) {
+    assert!(
+        !host_links.contains(&host_ifname(cid, "eth0")),
+        "{what}: no attachment but a host veth"
+    );
+    assert!(
+        pod_links.is_empty(),
+        "{what}: no attachment but links in the pod: {pod_links:?}"
+    );
+}
+
+/// What a whitelist syncer knows from the plain feed of `ipamctl pool
+/// export NAME --watch` (`= N` starts a snapshot of N `+` lines, `+ IP`
+/// adds, `- IP` removes, `! deleted` ends).
+#[derive(Debug, Default)]
+pub struct Feed {
+    pub set: BTreeSet<String>,
+    /// Every line, in order.
+    pub lines: Vec<String>,
+    pub snapshots: usize,
+    /// `+` lines still owed by the last `= N`.
+    pub owed: usize,
+    pub deleted: bool,
+    /// Lines that break the protocol.
+    pub errors: Vec<String>,
+}
+
+impl Feed {
+    pub fn apply(&mut self, line: &str) {
+        self.lines.push(line.to_string());
+        let mut bad = |why: &str| self.errors.push(format!("{line:?}: {why}"));
+        if self.deleted {
+            bad("after ! deleted");
+        }
+        match line.split_once(' ') {
+            Some(("=", n)) => {
+                if self.owed > 0 {
+                    bad("a snapshot before the last one was complete");
+                }
+                match n.parse() {
+                    Ok(n) => self.owed = n,
+                    Err(_) => bad("N is not a number"),
+                }
+                self.set.clear();
+                self.snapshots += 1;
+            }
+            Some(("+", ip)) => {
+                if ip.parse::<Ipv4Addr>().is_err() {
+                    bad("not an IPv4 address");
+                }
+                if !self.set.insert(ip.to_string()) {
+                    bad("added twice");
+                }
+                self.owed = self.owed.saturating_sub(1);
+            }
+            Some(("-", ip)) => {
+                if self.owed > 0 {
+                    bad("a removal inside a snapshot");
+                }
+                if !self.set.remove(ip) {
+                    bad("removes an IP that is not in the set");
+                }
+            }
+            Some(("!", "deleted")) => self.deleted = true,
+            _ => bad("not a line of the protocol"),
+        }
+    }
+
+    /// The set, if no snapshot is half-read.
+    pub fn set(&self) -> Option<BTreeSet<String>> {
+        (self.owed == 0 && self.snapshots > 0).then(|| self.set.clone())
+    }
+}
