@@ -99,7 +99,13 @@ impl Sweep {
     }
 
     pub async fn pass(&mut self, node: &Node) -> Result<SweepReport> {
-        let (mine, _) = node.my_attachments().await?;
+        // With a shared store (etcd), the node's local mirror lists its
+        // attachments without a store read per attachment on every pass of
+        // every node; the release itself goes through the store.
+        let mine = match &node.mirror {
+            Some(m) => m.all().await?.into_iter().map(|c| c.lease).collect(),
+            None => node.my_attachments().await?.0,
+        };
         let now = now_unix();
         let grace = node.cfg.gc_grace.as_secs();
         let mut report = SweepReport::default();

@@ -189,6 +189,8 @@ impl OvsCluster {
                 // could not; fast here so tests see it.
                 "--reconcile-interval-seconds",
                 "1",
+                "--gc-grace-seconds",
+                "1",
             ]
             .map(String::from)
             .to_vec();
