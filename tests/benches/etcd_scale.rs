@@ -40,7 +40,6 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -48,6 +47,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use moor_e2e::cluster::spawn_logged;
 use moor_e2e::names;
 use moor_ipamd::core::{AttachmentKey, Lease, PodRef};
 use moor_ipamd::ipam::{AllocRequest, Ipam, PoolSpec};
@@ -359,7 +359,6 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(ETCD);
         cmd.args([
             "--name=bench",
@@ -379,18 +378,7 @@ impl Etcd {
             "--log-level=warn",
         ]);
         // If this process dies without running Drop, etcd goes too.
-        // SAFETY: prctl is async-signal-safe; nothing else runs here.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
+        let child = spawn_logged(&mut cmd, &dir.join("etcd.log"))
             .map_err(|e| format!("cannot start {ETCD}: {e}"))?;
         Ok(Etcd {
             child: Some(child),
@@ -1278,7 +1266,6 @@ async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd)
     )?;
     let socket = dir.join("ipamd.sock");
     let log_path = dir.join("ipamd.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let node = node_name(0);
     let tor = &world.tor_names[world.node_tor[0]];
     let mut cmd = Command::new(&ipamd_bin);
@@ -1293,18 +1280,7 @@ async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd)
         .arg("--pending-dir")
         .arg(dir.join("pending"))
         .args(["--log", "warn"]);
-    // SAFETY: prctl is async-signal-safe; nothing else runs here.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
+    let child = spawn_logged(&mut cmd, &log_path)
         .map_err(|e| format!("cannot start {}: {e}", ipamd_bin.display()))?;
     let pid = child.id().to_string();
     let mut guard = Ipamd(Some(child));

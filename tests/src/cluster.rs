@@ -292,7 +292,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// Spawns `cmd` with its output appended to `log`; SIGKILL when the spawning
 /// thread dies.
-fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
     let log = OpenOptions::new().create(true).append(true).open(log)?;
     // SAFETY: prctl is async-signal-safe; nothing else runs here.
     unsafe {
