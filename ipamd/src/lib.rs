@@ -1,16 +1,24 @@
-//! ipamd: the per-node IPAM daemon of moor, as a library so tests and tools can
-//! drive its parts. `core` is the pure allocation logic; `store` keeps state;
-//! `ipam` joins them; `datapath` wires pods into the network; `server` serves
-//! the gRPC API on a unix socket.
+//! ipamd: the per-node IPAM daemon of moor, as a library so tests and tools
+//! can drive its parts. Layers point one way, bottom first (docs/architecture.md
+//! draws them; the `layering` test keeps them so):
+//!
+//! - `clock`, `core`: the wall clock, and the pure allocation logic;
+//! - `datapath`: wires pods into the network (netlink, OVS), on its own;
+//! - `store`: where state lives (redb, etcd, memory) and the CAS retry;
+//! - `audit`: cross-checks the store's records;
+//! - `ipam`: the allocation service over a store;
+//! - `node`: the CNI operations of one node (ipam + datapath + mirror);
+//! - `api`: the gRPC services, the only layer that knows the wire types.
 
+pub mod api;
 pub mod audit;
-pub mod cni;
+pub mod clock;
 pub mod core;
 pub mod datapath;
 pub mod error;
 pub mod ipam;
-pub mod mirror;
-pub mod registry;
-pub mod server;
+pub mod node;
 pub mod store;
-pub mod sweep;
+
+#[cfg(test)]
+mod layering;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use moor_ipamd::cni::{Node, NodeConfig};
+use moor_ipamd::clock::{Clock, SystemClock};
 use moor_ipamd::datapath::{BridgeDatapath, Datapath, OvsConfig, OvsDatapath};
-use moor_ipamd::ipam::Ipam;
-use moor_ipamd::mirror::Mirror;
-use moor_ipamd::{server, store};
+use moor_ipamd::ipam::{registry::NodeRecord, Ipam};
+use moor_ipamd::node::{heartbeat, tasks, Mirror, Node, NodeConfig};
+use moor_ipamd::{api, store};
 use tracing::{error, info};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -237,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("--local-state {}", args.local_state.display()))?,
         )
     };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let node = Arc::new(Node::new(
         NodeConfig {
             name: node_name.clone(),
@@ -247,10 +248,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(Ipam::new(store.clone())),
         datapath,
         mirror,
+        clock.clone(),
     ));
     let recovered = node.recover().await.context("recovering after start")?;
-    let started = moor_ipamd::cni::now_unix();
-    let me = moor_ipamd::registry::NodeRecord {
+    let started = clock.now_unix();
+    let me = NodeRecord {
         name: node_name.clone(),
         tor: args.tor.clone(),
         mode: args.mode.as_str().into(),
@@ -258,13 +260,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         started_unix: started,
         heartbeat_unix: started,
     };
-    if let Err(e) = moor_ipamd::registry::beat(store.as_ref(), &me).await {
+    if let Err(e) = moor_ipamd::ipam::registry::beat(store.as_ref(), &me).await {
         // The heartbeat retries; DEL and CHECK must work meanwhile.
         tracing::warn!(error = %e, "could not register this node yet");
     }
-    moor_ipamd::registry::spawn_heartbeat(store.clone(), me);
+    heartbeat::spawn_heartbeat(store.clone(), me, clock);
     let listener =
-        server::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
+        api::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
     info!(
         node = %node_name,
         tor = %args.tor,
@@ -274,50 +276,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // DELs the plugin recorded while we could not be reached (it may have
-    // raced our start) are picked up within seconds.
-    // A start during a store outage finishes its recovery once it answers.
-    let replayer = node.clone();
-    tokio::spawn(async move {
-        let mut recovered = recovered;
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            if !recovered {
-                match replayer.recover().await {
-                    Ok(done) => recovered = done,
-                    Err(e) => error!(error = %e, "recovering"),
-                }
-                continue;
-            }
-            if let Err(e) = replayer.replay_pending_dels().await {
-                error!(error = %e, "replaying pending DELs");
-            }
-            if let Err(e) = replayer.sync_offline().await {
-                error!(error = %e, "writing attachments made during a store outage");
-            }
-        }
-    });
-
+    // raced our start) are picked up within seconds; a start during a store
+    // outage finishes its recovery once it answers.
+    tasks::spawn_replay(node.clone(), recovered);
     if args.reconcile_interval_seconds > 0 {
-        let sweeper = node.clone();
         let every = Duration::from_secs(args.reconcile_interval_seconds);
-        tokio::spawn(async move {
-            let mut sweep = moor_ipamd::sweep::Sweep::new();
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                match sweep.pass(&sweeper).await {
-                    Ok(r) => {
-                        for e in r.errors {
-                            error!(error = %e, "leak sweep");
-                        }
-                    }
-                    Err(e) => error!(error = %e, "leak sweep"),
-                }
-            }
-        });
+        tasks::spawn_sweep(node.clone(), every);
     }
 
     let ipam = node.ipam.clone();
@@ -332,7 +296,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // Watches never end by themselves; requests in flight may finish.
         ipam.shut_down();
     };
-    server::serve(node, listener, shutdown).await?;
+    api::serve(node, listener, shutdown).await?;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

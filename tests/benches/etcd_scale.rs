@@ -702,7 +702,7 @@ async fn setup(
                     return Ok::<(), String>(());
                 }
                 let now = now_unix();
-                let rec = moor_ipamd::registry::NodeRecord {
+                let rec = moor_ipamd::ipam::registry::NodeRecord {
                     name: node_name(i),
                     tor: tor_name(node_tor[i]),
                     mode: "physical".into(),
@@ -710,7 +710,7 @@ async fn setup(
                     started_unix: now,
                     heartbeat_unix: now,
                 };
-                moor_ipamd::registry::beat(store.as_ref(), &rec)
+                moor_ipamd::ipam::registry::beat(store.as_ref(), &rec)
                     .await
                     .map_err(|e| format!("registering {}: {e}", rec.name))?;
             }

@@ -5,6 +5,7 @@
 
 pub mod allocate;
 pub mod carve;
+pub mod explain;
 pub mod model;
 pub mod spread;
 pub mod validate;

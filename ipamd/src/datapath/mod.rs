@@ -18,6 +18,7 @@
 
 mod announce;
 mod bridge;
+pub mod fake;
 mod netlinksafe;
 mod netns;
 mod ovs;

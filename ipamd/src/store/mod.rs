@@ -9,6 +9,7 @@ pub mod keys;
 mod local_watch;
 pub mod mem;
 pub mod redb;
+pub mod retry;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;

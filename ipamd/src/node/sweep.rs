@@ -21,9 +21,10 @@ use std::path::Path;
 
 use tracing::{info, warn};
 
-use crate::cni::{now_unix, Node};
-use crate::core::model::{Attachment, AttachmentKey, AttachmentState};
+use crate::core::{Attachment, AttachmentKey, AttachmentState};
 use crate::error::Result;
+
+use super::Node;
 
 /// What one pass decides for one attachment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +107,7 @@ impl Sweep {
             Some(m) => m.all().await?.into_iter().map(|c| c.lease).collect(),
             None => node.my_attachments().await?.0,
         };
-        let now = now_unix();
+        let now = node.clock.now_unix();
         let grace = node.cfg.gc_grace.as_secs();
         let mut report = SweepReport::default();
         let mut next = HashMap::new();
@@ -201,7 +202,7 @@ impl Sweep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::PodRef;
+    use crate::core::PodRef;
 
     fn att(created: u64, state: AttachmentState) -> Attachment {
         Attachment {

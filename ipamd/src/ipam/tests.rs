@@ -7,9 +7,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::audit::audit;
-use crate::core::IpState;
+use crate::core::{FreeCount, IpState, Quarantine};
+use crate::error::{cni_code, Error};
 use crate::store::mem::MemStore;
-use crate::store::StoreExt;
+use crate::store::{keys, StoreExt};
 
 fn range(a: &str, b: &str) -> (String, String) {
     (a.to_string(), b.to_string())

@@ -5,11 +5,9 @@
 //! record on every backend; a node is alive while its heartbeat is younger
 //! than `ALIVE_WITHIN`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
 use crate::store::{keys, Store, StoreError, StoreExt, Txn};
 
@@ -45,18 +43,19 @@ pub async fn nodes(store: &dyn Store) -> Result<Vec<NodeRecord>, StoreError> {
     Ok(nodes.into_iter().map(|(n, _)| n).collect())
 }
 
-/// Refreshes the node's record forever; store outages are logged and skipped.
-pub fn spawn_heartbeat(store: Arc<dyn Store>, mut rec: NodeRecord) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT);
-        loop {
-            tick.tick().await;
-            rec.heartbeat_unix = crate::cni::now_unix();
-            if let Err(e) = beat(store.as_ref(), &rec).await {
-                warn!(error = %e, "node heartbeat failed");
-            }
+impl super::Ipam {
+    /// Names of the alive nodes of a ToR, for error messages; empty when the
+    /// registry cannot be read.
+    pub(crate) async fn alive_nodes_of(&self, tor: &str, now_unix: u64) -> Vec<String> {
+        match nodes(self.store.as_ref()).await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter(|n| n.tor == tor && n.alive(now_unix))
+                .map(|n| n.name)
+                .collect(),
+            Err(_) => Vec::new(),
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -9,33 +9,25 @@
 //! ipamd can tell its ports from anyone else's and reconcile them with its
 //! attachments ([`Datapath::reconcile`]).
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use moor_ovs::{Endpoint, ErrorKind, Options, Ovsdb, Port, PortSpec};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::{Handle, LinkUnspec};
+use moor_ovs::{Endpoint, ErrorKind, Options, Ovsdb, Port};
+use netlink_packet_route::link::LinkAttribute;
+use rtnetlink::Handle;
 
-use super::announce::{announce_again, probe_for_owner};
-use super::netlinksafe::{self, to_io};
-use super::netns::{netlink_in, LinkDeleter};
-use super::veth::{self, NewPair};
-use super::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
+use crate::datapath::announce::{announce_again, probe_for_owner};
+use crate::datapath::netlinksafe;
+use crate::datapath::netns::{netlink_in, LinkDeleter};
+use crate::datapath::veth::{self, NewPair};
+use crate::datapath::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
 
-/// `external_ids` keys of a pod's port.
-pub const OWNER_KEY: &str = "moor-owner";
-/// The value of [`OWNER_KEY`]: ports with it are ipamd's to add and remove.
-pub const OWNER: &str = "moor";
-pub const NAMESPACE_KEY: &str = "moor-namespace";
-pub const NAME_KEY: &str = "moor-name";
-pub const CONTAINER_KEY: &str = "moor-container";
-pub const IFNAME_KEY: &str = "moor-ifname";
-pub const IP_KEY: &str = "moor-ip";
-/// The uplink's port says `moor-role=uplink` (and no owner, so that reconcile
-/// never takes it for a pod's).
-pub const ROLE_KEY: &str = "moor-role";
-pub const UPLINK_ROLE: &str = "uplink";
+mod port;
+mod reconcile;
+mod uplink;
+
+pub use port::*;
+use uplink::ensure_uplink;
 
 /// MTU of pod veths when neither the uplink nor the bridge device tells one.
 const DEFAULT_MTU: u32 = 1500;
@@ -93,91 +85,6 @@ pub struct OvsDatapath {
     userspace: bool,
     /// The duplicate-address probe's window; None: no probe.
     dad_probe: Option<Duration>,
-}
-
-/// The port of a pod: named after the host end, tagged with the pod's VLAN,
-/// `external_ids` naming the pod.
-pub fn pod_port(link: &PodLink) -> PortSpec {
-    let mut spec = PortSpec::new(link.host_ifname.clone())
-        .external_id(OWNER_KEY, OWNER)
-        .external_id(NAMESPACE_KEY, link.pod_namespace.clone())
-        .external_id(NAME_KEY, link.pod_name.clone())
-        .external_id(CONTAINER_KEY, link.container_id.clone())
-        .external_id(IFNAME_KEY, link.ifname.clone())
-        .external_id(IP_KEY, link.address.ip().to_string());
-    spec.tag = link.vlan;
-    spec
-}
-
-fn ovs_error(op: impl Into<String>) -> impl FnOnce(moor_ovs::Error) -> DatapathError {
-    let op = op.into();
-    move |source| DatapathError::Ovs {
-        op,
-        source: Box::new(source),
-    }
-}
-
-/// Whether a failed write certainly changed nothing in the database (so a
-/// rollback need not remove the port).
-fn nothing_written(e: &moor_ovs::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::Connect { .. }
-            | ErrorKind::NoSuchBridge(_)
-            | ErrorKind::Conflict { .. }
-            | ErrorKind::Invalid(_)
-            | ErrorKind::NotInitialized
-    )
-}
-
-fn fmt_tag(tag: Option<u16>) -> String {
-    tag.map_or_else(|| "none".to_string(), |t| t.to_string())
-}
-
-/// How `port`'s settings differ from what `link` asks for; empty if not.
-fn setting_problems(port: &Port, link: &PodLink) -> Vec<String> {
-    let mut problems = Vec::new();
-    if port.tag != link.vlan {
-        problems.push(format!(
-            "tag {}, expected {} (the VLAN of the pod's ToR)",
-            fmt_tag(port.tag),
-            fmt_tag(link.vlan)
-        ));
-    }
-    if !port.trunks.is_empty() {
-        problems.push(format!(
-            "trunks {:?}, expected none (an access port)",
-            port.trunks
-        ));
-    }
-    if port.kind != "system" {
-        problems.push(format!(
-            "interface type {:?}, expected a system device (the veth)",
-            port.kind
-        ));
-    }
-    for (key, want) in &pod_port(link).external_ids {
-        let have = port.external_ids.get(key);
-        if have != Some(want) {
-            problems.push(format!(
-                "external_ids:{key} is {}, expected {want:?}",
-                have.map_or_else(|| "missing".to_string(), |h| format!("{h:?}"))
-            ));
-        }
-    }
-    problems
-}
-
-/// Whether ovs-vswitchd uses the port: it opened the device.
-fn usage_problem(port: &Port) -> Option<String> {
-    if let Some(error) = &port.error {
-        return Some(format!("ovs-vswitchd cannot use it: {error}"));
-    }
-    match port.ofport {
-        Some(-1) => Some("ovs-vswitchd could not open its device (ofport -1)".to_string()),
-        None => Some("not applied by ovs-vswitchd (no ofport yet); is it running?".to_string()),
-        Some(_) => None,
-    }
 }
 
 async fn link_mtu(handle: &Handle, name: &str) -> Option<u32> {
@@ -414,105 +321,9 @@ impl OvsDatapath {
             .map_err(ovs_error(op()))?;
         Ok(find(all))
     }
-
-    async fn host_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
-        Ok(veth::host_end(&self.handle, host_ifname).await?.is_some())
-    }
-
-    /// Adds the port of a live pod again, replacing a port of that name with
-    /// other settings (or someone else's) on our bridge.
-    async fn readd(&self, link: &PodLink, replace: bool) -> Result<(), DatapathError> {
-        let op = || {
-            format!(
-                "add port {} (VLAN {}) to OVS bridge {} again",
-                link.host_ifname,
-                fmt_tag(link.vlan),
-                self.bridge
-            )
-        };
-        if replace {
-            self.ovs_nowait
-                .remove_port(&self.bridge, &link.host_ifname)
-                .await
-                .map_err(ovs_error(op()))?;
-        }
-        self.ovs_nowait
-            .add_port(&self.bridge, &pod_port(link))
-            .await
-            .map_err(ovs_error(op()))
-    }
 }
 
 /// Makes the uplink a trunk port of `bridge` (all VLANs if `vlans` is empty),
-/// up, and used by ovs-vswitchd.
-async fn ensure_uplink(
-    handle: &Handle,
-    ovs: &Ovsdb,
-    bridge: &str,
-    uplink: &str,
-    vlans: &[u16],
-) -> Result<(), DatapathError> {
-    let port_error = |reason: String| DatapathError::OvsPort {
-        port: uplink.to_string(),
-        bridge: bridge.to_string(),
-        reason,
-    };
-    let device = netlinksafe::link_by_name(handle, uplink)
-        .await
-        .map_err(|source| DatapathError::Netlink {
-            op: format!("look up uplink {uplink}"),
-            source,
-        })?
-        .ok_or_else(|| {
-            port_error(format!(
-                "uplink device {uplink} does not exist in ovs-vswitchd's network namespace \
-                 (ipamd's --netns): create it or fix --uplink"
-            ))
-        })?;
-    if !device.header.flags.contains(LinkFlags::Up) {
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(device.header.index).up().build())
-            .execute()
-            .await
-            .map_err(|e| DatapathError::Netlink {
-                op: format!("set uplink {uplink} up"),
-                source: to_io(e),
-            })?;
-    }
-    let spec = PortSpec::new(uplink)
-        .trunks(vlans.iter().copied())
-        .external_id(ROLE_KEY, UPLINK_ROLE);
-    match ovs.add_port(bridge, &spec).await {
-        Ok(()) => {}
-        // Someone made it by hand (other trunks, no external_ids): theirs to
-        // keep, as long as it is on our bridge.
-        Err(e) if matches!(e.kind(), ErrorKind::Conflict { .. }) => {
-            tracing::warn!(uplink, bridge, error = %e, "uplink port exists with other settings; left as it is");
-        }
-        Err(e) => {
-            return Err(ovs_error(format!(
-                "add uplink {uplink} to OVS bridge {bridge} as a trunk"
-            ))(e))
-        }
-    }
-    let ports = ovs
-        .ports(bridge)
-        .await
-        .map_err(ovs_error(format!("list the ports of OVS bridge {bridge}")))?;
-    let port = ports.iter().find(|p| p.name == uplink).ok_or_else(|| {
-        port_error(format!(
-            "uplink {uplink} is a port of another bridge: move it \
-             (ovs-vsctl del-port {uplink}) or fix --uplink"
-        ))
-    })?;
-    if let Some(problem) = usage_problem(port) {
-        return Err(port_error(problem));
-    }
-    tracing::info!(uplink, bridge, trunks = ?port.trunks, "uplink is a trunk port");
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl Datapath for OvsDatapath {
     async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError> {
@@ -601,92 +412,7 @@ impl Datapath for OvsDatapath {
     /// not. Ports without our owner mark (the uplink, anyone else's) are
     /// never touched, except one squatting a live pod's port name.
     async fn reconcile(&self, live: &[PodLink]) -> Result<ReconcileReport, DatapathError> {
-        let mut report = ReconcileReport::default();
-        let bridge = self.bridge.as_str();
-        let ours = self.our_ports().await?;
-        let wanted: HashMap<(&str, &str), &PodLink> = live
-            .iter()
-            .map(|l| ((l.container_id.as_str(), l.ifname.as_str()), l))
-            .collect();
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut changed = false;
-        for port in &ours {
-            let key = (
-                port.external_ids.get(CONTAINER_KEY),
-                port.external_ids.get(IFNAME_KEY),
-            );
-            let link = match key {
-                (Some(c), Some(i)) => wanted.get(&(c.as_str(), i.as_str())).copied(),
-                _ => None,
-            }
-            .filter(|l| l.host_ifname == port.name);
-            let Some(link) = link else {
-                self.ovs_nowait
-                    .remove_port(bridge, &port.name)
-                    .await
-                    .map_err(ovs_error(format!(
-                        "remove port {} of a pod that is gone from OVS bridge {bridge}",
-                        port.name
-                    )))?;
-                tracing::info!(port = %port.name, bridge, pod = ?port.external_ids.get(NAME_KEY),
-                    "reconcile: removed the port of a pod that has no attachment here");
-                report.removed.push(port.name.clone());
-                changed = true;
-                continue;
-            };
-            seen.insert(link.host_ifname.as_str());
-            if !self.host_exists(&link.host_ifname).await? {
-                report.host_gone.push(link.clone());
-                continue;
-            }
-            let problems = setting_problems(port, link);
-            if problems.is_empty() {
-                report.kept += 1;
-                continue;
-            }
-            self.readd(link, true).await?;
-            tracing::warn!(port = %port.name, bridge, problems = %problems.join("; "),
-                "reconcile: replaced a live pod's port that had other settings");
-            report.repaired.push(port.name.clone());
-            changed = true;
-        }
-        for link in live {
-            if seen.contains(link.host_ifname.as_str()) {
-                continue;
-            }
-            if !self.host_exists(&link.host_ifname).await? {
-                report.host_gone.push(link.clone());
-                continue;
-            }
-            match self.readd(link, false).await {
-                Ok(()) => {
-                    tracing::info!(port = %link.host_ifname, bridge,
-                        "reconcile: added a live pod's missing port again");
-                    report.readded.push(link.host_ifname.clone());
-                }
-                // The name is taken by a port without our mark.
-                Err(DatapathError::Ovs { source, .. })
-                    if matches!(source.kind(), ErrorKind::Conflict { .. }) =>
-                {
-                    self.readd(link, true).await?;
-                    tracing::warn!(port = %link.host_ifname, bridge, conflict = %source,
-                        "reconcile: replaced a port squatting a live pod's port name");
-                    report.repaired.push(link.host_ifname.clone());
-                }
-                Err(e) => return Err(e),
-            }
-            changed = true;
-        }
-        if changed {
-            let timeout = self.ovs.options().timeout;
-            self.ovs
-                .wait_applied(timeout)
-                .await
-                .map_err(ovs_error(format!(
-                    "wait for ovs-vswitchd to apply the reconciled ports of OVS bridge {bridge}"
-                )))?;
-        }
-        Ok(report)
+        self.reconcile_ports(live).await
     }
 }
 

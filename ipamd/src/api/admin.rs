@@ -1,0 +1,249 @@
+//! The `Admin` service ipamctl calls: ToRs, pools, IPs, bindings, nodes.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use moor_proto::v1::{self, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::ipam::{registry, PoolChange, PoolSpec};
+use crate::node::Node;
+
+use super::convert::{evict_reply, ip_msg, parse_ip, pod_msg, policy_from, pool_msg, tor_msg};
+use super::status;
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+fn ok<T>(r: Result<T>) -> Reply<T> {
+    r.map(Response::new).map_err(|e| status(&e))
+}
+
+pub struct AdminApi(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn add_tor(&self, r: Request<v1::AddTorRequest>) -> Reply<v1::Tor> {
+        let r = r.into_inner();
+        let ranges: Vec<(String, String)> =
+            r.ranges.into_iter().map(|x| (x.first, x.last)).collect();
+        let ipam = &self.0.ipam;
+        ok(ipam
+            .add_tor(
+                &r.name,
+                &r.subnet,
+                &r.gateway,
+                r.vlan,
+                &ranges,
+                &r.segment_of,
+            )
+            .await
+            .map(|t| tor_msg(&t, 0)))
+    }
+
+    async fn list_tors(&self, _: Request<v1::ListTorsRequest>) -> Reply<v1::ListTorsReply> {
+        ok(self.0.ipam.tors().await.map(|tors| v1::ListTorsReply {
+            tors: tors.iter().map(|(t, c)| tor_msg(t, *c)).collect(),
+        }))
+    }
+
+    async fn get_tor(&self, r: Request<v1::GetTorRequest>) -> Reply<v1::Tor> {
+        let name = &r.get_ref().name;
+        let tors = self.0.ipam.tors().await.map_err(|e| status(&e))?;
+        match tors.iter().find(|(t, _)| &t.name == name) {
+            Some((t, c)) => Ok(Response::new(tor_msg(t, *c))),
+            None => Err(status(&Error::NotFound(format!(
+                "ToR {name} does not exist (ipamctl tor list)"
+            )))),
+        }
+    }
+
+    async fn delete_tor(&self, r: Request<v1::DeleteTorRequest>) -> Reply<v1::DeleteTorReply> {
+        ok(self
+            .0
+            .ipam
+            .delete_tor(&r.get_ref().name)
+            .await
+            .map(|_| v1::DeleteTorReply {}))
+    }
+
+    async fn create_pool(&self, r: Request<v1::CreatePoolRequest>) -> Reply<v1::Pool> {
+        let r = r.into_inner();
+        let spec = PoolSpec {
+            name: r.name,
+            namespace: r.namespace,
+            app: r.app,
+            size: r.size,
+            tors: r.tors,
+            policy: policy_from(r.policy)?,
+        };
+        ok(self
+            .0
+            .ipam
+            .create_pool(&spec)
+            .await
+            .map(|p| pool_msg(&p, &[])))
+    }
+
+    async fn resize_pool(&self, r: Request<v1::ResizePoolRequest>) -> Reply<v1::Pool> {
+        let r = r.into_inner();
+        let ipam = &self.0.ipam;
+        ok(async {
+            ipam.resize_pool(&r.name, r.size).await?;
+            let (p, leases) = ipam.pool(&r.name).await?;
+            Ok(pool_msg(&p, &leases))
+        }
+        .await)
+    }
+
+    async fn list_pools(&self, _: Request<v1::ListPoolsRequest>) -> Reply<v1::ListPoolsReply> {
+        let ipam = &self.0.ipam;
+        ok(async {
+            let mut pools = Vec::new();
+            for p in ipam.pools().await? {
+                let leases = ipam.leases(&p.name).await?;
+                pools.push(pool_msg(&p, &leases));
+            }
+            Ok(v1::ListPoolsReply { pools })
+        }
+        .await)
+    }
+
+    async fn get_pool(&self, r: Request<v1::GetPoolRequest>) -> Reply<v1::Pool> {
+        ok(self
+            .0
+            .ipam
+            .pool(&r.get_ref().name)
+            .await
+            .map(|(p, l)| pool_msg(&p, &l)))
+    }
+
+    async fn delete_pool(&self, r: Request<v1::DeletePoolRequest>) -> Reply<v1::DeletePoolReply> {
+        ok(self
+            .0
+            .ipam
+            .delete_pool(&r.get_ref().name)
+            .await
+            .map(|_| v1::DeletePoolReply {}))
+    }
+
+    async fn export_pool(&self, r: Request<v1::ExportPoolRequest>) -> Reply<v1::ExportPoolReply> {
+        ok(self
+            .0
+            .ipam
+            .pool(&r.get_ref().name)
+            .await
+            .map(|(p, _)| v1::ExportPoolReply {
+                pool: p.name.clone(),
+                ips: p.all_ips().iter().map(|ip| ip.to_string()).collect(),
+            }))
+    }
+
+    async fn list_ips(&self, r: Request<v1::ListIpsRequest>) -> Reply<v1::ListIpsReply> {
+        let pool = &r.get_ref().pool;
+        let pool = (!pool.is_empty()).then_some(pool.as_str());
+        ok(self.0.ipam.ips(pool).await.map(|ips| v1::ListIpsReply {
+            ips: ips.iter().map(ip_msg).collect(),
+        }))
+    }
+
+    async fn get_ip(&self, r: Request<v1::GetIpRequest>) -> Reply<v1::Ip> {
+        let ip = parse_ip(&r.get_ref().address)?;
+        ok(self.0.ipam.ip(ip).await.map(|v| ip_msg(&v)))
+    }
+
+    async fn release_ip(&self, r: Request<v1::ReleaseIpRequest>) -> Reply<v1::ReleaseIpReply> {
+        let ip = parse_ip(&r.get_ref().address)?;
+        ok(self
+            .0
+            .ipam
+            .release_ip(ip)
+            .await
+            .map(|(v, was_bound)| v1::ReleaseIpReply {
+                ip: Some(ip_msg(&v)),
+                was_bound,
+            }))
+    }
+
+    async fn evict_ip(&self, r: Request<v1::EvictIpRequest>) -> Reply<v1::EvictIpReply> {
+        let ip = parse_ip(&r.get_ref().address)?;
+        ok(self
+            .0
+            .evict(ip, r.get_ref().force)
+            .await
+            .map(|e| evict_reply(&e)))
+    }
+
+    async fn list_nodes(&self, _: Request<v1::ListNodesRequest>) -> Reply<v1::ListNodesReply> {
+        let now = self.0.clock.now_unix();
+        let nodes = registry::nodes(self.0.ipam.store().as_ref())
+            .await
+            .map_err(|e| status(&Error::from(e)))?;
+        Ok(Response::new(v1::ListNodesReply {
+            nodes: nodes
+                .into_iter()
+                .map(|n| v1::Node {
+                    alive: n.alive(now),
+                    name: n.name,
+                    tor: n.tor,
+                    mode: n.mode,
+                    version: n.version,
+                    started_unix: n.started_unix,
+                    heartbeat_unix: n.heartbeat_unix,
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchPoolStream = std::pin::Pin<
+        Box<dyn Stream<Item = std::result::Result<v1::PoolChange, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_pool(&self, r: Request<v1::WatchPoolRequest>) -> Reply<Self::WatchPoolStream> {
+        use v1::pool_change::Kind;
+        let name = r.into_inner().name;
+        let pool = name.clone();
+        let stream = self.0.ipam.clone().watch_pool(name).map(move |c| {
+            let strs = |ips: Vec<Ipv4Addr>| ips.iter().map(|ip| ip.to_string()).collect();
+            let (kind, ips, revision) = match c.map_err(|e| status(&e))? {
+                PoolChange::Snapshot { ips, revision } => (Kind::Snapshot, strs(ips), revision),
+                PoolChange::Add { ips, revision } => (Kind::Add, strs(ips), revision),
+                PoolChange::Remove { ips, revision } => (Kind::Remove, strs(ips), revision),
+                PoolChange::Deleted { revision } => (Kind::Deleted, vec![], revision),
+            };
+            Ok(v1::PoolChange {
+                kind: kind as i32,
+                pool: pool.clone(),
+                ips,
+                revision,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_bindings(
+        &self,
+        r: Request<v1::ListBindingsRequest>,
+    ) -> Reply<v1::ListBindingsReply> {
+        let pool = &r.get_ref().pool;
+        let pool = (!pool.is_empty()).then_some(pool.as_str());
+        ok(self
+            .0
+            .ipam
+            .bindings(pool)
+            .await
+            .map(|bs| v1::ListBindingsReply {
+                bindings: bs
+                    .iter()
+                    .map(|(b, attached)| v1::Binding {
+                        pod: Some(pod_msg(&b.pod)),
+                        pool: b.pool.clone(),
+                        address: b.ip.to_string(),
+                        tor: b.tor.clone(),
+                        attached: *attached,
+                    })
+                    .collect(),
+            }))
+    }
+}

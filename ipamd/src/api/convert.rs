@@ -1,0 +1,187 @@
+//! Domain values as wire messages, and wire values as domain ones.
+
+use std::net::Ipv4Addr;
+
+use moor_proto::v1;
+use tonic::Status;
+
+use crate::core::{pool_counts, Attachment, AttachmentState, Lease, PodRef, Policy, Pool, Tor};
+use crate::ipam::IpView;
+use crate::node::{Added, Evicted};
+
+pub fn policy_from(p: i32) -> Result<Policy, Status> {
+    match v1::ReleasePolicy::try_from(p) {
+        Ok(v1::ReleasePolicy::Auto) => Ok(Policy::Auto),
+        Ok(v1::ReleasePolicy::Sticky) => Ok(Policy::Sticky),
+        Ok(v1::ReleasePolicy::Release) => Ok(Policy::Release),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "policy {p} is not a release policy: use auto, sticky or release"
+        ))),
+    }
+}
+
+fn policy_to(p: Policy) -> i32 {
+    match p {
+        Policy::Auto => v1::ReleasePolicy::Auto as i32,
+        Policy::Sticky => v1::ReleasePolicy::Sticky as i32,
+        Policy::Release => v1::ReleasePolicy::Release as i32,
+    }
+}
+
+pub fn pod_from(p: Option<&v1::PodRef>) -> PodRef {
+    p.map(|p| PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    })
+    .unwrap_or_default()
+}
+
+pub fn parse_ip(s: &str) -> Result<Ipv4Addr, Status> {
+    s.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{s:?} is not an IPv4 address: write it like 10.1.0.17"
+        ))
+    })
+}
+
+pub fn tor_msg(t: &Tor, carved: u32) -> v1::Tor {
+    v1::Tor {
+        name: t.name.clone(),
+        subnet: t.subnet.to_string(),
+        gateway: t.gateway.to_string(),
+        vlan: t.vlan.map_or(0, u32::from),
+        ranges: t
+            .ranges
+            .iter()
+            .map(|r| v1::IpRange {
+                first: r.first.to_string(),
+                last: r.last.to_string(),
+            })
+            .collect(),
+        capacity: t.capacity(),
+        carved,
+        segment_of: t.segment_of.clone().unwrap_or_default(),
+    }
+}
+
+pub fn pod_msg(p: &PodRef) -> v1::PodRef {
+    v1::PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    }
+}
+
+pub fn pool_msg(p: &Pool, leases: &[Lease]) -> v1::Pool {
+    v1::Pool {
+        name: p.name.clone(),
+        namespace: p.namespace.clone(),
+        app: p.app.clone(),
+        size: p.size(),
+        policy: policy_to(p.policy),
+        tors: pool_counts(p, leases)
+            .into_iter()
+            .map(|(tor, c)| v1::PoolTor {
+                tor,
+                total: c.total,
+                bound: c.bound,
+                in_use: c.in_use,
+                free: c.free,
+            })
+            .collect(),
+    }
+}
+
+pub fn attachment_msg(a: &Attachment, ip: Ipv4Addr) -> v1::Attachment {
+    v1::Attachment {
+        container_id: a.key.container_id.clone(),
+        ifname: a.key.ifname.clone(),
+        node: a.key.node.clone(),
+        netns: a.netns.clone(),
+        pod: Some(pod_msg(&a.pod)),
+        host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
+        mac: moor_proto::format_mac(&moor_proto::mac_for_ipv4(ip)),
+        state: match a.state {
+            AttachmentState::Pending => "pending".into(),
+            AttachmentState::Ready => "ready".into(),
+        },
+        network: a.network.clone(),
+        created_unix: a.created_unix,
+    }
+}
+
+pub fn ip_msg(v: &IpView) -> v1::Ip {
+    let state = v.lease.as_ref().map_or("free", |l| l.state().as_str());
+    v1::Ip {
+        address: v.ip.to_string(),
+        pool: v.pool.clone(),
+        tor: v.tor.clone(),
+        state: state.into(),
+        binding: v
+            .lease
+            .as_ref()
+            .and_then(|l| l.binding.as_ref())
+            .map(pod_msg),
+        attachment: v
+            .lease
+            .as_ref()
+            .and_then(|l| l.attachment.as_ref())
+            .map(|a| attachment_msg(a, v.ip)),
+        quarantine: v
+            .lease
+            .as_ref()
+            .and_then(|l| l.quarantine.as_ref())
+            .map(|q| v1::Quarantine {
+                mac: q.mac.clone(),
+                node: q.node.clone(),
+                since_unix: q.since_unix,
+            }),
+    }
+}
+
+/// The CNI result of an ADD: the host end (when this call created it), then
+/// the pod's interface; the address with the ToR's prefix and the default
+/// route via its gateway.
+pub fn add_reply(a: &Added) -> v1::AddReply {
+    let (mtu, host_mac) = a.wired.map_or((0, [0; 6]), |w| (w.mtu, w.host_mac));
+    let link = &a.link;
+    let mut interfaces = vec![];
+    if host_mac != [0; 6] {
+        interfaces.push(v1::Interface {
+            name: link.host_ifname.clone(),
+            mac: moor_proto::format_mac(&host_mac),
+            mtu,
+            sandbox: String::new(),
+        });
+    }
+    interfaces.push(v1::Interface {
+        name: link.ifname.clone(),
+        mac: moor_proto::format_mac(&link.mac),
+        mtu,
+        sandbox: link.netns.display().to_string(),
+    });
+    v1::AddReply {
+        interface_index: interfaces.len() as u32 - 1,
+        interfaces,
+        address: link.address.to_string(),
+        gateway: a.tor.gateway.to_string(),
+        routes: vec![v1::Route {
+            dst: "0.0.0.0/0".into(),
+            gw: a.tor.gateway.to_string(),
+        }],
+        pool: a.lease.pool.clone(),
+        tor: a.tor.name.clone(),
+        sticky: a.lease.binding.is_some(),
+    }
+}
+
+pub fn evict_reply(e: &Evicted) -> v1::EvictIpReply {
+    v1::EvictIpReply {
+        released: e.released,
+        pending: e.pending,
+        holder: e.holder.as_ref().map(|a| attachment_msg(a, e.ip.ip)),
+        message: e.message.clone(),
+        ip: Some(ip_msg(&e.ip)),
+    }
+}

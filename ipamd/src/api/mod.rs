@@ -1,0 +1,35 @@
+//! The gRPC API on a unix socket: the `Cni` service for the plugin and the
+//! `Admin` service for ipamctl. This layer owns every wire type (`v1::`):
+//! it checks and translates requests into domain calls on `Node` and `Ipam`,
+//! and domain results and errors into replies. Nothing below it sees gRPC.
+
+mod admin;
+mod cni;
+mod convert;
+mod socket;
+mod status;
+
+use std::sync::Arc;
+
+use moor_proto::v1;
+use tokio::net::UnixListener;
+
+use crate::node::Node;
+
+pub use admin::AdminApi;
+pub use cni::CniApi;
+pub use socket::{authorized, bind};
+pub use status::status;
+
+/// Serves both services on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(v1::cni_server::CniServer::new(CniApi(node.clone())))
+        .add_service(v1::admin_server::AdminServer::new(AdminApi(node)))
+        .serve_with_incoming_shutdown(authorized(listener), shutdown)
+        .await
+}

@@ -1,0 +1,133 @@
+//! The allocation service: reads what the core needs from the store, asks the
+//! core for a decision and commits it as one compare-and-swap transaction
+//! (`store::retry::cas`), reading and deciding again when another writer got
+//! there first. Knows nothing of netlink, gRPC or the clock: callers pass the
+//! time in.
+//!
+//! One `impl Ipam`, spread over files by subject:
+//! - `tors`: define, list and delete ToRs and their segments;
+//! - `pools`: create, resize, list and delete pools (carving IPs from ToRs);
+//! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
+//! - `attach`: the ADD path: which pool, which IP, pending -> ready;
+//! - `release`: the DEL path: end an attachment, keep or free the IP;
+//! - `watch`: a pool's IP set as a stream (whitelist syncers);
+//! - `registry`: the node records (heartbeats) the refusal messages cite.
+
+mod attach;
+mod ips;
+mod pools;
+pub mod registry;
+mod release;
+mod tors;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use crate::core::{Attachment, AttachmentKey, Lease, PodRef, Policy, Tor};
+use crate::store::Store;
+
+pub use watch::PoolChange;
+
+pub struct Ipam {
+    store: Arc<dyn Store>,
+    /// Serializes this daemon's own writes per pool, so its ADDs don't make
+    /// each other retry; other daemons are kept apart by the CAS checks.
+    pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set when ipamd stops: open watches end, so shutdown does not wait on
+    /// streams that never finish by themselves.
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// What `pool create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSpec {
+    pub name: String,
+    pub namespace: String,
+    pub app: String,
+    /// 0 = the default (30).
+    pub size: u32,
+    /// Empty = every ToR.
+    pub tors: Vec<String>,
+    pub policy: Policy,
+}
+
+/// One ADD as the allocation service sees it.
+#[derive(Debug, Clone)]
+pub struct AllocRequest {
+    pub key: AttachmentKey,
+    pub pod: PodRef,
+    /// Explicit pool (MOOR_POOL or config); None = the pod's app's pool.
+    pub pool: Option<String>,
+    pub netns: String,
+    pub network: String,
+    /// The ToR of this node.
+    pub tor: String,
+    pub now_unix: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub lease: Lease,
+    pub tor: Tor,
+    /// The attachment existed before this call (a repeated ADD).
+    pub existing: bool,
+}
+
+impl Allocation {
+    pub fn attachment(&self) -> &Attachment {
+        self.lease
+            .attachment
+            .as_ref()
+            .expect("allocations are attached")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub binding_kept: bool,
+    pub attachment: Attachment,
+}
+
+/// An IP of a pool as `ipamctl ip` shows it.
+#[derive(Debug, Clone)]
+pub struct IpView {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub tor: String,
+    pub lease: Option<Lease>,
+}
+
+impl Ipam {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            pool_locks: Mutex::new(HashMap::new()),
+            shutdown: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ends every open watch (ipamd is stopping).
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.pool_locks
+            .lock()
+            .unwrap()
+            .entry(pool.to_string())
+            .or_default()
+            .clone()
+    }
+}

@@ -1,0 +1,170 @@
+//! CNI ADD: allocate (pending) -> wire -> mark ready -> reply. A wiring
+//! failure gives the IP back; a duplicate-address conflict quarantines it;
+//! a store outage falls back to the pod's cached binding (`offline`).
+
+use tracing::{info, warn};
+
+use crate::core::explain::quarantine_message;
+use crate::core::{AttachmentState, Lease, PodRef, Quarantine, Tor};
+use crate::datapath::{DatapathError, PodLink, Wired};
+use crate::error::{cni_code, Error, Result};
+use crate::ipam::AllocRequest;
+
+use super::{link_for, Node};
+
+/// One CNI ADD, as the runtime asked for it.
+#[derive(Debug, Clone, Default)]
+pub struct AddRequest {
+    pub container_id: String,
+    pub ifname: String,
+    /// `CNI_NETNS`: the pod's network namespace, a path.
+    pub netns: String,
+    /// The network (config) name.
+    pub network: String,
+    /// Who the pod is (K8S_POD_* in CNI_ARGS); empty when the runtime said
+    /// nothing.
+    pub pod: PodRef,
+    /// An explicit pool (MOOR_POOL or the config's); None: the app's.
+    pub pool: Option<String>,
+}
+
+/// What an ADD made: the IP, its ToR segment, the link as wired, and what
+/// the datapath created (None for a repeated ADD of an intact attachment).
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub lease: Lease,
+    pub tor: Tor,
+    pub link: PodLink,
+    pub wired: Option<Wired>,
+}
+
+impl Node {
+    pub async fn add(&self, req: &AddRequest) -> Result<Added> {
+        let key = self.key(&req.container_id, &req.ifname)?;
+        if !req.netns.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "netns {:?} is not a path: CNI_NETNS must name the pod's network namespace, e.g. /run/netns/NAME",
+                req.netns
+            )));
+        }
+        // A DEL of this attachment that ipamd missed while down comes first.
+        self.replay_pending_del(&key).await?;
+        let pod = &req.pod;
+        let alloc = match self.store_down_recently() {
+            Some(since) => Err(Error::unavailable(format!(
+                "the store ({}) has not answered since {}s ago; no IP can be allocated until it does, retry later",
+                self.ipam.store().describe(),
+                self.now().saturating_sub(since)
+            ))),
+            None => self.note(
+                self.ipam
+                    .allocate(&AllocRequest {
+                        key: key.clone(),
+                        pod: pod.clone(),
+                        pool: req.pool.clone(),
+                        netns: req.netns.clone(),
+                        network: req.network.clone(),
+                        tor: self.cfg.tor.clone(),
+                        now_unix: self.now(),
+                    })
+                    .await,
+            ),
+        };
+        let alloc = match alloc {
+            Ok(a) => a,
+            Err(e) if e.is_unavailable() => return self.add_offline(&key, req, e).await,
+            Err(e) => return Err(e),
+        };
+        let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;
+        if !alloc.existing {
+            // Copied before wiring: a restart during an outage rolls it back.
+            self.mirror_put(&alloc.lease, &alloc.tor).await;
+        }
+        let ready = alloc.existing && alloc.attachment().state == AttachmentState::Ready;
+        if ready {
+            // A repeated ADD: fine if what we built is still intact.
+            self.datapath.check(&link).await.map_err(|e| {
+                Error::Conflict(format!(
+                    "{key} is already attached with {} but its wiring is broken ({e}): DEL it first",
+                    alloc.lease.ip
+                ))
+            })?;
+            info!(%key, ip = %alloc.lease.ip, pool = %alloc.lease.pool, "ADD");
+            return Ok(Added {
+                lease: alloc.lease,
+                tor: alloc.tor,
+                link,
+                wired: None,
+            });
+        }
+        let wired = match self.datapath.wire(&link).await {
+            Ok(w) => w,
+            Err(DatapathError::AddressConflict { ip, mac }) if !alloc.existing => {
+                let q = Quarantine {
+                    mac: mac.clone(),
+                    node: self.cfg.name.clone(),
+                    since_unix: self.now(),
+                };
+                let pod = &alloc.attachment().pod;
+                if let Err(re) = self.ipam.quarantine(&key, q).await {
+                    // Not quarantined: at least give the IP back (the next
+                    // ADD probes again), or a restart rolls it back.
+                    warn!(%key, %ip, other_mac = %mac, error = %re, "duplicate address, and the IP could not be quarantined");
+                    if let Err(re) = self.ipam.release(&key, true).await {
+                        warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
+                    }
+                    return Err(Error::refused(
+                        cni_code::ADDRESS_CONFLICT,
+                        format!(
+                            "IP {ip} of pod {pod} is already used on the network by MAC {mac} (moor's duplicate-address probe), and it could not be quarantined ({re}): find that host; the IP was given back and the next ADD probes again"
+                        ),
+                    ));
+                }
+                warn!(%key, %ip, other_mac = %mac, "duplicate address: IP quarantined");
+                return Err(Error::refused(
+                    cni_code::ADDRESS_CONFLICT,
+                    quarantine_message(ip, &mac, Some(pod)),
+                ));
+            }
+            Err(e) => {
+                // A pending attachment found here belongs to an ADD that may
+                // still be running; only roll back what this call made.
+                let rollback = if alloc.existing {
+                    Ok(None)
+                } else {
+                    self.ipam.release(&key, true).await
+                };
+                if let Err(re) = rollback {
+                    // The pending attachment stays; the next start rolls it back.
+                    warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
+                }
+                return Err(Error::datapath(
+                    format!(
+                        "wiring {} for pod {} failed, the IP was given back",
+                        alloc.lease.ip,
+                        alloc.attachment().pod
+                    ),
+                    e,
+                ));
+            }
+        };
+        if let Err(e) = self.note(self.ipam.mark_ready(&key).await) {
+            // The runtime gets an error; undo, deferring the release if the
+            // store is gone (a restart would roll it back anyway).
+            let _ = self.del_key(&key, true, true).await;
+            return Err(e);
+        }
+        let mut lease = alloc.lease;
+        if let Some(a) = lease.attachment.as_mut() {
+            a.state = AttachmentState::Ready;
+        }
+        self.mirror_put(&lease, &alloc.tor).await;
+        info!(%key, ip = %lease.ip, pool = %lease.pool, "ADD");
+        Ok(Added {
+            lease,
+            tor: alloc.tor,
+            link,
+            wired: Some(wired),
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! CNI CHECK: the attachment exists, holds the IP the runtime was told, and
+//! its wiring is intact. Works from the local mirror during a store outage.
+
+use std::net::Ipv4Addr;
+
+use crate::core::{AttachmentKey, Lease, Tor};
+use crate::error::{cni_code, Error, Result};
+
+use super::{link_for, Node};
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckRequest {
+    pub container_id: String,
+    pub ifname: String,
+    /// `CNI_NETNS`; empty: the one recorded at ADD.
+    pub netns: String,
+    /// The IP the runtime's prevResult holds, if it passed one.
+    pub address: Option<Ipv4Addr>,
+}
+
+impl Node {
+    pub async fn check(&self, req: &CheckRequest) -> Result<()> {
+        let key = self.key(&req.container_id, &req.ifname)?;
+        let Some((lease, tor)) = self.attachment_of(&key).await? else {
+            return Err(Error::refused(
+                cni_code::NOT_ATTACHED,
+                format!("{key} has no attachment on this node: ADD it first"),
+            ));
+        };
+        if let Some(want) = req.address {
+            if want != lease.ip {
+                return Err(Error::Conflict(format!(
+                    "{key} holds {} but prevResult says {want}",
+                    lease.ip
+                )));
+            }
+        }
+        let netns = if req.netns.is_empty() {
+            lease
+                .attachment
+                .as_ref()
+                .map(|a| a.netns.clone())
+                .unwrap_or_default()
+        } else {
+            req.netns.clone()
+        };
+        let link = link_for(&tor, &lease, &netns)?;
+        self.datapath
+            .check(&link)
+            .await
+            .map_err(|e| Error::datapath(format!("{key} ({})", lease.ip), e))
+    }
+
+    /// The attachment of `key`, from the store or, when it is out of reach,
+    /// from the local mirror.
+    async fn attachment_of(&self, key: &AttachmentKey) -> Result<Option<(Lease, Tor)>> {
+        match self.note(self.ipam.attached(key).await) {
+            Ok(None) => Ok(None),
+            Ok(Some(lease)) => {
+                let tor = self.ipam.tor(&lease.tor).await?.ok_or_else(|| {
+                    Error::internal(format!("ToR {} of {} is gone", lease.tor, lease.ip))
+                })?;
+                Ok(Some((lease, tor)))
+            }
+            Err(why) if why.is_unavailable() => match &self.mirror {
+                Some(m) => Ok(m.get(key).await?.map(|c| (c.lease, c.tor))),
+                None => Err(why),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The CNI operations of one node, joining the allocation service (which IP)
+//! and the datapath (the veth), in the order that survives kill -9 at any
+//! point:
+//!
+//! ADD: record the attachment as pending -> wire -> mark it ready -> reply.
+//!   A restart rolls back whatever is still pending: the runtime never got a
+//!   result for it, and it retries ADD after a DEL.
+//! DEL: unwire -> release. A crash in between leaves an attachment whose
+//!   link is gone; the runtime's retried DEL (or GC) finishes it.
+//!
+//! One `impl Node`, one file per operation: `add`, `del`, `check`,
+//! `status`, `gc`, `evict`, `offline` (ADD and its write-back during a store
+//! outage), `pending` (DELs recorded while ipamd or the store was out of
+//! reach), `recover` (after a start), `health` (whether the store answers).
+//! `sweep`, `mirror`, `heartbeat` and `tasks` are the node's background
+//! work. Requests and outcomes are domain types; the API layer translates
+//! the wire.
+
+mod add;
+mod check;
+mod del;
+mod evict;
+mod gc;
+mod health;
+pub mod heartbeat;
+pub mod mirror;
+mod offline;
+mod pending;
+mod recover;
+mod status;
+pub mod sweep;
+pub mod tasks;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+
+use crate::clock::Clock;
+use crate::core::{AttachmentKey, Lease, Tor};
+use crate::datapath::{Datapath, PodLink};
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+
+pub use add::{AddRequest, Added};
+pub use check::CheckRequest;
+pub use del::Deleted;
+pub use evict::Evicted;
+pub use mirror::{Mirror, Mirrored};
+pub use status::Status;
+
+pub struct NodeConfig {
+    pub name: String,
+    pub tor: String,
+    /// Where the plugin leaves DELs it could not hand to ipamd.
+    pub pending_dir: PathBuf,
+    /// GC leaves attachments younger than this alone: the runtime's list of
+    /// valid attachments may predate an ADD that just finished.
+    pub gc_grace: Duration,
+}
+
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub ipam: Arc<Ipam>,
+    pub datapath: Arc<dyn Datapath>,
+    /// This node's attachments in a local file, when the shared store is
+    /// remote (etcd): DEL, CHECK, GC and restarts keep working in an outage.
+    pub mirror: Option<Mirror>,
+    pub clock: Arc<dyn Clock>,
+    health: health::StoreHealth,
+    /// The datapath was reconciled with this node's attachments (once, at
+    /// the first `recover`, before ADDs are served).
+    reconciled: AtomicBool,
+}
+
+impl Node {
+    pub fn new(
+        cfg: NodeConfig,
+        ipam: Arc<Ipam>,
+        datapath: Arc<dyn Datapath>,
+        mirror: Option<Mirror>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            cfg,
+            ipam,
+            datapath,
+            mirror,
+            clock,
+            health: health::StoreHealth::default(),
+            reconciled: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_unix()
+    }
+
+    /// The attachment key of a request on this node. The plugin checks the
+    /// same rules, but the socket is an API of its own.
+    pub fn key(&self, container_id: &str, ifname: &str) -> Result<AttachmentKey> {
+        if !valid_container_id(container_id) {
+            return Err(Error::Invalid(format!(
+                "container id {container_id:?} is not valid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'"
+            )));
+        }
+        if !valid_ifname(ifname) {
+            return Err(Error::Invalid(format!(
+                "interface name {ifname:?} is not valid: use 1-15 bytes with no '/', ':' or spaces"
+            )));
+        }
+        Ok(AttachmentKey {
+            node: self.cfg.name.clone(),
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })
+    }
+}
+
+/// CNI_CONTAINERID per the spec: alphanumeric first, then [A-Za-z0-9_.-].
+fn valid_container_id(id: &str) -> bool {
+    let mut b = id.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
+}
+
+/// What the datapath needs to wire (or check) the attachment of `lease`.
+fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
+    let a = lease.attachment.as_ref().expect("attached lease");
+    Ok(PodLink {
+        netns: PathBuf::from(netns),
+        ifname: a.key.ifname.clone(),
+        host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
+        address: Ipv4Network::new(lease.ip, tor.subnet.prefix())
+            .map_err(|e| Error::internal_from(e.to_string(), e))?,
+        gateway: tor.gateway,
+        mac: moor_proto::mac_for_ipv4(lease.ip),
+        vlan: tor.vlan,
+        pod_namespace: a.pod.namespace.clone(),
+        pod_name: a.pod.name.clone(),
+        container_id: a.key.container_id.clone(),
+    })
+}

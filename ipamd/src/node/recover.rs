@@ -1,0 +1,160 @@
+//! After a start: roll back ADDs a crash left half-done, apply the DELs
+//! recorded while ipamd or the store was out of reach, write back what was
+//! attached during an outage, rebuild the local mirror, and make the
+//! datapath (OVS ports) match this node's attachments.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
+
+use crate::core::{AttachmentState, Lease, Tor};
+use crate::error::Result;
+
+use super::mirror::Mirrored;
+use super::{link_for, Node};
+
+impl Node {
+    /// `Ok(false)`: the store was unavailable, the mirror's pending ADDs
+    /// were rolled back locally (their releases are recorded), and `recover`
+    /// must run again once the store answers.
+    pub async fn recover(&self) -> Result<bool> {
+        let (mine, online) = self.my_attachments().await?;
+        let mut rolled_back = 0;
+        for lease in &mine {
+            let a = lease.attachment.as_ref().expect("attached");
+            if a.state == AttachmentState::Pending {
+                self.del_key(&a.key, true, true).await?;
+                warn!(key = %a.key, ip = %lease.ip, "rolled back an ADD that a crash left half-done");
+                rolled_back += 1;
+            }
+        }
+        if !online {
+            warn!(
+                rolled_back,
+                "store unavailable at start: serving from the local mirror until it answers"
+            );
+            self.reconcile_datapath(false).await?;
+            return Ok(false);
+        }
+        let replayed = self.replay_pending_dels().await?;
+        let synced = self.sync_offline().await?;
+        if synced > 0 {
+            info!(
+                synced,
+                "attachments made during the store outage are in the store"
+            );
+        }
+        if let Some(m) = &self.mirror {
+            let (now, _) = self.my_attachments().await?;
+            let mut tors: HashMap<String, Tor> = HashMap::new();
+            let mut copy = Vec::new();
+            for lease in now {
+                if !tors.contains_key(&lease.tor) {
+                    if let Some(t) = self.ipam.tor(&lease.tor).await? {
+                        tors.insert(lease.tor.clone(), t);
+                    }
+                }
+                if let Some(tor) = tors.get(&lease.tor) {
+                    copy.push(Mirrored {
+                        lease,
+                        tor: tor.clone(),
+                        offline: false,
+                    });
+                }
+            }
+            m.replace_all(&copy).await?;
+        }
+        self.reconcile_datapath(true).await?;
+        info!(rolled_back, replayed, "recovered");
+        Ok(true)
+    }
+
+    /// This node's attachments, from the store or, in an outage, the mirror;
+    /// and whether they came from the store.
+    pub(crate) async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
+        match self.note(self.ipam.node_attachments(&self.cfg.name).await) {
+            Ok(all) => Ok((all, true)),
+            Err(why) if why.is_unavailable() => match &self.mirror {
+                Some(m) => Ok((m.all().await?.into_iter().map(|c| c.lease).collect(), false)),
+                None => Err(why),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the datapath (OVS ports) match this node's attachments, from the
+    /// store or, `online` false, the mirror. Only the first call does it:
+    /// `recover` runs again later (store back) while ADDs are served, and a
+    /// port wired by an ADD whose attachment the list predates would be taken
+    /// for a stale one. A datapath failure is logged, not fatal: DELs must be
+    /// served; the next start reconciles again.
+    async fn reconcile_datapath(&self, online: bool) -> Result<()> {
+        if self.reconciled.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let pairs: Vec<(Lease, Tor)> = if online {
+            let mut tors: HashMap<String, Option<Tor>> = HashMap::new();
+            let mut pairs = Vec::new();
+            for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+                if !tors.contains_key(&lease.tor) {
+                    tors.insert(lease.tor.clone(), self.ipam.tor(&lease.tor).await?);
+                }
+                match tors.get(&lease.tor).cloned().flatten() {
+                    Some(tor) => pairs.push((lease, tor)),
+                    None => {
+                        warn!(ip = %lease.ip, tor = %lease.tor, "an attachment's ToR is gone; its port is not reconciled")
+                    }
+                }
+            }
+            pairs
+        } else {
+            match &self.mirror {
+                Some(m) => m
+                    .all()
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.lease, c.tor))
+                    .collect(),
+                None => return Ok(()),
+            }
+        };
+        let mut live = Vec::new();
+        for (lease, tor) in &pairs {
+            let netns = lease
+                .attachment
+                .as_ref()
+                .map(|a| a.netns.as_str())
+                .unwrap_or("");
+            live.push(link_for(tor, lease, netns)?);
+        }
+        match self.datapath.reconcile(&live).await {
+            Ok(r) => {
+                for l in &r.host_gone {
+                    warn!(
+                        pod = %format!("{}/{}", l.pod_namespace, l.pod_name),
+                        container = %l.container_id, ifname = %l.ifname, ip = %l.address.ip(),
+                        host_ifname = %l.host_ifname,
+                        "reconcile: the pod's host interface is gone, so is its network (its network \
+                         namespace was deleted?); the attachment stays until the runtime's DEL or GC"
+                    );
+                }
+                info!(
+                    live = live.len(),
+                    kept = r.kept,
+                    removed = r.removed.len(),
+                    readded = r.readded.len(),
+                    repaired = r.repaired.len(),
+                    host_gone = r.host_gone.len(),
+                    "datapath reconciled with this node's attachments"
+                );
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not reconcile the datapath with this node's attachments; \
+                 ports stay as they are until the next start"
+            ),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! CNI STATUS: whether this node can serve an ADD now. Read from the
+//! published free counts (`free/<pool>/<segment>`, exact: every lease change
+//! updates them in its own transaction): one list, however many pools.
+
+use std::collections::BTreeSet;
+
+use crate::core::FreeCount;
+use crate::error::Result;
+use crate::store::{keys, StoreExt};
+
+use super::Node;
+
+/// What STATUS reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub node: String,
+    pub tor: String,
+    pub ready: bool,
+    /// Free IPs over all pools on this node's ToR.
+    pub free: u32,
+    /// Why the node is not ready, and the command that fixes it.
+    pub reason: String,
+}
+
+impl Node {
+    pub async fn status(&self) -> Status {
+        let mut reply = Status {
+            node: self.cfg.name.clone(),
+            tor: self.cfg.tor.clone(),
+            ..Default::default()
+        };
+        match self.free_on_tor().await {
+            Err(e) => reply.reason = e.to_string(),
+            Ok(None) => {
+                reply.reason = format!(
+                    "this node's ToR {t} is not defined: add it with `ipamctl tor add {t} ...`",
+                    t = self.cfg.tor
+                )
+            }
+            Ok(Some((0, pools))) => {
+                reply.reason = if pools == 0 {
+                    format!(
+                        "no pool has IPs on ToR {}: create one with `ipamctl pool create`",
+                        self.cfg.tor
+                    )
+                } else {
+                    format!("all {pools} pools with IPs on ToR {} are full: grow them with `ipamctl pool resize`", self.cfg.tor)
+                }
+            }
+            Ok(Some((free, _))) => {
+                reply.ready = true;
+                reply.free = free;
+            }
+        }
+        reply
+    }
+
+    /// Free IPs over all pools on this node's ToR (all its segments), and how
+    /// many pools have IPs there; None when the ToR is not defined.
+    async fn free_on_tor(&self) -> Result<Option<(u32, u32)>> {
+        let segments: Vec<String> = self
+            .ipam
+            .segments_of(&self.cfg.tor)
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        let (counts, _) = self.ipam.store().list_json::<FreeCount>(keys::FREE).await?;
+        let mut free = 0;
+        let mut pools = BTreeSet::new();
+        for (c, entry) in counts {
+            let Some((pool, segment)) = entry.key[keys::FREE.len()..].split_once('/') else {
+                continue;
+            };
+            if c.total > 0 && segments.iter().any(|s| s == segment) {
+                pools.insert(pool.to_string());
+                free += c.free;
+            }
+        }
+        Ok(Some((free, pools.len() as u32)))
+    }
+}
