@@ -1,0 +1,124 @@
+//! A start after kill -9: half-done ADDs rolled back, finished ones kept.
+
+use crate::core::AttachmentState;
+use crate::datapath::fake::{Call, Op};
+use crate::datapath::Datapath;
+use crate::ipam::AllocRequest;
+
+use super::*;
+
+/// An ADD that got as far as "pending" and wiring, then ipamd died before
+/// "ready": the runtime never got a result.
+async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::Ipv4Addr {
+    let key = h.key(cid);
+    let alloc = h
+        .ipam
+        .allocate(&AllocRequest {
+            key: key.clone(),
+            pod: pod_ref(pod),
+            pool: None,
+            netns: format!("/run/netns/{cid}"),
+            network: "moor".into(),
+            tor: "r1".into(),
+            now_unix: T0,
+        })
+        .await
+        .unwrap();
+    let link = crate::datapath::PodLink {
+        netns: format!("/run/netns/{cid}").into(),
+        ifname: "eth0".into(),
+        host_ifname: Harness::host(cid),
+        address: format!("{}/24", alloc.lease.ip).parse().unwrap(),
+        gateway: "10.1.0.1".parse().unwrap(),
+        mac: moor_proto::mac_for_ipv4(alloc.lease.ip),
+        vlan: None,
+        pod_namespace: "default".into(),
+        pod_name: pod.into(),
+        container_id: cid.into(),
+    };
+    h.dp.wire(&link).await.unwrap();
+    alloc.lease.ip
+}
+
+#[tokio::test]
+async fn a_crash_between_pending_and_ready_is_rolled_back_on_start() {
+    let h = Harness::new().await;
+    let done = h.add("c1", WEB_POD).await.unwrap();
+    let half = crashed_mid_add(&h, "c2", "db-0").await;
+    assert_eq!(
+        h.lease("db", half).await.unwrap().attachment.unwrap().state,
+        AttachmentState::Pending
+    );
+    let h = h.restart();
+    h.dp.clear_calls();
+    assert!(h.node.recover().await.unwrap(), "the store answered");
+    // The half-done ADD is gone: its veth, its lease and the binding it
+    // made; the finished one is untouched.
+    assert!(h.lease("db", half).await.is_none());
+    assert!(!h.binding("db-0").await);
+    assert!(!h.dp.is_wired(&Harness::host("c2")));
+    assert!(h.dp.calls().contains(&Call::Unwire(Harness::host("c2"))));
+    let kept = h.lease("web", done.lease.ip).await.unwrap();
+    assert_eq!(kept.attachment.unwrap().state, AttachmentState::Ready);
+    assert!(h.dp.is_wired(&Harness::host("c1")));
+    // The datapath was reconciled once with the live attachment.
+    let reconciles: Vec<_> =
+        h.dp.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Reconcile(live) => Some(live),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(reconciles.len(), 1);
+    assert_eq!(reconciles[0].len(), 1);
+    assert_eq!(reconciles[0][0].host_ifname, Harness::host("c1"));
+    h.clean().await;
+    // A second recover (the store came back later) does not reconcile again.
+    h.node.recover().await.unwrap();
+    assert_eq!(
+        h.dp.ops().iter().filter(|o| **o == Op::Reconcile).count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_start_during_a_store_outage_recovers_once_the_store_answers() {
+    let h = Harness::new().await;
+    let half = crashed_mid_add(&h, "c2", WEB_POD).await;
+    let h = h.restart();
+    h.store.set_down(true);
+    assert!(
+        h.node.recover().await.is_err(),
+        "no mirror: nothing to serve from"
+    );
+    h.store.set_down(false);
+    assert!(h.node.recover().await.unwrap());
+    assert!(h.lease("web", half).await.is_none());
+    h.clean().await;
+}
+
+#[tokio::test]
+async fn recover_applies_dels_recorded_while_ipamd_was_down() {
+    let h = Harness::new().await;
+    let a = h.add("c1", WEB_POD).await.unwrap();
+    moor_proto::pending::write(
+        &h.dir.0.join("pending"),
+        &moor_proto::pending::PendingDel {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: String::new(),
+            pod_namespace: String::new(),
+            pod_name: String::new(),
+            network: "moor".into(),
+            written_unix: T0,
+            rollback: false,
+        },
+    )
+    .unwrap();
+    let h = h.restart();
+    h.node.recover().await.unwrap();
+    assert!(h.lease("web", a.lease.ip).await.is_none());
+    assert_eq!(h.pending_files(), 0);
+    h.clean().await;
+}
