@@ -399,6 +399,32 @@ impl Admin for AdminApi {
                     .collect(),
             }))
     }
+
+    async fn audit(&self, _: Request<v1::AuditRequest>) -> Reply<v1::AuditReply> {
+        let report = crate::audit::run(self.0.ipam.store().as_ref())
+            .await
+            .map_err(|e| Error::from(e).to_status())?;
+        Ok(Response::new(audit_msg(report)))
+    }
+}
+
+fn audit_msg(r: crate::audit::Report) -> v1::AuditReply {
+    v1::AuditReply {
+        schema_version: r.schema_version,
+        schema_recorded: r.schema_recorded,
+        schema_known: crate::store::schema::CURRENT,
+        records: r.records as u64,
+        revision: r.revision,
+        findings: r
+            .findings
+            .into_iter()
+            .map(|f| v1::AuditFinding {
+                key: f.key,
+                problem: f.problem,
+                fix: f.fix,
+            })
+            .collect(),
+    }
 }
 
 /// Binds the socket: removes a stale one, creates the directory, 0600.
