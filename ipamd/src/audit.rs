@@ -334,12 +334,11 @@ impl Snapshot {
     fn check_leases(&mut self) {
         let mut bad = Vec::new();
         for (key, l) in &self.leases {
-            let mut fix = REPORT_A_BUG.to_string();
             match self.pools.get(&l.pool) {
                 None => bad.push((
                     key.clone(),
                     format!("is in pool {}, which does not exist", l.pool),
-                    fix.clone(),
+                    REPORT_A_BUG.to_string(),
                 )),
                 Some(p) if p.tor_of(l.ip) != Some(l.tor.as_str()) => bad.push((
                     key.clone(),
@@ -347,7 +346,7 @@ impl Snapshot {
                         "says {} is the pool's on ToR {}; the pool disagrees",
                         l.ip, l.tor
                     ),
-                    fix.clone(),
+                    REPORT_A_BUG.to_string(),
                 )),
                 _ => {}
             }
@@ -355,7 +354,7 @@ impl Snapshot {
                 bad.push((
                     key.clone(),
                     "holds nothing (a free IP has no lease)".to_string(),
-                    fix.clone(),
+                    REPORT_A_BUG.to_string(),
                 ));
             }
             if let Some(pod) = &l.binding {
@@ -368,16 +367,15 @@ impl Snapshot {
                             "is kept for pod {pod}, whose binding {bkey} is {} in pool {}",
                             b.ip, b.pool
                         ),
-                        fix.clone(),
+                        REPORT_A_BUG.to_string(),
                     )),
                     None => {
                         // `ip release` drops the lease's claim (and the
                         // binding key, which is absent anyway).
-                        fix = format!("ipamctl ip release {}", l.ip);
                         bad.push((
                             key.clone(),
                             format!("is kept for pod {pod}, which has no binding ({bkey})"),
-                            fix.clone(),
+                            format!("ipamctl ip release {}", l.ip),
                         ));
                     }
                 }
