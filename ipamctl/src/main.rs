@@ -2,7 +2,8 @@
 //! unix socket.
 //!
 //! Exit codes: 0 done; 1 ipamd unreachable or it refused (its message is
-//! printed as is); 2 bad usage or bad input, caught before any RPC.
+//! printed as is), or `audit` found inconsistencies; 2 bad usage or bad
+//! input, caught before any RPC.
 //! stdout carries only the result: nothing is printed there on error.
 
 mod client;
@@ -17,10 +18,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::{
-    AddTorRequest, CreatePoolRequest, DeletePoolRequest, DeleteTorRequest, EvictIpRequest,
-    ExportPoolRequest, GetIpRequest, GetPoolRequest, GetTorRequest, ListBindingsRequest,
-    ListIpsRequest, ListNodesRequest, ListPoolsRequest, ListTorsRequest, ReleaseIpRequest,
-    ResizePoolRequest,
+    AddTorRequest, AuditRequest, CreatePoolRequest, DeletePoolRequest, DeleteTorRequest,
+    EvictIpRequest, ExportPoolRequest, GetIpRequest, GetPoolRequest, GetTorRequest,
+    ListBindingsRequest, ListIpsRequest, ListNodesRequest, ListPoolsRequest, ListTorsRequest,
+    ReleaseIpRequest, ResizePoolRequest,
 };
 use tonic::transport::Channel;
 
@@ -70,6 +71,11 @@ enum Command {
     /// The nodes that registered with the store (one per ipamd).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Cross-check every record of the store (leases, bindings, attachment
+    /// index, free counts, pools, ToRs) and print each inconsistency with
+    /// its key and the fix, after the store's schema version. Exit 0 when
+    /// the store is sound, 1 when not.
+    Audit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,6 +241,7 @@ enum Rpc {
     EvictIp(EvictIpRequest),
     ListBindings(String),
     ListNodes,
+    Audit,
 }
 
 /// Checks the command line and turns it into an RPC, without I/O.
@@ -308,7 +315,24 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
         },
         Command::Binding(BindingCommand::List { pool }) => Rpc::ListBindings(pool_filter(pool)?),
         Command::Node(NodeCommand::List) => Rpc::ListNodes,
+        Command::Audit => Rpc::Audit,
     })
+}
+
+/// A rendered reply, and whether it reports a problem (`audit` findings:
+/// exit 1 with the output on stdout).
+struct Rendered {
+    text: String,
+    failed: bool,
+}
+
+impl From<String> for Rendered {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            failed: false,
+        }
+    }
 }
 
 /// Sends the RPC and renders its reply.
@@ -316,7 +340,7 @@ async fn call(
     client: &mut AdminClient<Channel>,
     rpc: Rpc,
     format: Format,
-) -> Result<String, tonic::Status> {
+) -> Result<Rendered, tonic::Status> {
     Ok(match rpc {
         Rpc::AddTor(req) => output::tor_show(&client.add_tor(req).await?.into_inner(), format),
         Rpc::ListTors => {
@@ -391,19 +415,27 @@ async fn call(
                 .map_or(0, |d| d.as_secs());
             output::node_list(&reply.nodes, now, format)
         }
-    })
+        Rpc::Audit => {
+            let reply = client.audit(AuditRequest {}).await?.into_inner();
+            return Ok(Rendered {
+                failed: !reply.findings.is_empty(),
+                text: output::audit(&reply, format),
+            });
+        }
+    }
+    .into())
 }
 
-fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<String> {
+fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<Rendered> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let mut client = client::connect(&cli.socket).await?;
-        let text = call(&mut client, rpc, cli.output)
+        let rendered = call(&mut client, rpc, cli.output)
             .await
             .map_err(ServerError)?;
-        Ok(text)
+        Ok(rendered)
     })
 }
 
@@ -447,9 +479,11 @@ fn main() -> ExitCode {
         return run_watch(&cli, pool, *format);
     }
     match run(&cli, rpc) {
-        Ok(text) => match io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(r) => match io::stdout().lock().write_all(r.text.as_bytes()) {
+            Ok(()) if r.failed => ExitCode::FAILURE,
             // `ipamctl ip list | head` closes the pipe early: not an error.
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && r.failed => ExitCode::FAILURE,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ipamctl: writing the output: {e}");
@@ -530,6 +564,10 @@ mod tests {
         }
         match plan_of(&["node", "list"]) {
             Ok(Rpc::ListNodes) => {}
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["-o", "json", "audit"]) {
+            Ok(Rpc::Audit) => {}
             other => panic!("{other:?}"),
         }
         // (args, the watch's line format)

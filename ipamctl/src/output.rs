@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use clap::ValueEnum;
 use moor_proto::v1::pool_change::Kind;
 use moor_proto::v1::{
-    Attachment, Binding, EvictIpReply, ExportPoolReply, Ip, Node, PodRef, Pool, PoolChange,
-    ReleaseIpReply, ReleasePolicy, Tor,
+    Attachment, AuditReply, Binding, EvictIpReply, ExportPoolReply, Ip, Node, PodRef, Pool,
+    PoolChange, ReleaseIpReply, ReleasePolicy, Tor,
 };
 use serde::Serialize;
 
@@ -666,6 +666,81 @@ pub fn pool_change(change: &PoolChange, format: WatchFormat) -> Result<String, U
         Kind::Remove => lines('-'),
         Kind::Deleted => "! deleted\n".to_string(),
     })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FindingView {
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// `audit -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditView {
+    /// The store's schema version (1 for a store without the record).
+    pub schema_version: u32,
+    pub schema_recorded: bool,
+    /// The newest schema version the answering ipamd knows.
+    pub schema_known: u32,
+    pub records: u64,
+    pub revision: u64,
+    /// No findings.
+    pub clean: bool,
+    /// Sorted by key.
+    pub findings: Vec<FindingView>,
+}
+
+/// `audit`: the schema version, a summary line, then each finding as its
+/// key and problem on one line and the fix indented under it.
+pub fn audit(reply: &AuditReply, format: Format) -> String {
+    let mut findings: Vec<FindingView> = reply
+        .findings
+        .iter()
+        .map(|f| FindingView {
+            key: f.key.clone(),
+            problem: f.problem.clone(),
+            fix: f.fix.clone(),
+        })
+        .collect();
+    findings.sort_by(|a, b| a.key.cmp(&b.key));
+    let v = AuditView {
+        schema_version: reply.schema_version,
+        schema_recorded: reply.schema_recorded,
+        schema_known: reply.schema_known,
+        records: reply.records,
+        revision: reply.revision,
+        clean: findings.is_empty(),
+        findings,
+    };
+    if format == Format::Json {
+        return json(&v);
+    }
+    let mut out = format!("schema version {}", v.schema_version);
+    if !v.schema_recorded {
+        out.push_str(" (no record yet: ipamd writes it when it opens the store)");
+    } else if v.schema_version > v.schema_known {
+        out.push_str(&format!(" (newer than ipamd knows: {})", v.schema_known));
+    }
+    out.push('\n');
+    let n = v.findings.len();
+    if n == 0 {
+        out.push_str(&format!(
+            "clean: {} records checked at store revision {}\n",
+            v.records, v.revision
+        ));
+        return out;
+    }
+    out.push_str(&format!(
+        "{n} finding{} in {} records at store revision {}:\n",
+        if n == 1 { "" } else { "s" },
+        v.records,
+        v.revision
+    ));
+    for f in &v.findings {
+        out.push_str(&format!("{}: {}\n  fix: {}\n", f.key, f.problem, f.fix));
+    }
+    out
 }
 
 /// What `tor delete` and `pool delete` print.
@@ -1448,6 +1523,53 @@ mod tests {
         let e = pool_change(&odd, WatchFormat::Plain).unwrap_err();
         assert_eq!(e, UnknownKind(7));
         assert!(e.to_string().contains("unknown kind 7"), "{e}");
+    }
+
+    #[test]
+    fn audit_plain_and_json() {
+        use moor_proto::v1::AuditFinding;
+        let mut reply = AuditReply {
+            schema_version: 1,
+            schema_recorded: true,
+            schema_known: 1,
+            records: 12,
+            revision: 40,
+            findings: vec![],
+        };
+        assert_eq!(
+            audit(&reply, Format::Table),
+            "schema version 1\nclean: 12 records checked at store revision 40\n"
+        );
+        reply.findings = vec![
+            AuditFinding {
+                key: "leases/web/10.1.0.17".into(),
+                problem: "is kept for pod default/web-0, which has no binding".into(),
+                fix: "ipamctl ip release 10.1.0.17".into(),
+            },
+            AuditFinding {
+                key: "free/web/r1".into(),
+                problem: "says 4 free of 4".into(),
+                fix: "report a bug".into(),
+            },
+        ];
+        assert_eq!(
+            audit(&reply, Format::Table),
+            "schema version 1\n2 findings in 12 records at store revision 40:\n\
+             free/web/r1: says 4 free of 4\n  fix: report a bug\n\
+             leases/web/10.1.0.17: is kept for pod default/web-0, which has no binding\n  \
+             fix: ipamctl ip release 10.1.0.17\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&audit(&reply, Format::Json)).unwrap();
+        assert_eq!(v["clean"], json!(false));
+        assert_eq!(v["schema_version"], json!(1));
+        assert_eq!(v["findings"][0]["key"], json!("free/web/r1"));
+        assert_eq!(
+            v["findings"][1]["fix"],
+            json!("ipamctl ip release 10.1.0.17")
+        );
+        reply.schema_recorded = false;
+        reply.findings.clear();
+        assert!(audit(&reply, Format::Table).starts_with("schema version 1 (no record yet"));
     }
 
     #[test]

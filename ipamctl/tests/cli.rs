@@ -239,6 +239,8 @@ struct FakeAdmin {
     seen: Arc<Mutex<Vec<String>>>,
     /// WatchPool calls so far, per pool.
     watches: Arc<Mutex<HashMap<String, u32>>>,
+    /// What Audit answers.
+    findings: Arc<Mutex<Vec<AuditFinding>>>,
 }
 
 type ChangeStream =
@@ -533,6 +535,16 @@ impl Admin for FakeAdmin {
             ],
         }))
     }
+    async fn audit(&self, _: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        Ok(Response::new(AuditReply {
+            schema_version: 1,
+            schema_recorded: true,
+            schema_known: 1,
+            records: 42,
+            revision: 7,
+            findings: self.findings.lock().unwrap().clone(),
+        }))
+    }
     type WatchPoolStream = ChangeStream;
     async fn watch_pool(
         &self,
@@ -684,6 +696,37 @@ fn talks_to_ipamd_over_the_socket() {
         assert_eq!(text(&out.stderr), format!("ipamctl: {message}\n"));
         assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn audit_exits_0_when_clean_and_1_with_findings_on_stdout() {
+    let dir = temp_dir("audit");
+    let fake = FakeAdmin::default();
+    let socket = serve(&dir, fake.clone());
+    assert_eq!(
+        ok(&ipamctl(&socket, &["audit"])),
+        "schema version 1\nclean: 42 records checked at store revision 7\n"
+    );
+    fake.findings.lock().unwrap().push(AuditFinding {
+        key: "free/web/rack-1".into(),
+        problem: "says 4 free of 4; the pool and its leases say 3 free of 4".into(),
+        fix: "report a bug".into(),
+    });
+    let out = ipamctl(&socket, &["audit"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "schema version 1\n1 finding in 42 records at store revision 7:\n\
+         free/web/rack-1: says 4 free of 4; the pool and its leases say 3 free of 4\n  \
+         fix: report a bug\n"
+    );
+    let out = ipamctl(&socket, &["-o", "json", "audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], false, "{v}");
+    assert_eq!(v["findings"][0]["key"], "free/web/rack-1", "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -13,6 +13,8 @@
 //! 5. `daemon_down`: DEL while ipamd is stopped; ADD while it is down.
 //! 6. `bad_input`: a table of bad config/env/CLI input, none changing state.
 
+#[path = "e2e/audit.rs"]
+mod audit;
 #[path = "e2e/bad_input.rs"]
 mod bad_input;
 #[path = "e2e/cluster.rs"]

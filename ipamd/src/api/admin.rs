@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::ipam::{registry, PoolChange, PoolSpec};
 use crate::node::Node;
 
-use super::convert::{evict_reply, ip_msg, parse_ip, pod_msg, policy_from, pool_msg, tor_msg};
+use super::convert::{
+    audit_reply, evict_reply, ip_msg, parse_ip, pod_msg, policy_from, pool_msg, tor_msg,
+};
 use super::status;
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
@@ -245,5 +247,12 @@ impl Admin for AdminApi {
                     })
                     .collect(),
             }))
+    }
+
+    async fn audit(&self, _: Request<v1::AuditRequest>) -> Reply<v1::AuditReply> {
+        let report = crate::audit::run(self.0.ipam.store().as_ref())
+            .await
+            .map_err(|e| status(&Error::from(e)))?;
+        Ok(Response::new(audit_reply(report)))
     }
 }

@@ -185,3 +185,22 @@ pub fn evict_reply(e: &Evicted) -> v1::EvictIpReply {
         ip: Some(ip_msg(&e.ip)),
     }
 }
+
+pub fn audit_reply(r: crate::audit::Report) -> v1::AuditReply {
+    v1::AuditReply {
+        schema_version: r.schema_version,
+        schema_recorded: r.schema_recorded,
+        schema_known: crate::store::schema::CURRENT,
+        records: r.records as u64,
+        revision: r.revision,
+        findings: r
+            .findings
+            .into_iter()
+            .map(|f| v1::AuditFinding {
+                key: f.key,
+                problem: f.problem,
+                fix: f.fix,
+            })
+            .collect(),
+    }
+}

@@ -334,3 +334,24 @@ pub fn pool_counts(pool: &Pool, leases: &[Lease]) -> BTreeMap<String, PoolCounts
     }
     out
 }
+
+/// A node whose heartbeat is older than this is not alive (three missed beats).
+pub const ALIVE_WITHIN: u64 = 30;
+
+/// A node as the registry (`nodes/<name>`) records it; refreshed by its
+/// heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub tor: String,
+    pub mode: String,
+    pub version: String,
+    pub started_unix: u64,
+    pub heartbeat_unix: u64,
+}
+
+impl NodeRecord {
+    pub fn alive(&self, now_unix: u64) -> bool {
+        now_unix.saturating_sub(self.heartbeat_unix) < ALIVE_WITHIN
+    }
+}

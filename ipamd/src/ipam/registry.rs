@@ -7,30 +7,12 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::store::{keys, Store, StoreError, StoreExt, Txn};
+
+pub use crate::core::{NodeRecord, ALIVE_WITHIN};
 
 /// How often a node refreshes its record.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
-/// A node whose heartbeat is older than this is not alive (three missed beats).
-pub const ALIVE_WITHIN: u64 = 30;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub name: String,
-    pub tor: String,
-    pub mode: String,
-    pub version: String,
-    pub started_unix: u64,
-    pub heartbeat_unix: u64,
-}
-
-impl NodeRecord {
-    pub fn alive(&self, now_unix: u64) -> bool {
-        now_unix.saturating_sub(self.heartbeat_unix) < ALIVE_WITHIN
-    }
-}
 
 pub async fn beat(store: &dyn Store, rec: &NodeRecord) -> Result<(), StoreError> {
     let mut txn = Txn::default();

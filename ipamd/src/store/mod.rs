@@ -10,6 +10,7 @@ mod local_watch;
 pub mod mem;
 pub mod redb;
 pub mod retry;
+pub mod schema;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -189,9 +190,21 @@ impl Default for StoreOptions {
 }
 
 /// Opens the store named on the command line: `redb:PATH`, or
-/// `etcd:URL[,URL...]` (the members' client URLs). An etcd store connects
-/// lazily: it opens while etcd is down.
+/// `etcd:URL[,URL...]` (the members' client URLs), and checks its schema
+/// version (`schema::check_at_open`: migrates an older store, refuses a
+/// newer one). An etcd store connects lazily: it opens while etcd is down,
+/// and its schema is then checked before its first write.
 pub async fn open(spec: &str, opts: &StoreOptions) -> Result<std::sync::Arc<dyn Store>, String> {
+    let store = open_unchecked(spec, opts).await?;
+    schema::check_at_open(store)
+        .await
+        .map_err(|e| format!("--store {spec}: {e}"))
+}
+
+async fn open_unchecked(
+    spec: &str,
+    opts: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, String> {
     let tls_flags = opts.etcd_ca.is_some() || opts.etcd_cert.is_some() || opts.etcd_key.is_some();
     match spec.split_once(':') {
         Some(("redb", path)) if !path.is_empty() => {

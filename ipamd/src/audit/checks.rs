@@ -1,0 +1,283 @@
+//! The cross-checks themselves, one method per kind of record, over the
+//! decoded snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use crate::core::FreeCount;
+use crate::store::keys;
+
+use super::{Snapshot, REPORT_A_BUG};
+
+impl Snapshot {
+    pub(super) fn check(&mut self) {
+        self.check_pools();
+        self.check_leases();
+        self.check_free_counts();
+        self.check_bindings();
+        self.check_attachments();
+    }
+
+    /// Each IP in at most one pool and in its ToR; the ToRs' carved records
+    /// and the app index agree with the pools.
+    fn check_pools(&mut self) {
+        let mut bad = Vec::new();
+        let mut owner: HashMap<Ipv4Addr, &str> = HashMap::new();
+        for p in self.pools.values() {
+            let key = keys::pool(&p.name);
+            for (tor, ips) in &p.ips {
+                let t = self.tors.get(tor);
+                for ip in ips {
+                    if let Some(other) = owner.insert(*ip, &p.name) {
+                        bad.push((key.clone(), format!("{ip} is also in pool {other}")));
+                    }
+                    match t {
+                        None => bad.push((
+                            key.clone(),
+                            format!("{ip} is on ToR {tor}, which does not exist"),
+                        )),
+                        Some(t) if !t.subnet.contains(*ip) => bad.push((
+                            key.clone(),
+                            format!("{ip} is not in the subnet {} of ToR {tor}", t.subnet),
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+            let app = keys::app(&p.namespace, &p.app);
+            match self.apps.get(&app) {
+                Some(name) if *name == p.name => {}
+                Some(name) => bad.push((app, format!("names pool {name}, not {}", p.name))),
+                None => bad.push((app, format!("missing: pool {} is for this app", p.name))),
+            }
+        }
+        for (app, name) in &self.apps {
+            match self.pools.get(name) {
+                None => bad.push((
+                    app.clone(),
+                    format!("names pool {name}, which does not exist"),
+                )),
+                Some(p) if keys::app(&p.namespace, &p.app) != *app => bad.push((
+                    app.clone(),
+                    format!(
+                        "names pool {name}, which is for app {}/{}",
+                        p.namespace, p.app
+                    ),
+                )),
+                _ => {}
+            }
+        }
+        for (tor, carved) in &self.carved {
+            let key = keys::carved(tor);
+            if !self.tors.contains_key(tor) && !carved.ips.is_empty() {
+                bad.push((
+                    key.clone(),
+                    format!(
+                        "ToR {tor} does not exist, yet {} of its IPs are carved",
+                        carved.ips.len()
+                    ),
+                ));
+            }
+            for (ip, pool) in &carved.ips {
+                if owner.get(ip) != Some(&pool.as_str()) {
+                    let holder = owner
+                        .get(ip)
+                        .map_or("no pool".to_string(), |p| format!("pool {p}"));
+                    bad.push((
+                        key.clone(),
+                        format!("says {ip} is carved to pool {pool}, but {holder} holds it"),
+                    ));
+                }
+            }
+        }
+        for t in self.tors.values() {
+            let carved = self.carved.get(&t.name).map_or(0, |c| c.ips.len());
+            let in_pools = owner.keys().filter(|ip| t.subnet.contains(**ip)).count();
+            if in_pools != carved {
+                bad.push((
+                    keys::carved(&t.name),
+                    format!("has {carved} carved IPs but pools hold {in_pools} IPs of the ToR"),
+                ));
+            }
+        }
+        for (key, problem) in bad {
+            self.bug(&key, problem);
+        }
+    }
+
+    /// Leases against pools, bindings and the attachment index.
+    fn check_leases(&mut self) {
+        let mut bad = Vec::new();
+        for (key, l) in &self.leases {
+            match self.pools.get(&l.pool) {
+                None => bad.push((
+                    key.clone(),
+                    format!("is in pool {}, which does not exist", l.pool),
+                    REPORT_A_BUG.to_string(),
+                )),
+                Some(p) if p.tor_of(l.ip) != Some(l.tor.as_str()) => bad.push((
+                    key.clone(),
+                    format!(
+                        "says {} is the pool's on ToR {}; the pool disagrees",
+                        l.ip, l.tor
+                    ),
+                    REPORT_A_BUG.to_string(),
+                )),
+                _ => {}
+            }
+            if l.binding.is_none() && l.attachment.is_none() && l.quarantine.is_none() {
+                bad.push((
+                    key.clone(),
+                    "holds nothing (a free IP has no lease)".to_string(),
+                    REPORT_A_BUG.to_string(),
+                ));
+            }
+            if let Some(pod) = &l.binding {
+                let bkey = keys::binding(pod);
+                match self.bindings.get(&bkey) {
+                    Some(b) if b.ip == l.ip && b.pool == l.pool => {}
+                    Some(b) => bad.push((
+                        key.clone(),
+                        format!(
+                            "is kept for pod {pod}, whose binding {bkey} is {} in pool {}",
+                            b.ip, b.pool
+                        ),
+                        REPORT_A_BUG.to_string(),
+                    )),
+                    None => {
+                        // `ip release` drops the lease's claim (and the
+                        // binding key, which is absent anyway).
+                        bad.push((
+                            key.clone(),
+                            format!("is kept for pod {pod}, which has no binding ({bkey})"),
+                            format!("ipamctl ip release {}", l.ip),
+                        ));
+                    }
+                }
+            }
+            if let Some(a) = &l.attachment {
+                let akey = keys::attachment(&a.key);
+                match self.attachments.get(&akey) {
+                    Some(r) if r.ip == l.ip && r.pool == l.pool => {}
+                    Some(r) => bad.push((
+                        key.clone(),
+                        format!(
+                            "is attached to {}, whose index entry {akey} is {} in pool {}",
+                            a.key, r.ip, r.pool
+                        ),
+                        REPORT_A_BUG.to_string(),
+                    )),
+                    None => bad.push((
+                        key.clone(),
+                        format!(
+                            "is attached to {}, which has no index entry ({akey})",
+                            a.key
+                        ),
+                        REPORT_A_BUG.to_string(),
+                    )),
+                }
+            }
+        }
+        for (key, problem, fix) in bad {
+            self.finding(&key, problem, &fix);
+        }
+    }
+
+    /// The published free counts agree with the pools and their leases.
+    fn check_free_counts(&mut self) {
+        let mut bad = Vec::new();
+        let mut used: HashMap<(&str, &str), u32> = HashMap::new();
+        for l in self.leases.values() {
+            *used.entry((&l.pool, &l.tor)).or_default() += 1;
+        }
+        let mut expected: BTreeMap<String, FreeCount> = BTreeMap::new();
+        for p in self.pools.values() {
+            for (tor, ips) in &p.ips {
+                let total = ips.len() as u32;
+                let used = used.get(&(p.name.as_str(), tor.as_str())).copied();
+                expected.insert(
+                    keys::free(&p.name, tor),
+                    FreeCount {
+                        total,
+                        free: total.saturating_sub(used.unwrap_or(0)),
+                    },
+                );
+            }
+        }
+        for (key, have) in &self.free {
+            match expected.get(key) {
+                None => bad.push((key.clone(), "belongs to no pool's ToR".to_string())),
+                Some(want) if want != have => bad.push((
+                    key.clone(),
+                    format!(
+                        "says {} free of {}; the pool and its leases say {} free of {}",
+                        have.free, have.total, want.free, want.total
+                    ),
+                )),
+                _ => {}
+            }
+        }
+        for key in expected.keys() {
+            if !self.free.contains_key(key) {
+                bad.push((key.clone(), "missing: the pool has IPs on this ToR".into()));
+            }
+        }
+        for (key, problem) in bad {
+            self.bug(&key, problem);
+        }
+    }
+
+    fn check_bindings(&mut self) {
+        let mut bad = Vec::new();
+        for (key, b) in &self.bindings {
+            if !self.pools.contains_key(&b.pool) {
+                bad.push((
+                    key.clone(),
+                    format!("keeps {} in pool {}, which does not exist", b.ip, b.pool),
+                ));
+                continue;
+            }
+            let lkey = keys::lease(&b.pool, b.ip);
+            let ok = self
+                .leases
+                .get(&lkey)
+                .is_some_and(|l| l.binding.as_ref() == Some(&b.pod));
+            if !ok {
+                bad.push((
+                    key.clone(),
+                    format!(
+                        "keeps {} for pod {}, but the lease {lkey} is not kept for it",
+                        b.ip, b.pod
+                    ),
+                ));
+            }
+        }
+        for (key, problem) in bad {
+            self.bug(&key, problem);
+        }
+    }
+
+    fn check_attachments(&mut self) {
+        let mut bad = Vec::new();
+        for (key, r) in &self.attachments {
+            let lkey = keys::lease(&r.pool, r.ip);
+            let ok = self
+                .leases
+                .get(&lkey)
+                .and_then(|l| l.attachment.as_ref())
+                .is_some_and(|a| keys::attachment(&a.key) == *key);
+            if !ok {
+                bad.push((
+                    key.clone(),
+                    format!(
+                        "points at {} in pool {}, but the lease {lkey} is not attached to it",
+                        r.ip, r.pool
+                    ),
+                ));
+            }
+        }
+        for (key, problem) in bad {
+            self.bug(&key, problem);
+        }
+    }
+}

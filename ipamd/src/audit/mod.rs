@@ -1,0 +1,241 @@
+//! Cross-checks every record in a store against the others: the invariants of
+//! BRIEF.md in the form the store can show them. Tests run it after every
+//! burst; operators run it on the live store with `ipamctl audit`.
+//!
+//! The whole store is read in one `list` (one etcd revision, one redb read
+//! transaction), so a live store is checked as one consistent snapshot: an
+//! ADD that commits meanwhile is either wholly in it or wholly not.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::core::NodeRecord;
+use crate::core::{AttachmentRef, Binding, Carved, FreeCount, Lease, Pool, Tor};
+use crate::store::{decode, keys, schema, Entry, Store, StoreError};
+
+/// The fix for what only a bug (or a hand edit) can leave behind: no
+/// ipamctl command repairs it safely.
+pub const REPORT_A_BUG: &str =
+    "report a bug: moor wrote an inconsistent store (keep this output and a copy of the store)";
+
+/// One inconsistency: the record it is about, what is wrong with it, and
+/// what an operator does about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The record's key (relative to the etcd prefix).
+    pub key: String,
+    /// What is wrong, in words.
+    pub problem: String,
+    /// What to run or do: an ipamctl command, or [`REPORT_A_BUG`].
+    pub fix: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (fix: {})", self.key, self.problem, self.fix)
+    }
+}
+
+/// What an audit saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The store's schema version: its record's, or 1 for a store without
+    /// one (written before the record existed; ipamd adds it at start).
+    pub schema_version: u32,
+    /// Whether the store has a schema record.
+    pub schema_recorded: bool,
+    /// Records read.
+    pub records: usize,
+    /// The store revision the snapshot was read at.
+    pub revision: u64,
+    /// Empty when the store is sound.
+    pub findings: Vec<Finding>,
+}
+
+/// Every inconsistency found, in words; empty when the store is sound.
+pub async fn audit(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    Ok(findings(store)
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect())
+}
+
+/// Every inconsistency found; empty when the store is sound.
+pub async fn findings(store: &dyn Store) -> Result<Vec<Finding>, StoreError> {
+    Ok(run(store).await?.findings)
+}
+
+/// Reads the whole store once and checks it. Fails only when the store
+/// cannot be read; a record that does not decode is a finding.
+pub async fn run(store: &dyn Store) -> Result<Report, StoreError> {
+    let (entries, revision) = store.list("").await?;
+    let records = entries.len();
+    let mut s = Snapshot::default();
+    for e in &entries {
+        s.take(e);
+    }
+    s.check();
+    let (schema_version, schema_recorded) = s.schema.unwrap_or((1, false));
+    Ok(Report {
+        schema_version,
+        schema_recorded,
+        records,
+        revision,
+        findings: s.bad,
+    })
+}
+
+/// The store, decoded and indexed by key.
+#[derive(Default)]
+struct Snapshot {
+    schema: Option<(u32, bool)>,
+    tors: BTreeMap<String, Tor>,
+    carved: BTreeMap<String, Carved>,
+    pools: BTreeMap<String, Pool>,
+    apps: BTreeMap<String, String>,
+    free: BTreeMap<String, FreeCount>,
+    leases: BTreeMap<String, Lease>,
+    bindings: BTreeMap<String, Binding>,
+    attachments: BTreeMap<String, AttachmentRef>,
+    bad: Vec<Finding>,
+}
+
+impl Snapshot {
+    fn finding(&mut self, key: &str, problem: String, fix: &str) {
+        self.bad.push(Finding {
+            key: key.to_string(),
+            problem,
+            fix: fix.to_string(),
+        });
+    }
+
+    fn bug(&mut self, key: &str, problem: String) {
+        self.finding(key, problem, REPORT_A_BUG);
+    }
+
+    fn decoded<T: DeserializeOwned>(&mut self, e: &Entry, kind: &str) -> Option<T> {
+        match decode::<T>(e) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                let reason = match err {
+                    StoreError::Corrupt { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                self.bug(&e.key, format!("does not decode as a {kind}: {reason}"));
+                None
+            }
+        }
+    }
+
+    /// Files one record under its kind, checking that its key names it.
+    fn take(&mut self, e: &Entry) {
+        let k = e.key.as_str();
+        if k == schema::KEY {
+            match schema::parse(e) {
+                Ok(v) => {
+                    self.schema = Some((v, true));
+                    if v > schema::CURRENT {
+                        self.finding(
+                            k,
+                            format!(
+                                "schema version {v} is newer than this ipamd knows ({}): the other records were checked as version {}",
+                                schema::CURRENT,
+                                schema::CURRENT
+                            ),
+                            "upgrade ipamd to a version that knows this schema",
+                        );
+                    }
+                }
+                Err(reason) => self.bug(k, reason),
+            }
+            return;
+        }
+        let Some((kind, rest)) = k.split_once('/') else {
+            return self.unknown(k);
+        };
+        match kind {
+            "tors" => {
+                if let Some(t) = self.decoded::<Tor>(e, "ToR") {
+                    if keys::tor(&t.name) != k {
+                        self.bug(k, format!("holds ToR {}", t.name));
+                    }
+                    self.tors.insert(t.name.clone(), t);
+                }
+            }
+            "carved" => {
+                if let Some(c) = self.decoded::<Carved>(e, "carved record") {
+                    self.carved.insert(rest.to_string(), c);
+                }
+            }
+            "pools" => {
+                if let Some(p) = self.decoded::<Pool>(e, "pool") {
+                    if keys::pool(&p.name) != k {
+                        self.bug(k, format!("holds pool {}", p.name));
+                    }
+                    self.pools.insert(p.name.clone(), p);
+                }
+            }
+            "apps" => {
+                if let Some(p) = self.decoded::<String>(e, "pool name") {
+                    self.apps.insert(k.to_string(), p);
+                }
+            }
+            "free" => {
+                if let Some(c) = self.decoded::<FreeCount>(e, "free count") {
+                    self.free.insert(k.to_string(), c);
+                }
+            }
+            "leases" => {
+                if let Some(l) = self.decoded::<Lease>(e, "lease") {
+                    if keys::lease(&l.pool, l.ip) != k {
+                        self.bug(k, format!("holds the lease of {} in pool {}", l.ip, l.pool));
+                    }
+                    self.leases.insert(k.to_string(), l);
+                }
+            }
+            "bindings" => {
+                if let Some(b) = self.decoded::<Binding>(e, "binding") {
+                    if keys::binding(&b.pod) != k {
+                        self.bug(k, format!("holds the binding of pod {}", b.pod));
+                    }
+                    self.bindings.insert(k.to_string(), b);
+                }
+            }
+            "attachments" => {
+                if let Some(r) = self.decoded::<AttachmentRef>(e, "attachment index entry") {
+                    if rest.split('/').count() != 3 || rest.split('/').any(str::is_empty) {
+                        self.bug(
+                            k,
+                            "is not attachments/<node>/<container>/<ifname>".to_string(),
+                        );
+                    }
+                    self.attachments.insert(k.to_string(), r);
+                }
+            }
+            "nodes" => {
+                if let Some(n) = self.decoded::<NodeRecord>(e, "node record") {
+                    if keys::node(&n.name) != k {
+                        self.bug(k, format!("holds the record of node {}", n.name));
+                    }
+                }
+            }
+            _ => self.unknown(k),
+        }
+    }
+
+    fn unknown(&mut self, key: &str) {
+        self.finding(
+            key,
+            "is not a key moor writes".to_string(),
+            "delete it if it was put there by hand, else report a bug",
+        );
+    }
+}
+
+mod checks;
+
+#[cfg(test)]
+mod tests;
