@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moor_proto::v1::admin_server::{Admin, AdminServer};
 use moor_proto::v1::*;
+use moor_testkit::process::Reaped;
+use moor_testkit::TempDir;
 use tonic::{Request, Response, Status};
 
 fn ipamctl(socket: &Path, args: &[&str]) -> Output {
@@ -26,18 +28,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A fresh directory per test, so parallel tests never share a socket.
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ipamctl-cli-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory per test, so parallel tests never share a socket;
+/// removed when the test ends.
+fn temp_dir(test: &str) -> TempDir {
+    TempDir::new(&format!("ipamctl-cli-{test}"))
 }
 
 #[test]
 fn bad_input_exits_2_names_the_flag_and_prints_nothing_on_stdout() {
     // Nothing listens here: the input must be refused before any connect.
-    let socket = temp_dir("bad-input").join("ipamd.sock");
+    let dir = temp_dir("bad-input");
+    let socket = dir.join("ipamd.sock");
     let cases: &[(&[&str], &str, &str)] = &[
         (
             &[
@@ -864,17 +865,8 @@ fn watch_prints_the_feed_and_resumes_after_breaks() {
 }
 
 /// Kills the child when the test ends, passed or not.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_watch(socket: &Path, pool: &str) -> Reap {
-    Reap(
+fn spawn_watch(socket: &Path, pool: &str) -> Reaped {
+    Reaped::new(
         Command::new(env!("CARGO_BIN_EXE_ipamctl"))
             .arg("--socket")
             .arg(socket)
@@ -893,7 +885,7 @@ fn watch_keeps_trying_while_ipamd_is_unreachable() {
     let dir = temp_dir("watch-down");
     let socket = dir.join("ipamd.sock");
     let mut child = spawn_watch(&socket, "web");
-    let stderr = child.0.stderr.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let mut notes = BufReader::new(stderr).lines();
     let a = notes.next().unwrap().unwrap();
     let b = notes.next().unwrap().unwrap();
@@ -905,11 +897,11 @@ fn watch_keeps_trying_while_ipamd_is_unreachable() {
     );
     assert!(b.ends_with("reconnecting in 400ms"), "{b}");
     assert!(c.ends_with("reconnecting in 800ms"), "{c}");
-    assert_eq!(child.0.try_wait().unwrap(), None, "still trying");
+    assert_eq!(child.try_wait().unwrap(), None, "still trying");
 
     // ipamd comes up: the feed starts with a snapshot.
     let _ = serve(&dir, FakeAdmin::default());
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "= 2");
     drop(child);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -920,7 +912,7 @@ fn watch_exits_0_when_its_reader_goes_away() {
     let dir = temp_dir("watch-pipe");
     let socket = serve(&dir, FakeAdmin::default());
     let mut child = spawn_watch(&socket, "endless");
-    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "= 0\n");
@@ -930,7 +922,7 @@ fn watch_exits_0_when_its_reader_goes_away() {
     drop(stdout);
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
+        if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         assert!(start.elapsed() < Duration::from_secs(5), "still running");
@@ -938,7 +930,6 @@ fn watch_exits_0_when_its_reader_goes_away() {
     };
     let mut stderr = String::new();
     child
-        .0
         .stderr
         .take()
         .unwrap()

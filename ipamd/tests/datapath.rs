@@ -6,9 +6,6 @@
 //! that entered it. Namespaces are deleted by a Drop guard, so also when an
 //! assertion fails. Needs root; fails (never skips) without it.
 
-mod common;
-
-use std::fs::File;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -16,10 +13,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::{run, Netns};
 use moor_ipamd::datapath::{BridgeDatapath, Datapath, DatapathError, PodLink};
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
-use nix::sched::{setns, CloneFlags};
+use moor_testkit::cmd::run;
+use moor_testkit::netns::{enter, Netns};
 
 const BRIDGE: &str = "br0";
 const BRIDGE_MAC: &str = "02:00:00:0b:00:01";
@@ -27,7 +24,10 @@ const BRIDGE_MTU: u32 = 1400;
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
 fn require_root() {
-    common::netns::require_root("network namespaces, bridges and veths", "datapath");
+    moor_testkit::cmd::require_root(
+        "the datapath tests create network namespaces, bridges and veths \
+         (e.g. sudo -E cargo test -p moor-ipamd --test datapath)",
+    );
 }
 
 /// A node netns with bridge br0 (explicit MAC, MTU 1400, the ToR's gateway
@@ -81,8 +81,7 @@ where
     let path = netns.path();
     std::thread::scope(|s| {
         let thread = s.spawn(move || {
-            let ns = File::open(&path).expect("open the node netns");
-            setns(&ns, CloneFlags::CLONE_NEWNET).expect("enter the node netns");
+            enter(&path);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -492,7 +491,7 @@ fn delete_link_blocking_reports_whether_it_deleted() {
     let path = node.path();
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            enter(&path);
             assert!(moor_ipamd::datapath::delete_link_blocking("dlb0").unwrap());
             assert!(!moor_ipamd::datapath::delete_link_blocking("dlb0").unwrap());
             // Also from inside a runtime (it then uses a thread of its own,
@@ -625,7 +624,7 @@ fn restart_does_not_repin_or_flush_neighbours() {
         let thread = s.spawn(|| {
             // ipamd sees its own netns's devices in /sys (a DaemonSet with
             // host networking does); give this thread the same view.
-            setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            enter(&path);
             mount_private_sysfs();
             let read =
                 |f: &str| std::fs::read_to_string(format!("/sys/class/net/brr/{f}")).unwrap();

@@ -6,29 +6,30 @@
 //! with `ovs-vsctl`, `ip` and `ping`. Needs root; missing OVS binaries fail
 //! the tests, they are never skipped.
 
-mod common;
-#[path = "../../ovs/tests/harness/mod.rs"]
-mod harness;
-
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::netns::{link_exists, run, Netns};
-use common::tcp_echo::tcp_echo;
-use harness::Ovs;
 use moor_ipamd::datapath::{
     BridgeDatapath, Datapath, DatapathError, OvsConfig, OvsDatapath, PodLink,
 };
+use moor_ovs::Endpoint;
 use moor_proto::{host_ifname, mac_for_ipv4};
+use moor_testkit::cmd::run;
+use moor_testkit::netns::{link_exists, Netns};
+use moor_testkit::tcp_echo::tcp_echo;
+use moor_testkit::Ovs;
 use serde_json::Value;
 
 const BRIDGE: &str = "br-int";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
 fn require_root() {
-    common::netns::require_root("network namespaces and run Open vSwitch", "ovs_datapath");
+    moor_testkit::cmd::require_root(
+        "the ovs_datapath tests create network namespaces and run Open vSwitch \
+         (e.g. sudo -E cargo test -p moor-ipamd --test ovs_datapath)",
+    );
 }
 
 fn node_path(ovs: &Ovs) -> PathBuf {
@@ -38,7 +39,7 @@ fn node_path(ovs: &Ovs) -> PathBuf {
 fn config(ovs: &Ovs) -> OvsConfig {
     OvsConfig {
         datapath_type: Some("netdev".into()),
-        ..OvsConfig::new(ovs.endpoint(), BRIDGE)
+        ..OvsConfig::new(Endpoint::Unix(ovs.sock.clone()), BRIDGE)
     }
 }
 

@@ -3,19 +3,17 @@
 //! times (run with `--nocapture`); asserts nothing about them. Its own test
 //! binary so no other test competes for the two cores meanwhile.
 
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::Ovs;
-use moor_ovs::{Options, Ovsdb, PortSpec};
+use moor_ovs::{Endpoint, Options, Ovsdb, PortSpec};
+use moor_testkit::Ovs;
 
 const PORTS: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_remove_100_ports_client_vs_ovs_vsctl() {
     let ovs = Ovs::start();
-    let c = Ovsdb::connect(&ovs.endpoint(), Options::default())
+    let c = Ovsdb::connect(&Endpoint::Unix(ovs.sock.clone()), Options::default())
         .await
         .unwrap();
     c.ensure_bridge("br0", Some("netdev")).await.unwrap();

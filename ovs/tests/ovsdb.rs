@@ -1,16 +1,14 @@
 //! The client against real ovsdb-server and ovs-vswitchd (userspace datapath),
 //! checked with `ovs-vsctl`. Needs root (network namespaces).
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use harness::Ovs;
-use moor_ovs::{ErrorKind, Options, Ovsdb, PortSpec};
+use moor_ovs::{Endpoint, ErrorKind, Options, Ovsdb, PortSpec};
+use moor_testkit::Ovs;
 
 async fn client(ovs: &Ovs) -> Ovsdb {
-    Ovsdb::connect(&ovs.endpoint(), Options::default())
+    Ovsdb::connect(&Endpoint::Unix(ovs.sock.clone()), Options::default())
         .await
         .expect("connect")
 }
@@ -352,7 +350,7 @@ async fn connect_to_a_stopped_server_fails_in_time_naming_the_socket() {
     let timeout = Duration::from_millis(500);
     let started = Instant::now();
     let err = Ovsdb::connect(
-        &ovs.endpoint(),
+        &Endpoint::Unix(ovs.sock.clone()),
         Options {
             timeout,
             ..Options::default()

@@ -39,11 +39,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
-    check_interrupted, commit, cpus, describe_failure, ip, kernel, lat_json, links, loadavg, ms,
-    pct, release_bins, round3, run, run_workers, start, suffix, wait_ping, Args, Daemon, Netns,
-    Res, TempDir, PERCENTILES,
+    check_interrupted, commit, cpus, kernel, lat_json, loadavg, ms, pct, release_bins, round3,
+    run_workers, start, suffix, Args, Res, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
+use moor_testkit::cmd::{describe_failure, try_ip as ip, try_run as run};
+use moor_testkit::netns::{try_links as links, wait_ping};
+use moor_testkit::{Ipamd, IpamdCommand, Netns, TempDir};
 use serde_json::{json, Value};
 
 const USAGE: &str = "\
@@ -66,6 +68,10 @@ Options:
 const REF_PLUGIN_DIR: &str = "/usr/lib/cni";
 const POD_NAME_PREFIX: &str = "bench-7d9f8c6b5-";
 const POD_NAMESPACE: &str = "bench";
+/// How long a gateway may take to answer a first ping.
+const PING_WITHIN: Duration = Duration::from_secs(10);
+/// How much of ipamd's log an error shows.
+const LOG_LINES: usize = 30;
 const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 // ---------------------------------------------------------------- options
@@ -266,7 +272,7 @@ impl Plugin {
                 &format!(
                     "{} {command} (pod {pod_name}, netns {}, container {cid})",
                     self.which.key(),
-                    pod.0
+                    pod.name
                 ),
                 &out,
             ));
@@ -411,18 +417,12 @@ fn find_bins() -> Res<Bins> {
 
 /// A fresh temp dir for this run's sockets, stores and logs.
 fn temp_dir() -> Res<TempDir> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    TempDir::create(
-        std::env::temp_dir().join(format!("moor-bench.{}.{nanos:08x}", std::process::id())),
-    )
+    TempDir::create(std::env::temp_dir().join(moor_testkit::unique("moor-bench")))
 }
 
 /// Field order is drop order: ipamd first, then pods, node, ToR, temp dir.
 struct Testbed {
-    ipamd: Option<Daemon>,
+    ipamd: Option<Ipamd>,
     moor: Plugin,
     reference: Plugin,
     _node_fd: File,
@@ -467,69 +467,62 @@ impl Testbed {
         ];
         for (br, mac, up, down, gw, own) in sides {
             ip(&[
-                "link", "add", down, "netns", &tor.0, "type", "veth", "peer", "name", up, "netns",
-                &node.0,
+                "link", "add", down, "netns", &tor.name, "type", "veth", "peer", "name", up,
+                "netns", &node.name,
             ])?;
             ip(&[
                 "-n",
-                &tor.0,
+                &tor.name,
                 "addr",
                 "add",
                 &format!("{gw}/16"),
                 "dev",
                 down,
             ])?;
-            ip(&["-n", &tor.0, "link", "set", down, "up"])?;
+            ip(&["-n", &tor.name, "link", "set", down, "up"])?;
             ip(&[
-                "-n", &node.0, "link", "add", br, "address", mac, "type", "bridge",
+                "-n", &node.name, "link", "add", br, "address", mac, "type", "bridge",
             ])?;
-            ip(&["-n", &node.0, "link", "set", up, "master", br, "up"])?;
+            ip(&["-n", &node.name, "link", "set", up, "master", br, "up"])?;
             ip(&[
                 "-n",
-                &node.0,
+                &node.name,
                 "addr",
                 "add",
                 &format!("{own}/16"),
                 "dev",
                 br,
             ])?;
-            ip(&["-n", &node.0, "link", "set", br, "up"])?;
+            ip(&["-n", &node.name, "link", "set", br, "up"])?;
         }
         // A new bridge raises its carrier about a second after its first port
         // joins: wait until both gateways answer.
         for (_, _, _, _, gw, _) in sides {
-            wait_ping(&node.0, gw)?;
+            wait_ping(&node.name, gw, PING_WITHIN)?;
         }
         let node_fd =
             File::open(node.path()).map_err(|e| format!("open {}: {e}", node.path().display()))?;
 
         // ipamd in the node netns, its own socket and store.
-        let socket = tmp.0.join("ipamd.sock");
-        let log = tmp.0.join("ipamd.log");
+        let socket = tmp.join("ipamd.sock");
+        let log = tmp.join("ipamd.log");
         // `ip netns exec` execs ipamd: the child's pid is ipamd's.
-        let ipamd = Daemon::start(
-            Command::new("ip")
-                .args(["netns", "exec", &node.0])
-                .arg(&bins.ipamd)
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--store")
-                .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
-                .args([
-                    "--node",
-                    "bench-node",
-                    "--tor",
-                    "bench-rack",
-                    "--bridge",
-                    MOOR_BRIDGE,
-                ])
-                .args(["--log", "warn"]),
-            log,
-            &socket,
-            Duration::from_secs(10),
-        )?;
+        let ipamd = IpamdCommand::in_netns(&node.name, &bins.ipamd, &socket, &log)
+            .arg("--store")
+            .arg(format!("redb:{}", tmp.join("ipamd.redb").display()))
+            .args([
+                "--node",
+                "bench-node",
+                "--tor",
+                "bench-rack",
+                "--bridge",
+                MOOR_BRIDGE,
+            ])
+            .args(["--log", "warn"])
+            .within(Duration::from_secs(10))
+            .start()?;
 
-        let host_local_dir = tmp.0.join("host-local");
+        let host_local_dir = tmp.join("host-local");
         let mut bed = Self {
             ipamd: Some(ipamd),
             moor: Plugin {
@@ -634,7 +627,7 @@ impl Testbed {
         let pod = &p.pods[0];
         let seq = p.seq.fetch_add(1, Ordering::Relaxed);
         p.invoke("ADD", pod, seq)?;
-        let pinged = wait_ping(&pod.0, p.gateway);
+        let pinged = wait_ping(&pod.name, p.gateway, PING_WITHIN);
         p.invoke("DEL", pod, seq)?;
         pinged.map_err(|e| format!("{} pod: {e}", w.key()))?;
         batch(p, workers, 1)?;
@@ -644,7 +637,7 @@ impl Testbed {
     fn log_tail(&self) -> String {
         self.ipamd
             .as_ref()
-            .map(Daemon::log_tail)
+            .map(|d| d.log_tail(LOG_LINES))
             .unwrap_or_default()
     }
 
@@ -653,12 +646,12 @@ impl Testbed {
         let mut problems = Vec::new();
         if let Some(d) = self.ipamd.as_mut() {
             if !d.alive() {
-                problems.push(format!("ipamd died; its log:\n{}", d.log_tail()));
+                problems.push(format!("ipamd died; its log:\n{}", d.log_tail(LOG_LINES)));
             }
         }
         let expected: HashSet<&str> =
             ["lo", MOOR_BRIDGE, REF_BRIDGE, "uplink-moor", "uplink-ref"].into();
-        let left = links(&self.node.0)?;
+        let left = links(&self.node.name)?;
         let extra: Vec<_> = left
             .iter()
             .filter(|l| !expected.contains(l.as_str()))
@@ -667,9 +660,9 @@ impl Testbed {
             problems.push(format!("links left in the node netns: {extra:?}"));
         }
         for pod in self.moor.pods.iter().chain(&self.reference.pods) {
-            let l = links(&pod.0)?;
+            let l = links(&pod.name)?;
             if l.iter().any(|n| n != "lo") {
-                problems.push(format!("links left in pod netns {}: {l:?}", pod.0));
+                problems.push(format!("links left in pod netns {}: {l:?}", pod.name));
             }
         }
         let pool: Value = serde_json::from_str(&self.ctl(&["-o", "json", "pool", "show", POOL])?)
@@ -945,7 +938,7 @@ fn main() -> ExitCode {
             if !tail.is_empty() {
                 eprintln!(
                     "ipamd log ({}):\n{tail}",
-                    bed.tmp.0.join("ipamd.log").display()
+                    bed.tmp.join("ipamd.log").display()
                 );
             }
             ExitCode::FAILURE

@@ -39,20 +39,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use moor_e2e::cluster::spawn_logged;
 use moor_e2e::names;
 use moor_ipamd::core::{AttachmentKey, Lease, PodRef};
 use moor_ipamd::ipam::{AllocRequest, Ipam, PoolSpec};
 use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
 use moor_ipamd::store::{Entry, Op, Store, StoreError, StoreExt, Txn};
+use moor_testkit::cmd::try_ip;
+use moor_testkit::{EtcdCluster, IpamdCommand, Netns, TempDir};
 use serde_json::{json, Value};
 
 type Res<T> = Result<T, String>;
@@ -80,7 +81,6 @@ Options:
   -h, --help           this text
 ";
 
-const ETCD: &str = "/usr/bin/etcd";
 const PREFIX: &str = "/moor/";
 const NAMESPACE: &str = "bench";
 /// Pod IPs per ToR: 10.N.0.16 - 10.N.6.79.
@@ -181,13 +181,6 @@ fn parse_opts() -> Res<Option<Opts>> {
 }
 
 // ------------------------------------------------------------- small bits
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -339,81 +332,51 @@ impl Stats {
 
 // ----------------------------------------------------------------- etcd
 
-/// Our etcd: killed by pid and its directory removed on drop.
+/// Our single-member etcd: killed by pid and its directory removed on drop;
+/// with --keep-logs its log is copied out first.
 struct Etcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    url: String,
+    cluster: EtcdCluster,
     keep_logs: bool,
 }
 
 impl Etcd {
     fn start(dir: &Path, keep_logs: bool) -> Res<Etcd> {
-        if !Path::new(ETCD).exists() {
-            return Err(format!(
-                "{ETCD} is missing: install Debian's etcd-server (./scripts/setup does)"
-            ));
-        }
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cmd = Command::new(ETCD);
-        cmd.args([
-            "--name=bench",
-            &format!("--data-dir={}", dir.join("data").display()),
-            &format!("--listen-client-urls={url}"),
-            &format!("--advertise-client-urls={url}"),
-            &format!("--listen-peer-urls={peer_url}"),
-            &format!("--initial-advertise-peer-urls={peer_url}"),
-            &format!("--initial-cluster=bench={peer_url}"),
-            "--initial-cluster-state=new",
-            // 8 GiB: the setup rewrites the ToRs' carved records thousands
-            // of times; compaction frees the space, but the file only grows.
-            "--quota-backend-bytes=8589934592",
-            "--auto-compaction-mode=revision",
-            "--auto-compaction-retention=1000",
-            "--logger=zap",
-            "--log-level=warn",
-        ]);
-        // If this process dies without running Drop, etcd goes too.
-        let child = spawn_logged(&mut cmd, &dir.join("etcd.log"))
-            .map_err(|e| format!("cannot start {ETCD}: {e}"))?;
-        Ok(Etcd {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            url,
-            keep_logs,
-        })
+        let cluster = EtcdCluster::start(
+            dir,
+            1,
+            &moor_testkit::unique("moor-bench-etcd"),
+            &[
+                // 8 GiB: the setup rewrites the ToRs' carved records thousands
+                // of times; compaction frees the space, but the file only grows.
+                "--quota-backend-bytes=8589934592",
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=1000",
+                "--logger=zap",
+                "--log-level=warn",
+            ],
+        )?;
+        Ok(Etcd { cluster, keep_logs })
+    }
+
+    fn url(&self) -> String {
+        self.cluster.client_url(0).to_string()
     }
 
     fn pid(&self) -> String {
-        self.child.as_ref().map_or(0, Child::id).to_string()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().rev().take(10).collect();
-        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        self.cluster.pid(0).unwrap_or(0).to_string()
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.cluster.kill9_all();
         if self.keep_logs {
-            let log = self.dir.join("etcd.log");
             let kept =
                 std::env::temp_dir().join(format!("moor-bench-etcd-{}.log", std::process::id()));
-            if std::fs::copy(&log, &kept).is_ok() {
+            if std::fs::copy(self.cluster.log(0), &kept).is_ok() {
                 eprintln!("etcd's log: {}", kept.display());
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -425,23 +388,6 @@ async fn open_store(url: &str) -> Res<EtcdStore> {
     })
     .await
     .map_err(|e| e.to_string())
-}
-
-/// Until etcd answers a read (30 s at most).
-async fn wait_ready(etcd: &Etcd, store: &EtcdStore) -> Res<()> {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        match store.get("ready").await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > until => {
-                return Err(format!(
-                    "etcd did not answer within 30 s ({e}); its log ends:\n{}",
-                    etcd.log_tail()
-                ))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 // ------------------------------------------------------- counting store
@@ -1187,44 +1133,6 @@ async fn run_level(
 
 // ----------------------------------------------------------------- ipamd
 
-/// The bridge's network namespace; deleted on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The real ipamd; killed by pid on drop.
-struct Ipamd(Option<Child>);
-
-impl Drop for Ipamd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn sh(program: &str, args: &[&str]) -> Res<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// target/release/ipamd and ipamctl, next to this bench's executable.
 fn release_bin(name: &str) -> Res<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -1246,59 +1154,39 @@ fn release_bin(name: &str) -> Res<PathBuf> {
 async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd) -> Res<Value> {
     let ipamd_bin = release_bin("ipamd")?;
     let ipamctl_bin = release_bin("ipamctl")?;
-    let ns = format!("moor-bench-etcd-{}", std::process::id());
-    sh("ip", &["netns", "add", &ns])?;
-    let _ns = Netns(ns.clone());
-    sh("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+    let ns = Netns::add(format!("moor-bench-etcd-{}", std::process::id()))?;
+    try_ip(&["-n", &ns.name, "link", "add", "br0", "type", "bridge"])?;
     // A pinned MAC (BRIEF.md): a bridge otherwise takes its ports' lowest.
-    sh(
-        "ip",
-        &[
-            "-n",
-            &ns,
-            "link",
-            "set",
-            "br0",
-            "address",
-            "02:00:00:be:0c:01",
-            "up",
-        ],
-    )?;
+    try_ip(&[
+        "-n",
+        &ns.name,
+        "link",
+        "set",
+        "br0",
+        "address",
+        "02:00:00:be:0c:01",
+        "up",
+    ])?;
     let socket = dir.join("ipamd.sock");
     let log_path = dir.join("ipamd.log");
     let node = node_name(0);
     let tor = &world.tor_names[world.node_tor[0]];
-    let mut cmd = Command::new(&ipamd_bin);
-    cmd.arg("--socket")
-        .arg(&socket)
+    let cmd = IpamdCommand::new(&ipamd_bin, &socket, &log_path)
         .args(["--store", &format!("etcd:{url}"), "--etcd-prefix", PREFIX])
         .args(["--node", &node, "--tor", tor, "--bridge", "br0"])
         .arg("--netns")
-        .arg(format!("/run/netns/{ns}"))
+        .arg(ns.path())
         .arg("--local-state")
         .arg(dir.join("local.redb"))
         .arg("--pending-dir")
         .arg(dir.join("pending"))
-        .args(["--log", "warn"]);
-    let child = spawn_logged(&mut cmd, &log_path)
-        .map_err(|e| format!("cannot start {}: {e}", ipamd_bin.display()))?;
-    let pid = child.id().to_string();
-    let mut guard = Ipamd(Some(child));
+        .args(["--log", "warn"])
+        // If this process dies without running Drop, ipamd goes too.
+        .kill_with_thread()
+        .within(Duration::from_secs(20));
     let t = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            break;
-        }
-        let exited = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        if exited.is_some() || t.elapsed() > Duration::from_secs(20) {
-            return Err(format!(
-                "ipamd did not open {} ({exited:?}); its log:\n{}",
-                socket.display(),
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let guard = tokio::task::block_in_place(|| cmd.start())?;
+    let pid = guard.pid().to_string();
     let start_ms = ms(t.elapsed());
     let rss_start = proc_kib(&pid, "VmRSS");
     println!(
@@ -1400,9 +1288,8 @@ fn loadavg() -> String {
 async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     let load_start = loadavg();
     println!("load average before the run: {load_start}");
-    let url = etcd.url.clone();
+    let url = etcd.url();
     let first = open_store(&url).await?;
-    wait_ready(etcd, &first).await?;
     let counters = Arc::new(Counters::default());
     let admin = Arc::new(Ipam::new(Arc::new(Counting {
         inner: Arc::new(first),
@@ -1612,16 +1499,6 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     }))
 }
 
-/// The bench's temp dir (etcd's data, ipamd's socket and state): removed on
-/// drop, also when unwinding from a panic.
-struct RmDir(PathBuf);
-
-impl Drop for RmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn main() -> ExitCode {
     let o = match parse_opts() {
         Ok(Some(o)) => o,
@@ -1639,7 +1516,13 @@ fn main() -> ExitCode {
     }
     let dir = std::env::temp_dir().join(format!("moor-bench-etcd-{}", std::process::id()));
     // Dropped last: after etcd and ipamd are gone.
-    let _dir = RmDir(dir.clone());
+    let _dir = match TempDir::create(dir.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("etcd_scale: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // etcd is started here, on the main thread, so PDEATHSIG follows this
     // process and not some worker thread.
     let etcd = match Etcd::start(&dir.join("etcd"), o.keep_logs) {
@@ -1649,6 +1532,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = etcd.cluster.wait_ready(Duration::from_secs(30)) {
+        eprintln!("etcd_scale: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -50,9 +50,6 @@
 //! makes (namespaces, temp dirs) is removed by Drop guards, also on error,
 //! panic or Ctrl-C.
 
-#[path = "../../ovs/tests/harness/mod.rs"]
-mod harness;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::io::Write;
@@ -65,15 +62,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use harness::Ovs;
 use moor_e2e::bench::{
-    check_interrupted, commit, cpus, describe_failure, ip, kernel, lat_json, links, loadavg,
-    median, ms, pct, release_bins, round3, run, run_workers, start, suffix, wait_ping, Args,
-    Daemon, Netns, Res, TempDir, PERCENTILES,
+    check_interrupted, commit, cpus, kernel, lat_json, loadavg, median, ms, pct, release_bins,
+    round3, run_workers, start, suffix, Args, Res, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
 use moor_ipamd::datapath::{gratuitous_arp, Datapath, OvsConfig, OvsDatapath, PodLink};
+use moor_ovs::Endpoint;
 use moor_proto::{host_ifname, mac_for_ipv4};
+use moor_testkit::cmd::{describe_failure, try_ip as ip, try_run as run};
+use moor_testkit::netns::{disable_ipv6, try_links as links, wait_ping};
+use moor_testkit::{Ipamd, IpamdCommand, Netns, Ovs, TempDir};
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -111,6 +110,8 @@ const MOOR_RANGE: &str = "10.210.1.1-10.210.8.254";
 const TOR: &str = "bench-rack";
 const POOL: &str = "bench";
 const POD_NAMESPACE: &str = "bench";
+/// How much of ipamd's log an error shows.
+const LOG_LINES: usize = 30;
 const POD_NAME_PREFIX: &str = "bench-7d9f8c6b5-";
 /// The gateway's port on br-int (its veth end in the node netns).
 const GW_PORT: &str = "gw-h";
@@ -217,21 +218,8 @@ fn temp_dir() -> Res<TempDir> {
 /// deleted on drop.
 fn netns_without_ipv6(name: String) -> Res<Netns> {
     let ns = Netns::add(name)?;
-    no_ipv6(&ns.0)?;
+    disable_ipv6(&ns.name)?;
     Ok(ns)
-}
-
-fn no_ipv6(netns: &str) -> Res<()> {
-    run(Command::new("ip").args([
-        "netns",
-        "exec",
-        netns,
-        "sysctl",
-        "-qw",
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-    ]))
-    .map(drop)
 }
 
 // ---------------------------------------------------------------- sides
@@ -430,7 +418,7 @@ fn find_bins() -> Res<Bins> {
 struct Bed {
     dp: OvsDatapath,
     dp_rt: tokio::runtime::Runtime,
-    ipamd: Daemon,
+    ipamd: Ipamd,
     pods: Vec<Netns>,
     _gw: Netns,
     ovs: Ovs,
@@ -452,51 +440,46 @@ impl Bed {
         let tmp = temp_dir()?;
         eprintln!("bench: starting ovsdb-server and ovs-vswitchd (netdev)");
         let ovs = Ovs::start();
-        no_ipv6(&ovs.netns)?;
+        disable_ipv6(&ovs.netns)?;
         let node_path = PathBuf::from("/run/netns").join(&ovs.netns);
 
         // ipamd in the host netns, the host ends of pods in the node's
         // (where ovs-vswitchd runs), as on a real node ipamd reaches its
         // store from the host; it creates br-int.
-        let socket = tmp.0.join("ipamd.sock");
-        let log = tmp.0.join("ipamd.log");
-        let ipamd = Daemon::start(
-            Command::new(&bins.ipamd)
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--store")
-                .arg(format!("redb:{}", tmp.0.join("ipamd.redb").display()))
-                .args(["--node", "bench-node", "--tor", TOR, "--mode", "ovs"])
-                .args(["--bridge", BRIDGE, "--ovs-datapath-type", "netdev"])
-                .arg("--ovsdb")
-                .arg(ovs.db())
-                .arg("--netns")
-                .arg(&node_path)
-                .args(["--log", &opts.ipamd_log]),
-            log,
-            &socket,
-            Duration::from_secs(15),
-        )?;
-        let ipamd_start_kib = memory_kib(ipamd.child.id()).map_or(0, |m| m.0);
+        let socket = tmp.join("ipamd.sock");
+        let log = tmp.join("ipamd.log");
+        let ipamd = IpamdCommand::new(&bins.ipamd, &socket, &log)
+            .arg("--store")
+            .arg(format!("redb:{}", tmp.join("ipamd.redb").display()))
+            .args(["--node", "bench-node", "--tor", TOR, "--mode", "ovs"])
+            .args(["--bridge", BRIDGE, "--ovs-datapath-type", "netdev"])
+            .arg("--ovsdb")
+            .arg(ovs.db())
+            .arg("--netns")
+            .arg(&node_path)
+            .args(["--log", &opts.ipamd_log])
+            .within(Duration::from_secs(15))
+            .start()?;
+        let ipamd_start_kib = memory_kib(ipamd.pid()).map_or(0, |m| m.0);
 
         // The gateway: a namespace on an access port of VLAN 100.
         let id = format!("mbovs{}", std::process::id());
         let gw = netns_without_ipv6(format!("{id}-gw"))?;
         ip(&[
             "-n", &ovs.netns, "link", "add", GW_PORT, "type", "veth", "peer", "name", "eth0",
-            "netns", &gw.0,
+            "netns", &gw.name,
         ])?;
         ip(&["-n", &ovs.netns, "link", "set", GW_PORT, "up"])?;
         ip(&[
             "-n",
-            &gw.0,
+            &gw.name,
             "addr",
             "add",
             &format!("{GATEWAY}/{PREFIX}"),
             "dev",
             "eth0",
         ])?;
-        ip(&["-n", &gw.0, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &gw.name, "link", "set", "eth0", "up"])?;
         ovs.vsctl(&["add-port", BRIDGE, GW_PORT, &format!("tag={VLAN}")]);
 
         eprintln!("bench: {} pod namespaces", opts.pods);
@@ -513,7 +496,7 @@ impl Bed {
             .map_err(|e| format!("runtime: {e}"))?;
         let cfg = OvsConfig {
             datapath_type: Some("netdev".into()),
-            ..OvsConfig::new(ovs.endpoint(), BRIDGE)
+            ..OvsConfig::new(Endpoint::Unix(ovs.sock.clone()), BRIDGE)
         };
         let dp = dp_rt
             .block_on(OvsDatapath::new_in(&cfg, Some(&node_path)))
@@ -897,7 +880,7 @@ impl Bed {
             let v: Value = serde_json::from_str(&ip(&[
                 "-j",
                 "-n",
-                &self.pods[i].0,
+                &self.pods[i].name,
                 "addr",
                 "show",
                 "dev",
@@ -913,7 +896,7 @@ impl Bed {
                 return Err(format!(
                     "{}: pod {} has no {} on eth0: {v}",
                     side.key(),
-                    self.pods[i].0,
+                    self.pods[i].name,
                     a.ip
                 ));
             }
@@ -963,7 +946,10 @@ impl Bed {
         self.settle()?;
         let mut problems = Vec::new();
         if !self.ipamd.alive() {
-            problems.push(format!("ipamd died; its log:\n{}", self.ipamd.log_tail()));
+            problems.push(format!(
+                "ipamd died; its log:\n{}",
+                self.ipamd.log_tail(LOG_LINES)
+            ));
         }
         let ports = self.pod_ports()?;
         if !ports.is_empty() {
@@ -978,9 +964,9 @@ impl Bed {
             problems.push(format!("links left in the node netns: {left:?}"));
         }
         for pod in &self.pods {
-            let l = links(&pod.0)?;
+            let l = links(&pod.name)?;
             if l.iter().any(|n| n != "lo") {
-                problems.push(format!("links left in pod netns {}: {l:?}", pod.0));
+                problems.push(format!("links left in pod netns {}: {l:?}", pod.name));
             }
         }
         if side == Side::Moor {
@@ -1009,7 +995,7 @@ impl Bed {
             s.spawn(|| -> Res<()> {
                 let ctx = self.ctx(side)?;
                 let (_, a) = self.add(side, &ctx, 0)?;
-                let pinged = wait_ping(&self.pods[0].0, GATEWAY);
+                let pinged = wait_ping(&self.pods[0].name, GATEWAY, Duration::from_secs(10));
                 self.del(side, &ctx, 0, &a)?;
                 pinged.map_err(|e| format!("{} pod: {e}", side.key()))
             })
@@ -1039,7 +1025,7 @@ impl Drop for Bed {
             return;
         }
         for from in [
-            self.tmp.0.join("ipamd.log"),
+            self.tmp.join("ipamd.log"),
             self.ovs.dir.join("ovsdb-server.log"),
             self.ovs.dir.join("ovs-vswitchd.log"),
         ] {
@@ -1232,7 +1218,7 @@ fn run_side(
     }
     // Memory with every pod attached (before the checks fork anything).
     if side == Side::Moor {
-        if let Some((rss, _)) = memory_kib(bed.ipamd.child.id()) {
+        if let Some((rss, _)) = memory_kib(bed.ipamd.pid()) {
             mem.ipamd_loaded_max = mem.ipamd_loaded_max.max(rss);
         }
     }
@@ -1476,7 +1462,7 @@ fn bench(opts: &Opts, bed: &mut Bed) -> Res<Report> {
         }
     }
     let total = t0.elapsed();
-    mem.ipamd_hwm = memory_kib(bed.ipamd.child.id()).map_or(0, |m| m.1);
+    mem.ipamd_hwm = memory_kib(bed.ipamd.pid()).map_or(0, |m| m.1);
     Ok(Report {
         opts: opts.clone(),
         samples,
@@ -1515,8 +1501,8 @@ fn main() -> ExitCode {
             eprintln!("ovs_add_del: {e}");
             eprintln!(
                 "ipamd log ({}):\n{}",
-                bed.tmp.0.join("ipamd.log").display(),
-                bed.ipamd.log_tail()
+                bed.tmp.join("ipamd.log").display(),
+                bed.ipamd.log_tail(LOG_LINES)
             );
             ExitCode::FAILURE
         }

@@ -1,15 +1,16 @@
 //! What the ADD/DEL benches (benches/cni_add_del.rs, benches/ovs_add_del.rs)
-//! share: Ctrl-C handling, setup commands, guards that undo what they made
-//! (temp dir, netns, ipamd), statistics, and the machine facts every report
-//! starts with. Errors are strings: a bench prints them and exits non-zero.
+//! share: Ctrl-C handling, options, the release binaries, statistics, and
+//! the machine facts every report starts with. Errors are strings: a bench
+//! prints them and exits non-zero. The guards that undo what a bench made
+//! (temp dir, netns, ipamd) and its setup commands are moor-testkit's.
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use moor_testkit::cmd::try_run;
 use serde_json::{json, Value};
 
 use crate::bins::Bins;
@@ -187,8 +188,7 @@ pub fn start<O>(
             return Err(ExitCode::from(2));
         }
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !moor_testkit::cmd::is_root() {
         eprintln!("{bench}: must run as root ({why_root}): run `sudo {script}`");
         return Err(ExitCode::from(2));
     }
@@ -202,67 +202,7 @@ pub fn start<O>(
     }
 }
 
-// ---------------------------------------------------------------- commands
-
-/// Runs a setup or check command (not timed); its stdout, or an error.
-pub fn run(cmd: &mut Command) -> Res<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(describe_failure(&format!("{cmd:?}"), &out));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn ip(args: &[&str]) -> Res<String> {
-    run(Command::new("ip").args(args))
-}
-
-pub fn describe_failure(what: &str, out: &Output) -> String {
-    format!(
-        "{what} exited with {}\n  stdout: {}\n  stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    )
-}
-
-/// The interface names in netns `ns`.
-pub fn links(ns: &str) -> Res<Vec<String>> {
-    let v: Value = serde_json::from_str(&ip(&["-j", "-n", ns, "link", "show"])?)
-        .map_err(|e| format!("ip -j link show in {ns}: {e}"))?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect())
-}
-
-/// Pings `addr` from netns `ns` until it answers (10 s at most).
-pub fn wait_ping(ns: &str, addr: impl Display) -> Res<()> {
-    let addr = addr.to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(());
-        }
-        check_interrupted()?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{addr} does not answer ping from netns {ns} after 10 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+// ---------------------------------------------------------------- binaries
 
 /// The release binaries next to the bench's executable (or in
 /// `MOOR_BIN_DIR`); `script` is the bench's script, which builds them.
@@ -292,117 +232,6 @@ pub fn release_bins(script: &str) -> Res<Bins> {
         }
     }
     Ok(bins)
-}
-
-// ---------------------------------------------------------------- guards
-
-/// A directory, removed with all it holds on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// Creates `path` afresh (a leftover of an earlier run is removed first).
-    pub fn create(path: PathBuf) -> Res<Self> {
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A named network namespace with lo up, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn add(name: String) -> Res<Self> {
-        ip(&["netns", "add", &name])?;
-        let ns = Self(name);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// ipamd, stopped by its pid (SIGTERM, then SIGKILL after 3 s) on drop.
-pub struct Daemon {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Daemon {
-    /// Spawns `cmd` (ipamd, or something that execs it), its stderr to
-    /// `log`, and waits up to `within` for it to open `socket`.
-    pub fn start(cmd: &mut Command, log: PathBuf, socket: &Path, within: Duration) -> Res<Daemon> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(&log)
-                    .map_err(|e| format!("create {}: {e}", log.display()))?,
-            )
-            .spawn()
-            .map_err(|e| format!("cannot start ipamd: {e}"))?;
-        let mut ipamd = Daemon { child, log };
-        let deadline = Instant::now() + within;
-        while !socket.exists() {
-            if !ipamd.alive() || Instant::now() > deadline {
-                return Err(format!(
-                    "ipamd did not come up on {}; its log:\n{}",
-                    socket.display(),
-                    ipamd.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(ipamd)
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The last 30 lines of its log.
-    pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let Ok(pid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        if self.alive() {
-            // SAFETY: plain kill(2) of our own child, which we have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while self.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if self.alive() {
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- statistics
@@ -475,10 +304,12 @@ pub fn loadavg() -> String {
 
 /// The source the binaries were (presumably) built from.
 pub fn commit() -> String {
-    let head = run(Command::new("git").args(["rev-parse", "--short", "HEAD"])).unwrap_or_default();
-    let dirty = run(Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]))
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false);
+    let head =
+        try_run(Command::new("git").args(["rev-parse", "--short", "HEAD"])).unwrap_or_default();
+    let dirty =
+        try_run(Command::new("git").args(["status", "--porcelain", "--untracked-files=no"]))
+            .map(|s| !s.trim().is_empty())
+            .unwrap_or(false);
     match head.trim() {
         "" => "unknown (not a git checkout)".into(),
         h => format!("{h}{}", if dirty { "-dirty" } else { "" }),

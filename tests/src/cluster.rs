@@ -33,33 +33,29 @@
 //! SIGKILL if the thread that started them dies (`PR_SET_PDEATHSIG`): start
 //! and restart them from the thread that owns the `Cluster`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::future::Future;
-use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
-use moor_ipamd::store::{Store, StoreError, Txn};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use moor_ipamd::store::{Store, StoreError};
+use moor_testkit::cmd::{run as run_ok, tail};
+use moor_testkit::netns::{links, ping_from};
+use moor_testkit::{EtcdCluster, Ipamd, IpamdCommand};
 use serde_json::{json, Value};
 
 use crate::bins::{bins, Bins};
 use crate::ipamctl::Ipamctl;
 use crate::testbed::{
-    addr_in, cni_env, links, net_conf, ping_from, require_root, run_moor, run_ok, terminate,
-    Namespaces, BRIDGE, POD_NAMESPACE,
+    addr_in, cni_env, net_conf, require_root, run_moor, Namespaces, BRIDGE, POD_NAMESPACE,
 };
 use crate::{CniRun, Counts, Pod, PodAddr};
 
-/// The etcd server binary (Debian's etcd-server, 3.4).
-pub const ETCD: &str = "/usr/bin/etcd";
 /// The bridge in each ToR namespace that carries the gateway.
 pub const TOR_BRIDGE: &str = "sw0";
 /// Each node's end of its veth to the ToR (the ToR's end is `d-<node>`).
@@ -67,12 +63,8 @@ pub const UPLINK: &str = "uplink0";
 /// The cniVersion of [`Cluster::moor`].
 pub const CNI_VERSION: &str = "1.0.0";
 
-/// How long ipamd may take to open its socket.
-const IPAMD_START: Duration = Duration::from_secs(15);
 /// How long etcd may take to answer writes after a start.
 const ETCD_READY: Duration = Duration::from_secs(30);
-/// How long an etcd member may take to exit on SIGTERM.
-const ETCD_STOP: Duration = Duration::from_secs(3);
 
 /// How the ToRs and nodes of a cluster are switched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -234,7 +226,7 @@ pub struct ClusterNode {
     pub pending_dir: PathBuf,
     pub log: PathBuf,
     ns_file: File,
-    ipamd: Mutex<Option<Child>>,
+    ipamd: Mutex<Option<Ipamd>>,
 }
 
 impl ClusterNode {
@@ -251,15 +243,6 @@ impl ClusterNode {
     }
 }
 
-/// One etcd member process.
-struct EtcdMember {
-    name: String,
-    client_url: String,
-    args: Vec<String>,
-    dir: PathBuf,
-    child: Mutex<Option<Child>>,
-}
-
 pub struct Cluster {
     /// Prefix of every namespace name: `moor-cl-PID-N`.
     pub id: String,
@@ -269,47 +252,11 @@ pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
     /// ipamds' directories.
     pub dir: PathBuf,
-    /// etcd members' data directories.
-    etcd_dir: PathBuf,
-    etcd: Vec<EtcdMember>,
+    /// The etcd members (data under /dev/shm when there is one).
+    etcd: EtcdCluster,
     log_level: String,
     bins: &'static Bins,
     netns: Namespaces,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Spawns `cmd` with its output appended to `log`; SIGKILL when the spawning
-/// thread dies.
-pub fn spawn_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
-    let log = OpenOptions::new().create(true).append(true).open(log)?;
-    // SAFETY: prctl is async-signal-safe; nothing else runs here.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-}
-
-fn kill9(child: &mut Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
 }
 
 /// A current-thread tokio runtime for one call into the store.
@@ -325,10 +272,6 @@ impl Cluster {
     /// node and defines the ToRs (`ipamctl tor add` on the first node).
     pub fn new(layout: Layout) -> Cluster {
         require_root();
-        assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} is missing: the cluster tests need a real etcd (Debian's etcd-server)"
-        );
         assert!(!layout.tors.is_empty() && !layout.nodes.is_empty());
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -341,23 +284,22 @@ impl Cluster {
         } else {
             dir.join("etcd")
         };
-        for d in [&dir, &etcd_dir] {
-            let _ = std::fs::remove_dir_all(d);
-            std::fs::create_dir_all(d).expect("create the cluster's directories");
-        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let etcd = EtcdCluster::start(&etcd_dir, 3, &id, &[])
+            .unwrap_or_else(|e| panic!("the cluster tests need a real etcd: {e}"));
         let mut c = Cluster {
             prefix: format!("/moor-test-{pid}-{n}/"),
             tors: Vec::new(),
             nodes: Vec::new(),
             dir,
-            etcd_dir,
-            etcd: Vec::new(),
+            etcd,
             log_level: layout.log.clone(),
             bins: bins(),
             netns: Namespaces::new(&id),
             id,
         };
-        c.start_etcd_cluster(3);
+        c.etcd_wait_ready();
         c.build_topology(&layout, n);
         if layout.fabric == Fabric::LinuxBridges {
             for i in 0..c.nodes.len() {
@@ -388,47 +330,9 @@ impl Cluster {
 
     // ------------------------------------------------------------ etcd
 
-    fn start_etcd_cluster(&mut self, members: usize) {
-        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let name = format!("m{i}");
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let dir = self.etcd_dir.join(&name);
-            let args = vec![
-                format!("--name={name}"),
-                format!("--data-dir={}", dir.join("data").display()),
-                format!("--listen-client-urls={client_url}"),
-                format!("--advertise-client-urls={client_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster={initial}"),
-                format!("--initial-cluster-token={}", self.id),
-                "--initial-cluster-state=new".into(),
-            ];
-            self.etcd.push(EtcdMember {
-                name,
-                client_url,
-                args,
-                dir,
-                child: Mutex::new(None),
-            });
-        }
-        for i in 0..members {
-            self.etcd_start(i);
-        }
-        self.etcd_wait_ready();
-    }
-
     /// The members' client URLs.
     pub fn etcd_endpoints(&self) -> Vec<String> {
-        self.etcd.iter().map(|m| m.client_url.clone()).collect()
+        self.etcd.endpoints()
     }
 
     /// `--store` of every ipamd.
@@ -441,138 +345,54 @@ impl Cluster {
     }
 
     pub fn etcd_running(&self, i: usize) -> bool {
-        self.etcd[i].child.lock().unwrap().is_some()
+        self.etcd.running(i)
     }
 
     /// Starts member `i` (again) on its data directory and ports; does not
     /// wait (see [`Cluster::etcd_wait_ready`]).
     pub fn etcd_start(&self, i: usize) {
-        let m = &self.etcd[i];
-        let mut guard = m.child.lock().unwrap();
-        assert!(guard.is_none(), "etcd member {} is running", m.name);
-        std::fs::create_dir_all(&m.dir).expect("etcd member dir");
-        let child = spawn_logged(Command::new(ETCD).args(&m.args), &m.dir.join("etcd.log"))
-            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
-        *guard = Some(child);
+        self.etcd.start_member(i);
     }
 
     /// SIGKILL member `i` (its data stays). No-op if it is not running.
     pub fn etcd_kill9(&self, i: usize) {
-        if let Some(mut c) = self.etcd[i].child.lock().unwrap().take() {
-            kill9(&mut c);
-        }
+        self.etcd.kill9(i);
     }
 
     /// SIGTERM member `i`, SIGKILL if it has not exited after 3 s (a member
     /// that lost quorum may ignore SIGTERM).
     pub fn etcd_stop(&self, i: usize) {
-        let Some(mut c) = self.etcd[i].child.lock().unwrap().take() else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        let until = Instant::now() + ETCD_STOP;
-        while Instant::now() < until {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        kill9(&mut c);
+        self.etcd.stop(i);
     }
 
     /// SIGSTOP (`pause`) or SIGCONT member `i`: a member that hangs, with
     /// its connections open, instead of one that is gone.
     pub fn etcd_pause(&self, i: usize, pause: bool) {
-        if let Some(c) = self.etcd[i].child.lock().unwrap().as_ref() {
-            let sig = if pause {
-                Signal::SIGSTOP
-            } else {
-                Signal::SIGCONT
-            };
-            let _ = kill(Pid::from_raw(c.id() as i32), sig);
-        }
+        self.etcd.pause(i, pause);
     }
 
     pub fn etcd_kill9_all(&self) {
-        for i in 0..self.etcd.len() {
-            self.etcd_kill9(i);
-        }
+        self.etcd.kill9_all();
     }
 
     /// Starts every member that is not running and waits until it answers.
     pub fn etcd_start_all(&self) {
-        for i in 0..self.etcd.len() {
-            if !self.etcd_running(i) {
-                self.etcd_start(i);
-            }
-        }
-        self.etcd_wait_ready();
+        self.etcd.start_all();
     }
 
     /// Until a write through every running member succeeds (so there is a
     /// leader and that member is in the cluster); panics after 30 s with the
     /// member's log.
     pub fn etcd_wait_ready(&self) {
-        let until = Instant::now() + ETCD_READY;
-        let rt = runtime();
-        for m in &self.etcd {
-            if m.child.lock().unwrap().is_none() {
-                continue;
-            }
-            loop {
-                let probe = rt.block_on(async {
-                    let s = EtcdStore::open(EtcdOptions {
-                        prefix: format!("/moor-ready-{}/", self.id),
-                        ..EtcdOptions::new([m.client_url.clone()])
-                    })
-                    .await?;
-                    let mut t = Txn::default();
-                    t.put(&m.name, &1);
-                    s.commit(t).await
-                });
-                let last = match probe {
-                    Ok(_) => break,
-                    Err(e) => e.to_string(),
-                };
-                if Instant::now() > until {
-                    panic!(
-                        "etcd member {} at {} did not become ready in {ETCD_READY:?} (last error: {last}); its log ends:\n{}",
-                        m.name,
-                        m.client_url,
-                        tail(&m.dir.join("etcd.log"), 15)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        self.etcd
+            .wait_ready(ETCD_READY)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The index of the member that is the leader, if a running member
     /// knows one.
     pub fn etcd_leader(&self) -> Option<usize> {
-        let rt = runtime();
-        rt.block_on(async {
-            let mut ids = Vec::new();
-            let mut leader = None;
-            for m in &self.etcd {
-                let Ok(s) = EtcdStore::open(EtcdOptions::new([m.client_url.clone()])).await else {
-                    ids.push(None);
-                    continue;
-                };
-                let mut client = s.client();
-                match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
-                    Ok(Ok(st)) => {
-                        if st.leader() != 0 {
-                            leader = Some(st.leader());
-                        }
-                        ids.push(st.header().map(|h| h.member_id()));
-                    }
-                    _ => ids.push(None),
-                }
-            }
-            let leader = leader?;
-            ids.iter().position(|id| *id == Some(leader))
-        })
+        self.etcd.leader()
     }
 
     /// Runs `f` against this cluster's etcd, through every member, under
@@ -812,9 +632,7 @@ impl Cluster {
         assert!(guard.is_none(), "ipamd of {name} is already running");
         let _ = std::fs::remove_file(&node.socket);
         let netns = format!("/run/netns/{}", node.ns);
-        let mut cmd = Command::new(&self.bins.ipamd);
-        cmd.arg("--socket")
-            .arg(&node.socket)
+        let ipamd = IpamdCommand::new(&self.bins.ipamd, &node.socket, &node.log)
             .args(["--store", &self.store_spec(), "--etcd-prefix", &self.prefix])
             .arg("--local-state")
             .arg(&node.local_state)
@@ -822,50 +640,29 @@ impl Cluster {
             .args(&node.datapath_args)
             .args(["--log", &self.log_level])
             .arg("--pending-dir")
-            .arg(&node.pending_dir);
-        let mut child = spawn_logged(&mut cmd, &node.log).expect("spawn ipamd");
-        let start = Instant::now();
-        loop {
-            if UnixStream::connect(&node.socket).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "ipamd of {name} exited ({status}) before opening {}:\n{}",
-                    node.socket.display(),
-                    node.log_tail(40)
-                );
-            }
-            if start.elapsed() > IPAMD_START {
-                kill9(&mut child);
-                panic!(
-                    "ipamd of {name} did not open {} within {IPAMD_START:?}:\n{}",
-                    node.socket.display(),
-                    node.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        *guard = Some(child);
+            .arg(&node.pending_dir)
+            .kill_with_thread()
+            .start()
+            .unwrap_or_else(|e| panic!("ipamd of {name}: {e}"));
+        *guard = Some(ipamd);
     }
 
     /// SIGTERM and wait (SIGKILL after 3 s). No-op if it is not running.
     pub fn stop_ipamd(&self, name: &str) {
-        if let Some(child) = self.node(name).ipamd.lock().unwrap().take() {
-            terminate(child);
+        if let Some(ipamd) = self.node(name).ipamd.lock().unwrap().take() {
+            ipamd.stop();
         }
     }
 
     /// SIGKILL and reap: a crash at whatever point ipamd is at.
     pub fn kill9_ipamd(&self, name: &str) {
-        let mut child = self
-            .node(name)
+        self.node(name)
             .ipamd
             .lock()
             .unwrap()
             .take()
-            .unwrap_or_else(|| panic!("ipamd of {name} is not running"));
-        kill9(&mut child);
+            .unwrap_or_else(|| panic!("ipamd of {name} is not running"))
+            .kill9();
     }
 
     pub fn ipamd_running(&self, name: &str) -> bool {
@@ -1035,32 +832,27 @@ impl Drop for Cluster {
                     n.log_tail(60)
                 );
             }
-            for m in &self.etcd {
+            for i in 0..self.etcd.len() {
                 eprintln!(
                     "---- etcd member {} ({}), last lines of its log:\n{}\n----",
-                    m.name,
-                    m.client_url,
-                    tail(&m.dir.join("etcd.log"), 8)
+                    self.etcd.name(i),
+                    self.etcd.client_url(i),
+                    self.etcd.log_tail(i, 8)
                 );
             }
         }
         for n in &mut self.nodes {
-            let child = n.ipamd.get_mut().map(Option::take).unwrap_or_default();
-            if let Some(child) = child {
-                terminate(child);
+            let ipamd = n.ipamd.get_mut().map(Option::take).unwrap_or_default();
+            if let Some(ipamd) = ipamd {
+                ipamd.stop();
             }
         }
-        for m in &mut self.etcd {
-            let child = m.child.get_mut().map(Option::take).unwrap_or_default();
-            if let Some(mut child) = child {
-                kill9(&mut child);
-            }
-        }
+        self.etcd.kill9_all();
         // Close the node netns files before deleting the namespaces.
         let nodes = std::mem::take(&mut self.nodes);
         drop(nodes);
         self.netns.delete_all();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.etcd_dir);
+        // The etcd members' directory goes with `self.etcd`.
     }
 }

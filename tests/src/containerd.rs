@@ -25,7 +25,7 @@
 //! and the ToR netns.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
@@ -45,7 +45,11 @@ use crate::cri::v1::{PodSandboxConfig, PodSandboxMetadata, PodSandboxState};
 use crate::cri::{Cri, SandboxInfo};
 use crate::install_cni;
 use crate::ipamctl::Ipamctl;
-use crate::testbed::{assert_ok, require_root, run_ok, terminate};
+use crate::testbed::require_root;
+use moor_testkit::cmd::{assert_ok, run as run_ok, tail};
+use moor_testkit::netns::{link_names, Netns};
+use moor_testkit::process::{kill9, spawn_appending, terminate};
+use moor_testkit::{Ipamd, IpamdCommand};
 
 mod host;
 mod image;
@@ -70,7 +74,6 @@ const DEBIAN_PLUGINS: &str = "/usr/lib/cni";
 /// The CRI plugin's containerd namespace.
 const K8S_NS: &str = "k8s.io";
 
-const IPAMD_START: Duration = Duration::from_secs(15);
 const CONTAINERD_START: Duration = Duration::from_secs(30);
 const CONTAINERD_STOP: Duration = Duration::from_secs(5);
 const CNI_READY: Duration = Duration::from_secs(20);
@@ -137,7 +140,7 @@ pub struct CriNode {
     containerd_root: PathBuf,
     containerd_state: PathBuf,
     bins: &'static Bins,
-    ipamd: Mutex<Option<Child>>,
+    ipamd: Mutex<Option<Ipamd>>,
     containerd: Mutex<Option<Child>>,
     cri: Mutex<Option<Cri>>,
     /// Every sandbox id RunPodSandbox returned.
@@ -146,7 +149,7 @@ pub struct CriNode {
     /// ones still there.
     netns_seen: Mutex<BTreeSet<String>>,
     made_links: Mutex<Vec<String>>,
-    made_tor_ns: bool,
+    tor_netns: Option<Netns>,
 }
 
 impl CriNode {
@@ -221,7 +224,7 @@ impl CriNode {
             sandboxes: Mutex::new(BTreeSet::new()),
             netns_seen: Mutex::new(BTreeSet::new()),
             made_links: Mutex::new(Vec::new()),
-            made_tor_ns: false,
+            tor_netns: None,
         };
         node.build_topology();
         node.start_ipamd();
@@ -236,8 +239,7 @@ impl CriNode {
     // ------------------------------------------------------------ network
 
     fn build_topology(&mut self) {
-        run_ok("ip", &["netns", "add", &self.tor_ns]);
-        self.made_tor_ns = true;
+        self.tor_netns = Some(Netns::add(self.tor_ns.clone()).unwrap_or_else(|e| panic!("{e}")));
         let gw = format!("{}/24", self.gateway);
         let node_ip = format!("{}/24", self.node_ip);
         let (br, up, tor) = (
@@ -259,7 +261,6 @@ impl CriNode {
         self.made_links.lock().unwrap().push(up.clone());
         #[rustfmt::skip]
         let steps: &[&[&str]] = &[
-            &["-n", &tor, "link", "set", "lo", "up"],
             &["-n", &tor, "addr", "add", &gw, "dev", "tor0"],
             &["-n", &tor, "link", "set", "tor0", "up"],
             &["link", "set", &up, "master", &br, "up"],
@@ -281,7 +282,7 @@ impl CriNode {
     /// with "mr": host ends of pod veths.
     pub fn host_veths(&self) -> Vec<String> {
         let out = run_ok("ip", &["-j", "link", "show", "master", &self.bridge]);
-        link_names(&out)
+        link_names(&serde_json::from_str(&out).unwrap_or(Value::Null))
             .into_iter()
             .filter(|n| n.starts_with("mr"))
             .collect()
@@ -293,54 +294,28 @@ impl CriNode {
     pub fn start_ipamd(&self) {
         let mut guard = self.ipamd.lock().unwrap();
         assert!(guard.is_none(), "ipamd is already running");
-        let log = append(&self.ipamd_log);
-        let _ = writeln!(&log, "==== ipamd start ====");
         let store = format!("redb:{}", self.dir.join("ipamd.redb").display());
-        let mut cmd = Command::new(&self.bins.ipamd);
-        cmd.arg("--socket")
-            .arg(&self.ipamd_socket)
+        let mut cmd = IpamdCommand::new(&self.bins.ipamd, &self.ipamd_socket, &self.ipamd_log)
             .args(["--store", &store, "--node", &self.id, "--tor", TOR])
             .args(["--bridge", &self.bridge, "--log", "info"]);
         if let Some(g) = self.opts.gc_grace_seconds {
-            cmd.args(["--gc-grace-seconds", &g.to_string()]);
+            cmd = cmd.args(["--gc-grace-seconds", &g.to_string()]);
         }
         if let Some(i) = self.opts.reconcile_interval_seconds {
-            cmd.args(["--reconcile-interval-seconds", &i.to_string()]);
+            cmd = cmd.args(["--reconcile-interval-seconds", &i.to_string()]);
         }
-        let mut child = cmd
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn ipamd");
-        let start = Instant::now();
-        while UnixStream::connect(&self.ipamd_socket).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "ipamd exited ({status}) before opening its socket:\n{}",
-                    tail(&self.ipamd_log, 40)
-                );
-            }
-            if start.elapsed() > IPAMD_START {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "ipamd did not open its socket within {IPAMD_START:?}:\n{}",
-                    tail(&self.ipamd_log, 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        *guard = Some(child);
+        let ipamd = cmd
+            .env_only_path()
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        *guard = Some(ipamd);
     }
 
     /// Sends `sig` to ipamd (SIGSTOP/SIGCONT hold an ADD open).
     pub fn signal_ipamd(&self, sig: Signal) {
         let guard = self.ipamd.lock().unwrap();
-        let child = guard.as_ref().expect("ipamd is not running");
-        kill(Pid::from_raw(child.id() as i32), sig).expect("signal ipamd");
+        let ipamd = guard.as_ref().expect("ipamd is not running");
+        ipamd.signal(sig).expect("signal ipamd");
     }
 
     fn define_tor(&self) {
@@ -435,21 +410,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     pub fn start_containerd(&self) {
         let mut guard = self.containerd.lock().unwrap();
         assert!(guard.is_none(), "containerd is already running");
-        let log = append(&self.containerd_log);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.containerd_log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.containerd_log.display()));
         let _ = writeln!(&log, "==== containerd start ====");
-        let mut child = Command::new("containerd")
-            .arg("--config")
-            .arg(&self.containerd_config)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            // Inherited by the CNI plugins it runs (libcni passes its own
-            // environment on): moor logs every call it gets, with netns.
-            .env("MOOR_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
+        let mut child = spawn_appending(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&self.containerd_config)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                // Inherited by the CNI plugins it runs (libcni passes its own
+                // environment on): moor logs every call it gets, with netns.
+                .env("MOOR_LOG", "debug"),
+            &self.containerd_log,
+        )
+        .expect("spawn containerd");
         let start = Instant::now();
         let cri = loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -466,8 +444,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 }
             }
             if start.elapsed() > CONTAINERD_START {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill9(&mut child);
                 panic!(
                     "containerd's CRI did not answer within {CONTAINERD_START:?}:\n{}",
                     tail(&self.containerd_log, 40)
@@ -489,8 +466,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .unwrap()
             .take()
             .expect("containerd is not running");
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        let _ = child.wait();
+        kill9(&mut child);
         *self.cri.lock().unwrap() = None;
     }
 
@@ -930,7 +906,7 @@ impl Drop for CriNode {
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            terminate_within(child, CONTAINERD_STOP);
+            terminate(child, CONTAINERD_STOP);
         }
         self.kill_shims();
         unmount_under(&self.dir);
@@ -939,13 +915,13 @@ impl Drop for CriNode {
         for r in self.cni_results() {
             let _ = fs::remove_file(Path::new(CNI_RESULTS).join(r));
         }
-        if let Some(child) = self
+        if let Some(ipamd) = self
             .ipamd
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            terminate(child);
+            ipamd.stop();
         }
         let ids = self.container_ids();
         let mut links: Vec<String> = ids
@@ -967,12 +943,7 @@ impl Drop for CriNode {
                 let _ = Command::new("ip").args(["link", "del", &l]).status();
             }
         }
-        if self.made_tor_ns {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.tor_ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        self.tor_netns = None;
         remove_cgroups(&ids);
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -1057,17 +1028,6 @@ fn free_subnet(pid: u32, n: u32) -> [u8; 3] {
         .expect("a free /24 in 10.128.0.0/9")
 }
 
-fn link_names(ip_json: &str) -> Vec<String> {
-    let v: Value = serde_json::from_str(ip_json).unwrap_or(Value::Null);
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Runs the CNI plugin `name` from `bin` with `env` (nothing inherited but
 /// PATH) and `stdin`.
 fn run_plugin(bin: &Path, name: &str, env: &[(&str, &str)], stdin: &str) -> Option<Output> {
@@ -1083,33 +1043,4 @@ fn run_plugin(bin: &Path, name: &str, env: &[(&str, &str)], stdin: &str) -> Opti
         .ok()?;
     let _ = child.stdin.take()?.write_all(stdin.as_bytes());
     child.wait_with_output().ok()
-}
-
-fn append(path: &Path) -> File {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// SIGTERM, wait up to `grace`, then SIGKILL; always reaps.
-fn terminate_within(mut child: Child, grace: Duration) {
-    let pid = Pid::from_raw(child.id() as i32);
-    let _ = kill(pid, Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    let _ = child.wait();
 }

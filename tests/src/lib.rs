@@ -7,7 +7,10 @@
 //!   switched by Open vSwitch with VLANs (issue 4).
 //! - [`names`]: Kubernetes-shaped pod names and container ids.
 //! - [`bins`]: where the built binaries are.
-//! - [`bench`]: what the ADD/DEL benches share (guards, statistics, machine facts).
+//! - [`bench`]: what the ADD/DEL benches share (options, statistics, machine facts).
+//!
+//! Namespaces, temp dirs, the ipamd and etcd processes, Open vSwitch and the
+//! TCP echo are moor-testkit's, shared with the other crates' tests.
 //! - [`install_cni`]: runs scripts/install-cni.
 //! - [`ipamctl`]: the admin CLI against one ipamd socket.
 //! - [`podman`]: a private podman 4.3 on the CNI backend.

@@ -13,7 +13,7 @@
 //! Every ToR namespace and every node namespace has its own ovsdb-server and
 //! ovs-vswitchd (`datapath_type=netdev`: the kernel has no openvswitch
 //! module and no 802.1Q), with database, sockets, pidfiles and logs in a
-//! directory of its own (the moor-ovs test harness, `/tmp/moor-ovs-PID-N`).
+//! directory of its own (moor-testkit's `Ovs`, `/tmp/moor-ovs-PID-N`).
 //! Both run inside the namespace (`ip netns exec`), where ovs-vswitchd's
 //! netdevs are.
 //! Each node's ipamd runs `--mode ovs --bridge br-int --uplink uplink0
@@ -31,11 +31,6 @@
 //! the test panicked it first prints the tail of every OVS log (the cluster
 //! prints the ipamds').
 
-#[path = "../../ovs/tests/harness/mod.rs"]
-mod ovs_harness;
-#[path = "../../ipamd/tests/common/tcp_echo.rs"]
-mod tcp_echo;
-
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::ops::Deref;
@@ -43,12 +38,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use moor_testkit::cmd::{run as run_ok, tail};
+use moor_testkit::netns::disable_ipv6;
+use moor_testkit::Ovs;
 use serde_json::Value;
 
 use crate::cluster::{Cluster, Fabric, Layout, TOR_BRIDGE, UPLINK};
-use crate::testbed::run_ok;
 use crate::Pod;
-use ovs_harness::Ovs;
 
 /// The integration bridge on every node (ipamd's `--bridge`).
 pub const NODE_BRIDGE: &str = "br-int";
@@ -132,12 +128,6 @@ fn rows(json: &str) -> Vec<Vec<Value>> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl OvsCluster {
@@ -390,18 +380,7 @@ impl OvsCluster {
     /// A pod's namespace as [`Cluster::pod`] makes it, with IPv6 off.
     pub fn pod(&self, name: &str) -> Pod {
         let pod = self.cluster.pod(name);
-        run_ok(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &pod.netns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        );
+        disable_ipv6(&pod.netns).unwrap_or_else(|e| panic!("{e}"));
         pod
     }
 
@@ -434,7 +413,7 @@ impl OvsCluster {
 /// `ip`:port 7777 and checks what comes back: full-size segments with right
 /// checksums cross the userspace datapaths of two nodes and the ToR.
 pub fn tcp_echo(client: &Pod, server: &Pod, ip: Ipv4Addr) -> Result<(), String> {
-    tcp_echo::tcp_echo(
+    moor_testkit::tcp_echo::tcp_echo(
         client.netns_path().into(),
         server.netns_path().into(),
         ip,

@@ -138,13 +138,13 @@ tmp_dir = "{tmp}"
         let bin = rootfs.join("bin");
         std::fs::create_dir_all(&bin).expect("create the rootfs");
         std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
-        let list = crate::testbed::run_ok(BUSYBOX, &["--list"]);
+        let list = moor_testkit::cmd::run(BUSYBOX, &["--list"]);
         for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("link an applet");
         }
         let tar = self.root.join("busybox.tar");
         let (tar_s, rootfs_s) = (tar.display().to_string(), rootfs.display().to_string());
-        crate::testbed::run_ok("tar", &["-C", &rootfs_s, "-cf", &tar_s, "."]);
+        moor_testkit::cmd::run("tar", &["-C", &rootfs_s, "-cf", &tar_s, "."]);
         self.ok(&["import", "--quiet", &tar_s, IMAGE]);
     }
 

@@ -17,20 +17,21 @@
 //! where real runtimes (podman, containerd) run CNI plugins: the bridge and
 //! uplink get unique names there and ipamd runs there too.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+pub use moor_testkit::cmd::assert_ok;
+use moor_testkit::cmd::{run as run_ok, tail};
+use moor_testkit::netns::{links, ping_from, wait_ping, Netns};
+use moor_testkit::{Ipamd, IpamdCommand};
 use serde_json::{json, Value};
 
 use crate::bins::{bins, Bins};
@@ -45,11 +46,6 @@ pub const TOR: &str = "rack-1";
 pub const POD_NAMESPACE: &str = "shop";
 /// The network config's `name`.
 pub const NETWORK: &str = "moor-e2e";
-
-/// How long ipamd may take to open its socket.
-const IPAMD_START: Duration = Duration::from_secs(15);
-/// How long ipamd may take to exit on SIGTERM before it gets SIGKILL.
-const IPAMD_STOP: Duration = Duration::from_secs(3);
 
 /// What differs between testbeds.
 #[derive(Debug, Clone)]
@@ -207,34 +203,16 @@ pub struct Testbed {
     pub opts: Options,
     bins: &'static Bins,
     node_ns_file: Option<File>,
-    ipamd: Mutex<Option<Child>>,
+    ipamd: Mutex<Option<Ipamd>>,
     netns: Namespaces,
 }
 
 /// Fails loudly (never skips) without root.
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "needs root: run ./scripts/test as root (the e2e tests create network namespaces, \
-         bridges and veths)"
+    moor_testkit::cmd::require_root(
+        "run ./scripts/test as root (the e2e tests create network namespaces, \
+         bridges and veths)",
     );
-}
-
-/// Runs a command that must succeed; returns its stdout.
-pub(crate) fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Testbed {
@@ -349,24 +327,8 @@ impl Testbed {
         }
         // A new bridge raises its carrier about a second after its first port
         // joins: wait until the node reaches the gateway.
-        let start = Instant::now();
-        let gw = self.gateway.to_string();
-        loop {
-            let ok = Command::new("ip")
-                .args(["netns", "exec", &node, "ping", "-c1", "-W1", "-q", &gw])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "node {node} cannot ping its gateway {gw} after 5 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ping(&node, self.gateway, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("node {node} cannot reach its gateway: {e}"));
     }
 
     /// Without a node IP to ping from, the bridge's carrier says when its
@@ -422,74 +384,36 @@ impl Testbed {
     pub fn start_ipamd(&self) {
         let mut guard = self.ipamd.lock().unwrap();
         assert!(guard.is_none(), "ipamd is already running");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open ipamd's log");
-        let _ = writeln!(&log, "==== ipamd start ====");
         let store = format!("redb:{}", self.store.display());
-        let mut cmd = Command::new("ip");
-        // `ip netns exec` execs ipamd: the child's pid is ipamd's own.
-        cmd.args(["netns", "exec", &self.node_ns])
-            .arg(&self.bins.ipamd)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--store", &store, "--node", &self.node, "--tor", TOR])
-            .args(["--bridge", &self.bridge, "--log", &self.opts.log]);
+        let mut cmd =
+            IpamdCommand::in_netns(&self.node_ns, &self.bins.ipamd, &self.socket, &self.log)
+                .args(["--store", &store, "--node", &self.node, "--tor", TOR])
+                .args(["--bridge", &self.bridge, "--log", &self.opts.log]);
         if let Some(g) = self.opts.gc_grace_seconds {
-            cmd.args(["--gc-grace-seconds", &g.to_string()]);
+            cmd = cmd.args(["--gc-grace-seconds", &g.to_string()]);
         }
-        cmd.args(&self.opts.ipamd_args);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn ipamd");
-        let start = Instant::now();
-        loop {
-            if UnixStream::connect(&self.socket).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "ipamd exited ({status}) before opening {}:\n{}",
-                    self.socket.display(),
-                    self.log_tail(40)
-                );
-            }
-            if start.elapsed() > IPAMD_START {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "ipamd did not open {} within {IPAMD_START:?}:\n{}",
-                    self.socket.display(),
-                    self.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        *guard = Some(child);
+        let ipamd = cmd
+            .args(&self.opts.ipamd_args)
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        *guard = Some(ipamd);
     }
 
     /// SIGTERM and wait (SIGKILL after 3 s). No-op if ipamd is not running.
     pub fn stop_ipamd(&self) {
-        if let Some(child) = self.ipamd.lock().unwrap().take() {
-            terminate(child);
+        if let Some(ipamd) = self.ipamd.lock().unwrap().take() {
+            ipamd.stop();
         }
     }
 
     /// SIGKILL and reap: a crash at whatever point ipamd is at.
     pub fn kill9_ipamd(&self) {
-        let mut child = self
-            .ipamd
+        self.ipamd
             .lock()
             .unwrap()
             .take()
-            .expect("ipamd is not running");
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        let _ = child.wait();
+            .expect("ipamd is not running")
+            .kill9();
     }
 
     pub fn ipamd_running(&self) -> bool {
@@ -498,9 +422,7 @@ impl Testbed {
 
     /// The last `lines` lines of ipamd's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines)
     }
 
     // ------------------------------------------------------------ ipamctl
@@ -676,8 +598,8 @@ impl Drop for Testbed {
                 self.log_tail(60)
             );
         }
-        if let Some(child) = self.ipamd.get_mut().map(Option::take).unwrap_or_default() {
-            terminate(child);
+        if let Some(ipamd) = self.ipamd.get_mut().map(Option::take).unwrap_or_default() {
+            ipamd.stop();
         }
         self.node_ns_file = None;
         if self.opts.root_netns {
@@ -700,7 +622,7 @@ pub(crate) struct Namespaces {
     /// Prefix of pod netns names and uids: the testbed's or cluster's id.
     id: String,
     /// Every namespace made, in order; deleted in reverse.
-    made: Mutex<Vec<String>>,
+    made: Mutex<Vec<Netns>>,
     pods: AtomicU32,
 }
 
@@ -715,14 +637,15 @@ impl Namespaces {
 
     /// Makes netns `name` with lo up.
     pub(crate) fn add(&self, name: &str) {
-        run_ok("ip", &["netns", "add", name]);
-        self.adopt(name);
-        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
+        let netns = Netns::add(name.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        self.made.lock().unwrap().push(netns);
     }
 
     /// Deletes `name` with the others, though it was made elsewhere.
     pub(crate) fn adopt(&self, name: &str) {
-        self.made.lock().unwrap().push(name.to_string());
+        self.made.lock().unwrap().push(Netns {
+            name: name.to_string(),
+        });
     }
 
     /// A pod: a fresh netns with lo up, also for a name used before.
@@ -739,18 +662,20 @@ impl Namespaces {
     }
 
     pub(crate) fn remove_pod(&self, pod: &Pod) {
-        run_ok("ip", &["netns", "del", &pod.netns]);
-        self.made.lock().unwrap().retain(|n| n != &pod.netns);
+        let mut made = self.made.lock().unwrap();
+        match made.iter().position(|n| n.name == pod.netns) {
+            Some(i) => made.remove(i).delete(),
+            None => {
+                run_ok("ip", &["netns", "del", &pod.netns]);
+            }
+        }
     }
 
     /// Deletes every namespace made, the last first.
     pub(crate) fn delete_all(&mut self) {
         let made = std::mem::take(self.made.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for ns in made.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        for netns in made.into_iter().rev() {
+            drop(netns);
         }
     }
 }
@@ -872,57 +797,4 @@ pub(crate) fn addr_in(netns: &str, ifname: &str) -> Option<PodAddr> {
         prefix: inet["prefixlen"].as_u64()? as u8,
         mac,
     })
-}
-
-/// Does one ping from the netns `netns` to `ip` get an answer (3 tries)?
-pub(crate) fn ping_from(netns: &str, ip: Ipv4Addr) -> bool {
-    let ip = ip.to_string();
-    (0..3).any(|_| {
-        Command::new("ip")
-            .args(["netns", "exec", netns, "ping", "-c1", "-W1", "-q", &ip])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
-/// SIGTERM, wait up to [`IPAMD_STOP`], then SIGKILL; always reaps.
-pub(crate) fn terminate(mut child: Child) {
-    let pid = Pid::from_raw(child.id() as i32);
-    let _ = kill(pid, Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < IPAMD_STOP {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!("ipamd (pid {pid}) ignored SIGTERM for {IPAMD_STOP:?}: SIGKILL");
-    let _ = kill(pid, Signal::SIGKILL);
-    let _ = child.wait();
-}
-
-/// Names of the links in `netns`.
-pub(crate) fn links(netns: &str) -> Vec<String> {
-    let out = run_ok("ip", &["-n", netns, "-j", "link", "show"]);
-    let v: Value = serde_json::from_str(&out).expect("ip -j link show is JSON");
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Panics with stdout and stderr unless the command exited 0.
-pub fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

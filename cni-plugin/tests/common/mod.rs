@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,15 +54,9 @@ pub fn moor(env: &[(&str, &str)], stdin: &str) -> Run {
     }
 }
 
-/// A fresh directory for one test.
-pub fn temp_dir(test: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let d = std::env::temp_dir().join(format!("moor-cni-{test}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory for one test, removed when it ends.
+pub fn temp_dir(test: &str) -> moor_testkit::TempDir {
+    moor_testkit::TempDir::new(&format!("moor-cni-{test}"))
 }
 
 /// A container id no real link on this machine derives from (tests may run

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::testbed::run_ok;
+use moor_testkit::cmd::run as run_ok;
 
 /// Builds a docker-archive image `tar` whose one layer holds /bin/busybox
 /// and whose entrypoint sleeps forever. `work` is scratch space.

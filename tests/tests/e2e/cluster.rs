@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use moor_e2e::cluster::{Cluster, Layout};
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::{CniRun, Counts, Pod};
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
+use moor_testkit::process::Reaped;
 use serde_json::Value;
 
 use crate::support::{assert_host_veth, assert_unwired, Feed};
@@ -988,7 +989,8 @@ fn kill9_ipamd_mid_burst_matches_etcd() {
 
 /// `ipamctl pool export NAME --watch`, killed (by pid) on drop.
 struct Watch {
-    child: Child,
+    /// Killed by pid when the watch is dropped.
+    child: Reaped,
     feed: Arc<Mutex<Feed>>,
     stderr: std::path::PathBuf,
 }
@@ -1017,7 +1019,7 @@ impl Watch {
             }
         });
         Watch {
-            child,
+            child: Reaped::new(child),
             feed,
             stderr,
         }
@@ -1037,13 +1039,6 @@ impl Watch {
             (have == want).then_some(())
         });
         took
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::testbed::{POD_NAMESPACE, TOR};
 use moor_e2e::Testbed;
 use moor_proto::host_ifname;
+use moor_testkit::process::Reaped;
 use serde_json::{json, Value};
 
 use crate::support::Feed;
@@ -25,7 +26,8 @@ use crate::support::Feed;
 /// `ipamctl pool export NAME --watch`, its stdout applied on a thread. Drop
 /// kills it, so a failing test leaves no process behind.
 struct Watcher {
-    child: Child,
+    /// Killed by pid when the watch is dropped.
+    child: Reaped,
     feed: Arc<Mutex<Feed>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -60,7 +62,7 @@ impl Watcher {
             }
         });
         Watcher {
-            child,
+            child: Reaped::new(child),
             feed,
             stderr,
         }
@@ -126,13 +128,6 @@ impl Watcher {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

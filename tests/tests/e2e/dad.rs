@@ -7,13 +7,9 @@ use moor_e2e::names::{container_id, deployment_pod};
 use moor_e2e::{Options, Testbed};
 use serde_json::{json, Value};
 
-fn run(args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `ip args...`, which must succeed; its stdout.
+fn ip(args: &[&str]) -> String {
+    moor_testkit::cmd::run("ip", args)
 }
 
 #[test]
@@ -32,7 +28,7 @@ fn an_ip_someone_else_answers_for_is_quarantined_not_handed_out() {
     let (taken, other) = (&ips[0], &ips[1]);
     // The router on the ToR has the pool's first IP configured by mistake:
     // it answers ARP for it with its own MAC.
-    run(&[
+    ip(&[
         "-n",
         &tb.tor_ns,
         "addr",
@@ -42,7 +38,7 @@ fn an_ip_someone_else_answers_for_is_quarantined_not_handed_out() {
         "tor0",
     ]);
     let link: Value =
-        serde_json::from_str(&run(&["-n", &tb.tor_ns, "-j", "link", "show", "tor0"])).unwrap();
+        serde_json::from_str(&ip(&["-n", &tb.tor_ns, "-j", "link", "show", "tor0"])).unwrap();
     let router_mac = link[0]["address"].as_str().unwrap().to_string();
 
     let pod = tb.pod(&deployment_pod("api", 1));
@@ -69,7 +65,7 @@ fn an_ip_someone_else_answers_for_is_quarantined_not_handed_out() {
     );
 
     // The operator fixes the router and lifts the quarantine.
-    run(&[
+    ip(&[
         "-n",
         &tb.tor_ns,
         "addr",

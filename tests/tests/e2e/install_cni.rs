@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use moor_e2e::{install_cni, Options, Testbed};
+use moor_testkit::process::Reaped;
 use serde_json::{json, Value};
 
 /// A bin dir, a conf dir and a place for conflists to install, under the
@@ -104,18 +105,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Kills the background install-cni by pid if the test panics first.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// What a good install leaves: exactly `moor` (the source's bytes, mode
 /// 0755) and the conflist (its JSON with ipamd's socket written in), no
 /// temp files.
@@ -170,9 +159,10 @@ fn waits_for_ipamd_then_installs_atomically() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start install-cni");
-    let mut running = Running(Some(child));
+    // Killed by pid if the test panics first.
+    let mut running = Reaped::new(child);
     std::thread::sleep(Duration::from_millis(1500));
-    let child = running.0.as_mut().unwrap();
+    let child = &mut *running;
     assert!(
         child.try_wait().unwrap().is_none(),
         "install-cni must keep waiting while ipamd is down"
@@ -183,14 +173,14 @@ fn waits_for_ipamd_then_installs_atomically() {
     );
     tb.start_ipamd();
     let start = Instant::now();
-    while running.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+    while running.try_wait().unwrap().is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "install-cni still waits 30 s after ipamd came up"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = running.0.take().unwrap().wait_with_output().unwrap();
+    let out = running.into_inner().wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "install: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("waiting for ipamd"), "it said it waits: {err}");

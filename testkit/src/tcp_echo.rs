@@ -1,11 +1,12 @@
 //! A TCP echo across two network namespaces: TCP, not only ping, crosses a
-//! datapath (full-size segments with right checksums). Std and nix only, so
-//! that the moor-e2e harness includes this file too (`#[path]`).
+//! datapath (full-size segments with right checksums).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use crate::netns::spawn_in_netns;
 
 /// Sends `len` bytes over TCP from the netns at `client` to an echo server
 /// in the netns at `server` listening on `ip`:7777, and checks what comes
@@ -61,19 +62,4 @@ pub fn tcp_echo(client: PathBuf, server: PathBuf, ip: Ipv4Addr, len: usize) -> R
         .expect("server thread")
         .map_err(|e| format!("server: {e}"));
     c.and(s)
-}
-
-/// Runs `f` on a new thread inside the netns at `netns` (sockets it opens
-/// stay there).
-pub fn spawn_in_netns<T: Send + 'static>(
-    netns: PathBuf,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    std::thread::spawn(move || {
-        let file =
-            std::fs::File::open(&netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {}: {e}", netns.display()));
-        f()
-    })
 }

@@ -4,16 +4,13 @@
 //! namespace. Everything started is stopped by pid and removed in Drop, also
 //! when the test panics. Missing binaries fail the test: never skipped.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use moor_ovs::Endpoint;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use crate::cmd::try_run;
+use crate::netns::Netns;
+use crate::process::{terminate, STOP_GRACE};
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 
@@ -23,22 +20,19 @@ pub struct Ovs {
     pub sock: PathBuf,
     ovsdb_server: Option<Child>,
     vswitchd: Option<Child>,
-    netns_created: bool,
+    /// The namespace `start` made (None for `start_in`); deleted after the
+    /// daemons stop.
+    made_netns: Option<Netns>,
     /// ovsdb-server runs in `netns` too (an existing namespace: `start_in`).
     ovsdb_in_netns: bool,
 }
 
+/// Runs `cmd`, which must succeed; its stdout, trimmed.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is openvswitch-switch installed?)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    try_run(cmd)
+        .unwrap_or_else(|e| panic!("{e} (is openvswitch-switch installed?)"))
+        .trim()
+        .to_string()
 }
 
 impl Ovs {
@@ -56,24 +50,19 @@ impl Ovs {
     }
 
     fn start_with(netns: Option<&str>) -> Ovs {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = crate::unique("moor-ovs");
         // Short: a unix socket path must fit in 108 bytes.
-        let dir = PathBuf::from(format!("/tmp/moor-ovs-{id}"));
+        let dir = PathBuf::from(format!("/tmp/{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // From here on Drop cleans up whatever was started.
         let mut ovs = Ovs {
             sock: dir.join("db.sock"),
-            netns: netns.map_or_else(|| format!("moor-ovs-{id}"), str::to_string),
+            netns: netns.map_or_else(|| id.clone(), str::to_string),
             dir,
             ovsdb_server: None,
             vswitchd: None,
-            netns_created: false,
+            made_netns: None,
             ovsdb_in_netns: netns.is_some(),
         };
         run(Command::new("ovsdb-tool")
@@ -83,9 +72,7 @@ impl Ovs {
         ovs.start_ovsdb_server();
         ovs.vsctl(&["--no-wait", "init"]);
         if netns.is_none() {
-            run(Command::new("ip").args(["netns", "add", &ovs.netns]));
-            ovs.netns_created = true;
-            ovs.ip(&["link", "set", "lo", "up"]);
+            ovs.made_netns = Some(Netns::add(ovs.netns.clone()).unwrap_or_else(|e| panic!("{e}")));
         }
         ovs.start_vswitchd();
         ovs
@@ -200,7 +187,10 @@ impl Ovs {
 
     /// Stops ovs-vswitchd (SIGTERM): the database stays, nothing applies it.
     pub fn stop_vswitchd(&mut self) {
-        stop(&mut self.vswitchd.take().expect("ovs-vswitchd not running"));
+        terminate(
+            self.vswitchd.take().expect("ovs-vswitchd not running"),
+            STOP_GRACE,
+        );
     }
 
     /// SIGKILLs ovs-vswitchd, as a crash would; its tap devices stay.
@@ -215,10 +205,6 @@ impl Ovs {
         let mut child = self.ovsdb_server.take().expect("ovsdb-server not running");
         child.kill().unwrap();
         child.wait().unwrap();
-    }
-
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint::Unix(self.sock.clone())
     }
 
     pub fn db(&self) -> String {
@@ -272,35 +258,16 @@ impl Ovs {
     }
 }
 
-fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Drop for Ovs {
     fn drop(&mut self) {
-        if let Some(mut c) = self.vswitchd.take() {
-            stop(&mut c);
+        if let Some(c) = self.vswitchd.take() {
+            terminate(c, STOP_GRACE);
         }
-        if let Some(mut c) = self.ovsdb_server.take() {
-            stop(&mut c);
+        if let Some(c) = self.ovsdb_server.take() {
+            terminate(c, STOP_GRACE);
         }
-        if self.netns_created {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.netns])
-                .status();
-        }
+        // With vswitchd gone, the namespace takes its tap devices along.
+        self.made_netns = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
