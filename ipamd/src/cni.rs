@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnetwork::Ipv4Network;
-use moor_proto::v1;
+use moor_proto::{fields, v1};
 use tracing::{info, warn};
 
 use crate::core::{
@@ -66,39 +66,13 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// CNI_CONTAINERID per the spec: alphanumeric first, then [A-Za-z0-9_.-].
-fn valid_container_id(id: &str) -> bool {
-    let mut b = id.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
-        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
-}
-
 /// Checks the attachment key of an RPC (the plugin checks too, but the socket
 /// is an API of its own).
 fn key_of(node: &str, key: Option<&v1::AttachmentKey>) -> Result<AttachmentKey> {
     let key = key.ok_or_else(|| Error::Invalid("request has no attachment key".into()))?;
-    if !valid_container_id(&key.container_id) {
-        return Err(Error::Invalid(format!(
-            "container id {:?} is not valid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'",
-            key.container_id
-        )));
-    }
-    if !valid_ifname(&key.ifname) {
-        return Err(Error::Invalid(format!(
-            "interface name {:?} is not valid: use 1-15 bytes with no '/', ':' or spaces",
-            key.ifname
-        )));
-    }
+    fields::container_id("container id", &key.container_id)
+        .and_then(|()| fields::ifname("interface name", &key.ifname))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(AttachmentKey {
         node: node.to_string(),
         container_id: key.container_id.clone(),
@@ -335,9 +309,10 @@ impl Node {
                 req.netns
             )));
         }
+        let pod = pod_of(req.pod.as_ref());
+        crate::core::validate::add_input(&pod, &req.pool, &req.network).map_err(Error::Invalid)?;
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
-        let pod = pod_of(req.pod.as_ref());
         let alloc = match self.store_down_recently() {
             Some(since) => Err(Error::Unavailable(format!(
                 "the store ({}) has not answered since {}s ago; no IP can be allocated until it does, retry later",

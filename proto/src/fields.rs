@@ -48,6 +48,8 @@ pub struct FieldError {
     pub problem: String,
     /// How to fix it, with a corrected value when one can be guessed.
     pub fix: String,
+    /// The value is a number: shown bare, not quoted.
+    numeric: bool,
 }
 
 impl FieldError {
@@ -57,6 +59,14 @@ impl FieldError {
             value: value.to_string(),
             problem: problem.into(),
             fix: fix.into(),
+            numeric: false,
+        }
+    }
+
+    fn number(field: &str, value: u32, problem: &str, fix: String) -> Self {
+        Self {
+            numeric: true,
+            ..Self::new(field, &value.to_string(), problem, fix)
         }
     }
 
@@ -66,9 +76,14 @@ impl FieldError {
         format!("{}; {}", self.problem, self.fix)
     }
 
-    /// The value quoted, shortened when long.
+    /// The value as messages show it: a number bare, a string quoted (and
+    /// shortened when long).
     pub fn shown_value(&self) -> String {
-        shown(&self.value)
+        if self.numeric {
+            self.value.clone()
+        } else {
+            shown(&self.value)
+        }
     }
 }
 
@@ -204,14 +219,11 @@ pub fn vlan(field: &str, value: u32) -> Result<u16, FieldError> {
     if (1..=MAX_VLAN).contains(&value) {
         return Ok(value as u16);
     }
-    Err(FieldError::new(
+    Err(FieldError::number(
         field,
-        &value.to_string(),
+        value,
         "is out of range",
-        format!(
-            "a VLAN id is 1-{MAX_VLAN} (0 and 4095 are reserved); omit {field} for an \
-             untagged network"
-        ),
+        format!("a VLAN id is 1-{MAX_VLAN} (0 and 4095 are reserved); omit {field} for untagged"),
     ))
 }
 
@@ -220,9 +232,9 @@ pub fn pool_size(field: &str, value: u32) -> Result<u32, FieldError> {
     if (1..=MAX_POOL_SIZE).contains(&value) {
         return Ok(value);
     }
-    Err(FieldError::new(
+    Err(FieldError::number(
         field,
-        &value.to_string(),
+        value,
         "is out of range",
         format!("a pool holds 1-{MAX_POOL_SIZE} IPs"),
     ))
@@ -294,8 +306,12 @@ fn name_rule(
                 "ends"
             };
             format!("{end} with '-'")
+        } else if value.starts_with('.') {
+            "starts with '.'".to_string()
+        } else if value.ends_with('.') {
+            "ends with '.'".to_string()
         } else if part.is_empty() {
-            "has an empty part between dots".to_string()
+            "has two dots in a row".to_string()
         } else {
             format!("has the part {part:?} between dots, which starts or ends with '-'")
         }
@@ -532,7 +548,7 @@ mod tests {
             ),
             (
                 pod_name("K8S_POD_NAME in CNI_ARGS", "web..0").unwrap_err(),
-                &["K8S_POD_NAME in CNI_ARGS", "empty part", "e.g. web.0"],
+                &["K8S_POD_NAME in CNI_ARGS", "two dots", "e.g. web.0"],
             ),
             (
                 container_id("CNI_CONTAINERID", "-x/y").unwrap_err(),
@@ -544,12 +560,12 @@ mod tests {
             ),
             (
                 vlan("--vlan", 5000).unwrap_err(),
-                &["--vlan \"5000\"", "1-4094", "omit --vlan"],
+                &["--vlan 5000", "1-4094", "omit --vlan"],
             ),
-            (vlan("vlan", 0).unwrap_err(), &["vlan \"0\"", "reserved"]),
+            (vlan("vlan", 0).unwrap_err(), &["vlan 0:", "reserved"]),
             (
                 pool_size("size", 65_536).unwrap_err(),
-                &["size \"65536\"", "1-65535"],
+                &["size 65536:", "1-65535"],
             ),
             (pool_size("--size", 0).unwrap_err(), &["1-65535"]),
         ];
