@@ -21,6 +21,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn add(conf: &NetConf, att: &Attachment, args: &CniArgs) -> Result<Value, CniError> {
+    conf.check_pool()?;
+    args.check_for_add()?;
     // MOOR_POOL in CNI_ARGS, else the config's pool, else ipamd derives it.
     let pool = args
         .pool

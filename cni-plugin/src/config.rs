@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use moor_proto::fields::{self, FieldError};
 use serde_json::{Map, Value};
 
 use crate::error::{code, CniError};
@@ -66,6 +67,17 @@ pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
 }
 
 impl NetConf {
+    /// Checks `pool`, by the rule ipamd and ipamctl use, before an ADD asks
+    /// ipamd for it. Only ADD: DEL and CHECK do not use it and must not fail
+    /// over it.
+    pub fn check_pool(&self) -> Result<(), CniError> {
+        match &self.pool {
+            Some(p) => fields::pool_name("pool", p)
+                .map_err(|e| invalid_field("pool", &Value::String(p.clone()), &e)),
+            None => Ok(()),
+        }
+    }
+
     pub fn from_json(map: &Map<String, Value>) -> Result<Self, CniError> {
         let cni_version = opt_str(map, "cniVersion", "a CNI version string such as \"1.0.0\"")?
             .ok_or_else(|| missing("cniVersion", "a CNI version string such as \"1.0.0\""))?;
@@ -73,13 +85,7 @@ impl NetConf {
 
         let name = opt_str(map, "name", "the network name")?
             .ok_or_else(|| missing("name", "the network name"))?;
-        if !is_valid_network_name(&name) {
-            return Err(invalid(
-                "name",
-                &map["name"],
-                "a network name: a letter or digit, then letters, digits, '_', '.' or '-'",
-            ));
-        }
+        fields::network_name("name", &name).map_err(|e| invalid_field("name", &map["name"], &e))?;
         opt_str(map, "type", "the plugin name")?;
 
         let socket = opt_abs_path(map, "socket", "the absolute path of ipamd's unix socket")?
@@ -163,14 +169,6 @@ fn parse_valid_attachments(v: &Value) -> Result<Vec<(String, String)>, CniError>
         .collect()
 }
 
-/// Same rule as for container ids; the spec adds "no characters disallowed in
-/// file paths", which this charset already excludes.
-fn is_valid_network_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 /// A field that is absent or JSON null counts as not given.
 fn present<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     map.get(key).filter(|v| !v.is_null())
@@ -198,6 +196,15 @@ fn opt_abs_path(
         Some(s) if s.starts_with('/') => Ok(Some(PathBuf::from(s))),
         Some(_) => Err(invalid(key, &map[key], expected)),
     }
+}
+
+/// A field the shared rules (moor_proto::fields) refuse.
+fn invalid_field(key: &str, value: &Value, e: &FieldError) -> CniError {
+    CniError::new(
+        code::INVALID_CONFIG,
+        format!("invalid network config field {key:?}"),
+        format!("field {key:?} is {}: {}", describe(value), e.reason()),
+    )
 }
 
 fn missing(key: &str, expected: &str) -> CniError {
@@ -397,6 +404,20 @@ mod tests {
                 assert!(err.to_string().contains(n), "{conf}: {err} lacks {n}");
             }
         }
+    }
+
+    /// `pool` is checked by the shared rule on ADD only (DEL must not fail
+    /// over a pool it does not use).
+    #[test]
+    fn pool_follows_the_pool_name_rule() {
+        let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "pool": "My_Pool"})).unwrap();
+        let e = c.check_pool().unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+        for w in ["\"pool\"", "My_Pool", "e.g. my-pool"] {
+            assert!(e.to_string().contains(w), "{e} lacks {w:?}");
+        }
+        let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "pool": "mysql"})).unwrap();
+        c.check_pool().unwrap();
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (spec section 2, "Parameters"). Parsing takes a lookup function instead of
 //! reading the process environment, so it is tested without touching it.
 
+use moor_proto::fields;
+
 use crate::error::{code, CniError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,52 +88,17 @@ impl Attachment {
     }
 }
 
-/// Spec: not empty, starts with an alphanumeric character, then any of
-/// alphanumerics, `_`, `.`, `-`.
+/// CNI_CONTAINERID, by moor_proto::fields::container_id (the CNI spec's rule,
+/// which ipamd applies too).
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        return Ok(());
-    }
-    let why = if id.is_empty() {
-        "CNI_CONTAINERID is not set or empty".to_string()
-    } else {
-        format!(
-            "CNI_CONTAINERID {id:?} is invalid: it must start with a letter or digit, \
-             followed by letters, digits, '_', '.' or '-'"
-        )
-    };
-    Err(invalid_env("CNI_CONTAINERID", why))
+    fields::container_id("CNI_CONTAINERID", id)
+        .map_err(|e| invalid_env("CNI_CONTAINERID", e.to_string()))
 }
 
-/// What the kernel accepts as a link name (dev_valid_name): 1 to 15 bytes
-/// (IFNAMSIZ minus the NUL), no '/', ':' or whitespace, not "." or "..".
+/// CNI_IFNAME, by moor_proto::fields::ifname: what the kernel takes as a
+/// link name (dev_valid_name), 1 to 15 bytes.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let why = if name.is_empty() {
-        Some("CNI_IFNAME is not set or empty".to_string())
-    } else if name.len() > 15 {
-        Some(format!(
-            "CNI_IFNAME {name:?} is {} bytes long; a Linux interface name has at most 15",
-            name.len()
-        ))
-    } else if name == "." || name == ".." {
-        Some(format!("CNI_IFNAME {name:?} is not a valid interface name"))
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        Some(format!(
-            "CNI_IFNAME {name:?} is invalid: an interface name cannot contain '/', ':' or whitespace"
-        ))
-    } else {
-        None
-    };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(invalid_env("CNI_IFNAME", why)),
-    }
+    fields::ifname("CNI_IFNAME", name).map_err(|e| invalid_env("CNI_IFNAME", e.to_string()))
 }
 
 /// The keys moor understands in CNI_ARGS.
@@ -143,6 +110,27 @@ pub struct CniArgs {
     pub pod_infra_container_id: String,
     /// MOOR_POOL: the pool to allocate from, over the config's `pool`.
     pub pool: Option<String>,
+}
+
+impl CniArgs {
+    /// Checks the values ADD acts on, by the rules ipamd and ipamctl use
+    /// (moor_proto::fields), before ipamd is asked. The pod identity is
+    /// checked when both parts are given, which is when moor keys a binding
+    /// and the app's pool on it: podman passes only K8S_POD_NAME, its
+    /// container name (capitals and '_' allowed), and moor does not use it.
+    /// DEL and CHECK find the attachment by container id and ifname and never
+    /// fail over these.
+    pub fn check_for_add(&self) -> Result<(), CniError> {
+        let bad = |e: fields::FieldError| invalid_env("CNI_ARGS", e.to_string());
+        if !self.pod_namespace.is_empty() && !self.pod_name.is_empty() {
+            fields::namespace("K8S_POD_NAMESPACE in CNI_ARGS", &self.pod_namespace).map_err(bad)?;
+            fields::pod_name("K8S_POD_NAME in CNI_ARGS", &self.pod_name).map_err(bad)?;
+        }
+        if let Some(pool) = &self.pool {
+            fields::pool_name("MOOR_POOL in CNI_ARGS", pool).map_err(bad)?;
+        }
+        Ok(())
+    }
 }
 
 /// Parses `KEY=VALUE;KEY=VALUE`. A pair without '=' is an invalid CNI_ARGS
@@ -407,6 +395,46 @@ mod tests {
             let e = parse_cni_args(raw).expect_err(raw);
             assert_eq!(e.code, want, "{raw}: {e}");
             assert!(e.to_string().contains(needle), "{raw}: {e}");
+        }
+    }
+
+    /// ADD's CNI_ARGS values follow the shared field rules: code 4 naming
+    /// the key, the value and the fix.
+    #[test]
+    fn add_checks_pod_identity_and_pool() {
+        // (CNI_ARGS, words of the error)
+        let bad: &[(&str, &[&str])] = &[
+            (
+                "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web-0",
+                &["K8S_POD_NAMESPACE in CNI_ARGS", "\"Shop\"", "e.g. shop"],
+            ),
+            (
+                "K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=web-0",
+                &["K8S_POD_NAMESPACE", "e.g. a-b"],
+            ),
+            (
+                "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=My_App-0",
+                &["K8S_POD_NAME in CNI_ARGS", "\"My_App-0\"", "e.g. my-app-0"],
+            ),
+            (
+                "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;MOOR_POOL=Web_Pool",
+                &["MOOR_POOL in CNI_ARGS", "\"Web_Pool\"", "e.g. web-pool"],
+            ),
+        ];
+        for (raw, words) in bad {
+            let e = parse_cni_args(raw).unwrap().check_for_add().expect_err(raw);
+            assert_eq!(e.code, 4, "{raw}: {e}");
+            for w in *words {
+                assert!(e.to_string().contains(w), "{raw}: {e} lacks {w:?}");
+            }
+        }
+        for good in [
+            "",
+            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web.v2-7d9f8c6b5-x2x9z;MOOR_POOL=web",
+            // podman: its container name, no namespace, no pod identity.
+            "IgnoreUnknown=1;K8S_POD_NAME=My_Box",
+        ] {
+            parse_cni_args(good).unwrap().check_for_add().unwrap();
         }
     }
 

@@ -55,6 +55,62 @@ fn add_without_ipamd_is_try_again_later_and_quick() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// ADD refuses values outside the shared field rules (moor_proto::fields)
+/// itself, before any connection: code 4 naming the CNI_ARGS key, the value
+/// and the fix. DEL with the same arguments still succeeds: it finds the
+/// attachment by container id and ifname, and a teardown never fails over a
+/// name.
+#[test]
+fn add_refuses_bad_names_before_asking_ipamd_and_del_does_not_care() {
+    let dir = temp_dir("names");
+    let sock = dir.join("ipamd.sock");
+    let cid = container_id("names");
+    // (CNI_ARGS, words of the error)
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "K8S_POD_NAMESPACE=db;K8S_POD_NAME=My_App-0",
+            &["K8S_POD_NAME in CNI_ARGS", "\"My_App-0\"", "e.g. my-app-0"],
+        ),
+        (
+            "K8S_POD_NAMESPACE=Db;K8S_POD_NAME=mysql-0",
+            &["K8S_POD_NAMESPACE in CNI_ARGS", "\"Db\"", "e.g. db"],
+        ),
+        (
+            "K8S_POD_NAMESPACE=db;K8S_POD_NAME=mysql-0;MOOR_POOL=my.pool",
+            &["MOOR_POOL in CNI_ARGS", "\"my.pool\"", "e.g. my-pool"],
+        ),
+    ];
+    for (args, words) in cases {
+        let env = |cmd| {
+            [
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", cid.as_str()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", "/var/run/netns/nothing"),
+                ("CNI_ARGS", *args),
+            ]
+        };
+        let r = moor(&env("ADD"), &config("1.0.0", &sock));
+        let e = r.json();
+        assert_eq!(e["code"], 4, "{args}: {e}");
+        let text = format!(
+            "{} {}",
+            e["msg"].as_str().unwrap_or(""),
+            e["details"].as_str().unwrap_or("")
+        );
+        for w in *words {
+            assert!(text.contains(w), "{args}: {text} lacks {w:?}");
+        }
+        assert!(
+            !text.contains("not running"),
+            "{args}: ipamd was asked: {text}"
+        );
+        let r = moor(&env("DEL"), &config("1.0.0", &sock));
+        assert_eq!(r.code, 0, "{args}: DEL {}", r.stdout);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn del_without_ipamd_succeeds_and_leaves_a_pending_record() {
     let dir = temp_dir("del");

@@ -160,7 +160,8 @@ struct PoolCreateArgs {
     /// Namespace of the app's pods.
     #[arg(long, value_name = "NS")]
     namespace: String,
-    /// The app (label value) whose pods take IPs from this pool.
+    /// The app: the name of the pods' Deployment, StatefulSet, ... (a Kubernetes
+    /// object name) whose pods take IPs from this pool.
     #[arg(long)]
     app: String,
     /// Number of IPs, 1-65535; default 30.
@@ -246,9 +247,9 @@ enum Rpc {
 
 /// Checks the command line and turns it into an RPC, without I/O.
 fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
-    use validate::name;
+    use validate::{pool_name, tor_name};
     let pool_filter = |p: &Option<String>| match p {
-        Some(p) => name("--pool", p),
+        Some(p) => pool_name("--pool", p),
         None => Ok(String::new()),
     };
     Ok(match command {
@@ -262,8 +263,8 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                 segment_of: a.segment_of.as_deref(),
             })?),
             TorCommand::List => Rpc::ListTors,
-            TorCommand::Show { name: n } => Rpc::GetTor(name("NAME", n)?),
-            TorCommand::Delete { name: n } => Rpc::DeleteTor(name("NAME", n)?),
+            TorCommand::Show { name: n } => Rpc::GetTor(tor_name("NAME", n)?),
+            TorCommand::Delete { name: n } => Rpc::DeleteTor(tor_name("NAME", n)?),
         },
         Command::Pool(c) => match c {
             PoolCommand::Create(a) => {
@@ -277,19 +278,19 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                 })?)
             }
             PoolCommand::Resize { name: n, size } => Rpc::ResizePool(ResizePoolRequest {
-                name: name("NAME", n)?,
+                name: pool_name("NAME", n)?,
                 size: validate::size("--size", size)?,
             }),
             PoolCommand::List => Rpc::ListPools,
-            PoolCommand::Show { name: n } => Rpc::GetPool(name("NAME", n)?),
-            PoolCommand::Delete { name: n } => Rpc::DeletePool(name("NAME", n)?),
+            PoolCommand::Show { name: n } => Rpc::GetPool(pool_name("NAME", n)?),
+            PoolCommand::Delete { name: n } => Rpc::DeletePool(pool_name("NAME", n)?),
             PoolCommand::Export {
                 name: n,
                 format: f,
                 watch: true,
             } => {
                 let f = validate::watch_format(*f, format)?;
-                Rpc::WatchPool(name("NAME", n)?, f)
+                Rpc::WatchPool(pool_name("NAME", n)?, f)
             }
             PoolCommand::Export {
                 name: n,
@@ -300,7 +301,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                     Format::Json => ExportFormat::Json,
                     Format::Table => ExportFormat::Plain,
                 });
-                Rpc::ExportPool(name("NAME", n)?, f)
+                Rpc::ExportPool(pool_name("NAME", n)?, f)
             }
         },
         Command::Ip(c) => match c {

@@ -8,14 +8,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
+use moor_proto::fields::{self, FieldError, MAX_POOL_SIZE};
 use moor_proto::v1::{AddTorRequest, CreatePoolRequest, EvictIpRequest, IpRange, ReleasePolicy};
 
 use crate::output::{ExportFormat, Format, WatchFormat};
-
-/// Longest name of a ToR, pool or namespace: a DNS label.
-const MAX_NAME: usize = 63;
-/// Largest pool; also the width of `size` in ipamd's store.
-const MAX_POOL_SIZE: u32 = 65535;
 
 /// Bad input: which flag (or positional argument), the value given, and what
 /// is wrong with it including how to fix it.
@@ -32,6 +28,17 @@ impl InputError {
             flag: flag.to_string(),
             value: value.to_string(),
             message: message.into(),
+        }
+    }
+}
+
+/// A field rule's refusal, with the flag as ipamctl shows it.
+impl From<FieldError> for InputError {
+    fn from(e: FieldError) -> Self {
+        Self {
+            message: e.reason(),
+            flag: e.field,
+            value: e.value,
         }
     }
 }
@@ -71,7 +78,7 @@ pub struct PoolCreate<'a> {
 }
 
 pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
-    let name = name("NAME", args.name)?;
+    let name = tor_name("NAME", args.name)?;
     let subnet = subnet("--subnet", args.subnet)?;
     let gateway = gateway("--gateway", args.gateway, subnet)?;
     let vlan = match args.vlan {
@@ -91,7 +98,7 @@ pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
         ranges.push((first, last, text));
     }
     let segment_of = match args.segment_of {
-        Some(of) => self::name("--segment-of", of)?,
+        Some(of) => tor_name("--segment-of", of)?,
         None => String::new(),
     };
     if segment_of == name {
@@ -119,8 +126,8 @@ pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
 }
 
 pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputError> {
-    let name = name("NAME", args.name)?;
-    let namespace = self::name("--namespace", args.namespace)?;
+    let name = pool_name("NAME", args.name)?;
+    let namespace = namespace("--namespace", args.namespace)?;
     let app = app("--app", args.app)?;
     let size = match args.size {
         Some(s) => size("--size", s)?,
@@ -129,7 +136,7 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
     };
     let mut tors: Vec<String> = Vec::new();
     for tor in args.tors {
-        let tor = self::name("--tor", tor)?;
+        let tor = tor_name("--tor", tor)?;
         if tors.contains(&tor) {
             return Err(InputError::new(
                 "--tor",
@@ -153,88 +160,31 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
     })
 }
 
-/// A ToR, pool or namespace name: a lowercase DNS label, like Kubernetes
-/// namespaces, so that a pool can be named after the app it serves.
-pub fn name(flag: &str, value: &str) -> Result<String, InputError> {
-    if value.is_empty() {
-        return Err(InputError::new(
-            flag,
-            value,
-            "must not be empty; give a lowercase name such as rack-1",
-        ));
-    }
-    if value.len() > MAX_NAME {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!(
-                "is {} characters long; shorten it to at most {MAX_NAME}",
-                value.len()
-            ),
-        ));
-    }
-    if is_dns_label(value) {
-        return Ok(value.to_string());
-    }
-    let mut message = String::from(
-        "use only lowercase letters, digits and '-', starting and ending with a letter or digit",
-    );
-    let suggestion: String = value
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c == '_' || c == '.' { '-' } else { c })
-        .collect::<String>()
-        .trim_matches('-')
-        .to_string();
-    if is_dns_label(&suggestion) {
-        message.push_str(&format!(", e.g. {suggestion}"));
-    }
-    Err(InputError::new(flag, value, message))
+// Names follow moor_proto::fields, the rules ipamd and the plugin apply too;
+// the checks here only spare a round trip.
+
+/// A ToR name (also `--segment-of`, `--tor`): a DNS label.
+pub fn tor_name(flag: &str, value: &str) -> Result<String, InputError> {
+    fields::tor_name(flag, value)?;
+    Ok(value.to_string())
 }
 
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.len() <= MAX_NAME
-        && ok(&b[0])
-        && ok(&b[b.len() - 1])
-        && b.iter().all(|c| ok(c) || *c == b'-')
+/// A pool name (also `--pool`): a DNS label.
+pub fn pool_name(flag: &str, value: &str) -> Result<String, InputError> {
+    fields::pool_name(flag, value)?;
+    Ok(value.to_string())
 }
 
-/// An app is a Kubernetes label value, which (unlike a namespace) may hold
-/// capitals, '_' and '.'.
+/// A Kubernetes namespace: a DNS label.
+pub fn namespace(flag: &str, value: &str) -> Result<String, InputError> {
+    fields::namespace(flag, value)?;
+    Ok(value.to_string())
+}
+
+/// An app is the name of the pods' workload (Deployment, StatefulSet, ...):
+/// a Kubernetes object name, which is what ipamd reads off pod names.
 pub fn app(flag: &str, value: &str) -> Result<String, InputError> {
-    let b = value.as_bytes();
-    let edge = |c: &u8| c.is_ascii_alphanumeric();
-    if b.is_empty() {
-        return Err(InputError::new(
-            flag,
-            value,
-            "must not be empty; give the app label of the pods, e.g. mysql",
-        ));
-    }
-    if b.len() > MAX_NAME {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!(
-                "is {} characters long; a label value holds at most {MAX_NAME}",
-                b.len()
-            ),
-        ));
-    }
-    if !edge(&b[0])
-        || !edge(&b[b.len() - 1])
-        || !b.iter().all(|c| edge(c) || matches!(c, b'-' | b'_' | b'.'))
-    {
-        return Err(InputError::new(
-            flag,
-            value,
-            "use a Kubernetes label value: letters, digits, '-', '_' and '.', \
-             starting and ending with a letter or digit",
-        ));
-    }
+    fields::app(flag, value)?;
     Ok(value.to_string())
 }
 
@@ -335,14 +285,7 @@ pub fn vlan(flag: &str, value: &str) -> Result<u32, InputError> {
             "is not a number; give a VLAN id 1-4094, or omit --vlan for untagged",
         )
     })?;
-    if !(1..=4094).contains(&id) {
-        return Err(InputError::new(
-            flag,
-            value,
-            "is out of range; a VLAN id is 1-4094 (0 and 4095 are reserved), omit --vlan for untagged",
-        ));
-    }
-    Ok(id)
+    Ok(fields::vlan(flag, id)?.into())
 }
 
 /// `FIRST-LAST`, both in `subnet`, FIRST <= LAST.
@@ -393,19 +336,14 @@ pub fn range(
 
 /// A pool size, for `pool create --size` and `pool resize --size`.
 pub fn size(flag: &str, value: &str) -> Result<u32, InputError> {
-    match value.parse::<u32>() {
-        Ok(n) if (1..=MAX_POOL_SIZE).contains(&n) => Ok(n),
-        Ok(_) => Err(InputError::new(
-            flag,
-            value,
-            format!("is out of range; a pool holds 1-{MAX_POOL_SIZE} IPs"),
-        )),
-        Err(_) => Err(InputError::new(
+    let n = value.parse::<u32>().map_err(|_| {
+        InputError::new(
             flag,
             value,
             format!("is not a number; give a pool size 1-{MAX_POOL_SIZE}"),
-        )),
-    }
+        )
+    })?;
+    Ok(fields::pool_size(flag, n)?)
 }
 
 pub fn policy(flag: &str, value: &str) -> Result<ReleasePolicy, InputError> {
@@ -684,11 +622,30 @@ mod tests {
                 "--app",
                 "must not be empty",
             ),
+            // An app is a workload (object) name: lowercase, no '_' or '/'.
             (
                 "app with a slash",
                 err(pool("p", "default", "a/b", None, &[], None)),
                 "--app",
-                "label value",
+                "e.g. a-b",
+            ),
+            (
+                "app with capitals and '_'",
+                err(pool("x", "default", "My_App", None, &[], None)),
+                "--app",
+                "e.g. my-app",
+            ),
+            (
+                "app too long for an object name",
+                err(pool("x", "default", &"a".repeat(254), None, &[], None)),
+                "--app",
+                "at most 253",
+            ),
+            (
+                "namespace with a dot",
+                err(pool("p", "a.b", "web", None, &[], None)),
+                "--namespace",
+                "e.g. a-b",
             ),
             (
                 "size 0",
@@ -775,7 +732,7 @@ mod tests {
         let req = pool(
             "mysql-prod",
             "db",
-            "MySQL_8.0",
+            "mysql-8.0",
             Some("65535"),
             &["r1", "r2"],
             Some("sticky"),
@@ -862,13 +819,15 @@ mod tests {
 
     #[test]
     fn names_at_the_limits() {
-        assert!(name("NAME", &"a".repeat(63)).is_ok());
-        assert!(name("NAME", "0").is_ok());
-        assert!(name("NAME", "a-b-c").is_ok());
-        assert!(name("NAME", "-a").is_err());
-        assert!(name("NAME", "a b").is_err());
+        assert!(tor_name("NAME", &"a".repeat(63)).is_ok());
+        assert!(pool_name("NAME", "0").is_ok());
+        assert!(tor_name("NAME", "a-b-c").is_ok());
+        assert!(tor_name("NAME", "-a").is_err());
+        assert!(pool_name("NAME", "a b").is_err());
+        assert!(app("--app", &"a".repeat(253)).is_ok());
+        assert!(app("--app", "mysql.v8").is_ok());
         // No suggestion when lowercasing would not help.
-        let e = name("NAME", "ü").unwrap_err();
+        let e = tor_name("NAME", "ü").unwrap_err();
         assert!(!e.message.contains("e.g."), "{e}");
     }
 }

@@ -132,6 +132,21 @@ fn bad_input_exits_2_names_the_flag_and_prints_nothing_on_stdout() {
             "--size",
             "1-65535",
         ),
+        // An app is a Kubernetes object name (issue 9): refused here, not
+        // by ipamd.
+        (
+            &[
+                "pool",
+                "create",
+                "x",
+                "--namespace",
+                "default",
+                "--app",
+                "My_App",
+            ],
+            "--app",
+            "e.g. my-app",
+        ),
         (&["ip", "release", "10.1.0.256"], "IP", "10.1.0.17"),
         (&["ip", "list", "--pool", "Web"], "--pool", "e.g. web"),
         // clap's own usage errors: also 2, also naming the flag.

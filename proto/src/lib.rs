@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("moor.v1");
 }
 
+pub mod fields;
 pub mod pending;
 
 /// Default path of ipamd's socket.

@@ -31,6 +31,8 @@ mod dad;
 mod daemon_down;
 #[path = "e2e/datapath.rs"]
 mod datapath;
+#[path = "e2e/field_rules.rs"]
+mod field_rules;
 #[path = "e2e/install_cni.rs"]
 mod install_cni;
 #[path = "e2e/ovs_cluster.rs"]

@@ -4,45 +4,50 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
+use moor_proto::fields::{self, FieldError};
 
-use super::model::{IpRange, Tor};
+use super::model::{IpRange, PodRef, Tor};
 
-/// Largest pool we carve in one go; a bigger app wants several pools.
-pub const MAX_POOL_SIZE: u32 = 65_535;
+pub use moor_proto::fields::MAX_POOL_SIZE;
 
-pub fn name(field: &str, value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field} {value:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ))
-    }
+// The field rules themselves live in moor_proto::fields, shared with the
+// plugin and ipamctl; these name the fields as ipamd's messages do.
+
+fn text<T>(r: Result<T, FieldError>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
 }
 
-/// A Kubernetes namespace or app name; apps may be longer (up to 253).
-pub fn k8s_name(field: &str, value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && value.as_bytes()[0].is_ascii_alphanumeric()
-        && value.as_bytes()[value.len() - 1].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field} {value:?} is not a valid Kubernetes name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
-        ))
+pub fn pool_name(value: &str) -> Result<(), String> {
+    text(fields::pool_name("pool name", value))
+}
+
+/// A Kubernetes namespace: a DNS label.
+pub fn namespace(value: &str) -> Result<(), String> {
+    text(fields::namespace("namespace", value))
+}
+
+/// An app: a workload name, so a Kubernetes object name (DNS subdomain).
+pub fn app(value: &str) -> Result<(), String> {
+    text(fields::app("app", value))
+}
+
+/// The pod, the named pool and the network of an ADD. The pod identity is
+/// checked when both parts are given, which is when moor keys a binding and
+/// the app's pool on it; podman passes only a name (its container name,
+/// which may hold capitals and '_'), and ipamd does not use it. An empty
+/// pool means "the app's pool"; an empty network, a plugin that sends none.
+pub fn add_input(pod: &PodRef, pool: &str, network: &str) -> Result<(), String> {
+    if pod.is_known() {
+        text(fields::namespace("pod namespace", &pod.namespace))?;
+        text(fields::pod_name("pod name", &pod.name))?;
     }
+    if !pool.is_empty() {
+        text(fields::pool_name("pool", pool))?;
+    }
+    if !network.is_empty() {
+        text(fields::network_name("network", network))?;
+    }
+    Ok(())
 }
 
 pub fn subnet(value: &str) -> Result<Ipv4Network, String> {
@@ -82,9 +87,9 @@ pub fn tor(
     segment_of: &str,
     existing: &[Tor],
 ) -> Result<Tor, String> {
-    name("ToR name", tor_name)?;
+    text(fields::tor_name("ToR name", tor_name))?;
     if !segment_of.is_empty() {
-        name("segment-of", segment_of)?;
+        text(fields::tor_name("segment-of", segment_of))?;
         if segment_of == tor_name {
             return Err(format!(
                 "segment-of {segment_of:?} names the segment itself: give the ToR it is on, or leave --segment-of out for a ToR's first segment"
@@ -119,11 +124,11 @@ pub fn tor(
             Ipv4Addr::from(u32::from(net.broadcast()) - 1)
         ));
     }
-    if vlan > 4094 {
-        return Err(format!(
-            "vlan {vlan} is out of range: use 1-4094, or leave it out for an untagged network"
-        ));
-    }
+    // 0 on the wire is untagged.
+    let vlan = match vlan {
+        0 => None,
+        v => Some(text(fields::vlan("vlan", v))?),
+    };
     let mut parsed = Vec::new();
     for (first, last) in ranges {
         let r = IpRange {
@@ -172,7 +177,7 @@ pub fn tor(
         name: tor_name.to_string(),
         subnet: net,
         gateway,
-        vlan: (vlan != 0).then_some(vlan as u16),
+        vlan,
         ranges: parsed,
         segment_of: (!segment_of.is_empty()).then(|| segment_of.to_string()),
     };
@@ -199,12 +204,7 @@ pub fn tor(
 }
 
 pub fn pool_size(size: u32) -> Result<u32, String> {
-    if size == 0 || size > MAX_POOL_SIZE {
-        return Err(format!(
-            "size {size} is out of range: use 1-{MAX_POOL_SIZE}"
-        ));
-    }
-    Ok(size)
+    text(fields::pool_size("size", size))
 }
 
 #[cfg(test)]
@@ -218,6 +218,51 @@ mod tests {
             .collect();
         let existing = [tor("other", "10.9.0.0/16", "10.9.0.1", 0, &[], "", &[]).unwrap()];
         tor("rack-1", subnet, gw, vlan, &r, "", &existing)
+    }
+
+    /// The field rules are moor_proto::fields'; here only that ipamd names
+    /// its fields and applies each rule where it belongs.
+    #[test]
+    fn pool_and_add_fields_name_the_field() {
+        let pod = |namespace: &str, name: &str| PodRef {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: String::new(),
+        };
+        let bad = [
+            (app("My_App"), "invalid app \"My_App\""),
+            (app(""), "invalid app"),
+            // Namespaces are DNS labels in Kubernetes: no dots.
+            (namespace("a.b"), "invalid namespace"),
+            (pool_name("my.pool"), "e.g. my-pool"),
+            (pool_size(0).map(drop), "invalid size 0:"),
+            (
+                add_input(&pod("Shop", "web-0"), "", "n"),
+                "invalid pod namespace",
+            ),
+            (
+                add_input(&pod("shop", "Web_0"), "", "n"),
+                "invalid pod name",
+            ),
+            (
+                add_input(&pod("", ""), "Pool_1", "n"),
+                "invalid pool \"Pool_1\"",
+            ),
+            (
+                add_input(&pod("", ""), "", "a/b"),
+                "invalid network \"a/b\"",
+            ),
+        ];
+        for (got, want) in bad {
+            let err = got.unwrap_err();
+            assert!(err.contains(want), "want {want:?} in {err}");
+        }
+        app("mysql.v8").unwrap();
+        namespace("kube-system").unwrap();
+        pool_size(MAX_POOL_SIZE).unwrap();
+        add_input(&pod("shop", "web.v2-0"), "web", "moor-e2e").unwrap();
+        // podman: a container name and no namespace is no pod identity.
+        add_input(&pod("", "My_Box"), "", "").unwrap();
     }
 
     #[test]

@@ -16,9 +16,9 @@ use super::{Ipam, PoolSpec};
 
 impl Ipam {
     pub async fn create_pool(&self, spec: &PoolSpec) -> Result<Pool> {
-        validate::name("pool name", &spec.name).map_err(Error::Invalid)?;
-        validate::k8s_name("namespace", &spec.namespace).map_err(Error::Invalid)?;
-        validate::k8s_name("app", &spec.app).map_err(Error::Invalid)?;
+        validate::pool_name(&spec.name).map_err(Error::Invalid)?;
+        validate::namespace(&spec.namespace).map_err(Error::Invalid)?;
+        validate::app(&spec.app).map_err(Error::Invalid)?;
         let size = if spec.size == 0 {
             DEFAULT_POOL_SIZE
         } else {

@@ -5,7 +5,7 @@
 use tracing::{info, warn};
 
 use crate::core::explain::quarantine_message;
-use crate::core::{AttachmentState, Lease, PodRef, Quarantine, Tor};
+use crate::core::{validate, AttachmentState, Lease, PodRef, Quarantine, Tor};
 use crate::datapath::{DatapathError, PodLink, Wired};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::AllocRequest;
@@ -47,6 +47,8 @@ impl Node {
                 req.netns
             )));
         }
+        let pool = req.pool.as_deref().unwrap_or_default();
+        validate::add_input(&req.pod, pool, &req.network).map_err(Error::Invalid)?;
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
         let pod = &req.pod;

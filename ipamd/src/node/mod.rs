@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
+use moor_proto::fields;
 
 use crate::clock::Clock;
 use crate::core::{AttachmentKey, Lease, Tor};
@@ -102,41 +103,17 @@ impl Node {
     }
 
     /// The attachment key of a request on this node. The plugin checks the
-    /// same rules, but the socket is an API of its own.
+    /// same rules (`moor_proto::fields`), but the socket is an API of its own.
     pub fn key(&self, container_id: &str, ifname: &str) -> Result<AttachmentKey> {
-        if !valid_container_id(container_id) {
-            return Err(Error::Invalid(format!(
-                "container id {container_id:?} is not valid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'"
-            )));
-        }
-        if !valid_ifname(ifname) {
-            return Err(Error::Invalid(format!(
-                "interface name {ifname:?} is not valid: use 1-15 bytes with no '/', ':' or spaces"
-            )));
-        }
+        fields::container_id("container id", container_id)
+            .and_then(|()| fields::ifname("interface name", ifname))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(AttachmentKey {
             node: self.cfg.name.clone(),
             container_id: container_id.to_string(),
             ifname: ifname.to_string(),
         })
     }
-}
-
-/// CNI_CONTAINERID per the spec: alphanumeric first, then [A-Za-z0-9_.-].
-fn valid_container_id(id: &str) -> bool {
-    let mut b = id.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
-        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
 }
 
 /// What the datapath needs to wire (or check) the attachment of `lease`.
