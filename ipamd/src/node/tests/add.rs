@@ -277,3 +277,61 @@ async fn check_and_status_read_what_add_made() {
         cni_code::DATAPATH
     );
 }
+
+#[tokio::test]
+async fn a_store_that_answers_again_ends_the_fail_fast_window_at_once() {
+    let h = Harness::new().await;
+    h.store.set_down(true);
+    h.add("c1", WEB_POD).await.unwrap_err();
+    h.store.set_down(false);
+    // Any answer of the store (here to a DEL) shows it is back: the next
+    // ADD, in the same second, is served.
+    assert_eq!(h.node.del("c0", "eth0").await.unwrap(), None);
+    h.add("c2", WEB_POD).await.unwrap();
+}
+
+/// An ADD of db-0 (whose binding it creates) on `c1` that wired the pod and
+/// then found the store gone when it marked the attachment ready: the
+/// runtime got "try again", the veth is gone, and the release is recorded
+/// as a rollback.
+async fn add_cut_by_an_outage_after_wiring(h: Harness) -> Harness {
+    let dp = Interrupting::new(&h.dp, AfterWire::StoreDown(h.store.clone()));
+    let h = h.restart_with(dp);
+    let e = h.add("c1", "db-0").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER, "{e}");
+    assert!(!h.dp.is_wired(&Harness::host("c1")), "undone at once");
+    let rec = moor_proto::pending::read_all(&h.dir.0.join("pending")).unwrap();
+    let [(_, rec)] = rec.as_slice() else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(rec.container_id, "c1");
+    assert!(rec.rollback, "the release of a failed ADD is a rollback");
+    h.store.set_down(false);
+    h
+}
+
+#[tokio::test]
+async fn an_add_whose_ready_mark_meets_an_outage_is_rolled_back_when_the_store_is_back() {
+    let h = add_cut_by_an_outage_after_wiring(Harness::new().await).await;
+    assert_eq!(h.node.replay_pending_dels().await.unwrap(), 1);
+    // The IP and the binding this ADD made are gone.
+    assert!(h.ipam.leases("db").await.unwrap().is_empty());
+    assert!(!h.binding("db-0").await);
+    assert_eq!(h.pending_files(), 0);
+    h.clean().await;
+}
+
+#[tokio::test]
+async fn a_re_add_first_applies_the_recorded_rollback_of_its_failed_add() {
+    let h = add_cut_by_an_outage_after_wiring(Harness::new().await).await;
+    // The runtime tries the same container again, and this time the wiring
+    // fails: with the recorded rollback applied first, db-0's binding is
+    // this ADD's own again, and goes with its rollback.
+    h.dp.fail_next(Op::Wire, DatapathError::CheckFailed("boom".into()));
+    let e = h.add("c1", "db-0").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::DATAPATH, "{e}");
+    assert_eq!(h.pending_files(), 0);
+    assert!(h.ipam.leases("db").await.unwrap().is_empty());
+    assert!(!h.binding("db-0").await);
+    h.clean().await;
+}

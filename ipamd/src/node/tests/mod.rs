@@ -18,7 +18,7 @@ use crate::audit::audit;
 use crate::clock::ManualClock;
 use crate::core::{AttachmentKey, Lease, PodRef, Policy};
 use crate::datapath::fake::RecordingDatapath;
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, DatapathError, PodLink, ReconcileReport, Wired};
 use crate::error::Error;
 use crate::ipam::{Ipam, PoolSpec};
 use crate::store::mem::MemStore;
@@ -104,7 +104,7 @@ impl Harness {
         let dir = TempDir::new();
         let dp = Arc::new(RecordingDatapath::new());
         let clock = Arc::new(ManualClock::new(T0));
-        let node = Self::node_on(&ipam, &dp, &clock, &dir, mirrored);
+        let node = Self::node_on(&ipam, dp.clone(), &clock, &dir, mirrored);
         Self {
             store,
             ipam,
@@ -118,7 +118,7 @@ impl Harness {
 
     fn node_on(
         ipam: &Arc<Ipam>,
-        dp: &Arc<RecordingDatapath>,
+        dp: Arc<dyn Datapath>,
         clock: &Arc<ManualClock>,
         dir: &TempDir,
         mirrored: bool,
@@ -132,7 +132,7 @@ impl Harness {
                 gc_grace: Duration::from_secs(GRACE),
             },
             ipam.clone(),
-            dp.clone() as Arc<dyn Datapath>,
+            dp,
             mirror,
             clock.clone(),
         )
@@ -141,6 +141,13 @@ impl Harness {
     /// ipamd starts again on the same store, datapath and local files (a
     /// kill -9 and a restart): a new `Node`, nothing carried over in memory.
     pub fn restart(self) -> Self {
+        let dp = self.dp.clone();
+        self.restart_with(dp)
+    }
+
+    /// `restart`, with the node on `datapath` (one that wraps `self.dp`, so
+    /// the recording datapath still sees every call).
+    pub fn restart_with(self, datapath: Arc<dyn Datapath>) -> Self {
         let Harness {
             store,
             ipam,
@@ -152,7 +159,7 @@ impl Harness {
         } = self;
         // The mirror's redb file is closed before it is opened again.
         drop(node);
-        let node = Self::node_on(&ipam, &dp, &clock, &dir, mirrored);
+        let node = Self::node_on(&ipam, datapath, &clock, &dir, mirrored);
         Harness {
             store,
             ipam,
@@ -227,5 +234,61 @@ pub fn pod_ref(name: &str) -> PodRef {
         namespace: "default".into(),
         name: name.into(),
         uid: format!("uid-{name}"),
+    }
+}
+
+/// What happens right after a successful wire, between an ADD's "wired" and
+/// its "ready".
+pub enum AfterWire {
+    /// ipamd dies: the ADD never goes on (the test drops it once notified).
+    Crash(Arc<tokio::sync::Notify>),
+    /// The store stops answering.
+    StoreDown(Arc<MemStore>),
+}
+
+/// The recording datapath, with something happening after its first wire.
+pub struct Interrupting {
+    dp: Arc<RecordingDatapath>,
+    then: AfterWire,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Interrupting {
+    pub fn new(dp: &Arc<RecordingDatapath>, then: AfterWire) -> Arc<Self> {
+        Arc::new(Self {
+            dp: dp.clone(),
+            then,
+            done: Default::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Datapath for Interrupting {
+    async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError> {
+        let wired = self.dp.wire(link).await?;
+        if self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(wired);
+        }
+        match &self.then {
+            AfterWire::Crash(wired) => {
+                wired.notify_one();
+                std::future::pending::<()>().await;
+            }
+            AfterWire::StoreDown(store) => store.set_down(true),
+        }
+        Ok(wired)
+    }
+    async fn unwire(&self, h: &str) -> Result<(), DatapathError> {
+        self.dp.unwire(h).await
+    }
+    async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
+        self.dp.check(link).await
+    }
+    async fn host_link_exists(&self, h: &str) -> Result<bool, DatapathError> {
+        self.dp.host_link_exists(h).await
+    }
+    async fn reconcile(&self, live: &[PodLink]) -> Result<ReconcileReport, DatapathError> {
+        self.dp.reconcile(live).await
     }
 }

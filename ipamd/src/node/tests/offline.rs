@@ -66,3 +66,107 @@ async fn without_a_mirror_an_add_during_an_outage_is_try_again_and_changes_nothi
     assert!(e.to_string().contains("store is unavailable"), "{e}");
     assert!(h.dp.calls().is_empty());
 }
+
+#[tokio::test]
+async fn a_sticky_pod_deleted_and_restarted_within_one_outage_keeps_its_ip() {
+    let h = Harness::mirrored().await;
+    let first = h.add("c1", "db-0").await.unwrap();
+    h.store.set_down(true);
+    let d = h.node.del("c1", "eth0").await.unwrap().unwrap();
+    assert!(d.binding_kept, "{d:?}");
+    // The DEL recorded in the outage cached the binding: the pod's next
+    // instance starts on the same IP.
+    let again = h.add("c2", "db-0").await.unwrap();
+    assert_eq!(again.lease.ip, first.lease.ip);
+    assert!(h.dp.is_wired(&Harness::host("c2")));
+    h.store.set_down(false);
+    // The recorded DEL first, then the write-back (the order of `recover`
+    // and of the replay task).
+    assert_eq!(h.node.replay_pending_dels().await.unwrap(), 1);
+    assert_eq!(h.node.sync_offline().await.unwrap(), 1);
+    let a = h
+        .lease("db", first.lease.ip)
+        .await
+        .unwrap()
+        .attachment
+        .unwrap();
+    assert_eq!(a.key, h.key("c2"));
+    assert!(h.dp.is_wired(&Harness::host("c2")));
+    h.clean().await;
+}
+
+#[tokio::test]
+async fn an_outage_restart_is_refused_while_a_previous_instance_holds_the_ip() {
+    let h = Harness::mirrored().await;
+    let first = h.add("c1", "db-0").await.unwrap();
+    // db-0's binding is cached while c1, whose DEL has not run, still
+    // holds the IP (set up directly: the mirror drops the cache whenever
+    // it records an attachment of the pod, so only a failed write leaves
+    // both).
+    let m = h.node.mirror.as_ref().unwrap();
+    let mut cached = m.get(&h.key("c1")).await.unwrap().unwrap();
+    cached.lease.attachment = None;
+    m.put_bound(&pod_ref("db-0"), &cached).await.unwrap();
+    h.store.set_down(true);
+    let e = h.add("c2", "db-0").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER);
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("keeps {}", first.lease.ip)), "{msg}");
+    assert!(msg.contains("still attached to"), "{msg}");
+    assert!(!h.dp.is_wired(&Harness::host("c2")), "never two owners");
+    assert!(h.dp.is_wired(&Harness::host("c1")));
+}
+
+#[tokio::test]
+async fn an_outage_restart_needs_the_cached_ip_on_this_tor_and_in_the_asked_pool() {
+    let h = Harness::mirrored().await;
+    h.add("c1", "db-0").await.unwrap();
+    h.node.del("c1", "eth0").await.unwrap();
+    let m = h.node.mirror.as_ref().unwrap();
+    let pod = pod_ref("db-0");
+    let cached = m.bound(&pod).await.unwrap().unwrap();
+    h.store.set_down(true);
+    // Another pool asked for.
+    let mut req = h.req("c2", "db-0");
+    req.pool = Some("web".into());
+    let e = h.node.add(&req).await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER);
+    // Cached on another ToR (this node's ToR changed since).
+    let mut elsewhere = cached.clone();
+    elsewhere.tor.name = "r2".into();
+    m.put_bound(&pod, &elsewhere).await.unwrap();
+    let e = h.add("c3", "db-0").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER);
+    assert!(!h.dp.is_wired(&Harness::host("c2")));
+    assert!(!h.dp.is_wired(&Harness::host("c3")));
+    // A segment of this ToR will do.
+    let mut segment = cached.clone();
+    segment.tor.name = "r1-b".into();
+    segment.tor.segment_of = Some("r1".into());
+    m.put_bound(&pod, &segment).await.unwrap();
+    let a = h.add("c4", "db-0").await.unwrap();
+    assert_eq!(a.lease.ip, cached.lease.ip);
+}
+
+#[tokio::test]
+async fn a_restart_after_an_outage_writes_back_what_was_attached_during_it() {
+    let h = Harness::mirrored().await;
+    let first = h.add("c1", "db-0").await.unwrap();
+    h.node.del("c1", "eth0").await.unwrap();
+    h.store.set_down(true);
+    h.add("c2", "db-0").await.unwrap();
+    h.store.set_down(false);
+    let h = h.restart();
+    assert!(h.node.recover().await.unwrap());
+    let a = h
+        .lease("db", first.lease.ip)
+        .await
+        .unwrap()
+        .attachment
+        .unwrap();
+    assert_eq!(a.key, h.key("c2"));
+    assert_eq!(a.state, AttachmentState::Ready);
+    assert!(h.dp.is_wired(&Harness::host("c2")), "kept by the reconcile");
+    assert_eq!(h.node.sync_offline().await.unwrap(), 0, "written once");
+    h.clean().await;
+}

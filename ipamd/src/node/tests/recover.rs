@@ -122,3 +122,55 @@ async fn recover_applies_dels_recorded_while_ipamd_was_down() {
     assert_eq!(h.pending_files(), 0);
     h.clean().await;
 }
+
+/// The same crash on a node with a local mirror (etcd), started again while
+/// the store is out of reach: the half-done ADD is rolled back from the
+/// mirror at once (its release recorded), the finished one is kept, and the
+/// rollback reaches the store, binding and all, once it answers.
+#[tokio::test]
+async fn a_crash_mid_add_is_rolled_back_from_the_mirror_when_the_store_is_down_at_start() {
+    let h = Harness::mirrored().await;
+    let done = h.add("c1", WEB_POD).await.unwrap();
+    let crashed = Arc::new(tokio::sync::Notify::new());
+    let dp = Interrupting::new(&h.dp, AfterWire::Crash(crashed.clone()));
+    let h = h.restart_with(dp);
+    let req = h.req("c2", "db-0");
+    tokio::select! {
+        r = h.node.add(&req) => panic!("the ADD was to die once wired: {r:?}"),
+        _ = crashed.notified() => {}
+    }
+    let half = h.ipam.attached(&h.key("c2")).await.unwrap().unwrap();
+    assert_eq!(half.attachment.unwrap().state, AttachmentState::Pending);
+    assert!(h.dp.is_wired(&Harness::host("c2")));
+
+    let h = h.restart();
+    h.store.set_down(true);
+    assert!(
+        !h.node.recover().await.unwrap(),
+        "served from the mirror until the store answers"
+    );
+    assert!(!h.dp.is_wired(&Harness::host("c2")), "rolled back");
+    assert!(
+        h.dp.is_wired(&Harness::host("c1")),
+        "the finished ADD stays"
+    );
+    let rec = moor_proto::pending::read_all(&h.dir.0.join("pending")).unwrap();
+    let [(_, rec)] = rec.as_slice() else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(rec.container_id, "c2");
+    assert!(rec.rollback);
+
+    h.store.set_down(false);
+    assert!(h.node.recover().await.unwrap());
+    assert!(h.lease("db", half.ip).await.is_none());
+    assert!(
+        !h.binding("db-0").await,
+        "the binding the ADD made went too"
+    );
+    assert_eq!(h.pending_files(), 0);
+    let kept = h.lease("web", done.lease.ip).await.unwrap();
+    assert_eq!(kept.attachment.unwrap().state, AttachmentState::Ready);
+    assert!(h.dp.is_wired(&Harness::host("c1")));
+    h.clean().await;
+}
