@@ -23,18 +23,16 @@ const DEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub async fn add(conf: &NetConf, att: &Attachment, args: &CniArgs) -> Result<Value, CniError> {
     conf.check_pool()?;
     args.check_for_add()?;
-    // MOOR_POOL in CNI_ARGS, else the config's pool, else ipamd derives it.
-    let pool = args
-        .pool
-        .clone()
-        .or_else(|| conf.pool.clone())
-        .unwrap_or_default();
+    // MOOR_POOL in CNI_ARGS is the pool; the config's is a default that
+    // ipamd weighs against what the Kubernetes API says of the pod (without
+    // the API, ipamd takes it as it takes MOOR_POOL).
     let req = AddRequest {
         key: Some(key(att)),
         netns: att.netns.clone(),
         pod: Some(pod(args)),
-        pool,
+        pool: args.pool.clone().unwrap_or_default(),
         network: conf.name.clone(),
+        default_pool: conf.pool.clone().unwrap_or_default(),
     };
     let ipamd = Ipamd::connect(&conf.socket, CONNECT_TIMEOUT, conf.timeout)
         .await

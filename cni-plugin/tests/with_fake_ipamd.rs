@@ -233,10 +233,14 @@ fn add_prints_the_result_in_the_config_version() {
         ("db", "mysql-0", "u-1")
     );
     assert_eq!(req.netns, "/var/run/netns/p1");
-    assert_eq!(req.pool, "mysql", "MOOR_POOL wins over the config's pool");
+    assert_eq!(req.pool, "mysql", "MOOR_POOL is the pool");
+    assert_eq!(
+        req.default_pool, "ignored",
+        "the config's pool goes as the default"
+    );
     assert_eq!(req.network, "moor-test");
 
-    // Without MOOR_POOL the config's pool is sent.
+    // Without MOOR_POOL only the config's pool is sent, as the default.
     moor(
         &attachment_env("ADD", &cid, ""),
         &conf("1.0.0", &sock, json!({"pool": "from-config"})),
@@ -244,7 +248,10 @@ fn add_prints_the_result_in_the_config_version() {
     let Some(Seen::Add(req)) = fake.seen().pop() else {
         panic!()
     };
-    assert_eq!(req.pool, "from-config");
+    assert_eq!(
+        (req.pool.as_str(), req.default_pool.as_str()),
+        ("", "from-config")
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

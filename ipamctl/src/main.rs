@@ -174,6 +174,10 @@ struct PoolCreateArgs {
     /// (every pod) or release (no pod). Default auto.
     #[arg(long)]
     policy: Option<String>,
+    /// Another namespace whose pods may name this pool (annotation
+    /// moor.io/pool on the pod or its namespace), repeatable; `*` for all.
+    #[arg(long = "allow-namespace", value_name = "NS")]
+    allow_namespaces: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,6 +279,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                     size: a.size.as_deref(),
                     tors: &a.tors,
                     policy: a.policy.as_deref(),
+                    allow_namespaces: &a.allow_namespaces,
                 })?)
             }
             PoolCommand::Resize { name: n, size } => Rpc::ResizePool(ResizePoolRequest {

@@ -114,6 +114,9 @@ pub struct PoolView {
     pub size: u32,
     /// `auto`, `sticky` or `release`.
     pub policy: String,
+    /// Other namespaces whose pods may name the pool (`*`: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_namespaces: Vec<String>,
     pub tors: Vec<PoolTorView>,
     /// The sums over `tors`.
     pub totals: CountsView,
@@ -146,6 +149,7 @@ impl From<&Pool> for PoolView {
             app: p.app.clone(),
             size: p.size,
             policy: policy_name(p.policy),
+            allow_namespaces: p.allow_namespaces.clone(),
             tors,
             totals,
         }
@@ -473,13 +477,17 @@ pub fn pool_show(pool: &Pool, format: Format) -> String {
     if format == Format::Json {
         return json(&v);
     }
-    let mut out = fields(&[
+    let mut rows = vec![
         ("Name", v.name.clone()),
         ("Namespace", v.namespace.clone()),
         ("App", v.app.clone()),
         ("Size", v.size.to_string()),
         ("Policy", v.policy.clone()),
-    ]);
+    ];
+    if !v.allow_namespaces.is_empty() {
+        rows.push(("Allowed namespaces", v.allow_namespaces.join(", ")));
+    }
+    let mut out = fields(&rows);
     out.push('\n');
     let mut t = Table::new(&["TOR", "TOTAL", "BOUND", "IN-USE", "FREE"]);
     let counts = |name: &str, c: &CountsView| {
@@ -989,6 +997,7 @@ mod tests {
             app: "mysql".into(),
             size: 30,
             policy: ReleasePolicy::Sticky.into(),
+            allow_namespaces: vec![],
             tors: vec![
                 PoolTor {
                     tor: "rack-1".into(),

@@ -75,6 +75,8 @@ pub struct PoolCreate<'a> {
     pub size: Option<&'a str>,
     pub tors: &'a [String],
     pub policy: Option<&'a str>,
+    /// `--allow-namespace`, repeatable; `*` = every namespace.
+    pub allow_namespaces: &'a [String],
 }
 
 pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
@@ -150,6 +152,17 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
         Some(p) => policy("--policy", p)?,
         None => ReleasePolicy::Auto,
     };
+    let mut allow_namespaces: Vec<String> = Vec::new();
+    for ns in args.allow_namespaces {
+        let ns = if ns == "*" {
+            ns.clone()
+        } else {
+            self::namespace("--allow-namespace", ns)?
+        };
+        if !allow_namespaces.contains(&ns) {
+            allow_namespaces.push(ns);
+        }
+    }
     Ok(CreatePoolRequest {
         name,
         namespace,
@@ -157,6 +170,7 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
         size,
         tors,
         policy: policy.into(),
+        allow_namespaces,
     })
 }
 
@@ -447,6 +461,7 @@ mod tests {
             size,
             tors: &tors,
             policy,
+            allow_namespaces: &[],
         })
     }
 

@@ -354,6 +354,7 @@ fn pool(name: &str) -> Pool {
             in_use: 5,
             free: 23,
         }],
+        allow_namespaces: vec![],
     }
 }
 

@@ -5,6 +5,7 @@
 //! - `clock`, `core`: the wall clock, and the pure allocation logic;
 //! - `datapath`: wires pods into the network (netlink, OVS), on its own;
 //! - `store`: where state lives (redb, etcd, memory) and the CAS retry;
+//! - `kubernetes`: the API server's pods, namespaces, node and events;
 //! - `audit`: cross-checks the store's records;
 //! - `ipam`: the allocation service over a store;
 //! - `node`: the CNI operations of one node (ipam + datapath + mirror);
@@ -17,6 +18,7 @@ pub mod core;
 pub mod datapath;
 pub mod error;
 pub mod ipam;
+pub mod kubernetes;
 pub mod node;
 pub mod store;
 

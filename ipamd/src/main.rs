@@ -62,9 +62,38 @@ struct Args {
     #[arg(long, env = "MOOR_NODE")]
     node: Option<String>,
     /// The ToR (L2 domain) this node is under. It may be defined later with
-    /// `ipamctl tor add`; ADDs fail with a clear error until then.
+    /// `ipamctl tor add`; ADDs fail with a clear error until then. With the
+    /// Kubernetes API and no --tor, the node's label --tor-label says it.
     #[arg(long, env = "MOOR_TOR")]
-    tor: String,
+    tor: Option<String>,
+    /// Kubeconfig of the API server whose pods this node runs (default: the
+    /// in-cluster service account when ipamd runs in a pod; without either,
+    /// ipamd reads workloads from pod names, as for podman or plain
+    /// containerd).
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The Node label that names this node's ToR (with the API, no --tor).
+    #[arg(long, default_value = "moor.io/tor", value_name = "KEY")]
+    tor_label: String,
+    /// Owner kinds (GROUP/Kind) whose pods keep their IP under the auto
+    /// policy; other controllers' pods give it back. Bare pods always keep
+    /// theirs.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "apps/StatefulSet",
+        value_name = "GROUP/Kind,..."
+    )]
+    sticky_owner_kinds: Vec<moor_ipamd::core::OwnerKind>,
+    /// Bound on one API request an ADD makes (a pod missing from the cache):
+    /// an ADD against an API that does not answer fails with code 11 inside
+    /// the runtime's patience.
+    #[arg(long, default_value_t = 1500, value_name = "MS")]
+    api_timeout_ms: u64,
+    /// A pod's failed ADDs are one Event whose count is written back at most
+    /// this often.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    event_interval_seconds: u64,
     #[arg(long, value_enum, default_value = "physical")]
     mode: Mode,
     /// Physical mode: the Linux bridge that carries the uplink to the ToR.
@@ -160,8 +189,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(n) => n,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
-    if args.tor.is_empty() {
+    if args.tor.as_deref() == Some("") {
         bail!("--tor is empty: name the ToR this node is under");
+    }
+    let kube = moor_ipamd::kubernetes::client(args.kubeconfig.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if kube.is_none() && args.tor.is_none() {
+        bail!("--tor is missing: name the ToR this node is under (or give ipamd the Kubernetes API with --kubeconfig and label the node: kubectl label node NODE {}=TOR)", args.tor_label);
+    }
+    if args.api_timeout_ms == 0 || args.event_interval_seconds == 0 {
+        bail!("--api-timeout-ms and --event-interval-seconds must be more than 0");
     }
     let store_opts = store::StoreOptions {
         etcd_ca: args.etcd_ca.clone(),
@@ -238,23 +276,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let node = Arc::new(Node::new(
+    let mut node = Node::new(
         NodeConfig {
             name: node_name.clone(),
-            tor: args.tor.clone(),
+            tor: args.tor.clone().unwrap_or_default(),
             pending_dir,
             gc_grace: Duration::from_secs(args.gc_grace_seconds),
+            sticky_kinds: args.sticky_owner_kinds.clone(),
         },
         Arc::new(Ipam::new(store.clone())),
         datapath,
         mirror,
         clock.clone(),
-    ));
+    );
+    if let Some(client) = kube {
+        let opts = moor_ipamd::kubernetes::ApiOptions {
+            node: node_name.clone(),
+            tor_label: args.tor_label.clone(),
+            get_timeout: Duration::from_millis(args.api_timeout_ms),
+            event_interval: Duration::from_secs(args.event_interval_seconds),
+        };
+        let cluster = moor_ipamd::kubernetes::ApiCluster::start(client, opts, clock.clone());
+        // A start that serves ADDs before the first lists arrive would GET
+        // every pod it is asked about; DELs must not wait long for it either.
+        if !cluster.wait_ready(Duration::from_secs(5)).await {
+            tracing::warn!("the Kubernetes API has not answered yet; serving meanwhile (ADDs of pods not cached GET them)");
+        }
+        node = node.with_cluster(cluster);
+    }
+    let node = Arc::new(node);
     let recovered = node.recover().await.context("recovering after start")?;
     let started = clock.now_unix();
     let me = NodeRecord {
         name: node_name.clone(),
-        tor: args.tor.clone(),
+        tor: node.tor().unwrap_or_default(),
         mode: args.mode.as_str().into(),
         version: env!("CARGO_PKG_VERSION").into(),
         started_unix: started,
@@ -264,12 +319,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The heartbeat retries; DEL and CHECK must work meanwhile.
         tracing::warn!(error = %e, "could not register this node yet");
     }
-    heartbeat::spawn_heartbeat(store.clone(), me, clock);
+    heartbeat::spawn_heartbeat(node.clone(), me);
     let listener =
         api::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
     info!(
         node = %node_name,
-        tor = %args.tor,
+        tor = %node.tor().unwrap_or_else(|e| e.to_string()),
         store = %store.describe(),
         socket = %args.socket.display(),
         "ipamd ready"

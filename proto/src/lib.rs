@@ -45,6 +45,9 @@ pub mod cni_code {
     /// The duplicate-address probe found another owner of the pod's IP; the
     /// IP is quarantined until `ipamctl ip release`.
     pub const ADDRESS_CONFLICT: u32 = 107;
+    /// The pod names (by annotation) a pool of another namespace that does
+    /// not allow it (`ipamctl pool create ... --allow-namespace NS`).
+    pub const POOL_NOT_ALLOWED: u32 = 108;
     /// ipamd refused the request without saying which way (older ipamd).
     pub const REFUSED: u32 = 110;
     /// ipamd does not know the RPC: plugin and daemon versions differ.

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moor_e2e::names;
 use moor_ipamd::core::{AttachmentKey, Lease, PodRef};
-use moor_ipamd::ipam::{AllocRequest, Ipam, PoolSpec};
+use moor_ipamd::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
 use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
 use moor_ipamd::store::{Entry, Op, Store, StoreError, StoreExt, Txn};
 use moor_testkit::cmd::try_ip;
@@ -890,14 +890,17 @@ async fn allocator(
             container_id: names::container_id(),
             ifname: "eth0".into(),
         };
+        let pod = PodRef {
+            namespace: NAMESPACE.into(),
+            name: pod,
+            uid: format!("uid-{seq}"),
+        };
+        let (choice, stable) = PoolChoice::by_name(&pod, None);
         let req = AllocRequest {
             key: key.clone(),
-            pod: PodRef {
-                namespace: NAMESPACE.into(),
-                name: pod,
-                uid: format!("uid-{seq}"),
-            },
-            pool: None,
+            pod,
+            choice,
+            stable,
             netns: format!("/var/run/netns/cni-{}", &key.container_id[..16]),
             network: "moor".into(),
             tor: world.tor_names[tor].clone(),

@@ -79,6 +79,7 @@ impl Admin for AdminApi {
             size: r.size,
             tors: r.tors,
             policy: policy_from(r.policy)?,
+            allow_namespaces: r.allow_namespaces,
         };
         ok(self
             .0

@@ -34,6 +34,7 @@ impl Cni for CniApi {
             network: r.network,
             pod: pod_from(r.pod.as_ref()),
             pool: (!r.pool.is_empty()).then_some(r.pool),
+            default_pool: (!r.default_pool.is_empty()).then_some(r.default_pool),
         };
         match self.0.add(&req).await {
             Ok(a) => Ok(Response::new(add_reply(&a))),

@@ -80,6 +80,7 @@ pub fn pool_msg(p: &Pool, leases: &[Lease]) -> v1::Pool {
         app: p.app.clone(),
         size: p.size(),
         policy: policy_to(p.policy),
+        allow_namespaces: p.allow_namespaces.clone(),
         tors: pool_counts(p, leases)
             .into_iter()
             .map(|(tor, c)| v1::PoolTor {

@@ -6,9 +6,17 @@ use std::sync::Arc;
 
 use super::*;
 use crate::core::{AttachmentKey, PodRef, Policy};
-use crate::ipam::{AllocRequest, Ipam, PoolSpec};
+use crate::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
 use crate::store::mem::MemStore;
 use crate::store::{StoreExt, Txn};
+
+fn pod_ref(name: &str) -> PodRef {
+    PodRef {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: String::new(),
+    }
+}
 
 fn req(cid: &str, pod: &str) -> AllocRequest {
     AllocRequest {
@@ -17,12 +25,9 @@ fn req(cid: &str, pod: &str) -> AllocRequest {
             container_id: cid.into(),
             ifname: "eth0".into(),
         },
-        pod: PodRef {
-            namespace: "default".into(),
-            name: pod.into(),
-            uid: String::new(),
-        },
-        pool: None,
+        pod: pod_ref(pod),
+        choice: PoolChoice::by_name(&pod_ref(pod), None).0,
+        stable: PoolChoice::by_name(&pod_ref(pod), None).1,
         netns: format!("/run/netns/{cid}"),
         network: "moor".into(),
         tor: "r1".into(),
@@ -52,6 +57,7 @@ async fn busy_store() -> (Arc<MemStore>, Ipv4Addr) {
         size: 4,
         tors: vec![],
         policy: Policy::Auto,
+        allow_namespaces: vec![],
     })
     .await
     .unwrap();

@@ -153,6 +153,7 @@ mod tests {
                 ("r2".to_string(), vec![ip("10.2.0.10")]),
             ]
             .into(),
+            allow_namespaces: vec![],
         }
     }
 

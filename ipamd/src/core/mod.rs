@@ -7,8 +7,10 @@ pub mod allocate;
 pub mod carve;
 pub mod explain;
 pub mod model;
+pub mod pod;
 pub mod spread;
 pub mod validate;
 pub mod workload;
 
 pub use model::*;
+pub use pod::{OwnerKind, OwnerRef, PodFacts, POOL_ANNOTATION};

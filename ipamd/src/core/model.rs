@@ -128,9 +128,24 @@ pub struct Pool {
     pub tors: Vec<String>,
     /// The pool's IPs per ToR, ascending. `size` is their total.
     pub ips: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Other namespaces whose pods may name this pool by annotation
+    /// (`moor.io/pool`); `*`: all. A pod of the pool's own namespace always
+    /// may. (Added after schema version 1 without a migration: an absent
+    /// field reads as empty.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_namespaces: Vec<String>,
 }
 
 impl Pool {
+    /// Whether a pod of `namespace` may name this pool.
+    pub fn allows(&self, namespace: &str) -> bool {
+        self.namespace == namespace
+            || self
+                .allow_namespaces
+                .iter()
+                .any(|n| n == namespace || n == "*")
+    }
+
     pub fn size(&self) -> u32 {
         self.ips.values().map(|v| v.len() as u32).sum()
     }

@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::explain::explain;
 use crate::core::{
-    workload, Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease,
+    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, Pool,
+    POOL_ANNOTATION,
 };
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
@@ -17,42 +18,80 @@ use crate::store::{keys, Entry, StoreExt, Txn};
 use super::{AllocRequest, Allocation, Ipam};
 
 impl Ipam {
-    /// The pool a pod draws from: explicit, or its app's; and whether the
-    /// pod's name is stable (a StatefulSet's), for the `auto` policy.
-    async fn resolve_pool(&self, req: &AllocRequest) -> Result<(String, bool)> {
-        if let Some(p) = &req.pool {
-            if self.store.get(&keys::pool(p)).await?.is_none() {
-                return Err(Error::refused(
-                    cni_code::NO_POOL,
-                    format!("pool {p} (named by MOOR_POOL or the network config) does not exist: create it with `ipamctl pool create {p} --namespace NS --app APP`"),
-                ));
-            }
-            let stable = req.pod.is_known() && workload::workload_of(&req.pod.name).stable_name;
-            return Ok((p.clone(), stable));
+    /// The pool a pod draws from, the first of: the call's explicit pool,
+    /// the pod's annotation, the pool registered for its workload, its
+    /// namespace's annotation, the network's default. A pool named by an
+    /// annotation must belong to the pod's namespace or allow it.
+    async fn resolve_pool(&self, req: &AllocRequest) -> Result<String> {
+        let c = &req.choice;
+        let pod = &req.pod;
+        if let Some(p) = &c.explicit {
+            self.named_pool(p, "named by MOOR_POOL or the network config", None)
+                .await?;
+            return Ok(p.clone());
         }
-        if !req.pod.is_known() {
+        if let Some(p) = &c.pod_annotation {
+            let why = format!("named by pod {pod}'s annotation {POOL_ANNOTATION}");
+            self.named_pool(p, &why, Some(&pod.namespace)).await?;
+            return Ok(p.clone());
+        }
+        if let Some(app) = c.app.as_ref().filter(|_| pod.is_known()) {
+            if let Some((p, _)) = self
+                .store
+                .get_json::<String>(&keys::app(&pod.namespace, app))
+                .await?
+            {
+                return Ok(p);
+            }
+        }
+        if let Some(p) = &c.namespace_annotation {
+            let why = format!(
+                "named by namespace {}'s annotation {POOL_ANNOTATION}",
+                pod.namespace
+            );
+            self.named_pool(p, &why, Some(&pod.namespace)).await?;
+            return Ok(p.clone());
+        }
+        if let Some(p) = &c.default {
+            self.named_pool(p, "the network config's default pool", None)
+                .await?;
+            return Ok(p.clone());
+        }
+        if !pod.is_known() {
             return Err(Error::refused(
                 cni_code::NO_POOL,
                 "no pool for this container: the runtime passed no K8S_POD_NAMESPACE/K8S_POD_NAME, so set MOOR_POOL in CNI_ARGS or \"pool\" in the network config",
             ));
         }
-        let w = workload::workload_of(&req.pod.name);
-        match self
-            .store
-            .get_json::<String>(&keys::app(&req.pod.namespace, &w.app))
-            .await?
-        {
-            Some((p, _)) => Ok((p, w.stable_name)),
-            None => Err(Error::refused(
+        let ns = &pod.namespace;
+        let app = c.app.as_deref().unwrap_or(&pod.name);
+        Err(Error::refused(
+            cni_code::NO_POOL,
+            format!(
+                "no pool for app {ns}/{app} (pod {pod}): create one with `ipamctl pool create {app} --namespace {ns} --app {app}` so its IPs are known before it starts, or name a pool with MOOR_POOL or the annotation {POOL_ANNOTATION} on the pod or its namespace"
+            ),
+        ))
+    }
+
+    /// Checks that pool `name` exists and, when `namespace` is given (a
+    /// pool named by an annotation), that its pods may use it.
+    async fn named_pool(&self, name: &str, why: &str, namespace: Option<&str>) -> Result<()> {
+        let Some((pool, _)) = self.store.get_json::<Pool>(&keys::pool(name)).await? else {
+            return Err(Error::refused(
                 cni_code::NO_POOL,
+                format!("pool {name} ({why}) does not exist: create it with `ipamctl pool create {name} --namespace NS --app APP`"),
+            ));
+        };
+        if let Some(ns) = namespace.filter(|ns| !pool.allows(ns)) {
+            return Err(Error::refused(
+                cni_code::POOL_NOT_ALLOWED,
                 format!(
-                    "no pool for app {ns}/{app} (pod {pod}): create one with `ipamctl pool create {app} --namespace {ns} --app {app}` so its IPs are known before it starts, or name a pool with MOOR_POOL",
-                    ns = req.pod.namespace,
-                    app = w.app,
-                    pod = req.pod
+                    "pool {name} ({why}) belongs to namespace {} and does not allow pods of namespace {ns}: name a pool of namespace {ns}, or have pool {name} made with `--allow-namespace {ns}`; nothing was allocated",
+                    pool.namespace
                 ),
-            )),
+            ));
         }
+        Ok(())
     }
 
     /// Records the attachment (state pending) and returns the IP. Repeated
@@ -88,7 +127,8 @@ impl Ipam {
                 existing: true,
             });
         }
-        let (pool_name, stable_name) = self.resolve_pool(req).await?;
+        let pool_name = self.resolve_pool(req).await?;
+        let stable_name = req.stable;
         let lock = self.pool_lock(&pool_name);
         let _guard = lock.lock().await;
         let what = format!("allocating in pool {pool_name}");

@@ -54,6 +54,45 @@ pub struct PoolSpec {
     /// Empty = every ToR.
     pub tors: Vec<String>,
     pub policy: Policy,
+    /// Other namespaces whose pods may name the pool; `*` = all.
+    pub allow_namespaces: Vec<String>,
+}
+
+/// Where a pod's pool may come from, in the order they are tried. Without
+/// the Kubernetes API only `explicit` (MOOR_POOL or the config's pool) and
+/// `app` (read from the pod's name) are known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolChoice {
+    /// Named by the call itself (MOOR_POOL in CNI_ARGS): used as is.
+    pub explicit: Option<String>,
+    /// The pod's `moor.io/pool` annotation.
+    pub pod_annotation: Option<String>,
+    /// The pod's workload: the pool registered for (namespace, app).
+    pub app: Option<String>,
+    /// The namespace's `moor.io/pool` annotation.
+    pub namespace_annotation: Option<String>,
+    /// The network config's pool, the last default.
+    pub default: Option<String>,
+}
+
+impl PoolChoice {
+    /// Without the Kubernetes API: `explicit` (MOOR_POOL, else the network
+    /// config's pool) or the app read from the pod's name, as Kubernetes
+    /// builds names (`web-3` is StatefulSet `web`'s, and stable;
+    /// `web-7d9f8c6b5-x2x9z` Deployment `web`'s). Returns the choice and
+    /// whether the pod's name is stable.
+    pub fn by_name(pod: &PodRef, explicit: Option<String>) -> (Self, bool) {
+        let w = pod
+            .is_known()
+            .then(|| crate::core::workload::workload_of(&pod.name));
+        let stable = w.as_ref().is_some_and(|w| w.stable_name);
+        let choice = PoolChoice {
+            explicit,
+            app: w.map(|w| w.app),
+            ..Default::default()
+        };
+        (choice, stable)
+    }
 }
 
 /// One ADD as the allocation service sees it.
@@ -61,8 +100,11 @@ pub struct PoolSpec {
 pub struct AllocRequest {
     pub key: AttachmentKey,
     pub pod: PodRef,
-    /// Explicit pool (MOOR_POOL or config); None = the pod's app's pool.
-    pub pool: Option<String>,
+    /// Where the pod's pool comes from.
+    pub choice: PoolChoice,
+    /// The pod's name (and so its IP) survives its re-creation: a
+    /// StatefulSet's pod, a bare pod. The `auto` policy keeps its IP.
+    pub stable: bool,
     pub netns: String,
     pub network: String,
     /// The ToR of this node.

@@ -19,6 +19,10 @@ impl Ipam {
         validate::pool_name(&spec.name).map_err(Error::Invalid)?;
         validate::namespace(&spec.namespace).map_err(Error::Invalid)?;
         validate::app(&spec.app).map_err(Error::Invalid)?;
+        for ns in spec.allow_namespaces.iter().filter(|n| *n != "*") {
+            moor_proto::fields::namespace("allowed namespace", ns)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         let size = if spec.size == 0 {
             DEFAULT_POOL_SIZE
         } else {
@@ -48,6 +52,7 @@ impl Ipam {
                 policy: spec.policy,
                 tors: tors.iter().map(|(t, ..)| t.name.clone()).collect(),
                 ips: BTreeMap::new(),
+                allow_namespaces: spec.allow_namespaces.clone(),
             };
             let mut txn = Txn::default();
             carve_into(&mut pool, &tors, size, &mut txn)?;

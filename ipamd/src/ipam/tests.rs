@@ -47,10 +47,19 @@ async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
         size,
         tors: vec![],
         policy,
+        allow_namespaces: vec![],
     })
     .await
     .unwrap();
     (store, ipam)
+}
+
+fn pod_ref(name: &str) -> PodRef {
+    PodRef {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: String::new(),
+    }
 }
 
 fn req(node: &str, tor: &str, cid: &str, pod: &str) -> AllocRequest {
@@ -60,12 +69,9 @@ fn req(node: &str, tor: &str, cid: &str, pod: &str) -> AllocRequest {
             container_id: cid.into(),
             ifname: "eth0".into(),
         },
-        pod: PodRef {
-            namespace: "default".into(),
-            name: pod.into(),
-            uid: String::new(),
-        },
-        pool: None,
+        pod: pod_ref(pod),
+        choice: PoolChoice::by_name(&pod_ref(pod), None).0,
+        stable: PoolChoice::by_name(&pod_ref(pod), None).1,
         netns: format!("/run/netns/{cid}"),
         network: "moor".into(),
         tor: tor.into(),
@@ -267,7 +273,7 @@ async fn full_pool_and_missing_things_say_what_to_do() {
     assert_eq!(c, cni_code::NO_POOL);
     assert!(msg.contains("MOOR_POOL"), "{msg}");
     // With an explicit pool an anonymous container (podman) gets an IP, unbound.
-    r.pool = Some("web".into());
+    r.choice.explicit = Some("web".into());
     let (c, _) = code(ipam.allocate(&r).await.unwrap_err());
     assert_eq!(c, cni_code::POOL_FULL, "r1 has one IP, taken");
     r.tor = "r2".into();
@@ -299,6 +305,7 @@ async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
         size: 2,
         tors: tors.iter().map(|t| t.to_string()).collect(),
         policy: Policy::Auto,
+        allow_namespaces: vec![],
     };
     let (_, msg) = code(
         ipam.create_pool(&spec("both", "both", &["r1", "r1-db"]))
@@ -499,6 +506,7 @@ async fn bad_admin_input_changes_nothing() {
         size,
         tors: tors.iter().map(|s| s.to_string()).collect(),
         policy: Policy::Auto,
+        allow_namespaces: vec![],
     };
     let cases = [
         spec("web", "default", "other", 1, &[]),

@@ -5,10 +5,11 @@
 use tracing::{info, warn};
 
 use crate::core::explain::quarantine_message;
-use crate::core::{validate, AttachmentState, Lease, PodRef, Quarantine, Tor};
+use crate::core::{validate, AttachmentState, Lease, PodFacts, PodRef, Quarantine, Tor};
 use crate::datapath::{DatapathError, PodLink, Wired};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::AllocRequest;
+use crate::kubernetes::reason_for;
 
 use super::{link_for, Node};
 
@@ -24,8 +25,11 @@ pub struct AddRequest {
     /// Who the pod is (K8S_POD_* in CNI_ARGS); empty when the runtime said
     /// nothing.
     pub pod: PodRef,
-    /// An explicit pool (MOOR_POOL or the config's); None: the app's.
+    /// MOOR_POOL in CNI_ARGS: the pool, whatever the pod says.
     pub pool: Option<String>,
+    /// The network config's pool: without the Kubernetes API as explicit as
+    /// MOOR_POOL, with it the last default.
+    pub default_pool: Option<String>,
 }
 
 /// What an ADD made: the IP, its ToR segment, the link as wired, and what
@@ -40,6 +44,29 @@ pub struct Added {
 
 impl Node {
     pub async fn add(&self, req: &AddRequest) -> Result<Added> {
+        let added = self.add_pod(req).await;
+        if let Err(e) = &added {
+            self.report_failure(req, e);
+        }
+        added
+    }
+
+    /// A failed ADD becomes an Event on the pod (with the API), so `kubectl
+    /// describe pod` says why its sandbox does not start.
+    fn report_failure(&self, req: &AddRequest, e: &Error) {
+        let (Some(c), true) = (&self.cluster, req.pod.is_known()) else {
+            return;
+        };
+        let pod = PodFacts {
+            namespace: req.pod.namespace.clone(),
+            name: req.pod.name.clone(),
+            uid: req.pod.uid.clone(),
+            ..Default::default()
+        };
+        c.pod_event(&pod, reason_for(e.cni_code()), &e.to_string());
+    }
+
+    async fn add_pod(&self, req: &AddRequest) -> Result<Added> {
         let key = self.key(&req.container_id, &req.ifname)?;
         if !req.netns.starts_with('/') {
             return Err(Error::Invalid(format!(
@@ -51,6 +78,8 @@ impl Node {
         validate::add_input(&req.pod, pool, &req.network).map_err(Error::Invalid)?;
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
+        let tor = self.tor()?;
+        let place = self.placement(req).await?;
         let pod = &req.pod;
         let alloc = match self.store_down_recently() {
             Some(since) => Err(Error::unavailable(format!(
@@ -63,10 +92,11 @@ impl Node {
                     .allocate(&AllocRequest {
                         key: key.clone(),
                         pod: pod.clone(),
-                        pool: req.pool.clone(),
+                        choice: place.choice.clone(),
+                        stable: place.stable,
                         netns: req.netns.clone(),
                         network: req.network.clone(),
-                        tor: self.cfg.tor.clone(),
+                        tor: tor.clone(),
                         now_unix: self.now(),
                     })
                     .await,
@@ -74,7 +104,10 @@ impl Node {
         };
         let alloc = match alloc {
             Ok(a) => a,
-            Err(e) if e.is_unavailable() => return self.add_offline(&key, req, e).await,
+            Err(e) if e.is_unavailable() => {
+                let pool = place.choice.explicit.as_deref();
+                return self.add_offline(&key, req, &tor, pool, e).await;
+            }
             Err(e) => return Err(e),
         };
         let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;

@@ -26,6 +26,7 @@ pub mod heartbeat;
 pub mod mirror;
 mod offline;
 mod pending;
+mod placement;
 mod recover;
 mod status;
 pub mod sweep;
@@ -43,10 +44,11 @@ use ipnetwork::Ipv4Network;
 use moor_proto::fields;
 
 use crate::clock::Clock;
-use crate::core::{AttachmentKey, Lease, Tor};
+use crate::core::{AttachmentKey, Lease, OwnerKind, Tor};
 use crate::datapath::{Datapath, PodLink};
-use crate::error::{Error, Result};
+use crate::error::{cni_code, Error, Result};
 use crate::ipam::Ipam;
+use crate::kubernetes::Cluster;
 
 pub use add::{AddRequest, Added};
 pub use check::CheckRequest;
@@ -63,6 +65,9 @@ pub struct NodeConfig {
     /// GC leaves attachments younger than this alone: the runtime's list of
     /// valid attachments may predate an ADD that just finished.
     pub gc_grace: Duration,
+    /// Owner kinds whose pods keep their IP under the `auto` policy (read
+    /// from the Kubernetes API).
+    pub sticky_kinds: Vec<OwnerKind>,
 }
 
 pub struct Node {
@@ -73,6 +78,8 @@ pub struct Node {
     /// remote (etcd): DEL, CHECK, GC and restarts keep working in an outage.
     pub mirror: Option<Mirror>,
     pub clock: Arc<dyn Clock>,
+    /// The Kubernetes API (pods, namespaces, this node), when ipamd has one.
+    pub cluster: Option<Arc<dyn Cluster>>,
     health: health::StoreHealth,
     /// The datapath was reconciled with this node's attachments (once, at
     /// the first `recover`, before ADDs are served).
@@ -93,8 +100,40 @@ impl Node {
             datapath,
             mirror,
             clock,
+            cluster: None,
             health: health::StoreHealth::default(),
             reconciled: AtomicBool::new(false),
+        }
+    }
+
+    /// With the Kubernetes API: pods' workloads and pools come from the API,
+    /// and the node's ToR from its label when `--tor` is not set.
+    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// This node's ToR: `--tor`, else its Node's label. Until it is known an
+    /// ADD is refused (code 103) with the command that fixes it.
+    pub fn tor(&self) -> Result<String> {
+        if !self.cfg.tor.is_empty() {
+            return Ok(self.cfg.tor.clone());
+        }
+        match &self.cluster {
+            Some(c) => c.node_tor().ok_or_else(|| {
+                Error::refused(
+                    cni_code::TOR_UNDEFINED,
+                    format!(
+                        "node {n} has no label {l}, so ipamd does not know its ToR: label it with `kubectl label node {n} {l}=TOR` (the ToR's name in `ipamctl tor list`)",
+                        n = self.cfg.name,
+                        l = c.tor_label()
+                    ),
+                )
+            }),
+            None => Err(Error::refused(
+                cni_code::TOR_UNDEFINED,
+                "ipamd has no ToR: start it with --tor, or with the Kubernetes API and a ToR label on its node",
+            )),
         }
     }
 

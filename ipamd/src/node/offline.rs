@@ -53,6 +53,8 @@ impl Node {
         &self,
         key: &AttachmentKey,
         req: &AddRequest,
+        tor: &str,
+        explicit_pool: Option<&str>,
         why: Error,
     ) -> Result<Added> {
         let pod = &req.pod;
@@ -66,8 +68,8 @@ impl Node {
         };
         // The cached segment must be on this node's ToR (configured by the
         // ToR's name, or by one of its segments' names).
-        let here = cached.tor.switch() == self.cfg.tor || cached.tor.name == self.cfg.tor;
-        if !here || req.pool.as_ref().is_some_and(|p| *p != cached.lease.pool) {
+        let here = cached.tor.switch() == tor || cached.tor.name == tor;
+        if !here || explicit_pool.is_some_and(|p| p != cached.lease.pool) {
             return Err(why);
         }
         // Its previous instance may still be attached here (DEL not run yet).

@@ -26,25 +26,29 @@ impl Node {
     pub async fn status(&self) -> Status {
         let mut reply = Status {
             node: self.cfg.name.clone(),
-            tor: self.cfg.tor.clone(),
             ..Default::default()
         };
-        match self.free_on_tor().await {
+        let tor = match self.tor() {
+            Ok(t) => t,
+            Err(e) => {
+                reply.reason = e.to_string();
+                return reply;
+            }
+        };
+        reply.tor = tor.clone();
+        match self.free_on_tor(&tor).await {
             Err(e) => reply.reason = e.to_string(),
             Ok(None) => {
                 reply.reason = format!(
                     "this node's ToR {t} is not defined: add it with `ipamctl tor add {t} ...`",
-                    t = self.cfg.tor
+                    t = tor
                 )
             }
             Ok(Some((0, pools))) => {
                 reply.reason = if pools == 0 {
-                    format!(
-                        "no pool has IPs on ToR {}: create one with `ipamctl pool create`",
-                        self.cfg.tor
-                    )
+                    format!("no pool has IPs on ToR {tor}: create one with `ipamctl pool create`")
                 } else {
-                    format!("all {pools} pools with IPs on ToR {} are full: grow them with `ipamctl pool resize`", self.cfg.tor)
+                    format!("all {pools} pools with IPs on ToR {tor} are full: grow them with `ipamctl pool resize`")
                 }
             }
             Ok(Some((free, _))) => {
@@ -57,10 +61,10 @@ impl Node {
 
     /// Free IPs over all pools on this node's ToR (all its segments), and how
     /// many pools have IPs there; None when the ToR is not defined.
-    async fn free_on_tor(&self) -> Result<Option<(u32, u32)>> {
+    async fn free_on_tor(&self, tor: &str) -> Result<Option<(u32, u32)>> {
         let segments: Vec<String> = self
             .ipam
-            .segments_of(&self.cfg.tor)
+            .segments_of(tor)
             .await?
             .into_iter()
             .map(|t| t.name)

@@ -291,6 +291,7 @@ fn every_field_rule_holds_at_every_entry_point() {
                     pod: Some(pod),
                     pool: pool.into(),
                     network: network.into(),
+                    default_pool: String::new(),
                 })
             };
             let good_key = || key(&container_id(), "eth0");

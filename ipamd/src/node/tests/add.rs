@@ -87,6 +87,7 @@ async fn add_records_the_attachment_pending_before_it_wires() {
             tor: "r1".into(),
             pending_dir: h.dir.0.join("pending"),
             gc_grace: Duration::from_secs(GRACE),
+            sticky_kinds: crate::core::pod::default_sticky_kinds(),
         },
         h.ipam.clone(),
         spy.clone(),

@@ -4,7 +4,7 @@
 use crate::core::{AttachmentState, IpState};
 use crate::error::Error;
 use crate::ipam::registry::{beat, NodeRecord, ALIVE_WITHIN};
-use crate::ipam::AllocRequest;
+use crate::ipam::{AllocRequest, PoolChoice};
 
 use super::*;
 
@@ -61,7 +61,8 @@ async fn held_on_n2(h: &Harness, beat_at: u64) -> std::net::Ipv4Addr {
         .allocate(&AllocRequest {
             key: key.clone(),
             pod: pod_ref("db-0"),
-            pool: None,
+            choice: PoolChoice::by_name(&pod_ref("db-0"), None).0,
+            stable: true,
             netns: "/run/netns/c9".into(),
             network: "moor".into(),
             tor: "r1".into(),

@@ -97,6 +97,7 @@ impl Harness {
                 size: 4,
                 tors: vec![],
                 policy: Policy::Auto,
+                allow_namespaces: vec![],
             })
             .await
             .unwrap();
@@ -130,6 +131,7 @@ impl Harness {
                 tor: "r1".into(),
                 pending_dir: dir.0.join("pending"),
                 gc_grace: Duration::from_secs(GRACE),
+                sticky_kinds: crate::core::pod::default_sticky_kinds(),
             },
             ipam.clone(),
             dp,
@@ -179,6 +181,7 @@ impl Harness {
             network: "moor".into(),
             pod: pod_ref(pod),
             pool: None,
+            default_pool: None,
         }
     }
 

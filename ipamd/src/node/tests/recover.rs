@@ -3,7 +3,7 @@
 use crate::core::AttachmentState;
 use crate::datapath::fake::{Call, Op};
 use crate::datapath::Datapath;
-use crate::ipam::AllocRequest;
+use crate::ipam::{AllocRequest, PoolChoice};
 
 use super::*;
 
@@ -16,7 +16,8 @@ async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::Ipv4Add
         .allocate(&AllocRequest {
             key: key.clone(),
             pod: pod_ref(pod),
-            pool: None,
+            choice: PoolChoice::by_name(&pod_ref(pod), None).0,
+            stable: PoolChoice::by_name(&pod_ref(pod), None).1,
             netns: format!("/run/netns/{cid}"),
             network: "moor".into(),
             tor: "r1".into(),

@@ -1,0 +1,264 @@
+//! The node agent's caches: metadata-only watches (a reflector each) of this
+//! node's Pods (`spec.nodeName=<node>`), of Namespaces and of this Node. The
+//! watcher relists after a 410 Gone, resumes after an API outage with
+//! backoff, and the caches keep answering meanwhile: an ADD of a pod the
+//! cache holds never waits on the API, and nothing here is on the DEL path.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+// Kubernetes' own v1 modules, renamed so that `v1::` in ipamd always means
+// moor's gRPC types (which stay in api/).
+use k8s_openapi::api::batch::v1 as batchv1;
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
+
+use batchv1::Job;
+use corev1::{Namespace, Node, Pod};
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use metav1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use crate::clock::Clock;
+use crate::core::{OwnerRef, PodFacts, POOL_ANNOTATION};
+
+use super::events::Events;
+use super::{Cluster, Unreachable};
+
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// This node's name (the Node object's).
+    pub node: String,
+    /// The Node label that holds the node's ToR.
+    pub tor_label: String,
+    /// Bound on one GET on the ADD path (a pod the cache lacks, its Job), so
+    /// an ADD against an API that does not answer fails inside the
+    /// runtime's patience and is retried.
+    pub get_timeout: Duration,
+    /// An aggregated Event is written back at most this often.
+    pub event_interval: Duration,
+}
+
+pub struct ApiCluster {
+    client: Client,
+    opts: ApiOptions,
+    pods: Store<PartialObjectMeta<Pod>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    nodes: Store<PartialObjectMeta<Node>>,
+    /// The controller of each Job seen (a Job's owner never changes).
+    jobs: Mutex<HashMap<(String, String), Option<OwnerRef>>>,
+    events: Events,
+}
+
+/// A metadata-only reflector of `api` under `cfg`, fed by a task of its own
+/// for as long as ipamd runs.
+fn reflect<K>(
+    api: Api<PartialObjectMeta<K>>,
+    cfg: watcher::Config,
+    what: &'static str,
+) -> Store<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, cfg)
+        .default_backoff()
+        // Managed fields are most of an object's metadata and moor reads
+        // none of them.
+        .modify(|o: &mut PartialObjectMeta<K>| o.metadata.managed_fields = None)
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                warn!(what, error = %e, "Kubernetes watch failed; retrying with backoff (the cache keeps serving)");
+            }
+        }
+    });
+    reader
+}
+
+fn controller_of(m: &ObjectMeta) -> Option<OwnerRef> {
+    m.owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| OwnerRef {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+        })
+}
+
+fn facts(m: &ObjectMeta) -> PodFacts {
+    PodFacts {
+        namespace: m.namespace.clone().unwrap_or_default(),
+        name: m.name.clone().unwrap_or_default(),
+        uid: m.uid.clone().unwrap_or_default(),
+        labels: m.labels.clone().unwrap_or_default(),
+        annotations: m.annotations.clone().unwrap_or_default(),
+        controller: controller_of(m),
+        job_controller: None,
+    }
+}
+
+impl ApiCluster {
+    /// Starts the watches and the event writer; returns at once (the caches
+    /// fill as the API answers).
+    pub fn start(client: Client, opts: ApiOptions, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node));
+        let pods = reflect(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            on_node,
+            "pods",
+        );
+        let namespaces = reflect(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+            "namespaces",
+        );
+        let this_node = watcher::Config::default().fields(&format!("metadata.name={}", opts.node));
+        let nodes = reflect(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            this_node,
+            "node",
+        );
+        let events = Events::start(
+            client.clone(),
+            opts.node.clone(),
+            clock,
+            opts.event_interval,
+        );
+        Arc::new(Self {
+            client,
+            opts,
+            pods,
+            namespaces,
+            nodes,
+            jobs: Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    /// Waits until the first list of pods, namespaces and the node arrived
+    /// (or `within` passed): a start that serves ADDs at once would GET
+    /// every pod it is asked about.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let all = async {
+            let _ = self.pods.wait_until_ready().await;
+            let _ = self.namespaces.wait_until_ready().await;
+            let _ = self.nodes.wait_until_ready().await;
+        };
+        tokio::time::timeout(within, all).await.is_ok()
+    }
+
+    /// How many pods the cache holds (for logs and the memory benchmark).
+    pub fn cached_pods(&self) -> usize {
+        self.pods.state().len()
+    }
+
+    async fn get<K>(
+        &self,
+        api: Api<PartialObjectMeta<K>>,
+        what: &str,
+        name: &str,
+    ) -> Result<Option<PartialObjectMeta<K>>, Unreachable>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        match tokio::time::timeout(self.opts.get_timeout, api.get_opt(name)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(Unreachable(format!("GET {what} {name}: {e}"))),
+            Err(_) => Err(Unreachable(format!(
+                "GET {what} {name}: no answer within {} ms",
+                self.opts.get_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// The controller of Job `namespace/job`, read once per Job.
+    async fn job_controller(
+        &self,
+        namespace: &str,
+        job: &str,
+    ) -> Result<Option<OwnerRef>, Unreachable> {
+        let key = (namespace.to_string(), job.to_string());
+        if let Some(c) = self.jobs.lock().unwrap().get(&key) {
+            return Ok(c.clone());
+        }
+        let api = Api::<PartialObjectMeta<Job>>::namespaced(self.client.clone(), namespace);
+        let owner = self
+            .get(api, "job", job)
+            .await?
+            .and_then(|j| controller_of(&j.metadata));
+        self.jobs.lock().unwrap().insert(key, owner.clone());
+        Ok(owner)
+    }
+}
+
+#[async_trait]
+impl Cluster for ApiCluster {
+    async fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Option<PodFacts>, Unreachable> {
+        let same = |m: &ObjectMeta| uid.is_empty() || m.uid.as_deref() == Some(uid);
+        let cached = self
+            .pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .filter(|p| same(&p.metadata));
+        let meta = match cached {
+            Some(p) => p.metadata.clone(),
+            None => {
+                let api = Api::<PartialObjectMeta<Pod>>::namespaced(self.client.clone(), namespace);
+                match self.get(api, "pod", &format!("{namespace}/{name}")).await? {
+                    Some(p) if same(&p.metadata) => p.metadata,
+                    _ => return Ok(None),
+                }
+            }
+        };
+        let mut f = facts(&meta);
+        if let Some(job) = f.job().map(str::to_string) {
+            f.job_controller = self.job_controller(namespace, &job).await?;
+        }
+        Ok(Some(f))
+    }
+
+    fn namespace_pool(&self, namespace: &str) -> Option<String> {
+        let ns = self.namespaces.get(&ObjectRef::new(namespace))?;
+        ns.metadata
+            .annotations
+            .as_ref()?
+            .get(POOL_ANNOTATION)
+            .filter(|p| !p.is_empty())
+            .cloned()
+    }
+
+    fn node_tor(&self) -> Option<String> {
+        let node = self.nodes.get(&ObjectRef::new(&self.opts.node))?;
+        node.metadata
+            .labels
+            .as_ref()?
+            .get(&self.opts.tor_label)
+            .filter(|t| !t.is_empty())
+            .cloned()
+    }
+
+    fn tor_label(&self) -> &str {
+        &self.opts.tor_label
+    }
+
+    fn pod_event(&self, pod: &PodFacts, reason: &str, message: &str) {
+        self.events.report(pod, reason, message);
+    }
+}

@@ -1,0 +1,265 @@
+//! Events on pods whose ADD failed, so `kubectl describe pod` says why the
+//! sandbox does not start ("pool web is full on ToR rack1 ..."). A runtime
+//! retries a failed sandbox every few seconds for as long as the cause
+//! lasts; like kubelet, moor aggregates: the first failure of a (pod,
+//! reason) creates the Event, later ones only raise its count, written back
+//! at most once per interval. A pod that fails 100 times costs a handful of
+//! writes, and none of them is on the ADD's path: failures go through a
+//! bounded channel to a task of their own (a flood beyond it is dropped,
+//! not waited for).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+// Renamed: `v1::` in ipamd means moor's gRPC types.
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
+
+use corev1::{Event, EventSource, ObjectReference};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use metav1::{ObjectMeta, Time};
+use moor_proto::cni_code;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::clock::Clock;
+use crate::core::PodFacts;
+
+/// Failures waiting to be written beyond this are dropped.
+const BACKLOG: usize = 1024;
+/// A series nobody added to for this long is forgotten (the next failure
+/// starts a new Event).
+const FORGET_AFTER_SECS: u64 = 600;
+/// Who writes the events.
+pub const COMPONENT: &str = "moor-ipamd";
+
+/// The Event reason of a failed ADD, by its CNI error code.
+pub fn reason_for(code: u32) -> &'static str {
+    match code {
+        cni_code::POOL_FULL => "MoorPoolFull",
+        cni_code::WRONG_TOR => "MoorWrongToR",
+        cni_code::NO_POOL => "MoorNoPool",
+        cni_code::TOR_UNDEFINED => "MoorToRUndefined",
+        cni_code::DATAPATH => "MoorDatapathFailed",
+        cni_code::OTHER_POOL => "MoorOtherPool",
+        cni_code::ADDRESS_CONFLICT => "MoorAddressConflict",
+        cni_code::POOL_NOT_ALLOWED => "MoorPoolNotAllowed",
+        cni_code::TRY_AGAIN_LATER => "MoorTryAgain",
+        cni_code::INVALID_CONFIG => "MoorInvalidRequest",
+        _ => "MoorAddFailed",
+    }
+}
+
+struct Failure {
+    namespace: String,
+    pod: String,
+    uid: String,
+    reason: String,
+    message: String,
+}
+
+/// One Event being aggregated.
+struct Series {
+    namespace: String,
+    name: String,
+    count: i32,
+    written: i32,
+    message: String,
+    last_seen: u64,
+    last_write: u64,
+}
+
+pub(super) struct Events {
+    tx: mpsc::Sender<Failure>,
+}
+
+impl Events {
+    pub(super) fn start(
+        client: Client,
+        node: String,
+        clock: Arc<dyn Clock>,
+        interval: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        let writer = Writer {
+            client,
+            node,
+            clock,
+            interval: interval.as_secs().max(1),
+            series: HashMap::new(),
+            made: 0,
+        };
+        tokio::spawn(writer.run(rx, interval));
+        Self { tx }
+    }
+
+    pub(super) fn report(&self, pod: &PodFacts, reason: &str, message: &str) {
+        let f = Failure {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            uid: pod.uid.clone(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        if self.tx.try_send(f).is_err() {
+            debug!(pod = %pod.name, "event backlog full; a failure goes unreported");
+        }
+    }
+}
+
+struct Writer {
+    client: Client,
+    node: String,
+    clock: Arc<dyn Clock>,
+    interval: u64,
+    /// By (pod uid, reason).
+    series: HashMap<(String, String), Series>,
+    /// Events made, for unique names.
+    made: u64,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Failure>, every: Duration) {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => self.failed(f).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.flush().await,
+            }
+        }
+    }
+
+    fn time(&self, secs: u64) -> Option<Time> {
+        k8s_openapi::jiff::Timestamp::from_second(secs as i64)
+            .ok()
+            .map(Time)
+    }
+
+    async fn failed(&mut self, f: Failure) {
+        let now = self.clock.now_unix();
+        let key = (f.uid.clone(), f.reason.clone());
+        if let Some(s) = self.series.get_mut(&key) {
+            s.count += 1;
+            s.message = f.message;
+            s.last_seen = now;
+            if now.saturating_sub(s.last_write) >= self.interval {
+                let key = key.clone();
+                self.write_back(&key).await;
+            }
+            return;
+        }
+        self.made += 1;
+        // As kubelet names them: the object's name, a dot, something unique.
+        let prefix: String = f.pod.chars().take(200).collect();
+        let name = format!("{prefix}.moor{:x}{:x}", now, self.made);
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(f.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(f.namespace.clone()),
+                name: Some(f.pod.clone()),
+                uid: (!f.uid.is_empty()).then(|| f.uid.clone()),
+                ..Default::default()
+            },
+            reason: Some(f.reason.clone()),
+            message: Some(f.message.clone()),
+            type_: Some("Warning".into()),
+            count: Some(1),
+            first_timestamp: self.time(now),
+            last_timestamp: self.time(now),
+            source: Some(EventSource {
+                component: Some(COMPONENT.into()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some(COMPONENT.into()),
+            reporting_instance: Some(self.node.clone()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &f.namespace);
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                self.series.insert(
+                    key,
+                    Series {
+                        namespace: f.namespace,
+                        name,
+                        count: 1,
+                        written: 1,
+                        message: f.message,
+                        last_seen: now,
+                        last_write: now,
+                    },
+                );
+            }
+            // Not remembered: the next failure tries again.
+            Err(e) => {
+                warn!(pod = %f.pod, reason = %f.reason, error = %e, "could not post an Event")
+            }
+        }
+    }
+
+    /// Writes back the series' count and last message.
+    async fn write_back(&mut self, key: &(String, String)) {
+        let now = self.clock.now_unix();
+        let Some(s) = self.series.get(key) else {
+            return;
+        };
+        let patch = serde_json::json!({
+            "count": s.count,
+            "message": s.message,
+            "lastTimestamp": self.time(s.last_seen),
+        });
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &s.namespace);
+        let name = s.name.clone();
+        let count = s.count;
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                if let Some(s) = self.series.get_mut(key) {
+                    s.written = count;
+                    s.last_write = now;
+                }
+            }
+            Err(e) => {
+                warn!(event = %name, error = %e, "could not update an Event");
+                // Gone (deleted, expired): the next failure starts anew.
+                if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                    self.series.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Writes back the counts whose interval has passed; forgets series
+    /// that have been quiet for a while.
+    async fn flush(&mut self) {
+        let now = self.clock.now_unix();
+        self.series.retain(|_, s| {
+            s.count > s.written || now.saturating_sub(s.last_seen) < FORGET_AFTER_SECS
+        });
+        let due: Vec<(String, String)> = self
+            .series
+            .iter()
+            .filter(|(_, s)| {
+                s.count > s.written && now.saturating_sub(s.last_write) >= self.interval
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.write_back(&key).await;
+        }
+    }
+}
