@@ -3,16 +3,19 @@
 //! killed by pid and the directory removed on drop; they also get SIGKILL if
 //! the thread that started them dies (`PR_SET_PDEATHSIG`): start and restart
 //! them from the thread that owns the [`EtcdCluster`].
+//!
+//! [`EtcdCluster::start_tls`] serves clients over https only, to clients
+//! with a certificate of a CA made for the cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use nix::sys::signal::{kill, Signal};
 
-use crate::cmd::{free_port, tail};
+use crate::cmd::{free_port, tail, try_run};
 use crate::process::{kill9, pid, spawn_logged, terminate, STOP_GRACE};
 
 /// The etcd server binary.
@@ -36,6 +39,8 @@ pub struct EtcdCluster {
     dir: PathBuf,
     token: String,
     members: Vec<Member>,
+    /// With [`EtcdCluster::start_tls`]: the CA and the client's identity.
+    tls: Option<TlsOptions>,
 }
 
 /// A current-thread tokio runtime for one probe.
@@ -46,13 +51,60 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-async fn connect(url: &str) -> Result<Client, etcd_client::Error> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(PROBE_TIMEOUT)
-        // A member cut off from the others answers "no leader" at once.
-        .with_require_leader(true);
-    Client::connect([url], Some(opts)).await
+/// Runs openssl in `dir`; `args` split at whitespace.
+fn openssl(dir: &Path, args: &str) -> Result<(), String> {
+    try_run(
+        Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir),
+    )
+    .map(drop)
+    .map_err(|e| format!("{e}\n(etcd with TLS needs Debian's openssl)"))
+}
+
+/// Makes in `dir` a CA (ca.pem, ca.key), a server certificate for 127.0.0.1
+/// (server.pem, server.key) and a client certificate (client.pem,
+/// client.key), valid for a day.
+fn make_pki(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(
+        dir,
+        &format!("req -x509 {ec} -keyout ca.key -out ca.pem -days 1 -subj /CN=moor-test-ca"),
+    )?;
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let ext_file = dir.join(format!("{name}.ext"));
+        std::fs::write(&ext_file, ext).map_err(|e| format!("{}: {e}", ext_file.display()))?;
+        openssl(
+            dir,
+            &format!("req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}"),
+        )?;
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// What a client of the cluster in `pki` presents: its CA and the client
+/// certificate.
+fn client_tls(pki: &Path) -> Result<TlsOptions, String> {
+    let pem = |f: &str| {
+        let path = pki.join(f);
+        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    Ok(TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(pem("ca.pem")?))
+        .identity(Identity::from_pem(pem("client.pem")?, pem("client.key")?)))
 }
 
 impl EtcdCluster {
@@ -67,6 +119,29 @@ impl EtcdCluster {
         token: &str,
         extra_args: &[&str],
     ) -> Result<EtcdCluster, String> {
+        Self::start_with(dir, members, token, extra_args, false)
+    }
+
+    /// Like [`EtcdCluster::start`], but the members serve clients over https
+    /// only and want a client certificate (`--client-cert-auth`): the CA
+    /// and the certificates are made (with openssl) in [`EtcdCluster::pki`].
+    /// The probes here and [`EtcdCluster::client`] use them.
+    pub fn start_tls(
+        dir: &Path,
+        members: usize,
+        token: &str,
+        extra_args: &[&str],
+    ) -> Result<EtcdCluster, String> {
+        Self::start_with(dir, members, token, extra_args, true)
+    }
+
+    fn start_with(
+        dir: &Path,
+        members: usize,
+        token: &str,
+        extra_args: &[&str],
+        tls: bool,
+    ) -> Result<EtcdCluster, String> {
         if !Path::new(ETCD).exists() {
             return Err(format!(
                 "{ETCD} is missing: install Debian's etcd-server (./scripts/setup does)"
@@ -74,6 +149,21 @@ impl EtcdCluster {
         }
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let mut extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut client_tls_options = None;
+        if tls {
+            let pki = dir.join("pki");
+            make_pki(&pki)?;
+            client_tls_options = Some(client_tls(&pki)?);
+            let path = |f: &str| pki.join(f).display().to_string();
+            extra_args.extend([
+                format!("--cert-file={}", path("server.pem")),
+                format!("--key-file={}", path("server.key")),
+                format!("--trusted-ca-file={}", path("ca.pem")),
+                "--client-cert-auth".to_string(),
+            ]);
+        }
+        let scheme = if tls { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
         let initial = ports
             .iter()
@@ -85,10 +175,11 @@ impl EtcdCluster {
             dir: dir.to_path_buf(),
             token: token.to_string(),
             members: Vec::new(),
+            tls: client_tls_options,
         };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("http://127.0.0.1:{client}");
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let dir = dir.join(&name);
             let mut args = vec![
@@ -102,7 +193,7 @@ impl EtcdCluster {
                 format!("--initial-cluster-token={token}"),
                 "--initial-cluster-state=new".into(),
             ];
-            args.extend(extra_args.iter().map(|a| a.to_string()));
+            args.extend(extra_args.iter().cloned());
             cluster.members.push(Member {
                 name,
                 client_url,
@@ -115,6 +206,35 @@ impl EtcdCluster {
             cluster.try_start_member(i)?;
         }
         Ok(cluster)
+    }
+
+    /// With [`EtcdCluster::start_tls`], the directory that holds ca.pem,
+    /// client.pem and client.key (and the server's and the CA's keys).
+    pub fn pki(&self) -> Option<PathBuf> {
+        self.tls.is_some().then(|| self.dir.join("pki"))
+    }
+
+    /// How the probes connect: short timeouts, a leader required (a member
+    /// cut off from the others answers "no leader" at once), and with
+    /// [`EtcdCluster::start_tls`] the CA and the client certificate.
+    pub fn connect_options(&self) -> ConnectOptions {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(PROBE_TIMEOUT)
+            .with_require_leader(true);
+        match &self.tls {
+            Some(tls) => opts.with_tls(tls.clone()),
+            None => opts,
+        }
+    }
+
+    /// A client of the whole cluster, with [`EtcdCluster::connect_options`].
+    pub async fn client(&self) -> Result<Client, etcd_client::Error> {
+        Client::connect(self.endpoints(), Some(self.connect_options())).await
+    }
+
+    async fn connect(&self, url: &str) -> Result<Client, etcd_client::Error> {
+        Client::connect([url], Some(self.connect_options())).await
     }
 
     /// The members' client URLs.
@@ -228,21 +348,25 @@ impl EtcdCluster {
     /// Until a write through every running member succeeds (so there is a
     /// leader and that member is in the cluster); an error with the
     /// member's log after `within`. Blocks: call it outside any tokio
-    /// runtime.
+    /// runtime (inside one, [`EtcdCluster::wait_ready_async`]).
     pub fn wait_ready(&self, within: Duration) -> Result<(), String> {
+        runtime().block_on(self.wait_ready_async(within))
+    }
+
+    /// [`EtcdCluster::wait_ready`] for async callers.
+    pub async fn wait_ready_async(&self, within: Duration) -> Result<(), String> {
         let until = Instant::now() + within;
-        let rt = runtime();
         for (i, m) in self.members.iter().enumerate() {
             if !self.running(i) {
                 continue;
             }
             loop {
-                let probe = rt.block_on(async {
-                    let mut c = connect(&m.client_url).await?;
+                let probe = async {
+                    let mut c = self.connect(&m.client_url).await?;
                     let key = format!("/moor-ready-{}/{}", self.token, m.name);
                     c.put(key, "1", None).await
-                });
-                let last = match probe {
+                };
+                let last = match probe.await {
                     Ok(_) => break,
                     Err(e) => e.to_string(),
                 };
@@ -254,36 +378,40 @@ impl EtcdCluster {
                         self.log_tail(i, 15)
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(())
     }
 
     /// The index of the member that is the leader, if a running member
-    /// knows one. Blocks: call it outside any tokio runtime.
+    /// knows one. Blocks: call it outside any tokio runtime (inside one,
+    /// [`EtcdCluster::leader_async`]).
     pub fn leader(&self) -> Option<usize> {
-        runtime().block_on(async {
-            let mut ids = Vec::new();
-            let mut leader = None;
-            for m in &self.members {
-                let status = tokio::time::timeout(PROBE_TIMEOUT, async {
-                    connect(&m.client_url).await?.status().await
-                })
-                .await;
-                match status {
-                    Ok(Ok(st)) => {
-                        if st.leader() != 0 {
-                            leader = Some(st.leader());
-                        }
-                        ids.push(st.header().map(|h| h.member_id()));
+        runtime().block_on(self.leader_async())
+    }
+
+    /// [`EtcdCluster::leader`] for async callers.
+    pub async fn leader_async(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for m in &self.members {
+            let status = tokio::time::timeout(PROBE_TIMEOUT, async {
+                self.connect(&m.client_url).await?.status().await
+            })
+            .await;
+            match status {
+                Ok(Ok(st)) => {
+                    if st.leader() != 0 {
+                        leader = Some(st.leader());
                     }
-                    _ => ids.push(None),
+                    ids.push(st.header().map(|h| h.member_id()));
                 }
+                _ => ids.push(None),
             }
-            let leader = leader?;
-            ids.iter().position(|id| *id == Some(leader))
-        })
+        }
+        let leader = leader?;
+        ids.iter().position(|id| *id == Some(leader))
     }
 }
 

@@ -653,305 +653,44 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     //! Against real etcd processes (Debian's etcd-server), one or three per
-    //! test, on free 127.0.0.1 ports, each in its own data directory.
+    //! test, on free 127.0.0.1 ports, each in its own data directory:
+    //! [`moor_testkit::EtcdCluster`].
     use super::*;
     use crate::store::StoreOptions;
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
+    use moor_testkit::cmd::free_port;
+    use moor_testkit::{EtcdCluster, TempDir};
     use std::sync::Arc;
 
-    const ETCD: &str = "/usr/bin/etcd";
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    /// Starts `n` members that form one cluster and waits until it answers.
+    async fn cluster(test: &str, n: usize) -> EtcdCluster {
+        start(test, n, EtcdCluster::start).await
     }
 
-    fn signal(c: &Child, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+    /// Like [`cluster`], but clients must use https and a certificate of the
+    /// test CA (`--client-cert-auth`), found in [`EtcdCluster::pki`].
+    async fn tls_cluster(test: &str, n: usize) -> EtcdCluster {
+        start(test, n, EtcdCluster::start_tls).await
     }
 
-    /// One etcd member process; stopped (SIGTERM, then SIGKILL after 3 s)
-    /// and its data directory removed on drop.
-    struct Member {
-        name: String,
-        client_url: String,
-        args: Vec<String>,
-        dir: PathBuf,
-        child: Option<Child>,
+    type Start = fn(&Path, usize, &str, &[&str]) -> Result<EtcdCluster, String>;
+
+    async fn start(test: &str, n: usize, how: Start) -> EtcdCluster {
+        let dir = std::env::temp_dir().join(moor_testkit::unique(&format!("moor-etcd-{test}")));
+        let etcd = how(&dir, n, &format!("moor-{test}"), &[])
+            .unwrap_or_else(|e| panic!("these tests need a real etcd: {e}"));
+        ready(&etcd).await;
+        etcd
     }
 
-    impl Member {
-        fn start(&mut self) {
-            assert!(
-                Path::new(ETCD).exists(),
-                "{ETCD} is missing: these tests need a real etcd; install Debian's etcd-server (scripts/setup does)"
-            );
-            std::fs::create_dir_all(&self.dir).unwrap();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("etcd.log"))
-                .unwrap();
-            let mut cmd = Command::new(ETCD);
-            // If the test process dies without running Drop, etcd goes too.
-            // SAFETY: prctl is async-signal-safe; nothing else runs here.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
-            self.child = Some(child);
-        }
-
-        fn signal(&self, sig: nix::sys::signal::Signal) {
-            if let Some(c) = &self.child {
-                signal(c, sig);
-            }
-        }
-
-        /// SIGTERM, and SIGKILL if it has not exited 3 s later (a member
-        /// that lost quorum may ignore SIGTERM).
-        fn stop(&mut self) {
-            let Some(mut c) = self.child.take() else {
-                return;
-            };
-            signal(&c, nix::sys::signal::Signal::SIGTERM);
-            let until = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-
-        fn kill9(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+    /// Until a write through every running member succeeds (30 s at most).
+    async fn ready(etcd: &EtcdCluster) {
+        etcd.wait_ready_async(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    impl Drop for Member {
-        fn drop(&mut self) {
-            self.stop();
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    struct Cluster {
-        /// Holds the members' data directories and the certificates.
-        base: PathBuf,
-        members: Vec<Member>,
-        connect: ConnectOptions,
-        /// Certificates, with TLS: ca.pem, client.pem, client.key.
-        pki: Option<PathBuf>,
-    }
-
-    impl Drop for Cluster {
-        fn drop(&mut self) {
-            self.members.clear();
-            let _ = std::fs::remove_dir_all(&self.base);
-        }
-    }
-
-    /// Runs openssl, which must be there.
-    fn openssl(dir: &Path, args: &str) {
-        let out = Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("openssl (Debian's openssl) is needed for the TLS test: {e}")
-            });
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A CA, a server certificate for 127.0.0.1 and a client certificate.
-    fn make_pki(dir: &Path) {
-        std::fs::create_dir_all(dir).unwrap();
-        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-        openssl(
-            dir,
-            &format!("req -x509 {ec} -keyout ca.key -out ca.pem -days 1 -subj /CN=moor-test-ca"),
-        );
-        for (name, ext) in [
-            (
-                "server",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-            ),
-            ("client", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-            openssl(
-                dir,
-                &format!("req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}"),
-            );
-            openssl(
-                dir,
-                &format!(
-                    "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext"
-                ),
-            );
-        }
-    }
-
-    impl Cluster {
-        /// Starts `n` members that form one cluster and waits until it
-        /// answers.
-        async fn start(test: &str, n: usize) -> Self {
-            Self::start_with(test, n, false).await
-        }
-
-        /// With `tls`, clients must use https and a certificate of the
-        /// test CA (`--client-cert-auth`).
-        async fn start_with(test: &str, n: usize, tls: bool) -> Self {
-            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-            let initial = ports
-                .iter()
-                .enumerate()
-                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let base =
-                std::env::temp_dir().join(format!("moor-etcd-{}-{test}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&base);
-            let pki = tls.then(|| base.join("pki"));
-            let mut connect = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
-            let mut tls_args = Vec::new();
-            if let Some(pki) = &pki {
-                make_pki(pki);
-                let pem = |f: &str| std::fs::read(pki.join(f)).unwrap();
-                connect = connect.with_tls(
-                    TlsOptions::new()
-                        .ca_certificate(Certificate::from_pem(pem("ca.pem")))
-                        .identity(Identity::from_pem(pem("client.pem"), pem("client.key"))),
-                );
-                let path = |f: &str| pki.join(f).display().to_string();
-                tls_args = vec![
-                    format!("--cert-file={}", path("server.pem")),
-                    format!("--key-file={}", path("server.key")),
-                    format!("--trusted-ca-file={}", path("ca.pem")),
-                    "--client-cert-auth".to_string(),
-                ];
-            }
-            let scheme = if tls { "https" } else { "http" };
-            let mut members = Vec::new();
-            for (i, (client, peer)) in ports.iter().enumerate() {
-                let name = format!("m{i}");
-                let client_url = format!("{scheme}://127.0.0.1:{client}");
-                let peer_url = format!("http://127.0.0.1:{peer}");
-                let dir = base.join(&name);
-                let args = vec![
-                    format!("--name={name}"),
-                    format!("--data-dir={}", dir.join("data").display()),
-                    format!("--listen-client-urls={client_url}"),
-                    format!("--advertise-client-urls={client_url}"),
-                    format!("--listen-peer-urls={peer_url}"),
-                    format!("--initial-advertise-peer-urls={peer_url}"),
-                    format!("--initial-cluster={initial}"),
-                    format!("--initial-cluster-token=moor-{test}"),
-                    "--initial-cluster-state=new".into(),
-                ];
-                let args = [args, tls_args.clone()].concat();
-                members.push(Member {
-                    name,
-                    client_url,
-                    args,
-                    dir,
-                    child: None,
-                });
-            }
-            for m in &mut members {
-                m.start();
-            }
-            let c = Self {
-                base,
-                members,
-                connect,
-                pki,
-            };
-            c.wait_ready().await;
-            c
-        }
-
-        fn endpoints(&self) -> Vec<String> {
-            self.members.iter().map(|m| m.client_url.clone()).collect()
-        }
-
-        /// Until a write through every running member succeeds.
-        async fn wait_ready(&self) {
-            let until = Instant::now() + Duration::from_secs(30);
-            for m in self.members.iter().filter(|m| m.child.is_some()) {
-                loop {
-                    let probe = async {
-                        let mut c =
-                            Client::connect([m.client_url.as_str()], Some(self.connect.clone()))
-                                .await?;
-                        c.put("/ready", "1", None).await
-                    };
-                    let last = match tokio::time::timeout(Duration::from_secs(2), probe).await {
-                        Ok(Ok(_)) => break,
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "timed out".to_string(),
-                    };
-                    if Instant::now() > until {
-                        let log =
-                            std::fs::read_to_string(m.dir.join("etcd.log")).unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                        panic!(
-                            "etcd member {} at {} did not become ready in 30 s (last error: {last}); its log ends:\n{}",
-                            m.name,
-                            m.client_url,
-                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-
-        async fn raw(&self) -> Client {
-            Client::connect(self.endpoints(), Some(self.connect.clone()))
-                .await
-                .unwrap()
-        }
-
-        /// The index of the member that is the leader.
-        async fn leader(&self) -> usize {
-            let mut c = Client::connect([self.members[0].client_url.as_str()], None)
-                .await
-                .unwrap();
-            let leader = c.status().await.unwrap().leader();
-            for (i, m) in self.members.iter().enumerate() {
-                let mut c = Client::connect([m.client_url.as_str()], None)
-                    .await
-                    .unwrap();
-                if c.status().await.unwrap().header().unwrap().member_id() == leader {
-                    return i;
-                }
-            }
-            panic!("no member is the leader {leader:x}");
-        }
+    async fn raw(etcd: &EtcdCluster) -> Client {
+        etcd.client().await.unwrap()
     }
 
     async fn store(endpoints: Vec<String>, prefix: &str) -> EtcdStore {
@@ -971,20 +710,20 @@ mod tests {
 
     #[tokio::test]
     async fn conforms() {
-        let etcd = Cluster::start("conforms", 1).await;
+        let etcd = cluster("conforms", 1).await;
         let s = store(etcd.endpoints(), "/moor/").await;
         super::super::conformance::cas_semantics(&s).await;
     }
 
     #[tokio::test]
     async fn keys_live_under_the_prefix() {
-        let etcd = Cluster::start("prefix", 1).await;
+        let etcd = cluster("prefix", 1).await;
         let a = store(etcd.endpoints(), "/moor/").await;
         let b = store(etcd.endpoints(), "/other/").await;
         assert!(a.commit(create("pools/web", "a")).await.unwrap());
         assert!(b.commit(create("pools/web", "b")).await.unwrap());
 
-        let mut raw = etcd.raw().await;
+        let mut raw = raw(&etcd).await;
         let got = raw.get("/moor/pools/web", None).await.unwrap();
         assert_eq!(got.kvs()[0].value(), b"\"a\"");
         let got = raw.get("/other/pools/web", None).await.unwrap();
@@ -1009,7 +748,7 @@ mod tests {
 
     #[tokio::test]
     async fn lists_longer_than_a_page_and_big_transactions() {
-        let etcd = Cluster::start("page", 1).await;
+        let etcd = cluster("page", 1).await;
         let s = store(etcd.endpoints(), "/moor/").await;
         // 2.5 pages, 100 writes a transaction.
         for chunk in 0..25 {
@@ -1052,7 +791,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_stores_race_create_only() {
-        let etcd = Cluster::start("race", 1).await;
+        let etcd = cluster("race", 1).await;
         let a = Arc::new(store(etcd.endpoints(), "/moor/").await);
         let b = Arc::new(store(etcd.endpoints(), "/moor/").await);
         const KEYS: usize = 4;
@@ -1096,15 +835,15 @@ mod tests {
 
     #[tokio::test]
     async fn fails_fast_while_etcd_is_down_and_recovers() {
-        let mut etcd = Cluster::start("outage", 1).await;
+        let etcd = cluster("outage", 1).await;
         let s = store(etcd.endpoints(), "/moor/").await;
         assert!(s.commit(create("k/1", "one")).await.unwrap());
 
-        etcd.members[0].stop();
+        etcd.stop(0);
         for _ in 0..3 {
             let t = Instant::now();
             let msg = unavailable(s.get("k/1").await, "get");
-            assert!(msg.contains(&etcd.members[0].client_url), "{msg}");
+            assert!(msg.contains(etcd.client_url(0)), "{msg}");
             unavailable(s.list("k/").await, "list");
             unavailable(s.commit(create("k/2", "two")).await, "commit");
             assert!(
@@ -1114,8 +853,8 @@ mod tests {
             );
         }
 
-        etcd.members[0].start();
-        etcd.wait_ready().await;
+        etcd.start_member(0);
+        ready(&etcd).await;
         // The same store object, no reopening.
         let until = Instant::now() + Duration::from_secs(10);
         let e = loop {
@@ -1136,7 +875,7 @@ mod tests {
     async fn slow_member_times_out() {
         // A member that accepts connections and never answers (SIGSTOP):
         // calls give up within the request timeout.
-        let etcd = Cluster::start("stopped", 1).await;
+        let etcd = cluster("stopped", 1).await;
         let s = EtcdStore::open(EtcdOptions {
             request_timeout: Duration::from_millis(500),
             ..EtcdOptions::new(etcd.endpoints())
@@ -1144,7 +883,7 @@ mod tests {
         .await
         .unwrap();
         assert!(s.get("x").await.unwrap().is_none());
-        etcd.members[0].signal(nix::sys::signal::Signal::SIGSTOP);
+        etcd.pause(0, true);
         let t = Instant::now();
         let msg = unavailable(s.commit(create("x", "1")).await, "commit");
         assert!(msg.contains("may or may not"), "{msg}");
@@ -1154,19 +893,19 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        etcd.members[0].signal(nix::sys::signal::Signal::SIGCONT);
+        etcd.pause(0, false);
     }
 
     #[tokio::test]
     async fn commits_go_on_when_a_member_is_killed() {
-        let mut etcd = Cluster::start("cluster", 3).await;
+        let etcd = cluster("cluster", 3).await;
         let s = Arc::new(store(etcd.endpoints(), "/moor/").await);
         for i in 0..10 {
             assert!(s.commit(create(&format!("c/{i}"), "x")).await.unwrap());
         }
         // Kill the leader, which is also the member the store talks to,
         // with a burst of commits in flight.
-        let victim = etcd.leader().await;
+        let victim = etcd.leader_async().await.expect("the cluster has a leader");
         s.current.store(victim, Ordering::Relaxed);
         let t0 = Instant::now();
         let burst: Vec<_> = (0..20)
@@ -1189,7 +928,7 @@ mod tests {
                 })
             })
             .collect();
-        etcd.members[victim].kill9();
+        etcd.kill9(victim);
         let mut errors = Vec::new();
         let mut slowest = Duration::ZERO;
         for b in burst {
@@ -1200,7 +939,7 @@ mod tests {
         assert_eq!(s.list("burst/").await.unwrap().0.len(), 20);
         eprintln!(
             "killed the leader {} of 3: {} Unavailable in the burst, all 20 committed within {slowest:?}; e.g. {:?}",
-            etcd.members[victim].name,
+            etcd.name(victim),
             errors.len(),
             errors.first()
         );
@@ -1228,8 +967,8 @@ mod tests {
 
     #[tokio::test]
     async fn tls_with_client_certificates() {
-        let etcd = Cluster::start_with("tls", 1, true).await;
-        let pki = etcd.pki.clone().unwrap();
+        let etcd = tls_cluster("tls", 1).await;
+        let pki = etcd.pki().unwrap();
         let opts = StoreOptions {
             etcd_ca: Some(pki.join("ca.pem")),
             etcd_cert: Some(pki.join("client.pem")),
@@ -1249,7 +988,7 @@ mod tests {
         let s = crate::store::open(&spec, &anon).await.unwrap();
         assert!(s.get("a/1").await.is_err());
         // Plain http to a TLS member gets nowhere either.
-        let plain = etcd.members[0].client_url.replace("https://", "http://");
+        let plain = etcd.client_url(0).replace("https://", "http://");
         let s = store(vec![plain], "/moor/").await;
         assert!(s.get("a/1").await.is_err());
     }
@@ -1257,7 +996,7 @@ mod tests {
     #[tokio::test]
     async fn watch_reports_compaction_and_outage() {
         use futures::StreamExt;
-        let mut etcd = Cluster::start("watch", 1).await;
+        let etcd = cluster("watch", 1).await;
         let s = store(etcd.endpoints(), "/moor/").await;
         let (_, old) = s.list("w/").await.unwrap();
         assert!(s.commit(create("w/1", "a")).await.unwrap());
@@ -1270,7 +1009,7 @@ mod tests {
         }
         // Compacted history: the stream says so first.
         let (_, now) = s.list("w/").await.unwrap();
-        etcd.raw()
+        raw(&etcd)
             .await
             .compact(to_rev("r", now).unwrap(), None)
             .await
@@ -1282,7 +1021,7 @@ mod tests {
         }
         // etcd going away ends a live watch with Unavailable, promptly.
         let mut w = s.watch("w/", now).await.unwrap();
-        etcd.members[0].stop();
+        etcd.stop(0);
         match tokio::time::timeout(Duration::from_secs(3), w.next()).await {
             Ok(Some(Err(StoreError::Unavailable(_)))) => {}
             other => panic!("watch while etcd stops: {other:?}"),
@@ -1314,7 +1053,7 @@ mod tests {
         o.ca = Some("/nonexistent/ca.pem".into());
         assert!(bad(o).await.contains("/nonexistent/ca.pem"));
         // What --store and the --etcd-* flags accept.
-        let dir = std::env::temp_dir().join(format!("moor-etcd-{}-open", std::process::id()));
+        let dir = TempDir::new("moor-etcd-open");
         let redb = format!("redb:{}", dir.join("s.redb").display());
         let none = StoreOptions::default();
         assert!(crate::store::open(&redb, &none).await.is_ok());
@@ -1328,7 +1067,7 @@ mod tests {
             let err = crate::store::open(spec, &none).await.err().unwrap();
             assert!(err.contains(spec.trim_end_matches([' ', ','])), "{err}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(dir);
         // Lazy: opening does not need etcd to be up.
         let s = store(vec![format!("127.0.0.1:{}", free_port())], "/moor/").await;
         assert!(s.describe().starts_with("etcd:http://127.0.0.1:"));
