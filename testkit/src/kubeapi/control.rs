@@ -138,8 +138,9 @@ impl FakeApi {
     }
 
     /// Creates an object (pod, namespace, node, event, job, by its `kind`)
-    /// as a controller would, keeping a UID it carries. Panics if the name
-    /// is taken.
+    /// as a controller would, keeping a UID it carries. Writes straight to
+    /// the store: no admission (its namespace need not exist). Panics if
+    /// the name is taken.
     pub fn create(&self, object: impl Into<Value>) -> Value {
         let object = object.into();
         let resource =

@@ -53,6 +53,11 @@ pub(crate) fn list(
     repr: Representation,
 ) -> Result<Value, Status> {
     let selectors = selectors(target, query)?;
+    if query.get("sendInitialEvents").is_some() {
+        return Err(invalid_options(
+            "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list",
+        ));
+    }
     let limit: usize = match query.get("limit").filter(|v| !v.is_empty()) {
         None => 0,
         Some(v) => v
@@ -90,8 +95,8 @@ pub(crate) fn list(
 
     let mut matching = snapshot
         .into_iter()
-        .filter(|(key, _)| after.as_ref().map_or(true, |a| key > a))
-        .filter(|((ns, _), _)| target.namespace.as_ref().map_or(true, |want| ns == want))
+        .filter(|(key, _)| after.as_ref().is_none_or(|a| key > a))
+        .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|want| ns == want))
         .filter(|(_, object)| selectors.matches(object));
     let page: Vec<(Key, Value)> = if limit > 0 {
         matching.by_ref().take(limit).collect()

@@ -150,7 +150,7 @@ impl Plan {
         self.target
             .namespace
             .as_deref()
-            .map_or(true, |ns| ns == namespace)
+            .is_none_or(|ns| ns == namespace)
             && self.selectors.matches(object)
     }
 

@@ -19,6 +19,15 @@ fn refuse_dry_run(query: &Query) -> Result<(), Status> {
     }
 }
 
+/// POST and PUT bodies: JSON only (the real server also takes YAML and
+/// protobuf).
+fn json_body(content_type: &str) -> Result<(), Status> {
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "" | "application/json" => Ok(()),
+        other => Err(Status::unsupported_media_type(other)),
+    }
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, Status> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         Status::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -87,13 +96,20 @@ fn namespace_exists(store: &Store, resource: Resource, object: &Value) -> Result
     }
 }
 
-pub(crate) fn create(shared: &Shared, target: &Target, query: &Query, body: &[u8]) -> Answer {
+pub(crate) fn create(
+    shared: &Shared,
+    target: &Target,
+    query: &Query,
+    content_type: &str,
+    body: &[u8],
+) -> Answer {
     refuse_dry_run(query)?;
+    json_body(content_type)?;
     let resource = target.resource;
     let mut object = parse_body(body)?;
     check_body(target, &mut object)?;
     let meta = &mut object["metadata"];
-    if meta["name"].as_str().map_or(true, str::is_empty) {
+    if meta["name"].as_str().is_none_or(str::is_empty) {
         match meta["generateName"].as_str() {
             Some(prefix) if !prefix.is_empty() => {
                 meta["name"] = format!("{prefix}{}", random_suffix(5)).into();
@@ -137,8 +153,15 @@ pub(crate) fn create(shared: &Shared, target: &Target, query: &Query, body: &[u8
         .map(|o| (201, o))
 }
 
-pub(crate) fn update(shared: &Shared, target: &Target, query: &Query, body: &[u8]) -> Answer {
+pub(crate) fn update(
+    shared: &Shared,
+    target: &Target,
+    query: &Query,
+    content_type: &str,
+    body: &[u8],
+) -> Answer {
     refuse_dry_run(query)?;
+    json_body(content_type)?;
     let mut object = parse_body(body)?;
     check_body(target, &mut object)?;
     shared
