@@ -295,3 +295,67 @@ impl Drop for FakeApi {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// Reads from `stream` until `needle` shows up; returns all read.
+    fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = stream.read(&mut buf).expect("read within 5 s");
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    /// The wire format, from a plain sync test (no runtime of its own):
+    /// a chunked watch of newline-delimited events, Status bodies, and
+    /// stop/restart on the same port.
+    #[test]
+    fn chunked_watch_on_the_wire_and_restart_from_sync_code() {
+        let api = FakeApi::start();
+        let mut watch = TcpStream::connect(("127.0.0.1", api.port())).unwrap();
+        watch
+            .write_all(
+                b"GET /api/v1/namespaces/default/pods?watch=1 HTTP/1.1\r\nHost: fake\r\n\r\n",
+            )
+            .unwrap();
+        let head = read_until(&mut watch, "\r\n\r\n").to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        api.create(objects::bare_pod("default", "p").node("n1"));
+        let body = read_until(&mut watch, "}}\n");
+        assert!(body.contains(r#"{"type":"ADDED","object":{"#), "{body}");
+        assert!(api
+            .requests()
+            .iter()
+            .any(|r| r.verb == "watch" && r.resource == "pods"));
+
+        let mut get = TcpStream::connect(("127.0.0.1", api.port())).unwrap();
+        get.write_all(b"GET /api/v1/namespaces/default/services HTTP/1.1\r\nHost: fake\r\n\r\n")
+            .unwrap();
+        let answer = read_until(&mut get, "\"code\":404");
+        assert!(answer.contains(r#""kind":"Status""#), "{answer}");
+
+        api.stop();
+        assert!(TcpStream::connect(("127.0.0.1", api.port())).is_err());
+        let mut rest = Vec::new();
+        let _ = watch.read_to_end(&mut rest);
+        api.restart();
+        assert!(TcpStream::connect(("127.0.0.1", api.port())).is_ok());
+        assert_eq!(api.objects(Resource::Pods).len(), 1);
+    }
+}

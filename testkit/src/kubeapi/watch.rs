@@ -130,10 +130,11 @@ pub(crate) fn start(
     response
 }
 
+/// One event line, `type` first as the Go server writes it.
 fn line(kind: &str, object: Value) -> Bytes {
-    let mut bytes =
-        serde_json::to_vec(&json!({"type": kind, "object": object})).expect("serialize event");
-    bytes.push(b'\n');
+    let mut bytes = format!("{{\"type\":\"{kind}\",\"object\":").into_bytes();
+    serde_json::to_writer(&mut bytes, &object).expect("serialize event");
+    bytes.extend_from_slice(b"}\n");
     Bytes::from(bytes)
 }
 
