@@ -11,6 +11,9 @@
 //! - [`etcd`]: [`EtcdCluster`], real etcd members on free 127.0.0.1 ports.
 //! - [`ovs`]: [`Ovs`], a private ovsdb-server + ovs-vswitchd per test.
 //! - [`tcp_echo`]: TCP across two namespaces.
+//! - [`kubeapi`]: [`FakeApi`], a loopback Kubernetes API server that
+//!   kube-rs talks to unmodified, with objects shaped as the controllers
+//!   make them.
 //!
 //! Everything it makes has a name holding the process id and a counter, so
 //! tests run in parallel, and is removed by its guard (processes by pid,
@@ -21,6 +24,7 @@
 pub mod cmd;
 pub mod etcd;
 pub mod ipamd;
+pub mod kubeapi;
 pub mod netns;
 pub mod ovs;
 pub mod process;
@@ -29,6 +33,7 @@ mod temp;
 
 pub use etcd::EtcdCluster;
 pub use ipamd::{Ipamd, IpamdCommand};
+pub use kubeapi::FakeApi;
 pub use netns::Netns;
 pub use ovs::Ovs;
 pub use temp::TempDir;
