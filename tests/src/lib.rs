@@ -12,6 +12,8 @@
 //! Namespaces, temp dirs, the ipamd and etcd processes, Open vSwitch and the
 //! TCP echo are moor-testkit's, shared with the other crates' tests.
 //! - [`install_cni`]: runs scripts/install-cni.
+//! - [`deploy`]: deploy/'s Kubernetes manifests as Kubernetes types, and the
+//!   ClusterRole's grants the e2e tests compare with ipamd's API requests.
 //! - [`ipamctl`]: the admin CLI against one ipamd socket.
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
 //! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
@@ -22,6 +24,7 @@ pub mod bins;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
+pub mod deploy;
 pub mod install_cni;
 pub mod ipamctl;
 pub mod names;
