@@ -7,6 +7,7 @@ mod add;
 mod del;
 mod evict;
 mod gc;
+mod kube;
 mod offline;
 mod recover;
 
@@ -50,7 +51,7 @@ impl Drop for TempDir {
     }
 }
 
-/// A node `n1` on ToR `r1` (10.1.0.10-10.1.0.19), pools `web` (app web)
+/// A node `n1` on ToR `r1` (10.1.0.10-10.1.0.29), pools `web` (app web)
 /// and `db` (app db) of 4 IPs each, policy auto: `db-0` is sticky, a
 /// Deployment pod `web-7d9f8c6b5-x2x9z` is not.
 pub struct Harness {
@@ -84,7 +85,7 @@ impl Harness {
             "10.1.0.0/24",
             "10.1.0.1",
             0,
-            &[("10.1.0.10".into(), "10.1.0.19".into())],
+            &[("10.1.0.10".into(), "10.1.0.29".into())],
             "",
         )
         .await
