@@ -148,7 +148,11 @@ fn layers_point_one_way() {
 fn names_wire_types(code: &str) -> bool {
     code.match_indices("v1::").any(|(i, _)| {
         let before = &code[..i];
-        !before.ends_with("::") || before.ends_with("moor_proto::")
+        let word_part = before
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        !word_part && (!before.ends_with("::") || before.ends_with("moor_proto::"))
     })
 }
 
@@ -209,4 +213,5 @@ fn the_checks_can_fail() {
     assert!(names_wire_types("fn f(r: v1::AddRequest)"));
     assert!(names_wire_types("use moor_proto::v1::AddRequest;"));
     assert!(!names_wire_types("use k8s_openapi::api::core::v1::Pod;"));
+    assert!(!names_wire_types("use corev1::Pod;"));
 }

@@ -299,7 +299,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let cluster = moor_ipamd::kubernetes::ApiCluster::start(client, opts, clock.clone());
         // A start that serves ADDs before the first lists arrive would GET
         // every pod it is asked about; DELs must not wait long for it either.
-        if !cluster.wait_ready(Duration::from_secs(5)).await {
+        if !cluster.wait_ready(Duration::from_secs(3)).await {
             tracing::warn!("the Kubernetes API has not answered yet; serving meanwhile (ADDs of pods not cached GET them)");
         }
         node = node.with_cluster(cluster);
