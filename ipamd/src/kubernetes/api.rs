@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-// Kubernetes' own v1 modules, renamed so that `v1::` in ipamd always means
+// Kubernetes' own v1 modules, renamed so that a bare v1 module in ipamd means
 // moor's gRPC types (which stay in api/).
 use k8s_openapi::api::batch::v1 as batchv1;
 use k8s_openapi::api::core::v1 as corev1;

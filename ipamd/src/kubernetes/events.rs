@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-// Renamed: `v1::` in ipamd means moor's gRPC types.
+// Renamed: in ipamd a bare v1 module is moor's gRPC contract.
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 
