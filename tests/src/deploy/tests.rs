@@ -763,3 +763,37 @@ fn docs_name_only_deploy_files_that_exist() {
         }
     }
 }
+
+/// Every flag the DaemonSet passes is one the ipamd binary of this checkout
+/// knows, so the manifests cannot drift from the daemon they start.
+#[test]
+fn daemonset_passes_only_flags_ipamd_knows() {
+    let m = manifests();
+    let ds: &DaemonSet = one(&m.daemon_sets, "DaemonSet");
+    let pod = pod_spec(ds);
+    let ipamd = container(pod, "ipamd");
+    let out = std::process::Command::new(&crate::bins::bins().ipamd)
+        .arg("--help")
+        .output()
+        .expect("run ipamd --help");
+    assert!(out.status.success(), "ipamd --help failed");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let args = ipamd.args.clone().unwrap_or_default();
+    let flags: Vec<&str> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .collect();
+    assert!(
+        flags.len() >= 5,
+        "the DaemonSet passes ipamd its settings: {args:?}"
+    );
+    for f in flags {
+        assert!(
+            help.contains(&format!("--{f} "))
+                || help.contains(&format!("--{f}\n"))
+                || help.contains(&format!("--{f} <")),
+            "ipamd has no flag --{f} (the DaemonSet passes it): ipamd --help says\n{help}"
+        );
+    }
+}
