@@ -33,6 +33,9 @@ use crate::core::{OwnerRef, PodFacts, POOL_ANNOTATION};
 use super::events::Events;
 use super::{Cluster, Unreachable};
 
+/// Jobs whose controller is remembered at most.
+const MAX_JOBS: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
     /// This node's name (the Node object's).
@@ -199,7 +202,13 @@ impl ApiCluster {
             .get(api, "job", job)
             .await?
             .and_then(|j| controller_of(&j.metadata));
-        self.jobs.lock().unwrap().insert(key, owner.clone());
+        let mut jobs = self.jobs.lock().unwrap();
+        // Jobs come and go (a CronJob makes one per run): keep the map
+        // bounded; a forgotten Job costs one more GET.
+        if jobs.len() >= MAX_JOBS {
+            jobs.clear();
+        }
+        jobs.insert(key, owner.clone());
         Ok(owner)
     }
 }
