@@ -5,34 +5,13 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::*;
-use crate::core::{AttachmentKey, PodRef, Policy};
-use crate::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
+use crate::core::{PodRef, Policy};
+use crate::ipam::{AllocRequest, Ipam, PoolSpec};
 use crate::store::mem::MemStore;
 use crate::store::{StoreExt, Txn};
 
-fn pod_ref(name: &str) -> PodRef {
-    PodRef {
-        namespace: "default".into(),
-        name: name.into(),
-        uid: String::new(),
-    }
-}
-
 fn req(cid: &str, pod: &str) -> AllocRequest {
-    AllocRequest {
-        key: AttachmentKey {
-            node: "n1".into(),
-            container_id: cid.into(),
-            ifname: "eth0".into(),
-        },
-        pod: pod_ref(pod),
-        choice: PoolChoice::by_name(&pod_ref(pod), None).0,
-        stable: PoolChoice::by_name(&pod_ref(pod), None).1,
-        netns: format!("/run/netns/{cid}"),
-        network: "moor".into(),
-        tor: "r1".into(),
-        now_unix: 1,
-    }
+    AllocRequest::for_test("n1", "r1", cid, pod, 1)
 }
 
 /// ToR r1 (10 pod IPs), pool web of 4, a sticky pod web-0 attached (c1)

@@ -112,6 +112,35 @@ pub struct AllocRequest {
     pub now_unix: u64,
 }
 
+impl AllocRequest {
+    /// An ADD as the tests of several layers build it: pod `default/<pod>`
+    /// (workload read from its name), netns `/run/netns/<cid>`, ifname eth0,
+    /// network `moor`.
+    #[cfg(test)]
+    pub(crate) fn for_test(node: &str, tor: &str, cid: &str, pod: &str, now_unix: u64) -> Self {
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: pod.into(),
+            uid: String::new(),
+        };
+        let (choice, stable) = PoolChoice::by_name(&pod, None);
+        AllocRequest {
+            key: AttachmentKey {
+                node: node.into(),
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+            },
+            pod,
+            choice,
+            stable,
+            netns: format!("/run/netns/{cid}"),
+            network: "moor".into(),
+            tor: tor.into(),
+            now_unix,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Allocation {
     pub lease: Lease,

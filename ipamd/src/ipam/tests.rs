@@ -54,29 +54,8 @@ async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
     (store, ipam)
 }
 
-fn pod_ref(name: &str) -> PodRef {
-    PodRef {
-        namespace: "default".into(),
-        name: name.into(),
-        uid: String::new(),
-    }
-}
-
 fn req(node: &str, tor: &str, cid: &str, pod: &str) -> AllocRequest {
-    AllocRequest {
-        key: AttachmentKey {
-            node: node.into(),
-            container_id: cid.into(),
-            ifname: "eth0".into(),
-        },
-        pod: pod_ref(pod),
-        choice: PoolChoice::by_name(&pod_ref(pod), None).0,
-        stable: PoolChoice::by_name(&pod_ref(pod), None).1,
-        netns: format!("/run/netns/{cid}"),
-        network: "moor".into(),
-        tor: tor.into(),
-        now_unix: 1,
-    }
+    AllocRequest::for_test(node, tor, cid, pod, 1)
 }
 
 async fn clean(store: &MemStore) {

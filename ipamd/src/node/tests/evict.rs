@@ -4,7 +4,7 @@
 use crate::core::{AttachmentState, IpState};
 use crate::error::Error;
 use crate::ipam::registry::{beat, NodeRecord, ALIVE_WITHIN};
-use crate::ipam::{AllocRequest, PoolChoice};
+use crate::ipam::AllocRequest;
 
 use super::*;
 
@@ -54,22 +54,9 @@ async fn forced_evict_on_this_node_ends_the_attachment() {
 /// db-0 attached on node `n2` (its own ipamd), whose last heartbeat was
 /// `beat_at`.
 async fn held_on_n2(h: &Harness, beat_at: u64) -> std::net::Ipv4Addr {
-    let mut key = h.key("c9");
-    key.node = "n2".into();
-    let alloc = h
-        .ipam
-        .allocate(&AllocRequest {
-            key: key.clone(),
-            pod: pod_ref("db-0"),
-            choice: PoolChoice::by_name(&pod_ref("db-0"), None).0,
-            stable: true,
-            netns: "/run/netns/c9".into(),
-            network: "moor".into(),
-            tor: "r1".into(),
-            now_unix: beat_at,
-        })
-        .await
-        .unwrap();
+    let req = AllocRequest::for_test("n2", "r1", "c9", "db-0", beat_at);
+    let key = req.key.clone();
+    let alloc = h.ipam.allocate(&req).await.unwrap();
     h.ipam.mark_ready(&key).await.unwrap();
     beat(
         h.store.as_ref(),

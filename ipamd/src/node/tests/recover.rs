@@ -3,26 +3,16 @@
 use crate::core::AttachmentState;
 use crate::datapath::fake::{Call, Op};
 use crate::datapath::Datapath;
-use crate::ipam::{AllocRequest, PoolChoice};
+use crate::ipam::AllocRequest;
 
 use super::*;
 
 /// An ADD that got as far as "pending" and wiring, then ipamd died before
 /// "ready": the runtime never got a result.
 async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::Ipv4Addr {
-    let key = h.key(cid);
     let alloc = h
         .ipam
-        .allocate(&AllocRequest {
-            key: key.clone(),
-            pod: pod_ref(pod),
-            choice: PoolChoice::by_name(&pod_ref(pod), None).0,
-            stable: PoolChoice::by_name(&pod_ref(pod), None).1,
-            netns: format!("/run/netns/{cid}"),
-            network: "moor".into(),
-            tor: "r1".into(),
-            now_unix: T0,
-        })
+        .allocate(&AllocRequest::for_test("n1", "r1", cid, pod, T0))
         .await
         .unwrap();
     let link = crate::datapath::PodLink {
