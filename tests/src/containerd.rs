@@ -17,6 +17,11 @@
 //! process id and a counter, so nodes run in parallel with each other and
 //! with other test binaries.
 //!
+//! With [`Options::kube`] ipamd reads a fake Kubernetes API server instead
+//! of taking `--tor` ([`kube`]: the API's side, as the controllers make
+//! objects); [`plugin`] runs moor directly where CRI hides what a test
+//! checks (CNI codes, one ADD's duration, STATUS).
+//!
 //! Drop removes everything the node made, also after a panic: its sandboxes
 //! (through CRI while containerd runs), containerd, the shims and sandbox
 //! processes (by pid: see [`host`]), mounts under its dirs,
@@ -49,13 +54,16 @@ use crate::testbed::require_root;
 use moor_testkit::cmd::{assert_ok, run as run_ok, tail};
 use moor_testkit::netns::{link_names, Netns};
 use moor_testkit::process::{kill9, spawn_appending, terminate};
-use moor_testkit::{Ipamd, IpamdCommand};
+use moor_testkit::{FakeApi, Ipamd, IpamdCommand};
 
 mod host;
 mod image;
+mod kube;
 mod moor_log;
+mod plugin;
 
 use host::{remove_cgroups, shim_pids, unmount_under, SHIM_SOCKETS};
+pub use kube::{sandbox_config_of, Kube, NODE_TOR_LABEL};
 use moor_log::parse_moor_start;
 pub use moor_log::MoorCall;
 
@@ -87,6 +95,11 @@ pub struct Options {
     pub reconcile_interval_seconds: Option<u64>,
     /// `ipamd --gc-grace-seconds`; None: ipamd's default.
     pub gc_grace_seconds: Option<u64>,
+    /// The conflist's `pool` (moor's config default).
+    pub default_pool: Option<String>,
+    /// ipamd reads pods, namespaces and its Node from a fake Kubernetes API
+    /// server this node runs ([`CriNode::api`]).
+    pub kube: Option<Kube>,
 }
 
 /// A running sandbox as the test sees it.
@@ -150,6 +163,10 @@ pub struct CriNode {
     netns_seen: Mutex<BTreeSet<String>>,
     made_links: Mutex<Vec<String>>,
     tor_netns: Option<Netns>,
+    /// With [`Options::kube`]: the API server ipamd watches.
+    api: Option<FakeApi>,
+    /// The netns of ADDs the test runs moor for itself ([`CriNode::moor_add`]).
+    direct_netns: Mutex<Option<Netns>>,
 }
 
 impl CriNode {
@@ -225,8 +242,11 @@ impl CriNode {
             netns_seen: Mutex::new(BTreeSet::new()),
             made_links: Mutex::new(Vec::new()),
             tor_netns: None,
+            api: None,
+            direct_netns: Mutex::new(None),
         };
         node.build_topology();
+        node.start_api();
         node.start_ipamd();
         node.define_tor();
         node.write_containerd_config();
@@ -296,8 +316,13 @@ impl CriNode {
         assert!(guard.is_none(), "ipamd is already running");
         let store = format!("redb:{}", self.dir.join("ipamd.redb").display());
         let mut cmd = IpamdCommand::new(&self.bins.ipamd, &self.ipamd_socket, &self.ipamd_log)
-            .args(["--store", &store, "--node", &self.id, "--tor", TOR])
+            .args(["--store", &store, "--node", &self.id])
             .args(["--bridge", &self.bridge, "--log", "info"]);
+        cmd = match &self.opts.kube {
+            // The ToR comes from the Node's label.
+            Some(kube) => cmd.args(self.kube_args(kube)),
+            None => cmd.args(["--tor", TOR]),
+        };
         if let Some(g) = self.opts.gc_grace_seconds {
             cmd = cmd.args(["--gc-grace-seconds", &g.to_string()]);
         }
@@ -309,6 +334,15 @@ impl CriNode {
             .start()
             .unwrap_or_else(|e| panic!("{e}"));
         *guard = Some(ipamd);
+    }
+
+    /// Stops ipamd (SIGTERM) and starts it again on the same store.
+    pub fn restart_ipamd(&self) {
+        let old = self.ipamd.lock().unwrap().take();
+        if let Some(ipamd) = old {
+            ipamd.stop();
+        }
+        self.start_ipamd();
     }
 
     /// Sends `sig` to ipamd (SIGSTOP/SIGCONT hold an ADD open).
@@ -507,17 +541,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     /// The conflist: moor, then (chain) portmap, bandwidth, tuning.
     pub fn conflist(&self) -> Value {
-        let mut plugins = vec![json!({
-            "type": "moor",
-            "socket": self.ipamd_socket,
-            "logFile": self.moor_log,
-        })];
+        let mut plugins = vec![self.moor_conf()];
         if self.opts.chain {
             plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
             plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
             plugins.push(json!({"type": "tuning", "sysctl": {TUNED_SYSCTL.0: TUNED_SYSCTL.1}}));
         }
         json!({"cniVersion": "1.0.0", "name": self.network, "plugins": plugins})
+    }
+
+    /// moor's entry of the conflist.
+    pub fn moor_conf(&self) -> Value {
+        let mut conf = json!({
+            "type": "moor",
+            "socket": self.ipamd_socket,
+            "logFile": self.moor_log,
+        });
+        if let Some(pool) = &self.opts.default_pool {
+            conf["pool"] = pool.as_str().into();
+        }
+        conf
     }
 
     /// Debian's plugins into the bin dir, then moor and the conflist through
@@ -680,8 +723,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let text = fs::read_to_string(&self.moor_log).unwrap_or_default();
         let calls: Vec<MoorCall> = text.lines().filter_map(parse_moor_start).collect();
         let mut seen = self.netns_seen.lock().unwrap();
+        let direct = self.direct_netns_path();
         for c in &calls {
-            if !c.netns.is_empty() {
+            if !c.netns.is_empty() && c.netns != direct {
                 seen.insert(c.netns.clone());
             }
         }
@@ -896,6 +940,9 @@ impl Drop for CriNode {
                 self.containerd_log.display(),
                 tail(&self.containerd_log, 30)
             );
+            if self.api.is_some() {
+                eprintln!("{}", self.api_requests_tail(30));
+            }
         }
         // Through CRI first: containerd tears the pod networks down itself.
         self.remove_all_sandboxes();
@@ -923,6 +970,11 @@ impl Drop for CriNode {
         {
             ipamd.stop();
         }
+        self.api = None;
+        *self
+            .direct_netns
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let ids = self.container_ids();
         let mut links: Vec<String> = ids
             .iter()
@@ -949,14 +1001,20 @@ impl Drop for CriNode {
     }
 }
 
+/// A sandbox config as kubelet builds it for pod `name` of
+/// [`POD_NAMESPACE`]: see [`sandbox_config_in`].
+pub fn sandbox_config(name: &str, uid: &str) -> PodSandboxConfig {
+    sandbox_config_in(POD_NAMESPACE, name, uid)
+}
+
 /// A sandbox config as kubelet builds it: metadata (name, uid, namespace,
 /// attempt 0), hostname, the labels kubelet sets.
-pub fn sandbox_config(name: &str, uid: &str) -> PodSandboxConfig {
+pub fn sandbox_config_in(namespace: &str, name: &str, uid: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
             uid: uid.into(),
-            namespace: POD_NAMESPACE.into(),
+            namespace: namespace.into(),
             attempt: 0,
         }),
         hostname: name.into(),
@@ -964,7 +1022,7 @@ pub fn sandbox_config(name: &str, uid: &str) -> PodSandboxConfig {
             ("io.kubernetes.pod.name".to_string(), name.to_string()),
             (
                 "io.kubernetes.pod.namespace".to_string(),
-                POD_NAMESPACE.to_string(),
+                namespace.to_string(),
             ),
             ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
         ]

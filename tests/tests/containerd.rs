@@ -3,6 +3,7 @@
 //! back, the reference plugins chained after moor work and are torn down,
 //! a refused ADD leaves nothing, and a containerd crash leaks nothing for
 //! long. Every test runs its own containerd and ipamd ([`CriNode`]).
+//! [`kube`]: the same with ipamd reading a Kubernetes API (issue 10).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -19,6 +20,9 @@ use moor_e2e::cri::v1::{PodSandboxState, PortMapping, Protocol};
 use moor_e2e::names::{deployment_pod, statefulset_pod};
 use nix::sys::signal::Signal;
 use serde_json::Value;
+
+#[path = "containerd/kube.rs"]
+mod kube;
 
 /// A pod uid, unique in this process.
 fn uid() -> String {
