@@ -168,6 +168,8 @@ impl ApiCluster {
         self.pods.state().len()
     }
 
+    /// GETs object `name` of `api` (namespaced by `api` itself); `what`
+    /// names it in errors ("pod shop/web-0").
     async fn get<K>(
         &self,
         api: Api<PartialObjectMeta<K>>,
@@ -179,9 +181,9 @@ impl ApiCluster {
     {
         match tokio::time::timeout(self.opts.get_timeout, api.get_opt(name)).await {
             Ok(Ok(found)) => Ok(found),
-            Ok(Err(e)) => Err(Unreachable(format!("GET {what} {name}: {e}"))),
+            Ok(Err(e)) => Err(Unreachable(format!("GET {what}: {e}"))),
             Err(_) => Err(Unreachable(format!(
-                "GET {what} {name}: no answer within {} ms",
+                "GET {what}: no answer within {} ms",
                 self.opts.get_timeout.as_millis()
             ))),
         }
@@ -199,7 +201,7 @@ impl ApiCluster {
         }
         let api = Api::<PartialObjectMeta<Job>>::namespaced(self.client.clone(), namespace);
         let owner = self
-            .get(api, "job", job)
+            .get(api, &format!("job {namespace}/{job}"), job)
             .await?
             .and_then(|j| controller_of(&j.metadata));
         let mut jobs = self.jobs.lock().unwrap();
@@ -230,7 +232,9 @@ impl Cluster for ApiCluster {
             Some(p) => p.metadata.clone(),
             None => {
                 let api = Api::<PartialObjectMeta<Pod>>::namespaced(self.client.clone(), namespace);
-                match self.get(api, "pod", &format!("{namespace}/{name}")).await? {
+                // The API takes the name alone: the namespace is in `api`.
+                let what = format!("pod {namespace}/{name}");
+                match self.get(api, &what, name).await? {
                     Some(p) if same(&p.metadata) => p.metadata,
                     _ => return Ok(None),
                 }
