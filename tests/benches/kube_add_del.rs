@@ -285,8 +285,10 @@ impl Moor {
                 self.side.key()
             ));
         }
-        let (del, _) = self.invoke("DEL", pod, seq)?;
+        // The IP may go to another pod as soon as ipamd released it, inside
+        // this DEL, before the plugin exits: it stops counting as held here.
         live.lock().unwrap().remove(&addr);
+        let (del, _) = self.invoke("DEL", pod, seq)?;
         Ok(Cycle { add, del })
     }
 }
