@@ -29,18 +29,16 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Output, Stdio};
+use std::process::{Command, ExitCode, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
-    check_interrupted, commit, cpus, kernel, lat_json, loadavg, ms, pct, release_bins, round3,
-    run_workers, start, suffix, Args, Res, PERCENTILES,
+    check_interrupted, commit, cpus, kernel, loadavg, ms, pct, release_bins, round3, run_workers,
+    share, spawn_in_node, start, suffix, Args, Res, Samples, PATH_ENV, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
 use moor_testkit::cmd::{describe_failure, try_ip as ip, try_run as run};
@@ -72,7 +70,6 @@ const POD_NAMESPACE: &str = "bench";
 const PING_WITHIN: Duration = Duration::from_secs(10);
 /// How much of ipamd's log an error shows.
 const LOG_LINES: usize = 30;
-const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 // ---------------------------------------------------------------- options
 
@@ -120,92 +117,6 @@ fn parse_opts() -> Res<Option<Opts>> {
         ));
     }
     Ok(Some(o))
-}
-
-/// `total` split over `rounds` as evenly as possible.
-fn share(total: usize, rounds: usize, round: usize) -> usize {
-    total / rounds + usize::from(round < total % rounds)
-}
-
-// ---------------------------------------------------------------- spawning
-
-/// Spawns `prog` inside the node's network namespace the way `ip netns exec`
-/// does (setns, private mount namespace, /sys remounted so it shows this
-/// namespace's devices), but in the forked child itself: no `ip` process in
-/// between. Returns the wall time from spawn to exit and the output.
-fn spawn_in_node(
-    node_fd: RawFd,
-    prog: &Path,
-    env: &[(&str, &str)],
-    stdin: &[u8],
-) -> Res<(Duration, Output)> {
-    let mut cmd = Command::new(prog);
-    cmd.env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure only makes raw syscalls (async-signal-safe), and
-    // node_fd stays open for the whole run.
-    unsafe {
-        cmd.pre_exec(move || enter_netns(node_fd));
-    }
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot spawn {}: {e}", prog.display()))?;
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    let written = pipe.write_all(stdin);
-    drop(pipe);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for {}: {e}", prog.display()))?;
-    let took = start.elapsed();
-    if let Err(e) = written {
-        return Err(format!(
-            "writing stdin of {}: {e}; it printed: {}{}",
-            prog.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok((took, out))
-}
-
-/// In the forked child: what `ip netns exec` does before exec.
-fn enter_netns(fd: RawFd) -> std::io::Result<()> {
-    let err = std::io::Error::last_os_error;
-    // SAFETY: raw syscalls with valid, NUL-terminated static strings.
-    unsafe {
-        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-            return Err(err());
-        }
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(err());
-        }
-        if libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_SLAVE | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(err());
-        }
-        libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH);
-        if libc::mount(
-            c"sysfs".as_ptr(),
-            c"/sys".as_ptr(),
-            c"sysfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(err());
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- plugins
@@ -305,8 +216,10 @@ impl Plugin {
                 self.which.key()
             ));
         }
-        let (del, _) = self.invoke("DEL", pod, seq)?;
+        // The IP may go to another pod as soon as ipamd released it, inside
+        // this DEL, before the plugin exits: it stops counting as held here.
         live.lock().unwrap().remove(&addr);
+        let (del, _) = self.invoke("DEL", pod, seq)?;
         Ok(Cycle { add, del })
     }
 
@@ -327,45 +240,6 @@ impl Plugin {
 }
 
 // ---------------------------------------------------------------- batches
-
-#[derive(Default)]
-struct Samples {
-    add: Vec<Duration>,
-    del: Vec<Duration>,
-    cycles: usize,
-    wall: Duration,
-    /// cycles/s of each batch, in order.
-    per_batch: Vec<f64>,
-}
-
-impl Samples {
-    fn absorb(&mut self, b: Samples) {
-        self.per_batch.push(b.cycles as f64 / b.wall.as_secs_f64());
-        self.add.extend(b.add);
-        self.del.extend(b.del);
-        self.cycles += b.cycles;
-        self.wall += b.wall;
-    }
-
-    fn rate(&self) -> f64 {
-        self.cycles as f64 / self.wall.as_secs_f64().max(1e-9)
-    }
-
-    fn sort(&mut self) {
-        self.add.sort();
-        self.del.sort();
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "add_ms": lat_json(&self.add),
-            "del_ms": lat_json(&self.del),
-            "cycles": self.cycles,
-            "cycles_per_s": round3(self.rate()),
-            "batch_cycles_per_s": self.per_batch.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
-        })
-    }
-}
 
 /// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
 /// netns, started together; wall time from start to the last one's end.
@@ -506,8 +380,10 @@ impl Testbed {
         // ipamd in the node netns, its own socket and store.
         let socket = tmp.join("ipamd.sock");
         let log = tmp.join("ipamd.log");
-        // `ip netns exec` execs ipamd: the child's pid is ipamd's.
+        // `ip netns exec` execs ipamd: the child's pid is ipamd's. Only PATH
+        // from this environment: a KUBECONFIG there would give it the API.
         let ipamd = IpamdCommand::in_netns(&node.name, &bins.ipamd, &socket, &log)
+            .env_only_path()
             .arg("--store")
             .arg(format!("redb:{}", tmp.join("ipamd.redb").display()))
             .args([

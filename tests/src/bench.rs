@@ -1,11 +1,15 @@
-//! What the ADD/DEL benches (benches/cni_add_del.rs, benches/ovs_add_del.rs)
-//! share: Ctrl-C handling, options, the release binaries, statistics, and
-//! the machine facts every report starts with. Errors are strings: a bench
+//! What the ADD/DEL benches (benches/cni_add_del.rs, benches/kube_add_del.rs,
+//! benches/ovs_add_del.rs) share: Ctrl-C handling, options, the release
+//! binaries, spawning a plugin in the node netns, statistics, process
+//! memory, and the machine facts every report starts with. Errors are strings: a bench
 //! prints them and exits non-zero. The guards that undo what a bench made
 //! (temp dir, netns, ipamd) and its setup commands are moor-testkit's.
 
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -234,6 +238,90 @@ pub fn release_bins(script: &str) -> Res<Bins> {
     Ok(bins)
 }
 
+// ---------------------------------------------------------------- spawning
+
+/// The PATH a runtime gives a plugin.
+pub const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Spawns `prog` inside the node's network namespace the way `ip netns exec`
+/// does (setns, private mount namespace, /sys remounted so it shows this
+/// namespace's devices), but in the forked child itself: no `ip` process in
+/// between. Returns the wall time from spawn to exit and the output.
+pub fn spawn_in_node(
+    node_fd: RawFd,
+    prog: &Path,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Res<(Duration, Output)> {
+    let mut cmd = Command::new(prog);
+    cmd.env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only makes raw syscalls (async-signal-safe), and
+    // node_fd stays open for the whole run.
+    unsafe {
+        cmd.pre_exec(move || enter_netns(node_fd));
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn {}: {e}", prog.display()))?;
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let written = pipe.write_all(stdin);
+    drop(pipe);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {}: {e}", prog.display()))?;
+    let took = start.elapsed();
+    if let Err(e) = written {
+        return Err(format!(
+            "writing stdin of {}: {e}; it printed: {}{}",
+            prog.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((took, out))
+}
+
+/// In the forked child: what `ip netns exec` does before exec.
+fn enter_netns(fd: RawFd) -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: raw syscalls with valid, NUL-terminated static strings.
+    unsafe {
+        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+            return Err(err());
+        }
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(err());
+        }
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(err());
+        }
+        libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH);
+        if libc::mount(
+            c"sysfs".as_ptr(),
+            c"/sys".as_ptr(),
+            c"sysfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(err());
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- statistics
 
 /// The percentiles every latency row and JSON object shows, by name.
@@ -274,6 +362,51 @@ pub fn lat_json(sorted: &[Duration]) -> Value {
     })
 }
 
+/// `total` split over `rounds` as evenly as possible.
+pub fn share(total: usize, rounds: usize, round: usize) -> usize {
+    total / rounds + usize::from(round < total % rounds)
+}
+
+/// ADD and DEL latencies of a plugin's batches, and their throughput.
+#[derive(Default)]
+pub struct Samples {
+    pub add: Vec<Duration>,
+    pub del: Vec<Duration>,
+    pub cycles: usize,
+    pub wall: Duration,
+    /// cycles/s of each batch, in order.
+    pub per_batch: Vec<f64>,
+}
+
+impl Samples {
+    pub fn absorb(&mut self, b: Samples) {
+        self.per_batch.push(b.cycles as f64 / b.wall.as_secs_f64());
+        self.add.extend(b.add);
+        self.del.extend(b.del);
+        self.cycles += b.cycles;
+        self.wall += b.wall;
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.cycles as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub fn sort(&mut self) {
+        self.add.sort();
+        self.del.sort();
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "add_ms": lat_json(&self.add),
+            "del_ms": lat_json(&self.del),
+            "cycles": self.cycles,
+            "cycles_per_s": round3(self.rate()),
+            "batch_cycles_per_s": self.per_batch.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Pod name suffix the way Kubernetes generates them (5 chars of this set).
 pub fn suffix(mut n: u64) -> String {
     const SET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -287,6 +420,25 @@ pub fn suffix(mut n: u64) -> String {
 }
 
 // ---------------------------------------------------------------- machine
+
+/// VmRSS and VmHWM of `pid`, in KiB.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
 
 pub fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
