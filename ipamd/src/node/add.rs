@@ -76,6 +76,10 @@ impl Node {
         }
         let pool = req.pool.as_deref().unwrap_or_default();
         validate::add_input(&req.pod, pool, &req.network).map_err(Error::Invalid)?;
+        if let Some(p) = &req.default_pool {
+            moor_proto::fields::pool_name("the network config's pool", p)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
         let tor = self.tor()?;

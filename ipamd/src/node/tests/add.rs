@@ -243,6 +243,10 @@ async fn bad_keys_and_netns_are_refused_before_anything_is_done() {
         assert!(matches!(e, Error::Invalid(_)), "{cid:?} {ifname:?}: {e:?}");
     }
     let mut r = h.req("c1", WEB_POD);
+    r.default_pool = Some("../web".into());
+    let e = h.node.add(&r).await.unwrap_err();
+    assert!(e.to_string().contains("the network config's pool"), "{e}");
+    let mut r = h.req("c1", WEB_POD);
     r.netns = "relative/ns".into();
     let e = h.node.add(&r).await.unwrap_err();
     assert!(e.to_string().contains("is not a path"), "{e}");
