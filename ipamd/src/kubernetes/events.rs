@@ -247,12 +247,12 @@ impl Writer {
     }
 
     /// Writes back the counts whose interval has passed; forgets series
-    /// that have been quiet for a while.
+    /// that have been quiet for a while, written back or not: an API that
+    /// keeps refusing the write-back (no `patch` right, a rejected body)
+    /// must not make ipamd keep, and PATCH every interval, every pod that
+    /// ever failed. The count is best effort; the next failure starts anew.
     async fn flush(&mut self) {
         let now = self.clock.now_unix();
-        self.series.retain(|_, s| {
-            s.count > s.written || now.saturating_sub(s.last_seen) < FORGET_AFTER_SECS
-        });
         let due: Vec<(String, String)> = self
             .series
             .iter()
@@ -264,6 +264,8 @@ impl Writer {
         for key in due {
             self.write_back(&key).await;
         }
+        self.series
+            .retain(|_, s| now.saturating_sub(s.last_seen) < FORGET_AFTER_SECS);
     }
 }
 
@@ -356,5 +358,34 @@ mod tests {
             .map(|(.., b)| b["involvedObject"]["name"].as_str().unwrap())
             .collect();
         assert_eq!(posted, ["web-0", "web-1"], "{seen:#?}");
+    }
+
+    /// An API that keeps refusing the count's write-back (RBAC without
+    /// `patch`, say) must not make ipamd keep every pod that ever failed,
+    /// nor PATCH each of them again every interval forever.
+    #[tokio::test]
+    async fn series_whose_write_back_keeps_failing_are_forgotten() {
+        let (client, seen) = scripted(StatusCode::FORBIDDEN);
+        let clock = Arc::new(ManualClock::new(1_000));
+        let mut w = writer(client, clock.clone());
+        w.failed(failure("web-0", "uid-0")).await;
+        w.failed(failure("web-0", "uid-0")).await;
+        assert_eq!(w.series.len(), 1);
+        // Quiet for longer than FORGET_AFTER_SECS, flushed every interval.
+        for _ in 0..(FORGET_AFTER_SECS / 30 + 2) {
+            clock.advance(30);
+            w.flush().await;
+        }
+        assert!(w.series.is_empty(), "the series is kept forever");
+        let patches = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, ..)| m == "PATCH")
+            .count();
+        assert!(
+            patches <= (FORGET_AFTER_SECS / 30) as usize + 1,
+            "{patches} PATCHes"
+        );
     }
 }
