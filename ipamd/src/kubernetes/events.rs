@@ -114,7 +114,7 @@ struct Writer {
     node: String,
     clock: Arc<dyn Clock>,
     interval: u64,
-    /// By (pod uid, reason).
+    /// By (pod namespace/name/uid, reason).
     series: HashMap<(String, String), Series>,
     /// Events made, for unique names.
     made: u64,
@@ -143,7 +143,10 @@ impl Writer {
 
     async fn failed(&mut self, f: Failure) {
         let now = self.clock.now_unix();
-        let key = (f.uid.clone(), f.reason.clone());
+        // The pod by name too: without K8S_POD_UID the uid is empty, and
+        // pods without one must not share a series.
+        let pod = format!("{}/{}/{}", f.namespace, f.pod, f.uid);
+        let key = (pod, f.reason.clone());
         if let Some(s) = self.series.get_mut(&key) {
             s.count += 1;
             s.message = f.message;
@@ -244,12 +247,12 @@ impl Writer {
     }
 
     /// Writes back the counts whose interval has passed; forgets series
-    /// that have been quiet for a while.
+    /// that have been quiet for a while, written back or not: an API that
+    /// keeps refusing the write-back (no `patch` right, a rejected body)
+    /// must not make ipamd keep, and PATCH every interval, every pod that
+    /// ever failed. The count is best effort; the next failure starts anew.
     async fn flush(&mut self) {
         let now = self.clock.now_unix();
-        self.series.retain(|_, s| {
-            s.count > s.written || now.saturating_sub(s.last_seen) < FORGET_AFTER_SECS
-        });
         let due: Vec<(String, String)> = self
             .series
             .iter()
@@ -261,5 +264,128 @@ impl Writer {
         for key in due {
             self.write_back(&key).await;
         }
+        self.series
+            .retain(|_, s| now.saturating_sub(s.last_seen) < FORGET_AFTER_SECS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use hyper::{Request, Response, StatusCode};
+    use kube::client::Body;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// What the scripted API server was asked: (method, path, body).
+    type Seen = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+    /// A kube Client whose API server records every request and answers
+    /// POST with 201 and PATCH with `patch_status`.
+    fn scripted(patch_status: StatusCode) -> (Client, Seen) {
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            let log = log.clone();
+            async move {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                log.lock()
+                    .unwrap()
+                    .push((method.clone(), path, json.clone()));
+                let (status, reply) = match method.as_str() {
+                    "POST" => (StatusCode::CREATED, json),
+                    _ if patch_status.is_success() => (patch_status, json),
+                    _ => (
+                        patch_status,
+                        serde_json::json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "message": "scripted refusal", "reason": "Forbidden",
+                            "code": patch_status.as_u16(),
+                        }),
+                    ),
+                };
+                let resp = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap();
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        (Client::new(svc, "default"), seen)
+    }
+
+    fn writer(client: Client, clock: Arc<ManualClock>) -> Writer {
+        Writer {
+            client,
+            node: "n1".into(),
+            clock,
+            interval: 30,
+            series: HashMap::new(),
+            made: 0,
+        }
+    }
+
+    fn failure(pod: &str, uid: &str) -> Failure {
+        Failure {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            uid: uid.into(),
+            reason: "MoorPoolFull".into(),
+            message: format!("pool web is full (pod shop/{pod})"),
+        }
+    }
+
+    /// A runtime that passes no K8S_POD_UID (ipamd takes any incarnation
+    /// then): each pod's failures are still its own Event, never counted
+    /// on another pod's.
+    #[tokio::test]
+    async fn pods_without_a_uid_get_events_of_their_own() {
+        let (client, seen) = scripted(StatusCode::OK);
+        let mut w = writer(client, Arc::new(ManualClock::new(1_000)));
+        w.failed(failure("web-0", "")).await;
+        w.failed(failure("web-1", "")).await;
+        let seen = seen.lock().unwrap();
+        let posted: Vec<&str> = seen
+            .iter()
+            .filter(|(m, ..)| m == "POST")
+            .map(|(.., b)| b["involvedObject"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(posted, ["web-0", "web-1"], "{seen:#?}");
+    }
+
+    /// An API that keeps refusing the count's write-back (RBAC without
+    /// `patch`, say) must not make ipamd keep every pod that ever failed,
+    /// nor PATCH each of them again every interval forever.
+    #[tokio::test]
+    async fn series_whose_write_back_keeps_failing_are_forgotten() {
+        let (client, seen) = scripted(StatusCode::FORBIDDEN);
+        let clock = Arc::new(ManualClock::new(1_000));
+        let mut w = writer(client, clock.clone());
+        w.failed(failure("web-0", "uid-0")).await;
+        w.failed(failure("web-0", "uid-0")).await;
+        assert_eq!(w.series.len(), 1);
+        // Quiet for longer than FORGET_AFTER_SECS, flushed every interval.
+        for _ in 0..(FORGET_AFTER_SECS / 30 + 2) {
+            clock.advance(30);
+            w.flush().await;
+        }
+        assert!(w.series.is_empty(), "the series is kept forever");
+        let patches = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, ..)| m == "PATCH")
+            .count();
+        assert!(
+            patches <= (FORGET_AFTER_SECS / 30) as usize + 1,
+            "{patches} PATCHes"
+        );
     }
 }

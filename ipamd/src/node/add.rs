@@ -109,7 +109,11 @@ impl Node {
         let alloc = match alloc {
             Ok(a) => a,
             Err(e) if e.is_unavailable() => {
-                let pool = place.choice.explicit.as_deref();
+                // The pool the pod names, as far as it is known without the
+                // store (MOOR_POOL, else its annotation): a binding in
+                // another pool is refused online, so it is not served here.
+                let c = &place.choice;
+                let pool = c.explicit.as_deref().or(c.pod_annotation.as_deref());
                 return self.add_offline(&key, req, &tor, pool, e).await;
             }
             Err(e) => return Err(e),

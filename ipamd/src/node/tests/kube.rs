@@ -296,3 +296,33 @@ async fn a_full_pool_is_an_event_with_moors_message() {
         }
     }
 }
+
+/// During a store outage a pod restarts on its cached binding only if the
+/// store would give it that IP: a pod whose annotation now names another
+/// pool is refused online (its binding is in another pool), so it is
+/// refused offline too, not silently given the other pool's IP.
+#[tokio::test]
+async fn an_outage_restart_honours_the_pods_pool_annotation() {
+    let (mut h, api) = with_api(Harness::new().await, Some("r1"));
+    let mirror = Mirror::open(&h.dir.0.join("api-mirror.redb")).unwrap();
+    h.node.mirror = Some(mirror);
+    api.put_pod(facts("db-0", owner("apps/v1", "StatefulSet", "db")));
+    let first = h.add("c1", "db-0").await.unwrap();
+    assert_eq!(first.lease.pool, "db");
+    h.node.del("c1", "eth0").await.unwrap();
+    // The pod comes back naming pool web.
+    let mut p = facts("db-0", owner("apps/v1", "StatefulSet", "db"));
+    p.annotations.insert(POOL_ANNOTATION.into(), "web".into());
+    api.put_pod(p);
+    let online = h.add("c2", "db-0").await.unwrap_err();
+    assert_eq!(online.cni_code(), cni_code::OTHER_POOL, "{online}");
+    h.store.set_down(true);
+    let offline = h.add("c3", "db-0").await;
+    assert!(
+        offline.is_err(),
+        "served pool db's {} offline though the pod names pool web",
+        first.lease.ip
+    );
+    assert_eq!(offline.unwrap_err().cni_code(), cni_code::TRY_AGAIN_LATER);
+    assert!(!h.dp.is_wired(&Harness::host("c3")));
+}
