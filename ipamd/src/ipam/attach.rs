@@ -65,10 +65,15 @@ impl Ipam {
         }
         let ns = &pod.namespace;
         let app = c.app.as_deref().unwrap_or(&pod.name);
+        let annotation = if c.from_api {
+            format!(" or the annotation {POOL_ANNOTATION} on the pod or its namespace")
+        } else {
+            String::new()
+        };
         Err(Error::refused(
             cni_code::NO_POOL,
             format!(
-                "no pool for app {ns}/{app} (pod {pod}): create one with `ipamctl pool create {app} --namespace {ns} --app {app}` so its IPs are known before it starts, or name a pool with MOOR_POOL or the annotation {POOL_ANNOTATION} on the pod or its namespace"
+                "no pool for app {ns}/{app} (pod {pod}): create one with `ipamctl pool create {app} --namespace {ns} --app {app}` so its IPs are known before it starts, or name a pool with MOOR_POOL{annotation}"
             ),
         ))
     }

@@ -73,6 +73,8 @@ pub struct PoolChoice {
     pub namespace_annotation: Option<String>,
     /// The network config's pool, the last default.
     pub default: Option<String>,
+    /// The choice was read from the Kubernetes API (annotations apply).
+    pub from_api: bool,
 }
 
 impl PoolChoice {

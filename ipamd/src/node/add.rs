@@ -11,6 +11,7 @@ use crate::error::{cni_code, Error, Result};
 use crate::ipam::AllocRequest;
 use crate::kubernetes::reason_for;
 
+use super::placement::Placement;
 use super::{link_for, Node};
 
 /// One CNI ADD, as the runtime asked for it.
@@ -83,7 +84,15 @@ impl Node {
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
         let tor = self.tor()?;
-        let place = self.placement(req).await?;
+        let place = match self.placement(req).await {
+            Ok(p) => p,
+            // A repeated ADD of an attachment that exists needs no decision:
+            // it gets what it has even while the API cannot be asked.
+            Err(e) => match self.ipam.attached(&key).await {
+                Ok(Some(_)) => Placement::default(),
+                _ => return Err(e),
+            },
+        };
         let pod = &req.pod;
         let alloc = match self.store_down_recently() {
             Some(since) => Err(Error::unavailable(format!(

@@ -12,6 +12,7 @@ use crate::ipam::PoolChoice;
 use super::{AddRequest, Node};
 
 /// Where an ADD's IP comes from.
+#[derive(Default)]
 pub(super) struct Placement {
     pub choice: PoolChoice,
     pub stable: bool,
@@ -55,6 +56,7 @@ impl Node {
             choice: PoolChoice {
                 explicit: req.pool.clone(),
                 pod_annotation: facts.pool_annotation().map(str::to_string),
+                from_api: true,
                 app: Some(w.app),
                 namespace_annotation: cluster.namespace_pool(&pod.namespace),
                 default: req.default_pool.clone(),

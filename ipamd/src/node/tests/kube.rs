@@ -326,3 +326,17 @@ async fn an_outage_restart_honours_the_pods_pool_annotation() {
     assert_eq!(offline.unwrap_err().cni_code(), cni_code::TRY_AGAIN_LATER);
     assert!(!h.dp.is_wired(&Harness::host("c3")));
 }
+
+#[tokio::test]
+async fn a_repeated_add_needs_no_api() {
+    let (h, api) = with_api(Harness::new().await, Some("r1"));
+    api.put_pod(facts("db-0", owner("apps/v1", "StatefulSet", "db")));
+    let first = h.add("c1", "db-0").await.unwrap();
+    api.set_down(true);
+    let again = h.add("c1", "db-0").await.unwrap();
+    assert_eq!(again.lease.ip, first.lease.ip);
+    assert!(again.wired.is_none(), "the same attachment, checked");
+    // A new pod still needs the API.
+    let e = h.add("c2", "db-1").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER);
+}
