@@ -2,8 +2,8 @@
 //! decided without I/O.
 //!
 //! `moor.io/pool-size: "N"` on a StatefulSet or Deployment asks for a pool
-//! of N IPs for the app the node agent gives the workload's pods (namespace
-//! + workload name, `core/pod.rs`). Optional: `moor.io/tors: "t1,t2"` (the
+//! of N IPs for the app the node agent gives the workload's pods (its
+//! namespace and the workload's name, `core/pod.rs`). Optional: `moor.io/tors: "t1,t2"` (the
 //! ToRs or segments to carve from; default all), `moor.io/policy:
 //! auto|sticky|release`, `moor.io/pool: NAME` (the pool's name). Without a
 //! name it is `<namespace>-<workload>`, shortened with a hash where that is

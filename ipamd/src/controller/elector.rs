@@ -86,14 +86,6 @@ impl Elector {
         self.observed = None;
     }
 
-    /// Stop acting, forget the Lease as ours.
-    fn lost(&mut self) {
-        if self.mine.take().is_some() {
-            warn!(lease = %self.cfg.name, identity = %self.cfg.identity, "lost the controller Lease: stopped acting");
-        }
-        self.leadership.end();
-    }
-
     fn taken_by_me(&self, read: Option<&LeaseRecord>) -> LeaseRecord {
         let now = self.clock.now_unix();
         let (transitions, version) = match read {
@@ -132,7 +124,7 @@ impl Elector {
                     match self.read_and_decide().await {
                         Step::Acquired | Step::Renewed => Step::Renewed,
                         other => {
-                            self.lost();
+                            warn!(lease = %self.cfg.name, identity = %self.cfg.identity, "lost the controller Lease: stopped acting");
                             if other == Step::Following {
                                 Step::Lost
                             } else {
