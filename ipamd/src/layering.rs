@@ -18,6 +18,9 @@ const RANKS: &[(&str, u32)] = &[
     ("audit", 3),
     ("ipam", 4),
     ("node", 5),
+    // Beside node, never using it: the control loops work on the store
+    // through ipam and on the API through kubernetes.
+    ("controller", 5),
     ("api", 6),
 ];
 

@@ -9,11 +9,14 @@
 //! - `audit`: cross-checks the store's records;
 //! - `ipam`: the allocation service over a store;
 //! - `node`: the CNI operations of one node (ipam + datapath + mirror);
+//! - `controller`: the cluster-wide control loops, one leader at a time
+//!   (a Lease), beside `node` (`ipamd --role controller|both`);
 //! - `api`: the gRPC services, the only layer that knows the wire types.
 
 pub mod api;
 pub mod audit;
 pub mod clock;
+pub mod controller;
 pub mod core;
 pub mod datapath;
 pub mod error;

@@ -11,8 +11,11 @@ use moor_ipamd::clock::{Clock, SystemClock};
 use moor_ipamd::datapath::{BridgeDatapath, Datapath, OvsConfig, OvsDatapath};
 use moor_ipamd::ipam::{registry::NodeRecord, Ipam};
 use moor_ipamd::node::{heartbeat, tasks, Mirror, Node, NodeConfig};
-use moor_ipamd::{api, store};
+use moor_ipamd::{api, controller, store};
 use tracing::{error, info};
+
+/// The controller's loops make a full pass at least this often.
+const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
@@ -32,9 +35,43 @@ impl Mode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// This node's CNI operations: the datapath and the socket (default).
+    Node,
+    /// The cluster's control loops, one active replica at a time through a
+    /// Lease; no datapath, no socket. Needs the Kubernetes API.
+    Controller,
+    /// Both in one process: a one-node install on the embedded store.
+    Both,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "ipamd", version, about = "moor's per-node IPAM daemon")]
 struct Args {
+    /// What this process runs: node, controller or both.
+    #[arg(long, env = "MOOR_ROLE", value_enum, default_value = "node")]
+    role: Role,
+    /// Controller: the coordination.k8s.io/v1 Lease its replicas elect a
+    /// leader through.
+    #[arg(long, default_value = "moor-controller", value_name = "NAME")]
+    lease_name: String,
+    /// Controller: the Lease's namespace (the controller's own).
+    #[arg(
+        long,
+        env = "MOOR_LEASE_NAMESPACE",
+        default_value = "moor-system",
+        value_name = "NAMESPACE"
+    )]
+    lease_namespace: String,
+    /// Controller: a leader that has not renewed for this long is replaced.
+    /// It stops acting a third of it earlier, on its own.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    lease_duration_seconds: u64,
+    /// Controller: how often the leader renews (at most a third of the
+    /// duration); candidates read the Lease this often, at most every 2 s.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    lease_renew_seconds: u64,
     /// Unix socket to serve the CNI and admin APIs on (root-only, 0600).
     #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -98,9 +135,9 @@ struct Args {
     mode: Mode,
     /// Physical mode: the Linux bridge that carries the uplink to the ToR.
     /// OVS mode: the OVS bridge for pods' ports (e.g. br-int), created if
-    /// missing.
+    /// missing. Required by the node role.
     #[arg(long, env = "MOOR_BRIDGE")]
-    bridge: String,
+    bridge: Option<String>,
     /// OVS mode: ovsdb-server's endpoint, unix:PATH or tcp:IP:PORT.
     /// Default: unix:/run/openvswitch/db.sock.
     #[arg(long, env = "MOOR_OVSDB", value_name = "ENDPOINT")]
@@ -185,7 +222,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let node_name = match args.node {
+    let node_name = match args.node.clone() {
         Some(n) => n,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
@@ -195,7 +232,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let kube = moor_ipamd::kubernetes::client(args.kubeconfig.as_deref())
         .await
         .map_err(anyhow::Error::msg)?;
-    if kube.is_none() && args.tor.is_none() {
+    let lease = controller::LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: controller::identity(&node_name),
+        duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_every: Duration::from_secs(args.lease_renew_seconds),
+    };
+    if args.role != Role::Node {
+        if kube.is_none() {
+            bail!("--role {}: the controller needs the Kubernetes API: give it --kubeconfig (or run it in a pod with its service account)", role_name(args.role));
+        }
+        lease.validate().map_err(anyhow::Error::msg)?;
+    }
+    if args.role != Role::Controller && args.bridge.is_none() {
+        bail!("--bridge is missing: name the bridge pods attach to (physical mode: the Linux bridge with the uplink; ovs mode: the OVS bridge)");
+    }
+    if args.role == Role::Controller {
+        for (set, flag) in [
+            (args.bridge.is_some(), "--bridge"),
+            (args.ovsdb.is_some(), "--ovsdb"),
+            (args.uplink.is_some(), "--uplink"),
+            (args.netns.is_some(), "--netns"),
+        ] {
+            if set {
+                bail!("{flag} is for --role node or both: the controller runs no datapath");
+            }
+        }
+    }
+    if args.role == Role::Node && kube.is_none() && args.tor.is_none() {
         bail!("--tor is missing: name the ToR this node is under (or give ipamd the Kubernetes API with --kubeconfig and label the node: kubectl label node NODE {}=TOR)", args.tor_label);
     }
     if args.api_timeout_ms == 0 || args.event_interval_seconds == 0 {
@@ -210,6 +275,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.store, &store_opts)
         .await
         .map_err(anyhow::Error::msg)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        info!("shutting down");
+        stop_tx.send_replace(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let start_controller = |ipam: Arc<Ipam>| {
+        let c = controller::Controller {
+            client: kube.clone().expect("checked: the controller has the API"),
+            lease: lease.clone(),
+            ipam,
+            clock: Arc::new(SystemClock),
+            resync: CONTROLLER_RESYNC,
+        };
+        info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
+        c.start(stopped()).1
+    };
+    if args.role == Role::Controller {
+        let elector = start_controller(Arc::new(Ipam::new(store.clone())));
+        let _ = elector.await;
+        return Ok(());
+    }
+    let bridge = args
+        .bridge
+        .clone()
+        .expect("checked: the node role has --bridge");
     if args.dad_probe_ms > 900 {
         bail!(
             "--dad-probe-ms {} is too long: every ADD waits that long; use 1-900 (200 finds a host that answers ARP on a healthy LAN), or 0 to turn the probe off",
@@ -228,9 +330,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     bail!("{flag} is for --mode ovs; physical mode attaches the uplink to --bridge itself");
                 }
             }
-            let dp = BridgeDatapath::new_in(&args.bridge, args.netns.as_deref())
+            let dp = BridgeDatapath::new_in(&bridge, args.netns.as_deref())
                 .await
-                .with_context(|| format!("--bridge {}", args.bridge))?;
+                .with_context(|| format!("--bridge {bridge}"))?;
             Arc::new(match dad {
                 Some(w) => dp.with_dad_probe(w),
                 None => dp,
@@ -249,13 +351,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 uplink: args.uplink.clone(),
                 uplink_vlans: args.uplink_vlans.clone(),
                 timeout: Duration::from_millis(args.ovsdb_timeout_ms),
-                ..OvsConfig::new(endpoint.clone(), args.bridge.clone())
+                ..OvsConfig::new(endpoint.clone(), bridge.clone())
             };
             let dp = OvsDatapath::new_in(&cfg, args.netns.as_deref())
                 .await
-                .with_context(|| {
-                    format!("--mode ovs --bridge {} --ovsdb {endpoint}", args.bridge)
-                })?;
+                .with_context(|| format!("--mode ovs --bridge {bridge} --ovsdb {endpoint}"))?;
             Arc::new(match dad {
                 Some(w) => dp.with_dad_probe(w),
                 None => dp,
@@ -289,7 +389,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mirror,
         clock.clone(),
     );
-    if let Some(client) = kube {
+    if let Some(client) = kube.clone() {
         let opts = moor_ipamd::kubernetes::ApiOptions {
             node: node_name.clone(),
             tor_label: args.tor_label.clone(),
@@ -339,19 +439,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tasks::spawn_sweep(node.clone(), every);
     }
 
+    let elector = (args.role == Role::Both).then(|| start_controller(node.ipam.clone()));
     let ipam = node.ipam.clone();
-    let shutdown = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let shutdown = {
+        let stopped = stopped();
+        async move {
+            stopped.await;
+            // Watches never end by themselves; requests in flight may finish.
+            ipam.shut_down();
         }
-        info!("shutting down");
-        // Watches never end by themselves; requests in flight may finish.
-        ipam.shut_down();
     };
     api::serve(node, listener, shutdown).await?;
     let _ = std::fs::remove_file(&args.socket);
+    if let Some(elector) = elector {
+        // It releases the Lease on the same signal.
+        let _ = tokio::time::timeout(Duration::from_secs(3), elector).await;
+    }
     Ok(())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Node => "node",
+        Role::Controller => "controller",
+        Role::Both => "both",
+    }
 }

@@ -84,6 +84,23 @@ impl IpamdCommand {
         self
     }
 
+    /// Starts ipamd without waiting for a socket: `--role controller` opens
+    /// none; the caller waits for its own sign (a Lease, a log line).
+    pub fn spawn(mut self) -> Result<Ipamd, String> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| writeln!(f, "==== ipamd start ===="))
+            .map_err(|e| format!("open ipamd's log {}: {e}", self.log.display()))?;
+        let child = spawn_appending(&mut self.cmd, &self.log)
+            .map_err(|e| format!("cannot start ipamd ({:?}): {e}", self.cmd))?;
+        Ok(Ipamd {
+            child: Some(child),
+            log: self.log,
+        })
+    }
+
     /// Starts ipamd and waits until its socket accepts a connection. If it
     /// exits first or takes longer than allowed (then it is killed), the
     /// error says so with the tail of its log.

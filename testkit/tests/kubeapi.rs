@@ -466,7 +466,7 @@ async fn refusals_carry_the_api_servers_status() {
 
     let e = api_error(
         c.request_text(
-            hyper::Request::get("/apis/apps/v1/namespaces/default/deployments")
+            hyper::Request::get("/apis/apps/v1/namespaces/default/daemonsets")
                 .body(vec![])
                 .unwrap(),
         )
@@ -606,4 +606,92 @@ async fn events_and_jobs_and_the_request_log() {
     ]
     .map(|(v, g, r)| (v.to_string(), g.to_string(), r.to_string(), apps.clone()));
     assert_eq!(log, want);
+}
+
+#[tokio::test]
+async fn leases_take_turns_by_resource_version_and_workloads_are_served() {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let api = FakeApi::start();
+    let client = client(&api).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let mut lease = Lease::default();
+    lease.metadata.name = Some("moor-controller".into());
+    lease.spec = Some(LeaseSpec {
+        holder_identity: Some("a".into()),
+        lease_duration_seconds: Some(15),
+        lease_transitions: Some(0),
+        ..Default::default()
+    });
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let taken = api_error(
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((taken.code, taken.reason.as_str()), (409, "AlreadyExists"));
+
+    // Two candidates read the same version; the first PUT wins, the second
+    // gets the real server's 409 Conflict.
+    let mut by_b = created.clone();
+    by_b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let mut by_c = created.clone();
+    by_c.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    let won = leases
+        .replace("moor-controller", &PostParams::default(), &by_b)
+        .await
+        .unwrap();
+    assert_ne!(
+        won.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    let lost = api_error(
+        leases
+            .replace("moor-controller", &PostParams::default(), &by_c)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((lost.code, lost.reason.as_str()), (409, "Conflict"));
+    assert!(
+        lost.message.contains("leases.coordination.k8s.io"),
+        "{lost:?}"
+    );
+    let now = leases.get("moor-controller").await.unwrap();
+    assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("b"));
+
+    let mut bad = won.clone();
+    bad.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    let invalid = api_error(
+        leases
+            .replace("moor-controller", &PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(invalid.code, 422, "{invalid:?}");
+    assert!(
+        invalid.message.contains("spec.leaseDurationSeconds"),
+        "{invalid:?}"
+    );
+
+    api.create(objects::namespace("shop"));
+    api.create(objects::statefulset("shop", "db", 3).annotation("moor.io/pool-size", "5"));
+    api.create(objects::deployment("shop", "web", 2));
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "shop");
+    let db = sets.get("db").await.unwrap();
+    assert_eq!(db.spec.replicas, Some(3));
+    assert_eq!(
+        db.metadata.uid.as_deref(),
+        Some(objects::owner_uid("StatefulSet", "shop", "db").as_str())
+    );
+    let deployments: Api<PartialObjectMeta<Deployment>> = Api::all(client);
+    let listed = deployments
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(api
+        .requests()
+        .iter()
+        .any(|r| r.api_group == "coordination.k8s.io" && r.verb == "update"));
 }

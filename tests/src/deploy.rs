@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
@@ -36,6 +36,9 @@ pub struct Manifests {
     pub cluster_role_bindings: Vec<ClusterRoleBinding>,
     pub config_maps: Vec<ConfigMap>,
     pub daemon_sets: Vec<DaemonSet>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
+    pub deployments: Vec<Deployment>,
 }
 
 impl Manifests {
@@ -106,48 +109,74 @@ impl Manifests {
                 self.cluster_role_bindings.push(typed(&at, &doc)?)
             }
             ("apps/v1", "DaemonSet") => self.daemon_sets.push(typed(&at, &doc)?),
+            ("apps/v1", "Deployment") => self.deployments.push(typed(&at, &doc)?),
+            ("rbac.authorization.k8s.io/v1", "Role") => self.roles.push(typed(&at, &doc)?),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                self.role_bindings.push(typed(&at, &doc)?)
+            }
             _ => {
                 return Err(format!(
                     "{at}: {api_version} {kind} is not a kind deploy/ holds (v1 Namespace, \
                      ServiceAccount, ConfigMap; rbac.authorization.k8s.io/v1 ClusterRole, \
-                     ClusterRoleBinding; apps/v1 DaemonSet): add it to tests/src/deploy.rs \
-                     with its checks"
+                     ClusterRoleBinding, Role, RoleBinding; apps/v1 DaemonSet, Deployment): \
+                     add it to tests/src/deploy.rs with its checks"
                 ))
             }
         }
         Ok(())
     }
 
-    /// What the ClusterRoles grant, one (group, resource, verb) each. A
-    /// wildcard, `resourceNames` or `nonResourceURLs` is an error: the
-    /// grants are compared one by one with what ipamd asks for.
+    /// What the node agent's ClusterRole (`moor`) grants, one (group,
+    /// resource, verb) each. A wildcard, `resourceNames` or
+    /// `nonResourceURLs` is an error: the grants are compared one by one
+    /// with what ipamd asks for.
     pub fn grants(&self) -> Result<BTreeSet<Grant>, String> {
+        self.role_grants("moor")
+    }
+
+    /// What the ClusterRole and the Role named `name` grant together.
+    pub fn role_grants(&self, name: &str) -> Result<BTreeSet<Grant>, String> {
         let mut grants = BTreeSet::new();
-        for role in &self.cluster_roles {
-            let name = role.metadata.name.as_deref().unwrap_or_default();
-            for (i, rule) in role.rules.iter().flatten().enumerate() {
-                let at = format!("ClusterRole {name} rule {}", i + 1);
-                if rule.resource_names.is_some() || rule.non_resource_urls.is_some() {
-                    return Err(format!(
-                        "{at}: resourceNames/nonResourceURLs are not (group, resource, verb) grants"
-                    ));
-                }
-                for group in rule.api_groups.iter().flatten() {
-                    for resource in rule.resources.iter().flatten() {
-                        for verb in &rule.verbs {
-                            if [group, resource, verb].iter().any(|s| s.contains('*')) {
-                                return Err(format!(
-                                    "{at}: wildcard in {group:?} {resource:?} {verb:?}: name what ipamd uses"
-                                ));
-                            }
-                            grants.insert(Grant::new(group, resource, verb));
-                        }
-                    }
-                }
+        let rules = self
+            .cluster_roles
+            .iter()
+            .filter(|r| r.metadata.name.as_deref() == Some(name))
+            .map(|r| ("ClusterRole", &r.rules))
+            .chain(
+                self.roles
+                    .iter()
+                    .filter(|r| r.metadata.name.as_deref() == Some(name))
+                    .map(|r| ("Role", &r.rules)),
+            );
+        for (kind, role_rules) in rules {
+            for (i, rule) in role_rules.iter().flatten().enumerate() {
+                let at = format!("{kind} {name} rule {}", i + 1);
+                add_rule(&at, rule, &mut grants)?;
             }
         }
         Ok(grants)
     }
+}
+
+fn add_rule(at: &str, rule: &PolicyRule, grants: &mut BTreeSet<Grant>) -> Result<(), String> {
+    if rule.resource_names.is_some() || rule.non_resource_urls.is_some() {
+        return Err(format!(
+            "{at}: resourceNames/nonResourceURLs are not (group, resource, verb) grants"
+        ));
+    }
+    for group in rule.api_groups.iter().flatten() {
+        for resource in rule.resources.iter().flatten() {
+            for verb in &rule.verbs {
+                if [group, resource, verb].iter().any(|s| s.contains('*')) {
+                    return Err(format!(
+                        "{at}: wildcard in {group:?} {resource:?} {verb:?}: name what ipamd uses"
+                    ));
+                }
+                grants.insert(Grant::new(group, resource, verb));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes `doc` as `T` and refuses what `T` would silently drop:

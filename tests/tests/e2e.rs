@@ -12,6 +12,8 @@
 //! 4. `crash`: kill -9 of ipamd in the middle of a burst of ADDs.
 //! 5. `daemon_down`: DEL while ipamd is stopped; ADD while it is down.
 //! 6. `bad_input`: a table of bad config/env/CLI input, none changing state.
+//!
+//! `controller`: issue 11's two controllers sharing a Lease.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -23,6 +25,8 @@ mod cluster;
 mod cluster_cli;
 #[path = "e2e/concurrency.rs"]
 mod concurrency;
+#[path = "e2e/controller.rs"]
+mod controller;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/dad.rs"]

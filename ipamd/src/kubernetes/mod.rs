@@ -7,11 +7,17 @@
 //!
 //! Without an API (podman, plain containerd) ipamd has no `Cluster` and
 //! reads workloads from pod names, as before.
+//!
+//! For the controller role: `lease` (one Lease, written with optimistic
+//! concurrency, for leader election) and `workloads` (watches of
+//! StatefulSets and Deployments).
 
 mod api;
 mod client;
 mod events;
 pub mod fake;
+pub mod lease;
+pub mod workloads;
 
 use async_trait::async_trait;
 

@@ -7,7 +7,10 @@
 //! # What it serves
 //! - Resources ([`Resource`]): core/v1 `pods`, `namespaces`, `nodes`,
 //!   `events`; events.k8s.io/v1 `events` (kube-runtime's `Recorder`);
-//!   batch/v1 `jobs`. Namespaced ones also cluster-wide (`/api/v1/pods`).
+//!   batch/v1 `jobs`; apps/v1 `statefulsets`, `deployments`;
+//!   coordination.k8s.io/v1 `leases` (leader election: a PUT with a stale
+//!   resourceVersion gets 409 Conflict; the spec is validated as the real
+//!   server does). Namespaced ones also cluster-wide (`/api/v1/pods`).
 //!   `/version` answers; discovery (`/api`, `/apis`) does not (typed `Api`
 //!   needs none).
 //! - LIST: `resourceVersion` with `resourceVersionMatch` (`NotOlderThan`,
@@ -39,7 +42,8 @@
 //!   (resourceVersion precondition), PATCH, DELETE (immediate, as with no
 //!   kubelet to wait for; `preconditions` honoured). The server sets
 //!   `uid`, `creationTimestamp`, `resourceVersion` (one global counter,
-//!   bumped by every write) and `generation` (pods, jobs; bumped when the
+//!   bumped by every write) and `generation` (pods, jobs, statefulsets,
+//!   deployments; bumped when the
 //!   spec changes).
 //! - PATCH: `application/merge-patch+json` (RFC 7386);
 //!   `application/strategic-merge-patch+json` applied with merge semantics,

@@ -302,6 +302,50 @@ pub fn job_pod(job: &Value) -> ObjectBuilder {
         .phase("Pending")
 }
 
+/// A workload's spec: `replicas` pods of one pause container, selected by
+/// `app: name`.
+fn workload_spec(name: &str, replicas: u32) -> Value {
+    json!({
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]},
+        },
+    })
+}
+
+/// StatefulSet `name` as a user applies it, with `replicas` pods. Its UID
+/// is [`owner_uid`]`("StatefulSet", ..)`, the one [`statefulset_pod`]
+/// names.
+pub fn statefulset(namespace: &str, name: &str, replicas: u32) -> ObjectBuilder {
+    let mut spec = workload_spec(name, replicas);
+    spec["serviceName"] = name.into();
+    spec["podManagementPolicy"] = "OrderedReady".into();
+    ObjectBuilder(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": owner_uid("StatefulSet", namespace, name)},
+        "spec": spec,
+        "status": {"replicas": 0},
+    }))
+}
+
+/// Deployment `name` as a user applies it, with `replicas` pods.
+pub fn deployment(namespace: &str, name: &str, replicas: u32) -> ObjectBuilder {
+    let mut spec = workload_spec(name, replicas);
+    spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
+    ObjectBuilder(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": owner_uid("Deployment", namespace, name)},
+        "spec": spec,
+        "status": {},
+    }))
+}
+
 /// Namespace `name` (the API server adds `kubernetes.io/metadata.name`).
 pub fn namespace(name: &str) -> ObjectBuilder {
     ObjectBuilder(json!({

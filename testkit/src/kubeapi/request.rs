@@ -223,7 +223,17 @@ mod tests {
         assert!(route("/api/v1/pods/x").is_none(), "pods are namespaced");
         assert!(route("/api/v1/nodes/n1/status").is_none());
         assert!(route("/api/v1/namespaces/ns/services").is_none());
-        assert!(route("/apis/apps/v1/namespaces/ns/deployments").is_none());
+        let t = route("/apis/apps/v1/namespaces/ns/statefulsets/db").unwrap();
+        assert_eq!(
+            (t.resource, verb("GET", &t, false)),
+            (Resource::StatefulSets, "get")
+        );
+        let t = route("/apis/coordination.k8s.io/v1/namespaces/moor/leases/c").unwrap();
+        assert_eq!(
+            (t.resource, verb("PUT", &t, false)),
+            (Resource::Leases, "update")
+        );
+        assert!(route("/apis/apps/v1/namespaces/ns/daemonsets").is_none());
     }
 
     #[test]

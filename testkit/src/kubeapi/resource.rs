@@ -19,16 +19,25 @@ pub enum Resource {
     EventsV1,
     /// batch/v1 `jobs`.
     Jobs,
+    /// apps/v1 `statefulsets`.
+    StatefulSets,
+    /// apps/v1 `deployments`.
+    Deployments,
+    /// coordination.k8s.io/v1 `leases` (leader election).
+    Leases,
 }
 
 /// Every resource, for routing.
-pub(crate) const ALL: [Resource; 6] = [
+pub(crate) const ALL: [Resource; 9] = [
     Resource::Pods,
     Resource::Namespaces,
     Resource::Nodes,
     Resource::Events,
     Resource::EventsV1,
     Resource::Jobs,
+    Resource::StatefulSets,
+    Resource::Deployments,
+    Resource::Leases,
 ];
 
 impl Resource {
@@ -37,6 +46,8 @@ impl Resource {
         match self {
             Resource::Jobs => "batch",
             Resource::EventsV1 => "events.k8s.io",
+            Resource::StatefulSets | Resource::Deployments => "apps",
+            Resource::Leases => "coordination.k8s.io",
             _ => "",
         }
     }
@@ -46,6 +57,8 @@ impl Resource {
         match self {
             Resource::Jobs => "batch/v1",
             Resource::EventsV1 => "events.k8s.io/v1",
+            Resource::StatefulSets | Resource::Deployments => "apps/v1",
+            Resource::Leases => "coordination.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -58,6 +71,9 @@ impl Resource {
             Resource::Nodes => "nodes",
             Resource::Events | Resource::EventsV1 => "events",
             Resource::Jobs => "jobs",
+            Resource::StatefulSets => "statefulsets",
+            Resource::Deployments => "deployments",
+            Resource::Leases => "leases",
         }
     }
 
@@ -69,6 +85,9 @@ impl Resource {
             Resource::Nodes => "Node",
             Resource::Events | Resource::EventsV1 => "Event",
             Resource::Jobs => "Job",
+            Resource::StatefulSets => "StatefulSet",
+            Resource::Deployments => "Deployment",
+            Resource::Leases => "Lease",
         }
     }
 
@@ -82,13 +101,18 @@ impl Resource {
         match self {
             Resource::Jobs => "/apis/batch/v1",
             Resource::EventsV1 => "/apis/events.k8s.io/v1",
+            Resource::StatefulSets | Resource::Deployments => "/apis/apps/v1",
+            Resource::Leases => "/apis/coordination.k8s.io/v1",
             _ => "/api/v1",
         }
     }
 
     /// Whether the real server sets and bumps `metadata.generation`.
     pub(crate) fn has_generation(self) -> bool {
-        matches!(self, Resource::Pods | Resource::Jobs)
+        matches!(
+            self,
+            Resource::Pods | Resource::Jobs | Resource::StatefulSets | Resource::Deployments
+        )
     }
 
     /// Which resource a stored object is, from its `apiVersion` and `kind`.
@@ -153,6 +177,8 @@ impl Resource {
                 ("type", "/type"),
             ],
             Resource::Jobs => &[META[0], META[1], ("status.successful", "/status/succeeded")],
+            // apps/v1 registers no field labels of its own; Leases neither.
+            Resource::StatefulSets | Resource::Deployments | Resource::Leases => &META,
         }
     }
 

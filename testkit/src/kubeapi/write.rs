@@ -85,6 +85,32 @@ fn check_body(target: &Target, object: &mut Value) -> Result<(), Status> {
     Ok(())
 }
 
+/// The validation the real server runs on a Lease's spec
+/// (pkg/apis/coordination/validation): durations and transitions are not
+/// negative, a duration is more than 0.
+fn validate(resource: Resource, object: &Value) -> Result<(), Status> {
+    if resource != Resource::Leases {
+        return Ok(());
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let spec = &object["spec"];
+    for (field, min, words) in [
+        ("leaseDurationSeconds", 1, "must be greater than 0"),
+        ("leaseTransitions", 0, "must be greater than or equal to 0"),
+    ] {
+        if let Some(n) = spec.get(field).and_then(Value::as_i64) {
+            if n < min {
+                return Err(Status::invalid(
+                    resource,
+                    name,
+                    &format!("spec.{field}: Invalid value: {n}: {words}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn namespace_exists(store: &Store, resource: Resource, object: &Value) -> Result<(), Status> {
     if !resource.namespaced() {
         return Ok(());
@@ -145,6 +171,7 @@ pub(crate) fn create(
             m.remove(owned);
         }
     }
+    validate(resource, &object)?;
     shared
         .write(|store| {
             namespace_exists(store, resource, &object)?;
@@ -164,6 +191,7 @@ pub(crate) fn update(
     json_body(content_type)?;
     let mut object = parse_body(body)?;
     check_body(target, &mut object)?;
+    validate(target.resource, &object)?;
     shared
         .write(|store| store.replace(target.resource, object))
         .map(|o| (200, o))

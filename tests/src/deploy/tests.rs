@@ -15,6 +15,20 @@ fn manifests() -> Manifests {
     Manifests::load().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The object of a kind named `name`.
+fn named<
+    'a,
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+>(
+    objects: &'a [T],
+    name: &str,
+) -> &'a T {
+    objects
+        .iter()
+        .find(|o| o.metadata().name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("deploy/ holds no {} {name}", T::KIND))
+}
+
 /// The one object of a kind deploy/ holds.
 fn one<'a, T>(objects: &'a [T], kind: &str) -> &'a T {
     assert_eq!(objects.len(), 1, "deploy/ holds one {kind}");
@@ -107,7 +121,7 @@ fn manifests_parse_into_kubernetes_types_and_name_each_other() {
         Some("privileged"),
         "Pod Security Admission must allow a privileged hostNetwork pod in {ns_name}"
     );
-    let sa = one(&m.service_accounts, "ServiceAccount");
+    let sa = named(&m.service_accounts, "moor");
     let cm = one(&m.config_maps, "ConfigMap");
     let ds = one(&m.daemon_sets, "DaemonSet");
     for (what, namespace) in [
@@ -117,8 +131,8 @@ fn manifests_parse_into_kubernetes_types_and_name_each_other() {
     ] {
         assert_eq!(namespace.as_deref(), Some(ns_name), "{what}'s namespace");
     }
-    let role = one(&m.cluster_roles, "ClusterRole");
-    let binding = one(&m.cluster_role_bindings, "ClusterRoleBinding");
+    let role = named(&m.cluster_roles, "moor");
+    let binding = named(&m.cluster_role_bindings, "moor");
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(
         binding.role_ref.api_group.as_deref(),
@@ -512,7 +526,7 @@ fn cluster_role_grants_exactly_what_ipamd_uses() {
          rules:\n  - {apiGroups: [\"\"], resources: [pods], verbs: [\"*\"]}\n",
     )
     .unwrap();
-    assert!(wild.grants().unwrap_err().contains("wildcard"));
+    assert!(wild.role_grants("w").unwrap_err().contains("wildcard"));
 }
 
 #[test]
@@ -794,4 +808,96 @@ fn daemonset_passes_only_flags_ipamd_knows() {
             "ipamd has no flag --{f} (the DaemonSet passes it): ipamd --help says\n{help}"
         );
     }
+}
+
+#[test]
+fn controller_deployment_runs_the_controller_role_with_its_own_account() {
+    let m = manifests();
+    let d = named(&m.deployments, "moor-controller");
+    let spec = &d.spec;
+    assert_eq!(spec.replicas, Some(2), "one leader and one standby");
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("moor-controller"));
+    let c = container(pod, "controller");
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(flag(&args, "--role"), Some("controller"));
+    assert!(
+        flag(&args, "--bridge").is_none(),
+        "the controller runs no datapath"
+    );
+    // Every flag is one ipamd has.
+    let out = std::process::Command::new(&crate::bins::bins().ipamd)
+        .arg("--help")
+        .output()
+        .expect("run ipamd --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for a in &args {
+        let f = a.split('=').next().unwrap();
+        assert!(help.contains(&format!("{f} ")), "ipamd has no flag {f}");
+    }
+    let ns = d.metadata.namespace.as_deref();
+    assert_eq!(
+        named(&m.service_accounts, "moor-controller")
+            .metadata
+            .namespace
+            .as_deref(),
+        ns
+    );
+
+    // Its grants, exactly: the Lease in its namespace, workloads read-only.
+    let expected: BTreeSet<Grant> = [
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("apps", "statefulsets", "get"),
+        ("apps", "statefulsets", "list"),
+        ("apps", "statefulsets", "watch"),
+        ("apps", "deployments", "get"),
+        ("apps", "deployments", "list"),
+        ("apps", "deployments", "watch"),
+    ]
+    .into_iter()
+    .map(|(g, r, v)| Grant::new(g, r, v))
+    .collect();
+    assert_eq!(m.role_grants("moor-controller").unwrap(), expected);
+    let role = named(&m.roles, "moor-controller");
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        ns,
+        "the Lease's Role is namespaced"
+    );
+    assert!(
+        role.rules
+            .iter()
+            .flatten()
+            .all(|r| r.api_groups.as_deref() == Some(&["coordination.k8s.io".to_string()][..])),
+        "the namespaced Role grants only Leases"
+    );
+    for (kind, role_ref, subjects) in [
+        (
+            "ClusterRoleBinding",
+            &named(&m.cluster_role_bindings, "moor-controller").role_ref,
+            &named(&m.cluster_role_bindings, "moor-controller").subjects,
+        ),
+        (
+            "RoleBinding",
+            &named(&m.role_bindings, "moor-controller").role_ref,
+            &named(&m.role_bindings, "moor-controller").subjects,
+        ),
+    ] {
+        assert_eq!(role_ref.name, "moor-controller", "{kind}");
+        let s = subjects.as_deref().unwrap_or_default();
+        assert_eq!(s.len(), 1, "{kind}");
+        assert_eq!(
+            (s[0].name.as_str(), s[0].namespace.as_deref()),
+            ("moor-controller", ns),
+            "{kind}"
+        );
+    }
+    // The node agent's ClusterRole is untouched by the controller's needs.
+    assert!(m
+        .grants()
+        .unwrap()
+        .iter()
+        .all(|g| g.api_group != "coordination.k8s.io"));
 }

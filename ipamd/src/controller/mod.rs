@@ -1,0 +1,140 @@
+//! The controller role (`ipamd --role controller|both`): the cluster-wide
+//! control loops, run by exactly one replica at a time. Replicas elect a
+//! leader through a `coordination.k8s.io/v1` Lease (`elector`); the loops
+//! check the leader's fence (`leadership`) before every write, so a leader
+//! that cannot renew stops acting before its Lease can expire. No datapath,
+//! nothing on the pod path: a pod's ADD never waits for the controller.
+//!
+//! Loops so far: `pools` (a workload declaring `moor.io/pool-size` gets its
+//! pool, `declared.rs`).
+
+mod declared;
+mod elector;
+mod leadership;
+mod pools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::ipam::Ipam;
+use crate::kubernetes::lease::LeaseApi;
+use crate::kubernetes::workloads::Workloads;
+
+pub use declared::{
+    declared_pool, derived_pool_name, POLICY_ANNOTATION, POOL_SIZE_ANNOTATION, TORS_ANNOTATION,
+};
+pub use elector::{Elector, Step};
+pub use leadership::{Fence, Leadership, NotLeader};
+pub use pools::{DeclaredPools, Pass};
+
+/// Longest pause between a candidate's reads of the Lease.
+const MAX_POLL: Duration = Duration::from_secs(2);
+
+/// The Lease and its timing.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// `holderIdentity` of this replica: unique per process.
+    pub identity: String,
+    /// `leaseDurationSeconds`: a holder that has not renewed for this long
+    /// may be replaced.
+    pub duration: Duration,
+    /// How often the leader renews.
+    pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    /// Checks the timing: the leader gets at least two renewals inside its
+    /// fence (one may fail), and the fence keeps a margin.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.namespace.is_empty() || self.name.is_empty() {
+            return Err("--lease-namespace and --lease-name must not be empty".into());
+        }
+        if self.renew_every.is_zero() || self.duration.as_secs() == 0 {
+            return Err(
+                "--lease-duration-seconds and --lease-renew-seconds must be more than 0".into(),
+            );
+        }
+        if self.renew_every * 3 > self.duration {
+            return Err(format!(
+                "--lease-renew-seconds {} is too long for --lease-duration-seconds {}: the leader acts for two thirds of the duration after each renewal and must get two tries inside it; use at most a third of the duration",
+                self.renew_every.as_secs(),
+                self.duration.as_secs()
+            ));
+        }
+        if self.duration.as_secs() > i32::MAX as u64 {
+            return Err("--lease-duration-seconds is too large".into());
+        }
+        Ok(())
+    }
+
+    /// How long before the Lease could expire the leader stops acting: a
+    /// third of the duration (5 s of the default 15 s, as client-go's
+    /// renewDeadline of 10 s), which covers a write begun just before the
+    /// fence closes (store requests are bounded at 1.5 s) and slow clocks.
+    pub fn margin(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How often a candidate reads the Lease: the renew period, at most 2 s,
+    /// so a dead leader is replaced within the duration plus two reads.
+    pub fn poll(&self) -> Duration {
+        self.renew_every.min(MAX_POLL)
+    }
+
+    /// Bound on one Lease request.
+    pub fn request_timeout(&self) -> Duration {
+        self.poll()
+    }
+}
+
+/// A unique `holderIdentity`: the node (pod) name and a random suffix, so a
+/// restarted process never mistakes its predecessor's Lease for its own.
+pub fn identity(node: &str) -> String {
+    let random = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|u| u.trim().chars().filter(|c| *c != '-').take(8).collect())
+        .unwrap_or_else(|_| format!("{:x}", std::process::id()));
+    format!("{node}_{random}")
+}
+
+/// Everything the controller role runs with.
+pub struct Controller {
+    pub client: kube::Client,
+    pub lease: LeaseConfig,
+    pub ipam: Arc<Ipam>,
+    pub clock: Arc<dyn Clock>,
+    /// Full pass of each loop at least this often.
+    pub resync: Duration,
+}
+
+impl Controller {
+    /// Starts the watches and the loops; the returned future runs the
+    /// elector until `stop` completes, then releases the Lease.
+    pub fn start(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> (Leadership, tokio::task::JoinHandle<()>) {
+        let leadership = Leadership::new();
+        let workloads = Arc::new(Workloads::start(self.client.clone()));
+        let pools = DeclaredPools {
+            ipam: self.ipam.clone(),
+            workloads,
+            leadership: leadership.clone(),
+            resync: self.resync,
+        };
+        tokio::spawn(pools.run());
+        let api = LeaseApi::new(
+            self.client,
+            &self.lease.namespace,
+            &self.lease.name,
+            self.lease.request_timeout(),
+        );
+        let elector = Elector::new(self.lease, api, self.clock, leadership.clone());
+        (leadership, tokio::spawn(elector.run(stop)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
