@@ -29,22 +29,23 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Output};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
-    check_interrupted, commit, cpus, kernel, loadavg, ms, pct, release_bins, round3, run_workers,
-    share, spawn_in_node, start, suffix, Args, Res, Samples, PATH_ENV, PERCENTILES,
+    add_del, add_uplink, check_interrupted, check_rounds, commit, container_id, cpus, ipamctl,
+    kernel, leftover_links, loadavg, ms, no_problems, pct, pool_busy, release_bins, round3, share,
+    spawn_in_node, start, suffix, temp_dir, Args, CniPlugin, CniPod, Cycle, Live, Res, Samples,
+    Uplink, PATH_ENV, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
-use moor_testkit::cmd::{describe_failure, try_ip as ip, try_run as run};
-use moor_testkit::netns::{try_links as links, wait_ping};
+use moor_testkit::cmd::{describe_failure, try_run as run};
+use moor_testkit::netns::wait_ping;
 use moor_testkit::{Ipamd, IpamdCommand, Netns, TempDir};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const USAGE: &str = "\
 cni_add_del: times CNI ADD+DEL of the real moor binary (against ipamd) and of
@@ -103,19 +104,7 @@ fn parse_opts() -> Res<Option<Opts>> {
         };
         *slot = args.number(a)?;
     }
-    if o.workers == 0 || o.workers > 200 {
-        return Err(format!("--workers {}: expected 1 to 200", o.workers));
-    }
-    if o.rounds == 0 {
-        return Err("--rounds 0: expected at least 1".into());
-    }
-    if o.cycles < o.rounds || o.single < o.rounds {
-        return Err(format!(
-            "--cycles {} and --single {} must each be at least --rounds {} \
-             (they are split over the rounds)",
-            o.cycles, o.single, o.rounds
-        ));
-    }
+    check_rounds(o.workers, o.cycles, o.single, o.rounds)?;
     Ok(Some(o))
 }
 
@@ -138,95 +127,52 @@ impl Which {
 
 struct Plugin {
     which: Which,
-    bin: PathBuf,
-    cni_path: String,
-    config: String,
+    cni: CniPlugin,
     gateway: &'static str,
     /// Pod network namespaces, one per worker.
     pods: Vec<Netns>,
-    node_fd: RawFd,
     seq: AtomicU64,
 }
 
-struct Cycle {
-    add: Duration,
-    del: Duration,
-}
-
 impl Plugin {
-    fn invoke(&self, command: &str, pod: &Netns, seq: u64) -> Res<(Duration, Output)> {
+    fn invoke(
+        &self,
+        command: &str,
+        pod: &Netns,
+        seq: u64,
+    ) -> Res<(Duration, std::process::Output)> {
         let tag = match self.which {
             Which::Moor => 0xa,
             Which::Ref => 0xb,
         };
-        let cid = format!("{tag:x}{:015x}{seq:048x}", std::process::id());
+        let cid = container_id(tag, seq);
         let pod_name = format!("{POD_NAME_PREFIX}{}", suffix(seq));
         let uid = format!("00000000-0000-4000-8{tag:03x}-{seq:012x}");
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod_name};\
-             K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
-        );
-        let netns = pod.path().display().to_string();
-        let env = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", cid.as_str()),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", self.cni_path.as_str()),
-            ("CNI_ARGS", args.as_str()),
-            ("PATH", PATH_ENV),
-        ];
-        let (took, out) = spawn_in_node(self.node_fd, &self.bin, &env, self.config.as_bytes())?;
-        if !out.status.success() {
-            check_interrupted()?;
-            return Err(describe_failure(
-                &format!(
-                    "{} {command} (pod {pod_name}, netns {}, container {cid})",
-                    self.which.key(),
-                    pod.name
-                ),
-                &out,
-            ));
-        }
-        Ok((took, out))
+        let pod = CniPod {
+            namespace: POD_NAMESPACE,
+            name: &pod_name,
+            uid: &uid,
+            cid: &cid,
+            netns: pod,
+        };
+        self.cni.invoke(self.which.key(), command, &pod)
     }
 
     /// One ADD then DEL in `pod`; the ADD's IP is checked against `live`.
-    fn cycle(&self, pod: &Netns, live: &Mutex<HashSet<String>>) -> Res<Cycle> {
+    fn cycle(&self, pod: &Netns, live: &Live) -> Res<Cycle> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let (add, out) = self.invoke("ADD", pod, seq)?;
-        let result: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            describe_failure(
-                &format!("{} ADD printed no JSON result ({e}); it", self.which.key()),
-                &out,
-            )
-        })?;
-        let addr = result["ips"][0]["address"]
-            .as_str()
-            .ok_or_else(|| {
-                format!(
-                    "{} ADD result has no ips[0].address: {result}",
-                    self.which.key()
-                )
-            })?
-            .to_string();
-        if !live.lock().unwrap().insert(addr.clone()) {
-            return Err(format!(
-                "{}: {addr} handed out while another pod still holds it",
-                self.which.key()
-            ));
-        }
-        // The IP may go to another pod as soon as ipamd released it, inside
-        // this DEL, before the plugin exits: it stops counting as held here.
-        live.lock().unwrap().remove(&addr);
-        let (del, _) = self.invoke("DEL", pod, seq)?;
-        Ok(Cycle { add, del })
+        let key = self.which.key();
+        add_del(key, key, live, |command| self.invoke(command, pod, seq))
     }
 
     fn version(&self) -> Res<Duration> {
         let env = [("CNI_COMMAND", "VERSION"), ("PATH", PATH_ENV)];
-        let (took, out) =
-            spawn_in_node(self.node_fd, &self.bin, &env, br#"{"cniVersion":"1.0.0"}"#)?;
+        let (took, out) = spawn_in_node(
+            self.cni.node_fd,
+            &self.cni.bin,
+            &env,
+            br#"{"cniVersion":"1.0.0"}"#,
+        )?;
         if !out.status.success()
             || !String::from_utf8_lossy(&out.stdout).contains("supportedVersions")
         {
@@ -244,33 +190,9 @@ impl Plugin {
 /// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
 /// netns, started together; wall time from start to the last one's end.
 fn batch(p: &Plugin, workers: usize, cycles: usize) -> Res<Samples> {
-    let live = Mutex::new(HashSet::new());
-    let (results, _, wall) = run_workers(
-        workers,
-        |w| Ok((&p.pods[w], cycles)),
-        |(pod, left): &mut (&Netns, usize)| {
-            if *left == 0 {
-                return Ok(None);
-            }
-            *left -= 1;
-            p.cycle(pod, &live).map(Some)
-        },
-    );
-    let mut s = Samples {
-        wall,
-        ..Samples::default()
-    };
-    for r in results {
-        for (c, _) in r? {
-            s.add.push(c.add);
-            s.del.push(c.del);
-            s.cycles += 1;
-        }
-    }
-    if !live.lock().unwrap().is_empty() {
-        return Err(format!("{}: IPs still live after a batch", p.which.key()));
-    }
-    Ok(s)
+    moor_e2e::bench::batch(p.which.key(), &p.pods, workers, cycles, |pod, live| {
+        p.cycle(pod, live)
+    })
 }
 
 // ---------------------------------------------------------------- testbed
@@ -287,11 +209,6 @@ fn find_bins() -> Res<Bins> {
         }
     }
     Ok(bins)
-}
-
-/// A fresh temp dir for this run's sockets, stores and logs.
-fn temp_dir() -> Res<TempDir> {
-    TempDir::create(std::env::temp_dir().join(moor_testkit::unique("moor-bench")))
 }
 
 /// Field order is drop order: ipamd first, then pods, node, ToR, temp dir.
@@ -316,7 +233,7 @@ const POOL: &str = "bench";
 
 impl Testbed {
     fn new(bins: &Bins, workers: usize) -> Res<Self> {
-        let tmp = temp_dir()?;
+        let tmp = temp_dir("moor-bench")?;
         let id = format!("mbench{}", std::process::id());
         let tor = Netns::add(format!("{id}-tor"))?;
         let node = Netns::add(format!("{id}-node"))?;
@@ -339,35 +256,16 @@ impl Testbed {
                 "10.212.0.2",
             ),
         ];
-        for (br, mac, up, down, gw, own) in sides {
-            ip(&[
-                "link", "add", down, "netns", &tor.name, "type", "veth", "peer", "name", up,
-                "netns", &node.name,
-            ])?;
-            ip(&[
-                "-n",
-                &tor.name,
-                "addr",
-                "add",
-                &format!("{gw}/16"),
-                "dev",
-                down,
-            ])?;
-            ip(&["-n", &tor.name, "link", "set", down, "up"])?;
-            ip(&[
-                "-n", &node.name, "link", "add", br, "address", mac, "type", "bridge",
-            ])?;
-            ip(&["-n", &node.name, "link", "set", up, "master", br, "up"])?;
-            ip(&[
-                "-n",
-                &node.name,
-                "addr",
-                "add",
-                &format!("{own}/16"),
-                "dev",
-                br,
-            ])?;
-            ip(&["-n", &node.name, "link", "set", br, "up"])?;
+        for (bridge, mac, node_end, tor_end, gateway, node_ip) in sides {
+            let uplink = Uplink {
+                bridge,
+                mac,
+                node_end,
+                tor_end,
+                gateway,
+                node_ip,
+            };
+            add_uplink(&tor, &node, &uplink)?;
         }
         // A new bridge raises its carrier about a second after its first port
         // joins: wait until both gateways answer.
@@ -403,42 +301,46 @@ impl Testbed {
             ipamd: Some(ipamd),
             moor: Plugin {
                 which: Which::Moor,
-                bin: bins.moor.clone(),
-                cni_path: bins.moor.parent().unwrap().display().to_string(),
-                config: json!({
-                    "cniVersion": "1.0.0", "name": "moor", "type": "moor",
-                    "socket": socket,
-                })
-                .to_string(),
+                cni: CniPlugin {
+                    bin: bins.moor.clone(),
+                    cni_path: bins.moor.parent().unwrap().display().to_string(),
+                    config: json!({
+                        "cniVersion": "1.0.0", "name": "moor", "type": "moor",
+                        "socket": socket,
+                    })
+                    .to_string(),
+                    node_fd: node_fd.as_raw_fd(),
+                },
                 gateway: MOOR_GW,
                 pods: Vec::new(),
-                node_fd: node_fd.as_raw_fd(),
                 seq: AtomicU64::new(0),
             },
             reference: Plugin {
                 which: Which::Ref,
-                bin: Path::new(REF_PLUGIN_DIR).join("bridge"),
-                cni_path: REF_PLUGIN_DIR.into(),
-                // The brief's reference config, plus a default route via
-                // the gateway (moor sets one too) and a range that leaves
-                // the node's own address alone.
-                config: json!({
-                    "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
-                    "bridge": REF_BRIDGE, "isGateway": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{
-                            "subnet": "10.212.0.0/16", "gateway": REF_GW,
-                            "rangeStart": "10.212.1.1", "rangeEnd": "10.212.4.254",
-                        }]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": host_local_dir,
-                    },
-                })
-                .to_string(),
+                cni: CniPlugin {
+                    bin: Path::new(REF_PLUGIN_DIR).join("bridge"),
+                    cni_path: REF_PLUGIN_DIR.into(),
+                    // The brief's reference config, plus a default route
+                    // via the gateway (moor sets one too) and a range that
+                    // leaves the node's own address alone.
+                    config: json!({
+                        "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+                        "bridge": REF_BRIDGE, "isGateway": false,
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": [[{
+                                "subnet": "10.212.0.0/16", "gateway": REF_GW,
+                                "rangeStart": "10.212.1.1", "rangeEnd": "10.212.4.254",
+                            }]],
+                            "routes": [{"dst": "0.0.0.0/0"}],
+                            "dataDir": host_local_dir,
+                        },
+                    })
+                    .to_string(),
+                    node_fd: node_fd.as_raw_fd(),
+                },
                 gateway: REF_GW,
                 pods: Vec::new(),
-                node_fd: node_fd.as_raw_fd(),
                 seq: AtomicU64::new(0),
             },
             _node_fd: node_fd,
@@ -483,10 +385,7 @@ impl Testbed {
     }
 
     fn ctl(&self, args: &[&str]) -> Res<String> {
-        run(Command::new(&self.ipamctl)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args))
+        ipamctl(&self.ipamctl, &self.socket, args)
     }
 
     fn plugin(&self, w: Which) -> &Plugin {
@@ -527,27 +426,10 @@ impl Testbed {
         }
         let expected: HashSet<&str> =
             ["lo", MOOR_BRIDGE, REF_BRIDGE, "uplink-moor", "uplink-ref"].into();
-        let left = links(&self.node.name)?;
-        let extra: Vec<_> = left
-            .iter()
-            .filter(|l| !expected.contains(l.as_str()))
-            .collect();
-        if !extra.is_empty() {
-            problems.push(format!("links left in the node netns: {extra:?}"));
-        }
-        for pod in self.moor.pods.iter().chain(&self.reference.pods) {
-            let l = links(&pod.name)?;
-            if l.iter().any(|n| n != "lo") {
-                problems.push(format!("links left in pod netns {}: {l:?}", pod.name));
-            }
-        }
-        let pool: Value = serde_json::from_str(&self.ctl(&["-o", "json", "pool", "show", POOL])?)
-            .map_err(|e| format!("ipamctl -o json pool show: {e}"))?;
-        let (in_use, bound) = (&pool["totals"]["in_use"], &pool["totals"]["bound"]);
-        if in_use != &json!(0) || bound != &json!(0) {
-            problems.push(format!(
-                "moor pool {POOL} after the run: in_use {in_use}, bound {bound}"
-            ));
+        let pods = self.moor.pods.iter().chain(&self.reference.pods);
+        leftover_links(&self.node.name, &expected, pods, &mut problems)?;
+        if let Some(busy) = pool_busy(&self.ctl(&["-o", "json", "pool", "show", POOL])?)? {
+            problems.push(format!("moor pool {POOL} after the run: {busy}"));
         }
         let dir = self.host_local_dir.join("ref");
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -560,14 +442,7 @@ impl Testbed {
                 problems.push(format!("host-local still holds {held:?}"));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "not clean after the run:\n  {}",
-                problems.join("\n  ")
-            ))
-        }
+        no_problems(problems, "not clean after the run")
     }
 }
 
@@ -759,7 +634,7 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
         for w in this {
             version[idx(w)].push(bed.plugin(w).version()?);
         }
-        let (took, out) = spawn_in_node(bed.moor.node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
+        let (took, out) = spawn_in_node(bed.moor.cni.node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
         if !out.status.success() {
             return Err(describe_failure("/bin/true in the node netns", &out));
         }
@@ -795,21 +670,12 @@ fn main() -> ExitCode {
         bins.moor.display(),
         REF_PLUGIN_DIR
     );
-    let mut bed = match Testbed::new(&bins, opts.workers) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("cni_add_del: setup failed: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match bench(&opts, &mut bed) {
-        Ok(mut report) => {
-            drop(bed);
-            report.print();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cni_add_del: {e}");
+    moor_e2e::bench::run(
+        "cni_add_del",
+        Testbed::new(&bins, opts.workers),
+        |bed| bench(&opts, bed),
+        |mut report| report.print(),
+        |bed| {
             let tail = bed.log_tail();
             if !tail.is_empty() {
                 eprintln!(
@@ -817,7 +683,6 @@ fn main() -> ExitCode {
                     bed.tmp.join("ipamd.log").display()
                 );
             }
-            ExitCode::FAILURE
-        }
-    }
+        },
+    )
 }

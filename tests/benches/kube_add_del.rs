@@ -49,22 +49,20 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Output};
+use std::process::{ExitCode, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
-    check_interrupted, commit, cpus, kernel, loadavg, median, memory_kib, mib, ms, pct,
-    release_bins, round3, run_workers, share, spawn_in_node, start, suffix, Args, Res, Samples,
-    PATH_ENV,
+    add_del, add_uplink, check_rounds, commit, container_id, cpus, ipamctl, kernel, leftover_links,
+    loadavg, median, memory_kib, mib, ms, no_problems, pct, pool_busy, release_bins, round3, share,
+    start, suffix, temp_dir, Args, CniPlugin, CniPod, Cycle, Live, Res, Samples, Uplink,
 };
 use moor_e2e::bins::Bins;
-use moor_testkit::cmd::{describe_failure, try_ip as ip, try_run as run};
 use moor_testkit::kubeapi::{objects, Resource};
-use moor_testkit::netns::{spawn_in_netns, try_links as links, wait_ping};
+use moor_testkit::netns::{spawn_in_netns, wait_ping};
 use moor_testkit::{FakeApi, Ipamd, IpamdCommand, Netns, TempDir};
 use serde_json::{json, Value};
 
@@ -151,19 +149,7 @@ fn parse_opts() -> Res<Option<Opts>> {
         };
         *slot = args.number(a)?;
     }
-    if o.workers == 0 || o.workers > 200 {
-        return Err(format!("--workers {}: expected 1 to 200", o.workers));
-    }
-    if o.rounds == 0 {
-        return Err("--rounds 0: expected at least 1".into());
-    }
-    if o.cycles < o.rounds || o.single < o.rounds {
-        return Err(format!(
-            "--cycles {} and --single {} must each be at least --rounds {} \
-             (they are split over the rounds)",
-            o.cycles, o.single, o.rounds
-        ));
-    }
+    check_rounds(o.workers, o.cycles, o.single, o.rounds)?;
     if o.node_pods > o.cluster_pods {
         return Err(format!(
             "--node-pods {} is more than --cluster-pods {}",
@@ -204,19 +190,12 @@ impl Side {
 /// One side: the moor binary against one ipamd.
 struct Moor {
     side: Side,
-    bin: PathBuf,
-    config: String,
+    cni: CniPlugin,
     gateway: &'static str,
     socket: PathBuf,
     /// Pod network namespaces, one per worker.
     pods: Vec<Netns>,
-    node_fd: RawFd,
     seq: AtomicU64,
-}
-
-struct Cycle {
-    add: Duration,
-    del: Duration,
 }
 
 /// The pod name and UID of cycle `seq` (the same on both sides).
@@ -229,67 +208,29 @@ fn pod_identity(seq: u64) -> (String, String) {
 
 impl Moor {
     fn invoke(&self, command: &str, pod: &Netns, seq: u64) -> Res<(Duration, Output)> {
-        let tag = 0xc + self.side.idx();
-        let cid = format!("{tag:x}{:015x}{seq:048x}", std::process::id());
+        let cid = container_id(0xc + self.side.idx(), seq);
         let (pod_name, uid) = pod_identity(seq);
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod_name};\
-             K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
-        );
-        let netns = pod.path().display().to_string();
-        let cni_path = self.bin.parent().unwrap().display().to_string();
-        let env = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", cid.as_str()),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", cni_path.as_str()),
-            ("CNI_ARGS", args.as_str()),
-            ("PATH", PATH_ENV),
-        ];
-        let (took, out) = spawn_in_node(self.node_fd, &self.bin, &env, self.config.as_bytes())?;
-        if !out.status.success() {
-            check_interrupted()?;
-            return Err(describe_failure(
-                &format!(
-                    "moor ({}) {command} (pod {pod_name}, netns {}, container {cid})",
-                    self.side.key(),
-                    pod.name
-                ),
-                &out,
-            ));
-        }
-        Ok((took, out))
+        let pod = CniPod {
+            namespace: POD_NAMESPACE,
+            name: &pod_name,
+            uid: &uid,
+            cid: &cid,
+            netns: pod,
+        };
+        self.cni.invoke(&self.who(), command, &pod)
+    }
+
+    /// The plugin in an error: `moor (API)`.
+    fn who(&self) -> String {
+        format!("moor ({})", self.side.key())
     }
 
     /// One ADD then DEL in `pod`; the ADD's IP is checked against `live`.
-    fn cycle(&self, pod: &Netns, live: &Mutex<HashSet<String>>) -> Res<Cycle> {
+    fn cycle(&self, pod: &Netns, live: &Live) -> Res<Cycle> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let (add, out) = self.invoke("ADD", pod, seq)?;
-        let result: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            describe_failure(
-                &format!(
-                    "moor ({}) ADD printed no JSON result ({e}); it",
-                    self.side.key()
-                ),
-                &out,
-            )
-        })?;
-        let addr = result["ips"][0]["address"]
-            .as_str()
-            .ok_or_else(|| format!("ADD result has no ips[0].address: {result}"))?
-            .to_string();
-        if !live.lock().unwrap().insert(addr.clone()) {
-            return Err(format!(
-                "{}: {addr} handed out while another pod still holds it",
-                self.side.key()
-            ));
-        }
-        // The IP may go to another pod as soon as ipamd released it, inside
-        // this DEL, before the plugin exits: it stops counting as held here.
-        live.lock().unwrap().remove(&addr);
-        let (del, _) = self.invoke("DEL", pod, seq)?;
-        Ok(Cycle { add, del })
+        add_del(&self.who(), self.side.key(), live, |command| {
+            self.invoke(command, pod, seq)
+        })
     }
 }
 
@@ -404,32 +345,9 @@ fn batch(bed: &Testbed, side: Side, workers: usize, cycles: usize) -> Res<Sample
         }
         std::thread::sleep(bed.settle);
     }
-    let live = Mutex::new(HashSet::new());
-    let (results, _, wall) = run_workers(
-        workers,
-        |w| Ok((&p.pods[w], cycles)),
-        |(pod, left): &mut (&Netns, usize)| {
-            if *left == 0 {
-                return Ok(None);
-            }
-            *left -= 1;
-            p.cycle(pod, &live).map(Some)
-        },
-    );
-    let mut s = Samples {
-        wall,
-        ..Samples::default()
-    };
-    for r in results {
-        for (c, _) in r? {
-            s.add.push(c.add);
-            s.del.push(c.del);
-            s.cycles += 1;
-        }
-    }
-    if !live.lock().unwrap().is_empty() {
-        return Err(format!("{}: IPs still live after a batch", side.key()));
-    }
+    let s = moor_e2e::bench::batch(side.key(), &p.pods, workers, cycles, |pod, live| {
+        p.cycle(pod, live)
+    })?;
     if p.seq.load(Ordering::SeqCst) != seqs.end {
         return Err(format!("{}: the batch used other pods", side.key()));
     }
@@ -443,11 +361,6 @@ fn batch(bed: &Testbed, side: Side, workers: usize, cycles: usize) -> Res<Sample
 }
 
 // ---------------------------------------------------------------- testbed
-
-/// A fresh temp dir for this run's sockets, stores, logs and kubeconfig.
-fn temp_dir() -> Res<TempDir> {
-    TempDir::create(std::env::temp_dir().join(moor_testkit::unique("moor-bench-kube")))
-}
 
 /// Memory of both ipamds at one moment, KiB: [side] = (VmRSS, VmHWM).
 type Memory = [(u64, u64); 2];
@@ -488,39 +401,21 @@ const GATEWAYS: [&str; 2] = ["10.211.0.1", "10.213.0.1"];
 
 impl Testbed {
     fn new(bins: &Bins, o: &Opts) -> Res<Self> {
-        let tmp = temp_dir()?;
+        // This run's sockets, stores, logs and kubeconfig.
+        let tmp = temp_dir("moor-bench-kube")?;
         let id = format!("mkbench{}", std::process::id());
         let tor = Netns::add(format!("{id}-tor"))?;
         let node = Netns::add(format!("{id}-node"))?;
-        for ((br, mac, up, down, net), gw) in TOPOLOGY.into_iter().zip(GATEWAYS) {
-            ip(&[
-                "link", "add", down, "netns", &tor.name, "type", "veth", "peer", "name", up,
-                "netns", &node.name,
-            ])?;
-            ip(&[
-                "-n",
-                &tor.name,
-                "addr",
-                "add",
-                &format!("{gw}/16"),
-                "dev",
-                down,
-            ])?;
-            ip(&["-n", &tor.name, "link", "set", down, "up"])?;
-            ip(&[
-                "-n", &node.name, "link", "add", br, "address", mac, "type", "bridge",
-            ])?;
-            ip(&["-n", &node.name, "link", "set", up, "master", br, "up"])?;
-            ip(&[
-                "-n",
-                &node.name,
-                "addr",
-                "add",
-                &format!("{net}.0.2/16"),
-                "dev",
-                br,
-            ])?;
-            ip(&["-n", &node.name, "link", "set", br, "up"])?;
+        for ((bridge, mac, node_end, tor_end, net), gateway) in TOPOLOGY.into_iter().zip(GATEWAYS) {
+            let uplink = Uplink {
+                bridge,
+                mac,
+                node_end,
+                tor_end,
+                gateway,
+                node_ip: &format!("{net}.0.2"),
+            };
+            add_uplink(&tor, &node, &uplink)?;
         }
         // A new bridge raises its carrier about a second after its first port
         // joins: wait until both gateways answer.
@@ -594,12 +489,15 @@ impl Testbed {
         };
         let side = |s: Side| Moor {
             side: s,
-            bin: bins.moor.clone(),
-            config: config(&sockets[s.idx()]),
+            cni: CniPlugin {
+                bin: bins.moor.clone(),
+                cni_path: bins.moor.parent().unwrap().display().to_string(),
+                config: config(&sockets[s.idx()]),
+                node_fd: node_fd.as_raw_fd(),
+            },
             gateway: GATEWAYS[s.idx()],
             socket: sockets[s.idx()].clone(),
             pods: Vec::new(),
-            node_fd: node_fd.as_raw_fd(),
             seq: AtomicU64::new(0),
         };
         let mut bed = Self {
@@ -659,10 +557,7 @@ impl Testbed {
     }
 
     fn ctl(&self, side: Side, args: &[&str]) -> Res<String> {
-        run(Command::new(&self.ipamctl)
-            .arg("--socket")
-            .arg(&self.sides[side.idx()].socket)
-            .args(args))
+        ipamctl(&self.ipamctl, &self.sides[side.idx()].socket, args)
     }
 
     fn memory(&self) -> Res<Memory> {
@@ -761,28 +656,12 @@ impl Testbed {
         for (br, _, up, _, _) in TOPOLOGY {
             expected.extend([br, up]);
         }
-        let left = links(&self.node.name)?;
-        let extra: Vec<_> = left
-            .iter()
-            .filter(|l| !expected.contains(l.as_str()))
-            .collect();
-        if !extra.is_empty() {
-            problems.push(format!("links left in the node netns: {extra:?}"));
-        }
-        for pod in self.sides.iter().flat_map(|s| &s.pods) {
-            let l = links(&pod.name)?;
-            if l.iter().any(|n| n != "lo") {
-                problems.push(format!("links left in pod netns {}: {l:?}", pod.name));
-            }
-        }
+        let pods = self.sides.iter().flat_map(|s| &s.pods);
+        leftover_links(&self.node.name, &expected, pods, &mut problems)?;
         for s in SIDES {
-            let pool: Value =
-                serde_json::from_str(&self.ctl(s, &["-o", "json", "pool", "show", POOL])?)
-                    .map_err(|e| format!("ipamctl -o json pool show: {e}"))?;
-            let (in_use, bound) = (&pool["totals"]["in_use"], &pool["totals"]["bound"]);
-            if in_use != &json!(0) || bound != &json!(0) {
+            if let Some(busy) = pool_busy(&self.ctl(s, &["-o", "json", "pool", "show", POOL])?)? {
                 problems.push(format!(
-                    "pool {POOL} of ipamd ({}) after the run: in_use {in_use}, bound {bound}",
+                    "pool {POOL} of ipamd ({}) after the run: {busy}",
                     s.key()
                 ));
             }
@@ -794,14 +673,7 @@ impl Testbed {
                 self.cluster.node_pods
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "not clean after the run:\n  {}",
-                problems.join("\n  ")
-            ))
-        }
+        no_problems(problems, "not clean after the run")
     }
 }
 
@@ -1092,27 +964,17 @@ fn main() -> ExitCode {
         "bench: moor {} against ipamd without and with the Kubernetes API; setting up",
         bins.moor.display()
     );
-    let mut bed = match Testbed::new(&bins, &opts) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("kube_add_del: setup failed: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match bench(&opts, &mut bed) {
-        Ok(mut report) => {
-            drop(bed);
-            report.print();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("kube_add_del: {e}");
+    moor_e2e::bench::run(
+        "kube_add_del",
+        Testbed::new(&bins, &opts),
+        |bed| bench(&opts, bed),
+        |mut report| report.print(),
+        |bed| {
             eprintln!(
                 "{}\n(logs in {})",
                 bed.log_tails(),
                 bed.tmp.path().display()
             );
-            ExitCode::FAILURE
-        }
-    }
+        },
+    )
 }

@@ -63,15 +63,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use moor_e2e::bench::{
-    check_interrupted, commit, cpus, kernel, lat_json, loadavg, median, ms, pct, release_bins,
-    round3, run_workers, start, suffix, Args, Res, PERCENTILES,
+    check_interrupted, commit, cpus, ipamctl, kernel, lat_json, leftover_links, loadavg, median,
+    memory_kib, mib, ms, no_problems, pct, pool_busy, release_bins, round3, run_workers, start,
+    suffix, Args, Res, PATH_ENV, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
 use moor_ipamd::datapath::{gratuitous_arp, Datapath, OvsConfig, OvsDatapath, PodLink};
 use moor_ovs::Endpoint;
 use moor_proto::{host_ifname, mac_for_ipv4};
 use moor_testkit::cmd::{describe_failure, try_ip as ip, try_run as run};
-use moor_testkit::netns::{disable_ipv6, try_links as links, wait_ping};
+use moor_testkit::netns::{disable_ipv6, wait_ping};
 use moor_testkit::{Ipamd, IpamdCommand, Netns, Ovs, TempDir};
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use nix::sched::{setns, CloneFlags};
@@ -115,7 +116,6 @@ const LOG_LINES: usize = 30;
 const POD_NAME_PREFIX: &str = "bench-7d9f8c6b5-";
 /// The gateway's port on br-int (its veth end in the node netns).
 const GW_PORT: &str = "gw-h";
-const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Bounds each `ovs-vsctl` call (Kube-OVN passes 30).
 const VSCTL_TIMEOUT: &str = "--timeout=10";
 /// When ref repeats its gratuitous ARP, as ipamd's `announce_again` does.
@@ -182,25 +182,6 @@ fn parse_opts() -> Res<Option<Opts>> {
 /// The IP of pod `i` for moor-dp and ref (moor's come from ipamd).
 fn fixed_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 210, 10 + (i / 250) as u8, (i % 250) as u8 + 2)
-}
-
-/// VmRSS and VmHWM of `pid`, in KiB.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 // ---------------------------------------------------------------- guards
@@ -551,10 +532,7 @@ impl Bed {
     }
 
     fn ctl(&self, args: &[&str]) -> Res<String> {
-        run(Command::new(&self.ipamctl)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args))
+        ipamctl(&self.ipamctl, &self.socket, args)
     }
 
     /// `ovs-vsctl` against our ovsdb-server, timed, as a per-pod fork.
@@ -956,37 +934,16 @@ impl Bed {
             problems.push(format!("pod ports left on br-int: {:?}", ports.keys()));
         }
         let base: HashSet<&str> = ["lo", "ovs-netdev", BRIDGE, GW_PORT].into();
-        let left: Vec<String> = links(&self.ovs.netns)?
-            .into_iter()
-            .filter(|l| !base.contains(l.as_str()))
-            .collect();
-        if !left.is_empty() {
-            problems.push(format!("links left in the node netns: {left:?}"));
-        }
-        for pod in &self.pods {
-            let l = links(&pod.name)?;
-            if l.iter().any(|n| n != "lo") {
-                problems.push(format!("links left in pod netns {}: {l:?}", pod.name));
-            }
-        }
+        leftover_links(&self.ovs.netns, &base, &self.pods, &mut problems)?;
         if side == Side::Moor {
-            let pool: Value =
-                serde_json::from_str(&self.ctl(&["-o", "json", "pool", "show", POOL])?)
-                    .map_err(|e| format!("ipamctl -o json pool show: {e}"))?;
-            let (in_use, bound) = (&pool["totals"]["in_use"], &pool["totals"]["bound"]);
-            if in_use != &json!(0) || bound != &json!(0) {
-                problems.push(format!("pool {POOL}: in_use {in_use}, bound {bound}"));
+            if let Some(busy) = pool_busy(&self.ctl(&["-o", "json", "pool", "show", POOL])?)? {
+                problems.push(format!("pool {POOL}: {busy}"));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}: not clean after the DELs:\n  {}",
-                side.key(),
-                problems.join("\n  ")
-            ))
-        }
+        no_problems(
+            problems,
+            &format!("{}: not clean after the DELs", side.key()),
+        )
     }
 
     /// One untimed pod of `side` that must reach the gateway through OVS.
@@ -1484,27 +1441,17 @@ fn main() -> ExitCode {
         Ok(started) => started,
         Err(code) => return code,
     };
-    let mut bed = match Bed::new(&bins, &opts) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ovs_add_del: setup failed: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match bench(&opts, &mut bed) {
-        Ok(mut report) => {
-            drop(bed);
-            report.print();
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ovs_add_del: {e}");
+    moor_e2e::bench::run(
+        "ovs_add_del",
+        Bed::new(&bins, &opts),
+        |bed| bench(&opts, bed),
+        |mut report| report.print(),
+        |bed| {
             eprintln!(
                 "ipamd log ({}):\n{}",
                 bed.tmp.join("ipamd.log").display(),
                 bed.ipamd.log_tail(LOG_LINES)
             );
-            ExitCode::FAILURE
-        }
-    }
+        },
+    )
 }

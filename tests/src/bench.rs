@@ -5,16 +5,19 @@
 //! prints them and exits non-zero. The guards that undo what a bench made
 //! (temp dir, netns, ipamd) and its setup commands are moor-testkit's.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use moor_testkit::cmd::try_run;
+use moor_testkit::cmd::{describe_failure, try_ip, try_run};
+use moor_testkit::netns::try_links;
+use moor_testkit::{Netns, TempDir};
 use serde_json::{json, Value};
 
 use crate::bins::Bins;
@@ -168,6 +171,24 @@ impl Args {
     }
 }
 
+/// The checks of `--workers`, `--rounds`, `--cycles` and `--single` that
+/// the benches splitting cycles over interleaved rounds share.
+pub fn check_rounds(workers: usize, cycles: usize, single: usize, rounds: usize) -> Res<()> {
+    if workers == 0 || workers > 200 {
+        return Err(format!("--workers {workers}: expected 1 to 200"));
+    }
+    if rounds == 0 {
+        return Err("--rounds 0: expected at least 1".into());
+    }
+    if cycles < rounds || single < rounds {
+        return Err(format!(
+            "--cycles {cycles} and --single {single} must each be at least --rounds {rounds} \
+             (they are split over the rounds)"
+        ));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- start
 
 /// What a bench's `main` does before its setup: its options (`Ok(None)`:
@@ -206,6 +227,38 @@ pub fn start<O>(
     }
 }
 
+/// What a bench's `main` does after [`start`]: its testbed from `setup`
+/// (an error: `{bench}: setup failed: …`), `body` run on it, then the
+/// testbed dropped and the report printed; on an error from `body`,
+/// `{bench}: …` and what `logs` prints of the testbed still standing.
+pub fn run<B, R>(
+    bench: &str,
+    setup: Res<B>,
+    body: impl FnOnce(&mut B) -> Res<R>,
+    print: impl FnOnce(R),
+    logs: impl FnOnce(&B),
+) -> ExitCode {
+    let mut bed = match setup {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{bench}: setup failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match body(&mut bed) {
+        Ok(report) => {
+            drop(bed);
+            print(report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{bench}: {e}");
+            logs(&bed);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 // ---------------------------------------------------------------- binaries
 
 /// The release binaries next to the bench's executable (or in
@@ -236,6 +289,258 @@ pub fn release_bins(script: &str) -> Res<Bins> {
         }
     }
     Ok(bins)
+}
+
+// ---------------------------------------------------------------- testbed
+
+/// A fresh temp dir `{prefix}-…` for a run's sockets, stores and logs.
+pub fn temp_dir(prefix: &str) -> Res<TempDir> {
+    TempDir::create(std::env::temp_dir().join(moor_testkit::unique(prefix)))
+}
+
+/// One side of a ToR and a node network namespace: a Linux bridge (MAC
+/// pinned, `node_ip`/16) in the node netns, with a veth uplink to the ToR
+/// netns, whose end holds `gateway`/16.
+pub struct Uplink<'a> {
+    pub bridge: &'a str,
+    pub mac: &'a str,
+    pub node_end: &'a str,
+    pub tor_end: &'a str,
+    pub gateway: &'a str,
+    pub node_ip: &'a str,
+}
+
+/// Makes `u` between `tor` and `node`, all up.
+pub fn add_uplink(tor: &Netns, node: &Netns, u: &Uplink) -> Res<()> {
+    let Uplink {
+        bridge: br,
+        mac,
+        node_end: up,
+        tor_end: down,
+        gateway: gw,
+        node_ip: own,
+    } = *u;
+    try_ip(&[
+        "link", "add", down, "netns", &tor.name, "type", "veth", "peer", "name", up, "netns",
+        &node.name,
+    ])?;
+    try_ip(&[
+        "-n",
+        &tor.name,
+        "addr",
+        "add",
+        &format!("{gw}/16"),
+        "dev",
+        down,
+    ])?;
+    try_ip(&["-n", &tor.name, "link", "set", down, "up"])?;
+    try_ip(&[
+        "-n", &node.name, "link", "add", br, "address", mac, "type", "bridge",
+    ])?;
+    try_ip(&["-n", &node.name, "link", "set", up, "master", br, "up"])?;
+    try_ip(&[
+        "-n",
+        &node.name,
+        "addr",
+        "add",
+        &format!("{own}/16"),
+        "dev",
+        br,
+    ])?;
+    try_ip(&["-n", &node.name, "link", "set", br, "up"])?;
+    Ok(())
+}
+
+/// `ipamctl --socket SOCKET ARGS…`, its output.
+pub fn ipamctl(bin: &Path, socket: &Path, args: &[&str]) -> Res<String> {
+    try_run(Command::new(bin).arg("--socket").arg(socket).args(args))
+}
+
+/// Pushes to `problems` the links left in the node netns but `expected`,
+/// and those left in each of `pods` but lo.
+pub fn leftover_links<'a>(
+    node: &str,
+    expected: &HashSet<&str>,
+    pods: impl IntoIterator<Item = &'a Netns>,
+    problems: &mut Vec<String>,
+) -> Res<()> {
+    let extra: Vec<String> = try_links(node)?
+        .into_iter()
+        .filter(|l| !expected.contains(l.as_str()))
+        .collect();
+    if !extra.is_empty() {
+        problems.push(format!("links left in the node netns: {extra:?}"));
+    }
+    for pod in pods {
+        let l = try_links(&pod.name)?;
+        if l.iter().any(|n| n != "lo") {
+            problems.push(format!("links left in pod netns {}: {l:?}", pod.name));
+        }
+    }
+    Ok(())
+}
+
+/// What `ipamctl -o json pool show` printed, as "in_use N, bound M" when
+/// the pool has anything in use or bound.
+pub fn pool_busy(shown: &str) -> Res<Option<String>> {
+    let pool: Value =
+        serde_json::from_str(shown).map_err(|e| format!("ipamctl -o json pool show: {e}"))?;
+    let (in_use, bound) = (&pool["totals"]["in_use"], &pool["totals"]["bound"]);
+    Ok((in_use != &json!(0) || bound != &json!(0))
+        .then(|| format!("in_use {in_use}, bound {bound}")))
+}
+
+/// Ok without `problems`, else `{what}:` and one problem a line.
+pub fn no_problems(problems: Vec<String>, what: &str) -> Res<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what}:\n  {}", problems.join("\n  ")))
+    }
+}
+
+// ---------------------------------------------------------------- CNI
+
+/// A CNI plugin as a runtime runs it in the node netns.
+pub struct CniPlugin {
+    pub bin: PathBuf,
+    /// CNI_PATH.
+    pub cni_path: String,
+    /// The network config, its stdin.
+    pub config: String,
+    pub node_fd: RawFd,
+}
+
+/// The pod of one CNI invocation.
+pub struct CniPod<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub cid: &'a str,
+    /// Its network namespace.
+    pub netns: &'a Netns,
+}
+
+/// A container id of 64 hex digits: `tag` (one digit), this process,
+/// `seq`.
+pub fn container_id(tag: usize, seq: u64) -> String {
+    format!("{tag:x}{:015x}{seq:048x}", std::process::id())
+}
+
+impl CniPlugin {
+    /// CNI `command` for `pod`, env and stdin as a runtime passes them; the
+    /// wall time spawn to exit and the output. A failure names `who`.
+    pub fn invoke(&self, who: &str, command: &str, pod: &CniPod) -> Res<(Duration, Output)> {
+        let CniPod {
+            namespace,
+            name,
+            uid,
+            cid,
+            netns,
+        } = *pod;
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};\
+             K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
+        );
+        let netns_path = netns.path().display().to_string();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", netns_path.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", self.cni_path.as_str()),
+            ("CNI_ARGS", args.as_str()),
+            ("PATH", PATH_ENV),
+        ];
+        let (took, out) = spawn_in_node(self.node_fd, &self.bin, &env, self.config.as_bytes())?;
+        if !out.status.success() {
+            check_interrupted()?;
+            return Err(describe_failure(
+                &format!(
+                    "{who} {command} (pod {name}, netns {}, container {cid})",
+                    netns.name
+                ),
+                &out,
+            ));
+        }
+        Ok((took, out))
+    }
+}
+
+/// The IPs handed out and not given back yet.
+pub type Live = Mutex<HashSet<String>>;
+
+/// One ADD+DEL cycle's latencies.
+pub struct Cycle {
+    pub add: Duration,
+    pub del: Duration,
+}
+
+/// One ADD then DEL by `invoke`; the ADD's IP is checked against `live`.
+/// Errors name `who` (the plugin) and `key` (the side).
+pub fn add_del(
+    who: &str,
+    key: &str,
+    live: &Live,
+    invoke: impl Fn(&str) -> Res<(Duration, Output)>,
+) -> Res<Cycle> {
+    let (add, out) = invoke("ADD")?;
+    let result: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        describe_failure(&format!("{who} ADD printed no JSON result ({e}); it"), &out)
+    })?;
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .ok_or_else(|| format!("{who} ADD result has no ips[0].address: {result}"))?
+        .to_string();
+    if !live.lock().unwrap().insert(addr.clone()) {
+        return Err(format!(
+            "{key}: {addr} handed out while another pod still holds it"
+        ));
+    }
+    // The IP may go to another pod as soon as ipamd released it, inside
+    // this DEL, before the plugin exits: it stops counting as held here.
+    live.lock().unwrap().remove(&addr);
+    let (del, _) = invoke("DEL")?;
+    Ok(Cycle { add, del })
+}
+
+/// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
+/// netns (`pods[worker]`), started together; wall time from start to the
+/// last one's end. `key` names the side in an error.
+pub fn batch(
+    key: &str,
+    pods: &[Netns],
+    workers: usize,
+    cycles: usize,
+    cycle: impl Fn(&Netns, &Live) -> Res<Cycle> + Sync,
+) -> Res<Samples> {
+    let live = Mutex::new(HashSet::new());
+    let (results, _, wall) = run_workers(
+        workers,
+        |w| Ok((&pods[w], cycles)),
+        |(pod, left): &mut (&Netns, usize)| {
+            if *left == 0 {
+                return Ok(None);
+            }
+            *left -= 1;
+            cycle(pod, &live).map(Some)
+        },
+    );
+    let mut s = Samples {
+        wall,
+        ..Samples::default()
+    };
+    for r in results {
+        for (c, _) in r? {
+            s.add.push(c.add);
+            s.del.push(c.del);
+            s.cycles += 1;
+        }
+    }
+    if !live.lock().unwrap().is_empty() {
+        return Err(format!("{key}: IPs still live after a batch"));
+    }
+    Ok(s)
 }
 
 // ---------------------------------------------------------------- spawning
