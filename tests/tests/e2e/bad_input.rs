@@ -9,7 +9,7 @@ use moor_e2e::names::{container_id, deployment_pod};
 use moor_e2e::{Pod, Testbed};
 use serde_json::{json, Value};
 
-use crate::support::check_add_result;
+use crate::support::{check_add_result, snapshot};
 
 enum Input {
     /// moor with this environment and stdin.
@@ -31,36 +31,6 @@ struct Case {
     cni_code: Option<u64>,
     /// Every one must be in the message (case-insensitive).
     needles: Vec<String>,
-}
-
-/// The state a bad input must not change.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    tors: Value,
-    pools: Value,
-    ips: Value,
-    bindings: Value,
-    host_links: Vec<String>,
-    pod_links: Vec<Vec<String>>,
-    pending: Vec<String>,
-}
-
-fn snapshot(tb: &Testbed, pods: &[&Pod]) -> Snapshot {
-    let pending = std::fs::read_dir(&tb.pending_dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    Snapshot {
-        tors: tb.ipamctl_json(&["tor", "list"]),
-        pools: tb.ipamctl_json(&["pool", "list"]),
-        ips: tb.ipamctl_json(&["ip", "list"]),
-        bindings: tb.ipamctl_json(&["binding", "list"]),
-        host_links: tb.host_links(),
-        pod_links: pods.iter().map(|p| tb.pod_links(p)).collect(),
-        pending,
-    }
 }
 
 #[test]

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use moor_e2e::names::container_id;
-use moor_e2e::{Pod, Testbed};
+use moor_e2e::Testbed;
 use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::cni_client::CniClient;
 use moor_proto::v1::{
@@ -45,6 +45,8 @@ use moor_proto::v1::{
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::support::snapshot;
 
 /// ipamd's two services over its unix socket, called as a foreign client
 /// would: no plugin or CLI in between.
@@ -126,36 +128,6 @@ struct Case {
     entry: Entry,
 }
 
-/// The state a bad value must not change.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    tors: Value,
-    pools: Value,
-    ips: Value,
-    bindings: Value,
-    host_links: Vec<String>,
-    pod_links: Vec<String>,
-    pending: Vec<String>,
-}
-
-fn snapshot(tb: &Testbed, pod: &Pod) -> Snapshot {
-    let pending = std::fs::read_dir(&tb.pending_dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    Snapshot {
-        tors: tb.ipamctl_json(&["tor", "list"]),
-        pools: tb.ipamctl_json(&["pool", "list"]),
-        ips: tb.ipamctl_json(&["ip", "list"]),
-        bindings: tb.ipamctl_json(&["binding", "list"]),
-        host_links: tb.host_links(),
-        pod_links: tb.pod_links(pod),
-        pending,
-    }
-}
-
 /// How a message shows the value: quoted, or its start when long (moor and
 /// ipamd shorten long values).
 fn value_needle(v: &str) -> String {
@@ -182,7 +154,7 @@ fn every_field_rule_holds_at_every_entry_point() {
     let other_net = format!("{}.{}.{}", b[0], b[1] ^ 0x80, b[2]);
     let subnet = format!("{other_net}.0/24");
     let gateway = format!("{other_net}.1");
-    let before = snapshot(&tb, &pod);
+    let before = snapshot(&tb, &[&pod]);
 
     let long = |n: usize| "a".repeat(n);
     // (rule, bad values); the empty value is filtered per entry point where
@@ -624,7 +596,7 @@ fn every_field_rule_holds_at_every_entry_point() {
         cases.len(),
         wrong.join("\n")
     );
-    let after = snapshot(&tb, &pod);
+    let after = snapshot(&tb, &[&pod]);
     assert_eq!(before, after, "a bad value changed state");
     println!(
         "{} bad values of {} rules refused at every entry point, nothing changed",

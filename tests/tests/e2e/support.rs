@@ -285,3 +285,34 @@ impl Feed {
         (self.owed == 0 && self.snapshots > 0).then(|| self.set.clone())
     }
 }
+
+/// The state a bad input must not change: ipamd's tables, the host's
+/// links, each of `pods`' links, the pending DELs.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub tors: Value,
+    pub pools: Value,
+    pub ips: Value,
+    pub bindings: Value,
+    pub host_links: Vec<String>,
+    pub pod_links: Vec<Vec<String>>,
+    pub pending: Vec<String>,
+}
+
+pub fn snapshot(tb: &Testbed, pods: &[&Pod]) -> Snapshot {
+    let pending = std::fs::read_dir(&tb.pending_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Snapshot {
+        tors: tb.ipamctl_json(&["tor", "list"]),
+        pools: tb.ipamctl_json(&["pool", "list"]),
+        ips: tb.ipamctl_json(&["ip", "list"]),
+        bindings: tb.ipamctl_json(&["binding", "list"]),
+        host_links: tb.host_links(),
+        pod_links: pods.iter().map(|p| tb.pod_links(p)).collect(),
+        pending,
+    }
+}
