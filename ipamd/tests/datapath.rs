@@ -868,6 +868,7 @@ fn retired_links_are_down_off_the_bridge_and_without_carrier_until_reaped() {
 fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
     require_root();
     let node = node_with_bridge();
+    let node2 = node_with_bridge();
     let (pod, fresh) = (Netns::ipv4_only("pod"), Netns::ipv4_only("pod"));
     in_netns(&node, || async {
         let dp = BridgeDatapath::new(BRIDGE)
@@ -922,6 +923,19 @@ fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
         dp.unwire(&moved.host_ifname).await.unwrap();
         dp.flush_graveyard().await.unwrap();
         assert!(graves(&node).is_empty());
+
+        // The same netns, re-ADDed by another node (its host ends in another
+        // netns, as the e2e clusters' nodes share pod namespaces): the
+        // retired end is told by its alias.
+        dp.wire(&link).await.unwrap();
+        dp.unwire(&link.host_ifname).await.unwrap();
+        let other = BridgeDatapath::new_in(BRIDGE, Some(&node2.path()))
+            .await
+            .unwrap();
+        other.wire(&link).await.unwrap();
+        assert_eq!(carrier(&pod, "eth0"), Some(true));
+        assert_eq!(graves(&node).len(), 1, "the first node's reaper has it");
+        other.unwire(&link.host_ifname).await.unwrap();
     });
 }
 

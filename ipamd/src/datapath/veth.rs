@@ -239,13 +239,15 @@ pub(crate) async fn configure_pod(
         .index;
 
     let ip = link.address.ip();
-    // Renamed while still down: every kernel allows that.
+    // Renamed while still down: every kernel allows that. The alias marks
+    // it as moor's pod end (see `move_aside`).
     let set_up = || {
         handle
             .link()
             .set(
                 LinkUnspec::new_with_index(index)
                     .name(ifname.clone())
+                    .alias(POD_END_ALIAS)
                     .up()
                     .build(),
             )
@@ -313,12 +315,21 @@ pub(crate) async fn configure_pod(
     Announcer::open(index, link.mac, ip, probe).map_err(announce_error)
 }
 
+/// The alias (IFLA_IFALIAS) of every pod end moor wires.
+pub(crate) const POD_END_ALIAS: &str = "moor pod end";
+
 /// Inside the pod's netns: CNI_IFNAME is held by another interface. If it is
-/// the pod end of a retired veth (no carrier, its peer in the host ends'
-/// netns named as a grave: a re-ADD into the same netns before the reaper
-/// ran), it is set down, which takes its linkdown default route along, and
-/// given its grave name; the reaper deletes it with its host end. Anything
-/// else is the pod's own interface: [`DatapathError::PodIfnameExists`].
+/// the pod end of a retired veth (a re-ADD into the same netns before the
+/// reaper ran), it is set down, which takes its linkdown default route
+/// along, and given its grave name; the reaper deletes it with its host
+/// end. Anything else is the pod's own interface:
+/// [`DatapathError::PodIfnameExists`].
+///
+/// Retired = without carrier (moor sets a host end down only to retire it)
+/// and moor's: it carries [`POD_END_ALIAS`], or (a pod end wired before the
+/// alias) its peer in the host ends' netns is named as a grave. The alias
+/// also holds when the retired end's host side is on another node (a netns
+/// shared by test "nodes").
 async fn move_aside(pod: &Handle, host: &Handle, link: &PodLink) -> Result<(), DatapathError> {
     let netns = link.netns.display();
     let ifname = &link.ifname;
@@ -341,15 +352,20 @@ async fn move_aside(pod: &Handle, host: &Handle, link: &PodLink) -> Result<(), D
         LinkAttribute::Link(peer) => Some(*peer),
         _ => None,
     });
+    let marked = old
+        .attributes
+        .contains(&LinkAttribute::IfAlias(POD_END_ALIAS.to_string()));
     let retired = match peer {
-        Some(peer) if !carrier => netlinksafe::link_by_index(host, peer)
+        _ if carrier => false,
+        _ if marked => true,
+        Some(peer) => netlinksafe::link_by_index(host, peer)
             .await
             .map_err(lookup)?
             .is_some_and(|l| {
                 l.attributes
                     .contains(&LinkAttribute::IfName(grave_name(peer)))
             }),
-        _ => false,
+        None => false,
     };
     if !retired {
         return Err(taken());
