@@ -305,8 +305,13 @@ impl Plugin {
                 self.which.key()
             ));
         }
-        let (del, _) = self.invoke("DEL", pod, seq)?;
+        // The pod holds its IP from ADD's result until the runtime calls
+        // DEL. A plugin may release it before DEL returns (moor does, with
+        // the pod cut off first; host-local too, before the bridge plugin
+        // deletes the veth), so another worker's ADD may get it before
+        // this DEL's process has exited.
         live.lock().unwrap().remove(&addr);
+        let (del, _) = self.invoke("DEL", pod, seq)?;
         Ok(Cycle { add, del })
     }
 
