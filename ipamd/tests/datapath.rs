@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moor_ipamd::datapath::{BridgeDatapath, Datapath, DatapathError, PodLink};
+use moor_ipamd::datapath::{
+    BridgeDatapath, Datapath, DatapathError, PodLink, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX,
+};
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use moor_testkit::cmd::run;
 use moor_testkit::netns::{enter, Netns};
@@ -139,8 +141,8 @@ fn wire_creates_both_ends() {
         dp.unwire(&link.host_ifname).await.unwrap();
         let unwire_time = started.elapsed();
         println!("one wire: {wire_time:?}, one unwire: {unwire_time:?}");
-        assert!(!node.link_exists(&link.host_ifname), "host end left behind");
-        assert!(!pod.link_exists("eth0"), "pod end left behind");
+        assert_cut_off(&node, &pod, &link.host_ifname);
+        wait_reaped(&node, &pod);
     });
 }
 
@@ -720,5 +722,316 @@ fn wire_rolls_back_when_a_pod_side_step_fails() {
             "host end not rolled back"
         );
         assert!(!pod.link_exists("eth0"), "pod end not rolled back");
+    });
+}
+
+// ------------------------------------------------- DEL without the kernel
+
+/// A reap policy that never reaps on its own: what the graveyard holds
+/// stays until a flush or the next start.
+const NEVER: ReapPolicy = ReapPolicy {
+    quiet: Duration::from_secs(3600),
+    max_wait: Duration::from_secs(3600),
+};
+
+/// How long a test waits for the reaper (default policy: 50 ms of quiet).
+const REAPED_WITHIN: Duration = Duration::from_secs(5);
+
+/// The links in moor's device group in `netns` (`ip -j -d link show`).
+fn graves(netns: &Netns) -> Vec<serde_json::Value> {
+    // `ip link show group N` prints `{}` for every other link: filter.
+    let group = GRAVEYARD_GROUP.to_string();
+    let v = netns.ip_json(&["link", "show"]);
+    let all = v.as_array().cloned().unwrap_or_default();
+    all.into_iter()
+        .filter(|l| l["group"] == group.as_str())
+        .collect()
+}
+
+/// `Some(carrier)` of `ifname` in `netns`, `None` if there is no such link.
+fn carrier(netns: &Netns, ifname: &str) -> Option<bool> {
+    if !netns.link_exists(ifname) {
+        return None;
+    }
+    let link = netns.link(ifname);
+    let flags = link["flags"].as_array().cloned().unwrap_or_default();
+    Some(flags.iter().any(|f| f == "LOWER_UP") && !flags.iter().any(|f| f == "NO-CARRIER"))
+}
+
+/// Right after an unwire: the host end's name is free, every retired link
+/// is down, out of the bridge and named as a grave, and the pod's interface
+/// (until reaped) has no carrier, so its IP is not live.
+fn assert_cut_off(node: &Netns, pod: &Netns, host_ifname: &str) {
+    assert!(!node.link_exists(host_ifname), "host end kept its name");
+    for g in graves(node) {
+        let flags = g["flags"].as_array().cloned().unwrap_or_default();
+        assert!(!flags.iter().any(|f| f == "UP"), "retired link up: {g}");
+        assert!(g.get("master").is_none(), "retired link still a port: {g}");
+        let name = g["ifname"].as_str().unwrap();
+        assert!(name.starts_with(GRAVE_PREFIX), "{g}");
+    }
+    assert_ne!(carrier(pod, "eth0"), Some(true), "pod end has carrier");
+}
+
+/// Polls (bounded) until the graveyard of `node` is empty and `pod` has no
+/// eth0.
+fn wait_reaped(node: &Netns, pod: &Netns) {
+    let started = Instant::now();
+    while !graves(node).is_empty() || pod.link_exists("eth0") {
+        assert!(
+            started.elapsed() < REAPED_WITHIN,
+            "not reaped within {REAPED_WITHIN:?}: graves {:?}, pod links {:?}",
+            graves(node),
+            pod.links()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("reaped within {:?} of the check", started.elapsed());
+}
+
+async fn wait_reaped_or_flush(dp: &BridgeDatapath, node: &Netns) {
+    dp.flush_graveyard().await.unwrap();
+    assert!(graves(node).is_empty());
+}
+
+fn pings_gateway(pod: &Netns) -> bool {
+    pod.exec(&["ping", "-c1", "-W1", &GATEWAY.to_string()])
+        .status
+        .success()
+}
+
+#[test]
+fn unwire_cuts_the_pod_off_at_once_and_the_reaper_deletes_it_later() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::ipv4_only("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let link = pod_link(&pod, "ctr-cut", Ipv4Addr::new(10, 1, 0, 50));
+        dp.wire(&link).await.unwrap();
+        assert!(pings_gateway(&pod));
+        let index = node.link(&link.host_ifname)["ifindex"].as_u64().unwrap();
+
+        let started = Instant::now();
+        dp.unwire(&link.host_ifname).await.unwrap();
+        println!("unwire returned after {:?}", started.elapsed());
+        // Checked before the reaper's 50 ms of quiet can have passed? Not
+        // guaranteed on a loaded machine, so each check holds either way.
+        assert_cut_off(&node, &pod, &link.host_ifname);
+        let graves_now = graves(&node);
+        if let Some(g) = graves_now.first() {
+            assert_eq!(g["ifname"], format!("{GRAVE_PREFIX}{index}"), "{g}");
+            assert!(
+                !pings_gateway(&pod),
+                "a retired pod still reaches the gateway"
+            );
+        }
+        wait_reaped(&node, &pod);
+        let stats = dp.graveyard_stats();
+        assert_eq!(stats.parked, 1, "{stats:?}");
+        assert!(stats.requests >= 2, "start and one reap: {stats:?}");
+    });
+}
+
+#[test]
+fn retired_links_are_down_off_the_bridge_and_without_carrier_until_reaped() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::ipv4_only("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE)
+            .await
+            .unwrap()
+            .with_reap_policy(NEVER);
+        let link = pod_link(&pod, "ctr-park", Ipv4Addr::new(10, 1, 0, 51));
+        dp.wire(&link).await.unwrap();
+        dp.unwire(&link.host_ifname).await.unwrap();
+        assert_cut_off(&node, &pod, &link.host_ifname);
+        assert_eq!(graves(&node).len(), 1);
+        assert_eq!(
+            carrier(&pod, "eth0"),
+            Some(false),
+            "pod end kept until reaped"
+        );
+        assert!(
+            !pings_gateway(&pod),
+            "a retired pod still reaches the gateway"
+        );
+        // The leak sweep and CHECK look host ends up by name: gone.
+        assert!(!dp.host_link_exists(&link.host_ifname).await.unwrap());
+        dp.flush_graveyard().await.unwrap();
+        assert!(graves(&node).is_empty() && !pod.link_exists("eth0"));
+    });
+}
+
+#[test]
+fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
+    require_root();
+    let node = node_with_bridge();
+    let node2 = node_with_bridge();
+    let (pod, fresh) = (Netns::ipv4_only("pod"), Netns::ipv4_only("pod"));
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE)
+            .await
+            .unwrap()
+            .with_reap_policy(NEVER);
+        let ip = Ipv4Addr::new(10, 1, 0, 52);
+        let link = pod_link(&pod, "ctr-again", ip);
+        dp.wire(&link).await.unwrap();
+        dp.unwire(&link.host_ifname).await.unwrap();
+        assert_eq!(graves(&node).len(), 1, "the old veth is still going away");
+
+        // Into the same netns: its eth0 is the old pod end, not yet reaped;
+        // the ADD moves it aside (down, grave name) and takes the name.
+        let old_index = pod.link("eth0")["ifindex"].as_u64().unwrap();
+        let started = Instant::now();
+        dp.wire(&link).await.unwrap();
+        println!("re-ADD into the same netns: {:?}", started.elapsed());
+        assert_eq!(
+            graves(&node).len(),
+            1,
+            "a re-ADD does not wait for the reaper"
+        );
+        assert_eq!(carrier(&pod, "eth0"), Some(true));
+        let old = pod.link(&format!("{GRAVE_PREFIX}{old_index}"));
+        let flags = old["flags"].as_array().unwrap();
+        assert!(!flags.iter().any(|f| f == "UP"), "old pod end up: {old}");
+        assert!(pings_gateway(&pod), "re-ADDed pod cannot reach the gateway");
+        dp.check(&link).await.unwrap();
+        wait_reaped_or_flush(&dp, &node).await;
+        assert_eq!(
+            pod.links().len(),
+            2,
+            "lo and the new eth0: {:?}",
+            pod.links()
+        );
+
+        // Into a new netns (a new sandbox with the same key): only the host
+        // name is needed, and it is free at once.
+        dp.unwire(&link.host_ifname).await.unwrap();
+        let moved = PodLink {
+            netns: fresh.path(),
+            ..link.clone()
+        };
+        dp.wire(&moved).await.unwrap();
+        assert_eq!(graves(&node).len(), 1, "the old veth waits for the reaper");
+        assert_eq!(carrier(&pod, "eth0"), Some(false), "old pod end not live");
+        assert!(
+            pings_gateway(&fresh),
+            "re-ADDed pod cannot reach the gateway"
+        );
+        dp.unwire(&moved.host_ifname).await.unwrap();
+        dp.flush_graveyard().await.unwrap();
+        assert!(graves(&node).is_empty());
+
+        // The same netns, re-ADDed by another node (its host ends in another
+        // netns, as the e2e clusters' nodes share pod namespaces): the
+        // retired end is told by its alias.
+        dp.wire(&link).await.unwrap();
+        dp.unwire(&link.host_ifname).await.unwrap();
+        let other = BridgeDatapath::new_in(BRIDGE, Some(&node2.path()))
+            .await
+            .unwrap();
+        other.wire(&link).await.unwrap();
+        assert_eq!(carrier(&pod, "eth0"), Some(true));
+        assert_eq!(graves(&node).len(), 1, "the first node's reaper has it");
+        other.unwire(&link.host_ifname).await.unwrap();
+    });
+}
+
+#[test]
+fn a_crash_leaves_retired_links_that_the_next_start_deletes() {
+    require_root();
+    let node = node_with_bridge();
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pod")).collect();
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE)
+            .await
+            .unwrap()
+            .with_reap_policy(NEVER);
+        for (i, pod) in pods.iter().enumerate() {
+            let link = pod_link(
+                pod,
+                &format!("ctr-crash-{i}"),
+                Ipv4Addr::new(10, 1, 0, 60 + i as u8),
+            );
+            dp.wire(&link).await.unwrap();
+            if i < 2 {
+                dp.unwire(&link.host_ifname).await.unwrap();
+            } else {
+                // A crash inside a retire on a kernel that needs two
+                // requests: in the group, still under its live name.
+                node.ip(&[
+                    "link",
+                    "set",
+                    &link.host_ifname,
+                    "down",
+                    "group",
+                    &GRAVEYARD_GROUP.to_string(),
+                ]);
+            }
+        }
+        assert_eq!(graves(&node).len(), 3);
+        // The "crash": the datapath goes without reaping.
+        drop(dp);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(graves(&node).len(), 3, "nothing reaps without a datapath");
+
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        assert!(
+            graves(&node).is_empty(),
+            "the next start deleted the leftovers"
+        );
+        for pod in &pods {
+            assert!(!pod.link_exists("eth0"));
+        }
+        let stats = dp.graveyard_stats();
+        assert_eq!((stats.requests, stats.reaps), (1, 1), "{stats:?}");
+    });
+}
+
+#[test]
+fn a_burst_of_dels_is_reaped_in_few_batches() {
+    require_root();
+    const PODS: usize = 20;
+    let node = node_with_bridge();
+    let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("pod")).collect();
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let links: Vec<PodLink> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                pod_link(
+                    pod,
+                    &format!("ctr-burst-{i}"),
+                    Ipv4Addr::new(10, 1, 0, 100 + i as u8),
+                )
+            })
+            .collect();
+        for link in &links {
+            dp.wire(link).await.unwrap();
+        }
+        let before = dp.graveyard_stats();
+        let started = Instant::now();
+        for link in &links {
+            dp.unwire(&link.host_ifname).await.unwrap();
+        }
+        let took = started.elapsed();
+        println!("{PODS} unwires in {took:?}");
+        let waited = Instant::now();
+        while !graves(&node).is_empty() || pods.iter().any(|p| p.link_exists("eth0")) {
+            assert!(waited.elapsed() < REAPED_WITHIN, "burst not reaped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let after = dp.graveyard_stats();
+        let reaps = after.reaps - before.reaps;
+        let requests = after.requests - before.requests;
+        println!("{PODS} DELs reaped in {reaps} group deletes ({requests} requests)");
+        assert_eq!(after.parked - before.parked, PODS as u64);
+        assert!(
+            (1..=3).contains(&reaps) && requests <= 3,
+            "{PODS} DELs took {reaps} reaps, {requests} requests"
+        );
     });
 }

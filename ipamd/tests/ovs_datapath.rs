@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use moor_ipamd::datapath::{
-    BridgeDatapath, Datapath, DatapathError, OvsConfig, OvsDatapath, PodLink,
+    BridgeDatapath, Datapath, DatapathError, OvsConfig, OvsDatapath, PodLink, ReapPolicy,
+    GRAVEYARD_GROUP, GRAVE_PREFIX,
 };
 use moor_ovs::Endpoint;
 use moor_proto::{host_ifname, mac_for_ipv4};
@@ -225,9 +226,13 @@ async fn unwire_removes_port_and_veth_and_is_idempotent() {
     dp.unwire(&link.host_ifname).await.unwrap();
     assert!(ports(&ovs, BRIDGE).is_empty());
     assert!(port_rows(&ovs).iter().all(|p| p == BRIDGE), "port row left");
-    assert!(!link_exists(&ovs.netns, &link.host_ifname), "host end left");
-    assert!(!pod.link_exists("eth0"), "pod end left");
+    assert!(
+        !link_exists(&ovs.netns, &link.host_ifname),
+        "host end kept its name"
+    );
+    assert_ne!(carrier(&pod, "eth0"), Some(true), "pod end has carrier");
     assert!(!dp.host_link_exists(&link.host_ifname).await.unwrap());
+    wait_reaped(&ovs, &pod);
 
     // Again, and for something never wired: nothing missing is an error.
     dp.unwire(&link.host_ifname).await.unwrap();
@@ -594,4 +599,105 @@ async fn wire_unwire_wall_time_ovs_vs_bridge() {
             summary(cycles)
         );
     }
+}
+
+// ------------------------------------------------- DEL without the kernel
+
+/// The links in moor's device group in the node netns.
+fn graves(ovs: &Ovs) -> Vec<Value> {
+    let out = run("ip", &["-n", &ovs.netns, "-j", "link", "show"]);
+    let all: Value = serde_json::from_str(&out).unwrap();
+    let group = GRAVEYARD_GROUP.to_string();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["group"] == group.as_str())
+        .cloned()
+        .collect()
+}
+
+/// `Some(carrier)` of `ifname` in `netns`, `None` if there is no such link.
+fn carrier(netns: &Netns, ifname: &str) -> Option<bool> {
+    if !netns.link_exists(ifname) {
+        return None;
+    }
+    let flags = netns.link(ifname)["flags"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Some(flags.iter().any(|f| f == "LOWER_UP"))
+}
+
+/// Polls (bounded) until the node's graveyard is empty and `pod` has only lo.
+fn wait_reaped(ovs: &Ovs, pod: &Netns) {
+    let started = Instant::now();
+    while !graves(ovs).is_empty() || pod.links().iter().any(|l| l != "lo") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not reaped within 5 s: graves {:?}, pod links {:?}",
+            graves(ovs),
+            pod.links()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwire_retires_the_veth_re_add_works_and_a_crash_leaves_nothing() {
+    require_root();
+    let ovs = Ovs::start();
+    let never = ReapPolicy {
+        quiet: Duration::from_secs(3600),
+        max_wait: Duration::from_secs(3600),
+    };
+    let dp = datapath(&ovs, &config(&ovs)).await.with_reap_policy(never);
+    let pod = Netns::ipv4_only("pod");
+    let link = pod_link(&pod, "ctr-retire", Ipv4Addr::new(10, 1, 0, 31), 0);
+    dp.wire(&link).await.unwrap();
+    let index = run(
+        "ip",
+        &["-n", &ovs.netns, "-j", "link", "show", &link.host_ifname],
+    );
+    let index: Value = serde_json::from_str(&index).unwrap();
+    let index = index[0]["ifindex"].as_u64().unwrap();
+
+    // DEL: the port row is gone, the host end down and renamed into the
+    // group, the pod end without carrier.
+    let started = Instant::now();
+    dp.unwire(&link.host_ifname).await.unwrap();
+    println!("OVS unwire: {:?}", started.elapsed());
+    assert!(ports(&ovs, BRIDGE).is_empty(), "port row left");
+    let g = graves(&ovs);
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0]["ifname"], format!("{GRAVE_PREFIX}{index}"));
+    assert!(!g[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(carrier(&pod, "eth0"), Some(false));
+
+    // Re-ADD of the same key into the same netns, the old veth still there:
+    // works, and the pod is on the switch again.
+    dp.wire(&link).await.unwrap();
+    dp.check(&link).await.unwrap();
+    assert_eq!(ports(&ovs, BRIDGE), vec![link.host_ifname.clone()]);
+    assert_eq!(carrier(&pod, "eth0"), Some(true));
+    assert_eq!(
+        graves(&ovs).len(),
+        1,
+        "the re-ADD did not wait for the reaper"
+    );
+
+    // A crash: the datapath goes without reaping; the next start deletes
+    // what it left.
+    dp.unwire(&link.host_ifname).await.unwrap();
+    assert_eq!(graves(&ovs).len(), 2);
+    drop(dp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(graves(&ovs).len(), 2, "nothing reaps without a datapath");
+    let dp = datapath(&ovs, &config(&ovs)).await;
+    assert!(
+        graves(&ovs).is_empty(),
+        "the next start deleted the leftovers"
+    );
+    assert_eq!(pod.links(), vec!["lo".to_string()]);
+    let stats = dp.graveyard_stats();
+    assert_eq!((stats.requests, stats.reaps), (1, 1), "{stats:?}");
 }

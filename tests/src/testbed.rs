@@ -94,12 +94,32 @@ impl Pod {
         format!("/run/netns/{}", self.netns)
     }
 
-    /// Names of the pod's links other than lo.
+    /// Names of the pod's links other than lo. A DEL leaves the pod's
+    /// interface without carrier and ipamd deletes it later, in a batch
+    /// (within about a second; docs/architecture.md, DEL): while a link
+    /// without carrier is there, this waits for it (up to 5 s), so that
+    /// "eth0 is gone after DEL" holds without each test polling.
     pub fn links(&self) -> Vec<String> {
-        links(&self.netns)
-            .into_iter()
-            .filter(|n| n != "lo")
-            .collect()
+        let started = Instant::now();
+        loop {
+            let out = run_ok("ip", &["-n", &self.netns, "-j", "link", "show"]);
+            let all: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            let mut names = Vec::new();
+            let mut retired = false;
+            for l in all.as_array().into_iter().flatten() {
+                let name = l["ifname"].as_str().unwrap_or_default();
+                if name == "lo" || name.is_empty() {
+                    continue;
+                }
+                let flags = l["flags"].as_array().cloned().unwrap_or_default();
+                retired |= !flags.iter().any(|f| f == "LOWER_UP");
+                names.push(name.to_string());
+            }
+            if !retired || started.elapsed() > Duration::from_secs(5) {
+                return names;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// CNI_ARGS as kubelet's runtimes pass them.

@@ -12,6 +12,8 @@ use netlink_packet_route::link::{
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::announce::{announce_again, probe_for_owner, Announcer};
+use super::check;
+use super::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
 use super::netlinksafe::{self, to_io};
 use super::netns::{netlink_in, LinkDeleter};
 use super::veth::{self, rollback, NewPair};
@@ -26,6 +28,9 @@ pub struct BridgeDatapath {
     handle: Handle,
     bridge: String,
     deleter: LinkDeleter,
+    /// Retired host ends and their reaper (DEL does not wait for the
+    /// kernel to unregister a veth).
+    graveyard: Graveyard,
     /// The duplicate-address probe's window; None: no probe.
     dad_probe: Option<Duration>,
 }
@@ -61,6 +66,7 @@ impl BridgeDatapath {
         let handle = netlink_in(netns)?;
         let deleter = LinkDeleter::new(netns)?;
         let info = bridge_info(&handle, bridge).await?;
+        let graveyard = Graveyard::start(netns).await?;
         let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
             op: format!("read the MAC of bridge {bridge}"),
             source: io::Error::other("the kernel reported no address"),
@@ -75,6 +81,7 @@ impl BridgeDatapath {
             handle,
             bridge: bridge.to_string(),
             deleter,
+            graveyard,
             dad_probe: None,
         })
     }
@@ -84,6 +91,22 @@ impl BridgeDatapath {
     pub fn with_dad_probe(mut self, window: Duration) -> Self {
         self.dad_probe = Some(window);
         self
+    }
+
+    /// When retired host veths are deleted (see `graveyard`).
+    pub fn with_reap_policy(self, policy: ReapPolicy) -> Self {
+        self.graveyard.set_policy(policy);
+        self
+    }
+
+    /// What the graveyard of retired host veths did so far.
+    pub fn graveyard_stats(&self) -> GraveyardStats {
+        self.graveyard.stats()
+    }
+
+    /// Deletes the retired host veths now.
+    pub async fn flush_graveyard(&self) -> Result<(), DatapathError> {
+        self.graveyard.flush().await
     }
 
     /// The bridge's name.
@@ -97,30 +120,39 @@ impl Datapath for BridgeDatapath {
     async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError> {
         // Run to completion even if the caller is cancelled (a client gone
         // mid-ADD), so a half-wired pod is always rolled back.
+        let busy = self.graveyard.busy();
         let task = tokio::spawn(wire(
             self.handle.clone(),
             self.bridge.clone(),
             link.clone(),
             self.dad_probe,
         ));
-        task.await.map_err(|e| DatapathError::Worker {
+        let result = task.await.map_err(|e| DatapathError::Worker {
             netns: link.netns.clone(),
             reason: format!("wiring task failed: {e}"),
-        })?
+        });
+        drop(busy);
+        result?
     }
 
     async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError> {
-        // Deleting one end of a veth deletes the pair, wherever the other
-        // end is; a netns that is already gone took its end with it.
-        let deleted = self.deleter.delete(host_ifname).await?;
-        tracing::debug!(host_ifname, deleted, "unwired");
+        // Down, off the bridge, renamed into the graveyard: the pod is cut
+        // off and the name free; the reaper deletes the pair later (with it
+        // the pod end, wherever it is). A netns that is already gone took
+        // the pair with it.
+        let _busy = self.graveyard.busy();
+        let retired = self
+            .graveyard
+            .retire(&self.handle, &self.deleter, host_ifname, true)
+            .await?;
+        tracing::debug!(host_ifname, retired, "unwired");
         Ok(())
     }
 
     async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
         let bridge = bridge_info(&self.handle, &self.bridge).await?;
         let host_ifname = &link.host_ifname;
-        let host = veth::check_host_end_up(&self.handle, host_ifname).await?;
+        let host = check::check_host_end_up(&self.handle, host_ifname).await?;
         let master = host.attributes.iter().find_map(|a| match a {
             LinkAttribute::Controller(index) => Some(*index),
             _ => None,
@@ -131,7 +163,7 @@ impl Datapath for BridgeDatapath {
                 self.bridge
             )));
         }
-        veth::check_pod_side(link).await
+        check::check_pod_side(link).await
     }
 
     async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
@@ -156,7 +188,9 @@ async fn wire(
         &format!("port of bridge {bridge}"),
     )
     .await?;
-    let configured = pair.configure_pod(false, dad_probe.is_some()).await;
+    let configured = pair
+        .configure_pod(handle.clone(), false, dad_probe.is_some())
+        .await;
     let announcer = match configured {
         Ok(announcer) => announcer,
         Err(e) => {

@@ -18,7 +18,9 @@
 
 mod announce;
 mod bridge;
+mod check;
 pub mod fake;
+mod graveyard;
 mod netlinksafe;
 mod netns;
 mod ovs;
@@ -32,6 +34,7 @@ use ipnetwork::Ipv4Network;
 
 pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
+pub use graveyard::{grave_name, GraveyardStats, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
 pub use veth::disable_tx_checksum;
 
@@ -187,8 +190,12 @@ pub trait Datapath: Send + Sync + 'static {
     /// Create everything for the pod; on any failure undo what this call did
     /// and return the error.
     async fn wire(&self, link: &PodLink) -> Result<Wired, DatapathError>;
-    /// Remove the pod's interface. Idempotent: missing host link / missing
-    /// netns = Ok.
+    /// Cut the pod's interface off for good and free its host end's name:
+    /// when this returns, the pod can no longer send or receive on it and
+    /// its IP may be given to another interface; the kernel may delete the
+    /// veth itself later (the real datapaths retire it to a graveyard and
+    /// reap it in batches, see `graveyard`). Idempotent: missing host link /
+    /// missing netns = Ok.
     async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError>;
     /// Verify the pod's wiring: host link exists, is up and enslaved to the
     /// bridge; pod interface exists in netns with the address, MAC; default

@@ -45,6 +45,17 @@ pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> io::Result<Opti
     }
 }
 
+/// The link with index `index`, or `None` if there is none (ENODEV).
+pub(crate) async fn link_by_index(handle: &Handle, index: u32) -> io::Result<Option<LinkMessage>> {
+    let mut replies = handle.link().get().match_index(index).execute();
+    match replies.next().await {
+        Some(Ok(link)) => Ok(Some(link)),
+        Some(Err(e)) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Some(Err(e)) => Err(to_io(e)),
+        None => Ok(None),
+    }
+}
+
 /// Deletes the link called `name`. `Ok(false)` if there was none.
 pub(crate) async fn delete_link_by_name(handle: &Handle, name: &str) -> io::Result<bool> {
     let request = handle

@@ -1,20 +1,16 @@
 //! The veth pair of one pod: the request that creates it, and what is done
-//! and checked on the pod's side of it.
+//! on the pod's side of it (CHECK is in `check`).
 
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
-use ipnetwork::Ipv4Network;
-use moor_proto::format_mac;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::announce::Announcer;
+use super::graveyard::{grave_name, park};
 use super::netlinksafe::{self, to_io};
 use super::netns::{open_netns, NetnsThread};
 use super::{validate_ifname, DatapathError, PodLink};
@@ -23,7 +19,10 @@ use super::{validate_ifname, DatapathError, PodLink};
 /// enslaved to `controller`, the Linux bridge, if given; an OVS port is added
 /// by OVSDB afterwards instead), the pod end created directly in the pod's
 /// netns (IFLA_NET_NS_FD on the peer, not created and then moved) with the
-/// pod's name, MAC and the same MTU.
+/// pod's MAC and the same MTU, under [`pod_new_name`]: CNI_IFNAME may still
+/// be held by the pod end of this key's previous veth, retired by its DEL
+/// and not yet reaped; the pod's thread renames the new end to CNI_IFNAME
+/// as it sets it up ([`configure_pod`]).
 ///
 /// The pod end is not brought up here: the kernel applies the peer's
 /// ifinfomsg flags before it links the two ends, so IFF_UP on the peer makes
@@ -35,13 +34,14 @@ pub(crate) fn pair_request(
     mtu: u32,
     pod_netns: RawFd,
 ) -> LinkMessage {
+    let new_name = pod_new_name(&link.host_ifname);
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(link.ifname.clone())
+        .name(new_name.clone())
         .address(link.mac.to_vec())
         .mtu(mtu)
         .setns_by_fd(pod_netns)
         .build();
-    let host = LinkVeth::new(&link.host_ifname, &link.ifname)
+    let host = LinkVeth::new(&link.host_ifname, &new_name)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .address(host_mac.to_vec())
         .mtu(mtu);
@@ -51,6 +51,15 @@ pub(crate) fn pair_request(
     }
     .up()
     .build()
+}
+
+/// The name a new pod end has until the pod's thread renames it to
+/// CNI_IFNAME: `mn` + the host end's name without its `mr`, unique per
+/// attachment key, at most 15 bytes.
+pub(crate) fn pod_new_name(host_ifname: &str) -> String {
+    let tail = host_ifname.strip_prefix("mr").unwrap_or(host_ifname);
+    let tail = &tail[tail.len().saturating_sub(13)..];
+    format!("mn{tail}")
 }
 
 /// One pod's veth pair on its way: the input checked, the pod's netns open
@@ -127,15 +136,17 @@ impl NewPair {
     /// thread; returns the announcer for the caller to send the gratuitous
     /// ARPs once the host end forwards. The caller rolls back on failure.
     /// `tx_checksum_off`: see [`disable_tx_checksum`]. `probe`: the
-    /// announcer can also run the duplicate-address probe.
+    /// announcer can also run the duplicate-address probe. `host`: netlink
+    /// in the host ends' netns, to tell a retired pod end in the way.
     pub(crate) async fn configure_pod(
         self,
+        host: Handle,
         tx_checksum_off: bool,
         probe: bool,
     ) -> Result<Announcer, DatapathError> {
         let link = self.link;
         self.pod
-            .run(move |pod| configure_pod(pod, link, tx_checksum_off, probe))
+            .run(move |pod| configure_pod(pod, host, link, tx_checksum_off, probe))
             .await
     }
 }
@@ -195,61 +206,91 @@ fn random_mac() -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// Inside the pod's netns: link up, address, default route, and a packet
-/// socket on the interface for the announcements (sent by the caller once the
-/// host end forwards).
+/// Inside the pod's netns: the new pod end renamed to CNI_IFNAME and up,
+/// address, default route, and a packet socket on the interface for the
+/// announcements (sent by the caller once the host end forwards).
 pub(crate) async fn configure_pod(
     handle: Handle,
+    host: Handle,
     link: PodLink,
     tx_checksum_off: bool,
     probe: bool,
 ) -> Result<Announcer, DatapathError> {
     let netns = link.netns.display();
     let ifname = &link.ifname;
+    let new_name = pod_new_name(&link.host_ifname);
     if tx_checksum_off {
-        disable_tx_checksum(ifname).map_err(|source| DatapathError::Netlink {
+        disable_tx_checksum(&new_name).map_err(|source| DatapathError::Netlink {
             op: format!("turn TX checksum offload off on {ifname} in netns {netns} (SIOCETHTOOL)"),
             source,
         })?;
     }
-    let index = pod_ifindex(&handle, &link)
-        .await?
+    let index = netlinksafe::link_by_name(&handle, &new_name)
+        .await
+        .map_err(|source| DatapathError::Netlink {
+            op: format!("look up {new_name} in netns {netns}"),
+            source,
+        })?
         .ok_or_else(|| DatapathError::Netlink {
-            op: format!("find {ifname} in netns {netns} right after creating it"),
+            op: format!("find {new_name} in netns {netns} right after creating it"),
             source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
+        })?
+        .header
+        .index;
 
     let ip = link.address.ip();
-    let set_up = handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute();
+    // Renamed while still down: every kernel allows that. The alias marks
+    // it as moor's pod end (see `move_aside`).
+    let set_up = || {
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(ifname.clone())
+                    .alias(POD_END_ALIAS)
+                    .up()
+                    .build(),
+            )
+            .execute()
+    };
     let add_address = handle
         .address()
         .add(index, IpAddr::V4(ip), link.address.prefix())
         .execute();
-    let add_route = handle
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(link.gateway)
-                .output_interface(index)
-                .build(),
-        )
-        .execute();
+    let add_route = || {
+        handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(link.gateway)
+                    .output_interface(index)
+                    .build(),
+            )
+            .execute()
+    };
     // All three requests go out before any answer is awaited. The kernel
     // handles one socket's requests in order, so the route (whose gateway is
     // reachable only through the up link and the address's subnet) is still
     // added last.
-    let (up, address_added, route_added) = futures::join!(set_up, add_address, add_route);
-    up.map_err(|e| DatapathError::Netlink {
-        op: format!("set {ifname} up in netns {netns}"),
+    let (up, address_added, route_added) = futures::join!(set_up(), add_address, add_route());
+    let up_error = |e| DatapathError::Netlink {
+        op: format!("rename {new_name} to {ifname} and set it up in netns {netns}"),
         source: to_io(e),
-    })?;
+    };
     address_added.map_err(|e| DatapathError::Netlink {
         op: format!("add address {} to {ifname} in netns {netns}", link.address),
         source: to_io(e),
     })?;
+    let route_added = match up {
+        Ok(()) => route_added,
+        Err(e) if netlinksafe::errno(&e) == Some(libc::EEXIST) => {
+            // CNI_IFNAME is taken; the route failed with the link down.
+            move_aside(&handle, &host, &link).await?;
+            set_up().await.map_err(up_error)?;
+            add_route().await
+        }
+        Err(e) => return Err(up_error(e)),
+    };
     route_added.map_err(|e| {
         let exists = netlinksafe::errno(&e) == Some(libc::EEXIST);
         DatapathError::Netlink {
@@ -272,6 +313,72 @@ pub(crate) async fn configure_pod(
         source,
     };
     Announcer::open(index, link.mac, ip, probe).map_err(announce_error)
+}
+
+/// The alias (IFLA_IFALIAS) of every pod end moor wires.
+pub(crate) const POD_END_ALIAS: &str = "moor pod end";
+
+/// Inside the pod's netns: CNI_IFNAME is held by another interface. If it is
+/// the pod end of a retired veth (a re-ADD into the same netns before the
+/// reaper ran), it is set down, which takes its linkdown default route
+/// along, and given its grave name; the reaper deletes it with its host
+/// end. Anything else is the pod's own interface:
+/// [`DatapathError::PodIfnameExists`].
+///
+/// Retired = without carrier (moor sets a host end down only to retire it)
+/// and moor's: it carries [`POD_END_ALIAS`], or (a pod end wired before the
+/// alias) its peer in the host ends' netns is named as a grave. The alias
+/// also holds when the retired end's host side is on another node (a netns
+/// shared by test "nodes").
+async fn move_aside(pod: &Handle, host: &Handle, link: &PodLink) -> Result<(), DatapathError> {
+    let netns = link.netns.display();
+    let ifname = &link.ifname;
+    let lookup = |source| DatapathError::Netlink {
+        op: format!("look up {ifname} in netns {netns}"),
+        source,
+    };
+    let taken = || DatapathError::PodIfnameExists {
+        ifname: ifname.clone(),
+        netns: link.netns.clone(),
+    };
+    let Some(old) = netlinksafe::link_by_name(pod, ifname)
+        .await
+        .map_err(lookup)?
+    else {
+        return Ok(());
+    };
+    let carrier = old.header.flags.contains(LinkFlags::LowerUp);
+    let peer = old.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(peer) => Some(*peer),
+        _ => None,
+    });
+    let marked = old
+        .attributes
+        .contains(&LinkAttribute::IfAlias(POD_END_ALIAS.to_string()));
+    let retired = match peer {
+        _ if carrier => false,
+        _ if marked => true,
+        Some(peer) => netlinksafe::link_by_index(host, peer)
+            .await
+            .map_err(lookup)?
+            .is_some_and(|l| {
+                l.attributes
+                    .contains(&LinkAttribute::IfName(grave_name(peer)))
+            }),
+        None => false,
+    };
+    if !retired {
+        return Err(taken());
+    }
+    let index = old.header.index;
+    park(pod, index, &grave_name(index), |b| b)
+        .await
+        .map_err(|e| DatapathError::Netlink {
+            op: format!("move the retired {ifname} aside in netns {netns}"),
+            source: to_io(e),
+        })?;
+    tracing::debug!(%ifname, netns = %netns, "re-ADD moved a retired pod end aside");
+    Ok(())
 }
 
 /// `ethtool -K IFNAME tx off` in the calling thread's netns (the kernel drops
@@ -321,139 +428,6 @@ pub fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Inside the pod's netns: the interface has the MAC, is up, has the
-/// address, and the default route goes via the gateway.
-pub(crate) async fn check_pod(handle: Handle, link: PodLink) -> Result<(), DatapathError> {
-    let netns = link.netns.display();
-    let ifname = &link.ifname;
-    let pod = netlinksafe::link_by_name(&handle, ifname)
-        .await
-        .map_err(|source| DatapathError::Netlink {
-            op: format!("look up {ifname} in netns {netns}"),
-            source,
-        })?
-        .ok_or_else(|| {
-            DatapathError::CheckFailed(format!("interface {ifname} not found in netns {netns}"))
-        })?;
-    let index = pod.header.index;
-
-    let mac = pod.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(mac) => Some(mac.as_slice()),
-        _ => None,
-    });
-    if mac != Some(link.mac.as_slice()) {
-        return Err(DatapathError::CheckFailed(format!(
-            "{ifname} in netns {netns} has MAC {}, expected {}",
-            mac.map_or_else(|| "none".to_string(), format_mac),
-            format_mac(&link.mac)
-        )));
-    }
-    if !pod.header.flags.contains(LinkFlags::Up) {
-        return Err(DatapathError::CheckFailed(format!(
-            "{ifname} in netns {netns} is down"
-        )));
-    }
-
-    let dump_error = |what: &str, source| DatapathError::Netlink {
-        op: format!("list {what} in netns {netns}"),
-        source,
-    };
-    let mut request = AddressMessage::default();
-    request.header.family = AddressFamily::Inet;
-    let addresses: Vec<Ipv4Network> =
-        netlinksafe::dump(&handle, RouteNetlinkMessage::GetAddress(request))
-            .await
-            .map_err(|e| dump_error("addresses", e))?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => ipv4_of(&a),
-                _ => None,
-            })
-            .collect();
-    if !addresses.contains(&link.address) {
-        return Err(DatapathError::CheckFailed(format!(
-            "{ifname} in netns {netns} does not have address {} (it has: {})",
-            link.address,
-            list_or_none(&addresses)
-        )));
-    }
-
-    let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let gateways: Vec<Ipv4Addr> =
-        netlinksafe::dump(&handle, RouteNetlinkMessage::GetRoute(request))
-            .await
-            .map_err(|e| dump_error("routes", e))?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => default_gateway(&r),
-                _ => None,
-            })
-            .collect();
-    if !gateways.contains(&link.gateway) {
-        return Err(DatapathError::CheckFailed(format!(
-            "netns {netns} has no default route via {} (default routes via: {})",
-            link.gateway,
-            list_or_none(&gateways)
-        )));
-    }
-    Ok(())
-}
-
-async fn pod_ifindex(handle: &Handle, link: &PodLink) -> Result<Option<u32>, DatapathError> {
-    let pod = netlinksafe::link_by_name(handle, &link.ifname)
-        .await
-        .map_err(|source| DatapathError::Netlink {
-            op: format!("look up {} in netns {}", link.ifname, link.netns.display()),
-            source,
-        })?;
-    Ok(pod.map(|l| l.header.index))
-}
-
-fn ipv4_of(message: &AddressMessage) -> Option<Ipv4Network> {
-    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
-    // point-to-point links and the same otherwise.
-    let local = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-        _ => None,
-    });
-    let address = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-        _ => None,
-    });
-    Ipv4Network::new(local.or(address)?, message.header.prefix_len).ok()
-}
-
-/// The gateway of `route` if it is a default route of the main table.
-fn default_gateway(route: &RouteMessage) -> Option<Ipv4Addr> {
-    let table = route
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(route.header.table));
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || route.header.destination_prefix_length != 0
-    {
-        return None;
-    }
-    route.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
-        _ => None,
-    })
-}
-
-fn list_or_none<T: std::fmt::Display>(items: &[T]) -> String {
-    if items.is_empty() {
-        return "none".to_string();
-    }
-    items
-        .iter()
-        .map(T::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The host end of a pod's veth, if it exists.
 pub(crate) async fn host_end(
     handle: &Handle,
@@ -467,36 +441,18 @@ pub(crate) async fn host_end(
         })
 }
 
-/// CHECK of the host end, whatever it is plugged into: it exists and is up.
-pub(crate) async fn check_host_end_up(
-    handle: &Handle,
-    host_ifname: &str,
-) -> Result<LinkMessage, DatapathError> {
-    let host = host_end(handle, host_ifname).await?.ok_or_else(|| {
-        DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
-    })?;
-    if !host.header.flags.contains(LinkFlags::Up) {
-        return Err(DatapathError::CheckFailed(format!(
-            "host interface {host_ifname} is down"
-        )));
-    }
-    Ok(host)
-}
-
-/// CHECK of the pod side, on a thread inside the pod's netns.
-pub(crate) async fn check_pod_side(link: &PodLink) -> Result<(), DatapathError> {
-    let netns = open_netns(&link.netns)?;
-    super::netns::run_in_netns(netns, link.netns.clone(), {
-        let link = link.clone();
-        move |handle| check_pod(handle, link)
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use netlink_packet_route::link::{InfoKind, LinkInfo};
+
+    #[test]
+    fn new_pod_ends_have_names_of_their_own() {
+        assert_eq!(pod_new_name("mr0123456789ab"), "mn0123456789ab");
+        let long = pod_new_name("abcdefghijklmno");
+        assert!(long.len() <= 15 && long.starts_with("mn"), "{long}");
+        assert_ne!(pod_new_name("mr0123456789ab"), "eth0");
+    }
 
     #[test]
     fn pair_request_puts_pod_end_in_the_pod_netns() {
@@ -537,7 +493,8 @@ mod tests {
         // Not up: see pair_request.
         assert!(!peer.header.change_mask.contains(LinkFlags::Up));
         let p = &peer.attributes;
-        assert!(p.contains(&LinkAttribute::IfName("eth0".into())));
+        // CNI_IFNAME comes later (configure_pod): it may still be taken.
+        assert!(p.contains(&LinkAttribute::IfName("mn0123456789ab".into())));
         assert!(p.contains(&LinkAttribute::Address(link.mac.to_vec())));
         assert!(p.contains(&LinkAttribute::Mtu(1400)));
         assert!(p.contains(&LinkAttribute::NetNsFd(42)));

@@ -17,6 +17,8 @@ use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::Handle;
 
 use crate::datapath::announce::{announce_again, probe_for_owner};
+use crate::datapath::check;
+use crate::datapath::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
 use crate::datapath::netlinksafe;
 use crate::datapath::netns::{netlink_in, LinkDeleter};
 use crate::datapath::veth::{self, NewPair};
@@ -72,6 +74,8 @@ pub struct OvsDatapath {
     handle: Handle,
     /// Deletes veths off the shared socket (see `LinkDeleter`).
     deleter: LinkDeleter,
+    /// Retired host ends and their reaper (see `graveyard`).
+    graveyard: Graveyard,
     /// Writes return once ovs-vswitchd applied them.
     ovs: Ovsdb,
     /// The same connection, not waiting for ovs-vswitchd: for removals, where
@@ -112,6 +116,7 @@ impl OvsDatapath {
         }
         let handle = netlink_in(netns)?;
         let deleter = LinkDeleter::new(netns)?;
+        let graveyard = Graveyard::start(netns).await?;
         let opts = Options {
             timeout: cfg.timeout,
             wait_applied: true,
@@ -165,6 +170,7 @@ impl OvsDatapath {
         Ok(OvsDatapath {
             handle,
             deleter,
+            graveyard,
             ovs,
             ovs_nowait,
             bridge: bridge.to_string(),
@@ -179,6 +185,17 @@ impl OvsDatapath {
     pub fn with_dad_probe(mut self, window: Duration) -> Self {
         self.dad_probe = Some(window);
         self
+    }
+
+    /// When retired host veths are deleted (see `graveyard`).
+    pub fn with_reap_policy(self, policy: ReapPolicy) -> Self {
+        self.graveyard.set_policy(policy);
+        self
+    }
+
+    /// What the graveyard of retired host veths did so far.
+    pub fn graveyard_stats(&self) -> GraveyardStats {
+        self.graveyard.stats()
     }
 
     /// The ports on our bridge marked `moor-owner=moor`.
@@ -211,6 +228,7 @@ impl OvsDatapath {
 
     async fn wire_now(self, link: PodLink) -> Result<Wired, DatapathError> {
         // Enters the pod's netns while the pair is being created here.
+        let _busy = self.graveyard.busy();
         let mut pair = NewPair::prepare(&link)?;
         let host_mac = pair.host_mac;
         pair.create(
@@ -224,7 +242,11 @@ impl OvsDatapath {
         // as a port: each needs only the pair.
         let spec = pod_port(&link);
         let (configured, added) = tokio::join!(
-            pair.configure_pod(self.userspace, self.dad_probe.is_some()),
+            pair.configure_pod(
+                self.handle.clone(),
+                self.userspace,
+                self.dad_probe.is_some()
+            ),
             self.ovs.add_port(&self.bridge, &spec)
         );
         let port_written = match &added {
@@ -337,11 +359,17 @@ impl Datapath for OvsDatapath {
     }
 
     async fn unwire(&self, host_ifname: &str) -> Result<(), DatapathError> {
-        // The port row and the veth go at once; both are idempotent, so a
-        // DEL that failed half-way (ovsdb-server down) is simply retried.
+        // The port row goes and the veth is retired (down, renamed into the
+        // graveyard; the reaper deletes it later) at once; both are
+        // idempotent, so a DEL that failed half-way (ovsdb-server down) is
+        // simply retried. The host end stays without a master: moving it out
+        // of OVS is the port row's removal, and a kernel OVS datapath
+        // refuses `nomaster`.
+        let _busy = self.graveyard.busy();
         let (port, host) = tokio::join!(
             self.ovs_nowait.remove_port(&self.bridge, host_ifname),
-            self.deleter.delete(host_ifname)
+            self.graveyard
+                .retire(&self.handle, &self.deleter, host_ifname, false)
         );
         let deleted = host?;
         match port {
@@ -358,7 +386,7 @@ impl Datapath for OvsDatapath {
 
     async fn check(&self, link: &PodLink) -> Result<(), DatapathError> {
         let host_ifname = &link.host_ifname;
-        veth::check_host_end_up(&self.handle, host_ifname).await?;
+        check::check_host_end_up(&self.handle, host_ifname).await?;
         let port = self.port_of(link).await?.ok_or_else(|| {
             DatapathError::CheckFailed(format!(
                 "host interface {host_ifname} is not a port of OVS bridge {}",
@@ -374,7 +402,7 @@ impl Datapath for OvsDatapath {
                 problems.join("; ")
             )));
         }
-        veth::check_pod_side(link).await
+        check::check_pod_side(link).await
     }
 
     async fn host_link_exists(&self, host_ifname: &str) -> Result<bool, DatapathError> {
