@@ -7,10 +7,14 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+// Renamed: in ipamd a bare v1 module is moor's gRPC contract.
+use k8s_openapi::api::coordination::v1 as coordinationv1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
+
+use coordinationv1::{Lease, LeaseSpec};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use metav1::MicroTime;
 
 /// A Lease as the election reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
