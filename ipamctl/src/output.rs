@@ -861,29 +861,12 @@ fn age(now: u64, then: u64) -> String {
     }
 }
 
-/// `2024-05-01T12:00:00Z`, without a date crate for one field.
+/// `2024-05-01T12:00:00Z`; empty for "never".
 fn utc(secs: u64) -> String {
     if secs == 0 {
         return String::new();
     }
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    moor_proto::rfc3339_utc(secs)
 }
 
 /// `Key:  value` lines, values aligned; an empty value shows as `-`, except
