@@ -256,3 +256,7 @@ impl Collector {
 
 /// The fence closed before or during a release.
 struct Fenced;
+
+#[cfg(test)]
+#[path = "gc_tests.rs"]
+mod tests;
