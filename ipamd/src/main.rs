@@ -36,6 +36,12 @@ impl Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GcMode {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Role {
     /// This node's CNI operations: the datapath and the socket (default).
     Node,
@@ -78,6 +84,10 @@ struct Args {
     /// long (or is deleted) and moor's agent there has stopped reporting.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     binding_gc_grace_seconds: u64,
+    /// Controller: `auto` releases what is due every few seconds; `manual`
+    /// keeps counting the grace but releases only on `ipamctl gc`.
+    #[arg(long, value_enum, default_value = "auto")]
+    binding_gc: GcMode,
     /// Unix socket to serve the CNI and admin APIs on (root-only, 0600); the
     /// controller role serves its own API there (`ipamctl gc`).
     #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
@@ -310,6 +320,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock),
             resync: CONTROLLER_RESYNC,
             gc_grace: Duration::from_secs(args.binding_gc_grace_seconds),
+            gc_auto: args.binding_gc == GcMode::Auto,
         };
         info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
         c.start(stopped())

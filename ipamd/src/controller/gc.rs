@@ -6,7 +6,8 @@
 //! Every replica runs a pass every few seconds, leader or not, so that the
 //! "first seen absent" clocks of a standby are warm when it takes over;
 //! only the leader writes, checking the fence right before each release
-//! and cutting the release off when the fence closes. `ipamctl gc
+//! and cutting the release off when the fence closes (with `--binding-gc
+//! manual`, passes only count the grace and wait for `ipamctl gc`). `ipamctl gc
 //! [--dry-run]` (the controller's socket) runs the same pass at once: the
 //! dry run lists what is due and why; without it, the due releases are
 //! done now. Every release is a log line and an Event on its pod.
@@ -47,6 +48,9 @@ pub struct Collector {
     pub identity: String,
     /// `--binding-gc-grace-seconds`.
     pub grace: Duration,
+    /// Passes release what is due (`--binding-gc auto`); else they only
+    /// count the grace, and `ipamctl gc` releases.
+    pub auto: bool,
     /// A pass at least this often.
     pub resync: Duration,
     /// The absence clocks; the lock also keeps passes one at a time.
@@ -241,13 +245,13 @@ impl Collector {
     }
 
     /// Runs for as long as ipamd does: a pass every `period`, watching
-    /// always, releasing while leading.
+    /// always, releasing while leading (and `auto`).
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.period());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.collect(false, false).await {
+            if let Err(e) = self.collect(!self.auto, false).await {
                 warn!(error = %e, "gc: pass failed; retrying");
             }
         }

@@ -99,6 +99,7 @@ async fn releases_what_kubernetes_no_longer_has_only_while_leading() {
         client,
         identity: "c1_test".into(),
         grace: Duration::from_secs(GRACE),
+        auto: true,
         resync: Duration::from_secs(30),
         clocks: Default::default(),
     };

@@ -117,6 +117,9 @@ pub struct Controller {
     /// must stay gone before its binding is released, and a Node NotReady
     /// before its attachments are.
     pub gc_grace: Duration,
+    /// Garbage collection releases what is due by itself (else only on
+    /// `ipamctl gc`).
+    pub gc_auto: bool,
 }
 
 /// A started controller.
@@ -150,6 +153,7 @@ impl Controller {
             client: self.client.clone(),
             identity: self.lease.identity.clone(),
             grace: self.gc_grace,
+            auto: self.gc_auto,
             resync: self.resync,
             clocks: Default::default(),
         });
