@@ -46,7 +46,8 @@ enum Role {
     /// This node's CNI operations: the datapath and the socket (default).
     Node,
     /// The cluster's control loops, one active replica at a time through a
-    /// Lease; no datapath, no socket. Needs the Kubernetes API.
+    /// Lease; no datapath; its socket serves only `ipamctl gc`. Needs the
+    /// Kubernetes API.
     Controller,
     /// Both in one process: a one-node install on the embedded store.
     Both,

@@ -143,7 +143,8 @@ impl Setup {
         let start = Instant::now();
         while !cond() {
             if start.elapsed() > within {
-                let tail: Vec<&str> = self.controller_log().lines().rev().take(30).collect();
+                let log = self.controller_log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
                     "not within {within:?}: {what}\ncontroller log (last lines first):\n{}",
                     tail.join("\n")
@@ -445,6 +446,39 @@ fn gc_keeps_statefulset_bindings_and_releases_deleted_ones() {
     assert_eq!(listed(&s.gc(true)), BTreeSet::new());
     assert!(s.c.audit().is_empty(), "{:#?}", s.c.audit());
     s.assert_requests_granted();
+
+    // A node agent's socket has no controller: said so, with where to go.
+    let out = s.c.ctl("n1").run(&["gc", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not run the controller"), "{stderr}");
+}
+
+#[test]
+fn a_zero_grace_is_refused() {
+    let dir = TempDir::new("gc-refusals");
+    let api = FakeApi::start();
+    let kc = api.write_kubeconfig(dir.path());
+    let out = std::process::Command::new(&bins().ipamd)
+        .args(["--role", "controller", "--binding-gc-grace-seconds", "0"])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--socket")
+        .arg(dir.path().join("s"))
+        .arg("--store")
+        .arg(format!("redb:{}", dir.path().join("s.redb").display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--binding-gc-grace-seconds must be more than 0"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("s.redb").exists(),
+        "refused before opening anything"
+    );
 }
 
 #[test]
