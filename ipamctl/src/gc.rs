@@ -141,7 +141,7 @@ pub async fn collect(channel: Channel, dry_run: bool) -> Result<CollectGarbageRe
     {
         Ok(r) => Ok(r.into_inner()),
         Err(s) if s.code() == Code::Unimplemented => Err(Status::unimplemented(
-            "this ipamd does not run the controller (--role node): run ipamctl gc where ipamd --role controller or both runs, e.g. kubectl exec -n moor-system deploy/moor-controller -- ipamctl gc",
+            "this ipamd does not run the controller (--role node): run ipamctl gc where ipamd --role controller or both runs, e.g. kubectl exec -n moor-system deployment/moor-controller -- ipamctl gc",
         )),
         Err(s) => Err(s),
     }

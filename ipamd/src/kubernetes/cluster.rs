@@ -77,9 +77,14 @@ where
     reader
 }
 
+/// Keeps what identifies the pod (namespace, name, uid).
 fn trim_pod(p: &mut PartialObjectMeta<Pod>) {
-    p.metadata.managed_fields = None;
-    p.metadata.annotations = None;
+    let m = &mut p.metadata;
+    m.managed_fields = None;
+    m.annotations = None;
+    m.labels = None;
+    m.owner_references = None;
+    m.finalizers = None;
 }
 
 /// Keeps the name and the `Ready` condition.
