@@ -22,14 +22,19 @@ const MAX_REPLY: usize = 256 * 1024 * 1024;
 const WATCH_PING: Duration = Duration::from_secs(10);
 const WATCH_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to ipamd's Admin service at `socket`, for one-shot calls.
-pub async fn connect(socket: &Path) -> Result<AdminClient<Channel>, Unreachable> {
+/// A channel to ipamd's socket for one-shot calls, of any of its services.
+pub async fn channel(socket: &Path) -> Result<Channel, Unreachable> {
     // The URI is required by the API and ignored: the connector dials the
     // unix socket whatever it says.
     let endpoint = Endpoint::from_static("http://[::]:50051")
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
     connect_to(socket, endpoint).await
+}
+
+/// The Admin service over `channel`.
+pub fn admin(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel).max_decoding_message_size(MAX_REPLY)
 }
 
 /// Connects for a stream that lasts as long as ipamd runs (`pool export
@@ -40,13 +45,10 @@ pub async fn connect_watch(socket: &Path) -> Result<AdminClient<Channel>, Unreac
         .http2_keep_alive_interval(WATCH_PING)
         .keep_alive_timeout(WATCH_PING_TIMEOUT)
         .keep_alive_while_idle(true);
-    connect_to(socket, endpoint).await
+    Ok(admin(connect_to(socket, endpoint).await?))
 }
 
-async fn connect_to(
-    socket: &Path,
-    endpoint: Endpoint,
-) -> Result<AdminClient<Channel>, Unreachable> {
+async fn connect_to(socket: &Path, endpoint: Endpoint) -> Result<Channel, Unreachable> {
     let path = socket.to_path_buf();
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
@@ -59,7 +61,7 @@ async fn connect_to(
         }))
         .await
         .map_err(|e| Unreachable::new(socket, &e))?;
-    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_REPLY))
+    Ok(channel)
 }
 
 /// ipamd could not be reached at all.
@@ -172,7 +174,7 @@ mod tests {
     fn missing_socket_is_named_with_the_fix() {
         let dir = std::env::temp_dir().join(format!("ipamctl-client-{}", std::process::id()));
         let socket = dir.join("nothing.sock");
-        let err = runtime().block_on(connect(&socket)).unwrap_err();
+        let err = runtime().block_on(channel(&socket)).unwrap_err();
         assert_eq!(err.kind, Some(io::ErrorKind::NotFound));
         let text = err.to_string();
         assert!(text.contains(&socket.display().to_string()), "{text}");
@@ -188,7 +190,7 @@ mod tests {
         let _ = std::fs::remove_file(&socket);
         // Bound then closed: the file stays, nobody listens.
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-        let err = runtime().block_on(connect(&socket)).unwrap_err();
+        let err = runtime().block_on(channel(&socket)).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(err.kind, Some(io::ErrorKind::ConnectionRefused));
         assert!(err.to_string().contains("connection refused"), "{err}");

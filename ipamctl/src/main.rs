@@ -1,5 +1,6 @@
 //! `ipamctl`: the admin CLI of moor. Talks to ipamd's Admin service over its
-//! unix socket.
+//! unix socket (`gc`: the controller's service on the controller's socket;
+//! `ip evict --delete-pod`: also the Kubernetes API, as the operator).
 //!
 //! Exit codes: 0 done; 1 ipamd unreachable or it refused (its message is
 //! printed as is), or `audit` found inconsistencies; 2 bad usage or bad
@@ -7,6 +8,8 @@
 //! stdout carries only the result: nothing is printed there on error.
 
 mod client;
+mod evict;
+mod gc;
 mod output;
 mod validate;
 mod watch;
@@ -76,6 +79,16 @@ enum Command {
     /// its key and the fix, after the store's schema version. Exit 0 when
     /// the store is sound, 1 when not.
     Audit,
+    /// Garbage collection by Kubernetes truth, now: release bindings whose
+    /// pod and StatefulSet have been gone for longer than the controller's
+    /// --binding-gc-grace-seconds, and attachments whose pod and node are
+    /// gone. Asks the controller (ipamd --role controller or both) on
+    /// --socket; the replica that leads answers.
+    Gc {
+        /// List what would be released and why; release nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,8 +218,18 @@ enum IpCommand {
         address: String,
         /// Also end the live attachment now, if it is on ipamd's own node (the
         /// pod loses its interface) or on a node that is not alive.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "delete_pod")]
         force: bool,
+        /// Delete the pod that holds the IP through the Kubernetes Eviction
+        /// API (PodDisruptionBudgets are honoured: a refusal changes
+        /// nothing), then mark the IP so its binding goes with the pod's
+        /// DEL. Needs create on pods/eviction in the pod's namespace.
+        #[arg(long)]
+        delete_pod: bool,
+        /// With --delete-pod: the kubeconfig to reach the API server with.
+        /// Default: KUBECONFIG, ~/.kube/config, or the pod's service account.
+        #[arg(long, value_name = "PATH")]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -247,6 +270,10 @@ enum Rpc {
     ListBindings(String),
     ListNodes,
     Audit,
+    /// `gc`: the controller's service; true = dry run.
+    CollectGarbage(bool),
+    /// `ip evict --delete-pod`: ipamd and the Kubernetes API.
+    EvictPod(evict::DeletePod),
 }
 
 /// Checks the command line and turns it into an RPC, without I/O.
@@ -317,11 +344,23 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
             IpCommand::Release { address } => {
                 Rpc::ReleaseIp(validate::address("IP", address)?.to_string())
             }
-            IpCommand::Evict { address, force } => Rpc::EvictIp(validate::evict(address, *force)?),
+            IpCommand::Evict {
+                address,
+                delete_pod: true,
+                kubeconfig,
+                ..
+            } => Rpc::EvictPod(evict::DeletePod {
+                address: validate::address("IP", address)?.to_string(),
+                kubeconfig: kubeconfig.clone(),
+            }),
+            IpCommand::Evict { address, force, .. } => {
+                Rpc::EvictIp(validate::evict(address, *force)?)
+            }
         },
         Command::Binding(BindingCommand::List { pool }) => Rpc::ListBindings(pool_filter(pool)?),
         Command::Node(NodeCommand::List) => Rpc::ListNodes,
         Command::Audit => Rpc::Audit,
+        Command::Gc { dry_run } => Rpc::CollectGarbage(*dry_run),
     })
 }
 
@@ -391,6 +430,9 @@ async fn call(
             output::pool_export(&reply, export_format)
         }
         Rpc::WatchPool(..) => unreachable!("a watch is a stream: see run_watch"),
+        Rpc::CollectGarbage(_) | Rpc::EvictPod(_) => {
+            unreachable!("not the Admin service alone: see run")
+        }
         Rpc::ListIps(pool) => {
             let reply = client.list_ips(ListIpsRequest { pool }).await?.into_inner();
             output::ip_list(&reply.ips, format)
@@ -437,11 +479,20 @@ fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<Rendered> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut client = client::connect(&cli.socket).await?;
-        let rendered = call(&mut client, rpc, cli.output)
-            .await
-            .map_err(ServerError)?;
-        Ok(rendered)
+        let channel = client::channel(&cli.socket).await?;
+        Ok(match rpc {
+            Rpc::CollectGarbage(dry_run) => {
+                let reply = gc::collect(channel, dry_run).await.map_err(ServerError)?;
+                let (text, failed) = gc::render(&reply, cli.output);
+                Rendered { text, failed }
+            }
+            Rpc::EvictPod(req) => evict::delete_pod(&mut client::admin(channel), &req, cli.output)
+                .await?
+                .into(),
+            rpc => call(&mut client::admin(channel), rpc, cli.output)
+                .await
+                .map_err(ServerError)?,
+        })
     })
 }
 
@@ -568,6 +619,43 @@ mod tests {
             Ok(Rpc::EvictIp(req)) => assert!(req.force),
             other => panic!("{other:?}"),
         }
+        match plan_of(&["ip", "evict", "10.1.0.17", "--delete-pod"]) {
+            Ok(Rpc::EvictPod(req)) => {
+                assert_eq!((req.address.as_str(), req.kubeconfig), ("10.1.0.17", None))
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&[
+            "ip",
+            "evict",
+            "10.1.0.17",
+            "--delete-pod",
+            "--kubeconfig",
+            "/k",
+        ]) {
+            Ok(Rpc::EvictPod(req)) => assert_eq!(req.kubeconfig, Some(PathBuf::from("/k"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "ipamctl",
+                "ip",
+                "evict",
+                "10.1.0.17",
+                "--delete-pod",
+                "--force"
+            ])
+            .is_err(),
+            "--delete-pod and --force: one or the other"
+        );
+        match plan_of(&["gc", "--dry-run"]) {
+            Ok(Rpc::CollectGarbage(true)) => {}
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["gc"]) {
+            Ok(Rpc::CollectGarbage(false)) => {}
+            other => panic!("{other:?}"),
+        }
         match plan_of(&["node", "list"]) {
             Ok(Rpc::ListNodes) => {}
             other => panic!("{other:?}"),
@@ -618,6 +706,7 @@ mod tests {
             (&["ip", "show", "fd00::1"][..], "IP"),
             (&["ip", "evict", "10.1.0.17/24"][..], "IP"),
             (&["ip", "evict", "--force", "web-0"][..], "IP"),
+            (&["ip", "evict", "--delete-pod", "web-0"][..], "IP"),
             (&["pool", "export", "Web", "--watch"][..], "NAME"),
             (
                 &["pool", "export", "web", "--watch", "--format", "csv"][..],

@@ -36,11 +36,18 @@ impl Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GcMode {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Role {
     /// This node's CNI operations: the datapath and the socket (default).
     Node,
     /// The cluster's control loops, one active replica at a time through a
-    /// Lease; no datapath, no socket. Needs the Kubernetes API.
+    /// Lease; no datapath; its socket serves only `ipamctl gc`. Needs the
+    /// Kubernetes API.
     Controller,
     /// Both in one process: a one-node install on the embedded store.
     Both,
@@ -72,7 +79,18 @@ struct Args {
     /// duration); candidates read the Lease this often, at most every 2 s.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     lease_renew_seconds: u64,
-    /// Unix socket to serve the CNI and admin APIs on (root-only, 0600).
+    /// Controller: a binding is released once no pod of its name and no
+    /// StatefulSet that would own it has existed for this long; an
+    /// attachment whose pod is gone, once its Node has been NotReady this
+    /// long (or is deleted) and moor's agent there has stopped reporting.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    binding_gc_grace_seconds: u64,
+    /// Controller: `auto` releases what is due every few seconds; `manual`
+    /// keeps counting the grace but releases only on `ipamctl gc`.
+    #[arg(long, value_enum, default_value = "auto")]
+    binding_gc: GcMode,
+    /// Unix socket to serve the CNI and admin APIs on (root-only, 0600); the
+    /// controller role serves its own API there (`ipamctl gc`).
     #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Where state lives: redb:PATH (embedded, one node) or
@@ -244,6 +262,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bail!("--role {}: the controller needs the Kubernetes API: give it --kubeconfig (or run it in a pod with its service account)", role_name(args.role));
         }
         lease.validate().map_err(anyhow::Error::msg)?;
+        if args.binding_gc_grace_seconds == 0 {
+            bail!("--binding-gc-grace-seconds must be more than 0 (default 600): a pod deleted and re-created by hand would lose its IP in between");
+        }
     }
     if args.role != Role::Controller && args.bridge.is_none() {
         bail!("--bridge is missing: name the bridge pods attach to (physical mode: the Linux bridge with the uplink; ovs mode: the OVS bridge)");
@@ -299,13 +320,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ipam,
             clock: Arc::new(SystemClock),
             resync: CONTROLLER_RESYNC,
+            gc_grace: Duration::from_secs(args.binding_gc_grace_seconds),
+            gc_auto: args.binding_gc == GcMode::Auto,
         };
         info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
-        c.start(stopped()).1
+        c.start(stopped())
     };
     if args.role == Role::Controller {
-        let elector = start_controller(Arc::new(Ipam::new(store.clone())));
-        let _ = elector.await;
+        let listener = api::bind(&args.socket)
+            .with_context(|| format!("binding {}", args.socket.display()))?;
+        let running = start_controller(Arc::new(Ipam::new(store.clone())));
+        api::serve_controller(running.collector, listener, stopped()).await?;
+        let _ = std::fs::remove_file(&args.socket);
+        // It releases the Lease on the same signal.
+        let _ = tokio::time::timeout(Duration::from_secs(3), running.elector).await;
         return Ok(());
     }
     let bridge = args
@@ -439,7 +467,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tasks::spawn_sweep(node.clone(), every);
     }
 
-    let elector = (args.role == Role::Both).then(|| start_controller(node.ipam.clone()));
+    let controller = (args.role == Role::Both).then(|| start_controller(node.ipam.clone()));
+    let (elector, collector) = match controller {
+        Some(c) => (Some(c.elector), Some(c.collector)),
+        None => (None, None),
+    };
     let ipam = node.ipam.clone();
     let shutdown = {
         let stopped = stopped();
@@ -449,7 +481,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ipam.shut_down();
         }
     };
-    api::serve(node, listener, shutdown).await?;
+    api::serve(node, collector, listener, shutdown).await?;
     let _ = std::fs::remove_file(&args.socket);
     if let Some(elector) = elector {
         // It releases the Lease on the same signal.

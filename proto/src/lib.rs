@@ -1,6 +1,7 @@
 //! The gRPC contract of moor, package `moor.v1`: the `Cni` service the plugin
-//! calls and the `Admin` service `ipamctl` calls. Both are served by `ipamd` on
-//! one unix socket.
+//! calls and the `Admin` service `ipamctl` calls, both served by `ipamd` on
+//! one unix socket; the `Controller` service (`controller.proto`) that the
+//! controller role serves on its socket.
 
 #[allow(clippy::all)]
 pub mod v1 {

@@ -105,6 +105,8 @@ pub struct Layout {
     /// ipamd's `--log`.
     pub log: String,
     pub fabric: Fabric,
+    /// More flags for every node's ipamd (e.g. `--kubeconfig PATH`).
+    pub ipamd_args: Vec<String>,
 }
 
 impl Default for Layout {
@@ -114,6 +116,7 @@ impl Default for Layout {
             nodes: Vec::new(),
             log: "info".into(),
             fabric: Fabric::default(),
+            ipamd_args: Vec::new(),
         }
     }
 }
@@ -255,6 +258,7 @@ pub struct Cluster {
     /// The etcd members (data under /dev/shm when there is one).
     etcd: EtcdCluster,
     log_level: String,
+    ipamd_args: Vec<String>,
     bins: &'static Bins,
     netns: Namespaces,
 }
@@ -295,6 +299,7 @@ impl Cluster {
             dir,
             etcd,
             log_level: layout.log.clone(),
+            ipamd_args: layout.ipamd_args.clone(),
             bins: bins(),
             netns: Namespaces::new(&id),
             id,
@@ -639,6 +644,7 @@ impl Cluster {
             .args(["--netns", &netns, "--node", &node.name, "--tor", &node.tor])
             .args(&node.datapath_args)
             .args(["--log", &self.log_level])
+            .args(&self.ipamd_args)
             .arg("--pending-dir")
             .arg(&node.pending_dir)
             .kill_with_thread()

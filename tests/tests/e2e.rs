@@ -13,7 +13,8 @@
 //! 5. `daemon_down`: DEL while ipamd is stopped; ADD while it is down.
 //! 6. `bad_input`: a table of bad config/env/CLI input, none changing state.
 //!
-//! `controller`: issue 11's two controllers sharing a Lease.
+//! `controller`: issue 11's two controllers sharing a Lease; `gc`: its
+//! garbage collection by Kubernetes truth and eviction by IP.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -37,6 +38,8 @@ mod daemon_down;
 mod datapath;
 #[path = "e2e/field_rules.rs"]
 mod field_rules;
+#[path = "e2e/gc.rs"]
+mod gc;
 #[path = "e2e/install_cni.rs"]
 mod install_cni;
 #[path = "e2e/ovs_cluster.rs"]

@@ -6,11 +6,14 @@
 //! nothing on the pod path: a pod's ADD never waits for the controller.
 //!
 //! Loops so far: `pools` (a workload declaring `moor.io/pool-size` gets its
-//! pool, `declared.rs`).
+//! pool, `declared.rs`); `gc` (bindings and attachments Kubernetes says
+//! nobody uses any more, `leftovers.rs`).
 
 mod declared;
 mod elector;
+mod gc;
 mod leadership;
+mod leftovers;
 mod pools;
 
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::ipam::Ipam;
+use crate::kubernetes::cluster::ClusterCache;
 use crate::kubernetes::lease::LeaseApi;
 use crate::kubernetes::workloads::Workloads;
 
@@ -25,7 +29,9 @@ pub use declared::{
     declared_pool, derived_pool_name, POLICY_ANNOTATION, POOL_SIZE_ANNOTATION, TORS_ANNOTATION,
 };
 pub use elector::{Elector, Step};
+pub use gc::{Collection, Collector, Outcome};
 pub use leadership::{Fence, Leadership, NotLeader};
+pub use leftovers::{Reason, Release, Target};
 pub use pools::{DeclaredPools, Pass};
 
 /// Longest pause between a candidate's reads of the Lease.
@@ -107,24 +113,51 @@ pub struct Controller {
     pub clock: Arc<dyn Clock>,
     /// Full pass of each loop at least this often.
     pub resync: Duration,
+    /// `--binding-gc-grace-seconds`: how long a pod (and its StatefulSet)
+    /// must stay gone before its binding is released, and a Node NotReady
+    /// before its attachments are.
+    pub gc_grace: Duration,
+    /// Garbage collection releases what is due by itself (else only on
+    /// `ipamctl gc`).
+    pub gc_auto: bool,
+}
+
+/// A started controller.
+pub struct Running {
+    pub leadership: Leadership,
+    /// The elector: ends (releasing the Lease) once `stop` completes.
+    pub elector: tokio::task::JoinHandle<()>,
+    /// Garbage collection, for `ipamctl gc`.
+    pub collector: Arc<Collector>,
 }
 
 impl Controller {
-    /// Starts the watches and the loops; the returned future runs the
-    /// elector until `stop` completes, then releases the Lease.
-    pub fn start(
-        self,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> (Leadership, tokio::task::JoinHandle<()>) {
+    /// Starts the watches and the loops; the elector runs until `stop`
+    /// completes, then releases the Lease.
+    pub fn start(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Running {
         let leadership = Leadership::new();
         let workloads = Arc::new(Workloads::start(self.client.clone()));
         let pools = DeclaredPools {
             ipam: self.ipam.clone(),
-            workloads,
+            workloads: workloads.clone(),
             leadership: leadership.clone(),
             resync: self.resync,
         };
         tokio::spawn(pools.run());
+        let collector = Arc::new(Collector {
+            ipam: self.ipam.clone(),
+            cluster: Arc::new(ClusterCache::start(self.client.clone())),
+            workloads,
+            leadership: leadership.clone(),
+            clock: self.clock.clone(),
+            client: self.client.clone(),
+            identity: self.lease.identity.clone(),
+            grace: self.gc_grace,
+            auto: self.gc_auto,
+            resync: self.resync,
+            clocks: Default::default(),
+        });
+        tokio::spawn(collector.clone().run());
         let api = LeaseApi::new(
             self.client,
             &self.lease.namespace,
@@ -132,7 +165,11 @@ impl Controller {
             self.lease.request_timeout(),
         );
         let elector = Elector::new(self.lease, api, self.clock, leadership.clone());
-        (leadership, tokio::spawn(elector.run(stop)))
+        Running {
+            leadership,
+            elector: tokio::spawn(elector.run(stop)),
+            collector,
+        }
     }
 }
 

@@ -10,12 +10,14 @@
 //! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
 //! - `attach`: the ADD path: which pool, which IP, pending -> ready;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
+//! - `reclaim`: garbage collection's release of a binding nobody uses;
 //! - `watch`: a pool's IP set as a stream (whitelist syncers);
 //! - `registry`: the node records (heartbeats) the refusal messages cite.
 
 mod attach;
 mod ips;
 mod pools;
+mod reclaim;
 pub mod registry;
 mod release;
 mod tors;

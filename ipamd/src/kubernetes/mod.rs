@@ -9,14 +9,17 @@
 //! reads workloads from pod names, as before.
 //!
 //! For the controller role: `lease` (one Lease, written with optimistic
-//! concurrency, for leader election) and `workloads` (watches of
-//! StatefulSets and Deployments).
+//! concurrency, for leader election), `workloads` (watches of
+//! StatefulSets and Deployments), `cluster` (watches of every Pod and Node,
+//! for garbage collection) and `notes` (an Event per release).
 
 mod api;
 mod client;
+pub mod cluster;
 mod events;
 pub mod fake;
 pub mod lease;
+pub mod notes;
 pub mod workloads;
 
 use async_trait::async_trait;

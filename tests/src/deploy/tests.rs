@@ -844,7 +844,8 @@ fn controller_deployment_runs_the_controller_role_with_its_own_account() {
         ns
     );
 
-    // Its grants, exactly: the Lease in its namespace, workloads read-only.
+    // Its grants, exactly: the Lease in its namespace, workloads, pods
+    // and nodes read-only, Events on the pods it releases IPs of.
     let expected: BTreeSet<Grant> = [
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
@@ -855,6 +856,11 @@ fn controller_deployment_runs_the_controller_role_with_its_own_account() {
         ("apps", "deployments", "get"),
         ("apps", "deployments", "list"),
         ("apps", "deployments", "watch"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("", "events", "create"),
     ]
     .into_iter()
     .map(|(g, r, v)| Grant::new(g, r, v))
