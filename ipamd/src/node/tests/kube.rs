@@ -64,15 +64,19 @@ fn with_api(mut h: Harness, tor: Option<&str>) -> (Harness, Arc<FakeCluster>) {
 
 async fn pool(h: &Harness, name: &str, namespace: &str, allow: &[&str]) {
     h.ipam
-        .create_pool(&PoolSpec {
-            name: name.into(),
-            namespace: namespace.into(),
-            app: name.into(),
-            size: 2,
-            tors: vec![],
-            policy: Policy::Auto,
-            allow_namespaces: allow.iter().map(|s| s.to_string()).collect(),
-        })
+        .create_pool(
+            &PoolSpec {
+                name: name.into(),
+                namespace: namespace.into(),
+                app: name.into(),
+                size: 2,
+                tors: vec![],
+                policy: Policy::Auto,
+                allow_namespaces: allow.iter().map(|s| s.to_string()).collect(),
+                ..PoolSpec::default()
+            },
+            0,
+        )
         .await
         .unwrap();
 }
