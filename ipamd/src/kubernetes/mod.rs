@@ -9,12 +9,14 @@
 //! reads workloads from pod names, as before.
 //!
 //! For the controller role: `lease` (one Lease, written with optimistic
-//! concurrency, for leader election) and `workloads` (watches of
-//! StatefulSets and Deployments).
+//! concurrency, for leader election), `workloads` (watches of the workload
+//! kinds that declare pools), `configmaps` (the pools' whitelist
+//! ConfigMaps) and `events` (Events on workloads).
 
 mod api;
 mod client;
-mod events;
+pub mod configmaps;
+pub mod events;
 pub mod fake;
 pub mod lease;
 pub mod workloads;
