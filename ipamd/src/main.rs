@@ -14,9 +14,6 @@ use moor_ipamd::node::{heartbeat, tasks, Mirror, Node, NodeConfig};
 use moor_ipamd::{api, controller, store};
 use tracing::{error, info};
 
-/// The controller's loops make a full pass at least this often.
-const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
     /// Pods go onto a Linux bridge that carries the host's uplink to the ToR.
@@ -72,6 +69,16 @@ struct Args {
     /// duration); candidates read the Lease this often, at most every 2 s.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     lease_renew_seconds: u64,
+    /// Controller: a full pass of its loops at least this often (besides
+    /// one on every workload change): retries failed writes and deletes a
+    /// gone workload's pool once its last IP is released.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    controller_resync_seconds: u64,
+    /// IPs a pool gives back (it shrank or was deleted) are carved by no
+    /// pool for this long, so a database never sees another app's pod on
+    /// an IP it still trusts (whitelists are updated first). 0: at once.
+    #[arg(long, default_value_t = moor_ipamd::ipam::DEFAULT_IP_COOLDOWN_SECS, value_name = "SECONDS")]
+    ip_cooldown_seconds: u64,
     /// Unix socket to serve the CNI and admin APIs on (root-only, 0600).
     #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -263,8 +270,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.role == Role::Node && kube.is_none() && args.tor.is_none() {
         bail!("--tor is missing: name the ToR this node is under (or give ipamd the Kubernetes API with --kubeconfig and label the node: kubectl label node NODE {}=TOR)", args.tor_label);
     }
-    if args.api_timeout_ms == 0 || args.event_interval_seconds == 0 {
-        bail!("--api-timeout-ms and --event-interval-seconds must be more than 0");
+    if args.api_timeout_ms == 0
+        || args.event_interval_seconds == 0
+        || args.controller_resync_seconds == 0
+    {
+        bail!("--api-timeout-ms, --event-interval-seconds and --controller-resync-seconds must be more than 0");
     }
     let store_opts = store::StoreOptions {
         etcd_ca: args.etcd_ca.clone(),
@@ -298,13 +308,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             lease: lease.clone(),
             ipam,
             clock: Arc::new(SystemClock),
-            resync: CONTROLLER_RESYNC,
+            resync: Duration::from_secs(args.controller_resync_seconds),
+            event_interval: Duration::from_secs(args.event_interval_seconds),
         };
         info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
         c.start(stopped()).1
     };
     if args.role == Role::Controller {
-        let elector = start_controller(Arc::new(Ipam::new(store.clone())));
+        let elector = start_controller(Arc::new(
+            Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds),
+        ));
         let _ = elector.await;
         return Ok(());
     }
@@ -384,7 +397,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             gc_grace: Duration::from_secs(args.gc_grace_seconds),
             sticky_kinds: args.sticky_owner_kinds.clone(),
         },
-        Arc::new(Ipam::new(store.clone())),
+        Arc::new(Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds)),
         datapath,
         mirror,
         clock.clone(),
