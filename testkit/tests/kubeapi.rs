@@ -19,13 +19,16 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 async fn client(api: &FakeApi) -> Client {
+    Client::try_from(config(api).await).expect("client")
+}
+
+async fn config(api: &FakeApi) -> Config {
     let dir = TempDir::new("kubeapi");
     let kubeconfig =
         Kubeconfig::read_from(api.write_kubeconfig(dir.path())).expect("kubeconfig parses");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("config from kubeconfig");
-    Client::try_from(config).expect("client")
+        .expect("config from kubeconfig")
 }
 
 /// Polls `cond` until it holds; panics with `what` after `within`.
@@ -466,7 +469,7 @@ async fn refusals_carry_the_api_servers_status() {
 
     let e = api_error(
         c.request_text(
-            hyper::Request::get("/apis/apps/v1/namespaces/default/daemonsets")
+            hyper::Request::get("/apis/apps/v1/namespaces/default/controllerrevisions")
                 .body(vec![])
                 .unwrap(),
         )
@@ -694,4 +697,104 @@ async fn leases_take_turns_by_resource_version_and_workloads_are_served() {
         .requests()
         .iter()
         .any(|r| r.api_group == "coordination.k8s.io" && r.verb == "update"));
+}
+
+#[tokio::test]
+async fn evictions_honour_budgets_and_deletes_collect_dependents() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet, StatefulSet};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::{DeleteParams, EvictParams};
+    let api = FakeApi::start();
+    // kube's client retries a 429 up to 15 times with backoff by default:
+    // ask once, as `ipamctl ip evict --delete-pod` does.
+    let mut config = config(&api).await;
+    config.default_retry = false;
+    let client = Client::try_from(config).expect("client");
+    api.create(objects::namespace("ns"));
+    api.create(objects::statefulset("ns", "db", 3));
+    for i in 0..3 {
+        api.create(statefulset_pod("ns", "db", i).node("n1").phase("Running"));
+    }
+    api.create(objects::pod_disruption_budget("ns", "db", "db", 1));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ns");
+
+    // The budget allows one disruption: the first eviction spends it.
+    pods.evict("db-0", &EvictParams::default())
+        .await
+        .expect("first eviction");
+    assert!(
+        api.get(Resource::Pods, "ns", "db-0").is_none(),
+        "evicted pod is deleted"
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "ns");
+    let pdb = pdbs.get("db").await.unwrap();
+    assert_eq!(pdb.status.as_ref().unwrap().disruptions_allowed, Some(0));
+    // The second is refused with 429 and changes nothing.
+    let e = api_error(
+        pods.evict("db-1", &EvictParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (429, "TooManyRequests"),
+        "{e:?}"
+    );
+    assert!(e.message.contains("disruption budget"), "{}", e.message);
+    assert!(api.get(Resource::Pods, "ns", "db-1").is_some());
+    // A pod that is not running yet is evicted whatever the budget says.
+    api.modify(Resource::Pods, "ns", "db-1", |p| {
+        p["status"]["phase"] = "Pending".into()
+    });
+    pods.evict("db-1", &EvictParams::default())
+        .await
+        .expect("pending pod evicted");
+    let e = api_error(
+        pods.evict("nope", &EvictParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 404);
+    let evictions = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.subresource == "eviction" && r.verb == "create" && r.resource == "pods")
+        .count();
+    assert_eq!(evictions, 4, "the authorizer sees create on pods/eviction");
+
+    // Orphaning delete: the pod stays, its ownerReference goes.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "ns");
+    sets.delete("db", &DeleteParams::orphan()).await.unwrap();
+    let left = pods.get("db-2").await.expect("orphaned pod lives");
+    assert!(left.metadata.owner_references.is_none(), "{left:?}");
+
+    // A background delete takes the dependents with it, a ConfigMap too.
+    api.create(objects::statefulset("ns", "web", 1));
+    api.create(statefulset_pod("ns", "web", 0).node("n1"));
+    let owner = api.get(Resource::StatefulSets, "ns", "web").unwrap();
+    let cm = objects::config_map("ns", "moor-pool-web", &[("ips", "10.0.0.1\n")]).build();
+    let mut cm = cm;
+    cm["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "name": "web", "uid": owner["metadata"]["uid"]}]);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ns");
+    cms.create(&PostParams::default(), &serde_json::from_value(cm).unwrap())
+        .await
+        .unwrap();
+    sets.delete("web", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(api.get(Resource::Pods, "ns", "web-0").is_none());
+    assert!(cms.get_opt("moor-pool-web").await.unwrap().is_none());
+
+    // DaemonSets and ReplicaSets are served.
+    api.create(objects::daemonset("ns", "agent"));
+    api.create(objects::replicaset("ns", "rs", 2));
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "ns");
+    let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), "ns");
+    assert_eq!(
+        ds.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    assert_eq!(rs.get("rs").await.unwrap().spec.replicas, Some(2));
 }

@@ -178,6 +178,21 @@ impl FakeApi {
             .unwrap_or_else(|e| panic!("delete: {}", e.message))
     }
 
+    /// Deletes an object as `kubectl delete` would, with the garbage
+    /// collector's treatment of its dependents (`Propagation::Orphan` is
+    /// `--cascade=orphan`); returns its last state. Panics if it is missing.
+    pub fn delete_propagating(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        policy: super::Propagation,
+    ) -> Value {
+        self.shared
+            .write(|s| super::gc::delete(s, resource, namespace, name, policy))
+            .unwrap_or_else(|e| panic!("delete: {}", e.message))
+    }
+
     /// An object as stored now.
     pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
         lock(&self.shared.store)

@@ -1,5 +1,6 @@
 //! One HTTP request: log it, route it, answer it.
 
+use super::eviction;
 use super::list;
 use super::request::{negotiate, route, verb, ApiRequest, Query, Representation, Target};
 use super::server::{lock, Shared};
@@ -53,6 +54,7 @@ pub(crate) async fn handle(
         resource: String::new(),
         namespace: None,
         name: None,
+        subresource: String::new(),
     };
     if let Some(t) = &target {
         record.verb = verb(&method, t, *watching.as_ref().unwrap_or(&false)).to_string();
@@ -60,6 +62,7 @@ pub(crate) async fn handle(
         record.resource = t.resource.plural().to_string();
         record.namespace = t.namespace.clone();
         record.name = t.name.clone();
+        record.subresource = t.subresource.unwrap_or_default().to_string();
     }
     lock(&shared.requests).push(record);
 
@@ -100,6 +103,15 @@ pub(crate) async fn handle(
             )))
         }
     };
+    if target.subresource.is_some() {
+        return Ok(match method.as_str() {
+            "POST" => match eviction::evict(&shared, &target, &content_type, &body) {
+                Ok((code, object)) => json_response(code, &object),
+                Err(status) => status_response(&status),
+            },
+            _ => status_response(&Status::method_not_allowed()),
+        });
+    }
     let answer = match (method.as_str(), target.name.is_some()) {
         ("GET", true) => get(&shared, &target, repr),
         ("GET", false) if watching => return Ok(watch::start(shared, &target, &query, repr)),

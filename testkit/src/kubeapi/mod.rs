@@ -6,6 +6,10 @@
 //!
 //! # What it serves
 //! - Resources ([`Resource`]): core/v1 `pods`, `namespaces`, `nodes`,
+//!   `configmaps`; apps/v1 `daemonsets`, `replicasets`; policy/v1
+//!   `poddisruptionbudgets`; `pods/eviction` (PodDisruptionBudgets honoured,
+//!   `eviction.rs`); a DELETE collects dependents by ownerReferences as the
+//!   garbage collector would (`propagationPolicy`, `gc.rs`);
 //!   `events`; events.k8s.io/v1 `events` (kube-runtime's `Recorder`);
 //!   batch/v1 `jobs`; apps/v1 `statefulsets`, `deployments`;
 //!   coordination.k8s.io/v1 `leases` (leader election: a PUT with a stale
@@ -76,6 +80,8 @@
 //! the current resourceVersion, so clients resuming older ones relist.
 
 mod control;
+mod eviction;
+mod gc;
 mod handler;
 mod list;
 pub mod objects;
@@ -89,6 +95,7 @@ mod watch;
 mod write;
 
 pub use control::{FakeApi, FakeApiBuilder};
+pub use gc::Propagation;
 pub use request::ApiRequest;
 pub use resource::Resource;
 pub use status::Status;

@@ -177,7 +177,8 @@ pub fn bare_pod(namespace: &str, name: &str) -> ObjectBuilder {
 }
 
 /// StatefulSet `set`'s pod `ordinal`, named `set-ordinal`, as the
-/// StatefulSet controller makes it.
+/// StatefulSet controller makes it from [`statefulset`]'s template
+/// (`app: set`).
 pub fn statefulset_pod(namespace: &str, set: &str, ordinal: u32) -> ObjectBuilder {
     let name = format!("{set}-{ordinal}");
     let revision = format!("{set}-{}", template_hash(set));
@@ -187,6 +188,7 @@ pub fn statefulset_pod(namespace: &str, set: &str, ordinal: u32) -> ObjectBuilde
         None,
         Some(owner("apps/v1", "StatefulSet", namespace, set)),
     )
+    .label("app", set)
     .label("controller-revision-hash", &revision)
     .label("statefulset.kubernetes.io/pod-name", &name)
     .label("apps.kubernetes.io/pod-index", &ordinal.to_string())
@@ -205,6 +207,7 @@ pub fn deployment_pod(namespace: &str, deployment: &str, hash: &str) -> ObjectBu
         Some(&generate),
         Some(owner("apps/v1", "ReplicaSet", namespace, &replicaset)),
     )
+    .label("app", deployment)
     .label("pod-template-hash", hash)
 }
 
@@ -219,6 +222,7 @@ pub fn daemonset_pod(namespace: &str, set: &str) -> ObjectBuilder {
         Some(&generate),
         Some(owner("apps/v1", "DaemonSet", namespace, set)),
     )
+    .label("app", set)
     .label("controller-revision-hash", &template_hash(set))
     .label("pod-template-generation", "1")
 }
@@ -358,6 +362,70 @@ pub fn node(name: &str) -> ObjectBuilder {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             "addresses": [{"type": "Hostname", "address": name}],
         },
+    }))
+}
+
+/// DaemonSet `name` as a user applies it, selecting `app: name`.
+pub fn daemonset(namespace: &str, name: &str) -> ObjectBuilder {
+    let mut spec = workload_spec(name, 0);
+    if let Some(s) = spec.as_object_mut() {
+        s.remove("replicas");
+    }
+    spec["updateStrategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}});
+    ObjectBuilder(json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": owner_uid("DaemonSet", namespace, name)},
+        "spec": spec,
+        "status": {"currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0, "numberReady": 0},
+    }))
+}
+
+/// ReplicaSet `name` with `replicas` pods, as a user applies one without
+/// a Deployment (a Deployment's own ReplicaSets: add its ownerReference).
+pub fn replicaset(namespace: &str, name: &str, replicas: u32) -> ObjectBuilder {
+    ObjectBuilder(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": owner_uid("ReplicaSet", namespace, name)},
+        "spec": workload_spec(name, replicas),
+        "status": {"replicas": 0},
+    }))
+}
+
+/// PodDisruptionBudget `name` over the pods labelled `app: app`, with the
+/// status the disruption controller would have computed: `allowed`
+/// disruptions.
+pub fn pod_disruption_budget(
+    namespace: &str,
+    name: &str,
+    app: &str,
+    allowed: u32,
+) -> ObjectBuilder {
+    ObjectBuilder(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": app}}},
+        "status": {"observedGeneration": 1, "disruptionsAllowed": allowed,
+                   "currentHealthy": allowed + 1, "desiredHealthy": 1, "expectedPods": allowed + 1},
+    }))
+}
+
+/// ConfigMap `name` holding `data`.
+pub fn config_map(namespace: &str, name: &str, data: &[(&str, &str)]) -> ObjectBuilder {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    ObjectBuilder(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
     }))
 }
 

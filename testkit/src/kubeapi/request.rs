@@ -28,6 +28,8 @@ pub struct ApiRequest {
     pub namespace: Option<String>,
     /// The object name in the path, if any.
     pub name: Option<String>,
+    /// The subresource (`eviction`), "" for none.
+    pub subresource: String,
 }
 
 impl ApiRequest {
@@ -43,6 +45,8 @@ pub(crate) struct Target {
     pub(crate) resource: Resource,
     pub(crate) namespace: Option<String>,
     pub(crate) name: Option<String>,
+    /// The one subresource served: `eviction` of a pod.
+    pub(crate) subresource: Option<&'static str>,
 }
 
 /// Resolves a path. `None`: the fake serves nothing there (404).
@@ -62,6 +66,7 @@ pub(crate) fn route(path: &str) -> Option<Target> {
         resource,
         namespace: namespace.map(str::to_string),
         name: name.map(str::to_string),
+        subresource: None,
     };
     match rest {
         ["namespaces", ns, plural] => find(plural)
@@ -74,7 +79,12 @@ pub(crate) fn route(path: &str) -> Option<Target> {
         [plural, name] => find(plural)
             .filter(|r| !r.namespaced())
             .map(|r| target(r, None, Some(name))),
-        // Subresources (status, log, binding, eviction...) are not served.
+        ["namespaces", ns, "pods", name, "eviction"] if prefix == "/api/v1" => {
+            let mut t = target(Resource::Pods, Some(ns), Some(name));
+            t.subresource = Some("eviction");
+            Some(t)
+        }
+        // Other subresources (status, log, binding...) are not served.
         _ => None,
     }
 }
@@ -233,7 +243,18 @@ mod tests {
             (t.resource, verb("PUT", &t, false)),
             (Resource::Leases, "update")
         );
-        assert!(route("/apis/apps/v1/namespaces/ns/daemonsets").is_none());
+        let t = route("/apis/apps/v1/namespaces/ns/daemonsets").unwrap();
+        assert_eq!(
+            (t.resource, verb("GET", &t, false)),
+            (Resource::DaemonSets, "list")
+        );
+        let t = route("/api/v1/namespaces/ns/pods/db-0/eviction").unwrap();
+        assert_eq!(
+            (t.resource, t.subresource, verb("POST", &t, false)),
+            (Resource::Pods, Some("eviction"), "create")
+        );
+        assert!(route("/api/v1/namespaces/ns/pods/db-0/status").is_none());
+        assert!(route("/api/v1/namespaces/ns/configmaps/db/eviction").is_none());
     }
 
     #[test]

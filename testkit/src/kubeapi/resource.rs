@@ -25,10 +25,18 @@ pub enum Resource {
     Deployments,
     /// coordination.k8s.io/v1 `leases` (leader election).
     Leases,
+    /// core/v1 `configmaps`.
+    ConfigMaps,
+    /// apps/v1 `daemonsets`.
+    DaemonSets,
+    /// apps/v1 `replicasets`.
+    ReplicaSets,
+    /// policy/v1 `poddisruptionbudgets` (read by the Eviction API).
+    PodDisruptionBudgets,
 }
 
 /// Every resource, for routing.
-pub(crate) const ALL: [Resource; 9] = [
+pub(crate) const ALL: [Resource; 13] = [
     Resource::Pods,
     Resource::Namespaces,
     Resource::Nodes,
@@ -38,6 +46,10 @@ pub(crate) const ALL: [Resource; 9] = [
     Resource::StatefulSets,
     Resource::Deployments,
     Resource::Leases,
+    Resource::ConfigMaps,
+    Resource::DaemonSets,
+    Resource::ReplicaSets,
+    Resource::PodDisruptionBudgets,
 ];
 
 impl Resource {
@@ -46,8 +58,12 @@ impl Resource {
         match self {
             Resource::Jobs => "batch",
             Resource::EventsV1 => "events.k8s.io",
-            Resource::StatefulSets | Resource::Deployments => "apps",
+            Resource::StatefulSets
+            | Resource::Deployments
+            | Resource::DaemonSets
+            | Resource::ReplicaSets => "apps",
             Resource::Leases => "coordination.k8s.io",
+            Resource::PodDisruptionBudgets => "policy",
             _ => "",
         }
     }
@@ -57,8 +73,12 @@ impl Resource {
         match self {
             Resource::Jobs => "batch/v1",
             Resource::EventsV1 => "events.k8s.io/v1",
-            Resource::StatefulSets | Resource::Deployments => "apps/v1",
+            Resource::StatefulSets
+            | Resource::Deployments
+            | Resource::DaemonSets
+            | Resource::ReplicaSets => "apps/v1",
             Resource::Leases => "coordination.k8s.io/v1",
+            Resource::PodDisruptionBudgets => "policy/v1",
             _ => "v1",
         }
     }
@@ -74,6 +94,10 @@ impl Resource {
             Resource::StatefulSets => "statefulsets",
             Resource::Deployments => "deployments",
             Resource::Leases => "leases",
+            Resource::ConfigMaps => "configmaps",
+            Resource::DaemonSets => "daemonsets",
+            Resource::ReplicaSets => "replicasets",
+            Resource::PodDisruptionBudgets => "poddisruptionbudgets",
         }
     }
 
@@ -88,6 +112,10 @@ impl Resource {
             Resource::StatefulSets => "StatefulSet",
             Resource::Deployments => "Deployment",
             Resource::Leases => "Lease",
+            Resource::ConfigMaps => "ConfigMap",
+            Resource::DaemonSets => "DaemonSet",
+            Resource::ReplicaSets => "ReplicaSet",
+            Resource::PodDisruptionBudgets => "PodDisruptionBudget",
         }
     }
 
@@ -101,8 +129,12 @@ impl Resource {
         match self {
             Resource::Jobs => "/apis/batch/v1",
             Resource::EventsV1 => "/apis/events.k8s.io/v1",
-            Resource::StatefulSets | Resource::Deployments => "/apis/apps/v1",
+            Resource::StatefulSets
+            | Resource::Deployments
+            | Resource::DaemonSets
+            | Resource::ReplicaSets => "/apis/apps/v1",
             Resource::Leases => "/apis/coordination.k8s.io/v1",
+            Resource::PodDisruptionBudgets => "/apis/policy/v1",
             _ => "/api/v1",
         }
     }
@@ -111,7 +143,13 @@ impl Resource {
     pub(crate) fn has_generation(self) -> bool {
         matches!(
             self,
-            Resource::Pods | Resource::Jobs | Resource::StatefulSets | Resource::Deployments
+            Resource::Pods
+                | Resource::Jobs
+                | Resource::StatefulSets
+                | Resource::Deployments
+                | Resource::DaemonSets
+                | Resource::ReplicaSets
+                | Resource::PodDisruptionBudgets
         )
     }
 
@@ -177,8 +215,15 @@ impl Resource {
                 ("type", "/type"),
             ],
             Resource::Jobs => &[META[0], META[1], ("status.successful", "/status/succeeded")],
-            // apps/v1 registers no field labels of its own; Leases neither.
-            Resource::StatefulSets | Resource::Deployments | Resource::Leases => &META,
+            // apps/v1 registers no field labels of its own; Leases,
+            // ConfigMaps and PodDisruptionBudgets neither.
+            Resource::StatefulSets
+            | Resource::Deployments
+            | Resource::DaemonSets
+            | Resource::ReplicaSets
+            | Resource::Leases
+            | Resource::ConfigMaps
+            | Resource::PodDisruptionBudgets => &META,
         }
     }
 

@@ -1,5 +1,6 @@
 //! POST, PUT, PATCH and DELETE of one object.
 
+use super::gc::{self, Propagation};
 use super::objects::random_suffix;
 use super::request::{Query, Target};
 use super::resource::Resource;
@@ -21,14 +22,14 @@ fn refuse_dry_run(query: &Query) -> Result<(), Status> {
 
 /// POST and PUT bodies: JSON only (the real server also takes YAML and
 /// protobuf).
-fn json_body(content_type: &str) -> Result<(), Status> {
+pub(crate) fn json_body(content_type: &str) -> Result<(), Status> {
     match content_type.split(';').next().unwrap_or_default().trim() {
         "" | "application/json" => Ok(()),
         other => Err(Status::unsupported_media_type(other)),
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, Status> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, Status> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         Status::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })?;
@@ -253,6 +254,12 @@ pub(crate) fn delete(shared: &Shared, target: &Target, query: &Query, body: &[u8
             "fake API server: dryRun is not implemented",
         ));
     }
+    let policy = Propagation::parse(
+        options
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .or(query.get("propagationPolicy")),
+    )?;
     let resource = target.resource;
     let name = target.name.clone().unwrap_or_default();
     let namespace = target.namespace.clone().unwrap_or_default();
@@ -276,7 +283,7 @@ pub(crate) fn delete(shared: &Shared, target: &Target, query: &Query, body: &[u8
                     }
                 }
             }
-            store.delete(resource, &namespace, &name)
+            gc::delete(store, resource, &namespace, &name, policy)
         })
         .map(|o| (200, o))
 }
