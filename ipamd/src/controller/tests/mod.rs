@@ -180,4 +180,4 @@ fn lease_timing_is_checked() {
     assert_eq!(defaults.poll(), Duration::from_secs(2));
 }
 
-// TEMP mod pools;
+mod pools;
