@@ -13,7 +13,8 @@
 //! 5. `daemon_down`: DEL while ipamd is stopped; ADD while it is down.
 //! 6. `bad_input`: a table of bad config/env/CLI input, none changing state.
 //!
-//! `controller`: issue 11's two controllers sharing a Lease.
+//! `controller`: issue 11's two controllers sharing a Lease;
+//! `pool_lifecycle`: issue 11's pools that follow their workloads.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -41,6 +42,8 @@ mod field_rules;
 mod install_cni;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
+#[path = "e2e/pool_lifecycle.rs"]
+mod pool_lifecycle;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 #[path = "e2e/socket.rs"]

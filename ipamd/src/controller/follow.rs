@@ -172,13 +172,14 @@ impl DeclaredPools {
                     Error::Conflict(_) | Error::Invalid(_) => e.to_string(),
                     other => format!("{other} (retrying)"),
                 };
-                self.say(
-                    mem,
-                    w,
-                    Warning,
-                    "MoorPoolRefused",
-                    &format!("{}: pool {}: {why}", w.describe(), spec.name),
-                );
+                // Most refusals name the pool already.
+                let pool = format!("pool {}", spec.name);
+                let msg = if why.contains(&pool) {
+                    format!("{}: {why}", w.describe())
+                } else {
+                    format!("{}: {pool}: {why}", w.describe())
+                };
+                self.say(mem, w, Warning, "MoorPoolRefused", &msg);
                 Ok(None)
             }
         }
