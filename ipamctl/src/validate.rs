@@ -511,6 +511,7 @@ mod tests {
             tors: &tors,
             policy,
             allow_namespaces: &[],
+            ips: &[],
         })
     }
 
