@@ -148,8 +148,11 @@ impl DeclaredPools {
         {
             pass.fenced = true;
         }
-        mem.said
-            .retain(|k, _| seen.iter().any(|w| k.starts_with(w)) || k.starts_with("pool "));
+        // Forget what was said about workloads that are gone (keys are
+        // "<workload> <reason>"; a reason has no space).
+        mem.said.retain(|k, _| {
+            k.starts_with("pool ") || k.rsplit_once(' ').is_some_and(|(w, _)| seen.contains(w))
+        });
         Ok(pass)
     }
 
