@@ -21,10 +21,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::{
-    AddTorRequest, AuditRequest, CreatePoolRequest, DeletePoolRequest, DeleteTorRequest,
-    EvictIpRequest, ExportPoolRequest, GetIpRequest, GetPoolRequest, GetTorRequest,
-    ListBindingsRequest, ListIpsRequest, ListNodesRequest, ListPoolsRequest, ListTorsRequest,
-    ReleaseIpRequest, ResizePoolRequest,
+    AddBindingRequest, AddTorRequest, AuditRequest, CreatePoolRequest, DeletePoolRequest,
+    DeleteTorRequest, EvictIpRequest, ExportPoolRequest, GetIpRequest, GetPoolRequest,
+    GetTorRequest, ListBindingsRequest, ListIpsRequest, ListNodesRequest, ListPoolsRequest,
+    ListTorsRequest, ReleaseIpRequest, ResizePoolRequest,
 };
 use tonic::transport::Channel;
 
@@ -191,6 +191,11 @@ struct PoolCreateArgs {
     /// moor.io/pool on the pod or its namespace), repeatable; `*` for all.
     #[arg(long = "allow-namespace", value_name = "NS")]
     allow_namespaces: Vec<String>,
+    /// Bring your own IPs: exactly this IP, repeatable (each in a pod range
+    /// of a ToR, in no pool, not cooling down), instead of --size carved
+    /// ones. Keep one for a pod with `binding add`.
+    #[arg(long = "ip", value_name = "IP")]
+    ips: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +251,16 @@ enum BindingCommand {
         #[arg(long, value_name = "P")]
         pool: Option<String>,
     },
+    /// Keep a free IP of a pool for a pod before the pod exists (a service
+    /// moving from a VM keeps the IP its peers whitelisted): the pod's first
+    /// ADD, on any node of the IP's ToR, takes it.
+    Add {
+        /// The pod, as NAMESPACE/NAME.
+        #[arg(value_name = "NS/POD")]
+        pod: String,
+        #[arg(value_name = "IP")]
+        address: String,
+    },
 }
 
 /// One checked RPC, ready to send.
@@ -268,6 +283,7 @@ enum Rpc {
     ReleaseIp(String),
     EvictIp(EvictIpRequest),
     ListBindings(String),
+    AddBinding(AddBindingRequest),
     ListNodes,
     Audit,
     /// `gc`: the controller's service; true = dry run.
@@ -307,6 +323,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                     tors: &a.tors,
                     policy: a.policy.as_deref(),
                     allow_namespaces: &a.allow_namespaces,
+                    ips: &a.ips,
                 })?)
             }
             PoolCommand::Resize { name: n, size } => Rpc::ResizePool(ResizePoolRequest {
@@ -358,6 +375,9 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
             }
         },
         Command::Binding(BindingCommand::List { pool }) => Rpc::ListBindings(pool_filter(pool)?),
+        Command::Binding(BindingCommand::Add { pod, address }) => {
+            Rpc::AddBinding(validate::binding_add(pod, address)?)
+        }
         Command::Node(NodeCommand::List) => Rpc::ListNodes,
         Command::Audit => Rpc::Audit,
         Command::Gc { dry_run } => Rpc::CollectGarbage(*dry_run),
@@ -455,6 +475,10 @@ async fn call(
                 .await?
                 .into_inner();
             output::binding_list(&reply.bindings, format)
+        }
+        Rpc::AddBinding(req) => {
+            let binding = client.add_binding(req).await?.into_inner();
+            output::binding_list(&[binding], format)
         }
         Rpc::ListNodes => {
             let reply = client.list_nodes(ListNodesRequest {}).await?.into_inner();

@@ -9,7 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use moor_proto::fields::{self, FieldError, MAX_POOL_SIZE};
-use moor_proto::v1::{AddTorRequest, CreatePoolRequest, EvictIpRequest, IpRange, ReleasePolicy};
+use moor_proto::v1::{
+    AddBindingRequest, AddTorRequest, CreatePoolRequest, EvictIpRequest, IpRange, PodRef,
+    ReleasePolicy,
+};
 
 use crate::output::{ExportFormat, Format, WatchFormat};
 
@@ -77,6 +80,8 @@ pub struct PoolCreate<'a> {
     pub policy: Option<&'a str>,
     /// `--allow-namespace`, repeatable; `*` = every namespace.
     pub allow_namespaces: &'a [String],
+    /// `--ip`, repeatable: bring your own IPs.
+    pub ips: &'a [String],
 }
 
 pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
@@ -163,6 +168,28 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
             allow_namespaces.push(ns);
         }
     }
+    let mut ips: Vec<Ipv4Addr> = Vec::new();
+    for ip in args.ips {
+        let a = address("--ip", ip)?;
+        if ips.contains(&a) {
+            return Err(InputError::new(
+                "--ip",
+                ip,
+                "is given twice; name each IP once",
+            ));
+        }
+        ips.push(a);
+    }
+    if !ips.is_empty() && size != 0 && size as usize != ips.len() {
+        return Err(InputError::new(
+            "--size",
+            &size.to_string(),
+            format!(
+                "differs from the {} IPs given with --ip; leave --size out, the IPs make the pool",
+                ips.len()
+            ),
+        ));
+    }
     Ok(CreatePoolRequest {
         name,
         namespace,
@@ -171,6 +198,28 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
         tors,
         policy: policy.into(),
         allow_namespaces,
+        ips: ips.iter().map(|ip| ip.to_string()).collect(),
+    })
+}
+
+/// `binding add NS/POD IP`.
+pub fn binding_add(pod: &str, address: &str) -> Result<AddBindingRequest, InputError> {
+    let Some((ns, name)) = pod.split_once('/') else {
+        return Err(InputError::new(
+            "NS/POD",
+            pod,
+            "is not NAMESPACE/NAME; write the pod like shop/db-0",
+        ));
+    };
+    fields::namespace("NS/POD", ns)?;
+    fields::pod_name("NS/POD", name)?;
+    Ok(AddBindingRequest {
+        pod: Some(PodRef {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            uid: String::new(),
+        }),
+        address: self::address("IP", address)?.to_string(),
     })
 }
 
@@ -462,6 +511,7 @@ mod tests {
             tors: &tors,
             policy,
             allow_namespaces: &[],
+            ips: &[],
         })
     }
 

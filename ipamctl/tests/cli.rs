@@ -192,6 +192,71 @@ fn bad_input_exits_2_names_the_flag_and_prints_nothing_on_stdout() {
         ),
         (&["node", "list", "node-1"], "node-1", "unexpected"),
         (&["node", "show"], "show", "unrecognized subcommand"),
+        // Bring your own IPs.
+        (
+            &[
+                "pool",
+                "create",
+                "db",
+                "--namespace",
+                "shop",
+                "--app",
+                "db",
+                "--ip",
+                "10.1.0.5/24",
+            ],
+            "--ip",
+            "no /prefix",
+        ),
+        (
+            &[
+                "pool",
+                "create",
+                "db",
+                "--namespace",
+                "shop",
+                "--app",
+                "db",
+                "--ip",
+                "10.1.0.5",
+                "--ip",
+                "10.1.0.5",
+            ],
+            "--ip",
+            "given twice",
+        ),
+        (
+            &[
+                "pool",
+                "create",
+                "db",
+                "--namespace",
+                "shop",
+                "--app",
+                "db",
+                "--size",
+                "3",
+                "--ip",
+                "10.1.0.5",
+            ],
+            "--size",
+            "the IPs make the pool",
+        ),
+        (
+            &["binding", "add", "db-0", "10.1.0.5"],
+            "NS/POD",
+            "shop/db-0",
+        ),
+        (
+            &["binding", "add", "shop/Db_0", "10.1.0.5"],
+            "NS/POD",
+            "db-0",
+        ),
+        (
+            &["binding", "add", "shop/db-0", "10.1.0"],
+            "IP",
+            "10.1.0.17",
+        ),
     ];
     for (args, flag, fix) in cases {
         let out = ipamctl(&socket, args);
@@ -484,6 +549,20 @@ impl Admin for FakeAdmin {
     ) -> Result<Response<ListBindingsReply>, Status> {
         Ok(Response::new(ListBindingsReply { bindings: vec![] }))
     }
+    async fn add_binding(
+        &self,
+        r: Request<AddBindingRequest>,
+    ) -> Result<Response<Binding>, Status> {
+        let r = r.into_inner();
+        self.saw(&r);
+        Ok(Response::new(Binding {
+            pod: r.pod,
+            pool: "db".into(),
+            address: r.address,
+            tor: "rack-1".into(),
+            attached: false,
+        }))
+    }
     async fn evict_ip(&self, r: Request<EvictIpRequest>) -> Result<Response<EvictIpReply>, Status> {
         let r = r.into_inner();
         self.saw(&r);
@@ -661,7 +740,40 @@ fn talks_to_ipamd_over_the_socket() {
         ],
     ));
     ok(&ipamctl(&socket, &["ip", "list", "--pool", "mysql"]));
+    ok(&ipamctl(
+        &socket,
+        &[
+            "pool",
+            "create",
+            "db",
+            "--namespace",
+            "shop",
+            "--app",
+            "db",
+            "--ip",
+            "10.1.0.6",
+            "--ip",
+            "10.1.0.5",
+        ],
+    ));
+    let bound = ok(&ipamctl(
+        &socket,
+        &["binding", "add", "shop/db-0", "10.1.0.6"],
+    ));
+    assert!(
+        bound.contains("shop/db-0") && bound.contains("10.1.0.6"),
+        "{bound}"
+    );
     let seen = fake.seen.lock().unwrap().clone();
+    assert!(
+        seen[3].contains(r#"ips: ["10.1.0.6", "10.1.0.5"]"#) && seen[3].contains("size: 0"),
+        "the IPs in the order given: {seen:?}"
+    );
+    assert!(
+        seen[4].contains(r#"namespace: "shop", name: "db-0""#)
+            && seen[4].contains(r#"address: "10.1.0.6""#),
+        "{seen:?}"
+    );
     assert!(
         seen[0].contains("vlan: 30") && seen[0].contains("first: \"10.3.0.10\""),
         "{seen:?}"

@@ -1,12 +1,11 @@
 //! ipamd: allocates sticky IPs from per-app, per-ToR pools and wires pods on
 //! this node. See docs/architecture.md.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use moor_ipamd::clock::{Clock, SystemClock};
 use moor_ipamd::datapath::{BridgeDatapath, Datapath, OvsConfig, OvsDatapath};
 use moor_ipamd::ipam::{registry::NodeRecord, Ipam};
@@ -14,211 +13,10 @@ use moor_ipamd::node::{heartbeat, tasks, Mirror, Node, NodeConfig};
 use moor_ipamd::{api, controller, store};
 use tracing::{error, info};
 
-/// The controller's loops make a full pass at least this often.
-const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
+#[path = "main/args.rs"]
+mod args;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Mode {
-    /// Pods go onto a Linux bridge that carries the host's uplink to the ToR.
-    Physical,
-    /// Pods are VLAN access ports (the VLAN of their ToR) of an Open vSwitch
-    /// bridge whose trunk port is the uplink to the ToR (--ovsdb, --uplink).
-    Ovs,
-}
-
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Physical => "physical",
-            Mode::Ovs => "ovs",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum GcMode {
-    Auto,
-    Manual,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Role {
-    /// This node's CNI operations: the datapath and the socket (default).
-    Node,
-    /// The cluster's control loops, one active replica at a time through a
-    /// Lease; no datapath; its socket serves only `ipamctl gc`. Needs the
-    /// Kubernetes API.
-    Controller,
-    /// Both in one process: a one-node install on the embedded store.
-    Both,
-}
-
-#[derive(Debug, Parser)]
-#[command(name = "ipamd", version, about = "moor's per-node IPAM daemon")]
-struct Args {
-    /// What this process runs: node, controller or both.
-    #[arg(long, env = "MOOR_ROLE", value_enum, default_value = "node")]
-    role: Role,
-    /// Controller: the coordination.k8s.io/v1 Lease its replicas elect a
-    /// leader through.
-    #[arg(long, default_value = "moor-controller", value_name = "NAME")]
-    lease_name: String,
-    /// Controller: the Lease's namespace (the controller's own).
-    #[arg(
-        long,
-        env = "MOOR_LEASE_NAMESPACE",
-        default_value = "moor-system",
-        value_name = "NAMESPACE"
-    )]
-    lease_namespace: String,
-    /// Controller: a leader that has not renewed for this long is replaced.
-    /// It stops acting a third of it earlier, on its own.
-    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
-    lease_duration_seconds: u64,
-    /// Controller: how often the leader renews (at most a third of the
-    /// duration); candidates read the Lease this often, at most every 2 s.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    lease_renew_seconds: u64,
-    /// Controller: a binding is released once no pod of its name and no
-    /// StatefulSet that would own it has existed for this long; an
-    /// attachment whose pod is gone, once its Node has been NotReady this
-    /// long (or is deleted) and moor's agent there has stopped reporting.
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
-    binding_gc_grace_seconds: u64,
-    /// Controller: `auto` releases what is due every few seconds; `manual`
-    /// keeps counting the grace but releases only on `ipamctl gc`.
-    #[arg(long, value_enum, default_value = "auto")]
-    binding_gc: GcMode,
-    /// Unix socket to serve the CNI and admin APIs on (root-only, 0600); the
-    /// controller role serves its own API there (`ipamctl gc`).
-    #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Where state lives: redb:PATH (embedded, one node) or
-    /// etcd:URL[,URL...] (etcd members' client URLs; shared by many nodes).
-    #[arg(
-        long,
-        env = "MOOR_STORE",
-        default_value = "redb:/var/lib/moor/ipamd.redb"
-    )]
-    store: String,
-    /// CA certificate (PEM) of the etcd members' certificates (https:// URLs).
-    #[arg(long, env = "MOOR_ETCD_CA")]
-    etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM) to present to etcd; goes with --etcd-key.
-    #[arg(long, env = "MOOR_ETCD_CERT")]
-    etcd_cert: Option<PathBuf>,
-    /// Private key (PEM) of --etcd-cert.
-    #[arg(long, env = "MOOR_ETCD_KEY")]
-    etcd_key: Option<PathBuf>,
-    /// Every key ipamd keeps in etcd is under this prefix.
-    #[arg(long, env = "MOOR_ETCD_PREFIX", default_value = "/moor/")]
-    etcd_prefix: String,
-    /// This node's name, as pods' attachments record it. Default: hostname.
-    #[arg(long, env = "MOOR_NODE")]
-    node: Option<String>,
-    /// The ToR (L2 domain) this node is under. It may be defined later with
-    /// `ipamctl tor add`; ADDs fail with a clear error until then. With the
-    /// Kubernetes API and no --tor, the node's label --tor-label says it.
-    #[arg(long, env = "MOOR_TOR")]
-    tor: Option<String>,
-    /// Kubeconfig of the API server whose pods this node runs (default: the
-    /// in-cluster service account when ipamd runs in a pod; without either,
-    /// ipamd reads workloads from pod names, as for podman or plain
-    /// containerd).
-    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
-    kubeconfig: Option<PathBuf>,
-    /// The Node label that names this node's ToR (with the API, no --tor).
-    #[arg(long, default_value = "moor.io/tor", value_name = "KEY")]
-    tor_label: String,
-    /// Owner kinds (GROUP/Kind) whose pods keep their IP under the auto
-    /// policy; other controllers' pods give it back. Bare pods always keep
-    /// theirs.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "apps/StatefulSet",
-        value_name = "GROUP/Kind,..."
-    )]
-    sticky_owner_kinds: Vec<moor_ipamd::core::OwnerKind>,
-    /// Bound on one API request an ADD makes (a pod missing from the cache):
-    /// an ADD against an API that does not answer fails with code 11 inside
-    /// the runtime's patience.
-    #[arg(long, default_value_t = 1500, value_name = "MS")]
-    api_timeout_ms: u64,
-    /// A pod's failed ADDs are one Event whose count is written back at most
-    /// this often.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    event_interval_seconds: u64,
-    #[arg(long, value_enum, default_value = "physical")]
-    mode: Mode,
-    /// Physical mode: the Linux bridge that carries the uplink to the ToR.
-    /// OVS mode: the OVS bridge for pods' ports (e.g. br-int), created if
-    /// missing. Required by the node role.
-    #[arg(long, env = "MOOR_BRIDGE")]
-    bridge: Option<String>,
-    /// OVS mode: ovsdb-server's endpoint, unix:PATH or tcp:IP:PORT.
-    /// Default: unix:/run/openvswitch/db.sock.
-    #[arg(long, env = "MOOR_OVSDB", value_name = "ENDPOINT")]
-    ovsdb: Option<moor_ovs::Endpoint>,
-    /// OVS mode: the node's link to the ToR, made a trunk port of --bridge
-    /// (and set up) if it is not one yet. It must exist in ovs-vswitchd's
-    /// network namespace (--netns).
-    #[arg(long, env = "MOOR_UPLINK", value_name = "IFACE")]
-    uplink: Option<String>,
-    /// OVS mode: the VLANs the uplink trunks, e.g. 100,200. Default: all.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "VLAN,...",
-        requires = "uplink"
-    )]
-    uplink_vlans: Vec<u16>,
-    /// OVS mode: datapath_type of --bridge when ipamd creates it (netdev: the
-    /// userspace datapath, for hosts without the openvswitch kernel module).
-    /// An existing bridge with another type is an error.
-    #[arg(long, value_name = "TYPE")]
-    ovs_datapath_type: Option<String>,
-    /// OVS mode: bound on each OVSDB call, reconnecting and waiting for
-    /// ovs-vswitchd included, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
-    ovsdb_timeout_ms: u64,
-    /// Network namespace that holds --bridge and the host ends of pod veths.
-    /// Default: ipamd's own. Lets several nodes share one machine (tests)
-    /// while ipamd reaches its store from its own namespace.
-    #[arg(long, value_name = "PATH")]
-    netns: Option<PathBuf>,
-    /// Where the plugin records DELs made while ipamd is down. Default: the
-    /// socket path + ".pending" (what the plugin uses by default).
-    #[arg(long)]
-    pending_dir: Option<PathBuf>,
-    /// Local copy of this node's attachments, used with an etcd store so DEL,
-    /// CHECK, GC and restarts work while etcd is unreachable. Ignored with a
-    /// redb store (which is local already).
-    #[arg(
-        long,
-        env = "MOOR_LOCAL_STATE",
-        default_value = "/var/lib/moor/local.redb"
-    )]
-    local_state: PathBuf,
-    /// Before a pod uses its IP, probe for another owner of it for this many
-    /// milliseconds (RFC 5227 ARP probes; 1-900). A conflict fails the ADD
-    /// (code 107) and quarantines the IP until `ipamctl ip release`. Costs
-    /// that much ADD latency; 0 (the default) turns it off.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    dad_probe_ms: u64,
-    /// CNI GC and the leak sweep leave attachments younger than this alone.
-    #[arg(long, default_value_t = 60)]
-    gc_grace_seconds: u64,
-    /// Every N seconds, release this node's attachments whose host veth is
-    /// gone (seen so on two passes in a row, and older than
-    /// --gc-grace-seconds): DELs a runtime never sent. In OVS mode, also
-    /// remove moor's ports whose interface is gone. 0 turns it off.
-    #[arg(long, default_value_t = 60, value_name = "N")]
-    reconcile_interval_seconds: u64,
-    /// Log filter (tracing EnvFilter syntax), e.g. info or moor_ipamd=debug.
-    #[arg(long, env = "MOOR_LOG", default_value = "info")]
-    log: String,
-}
+use args::{Args, GcMode, Mode, Role};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -284,8 +82,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.role == Role::Node && kube.is_none() && args.tor.is_none() {
         bail!("--tor is missing: name the ToR this node is under (or give ipamd the Kubernetes API with --kubeconfig and label the node: kubectl label node NODE {}=TOR)", args.tor_label);
     }
-    if args.api_timeout_ms == 0 || args.event_interval_seconds == 0 {
-        bail!("--api-timeout-ms and --event-interval-seconds must be more than 0");
+    if args.api_timeout_ms == 0
+        || args.event_interval_seconds == 0
+        || args.controller_resync_seconds == 0
+    {
+        bail!("--api-timeout-ms, --event-interval-seconds and --controller-resync-seconds must be more than 0");
     }
     let store_opts = store::StoreOptions {
         etcd_ca: args.etcd_ca.clone(),
@@ -319,9 +120,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             lease: lease.clone(),
             ipam,
             clock: Arc::new(SystemClock),
-            resync: CONTROLLER_RESYNC,
+            resync: Duration::from_secs(args.controller_resync_seconds),
             gc_grace: Duration::from_secs(args.binding_gc_grace_seconds),
             gc_auto: args.binding_gc == GcMode::Auto,
+            event_interval: Duration::from_secs(args.event_interval_seconds),
         };
         info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
         c.start(stopped())
@@ -329,7 +131,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.role == Role::Controller {
         let listener = api::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?;
-        let running = start_controller(Arc::new(Ipam::new(store.clone())));
+        let running = start_controller(Arc::new(
+            Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds),
+        ));
         api::serve_controller(running.collector, listener, stopped()).await?;
         let _ = std::fs::remove_file(&args.socket);
         // It releases the Lease on the same signal.
@@ -412,7 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             gc_grace: Duration::from_secs(args.gc_grace_seconds),
             sticky_kinds: args.sticky_owner_kinds.clone(),
         },
-        Arc::new(Ipam::new(store.clone())),
+        Arc::new(Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds)),
         datapath,
         mirror,
         clock.clone(),

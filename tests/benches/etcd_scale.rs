@@ -698,7 +698,7 @@ async fn setup(
                     ..PoolSpec::default()
                 };
                 let t = Instant::now();
-                ipam.create_pool(&spec)
+                ipam.create_pool(&spec, now_unix())
                     .await
                     .map_err(|e| format!("pool create {}: {e}", spec.name))?;
                 lat.push(t.elapsed());
@@ -792,7 +792,7 @@ async fn setup(
         };
         let before = counters.snap();
         let t = Instant::now();
-        let r = ipam.create_pool(&spec).await;
+        let r = ipam.create_pool(&spec, now_unix()).await;
         let took = t.elapsed();
         let c = counters.snap().since(before);
         all_tors.push(json!({
@@ -816,7 +816,7 @@ async fn setup(
         match r {
             Ok(_) => {
                 println!("{what}");
-                ipam.delete_pool(&name)
+                ipam.delete_pool(&name, now_unix())
                     .await
                     .map_err(|e| format!("deleting pool {name}: {e}"))?;
             }

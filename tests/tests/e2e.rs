@@ -14,7 +14,8 @@
 //! 6. `bad_input`: a table of bad config/env/CLI input, none changing state.
 //!
 //! `controller`: issue 11's two controllers sharing a Lease; `gc`: its
-//! garbage collection by Kubernetes truth and eviction by IP.
+//! garbage collection by Kubernetes truth and eviction by IP;
+//! `pool_lifecycle`: its pools that follow their workloads.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -44,6 +45,8 @@ mod gc;
 mod install_cni;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
+#[path = "e2e/pool_lifecycle.rs"]
+mod pool_lifecycle;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 #[path = "e2e/socket.rs"]

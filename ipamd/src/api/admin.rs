@@ -12,7 +12,7 @@ use crate::ipam::{registry, PoolChange, PoolSpec};
 use crate::node::Node;
 
 use super::convert::{
-    audit_reply, evict_reply, ip_msg, parse_ip, pod_msg, policy_from, pool_msg, tor_msg,
+    audit_reply, evict_reply, ip_msg, parse_ip, pod_from, pod_msg, policy_from, pool_msg, tor_msg,
 };
 use super::status;
 
@@ -72,6 +72,11 @@ impl Admin for AdminApi {
 
     async fn create_pool(&self, r: Request<v1::CreatePoolRequest>) -> Reply<v1::Pool> {
         let r = r.into_inner();
+        let ips = r
+            .ips
+            .iter()
+            .map(|ip| parse_ip(ip))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let spec = PoolSpec {
             name: r.name,
             namespace: r.namespace,
@@ -80,11 +85,14 @@ impl Admin for AdminApi {
             tors: r.tors,
             policy: policy_from(r.policy)?,
             allow_namespaces: r.allow_namespaces,
+            ips,
+            ..PoolSpec::default()
         };
+        let now = self.0.clock.now_unix();
         ok(self
             .0
             .ipam
-            .create_pool(&spec)
+            .create_pool(&spec, now)
             .await
             .map(|p| pool_msg(&p, &[])))
     }
@@ -93,7 +101,8 @@ impl Admin for AdminApi {
         let r = r.into_inner();
         let ipam = &self.0.ipam;
         ok(async {
-            ipam.resize_pool(&r.name, r.size).await?;
+            ipam.resize_pool(&r.name, r.size, self.0.clock.now_unix())
+                .await?;
             let (p, leases) = ipam.pool(&r.name).await?;
             Ok(pool_msg(&p, &leases))
         }
@@ -126,7 +135,7 @@ impl Admin for AdminApi {
         ok(self
             .0
             .ipam
-            .delete_pool(&r.get_ref().name)
+            .delete_pool(&r.get_ref().name, self.0.clock.now_unix())
             .await
             .map(|_| v1::DeletePoolReply {}))
     }
@@ -248,6 +257,20 @@ impl Admin for AdminApi {
                     })
                     .collect(),
             }))
+    }
+
+    async fn add_binding(&self, r: Request<v1::AddBindingRequest>) -> Reply<v1::Binding> {
+        let r = r.into_inner();
+        let ip = parse_ip(&r.address)?;
+        let mut pod = pod_from(r.pod.as_ref());
+        pod.uid.clear();
+        ok(self.0.ipam.bind(&pod, ip).await.map(|b| v1::Binding {
+            pod: Some(pod_msg(&b.pod)),
+            pool: b.pool,
+            address: b.ip.to_string(),
+            tor: b.tor,
+            attached: false,
+        }))
     }
 
     async fn audit(&self, _: Request<v1::AuditRequest>) -> Reply<v1::AuditReply> {

@@ -29,15 +29,19 @@ async fn busy_store() -> (Arc<MemStore>, Ipv4Addr) {
     )
     .await
     .unwrap();
-    ipam.create_pool(&PoolSpec {
-        name: "web".into(),
-        namespace: "default".into(),
-        app: "web".into(),
-        size: 4,
-        tors: vec![],
-        policy: Policy::Auto,
-        allow_namespaces: vec![],
-    })
+    ipam.create_pool(
+        &PoolSpec {
+            name: "web".into(),
+            namespace: "default".into(),
+            app: "web".into(),
+            size: 4,
+            tors: vec![],
+            policy: Policy::Auto,
+            allow_namespaces: vec![],
+            ..PoolSpec::default()
+        },
+        0,
+    )
     .await
     .unwrap();
     let a = ipam.allocate(&req("c1", "web-0")).await.unwrap();

@@ -70,7 +70,7 @@ async fn releases_what_kubernetes_no_longer_has_only_while_leading() {
         size: 4,
         ..Default::default()
     };
-    ipam.create_pool(&spec).await.unwrap();
+    ipam.create_pool(&spec, 0).await.unwrap();
     // db-0 runs on n1; db-1 was scaled away (bound, not attached).
     let mut run0 = AllocRequest::for_test("n1", "t1", "c0", "db-0", T0);
     run0.pod.uid = "u0".into();

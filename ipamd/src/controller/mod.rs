@@ -5,16 +5,21 @@
 //! that cannot renew stops acting before its Lease can expire. No datapath,
 //! nothing on the pod path: a pod's ADD never waits for the controller.
 //!
-//! Loops so far: `pools` (a workload declaring `moor.io/pool-size` gets its
-//! pool, `declared.rs`); `gc` (bindings and attachments Kubernetes says
+//! Loops so far: `pools` (pools follow the workloads that declare them:
+//! `declared.rs` reads the annotations, `size.rs` counts the pods,
+//! `follow.rs` makes, resizes and publishes a pool, `retire.rs` deletes it
+//! after its workload); `gc` (bindings and attachments Kubernetes says
 //! nobody uses any more, `leftovers.rs`).
 
 mod declared;
 mod elector;
+mod follow;
 mod gc;
 mod leadership;
 mod leftovers;
 mod pools;
+mod retire;
+mod size;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,17 +27,20 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::ipam::Ipam;
 use crate::kubernetes::cluster::ClusterCache;
+use crate::kubernetes::configmaps::ConfigMaps;
+use crate::kubernetes::events::{Events, CONTROLLER_COMPONENT};
 use crate::kubernetes::lease::LeaseApi;
 use crate::kubernetes::workloads::Workloads;
 
 pub use declared::{
-    declared_pool, derived_pool_name, POLICY_ANNOTATION, POOL_SIZE_ANNOTATION, TORS_ANNOTATION,
+    declared_pool, derived_pool_name, Declared, IPS_ANNOTATION, POLICY_ANNOTATION,
+    POOL_SIZE_ANNOTATION, RETAIN_ANNOTATION, TORS_ANNOTATION, WHITELIST_DELAY_ANNOTATION,
 };
 pub use elector::{Elector, Step};
 pub use gc::{Collection, Collector, Outcome};
 pub use leadership::{Fence, Leadership, NotLeader};
 pub use leftovers::{Reason, Release, Target};
-pub use pools::{DeclaredPools, Pass};
+pub use pools::{DeclaredPools, Memory, Pass};
 
 /// Longest pause between a candidate's reads of the Lease.
 const MAX_POLL: Duration = Duration::from_secs(2);
@@ -120,6 +128,8 @@ pub struct Controller {
     /// Garbage collection releases what is due by itself (else only on
     /// `ipamctl gc`).
     pub gc_auto: bool,
+    /// Repeats of an Event are written back at most this often.
+    pub event_interval: Duration,
 }
 
 /// A started controller.
@@ -137,10 +147,20 @@ impl Controller {
     pub fn start(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Running {
         let leadership = Leadership::new();
         let workloads = Arc::new(Workloads::start(self.client.clone()));
+        let events = Events::start(
+            self.client.clone(),
+            CONTROLLER_COMPONENT,
+            self.lease.identity.clone(),
+            self.clock.clone(),
+            self.event_interval,
+        );
         let pools = DeclaredPools {
             ipam: self.ipam.clone(),
             workloads: workloads.clone(),
             leadership: leadership.clone(),
+            configmaps: ConfigMaps::new(self.client.clone()),
+            events: Arc::new(events),
+            clock: self.clock.clone(),
             resync: self.resync,
         };
         tokio::spawn(pools.run());

@@ -22,6 +22,9 @@ pub struct AddInput<'a> {
     pub key: &'a AttachmentKey,
     /// Whether the pod should keep its IP after DEL (policy and name).
     pub keeps_ip: bool,
+    /// Now, in unix seconds: IPs still inside their whitelist delay are
+    /// not given out.
+    pub now_unix: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +57,9 @@ pub enum Refusal {
     /// Every IP of the pool on this ToR is bound or in use. `tor` names the
     /// ToR, and the segment when it is not the ToR's own.
     Full { tor: String, counts: PoolCounts },
+    /// The only free IPs here are new and inside their whitelist delay:
+    /// one becomes allocatable at `until` (unix seconds).
+    Waiting { tor: String, until: u64, ips: u32 },
 }
 
 pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
@@ -102,13 +108,19 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
             pool_tors: pool.ips.keys().cloned().collect(),
         });
     }
+    let mut waiting: Option<(u64, u32)> = None;
     for (segment, ips) in &here {
-        if let Some(&ip) = ips.iter().find(|ip| !input.leases.contains_key(ip)) {
-            return Ok(AddDecision::Take {
-                ip,
-                segment: segment.to_string(),
-                new_binding: input.keeps_ip,
-            });
+        for &ip in ips.iter().filter(|ip| !input.leases.contains_key(ip)) {
+            if pool.allocatable(ip, input.now_unix) {
+                return Ok(AddDecision::Take {
+                    ip,
+                    segment: segment.to_string(),
+                    new_binding: input.keeps_ip,
+                });
+            }
+            let until = pool.allocatable_after[&ip];
+            let (first, n) = waiting.unwrap_or((until, 0));
+            waiting = Some((first.min(until), n + 1));
         }
     }
     let mut counts = PoolCounts::default();
@@ -125,14 +137,15 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
         .map(|(s, _)| s.as_str())
         .filter(|s| *s != input.tor)
         .collect();
-    Err(Refusal::Full {
-        tor: if names.is_empty() {
-            input.tor.to_string()
-        } else {
-            format!("{} (segment {})", input.tor, names.join(", "))
-        },
-        counts,
-    })
+    let tor = if names.is_empty() {
+        input.tor.to_string()
+    } else {
+        format!("{} (segment {})", input.tor, names.join(", "))
+    };
+    match waiting {
+        Some((until, ips)) => Err(Refusal::Waiting { tor, until, ips }),
+        None => Err(Refusal::Full { tor, counts }),
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +167,8 @@ mod tests {
             ]
             .into(),
             allow_namespaces: vec![],
+            allocatable_after: BTreeMap::new(),
+            owner: None,
         }
     }
 
@@ -207,6 +222,7 @@ mod tests {
             binding: None,
             key: &k,
             keeps_ip: true,
+            now_unix: 0,
         });
         assert_eq!(
             d,
@@ -224,6 +240,7 @@ mod tests {
             binding: None,
             key: &k,
             keeps_ip: false,
+            now_unix: 0,
         });
         assert_eq!(
             d,
@@ -233,6 +250,56 @@ mod tests {
                 new_binding: false
             })
         );
+    }
+
+    #[test]
+    fn new_ips_are_given_out_only_after_their_whitelist_delay() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut p = pool();
+        p.allocatable_after.insert(ip("10.1.0.10"), 100);
+        p.allocatable_after.insert(ip("10.1.0.11"), 90);
+        let leases = BTreeMap::new();
+        let k = key("a");
+        let at = |now| {
+            decide(&AddInput {
+                pool: &p,
+                tor: "r1",
+                segments: &["r1".to_string()],
+                leases: &leases,
+                binding: None,
+                key: &k,
+                keeps_ip: false,
+                now_unix: now,
+            })
+        };
+        assert_eq!(
+            at(89),
+            Err(Refusal::Waiting {
+                tor: "r1".into(),
+                until: 90,
+                ips: 2
+            })
+        );
+        assert!(matches!(at(90), Ok(AddDecision::Take { ip: x, .. }) if x == ip("10.1.0.11")));
+        assert!(matches!(at(100), Ok(AddDecision::Take { ip: x, .. }) if x == ip("10.1.0.10")));
+        // A binding is honoured whatever the delay: the IP is the pod's.
+        let b = Binding {
+            pod: PodRef::default(),
+            pool: "web".into(),
+            ip: ip("10.1.0.10"),
+            tor: "r1".into(),
+        };
+        let bound = decide(&AddInput {
+            pool: &p,
+            tor: "r1",
+            segments: &["r1".to_string()],
+            leases: &leases,
+            binding: Some(&b),
+            key: &k,
+            keeps_ip: true,
+            now_unix: 0,
+        });
+        assert!(matches!(bound, Ok(AddDecision::Take { ip: x, .. }) if x == b.ip));
     }
 
     #[test]
@@ -251,6 +318,7 @@ mod tests {
             binding: None,
             key: &k,
             keeps_ip: false,
+            now_unix: 0,
         });
         assert_eq!(
             d,
@@ -272,6 +340,7 @@ mod tests {
             binding: None,
             key: &k,
             keeps_ip: false,
+            now_unix: 0,
         });
         assert!(matches!(d, Err(Refusal::NotOnTor { .. })));
     }
@@ -297,6 +366,7 @@ mod tests {
             binding,
             key: &k,
             keeps_ip: true,
+            now_unix: 0,
         };
         assert_eq!(
             decide(&input("r1", Some(&b))),
@@ -327,6 +397,7 @@ mod tests {
             binding: Some(&b),
             key: &k,
             keeps_ip: true,
+            now_unix: 0,
         });
         assert!(matches!(d, Err(Refusal::StillAttached { .. })));
     }
@@ -354,6 +425,7 @@ mod tests {
             binding,
             key: &k,
             keeps_ip: true,
+            now_unix: 0,
         };
         assert_eq!(
             decide(&input(&empty, None)),

@@ -99,5 +99,13 @@ pub fn explain(
                 pool.name
             ),
         ),
+        Refusal::Waiting { tor, until, ips } => Refused::new(
+            cni_code::TRY_AGAIN_LATER,
+            format!(
+                "pool {}'s {ips} free IPs on ToR {tor} are new and become allocatable at {} (its whitelist delay, moor.io/whitelist-delay, lets whitelist syncers push them first); nothing was allocated, retry",
+                pool.name,
+                moor_proto::rfc3339_utc(until)
+            ),
+        ),
     }
 }

@@ -134,6 +134,30 @@ pub struct Pool {
     /// field reads as empty.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_namespaces: Vec<String>,
+    /// IPs a pod may take only from this time on (unix seconds): carved
+    /// with a whitelist delay (`moor.io/whitelist-delay`), so whitelist
+    /// syncers push them before any pod uses them. Entries in the past mean
+    /// nothing and are dropped by the pool's next change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocatable_after: BTreeMap<Ipv4Addr, u64>,
+    /// The workload the pool follows, when the controller made or adopted
+    /// it from the workload's annotations; None: made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<PoolOwner>,
+}
+
+/// The workload a declared pool follows: the controller resizes the pool
+/// with it and deletes the pool once it is gone (unless `retain`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolOwner {
+    /// `StatefulSet`, `Deployment`, `DaemonSet`, `ReplicaSet`, `Job`.
+    pub kind: String,
+    /// In the pool's namespace.
+    pub name: String,
+    pub uid: String,
+    /// `moor.io/retain: "true"`: the pool outlives the workload.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
 }
 
 impl Pool {
@@ -162,6 +186,14 @@ impl Pool {
         v.sort();
         v
     }
+
+    /// Whether a pod may take `ip` at `now_unix` (its whitelist delay, if
+    /// any, has passed).
+    pub fn allocatable(&self, ip: Ipv4Addr, now_unix: u64) -> bool {
+        self.allocatable_after
+            .get(&ip)
+            .is_none_or(|t| *t <= now_unix)
+    }
 }
 
 /// Which IPs of a ToR are carved into which pool. One record per ToR, changed
@@ -169,6 +201,13 @@ impl Pool {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carved {
     pub ips: BTreeMap<Ipv4Addr, String>,
+    /// IPs a shrunk or deleted pool gave back, and when (unix seconds) any
+    /// pool may carve them again: a database that still trusts such an IP
+    /// must not see another app's pod on it before its whitelist is
+    /// updated (`--ip-cooldown-seconds`). Entries in the past mean nothing
+    /// and are dropped by the record's next change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cooling: BTreeMap<Ipv4Addr, u64>,
 }
 
 /// A pod as kubelet names it.

@@ -159,6 +159,24 @@ pub fn workload(p: &PodFacts, sticky: &[OwnerKind]) -> Workload {
     Workload { app, stable_name }
 }
 
+/// Whether the pod's workload is of a kind moor's controller makes pools
+/// for from `moor.io/pool-size` (its app is then the workload's name): a
+/// StatefulSet, DaemonSet, ReplicaSet (a Deployment's or its own) or Job
+/// (not a CronJob's) of the built-in API groups.
+pub fn declarable(p: &PodFacts) -> bool {
+    let Some(o) = &p.controller else {
+        return false;
+    };
+    let cronjob = p
+        .job_controller
+        .as_ref()
+        .is_some_and(|c| c.is("batch", "CronJob"));
+    o.is("apps", "StatefulSet")
+        || o.is("apps", "DaemonSet")
+        || o.is("apps", "ReplicaSet")
+        || (o.is("batch", "Job") && !cronjob)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +237,25 @@ mod tests {
         assert_eq!(workload(&ds, &sticky), w("agent", false));
         // A bare pod is its own workload and keeps its IP.
         assert_eq!(workload(&pod("toolbox", None), &sticky), w("toolbox", true));
+    }
+
+    #[test]
+    fn pods_of_workload_kinds_may_have_a_declared_pool() {
+        let kinds = [
+            ("apps/v1", "StatefulSet", true),
+            ("apps/v1", "DaemonSet", true),
+            ("apps/v1", "ReplicaSet", true),
+            ("batch/v1", "Job", true),
+            ("apps.kruise.io/v1beta1", "StatefulSet", false),
+            ("v1", "ReplicationController", false),
+        ];
+        for (api, kind, want) in kinds {
+            assert_eq!(declarable(&pod("x", owner(api, kind, "x"))), want, "{kind}");
+        }
+        assert!(!declarable(&pod("bare", None)));
+        let mut cron = pod("r-1-x", owner("batch/v1", "Job", "r-1"));
+        cron.job_controller = owner("batch/v1", "CronJob", "r");
+        assert!(!declarable(&cron), "a CronJob declares no pool");
     }
 
     #[test]

@@ -65,6 +65,17 @@ impl Ipam {
         }
         let ns = &pod.namespace;
         let app = c.app.as_deref().unwrap_or(&pod.name);
+        if c.from_api && c.declarable {
+            // The pod's workload may declare its pool (moor.io/pool-size)
+            // and the controller not have made it yet: the pod's ADD can
+            // come first. The runtime retries code 11.
+            return Err(Error::refused(
+                cni_code::TRY_AGAIN_LATER,
+                format!(
+                    "no pool for app {ns}/{app} (pod {pod}) yet: if its workload declares moor.io/pool-size, moor's controller is making it (nothing was allocated, retry); if not, create one with `ipamctl pool create {app} --namespace {ns} --app {app}` or name a pool with the annotation {POOL_ANNOTATION} on the pod or its namespace"
+                ),
+            ));
+        }
         let annotation = if c.from_api {
             format!(" or the annotation {POOL_ANNOTATION} on the pod or its namespace")
         } else {
@@ -172,6 +183,7 @@ impl Ipam {
                 binding: binding.as_ref().map(|(b, _)| b),
                 key: &req.key,
                 keeps_ip,
+                now_unix: req.now_unix,
             });
             let decision = match decision {
                 Ok(d) => d,

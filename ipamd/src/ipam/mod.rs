@@ -6,7 +6,9 @@
 //!
 //! One `impl Ipam`, spread over files by subject:
 //! - `tors`: define, list and delete ToRs and their segments;
-//! - `pools`: create, resize, list and delete pools (carving IPs from ToRs);
+//! - `pools`: create, list and delete pools; `resize`: grow and shrink
+//!   them; `carving`: taking IPs from ToRs and giving them back (cool-down);
+//! - `bindings`: a pod's IP kept before the pod exists (bring your own IPs);
 //! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
 //! - `attach`: the ADD path: which pool, which IP, pending -> ready;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
@@ -15,11 +17,14 @@
 //! - `registry`: the node records (heartbeats) the refusal messages cite.
 
 mod attach;
+mod bindings;
+mod carving;
 mod ips;
 mod pools;
 mod reclaim;
 pub mod registry;
 mod release;
+mod resize;
 mod tors;
 mod watch;
 
@@ -30,10 +35,16 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use crate::core::{Attachment, AttachmentKey, Lease, PodRef, Policy, Tor};
+use crate::core::{Attachment, AttachmentKey, Lease, PodRef, Policy, PoolOwner, Tor};
 use crate::store::Store;
 
+pub use resize::{Resize, Resized};
 pub use watch::PoolChange;
+
+/// How long an IP a pool gave back (shrink, delete) cools down before any
+/// pool may carve it again, unless `Ipam::with_cooldown` says otherwise
+/// (ipamd's `--ip-cooldown-seconds`).
+pub const DEFAULT_IP_COOLDOWN_SECS: u64 = 600;
 
 pub struct Ipam {
     store: Arc<dyn Store>,
@@ -43,6 +54,8 @@ pub struct Ipam {
     /// Set when ipamd stops: open watches end, so shutdown does not wait on
     /// streams that never finish by themselves.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Seconds a given-back IP cools down.
+    cooldown_secs: u64,
 }
 
 /// What `pool create` asks for.
@@ -58,6 +71,18 @@ pub struct PoolSpec {
     pub policy: Policy,
     /// Other namespaces whose pods may name the pool; `*` = all.
     pub allow_namespaces: Vec<String>,
+    /// Bring your own: exactly these IPs, instead of `size` carved ones
+    /// (`size` is then 0 or their number).
+    pub ips: Vec<Ipv4Addr>,
+    /// Pods may take the new IPs only this many seconds after they are
+    /// carved (whitelist syncers push them first).
+    pub delay_secs: u64,
+    /// The workload the pool follows (the controller's pools).
+    pub owner: Option<PoolOwner>,
+    /// Pods that keep `ips` in order from the start (a StatefulSet's
+    /// ordinals: db-0 the first IP), bound in the creating transaction so
+    /// no pod can take another's IP in between.
+    pub bind: Vec<PodRef>,
 }
 
 /// Where a pod's pool may come from, in the order they are tried. Without
@@ -77,6 +102,10 @@ pub struct PoolChoice {
     pub default: Option<String>,
     /// The choice was read from the Kubernetes API (annotations apply).
     pub from_api: bool,
+    /// The pod's controller is a workload kind whose pool moor's
+    /// controller makes from its `moor.io/pool-size` (StatefulSet,
+    /// ReplicaSet, DaemonSet, Job): a missing pool may be on its way.
+    pub declarable: bool,
 }
 
 impl PoolChoice {
@@ -185,7 +214,19 @@ impl Ipam {
             store,
             pool_locks: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
+            cooldown_secs: DEFAULT_IP_COOLDOWN_SECS,
         }
+    }
+
+    /// IPs pools give back cool down for `secs` before any pool may carve
+    /// them again (0: none).
+    pub fn with_cooldown(mut self, secs: u64) -> Self {
+        self.cooldown_secs = secs;
+        self
+    }
+
+    pub fn cooldown_secs(&self) -> u64 {
+        self.cooldown_secs
     }
 
     /// Ends every open watch (ipamd is stopping).

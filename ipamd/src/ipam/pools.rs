@@ -1,21 +1,21 @@
 //! Pools: an app's IPs, carved from its ToRs before the app starts. Create,
-//! resize, read, delete; and the per-(pool, ToR) free counts every change of
-//! a pool's leases publishes in the same transaction.
+//! read, adopt, delete; resizing is `resize.rs`, the carving `carving.rs`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
 
-use crate::core::{
-    carve, spread, validate, Carved, FreeCount, Lease, Pool, Tor, DEFAULT_POOL_SIZE,
-};
+use crate::core::{validate, Binding, FreeCount, Lease, Pool, PoolOwner, DEFAULT_POOL_SIZE};
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
+use super::carving::{carve_explicit, carve_into, Clocked, TorState};
 use super::{Ipam, PoolSpec};
 
 impl Ipam {
-    pub async fn create_pool(&self, spec: &PoolSpec) -> Result<Pool> {
+    /// Creates a pool: `spec.size` IPs carved over its ToRs, or exactly
+    /// `spec.ips`. `now_unix` starts the whitelist delay and tells which
+    /// given-back IPs are still cooling down.
+    pub async fn create_pool(&self, spec: &PoolSpec, now_unix: u64) -> Result<Pool> {
         validate::pool_name(&spec.name).map_err(Error::Invalid)?;
         validate::namespace(&spec.namespace).map_err(Error::Invalid)?;
         validate::app(&spec.app).map_err(Error::Invalid)?;
@@ -23,10 +23,24 @@ impl Ipam {
             moor_proto::fields::namespace("allowed namespace", ns)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
         }
-        let size = if spec.size == 0 {
+        let size = if !spec.ips.is_empty() {
+            let n = spec.ips.len() as u32;
+            if spec.size != 0 && spec.size != n {
+                return Err(Error::Invalid(format!(
+                    "pool {}: size {} but {n} IPs given: give the IPs (--ip) or a size, not both",
+                    spec.name, spec.size
+                )));
+            }
+            validate::pool_size(n).map_err(Error::Invalid)?
+        } else if spec.size == 0 {
             DEFAULT_POOL_SIZE
         } else {
             validate::pool_size(spec.size).map_err(Error::Invalid)?
+        };
+        let at = Clocked {
+            now: now_unix,
+            delay_secs: spec.delay_secs,
+            cooldown_secs: self.cooldown_secs,
         };
         let lock = self.pool_lock(&spec.name);
         let _guard = lock.lock().await;
@@ -44,7 +58,11 @@ impl Ipam {
                     spec.namespace, spec.app
                 )));
             }
-            let tors = self.pool_tors(&spec.tors).await?;
+            let tors = if spec.ips.is_empty() {
+                self.pool_tors(&spec.tors).await?
+            } else {
+                self.explicit_tors(&spec.tors).await?
+            };
             let mut pool = Pool {
                 name: spec.name.clone(),
                 namespace: spec.namespace.clone(),
@@ -53,16 +71,19 @@ impl Ipam {
                 tors: tors.iter().map(|(t, ..)| t.name.clone()).collect(),
                 ips: BTreeMap::new(),
                 allow_namespaces: spec.allow_namespaces.clone(),
+                allocatable_after: BTreeMap::new(),
+                owner: spec.owner.clone(),
             };
             let mut txn = Txn::default();
-            carve_into(&mut pool, &tors, size, &mut txn)?;
-            for (tor, ips) in &pool.ips {
-                let n = ips.len() as u32;
-                txn.put(
-                    &keys::free(&pool.name, tor),
-                    &FreeCount { total: n, free: n },
-                );
+            if spec.ips.is_empty() {
+                carve_into(&mut pool, &tors, size, at, &mut txn)?;
+            } else {
+                carve_explicit(&mut pool, &tors, &spec.ips, at, &mut txn)?;
+                // The segments it has IPs on are the ones it grows on.
+                pool.tors = pool.ips.keys().cloned().collect();
             }
+            let bound = self.bind_at_create(&pool, spec, &mut txn).await?;
+            publish_created(&mut txn, &pool, &bound);
             txn.expect(&keys::pool(&pool.name), None)
                 .expect(&app_key, None)
                 .put(&keys::pool(&pool.name), &pool)
@@ -72,11 +93,65 @@ impl Ipam {
         .await
     }
 
+    /// Adds to `txn` the bindings of `spec.bind` (the i-th pod keeps the
+    /// i-th explicit IP); returns their leases.
+    async fn bind_at_create(
+        &self,
+        pool: &Pool,
+        spec: &PoolSpec,
+        txn: &mut Txn,
+    ) -> Result<Vec<Lease>> {
+        if spec.bind.len() > spec.ips.len() {
+            return Err(Error::Invalid(format!(
+                "pool {}: {} pods to bind but {} IPs",
+                spec.name,
+                spec.bind.len(),
+                spec.ips.len()
+            )));
+        }
+        let mut leases = Vec::new();
+        for (pod, ip) in spec.bind.iter().zip(&spec.ips) {
+            let key = keys::binding(pod);
+            if let Some((b, _)) = self.store.get_json::<Binding>(&key).await? {
+                return Err(Error::Conflict(format!(
+                    "pod {pod} already keeps IP {} of pool {}, so it cannot be given {ip}: release it first (ipamctl ip release {})",
+                    b.ip, b.pool, b.ip
+                )));
+            }
+            let tor = pool
+                .tor_of(*ip)
+                .expect("explicit IPs are the pool's")
+                .to_string();
+            let lease = Lease {
+                ip: *ip,
+                pool: pool.name.clone(),
+                tor: tor.clone(),
+                binding: Some(pod.clone()),
+                attachment: None,
+                evict: false,
+                quarantine: None,
+            };
+            let binding = Binding {
+                pod: pod.clone(),
+                pool: pool.name.clone(),
+                ip: *ip,
+                tor,
+            };
+            let lkey = keys::lease(&pool.name, *ip);
+            txn.expect(&key, None)
+                .put(&key, &binding)
+                .expect(&lkey, None)
+                .put(&lkey, &lease);
+            leases.push(lease);
+        }
+        Ok(leases)
+    }
+
     /// The ToRs a pool spreads over, with their carved records.
-    async fn pool_tors(&self, names: &[String]) -> Result<Vec<(Tor, Carved, Option<Entry>)>> {
+    pub(super) async fn pool_tors(&self, names: &[String]) -> Result<Vec<TorState>> {
         let mut out = Vec::new();
         if names.is_empty() {
-            let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
+            let (tors, _) = self.store.list_json::<crate::core::Tor>(keys::TORS).await?;
             if tors.is_empty() {
                 return Err(Error::Invalid(
                     "no ToR is defined yet: add one with `ipamctl tor add NAME --subnet CIDR --gateway IP`".into(),
@@ -112,67 +187,6 @@ impl Ipam {
         Ok(out)
     }
 
-    pub async fn resize_pool(&self, name: &str, size: u32) -> Result<Pool> {
-        let size = validate::pool_size(size).map_err(Error::Invalid)?;
-        let lock = self.pool_lock(name);
-        let _guard = lock.lock().await;
-        cas(self.store.as_ref(), "pool resize", || async move {
-            let (mut pool, pool_entry) = self.pool_entry(name).await?;
-            let current = pool.size();
-            // Read before the leases: a lease change after this read also
-            // changes a counter, and the counters' versions are checked.
-            let (counters, _) = self.store.list(&keys::frees(name)).await?;
-            let mut txn = Txn::default();
-            if size > current {
-                let tors = self.pool_tors(&pool.tors).await?;
-                carve_into(&mut pool, &tors, size - current, &mut txn)?;
-            } else if size < current {
-                let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
-                let busy: HashSet<Ipv4Addr> = leases.iter().map(|(l, _)| l.ip).collect();
-                let drop = spread::shrink(&pool.ips, &|ip| busy.contains(&ip), current - size)
-                    .map_err(|can| {
-                        Error::Conflict(format!(
-                            "pool {name} cannot shrink from {current} to {size}: {} of its IPs are bound or in use, so it can shrink to {} at the least; release bindings first (ipamctl binding list --pool {name})",
-                            busy.len(),
-                            current - can
-                        ))
-                    })?;
-                // Give the dropped IPs back to their ToRs.
-                let mut by_tor: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-                for ip in drop {
-                    let tor = pool
-                        .tor_of(ip)
-                        .expect("dropped IPs are the pool's")
-                        .to_string();
-                    by_tor.entry(tor).or_default().push(ip);
-                }
-                for (tor, ips) in by_tor {
-                    let (mut carved, entry) = self.carved(&tor).await?;
-                    for ip in &ips {
-                        carved.ips.remove(ip);
-                    }
-                    let list = pool.ips.get_mut(&tor).expect("tor of the pool");
-                    list.retain(|ip| !ips.contains(ip));
-                    if list.is_empty() {
-                        pool.ips.remove(&tor);
-                    }
-                    txn.expect(&keys::carved(&tor), entry.as_ref())
-                        .put(&keys::carved(&tor), &carved);
-                }
-                // No lease appeared on an IP we drop since we read them.
-                txn.expect_prefix_unchanged(&keys::leases(name), rev);
-            } else {
-                return Ok(Attempt::Done(pool));
-            }
-            let leases = self.leases(name).await?;
-            publish_counts(&mut txn, &pool, &leases, &counters);
-            txn.expect(&keys::pool(name), Some(&pool_entry))
-                .put(&keys::pool(name), &pool);
-            Ok(Attempt::Commit(txn, pool))
-        })
-        .await
-    }
-
     pub(super) async fn pool_entry(&self, name: &str) -> Result<(Pool, Entry)> {
         self.store
             .get_json::<Pool>(&keys::pool(name))
@@ -198,7 +212,9 @@ impl Ipam {
         Ok(leases.into_iter().map(|(l, _)| l).collect())
     }
 
-    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+    /// Deletes a pool none of whose IPs is in use; its bindings go with it
+    /// and its IPs cool down on their ToRs.
+    pub async fn delete_pool(&self, name: &str, now_unix: u64) -> Result<Pool> {
         let lock = self.pool_lock(name);
         let _guard = lock.lock().await;
         let (pool, pool_entry) = self.pool_entry(name).await?;
@@ -229,24 +245,57 @@ impl Ipam {
                 txn.delete(&keys::binding(pod));
             }
         }
-        for (tor, ips) in &pool.ips {
-            let (mut carved, entry) = self.carved(tor).await?;
-            for ip in ips {
-                carved.ips.remove(ip);
-            }
-            txn.expect(&keys::carved(tor), entry.as_ref())
-                .put(&keys::carved(tor), &carved);
-        }
+        let at = Clocked {
+            now: now_unix,
+            delay_secs: 0,
+            cooldown_secs: self.cooldown_secs,
+        };
+        let mut emptied = pool.clone();
+        self.give_back(&mut emptied, &pool.all_ips(), at, &mut txn)
+            .await?;
         for e in self.store.list(&keys::frees(name)).await?.0 {
             txn.delete(&e.key);
         }
         if self.store.commit(txn).await? {
-            Ok(())
+            Ok(pool)
         } else {
             Err(Error::Conflict(format!(
                 "pool {name} changed while deleting it; run the command again"
             )))
         }
+    }
+
+    /// Makes the pool follow `owner` (the controller adopting it, or the
+    /// workload's `moor.io/retain` or uid changing). Refuses a pool of
+    /// another app.
+    pub async fn set_pool_owner(
+        &self,
+        name: &str,
+        namespace: &str,
+        app: &str,
+        owner: Option<PoolOwner>,
+    ) -> Result<Pool> {
+        let lock = self.pool_lock(name);
+        let _guard = lock.lock().await;
+        let owner = &owner;
+        cas(self.store.as_ref(), "pool adopt", || async move {
+            let (mut pool, entry) = self.pool_entry(name).await?;
+            if pool.namespace != namespace || pool.app != app {
+                return Err(Error::Conflict(format!(
+                    "pool {name} belongs to app {}/{}, not {namespace}/{app}: name another pool, or leave moor.io/pool out to get one of its own",
+                    pool.namespace, pool.app
+                )));
+            }
+            if &pool.owner == owner {
+                return Ok(Attempt::Done(pool));
+            }
+            pool.owner = owner.clone();
+            let mut txn = Txn::default();
+            txn.expect(&keys::pool(name), Some(&entry))
+                .put(&keys::pool(name), &pool);
+            Ok(Attempt::Commit(txn, pool))
+        })
+        .await
     }
 
     /// Adds to `txn` the published free count of (pool, tor) moved by
@@ -267,66 +316,16 @@ impl Ipam {
     }
 }
 
-/// Carves `n` more IPs for `pool` over `tors`, weighted by each ToR's free
-/// IPs, and adds the carved-record writes to `txn`.
-fn carve_into(
-    pool: &mut Pool,
-    tors: &[(Tor, Carved, Option<Entry>)],
-    n: u32,
-    txn: &mut Txn,
-) -> Result<()> {
-    let free: BTreeMap<String, u32> = tors
-        .iter()
-        .map(|(t, c, _)| (t.name.clone(), carve::free_count(t, c)))
-        .collect();
-    let shares = spread::by_free(n, &free).map_err(|total| {
-        Error::Invalid(format!(
-            "pool {} needs {n} more IPs but ToRs {} have only {total} free: add ranges, add ToRs or ask for fewer",
-            pool.name,
-            free.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
-    for (tor, carved, entry) in tors {
-        let share = shares[&tor.name];
-        if share == 0 {
-            continue;
-        }
-        let ips = carve::lowest_free(tor, carved, share);
-        let mut carved = carved.clone();
-        for ip in &ips {
-            carved.ips.insert(*ip, pool.name.clone());
-        }
-        let list = pool.ips.entry(tor.name.clone()).or_default();
-        list.extend(ips);
-        list.sort();
-        txn.expect(&keys::carved(&tor.name), entry.as_ref())
-            .put(&keys::carved(&tor.name), &carved);
-    }
-    Ok(())
-}
-
-/// Adds to `txn` the pool's published free counts, recomputed from `leases`,
-/// guarded by the versions of the counters read before them (`old`): any
-/// lease change since then also moved a counter, and fails the commit.
-fn publish_counts(txn: &mut Txn, pool: &Pool, leases: &[Lease], old: &[Entry]) {
-    for e in old {
-        txn.expect(&e.key, Some(e));
-        if !pool.ips.keys().any(|t| keys::free(&pool.name, t) == e.key) {
-            txn.delete(&e.key);
-        }
-    }
+/// Adds to `txn` a new pool's free counts: all free but what `bound` holds.
+fn publish_created(txn: &mut Txn, pool: &Pool, bound: &[Lease]) {
     for (tor, ips) in &pool.ips {
-        let key = keys::free(&pool.name, tor);
-        if !old.iter().any(|e| e.key == key) {
-            txn.expect(&key, None);
-        }
-        let used = leases.iter().filter(|l| &l.tor == tor).count() as u32;
         let total = ips.len() as u32;
+        let held = bound.iter().filter(|l| &l.tor == tor).count() as u32;
         txn.put(
-            &key,
+            &keys::free(&pool.name, tor),
             &FreeCount {
                 total,
-                free: total.saturating_sub(used),
+                free: total - held,
             },
         );
     }

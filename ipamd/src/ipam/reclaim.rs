@@ -75,7 +75,7 @@ mod tests {
             size: 4,
             ..Default::default()
         };
-        ipam.create_pool(&spec).await.unwrap();
+        ipam.create_pool(&spec, 0).await.unwrap();
         ipam
     }
 

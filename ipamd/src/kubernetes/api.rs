@@ -136,6 +136,7 @@ impl ApiCluster {
         );
         let events = Events::start(
             client.clone(),
+            super::events::COMPONENT,
             opts.node.clone(),
             clock,
             opts.event_interval,

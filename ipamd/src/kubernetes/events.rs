@@ -1,5 +1,7 @@
 //! Events on pods whose ADD failed, so `kubectl describe pod` says why the
-//! sandbox does not start ("pool web is full on ToR rack1 ..."). A runtime
+//! sandbox does not start ("pool web is full on ToR rack1 ..."), and the
+//! controller's Events on workloads (their pool made, resized, refused,
+//! deleted, and why). A runtime
 //! retries a failed sandbox every few seconds for as long as the cause
 //! lasts; like kubelet, moor aggregates: the first failure of a (pod,
 //! reason) creates the Event, later ones only raise its count, written back
@@ -32,8 +34,52 @@ const BACKLOG: usize = 1024;
 /// A series nobody added to for this long is forgotten (the next failure
 /// starts a new Event).
 const FORGET_AFTER_SECS: u64 = 600;
-/// Who writes the events.
+/// Who writes the node agent's events.
 pub const COMPONENT: &str = "moor-ipamd";
+/// Who writes the controller's events.
+pub const CONTROLLER_COMPONENT: &str = "moor-controller";
+
+/// The object an Event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Involved {
+    /// `v1`, `apps/v1`, `batch/v1`.
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Empty when unknown.
+    pub uid: String,
+}
+
+impl Involved {
+    fn pod(pod: &PodFacts) -> Self {
+        Self {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+        }
+    }
+}
+
+/// An Event's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Something was done as asked (a pool made, resized, deleted).
+    Normal,
+    /// Something could not be done.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
 
 /// The Event reason of a failed ADD, by its CNI error code.
 pub fn reason_for(code: u32) -> &'static str {
@@ -52,10 +98,10 @@ pub fn reason_for(code: u32) -> &'static str {
     }
 }
 
+/// One occurrence to report.
 struct Failure {
-    namespace: String,
-    pod: String,
-    uid: String,
+    involved: Involved,
+    type_: EventType,
     reason: String,
     message: String,
 }
@@ -71,21 +117,26 @@ struct Series {
     last_write: u64,
 }
 
-pub(super) struct Events {
+/// Writes Events from a task of its own; reporting never waits.
+pub struct Events {
     tx: mpsc::Sender<Failure>,
 }
 
 impl Events {
-    pub(super) fn start(
+    /// `component` signs the Events (`COMPONENT`, `CONTROLLER_COMPONENT`),
+    /// `host` says which node or replica wrote them.
+    pub fn start(
         client: Client,
-        node: String,
+        component: &'static str,
+        host: String,
         clock: Arc<dyn Clock>,
         interval: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
         let writer = Writer {
             client,
-            node,
+            component,
+            node: host,
             clock,
             interval: interval.as_secs().max(1),
             series: HashMap::new(),
@@ -95,22 +146,29 @@ impl Events {
         Self { tx }
     }
 
-    pub(super) fn report(&self, pod: &PodFacts, reason: &str, message: &str) {
+    /// A failed ADD of `pod`.
+    pub fn report(&self, pod: &PodFacts, reason: &str, message: &str) {
+        self.report_on(&Involved::pod(pod), EventType::Warning, reason, message);
+    }
+
+    /// Something that happened to `obj`; repeats of one (object, reason)
+    /// are counted on one Event.
+    pub fn report_on(&self, obj: &Involved, type_: EventType, reason: &str, message: &str) {
         let f = Failure {
-            namespace: pod.namespace.clone(),
-            pod: pod.name.clone(),
-            uid: pod.uid.clone(),
+            involved: obj.clone(),
+            type_,
             reason: reason.to_string(),
             message: message.to_string(),
         };
         if self.tx.try_send(f).is_err() {
-            debug!(pod = %pod.name, "event backlog full; a failure goes unreported");
+            debug!(object = %obj.name, "event backlog full; an event goes unreported");
         }
     }
 }
 
 struct Writer {
     client: Client,
+    component: &'static str,
     node: String,
     clock: Arc<dyn Clock>,
     interval: u64,
@@ -143,10 +201,11 @@ impl Writer {
 
     async fn failed(&mut self, f: Failure) {
         let now = self.clock.now_unix();
-        // The pod by name too: without K8S_POD_UID the uid is empty, and
+        // The object by name too: without K8S_POD_UID the uid is empty, and
         // pods without one must not share a series.
-        let pod = format!("{}/{}/{}", f.namespace, f.pod, f.uid);
-        let key = (pod, f.reason.clone());
+        let o = &f.involved;
+        let object = format!("{}/{}/{}/{}", o.kind, o.namespace, o.name, o.uid);
+        let key = (object, f.reason.clone());
         if let Some(s) = self.series.get_mut(&key) {
             s.count += 1;
             s.message = f.message;
@@ -159,43 +218,43 @@ impl Writer {
         }
         self.made += 1;
         // As kubelet names them: the object's name, a dot, something unique.
-        let prefix: String = f.pod.chars().take(200).collect();
+        let prefix: String = o.name.chars().take(200).collect();
         let name = format!("{prefix}.moor{:x}{:x}", now, self.made);
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                namespace: Some(f.namespace.clone()),
+                namespace: Some(o.namespace.clone()),
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                namespace: Some(f.namespace.clone()),
-                name: Some(f.pod.clone()),
-                uid: (!f.uid.is_empty()).then(|| f.uid.clone()),
+                api_version: Some(o.api_version.clone()),
+                kind: Some(o.kind.clone()),
+                namespace: Some(o.namespace.clone()),
+                name: Some(o.name.clone()),
+                uid: (!o.uid.is_empty()).then(|| o.uid.clone()),
                 ..Default::default()
             },
             reason: Some(f.reason.clone()),
             message: Some(f.message.clone()),
-            type_: Some("Warning".into()),
+            type_: Some(f.type_.as_str().into()),
             count: Some(1),
             first_timestamp: self.time(now),
             last_timestamp: self.time(now),
             source: Some(EventSource {
-                component: Some(COMPONENT.into()),
+                component: Some(self.component.into()),
                 host: Some(self.node.clone()),
             }),
-            reporting_component: Some(COMPONENT.into()),
+            reporting_component: Some(self.component.into()),
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &f.namespace);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &o.namespace);
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
                 self.series.insert(
                     key,
                     Series {
-                        namespace: f.namespace,
+                        namespace: f.involved.namespace,
                         name,
                         count: 1,
                         written: 1,
@@ -207,7 +266,7 @@ impl Writer {
             }
             // Not remembered: the next failure tries again.
             Err(e) => {
-                warn!(pod = %f.pod, reason = %f.reason, error = %e, "could not post an Event")
+                warn!(object = %format!("{} {}/{}", o.kind, o.namespace, o.name), reason = %f.reason, error = %e, "could not post an Event")
             }
         }
     }
@@ -324,6 +383,7 @@ mod tests {
     fn writer(client: Client, clock: Arc<ManualClock>) -> Writer {
         Writer {
             client,
+            component: COMPONENT,
             node: "n1".into(),
             clock,
             interval: 30,
@@ -333,10 +393,15 @@ mod tests {
     }
 
     fn failure(pod: &str, uid: &str) -> Failure {
-        Failure {
+        let facts = PodFacts {
             namespace: "shop".into(),
-            pod: pod.into(),
+            name: pod.into(),
             uid: uid.into(),
+            ..Default::default()
+        };
+        Failure {
+            involved: Involved::pod(&facts),
+            type_: EventType::Warning,
             reason: "MoorPoolFull".into(),
             message: format!("pool web is full (pod shop/{pod})"),
         }

@@ -9,14 +9,16 @@
 //! reads workloads from pod names, as before.
 //!
 //! For the controller role: `lease` (one Lease, written with optimistic
-//! concurrency, for leader election), `workloads` (watches of
-//! StatefulSets and Deployments), `cluster` (watches of every Pod and Node,
-//! for garbage collection) and `notes` (an Event per release).
+//! concurrency, for leader election), `workloads` (watches of the workload
+//! kinds that declare pools), `configmaps` (the pools' whitelist
+//! ConfigMaps), `events` (Events on workloads), `cluster` (watches of every
+//! Pod and Node, for garbage collection) and `notes` (an Event per release).
 
 mod api;
 mod client;
 pub mod cluster;
-mod events;
+pub mod configmaps;
+pub mod events;
 pub mod fake;
 pub mod lease;
 pub mod notes;

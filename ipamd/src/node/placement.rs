@@ -52,6 +52,7 @@ impl Node {
             }
         };
         let w = pod::workload(&facts, &self.cfg.sticky_kinds);
+        let declarable = pod::declarable(&facts);
         Ok(Placement {
             choice: PoolChoice {
                 explicit: req.pool.clone(),
@@ -60,6 +61,7 @@ impl Node {
                 app: Some(w.app),
                 namespace_annotation: cluster.namespace_pool(&pod.namespace),
                 default: req.default_pool.clone(),
+                declarable,
             },
             stable: w.stable_name,
         })

@@ -844,27 +844,38 @@ fn controller_deployment_runs_the_controller_role_with_its_own_account() {
         ns
     );
 
-    // Its grants, exactly: the Lease in its namespace, workloads, pods
-    // and nodes read-only, Events on the pods it releases IPs of.
-    let expected: BTreeSet<Grant> = [
+    // Its grants, exactly: the Lease in its namespace, workloads read-only,
+    // pods and nodes read-only (garbage collection), the whitelist
+    // ConfigMaps, Events.
+    let mut expected: BTreeSet<Grant> = [
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
-        ("apps", "statefulsets", "get"),
-        ("apps", "statefulsets", "list"),
-        ("apps", "statefulsets", "watch"),
-        ("apps", "deployments", "get"),
-        ("apps", "deployments", "list"),
-        ("apps", "deployments", "watch"),
         ("", "pods", "list"),
         ("", "pods", "watch"),
         ("", "nodes", "list"),
         ("", "nodes", "watch"),
+        ("", "configmaps", "get"),
+        ("", "configmaps", "create"),
+        ("", "configmaps", "update"),
+        ("", "configmaps", "delete"),
         ("", "events", "create"),
+        ("", "events", "patch"),
     ]
     .into_iter()
     .map(|(g, r, v)| Grant::new(g, r, v))
     .collect();
+    for (group, resource) in [
+        ("apps", "statefulsets"),
+        ("apps", "deployments"),
+        ("apps", "daemonsets"),
+        ("apps", "replicasets"),
+        ("batch", "jobs"),
+    ] {
+        for verb in ["get", "list", "watch"] {
+            expected.insert(Grant::new(group, resource, verb));
+        }
+    }
     assert_eq!(m.role_grants("moor-controller").unwrap(), expected);
     let role = named(&m.roles, "moor-controller");
     assert_eq!(

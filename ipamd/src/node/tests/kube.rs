@@ -64,15 +64,19 @@ fn with_api(mut h: Harness, tor: Option<&str>) -> (Harness, Arc<FakeCluster>) {
 
 async fn pool(h: &Harness, name: &str, namespace: &str, allow: &[&str]) {
     h.ipam
-        .create_pool(&PoolSpec {
-            name: name.into(),
-            namespace: namespace.into(),
-            app: name.into(),
-            size: 2,
-            tors: vec![],
-            policy: Policy::Auto,
-            allow_namespaces: allow.iter().map(|s| s.to_string()).collect(),
-        })
+        .create_pool(
+            &PoolSpec {
+                name: name.into(),
+                namespace: namespace.into(),
+                app: name.into(),
+                size: 2,
+                tors: vec![],
+                policy: Policy::Auto,
+                allow_namespaces: allow.iter().map(|s| s.to_string()).collect(),
+                ..PoolSpec::default()
+            },
+            0,
+        )
         .await
         .unwrap();
 }
@@ -101,6 +105,28 @@ async fn the_controller_decides_the_pool_and_the_stickiness_not_the_name() {
     // A name no rule parses still finds its Deployment's pool.
     api.put_pod(deployment_pod("web", "web.v2-odd"));
     assert_eq!(h.add("c3", "web.v2-odd").await.unwrap().lease.pool, "web");
+    h.clean().await;
+}
+
+/// A workload's pods may be scheduled before the controller made the pool
+/// the workload declares: their ADD is "try again" (code 11), saying what
+/// is missing, and succeeds once the pool exists. A bare pod, which no
+/// controller makes a pool for, gets "no pool".
+#[tokio::test]
+async fn an_add_before_the_declared_pool_exists_is_try_again() {
+    let (h, api) = with_api(Harness::new().await, Some("r1"));
+    api.put_pod(facts("pg-0", owner("apps/v1", "StatefulSet", "pg")));
+    let e = h.add("c1", "pg-0").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER, "{e}");
+    let msg = e.to_string();
+    for want in ["no pool for app default/pg", "moor.io/pool-size", "retry"] {
+        assert!(msg.contains(want), "{want:?} missing from {msg}");
+    }
+    api.put_pod(facts("lone", None));
+    let e = h.add("c2", "lone").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::NO_POOL, "{e}");
+    pool(&h, "pg", "default", &[]).await;
+    assert_eq!(h.add("c1", "pg-0").await.unwrap().lease.pool, "pg");
     h.clean().await;
 }
 

@@ -91,15 +91,19 @@ impl Harness {
         .await
         .unwrap();
         for app in ["web", "db"] {
-            ipam.create_pool(&PoolSpec {
-                name: app.into(),
-                namespace: "default".into(),
-                app: app.into(),
-                size: 4,
-                tors: vec![],
-                policy: Policy::Auto,
-                allow_namespaces: vec![],
-            })
+            ipam.create_pool(
+                &PoolSpec {
+                    name: app.into(),
+                    namespace: "default".into(),
+                    app: app.into(),
+                    size: 4,
+                    tors: vec![],
+                    policy: Policy::Auto,
+                    allow_namespaces: vec![],
+                    ..PoolSpec::default()
+                },
+                0,
+            )
             .await
             .unwrap();
         }

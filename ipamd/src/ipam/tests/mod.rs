@@ -40,15 +40,19 @@ async fn setup(size: u32, policy: Policy) -> (Arc<MemStore>, Ipam) {
     )
     .await
     .unwrap();
-    ipam.create_pool(&PoolSpec {
-        name: "web".into(),
-        namespace: "default".into(),
-        app: "web".into(),
-        size,
-        tors: vec![],
-        policy,
-        allow_namespaces: vec![],
-    })
+    ipam.create_pool(
+        &PoolSpec {
+            name: "web".into(),
+            namespace: "default".into(),
+            app: "web".into(),
+            size,
+            tors: vec![],
+            policy,
+            allow_namespaces: vec![],
+            ..PoolSpec::default()
+        },
+        0,
+    )
     .await
     .unwrap();
     (store, ipam)
@@ -285,18 +289,19 @@ async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
         tors: tors.iter().map(|t| t.to_string()).collect(),
         policy: Policy::Auto,
         allow_namespaces: vec![],
+        ..PoolSpec::default()
     };
     let (_, msg) = code(
-        ipam.create_pool(&spec("both", "both", &["r1", "r1-db"]))
+        ipam.create_pool(&spec("both", "both", &["r1", "r1-db"]), 0)
             .await
             .unwrap_err(),
     );
     assert!(msg.contains("two segments of ToR r1"), "{msg}");
-    ipam.create_pool(&spec("db", "db", &["r1-db"]))
+    ipam.create_pool(&spec("db", "db", &["r1-db"]), 0)
         .await
         .unwrap();
     // A pool that names no ToR spreads over ToRs' own segments only.
-    ipam.create_pool(&spec("any", "any", &[])).await.unwrap();
+    ipam.create_pool(&spec("any", "any", &[]), 0).await.unwrap();
     let (any, _) = ipam.pool("any").await.unwrap();
     assert_eq!(any.ips.keys().collect::<Vec<_>>(), ["r1", "r2"]);
 
@@ -448,15 +453,15 @@ async fn resize_keeps_spread_and_never_takes_a_used_ip() {
             .unwrap();
         held.push(a.lease.ip);
     }
-    let p = ipam.resize_pool("web", 10).await.unwrap();
+    let p = ipam.resize_pool("web", 10, 0).await.unwrap();
     assert_eq!((p.ips["r1"].len(), p.ips["r2"].len()), (5, 5));
     clean(&store).await;
-    let p = ipam.resize_pool("web", 3).await.unwrap();
+    let p = ipam.resize_pool("web", 3, 0).await.unwrap();
     assert_eq!(p.size(), 3);
     for ip in &held {
         assert!(p.all_ips().contains(ip), "{ip} in use was dropped");
     }
-    let err = ipam.resize_pool("web", 1).await.unwrap_err().to_string();
+    let err = ipam.resize_pool("web", 1, 0).await.unwrap_err().to_string();
     assert!(
         err.contains("bound or in use") && err.contains("2 at the least"),
         "{err}"
@@ -466,7 +471,7 @@ async fn resize_keeps_spread_and_never_takes_a_used_ip() {
         3,
         "refused resize changed nothing"
     );
-    let err = ipam.resize_pool("web", 0).await.unwrap_err().to_string();
+    let err = ipam.resize_pool("web", 0, 0).await.unwrap_err().to_string();
     assert!(err.contains("size 0"), "{err}");
     clean(&store).await;
     // Freed IPs go back to the ToR for other pools.
@@ -486,6 +491,7 @@ async fn bad_admin_input_changes_nothing() {
         tors: tors.iter().map(|s| s.to_string()).collect(),
         policy: Policy::Auto,
         allow_namespaces: vec![],
+        ..PoolSpec::default()
     };
     let cases = [
         spec("web", "default", "other", 1, &[]),
@@ -497,14 +503,14 @@ async fn bad_admin_input_changes_nothing() {
         spec("x", "default", "x", 1, &["r9"]),
     ];
     for c in cases {
-        assert!(ipam.create_pool(&c).await.is_err(), "{c:?}");
+        assert!(ipam.create_pool(&c, 0).await.is_err(), "{c:?}");
     }
     assert!(ipam
         .add_tor("r3", "10.1.0.0/16", "10.1.0.1", 0, &[], "")
         .await
         .is_err());
     assert!(ipam.delete_tor("r1").await.is_err(), "ToR with pool IPs");
-    assert!(ipam.delete_pool("nope").await.is_err());
+    assert!(ipam.delete_pool("nope", 0).await.is_err());
     assert!(ipam
         .release_ip("192.168.9.9".parse().unwrap())
         .await
@@ -614,7 +620,7 @@ proptest! {
                                 }
                             }
                             Step::Resize(n) if actor == 0 => {
-                                let _ = ipam.resize_pool("web", n).await;
+                                let _ = ipam.resize_pool("web", n, 0).await;
                             }
                             _ => {}
                         }
@@ -676,10 +682,12 @@ async fn free_counts_are_published_per_pool_and_tor() {
     );
     ipam.release_ip(sts.lease.ip).await.unwrap();
     assert_eq!(count("r1").await, FreeCount { total: 4, free: 4 });
-    ipam.resize_pool("web", 12).await.unwrap();
+    ipam.resize_pool("web", 12, 0).await.unwrap();
     assert_eq!(count("r1").await.total + count("r2").await.total, 12);
     clean(&store).await;
-    ipam.delete_pool("web").await.unwrap();
+    ipam.delete_pool("web", 0).await.unwrap();
     assert!(store.list("free/").await.unwrap().0.is_empty());
     clean(&store).await;
 }
+
+mod lifecycle;

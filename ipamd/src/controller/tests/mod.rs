@@ -10,9 +10,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::clock::SystemClock;
-use crate::ipam::Ipam;
 use crate::kubernetes::lease::LeaseApi;
-use crate::store::mem::MemStore;
 
 const NS: &str = "moor-system";
 const LEASE: &str = "moor-controller";
@@ -182,60 +180,4 @@ fn lease_timing_is_checked() {
     assert_eq!(defaults.poll(), Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn declared_pools_are_created_only_while_leading() {
-    let api = fake_api();
-    api.create(objects::namespace("shop"));
-    let store = Arc::new(MemStore::new());
-    let ipam = Arc::new(Ipam::new(store));
-    let range = [("10.1.0.10".to_string(), "10.1.0.29".to_string())];
-    ipam.add_tor("t1", "10.1.0.0/24", "10.1.0.1", 0, &range, "")
-        .await
-        .unwrap();
-    let workloads = Arc::new(crate::kubernetes::workloads::Workloads::start(
-        client(&api).await,
-    ));
-    let leadership = Leadership::new();
-    let pools = DeclaredPools {
-        ipam: ipam.clone(),
-        workloads: workloads.clone(),
-        leadership: leadership.clone(),
-        resync: Duration::from_secs(30),
-    };
-    api.create(objects::statefulset("shop", "db", 3).annotation(POOL_SIZE_ANNOTATION, "5"));
-    api.create(objects::deployment("shop", "web", 2));
-    api.create(objects::deployment("shop", "bad", 2).annotation(POOL_SIZE_ANNOTATION, "lots"));
-    assert!(workloads.wait_ready(Duration::from_secs(5)).await);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while workloads.all().len() < 3 {
-        assert!(Instant::now() < deadline, "the cache fills");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut errors = Default::default();
-
-    let pass = pools.pass(&mut errors).await.unwrap();
-    assert!(pass.fenced && pass.created.is_empty());
-    assert!(
-        ipam.pools().await.unwrap().is_empty(),
-        "no writes unless leading"
-    );
-
-    leadership.extend(Instant::now(), Duration::from_secs(10));
-    let pass = pools.pass(&mut errors).await.unwrap();
-    assert_eq!(pass.created, ["shop-db"]);
-    let (pool, _) = ipam.pool("shop-db").await.unwrap();
-    assert_eq!((pool.namespace.as_str(), pool.app.as_str()), ("shop", "db"));
-    assert_eq!(pool.ips.values().map(|v| v.len()).sum::<usize>(), 5);
-    assert!(
-        errors.values().any(|e| e.contains("Deployment shop/bad")),
-        "{errors:?}"
-    );
-    // Idempotent: the app has its pool.
-    assert!(pools.pass(&mut errors).await.unwrap().created.is_empty());
-
-    leadership.end();
-    api.create(objects::statefulset("shop", "cache", 1).annotation(POOL_SIZE_ANNOTATION, "2"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(pools.pass(&mut errors).await.unwrap().fenced);
-    assert!(ipam.pool("shop-cache").await.is_err());
-}
+mod pools;
