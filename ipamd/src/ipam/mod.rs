@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use crate::core::{Attachment, AttachmentKey, Lease, PodRef, Policy, Tor};
+use crate::core::{Attachment, AttachmentKey, Lease, OwnerKind, PodFacts, PodRef, Policy, Tor};
 use crate::store::Store;
 
 pub use watch::PoolChange;
@@ -94,6 +94,32 @@ impl PoolChoice {
             ..Default::default()
         };
         (choice, stable)
+    }
+
+    /// With the Kubernetes API: the pod's annotation, then its workload's
+    /// pool (the app its controller names), its namespace's annotation
+    /// (`namespace_annotation`, read by the caller), then `default`. The
+    /// node agent's ADD and the controller's admission webhook both decide
+    /// so, and must agree: the webhook steers a pod to the ToRs of the pool
+    /// its ADD will draw from. Returns the choice and whether the pod's
+    /// name is stable (by `sticky`).
+    pub fn from_api(
+        pod: &PodFacts,
+        namespace_annotation: Option<String>,
+        default: Option<String>,
+        sticky: &[OwnerKind],
+    ) -> (Self, bool) {
+        let w = crate::core::pod::workload(pod, sticky);
+        let choice = PoolChoice {
+            explicit: None,
+            pod_annotation: pod.pool_annotation().map(str::to_string),
+            from_api: true,
+            // A bare pod created with only a generateName has no app yet.
+            app: Some(w.app).filter(|a| !a.is_empty()),
+            namespace_annotation,
+            default,
+        };
+        (choice, w.stable_name)
     }
 }
 

@@ -10,22 +10,25 @@
 //!
 //! For the controller role: `lease` (one Lease, written with optimistic
 //! concurrency, for leader election) and `workloads` (watches of
-//! StatefulSets and Deployments).
+//! StatefulSets and Deployments) and `namespaces` (shared with the node
+//! agent) for the admission webhook.
 
 mod api;
 mod client;
 mod events;
 pub mod fake;
 pub mod lease;
+mod namespaces;
 pub mod workloads;
 
 use async_trait::async_trait;
 
 use crate::core::PodFacts;
 
-pub use api::{ApiCluster, ApiOptions};
+pub use api::{pod_facts, ApiCluster, ApiOptions};
 pub use client::client;
 pub use events::reason_for;
+pub use namespaces::Namespaces;
 
 /// The API could not answer (down, refused, too slow).
 #[derive(Debug, thiserror::Error)]
