@@ -72,6 +72,8 @@ struct Args {
     /// duration); candidates read the Lease this often, at most every 2 s.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     lease_renew_seconds: u64,
+    #[command(flatten)]
+    webhook: controller::webhook::WebhookFlags,
     /// Unix socket to serve the CNI and admin APIs on (root-only, 0600).
     #[arg(long, env = "MOOR_SOCKET", default_value = moor_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -109,7 +111,8 @@ struct Args {
     /// containerd).
     #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
-    /// The Node label that names this node's ToR (with the API, no --tor).
+    /// The Node label that names this node's ToR (with the API, no --tor);
+    /// the webhook's node affinity and spread are on it.
     #[arg(long, default_value = "moor.io/tor", value_name = "KEY")]
     tor_label: String,
     /// Owner kinds (GROUP/Kind) whose pods keep their IP under the auto
@@ -263,6 +266,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.role == Role::Node && kube.is_none() && args.tor.is_none() {
         bail!("--tor is missing: name the ToR this node is under (or give ipamd the Kubernetes API with --kubeconfig and label the node: kubectl label node NODE {}=TOR)", args.tor_label);
     }
+    let controller = args.role != Role::Node;
+    let webhook =
+        (args.webhook.bind(controller, &args.tor_label).await).map_err(anyhow::Error::msg)?;
     if args.api_timeout_ms == 0 || args.event_interval_seconds == 0 {
         bail!("--api-timeout-ms and --event-interval-seconds must be more than 0");
     }
@@ -303,8 +309,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
         c.start(stopped()).1
     };
+    let mut webhook = webhook.map(|w| {
+        let client = kube.clone().expect("checked: the controller has the API");
+        let stop = stopped();
+        move |ipam| w.start(client, ipam, stop)
+    });
     if args.role == Role::Controller {
-        let elector = start_controller(Arc::new(Ipam::new(store.clone())));
+        let ipam = Arc::new(Ipam::new(store.clone()));
+        let _webhook = webhook.take().map(|w| w(ipam.clone()));
+        let elector = start_controller(ipam);
         let _ = elector.await;
         return Ok(());
     }
@@ -440,6 +453,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let elector = (args.role == Role::Both).then(|| start_controller(node.ipam.clone()));
+    let _webhook = webhook.take().map(|w| w(node.ipam.clone()));
     let ipam = node.ipam.clone();
     let shutdown = {
         let stopped = stopped();

@@ -7,11 +7,16 @@
 //!
 //! Loops so far: `pools` (a workload declaring `moor.io/pool-size` gets its
 //! pool, `declared.rs`).
+//!
+//! Not a loop and not the leader's alone: `webhook`, the admission webhook
+//! that keeps pods on the ToRs their pool can serve, answered by every
+//! replica from the store.
 
 mod declared;
 mod elector;
 mod leadership;
 mod pools;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

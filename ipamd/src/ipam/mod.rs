@@ -9,6 +9,7 @@
 //! - `pools`: create, resize, list and delete pools (carving IPs from ToRs);
 //! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
 //! - `attach`: the ADD path: which pool, which IP, pending -> ready;
+//! - `schedule`: what the admission webhook reads to steer a pod to ToRs;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
 //! - `watch`: a pool's IP set as a stream (whitelist syncers);
 //! - `registry`: the node records (heartbeats) the refusal messages cite.
@@ -18,6 +19,7 @@ mod ips;
 mod pools;
 pub mod registry;
 mod release;
+mod schedule;
 mod tors;
 mod watch;
 
