@@ -25,7 +25,8 @@ struct ReviewIn {
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<RequestIn>,
+    /// Read once the version is known to be v1.
+    request: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +85,10 @@ pub fn parse(body: &[u8]) -> Result<Review, BadReview> {
     }
     let req = r
         .request
+        .filter(|r| !r.is_null())
         .ok_or_else(|| bad("the AdmissionReview has no request"))?;
+    let req: RequestIn = serde_json::from_value(req)
+        .map_err(|e| bad(format!("request is not an AdmissionRequest v1: {e}")))?;
     if req.uid.is_empty() {
         return Err(bad("request.uid is empty: the response must echo it"));
     }

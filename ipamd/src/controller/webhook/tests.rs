@@ -358,7 +358,11 @@ async fn bodies_that_are_not_reviews_are_refused_with_the_reason() {
         (with("/request/uid", "".into()), "request.uid is empty"),
         (
             with("/request/uid", 7.into()),
-            "not an AdmissionReview in JSON",
+            "request is not an AdmissionRequest v1",
+        ),
+        (
+            with("/request/kind", "Pod".into()),
+            "request is not an AdmissionRequest v1",
         ),
         (without("object"), "request.object is missing"),
         (

@@ -21,8 +21,9 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-/// How often a handshake may look at the files' modification times.
-const RECHECK: Duration = Duration::from_secs(10);
+/// How often a handshake may look at the files' modification times (two
+/// stats; the API server keeps its connections, so handshakes are rare).
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// What identifies one version of the files on disk.
 type Stamp = (Option<SystemTime>, Option<SystemTime>);
