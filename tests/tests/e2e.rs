@@ -13,7 +13,8 @@
 //! 5. `daemon_down`: DEL while ipamd is stopped; ADD while it is down.
 //! 6. `bad_input`: a table of bad config/env/CLI input, none changing state.
 //!
-//! `controller`: issue 11's two controllers sharing a Lease.
+//! `controller`: issue 11's two controllers sharing a Lease; `webhook`:
+//! issue 11's admission webhook over HTTPS.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -49,3 +50,5 @@ mod socket;
 mod support;
 #[path = "e2e/sweep.rs"]
 mod sweep;
+#[path = "e2e/webhook.rs"]
+mod webhook;
