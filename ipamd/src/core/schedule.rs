@@ -1,8 +1,9 @@
 //! Where the scheduler may put a pod of a pool: the ToRs whose nodes can
 //! give it an IP. An IP never leaves its ToR, so a pod scheduled elsewhere
-//! fails its ADD (code 101 for a bound pod, 100 or 102 otherwise); the
-//! admission webhook turns this answer into a required node affinity on the
-//! nodes' ToR label. Pure: the caller reads the records from the store.
+//! fails its ADD (code 101: bound elsewhere, or no IP of its pool there;
+//! 100: its pool full there); the admission webhook turns this answer into
+//! a required node affinity on the nodes' ToR label. Pure: the caller reads
+//! the records from the store.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -53,6 +53,8 @@ const MAX_BODY: usize = 3 << 20;
 /// A client that has not finished its TLS handshake or its request
 /// headers by then is dropped.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Longest wait for the namespaces' first list before serving.
+const NAMESPACES_WAIT: Duration = Duration::from_secs(5);
 
 /// A namespace's `moor.io/pool` annotation, by namespace name.
 pub type NamespacePool = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -230,15 +232,25 @@ impl Bound {
         ipam: Arc<Ipam>,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let namespaces = Namespaces::start(client);
+        let namespaces = Arc::new(Namespaces::start(client));
+        let cache = namespaces.clone();
         let admission = Arc::new(Admission {
             ipam,
-            namespace_pool: Box::new(move |ns| namespaces.pool(ns)),
+            namespace_pool: Box::new(move |ns| cache.pool(ns)),
             tor_label: self.cfg.tor_label,
             default_pool: self.cfg.default_pool,
         });
-        info!(listen = %self.cfg.listen, path = PATH, "admission webhook serving");
-        tokio::spawn(serve(self.listener, self.tls, admission, stop))
+        tokio::spawn(async move {
+            // Answers before the first list would miss namespaces' pools.
+            // Meanwhile connections wait in the backlog; past its timeout
+            // the API server goes on without us (failurePolicy Ignore).
+            let listed = namespaces.wait_until_ready();
+            if tokio::time::timeout(NAMESPACES_WAIT, listed).await.is_err() {
+                warn!("the namespaces are not listed yet; serving meanwhile (a namespace's moor.io/pool counts once they are)");
+            }
+            info!(listen = %self.cfg.listen, path = PATH, "admission webhook serving");
+            serve(self.listener, self.tls, admission, stop).await
+        })
     }
 }
 

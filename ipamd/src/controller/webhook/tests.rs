@@ -17,7 +17,15 @@ const TOR: &str = "moor.io/tor";
 /// ToRs t1, t2 (4 pod IPs each) and t3 with segment t3-v300; pool `db`
 /// (app shop/db) of 4 on t1 and t2, pool `edge` on segment t3-v300 only.
 async fn admission(namespaces: &[(&str, &str)], default_pool: Option<&str>) -> Admission {
-    let ipam = Arc::new(Ipam::new(Arc::new(MemStore::new())));
+    admission_on(Arc::new(MemStore::new()), namespaces, default_pool).await
+}
+
+async fn admission_on(
+    store: Arc<MemStore>,
+    namespaces: &[(&str, &str)],
+    default_pool: Option<&str>,
+) -> Admission {
+    let ipam = Arc::new(Ipam::new(store));
     for (i, t) in ["t1", "t2", "t3"].iter().enumerate() {
         let range = [(format!("10.{i}.0.10"), format!("10.{i}.0.13"))];
         ipam.add_tor(
@@ -322,6 +330,20 @@ async fn a_pool_that_cannot_be_used_is_a_warning_not_a_patch() {
     assert!(out["response"].get("patch").is_none());
     let w = out["response"]["warnings"][0].as_str().unwrap();
     assert!(w.contains("does not allow pods of namespace other"), "{w}");
+}
+
+#[tokio::test]
+async fn a_store_that_does_not_answer_is_a_warning_not_a_patch() {
+    let store = Arc::new(MemStore::new());
+    let a = admission_on(store.clone(), &[], None).await;
+    store.set_down(true);
+    let (r, pod) = admit(&a, &sts_pod("db", 0)).await;
+    assert_eq!(pod, sts_pod("db", 0));
+    let w = r["warnings"][0].as_str().unwrap();
+    assert!(w.starts_with("moor: no ToR affinity added: "), "{w}");
+    store.set_down(false);
+    let (_, pod) = admit(&a, &sts_pod("db", 0)).await;
+    assert_eq!(tor_values(&pod), [["t1", "t2"]]);
 }
 
 #[tokio::test]
