@@ -82,6 +82,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.role == Role::Node && kube.is_none() && args.tor.is_none() {
         bail!("--tor is missing: name the ToR this node is under (or give ipamd the Kubernetes API with --kubeconfig and label the node: kubectl label node NODE {}=TOR)", args.tor_label);
     }
+    let controller = args.role != Role::Node;
+    let webhook =
+        (args.webhook.bind(controller, &args.tor_label).await).map_err(anyhow::Error::msg)?;
     if args.api_timeout_ms == 0
         || args.event_interval_seconds == 0
         || args.controller_resync_seconds == 0
@@ -128,12 +131,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), store = %store.describe(), "controller started: electing a leader");
         c.start(stopped())
     };
+    let mut webhook = webhook.map(|w| {
+        let client = kube.clone().expect("checked: the controller has the API");
+        let stop = stopped();
+        move |ipam| w.start(client, ipam, stop)
+    });
     if args.role == Role::Controller {
         let listener = api::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?;
-        let running = start_controller(Arc::new(
-            Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds),
-        ));
+        let ipam = Arc::new(Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds));
+        let _webhook = webhook.take().map(|w| w(ipam.clone()));
+        let running = start_controller(ipam);
         api::serve_controller(running.collector, listener, stopped()).await?;
         let _ = std::fs::remove_file(&args.socket);
         // It releases the Lease on the same signal.
@@ -276,6 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(c) => (Some(c.elector), Some(c.collector)),
         None => (None, None),
     };
+    let _webhook = webhook.take().map(|w| w(node.ipam.clone()));
     let ipam = node.ipam.clone();
     let shutdown = {
         let stopped = stopped();

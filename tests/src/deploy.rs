@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -39,6 +40,8 @@ pub struct Manifests {
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
     pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub mutating_webhooks: Vec<MutatingWebhookConfiguration>,
 }
 
 impl Manifests {
@@ -110,6 +113,10 @@ impl Manifests {
             }
             ("apps/v1", "DaemonSet") => self.daemon_sets.push(typed(&at, &doc)?),
             ("apps/v1", "Deployment") => self.deployments.push(typed(&at, &doc)?),
+            ("v1", "Service") => self.services.push(typed(&at, &doc)?),
+            ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+                self.mutating_webhooks.push(typed(&at, &doc)?)
+            }
             ("rbac.authorization.k8s.io/v1", "Role") => self.roles.push(typed(&at, &doc)?),
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
                 self.role_bindings.push(typed(&at, &doc)?)
@@ -117,9 +124,11 @@ impl Manifests {
             _ => {
                 return Err(format!(
                     "{at}: {api_version} {kind} is not a kind deploy/ holds (v1 Namespace, \
-                     ServiceAccount, ConfigMap; rbac.authorization.k8s.io/v1 ClusterRole, \
-                     ClusterRoleBinding, Role, RoleBinding; apps/v1 DaemonSet, Deployment): \
-                     add it to tests/src/deploy.rs with its checks"
+                     ServiceAccount, ConfigMap, Service; rbac.authorization.k8s.io/v1 \
+                     ClusterRole, ClusterRoleBinding, Role, RoleBinding; apps/v1 DaemonSet, \
+                     Deployment; admissionregistration.k8s.io/v1 \
+                     MutatingWebhookConfiguration): add it to tests/src/deploy.rs with its \
+                     checks"
                 ))
             }
         }

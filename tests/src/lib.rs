@@ -15,6 +15,8 @@
 //! - [`deploy`]: deploy/'s Kubernetes manifests as Kubernetes types, and the
 //!   ClusterRole's grants the e2e tests compare with ipamd's API requests.
 //! - [`ipamctl`]: the admin CLI against one ipamd socket.
+//! - [`webhook`]: the controller's admission webhook as the API server
+//!   calls it (test certificates, HTTPS, AdmissionReview v1, the patch).
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
 //! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
 //!   with moor as its CNI.
@@ -31,5 +33,6 @@ pub mod names;
 pub mod ovs_cluster;
 pub mod podman;
 pub mod testbed;
+pub mod webhook;
 
 pub use testbed::{CniRun, Counts, Options, Pod, PodAddr, Testbed};

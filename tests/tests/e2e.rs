@@ -15,7 +15,8 @@
 //!
 //! `controller`: issue 11's two controllers sharing a Lease; `gc`: its
 //! garbage collection by Kubernetes truth and eviction by IP;
-//! `pool_lifecycle`: its pools that follow their workloads.
+//! `pool_lifecycle`: its pools that follow their workloads; `webhook`: its
+//! admission webhook over HTTPS.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -55,3 +56,5 @@ mod socket;
 mod support;
 #[path = "e2e/sweep.rs"]
 mod sweep;
+#[path = "e2e/webhook.rs"]
+mod webhook;

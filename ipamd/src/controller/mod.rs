@@ -10,6 +10,10 @@
 //! `follow.rs` makes, resizes and publishes a pool, `retire.rs` deletes it
 //! after its workload); `gc` (bindings and attachments Kubernetes says
 //! nobody uses any more, `leftovers.rs`).
+//!
+//! Not a loop and not the leader's alone: `webhook`, the admission webhook
+//! that keeps pods on the ToRs their pool can serve, answered by every
+//! replica from the store.
 
 mod declared;
 mod elector;
@@ -20,6 +24,7 @@ mod leftovers;
 mod pools;
 mod retire;
 mod size;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,7 @@ pub mod carve;
 pub mod explain;
 pub mod model;
 pub mod pod;
+pub mod schedule;
 pub mod spread;
 pub mod validate;
 pub mod workload;

@@ -8,23 +8,23 @@ use std::net::Ipv4Addr;
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::explain::explain;
 use crate::core::{
-    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, Pool,
-    POOL_ANNOTATION,
+    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, PodRef,
+    Pool, POOL_ANNOTATION,
 };
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
-use super::{AllocRequest, Allocation, Ipam};
+use super::{AllocRequest, Allocation, Ipam, PoolChoice};
 
 impl Ipam {
     /// The pool a pod draws from, the first of: the call's explicit pool,
     /// the pod's annotation, the pool registered for its workload, its
     /// namespace's annotation, the network's default. A pool named by an
-    /// annotation must belong to the pod's namespace or allow it.
-    async fn resolve_pool(&self, req: &AllocRequest) -> Result<String> {
-        let c = &req.choice;
-        let pod = &req.pod;
+    /// annotation must belong to the pod's namespace or allow it. `pod` may
+    /// lack a name (the admission webhook's pod with a generateName): the
+    /// workload's pool needs only the namespace.
+    pub async fn resolve_pool(&self, pod: &PodRef, c: &PoolChoice) -> Result<String> {
         if let Some(p) = &c.explicit {
             self.named_pool(p, "named by MOOR_POOL or the network config", None)
                 .await?;
@@ -35,7 +35,7 @@ impl Ipam {
             self.named_pool(p, &why, Some(&pod.namespace)).await?;
             return Ok(p.clone());
         }
-        if let Some(app) = c.app.as_ref().filter(|_| pod.is_known()) {
+        if let Some(app) = c.app.as_ref().filter(|_| !pod.namespace.is_empty()) {
             if let Some((p, _)) = self
                 .store
                 .get_json::<String>(&keys::app(&pod.namespace, app))
@@ -143,7 +143,7 @@ impl Ipam {
                 existing: true,
             });
         }
-        let pool_name = self.resolve_pool(req).await?;
+        let pool_name = self.resolve_pool(&req.pod, &req.choice).await?;
         let stable_name = req.stable;
         let lock = self.pool_lock(&pool_name);
         let _guard = lock.lock().await;

@@ -11,6 +11,7 @@
 //! - `bindings`: a pod's IP kept before the pod exists (bring your own IPs);
 //! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
 //! - `attach`: the ADD path: which pool, which IP, pending -> ready;
+//! - `schedule`: what the admission webhook reads to steer a pod to ToRs;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
 //! - `reclaim`: garbage collection's release of a binding nobody uses;
 //! - `watch`: a pool's IP set as a stream (whitelist syncers);
@@ -25,6 +26,7 @@ mod reclaim;
 pub mod registry;
 mod release;
 mod resize;
+mod schedule;
 mod tors;
 mod watch;
 
@@ -35,7 +37,9 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use crate::core::{Attachment, AttachmentKey, Lease, PodRef, Policy, PoolOwner, Tor};
+use crate::core::{
+    Attachment, AttachmentKey, Lease, OwnerKind, PodFacts, PodRef, Policy, PoolOwner, Tor,
+};
 use crate::store::Store;
 
 pub use resize::{Resize, Resized};
@@ -125,6 +129,33 @@ impl PoolChoice {
             ..Default::default()
         };
         (choice, stable)
+    }
+
+    /// With the Kubernetes API: the pod's annotation, then its workload's
+    /// pool (the app its controller names), its namespace's annotation
+    /// (`namespace_annotation`, read by the caller), then `default`. The
+    /// node agent's ADD and the controller's admission webhook both decide
+    /// so, and must agree: the webhook steers a pod to the ToRs of the pool
+    /// its ADD will draw from. Returns the choice and whether the pod's
+    /// name is stable (by `sticky`).
+    pub fn from_api(
+        pod: &PodFacts,
+        namespace_annotation: Option<String>,
+        default: Option<String>,
+        sticky: &[OwnerKind],
+    ) -> (Self, bool) {
+        let w = crate::core::pod::workload(pod, sticky);
+        let choice = PoolChoice {
+            explicit: None,
+            pod_annotation: pod.pool_annotation().map(str::to_string),
+            from_api: true,
+            // A bare pod created with only a generateName has no app yet.
+            app: Some(w.app).filter(|a| !a.is_empty()),
+            namespace_annotation,
+            default,
+            declarable: crate::core::pod::declarable(pod),
+        };
+        (choice, w.stable_name)
     }
 }
 

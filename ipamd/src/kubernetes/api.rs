@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 
 use batchv1::Job;
-use corev1::{Namespace, Node, Pod};
+use corev1::{Node, Pod};
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -28,9 +28,10 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::clock::Clock;
-use crate::core::{OwnerRef, PodFacts, POOL_ANNOTATION};
+use crate::core::{OwnerRef, PodFacts};
 
 use super::events::Events;
+use super::namespaces::Namespaces;
 use super::{Cluster, Unreachable};
 
 /// Jobs whose controller is remembered at most.
@@ -54,7 +55,7 @@ pub struct ApiCluster {
     client: Client,
     opts: ApiOptions,
     pods: Store<PartialObjectMeta<Pod>>,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
+    namespaces: Namespaces,
     nodes: Store<PartialObjectMeta<Node>>,
     /// The controller of each Job seen (a Job's owner never changes).
     jobs: Mutex<HashMap<(String, String), Option<OwnerRef>>>,
@@ -63,7 +64,7 @@ pub struct ApiCluster {
 
 /// A metadata-only reflector of `api` under `cfg`, fed by a task of its own
 /// for as long as ipamd runs.
-fn reflect<K>(
+pub(super) fn reflect<K>(
     api: Api<PartialObjectMeta<K>>,
     cfg: watcher::Config,
     what: &'static str,
@@ -101,7 +102,8 @@ fn controller_of(m: &ObjectMeta) -> Option<OwnerRef> {
         })
 }
 
-fn facts(m: &ObjectMeta) -> PodFacts {
+/// What moor reads of a pod: from the cache, a GET, or an admission review.
+pub fn pod_facts(m: &ObjectMeta) -> PodFacts {
     PodFacts {
         namespace: m.namespace.clone().unwrap_or_default(),
         name: m.name.clone().unwrap_or_default(),
@@ -123,11 +125,7 @@ impl ApiCluster {
             on_node,
             "pods",
         );
-        let namespaces = reflect(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-            "namespaces",
-        );
+        let namespaces = Namespaces::start(client.clone());
         let this_node = watcher::Config::default().fields(&format!("metadata.name={}", opts.node));
         let nodes = reflect(
             Api::<PartialObjectMeta<Node>>::all(client.clone()),
@@ -158,7 +156,7 @@ impl ApiCluster {
     pub async fn wait_ready(&self, within: Duration) -> bool {
         let all = async {
             let _ = self.pods.wait_until_ready().await;
-            let _ = self.namespaces.wait_until_ready().await;
+            self.namespaces.wait_until_ready().await;
             let _ = self.nodes.wait_until_ready().await;
         };
         tokio::time::timeout(within, all).await.is_ok()
@@ -241,7 +239,7 @@ impl Cluster for ApiCluster {
                 }
             }
         };
-        let mut f = facts(&meta);
+        let mut f = pod_facts(&meta);
         if let Some(job) = f.job().map(str::to_string) {
             f.job_controller = self.job_controller(namespace, &job).await?;
         }
@@ -249,13 +247,7 @@ impl Cluster for ApiCluster {
     }
 
     fn namespace_pool(&self, namespace: &str) -> Option<String> {
-        let ns = self.namespaces.get(&ObjectRef::new(namespace))?;
-        ns.metadata
-            .annotations
-            .as_ref()?
-            .get(POOL_ANNOTATION)
-            .filter(|p| !p.is_empty())
-            .cloned()
+        self.namespaces.pool(namespace)
     }
 
     fn node_tor(&self) -> Option<String> {

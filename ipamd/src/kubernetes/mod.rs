@@ -12,7 +12,8 @@
 //! concurrency, for leader election), `workloads` (watches of the workload
 //! kinds that declare pools), `configmaps` (the pools' whitelist
 //! ConfigMaps), `events` (Events on workloads), `cluster` (watches of every
-//! Pod and Node, for garbage collection) and `notes` (an Event per release).
+//! Pod and Node, for garbage collection), `notes` (an Event per release)
+//! and `namespaces` (shared with the node agent) for the admission webhook.
 
 mod api;
 mod client;
@@ -21,6 +22,7 @@ pub mod configmaps;
 pub mod events;
 pub mod fake;
 pub mod lease;
+mod namespaces;
 pub mod notes;
 pub mod workloads;
 
@@ -28,9 +30,10 @@ use async_trait::async_trait;
 
 use crate::core::PodFacts;
 
-pub use api::{ApiCluster, ApiOptions};
+pub use api::{pod_facts, ApiCluster, ApiOptions};
 pub use client::client;
 pub use events::reason_for;
+pub use namespaces::Namespaces;
 
 /// The API could not answer (down, refused, too slow).
 #[derive(Debug, thiserror::Error)]

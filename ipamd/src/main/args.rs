@@ -66,6 +66,8 @@ pub(crate) struct Args {
     /// duration); candidates read the Lease this often, at most every 2 s.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub(crate) lease_renew_seconds: u64,
+    #[command(flatten)]
+    pub(crate) webhook: moor_ipamd::controller::webhook::WebhookFlags,
     /// Controller: a binding is released once no pod of its name and no
     /// StatefulSet that would own it has existed for this long; an
     /// attachment whose pod is gone, once its Node has been NotReady this
@@ -124,7 +126,8 @@ pub(crate) struct Args {
     /// containerd).
     #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
     pub(crate) kubeconfig: Option<PathBuf>,
-    /// The Node label that names this node's ToR (with the API, no --tor).
+    /// The Node label that names this node's ToR (with the API, no --tor);
+    /// the webhook's node affinity and spread are on it.
     #[arg(long, default_value = "moor.io/tor", value_name = "KEY")]
     pub(crate) tor_label: String,
     /// Owner kinds (GROUP/Kind) whose pods keep their IP under the auto

@@ -5,7 +5,6 @@
 
 use moor_proto::cni_code;
 
-use crate::core::pod;
 use crate::error::{Error, Result};
 use crate::ipam::PoolChoice;
 
@@ -51,19 +50,13 @@ impl Node {
                 ))
             }
         };
-        let w = pod::workload(&facts, &self.cfg.sticky_kinds);
-        let declarable = pod::declarable(&facts);
-        Ok(Placement {
-            choice: PoolChoice {
-                explicit: req.pool.clone(),
-                pod_annotation: facts.pool_annotation().map(str::to_string),
-                from_api: true,
-                app: Some(w.app),
-                namespace_annotation: cluster.namespace_pool(&pod.namespace),
-                default: req.default_pool.clone(),
-                declarable,
-            },
-            stable: w.stable_name,
-        })
+        let (mut choice, stable) = PoolChoice::from_api(
+            &facts,
+            cluster.namespace_pool(&pod.namespace),
+            req.default_pool.clone(),
+            &self.cfg.sticky_kinds,
+        );
+        choice.explicit = req.pool.clone();
+        Ok(Placement { choice, stable })
     }
 }

@@ -845,8 +845,8 @@ fn controller_deployment_runs_the_controller_role_with_its_own_account() {
     );
 
     // Its grants, exactly: the Lease in its namespace, workloads read-only,
-    // pods and nodes read-only (garbage collection), the whitelist
-    // ConfigMaps, Events.
+    // pods and nodes read-only (garbage collection), namespaces read-only
+    // (the webhook's), the whitelist ConfigMaps, Events.
     let mut expected: BTreeSet<Grant> = [
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
@@ -855,6 +855,8 @@ fn controller_deployment_runs_the_controller_role_with_its_own_account() {
         ("", "pods", "watch"),
         ("", "nodes", "list"),
         ("", "nodes", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
         ("", "configmaps", "get"),
         ("", "configmaps", "create"),
         ("", "configmaps", "update"),
@@ -917,4 +919,150 @@ fn controller_deployment_runs_the_controller_role_with_its_own_account() {
         .unwrap()
         .iter()
         .all(|g| g.api_group != "coordination.k8s.io"));
+}
+
+#[test]
+fn the_webhook_reaches_the_controller_that_serves_it() {
+    let m = manifests();
+    let ns = one(&m.namespaces, "Namespace")
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let mwc = named(&m.mutating_webhooks, "moor");
+    let hooks = mwc.webhooks.as_deref().unwrap_or_default();
+    assert_eq!(hooks.len(), 1, "one webhook");
+    let h = &hooks[0];
+    assert_eq!(h.admission_review_versions, ["v1"]);
+    assert_eq!(h.side_effects, "None", "it only reads");
+    assert_eq!(h.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(h.reinvocation_policy.as_deref(), Some("Never"));
+    let timeout = h.timeout_seconds.expect("a timeout is set");
+    assert!((1..=3).contains(&timeout), "a short timeout: {timeout}");
+    // Pod CREATE only.
+    let rules = h.rules.as_deref().unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    let r = &rules[0];
+    assert_eq!(r.operations.as_deref(), Some(&["CREATE".to_string()][..]));
+    assert_eq!(r.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(r.api_versions.as_deref(), Some(&["v1".to_string()][..]));
+    assert_eq!(r.resources.as_deref(), Some(&["pods".to_string()][..]));
+    // Skips kube-system and moor's own namespace by their name label.
+    let sel = h.namespace_selector.as_ref().expect("a namespace selector");
+    let exprs = sel.match_expressions.as_deref().unwrap_or_default();
+    assert_eq!(exprs.len(), 1);
+    assert_eq!(exprs[0].key, "kubernetes.io/metadata.name");
+    assert_eq!(exprs[0].operator, "NotIn");
+    let skipped = exprs[0].values.clone().unwrap_or_default();
+    assert!(
+        skipped.contains(&"kube-system".to_string()) && skipped.contains(&ns),
+        "{skipped:?}"
+    );
+
+    // The Service it calls selects the controller's pods, on the port its
+    // container serves, at the path ipamd serves.
+    let svc_ref = h.client_config.service.as_ref().expect("a Service");
+    assert_eq!(
+        svc_ref.path.as_deref(),
+        Some(moor_ipamd::controller::webhook::PATH)
+    );
+    assert_eq!(svc_ref.namespace, ns);
+    let svc = named(&m.services, &svc_ref.name);
+    assert_eq!(svc.metadata.namespace.as_deref(), Some(ns.as_str()));
+    let spec = svc.spec.as_ref().unwrap();
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| Some(p.port) == svc_ref.port.or(Some(443)))
+        .expect("the Service has the webhook's port");
+    let d = named(&m.deployments, "moor-controller");
+    let labels = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap_or_default();
+    for (k, v) in spec.selector.iter().flatten() {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "the Service selects the controller's pods"
+        );
+    }
+    let pod = d.spec.template.spec.as_ref().unwrap();
+    let c = container(pod, "controller");
+    let cport = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| match &port.target_port {
+            Some(IntOrString::String(name)) => p.name.as_deref() == Some(name.as_str()),
+            Some(IntOrString::Int(n)) => p.container_port == *n,
+            None => p.container_port == port.port,
+        })
+        .expect("the Service's targetPort is a port of the controller");
+    let args = c.args.clone().unwrap_or_default();
+    let listen = flag(&args, "--webhook-listen").expect("the controller serves the webhook");
+    assert!(
+        listen.ends_with(&format!(":{}", cport.container_port)),
+        "--webhook-listen {listen} is the container port {}",
+        cport.container_port
+    );
+    // Its certificate and key from the Secret the docs make.
+    let mount = |file: &str| {
+        let path = flag(&args, file).unwrap_or_else(|| panic!("{file} is given"));
+        let m = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| path.starts_with(&format!("{}/", m.mount_path)))
+            .unwrap_or_else(|| panic!("{path} is not on a mount"));
+        let v = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .unwrap();
+        v.secret
+            .as_ref()
+            .and_then(|s| s.secret_name.clone())
+            .unwrap()
+    };
+    let secret = mount("--webhook-cert");
+    assert_eq!(mount("--webhook-key"), secret);
+    assert_eq!(secret, "moor-webhook-tls");
+    // The two documented ways to make it: scripts/webhook-cert and the
+    // cert-manager Certificate, for the Service's DNS name.
+    let script = std::fs::read_to_string(repo_root().join("scripts/webhook-cert")).unwrap();
+    assert!(script.contains(&format!("secret tls {secret}")));
+    assert!(script.contains(&format!(
+        "mutatingwebhookconfiguration {}",
+        mwc.metadata.name.as_deref().unwrap()
+    )));
+    assert!(
+        script.contains(&format!("namespace={ns}")) && script.contains("service=moor-webhook.")
+    );
+    let text =
+        std::fs::read_to_string(dir().join("cert-manager/webhook-certificate.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let cert = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == secret.as_str())
+        .expect("a Certificate into the Secret");
+    let dns = format!("{}.{ns}.svc", svc_ref.name);
+    assert!(cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == dns.as_str()));
+    let inject =
+        mwc.metadata.annotations.as_ref().unwrap()["cert-manager.io/inject-ca-from"].clone();
+    assert_eq!(
+        inject,
+        format!("{ns}/{}", cert["metadata"]["name"].as_str().unwrap())
+    );
 }
