@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 // Kubernetes' own v1 modules, renamed so that a bare v1 module in ipamd means
 // moor's gRPC types (which stay in api/).
 use k8s_openapi::api::batch::v1 as batchv1;
@@ -20,12 +19,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use batchv1::Job;
 use corev1::{Node, Pod};
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use metav1::ObjectMeta;
 use serde::de::DeserializeOwned;
-use tracing::warn;
 
 use crate::clock::Clock;
 use crate::core::{OwnerRef, PodFacts};
@@ -62,8 +60,7 @@ pub struct ApiCluster {
     events: Events,
 }
 
-/// A metadata-only reflector of `api` under `cfg`, fed by a task of its own
-/// for as long as ipamd runs.
+/// A metadata-only reflector of `api` under `cfg`.
 pub(super) fn reflect<K>(
     api: Api<PartialObjectMeta<K>>,
     cfg: watcher::Config,
@@ -72,22 +69,13 @@ pub(super) fn reflect<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, cfg)
-        .default_backoff()
-        // Managed fields are most of an object's metadata and moor reads
-        // none of them.
-        .modify(|o: &mut PartialObjectMeta<K>| o.metadata.managed_fields = None)
-        .reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                warn!(what, error = %e, "Kubernetes watch failed; retrying with backoff (the cache keeps serving)");
-            }
-        }
-    });
-    reader
+    super::reflect::reflect(
+        api,
+        cfg,
+        what,
+        |o: &mut PartialObjectMeta<K>| o.metadata.managed_fields = None,
+        None,
+    )
 }
 
 fn controller_of(m: &ObjectMeta) -> Option<OwnerRef> {

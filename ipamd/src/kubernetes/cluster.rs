@@ -5,21 +5,18 @@
 //! and is most of its size). Like `workloads`, every replica keeps them
 //! warm, leader or not, and a counter bumps on every watch event.
 
-use std::fmt::Debug;
-
-use futures::StreamExt;
 // Kubernetes' own v1 modules, renamed: a bare v1 module in ipamd means
 // moor's gRPC types (which stay in api/).
 use k8s_openapi::api::core::v1 as corev1;
 
 use corev1::{Node, NodeCondition, NodeStatus, Pod};
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher::Config;
+use kube::{Api, Client};
 use tokio::sync::watch;
-use tracing::warn;
+
+use super::reflect::reflect;
 
 /// A pod as garbage collection reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,38 +40,6 @@ pub struct ClusterCache {
     pods: Store<PartialObjectMeta<Pod>>,
     nodes: Store<Node>,
     changes: watch::Receiver<u64>,
-}
-
-/// A reflector of `api` whose objects pass through `trim` before they are
-/// cached, fed by a task of its own for as long as ipamd runs.
-fn reflect<K>(
-    api: Api<K>,
-    what: &'static str,
-    trim: fn(&mut K),
-    changed: watch::Sender<u64>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => {
-                    changed.send_modify(|n| *n += 1);
-                }
-                Err(e) => {
-                    warn!(what, error = %e, "Kubernetes watch failed; retrying with backoff (the cache keeps serving)")
-                }
-            }
-        }
-    });
-    reader
 }
 
 /// Keeps what identifies the pod (namespace, name, uid).
@@ -110,8 +75,20 @@ impl ClusterCache {
     pub fn start(client: Client) -> Self {
         let (tx, changes) = watch::channel(0);
         Self {
-            pods: reflect(Api::all(client.clone()), "pods", trim_pod, tx.clone()),
-            nodes: reflect(Api::all(client), "nodes", trim_node, tx),
+            pods: reflect(
+                Api::all(client.clone()),
+                Config::default(),
+                "pods",
+                trim_pod,
+                Some(tx.clone()),
+            ),
+            nodes: reflect(
+                Api::all(client),
+                Config::default(),
+                "nodes",
+                trim_node,
+                Some(tx),
+            ),
             changes,
         }
     }

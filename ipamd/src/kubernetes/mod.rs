@@ -24,6 +24,7 @@ pub mod fake;
 pub mod lease;
 mod namespaces;
 pub mod notes;
+mod reflect;
 pub mod workloads;
 
 use async_trait::async_trait;

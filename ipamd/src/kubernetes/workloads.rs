@@ -11,17 +11,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1 as appsv1;
 use k8s_openapi::api::batch::v1 as batchv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tracing::warn;
 
 /// How many pods a workload runs at once, as its spec says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,28 +205,16 @@ pub struct Workloads {
 }
 
 fn reflect<K: Kind>(client: &Client, changed: watch::Sender<u64>) -> Store<K> {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|o: &mut K| {
+    super::reflect::reflect(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+        K::KIND,
+        |o: &mut K| {
             o.meta_mut().managed_fields = None;
             o.slim();
-        })
-        .reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => {
-                    changed.send_modify(|n| *n += 1);
-                }
-                Err(e) => {
-                    warn!(kind = K::KIND, error = %e, "Kubernetes watch failed; retrying with backoff (the cache keeps serving)")
-                }
-            }
-        }
-    });
-    reader
+        },
+        Some(changed),
+    )
 }
 
 fn workloads<K: Kind>(store: &Store<K>, out: &mut Vec<Workload>) {
