@@ -108,10 +108,13 @@ impl ApiCluster {
     /// fill as the API answers).
     pub fn start(client: Client, opts: ApiOptions, clock: Arc<dyn Clock>) -> Arc<Self> {
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node));
-        let pods = reflect(
+        let (changed, pod_changes) = tokio::sync::watch::channel(0);
+        let pods = super::reflect::reflect(
             Api::<PartialObjectMeta<Pod>>::all(client.clone()),
             on_node,
             "pods",
+            |o: &mut PartialObjectMeta<Pod>| o.metadata.managed_fields = None,
+            Some(changed),
         );
         let namespaces = Namespaces::start(client.clone());
         let this_node = watcher::Config::default().fields(&format!("metadata.name={}", opts.node));
@@ -127,7 +130,7 @@ impl ApiCluster {
             clock,
             opts.event_interval,
         );
-        Arc::new(Self {
+        let this = Arc::new(Self {
             client,
             opts,
             pods,
@@ -135,7 +138,28 @@ impl ApiCluster {
             nodes,
             jobs: Mutex::new(HashMap::new()),
             events,
-        })
+        });
+        tokio::spawn(learn_jobs(Arc::downgrade(&this), pod_changes));
+        this
+    }
+
+    /// The Jobs of this node's cached pods whose controller is not known
+    /// yet, each once.
+    fn unknown_jobs(&self) -> Vec<(String, String)> {
+        let known = self.jobs.lock().unwrap();
+        let mut out: Vec<(String, String)> = self
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| {
+                let f = pod_facts(&p.metadata);
+                let key = (f.namespace.clone(), f.job()?.to_string());
+                (!known.contains_key(&key)).then_some(key)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Waits until the first list of pods, namespaces and the node arrived
@@ -199,6 +223,24 @@ impl ApiCluster {
         }
         jobs.insert(key, owner.clone());
         Ok(owner)
+    }
+}
+
+/// Looks up the controller of every Job whose pod arrives in the cache, as
+/// it arrives: the ADD of a CronJob's pod then finds its Job's controller
+/// remembered (its pool follows the CronJob), and needs no request to the
+/// API server, which may be unreachable by the time the ADD comes. A
+/// lookup that fails is retried on the next change; the ADD would make it
+/// itself.
+async fn learn_jobs(
+    cluster: std::sync::Weak<ApiCluster>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    while changes.changed().await.is_ok() {
+        let Some(c) = cluster.upgrade() else { return };
+        for (namespace, job) in c.unknown_jobs() {
+            let _ = c.job_controller(&namespace, &job).await;
+        }
     }
 }
 

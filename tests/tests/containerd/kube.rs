@@ -320,12 +320,30 @@ fn kube_api_outage_410_and_return_without_restarting_ipamd() {
     let node = CriNode::new(Options::kube());
     let api = node.api();
     pool(&node, "keep", POD_NAMESPACE, "keep", 3, &[]);
+    pool(&node, "nightly", POD_NAMESPACE, "nightly", 2, &[]);
     let keep = node.create_pod(statefulset_pod(POD_NAMESPACE, "keep", 0));
-    node.restart_ipamd(); // the cache holds keep-0
+    let job = api.create(cronjob_job(POD_NAMESPACE, "nightly", 1_700_000_100));
+    let job_pod = node.create_pod(job_pod(&job));
+    node.restart_ipamd(); // the cache holds keep-0 and the Job's pod
+                          // A CronJob's pod draws from the CronJob's pool, which only its Job
+                          // says: the Job is looked up when its pod arrives in the cache, not
+                          // at the ADD, which may come while the API is down.
+    wait_for(
+        "the Job of a cached pod looked up",
+        Duration::from_secs(10),
+        || {
+            api.requests()
+                .iter()
+                .any(|r| r.resource == "jobs" && r.verb == "get")
+        },
+    );
 
     api.stop();
     let s = run_ok(&node, &keep);
     assert_eq!(pool_of(&node, s.ip), "keep");
+    let j = run_ok(&node, &job_pod);
+    assert_eq!(pool_of(&node, j.ip), "nightly");
+    node.stop_and_remove(&j.id);
 
     let ghost = bare_pod(POD_NAMESPACE, "ghost")
         .node(&node.id)
