@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::time::Duration;
 
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -138,15 +139,16 @@ impl NewPair {
     /// `tx_checksum_off`: see [`disable_tx_checksum`]. `probe`: the
     /// announcer can also run the duplicate-address probe. `host`: netlink
     /// in the host ends' netns, to tell a retired pod end in the way.
+    /// Also returns how long the work waited for the pod's thread.
     pub(crate) async fn configure_pod(
         self,
         host: Handle,
         tx_checksum_off: bool,
         probe: bool,
-    ) -> Result<Announcer, DatapathError> {
+    ) -> Result<(Announcer, Duration), DatapathError> {
         let link = self.link;
         self.pod
-            .run(move |pod| configure_pod(pod, host, link, tx_checksum_off, probe))
+            .run_timed(move |pod| configure_pod(pod, host, link, tx_checksum_off, probe))
             .await
     }
 }
