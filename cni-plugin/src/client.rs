@@ -86,6 +86,7 @@ impl Ipamd {
                 ))
             }
         };
+        crate::timing::mark(crate::timing::Stamp::Connected);
         Ok(Self {
             client: CniClient::new(channel),
             socket: socket.to_path_buf(),
@@ -146,7 +147,9 @@ impl Ipamd {
         op: &str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, CallError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let answer = tokio::time::timeout(self.timeout, call).await;
+        crate::timing::mark(crate::timing::Stamp::Replied);
+        match answer {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(from_status(&status, op, &self.socket)),
             Err(_) => Err(CallError::Failed(CniError::new(

@@ -11,6 +11,7 @@ mod error;
 mod host_veth;
 mod logging;
 mod result;
+mod timing;
 mod version;
 
 use std::io::{IsTerminal, Read, Write};
@@ -27,19 +28,26 @@ use crate::error::{code, CniError};
 const MAX_STDIN: u64 = 16 << 20;
 
 fn main() -> ExitCode {
+    timing::mark(timing::Stamp::Main);
     let lookup = |k: &str| std::env::var(k).ok();
     let mut cni_version = version::LATEST.to_string();
     let outcome = run(&lookup, &mut cni_version);
     let stdout = match &outcome {
-        Ok(None) => return ExitCode::SUCCESS,
-        Ok(Some(result)) => result.to_string(),
-        Err(e) => e.to_json(&cni_version),
+        Ok(None) => None,
+        Ok(Some(result)) => Some(result.to_string()),
+        Err(e) => Some(e.to_json(&cni_version)),
     };
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_all(stdout.as_bytes())
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
+    let written = stdout.map_or(Ok(()), |stdout| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(stdout.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+    });
+    timing::mark(timing::Stamp::Done);
+    timing::report(
+        &lookup("CNI_COMMAND").unwrap_or_default(),
+        lookup("MOOR_TIMING").as_deref(),
+    );
     match (outcome, written) {
         (Ok(_), Ok(())) => ExitCode::SUCCESS,
         (Ok(_), Err(e)) => {
@@ -73,6 +81,7 @@ fn run(
             .map(Path::new),
         lookup("MOOR_LOG").as_deref(),
     );
+    timing::mark(timing::Stamp::Config);
     let outcome = dispatch(cmd, &json, lookup);
     if let Err(e) = &outcome {
         tracing::warn!(
@@ -122,6 +131,7 @@ fn dispatch(
                 e.to_string(),
             )
         })?;
+    timing::mark(timing::Stamp::Runtime);
     rt.block_on(async {
         match (cmd, &attachment) {
             (Command::Add, Some((att, args))) => commands::add(&conf, att, args).await.map(Some),
