@@ -24,10 +24,12 @@
 //!   or pod namespaces, ipamd's pool shows nothing in use or bound, and
 //!   host-local's data dir holds no reservation.
 //!
-//! - `--moor-b-args "..."` adds a third side, `moor-b`: the same binaries
-//!   against a second ipamd (own bridge, store, socket) started with those
-//!   extra flags, to compare an ipamd setting in one run (e.g. the reaper
-//!   held off during batches: `--reap-quiet-ms 300 --reap-max-wait-ms 30000`).
+//! - `--moor-b-args "..."` adds a third side, `moor-b`: moor against a
+//!   second ipamd (own bridge, store, socket) started with those extra
+//!   flags, to compare an ipamd setting in one run (e.g. the reaper held off
+//!   during batches: `--reap-quiet-ms 300 --reap-max-wait-ms 30000`);
+//!   `--moor-b-bins DIR` gives moor-b the `moor`, `ipamd` and `ipamctl` of
+//!   DIR instead, to compare two builds (before/after) in one run.
 //! - `--timing`: the moor sides run with `MOOR_TIMING=1` and ipamd logs its
 //!   per-step timing line; the report adds a table of where each ADD's and
 //!   DEL's time goes (timing.rs).
@@ -77,6 +79,7 @@ Options:
   --version-runs V   CNI_COMMAND=VERSION runs per binary        [default: 100]
   --moor-b-args A    a third side, moor-b: moor against a second ipamd
                      started with these extra flags (one string)
+  --moor-b-bins DIR  moor-b runs the moor, ipamd and ipamctl of DIR
   --timing           per-step timing of every moor ADD and DEL (MOOR_TIMING=1,
                      ipamd's timing log line), printed as a table
   -h, --help         this text
@@ -102,6 +105,7 @@ struct Opts {
     rounds: usize,
     version_runs: usize,
     moor_b_args: Option<Vec<String>>,
+    moor_b_bins: Option<PathBuf>,
     timing: bool,
 }
 
@@ -113,6 +117,7 @@ fn parse_opts() -> Res<Option<Opts>> {
         rounds: 5,
         version_runs: 100,
         moor_b_args: None,
+        moor_b_bins: None,
         timing: false,
     };
     let mut args = Args::new(USAGE);
@@ -126,6 +131,17 @@ fn parse_opts() -> Res<Option<Opts>> {
             "--moor-b-args" => {
                 let v = args.value(a, "ipamd flags")?;
                 o.moor_b_args = Some(v.split_whitespace().map(str::to_owned).collect());
+                continue;
+            }
+            "--moor-b-bins" => {
+                let dir = PathBuf::from(args.value(a, "a directory")?);
+                for b in ["moor", "ipamd", "ipamctl"] {
+                    if !dir.join(b).is_file() {
+                        return Err(format!("--moor-b-bins: no {b} in {}", dir.display()));
+                    }
+                }
+                o.moor_b_bins = Some(dir);
+                o.moor_b_args.get_or_insert_with(Vec::new);
                 continue;
             }
             "--workers" => &mut o.workers,
@@ -190,6 +206,7 @@ const MOOR_B_NET: Net = Net {
 /// A moor side's daemon.
 struct Daemon {
     ipamd: Ipamd,
+    ipamctl: PathBuf,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -285,9 +302,9 @@ impl Side {
         })
     }
 
-    fn ctl(&self, ipamctl_bin: &Path, args: &[&str]) -> Res<String> {
+    fn ctl(&self, args: &[&str]) -> Res<String> {
         let d = self.daemon.as_ref().expect("a moor side");
-        ipamctl(ipamctl_bin, &d.socket, args)
+        ipamctl(&d.ipamctl, &d.socket, args)
     }
 }
 
@@ -317,7 +334,6 @@ struct Testbed {
     _tor: Netns,
     _tmp: TempDir,
     host_local_dir: PathBuf,
-    ipamctl: PathBuf,
 }
 
 const POOL: &str = "bench";
@@ -360,9 +376,15 @@ impl Testbed {
                 .map(|a| ("moor-b", 0xc, &MOOR_B_NET, a)),
         );
         for (key, tag, net, extra) in moor_sides {
+            let (moor, ipamd_bin, ipamctl_bin) = match (&opts.moor_b_bins, key) {
+                (Some(dir), "moor-b") => (dir.join("moor"), dir.join("ipamd"), dir.join("ipamctl")),
+                _ => (bins.moor.clone(), bins.ipamd.clone(), bins.ipamctl.clone()),
+            };
+            // Another build's ipamd may have no timing line to join.
+            let timed = opts.timing && !(key == "moor-b" && opts.moor_b_bins.is_some());
             let socket = tmp.join(format!("ipamd-{key}.sock"));
             let log = tmp.join(format!("ipamd-{key}.log"));
-            let level = if opts.timing {
+            let level = if timed {
                 "warn,moor_ipamd::node::timing=debug"
             } else {
                 "warn"
@@ -370,7 +392,7 @@ impl Testbed {
             // `ip netns exec` execs ipamd: the child's pid is ipamd's. Only
             // PATH from this environment: a KUBECONFIG there would give it
             // the API.
-            let ipamd = IpamdCommand::in_netns(&node.name, &bins.ipamd, &socket, &log)
+            let ipamd = IpamdCommand::in_netns(&node.name, &ipamd_bin, &socket, &log)
                 .env_only_path()
                 .arg("--store")
                 .arg(format!(
@@ -387,19 +409,20 @@ impl Testbed {
                 tag,
                 daemon: Some(Daemon {
                     ipamd,
+                    ipamctl: ipamctl_bin,
                     socket: socket.clone(),
                     log,
                 }),
                 cni: CniPlugin {
-                    bin: bins.moor.clone(),
-                    cni_path: bins.moor.parent().unwrap().display().to_string(),
+                    cni_path: moor.parent().unwrap().display().to_string(),
+                    bin: moor,
                     config: json!({
                         "cniVersion": "1.0.0", "name": "moor", "type": "moor",
                         "socket": socket,
                     })
                     .to_string(),
                     node_fd: node_fd.as_raw_fd(),
-                    env: if opts.timing {
+                    env: if timed {
                         vec![("MOOR_TIMING", "1")]
                     } else {
                         Vec::new()
@@ -408,7 +431,7 @@ impl Testbed {
                 net,
                 pods: Vec::new(),
                 seq: AtomicU64::new(0),
-                timed: opts.timing.then(|| Mutex::new(Vec::new())),
+                timed: timed.then(|| Mutex::new(Vec::new())),
                 phase: AtomicUsize::new(0),
             });
         }
@@ -451,7 +474,6 @@ impl Testbed {
             node,
             _tor: tor,
             host_local_dir,
-            ipamctl: bins.ipamctl.clone(),
             _tmp: tmp,
         };
 
@@ -460,34 +482,28 @@ impl Testbed {
         let size = (2 * opts.workers + 2).to_string();
         for side in bed.sides.iter().filter(|s| s.is_moor()) {
             let n = side.net;
-            side.ctl(
-                &bed.ipamctl,
-                &[
-                    "tor",
-                    "add",
-                    "bench-rack",
-                    "--subnet",
-                    n.subnet,
-                    "--gateway",
-                    n.gateway,
-                    "--range",
-                    n.range,
-                ],
-            )?;
-            side.ctl(
-                &bed.ipamctl,
-                &[
-                    "pool",
-                    "create",
-                    POOL,
-                    "--namespace",
-                    POD_NAMESPACE,
-                    "--app",
-                    "bench",
-                    "--size",
-                    &size,
-                ],
-            )?;
+            side.ctl(&[
+                "tor",
+                "add",
+                "bench-rack",
+                "--subnet",
+                n.subnet,
+                "--gateway",
+                n.gateway,
+                "--range",
+                n.range,
+            ])?;
+            side.ctl(&[
+                "pool",
+                "create",
+                POOL,
+                "--namespace",
+                POD_NAMESPACE,
+                "--app",
+                "bench",
+                "--size",
+                &size,
+            ])?;
         }
         let mut bed = bed;
         for side in bed.sides.iter_mut() {
@@ -560,7 +576,7 @@ impl Testbed {
         let pods = self.sides.iter().flat_map(|s| &s.pods);
         leftover_links(&self.node.name, &expected, pods, &mut problems)?;
         for s in self.sides.iter().filter(|s| s.is_moor()) {
-            let shown = s.ctl(&self.ipamctl, &["-o", "json", "pool", "show", POOL])?;
+            let shown = s.ctl(&["-o", "json", "pool", "show", POOL])?;
             if let Some(busy) = pool_busy(&shown)? {
                 problems.push(format!("{} pool {POOL} after the run: {busy}", s.key));
             }
@@ -610,11 +626,11 @@ struct Report {
     keys: Vec<&'static str>,
     multi: Vec<Samples>,
     single: Vec<Samples>,
-    /// VERSION of moor and of ref.
-    version: [Vec<Duration>; 2],
+    /// VERSION, per side.
+    version: Vec<Vec<Duration>>,
     floor: Vec<Duration>,
-    /// moor's VERSION minus the floor, run by run (they alternate).
-    over_floor: Vec<Duration>,
+    /// Per side, VERSION minus the floor run next to it, run by run.
+    over_floor: Vec<Vec<Duration>>,
     total: Duration,
     /// 1-minute load average before and after the timed part.
     load: (String, String),
@@ -626,7 +642,7 @@ impl Report {
         for s in self.multi.iter_mut().chain(self.single.iter_mut()) {
             s.sort();
         }
-        for v in self.version.iter_mut() {
+        for v in self.version.iter_mut().chain(self.over_floor.iter_mut()) {
             v.sort();
         }
         self.floor.sort();
@@ -641,7 +657,10 @@ impl Report {
             o.rounds,
             self.total.as_secs_f64()
         );
-        if let Some(a) = &o.moor_b_args {
+        if let Some(d) = &o.moor_b_bins {
+            println!("moor-b: the binaries of {}", d.display());
+        }
+        if let Some(a) = o.moor_b_args.as_ref().filter(|a| !a.is_empty()) {
             println!("moor-b: ipamd started with {}", a.join(" "));
         }
         println!(
@@ -713,24 +732,26 @@ impl Report {
             }
             println!();
         }
-        println!("-- process start");
-        let (v, f) = (&self.version, &self.floor);
-        let (vm, vr, fl) = (ms(pct(&v[0], 50.0)), ms(pct(&v[1], 50.0)), ms(pct(f, 50.0)));
-        println!(
-            "{:<28}{vm:>9.2} ms{vr:>9.2} ms   moor/ref {:.2}",
-            "  VERSION p50 (moor, ref)",
-            vm / vr
+        println!("-- process start (CNI_COMMAND=VERSION)");
+        let p50 = |v: &[Duration]| ms(pct(v, 50.0));
+        let fl = p50(&self.floor);
+        row(
+            "  VERSION p50",
+            self.version.iter().map(|v| p50(v)).collect(),
+            "ms",
+        );
+        row(
+            "  VERSION - floor, p50",
+            self.over_floor.iter().map(|v| p50(v)).collect(),
+            "ms",
         );
         println!(
-            "{:<28}{fl:>9.2} ms   (/bin/true spawned the same way: fork, setns, mount ns, /sys)",
+            "{:<28}{fl:>9.2} ms   (/bin/true spawned the same way: fork, setns, mount ns, /sys;",
             "  spawn floor p50",
         );
         println!(
-            "{:<28}{:>9.2} ms   moor {:+.2} ms, ref {:+.2} ms over the floor",
-            "  moor VERSION - floor, p50",
-            ms(pct(&self.over_floor, 50.0)),
-            vm - fl,
-            vr - fl
+            "{:<28}each VERSION run is paired with the floor run next to it)",
+            ""
         );
         println!("moor/ref < 1 on latencies and > 1 on cycles/s means moor is faster.");
         for (what, [multi, single]) in &self.timing {
@@ -778,18 +799,20 @@ impl Report {
             "rounds": o.rounds,
             "seconds": round3(self.total.as_secs_f64()),
             "spawn_floor_p50_ms": round3(fl),
-            "version_p50_ms": {"moor": round3(vm), "ref": round3(vr)},
-            "version_minus_floor_p50_ms": {"moor": round3(vm - fl), "ref": round3(vr - fl)},
-            "ratio_version_p50_moor_over_ref": round3(vm / vr),
         });
         for (i, k) in self.keys.iter().enumerate() {
             j[*k] = side_json(i);
+            j[*k]["version_p50_ms"] = json!(round3(p50(&self.version[i])));
+            j[*k]["version_minus_floor_p50_ms"] = json!(round3(p50(&self.over_floor[i])));
             if i < r {
                 j[format!("ratio_{}_over_ref", k.replace('-', "_"))] = ratios(i);
             }
         }
         if let Some(a) = &o.moor_b_args {
             j["moor_b_args"] = json!(a.join(" "));
+        }
+        if let Some(d) = &o.moor_b_bins {
+            j["moor_b_bins"] = json!(d.display().to_string());
         }
         if !self.timing.is_empty() {
             j["timing"] = Value::Object(
@@ -860,27 +883,22 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
     let total = t0.elapsed();
 
     eprintln!("bench: VERSION x {} per binary", opts.version_runs);
-    let (moor, reference) = (&bed.sides[0], &bed.sides[n - 1]);
-    let mut version = [Vec::new(), Vec::new()];
+    let mut version: Vec<Vec<Duration>> = vec![Vec::new(); n];
     let mut floor = Vec::new();
     let truth = Path::new("/bin/true");
+    let node_fd = bed.sides[0].cni.node_fd;
     for i in 0..opts.version_runs {
         check_interrupted()?;
-        let mut this = [(0, moor), (1, reference)];
-        if i % 2 == 1 {
-            this.reverse();
+        for k in (0..n).map(|k| (k + i) % n) {
+            version[k].push(bed.sides[k].version()?);
         }
-        for (k, side) in this {
-            version[k].push(side.version()?);
-        }
-        let (took, out) = spawn_in_node(moor.cni.node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
+        let (took, out) = spawn_in_node(node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
         if !out.status.success() {
             return Err(describe_failure("/bin/true in the node netns", &out));
         }
         floor.push(took);
     }
-
-    let over_floor = diffs(&version[0], &floor);
+    let over_floor = version.iter().map(|v| diffs(v, &floor)).collect();
     bed.verify_clean()?;
     Ok(Report {
         opts: opts.clone(),
