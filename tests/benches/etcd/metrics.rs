@@ -147,7 +147,8 @@ pub async fn per_op(
     }
     Ok(PerOp {
         by_method,
-        idle_per_s: idle.values().sum::<f64>() / secs,
+        // (An empty f64 sum is -0.0.)
+        idle_per_s: (idle.values().sum::<f64>() / secs).max(0.0),
     })
 }
 
