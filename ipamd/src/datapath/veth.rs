@@ -415,14 +415,18 @@ async fn move_aside(
         return Err(taken());
     }
     let index = old.header.index;
-    park(pod, index, &grave_name(index), |b| b)
-        .await
-        .map_err(|e| DatapathError::Netlink {
+    match park(pod, index, &grave_name(index), |b| b).await {
+        Ok(()) => {
+            tracing::debug!(%ifname, netns = %netns, "re-ADD moved a retired pod end aside");
+            Ok(())
+        }
+        // The reaper deleted the pair since it was listed: the name is free.
+        Err(e) if netlinksafe::errno(&e) == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(DatapathError::Netlink {
             op: format!("move the retired {ifname} aside in netns {netns}"),
             source: to_io(e),
-        })?;
-    tracing::debug!(%ifname, netns = %netns, "re-ADD moved a retired pod end aside");
-    Ok(())
+        }),
+    }
 }
 
 /// `ethtool -K IFNAME tx off` in the calling thread's netns (the kernel drops
