@@ -4,16 +4,19 @@
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use moor_proto::v1::cni_client::CniClient;
 use moor_proto::v1::{
     AddReply, AddRequest, CheckRequest, DelReply, DelRequest, GcReply, GcRequest, StatusReply,
     StatusRequest,
 };
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::codegen::http;
 use tonic::{Code, Status};
 
 use crate::error::{code, CniError};
@@ -49,7 +52,7 @@ impl CallError {
 
 /// A connection to ipamd's `Cni` service.
 pub struct Ipamd {
-    client: CniClient<Channel>,
+    client: CniClient<Http2>,
     socket: PathBuf,
     timeout: Duration,
 }
@@ -62,22 +65,11 @@ impl Ipamd {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, CallError> {
-        let path = socket.to_path_buf();
-        let connector = tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        });
-        // The authority is a placeholder: the connector ignores it.
-        let endpoint = Endpoint::from_static("http://[::]:50051").connect_timeout(connect_timeout);
-        // connect_timeout covers the socket connect only; a daemon that hangs
-        // with its accept backlog still open would stall the HTTP/2 handshake.
-        let connected = tokio::time::timeout(
-            connect_timeout + Duration::from_millis(100),
-            endpoint.connect_with_connector(connector),
-        )
-        .await;
-        let channel = match connected {
-            Ok(Ok(ch)) => ch,
+        // The timeout covers the HTTP/2 handshake too: a daemon that hangs
+        // with its accept backlog still open would stall it.
+        let connected = tokio::time::timeout(connect_timeout, Http2::connect(socket)).await;
+        let http2 = match connected {
+            Ok(Ok(h)) => h,
             Ok(Err(e)) => return Err(unreachable(socket, &error_chain(&e))),
             Err(_) => {
                 return Err(unreachable(
@@ -86,8 +78,9 @@ impl Ipamd {
                 ))
             }
         };
+        crate::timing::mark(crate::timing::Stamp::Connected);
         Ok(Self {
-            client: CniClient::new(channel),
+            client: CniClient::new(http2),
             socket: socket.to_path_buf(),
             timeout,
         })
@@ -146,7 +139,9 @@ impl Ipamd {
         op: &str,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, CallError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let answer = tokio::time::timeout(self.timeout, call).await;
+        crate::timing::mark(crate::timing::Stamp::Replied);
+        match answer {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(from_status(&status, op, &self.socket)),
             Err(_) => Err(CallError::Failed(CniError::new(
@@ -160,6 +155,69 @@ impl Ipamd {
             ))),
         }
     }
+}
+
+/// One HTTP/2 connection to ipamd's socket, as the gRPC client's transport.
+///
+/// Not tonic's `Channel`: the plugin makes one call and exits, and the
+/// Channel's machinery for long-lived clients (a buffer task between the
+/// caller and the connection, reconnects, load balancing) is a task hop
+/// each way and set-up on every pod event.
+#[derive(Clone)]
+pub struct Http2(SendRequest<tonic::body::Body>);
+
+impl Http2 {
+    async fn connect(socket: &Path) -> io::Result<Self> {
+        let stream = UnixStream::connect(socket).await?;
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection to ipamd: {e}");
+            }
+        });
+        Ok(Http2(send))
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    /// Every failure here is the connection's (ipamd's own errors come as
+    /// gRPC statuses in a response): an io::Error, which `from_status`
+    /// reads as "ipamd unreachable".
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        self.0.poll_ready(cx).map_err(broken)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        // HTTP/2 wants a scheme and an authority; the socket is the
+        // address, so the authority is a placeholder.
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        match http::Uri::builder()
+            .scheme("http")
+            .authority("ipamd")
+            .path_and_query(path)
+            .build()
+        {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return Box::pin(std::future::ready(Err(io::Error::other(e)))),
+        }
+        let sent = self.0.send_request(req);
+        Box::pin(async move { sent.await.map_err(broken) })
+    }
+}
+
+fn broken(e: hyper::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, e)
 }
 
 /// ipamd's error as a CNI error. ipamd says which CNI code it means in the
@@ -221,7 +279,7 @@ pub fn from_status(status: &Status, op: &str, socket: &Path) -> CallError {
 fn broke_in_transport(status: &Status) -> bool {
     let mut cur = std::error::Error::source(status);
     while let Some(e) = cur {
-        if e.is::<tonic::transport::Error>() || e.is::<io::Error>() {
+        if e.is::<tonic::transport::Error>() || e.is::<io::Error>() || e.is::<hyper::Error>() {
             return true;
         }
         cur = e.source();

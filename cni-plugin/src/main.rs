@@ -1,7 +1,11 @@
 //! `moor`, the CNI plugin binary: reads the CNI environment and the network
 //! config on stdin, asks ipamd over its unix socket, prints the CNI result or
 //! error on stdout. Run once per pod event, so it starts nothing it does not
-//! need: VERSION never builds a runtime, the others a current-thread one.
+//! need: VERSION never builds a runtime, the others a current-thread one;
+//! the process starts at the C `main`, without Rust's start-up (see
+//! [`main`]), and the executable is not position-independent (build.rs).
+
+#![cfg_attr(not(test), no_main)]
 
 mod client;
 mod commands;
@@ -11,11 +15,11 @@ mod error;
 mod host_veth;
 mod logging;
 mod result;
+mod timing;
 mod version;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
@@ -26,27 +30,53 @@ use crate::error::{code, CniError};
 /// Far above any real config with a prevResult.
 const MAX_STDIN: u64 = 16 << 20;
 
-fn main() -> ExitCode {
+/// The process's entry point: the C `main` itself rather than Rust's
+/// `fn main`, whose start-up (`lang_start`) costs a runtime-started plugin
+/// about 0.1 ms on every pod event for nothing it needs: glibc reads and
+/// parses /proc/self/maps to find the main thread's stack for Rust's stack
+/// guard, Rust installs a stack-overflow handler on an alternate stack,
+/// polls fds 0-2 and names the thread. What of it matters is done here.
+/// `std::env` works without it (glibc hands argv/environ to std).
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // A closed stdout is an EPIPE error to report, not a SIGPIPE death.
+    // SAFETY: setting a signal's disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // A panic may not unwind out of an extern "C" function: exit with the
+    // code a panicking Rust `main` exits with.
+    std::panic::catch_unwind(plugin_main).unwrap_or(101)
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn plugin_main() -> libc::c_int {
+    timing::mark(timing::Stamp::Main);
     let lookup = |k: &str| std::env::var(k).ok();
     let mut cni_version = version::LATEST.to_string();
     let outcome = run(&lookup, &mut cni_version);
     let stdout = match &outcome {
-        Ok(None) => return ExitCode::SUCCESS,
-        Ok(Some(result)) => result.to_string(),
-        Err(e) => e.to_json(&cni_version),
+        Ok(None) => None,
+        Ok(Some(result)) => Some(result.to_string()),
+        Err(e) => Some(e.to_json(&cni_version)),
     };
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_all(stdout.as_bytes())
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
+    let written = stdout.map_or(Ok(()), |stdout| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(stdout.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+    });
+    timing::mark(timing::Stamp::Done);
+    timing::report(
+        &lookup("CNI_COMMAND").unwrap_or_default(),
+        lookup("MOOR_TIMING").as_deref(),
+    );
     match (outcome, written) {
-        (Ok(_), Ok(())) => ExitCode::SUCCESS,
+        (Ok(_), Ok(())) => 0,
         (Ok(_), Err(e)) => {
             tracing::error!("cannot write the result to stdout: {e}");
-            ExitCode::FAILURE
+            1
         }
-        (Err(_), _) => ExitCode::FAILURE,
+        (Err(_), _) => 1,
     }
 }
 
@@ -73,6 +103,7 @@ fn run(
             .map(Path::new),
         lookup("MOOR_LOG").as_deref(),
     );
+    timing::mark(timing::Stamp::Config);
     let outcome = dispatch(cmd, &json, lookup);
     if let Err(e) = &outcome {
         tracing::warn!(
@@ -122,6 +153,7 @@ fn dispatch(
                 e.to_string(),
             )
         })?;
+    timing::mark(timing::Stamp::Runtime);
     rt.block_on(async {
         match (cmd, &attachment) {
             (Command::Add, Some((att, args))) => commands::add(&conf, att, args).await.map(Some),

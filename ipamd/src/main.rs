@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use moor_ipamd::clock::{Clock, SystemClock};
-use moor_ipamd::datapath::{BridgeDatapath, Datapath, OvsConfig, OvsDatapath};
+use moor_ipamd::datapath::{BridgeDatapath, Datapath, OvsConfig, OvsDatapath, ReapPolicy};
 use moor_ipamd::ipam::{registry::NodeRecord, Ipam};
 use moor_ipamd::node::{heartbeat, tasks, Mirror, Node, NodeConfig};
 use moor_ipamd::{api, controller, store};
@@ -159,6 +159,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let dad = (args.dad_probe_ms > 0).then(|| Duration::from_millis(args.dad_probe_ms));
+    if args.reap_quiet_ms == 0 || args.reap_max_wait_ms < args.reap_quiet_ms {
+        bail!(
+            "--reap-quiet-ms {} --reap-max-wait-ms {}: give a quiet spell of at least 1 ms and a longest wait at least as long (defaults 50 and 1000)",
+            args.reap_quiet_ms,
+            args.reap_max_wait_ms
+        );
+    }
+    let reap = ReapPolicy {
+        quiet: Duration::from_millis(args.reap_quiet_ms),
+        max_wait: Duration::from_millis(args.reap_max_wait_ms),
+    };
     let datapath: Arc<dyn Datapath> = match args.mode {
         Mode::Physical => {
             for (set, flag) in [
@@ -172,7 +183,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             let dp = BridgeDatapath::new_in(&bridge, args.netns.as_deref())
                 .await
-                .with_context(|| format!("--bridge {bridge}"))?;
+                .with_context(|| format!("--bridge {bridge}"))?
+                .with_reap_policy(reap);
             Arc::new(match dad {
                 Some(w) => dp.with_dad_probe(w),
                 None => dp,
@@ -195,7 +207,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let dp = OvsDatapath::new_in(&cfg, args.netns.as_deref())
                 .await
-                .with_context(|| format!("--mode ovs --bridge {bridge} --ovsdb {endpoint}"))?;
+                .with_context(|| format!("--mode ovs --bridge {bridge} --ovsdb {endpoint}"))?
+                .with_reap_policy(reap);
             Arc::new(match dad {
                 Some(w) => dp.with_dad_probe(w),
                 None => dp,

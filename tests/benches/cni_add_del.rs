@@ -24,15 +24,29 @@
 //!   or pod namespaces, ipamd's pool shows nothing in use or bound, and
 //!   host-local's data dir holds no reservation.
 //!
+//! - `--moor-b-args "..."` adds a third side, `moor-b`: moor against a
+//!   second ipamd (own bridge, store, socket) started with those extra
+//!   flags, to compare an ipamd setting in one run (e.g. the reaper held off
+//!   during batches: `--reap-quiet-ms 300 --reap-max-wait-ms 30000`);
+//!   `--moor-b-bins DIR` gives moor-b the `moor`, `ipamd` and `ipamctl` of
+//!   DIR instead, to compare two builds (before/after) in one run.
+//! - `--timing`: the moor sides run with `MOOR_TIMING=1` and ipamd logs its
+//!   per-step timing line; the report adds a table of where each ADD's and
+//!   DEL's time goes (timing.rs).
+//!
 //! Everything it creates (namespaces, ipamd, temp dir) is removed by Drop
 //! guards, also on error, panic or Ctrl-C.
+
+#[path = "cni/timing.rs"]
+mod timing;
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
@@ -43,9 +57,11 @@ use moor_e2e::bench::{
 };
 use moor_e2e::bins::Bins;
 use moor_testkit::cmd::{describe_failure, try_run as run};
-use moor_testkit::netns::wait_ping;
+use moor_testkit::netns::{try_links, wait_ping};
 use moor_testkit::{Ipamd, IpamdCommand, Netns, TempDir};
-use serde_json::json;
+use serde_json::{json, Value};
+
+use timing::{Invocation, Table};
 
 const USAGE: &str = "\
 cni_add_del: times CNI ADD+DEL of the real moor binary (against ipamd) and of
@@ -61,6 +77,11 @@ Options:
   --single N         cycles with 1 worker per plugin            [default: 40]
   --rounds R         interleaved rounds C and N are split over  [default: 5]
   --version-runs V   CNI_COMMAND=VERSION runs per binary        [default: 100]
+  --moor-b-args A    a third side, moor-b: moor against a second ipamd
+                     started with these extra flags (one string)
+  --moor-b-bins DIR  moor-b runs the moor, ipamd and ipamctl of DIR
+  --timing           per-step timing of every moor ADD and DEL (MOOR_TIMING=1,
+                     ipamd's timing log line), printed as a table
   -h, --help         this text
 ";
 
@@ -71,6 +92,8 @@ const POD_NAMESPACE: &str = "bench";
 const PING_WITHIN: Duration = Duration::from_secs(10);
 /// How much of ipamd's log an error shows.
 const LOG_LINES: usize = 30;
+/// How long the end check waits for retired veths to be reaped.
+const REAPED_WITHIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- options
 
@@ -81,6 +104,9 @@ struct Opts {
     single: usize,
     rounds: usize,
     version_runs: usize,
+    moor_b_args: Option<Vec<String>>,
+    moor_b_bins: Option<PathBuf>,
+    timing: bool,
 }
 
 fn parse_opts() -> Res<Option<Opts>> {
@@ -90,11 +116,34 @@ fn parse_opts() -> Res<Option<Opts>> {
         single: 40,
         rounds: 5,
         version_runs: 100,
+        moor_b_args: None,
+        moor_b_bins: None,
+        timing: false,
     };
     let mut args = Args::new(USAGE);
     while let Some(a) = args.next_arg() {
         let slot = match a.key.as_str() {
             "-h" | "--help" => return Ok(None),
+            "--timing" => {
+                o.timing = true;
+                continue;
+            }
+            "--moor-b-args" => {
+                let v = args.value(a, "ipamd flags")?;
+                o.moor_b_args = Some(v.split_whitespace().map(str::to_owned).collect());
+                continue;
+            }
+            "--moor-b-bins" => {
+                let dir = PathBuf::from(args.value(a, "a directory")?);
+                for b in ["moor", "ipamd", "ipamctl"] {
+                    if !dir.join(b).is_file() {
+                        return Err(format!("--moor-b-bins: no {b} in {}", dir.display()));
+                    }
+                }
+                o.moor_b_bins = Some(dir);
+                o.moor_b_args.get_or_insert_with(Vec::new);
+                continue;
+            }
             "--workers" => &mut o.workers,
             "--cycles" => &mut o.cycles,
             "--single" => &mut o.single,
@@ -108,46 +157,92 @@ fn parse_opts() -> Res<Option<Opts>> {
     Ok(Some(o))
 }
 
-// ---------------------------------------------------------------- plugins
+// ---------------------------------------------------------------- sides
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Which {
-    Moor,
-    Ref,
-}
-
-impl Which {
-    fn key(self) -> &'static str {
-        match self {
-            Which::Moor => "moor",
-            Which::Ref => "ref",
-        }
-    }
-}
-
-struct Plugin {
-    which: Which,
-    cni: CniPlugin,
+/// One side's own part of the topology: a bridge (MAC pinned) with an
+/// uplink to the ToR, the gateway there, and what its plugin hands out.
+struct Net {
+    bridge: &'static str,
+    mac: &'static str,
+    node_end: &'static str,
+    tor_end: &'static str,
     gateway: &'static str,
+    node_ip: &'static str,
+    subnet: &'static str,
+    range: &'static str,
+}
+
+const MOOR_NET: Net = Net {
+    bridge: "br-moor",
+    mac: "02:00:00:b0:01:01",
+    node_end: "uplink-moor",
+    tor_end: "tor-moor",
+    gateway: "10.211.0.1",
+    node_ip: "10.211.0.2",
+    subnet: "10.211.0.0/16",
+    range: "10.211.1.1-10.211.4.254",
+};
+const REF_NET: Net = Net {
+    bridge: "br-ref",
+    mac: "02:00:00:b0:02:01",
+    node_end: "uplink-ref",
+    tor_end: "tor-ref",
+    gateway: "10.212.0.1",
+    node_ip: "10.212.0.2",
+    subnet: "10.212.0.0/16",
+    range: "10.212.1.1-10.212.4.254",
+};
+const MOOR_B_NET: Net = Net {
+    bridge: "br-moorb",
+    mac: "02:00:00:b0:03:01",
+    node_end: "uplink-moorb",
+    tor_end: "tor-moorb",
+    gateway: "10.213.0.1",
+    node_ip: "10.213.0.2",
+    subnet: "10.213.0.0/16",
+    range: "10.213.1.1-10.213.4.254",
+};
+
+/// A moor side's daemon.
+struct Daemon {
+    ipamd: Ipamd,
+    ipamctl: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+/// One plugin setup under test. Field order is drop order: the daemon
+/// before the pods.
+struct Side {
+    key: &'static str,
+    /// The digit its container ids start with.
+    tag: usize,
+    daemon: Option<Daemon>,
+    cni: CniPlugin,
+    net: &'static Net,
     /// Pod network namespaces, one per worker.
     pods: Vec<Netns>,
     seq: AtomicU64,
+    /// With --timing: every invocation's stamps; `phase` says which batch
+    /// kind is running.
+    timed: Option<Mutex<Vec<Invocation>>>,
+    phase: AtomicUsize,
 }
 
-impl Plugin {
+impl Side {
+    fn is_moor(&self) -> bool {
+        self.daemon.is_some()
+    }
+
     fn invoke(
         &self,
-        command: &str,
+        command: &'static str,
         pod: &Netns,
         seq: u64,
     ) -> Res<(Duration, std::process::Output)> {
-        let tag = match self.which {
-            Which::Moor => 0xa,
-            Which::Ref => 0xb,
-        };
-        let cid = container_id(tag, seq);
+        let cid = container_id(self.tag, seq);
         let pod_name = format!("{POD_NAME_PREFIX}{}", suffix(seq));
-        let uid = format!("00000000-0000-4000-8{tag:03x}-{seq:012x}");
+        let uid = format!("00000000-0000-4000-8{:03x}-{seq:012x}", self.tag);
         let pod = CniPod {
             namespace: POD_NAMESPACE,
             name: &pod_name,
@@ -155,14 +250,30 @@ impl Plugin {
             cid: &cid,
             netns: pod,
         };
-        self.cni.invoke(self.which.key(), command, &pod)
+        let Some(timed) = &self.timed else {
+            return self.cni.invoke(self.key, command, &pod);
+        };
+        let spawned = timing::monotonic_ns();
+        let (took, out) = self.cni.invoke(self.key, command, &pod)?;
+        let reaped = timing::monotonic_ns();
+        timed.lock().unwrap().push(Invocation {
+            phase: self.phase.load(Ordering::Relaxed),
+            cmd: command,
+            cid,
+            spawned,
+            reaped,
+            stamps: timing::plugin_stamps(&out.stderr),
+        });
+        Ok((took, out))
     }
 
     /// One ADD then DEL in `pod`; the ADD's IP is checked against `live`.
     fn cycle(&self, pod: &Netns, live: &Live) -> Res<Cycle> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let key = self.which.key();
-        add_del(key, key, live, |command| self.invoke(command, pod, seq))
+        add_del(self.key, self.key, live, |command| {
+            let command = if command == "ADD" { "ADD" } else { "DEL" };
+            self.invoke(command, pod, seq)
+        })
     }
 
     fn version(&self) -> Res<Duration> {
@@ -176,23 +287,25 @@ impl Plugin {
         if !out.status.success()
             || !String::from_utf8_lossy(&out.stdout).contains("supportedVersions")
         {
-            return Err(describe_failure(
-                &format!("{} VERSION", self.which.key()),
-                &out,
-            ));
+            return Err(describe_failure(&format!("{} VERSION", self.key), &out));
         }
         Ok(took)
     }
-}
 
-// ---------------------------------------------------------------- batches
+    /// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
+    /// netns, started together; wall time from start to the last one's end.
+    fn batch(&self, workers: usize, cycles: usize) -> Res<Samples> {
+        self.phase
+            .store(usize::from(workers == 1), Ordering::Relaxed);
+        moor_e2e::bench::batch(self.key, &self.pods, workers, cycles, |pod, live| {
+            self.cycle(pod, live)
+        })
+    }
 
-/// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
-/// netns, started together; wall time from start to the last one's end.
-fn batch(p: &Plugin, workers: usize, cycles: usize) -> Res<Samples> {
-    moor_e2e::bench::batch(p.which.key(), &p.pods, workers, cycles, |pod, live| {
-        p.cycle(pod, live)
-    })
+    fn ctl(&self, args: &[&str]) -> Res<String> {
+        let d = self.daemon.as_ref().expect("a moor side");
+        ipamctl(&d.ipamctl, &d.socket, args)
+    }
 }
 
 // ---------------------------------------------------------------- testbed
@@ -211,225 +324,262 @@ fn find_bins() -> Res<Bins> {
     Ok(bins)
 }
 
-/// Field order is drop order: ipamd first, then pods, node, ToR, temp dir.
+/// Field order is drop order: the sides (ipamds, pods) first, then node,
+/// ToR, temp dir.
 struct Testbed {
-    ipamd: Option<Ipamd>,
-    moor: Plugin,
-    reference: Plugin,
+    /// moor, then moor-b if asked for, then ref (always last).
+    sides: Vec<Side>,
     _node_fd: File,
     node: Netns,
     _tor: Netns,
-    tmp: TempDir,
-    socket: PathBuf,
+    _tmp: TempDir,
     host_local_dir: PathBuf,
-    ipamctl: PathBuf,
 }
 
-const MOOR_BRIDGE: &str = "br-moor";
-const REF_BRIDGE: &str = "br-ref";
-const MOOR_GW: &str = "10.211.0.1";
-const REF_GW: &str = "10.212.0.1";
 const POOL: &str = "bench";
 
 impl Testbed {
-    fn new(bins: &Bins, workers: usize) -> Res<Self> {
+    fn new(bins: &Bins, opts: &Opts) -> Res<Self> {
         let tmp = temp_dir("moor-bench")?;
         let id = format!("mbench{}", std::process::id());
         let tor = Netns::add(format!("{id}-tor"))?;
         let node = Netns::add(format!("{id}-node"))?;
-        // (bridge, pinned MAC, node uplink, ToR side, gateway, node's own IP)
-        let sides = [
-            (
-                MOOR_BRIDGE,
-                "02:00:00:b0:01:01",
-                "uplink-moor",
-                "tor-moor",
-                MOOR_GW,
-                "10.211.0.2",
-            ),
-            (
-                REF_BRIDGE,
-                "02:00:00:b0:02:01",
-                "uplink-ref",
-                "tor-ref",
-                REF_GW,
-                "10.212.0.2",
-            ),
-        ];
-        for (bridge, mac, node_end, tor_end, gateway, node_ip) in sides {
+        let mut nets = vec![&MOOR_NET];
+        if opts.moor_b_args.is_some() {
+            nets.push(&MOOR_B_NET);
+        }
+        nets.push(&REF_NET);
+        for n in &nets {
             let uplink = Uplink {
-                bridge,
-                mac,
-                node_end,
-                tor_end,
-                gateway,
-                node_ip,
+                bridge: n.bridge,
+                mac: n.mac,
+                node_end: n.node_end,
+                tor_end: n.tor_end,
+                gateway: n.gateway,
+                node_ip: n.node_ip,
             };
             add_uplink(&tor, &node, &uplink)?;
         }
         // A new bridge raises its carrier about a second after its first port
-        // joins: wait until both gateways answer.
-        for (_, _, _, _, gw, _) in sides {
-            wait_ping(&node.name, gw, PING_WITHIN)?;
+        // joins: wait until every gateway answers.
+        for n in &nets {
+            wait_ping(&node.name, n.gateway, PING_WITHIN)?;
         }
         let node_fd =
             File::open(node.path()).map_err(|e| format!("open {}: {e}", node.path().display()))?;
 
-        // ipamd in the node netns, its own socket and store.
-        let socket = tmp.join("ipamd.sock");
-        let log = tmp.join("ipamd.log");
-        // `ip netns exec` execs ipamd: the child's pid is ipamd's. Only PATH
-        // from this environment: a KUBECONFIG there would give it the API.
-        let ipamd = IpamdCommand::in_netns(&node.name, &bins.ipamd, &socket, &log)
-            .env_only_path()
-            .arg("--store")
-            .arg(format!("redb:{}", tmp.join("ipamd.redb").display()))
-            .args([
-                "--node",
-                "bench-node",
-                "--tor",
-                "bench-rack",
-                "--bridge",
-                MOOR_BRIDGE,
-            ])
-            .args(["--log", "warn"])
-            .within(Duration::from_secs(10))
-            .start()?;
-
         let host_local_dir = tmp.join("host-local");
-        let mut bed = Self {
-            ipamd: Some(ipamd),
-            moor: Plugin {
-                which: Which::Moor,
+        let mut sides = Vec::new();
+        let moor_sides = [("moor", 0xa, &MOOR_NET, Vec::new())].into_iter().chain(
+            opts.moor_b_args
+                .clone()
+                .map(|a| ("moor-b", 0xc, &MOOR_B_NET, a)),
+        );
+        for (key, tag, net, extra) in moor_sides {
+            let (moor, ipamd_bin, ipamctl_bin) = match (&opts.moor_b_bins, key) {
+                (Some(dir), "moor-b") => (dir.join("moor"), dir.join("ipamd"), dir.join("ipamctl")),
+                _ => (bins.moor.clone(), bins.ipamd.clone(), bins.ipamctl.clone()),
+            };
+            // Another build's ipamd may have no timing line to join.
+            let timed = opts.timing && !(key == "moor-b" && opts.moor_b_bins.is_some());
+            let socket = tmp.join(format!("ipamd-{key}.sock"));
+            let log = tmp.join(format!("ipamd-{key}.log"));
+            let level = if timed {
+                "warn,moor_ipamd::node::timing=debug"
+            } else {
+                "warn"
+            };
+            // `ip netns exec` execs ipamd: the child's pid is ipamd's. Only
+            // PATH from this environment: a KUBECONFIG there would give it
+            // the API.
+            let ipamd = IpamdCommand::in_netns(&node.name, &ipamd_bin, &socket, &log)
+                .env_only_path()
+                .arg("--store")
+                .arg(format!(
+                    "redb:{}",
+                    tmp.join(format!("ipamd-{key}.redb")).display()
+                ))
+                .args(["--node", "bench-node", "--tor", "bench-rack"])
+                .args(["--bridge", net.bridge, "--log", level])
+                .args(&extra)
+                .within(Duration::from_secs(10))
+                .start()?;
+            sides.push(Side {
+                key,
+                tag,
+                daemon: Some(Daemon {
+                    ipamd,
+                    ipamctl: ipamctl_bin,
+                    socket: socket.clone(),
+                    log,
+                }),
                 cni: CniPlugin {
-                    bin: bins.moor.clone(),
-                    cni_path: bins.moor.parent().unwrap().display().to_string(),
+                    cni_path: moor.parent().unwrap().display().to_string(),
+                    bin: moor,
                     config: json!({
                         "cniVersion": "1.0.0", "name": "moor", "type": "moor",
                         "socket": socket,
                     })
                     .to_string(),
                     node_fd: node_fd.as_raw_fd(),
+                    env: if timed {
+                        vec![("MOOR_TIMING", "1")]
+                    } else {
+                        Vec::new()
+                    },
                 },
-                gateway: MOOR_GW,
+                net,
                 pods: Vec::new(),
                 seq: AtomicU64::new(0),
+                timed: timed.then(|| Mutex::new(Vec::new())),
+                phase: AtomicUsize::new(0),
+            });
+        }
+        sides.push(Side {
+            key: "ref",
+            tag: 0xb,
+            daemon: None,
+            cni: CniPlugin {
+                bin: Path::new(REF_PLUGIN_DIR).join("bridge"),
+                cni_path: REF_PLUGIN_DIR.into(),
+                // The brief's reference config, plus a default route via the
+                // gateway (moor sets one too) and a range that leaves the
+                // node's own address alone.
+                config: json!({
+                    "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+                    "bridge": REF_NET.bridge, "isGateway": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{
+                            "subnet": REF_NET.subnet, "gateway": REF_NET.gateway,
+                            "rangeStart": "10.212.1.1", "rangeEnd": "10.212.4.254",
+                        }]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": host_local_dir,
+                    },
+                })
+                .to_string(),
+                node_fd: node_fd.as_raw_fd(),
+                env: Vec::new(),
             },
-            reference: Plugin {
-                which: Which::Ref,
-                cni: CniPlugin {
-                    bin: Path::new(REF_PLUGIN_DIR).join("bridge"),
-                    cni_path: REF_PLUGIN_DIR.into(),
-                    // The brief's reference config, plus a default route
-                    // via the gateway (moor sets one too) and a range that
-                    // leaves the node's own address alone.
-                    config: json!({
-                        "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
-                        "bridge": REF_BRIDGE, "isGateway": false,
-                        "ipam": {
-                            "type": "host-local",
-                            "ranges": [[{
-                                "subnet": "10.212.0.0/16", "gateway": REF_GW,
-                                "rangeStart": "10.212.1.1", "rangeEnd": "10.212.4.254",
-                            }]],
-                            "routes": [{"dst": "0.0.0.0/0"}],
-                            "dataDir": host_local_dir,
-                        },
-                    })
-                    .to_string(),
-                    node_fd: node_fd.as_raw_fd(),
-                },
-                gateway: REF_GW,
-                pods: Vec::new(),
-                seq: AtomicU64::new(0),
-            },
+            net: &REF_NET,
+            pods: Vec::new(),
+            seq: AtomicU64::new(0),
+            timed: None,
+            phase: AtomicUsize::new(0),
+        });
+        let bed = Self {
+            sides,
             _node_fd: node_fd,
             node,
             _tor: tor,
-            socket,
             host_local_dir,
-            ipamctl: bins.ipamctl.clone(),
-            tmp,
+            _tmp: tmp,
         };
 
-        // The ToR and a pool big enough for every worker's pod at once.
-        let size = (2 * workers + 2).to_string();
-        bed.ctl(&[
-            "tor",
-            "add",
-            "bench-rack",
-            "--subnet",
-            "10.211.0.0/16",
-            "--gateway",
-            MOOR_GW,
-            "--range",
-            "10.211.1.1-10.211.4.254",
-        ])?;
-        bed.ctl(&[
-            "pool",
-            "create",
-            POOL,
-            "--namespace",
-            POD_NAMESPACE,
-            "--app",
-            "bench",
-            "--size",
-            &size,
-        ])?;
-
-        for w in 0..workers {
-            bed.moor.pods.push(Netns::add(format!("{id}-m{w}"))?);
-            bed.reference.pods.push(Netns::add(format!("{id}-r{w}"))?);
+        // Each moor side's ToR and a pool big enough for every worker's pod
+        // at once.
+        let size = (2 * opts.workers + 2).to_string();
+        for side in bed.sides.iter().filter(|s| s.is_moor()) {
+            let n = side.net;
+            side.ctl(&[
+                "tor",
+                "add",
+                "bench-rack",
+                "--subnet",
+                n.subnet,
+                "--gateway",
+                n.gateway,
+                "--range",
+                n.range,
+            ])?;
+            side.ctl(&[
+                "pool",
+                "create",
+                POOL,
+                "--namespace",
+                POD_NAMESPACE,
+                "--app",
+                "bench",
+                "--size",
+                &size,
+            ])?;
+        }
+        let mut bed = bed;
+        for side in bed.sides.iter_mut() {
+            for w in 0..opts.workers {
+                side.pods.push(Netns::add(format!("{id}-{}{w}", side.key))?);
+            }
         }
         Ok(bed)
     }
 
-    fn ctl(&self, args: &[&str]) -> Res<String> {
-        ipamctl(&self.ipamctl, &self.socket, args)
-    }
-
-    fn plugin(&self, w: Which) -> &Plugin {
-        match w {
-            Which::Moor => &self.moor,
-            Which::Ref => &self.reference,
-        }
-    }
-
-    /// One untimed ADD, a ping from the pod to its gateway (both setups must
+    /// One untimed ADD, a ping from the pod to its gateway (every setup must
     /// really work), DEL; then one untimed cycle per worker.
-    fn warm_up(&self, w: Which, workers: usize) -> Res<()> {
-        let p = self.plugin(w);
-        let pod = &p.pods[0];
-        let seq = p.seq.fetch_add(1, Ordering::Relaxed);
-        p.invoke("ADD", pod, seq)?;
-        let pinged = wait_ping(&pod.name, p.gateway, PING_WITHIN);
-        p.invoke("DEL", pod, seq)?;
-        pinged.map_err(|e| format!("{} pod: {e}", w.key()))?;
-        batch(p, workers, 1)?;
+    fn warm_up(&self, side: &Side, workers: usize) -> Res<()> {
+        let pod = &side.pods[0];
+        let seq = side.seq.fetch_add(1, Ordering::Relaxed);
+        side.invoke("ADD", pod, seq)?;
+        let pinged = wait_ping(&pod.name, side.net.gateway, PING_WITHIN);
+        side.invoke("DEL", pod, seq)?;
+        pinged.map_err(|e| format!("{} pod: {e}", side.key))?;
+        side.batch(workers, 1)?;
+        if let Some(t) = &side.timed {
+            t.lock().unwrap().clear();
+        }
         Ok(())
     }
 
-    fn log_tail(&self) -> String {
-        self.ipamd
-            .as_ref()
-            .map(|d| d.log_tail(LOG_LINES))
-            .unwrap_or_default()
+    fn log_tails(&self) -> String {
+        self.sides
+            .iter()
+            .filter_map(|s| {
+                let d = s.daemon.as_ref()?;
+                Some(format!(
+                    "ipamd of {} ({}):\n{}",
+                    s.key,
+                    d.log.display(),
+                    d.ipamd.log_tail(LOG_LINES)
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
-    /// After the run: ipamd alive, nothing left over anywhere.
+    /// After the run: every ipamd alive, nothing left over anywhere (retired
+    /// veths are given their reaper's time).
     fn verify_clean(&mut self) -> Res<()> {
         let mut problems = Vec::new();
-        if let Some(d) = self.ipamd.as_mut() {
-            if !d.alive() {
-                problems.push(format!("ipamd died; its log:\n{}", d.log_tail(LOG_LINES)));
+        for s in self.sides.iter_mut() {
+            if let Some(d) = s.daemon.as_mut() {
+                if !d.ipamd.alive() {
+                    problems.push(format!(
+                        "ipamd of {} died; its log:\n{}",
+                        s.key,
+                        d.ipamd.log_tail(LOG_LINES)
+                    ));
+                }
             }
         }
-        let expected: HashSet<&str> =
-            ["lo", MOOR_BRIDGE, REF_BRIDGE, "uplink-moor", "uplink-ref"].into();
-        let pods = self.moor.pods.iter().chain(&self.reference.pods);
+        let waited = Instant::now();
+        while try_links(&self.node.name)?
+            .iter()
+            .any(|l| l.starts_with("mgone"))
+            && waited.elapsed() < REAPED_WITHIN
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut expected: HashSet<&str> = ["lo"].into();
+        for s in &self.sides {
+            expected.extend([s.net.bridge, s.net.node_end]);
+        }
+        let pods = self.sides.iter().flat_map(|s| &s.pods);
         leftover_links(&self.node.name, &expected, pods, &mut problems)?;
-        if let Some(busy) = pool_busy(&self.ctl(&["-o", "json", "pool", "show", POOL])?)? {
-            problems.push(format!("moor pool {POOL} after the run: {busy}"));
+        for s in self.sides.iter().filter(|s| s.is_moor()) {
+            let shown = s.ctl(&["-o", "json", "pool", "show", POOL])?;
+            if let Some(busy) = pool_busy(&shown)? {
+                problems.push(format!("{} pool {POOL} after the run: {busy}", s.key));
+            }
         }
         let dir = self.host_local_dir.join("ref");
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -444,19 +594,47 @@ impl Testbed {
         }
         no_problems(problems, "not clean after the run")
     }
+
+    /// With --timing: each moor side's per-step tables, by phase and
+    /// command: ("moor ADD", [W workers, 1 worker]).
+    fn timing_tables(&self) -> Vec<(String, [Table; 2])> {
+        let mut out = Vec::new();
+        for s in &self.sides {
+            let (Some(timed), Some(d)) = (&s.timed, &s.daemon) else {
+                continue;
+            };
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let lines = timing::ipamd_lines(&log);
+            for cmd in ["ADD", "DEL"] {
+                let mut tables = [Table::default(), Table::default()];
+                for inv in timed.lock().unwrap().iter().filter(|i| i.cmd == cmd) {
+                    let ipamd = lines.get(&(cmd.to_string(), inv.cid.clone()));
+                    tables[inv.phase].absorb(inv, ipamd);
+                }
+                out.push((format!("{} {cmd}", s.key), tables));
+            }
+        }
+        out
+    }
 }
 
 // ---------------------------------------------------------------- report
 
 struct Report {
     opts: Opts,
-    multi: [Samples; 2],
-    single: [Samples; 2],
-    version: [Vec<Duration>; 2],
+    /// Per side, in the testbed's order (ref last).
+    keys: Vec<&'static str>,
+    multi: Vec<Samples>,
+    single: Vec<Samples>,
+    /// VERSION, per side.
+    version: Vec<Vec<Duration>>,
     floor: Vec<Duration>,
+    /// Per side, VERSION minus the floor run next to it, run by run.
+    over_floor: Vec<Vec<Duration>>,
     total: Duration,
     /// 1-minute load average before and after the timed part.
     load: (String, String),
+    timing: Vec<(String, [Table; 2])>,
 }
 
 impl Report {
@@ -464,19 +642,27 @@ impl Report {
         for s in self.multi.iter_mut().chain(self.single.iter_mut()) {
             s.sort();
         }
-        for v in self.version.iter_mut() {
+        for v in self.version.iter_mut().chain(self.over_floor.iter_mut()) {
             v.sort();
         }
         self.floor.sort();
         let o = &self.opts;
-        let (m, r) = (&self.multi, &self.single);
+        let n = self.keys.len();
+        let r = n - 1;
         println!();
         println!(
-            "moor (moor + ipamd) vs ref (Debian bridge + host-local {}), interleaved in {} rounds, {:.1} s",
+            "{} (moor + ipamd) vs ref (Debian bridge + host-local {}), interleaved in {} rounds, {:.1} s",
+            self.keys[..r].join(", "),
             ref_version(),
             o.rounds,
             self.total.as_secs_f64()
         );
+        if let Some(d) = &o.moor_b_bins {
+            println!("moor-b: the binaries of {}", d.display());
+        }
+        if let Some(a) = o.moor_b_args.as_ref().filter(|a| !a.is_empty()) {
+            println!("moor-b: ipamd started with {}", a.join(" "));
+        }
         println!(
             "machine: {} CPUs, kernel {}; each plugin: {} workers x {} cycles, then 1 worker x {} cycles",
             cpus(),
@@ -486,57 +672,120 @@ impl Report {
             o.single
         );
         println!(
-            "load average (1 min): {} before the timed part, {} after (the bench adds to it); source {}",
+            "load average (1 min): {} before the timed part, {} after (the bench adds to it); source {}{}",
             self.load.0,
             self.load.1,
-            commit()
+            commit(),
+            if o.timing { "; --timing on" } else { "" }
         );
-        println!("{:<28}{:>12}{:>12}{:>12}", "", "moor", "ref", "moor/ref");
-        let lat = |label: &str, a: &[Duration], b: &[Duration], p: f64| {
-            let (x, y) = (ms(pct(a, p)), ms(pct(b, p)));
-            println!("{label:<28}{:>9.2} ms{:>9.2} ms{:>12.2}", x, y, x / y);
+        print!("{:<28}", "");
+        for k in &self.keys {
+            print!("{k:>12}");
+        }
+        for k in &self.keys[..r] {
+            print!("{:>12}", format!("{k}/ref"));
+        }
+        println!();
+        let row = |label: &str, v: Vec<f64>, unit: &str| {
+            print!("{label:<28}");
+            for x in &v {
+                if unit.is_empty() {
+                    print!("{x:>12.1}");
+                } else {
+                    print!("{x:>9.2} {unit}");
+                }
+            }
+            for x in &v[..r] {
+                print!("{:>12.2}", x / v[r]);
+            }
+            println!();
         };
         for (title, s) in [
-            (format!("{} workers", o.workers), m),
-            ("1 worker".to_string(), r),
+            (format!("{} workers", o.workers), &self.multi),
+            ("1 worker".to_string(), &self.single),
         ] {
             println!("-- {title}");
             for (name, p) in PERCENTILES {
-                lat(&format!("  ADD {name}"), &s[0].add, &s[1].add, p);
+                row(
+                    &format!("  ADD {name}"),
+                    s.iter().map(|x| ms(pct(&x.add, p))).collect(),
+                    "ms",
+                );
             }
             for (name, p) in PERCENTILES {
-                lat(&format!("  DEL {name}"), &s[0].del, &s[1].del, p);
+                row(
+                    &format!("  DEL {name}"),
+                    s.iter().map(|x| ms(pct(&x.del, p))).collect(),
+                    "ms",
+                );
             }
-            let (x, y) = (s[0].rate(), s[1].rate());
-            println!(
-                "{:<28}{:>12.1}{:>12.1}{:>12.2}",
+            row(
                 "  ADD+DEL cycles/s",
-                x,
-                y,
-                x / y
+                s.iter().map(Samples::rate).collect(),
+                "",
             );
-            let spread = |s: &Samples| {
-                let lo = s.per_batch.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = s.per_batch.iter().copied().fold(0.0, f64::max);
-                format!("{lo:.0}-{hi:.0}")
-            };
-            println!(
-                "{:<28}{:>12}{:>12}",
-                "  cycles/s range per round",
-                spread(&s[0]),
-                spread(&s[1])
-            );
+            print!("{:<28}", "  cycles/s range per round");
+            for x in s.iter() {
+                let lo = x.per_batch.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = x.per_batch.iter().copied().fold(0.0, f64::max);
+                print!("{:>12}", format!("{lo:.0}-{hi:.0}"));
+            }
+            println!();
         }
-        println!("-- process start");
-        lat("  VERSION p50", &self.version[0], &self.version[1], 50.0);
+        println!("-- process start (CNI_COMMAND=VERSION)");
+        let p50 = |v: &[Duration]| ms(pct(v, 50.0));
+        let fl = p50(&self.floor);
+        row(
+            "  VERSION p50",
+            self.version.iter().map(|v| p50(v)).collect(),
+            "ms",
+        );
+        row(
+            "  VERSION - floor, p50",
+            self.over_floor.iter().map(|v| p50(v)).collect(),
+            "ms",
+        );
         println!(
-            "{:<28}{:>9.2} ms   (/bin/true spawned the same way: fork, setns, mount ns, /sys)",
+            "{:<28}{fl:>9.2} ms   (/bin/true spawned the same way: fork, setns, mount ns, /sys;",
             "  spawn floor p50",
-            ms(pct(&self.floor, 50.0))
+        );
+        println!(
+            "{:<28}each VERSION run is paired with the floor run next to it)",
+            ""
         );
         println!("moor/ref < 1 on latencies and > 1 on cycles/s means moor is faster.");
+        for (what, [multi, single]) in &self.timing {
+            println!();
+            timing::print(
+                &format!("where the time of a {what} goes"),
+                &[
+                    (format!("{} workers", o.workers), multi),
+                    ("1 worker".to_string(), single),
+                ],
+            );
+        }
         println!();
-        let j = json!({
+        let side_json = |i: usize| {
+            json!({
+                "multi": self.multi[i].to_json(),
+                "single": self.single[i].to_json(),
+            })
+        };
+        let ratio = |a: &Samples, b: &Samples, f: &dyn Fn(&Samples) -> f64| round3(f(a) / f(b));
+        let add50 = |s: &Samples| ms(pct(&s.add, 50.0));
+        let del50 = |s: &Samples| ms(pct(&s.del, 50.0));
+        let rate = |s: &Samples| s.rate();
+        let ratios = |i: usize| {
+            json!({
+                "add_p50_multi": ratio(&self.multi[i], &self.multi[r], &add50),
+                "del_p50_multi": ratio(&self.multi[i], &self.multi[r], &del50),
+                "cycles_per_s_multi": ratio(&self.multi[i], &self.multi[r], &rate),
+                "add_p50_single": ratio(&self.single[i], &self.single[r], &add50),
+                "del_p50_single": ratio(&self.single[i], &self.single[r], &del50),
+                "cycles_per_s_single": ratio(&self.single[i], &self.single[r], &rate),
+            })
+        };
+        let mut j = json!({
             "bench": "cni_add_del",
             "cpus": cpus(),
             "kernel": kernel(),
@@ -549,29 +798,45 @@ impl Report {
             "single_cycles": o.single,
             "rounds": o.rounds,
             "seconds": round3(self.total.as_secs_f64()),
-            "spawn_floor_p50_ms": round3(ms(pct(&self.floor, 50.0))),
-            "moor": {
-                "multi": m[0].to_json(),
-                "single": r[0].to_json(),
-                "version_p50_ms": round3(ms(pct(&self.version[0], 50.0))),
-            },
-            "ref": {
-                "multi": m[1].to_json(),
-                "single": r[1].to_json(),
-                "version_p50_ms": round3(ms(pct(&self.version[1], 50.0))),
-            },
-            "ratio_moor_over_ref": {
-                "add_p50_multi": round3(ms(pct(&m[0].add, 50.0)) / ms(pct(&m[1].add, 50.0))),
-                "del_p50_multi": round3(ms(pct(&m[0].del, 50.0)) / ms(pct(&m[1].del, 50.0))),
-                "cycles_per_s_multi": round3(m[0].rate() / m[1].rate()),
-                "add_p50_single": round3(ms(pct(&r[0].add, 50.0)) / ms(pct(&r[1].add, 50.0))),
-                "del_p50_single": round3(ms(pct(&r[0].del, 50.0)) / ms(pct(&r[1].del, 50.0))),
-                "cycles_per_s_single": round3(r[0].rate() / r[1].rate()),
-                "version_p50": round3(ms(pct(&self.version[0], 50.0)) / ms(pct(&self.version[1], 50.0))),
-            },
+            "spawn_floor_p50_ms": round3(fl),
         });
+        for (i, k) in self.keys.iter().enumerate() {
+            j[*k] = side_json(i);
+            j[*k]["version_p50_ms"] = json!(round3(p50(&self.version[i])));
+            j[*k]["version_minus_floor_p50_ms"] = json!(round3(p50(&self.over_floor[i])));
+            if i < r {
+                j[format!("ratio_{}_over_ref", k.replace('-', "_"))] = ratios(i);
+            }
+        }
+        if let Some(a) = &o.moor_b_args {
+            j["moor_b_args"] = json!(a.join(" "));
+        }
+        if let Some(d) = &o.moor_b_bins {
+            j["moor_b_bins"] = json!(d.display().to_string());
+        }
+        if !self.timing.is_empty() {
+            j["timing"] = Value::Object(
+                self.timing
+                    .iter()
+                    .map(|(what, [m, s])| {
+                        (
+                            what.clone(),
+                            json!({"multi": m.to_json(), "single": s.to_json()}),
+                        )
+                    })
+                    .collect(),
+            );
+        }
         println!("{j}");
     }
+}
+
+/// Pairwise differences `a[i] - b[i]` (the VERSION runs and the floor runs
+/// alternate, so pair i ran at about the same moment), sorted.
+fn diffs(a: &[Duration], b: &[Duration]) -> Vec<Duration> {
+    let mut d: Vec<Duration> = a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect();
+    d.sort();
+    d
 }
 
 fn ref_version() -> String {
@@ -582,74 +847,70 @@ fn ref_version() -> String {
 // ---------------------------------------------------------------- main
 
 fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
-    let order = [Which::Moor, Which::Ref];
-    let idx = |w: Which| usize::from(w == Which::Ref);
     eprintln!("bench: warm-up (one pod of each pings its gateway)");
-    for w in order {
-        bed.warm_up(w, opts.workers)?;
+    for side in &bed.sides {
+        bed.warm_up(side, opts.workers)?;
     }
+    let n = bed.sides.len();
     let load_before = loadavg();
     let t0 = Instant::now();
-    let mut multi = [Samples::default(), Samples::default()];
-    let mut single = [Samples::default(), Samples::default()];
+    let mut multi: Vec<Samples> = (0..n).map(|_| Samples::default()).collect();
+    let mut single: Vec<Samples> = (0..n).map(|_| Samples::default()).collect();
     for round in 0..opts.rounds {
-        let mut this = order;
-        if round % 2 == 1 {
-            this.reverse();
-        }
-        let (c, n) = (
+        // The order rotates every round, so each side follows each other.
+        let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
+        let (c, k) = (
             share(opts.cycles, opts.rounds, round),
             share(opts.single, opts.rounds, round),
         );
-        for w in this {
-            let s = batch(bed.plugin(w), opts.workers, c)?;
+        for &i in &order {
+            let side = &bed.sides[i];
+            let s = side.batch(opts.workers, c)?;
             eprintln!(
-                "bench: round {}/{} {:<4} {} workers x {c}: {:.1} cycles/s",
+                "bench: round {}/{} {:<6} {} workers x {c}: {:.1} cycles/s",
                 round + 1,
                 opts.rounds,
-                w.key(),
+                side.key,
                 opts.workers,
                 s.cycles as f64 / s.wall.as_secs_f64()
             );
-            multi[idx(w)].absorb(s);
+            multi[i].absorb(s);
         }
-        this.reverse();
-        for w in this {
-            let s = batch(bed.plugin(w), 1, n)?;
-            single[idx(w)].absorb(s);
+        for &i in order.iter().rev() {
+            single[i].absorb(bed.sides[i].batch(1, k)?);
         }
     }
     let total = t0.elapsed();
 
     eprintln!("bench: VERSION x {} per binary", opts.version_runs);
-    let mut version = [Vec::new(), Vec::new()];
+    let mut version: Vec<Vec<Duration>> = vec![Vec::new(); n];
     let mut floor = Vec::new();
     let truth = Path::new("/bin/true");
+    let node_fd = bed.sides[0].cni.node_fd;
     for i in 0..opts.version_runs {
         check_interrupted()?;
-        let mut this = order;
-        if i % 2 == 1 {
-            this.reverse();
+        for k in (0..n).map(|k| (k + i) % n) {
+            version[k].push(bed.sides[k].version()?);
         }
-        for w in this {
-            version[idx(w)].push(bed.plugin(w).version()?);
-        }
-        let (took, out) = spawn_in_node(bed.moor.cni.node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
+        let (took, out) = spawn_in_node(node_fd, truth, &[("PATH", PATH_ENV)], b"")?;
         if !out.status.success() {
             return Err(describe_failure("/bin/true in the node netns", &out));
         }
         floor.push(took);
     }
-
+    let over_floor = version.iter().map(|v| diffs(v, &floor)).collect();
     bed.verify_clean()?;
     Ok(Report {
         opts: opts.clone(),
+        keys: bed.sides.iter().map(|s| s.key).collect(),
         multi,
         single,
         version,
         floor,
+        over_floor,
         total,
         load: (load_before, loadavg()),
+        timing: bed.timing_tables(),
     })
 }
 
@@ -672,16 +933,13 @@ fn main() -> ExitCode {
     );
     moor_e2e::bench::run(
         "cni_add_del",
-        Testbed::new(&bins, opts.workers),
+        Testbed::new(&bins, &opts),
         |bed| bench(&opts, bed),
         |mut report| report.print(),
         |bed| {
-            let tail = bed.log_tail();
-            if !tail.is_empty() {
-                eprintln!(
-                    "ipamd log ({}):\n{tail}",
-                    bed.tmp.join("ipamd.log").display()
-                );
+            let tails = bed.log_tails();
+            if !tails.is_empty() {
+                eprintln!("{tails}");
             }
         },
     )

@@ -35,7 +35,16 @@
 //!   allocations are held; admin calls through `ipamctl` are timed and
 //!   ipamd's VmRSS/VmHWM read from /proc. That part needs root; `--no-ipamd`
 //!   skips it.
+//! - etcd's own count: `grpc_server_handled_total` by method from its
+//!   `/metrics`, before and after each allocation and release phase, idle
+//!   traffic subtracted, per operation; and before each allocation phase,
+//!   the floor at the same concurrency: single compare-and-swap
+//!   transactions against the same etcd, whose rate and p99 moor's ADD is
+//!   shown as a ratio of (etcd/metrics.rs).
 //! - Prints a table and a final JSON line.
+
+#[path = "etcd/metrics.rs"]
+mod metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -76,6 +85,9 @@ Options:
   --concurrency LIST   allocator counts, comma-separated           [default: 1,8,64]
   --allocs N           allocations per run, all held, then released [default: 30000]
   --allocs-single N    allocations of the 1-allocator run          [default: 1000]
+  --floor-ops N        single-CAS transactions of each floor phase  [default: 5000]
+  --idle-cap-s N       longest idle window after a phase (its etcd
+                       traffic is subtracted at its rate)          [default: 10]
   --no-ipamd           skip the real ipamd (no root needed)
   --keep-logs          keep etcd's and ipamd's logs (printed path)
   -h, --help           this text
@@ -99,6 +111,8 @@ struct Opts {
     concurrency: Vec<usize>,
     allocs: usize,
     allocs_single: usize,
+    floor_ops: usize,
+    idle_cap: Duration,
     ipamd: bool,
     keep_logs: bool,
 }
@@ -114,6 +128,8 @@ fn parse_opts() -> Res<Option<Opts>> {
         concurrency: vec![1, 8, 64],
         allocs: 30000,
         allocs_single: 1000,
+        floor_ops: 5000,
+        idle_cap: Duration::from_secs(10),
         ipamd: true,
         keep_logs: false,
     };
@@ -135,6 +151,8 @@ fn parse_opts() -> Res<Option<Opts>> {
             "--setup-concurrency" => o.setup_concurrency = num("--setup-concurrency")?,
             "--allocs" => o.allocs = num("--allocs")?,
             "--allocs-single" => o.allocs_single = num("--allocs-single")?,
+            "--floor-ops" => o.floor_ops = num("--floor-ops")?,
+            "--idle-cap-s" => o.idle_cap = Duration::from_secs(num("--idle-cap-s")? as u64),
             "--concurrency" => {
                 let v = args.next().ok_or("--concurrency needs a value")?;
                 o.concurrency = v
@@ -866,6 +884,11 @@ struct Run {
     alloc_cpu: Cpu,
     release_cpu: Cpu,
     ipamd: Option<Value>,
+    /// What etcd itself served per allocation and per release.
+    alloc_etcd: metrics::PerOp,
+    release_etcd: metrics::PerOp,
+    /// Single compare-and-swap transactions at the same concurrency.
+    floor: metrics::Floor,
 }
 
 /// One allocator: its own `Ipam` on its own etcd connection, like one
@@ -1018,7 +1041,28 @@ async fn run_level(
     } else {
         o.allocs
     };
+    // The floor, at this concurrency, on connections of its own.
+    let mut clients = Vec::new();
+    for _ in 0..conc {
+        clients.push(open_store(url).await?.client());
+    }
+    let floor_ops = if conc == 1 {
+        o.floor_ops.min(allocs)
+    } else {
+        o.floor_ops
+    };
+    let floor = metrics::floor(url, clients, "/moor-floor/", floor_ops, o.idle_cap).await?;
+    println!(
+        "{conc:>3} floor:      {} single-CAS txns in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {:.2} etcd requests each",
+        floor.ops,
+        floor.wall.as_secs_f64(),
+        floor.ops as f64 / floor.wall.as_secs_f64(),
+        ms(stats(floor.latencies.clone()).p50),
+        ms(stats(floor.latencies.clone()).p99),
+        floor.per_op.total()
+    );
     // Allocate.
+    let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
     let before = counters.snap();
     let next = Arc::new(AtomicUsize::new(0));
@@ -1041,6 +1085,14 @@ async fn run_level(
     let alloc_wall = t.elapsed();
     let alloc_count = counters.snap().since(before);
     let cpu1 = cpu_now(etcd);
+    let alloc_etcd = metrics::per_op(
+        url,
+        &scraped,
+        &metrics::scrape(url)?,
+        done.len(),
+        o.idle_cap,
+    )
+    .await?;
     let alloc_cpu = cpu1.since(cpu0);
     let total = stats(done.iter().map(|d| d.total).collect());
     let allocate = stats(done.iter().map(|d| d.allocate).collect());
@@ -1069,6 +1121,7 @@ async fn run_level(
 
     // Release, with the same concurrency.
     let held = Arc::new(held);
+    let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
     let before = counters.snap();
     let next = Arc::new(AtomicUsize::new(0));
@@ -1104,6 +1157,8 @@ async fn run_level(
     let release_wall = t.elapsed();
     let release_count = counters.snap().since(before);
     let cpu1 = cpu_now(etcd);
+    let release_etcd =
+        metrics::per_op(url, &scraped, &metrics::scrape(url)?, lat.len(), o.idle_cap).await?;
     let release_cpu = cpu1.since(cpu0);
     let release = stats(lat);
     println!(
@@ -1131,6 +1186,9 @@ async fn run_level(
         alloc_cpu,
         release_cpu,
         ipamd,
+        alloc_etcd,
+        release_etcd,
+        floor,
     })
 }
 
@@ -1430,6 +1488,82 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     }
     println!();
     println!(
+        "etcd's own count: requests per op (grpc_server_handled_total by method, idle traffic subtracted)"
+    );
+    let methods: Vec<String> = {
+        let mut m: Vec<String> = runs
+            .iter()
+            .flat_map(|r| [&r.alloc_etcd, &r.release_etcd, &r.floor.per_op])
+            .flat_map(|p| p.by_method.keys().cloned())
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    };
+    print!("{:<26} {:>5} {:>7}", "", "conc", "total");
+    for m in &methods {
+        print!(" {m:>11}");
+    }
+    println!(" {:>12}", "idle req/s");
+    for r in &runs {
+        for (what, p) in [
+            ("allocate+mark_ready", &r.alloc_etcd),
+            ("release", &r.release_etcd),
+            ("floor: one CAS txn", &r.floor.per_op),
+        ] {
+            print!("{what:<26} {:>5} {:>7.2}", r.concurrency, p.total());
+            for m in &methods {
+                print!(" {:>11.2}", p.get(m));
+            }
+            println!(" {:>12.2}", p.idle_per_s);
+        }
+    }
+    println!();
+    println!(
+        "moor's ADD (allocate+mark_ready) against the floor (single compare-and-swap txns, same etcd, same concurrency)"
+    );
+    println!(
+        "{:>5} {:>12} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+        "conc",
+        "floor ops/s",
+        "floor p50",
+        "floor p99",
+        "ADD ops/s",
+        "ADD p99",
+        "ADD/floor rate",
+        "ADD/floor p99"
+    );
+    let floor_rows: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            let f = stats(r.floor.latencies.clone());
+            let floor_rate = r.floor.ops as f64 / r.floor.wall.as_secs_f64();
+            let add_rate = r.allocs as f64 / r.alloc_wall.as_secs_f64();
+            println!(
+                "{:>5} {:>12.0} {:>10.2} {:>10.2} {:>10.0} {:>10.2} {:>14.3} {:>14.2}",
+                r.concurrency,
+                floor_rate,
+                ms(f.p50),
+                ms(f.p99),
+                add_rate,
+                ms(r.total.p99),
+                add_rate / floor_rate,
+                ms(r.total.p99) / ms(f.p99)
+            );
+            json!({
+                "concurrency": r.concurrency,
+                "floor_ops": r.floor.ops,
+                "floor_per_s": floor_rate,
+                "floor": f.json(),
+                "floor_etcd_per_op": r.floor.per_op.json(),
+                "add_per_s": add_rate,
+                "ratio_add_rate_over_floor": add_rate / floor_rate,
+                "ratio_add_p99_over_floor_p99": ms(r.total.p99) / ms(f.p99),
+            })
+        })
+        .collect();
+    println!();
+    println!(
         "memory                bench process peak {}; etcd VmRSS {}, peak {}; etcd db {:.0} MiB ({:.0} MiB in use)",
         mib(bench_hwm),
         mib(etcd_rss),
@@ -1485,6 +1619,8 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
                 "bench": r.alloc_cpu.bench * 1e3 / r.allocs.max(1) as f64,
                 "others_cores": r.alloc_cpu.others / r.alloc_wall.as_secs_f64(),
             },
+            "alloc_etcd_per_op": r.alloc_etcd.json(),
+            "release_etcd_per_op": r.release_etcd.json(),
             "release_cpu_ms_per_op": {
                 "etcd": r.release_cpu.etcd * 1e3 / r.allocs.max(1) as f64,
                 "bench": r.release_cpu.bench * 1e3 / r.allocs.max(1) as f64,
@@ -1499,6 +1635,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
             "etcd_db_in_use_bytes": db_in_use,
         },
         "ipamd": runs.iter().find_map(|r| r.ipamd.clone()),
+        "floor": floor_rows,
     }))
 }
 

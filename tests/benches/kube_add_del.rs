@@ -494,6 +494,7 @@ impl Testbed {
                 cni_path: bins.moor.parent().unwrap().display().to_string(),
                 config: config(&sockets[s.idx()]),
                 node_fd: node_fd.as_raw_fd(),
+                env: Vec::new(),
             },
             gateway: GATEWAYS[s.idx()],
             socket: sockets[s.idx()].clone(),

@@ -409,6 +409,8 @@ pub struct CniPlugin {
     /// The network config, its stdin.
     pub config: String,
     pub node_fd: RawFd,
+    /// More environment, e.g. `MOOR_TIMING=1`.
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 /// The pod of one CNI invocation.
@@ -443,7 +445,7 @@ impl CniPlugin {
              K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
         );
         let netns_path = netns.path().display().to_string();
-        let env = [
+        let mut env = vec![
             ("CNI_COMMAND", command),
             ("CNI_CONTAINERID", cid),
             ("CNI_NETNS", netns_path.as_str()),
@@ -452,6 +454,7 @@ impl CniPlugin {
             ("CNI_ARGS", args.as_str()),
             ("PATH", PATH_ENV),
         ];
+        env.extend(self.env.iter().copied());
         let (took, out) = spawn_in_node(self.node_fd, &self.bin, &env, self.config.as_bytes())?;
         if !out.status.success() {
             check_interrupted()?;
@@ -580,6 +583,12 @@ pub fn spawn_in_node(
         .wait_with_output()
         .map_err(|e| format!("waiting for {}: {e}", prog.display()))?;
     let took = start.elapsed();
+    // A child that exits without reading all of its stdin (the reference
+    // plugins' VERSION may) closes the pipe under our write: not an error.
+    let written = written.or_else(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(e),
+    });
     if let Err(e) = written {
         return Err(format!(
             "writing stdin of {}: {e}; it printed: {}{}",

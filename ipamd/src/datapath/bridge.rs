@@ -16,6 +16,7 @@ use super::check;
 use super::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
 use super::netlinksafe::{self, to_io};
 use super::netns::{netlink_in, LinkDeleter};
+use super::timing::{Laps, WireSteps};
 use super::veth::{self, rollback, NewPair};
 use super::{validate_ifname, Datapath, DatapathError, PodLink, Wired};
 
@@ -177,10 +178,13 @@ async fn wire(
     link: PodLink,
     dad_probe: Option<Duration>,
 ) -> Result<Wired, DatapathError> {
+    let mut laps = Laps::start();
+    let mut steps = WireSteps::default();
     // Enters the pod's netns while the bridge is looked up.
     let mut pair = NewPair::prepare(&link)?;
     let br = bridge_info(&handle, &bridge).await?;
     let host_mac = pair.host_mac;
+    steps.prepare = laps.lap();
     pair.create(
         &handle,
         Some(br.index),
@@ -188,17 +192,23 @@ async fn wire(
         &format!("port of bridge {bridge}"),
     )
     .await?;
+    steps.create = laps.lap();
     let configured = pair
         .configure_pod(handle.clone(), false, dad_probe.is_some())
         .await;
+    steps.pod_side = laps.lap();
     let announcer = match configured {
-        Ok(announcer) => announcer,
+        Ok((announcer, waited)) => {
+            steps.pod_thread_wait = waited;
+            announcer
+        }
         Err(e) => {
             rollback(&handle, &link.host_ifname).await;
             return Err(e);
         }
     };
     wait_forwarding(&handle, &link).await;
+    steps.forwarding = laps.lap();
     let announcer = match probe_for_owner(announcer, dad_probe, &link).await {
         Ok(a) => a,
         Err(e) => {
@@ -206,14 +216,17 @@ async fn wire(
             return Err(e);
         }
     };
+    steps.probe = laps.lap();
     if let Err(e) = announce_first(&announcer, &link) {
         rollback(&handle, &link.host_ifname).await;
         return Err(e);
     }
+    steps.announce = laps.lap();
     tokio::spawn(announce_again(announcer, link.clone()));
     Ok(Wired {
         host_mac,
         mtu: br.mtu,
+        steps,
     })
 }
 

@@ -165,6 +165,7 @@ impl Datapath for RecordingDatapath {
         Ok(Wired {
             host_mac: [0x02, 0, 0, 0, 0, n.max(1)],
             mtu: MTU,
+            steps: Default::default(),
         })
     }
 

@@ -24,6 +24,7 @@ mod graveyard;
 mod netlinksafe;
 mod netns;
 mod ovs;
+mod timing;
 mod veth;
 
 use std::io;
@@ -36,6 +37,7 @@ pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
 pub use graveyard::{grave_name, GraveyardStats, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
+pub use timing::{monotonic_ns, Laps, WireSteps};
 pub use veth::disable_tx_checksum;
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.
@@ -85,6 +87,8 @@ pub struct Wired {
     pub host_mac: [u8; 6],
     /// MTU of both ends (the bridge's).
     pub mtu: u32,
+    /// How long each step took.
+    pub steps: WireSteps,
 }
 
 #[derive(Debug, thiserror::Error)]

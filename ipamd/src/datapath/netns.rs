@@ -12,6 +12,7 @@ use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
@@ -122,11 +123,24 @@ impl NetnsThread {
         Fut: Future<Output = Result<T, DatapathError>> + 'static,
         T: Send + 'static,
     {
+        self.run_timed(work).await.map(|(t, _)| t)
+    }
+
+    /// [`NetnsThread::run`], and how long the work waited for the thread
+    /// to be ready (in the netns, its netlink socket open).
+    pub(crate) async fn run_timed<F, Fut, T>(self, work: F) -> Result<(T, Duration), DatapathError>
+    where
+        F: FnOnce(Handle) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DatapathError>> + 'static,
+        T: Send + 'static,
+    {
         let (result_tx, result) = oneshot::channel();
+        let sent = Instant::now();
         let job: Job = Box::new(move |handle: Result<Handle, DatapathError>| {
+            let waited = sent.elapsed();
             async move {
                 let outcome = match handle {
-                    Ok(handle) => work(handle).await,
+                    Ok(handle) => work(handle).await.map(|t| (t, waited)),
                     Err(e) => Err(e),
                 };
                 // The receiver is gone only if the caller was cancelled.

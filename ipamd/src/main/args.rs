@@ -206,6 +206,14 @@ pub(crate) struct Args {
     /// that much ADD latency; 0 (the default) turns it off.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub(crate) dad_probe_ms: u64,
+    /// A DEL retires the pod's veth at once and a reaper deletes retired
+    /// veths in batches: once no ADD or DEL has run for this long...
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    pub(crate) reap_quiet_ms: u64,
+    /// ...or at the latest this long after the first veth of a batch was
+    /// retired. Longer batches hold the kernel's rtnl lock less often.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub(crate) reap_max_wait_ms: u64,
     /// CNI GC and the leak sweep leave attachments younger than this alone.
     #[arg(long, default_value_t = 60)]
     pub(crate) gc_grace_seconds: u64,

@@ -12,6 +12,7 @@ use crate::ipam::AllocRequest;
 use crate::kubernetes::reason_for;
 
 use super::placement::Placement;
+use super::timing::Timing;
 use super::{link_for, Node};
 
 /// One CNI ADD, as the runtime asked for it.
@@ -68,6 +69,7 @@ impl Node {
     }
 
     async fn add_pod(&self, req: &AddRequest) -> Result<Added> {
+        let mut timing = Timing::start();
         let key = self.key(&req.container_id, &req.ifname)?;
         if !req.netns.starts_with('/') {
             return Err(Error::Invalid(format!(
@@ -94,6 +96,7 @@ impl Node {
             },
         };
         let pod = &req.pod;
+        timing.step("decide");
         let alloc = match self.store_down_recently() {
             Some(since) => Err(Error::unavailable(format!(
                 "the store ({}) has not answered since {}s ago; no IP can be allocated until it does, retry later",
@@ -127,11 +130,13 @@ impl Node {
             }
             Err(e) => return Err(e),
         };
+        timing.step("allocate");
         let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;
         if !alloc.existing {
             // Copied before wiring: a restart during an outage rolls it back.
             self.mirror_put(&alloc.lease, &alloc.tor).await;
         }
+        timing.step("mirror");
         let ready = alloc.existing && alloc.attachment().state == AttachmentState::Ready;
         if ready {
             // A repeated ADD: fine if what we built is still intact.
@@ -200,6 +205,7 @@ impl Node {
                 ));
             }
         };
+        timing.wire(&wired.steps);
         if let Err(e) = self.note(self.ipam.mark_ready(&key).await) {
             // The runtime gets an error; undo, deferring the release if the
             // store is gone (a restart would roll it back anyway).
@@ -210,8 +216,11 @@ impl Node {
         if let Some(a) = lease.attachment.as_mut() {
             a.state = AttachmentState::Ready;
         }
+        timing.step("ready");
         self.mirror_put(&lease, &alloc.tor).await;
+        timing.step("mirror_ready");
         info!(%key, ip = %lease.ip, pool = %lease.pool, "ADD");
+        timing.log("ADD", &key);
         Ok(Added {
             lease,
             tor: alloc.tor,

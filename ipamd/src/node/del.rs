@@ -10,6 +10,7 @@ use crate::core::AttachmentKey;
 use crate::error::{Error, Result};
 
 use super::mirror::Mirrored;
+use super::timing::Timing;
 use super::Node;
 
 /// What a DEL released: the IP, and whether the pod keeps it (binding).
@@ -40,11 +41,13 @@ impl Node {
     ) -> Result<Option<Deleted>> {
         // The host end is named after the key, so it goes even when no
         // attachment was recorded (an ADD rolled back half-way).
+        let mut timing = Timing::start();
         let host = moor_proto::host_ifname(&key.container_id, &key.ifname);
         self.datapath
             .unwire(&host)
             .await
             .map_err(|e| Error::datapath(format!("removing {host} for {key}"), e))?;
+        timing.step("unwire");
         let record =
             moor_proto::pending::path_for(&self.cfg.pending_dir, &key.container_id, &key.ifname);
         let cached = match &self.mirror {
@@ -53,6 +56,7 @@ impl Node {
         };
         match self.note(self.ipam.release(key, rollback).await) {
             Ok(released) => {
+                timing.step("release");
                 if let Some(m) = &self.mirror {
                     if let (Some(r), Some(c)) = (&released, &cached) {
                         if r.binding_kept {
@@ -67,6 +71,8 @@ impl Node {
                 if let Some(r) = &released {
                     info!(%key, ip = %r.ip, binding_kept = r.binding_kept, "DEL");
                 }
+                timing.step("mirror");
+                timing.log("DEL", key);
                 Ok(released.map(|r| Deleted {
                     ip: r.ip,
                     binding_kept: r.binding_kept,

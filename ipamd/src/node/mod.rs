@@ -31,6 +31,7 @@ mod recover;
 mod status;
 pub mod sweep;
 pub mod tasks;
+mod timing;
 
 #[cfg(test)]
 mod tests;

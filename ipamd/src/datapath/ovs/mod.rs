@@ -21,6 +21,7 @@ use crate::datapath::check;
 use crate::datapath::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
 use crate::datapath::netlinksafe;
 use crate::datapath::netns::{netlink_in, LinkDeleter};
+use crate::datapath::timing::{Laps, WireSteps};
 use crate::datapath::veth::{self, NewPair};
 use crate::datapath::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
 
@@ -229,8 +230,11 @@ impl OvsDatapath {
     async fn wire_now(self, link: PodLink) -> Result<Wired, DatapathError> {
         // Enters the pod's netns while the pair is being created here.
         let _busy = self.graveyard.busy();
+        let mut laps = Laps::start();
+        let mut steps = WireSteps::default();
         let mut pair = NewPair::prepare(&link)?;
         let host_mac = pair.host_mac;
+        steps.prepare = laps.lap();
         pair.create(
             &self.handle,
             None,
@@ -238,17 +242,31 @@ impl OvsDatapath {
             &format!("for OVS bridge {}", self.bridge),
         )
         .await?;
+        steps.create = laps.lap();
         // The pod end is configured on its thread while OVS adds the host end
         // as a port: each needs only the pair.
         let spec = pod_port(&link);
-        let (configured, added) = tokio::join!(
-            pair.configure_pod(
-                self.handle.clone(),
-                self.userspace,
-                self.dad_probe.is_some()
-            ),
-            self.ovs.add_port(&self.bridge, &spec)
-        );
+        let pod_started = laps;
+        let pod_side = async {
+            let configured = pair
+                .configure_pod(
+                    self.handle.clone(),
+                    self.userspace,
+                    self.dad_probe.is_some(),
+                )
+                .await;
+            let mut since = pod_started;
+            (configured, since.lap())
+        };
+        let ((configured, pod_took), added) =
+            tokio::join!(pod_side, self.ovs.add_port(&self.bridge, &spec));
+        let all_took = laps.lap();
+        steps.pod_side = pod_took;
+        steps.forwarding = all_took.saturating_sub(pod_took);
+        let configured = configured.map(|(announcer, waited)| {
+            steps.pod_thread_wait = waited;
+            announcer
+        });
         let port_written = match &added {
             Ok(()) => true,
             Err(e) => !nothing_written(e),
@@ -278,7 +296,10 @@ impl OvsDatapath {
                 return Err(e);
             }
         };
-        if let Err(source) = announcer.send() {
+        steps.probe = laps.lap();
+        let sent = announcer.send();
+        steps.announce = laps.lap();
+        if let Err(source) = sent {
             self.rollback(&link.host_ifname, true).await;
             return Err(DatapathError::Announce {
                 ip: link.address.ip(),
@@ -290,6 +311,7 @@ impl OvsDatapath {
         Ok(Wired {
             host_mac,
             mtu: self.mtu,
+            steps,
         })
     }
 
