@@ -1,7 +1,8 @@
 //! Pools whose workload let go of them: deleted once the workload is gone
-//! and none of their IPs is in use (its ConfigMap goes with the workload,
-//! which owns it), unless `moor.io/retain`; or, when the workload still
-//! exists but no longer declares them, left as pools made by hand.
+//! and none of their IPs is in use (its ConfigMap first: the workload owns
+//! it, but an orphaning delete leaves it behind), unless `moor.io/retain`;
+//! or, when the workload still exists but no longer declares them, left as
+//! pools made by hand, their ConfigMap deleted first.
 
 use std::collections::HashMap;
 
@@ -106,6 +107,26 @@ impl DeclaredPools {
             self.note(mem, &p.name, "waiting", msg);
             return Ok(());
         }
+        // The ConfigMap before the pool: the workload's deletion takes it
+        // along only while it still owns it (an orphaning delete strips the
+        // reference), and a whitelist that outlives its pool would trust
+        // IPs another app gets after the cool-down.
+        if let Err(e) = self
+            .fenced(self.configmaps.delete(&p.namespace, &p.name))
+            .await?
+        {
+            self.note(
+                mem,
+                &p.name,
+                "failed",
+                format!(
+                    "{what} is gone; deleting pool {}'s ConfigMap failed: {e} (retrying before the pool is deleted)",
+                    p.name
+                ),
+            );
+            pass.failed += 1;
+            return Ok(());
+        }
         let now = self.clock.now_unix();
         match self.fenced(self.ipam.delete_pool(&p.name, now)).await? {
             Ok(gone) => {
@@ -163,6 +184,28 @@ impl DeclaredPools {
     /// stays, as one made by hand, and its ConfigMap goes.
     async fn unfollow(&self, p: &Pool, o: &PoolOwner, mem: &mut Memory) -> Result<(), Fenced> {
         let what = format!("{} {}/{}", o.kind, p.namespace, o.name);
+        // The ConfigMap first: once the pool has no owner no pass looks at
+        // it again, and a whitelist left behind would keep trusting IPs the
+        // pool may give back later.
+        let deleted = match self
+            .fenced(self.configmaps.delete(&p.namespace, &p.name))
+            .await?
+        {
+            Ok(d) => d,
+            Err(e) => {
+                self.note(
+                    mem,
+                    &p.name,
+                    "failed",
+                    format!(
+                        "pool {} no longer declared by {what}: deleting its ConfigMap failed: {e} (retrying)",
+                        p.name
+                    ),
+                );
+                return Ok(());
+            }
+        };
+        mem.published.remove(&p.name);
         let release = self
             .ipam
             .set_pool_owner(&p.name, &p.namespace, &p.app, None);
@@ -178,18 +221,14 @@ impl DeclaredPools {
             );
             return Ok(());
         }
-        mem.published.remove(&p.name);
-        let deleted = self
-            .fenced(self.configmaps.delete(&p.namespace, &p.name))
-            .await?;
         let msg = format!(
             "pool {} no longer follows {what}: its annotations no longer declare it; the pool stays as one made by hand (ipamctl pool delete {} deletes it){}",
             p.name,
             p.name,
-            match deleted {
-                Ok(true) => format!(", its ConfigMap {} is deleted", crate::kubernetes::configmaps::name(&p.name)),
-                Ok(false) => String::new(),
-                Err(e) => format!(", its ConfigMap could not be deleted ({e})"),
+            if deleted {
+                format!(", its ConfigMap {} is deleted", crate::kubernetes::configmaps::name(&p.name))
+            } else {
+                String::new()
             }
         );
         info!(pool = %p.name, "{msg}");

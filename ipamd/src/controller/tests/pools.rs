@@ -323,6 +323,7 @@ async fn a_gone_workloads_pool_is_deleted_once_its_ips_are_free_and_they_cool_do
     l.pass().await;
     let (web, _) = l.ipam.pool("shop-web").await.unwrap();
     assert_eq!(web.size(), 3);
+    assert!(l.configmap("shop-web").is_some());
     let pod = l
         .ipam
         .allocate(&l.add(
@@ -342,6 +343,11 @@ async fn a_gone_workloads_pool_is_deleted_once_its_ips_are_free_and_they_cool_do
     l.ipam.release(&pod.attachment().key, false).await.unwrap();
     assert_eq!(l.pass().await.deleted, ["shop-web"]);
     assert!(l.ipam.pool("shop-web").await.is_err());
+    // The workloads went without their dependents (as after `kubectl delete
+    // --cascade=orphan`): the whitelist goes with the pool all the same,
+    // and the retained pool keeps its own.
+    assert!(l.configmap("shop-web").is_none());
+    assert!(l.configmap("shop-kept").is_some());
     assert!(
         l.ipam.pool("shop-kept").await.is_ok(),
         "moor.io/retain keeps it"

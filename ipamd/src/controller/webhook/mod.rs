@@ -92,6 +92,20 @@ impl Admission {
             ),
             name => format!("{namespace}/{name}"),
         };
+        // A DaemonSet's pod is made for one node (a matchFields term on its
+        // name) and a pod with spec.nodeName is already placed: a ToR
+        // affinity cannot move either, only make it unschedulable (or
+        // rejected by its kubelet) when that node's ToR has no free IP,
+        // where its ADD would retry until one frees.
+        let daemon = facts
+            .controller
+            .as_ref()
+            .is_some_and(|o| o.group() == "apps" && o.kind == "DaemonSet");
+        let placed = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+        if daemon || placed {
+            debug!(pod = %who, "a DaemonSet's or already placed pod: unchanged");
+            return Patch::default();
+        }
         // A Job's pods draw from the pool of the CronJob above the Job,
         // which only a request for the Job would tell: without their own
         // annotation they pass unchanged rather than steered by a guess.

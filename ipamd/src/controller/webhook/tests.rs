@@ -275,6 +275,19 @@ async fn pods_outside_moor_pools_pass_untouched() {
     job_pod["metadata"]["ownerReferences"][0]["name"] = "db".into();
     let (_, pod) = admit(&a, &job_pod).await;
     assert_eq!(pod, job_pod);
+    // A DaemonSet's pod of pool db (its node is chosen already) and a pod
+    // with spec.nodeName: no affinity could move them.
+    let mut daemon = sts_pod("db", 0);
+    daemon["metadata"]["ownerReferences"][0]["kind"] = "DaemonSet".into();
+    daemon["metadata"]["annotations"] = json!({"moor.io/pool": "db"});
+    let (_, pod) = admit(&a, &daemon).await;
+    assert_eq!(pod, daemon);
+    let mut placed = sts_pod("db", 0);
+    placed["spec"]["nodeName"] = "n1".into();
+    let (_, pod) = admit(&a, &placed).await;
+    assert_eq!(pod, placed);
+    let (_, pod) = admit(&a, &sts_pod("db", 0)).await;
+    assert_ne!(pod, sts_pod("db", 0), "the same pod unplaced is steered");
 }
 
 #[tokio::test]
