@@ -234,6 +234,24 @@ impl Ipam {
                 attached.join(", ")
             )));
         }
+        // A quarantined IP is one another host answered for: deleting the
+        // pool would forget that and, after the cool-down, carve it for
+        // another app while that host may still hold it.
+        let quarantined: Vec<String> = leases
+            .iter()
+            .filter_map(|(l, _)| {
+                l.quarantine
+                    .as_ref()
+                    .map(|q| format!("{} (MAC {} answered for it)", l.ip, q.mac))
+            })
+            .collect();
+        if !quarantined.is_empty() {
+            return Err(Error::Conflict(format!(
+                "pool {name} has {} quarantined IPs: {}; once no other host uses them, release them with `ipamctl ip release IP`, then delete the pool",
+                quarantined.len(),
+                quarantined.join(", ")
+            )));
+        }
         let mut txn = Txn::default();
         txn.expect(&keys::pool(name), Some(&pool_entry))
             .expect_prefix_unchanged(&keys::leases(name), rev)

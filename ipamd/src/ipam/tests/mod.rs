@@ -428,6 +428,18 @@ async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
     assert!(!ipam.attach_bound(&offline).await.unwrap());
     clean(&store).await;
 
+    // Deleting the pool would forget the quarantine: refused, naming the
+    // IPs and the way out; nothing changes.
+    let before = store.list("").await.unwrap().0;
+    let e = ipam.delete_pool("web", 0).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&bad_ip.to_string()) && msg.contains("ipamctl ip release"),
+        "{msg}"
+    );
+    assert_eq!(store.list("").await.unwrap().0, before);
+
     // `ip release` lifts a quarantine: the IP and its binding go back.
     for ip in [bad_ip, web0.lease.ip] {
         let (view, dropped) = ipam.release_ip(ip).await.unwrap();
