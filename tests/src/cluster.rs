@@ -36,7 +36,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -282,12 +282,7 @@ impl Cluster {
         let pid = std::process::id();
         let id = format!("moor-cl-{pid}-{n}");
         let dir = std::env::temp_dir().join(&id);
-        let shm = Path::new("/dev/shm");
-        let etcd_dir = if shm.is_dir() {
-            shm.join(&id)
-        } else {
-            dir.join("etcd")
-        };
+        let etcd_dir = crate::control_plane::etcd_dir(&id, &dir);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the cluster's directory");
         let etcd = EtcdCluster::start(&etcd_dir, 3, &id, &[])

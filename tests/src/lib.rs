@@ -25,6 +25,7 @@ pub mod bench;
 pub mod bins;
 pub mod cluster;
 pub mod containerd;
+pub mod control_plane;
 pub mod cri;
 pub mod deploy;
 pub mod install_cni;

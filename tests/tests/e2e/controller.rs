@@ -13,115 +13,48 @@
 //!
 //! Plus the role's refusals (no API, a datapath flag).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moor_e2e::bins::bins;
-use moor_ipamd::ipam::Ipam;
-use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
+use moor_e2e::control_plane::{ControlPlane, LEASE_NAME, LEASE_NAMESPACE};
 use moor_testkit::kubeapi::{objects, FakeApi, Resource};
-use moor_testkit::{EtcdCluster, Ipamd, IpamdCommand, TempDir};
+use moor_testkit::{Ipamd, TempDir};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const NS: &str = "moor-system";
-const LEASE: &str = "moor-controller";
+const NS: &str = LEASE_NAMESPACE;
+const LEASE: &str = LEASE_NAME;
 const DURATION: Duration = Duration::from_secs(3);
 
 struct Setup {
-    api: FakeApi,
-    etcd: EtcdCluster,
-    prefix: String,
-    kubeconfig: PathBuf,
-    dir: TempDir,
-    rt: tokio::runtime::Runtime,
+    cp: ControlPlane,
 }
 
 impl Setup {
     fn new() -> Setup {
-        let dir = TempDir::new("controller");
-        let id = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let shm = Path::new("/dev/shm");
-        let etcd_dir = if shm.is_dir() {
-            shm.join(&id)
-        } else {
-            dir.path().join("etcd")
-        };
-        let etcd = EtcdCluster::start(&etcd_dir, 1, &id, &[])
-            .unwrap_or_else(|e| panic!("the controller tests need a real etcd: {e}"));
-        etcd.wait_ready(Duration::from_secs(30)).unwrap();
-        let api = FakeApi::start();
-        api.create(objects::namespace(NS));
-        api.create(objects::namespace("shop"));
-        let kubeconfig = api.write_kubeconfig(dir.path());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let s = Setup {
-            api,
-            etcd,
-            prefix: format!("/{id}/"),
-            kubeconfig,
-            dir,
-            rt,
-        };
-        s.with_ipam(|ipam| async move {
+        let cp = ControlPlane::new("controller");
+        cp.api.create(objects::namespace("shop"));
+        cp.with_ipam(|ipam| async move {
             let range = [("10.1.0.10".to_string(), "10.1.0.99".to_string())];
             ipam.add_tor("t1", "10.1.0.0/24", "10.1.0.1", 0, &range, "")
                 .await
                 .unwrap();
         });
-        s
-    }
-
-    fn with_ipam<T, F: std::future::Future<Output = T>>(&self, f: impl FnOnce(Ipam) -> F) -> T {
-        self.rt.block_on(async {
-            let store = EtcdStore::open(EtcdOptions {
-                prefix: self.prefix.clone(),
-                ..EtcdOptions::new(self.etcd.endpoints())
-            })
-            .await
-            .expect("open the etcd store");
-            f(Ipam::new(std::sync::Arc::new(store))).await
-        })
+        Setup { cp }
     }
 
     fn pool_exists(&self, name: &str) -> bool {
         let name = name.to_string();
-        self.with_ipam(|ipam| async move { ipam.pool(&name).await.is_ok() })
+        self.cp
+            .with_ipam(|ipam| async move { ipam.pool(&name).await.is_ok() })
     }
 
     fn controller(&self, node: &str) -> Ipamd {
-        let log = self.dir.path().join(format!("{node}.log"));
-        let socket = self.dir.path().join(format!("{node}.sock"));
-        IpamdCommand::new(&bins().ipamd, &socket, &log)
-            .args(["--role", "controller", "--node", node])
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--store")
-            .arg(format!("etcd:{}", self.etcd.endpoints().join(",")))
-            .args(["--etcd-prefix", &self.prefix])
-            .args(["--lease-namespace", NS, "--lease-name", LEASE])
-            .args([
-                "--lease-duration-seconds",
-                "3",
-                "--lease-renew-seconds",
-                "1",
-            ])
-            .args(["--log", "info"])
-            .kill_with_thread()
-            .spawn()
-            .unwrap()
+        self.cp.controller(node, &["--log", "info"])
     }
 
     fn lease(&self) -> Option<Value> {
-        self.api.get(Resource::Leases, NS, LEASE)
+        self.cp.api.get(Resource::Leases, NS, LEASE)
     }
 
     /// (holderIdentity, leaseTransitions, resourceVersion).
@@ -141,7 +74,8 @@ impl Setup {
     }
 
     fn sts(&self, name: &str) {
-        self.api
+        self.cp
+            .api
             .create(objects::statefulset("shop", name, 1).annotation("moor.io/pool-size", "3"));
     }
 }
@@ -281,7 +215,12 @@ fn one_leader_takes_over_from_a_killed_or_paused_one() {
         .unwrap()
         .role_grants("moor-controller")
         .unwrap();
-    for r in s.api.requests().iter().filter(|r| !r.resource.is_empty()) {
+    for r in
+        s.cp.api
+            .requests()
+            .iter()
+            .filter(|r| !r.resource.is_empty())
+    {
         let g = moor_e2e::deploy::Grant::new(&r.api_group, &r.resource, &r.verb);
         assert!(
             granted.contains(&g),

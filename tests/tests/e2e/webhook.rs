@@ -25,69 +25,33 @@
 //! Plus the flags' refusals.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moor_e2e::bins::bins;
+use moor_e2e::control_plane::ControlPlane;
 use moor_e2e::webhook::{apply, make_certs, review, Certs, Client, ServerName};
 use moor_ipamd::core::{AttachmentKey, PodRef, Policy};
 use moor_ipamd::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
-use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
 use moor_testkit::cmd::free_port;
 use moor_testkit::kubeapi::{objects, FakeApi, Resource};
-use moor_testkit::{EtcdCluster, Ipamd, IpamdCommand, TempDir};
+use moor_testkit::{Ipamd, IpamdCommand, TempDir};
 use serde_json::{json, Value};
 
 const TOR: &str = "moor.io/tor";
 
 struct Setup {
-    api: FakeApi,
-    etcd: EtcdCluster,
-    prefix: String,
-    kubeconfig: PathBuf,
+    cp: ControlPlane,
     certs: Certs,
-    dir: TempDir,
-    rt: tokio::runtime::Runtime,
 }
 
 impl Setup {
     fn new() -> Setup {
-        let dir = TempDir::new("webhook");
-        let id = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let shm = Path::new("/dev/shm");
-        let etcd_dir = if shm.is_dir() {
-            shm.join(&id)
-        } else {
-            dir.path().join("etcd")
-        };
-        let etcd = EtcdCluster::start(&etcd_dir, 1, &id, &[])
-            .unwrap_or_else(|e| panic!("the webhook tests need a real etcd: {e}"));
-        etcd.wait_ready(Duration::from_secs(30)).unwrap();
-        let api = FakeApi::start();
-        for ns in ["moor-system", "shop"] {
-            api.create(objects::namespace(ns));
-        }
-        api.create(objects::namespace("team").annotation("moor.io/pool", "edge"));
-        let kubeconfig = api.write_kubeconfig(dir.path());
-        let certs = make_certs(dir.path());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let s = Setup {
-            api,
-            etcd,
-            prefix: format!("/{id}/"),
-            kubeconfig,
-            certs,
-            dir,
-            rt,
-        };
+        let cp = ControlPlane::new("webhook");
+        cp.api.create(objects::namespace("shop"));
+        cp.api
+            .create(objects::namespace("team").annotation("moor.io/pool", "edge"));
+        let certs = make_certs(cp.dir.path());
+        let s = Setup { cp, certs };
         s.with_ipam(|ipam| async move {
             for (i, t) in ["t1", "t2", "t3"].iter().enumerate() {
                 let n = i + 1;
@@ -132,15 +96,7 @@ impl Setup {
     }
 
     fn with_ipam<T, F: std::future::Future<Output = T>>(&self, f: impl FnOnce(Ipam) -> F) -> T {
-        self.rt.block_on(async {
-            let store = EtcdStore::open(EtcdOptions {
-                prefix: self.prefix.clone(),
-                ..EtcdOptions::new(self.etcd.endpoints())
-            })
-            .await
-            .expect("open the etcd store");
-            f(Ipam::new(std::sync::Arc::new(store))).await
-        })
+        self.cp.with_ipam(f)
     }
 
     /// Pod shop/`name` (a StatefulSet's, by its name) attached on a node
@@ -179,38 +135,35 @@ impl Setup {
     }
 
     fn controller(&self, node: &str, listen: SocketAddr) -> Ipamd {
-        let log = self.dir.path().join(format!("{node}.log"));
-        let socket = self.dir.path().join(format!("{node}.sock"));
-        IpamdCommand::new(&bins().ipamd, &socket, &log)
-            .args(["--role", "controller", "--node", node])
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--store")
-            .arg(format!("etcd:{}", self.etcd.endpoints().join(",")))
-            .args(["--etcd-prefix", &self.prefix])
-            .args(["--lease-namespace", "moor-system"])
-            .args([
-                "--lease-duration-seconds",
-                "3",
-                "--lease-renew-seconds",
-                "1",
-            ])
-            .args(["--webhook-listen", &listen.to_string()])
-            .arg("--webhook-cert")
-            .arg(&self.certs.cert)
-            .arg("--webhook-key")
-            .arg(&self.certs.key)
-            .args(["--log", "info,moor_ipamd::controller::webhook=debug"])
-            .kill_with_thread()
-            .spawn()
-            .unwrap()
+        let listen = listen.to_string();
+        let (cert, key) = (
+            self.certs.cert.to_str().unwrap(),
+            self.certs.key.to_str().unwrap(),
+        );
+        self.cp.controller(
+            node,
+            &[
+                "--webhook-listen",
+                &listen,
+                "--webhook-cert",
+                cert,
+                "--webhook-key",
+                key,
+                "--log",
+                "info,moor_ipamd::controller::webhook=debug",
+            ],
+        )
     }
 
     /// A client of the webhook at `addr`, once it accepts (within 10 s).
     fn client(&self, addr: SocketAddr, ipamd: &Ipamd) -> Client {
         let start = Instant::now();
         loop {
-            match self.rt.block_on(Client::connect(addr, &self.certs.ca_pem)) {
+            match self
+                .cp
+                .rt
+                .block_on(Client::connect(addr, &self.certs.ca_pem))
+            {
                 Ok(c) => return c,
                 Err(e) if start.elapsed() > Duration::from_secs(10) => {
                     panic!(
@@ -276,7 +229,8 @@ fn the_webhook_steers_pods_to_the_tors_of_their_ip() {
         n += 1;
         let uid = format!("0c9a8d74-9cb7-44dd-b98e-{n:012}");
         let answer =
-            s.rt.block_on(c.review(&review(pod, namespace, &uid)))
+            s.cp.rt
+                .block_on(c.review(&review(pod, namespace, &uid)))
                 .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.log_tail(20), b.log_tail(20)));
         let patched = apply(pod, &answer, &uid).unwrap();
         (answer["response"].clone(), patched)
@@ -353,7 +307,9 @@ fn the_webhook_steers_pods_to_the_tors_of_their_ip() {
 
     // Garbage: a 4xx with the reason; nothing panics, the webhook goes on.
     let send = |c: &mut Client, method: &str, path: &str, body: &[u8]| {
-        s.rt.block_on(c.send(method, path, body.to_vec())).unwrap()
+        s.cp.rt
+            .block_on(c.send(method, path, body.to_vec()))
+            .unwrap()
     };
     let valid = serde_json::to_vec(&review(&db0, "shop", "u")).unwrap();
     let cases: [(&str, &str, &[u8], u16, &str); 6] = [
@@ -397,7 +353,7 @@ fn the_webhook_steers_pods_to_the_tors_of_their_ip() {
         .unwrap()
         .role_grants("moor-controller")
         .unwrap();
-    let requests = s.api.requests();
+    let requests = s.cp.api.requests();
     assert!(
         requests
             .iter()
