@@ -24,14 +24,13 @@ use crate::core::{Lease, Policy};
 use crate::error::{Error, Result};
 use crate::ipam::{registry, Ipam};
 use crate::kubernetes::cluster::ClusterCache;
-use crate::kubernetes::notes::{self, Note};
+use crate::kubernetes::events::{EventType, Events, Involved};
 use crate::kubernetes::workloads::Workloads;
 
 use super::leadership::Leadership;
 use super::leftovers::{decide, Clocks, NodeHealth, Release, Target, World};
 
 /// Bound on writing one Event.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a pass waits for the caches' first lists.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
 
@@ -42,10 +41,8 @@ pub struct Collector {
     pub workloads: Arc<Workloads>,
     pub leadership: Leadership,
     pub clock: Arc<dyn Clock>,
-    /// Writes the Events.
-    pub client: kube::Client,
-    /// This replica (the Events' reportingInstance).
-    pub identity: String,
+    /// The controller's Events (`kubernetes/events.rs`).
+    pub events: Arc<Events>,
     /// `--binding-gc-grace-seconds`.
     pub grace: Duration,
     /// Passes release what is due (`--binding-gc auto`); else they only
@@ -214,34 +211,18 @@ impl Collector {
         let r = &o.release;
         info!(kind = r.kind(), ip = %r.ip, pool = %r.pool, pod = %r.pod(), "gc released {}: {}", r.kind(), o.why);
         let (type_, reason) = match r.target {
-            Target::Attachment(_) => ("Warning", "MoorAttachmentReleased"),
-            Target::Binding(_) => ("Normal", "MoorBindingReleased"),
+            Target::Attachment(_) => (EventType::Warning, "MoorAttachmentReleased"),
+            Target::Binding(_) => (EventType::Normal, "MoorBindingReleased"),
         };
         let pod = r.pod();
-        let note = Note {
+        let about = Involved {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
             namespace: pod.namespace.clone(),
-            pod: pod.name.clone(),
+            name: pod.name.clone(),
             uid: pod.uid.clone(),
-            type_,
-            reason,
-            message: o.why.clone(),
         };
-        let client = self.client.clone();
-        let instance = self.identity.clone();
-        let now = self.clock.now_unix();
-        tokio::spawn(async move {
-            match tokio::time::timeout(EVENT_TIMEOUT, notes::post(&client, &note, &instance, now))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    warn!(pod = %note.pod, reason = note.reason, error = %e, "could not post an Event")
-                }
-                Err(_) => {
-                    warn!(pod = %note.pod, reason = note.reason, "could not post an Event in time")
-                }
-            }
-        });
+        self.events.report_on(&about, type_, reason, &o.why);
     }
 
     /// Runs for as long as ipamd does: a pass every `period`, watching

@@ -13,6 +13,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::ipam::registry::NodeRecord;
 use crate::ipam::{AllocRequest, PoolSpec};
+use crate::kubernetes::events::{Events, CONTROLLER_COMPONENT};
 use crate::store::mem::MemStore;
 
 const T0: u64 = 1_700_000_000;
@@ -96,8 +97,13 @@ async fn releases_what_kubernetes_no_longer_has_only_while_leading() {
         workloads: Arc::new(Workloads::start(client.clone())),
         leadership: leadership.clone(),
         clock: clock.clone(),
-        client,
-        identity: "c1_test".into(),
+        events: Arc::new(Events::start(
+            client,
+            CONTROLLER_COMPONENT,
+            "c1_test".into(),
+            clock.clone(),
+            Duration::from_secs(1),
+        )),
         grace: Duration::from_secs(GRACE),
         auto: true,
         resync: Duration::from_secs(30),

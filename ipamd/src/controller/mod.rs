@@ -152,19 +152,19 @@ impl Controller {
     pub fn start(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Running {
         let leadership = Leadership::new();
         let workloads = Arc::new(Workloads::start(self.client.clone()));
-        let events = Events::start(
+        let events = Arc::new(Events::start(
             self.client.clone(),
             CONTROLLER_COMPONENT,
             self.lease.identity.clone(),
             self.clock.clone(),
             self.event_interval,
-        );
+        ));
         let pools = DeclaredPools {
             ipam: self.ipam.clone(),
             workloads: workloads.clone(),
             leadership: leadership.clone(),
             configmaps: ConfigMaps::new(self.client.clone()),
-            events: Arc::new(events),
+            events: events.clone(),
             clock: self.clock.clone(),
             resync: self.resync,
         };
@@ -175,8 +175,7 @@ impl Controller {
             workloads,
             leadership: leadership.clone(),
             clock: self.clock.clone(),
-            client: self.client.clone(),
-            identity: self.lease.identity.clone(),
+            events,
             grace: self.gc_grace,
             auto: self.gc_auto,
             resync: self.resync,

@@ -11,9 +11,10 @@
 //! For the controller role: `lease` (one Lease, written with optimistic
 //! concurrency, for leader election), `workloads` (watches of the workload
 //! kinds that declare pools), `configmaps` (the pools' whitelist
-//! ConfigMaps), `events` (Events on workloads), `cluster` (watches of every
-//! Pod and Node, for garbage collection), `notes` (an Event per release)
-//! and `namespaces` (shared with the node agent) for the admission webhook.
+//! ConfigMaps), `events` (Events on workloads and on the pods whose IPs
+//! garbage collection releases), `cluster` (watches of every Pod and Node,
+//! for garbage collection) and `namespaces` (shared with the node agent)
+//! for the admission webhook.
 
 mod api;
 mod client;
@@ -23,7 +24,6 @@ pub mod events;
 pub mod fake;
 pub mod lease;
 mod namespaces;
-pub mod notes;
 mod reflect;
 pub mod workloads;
 
