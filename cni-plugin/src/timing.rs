@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use moor_proto::monotonic_ns;
+
 #[derive(Debug, Clone, Copy)]
 pub enum Stamp {
     /// `main` entered: what came before is exec and the dynamic loader.
@@ -46,17 +48,6 @@ fn line(cmd: &str) -> String {
         out.push_str(&format!(" {name}={}", stamp.load(Ordering::Relaxed)));
     }
     out
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC always
-    // exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

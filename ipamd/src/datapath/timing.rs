@@ -50,19 +50,7 @@ impl Laps {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, shared by
-/// every process on the machine, so a benchmark can line up the plugin's,
-/// ipamd's and its own timestamps of one ADD.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC always
-    // exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
-}
+pub use moor_proto::monotonic_ns;
 
 #[cfg(test)]
 mod tests {

@@ -11,16 +11,7 @@ use std::time::Duration;
 use moor_e2e::bench::{ms, pct};
 use serde_json::{json, Value};
 
-/// CLOCK_MONOTONIC in nanoseconds (what `Instant` reads).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use moor_proto::monotonic_ns;
 
 /// One timed invocation of the plugin.
 pub struct Invocation {
