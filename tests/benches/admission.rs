@@ -35,9 +35,9 @@ use moor_e2e::bench::{
     catch_signals, check_interrupted, commit, cpus, kernel, lat_json, loadavg, ms, pct, round3,
     temp_dir, Args,
 };
-use moor_e2e::webhook::{apply, make_certs, review, Certs, Client};
-use moor_ipamd::core::{AttachmentKey, PodRef, Policy};
-use moor_ipamd::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
+use moor_e2e::webhook::{apply, bind_on, make_certs, review, Certs, Client};
+use moor_ipamd::core::Policy;
+use moor_ipamd::ipam::{Ipam, PoolSpec};
 use moor_ipamd::store::{self, StoreOptions};
 use moor_testkit::cmd::free_port;
 use moor_testkit::kubeapi::objects;
@@ -221,32 +221,7 @@ async fn populate(ipam: &Ipam, o: &Opts) -> Res<Vec<Case>> {
         let p = i % o.pools;
         let name = format!("app{p}-{}", i / o.pools);
         let tor = pool_tors[p][i % pool_tors[p].len()].clone();
-        let pod = PodRef {
-            namespace: NS.into(),
-            name: name.clone(),
-            uid: String::new(),
-        };
-        let (choice, stable) = PoolChoice::by_name(&pod, None);
-        let key = AttachmentKey {
-            node: format!("node-{tor}"),
-            container_id: format!("c{i}"),
-            ifname: "eth0".into(),
-        };
-        ipam.allocate(&AllocRequest {
-            key: key.clone(),
-            pod,
-            choice,
-            stable,
-            netns: format!("/run/netns/c{i}"),
-            network: "moor".into(),
-            tor: tor.clone(),
-            now_unix: 1,
-        })
-        .await
-        .map_err(|e| format!("binding {name}: {e}"))?;
-        ipam.release(&key, false)
-            .await
-            .map_err(|e| format!("releasing {name}: {e}"))?;
+        bind_on(ipam, NS, &name, &tor, true).await?;
         bound.push(Case {
             pod: sts_pod(&format!("app{p}"), i / o.pools),
             tors: vec![tor],

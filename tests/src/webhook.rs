@@ -207,3 +207,51 @@ pub fn apply(pod: &Value, answer: &Value, uid: &str) -> Result<Value, String> {
     json_patch::patch(&mut out, &ops).map_err(|e| format!("the patch does not apply: {e}"))?;
     Ok(out)
 }
+
+/// Gives pod `namespace/name` an IP on `tor` through `ipam`, as its ADD on
+/// a node of that ToR would (the pool from its name), then, with
+/// `release`, DELs it: a StatefulSet-style name keeps its binding, which
+/// is what the webhook reads. Returns the attachment's key.
+pub async fn bind_on(
+    ipam: &moor_ipamd::ipam::Ipam,
+    namespace: &str,
+    name: &str,
+    tor: &str,
+    release: bool,
+) -> Result<moor_ipamd::core::AttachmentKey, String> {
+    use moor_ipamd::core::{AttachmentKey, PodRef};
+    use moor_ipamd::ipam::{AllocRequest, PoolChoice};
+    let pod = PodRef {
+        namespace: namespace.into(),
+        name: name.into(),
+        uid: String::new(),
+    };
+    let (choice, stable) = PoolChoice::by_name(&pod, None);
+    let key = AttachmentKey {
+        node: format!("node-{tor}"),
+        container_id: format!("c-{name}"),
+        ifname: "eth0".into(),
+    };
+    ipam.allocate(&AllocRequest {
+        key: key.clone(),
+        pod,
+        choice,
+        stable,
+        netns: format!("/run/netns/c-{name}"),
+        network: "moor".into(),
+        tor: tor.into(),
+        now_unix: 1,
+    })
+    .await
+    .map_err(|e| format!("binding {namespace}/{name}: {e}"))?;
+    if release {
+        let r = ipam
+            .release(&key, false)
+            .await
+            .map_err(|e| format!("releasing {namespace}/{name}: {e}"))?;
+        if !r.is_some_and(|r| r.binding_kept) {
+            return Err(format!("{namespace}/{name} did not keep its binding"));
+        }
+    }
+    Ok(key)
+}

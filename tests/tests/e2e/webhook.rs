@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use moor_e2e::bins::bins;
 use moor_e2e::control_plane::ControlPlane;
-use moor_e2e::webhook::{apply, make_certs, review, Certs, Client, ServerName};
-use moor_ipamd::core::{AttachmentKey, PodRef, Policy};
-use moor_ipamd::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
+use moor_e2e::webhook::{apply, bind_on, make_certs, review, Certs, Client, ServerName};
+use moor_ipamd::core::Policy;
+use moor_ipamd::ipam::{Ipam, PoolSpec};
 use moor_testkit::cmd::free_port;
 use moor_testkit::kubeapi::{objects, FakeApi, Resource};
 use moor_testkit::{Ipamd, IpamdCommand, TempDir};
@@ -104,33 +104,7 @@ impl Setup {
     fn attach(&self, tor: &str, name: &str, release: bool) {
         let (tor, name) = (tor.to_string(), name.to_string());
         self.with_ipam(|ipam| async move {
-            let pod = PodRef {
-                namespace: "shop".into(),
-                name: name.clone(),
-                uid: String::new(),
-            };
-            let (choice, stable) = PoolChoice::by_name(&pod, None);
-            let key = AttachmentKey {
-                node: format!("node-{tor}"),
-                container_id: format!("c-{name}"),
-                ifname: "eth0".into(),
-            };
-            ipam.allocate(&AllocRequest {
-                key: key.clone(),
-                pod,
-                choice,
-                stable,
-                netns: format!("/run/netns/c-{name}"),
-                network: "moor".into(),
-                tor: tor.clone(),
-                now_unix: 1,
-            })
-            .await
-            .unwrap();
-            if release {
-                let r = ipam.release(&key, false).await.unwrap().unwrap();
-                assert!(r.binding_kept, "{name} keeps its binding");
-            }
+            bind_on(&ipam, "shop", &name, &tor, release).await.unwrap();
         });
     }
 
