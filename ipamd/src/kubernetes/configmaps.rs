@@ -133,13 +133,7 @@ impl ConfigMaps {
                 Ok(true)
             }
             Some(mut cm) => {
-                let ours = cm
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(MANAGED_BY.0))
-                    .is_some_and(|v| v == MANAGED_BY.1);
-                if !ours {
+                if !managed_by_moor(&cm) {
                     return Err(ConfigMapError::NotOurs {
                         namespace: w.namespace.clone(),
                         name: cm_name,
@@ -163,13 +157,7 @@ impl ConfigMaps {
         let Some(cm) = api.get_opt(&cm_name).await? else {
             return Ok(false);
         };
-        let ours = cm
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY.0))
-            .is_some_and(|v| v == MANAGED_BY.1);
-        if !ours {
+        if !managed_by_moor(&cm) {
             return Ok(false);
         }
         match api.delete(&cm_name, &DeleteParams::default()).await {
@@ -178,6 +166,16 @@ impl ConfigMaps {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether moor wrote this ConfigMap (its label says so): one of the same
+/// name made by someone else is never overwritten or deleted.
+fn managed_by_moor(cm: &ConfigMap) -> bool {
+    cm.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .is_some_and(|v| v == MANAGED_BY.1)
 }
 
 #[cfg(test)]
