@@ -152,8 +152,11 @@ impl ApiCluster {
             .state()
             .iter()
             .filter_map(|p| {
-                let f = pod_facts(&p.metadata);
-                let key = (f.namespace.clone(), f.job()?.to_string());
+                // The controller only (not every label and annotation, as
+                // pod_facts copies): this runs on every pod event.
+                let job = controller_of(&p.metadata)
+                    .filter(|o| o.group() == "batch" && o.kind == "Job")?;
+                let key = (p.metadata.namespace.clone()?, job.name);
                 (!known.contains_key(&key)).then_some(key)
             })
             .collect();
