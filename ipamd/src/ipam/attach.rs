@@ -1,6 +1,7 @@
-//! The ADD path of the allocation service: which pool a pod draws from,
-//! which IP it gets (the core decides), and the attachment recorded as
-//! pending before the datapath is wired, then marked ready.
+//! The ADD path of the allocation service: which IP a pod gets (the core
+//! decides) and the attachment recorded in one transaction, before the
+//! datapath is wired. The pool comes from `resolve.rs`; the decision's
+//! inputs from the store, or from the node's view (`attach_view.rs`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -8,111 +9,31 @@ use std::net::Ipv4Addr;
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::explain::explain;
 use crate::core::{
-    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, PodRef,
-    Pool, POOL_ANNOTATION,
+    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, Pool, Tor,
 };
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
-use super::{AllocRequest, Allocation, Ipam, PoolChoice};
+use super::{AllocRequest, Allocation, Ipam};
 
 impl Ipam {
-    /// The pool a pod draws from, the first of: the call's explicit pool,
-    /// the pod's annotation, the pool registered for its workload, its
-    /// namespace's annotation, the network's default. A pool named by an
-    /// annotation must belong to the pod's namespace or allow it. `pod` may
-    /// lack a name (the admission webhook's pod with a generateName): the
-    /// workload's pool needs only the namespace.
-    pub async fn resolve_pool(&self, pod: &PodRef, c: &PoolChoice) -> Result<String> {
-        if let Some(p) = &c.explicit {
-            self.named_pool(p, "named by MOOR_POOL or the network config", None)
-                .await?;
-            return Ok(p.clone());
-        }
-        if let Some(p) = &c.pod_annotation {
-            let why = format!("named by pod {pod}'s annotation {POOL_ANNOTATION}");
-            self.named_pool(p, &why, Some(&pod.namespace)).await?;
-            return Ok(p.clone());
-        }
-        if let Some(app) = c.app.as_ref().filter(|_| !pod.namespace.is_empty()) {
-            if let Some((p, _)) = self
-                .store
-                .get_json::<String>(&keys::app(&pod.namespace, app))
-                .await?
-            {
-                return Ok(p);
+    /// Records the attachment and returns the IP. Repeated for the same
+    /// key, returns the same attachment. With a view of the store (etcd),
+    /// decides from it and commits once; anything the view cannot answer,
+    /// and a commit whose checks fail (the view was stale), goes the
+    /// reading way.
+    pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
+        if let Some(view) = self.view_for(&req.tor) {
+            if let Some(a) = self.allocate_from_view(view, req).await? {
+                return Ok(a);
             }
         }
-        if let Some(p) = &c.namespace_annotation {
-            let why = format!(
-                "named by namespace {}'s annotation {POOL_ANNOTATION}",
-                pod.namespace
-            );
-            self.named_pool(p, &why, Some(&pod.namespace)).await?;
-            return Ok(p.clone());
-        }
-        if let Some(p) = &c.default {
-            self.named_pool(p, "the network config's default pool", None)
-                .await?;
-            return Ok(p.clone());
-        }
-        if !pod.is_known() {
-            return Err(Error::refused(
-                cni_code::NO_POOL,
-                "no pool for this container: the runtime passed no K8S_POD_NAMESPACE/K8S_POD_NAME, so set MOOR_POOL in CNI_ARGS or \"pool\" in the network config",
-            ));
-        }
-        let ns = &pod.namespace;
-        let app = c.app.as_deref().unwrap_or(&pod.name);
-        if c.from_api && c.declarable {
-            // The pod's workload may declare its pool (moor.io/pool-size)
-            // and the controller not have made it yet: the pod's ADD can
-            // come first. The runtime retries code 11.
-            return Err(Error::refused(
-                cni_code::TRY_AGAIN_LATER,
-                format!(
-                    "no pool for app {ns}/{app} (pod {pod}) yet: if its workload declares moor.io/pool-size, moor's controller is making it (nothing was allocated, retry); if not, create one with `ipamctl pool create {app} --namespace {ns} --app {app}` or name a pool with the annotation {POOL_ANNOTATION} on the pod or its namespace"
-                ),
-            ));
-        }
-        let annotation = if c.from_api {
-            format!(" or the annotation {POOL_ANNOTATION} on the pod or its namespace")
-        } else {
-            String::new()
-        };
-        Err(Error::refused(
-            cni_code::NO_POOL,
-            format!(
-                "no pool for app {ns}/{app} (pod {pod}): create one with `ipamctl pool create {app} --namespace {ns} --app {app}` so its IPs are known before it starts, or name a pool with MOOR_POOL{annotation}"
-            ),
-        ))
+        self.allocate_reading(req).await
     }
 
-    /// Checks that pool `name` exists and, when `namespace` is given (a
-    /// pool named by an annotation), that its pods may use it.
-    async fn named_pool(&self, name: &str, why: &str, namespace: Option<&str>) -> Result<()> {
-        let Some((pool, _)) = self.store.get_json::<Pool>(&keys::pool(name)).await? else {
-            return Err(Error::refused(
-                cni_code::NO_POOL,
-                format!("pool {name} ({why}) does not exist: create it with `ipamctl pool create {name} --namespace NS --app APP`"),
-            ));
-        };
-        if let Some(ns) = namespace.filter(|ns| !pool.allows(ns)) {
-            return Err(Error::refused(
-                cni_code::POOL_NOT_ALLOWED,
-                format!(
-                    "pool {name} ({why}) belongs to namespace {} and does not allow pods of namespace {ns}: name a pool of namespace {ns}, or have pool {name} made with `--allow-namespace {ns}`; nothing was allocated",
-                    pool.namespace
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Records the attachment (state pending) and returns the IP. Repeated
-    /// for the same key, returns the same attachment.
-    pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
+    /// `allocate`, reading everything it decides from in the store.
+    async fn allocate_reading(&self, req: &AllocRequest) -> Result<Allocation> {
         let segments = self.segments_of(&req.tor).await?;
         if segments.is_empty() {
             return Err(Error::refused(
@@ -123,32 +44,18 @@ impl Ipam {
                 ),
             ));
         }
-        let segment = |name: &str| {
-            segments
-                .iter()
-                .find(|t| t.name == name)
-                .cloned()
-                .ok_or_else(|| {
-                    Error::internal(format!(
-                        "segment {name} is not on ToR {}; it was deleted or moved",
-                        req.tor
-                    ))
-                })
-        };
-        let segment_names: Vec<String> = segments.iter().map(|t| t.name.clone()).collect();
         if let Some(existing) = self.attached(&req.key).await? {
             return Ok(Allocation {
-                tor: segment(&existing.tor)?,
+                tor: segment_named(&segments, &existing.tor, &req.tor)?,
                 lease: existing,
                 existing: true,
             });
         }
         let pool_name = self.resolve_pool(&req.pod, &req.choice).await?;
-        let stable_name = req.stable;
         let lock = self.pool_lock(&pool_name);
         let _guard = lock.lock().await;
         let what = format!("allocating in pool {pool_name}");
-        let (pool_name, segment_names, segment) = (&pool_name, &segment_names, &segment);
+        let (pool_name, segments) = (&pool_name, &segments);
         cas(self.store.as_ref(), &what, || async move {
             let (pool, pool_entry) = self.pool_entry(pool_name).await?;
             let binding = if req.pod.is_known() {
@@ -164,125 +71,39 @@ impl Ipam {
                 .store
                 .list_json::<FreeCount>(&keys::frees(pool_name))
                 .await?;
-            let (lease_list, _) = self
+            let (leases, _) = self
                 .store
                 .list_json::<Lease>(&keys::leases(&pool.name))
                 .await?;
-            let leases: BTreeMap<Ipv4Addr, (Lease, Entry)> = lease_list
-                .into_iter()
-                .map(|(l, e)| (l.ip, (l, e)))
-                .collect();
-            let plain: BTreeMap<Ipv4Addr, Lease> =
-                leases.iter().map(|(ip, (l, _))| (*ip, l.clone())).collect();
-            let keeps_ip = req.pod.is_known() && pool.policy.keeps_ip(stable_name);
-            let decision = allocate::decide(&AddInput {
-                pool: &pool,
-                tor: &req.tor,
-                segments: segment_names,
-                leases: &plain,
-                binding: binding.as_ref().map(|(b, _)| b),
-                key: &req.key,
-                keeps_ip,
-                now_unix: req.now_unix,
-            });
-            let decision = match decision {
-                Ok(d) => d,
-                Err(r) => {
-                    let bound_tor = match &r {
-                        Refusal::WrongTor { bound_segment, .. } => {
-                            let t = self.tor(bound_segment).await?;
-                            Some(t.map_or(bound_segment.clone(), |t| t.switch().to_string()))
-                        }
-                        _ => None,
-                    };
-                    let nodes = match &bound_tor {
-                        Some(t) => self.alive_nodes_of(t, req.now_unix).await,
-                        None => Vec::new(),
-                    };
-                    let r = explain(r, &pool, &req.pod, bound_tor.as_deref(), &nodes);
-                    return Err(Error::refused(r.code, r.msg));
-                }
+            let read = AddRead {
+                pool: (pool, pool_entry),
+                binding,
+                counters,
+                leases,
             };
-            let AddDecision::Take {
-                ip,
-                segment: seg,
-                new_binding,
-            } = decision;
-            let tor = segment(&seg)?;
-            let old = leases.get(&ip);
-            let attachment = Attachment {
-                key: req.key.clone(),
-                pod: req.pod.clone(),
-                netns: req.netns.clone(),
-                network: req.network.clone(),
-                state: AttachmentState::Pending,
-                created_unix: req.now_unix,
-                created_binding: new_binding,
-            };
-            let lease = Lease {
-                ip,
-                pool: pool.name.clone(),
-                tor: seg.clone(),
-                binding: if new_binding {
-                    Some(req.pod.clone())
-                } else {
-                    old.and_then(|(l, _)| l.binding.clone())
-                },
-                attachment: Some(attachment),
-                evict: false,
-                quarantine: None,
-            };
-            let lease_key = keys::lease(&pool.name, ip);
-            let att_key = keys::attachment(&req.key);
-            let mut txn = Txn::default();
-            txn.expect(&keys::pool(&pool.name), Some(&pool_entry))
-                .expect(&lease_key, old.map(|(_, e)| e))
-                .expect(&att_key, None)
-                .put(&lease_key, &lease)
-                .put(
-                    &att_key,
-                    &AttachmentRef {
-                        pool: pool.name.clone(),
-                        ip,
-                    },
-                );
-            if new_binding {
-                let b = Binding {
-                    pod: req.pod.clone(),
-                    pool: pool.name.clone(),
-                    ip,
-                    tor: seg.clone(),
-                };
-                txn.expect(&keys::binding(&req.pod), None)
-                    .put(&keys::binding(&req.pod), &b);
-            } else if let Some((_, e)) = &binding {
-                txn.expect(&keys::binding(&req.pod), Some(e));
+            match plan(req, &read, segments)? {
+                Ok((txn, a)) => Ok(Attempt::Commit(txn, a)),
+                Err(r) => Err(self.refusal(r, &read.pool.0, req).await),
             }
-            if old.is_none() {
-                // A free IP became leased: publish the pool's free count on
-                // this segment, recomputed (so it also heals a stale one).
-                let key = keys::free(&pool.name, &seg);
-                let counter = counters.iter().find(|(_, e)| e.key == key);
-                let total = pool.ips.get(&seg).map_or(0, |v| v.len() as u32);
-                let used = 1 + plain.values().filter(|l| l.tor == seg).count() as u32;
-                txn.expect(&key, counter.map(|(_, e)| e)).put(
-                    &key,
-                    &FreeCount {
-                        total,
-                        free: total.saturating_sub(used),
-                    },
-                );
-            }
-            Ok(Attempt::Commit(
-                txn,
-                Allocation {
-                    lease,
-                    tor,
-                    existing: false,
-                },
-            ))
         })
         .await
+    }
+
+    /// The error of a refused ADD, with what the operator needs to fix it.
+    async fn refusal(&self, r: Refusal, pool: &Pool, req: &AllocRequest) -> Error {
+        let bound_tor = match &r {
+            Refusal::WrongTor { bound_segment, .. } => match self.tor(bound_segment).await {
+                Ok(t) => Some(t.map_or(bound_segment.clone(), |t| t.switch().to_string())),
+                Err(e) => return e,
+            },
+            _ => None,
+        };
+        let nodes = match &bound_tor {
+            Some(t) => self.alive_nodes_of(t, req.now_unix).await,
+            None => Vec::new(),
+        };
+        let r = explain(r, pool, &req.pod, bound_tor.as_deref(), &nodes);
+        Error::refused(r.code, r.msg)
     }
 
     /// The lease of an attachment, if this key is attached.
@@ -376,43 +197,140 @@ impl Ipam {
         })
         .await
     }
+}
 
-    /// Marks an attachment wired: from now on a restart keeps it.
-    pub async fn mark_ready(&self, key: &AttachmentKey) -> Result<()> {
-        cas(
-            self.store.as_ref(),
-            "marking an attachment ready",
-            || async move {
-                let Some((r, _)) = self
-                    .store
-                    .get_json::<AttachmentRef>(&keys::attachment(key))
-                    .await?
-                else {
-                    return Err(Error::internal(format!(
-                        "attachment {key} vanished before it was wired"
-                    )));
-                };
-                let lease_key = keys::lease(&r.pool, r.ip);
-                let Some((mut lease, entry)) = self.store.get_json::<Lease>(&lease_key).await?
-                else {
-                    return Err(Error::internal(format!(
-                        "lease of {key} vanished before it was wired"
-                    )));
-                };
-                match lease.attachment.as_mut() {
-                    Some(a) if &a.key == key => a.state = AttachmentState::Ready,
-                    _ => {
-                        return Err(Error::internal(format!(
-                            "{} is no longer attached to {key}",
-                            r.ip
-                        )))
-                    }
-                }
-                let mut txn = Txn::default();
-                txn.expect(&lease_key, Some(&entry)).put(&lease_key, &lease);
-                Ok(Attempt::Commit(txn, ()))
+/// What an ADD decides from: read from the store, or from the view.
+pub(super) struct AddRead {
+    pub pool: (Pool, Entry),
+    /// The pod's binding (any pool).
+    pub binding: Option<(Binding, Entry)>,
+    pub counters: Vec<(FreeCount, Entry)>,
+    pub leases: Vec<(Lease, Entry)>,
+}
+
+/// The segment `name` of this node's ToR `tor`.
+fn segment_named(segments: &[Tor], name: &str, tor: &str) -> Result<Tor> {
+    segments
+        .iter()
+        .find(|t| t.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "segment {name} is not on ToR {tor}; it was deleted or moved"
+            ))
+        })
+}
+
+/// The core's decision on `read`, as the transaction that records it: it
+/// applies only if every record the decision read is unchanged (the pool,
+/// the lease taken, the pod's binding or its absence, the counter) and the
+/// attachment does not exist yet. The attachment is recorded ready: a crash
+/// before the ADD returns is rolled back by the node (`node::inflight`).
+pub(super) fn plan(
+    req: &AllocRequest,
+    read: &AddRead,
+    segments: &[Tor],
+) -> Result<std::result::Result<(Txn, Allocation), Refusal>> {
+    let (pool, pool_entry) = &read.pool;
+    let leases: BTreeMap<Ipv4Addr, &(Lease, Entry)> =
+        read.leases.iter().map(|le| (le.0.ip, le)).collect();
+    let plain: BTreeMap<Ipv4Addr, Lease> =
+        leases.iter().map(|(ip, (l, _))| (*ip, l.clone())).collect();
+    let segment_names: Vec<String> = segments.iter().map(|t| t.name.clone()).collect();
+    let keeps_ip = req.pod.is_known() && pool.policy.keeps_ip(req.stable);
+    let decision = allocate::decide(&AddInput {
+        pool,
+        tor: &req.tor,
+        segments: &segment_names,
+        leases: &plain,
+        binding: read.binding.as_ref().map(|(b, _)| b),
+        key: &req.key,
+        keeps_ip,
+        now_unix: req.now_unix,
+    });
+    let AddDecision::Take {
+        ip,
+        segment: seg,
+        new_binding,
+    } = match decision {
+        Ok(d) => d,
+        Err(r) => return Ok(Err(r)),
+    };
+    let tor = segment_named(segments, &seg, &req.tor)?;
+    let old = leases.get(&ip);
+    let attachment = Attachment {
+        key: req.key.clone(),
+        pod: req.pod.clone(),
+        netns: req.netns.clone(),
+        network: req.network.clone(),
+        state: AttachmentState::Ready,
+        created_unix: req.now_unix,
+        created_binding: new_binding,
+    };
+    let lease = Lease {
+        ip,
+        pool: pool.name.clone(),
+        tor: seg.clone(),
+        binding: if new_binding {
+            Some(req.pod.clone())
+        } else {
+            old.and_then(|(l, _)| l.binding.clone())
+        },
+        attachment: Some(attachment),
+        evict: false,
+        quarantine: None,
+    };
+    let lease_key = keys::lease(&pool.name, ip);
+    let att_key = keys::attachment(&req.key);
+    let mut txn = Txn::default();
+    txn.expect(&keys::pool(&pool.name), Some(pool_entry))
+        .expect(&lease_key, old.map(|(_, e)| e))
+        .expect(&att_key, None)
+        .put(&lease_key, &lease)
+        .put(
+            &att_key,
+            &AttachmentRef {
+                pool: pool.name.clone(),
+                ip,
             },
-        )
-        .await
+        );
+    let binding_key = keys::binding(&req.pod);
+    if new_binding {
+        let b = Binding {
+            pod: req.pod.clone(),
+            pool: pool.name.clone(),
+            ip,
+            tor: seg.clone(),
+        };
+        txn.expect(&binding_key, None).put(&binding_key, &b);
+    } else if let Some((_, e)) = &read.binding {
+        txn.expect(&binding_key, Some(e));
+    } else if req.pod.is_known() {
+        // Decided as a pod without a binding: one made meanwhile (ipamctl
+        // binding add) would have changed the decision.
+        txn.expect(&binding_key, None);
     }
+    if old.is_none() {
+        // A free IP became leased: publish the pool's free count on
+        // this segment, recomputed (so it also heals a stale one).
+        let key = keys::free(&pool.name, &seg);
+        let counter = read.counters.iter().find(|(_, e)| e.key == key);
+        let total = pool.ips.get(&seg).map_or(0, |v| v.len() as u32);
+        let used = 1 + plain.values().filter(|l| l.tor == seg).count() as u32;
+        txn.expect(&key, counter.map(|(_, e)| e)).put(
+            &key,
+            &FreeCount {
+                total,
+                free: total.saturating_sub(used),
+            },
+        );
+    }
+    Ok(Ok((
+        txn,
+        Allocation {
+            lease,
+            tor,
+            existing: false,
+        },
+    )))
 }

@@ -10,7 +10,10 @@
 //!   them; `carving`: taking IPs from ToRs and giving them back (cool-down);
 //! - `bindings`: a pod's IP kept before the pod exists (bring your own IPs);
 //! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
-//! - `attach`: the ADD path: which pool, which IP, pending -> ready;
+//! - `resolve`: which pool a pod draws from;
+//! - `attach`: the ADD path: which IP, recorded in one transaction;
+//!   `attach_view` the same from `view`, the node's watch-fed copy of what
+//!   its ADDs and DELs read (etcd);
 //! - `schedule`: what the admission webhook reads to steer a pod to ToRs;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
 //! - `reclaim`: garbage collection's release of a binding nobody uses;
@@ -18,6 +21,7 @@
 //! - `registry`: the node records (heartbeats) the refusal messages cite.
 
 mod attach;
+mod attach_view;
 mod bindings;
 mod carving;
 mod ips;
@@ -26,8 +30,10 @@ mod reclaim;
 pub mod registry;
 mod release;
 mod resize;
+mod resolve;
 mod schedule;
 mod tors;
+pub mod view;
 mod watch;
 
 #[cfg(test)]
@@ -60,6 +66,8 @@ pub struct Ipam {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Seconds a given-back IP cools down.
     cooldown_secs: u64,
+    /// The node's view of the store (`start_view`), for its ToR.
+    view: std::sync::OnceLock<view::View>,
 }
 
 /// What `pool create` asks for.
@@ -246,7 +254,25 @@ impl Ipam {
             pool_locks: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
             cooldown_secs: DEFAULT_IP_COOLDOWN_SECS,
+            view: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps a watch-fed view of what ADDs and DELs on ToR `tor` read, when
+    /// the store can feed one (etcd): an ADD then costs one commit (and a
+    /// returning pod one read), a DEL one read and one commit. Without it,
+    /// or while it catches up, they read the store. Once per Ipam.
+    pub fn start_view(&self, tor: &str) -> bool {
+        if !self.store.keeps_history() || self.view.get().is_some() {
+            return false;
+        }
+        let v = view::View::start(self.store.clone(), tor, self.shutdown.subscribe());
+        self.view.set(v).is_ok()
+    }
+
+    /// The view, if there is one for ToR `tor`.
+    pub fn view_for(&self, tor: &str) -> Option<&view::View> {
+        self.view.get().filter(|v| v.tor() == tor)
     }
 
     /// IPs pools give back cool down for `secs` before any pool may carve

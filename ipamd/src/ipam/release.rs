@@ -2,10 +2,10 @@
 //! with the pod (binding) or goes back to the pool. Also the rollback of a
 //! half-done ADD and the quarantine of an IP another host answered for.
 
-use crate::core::{AttachmentKey, AttachmentRef, Lease, Quarantine};
+use crate::core::{AttachmentKey, AttachmentRef, FreeCount, Lease, Quarantine};
 use crate::error::Result;
 use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, StoreExt, Txn};
+use crate::store::{keys, Entry, StoreExt, Txn};
 
 use super::{Ipam, Released};
 
@@ -32,12 +32,30 @@ impl Ipam {
         quarantine: Option<Quarantine>,
     ) -> Result<Option<Released>> {
         let att_key = keys::attachment(key);
-        let Some((first, _)) = self.store.get_json::<AttachmentRef>(&att_key).await? else {
+        let Some((first, first_entry)) = self.store.get_json::<AttachmentRef>(&att_key).await?
+        else {
             return Ok(None);
         };
         let lock = self.pool_lock(&first.pool);
         let _guard = lock.lock().await;
-        let (att_key, quarantine) = (att_key.as_str(), &quarantine);
+        let how = How {
+            key,
+            rollback,
+            quarantine: &quarantine,
+        };
+        // From the view: the lease and its counter; one commit whose checks
+        // cover them, else the reading way below.
+        if let Some(view) = self.view.get() {
+            if let Some((lease, counter)) = view.lease_and_counter(&first.pool, first.ip) {
+                let (txn, released) = plan(&how, &first, &first_entry, lease, counter);
+                let ops = txn.ops.clone();
+                if let Some(rev) = self.store.commit_at(txn).await? {
+                    view.committed(&ops, rev);
+                    return Ok(released);
+                }
+            }
+        }
+        let (att_key, how) = (att_key.as_str(), &how);
         cas(
             self.store.as_ref(),
             "releasing an attachment",
@@ -46,46 +64,88 @@ impl Ipam {
                 else {
                     return Ok(Attempt::Done(None));
                 };
-                let lease_key = keys::lease(&r.pool, r.ip);
-                let mut txn = Txn::default();
-                txn.expect(att_key, Some(&att_entry)).delete(att_key);
-                let lease = self.store.get_json::<Lease>(&lease_key).await?;
-                let Some((mut lease, lease_entry)) = lease else {
-                    // A dangling index entry: drop it.
-                    return Ok(Attempt::Commit(txn, None));
-                };
-                let attachment = match lease.attachment.take() {
-                    Some(a) if &a.key == key => a,
-                    // The IP moved on; only the index entry is ours.
-                    _ => return Ok(Attempt::Commit(txn, None)),
-                };
-                txn.expect(&lease_key, Some(&lease_entry));
-                if (rollback && attachment.created_binding) || lease.evict {
-                    if let Some(pod) = lease.binding.take() {
-                        txn.delete(&keys::binding(&pod));
+                let lease = self
+                    .store
+                    .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
+                    .await?;
+                let counter = match &lease {
+                    Some((l, _)) => {
+                        self.store
+                            .get_json::<FreeCount>(&keys::free(&r.pool, &l.tor))
+                            .await?
                     }
-                }
-                let binding_kept = lease.binding.is_some();
-                if quarantine.is_some() {
-                    lease.quarantine = quarantine.clone();
-                }
-                if binding_kept || lease.quarantine.is_some() {
-                    txn.put(&lease_key, &lease);
-                } else {
-                    txn.delete(&lease_key);
-                    self.bump_free(&mut txn, &r.pool, &lease.tor, 1).await?;
-                }
-                Ok(Attempt::Commit(
-                    txn,
-                    Some(Released {
-                        ip: r.ip,
-                        pool: r.pool,
-                        binding_kept,
-                        attachment,
-                    }),
-                ))
+                    None => None,
+                };
+                let (txn, released) = plan(how, &r, &att_entry, lease, counter);
+                Ok(Attempt::Commit(txn, released))
             },
         )
         .await
     }
+}
+
+/// What a release is.
+struct How<'a> {
+    key: &'a AttachmentKey,
+    /// Of a half-done ADD: a binding it created goes too.
+    rollback: bool,
+    quarantine: &'a Option<Quarantine>,
+}
+
+/// The release of `key`'s attachment, recorded at `r` (`att_entry`), as one
+/// transaction that applies only if the lease (and, when the IP goes back
+/// to the pool, its counter) is unchanged. `lease` None: a dangling index
+/// entry, dropped.
+fn plan(
+    how: &How,
+    r: &AttachmentRef,
+    att_entry: &Entry,
+    lease: Option<(Lease, Entry)>,
+    counter: Option<(FreeCount, Entry)>,
+) -> (Txn, Option<Released>) {
+    let lease_key = keys::lease(&r.pool, r.ip);
+    let mut txn = Txn::default();
+    txn.expect(&att_entry.key, Some(att_entry))
+        .delete(&att_entry.key);
+    let Some((mut lease, lease_entry)) = lease else {
+        txn.expect(&lease_key, None);
+        return (txn, None);
+    };
+    txn.expect(&lease_key, Some(&lease_entry));
+    let attachment = match lease.attachment.take() {
+        Some(a) if &a.key == how.key => a,
+        // The IP moved on; only the index entry is ours.
+        _ => return (txn, None),
+    };
+    if (how.rollback && attachment.created_binding) || lease.evict {
+        if let Some(pod) = lease.binding.take() {
+            txn.delete(&keys::binding(&pod));
+        }
+    }
+    let binding_kept = lease.binding.is_some();
+    if how.quarantine.is_some() {
+        lease.quarantine = how.quarantine.clone();
+    }
+    if binding_kept || lease.quarantine.is_some() {
+        txn.put(&lease_key, &lease);
+    } else {
+        txn.delete(&lease_key);
+        // The published free count of (pool, segment) moves by one.
+        match counter {
+            Some((mut c, e)) => {
+                c.free = (c.free + 1).min(c.total);
+                txn.expect(&e.key, Some(&e)).put(&e.key, &c);
+            }
+            None => {
+                txn.expect(&keys::free(&r.pool, &lease.tor), None);
+            }
+        }
+    }
+    let released = Released {
+        ip: r.ip,
+        pool: r.pool.clone(),
+        binding_kept,
+        attachment,
+    };
+    (txn, Some(released))
 }

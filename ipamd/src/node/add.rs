@@ -1,11 +1,15 @@
-//! CNI ADD: allocate (pending) -> wire -> mark ready -> reply. A wiring
-//! failure gives the IP back; a duplicate-address conflict quarantines it;
-//! a store outage falls back to the pod's cached binding (`offline`).
+//! CNI ADD: mark in flight -> allocate (one commit, the attachment ready)
+//! -> wire -> unmark -> reply. A wiring failure gives the IP back; a
+//! duplicate-address conflict quarantines it; a store outage falls back to
+//! the pod's cached binding (`offline`). A crash before the unmark is rolled
+//! back at the next start (`inflight`, `recover`).
 
 use tracing::{info, warn};
 
 use crate::core::explain::quarantine_message;
-use crate::core::{validate, AttachmentState, Lease, PodFacts, PodRef, Quarantine, Tor};
+use crate::core::{
+    validate, AttachmentKey, AttachmentState, Lease, PodFacts, PodRef, Quarantine, Tor,
+};
 use crate::datapath::{DatapathError, PodLink, Wired};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::AllocRequest;
@@ -69,7 +73,7 @@ impl Node {
     }
 
     async fn add_pod(&self, req: &AddRequest) -> Result<Added> {
-        let mut timing = Timing::start();
+        let timing = Timing::start();
         let key = self.key(&req.container_id, &req.ifname)?;
         if !req.netns.starts_with('/') {
             return Err(Error::Invalid(format!(
@@ -86,6 +90,29 @@ impl Node {
         // A DEL of this attachment that ipamd missed while down comes first.
         self.replay_pending_del(&key).await?;
         let tor = self.tor()?;
+        self.ipam.start_view(&tor);
+        let mark = self.inflight.begin(&key)?;
+        let mut unsettled = false;
+        let added = self
+            .add_marked(req, &key, tor, timing, &mut unsettled)
+            .await;
+        // Kept only when a failed ADD's allocation could not be given back:
+        // the next start (or the runtime's DEL) does it.
+        if let Some(m) = mark.filter(|_| !unsettled) {
+            m.done();
+        }
+        added
+    }
+
+    async fn add_marked(
+        &self,
+        req: &AddRequest,
+        key: &AttachmentKey,
+        tor: String,
+        mut timing: Timing,
+        unsettled: &mut bool,
+    ) -> Result<Added> {
+        let key = key.clone();
         let place = match self.placement(req).await {
             Ok(p) => p,
             // A repeated ADD of an attachment that exists needs no decision:
@@ -169,6 +196,7 @@ impl Node {
                     warn!(%key, %ip, other_mac = %mac, error = %re, "duplicate address, and the IP could not be quarantined");
                     if let Err(re) = self.ipam.release(&key, true).await {
                         warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
+                        *unsettled = true;
                     }
                     return Err(Error::refused(
                         cni_code::ADDRESS_CONFLICT,
@@ -192,8 +220,9 @@ impl Node {
                     self.ipam.release(&key, true).await
                 };
                 if let Err(re) = rollback {
-                    // The pending attachment stays; the next start rolls it back.
+                    // The attachment stays marked; the next start rolls it back.
                     warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
+                    *unsettled = true;
                 }
                 return Err(Error::datapath(
                     format!(
@@ -206,19 +235,7 @@ impl Node {
             }
         };
         timing.wire(&wired.steps);
-        if let Err(e) = self.note(self.ipam.mark_ready(&key).await) {
-            // The runtime gets an error; undo, deferring the release if the
-            // store is gone (a restart would roll it back anyway).
-            let _ = self.del_key(&key, true, true).await;
-            return Err(e);
-        }
-        let mut lease = alloc.lease;
-        if let Some(a) = lease.attachment.as_mut() {
-            a.state = AttachmentState::Ready;
-        }
-        timing.step("ready");
-        self.mirror_put(&lease, &alloc.tor).await;
-        timing.step("mirror_ready");
+        let lease = alloc.lease;
         info!(%key, ip = %lease.ip, pool = %lease.pool, "ADD");
         timing.log("ADD", &key);
         Ok(Added {

@@ -68,6 +68,7 @@ impl Node {
                     }
                 }
                 let _ = moor_proto::pending::remove(&record);
+                self.inflight.settled(key);
                 if let Some(r) = &released {
                     info!(%key, ip = %r.ip, binding_kept = r.binding_kept, "DEL");
                 }

@@ -31,6 +31,7 @@ impl Node {
                 .expect("node attachments are attached");
             if a.network != network
                 || a.state != AttachmentState::Ready
+                || self.inflight.contains(&a.key)
                 || a.created_unix > cutoff
                 || valid.contains(&(a.key.container_id.clone(), a.key.ifname.clone()))
             {

@@ -2,9 +2,10 @@
 //! and the datapath (the veth), in the order that survives kill -9 at any
 //! point:
 //!
-//! ADD: record the attachment as pending -> wire -> mark it ready -> reply.
-//!   A restart rolls back whatever is still pending: the runtime never got a
-//!   result for it, and it retries ADD after a DEL.
+//! ADD: mark it in flight -> record the attachment (one commit) -> wire ->
+//!   unmark -> reply. A restart rolls back every ADD still marked
+//!   (`inflight`): the runtime never got a result for it, and it retries ADD
+//!   after a DEL.
 //! DEL: unwire -> release. A crash in between leaves an attachment whose
 //!   link is gone; the runtime's retried DEL (or GC) finishes it.
 //!
@@ -23,6 +24,7 @@ mod evict;
 mod gc;
 mod health;
 pub mod heartbeat;
+pub mod inflight;
 pub mod mirror;
 mod offline;
 mod pending;
@@ -85,6 +87,8 @@ pub struct Node {
     /// The datapath was reconciled with this node's attachments (once, at
     /// the first `recover`, before ADDs are served).
     reconciled: AtomicBool,
+    /// ADDs running now, marked so a crash's leftovers are rolled back.
+    inflight: inflight::InFlight,
 }
 
 impl Node {
@@ -96,7 +100,6 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            cfg,
             ipam,
             datapath,
             mirror,
@@ -104,6 +107,8 @@ impl Node {
             cluster: None,
             health: health::StoreHealth::default(),
             reconciled: AtomicBool::new(false),
+            inflight: inflight::InFlight::new(inflight::InFlight::dir_beside(&cfg.pending_dir)),
+            cfg,
         }
     }
 

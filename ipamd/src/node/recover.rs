@@ -19,10 +19,22 @@ impl Node {
     /// were rolled back locally (their releases are recorded), and `recover`
     /// must run again once the store answers.
     pub async fn recover(&self) -> Result<bool> {
-        let (mine, online) = self.my_attachments().await?;
+        if !self.cfg.tor.is_empty() {
+            self.ipam.start_view(&self.cfg.tor);
+        }
         let mut rolled_back = 0;
+        // ADDs a crash cut short: marked in flight, attached or not.
+        for key in self.inflight.leftovers(&self.cfg.name) {
+            self.del_key(&key, true, true).await?;
+            self.inflight.settled(&key);
+            warn!(%key, "rolled back an ADD that a crash left half-done");
+            rolled_back += 1;
+        }
+        let (mine, online) = self.my_attachments().await?;
         for lease in &mine {
             let a = lease.attachment.as_ref().expect("attached");
+            // Recorded pending by an ipamd from before ADDs record their
+            // attachment ready in one commit.
             if a.state == AttachmentState::Pending {
                 self.del_key(&a.key, true, true).await?;
                 warn!(key = %a.key, ip = %lease.ip, "rolled back an ADD that a crash left half-done");

@@ -112,7 +112,11 @@ impl Sweep {
         let mut report = SweepReport::default();
         let mut next = HashMap::new();
         for lease in &mine {
-            let Some(a) = lease.attachment.as_ref() else {
+            let Some(a) = lease
+                .attachment
+                .as_ref()
+                .filter(|a| !node.inflight.contains(&a.key))
+            else {
                 continue;
             };
             let host = moor_proto::host_ifname(&a.key.container_id, &a.key.ifname);

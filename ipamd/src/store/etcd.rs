@@ -534,6 +534,10 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
+        Ok(self.commit_at(txn).await?.is_some())
+    }
+
+    async fn commit_at(&self, txn: Txn) -> Result<Option<u64>, StoreError> {
         let ops = collapse(txn.ops);
         if txn.checks.len() > MAX_TXN_OPS || ops.len() > MAX_TXN_OPS {
             return Err(StoreError::Other(format!(
@@ -576,7 +580,18 @@ impl Store for EtcdStore {
                 async move { kv(&c).txn(etxn).await }
             })
             .await?;
-        Ok(resp.succeeded())
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        let rev = resp
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::Other("etcd answered without a header".into()))?;
+        Ok(Some(revision(rev)))
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
     }
 
     /// An etcd watch from `after_revision + 1`. If etcd compacted that

@@ -10,6 +10,8 @@ pub const POOLS: &str = "pools/";
 pub const BINDINGS: &str = "bindings/";
 pub const ATTACHMENTS: &str = "attachments/";
 pub const NODES: &str = "nodes/";
+pub const APPS: &str = "apps/";
+pub const LEASES: &str = "leases/";
 /// Every pool's free counts: `free/<pool>/<segment>`.
 pub const FREE: &str = "free/";
 

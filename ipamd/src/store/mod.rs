@@ -118,6 +118,21 @@ pub trait Store: Send + Sync + 'static {
     /// Applies every op if every check holds, atomically and durably.
     /// `Ok(false)`: a check failed and nothing was written.
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError>;
+    /// `commit`, and the store revision the change got (`None`: a check
+    /// failed, nothing was written). The revision is every written key's new
+    /// version, so a cache of the store (`ipam::view`) can apply its own
+    /// change at once instead of waiting for the watch. 0: this backend
+    /// does not say.
+    async fn commit_at(&self, txn: Txn) -> Result<Option<u64>, StoreError> {
+        Ok(self.commit(txn).await?.then_some(0))
+    }
+    /// Whether `watch` replays changes after an older revision (etcd keeps
+    /// history; the stores in ipamd's own process do not, so a watch from a
+    /// list's revision fails whenever a commit came in between). Only a
+    /// store with history can feed a cache that stays useful under load.
+    fn keeps_history(&self) -> bool {
+        false
+    }
     /// Every change under `prefix` after `after_revision` (a revision a
     /// `list` returned), in commit order. Fails with `Compacted` when those
     /// changes cannot be replayed; the stream may also end or fail later

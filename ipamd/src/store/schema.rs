@@ -197,17 +197,9 @@ struct Unchecked {
     checked: AtomicBool,
 }
 
-#[async_trait]
-impl Store for Unchecked {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
-        self.inner.list(prefix).await
-    }
-
-    async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
+impl Unchecked {
+    /// Checks (and migrates) the schema before the first write.
+    async fn ensure_checked(&self) -> Result<(), StoreError> {
         if !self.checked.load(Ordering::Acquire) {
             match ensure(self.inner.as_ref()).await {
                 Ok(o) => {
@@ -221,11 +213,36 @@ impl Store for Unchecked {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for Unchecked {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
+        self.ensure_checked().await?;
         self.inner.commit(txn).await
+    }
+
+    async fn commit_at(&self, txn: Txn) -> Result<Option<u64>, StoreError> {
+        self.ensure_checked().await?;
+        self.inner.commit_at(txn).await
     }
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
         self.inner.watch(prefix, after_revision).await
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.inner.keeps_history()
     }
 
     fn describe(&self) -> String {

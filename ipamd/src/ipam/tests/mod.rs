@@ -89,7 +89,6 @@ async fn statefulset_pod_keeps_its_ip_and_its_tor() {
         .allocate(&req("n1", "r1", "c1", "web-0"))
         .await
         .unwrap();
-    ipam.mark_ready(&a.attachment().key).await.unwrap();
     let ip = a.lease.ip;
     // Same key again: the same attachment (idempotent ADD).
     let again = ipam
@@ -312,7 +311,6 @@ async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
     assert_eq!(db.tor.vlan, Some(200));
     assert!(db.tor.subnet.contains(db.lease.ip), "{}", db.lease.ip);
     assert_eq!(db.lease.tor, "r1-db");
-    ipam.mark_ready(&db.attachment().key).await.unwrap();
     let web = ipam
         .allocate(&req("n1", "r1", "c2", "web-7d9f8c6b5-x2x9z"))
         .await
@@ -335,7 +333,6 @@ async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
     // On another node of r1 it gets the same IP back.
     let back = ipam.allocate(&req("n2", "r1", "c4", "db-0")).await.unwrap();
     assert_eq!(back.lease.ip, db.lease.ip);
-    ipam.mark_ready(&back.attachment().key).await.unwrap();
     // The other IP of the pool on r1: then the pool is full on the segment.
     ipam.allocate(&req("n2", "r1", "c5", "db-1")).await.unwrap();
     let (c, msg) = code(
@@ -393,7 +390,6 @@ async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
         .allocate(&req("n1", "r1", "c4", "web-0"))
         .await
         .unwrap();
-    ipam.mark_ready(&web0.attachment().key).await.unwrap();
     ipam.release(&web0.attachment().key, false).await.unwrap();
     let again = ipam
         .allocate(&req("n1", "r1", "c5", "web-0"))
@@ -590,3 +586,4 @@ async fn free_counts_are_published_per_pool_and_tor() {
 
 mod lifecycle;
 mod model;
+mod view;

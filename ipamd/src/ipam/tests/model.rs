@@ -70,7 +70,6 @@ proptest! {
                                             }
                                             seen.insert(pod, a.lease.ip);
                                         }
-                                        ipam.mark_ready(&r.key).await.unwrap();
                                         live.insert(pod, r.key);
                                     }
                                     Err(e) => assert!(

@@ -1,5 +1,6 @@
 //! ADD: happy path, ordering, rollback, quarantine, idempotence, fail-fast.
 
+use crate::node::inflight::InFlight;
 use std::sync::{Arc, Mutex};
 
 use crate::core::{AttachmentState, IpState};
@@ -43,6 +44,9 @@ struct Spy {
     dp: RecordingDatapath,
     ipam: Arc<Ipam>,
     seen: Mutex<Vec<Option<AttachmentState>>>,
+    /// The in-flight marks' directory, read as a restart would.
+    marks: Option<InFlight>,
+    marked: Mutex<bool>,
 }
 
 #[async_trait::async_trait]
@@ -60,6 +64,8 @@ impl Datapath for Spy {
             .unwrap()
             .and_then(|l| l.attachment.map(|a| a.state));
         self.seen.lock().unwrap().push(state);
+        let marks = self.marks.as_ref().map(|m| m.leftovers("n1"));
+        *self.marked.lock().unwrap() = marks.is_some_and(|m| m.contains(&key));
         self.dp.wire(link).await
     }
     async fn unwire(&self, h: &str) -> Result<(), DatapathError> {
@@ -74,12 +80,16 @@ impl Datapath for Spy {
 }
 
 #[tokio::test]
-async fn add_records_the_attachment_pending_before_it_wires() {
+async fn add_records_the_attachment_and_its_mark_before_it_wires() {
     let h = Harness::new().await;
     let spy = Arc::new(Spy {
         dp: RecordingDatapath::new(),
         ipam: h.ipam.clone(),
         seen: Mutex::new(Vec::new()),
+        marks: Some(InFlight::new(InFlight::dir_beside(
+            &h.dir.0.join("pending"),
+        ))),
+        marked: Mutex::new(false),
     });
     let node = Node::new(
         NodeConfig {
@@ -95,10 +105,18 @@ async fn add_records_the_attachment_pending_before_it_wires() {
         h.clock.clone(),
     );
     let a = node.add(&h.req("c1", "db-0")).await.unwrap();
-    // Recorded (pending) before the wiring: a crash while wiring leaves a
-    // record that the next start rolls back, never a wired pod unknown to
-    // the store.
-    assert_eq!(*spy.seen.lock().unwrap(), [Some(AttachmentState::Pending)]);
+    // Recorded before the wiring, and marked in flight: a crash while
+    // wiring leaves a record and a mark that the next start rolls back,
+    // never a wired pod unknown to the store.
+    assert_eq!(*spy.seen.lock().unwrap(), [Some(AttachmentState::Ready)]);
+    assert!(*spy.marked.lock().unwrap(), "marked while wiring");
+    assert!(!node
+        .inflight
+        .contains(&a.lease.attachment.as_ref().unwrap().key));
+    assert!(
+        node.inflight.leftovers("n1").is_empty(),
+        "unmarked once wired"
+    );
     let after = h.lease("db", a.lease.ip).await.unwrap();
     assert_eq!(after.attachment.unwrap().state, AttachmentState::Ready);
 }
@@ -295,48 +313,25 @@ async fn a_store_that_answers_again_ends_the_fail_fast_window_at_once() {
     h.add("c2", WEB_POD).await.unwrap();
 }
 
-/// An ADD of db-0 (whose binding it creates) on `c1` that wired the pod and
-/// then found the store gone when it marked the attachment ready: the
-/// runtime got "try again", the veth is gone, and the release is recorded
-/// as a rollback.
-async fn add_cut_by_an_outage_after_wiring(h: Harness) -> Harness {
+/// An ADD commits once, before it wires: a store that goes away while the
+/// pod is being wired does not fail it (before, a second commit marked the
+/// attachment ready after the wiring, and an outage then undid the ADD).
+#[tokio::test]
+async fn an_outage_after_the_commit_does_not_fail_the_add() {
+    let h = Harness::new().await;
     let dp = Interrupting::new(&h.dp, AfterWire::StoreDown(h.store.clone()));
     let h = h.restart_with(dp);
-    let e = h.add("c1", "db-0").await.unwrap_err();
-    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER, "{e}");
-    assert!(!h.dp.is_wired(&Harness::host("c1")), "undone at once");
-    let rec = moor_proto::pending::read_all(&h.dir.0.join("pending")).unwrap();
-    let [(_, rec)] = rec.as_slice() else {
-        panic!("{rec:?}")
-    };
-    assert_eq!(rec.container_id, "c1");
-    assert!(rec.rollback, "the release of a failed ADD is a rollback");
+    let a = h.add("c1", "db-0").await.unwrap();
+    assert!(h.dp.is_wired(&Harness::host("c1")));
+    assert!(
+        h.node.inflight.leftovers("n1").is_empty(),
+        "the mark is gone"
+    );
     h.store.set_down(false);
-    h
-}
-
-#[tokio::test]
-async fn an_add_whose_ready_mark_meets_an_outage_is_rolled_back_when_the_store_is_back() {
-    let h = add_cut_by_an_outage_after_wiring(Harness::new().await).await;
-    assert_eq!(h.node.replay_pending_dels().await.unwrap(), 1);
-    // The IP and the binding this ADD made are gone.
-    assert!(h.ipam.leases("db").await.unwrap().is_empty());
-    assert!(!h.binding("db-0").await);
+    let held = h.ipam.attached(&h.key("c1")).await.unwrap().unwrap();
+    assert_eq!(held.ip, a.lease.ip);
+    assert_eq!(held.attachment.unwrap().state, AttachmentState::Ready);
+    assert!(h.binding("db-0").await);
     assert_eq!(h.pending_files(), 0);
-    h.clean().await;
-}
-
-#[tokio::test]
-async fn a_re_add_first_applies_the_recorded_rollback_of_its_failed_add() {
-    let h = add_cut_by_an_outage_after_wiring(Harness::new().await).await;
-    // The runtime tries the same container again, and this time the wiring
-    // fails: with the recorded rollback applied first, db-0's binding is
-    // this ADD's own again, and goes with its rollback.
-    h.dp.fail_next(Op::Wire, DatapathError::CheckFailed("boom".into()));
-    let e = h.add("c1", "db-0").await.unwrap_err();
-    assert_eq!(e.cni_code(), cni_code::DATAPATH, "{e}");
-    assert_eq!(h.pending_files(), 0);
-    assert!(h.ipam.leases("db").await.unwrap().is_empty());
-    assert!(!h.binding("db-0").await);
     h.clean().await;
 }

@@ -55,9 +55,7 @@ async fn forced_evict_on_this_node_ends_the_attachment() {
 /// `beat_at`.
 async fn held_on_n2(h: &Harness, beat_at: u64) -> std::net::Ipv4Addr {
     let req = AllocRequest::for_test("n2", "r1", "c9", "db-0", beat_at);
-    let key = req.key.clone();
     let alloc = h.ipam.allocate(&req).await.unwrap();
-    h.ipam.mark_ready(&key).await.unwrap();
     beat(
         h.store.as_ref(),
         &NodeRecord {

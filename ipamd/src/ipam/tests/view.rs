@@ -1,0 +1,233 @@
+//! ADD and DEL through the node's view of a real etcd: what each costs in
+//! store calls, and that a stale view costs a second try, never a wrong IP.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moor_testkit::EtcdCluster;
+
+use super::*;
+use crate::store::etcd::{EtcdOptions, EtcdStore};
+use crate::store::{Entry, Store, StoreError, Txn, WatchStream};
+
+/// Counts the calls of one store, by kind.
+struct Counting {
+    inner: Arc<dyn Store>,
+    reads: AtomicUsize,
+    commits: AtomicUsize,
+}
+
+impl Counting {
+    fn take(&self) -> (usize, usize) {
+        (
+            self.reads.swap(0, Ordering::SeqCst),
+            self.commits.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+#[async_trait]
+impl Store for Counting {
+    async fn get(&self, key: &str) -> std::result::Result<Option<Entry>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<(Vec<Entry>, u64), StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix).await
+    }
+    async fn commit(&self, txn: Txn) -> std::result::Result<bool, StoreError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.commit(txn).await
+    }
+    async fn commit_at(&self, txn: Txn) -> std::result::Result<Option<u64>, StoreError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.commit_at(txn).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> std::result::Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, after).await
+    }
+    fn keeps_history(&self) -> bool {
+        self.inner.keeps_history()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+struct Setup {
+    _etcd: EtcdCluster,
+    counting: Arc<Counting>,
+    /// Node n1's: counted, with a view of ToR r1.
+    ipam: Ipam,
+    /// Another node's, on the same etcd, without a view.
+    other: Ipam,
+}
+
+async fn setup(test: &str) -> Setup {
+    let dir = std::env::temp_dir().join(moor_testkit::unique(&format!("moor-view-{test}")));
+    let etcd = EtcdCluster::start(&dir, 1, &format!("moor-view-{test}"), &[])
+        .unwrap_or_else(|e| panic!("these tests need a real etcd: {e}"));
+    etcd.wait_ready_async(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let open = || async {
+        let s = EtcdStore::open(EtcdOptions::new(etcd.endpoints()))
+            .await
+            .unwrap();
+        Arc::new(s) as Arc<dyn Store>
+    };
+    let other = Ipam::new(open().await);
+    other
+        .add_tor(
+            "r1",
+            "10.1.0.0/24",
+            "10.1.0.1",
+            0,
+            &[range("10.1.0.10", "10.1.0.99")],
+            "",
+        )
+        .await
+        .unwrap();
+    for (name, policy) in [("web", Policy::Auto), ("db", Policy::Auto)] {
+        other
+            .create_pool(
+                &PoolSpec {
+                    name: name.into(),
+                    namespace: "default".into(),
+                    app: name.into(),
+                    size: 20,
+                    policy,
+                    ..PoolSpec::default()
+                },
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    let counting = Arc::new(Counting {
+        inner: open().await,
+        reads: AtomicUsize::new(0),
+        commits: AtomicUsize::new(0),
+    });
+    let ipam = Ipam::new(counting.clone());
+    assert!(ipam.start_view("r1"));
+    let view = ipam.view_for("r1").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(view.ready() && view.pool_data("web").is_some() && view.pool_data("db").is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the view did not catch up within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    counting.take();
+    Setup {
+        _etcd: etcd,
+        counting,
+        ipam,
+        other,
+    }
+}
+
+fn req(cid: &str, pod: &str) -> AllocRequest {
+    AllocRequest::for_test("n1", "r1", cid, pod, 100)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_is_one_commit_and_del_one_read_and_one_commit() {
+    let s = setup("cost").await;
+    // Back to back in one pool: each decided from the view, which holds
+    // the previous ADD's own commit at once.
+    let mut ips = BTreeSet::new();
+    for i in 0..5 {
+        let a = s
+            .ipam
+            .allocate(&req(
+                &format!("c{i}"),
+                &format!("web-7d9f8c6b5-x2x9{}", b"bcdfg"[i] as char),
+            ))
+            .await
+            .unwrap();
+        assert!(ips.insert(a.lease.ip), "{} twice", a.lease.ip);
+        assert_eq!(s.counting.take(), (0, 1), "ADD {i}: no read, one commit");
+    }
+    // A StatefulSet pod's first ADD makes its binding; its DEL keeps it.
+    let first = s.ipam.allocate(&req("s1", "db-0")).await.unwrap();
+    assert_eq!(s.counting.take(), (0, 1));
+    let r = s
+        .ipam
+        .release(&first.attachment().key, false)
+        .await
+        .unwrap();
+    assert!(r.unwrap().binding_kept);
+    assert_eq!(s.counting.take(), (1, 1), "DEL: one read, one commit");
+    // Returning: its binding read once (for its version), one commit, the
+    // same IP.
+    let back = s.ipam.allocate(&req("s2", "db-0")).await.unwrap();
+    assert_eq!(back.lease.ip, first.lease.ip);
+    assert_eq!(
+        s.counting.take(),
+        (1, 1),
+        "returning pod: one read, one commit"
+    );
+    // A Deployment pod's DEL frees its IP and the counter follows.
+    s.ipam.release(&req("c0", "x").key, false).await.unwrap();
+    assert_eq!(s.counting.take(), (1, 1));
+    let counts = s.ipam.store().get_json::<FreeCount>("free/web/r1").await;
+    let (c, _) = counts.unwrap().unwrap();
+    assert_eq!((c.total, c.free), (20, 16), "4 of web's IPs in use");
+    assert!(audit(s.ipam.store().as_ref()).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_view_costs_a_second_try_never_a_taken_ip() {
+    let s = setup("stale").await;
+    let view = s.ipam.view_for("r1").unwrap();
+    // Another node takes web's lowest free IP; this node's view is made to
+    // miss it (as a view whose watch lags does).
+    let theirs = s
+        .other
+        .allocate(&AllocRequest::for_test(
+            "n2",
+            "r1",
+            "o1",
+            "web-7d9f8c6b5-d2x9z",
+            100,
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while view.pool_data("web").unwrap().leases.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the watch never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    view.forget(&keys::lease("web", theirs.lease.ip));
+    let mine = s
+        .ipam
+        .allocate(&req("c1", "web-7d9f8c6b5-m2x9z"))
+        .await
+        .unwrap();
+    assert_ne!(mine.lease.ip, theirs.lease.ip, "never the taken IP");
+    let (reads, commits) = s.counting.take();
+    assert_eq!(commits, 2, "the view's commit failed, the reading one held");
+    assert!(reads > 0, "the second try read the store");
+    // DEL from a view that misses the lease: the commit checks it, fails,
+    // and the reading way releases it.
+    view.forget(&keys::lease("web", mine.lease.ip));
+    let r = s.ipam.release(&mine.attachment().key, false).await.unwrap();
+    assert_eq!(r.unwrap().ip, mine.lease.ip);
+    assert!(s
+        .ipam
+        .leases("web")
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.ip != mine.lease.ip));
+    assert!(audit(s.ipam.store().as_ref()).await.unwrap().is_empty());
+}

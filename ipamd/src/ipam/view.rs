@@ -1,0 +1,465 @@
+//! A watch-fed view of what this node's ADDs and DELs read, for a store with
+//! history (etcd): the ToRs, the pools and the app registrations, and, for
+//! every pool with IPs on this node's ToR, its leases and free counts. An ADD
+//! decides from the view and commits one compare-and-swap transaction whose
+//! checks cover every record it read (`attach.rs`), so a stale view costs one
+//! failed commit and a second try through the store, never a wrong answer.
+//!
+//! Each prefix is listed, then watched from the revision of the list; a
+//! broken or compacted watch marks the prefix stale (readers fall back to
+//! the store) until it is listed again. The node's own commits are applied at
+//! once with the revision they got, so back-to-back ADDs on one pool do not
+//! wait for their watch events; an event older than what the view holds for
+//! a key is ignored (deletes leave a tombstone until the watch has passed
+//! them).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::debug;
+
+use crate::core::{FreeCount, Lease, Pool, Tor};
+use crate::store::{decode, keys, Entry, Op, Store, WatchEvent};
+
+/// One watched prefix.
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<String, Entry>,
+    /// Listed and watched: readers may trust it (up to the compare).
+    live: bool,
+    /// Keys this node deleted, and at which revision, until the watch has
+    /// passed it: an older put arriving late must not bring them back.
+    tombs: HashMap<String, u64>,
+    /// The newest revision the watch delivered.
+    seen: u64,
+}
+
+impl Cache {
+    fn put(&mut self, key: &str, value: Vec<u8>, revision: u64) {
+        let newer = |v: u64| v >= revision;
+        if self.entries.get(key).is_some_and(|e| newer(e.version))
+            || self.tombs.get(key).is_some_and(|t| newer(*t))
+        {
+            return;
+        }
+        self.tombs.remove(key);
+        self.entries.insert(
+            key.to_string(),
+            Entry {
+                key: key.to_string(),
+                value,
+                version: revision,
+            },
+        );
+    }
+
+    fn delete(&mut self, key: &str, revision: u64) {
+        if self.entries.get(key).is_some_and(|e| e.version > revision) {
+            return;
+        }
+        self.entries.remove(key);
+        let t = self.tombs.entry(key.to_string()).or_default();
+        *t = (*t).max(revision);
+    }
+
+    fn event(&mut self, ev: WatchEvent) {
+        match ev.value {
+            Some(v) => self.put(&ev.key, v, ev.revision),
+            None => self.delete(&ev.key, ev.revision),
+        }
+        self.seen = self.seen.max(ev.revision);
+        let seen = self.seen;
+        self.tombs.retain(|_, t| *t > seen);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    caches: HashMap<String, Cache>,
+    /// Pools with IPs on this node's ToR: their leases and counts are
+    /// watched (one task per prefix).
+    followed: HashMap<String, Vec<tokio::task::AbortHandle>>,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    /// The ToR (or segment) name this node was configured with.
+    tor: String,
+    state: Mutex<State>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What one ADD on pool `pool` reads, all from one moment of the view.
+pub(super) struct PoolData {
+    pub pool: (Pool, Entry),
+    pub leases: Vec<(Lease, Entry)>,
+    pub counters: Vec<(FreeCount, Entry)>,
+}
+
+pub struct View {
+    shared: Arc<Shared>,
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let mut s = self.shared.state.lock().unwrap();
+        for (_, tasks) in s.followed.drain() {
+            tasks.iter().for_each(|t| t.abort());
+        }
+    }
+}
+
+/// The prefix a key is cached under, if the view caches it.
+fn prefix_of(key: &str) -> Option<String> {
+    for global in [keys::TORS, keys::POOLS, keys::APPS] {
+        if key.starts_with(global) {
+            return Some(global.to_string());
+        }
+    }
+    if key.starts_with(keys::LEASES) || key.starts_with(keys::FREE) {
+        let second = key.match_indices('/').nth(1)?.0;
+        return Some(key[..=second].to_string());
+    }
+    None
+}
+
+impl View {
+    /// Starts following the store for a node of ToR `tor`. The view is
+    /// empty (readers go to the store) until the first lists come back.
+    pub fn start(
+        store: Arc<dyn Store>,
+        tor: &str,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            tor: tor.to_string(),
+            state: Mutex::default(),
+            stop,
+        });
+        for p in [keys::TORS, keys::POOLS, keys::APPS] {
+            tokio::spawn(follow(shared.clone(), p.to_string()));
+        }
+        Self { shared }
+    }
+
+    pub fn tor(&self) -> &str {
+        &self.shared.tor
+    }
+
+    /// Whether every prefix an ADD on this node reads is live: the global
+    /// ones, and leases and counts of every pool on this ToR.
+    pub fn ready(&self) -> bool {
+        let s = self.shared.state.lock().unwrap();
+        let live = |p: &str| s.caches.get(p).is_some_and(|c| c.live);
+        [keys::TORS, keys::POOLS, keys::APPS]
+            .iter()
+            .all(|p| live(p))
+            && s.followed
+                .keys()
+                .all(|p| live(&keys::leases(p)) && live(&keys::frees(p)))
+    }
+
+    /// The segments a node of this ToR serves (`Ipam::segments_of`).
+    pub(super) fn segments(&self) -> Option<Vec<Tor>> {
+        let s = self.shared.state.lock().unwrap();
+        segments(&s, &self.shared.tor)
+    }
+
+    /// The pool registered for app `ns/app`: `Some(None)` none, `None` the
+    /// view cannot say.
+    pub(super) fn app_pool(&self, ns: &str, app: &str) -> Option<Option<String>> {
+        let s = self.shared.state.lock().unwrap();
+        let c = s.caches.get(keys::APPS).filter(|c| c.live)?;
+        match c.entries.get(&keys::app(ns, app)) {
+            None => Some(None),
+            Some(e) => decode::<String>(e).ok().map(Some),
+        }
+    }
+
+    /// Pool `name`: `Some(None)` no such pool, `None` the view cannot say.
+    pub(super) fn pool(&self, name: &str) -> Option<Option<Pool>> {
+        let s = self.shared.state.lock().unwrap();
+        let c = s.caches.get(keys::POOLS).filter(|c| c.live)?;
+        match c.entries.get(&keys::pool(name)) {
+            None => Some(None),
+            Some(e) => decode::<Pool>(e).ok().map(Some),
+        }
+    }
+
+    /// The pool, its leases and its counts, if the view follows it live.
+    pub(super) fn pool_data(&self, name: &str) -> Option<PoolData> {
+        let s = self.shared.state.lock().unwrap();
+        let live = |p: &str| s.caches.get(p).filter(|c| c.live);
+        let pool = live(keys::POOLS)?.entries.get(&keys::pool(name))?;
+        let leases = live(&keys::leases(name))?;
+        let counters = live(&keys::frees(name))?;
+        Some(PoolData {
+            pool: (decode(pool).ok()?, pool.clone()),
+            leases: decoded(leases)?,
+            counters: decoded(counters)?,
+        })
+    }
+
+    /// The lease of `ip` in `pool` (None inside: no lease) and the free
+    /// count of its segment, if the view follows the pool live.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn lease_and_counter(
+        &self,
+        pool: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Option<(Option<(Lease, Entry)>, Option<(FreeCount, Entry)>)> {
+        let s = self.shared.state.lock().unwrap();
+        let live = |p: &str| s.caches.get(p).filter(|c| c.live);
+        let leases = live(&keys::leases(pool))?;
+        let counters = live(&keys::frees(pool))?;
+        let Some(e) = leases.entries.get(&keys::lease(pool, ip)) else {
+            return Some((None, None));
+        };
+        let lease: Lease = decode(e).ok()?;
+        let counter = match counters.entries.get(&keys::free(pool, &lease.tor)) {
+            Some(c) => Some((decode(c).ok()?, c.clone())),
+            None => None,
+        };
+        Some((Some((lease, e.clone())), counter))
+    }
+
+    /// Drops `key` from the view, as a view whose watch lags behind a
+    /// change would not have it (tests).
+    #[cfg(test)]
+    pub(super) fn forget(&self, key: &str) {
+        let mut s = self.shared.state.lock().unwrap();
+        if let Some(c) = prefix_of(key).and_then(|p| s.caches.get_mut(&p)) {
+            c.entries.remove(key);
+        }
+    }
+
+    /// Applies this node's own committed change, which got `revision`.
+    pub(super) fn committed(&self, ops: &[Op], revision: u64) {
+        if revision == 0 {
+            return;
+        }
+        let mut s = self.shared.state.lock().unwrap();
+        let mut tors_changed = false;
+        let mut pools_changed = Vec::new();
+        for op in ops {
+            let (key, value) = match op {
+                Op::Put { key, value } => (key, Some(value)),
+                Op::Delete { key } => (key, None),
+            };
+            let Some(p) = prefix_of(key) else { continue };
+            tors_changed |= p == keys::TORS;
+            pools_changed.extend(pool_named(key));
+            let Some(c) = s.caches.get_mut(&p) else {
+                continue;
+            };
+            match value {
+                Some(v) => c.put(key, v.clone(), revision),
+                None => c.delete(key, revision),
+            }
+        }
+        if tors_changed {
+            refollow(&self.shared, &mut s, None);
+        } else if !pools_changed.is_empty() {
+            refollow(&self.shared, &mut s, Some(&pools_changed));
+        }
+    }
+}
+
+/// Every entry of `c`, decoded; `None` if one does not decode (the
+/// reading way then reports it).
+fn decoded<T: serde::de::DeserializeOwned>(c: &Cache) -> Option<Vec<(T, Entry)>> {
+    c.entries
+        .values()
+        .map(|e| decode(e).ok().map(|v| (v, e.clone())))
+        .collect()
+}
+
+fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
+    let c = s.caches.get(keys::TORS).filter(|c| c.live)?;
+    let all: Vec<Tor> = c.entries.values().filter_map(|e| decode(e).ok()).collect();
+    let switch = all
+        .iter()
+        .find(|t| t.name == tor)
+        .map_or(tor, |t| t.switch())
+        .to_string();
+    Some(all.into_iter().filter(|t| t.switch() == switch).collect())
+}
+
+/// Follows the leases and counts of exactly the pools with IPs on this
+/// node's segments: all of them (`only` None: the ToRs or every pool were
+/// read again), or the pools whose records changed.
+fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
+    let Some(segs) = segments(s, &shared.tor) else {
+        return;
+    };
+    let segs: HashSet<String> = segs.into_iter().map(|t| t.name).collect();
+    let Some(pools) = s.caches.get(keys::POOLS).filter(|c| c.live) else {
+        return;
+    };
+    let serves = |e: &Entry| {
+        decode::<Pool>(e)
+            .ok()
+            .filter(|p| p.ips.keys().any(|t| segs.contains(t)))
+            .map(|p| p.name)
+    };
+    let (want, consider): (HashSet<String>, Vec<String>) = match only {
+        None => {
+            let want: HashSet<String> = pools.entries.values().filter_map(serves).collect();
+            let mut all: Vec<String> = s.followed.keys().cloned().collect();
+            all.extend(want.iter().cloned());
+            (want, all)
+        }
+        Some(names) => {
+            let want = names
+                .iter()
+                .filter_map(|n| pools.entries.get(&keys::pool(n)).and_then(serves))
+                .collect();
+            (want, names.to_vec())
+        }
+    };
+    for p in consider {
+        let followed = s.followed.contains_key(&p);
+        if want.contains(&p) && !followed {
+            let tasks = [keys::leases(&p), keys::frees(&p)]
+                .into_iter()
+                .map(|prefix| tokio::spawn(follow(shared.clone(), prefix)).abort_handle())
+                .collect();
+            s.followed.insert(p, tasks);
+        } else if !want.contains(&p) && followed {
+            for t in s.followed.remove(&p).unwrap_or_default() {
+                t.abort();
+            }
+            s.caches.remove(&keys::leases(&p));
+            s.caches.remove(&keys::frees(&p));
+        }
+    }
+}
+
+/// The pool a `pools/` key names.
+fn pool_named(key: &str) -> Option<String> {
+    key.strip_prefix(keys::POOLS).map(str::to_string)
+}
+
+/// Lists `prefix`, then applies every change after that list, again and
+/// again: a broken or compacted watch marks it stale until it is listed again.
+async fn follow(shared: Arc<Shared>, prefix: String) {
+    let mut stop = shared.stop.clone();
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if failures > 0 {
+            let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        let listed = shared.store.list(&prefix).await;
+        let (entries, rev) = match listed {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%prefix, error = %e, "view: list failed");
+                failures += 1;
+                continue;
+            }
+        };
+        let mut events = match shared.store.watch(&prefix, rev).await {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(%prefix, error = %e, "view: watch failed");
+                failures += 1;
+                continue;
+            }
+        };
+        {
+            let mut s = shared.state.lock().unwrap();
+            let c = s.caches.entry(prefix.clone()).or_default();
+            c.entries = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+            c.tombs.clear();
+            c.seen = rev;
+            c.live = true;
+            if prefix == keys::POOLS || prefix == keys::TORS {
+                refollow(&shared, &mut s, None);
+            }
+        }
+        failures = 0;
+        loop {
+            let ev = tokio::select! {
+                ev = events.next() => ev,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Some(Ok(ev)) = ev else { break };
+            let mut s = shared.state.lock().unwrap();
+            let Some(c) = s.caches.get_mut(&prefix) else {
+                // No longer followed.
+                return;
+            };
+            let pool = pool_named(&ev.key);
+            c.event(ev);
+            if prefix == keys::TORS {
+                refollow(&shared, &mut s, None);
+            } else if let Some(p) = pool {
+                refollow(&shared, &mut s, Some(&[p]));
+            }
+        }
+        debug!(%prefix, "view: watch ended; listing again");
+        if let Some(c) = shared.state.lock().unwrap().caches.get_mut(&prefix) {
+            c.live = false;
+        }
+        failures += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(prefix_of("pools/web").as_deref(), Some("pools/"));
+        assert_eq!(
+            prefix_of("leases/web/10.0.0.1").as_deref(),
+            Some("leases/web/")
+        );
+        assert_eq!(prefix_of("free/web/r1").as_deref(), Some("free/web/"));
+        assert_eq!(prefix_of("bindings/ns/p"), None);
+        assert_eq!(prefix_of("leases/web"), None);
+    }
+
+    #[test]
+    fn late_events_do_not_undo_newer_state() {
+        let mut c = Cache::default();
+        c.put("k", b"1".to_vec(), 5);
+        // Our own delete at 7, then the watch delivers the put of 5 and a
+        // put of 6 (older), then the delete of 7.
+        c.delete("k", 7);
+        for (v, rev) in [(Some(b"1".to_vec()), 5), (Some(b"2".to_vec()), 6)] {
+            c.event(WatchEvent {
+                key: "k".into(),
+                value: v,
+                revision: rev,
+            });
+            assert!(!c.entries.contains_key("k"), "rev {rev} came back");
+        }
+        c.event(WatchEvent {
+            key: "k".into(),
+            value: None,
+            revision: 7,
+        });
+        assert!(c.tombs.is_empty(), "the watch passed the delete");
+        // A newer put wins; an older one after it does not.
+        c.put("k", b"8".to_vec(), 8);
+        c.event(WatchEvent {
+            key: "k".into(),
+            value: Some(b"x".to_vec()),
+            revision: 7,
+        });
+        assert_eq!(c.entries["k"].value, b"8");
+        assert_eq!(c.entries["k"].version, 8);
+    }
+}
