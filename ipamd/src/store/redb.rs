@@ -7,9 +7,18 @@
 //! record; a `meta` table holds the store revision, bumped by every commit,
 //! which becomes the version of every key the commit writes (as etcd's
 //! mod_revision), so `PrefixUnchangedSince` means the same on both backends.
+//!
+//! Group commit: transactions that arrive while one is being written wait
+//! and then go together, each with its own checks and revision, in one redb
+//! write transaction and one fsync. Each is still all or nothing (its checks
+//! are evaluated against the batch so far; a failed check skips it alone),
+//! and none is acknowledged before the batch is durable, so eight concurrent
+//! ADDs cost about one fsync instead of eight.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -24,7 +33,18 @@ const REVISION: &str = "revision";
 pub struct RedbStore {
     db: Arc<Database>,
     path: String,
-    watchers: Broadcaster,
+    watchers: Arc<Broadcaster>,
+    queue: Arc<Mutex<Queue>>,
+}
+
+/// A transaction's outcome: the changes it made, or None (a check failed).
+type Outcome = Result<Option<Vec<WatchEvent>>, StoreError>;
+
+/// Transactions waiting for the committer, and whether it runs.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(Txn, oneshot::Sender<Outcome>)>,
+    running: bool,
 }
 
 fn other(e: impl std::fmt::Display) -> StoreError {
@@ -63,7 +83,8 @@ impl RedbStore {
         Ok(Self {
             db: Arc::new(db),
             path: path.display().to_string(),
-            watchers: Broadcaster::default(),
+            watchers: Arc::default(),
+            queue: Arc::default(),
         })
     }
 
@@ -85,72 +106,124 @@ fn revision(db: &Database) -> Result<u64, StoreError> {
     Ok(meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value()))
 }
 
-/// Applies the transaction if its checks hold; returns the changes made.
-fn commit_blocking(db: &Database, txn: Txn) -> Result<Option<Vec<WatchEvent>>, StoreError> {
-    let mut events = Vec::new();
+/// Applies each transaction whose checks hold, in order, in one write
+/// transaction and one fsync; returns each one's changes (None: a check
+/// failed, it wrote nothing). An error fails the whole batch.
+fn commit_batch(db: &Database, txns: Vec<Txn>) -> Result<Vec<Option<Vec<WatchEvent>>>, StoreError> {
+    let mut out = Vec::with_capacity(txns.len());
     let w = db.begin_write().map_err(other)?;
     {
         let mut kv = w.open_table(KV).map_err(other)?;
         let mut meta = w.open_table(META).map_err(other)?;
-        for c in &txn.checks {
-            let ok = match c {
-                Check::Version { key, version } => {
-                    let have = match kv.get(key.as_str()).map_err(other)? {
-                        Some(v) => split(key, v.value())?.version,
-                        None => 0,
-                    };
-                    have == *version
-                }
-                Check::PrefixUnchangedSince { prefix, revision } => {
-                    let mut ok = true;
-                    for item in kv.range(prefix.as_str()..).map_err(other)? {
-                        let (k, v) = item.map_err(other)?;
-                        if !k.value().starts_with(prefix.as_str()) {
-                            break;
-                        }
-                        if split(k.value(), v.value())?.version > *revision {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    ok
-                }
-            };
-            if !ok {
-                // Dropping the write transaction aborts it.
-                return Ok(None);
+        let mut rev = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value());
+        for txn in txns {
+            if !checks_hold(&kv, &txn)? {
+                out.push(None);
+                continue;
             }
-        }
-        let rev = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value()) + 1;
-        meta.insert(REVISION, rev).map_err(other)?;
-        let mut buf = Vec::new();
-        for op in &txn.ops {
-            match op {
-                Op::Put { key, value } => {
-                    buf.clear();
-                    buf.extend_from_slice(&rev.to_le_bytes());
-                    buf.extend_from_slice(value);
-                    kv.insert(key.as_str(), buf.as_slice()).map_err(other)?;
-                    events.push(WatchEvent {
-                        key: key.clone(),
-                        value: Some(value.clone()),
-                        revision: rev,
-                    });
-                }
-                Op::Delete { key } => {
-                    if kv.remove(key.as_str()).map_err(other)?.is_some() {
+            rev += 1;
+            let mut events = Vec::new();
+            let mut buf = Vec::new();
+            for op in txn.ops {
+                match op {
+                    Op::Put { key, value } => {
+                        buf.clear();
+                        buf.extend_from_slice(&rev.to_le_bytes());
+                        buf.extend_from_slice(&value);
+                        kv.insert(key.as_str(), buf.as_slice()).map_err(other)?;
                         events.push(WatchEvent {
-                            key: key.clone(),
-                            value: None,
+                            key,
+                            value: Some(value),
                             revision: rev,
                         });
                     }
+                    Op::Delete { key } => {
+                        if kv.remove(key.as_str()).map_err(other)?.is_some() {
+                            events.push(WatchEvent {
+                                key,
+                                value: None,
+                                revision: rev,
+                            });
+                        }
+                    }
+                }
+            }
+            out.push(Some(events));
+        }
+        meta.insert(REVISION, rev).map_err(other)?;
+    }
+    w.commit().map_err(other)?;
+    Ok(out)
+}
+
+fn checks_hold(kv: &redb::Table<&str, &[u8]>, txn: &Txn) -> Result<bool, StoreError> {
+    for c in &txn.checks {
+        let ok = match c {
+            Check::Version { key, version } => {
+                let have = match kv.get(key.as_str()).map_err(other)? {
+                    Some(v) => split(key, v.value())?.version,
+                    None => 0,
+                };
+                have == *version
+            }
+            Check::PrefixUnchangedSince { prefix, revision } => {
+                let mut ok = true;
+                for item in kv.range(prefix.as_str()..).map_err(other)? {
+                    let (k, v) = item.map_err(other)?;
+                    if !k.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    if split(k.value(), v.value())?.version > *revision {
+                        ok = false;
+                        break;
+                    }
+                }
+                ok
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The committer: writes what is waiting, batch after batch, until nothing
+/// is. Changes are published to watchers once durable, so a watcher never
+/// sees what a crash could take back. It lets go of the database before it
+/// answers its last batch: a caller that then drops the store and opens the
+/// file again must not find it still open.
+fn run_committer(db: Arc<Database>, queue: &Mutex<Queue>, watchers: &Broadcaster) {
+    let mut batch = std::mem::take(&mut queue.lock().unwrap().waiting);
+    let mut db = Some(db);
+    while !batch.is_empty() {
+        let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().unzip();
+        let result = commit_batch(db.as_ref().expect("held while batches come"), txns);
+        // Published in revision order, before a next committer can start.
+        for events in result.iter().flatten().flatten() {
+            watchers.publish(events.clone());
+        }
+        batch = {
+            let mut q = queue.lock().unwrap();
+            if q.waiting.is_empty() {
+                q.running = false;
+                db = None;
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        match result {
+            Ok(outcomes) => {
+                for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Other(e.to_string())));
                 }
             }
         }
     }
-    w.commit().map_err(other)?;
-    Ok(Some(events))
 }
 
 #[async_trait]
@@ -189,15 +262,21 @@ impl Store for RedbStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
-        match self.blocking(move |db| commit_blocking(db, txn)).await? {
-            Some(events) => {
-                // Published after the commit is durable: a watcher never sees
-                // a change that a crash could take back.
-                self.watchers.publish(events);
-                Ok(true)
-            }
-            None => Ok(false),
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap();
+            q.waiting.push((txn, tx));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let (db, queue, watchers) =
+                (self.db.clone(), self.queue.clone(), self.watchers.clone());
+            tokio::task::spawn_blocking(move || run_committer(db, &queue, &watchers));
         }
+        let outcome = rx
+            .await
+            .map_err(|_| other("the redb committer stopped"))??;
+        Ok(outcome.is_some())
     }
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
@@ -227,6 +306,49 @@ mod tests {
         super::super::conformance::cas_semantics(&RedbStore::open(&p).unwrap()).await;
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
         super::super::conformance::no_history(&RedbStore::open(&p).unwrap()).await;
+        let _ = std::fs::remove_dir_all(p.parent().unwrap());
+    }
+
+    /// Concurrent commits go in batches, and each stays all or nothing:
+    /// of many create-only writes of one key exactly one applies; writes of
+    /// distinct keys all apply, each with a revision of its own; a failed
+    /// check in a batch skips its transaction alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batched_commits_stay_one_transaction_each() {
+        let p = tmp("batch");
+        let s = Arc::new(RedbStore::open(&p).unwrap());
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut same = Txn::default();
+                    same.expect("one", None)
+                        .put("one", &i)
+                        .put(&format!("by/{i}"), &i);
+                    let mut own = Txn::default();
+                    own.expect(&format!("k/{i:02}"), None)
+                        .put(&format!("k/{i:02}"), &i);
+                    let (a, b) = tokio::join!(s.commit(same), s.commit(own));
+                    (a.unwrap(), b.unwrap())
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            let (same, own) = t.await.unwrap();
+            won += usize::from(same);
+            assert!(own, "a key of its own always applies");
+        }
+        assert_eq!(won, 1, "exactly one create of `one`");
+        let winner: u32 =
+            serde_json::from_slice(&s.get("one").await.unwrap().unwrap().value).unwrap();
+        let (by, _) = s.list("by/").await.unwrap();
+        assert_eq!(by.len(), 1, "the losers' other writes did not apply");
+        assert_eq!(by[0].key, format!("by/{winner}"));
+        let (ks, _) = s.list("k/").await.unwrap();
+        let revs: std::collections::BTreeSet<u64> = ks.iter().map(|e| e.version).collect();
+        assert_eq!((ks.len(), revs.len()), (64, 64), "one revision each");
+        drop(s);
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 
