@@ -18,10 +18,12 @@
 //!   (deleted again).
 //! - Allocation runs, one per concurrency level (1, 8 and 64 by default):
 //!   that many tokio tasks, each its own "ipamd" (own `Ipam`, own etcd
-//!   connection), each allocation = `allocate` + `mark_ready` (ipamd's ADD
-//!   minus the datapath and the local mirror) for a random node and a random
-//!   pool with IPs on that node's ToR, Deployment-style pod names (no
-//!   binding is kept). 30,000 allocations a run (half the IPs; 1,000 with
+//!   connection, own watch-fed view of its ToR, as ipamd keeps with etcd),
+//!   one node each, on distinct ToRs where there are enough; each allocation
+//!   = `allocate` (ipamd's ADD minus the datapath and the local mirror: one
+//!   commit) for a random pool with IPs on that node's ToR, Deployment-style
+//!   pod names (no binding is kept). The views are caught up before the
+//!   clock starts. 30,000 allocations a run (half the IPs; 1,000 with
 //!   one allocator), all held, checked (no IP twice, the leases in etcd are
 //!   exactly ours, `audit` clean), then all released with the same
 //!   concurrency, and checked again (no lease left, `audit` clean).
@@ -60,7 +62,7 @@ use moor_e2e::names;
 use moor_ipamd::core::{AttachmentKey, Lease, PodRef};
 use moor_ipamd::ipam::{AllocRequest, Ipam, PoolChoice, PoolSpec};
 use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
-use moor_ipamd::store::{Entry, Op, Store, StoreError, StoreExt, Txn};
+use moor_ipamd::store::{Entry, Op, Store, StoreError, StoreExt, Txn, WatchStream};
 use moor_testkit::cmd::try_ip;
 use moor_testkit::{EtcdCluster, IpamdCommand, Netns, TempDir};
 use serde_json::{json, Value};
@@ -537,6 +539,45 @@ impl Store for Counting {
         })
     }
 
+    fn commit_at<'l0, 'a>(&'l0 self, txn: Txn) -> StoreFut<'a, Option<u64>>
+    where
+        'l0: 'a,
+        Self: 'a,
+    {
+        Box::pin(async move {
+            self.c.commits.fetch_add(1, Ordering::Relaxed);
+            let n: u64 = txn
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { value, .. } => value.len() as u64,
+                    Op::Delete { .. } => 0,
+                })
+                .sum();
+            self.c.bytes_written.fetch_add(n, Ordering::Relaxed);
+            let rev = self.inner.commit_at(txn).await?;
+            if rev.is_none() {
+                self.c.cas_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(rev)
+        })
+    }
+
+    /// The view's watches: not counted (a watch is one stream, not a
+    /// request per change; etcd's own count below says the same).
+    fn watch<'l0, 'l1, 'a>(&'l0 self, prefix: &'l1 str, after: u64) -> StoreFut<'a, WatchStream>
+    where
+        'l0: 'a,
+        'l1: 'a,
+        Self: 'a,
+    {
+        Box::pin(async move { self.inner.watch(prefix, after).await })
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.inner.keeps_history()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -570,24 +611,31 @@ struct World {
 }
 
 impl World {
-    /// A node and a pool with room on its ToR; the room is reserved.
-    fn pick(&self, rng: &mut Rng) -> (usize, usize, usize) {
-        loop {
-            let node = 1 + rng.below(self.node_tor.len() - 1);
-            let tor = self.node_tor[node];
-            for _ in 0..8 {
-                let s = rng.below(self.slots[tor].len());
-                let cap = self.slots[tor][s].1;
-                let ok = self.held[tor][s]
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
-                        (h < cap).then_some(h + 1)
-                    })
-                    .is_ok();
-                if ok {
-                    return (node, tor, s);
-                }
-            }
-        }
+    /// A pool with room on `node`'s ToR, reserved; None when its ToR is full.
+    fn pick_on(&self, rng: &mut Rng, node: usize) -> Option<(usize, usize)> {
+        let tor = self.node_tor[node];
+        let n = self.slots[tor].len();
+        let start = rng.below(n);
+        (0..n).map(|i| (start + i) % n).find_map(|s| {
+            let cap = self.slots[tor][s].1;
+            self.held[tor][s]
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                    (h < cap).then_some(h + 1)
+                })
+                .ok()
+                .map(|_| (tor, s))
+        })
+    }
+
+    /// The node allocator `i` of `n` plays: one per ToR while there are
+    /// ToRs enough (node 0 is the real ipamd's).
+    fn node_for(&self, i: usize) -> usize {
+        let tors = self.slots.len();
+        let (tor, nth) = (i % tors, i / tors);
+        (1..self.node_tor.len())
+            .filter(|&node| self.node_tor[node] == tor)
+            .nth(nth)
+            .unwrap_or(1 + i % (self.node_tor.len() - 1))
     }
 
     fn unreserve(&self, tor: usize, slot: usize) {
@@ -596,6 +644,7 @@ impl World {
 }
 
 /// One allocation the bench holds.
+#[derive(Clone)]
 struct Held {
     key: AttachmentKey,
     ip: Ipv4Addr,
@@ -607,8 +656,6 @@ struct Held {
 struct Done {
     held: Held,
     total: Duration,
-    allocate: Duration,
-    ready: Duration,
 }
 
 // ----------------------------------------------------------------- setup
@@ -873,8 +920,6 @@ struct Run {
     allocs: usize,
     alloc_wall: Duration,
     total: Stats,
-    allocate: Stats,
-    ready: Stats,
     alloc_count: Count,
     release_wall: Duration,
     release: Stats,
@@ -891,19 +936,21 @@ struct Run {
     floor: metrics::Floor,
 }
 
-/// One allocator: its own `Ipam` on its own etcd connection, like one
-/// node's ipamd.
+/// One allocator: its own `Ipam` (and view) on its own etcd connection,
+/// like the ipamd of `node`; `n` allocations on the pools of its ToR.
 async fn allocator(
     ipam: Arc<Ipam>,
     world: Arc<World>,
-    next: Arc<AtomicUsize>,
+    node: usize,
     n: usize,
     seed: u64,
 ) -> Res<Vec<Done>> {
     let mut rng = Rng(seed);
     let mut out = Vec::new();
-    while next.fetch_add(1, Ordering::Relaxed) < n {
-        let (node, tor, slot) = world.pick(&mut rng);
+    for _ in 0..n {
+        let (tor, slot) = world
+            .pick_on(&mut rng, node)
+            .ok_or_else(|| format!("{}: its ToR's pools are full", node_name(node)))?;
         let pool = world.slots[tor][slot].0;
         let seq = world.seq.fetch_add(1, Ordering::Relaxed);
         let app = &world.pool_names[pool];
@@ -934,10 +981,6 @@ async fn allocator(
             .allocate(&req)
             .await
             .map_err(|e| format!("allocate {key} in {app}: {e}"))?;
-        let allocate = t.elapsed();
-        ipam.mark_ready(&key)
-            .await
-            .map_err(|e| format!("mark_ready {key}: {e}"))?;
         let total = t.elapsed();
         let ip = a.lease.ip;
         if a.lease.pool != *app || a.lease.tor != world.tor_names[tor] || a.existing {
@@ -955,8 +998,6 @@ async fn allocator(
                 slot,
             },
             total,
-            allocate,
-            ready: total - allocate,
         });
     }
     Ok(out)
@@ -1026,15 +1067,35 @@ async fn run_level(
 ) -> Res<Run> {
     let counters = Arc::new(Counters::default());
     let mut ipams = Vec::new();
-    for _ in 0..conc {
+    for i in 0..conc {
         let inner = Arc::new(open_store(url).await?);
         // Connect before the clock starts.
         inner.get("warm-up").await.map_err(|e| e.to_string())?;
-        ipams.push(Arc::new(Ipam::new(Arc::new(Counting {
+        let ipam = Arc::new(Ipam::new(Arc::new(Counting {
             inner,
             c: counters.clone(),
-        }))));
+        })));
+        let node = world.node_for(i);
+        ipam.start_view(&world.tor_names[world.node_tor[node]]);
+        ipams.push((ipam, node));
     }
+    // Every view caught up (listed and watching) before the clock starts.
+    let t = Instant::now();
+    for (ipam, node) in &ipams {
+        let view = ipam
+            .view_for(&world.tor_names[world.node_tor[*node]])
+            .ok_or("no view")?;
+        while !view.ready() {
+            if t.elapsed() > Duration::from_secs(120) {
+                return Err("the allocators' views did not catch up in 120 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "{conc:>3} views:      caught up in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let allocs = if conc == 1 {
         o.allocs_single.min(o.allocs)
@@ -1051,36 +1112,66 @@ async fn run_level(
     } else {
         o.floor_ops
     };
+    if std::env::var_os("MOOR_BENCH_SHAPED_FLOOR").is_some() {
+        let cpu0 = cpu_now(etcd);
+        let f = metrics::floor_shaped(
+            url,
+            clients.clone(),
+            "/moor-floor-add/",
+            floor_ops,
+            o.idle_cap,
+            true,
+        )
+        .await?;
+        let c = cpu_now(etcd).since(cpu0);
+        println!(
+            "{conc:>3} ADD-shaped floor: {:.0}/s, p99 {:.2} ms, CPU per txn: etcd {:.2} ms, bench {:.2} ms",
+            f.ops as f64 / f.wall.as_secs_f64(),
+            ms(stats(f.latencies.clone()).p99),
+            c.etcd * 1e3 / f.ops as f64,
+            c.bench * 1e3 / f.ops as f64,
+        );
+    }
+    let cpu0 = cpu_now(etcd);
     let floor = metrics::floor(url, clients, "/moor-floor/", floor_ops, o.idle_cap).await?;
+    let floor_cpu = cpu_now(etcd).since(cpu0);
     println!(
-        "{conc:>3} floor:      {} single-CAS txns in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {:.2} etcd requests each",
+        "{conc:>3} floor:      {} single-CAS txns in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {:.2} etcd requests each, CPU per txn: etcd {:.2} ms, bench {:.2} ms, others {:.2} cores",
         floor.ops,
         floor.wall.as_secs_f64(),
         floor.ops as f64 / floor.wall.as_secs_f64(),
         ms(stats(floor.latencies.clone()).p50),
         ms(stats(floor.latencies.clone()).p99),
-        floor.per_op.total()
+        floor.per_op.total(),
+        floor_cpu.etcd * 1e3 / floor.ops as f64,
+        floor_cpu.bench * 1e3 / floor.ops as f64,
+        floor_cpu.others / floor.wall.as_secs_f64(),
     );
     // Allocate.
     let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
     let before = counters.snap();
-    let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for (i, ipam) in ipams.iter().enumerate() {
+    for (i, (ipam, node)) in ipams.iter().enumerate() {
         let seed = (conc as u64) << 32 | i as u64;
+        let quota = allocs / conc + usize::from(i < allocs % conc);
         tasks.push(tokio::spawn(allocator(
             ipam.clone(),
             world.clone(),
-            next.clone(),
-            allocs,
+            *node,
+            quota,
             seed,
         )));
     }
+    // Each allocator releases what it allocated (its view follows those
+    // pools).
+    let mut held_by: Vec<Vec<Held>> = Vec::new();
     let mut done = Vec::new();
     for t in tasks {
-        done.extend(t.await.map_err(|e| e.to_string())??);
+        let mine = t.await.map_err(|e| e.to_string())??;
+        held_by.push(mine.iter().map(|d| d.held.clone()).collect());
+        done.extend(mine);
     }
     let alloc_wall = t.elapsed();
     let alloc_count = counters.snap().since(before);
@@ -1095,8 +1186,6 @@ async fn run_level(
     .await?;
     let alloc_cpu = cpu1.since(cpu0);
     let total = stats(done.iter().map(|d| d.total).collect());
-    let allocate = stats(done.iter().map(|d| d.allocate).collect());
-    let ready = stats(done.iter().map(|d| d.ready).collect());
     println!(
         "{conc:>3} allocators: {} allocations in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms",
         done.len(),
@@ -1120,22 +1209,16 @@ async fn run_level(
     };
 
     // Release, with the same concurrency.
-    let held = Arc::new(held);
     let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
     let before = counters.snap();
-    let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for ipam in &ipams {
-        let (ipam, held, next, world) = (ipam.clone(), held.clone(), next.clone(), world.clone());
+    for ((ipam, _), mine) in ipams.iter().zip(held_by) {
+        let (ipam, world) = (ipam.clone(), world.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(h) = held.get(i) else {
-                    return Ok::<_, String>(lat);
-                };
+            for h in &mine {
                 let t = Instant::now();
                 let r = ipam
                     .release(&h.key, false)
@@ -1148,6 +1231,7 @@ async fn run_level(
                 }
                 world.unreserve(h.tor, h.slot);
             }
+            Ok::<_, String>(lat)
         }));
     }
     let mut lat = Vec::new();
@@ -1176,8 +1260,6 @@ async fn run_level(
         allocs: held.len(),
         alloc_wall,
         total,
-        allocate,
-        ready,
         alloc_count,
         release_wall,
         release,
@@ -1431,9 +1513,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
                 st.row()
             )
         };
-        line("allocate+mark_ready", &r.total, Some(r.alloc_wall));
-        line("  allocate", &r.allocate, None);
-        line("  mark_ready", &r.ready, None);
+        line("allocate", &r.total, Some(r.alloc_wall));
         line("release", &r.release, Some(r.release_wall));
     }
     println!();
@@ -1454,7 +1534,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     for r in &runs {
         for (what, c, n, cpu, wall) in [
             (
-                "allocate+mark_ready",
+                "allocate",
                 r.alloc_count,
                 r.allocs,
                 r.alloc_cpu,
@@ -1507,7 +1587,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     println!(" {:>12}", "idle req/s");
     for r in &runs {
         for (what, p) in [
-            ("allocate+mark_ready", &r.alloc_etcd),
+            ("allocate", &r.alloc_etcd),
             ("release", &r.release_etcd),
             ("floor: one CAS txn", &r.floor.per_op),
         ] {
@@ -1520,7 +1600,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     }
     println!();
     println!(
-        "moor's ADD (allocate+mark_ready) against the floor (single compare-and-swap txns, same etcd, same concurrency)"
+        "moor's ADD (allocate) against the floor (single compare-and-swap txns, same etcd, same concurrency)"
     );
     println!(
         "{:>5} {:>12} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
@@ -1607,8 +1687,6 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
             "allocs": r.allocs,
             "alloc_per_s": r.allocs as f64 / r.alloc_wall.as_secs_f64(),
             "alloc": r.total.json(),
-            "allocate": r.allocate.json(),
-            "mark_ready": r.ready.json(),
             "per_alloc": r.alloc_count.per(r.allocs),
             "release_per_s": r.release.n as f64 / r.release_wall.as_secs_f64(),
             "release": r.release.json(),

@@ -13,6 +13,7 @@
 //! a key is ignored (deletes leave a tombstone until the watch has passed
 //! them).
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +24,17 @@ use tracing::debug;
 use crate::core::{FreeCount, Lease, Pool, Tor};
 use crate::store::{decode, keys, Entry, Op, Store, WatchEvent};
 
+/// A record decoded once, when it arrives (ADDs read them many times).
+type Value = Option<Arc<dyn Any + Send + Sync>>;
+
 /// One watched prefix.
 #[derive(Default)]
 struct Cache {
     entries: BTreeMap<String, Entry>,
+    /// `entries` decoded, by the type the prefix holds (None: the record
+    /// does not decode; readers then go to the store, which reports it).
+    values: HashMap<String, Value>,
+    decoder: Option<fn(&Entry) -> Value>,
     /// Listed and watched: readers may trust it (up to the compare).
     live: bool,
     /// Keys this node deleted, and at which revision, until the watch has
@@ -45,14 +53,43 @@ impl Cache {
             return;
         }
         self.tombs.remove(key);
-        self.entries.insert(
-            key.to_string(),
-            Entry {
-                key: key.to_string(),
-                value,
-                version: revision,
-            },
-        );
+        let e = Entry {
+            key: key.to_string(),
+            value,
+            version: revision,
+        };
+        self.values
+            .insert(key.to_string(), self.decoder.and_then(|d| d(&e)));
+        self.entries.insert(key.to_string(), e);
+    }
+
+    fn replace(&mut self, entries: Vec<Entry>) {
+        self.values = entries
+            .iter()
+            .map(|e| (e.key.clone(), self.decoder.and_then(|d| d(e))))
+            .collect();
+        self.entries = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+    }
+
+    /// The record at `key`, decoded, and its entry.
+    fn get<T: 'static>(&self, key: &str) -> Option<Option<(&T, &Entry)>> {
+        let Some(e) = self.entries.get(key) else {
+            return Some(None);
+        };
+        let v = self.values.get(key)?.as_ref()?.downcast_ref::<T>()?;
+        Some(Some((v, e)))
+    }
+
+    /// Every record, decoded (cloned), with its entry; None if one does not
+    /// decode.
+    fn all<T: Clone + 'static>(&self) -> Option<Vec<(T, Entry)>> {
+        self.entries
+            .iter()
+            .map(|(k, e)| {
+                let v = self.values.get(k)?.as_ref()?.downcast_ref::<T>()?;
+                Some((v.clone(), e.clone()))
+            })
+            .collect()
     }
 
     fn delete(&mut self, key: &str, revision: u64) {
@@ -60,6 +97,7 @@ impl Cache {
             return;
         }
         self.entries.remove(key);
+        self.values.remove(key);
         let t = self.tombs.entry(key.to_string()).or_default();
         *t = (*t).max(revision);
     }
@@ -108,6 +146,22 @@ impl Drop for View {
         for (_, tasks) in s.followed.drain() {
             tasks.iter().for_each(|t| t.abort());
         }
+    }
+}
+
+/// How the records under `prefix` decode.
+fn decoder_for(prefix: &str) -> fn(&Entry) -> Value {
+    fn typed<T: serde::de::DeserializeOwned + Send + Sync + 'static>(e: &Entry) -> Value {
+        decode::<T>(e)
+            .ok()
+            .map(|v| Arc::new(v) as Arc<dyn Any + Send + Sync>)
+    }
+    match prefix {
+        keys::TORS => typed::<Tor>,
+        keys::POOLS => typed::<Pool>,
+        keys::APPS => typed::<String>,
+        p if p.starts_with(keys::LEASES) => typed::<Lease>,
+        _ => typed::<FreeCount>,
     }
 }
 
@@ -173,33 +227,28 @@ impl View {
     pub(super) fn app_pool(&self, ns: &str, app: &str) -> Option<Option<String>> {
         let s = self.shared.state.lock().unwrap();
         let c = s.caches.get(keys::APPS).filter(|c| c.live)?;
-        match c.entries.get(&keys::app(ns, app)) {
-            None => Some(None),
-            Some(e) => decode::<String>(e).ok().map(Some),
-        }
+        Some(
+            c.get::<String>(&keys::app(ns, app))?
+                .map(|(p, _)| p.clone()),
+        )
     }
 
     /// Pool `name`: `Some(None)` no such pool, `None` the view cannot say.
     pub(super) fn pool(&self, name: &str) -> Option<Option<Pool>> {
         let s = self.shared.state.lock().unwrap();
         let c = s.caches.get(keys::POOLS).filter(|c| c.live)?;
-        match c.entries.get(&keys::pool(name)) {
-            None => Some(None),
-            Some(e) => decode::<Pool>(e).ok().map(Some),
-        }
+        Some(c.get::<Pool>(&keys::pool(name))?.map(|(p, _)| p.clone()))
     }
 
     /// The pool, its leases and its counts, if the view follows it live.
     pub(super) fn pool_data(&self, name: &str) -> Option<PoolData> {
         let s = self.shared.state.lock().unwrap();
         let live = |p: &str| s.caches.get(p).filter(|c| c.live);
-        let pool = live(keys::POOLS)?.entries.get(&keys::pool(name))?;
-        let leases = live(&keys::leases(name))?;
-        let counters = live(&keys::frees(name))?;
+        let (pool, entry) = live(keys::POOLS)?.get::<Pool>(&keys::pool(name))??;
         Some(PoolData {
-            pool: (decode(pool).ok()?, pool.clone()),
-            leases: decoded(leases)?,
-            counters: decoded(counters)?,
+            pool: (pool.clone(), entry.clone()),
+            leases: live(&keys::leases(name))?.all()?,
+            counters: live(&keys::frees(name))?.all()?,
         })
     }
 
@@ -215,15 +264,13 @@ impl View {
         let live = |p: &str| s.caches.get(p).filter(|c| c.live);
         let leases = live(&keys::leases(pool))?;
         let counters = live(&keys::frees(pool))?;
-        let Some(e) = leases.entries.get(&keys::lease(pool, ip)) else {
+        let Some((lease, e)) = leases.get::<Lease>(&keys::lease(pool, ip))? else {
             return Some((None, None));
         };
-        let lease: Lease = decode(e).ok()?;
-        let counter = match counters.entries.get(&keys::free(pool, &lease.tor)) {
-            Some(c) => Some((decode(c).ok()?, c.clone())),
-            None => None,
-        };
-        Some((Some((lease, e.clone())), counter))
+        let counter = counters
+            .get::<FreeCount>(&keys::free(pool, &lease.tor))?
+            .map(|(c, e)| (*c, e.clone()));
+        Some((Some((lease.clone(), e.clone())), counter))
     }
 
     /// Drops `key` from the view, as a view whose watch lags behind a
@@ -233,6 +280,7 @@ impl View {
         let mut s = self.shared.state.lock().unwrap();
         if let Some(c) = prefix_of(key).and_then(|p| s.caches.get_mut(&p)) {
             c.entries.remove(key);
+            c.values.remove(key);
         }
     }
 
@@ -268,18 +316,9 @@ impl View {
     }
 }
 
-/// Every entry of `c`, decoded; `None` if one does not decode (the
-/// reading way then reports it).
-fn decoded<T: serde::de::DeserializeOwned>(c: &Cache) -> Option<Vec<(T, Entry)>> {
-    c.entries
-        .values()
-        .map(|e| decode(e).ok().map(|v| (v, e.clone())))
-        .collect()
-}
-
 fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
     let c = s.caches.get(keys::TORS).filter(|c| c.live)?;
-    let all: Vec<Tor> = c.entries.values().filter_map(|e| decode(e).ok()).collect();
+    let all: Vec<Tor> = c.all::<Tor>()?.into_iter().map(|(t, _)| t).collect();
     let switch = all
         .iter()
         .find(|t| t.name == tor)
@@ -299,15 +338,16 @@ fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
     let Some(pools) = s.caches.get(keys::POOLS).filter(|c| c.live) else {
         return;
     };
-    let serves = |e: &Entry| {
-        decode::<Pool>(e)
-            .ok()
-            .filter(|p| p.ips.keys().any(|t| segs.contains(t)))
-            .map(|p| p.name)
+    let serves = |key: &String| {
+        let (p, _) = pools.get::<Pool>(key)??;
+        p.ips
+            .keys()
+            .any(|t| segs.contains(t))
+            .then(|| p.name.clone())
     };
     let (want, consider): (HashSet<String>, Vec<String>) = match only {
         None => {
-            let want: HashSet<String> = pools.entries.values().filter_map(serves).collect();
+            let want: HashSet<String> = pools.entries.keys().filter_map(serves).collect();
             let mut all: Vec<String> = s.followed.keys().cloned().collect();
             all.extend(want.iter().cloned());
             (want, all)
@@ -315,7 +355,7 @@ fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
         Some(names) => {
             let want = names
                 .iter()
-                .filter_map(|n| pools.entries.get(&keys::pool(n)).and_then(serves))
+                .filter_map(|n| serves(&keys::pool(n)))
                 .collect();
             (want, names.to_vec())
         }
@@ -379,7 +419,8 @@ async fn follow(shared: Arc<Shared>, prefix: String) {
         {
             let mut s = shared.state.lock().unwrap();
             let c = s.caches.entry(prefix.clone()).or_default();
-            c.entries = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+            c.decoder = Some(decoder_for(&prefix));
+            c.replace(entries);
             c.tombs.clear();
             c.seen = rev;
             c.live = true;

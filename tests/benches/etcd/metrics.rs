@@ -169,7 +169,21 @@ pub async fn floor(
     ops: usize,
     idle_cap: Duration,
 ) -> Res<Floor> {
-    let value = vec![b'x'; 400];
+    floor_shaped(url, clients, prefix, ops, idle_cap, false).await
+}
+
+/// `floor`, or with `like_add` transactions shaped like moor's ADD (five
+/// compares, puts of 470, 40 and 30 bytes), to tell the cost of the
+/// transaction's shape from the rest of moor's ADD (diagnostic).
+pub async fn floor_shaped(
+    url: &str,
+    clients: Vec<Client>,
+    prefix: &str,
+    ops: usize,
+    idle_cap: Duration,
+    like_add: bool,
+) -> Res<Floor> {
+    let value = vec![b'x'; if like_add { 470 } else { 400 }];
     let next = Arc::new(AtomicUsize::new(0));
     let before = scrape(url)?;
     let t = Instant::now();
@@ -184,9 +198,26 @@ pub async fn floor(
                     return Ok::<_, String>(lat);
                 }
                 let key = format!("{prefix}{i:08}");
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                let txn = if like_add {
+                    let k = |what: &str| format!("{prefix}{what}/{i:08}");
+                    Txn::new()
+                        .when(
+                            ["a", "b", "c", "d"]
+                                .map(|w| Compare::mod_revision(k(w), CompareOp::Equal, 0))
+                                .into_iter()
+                                .chain([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                                .collect::<Vec<_>>(),
+                        )
+                        .and_then([
+                            TxnOp::put(key.clone(), value.clone(), None),
+                            TxnOp::put(k("b"), vec![b'y'; 40], None),
+                            TxnOp::put(k("d"), vec![b'z'; 30], None),
+                        ])
+                } else {
+                    Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                };
                 let t = Instant::now();
                 let r = c
                     .txn(txn)
