@@ -9,7 +9,9 @@
 //! - `pools`: create, list and delete pools; `resize`: grow and shrink
 //!   them; `carving`: taking IPs from ToRs and giving them back (cool-down);
 //! - `bindings`: a pod's IP kept before the pod exists (bring your own IPs);
-//! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
+//! - `ips`: what an IP is used for; `ip release` / `ip evict`;
+//! - `listing`: `ip list`, `pool list`, `binding list` as streams that
+//!   read the store a page at a time;
 //! - `attach`: the ADD path: which pool, which IP, pending -> ready;
 //! - `schedule`: what the admission webhook reads to steer a pod to ToRs;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
@@ -21,6 +23,7 @@ mod attach;
 mod bindings;
 mod carving;
 mod ips;
+pub mod listing;
 mod pools;
 mod reclaim;
 pub mod registry;
