@@ -26,7 +26,7 @@ type Batches<R> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<R, Sta
 
 /// Items one message of a streamed listing carries at most: a few hundred
 /// KiB, whatever the list's length.
-pub const MESSAGE: usize = 500;
+const MESSAGE: usize = 500;
 
 /// `items` in replies of at most [`MESSAGE`]: `one` converts an item,
 /// `reply` wraps a batch. ipamd holds one batch (and what the walk below
