@@ -5,11 +5,14 @@
 //! Exit codes: 0 done; 1 ipamd unreachable or it refused (its message is
 //! printed as is), or `audit` found inconsistencies; 2 bad usage or bad
 //! input, caught before any RPC.
-//! stdout carries only the result: nothing is printed there on error.
+//! stdout carries only the result: nothing is printed there on error, except
+//! by a listing (`ip list`, `pool list`, `binding list`), printed as ipamd
+//! streams it, that fails part way (see `listing`).
 
 mod client;
 mod evict;
 mod gc;
+mod listing;
 mod output;
 mod validate;
 mod watch;
@@ -23,12 +26,12 @@ use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::{
     AddBindingRequest, AddTorRequest, AuditRequest, CreatePoolRequest, DeletePoolRequest,
     DeleteTorRequest, EvictIpRequest, ExportPoolRequest, GetIpRequest, GetPoolRequest,
-    GetTorRequest, ListBindingsRequest, ListIpsRequest, ListNodesRequest, ListPoolsRequest,
-    ListTorsRequest, ReleaseIpRequest, ResizePoolRequest,
+    GetTorRequest, ListNodesRequest, ListTorsRequest, ReleaseIpRequest, ResizePoolRequest,
 };
 use tonic::transport::Channel;
 
 use client::ServerError;
+use listing::Listing;
 use output::{ExportFormat, Format, WatchFormat};
 use validate::InputError;
 
@@ -272,17 +275,16 @@ enum Rpc {
     DeleteTor(String),
     CreatePool(CreatePoolRequest),
     ResizePool(ResizePoolRequest),
-    ListPools,
+    /// A stream printed as it comes: see `listing`.
+    List(Listing),
     GetPool(String),
     DeletePool(String),
     ExportPool(String, ExportFormat),
     /// Not one call: a stream, see `watch`.
     WatchPool(String, WatchFormat),
-    ListIps(String),
     GetIp(String),
     ReleaseIp(String),
     EvictIp(EvictIpRequest),
-    ListBindings(String),
     AddBinding(AddBindingRequest),
     ListNodes,
     Audit,
@@ -330,7 +332,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                 name: pool_name("NAME", n)?,
                 size: validate::size("--size", size)?,
             }),
-            PoolCommand::List => Rpc::ListPools,
+            PoolCommand::List => Rpc::List(Listing::Pools),
             PoolCommand::Show { name: n } => Rpc::GetPool(pool_name("NAME", n)?),
             PoolCommand::Delete { name: n } => Rpc::DeletePool(pool_name("NAME", n)?),
             PoolCommand::Export {
@@ -354,7 +356,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
             }
         },
         Command::Ip(c) => match c {
-            IpCommand::List { pool } => Rpc::ListIps(pool_filter(pool)?),
+            IpCommand::List { pool } => Rpc::List(Listing::Ips(pool_filter(pool)?)),
             IpCommand::Show { address } => {
                 Rpc::GetIp(validate::address("IP", address)?.to_string())
             }
@@ -374,7 +376,9 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                 Rpc::EvictIp(validate::evict(address, *force)?)
             }
         },
-        Command::Binding(BindingCommand::List { pool }) => Rpc::ListBindings(pool_filter(pool)?),
+        Command::Binding(BindingCommand::List { pool }) => {
+            Rpc::List(Listing::Bindings(pool_filter(pool)?))
+        }
         Command::Binding(BindingCommand::Add { pod, address }) => {
             Rpc::AddBinding(validate::binding_add(pod, address)?)
         }
@@ -428,10 +432,6 @@ async fn call(
         Rpc::ResizePool(req) => {
             output::pool_show(&client.resize_pool(req).await?.into_inner(), format)
         }
-        Rpc::ListPools => {
-            let reply = client.list_pools(ListPoolsRequest {}).await?.into_inner();
-            output::pool_list(&reply.pools, format)
-        }
         Rpc::GetPool(name) => {
             let pool = client.get_pool(GetPoolRequest { name }).await?.into_inner();
             output::pool_show(&pool, format)
@@ -450,12 +450,9 @@ async fn call(
             output::pool_export(&reply, export_format)
         }
         Rpc::WatchPool(..) => unreachable!("a watch is a stream: see run_watch"),
+        Rpc::List(_) => unreachable!("a listing is a stream: see run_listing"),
         Rpc::CollectGarbage(_) | Rpc::EvictPod(_) => {
             unreachable!("not the Admin service alone: see run")
-        }
-        Rpc::ListIps(pool) => {
-            let reply = client.list_ips(ListIpsRequest { pool }).await?.into_inner();
-            output::ip_list(&reply.ips, format)
         }
         Rpc::GetIp(address) => {
             let ip = client.get_ip(GetIpRequest { address }).await?.into_inner();
@@ -469,13 +466,6 @@ async fn call(
             output::ip_release(&reply, format)
         }
         Rpc::EvictIp(req) => output::ip_evict(&client.evict_ip(req).await?.into_inner(), format),
-        Rpc::ListBindings(pool) => {
-            let reply = client
-                .list_bindings(ListBindingsRequest { pool })
-                .await?
-                .into_inner();
-            output::binding_list(&reply.bindings, format)
-        }
         Rpc::AddBinding(req) => {
             let binding = client.add_binding(req).await?.into_inner();
             output::binding_list(&[binding], format)
@@ -544,6 +534,29 @@ fn run_watch(cli: &Cli, pool: &str, format: WatchFormat) -> ExitCode {
     }
 }
 
+/// `ip list`, `pool list`, `binding list`: printed as the stream comes, so
+/// it owns stdout.
+fn run_listing(cli: &Cli, listing: &Listing) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let channel = client::channel(&cli.socket).await?;
+                let mut out = io::stdout().lock();
+                listing::print(&mut client::admin(channel), listing, cli.output, &mut out).await
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipamctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // clap prints its own usage errors and exits 2.
     let cli = Cli::parse();
@@ -558,6 +571,9 @@ fn main() -> ExitCode {
     };
     if let Rpc::WatchPool(pool, format) = &rpc {
         return run_watch(&cli, pool, *format);
+    }
+    if let Rpc::List(listing) = &rpc {
+        return run_listing(&cli, listing);
     }
     match run(&cli, rpc) {
         Ok(r) => match io::stdout().lock().write_all(r.text.as_bytes()) {
@@ -630,7 +646,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match plan_of(&["ip", "list"]) {
-            Ok(Rpc::ListIps(pool)) => assert_eq!(pool, "", "empty = all pools"),
+            Ok(Rpc::List(Listing::Ips(pool))) => assert_eq!(pool, "", "empty = all pools"),
             other => panic!("{other:?}"),
         }
         match plan_of(&["ip", "evict", "10.1.0.17"]) {

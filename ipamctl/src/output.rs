@@ -3,7 +3,8 @@
 //! The JSON comes from the view structs below, not from the generated proto
 //! types, so that its shape is ours to keep stable: snake_case field names,
 //! enums as lowercase words, absent things as `null`, lists as arrays, sorted
-//! (ToRs, pools by name; IPs by address; bindings by pod).
+//! (ToRs, pools by name; IPs by pool, then address; bindings by pod). The
+//! long lists ipamd streams are printed by `listing`, with the rows below.
 
 use std::net::Ipv4Addr;
 
@@ -447,27 +448,37 @@ pub fn tor_show(tor: &Tor, format: Format) -> String {
     ])
 }
 
+/// `pool list`'s table columns.
+pub const POOL_HEADERS: [&str; 7] = ["NAME", "NAMESPACE", "APP", "SIZE", "POLICY", "TORS", "FREE"];
+
+pub fn pool_row(v: &PoolView) -> [String; 7] {
+    [
+        v.name.clone(),
+        v.namespace.clone(),
+        v.app.clone(),
+        v.size.to_string(),
+        v.policy.clone(),
+        v.tors
+            .iter()
+            .map(|t| t.tor.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        v.totals.free.to_string(),
+    ]
+}
+
+/// The whole list at once, as `listing` prints it streamed (its tests
+/// compare the two).
+#[cfg(test)]
 pub fn pool_list(pools: &[Pool], format: Format) -> String {
     let mut views: Vec<PoolView> = pools.iter().map(PoolView::from).collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
     if format == Format::Json {
         return json(&views);
     }
-    let mut t = Table::new(&["NAME", "NAMESPACE", "APP", "SIZE", "POLICY", "TORS", "FREE"]);
+    let mut t = Table::new(&POOL_HEADERS);
     for v in &views {
-        t.row([
-            v.name.clone(),
-            v.namespace.clone(),
-            v.app.clone(),
-            v.size.to_string(),
-            v.policy.clone(),
-            v.tors
-                .iter()
-                .map(|t| t.tor.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            v.totals.free.to_string(),
-        ]);
+        t.row(pool_row(v));
     }
     t.render()
 }
@@ -526,24 +537,34 @@ pub fn pool_export(reply: &ExportPoolReply, format: ExportFormat) -> String {
     }
 }
 
+/// `ip list`'s table columns.
+pub const IP_HEADERS: [&str; 7] = ["IP", "POOL", "TOR", "STATE", "POD", "NODE", "CONTAINER"];
+
+pub fn ip_row(v: &IpView) -> [String; 7] {
+    let att = v.attachment.as_ref();
+    [
+        v.address.clone(),
+        v.pool.clone(),
+        v.tor.clone(),
+        v.state.clone(),
+        v.pod().unwrap_or_default(),
+        att.map(|a| a.node.clone()).unwrap_or_default(),
+        att.map(|a| short_id(&a.container_id)).unwrap_or_default(),
+    ]
+}
+
+/// The whole list at once, as `listing` prints it streamed (its tests
+/// compare the two).
+#[cfg(test)]
 pub fn ip_list(ips: &[Ip], format: Format) -> String {
     let mut views: Vec<IpView> = ips.iter().map(IpView::from).collect();
     views.sort_by_key(|a| address_key(&a.address));
     if format == Format::Json {
         return json(&views);
     }
-    let mut t = Table::new(&["IP", "POOL", "TOR", "STATE", "POD", "NODE", "CONTAINER"]);
+    let mut t = Table::new(&IP_HEADERS);
     for v in &views {
-        let att = v.attachment.as_ref();
-        t.row([
-            v.address.clone(),
-            v.pool.clone(),
-            v.tor.clone(),
-            v.state.clone(),
-            v.pod().unwrap_or_default(),
-            att.map(|a| a.node.clone()).unwrap_or_default(),
-            att.map(|a| short_id(&a.container_id)).unwrap_or_default(),
-        ]);
+        t.row(ip_row(v));
     }
     t.render()
 }
@@ -576,6 +597,19 @@ pub fn ip_release(reply: &ReleaseIpReply, format: Format) -> String {
     out
 }
 
+/// `binding list`'s table columns.
+pub const BINDING_HEADERS: [&str; 5] = ["POD", "POOL", "IP", "TOR", "ATTACHED"];
+
+pub fn binding_row(v: &BindingView) -> [String; 5] {
+    [
+        v.pod.display(),
+        v.pool.clone(),
+        v.address.clone(),
+        v.tor.clone(),
+        if v.attached { "yes" } else { "no" }.to_string(),
+    ]
+}
+
 pub fn binding_list(bindings: &[Binding], format: Format) -> String {
     let mut views: Vec<BindingView> = bindings.iter().map(BindingView::from).collect();
     views.sort_by(|a, b| {
@@ -584,15 +618,9 @@ pub fn binding_list(bindings: &[Binding], format: Format) -> String {
     if format == Format::Json {
         return json(&views);
     }
-    let mut t = Table::new(&["POD", "POOL", "IP", "TOR", "ATTACHED"]);
+    let mut t = Table::new(&BINDING_HEADERS);
     for v in &views {
-        t.row([
-            v.pod.display(),
-            v.pool.clone(),
-            v.address.clone(),
-            v.tor.clone(),
-            if v.attached { "yes" } else { "no" }.to_string(),
-        ]);
+        t.row(binding_row(v));
     }
     t.render()
 }
@@ -906,7 +934,11 @@ impl Table {
     }
 
     pub fn row<const N: usize>(&mut self, cells: [String; N]) {
-        debug_assert_eq!(N, self.rows[0].len(), "row width");
+        self.row_vec(cells.to_vec());
+    }
+
+    pub fn row_vec(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.rows[0].len(), "row width");
         self.rows.push(
             cells
                 .into_iter()
@@ -915,9 +947,9 @@ impl Table {
         );
     }
 
-    pub fn render(&self) -> String {
-        let cols = self.rows[0].len();
-        let widths: Vec<usize> = (0..cols)
+    /// Each column's width: its widest cell.
+    pub fn widths(&self) -> Vec<usize> {
+        (0..self.rows[0].len())
             .map(|i| {
                 self.rows
                     .iter()
@@ -925,17 +957,26 @@ impl Table {
                     .max()
                     .unwrap_or(0)
             })
-            .collect();
+            .collect()
+    }
+
+    pub fn render(&self) -> String {
+        self.render_rows(0, &self.widths())
+    }
+
+    /// The rows from `from` on (0: the header), aligned to `widths`; a cell
+    /// wider than its column pushes the rest of its line out, still two
+    /// spaces apart.
+    pub fn render_rows(&self, from: usize, widths: &[usize]) -> String {
+        let cols = self.rows[0].len();
         let mut out = String::new();
-        for r in &self.rows {
+        for r in &self.rows[from..] {
             let mut line = String::new();
             for (i, cell) in r.iter().enumerate() {
+                line.push_str(cell);
                 if i + 1 < cols {
-                    let pad = widths[i] - cell.chars().count();
-                    line.push_str(cell);
+                    let pad = widths[i].saturating_sub(cell.chars().count());
                     line.push_str(&" ".repeat(pad + 2));
-                } else {
-                    line.push_str(cell);
                 }
             }
             out.push_str(line.trim_end());

@@ -324,6 +324,17 @@ struct FakeAdmin {
     findings: Arc<Mutex<Vec<AuditFinding>>>,
 }
 
+type Replies<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn replies<T: Send + 'static>(items: Vec<Result<T, Status>>) -> Response<Replies<T>> {
+    Response::new(Box::pin(tokio_stream::iter(items)))
+}
+
+/// What ipamd answers to the unary listings the streams replaced.
+fn replaced() -> Status {
+    Status::failed_precondition("this ipamd streams listings")
+}
+
 type ChangeStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<PoolChange, Status>> + Send>>;
 
@@ -475,9 +486,16 @@ impl Admin for FakeAdmin {
         &self,
         _: Request<ListPoolsRequest>,
     ) -> Result<Response<ListPoolsReply>, Status> {
-        Ok(Response::new(ListPoolsReply {
+        Err(replaced())
+    }
+    type StreamPoolsStream = Replies<ListPoolsReply>;
+    async fn stream_pools(
+        &self,
+        _: Request<ListPoolsRequest>,
+    ) -> Result<Response<Replies<ListPoolsReply>>, Status> {
+        Ok(replies(vec![Ok(ListPoolsReply {
             pools: vec![pool("mysql")],
-        }))
+        })]))
     }
     async fn get_pool(&self, r: Request<GetPoolRequest>) -> Result<Response<Pool>, Status> {
         let name = r.into_inner().name;
@@ -502,22 +520,57 @@ impl Admin for FakeAdmin {
             ips: vec!["10.1.0.10".into(), "10.1.0.11".into()],
         }))
     }
-    async fn list_ips(&self, r: Request<ListIpsRequest>) -> Result<Response<ListIpsReply>, Status> {
+    async fn list_ips(&self, _: Request<ListIpsRequest>) -> Result<Response<ListIpsReply>, Status> {
+        Err(replaced())
+    }
+    type StreamIpsStream = Replies<ListIpsReply>;
+    async fn stream_ips(
+        &self,
+        r: Request<ListIpsRequest>,
+    ) -> Result<Response<Replies<ListIpsReply>>, Status> {
         self.saw(r.get_ref());
-        Ok(Response::new(ListIpsReply {
-            ips: vec![Ip {
-                address: "10.1.0.10".into(),
-                pool: "mysql".into(),
-                tor: "rack-1".into(),
-                state: "bound".into(),
-                binding: Some(PodRef {
-                    namespace: "db".into(),
-                    name: "mysql-0".into(),
-                    uid: String::new(),
+        let bound = Ip {
+            address: "10.1.0.10".into(),
+            pool: "mysql".into(),
+            tor: "rack-1".into(),
+            state: "bound".into(),
+            binding: Some(PodRef {
+                namespace: "db".into(),
+                name: "mysql-0".into(),
+                uid: String::new(),
+            }),
+            attachment: None,
+            quarantine: None,
+        };
+        let free = |address: &str| Ip {
+            address: address.into(),
+            state: "free".into(),
+            binding: None,
+            ..bound.clone()
+        };
+        Ok(replies(match r.into_inner().pool.as_str() {
+            // Two messages, then ipamd fails part way.
+            "broken" => vec![
+                Ok(ListIpsReply {
+                    ips: vec![bound.clone(), free("10.1.0.11")],
                 }),
-                attachment: None,
-                quarantine: None,
-            }],
+                Ok(ListIpsReply {
+                    ips: vec![free("10.1.0.12")],
+                }),
+                Err(Status::unavailable(
+                    "the store compacted revision 7 while this listing read it: run the listing again",
+                )),
+            ],
+            // Two messages.
+            "two" => vec![
+                Ok(ListIpsReply {
+                    ips: vec![bound.clone(), free("10.1.0.11")],
+                }),
+                Ok(ListIpsReply {
+                    ips: vec![free("10.1.0.12")],
+                }),
+            ],
+            _ => vec![Ok(ListIpsReply { ips: vec![bound] })],
         }))
     }
     async fn get_ip(&self, r: Request<GetIpRequest>) -> Result<Response<Ip>, Status> {
@@ -547,7 +600,18 @@ impl Admin for FakeAdmin {
         &self,
         _: Request<ListBindingsRequest>,
     ) -> Result<Response<ListBindingsReply>, Status> {
-        Ok(Response::new(ListBindingsReply { bindings: vec![] }))
+        Err(replaced())
+    }
+    type StreamBindingsStream = Replies<ListBindingsReply>;
+    async fn stream_bindings(
+        &self,
+        r: Request<ListBindingsRequest>,
+    ) -> Result<Response<Replies<ListBindingsReply>>, Status> {
+        if r.get_ref().pool == "old" {
+            // What an ipamd without the method answers.
+            return Err(Status::unimplemented(""));
+        }
+        Ok(replies(vec![]))
     }
     async fn add_binding(
         &self,
@@ -810,6 +874,55 @@ fn talks_to_ipamd_over_the_socket() {
         ok(&ipamctl(&socket, &["-o", "json", "binding", "list"])),
         "[]\n"
     );
+
+    // A listing in several messages is one list.
+    let two = ok(&ipamctl(
+        &socket,
+        &["-o", "json", "ip", "list", "--pool", "two"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&two).unwrap();
+    let addresses: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, ["10.1.0.10", "10.1.0.11", "10.1.0.12"]);
+    let table = ok(&ipamctl(&socket, &["ip", "list", "--pool", "two"]));
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(3)
+            .unwrap()
+            .starts_with("10.1.0.12  mysql  rack-1  free"),
+        "{table}"
+    );
+
+    // A listing that fails part way: what came is printed, the JSON is
+    // left open (no script takes it for the whole list), exit 1, the error
+    // on stderr.
+    let out = ipamctl(&socket, &["-o", "json", "ip", "list", "--pool", "broken"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "ipamctl: the store compacted revision 7 while this listing read it: run the listing again\n"
+    );
+    let partial = text(&out.stdout);
+    assert!(partial.contains("10.1.0.12"), "{partial}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&partial).is_err(),
+        "{partial}"
+    );
+
+    // An ipamd older than this ipamctl, without the stream.
+    let out = ipamctl(&socket, &["binding", "list", "--pool", "old"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "ipamctl: this ipamd is older than ipamctl: it cannot stream `binding list`; use the ipamctl of ipamd's release\n"
+    );
+    assert!(out.stdout.is_empty());
 
     // ipamd's refusals: exit 1, its message as is, nothing on stdout.
     for (args, message) in [

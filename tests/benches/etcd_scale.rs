@@ -1,5 +1,5 @@
-//! Benchmark: the cluster store at Didi's scale. 1,000 simulated nodes under
-//! 40 ToRs, 2,000 app pools of 30 IPs (60,000 IPs), all in a real etcd,
+//! Benchmark: the cluster store at scale. 2,000 simulated nodes under 200
+//! ToRs, 5,000 app pools of 20 IPs (100,000 IPs), all in a real etcd,
 //! driven through the real allocation service (`moor_ipamd::ipam::Ipam` over
 //! `EtcdStore`, the code ipamd runs), then the memory of a real `ipamd`
 //! against that data set.
@@ -12,10 +12,11 @@
 //!   revision auto-compaction and a raised backend quota; killed and removed
 //!   on exit, error, panic or Ctrl-C (Drop guards; PDEATHSIG as a backstop).
 //! - Setup through `Ipam`: the ToRs (10.N.0.0/21, 1,600 pod IPs each), the
-//!   nodes' registry records (25 per ToR), the pools (each over 2 ToRs,
-//!   round robin), timed. Then one pool over every ToR, twice (30 IPs, and
-//!   enough to touch every ToR), to show what that costs at this scale
-//!   (deleted again).
+//!   nodes' registry records (10 per ToR), the pools (each over 2 ToRs,
+//!   round robin), timed. Then one pool over every ToR, twice (the pool
+//!   size, and enough to touch every ToR), to show what that costs at this
+//!   scale (deleted again); a failure (etcd refusing a transaction that big)
+//!   is reported as a row and the bench goes on.
 //! - Allocation runs, one per concurrency level (1, 8 and 64 by default):
 //!   that many tokio tasks, each its own "ipamd" (own `Ipam`, own etcd
 //!   connection, own watch-fed view of its ToR, as ipamd keeps with etcd),
@@ -35,8 +36,12 @@
 //!   binary) started on the same etcd prefix as one of the nodes, with its
 //!   bridge in a network namespace of its own, while the last run's
 //!   allocations are held; admin calls through `ipamctl` are timed and
-//!   ipamd's VmRSS/VmHWM read from /proc. That part needs root; `--no-ipamd`
-//!   skips it.
+//!   ipamd's VmRSS/VmHWM read from /proc: VmRSS after start once it holds
+//!   still, after `ip list` of every IP, after `pool list`, and the peak
+//!   (VmHWM, reset after start through /proc/PID/clear_refs so it is the
+//!   admin calls' own) as a ratio of the settled VmRSS: the listings stream,
+//!   so the ratio stays near 1 whatever the number of IPs. That part needs
+//!   root; `--no-ipamd` skips it.
 //! - etcd's own count: `grpc_server_handled_total` by method from its
 //!   `/metrics`, before and after each allocation and release phase, idle
 //!   traffic subtracted, per operation; and before each allocation phase,
@@ -78,10 +83,10 @@ Usage: sudo ./scripts/bench-etcd [OPTIONS]
        (as root for the ipamd part, after cargo build --release --bin ipamd --bin ipamctl)
 
 Options:
-  --tors N             ToRs (10.N.0.0/21, 1,600 pod IPs each)      [default: 40]
-  --nodes N            simulated nodes, spread evenly over ToRs    [default: 1000]
-  --pools N            app pools                                   [default: 2000]
-  --pool-size N        IPs per pool                                [default: 30]
+  --tors N             ToRs (10.N.0.0/21, 1,600 pod IPs each)      [default: 200]
+  --nodes N            simulated nodes, spread evenly over ToRs    [default: 2000]
+  --pools N            app pools                                   [default: 5000]
+  --pool-size N        IPs per pool                                [default: 20]
   --tors-per-pool N    ToRs each pool spreads over (round robin)   [default: 2]
   --setup-concurrency N  pools created at once                     [default: 8]
   --concurrency LIST   allocator counts, comma-separated           [default: 1,8,64]
@@ -121,10 +126,10 @@ struct Opts {
 
 fn parse_opts() -> Res<Option<Opts>> {
     let mut o = Opts {
-        tors: 40,
-        nodes: 1000,
-        pools: 2000,
-        pool_size: 30,
+        tors: 200,
+        nodes: 2000,
+        pools: 5000,
+        pool_size: 20,
         tors_per_pool: 2,
         setup_concurrency: 8,
         concurrency: vec![1, 8, 64],
@@ -1336,9 +1341,28 @@ async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd)
         "ipamd ({node} on {tor}): up in {start_ms:.0} ms, VmRSS {}",
         mib(rss_start)
     );
+    // Start-up work (watches, the first reconcile) settles within seconds:
+    // the baseline is VmRSS once it holds still.
+    let rss_settled = settled_rss(&pid).await;
+    let hwm_start = proc_kib(&pid, "VmHWM");
+    // The peak of the admin calls alone: writing 5 to clear_refs resets
+    // VmHWM to the current VmRSS (Linux 4.0+).
+    let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    println!(
+        "ipamd: VmRSS {} settled, peak so far (VmHWM) {}{}",
+        mib(rss_settled),
+        mib(hwm_start),
+        if hwm_reset {
+            ""
+        } else {
+            " (VmHWM could not be reset: the peak below includes start-up)"
+        }
+    );
 
     let pool = &world.pool_names[1];
+    // The listings of everything first, so their RSS is theirs alone.
     let calls: Vec<(String, Vec<String>)> = vec![
+        ("ip list".into(), vec!["ip".into(), "list".into()]),
         ("pool list".into(), vec!["pool".into(), "list".into()]),
         (
             format!("pool show {pool}"),
@@ -1354,11 +1378,7 @@ async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd)
             "ip show 10.2.0.20".into(),
             vec!["ip".into(), "show".into(), "10.2.0.20".into()],
         ),
-        ("ip list".into(), vec!["ip".into(), "list".into()]),
-        (
-            "pool list (again)".into(),
-            vec!["pool".into(), "list".into()],
-        ),
+        ("ip list (again)".into(), vec!["ip".into(), "list".into()]),
     ];
     let mut results = Vec::new();
     for (what, args) in calls {
@@ -1397,10 +1417,25 @@ async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd)
     }
     let rss_end = proc_kib(&pid, "VmRSS");
     let hwm = proc_kib(&pid, "VmHWM");
+    let rss_after = |call: &str| {
+        results
+            .iter()
+            .find(|r| r["call"] == call)
+            .and_then(|r| r["vmrss_kib"].as_u64())
+    };
+    let (rss_ip_list, rss_pool_list) = (rss_after("ip list"), rss_after("pool list"));
+    let ratio = match (hwm, rss_settled) {
+        (Some(h), Some(s)) if s > 0 => Some(h as f64 / s as f64),
+        _ => None,
+    };
     println!(
-        "ipamd: VmRSS {} at the end, peak (VmHWM) {}; etcd VmRSS {}",
+        "ipamd: VmRSS {} settled, {} after ip list, {} after pool list, {} at the end; peak (VmHWM) of the admin calls {} = {} x settled; etcd VmRSS {}",
+        mib(rss_settled),
+        mib(rss_ip_list),
+        mib(rss_pool_list),
         mib(rss_end),
         mib(hwm),
+        ratio.map_or("?".into(), |r| format!("{r:.2}")),
         mib(proc_kib(&etcd.pid(), "VmRSS"))
     );
     if o.keep_logs {
@@ -1412,9 +1447,28 @@ async fn ipamd_part(o: &Opts, url: &str, dir: &Path, world: &World, etcd: &Etcd)
     drop(guard);
     Ok(json!({
         "node": node, "tor": tor, "start_ms": start_ms,
-        "vmrss_start_kib": rss_start, "vmrss_end_kib": rss_end, "vmhwm_kib": hwm,
+        "vmrss_start_kib": rss_start, "vmrss_settled_kib": rss_settled,
+        "vmhwm_start_kib": hwm_start,
+        "vmrss_after_ip_list_kib": rss_ip_list, "vmrss_after_pool_list_kib": rss_pool_list,
+        "vmrss_end_kib": rss_end, "vmhwm_kib": hwm, "vmhwm_reset": hwm_reset,
+        "peak_over_settled": ratio,
         "calls": results,
     }))
+}
+
+/// VmRSS once two samples 500 ms apart differ by less than 1% (at most
+/// 10 s of waiting).
+async fn settled_rss(pid: &str) -> Option<u64> {
+    let mut last = proc_kib(pid, "VmRSS")?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = proc_kib(pid, "VmRSS")?;
+        if now.abs_diff(last) * 100 < last {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
 }
 
 // ------------------------------------------------------------------ main
@@ -1654,10 +1708,15 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     println!("load average           {load_start} before, {load_end} after (\"others\" above: cores busy with other processes)");
     if let Some(v) = runs.iter().find_map(|r| r.ipamd.as_ref()) {
         println!(
-            "ipamd                 VmRSS {} after start, {} after the admin calls, peak {}",
-            mib(v["vmrss_start_kib"].as_u64()),
-            mib(v["vmrss_end_kib"].as_u64()),
-            mib(v["vmhwm_kib"].as_u64())
+            "ipamd                 VmRSS {} after start (settled), {} after ip list of all {} IPs, {} after pool list, peak {} = {} x after start",
+            mib(v["vmrss_settled_kib"].as_u64()),
+            mib(v["vmrss_after_ip_list_kib"].as_u64()),
+            o.pools * o.pool_size as usize,
+            mib(v["vmrss_after_pool_list_kib"].as_u64()),
+            mib(v["vmhwm_kib"].as_u64()),
+            v["peak_over_settled"]
+                .as_f64()
+                .map_or("?".into(), |r| format!("{r:.2}"))
         );
     }
 

@@ -16,7 +16,8 @@
 //! `controller`: issue 11's two controllers sharing a Lease; `gc`: its
 //! garbage collection by Kubernetes truth and eviction by IP;
 //! `pool_lifecycle`: its pools that follow their workloads; `webhook`: its
-//! admission webhook over HTTPS.
+//! admission webhook over HTTPS. `listing`: `ip list` of thousands of IPs
+//! streamed.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -44,6 +45,8 @@ mod field_rules;
 mod gc;
 #[path = "e2e/install_cni.rs"]
 mod install_cni;
+#[path = "e2e/listing.rs"]
+mod listing;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
 #[path = "e2e/pool_lifecycle.rs"]

@@ -3,20 +3,59 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::stream::TryChunksError;
+use futures::{Stream, StreamExt, TryStreamExt};
 use moor_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
+use crate::ipam::listing::Items;
 use crate::ipam::{registry, PoolChange, PoolSpec};
 use crate::node::Node;
 
 use super::convert::{
-    audit_reply, evict_reply, ip_msg, parse_ip, pod_from, pod_msg, policy_from, pool_msg, tor_msg,
+    audit_reply, binding_msg, evict_reply, ip_msg, parse_ip, pod_from, policy_from, pool_msg,
+    tor_msg,
 };
 use super::status;
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
+
+/// A listing's replies, each with at most [`MESSAGE`] items.
+type Batches<R> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<R, Status>> + Send>>;
+
+/// Items one message of a streamed listing carries at most: a few hundred
+/// KiB, whatever the list's length.
+const MESSAGE: usize = 500;
+
+/// `items` in replies of at most [`MESSAGE`]: `one` converts an item,
+/// `reply` wraps a batch. ipamd holds one batch (and what the walk below
+/// holds); HTTP/2 flow control keeps it from running ahead of the reader.
+fn batches<T, M, R>(
+    items: Items<T>,
+    one: impl Fn(T) -> M + Send + 'static,
+    reply: impl Fn(Vec<M>) -> R + Send + 'static,
+) -> Batches<R>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+    R: Send + 'static,
+{
+    Box::pin(
+        items
+            .map_ok(one)
+            .try_chunks(MESSAGE)
+            .map(move |r| r.map(&reply).map_err(|TryChunksError(_, e)| status(&e))),
+    )
+}
+
+/// The answer of a unary listing a stream replaced: an ipamctl older than
+/// ipamd would print the first message of the stream as the whole list.
+fn replaced(command: &str, rpc: &str) -> Status {
+    Status::failed_precondition(format!(
+        "this ipamd streams `{command}` (Admin.{rpc}) and this ipamctl is older than ipamd: use the ipamctl of ipamd's release"
+    ))
+}
 
 fn ok<T>(r: Result<T>) -> Reply<T> {
     r.map(Response::new).map_err(|e| status(&e))
@@ -110,16 +149,21 @@ impl Admin for AdminApi {
     }
 
     async fn list_pools(&self, _: Request<v1::ListPoolsRequest>) -> Reply<v1::ListPoolsReply> {
-        let ipam = &self.0.ipam;
-        ok(async {
-            let mut pools = Vec::new();
-            for p in ipam.pools().await? {
-                let leases = ipam.leases(&p.name).await?;
-                pools.push(pool_msg(&p, &leases));
-            }
-            Ok(v1::ListPoolsReply { pools })
-        }
-        .await)
+        Err(replaced("pool list", "StreamPools"))
+    }
+
+    type StreamPoolsStream = Batches<v1::ListPoolsReply>;
+
+    async fn stream_pools(
+        &self,
+        _: Request<v1::ListPoolsRequest>,
+    ) -> Reply<Self::StreamPoolsStream> {
+        let pools = self.0.ipam.pool_walk();
+        Ok(Response::new(batches(
+            pools,
+            |(p, leases)| pool_msg(&p, &leases),
+            |pools| v1::ListPoolsReply { pools },
+        )))
     }
 
     async fn get_pool(&self, r: Request<v1::GetPoolRequest>) -> Reply<v1::Pool> {
@@ -152,12 +196,21 @@ impl Admin for AdminApi {
             }))
     }
 
-    async fn list_ips(&self, r: Request<v1::ListIpsRequest>) -> Reply<v1::ListIpsReply> {
+    async fn list_ips(&self, _: Request<v1::ListIpsRequest>) -> Reply<v1::ListIpsReply> {
+        Err(replaced("ip list", "StreamIps"))
+    }
+
+    type StreamIpsStream = Batches<v1::ListIpsReply>;
+
+    async fn stream_ips(&self, r: Request<v1::ListIpsRequest>) -> Reply<Self::StreamIpsStream> {
         let pool = &r.get_ref().pool;
         let pool = (!pool.is_empty()).then_some(pool.as_str());
-        ok(self.0.ipam.ips(pool).await.map(|ips| v1::ListIpsReply {
-            ips: ips.iter().map(ip_msg).collect(),
-        }))
+        let ips = self.0.ipam.ip_walk(pool).await.map_err(|e| status(&e))?;
+        Ok(Response::new(batches(
+            ips,
+            |v| ip_msg(&v),
+            |ips| v1::ListIpsReply { ips },
+        )))
     }
 
     async fn get_ip(&self, r: Request<v1::GetIpRequest>) -> Reply<v1::Ip> {
@@ -236,27 +289,24 @@ impl Admin for AdminApi {
 
     async fn list_bindings(
         &self,
-        r: Request<v1::ListBindingsRequest>,
+        _: Request<v1::ListBindingsRequest>,
     ) -> Reply<v1::ListBindingsReply> {
+        Err(replaced("binding list", "StreamBindings"))
+    }
+
+    type StreamBindingsStream = Batches<v1::ListBindingsReply>;
+
+    async fn stream_bindings(
+        &self,
+        r: Request<v1::ListBindingsRequest>,
+    ) -> Reply<Self::StreamBindingsStream> {
         let pool = &r.get_ref().pool;
         let pool = (!pool.is_empty()).then_some(pool.as_str());
-        ok(self
-            .0
-            .ipam
-            .bindings(pool)
-            .await
-            .map(|bs| v1::ListBindingsReply {
-                bindings: bs
-                    .iter()
-                    .map(|(b, attached)| v1::Binding {
-                        pod: Some(pod_msg(&b.pod)),
-                        pool: b.pool.clone(),
-                        address: b.ip.to_string(),
-                        tor: b.tor.clone(),
-                        attached: *attached,
-                    })
-                    .collect(),
-            }))
+        Ok(Response::new(batches(
+            self.0.ipam.binding_walk(pool),
+            |(b, attached)| binding_msg(&b, attached),
+            |bindings| v1::ListBindingsReply { bindings },
+        )))
     }
 
     async fn add_binding(&self, r: Request<v1::AddBindingRequest>) -> Reply<v1::Binding> {
@@ -264,13 +314,12 @@ impl Admin for AdminApi {
         let ip = parse_ip(&r.address)?;
         let mut pod = pod_from(r.pod.as_ref());
         pod.uid.clear();
-        ok(self.0.ipam.bind(&pod, ip).await.map(|b| v1::Binding {
-            pod: Some(pod_msg(&b.pod)),
-            pool: b.pool,
-            address: b.ip.to_string(),
-            tor: b.tor,
-            attached: false,
-        }))
+        ok(self
+            .0
+            .ipam
+            .bind(&pod, ip)
+            .await
+            .map(|b| binding_msg(&b, false)))
     }
 
     async fn audit(&self, _: Request<v1::AuditRequest>) -> Reply<v1::AuditReply> {

@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use moor_proto::v1;
 use tonic::Status;
 
-use crate::core::{pool_counts, Attachment, AttachmentState, Lease, PodRef, Policy, Pool, Tor};
+use crate::core::{
+    pool_counts, Attachment, AttachmentState, Binding, Lease, PodRef, Policy, Pool, Tor,
+};
 use crate::ipam::IpView;
 use crate::node::{Added, Evicted};
 
@@ -109,6 +111,16 @@ pub fn attachment_msg(a: &Attachment, ip: Ipv4Addr) -> v1::Attachment {
         },
         network: a.network.clone(),
         created_unix: a.created_unix,
+    }
+}
+
+pub fn binding_msg(b: &Binding, attached: bool) -> v1::Binding {
+    v1::Binding {
+        pod: Some(pod_msg(&b.pod)),
+        pool: b.pool.clone(),
+        address: b.ip.to_string(),
+        tor: b.tor.clone(),
+        attached,
     }
 }
 

@@ -1,8 +1,7 @@
 //! What each IP is used for, and the operator's two ways to take a kept IP
 //! back: `ip release` (drop the binding now) and `ip evict` (drop it with the
-//! holder's DEL). Bindings are listed here too.
+//! holder's DEL). The listings of every IP and binding are in `listing`.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::core::{Attachment, Binding, Lease, Tor};
@@ -13,34 +12,6 @@ use crate::store::{keys, StoreExt, Txn};
 use super::{IpView, Ipam};
 
 impl Ipam {
-    pub async fn ips(&self, pool: Option<&str>) -> Result<Vec<IpView>> {
-        let pools = match pool {
-            Some(p) => vec![self.pool_entry(p).await?.0],
-            None => self.pools().await?,
-        };
-        let mut out = Vec::new();
-        for p in pools {
-            let mut leases: BTreeMap<Ipv4Addr, Lease> = self
-                .leases(&p.name)
-                .await?
-                .into_iter()
-                .map(|l| (l.ip, l))
-                .collect();
-            for (tor, ips) in &p.ips {
-                for ip in ips {
-                    out.push(IpView {
-                        ip: *ip,
-                        pool: p.name.clone(),
-                        tor: tor.clone(),
-                        lease: leases.remove(ip),
-                    });
-                }
-            }
-        }
-        out.sort_by_key(|v| v.ip);
-        Ok(out)
-    }
-
     pub async fn ip(&self, ip: Ipv4Addr) -> Result<IpView> {
         let not_found = || {
             Error::NotFound(format!(
@@ -77,22 +48,11 @@ impl Ipam {
         Ok((view, dropped))
     }
 
-    /// Every binding (of one pool, or all), and whether its IP is attached.
+    /// Every binding (of one pool, or all), and whether its IP is attached
+    /// (`binding_walk`, collected).
     pub async fn bindings(&self, pool: Option<&str>) -> Result<Vec<(Binding, bool)>> {
-        let (bindings, _) = self.store.list_json::<Binding>(keys::BINDINGS).await?;
-        let mut out = Vec::new();
-        for (b, _) in bindings {
-            if pool.is_some_and(|p| p != b.pool) {
-                continue;
-            }
-            let attached = self
-                .store
-                .get_json::<Lease>(&keys::lease(&b.pool, b.ip))
-                .await?
-                .is_some_and(|(l, _)| l.attachment.is_some());
-            out.push((b, attached));
-        }
-        Ok(out)
+        use futures::TryStreamExt;
+        self.binding_walk(pool).try_collect().await
     }
 
     /// `ip evict` without force: a bound IP no pod holds is released now; a

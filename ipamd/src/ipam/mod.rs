@@ -9,7 +9,9 @@
 //! - `pools`: create, list and delete pools; `resize`: grow and shrink
 //!   them; `carving`: taking IPs from ToRs and giving them back (cool-down);
 //! - `bindings`: a pod's IP kept before the pod exists (bring your own IPs);
-//! - `ips`: what an IP is used for; `ip release` / `ip evict`; bindings;
+//! - `ips`: what an IP is used for; `ip release` / `ip evict`;
+//! - `listing`: `ip list`, `pool list`, `binding list` as streams that
+//!   read the store a page at a time;
 //! - `resolve`: which pool a pod draws from;
 //! - `attach`: the ADD path: which IP, recorded in one transaction;
 //!   `attach_view` the same from `view`, the node's watch-fed copy of what
@@ -25,6 +27,7 @@ mod attach_view;
 mod bindings;
 mod carving;
 mod ips;
+pub mod listing;
 mod pools;
 mod reclaim;
 pub mod registry;

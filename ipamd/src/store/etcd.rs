@@ -39,7 +39,7 @@ use etcd_client::{
     KvClient, TlsOptions, TxnOp, WatchOptions,
 };
 
-use super::{Check, Entry, Op, Store, StoreError, Txn, WatchEvent, WatchStream};
+use super::{Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream};
 
 /// etcd's default `--max-txn-ops`: the most compares, and the most
 /// operations, one transaction may have.
@@ -533,6 +533,65 @@ impl Store for EtcdStore {
         }
     }
 
+    /// One range request with a limit, at `at_revision` when given: etcd
+    /// keeps old revisions until a compaction, so the pages of one walk are
+    /// one snapshot. Linearizable like every read here: a page may go to
+    /// another member on failover, which must then have the revision too.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at_revision: Option<u64>,
+    ) -> Result<Page, StoreError> {
+        let start = self.full(prefix);
+        let end = prefix_end(&start);
+        let from = match start_after {
+            Some(a) if a > prefix => {
+                let mut k = self.full(a);
+                // The first key after `a`.
+                k.push(0);
+                k
+            }
+            _ => start,
+        };
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let at = at_revision.map(|r| to_rev("revision", r)).transpose()?;
+        let resp = self
+            .call(true, |c| {
+                let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
+                if let Some(rev) = at {
+                    opts = opts.with_revision(rev);
+                }
+                let from = from.clone();
+                async move { kv(&c).get(from, Some(opts)).await }
+            })
+            .await
+            .map_err(|e| match (e, at_revision) {
+                (StoreError::Other(msg), Some(rev)) if msg.contains("compacted") => {
+                    StoreError::Compacted(rev)
+                }
+                (e, _) => e,
+            })?;
+        let rev = match at_revision {
+            Some(rev) => rev,
+            None => resp
+                .header()
+                .map(|h| revision(h.revision()))
+                .ok_or_else(|| StoreError::Other("etcd answered without a header".into()))?,
+        };
+        let entries = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.entry(kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            more: resp.more() && !entries.is_empty(),
+            entries,
+            revision: rev,
+        })
+    }
+
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
         Ok(self.commit_at(txn).await?.is_some())
     }
@@ -728,6 +787,46 @@ mod tests {
         let etcd = cluster("conforms", 1).await;
         let s = store(etcd.endpoints(), "/moor/").await;
         super::super::conformance::cas_semantics(&s).await;
+        super::super::conformance::paged_list(&s).await;
+    }
+
+    #[tokio::test]
+    async fn pages_are_one_snapshot_until_a_compaction() {
+        let etcd = cluster("pages", 1).await;
+        let s = store(etcd.endpoints(), "/moor/").await;
+        for k in ["p/1", "p/2", "p/3"] {
+            assert!(s.commit(create(k, "v")).await.unwrap());
+        }
+        let first = s.list_page("p/", None, 1, None).await.unwrap();
+        assert_eq!(first.entries[0].key, "p/1");
+        // Written after the first page: not in the walk's snapshot.
+        assert!(s.commit(create("p/4", "v")).await.unwrap());
+        let rest = s
+            .list_page("p/", Some("p/1"), 10, Some(first.revision))
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.entries
+                .iter()
+                .map(|e| e.key.as_str())
+                .collect::<Vec<_>>(),
+            ["p/2", "p/3"]
+        );
+        assert_eq!(rest.revision, first.revision);
+        // Once that revision is compacted, the walk cannot go on.
+        let (_, now) = s.list("p/").await.unwrap();
+        raw(&etcd)
+            .await
+            .compact(to_rev("r", now).unwrap(), None)
+            .await
+            .unwrap();
+        match s
+            .list_page("p/", Some("p/1"), 10, Some(first.revision))
+            .await
+        {
+            Err(StoreError::Compacted(rev)) => assert_eq!(rev, first.revision),
+            other => panic!("a page at a compacted revision: {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::local_watch::Broadcaster;
-use super::{Check, Entry, Op, Store, StoreError, Txn, WatchEvent, WatchStream};
+use super::{page_of, Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -113,6 +113,28 @@ impl Store for MemStore {
         Ok((entries, inner.revision))
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        _at_revision: Option<u64>,
+    ) -> Result<Page, StoreError> {
+        self.up()?;
+        let inner = self.inner.lock().unwrap();
+        let from = start_after.filter(|a| *a > prefix).unwrap_or(prefix);
+        let entries = inner
+            .kv
+            .range(from.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (value, version))| Entry {
+                key: k.clone(),
+                value: value.clone(),
+                version: *version,
+            });
+        Ok(page_of(entries, start_after, limit, inner.revision))
+    }
+
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
         self.up()?;
         let applied = apply(&mut self.inner.lock().unwrap(), txn);
@@ -143,5 +165,6 @@ mod tests {
     async fn conforms() {
         super::super::conformance::cas_semantics(&super::MemStore::new()).await;
         super::super::conformance::no_history(&super::MemStore::new()).await;
+        super::super::conformance::paged_list(&super::MemStore::new()).await;
     }
 }

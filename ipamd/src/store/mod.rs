@@ -89,6 +89,18 @@ pub struct WatchEvent {
     pub revision: u64,
 }
 
+/// One page of a paged read ([`Store::list_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// At most `limit` entries, in key order.
+    pub entries: Vec<Entry>,
+    /// The revision the page was read at: pass it as `at_revision` for the
+    /// next page.
+    pub revision: u64,
+    /// More entries follow the last one.
+    pub more: bool,
+}
+
 pub type WatchStream = futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +127,35 @@ pub trait Store: Send + Sync + 'static {
     /// Every entry under `prefix`, in key order, and the store revision the
     /// read saw (for `Check::PrefixUnchangedSince`).
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError>;
+    /// At most `limit` (at least 1) entries under `prefix` whose key comes
+    /// after `start_after` (a key the previous page ended with; None: from
+    /// the start), in key order. Reads that walk a prefix page by page hold
+    /// one page at a time, whatever the store's size (`ipamctl ip list`).
+    ///
+    /// `at_revision` (the `revision` of the first page) makes every page
+    /// part of one snapshot on a store with history (etcd); `Compacted` when
+    /// that revision is gone, and the caller starts over or says so. Stores
+    /// without history (redb, memory) read their current state: each key
+    /// that exists throughout the walk is seen exactly once, and a key
+    /// written during it may or may not be.
+    ///
+    /// The default reads the whole prefix and keeps one page: correct, not
+    /// bounded; every backend of ipamd overrides it.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at_revision: Option<u64>,
+    ) -> Result<Page, StoreError> {
+        let (entries, revision) = self.list(prefix).await?;
+        Ok(page_of(
+            entries.into_iter(),
+            start_after,
+            limit,
+            at_revision.unwrap_or(revision),
+        ))
+    }
     /// Applies every op if every check holds, atomically and durably.
     /// `Ok(false)`: a check failed and nothing was written.
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError>;
@@ -147,6 +188,25 @@ pub trait Store: Send + Sync + 'static {
     }
     /// What the store is, for logs and `ipamctl`.
     fn describe(&self) -> String;
+}
+
+/// The page of `entries` (in key order, all under the prefix) after
+/// `start_after`: what the backends without history return.
+pub(crate) fn page_of(
+    entries: impl Iterator<Item = Entry>,
+    start_after: Option<&str>,
+    limit: usize,
+    revision: u64,
+) -> Page {
+    let limit = limit.max(1);
+    let mut rest = entries.skip_while(|e| start_after.is_some_and(|a| e.key.as_str() <= a));
+    let entries: Vec<Entry> = rest.by_ref().take(limit).collect();
+    let more = entries.len() == limit && rest.next().is_some();
+    Page {
+        entries,
+        revision,
+        more,
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StoreError> {
@@ -268,6 +328,57 @@ pub(crate) mod conformance {
             s.watch("h/", rev).await,
             Err(StoreError::Compacted(_))
         ));
+    }
+
+    /// Paged reads: every key once, in order, in pages of at most `limit`,
+    /// nothing from outside the prefix; a key written during the walk does
+    /// not disturb the keys that were there throughout.
+    pub async fn paged_list(s: &dyn Store) {
+        let mut t = Txn::default();
+        for i in 0..7 {
+            t.put(&format!("p/{i}"), &i);
+        }
+        t.put("o", &0).put("p", &0).put("q/1", &1);
+        assert!(s.commit(t).await.unwrap());
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut at = None;
+        let mut pages = 0;
+        loop {
+            let page = s.list_page("p/", after.as_deref(), 3, at).await.unwrap();
+            pages += 1;
+            assert!(page.entries.len() <= 3, "a page holds at most the limit");
+            at = Some(page.revision);
+            seen.extend(page.entries.iter().map(|e| e.key.clone()));
+            after = page.entries.last().map(|e| e.key.clone());
+            if pages == 1 {
+                // A key written between pages, before the walk's position.
+                let mut t = Txn::default();
+                t.put("p/00", &0);
+                assert!(s.commit(t).await.unwrap());
+            }
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3, "7 keys in pages of 3");
+        assert_eq!(seen, (0..7).map(|i| format!("p/{i}")).collect::<Vec<_>>());
+
+        let empty = s.list_page("none/", None, 3, None).await.unwrap();
+        assert!(empty.entries.is_empty() && !empty.more);
+        let exact = s.list_page("p/", Some("p/4"), 2, None).await.unwrap();
+        assert_eq!(
+            exact
+                .entries
+                .iter()
+                .map(|e| e.key.as_str())
+                .collect::<Vec<_>>(),
+            ["p/5", "p/6"]
+        );
+        assert!(!exact.more, "the last key ends the walk");
+        let (all, _) = s.list("p/").await.unwrap();
+        let first = s.list_page("p/", None, 100, None).await.unwrap();
+        assert_eq!(first.entries, all, "a page is what list reads");
     }
 
     pub async fn cas_semantics(s: &dyn Store) {

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::local_watch::Broadcaster;
-use super::{Check, Entry, Op, Store, StoreError, Txn, WatchEvent, WatchStream};
+use super::{Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -261,6 +261,51 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        _at_revision: Option<u64>,
+    ) -> Result<Page, StoreError> {
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        let limit = limit.max(1);
+        self.blocking(move |db| {
+            let r = db.begin_read().map_err(other)?;
+            let kv = r.open_table(KV).map_err(other)?;
+            let meta = r.open_table(META).map_err(other)?;
+            let revision = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value());
+            let from = match &start_after {
+                Some(a) if a.as_str() > prefix.as_str() => a.as_str(),
+                _ => prefix.as_str(),
+            };
+            let mut entries = Vec::new();
+            let mut more = false;
+            for item in kv.range(from..).map_err(other)? {
+                let (k, v) = item.map_err(other)?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if start_after.as_deref().is_some_and(|a| key <= a) {
+                    continue;
+                }
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                entries.push(split(key, v.value())?);
+            }
+            Ok(Page {
+                entries,
+                revision,
+                more,
+            })
+        })
+        .await
+    }
+
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -306,6 +351,8 @@ mod tests {
         super::super::conformance::cas_semantics(&RedbStore::open(&p).unwrap()).await;
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
         super::super::conformance::no_history(&RedbStore::open(&p).unwrap()).await;
+        let _ = std::fs::remove_dir_all(p.parent().unwrap());
+        super::super::conformance::paged_list(&RedbStore::open(&p).unwrap()).await;
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 

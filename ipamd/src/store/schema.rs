@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::{Entry, Store, StoreError, Txn, WatchStream};
+use super::{Entry, Page, Store, StoreError, Txn, WatchStream};
 
 /// The key of the version record.
 pub const KEY: &str = "schema";
@@ -225,6 +225,18 @@ impl Store for Unchecked {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
         self.inner.list(prefix).await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at_revision: Option<u64>,
+    ) -> Result<Page, StoreError> {
+        self.inner
+            .list_page(prefix, start_after, limit, at_revision)
+            .await
     }
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {

@@ -1,0 +1,169 @@
+//! The admin listings that read everything of a kind (`ip list`, `pool
+//! list`, `binding list`) as streams that walk the store a page at a time:
+//! ipamd holds one page of records plus one pool's leases, whatever the
+//! cluster's size. (Built whole, the `ip list` of 100k IPs held every pool,
+//! every lease and the reply at once.)
+//!
+//! A walk reads its pages at the revision of its first page, so on etcd a
+//! listing is one snapshot; if etcd compacts that revision part way, the
+//! listing fails with a message saying to run it again (it cannot start over
+//! by itself: the first part is already on its way to the caller).
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+
+use crate::core::{Binding, Lease, Pool};
+use crate::error::{Error, Result};
+use crate::store::{decode, keys, Entry, Store, StoreError, StoreExt};
+
+use super::{IpView, Ipam};
+
+/// Records one store read returns at most.
+pub const PAGE: usize = 500;
+
+/// A listing, item by item, in order.
+pub type Items<T> = BoxStream<'static, Result<T>>;
+
+/// Where a walk over the keys of a prefix is.
+struct Walk {
+    store: Arc<dyn Store>,
+    prefix: String,
+    after: Option<String>,
+    at: Option<u64>,
+    done: bool,
+    /// Read and not yet handed out.
+    queue: VecDeque<Entry>,
+}
+
+impl Walk {
+    fn new(store: Arc<dyn Store>, prefix: &str) -> Self {
+        Self {
+            store,
+            prefix: prefix.to_string(),
+            after: None,
+            at: None,
+            done: false,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The next entry, reading the next page when the last one is used up.
+    async fn next(&mut self) -> Result<Option<Entry>> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let page = self
+                .store
+                .list_page(&self.prefix, self.after.as_deref(), PAGE, self.at)
+                .await
+                .map_err(|e| compacted(e, &self.prefix))?;
+            self.at = Some(page.revision);
+            self.after = page.entries.last().map(|e| e.key.clone());
+            self.done = !page.more;
+            self.queue.extend(page.entries);
+        }
+    }
+}
+
+fn compacted(e: StoreError, prefix: &str) -> Error {
+    match e {
+        StoreError::Compacted(rev) => Error::unavailable(format!(
+            "the store compacted revision {rev} while this listing read {prefix} at it (etcd's history is compacted as it grows): run the listing again"
+        )),
+        e => e.into(),
+    }
+}
+
+/// Every lease of `pool`, read page by page at `at` (the pools' walk's
+/// revision) so pool and leases are one snapshot.
+async fn leases_at(store: &Arc<dyn Store>, pool: &str, at: Option<u64>) -> Result<Vec<Lease>> {
+    let mut walk = Walk::new(store.clone(), &keys::leases(pool));
+    walk.at = at;
+    let mut out = Vec::new();
+    while let Some(e) = walk.next().await? {
+        out.push(decode(&e)?);
+    }
+    Ok(out)
+}
+
+/// The IPs of one pool in address order, each with its lease.
+fn views(p: &Pool, leases: Vec<Lease>) -> Vec<IpView> {
+    let mut leases: std::collections::BTreeMap<Ipv4Addr, Lease> =
+        leases.into_iter().map(|l| (l.ip, l)).collect();
+    let mut out: Vec<IpView> = p
+        .ips
+        .iter()
+        .flat_map(|(tor, ips)| ips.iter().map(move |ip| (tor, *ip)))
+        .map(|(tor, ip)| IpView {
+            ip,
+            pool: p.name.clone(),
+            tor: tor.clone(),
+            lease: leases.remove(&ip),
+        })
+        .collect();
+    out.sort_by_key(|v| v.ip);
+    out
+}
+
+impl Ipam {
+    /// Every pool in name order with its leases, one pool at a time.
+    pub fn pool_walk(&self) -> Items<(Pool, Vec<Lease>)> {
+        let walk = Walk::new(self.store.clone(), keys::POOLS);
+        stream::try_unfold(walk, |mut walk| async move {
+            let Some(e) = walk.next().await? else {
+                return Ok(None);
+            };
+            let pool: Pool = decode(&e)?;
+            let leases = leases_at(&walk.store, &pool.name, walk.at).await?;
+            Ok(Some(((pool, leases), walk)))
+        })
+        .boxed()
+    }
+
+    /// The IPs of every pool (pools in name order, each pool's IPs in
+    /// address order), or of one: `pool` is checked before the stream
+    /// starts, so a missing pool is an error, not an empty list.
+    pub async fn ip_walk(&self, pool: Option<&str>) -> Result<Items<IpView>> {
+        let pools = match pool {
+            Some(name) => {
+                let (p, leases) = self.pool(name).await?;
+                stream::once(async move { Ok((p, leases)) }).boxed()
+            }
+            None => self.pool_walk(),
+        };
+        Ok(pools
+            .map_ok(|(p, leases)| stream::iter(views(&p, leases).into_iter().map(Ok)))
+            .try_flatten()
+            .boxed())
+    }
+
+    /// Every binding (of one pool, or all) in pod order, and whether its IP
+    /// is attached.
+    pub fn binding_walk(&self, pool: Option<&str>) -> Items<(Binding, bool)> {
+        let walk = Walk::new(self.store.clone(), keys::BINDINGS);
+        let pool = pool.map(str::to_string);
+        stream::try_unfold((walk, pool), |(mut walk, pool)| async move {
+            while let Some(e) = walk.next().await? {
+                let b: Binding = decode(&e)?;
+                if pool.as_ref().is_some_and(|p| *p != b.pool) {
+                    continue;
+                }
+                let attached = walk
+                    .store
+                    .get_json::<Lease>(&keys::lease(&b.pool, b.ip))
+                    .await?
+                    .is_some_and(|(l, _)| l.attachment.is_some());
+                return Ok(Some(((b, attached), (walk, pool))));
+            }
+            Ok(None)
+        })
+        .boxed()
+    }
+}
