@@ -1158,9 +1158,18 @@ async fn run_level(
     let before = counters.snap();
     let t = Instant::now();
     let mut tasks = Vec::new();
+    // An allocator allocates on its own ToR only: at most its share of the
+    // room there.
+    let mut on_tor: HashMap<usize, usize> = HashMap::new();
+    for (_, node) in &ipams {
+        *on_tor.entry(world.node_tor[*node]).or_default() += 1;
+    }
     for (i, (ipam, node)) in ipams.iter().enumerate() {
         let seed = (conc as u64) << 32 | i as u64;
-        let quota = allocs / conc + usize::from(i < allocs % conc);
+        let tor = world.node_tor[*node];
+        let room: u32 = world.slots[tor].iter().map(|(_, n)| n).sum();
+        let quota = (allocs / conc + usize::from(i < allocs % conc))
+            .min(room as usize / on_tor[&tor]);
         tasks.push(tokio::spawn(allocator(
             ipam.clone(),
             world.clone(),
