@@ -60,10 +60,18 @@ pub enum Refusal {
     /// The only free IPs here are new and inside their whitelist delay:
     /// one becomes allocatable at `until` (unix seconds).
     Waiting { tor: String, until: u64, ips: u32 },
+    /// The pool is being created or deleted (`what`): no pod gets an IP
+    /// of it until that is done.
+    Changing { what: &'static str },
 }
 
 pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
     let pool = input.pool;
+    // A pool half created may yet be undone, one half deleted is going:
+    // an IP handed out now could outlive the pool's claim on it.
+    if let Some(what) = pool.closed() {
+        return Err(Refusal::Changing { what });
+    }
     if let Some(b) = input.binding {
         if b.pool != pool.name {
             return Err(Refusal::OtherPool {
@@ -110,7 +118,11 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
     }
     let mut waiting: Option<(u64, u32)> = None;
     for (segment, ips) in &here {
-        for &ip in ips.iter().filter(|ip| !input.leases.contains_key(ip)) {
+        // IPs being given back (a shrink in progress) are no longer free.
+        let free = ips
+            .iter()
+            .filter(|ip| !input.leases.contains_key(ip) && !pool.leaving(**ip));
+        for &ip in free {
             if pool.allocatable(ip, input.now_unix) {
                 return Ok(AddDecision::Take {
                     ip,
@@ -169,6 +181,7 @@ mod tests {
             allow_namespaces: vec![],
             allocatable_after: BTreeMap::new(),
             owner: None,
+            op: None,
         }
     }
 
