@@ -588,5 +588,7 @@ async fn free_counts_are_published_per_pool_and_tor() {
     clean(&store).await;
 }
 
+mod big_pools;
 mod lifecycle;
 mod model;
+mod stopped;
