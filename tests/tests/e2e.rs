@@ -16,7 +16,8 @@
 //! `controller`: issue 11's two controllers sharing a Lease; `gc`: its
 //! garbage collection by Kubernetes truth and eviction by IP;
 //! `pool_lifecycle`: its pools that follow their workloads; `webhook`: its
-//! admission webhook over HTTPS.
+//! admission webhook over HTTPS. `pool_steps`: issue 12's pools too big for
+//! one etcd transaction, and ipamd killed between their steps.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -48,6 +49,8 @@ mod install_cni;
 mod ovs_cluster;
 #[path = "e2e/pool_lifecycle.rs"]
 mod pool_lifecycle;
+#[path = "e2e/pool_steps.rs"]
+mod pool_steps;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 #[path = "e2e/socket.rs"]
