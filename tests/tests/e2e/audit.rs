@@ -108,7 +108,7 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
     let (code, v) = audit_json(&tb.ipamctl(&["-o", "json", "audit"]));
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["clean"], json!(true), "{v:#}");
-    assert_eq!(v["schema_version"], json!(1), "{v:#}");
+    assert_eq!(v["schema_version"], json!(2), "{v:#}");
     assert_eq!(v["schema_recorded"], json!(true), "{v:#}");
     assert_eq!(v["findings"], json!([]), "{v:#}");
     assert!(v["records"].as_u64().unwrap() > 8, "{v:#}");
