@@ -475,4 +475,81 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn pools_being_created_or_deleted_and_ips_being_given_back_are_refused() {
+        use crate::core::{PoolOp, PoolStep};
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let on_r1 = vec!["r1".to_string()];
+        let k = key("c");
+        let empty = BTreeMap::new();
+        let decide_for = |p: &Pool| {
+            decide(&AddInput {
+                pool: p,
+                tor: "r1",
+                segments: &on_r1,
+                leases: &empty,
+                binding: None,
+                key: &k,
+                keeps_ip: false,
+                now_unix: 0,
+            })
+        };
+        let with = |step| Pool {
+            op: Some(PoolOp {
+                since_unix: 0,
+                why: None,
+                step,
+            }),
+            ..pool()
+        };
+        let deleting = with(PoolStep::Deleting {
+            cooling_until: 0,
+            leases_done: false,
+        });
+        assert_eq!(
+            decide_for(&deleting),
+            Err(Refusal::Changing {
+                what: "being deleted"
+            })
+        );
+        let creating = with(PoolStep::Carving {
+            creating: true,
+            todo: BTreeMap::new(),
+            explicit: BTreeMap::new(),
+            carved: BTreeMap::new(),
+            bind: vec![],
+            allocatable_after: 0,
+        });
+        assert_eq!(
+            decide_for(&creating),
+            Err(Refusal::Changing {
+                what: "being created"
+            })
+        );
+        // A shrink giving back 10.1.0.10: the other IP of r1 is taken.
+        let shrinking = with(PoolStep::GivingBack {
+            ips: [("r1".to_string(), vec![ip("10.1.0.10")])].into(),
+            cooling_until: 0,
+        });
+        match decide_for(&shrinking) {
+            Ok(AddDecision::Take { ip: got, .. }) => assert_eq!(got, ip("10.1.0.11")),
+            other => panic!("{other:?}"),
+        }
+        let gone = with(PoolStep::GivingBack {
+            ips: [("r1".to_string(), vec![ip("10.1.0.10"), ip("10.1.0.11")])].into(),
+            cooling_until: 0,
+        });
+        assert!(matches!(decide_for(&gone), Err(Refusal::Full { .. })));
+        // A grow in progress hands out the IPs the pool already has.
+        let growing = with(PoolStep::Carving {
+            creating: false,
+            todo: BTreeMap::new(),
+            explicit: BTreeMap::new(),
+            carved: BTreeMap::new(),
+            bind: vec![],
+            allocatable_after: 0,
+        });
+        assert!(decide_for(&growing).is_ok());
+    }
 }
