@@ -30,7 +30,7 @@ use super::Ipam;
 #[derive(Debug)]
 pub(super) enum Finished {
     /// The pool as it is now, no change in progress.
-    Done(Pool),
+    Done(Box<Pool>),
     /// The pool is gone: deleted, or its create undone.
     Gone,
 }
@@ -80,7 +80,7 @@ impl Ipam {
                 return Ok((Finished::Gone, why));
             };
             let Some(op) = pool.op.clone() else {
-                return Ok((Finished::Done(pool), why));
+                return Ok((Finished::Done(Box::new(pool)), why));
             };
             if op.why.is_some() {
                 why.clone_from(&op.why);

@@ -119,7 +119,7 @@ impl Ipam {
         })
         .await?;
         match self.drive(&spec.name, now_unix).await? {
-            (Finished::Done(pool), None) => Ok(pool),
+            (Finished::Done(pool), None) => Ok(*pool),
             (_, Some(why)) => Err(Error::Conflict(why)),
             (Finished::Gone, None) => Err(Error::Conflict(format!(
                 "pool {} was deleted while it was being created",
@@ -173,7 +173,7 @@ impl Ipam {
             let lock = self.pool_lock(name);
             let _guard = lock.lock().await;
             pool = match self.drive(name, op.since_unix).await? {
-                (Finished::Done(p), _) => p,
+                (Finished::Done(p), _) => *p,
                 (Finished::Gone, _) => {
                     return Err(Error::NotFound(format!(
                         "pool {name} does not exist (ipamctl pool list)"

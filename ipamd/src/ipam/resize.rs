@@ -58,7 +58,7 @@ impl Ipam {
         let _guard = lock.lock().await;
         // A change left half done is finished first.
         let before = match self.drive(name, now_unix).await? {
-            (Finished::Done(p), _) => p,
+            (Finished::Done(p), _) => *p,
             (Finished::Gone, _) => {
                 return Err(Error::NotFound(format!(
                     "pool {name} does not exist (ipamctl pool list)"
@@ -137,7 +137,7 @@ impl Ipam {
             });
         }
         let pool = match self.drive(name, now_unix).await? {
-            (Finished::Done(p), None) => p,
+            (Finished::Done(p), None) => *p,
             (_, Some(why)) => return Err(Error::Conflict(why)),
             (Finished::Gone, None) => {
                 return Err(Error::NotFound(format!(

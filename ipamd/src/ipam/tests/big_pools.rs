@@ -296,6 +296,8 @@ async fn add_refuses_a_pool_being_deleted_and_ips_being_given_back() {
     assert_eq!(a.lease.ip, ips[0]);
     let (c, msg) = code(ipam.allocate(&add("c2", "web-1")).await.unwrap_err());
     assert_eq!(c, cni_code::POOL_FULL, "{msg}");
+    let e = ipam.bind(&pod("web-1"), ips[1]).await.unwrap_err();
+    assert!(e.to_string().contains("left pool web"), "{e}");
     ipam.release(&a.attachment().key, false).await.unwrap();
     // Being deleted: refused, try again later (or name another pool).
     set_op(
@@ -314,6 +316,8 @@ async fn add_refuses_a_pool_being_deleted_and_ips_being_given_back() {
     let (c, msg) = code(ipam.allocate(&add("c3", "web-2")).await.unwrap_err());
     assert_eq!(c, cni_code::TRY_AGAIN_LATER, "{msg}");
     assert!(msg.contains("pool web is being deleted"), "{msg}");
+    let e = ipam.bind(&pod("web-2"), ips[0]).await.unwrap_err();
+    assert!(e.to_string().contains("pool web is being deleted"), "{e}");
     // An admin call on it finishes the delete first.
     let e = ipam.resize_pool("web", 8, 4).await.unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
