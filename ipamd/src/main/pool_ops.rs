@@ -10,8 +10,15 @@ use moor_ipamd::clock::{Clock, SystemClock};
 use moor_ipamd::ipam::Ipam;
 use tracing::{info, warn};
 
+/// How long the start waits for it; a longer one (a slow store) goes on in
+/// the background, which is as safe as a kill between two steps.
+const AT_START: Duration = Duration::from_secs(10);
+
 pub async fn finish_at_start(ipam: Arc<Ipam>) {
-    if try_once(&ipam).await {
+    if tokio::time::timeout(AT_START, try_once(&ipam))
+        .await
+        .unwrap_or(false)
+    {
         return;
     }
     tokio::spawn(async move {
