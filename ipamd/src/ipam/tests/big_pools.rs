@@ -176,7 +176,7 @@ async fn pool_with_1000_bindings_is_deleted() {
 }
 
 /// A pool record with a change in progress written by hand.
-async fn set_op(store: &MemStore, name: &str, op: PoolOp) {
+pub(super) async fn set_op(store: &MemStore, name: &str, op: PoolOp) {
     let (mut p, e) = store
         .get_json::<Pool>(&keys::pool(name))
         .await
@@ -192,7 +192,7 @@ fn one_each() -> std::collections::BTreeMap<String, u32> {
     (0..TORS).map(|i| (format!("t{i:03}"), 1)).collect()
 }
 
-fn carving(creating: bool) -> PoolOp {
+pub(super) fn carving(creating: bool) -> PoolOp {
     PoolOp {
         since_unix: 5,
         why: None,

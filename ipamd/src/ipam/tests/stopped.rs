@@ -92,3 +92,47 @@ async fn pool_with_1000_bindings_deleted_and_stopped_at_every_step() {
     .await;
     assert!(n > 30, "delete took {n} commits: 1,000 bindings in chunks");
 }
+
+#[tokio::test]
+async fn create_with_bindings_stopped_at_every_step() {
+    let base = Arc::new(MemStore::new());
+    Ipam::new(base.clone())
+        .add_tor("big", "10.9.0.0/24", "10.9.0.1", 0, &[], "")
+        .await
+        .unwrap();
+    let n = stop_everywhere(&base, "kept", None, Some(100), |ipam| async move {
+        let spec = crate::ipam::PoolSpec {
+            ips: (0..100u32)
+                .map(|n| std::net::Ipv4Addr::from(0x0a09_0002 + n))
+                .collect(),
+            bind: (0..100)
+                .map(|n| super::big_pools::pod(&format!("kept-{n}")))
+                .collect(),
+            ..spec("kept", 0)
+        };
+        ipam.create_pool(&spec, 10).await.map(drop)
+    })
+    .await;
+    assert!(n > 4, "create took {n} commits: bindings in chunks");
+}
+
+#[tokio::test]
+async fn grow_undone_stopped_at_every_step() {
+    use super::big_pools::{carving, set_op};
+    let base = many_tors().await;
+    let ipam = Ipam::new(base.clone()).with_cooldown(COOLDOWN);
+    ipam.create_pool(&spec("web", 2), 0).await.unwrap();
+    let full = crate::ipam::PoolSpec {
+        tors: vec!["t150".into()],
+        ..spec("full", 8)
+    };
+    ipam.create_pool(&full, 1).await.unwrap();
+    // A grow by one IP on every ToR, begun before t150 filled up: it
+    // carves for several steps, fails at t150, then gives all back.
+    set_op(&base, "web", carving(false)).await;
+    let n = stop_everywhere(&base, "web", Some(2), Some(2), |ipam| async move {
+        ipam.finish_pool_ops(6).await.map(drop)
+    })
+    .await;
+    assert!(n > 5, "the undone grow took {n} commits");
+}
