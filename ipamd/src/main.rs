@@ -15,8 +15,27 @@ use tracing::{error, info};
 
 #[path = "main/args.rs"]
 mod args;
+#[path = "main/pool_ops.rs"]
+mod pool_ops;
 
 use args::{Args, GcMode, Mode, Role};
+
+/// The test hook `MOOR_TEST_STOP_AFTER_COMMITS=N` (tests only: see
+/// `store::stop`): ipamd aborts right after its N-th store commit, as if
+/// killed there.
+fn stop_hook(s: Arc<dyn store::Store>) -> anyhow::Result<Arc<dyn store::Store>> {
+    let Ok(n) = std::env::var(store::stop::ENV) else {
+        return Ok(s);
+    };
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("{}={n:?} is not a number of commits", store::stop::ENV))?;
+    tracing::warn!(
+        "test hook {}: aborting after {n} store commits",
+        store::stop::ENV
+    );
+    Ok(Arc::new(store::stop::StopAfter::aborting(s, n)))
+}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -100,6 +119,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.store, &store_opts)
         .await
         .map_err(anyhow::Error::msg)?;
+    let store = stop_hook(store)?;
+    // Pool changes a previous run was killed in the middle of are finished
+    // (or undone) before anything else.
+    pool_ops::finish_at_start(Arc::new(
+        Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds),
+    ))
+    .await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

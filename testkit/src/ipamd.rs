@@ -63,6 +63,13 @@ impl IpamdCommand {
         self
     }
 
+    /// Sets one of ipamd's environment variables (test hooks such as
+    /// `MOOR_TEST_STOP_AFTER_COMMITS`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
     /// Only PATH from this process's environment.
     pub fn env_only_path(mut self) -> Self {
         self.cmd

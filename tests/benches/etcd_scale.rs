@@ -836,11 +836,13 @@ async fn setup(
     let raw = open_store(url).await?;
     let mut carved = Vec::new();
     for t in &tor_names {
-        let e = raw
-            .get(&format!("carved/{t}"))
+        // Schema 2: every record under the ToR's prefix (one per pool there
+        // and one of cooling IPs) is what a carving reads.
+        let (entries, _) = raw
+            .list(&format!("carved/{t}/"))
             .await
             .map_err(|e| e.to_string())?;
-        carved.push(e.map_or(0, |e| e.value.len()));
+        carved.push(entries.iter().map(|e| e.value.len()).sum());
     }
     let (pool_entries, _) = raw.list("pools/").await.map_err(|e| e.to_string())?;
     let pool_bytes_mean =
@@ -1168,8 +1170,8 @@ async fn run_level(
         let seed = (conc as u64) << 32 | i as u64;
         let tor = world.node_tor[*node];
         let room: u32 = world.slots[tor].iter().map(|(_, n)| n).sum();
-        let quota = (allocs / conc + usize::from(i < allocs % conc))
-            .min(room as usize / on_tor[&tor]);
+        let quota =
+            (allocs / conc + usize::from(i < allocs % conc)).min(room as usize / on_tor[&tor]);
         tasks.push(tokio::spawn(allocator(
             ipam.clone(),
             world.clone(),
@@ -1549,7 +1551,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
         s.pool_count.cas_failed
     );
     println!(
-        "records               carved/<tor> {:.1} KiB (max {:.1}), pools/<name> {} B; per pool create: {:.1} round trips, read {:.1} KiB, wrote {:.1} KiB",
+        "records               carved/<tor>/ {:.1} KiB (max {:.1}), pools/<name> {} B; per pool create: {:.1} round trips, read {:.1} KiB, wrote {:.1} KiB",
         s.carved_bytes_mean as f64 / 1024.0,
         s.carved_bytes_max as f64 / 1024.0,
         s.pool_bytes_mean,

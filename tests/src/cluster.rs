@@ -627,6 +627,12 @@ impl Cluster {
     /// Starts node `name`'s ipamd and waits until its socket answers.
     /// Works while etcd is down (ipamd serves from its local state then).
     pub fn start_ipamd(&self, name: &str) {
+        self.start_ipamd_with_env(name, &[]);
+    }
+
+    /// [`Cluster::start_ipamd`] with these environment variables set (test
+    /// hooks).
+    pub fn start_ipamd_with_env(&self, name: &str, env: &[(&str, &str)]) {
         let node = self.node(name);
         let mut guard = node.ipamd.lock().unwrap();
         assert!(guard.is_none(), "ipamd of {name} is already running");
@@ -641,7 +647,10 @@ impl Cluster {
             .args(["--log", &self.log_level])
             .args(&self.ipamd_args)
             .arg("--pending-dir")
-            .arg(&node.pending_dir)
+            .arg(&node.pending_dir);
+        let ipamd = env
+            .iter()
+            .fold(ipamd, |cmd, (k, v)| cmd.env(k, v))
             .kill_with_thread()
             .start()
             .unwrap_or_else(|e| panic!("ipamd of {name}: {e}"));

@@ -17,7 +17,8 @@
 //! garbage collection by Kubernetes truth and eviction by IP;
 //! `pool_lifecycle`: its pools that follow their workloads; `webhook`: its
 //! admission webhook over HTTPS. `listing`: `ip list` of thousands of IPs
-//! streamed.
+//! streamed. `pool_steps`: issue 12's pools too big for one etcd
+//! transaction, and ipamd killed between their steps.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -51,6 +52,8 @@ mod listing;
 mod ovs_cluster;
 #[path = "e2e/pool_lifecycle.rs"]
 mod pool_lifecycle;
+#[path = "e2e/pool_steps.rs"]
+mod pool_steps;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 #[path = "e2e/socket.rs"]

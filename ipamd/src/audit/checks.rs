@@ -4,13 +4,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use crate::core::FreeCount;
+use crate::core::{FreeCount, PoolOp, PoolStep};
 use crate::store::keys;
 
 use super::{Snapshot, REPORT_A_BUG};
 
 impl Snapshot {
     pub(super) fn check(&mut self) {
+        for key in std::mem::take(&mut self.carved_v1) {
+            self.finding(
+                &key,
+                "is a schema 1 carved record, which ipamd replaces by per-pool records when it migrates the store to schema 2".to_string(),
+                "start ipamd (it migrates the store at start)",
+            );
+        }
         self.check_pools();
         self.check_leases();
         self.check_free_counts();
@@ -67,36 +74,74 @@ impl Snapshot {
                 _ => {}
             }
         }
-        for (tor, carved) in &self.carved {
-            let key = keys::carved(tor);
-            if !self.tors.contains_key(tor) && !carved.ips.is_empty() {
+        // What each pool holds per segment: its IPs, and those a change in
+        // progress carved and has not made the pool's yet.
+        let mut held: BTreeMap<(String, String), Vec<Ipv4Addr>> = BTreeMap::new();
+        for p in self.pools.values() {
+            let carving = match &p.op {
+                Some(PoolOp {
+                    step: PoolStep::Carving { carved, .. },
+                    ..
+                }) => Some(carved),
+                _ => None,
+            };
+            for (tor, ips) in p.ips.iter().chain(carving.into_iter().flatten()) {
+                held.entry((tor.clone(), p.name.clone()))
+                    .or_default()
+                    .extend(ips);
+            }
+        }
+        for ((tor, pool), ips) in &self.shares {
+            let key = keys::carved(tor, pool);
+            if !self.tors.contains_key(tor) {
                 bad.push((
                     key.clone(),
                     format!(
                         "ToR {tor} does not exist, yet {} of its IPs are carved",
-                        carved.ips.len()
+                        ips.len()
                     ),
                 ));
             }
-            for (ip, pool) in &carved.ips {
-                if owner.get(ip) != Some(&pool.as_str()) {
+            let have = held.get(&(tor.clone(), pool.clone()));
+            for ip in ips {
+                if !have.is_some_and(|h| h.contains(ip)) {
                     let holder = owner
                         .get(ip)
                         .map_or("no pool".to_string(), |p| format!("pool {p}"));
                     bad.push((
                         key.clone(),
-                        format!("says {ip} is carved to pool {pool}, but {holder} holds it"),
+                        format!(
+                            "says {ip} is carved to pool {pool}, but {holder} holds it on this ToR"
+                        ),
+                    ));
+                }
+                if self
+                    .cooling
+                    .get(tor)
+                    .is_some_and(|c| c.until.contains_key(ip))
+                {
+                    bad.push((
+                        key.clone(),
+                        format!("{ip} is carved and cooling down at once"),
                     ));
                 }
             }
         }
-        for t in self.tors.values() {
-            let carved = self.carved.get(&t.name).map_or(0, |c| c.ips.len());
-            let in_pools = owner.keys().filter(|ip| t.subnet.contains(**ip)).count();
-            if in_pools != carved {
+        for ((tor, pool), ips) in &held {
+            let carved = self.shares.get(&(tor.clone(), pool.clone()));
+            let missing: Vec<String> = ips
+                .iter()
+                .filter(|ip| !carved.is_some_and(|c| c.contains(ip)))
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
                 bad.push((
-                    keys::carved(&t.name),
-                    format!("has {carved} carved IPs but pools hold {in_pools} IPs of the ToR"),
+                    keys::carved(tor, pool),
+                    format!(
+                        "lacks {} IPs pool {pool} holds on ToR {tor}: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    ),
                 ));
             }
         }
@@ -191,7 +236,14 @@ impl Snapshot {
             *used.entry((&l.pool, &l.tor)).or_default() += 1;
         }
         let mut expected: BTreeMap<String, FreeCount> = BTreeMap::new();
-        for p in self.pools.values() {
+        // A pool change in progress publishes its counts last.
+        let changing: Vec<&str> = self
+            .pools
+            .values()
+            .filter(|p| p.op.is_some())
+            .map(|p| p.name.as_str())
+            .collect();
+        for p in self.pools.values().filter(|p| p.op.is_none()) {
             for (tor, ips) in &p.ips {
                 let total = ips.len() as u32;
                 let used = used.get(&(p.name.as_str(), tor.as_str())).copied();
@@ -205,6 +257,10 @@ impl Snapshot {
             }
         }
         for (key, have) in &self.free {
+            let pool = key.split('/').nth(1).unwrap_or_default();
+            if changing.contains(&pool) {
+                continue;
+            }
             match expected.get(key) {
                 None => bad.push((key.clone(), "belongs to no pool's ToR".to_string())),
                 Some(want) if want != have => bad.push((

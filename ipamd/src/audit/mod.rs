@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::core::NodeRecord;
-use crate::core::{AttachmentRef, Binding, Carved, FreeCount, Lease, Pool, Tor};
+use crate::core::{AttachmentRef, Binding, CarvedShare, Cooling, FreeCount, Lease, Pool, Tor};
 use crate::store::{decode, keys, schema, Entry, Store, StoreError};
 
 /// The fix for what only a bug (or a hand edit) can leave behind: no
@@ -93,7 +93,12 @@ pub async fn run(store: &dyn Store) -> Result<Report, StoreError> {
 struct Snapshot {
     schema: Option<(u32, bool)>,
     tors: BTreeMap<String, Tor>,
-    carved: BTreeMap<String, Carved>,
+    /// (segment, pool) -> the pool's IPs there (`carved/<tor>/<pool>`).
+    shares: BTreeMap<(String, String), Vec<std::net::Ipv4Addr>>,
+    /// Segment -> its cooling record.
+    cooling: BTreeMap<String, Cooling>,
+    /// Schema 1's `carved/<tor>` records (the migration to 2 removes them).
+    carved_v1: Vec<String>,
     pools: BTreeMap<String, Pool>,
     apps: BTreeMap<String, String>,
     free: BTreeMap<String, FreeCount>,
@@ -165,11 +170,21 @@ impl Snapshot {
                     self.tors.insert(t.name.clone(), t);
                 }
             }
-            "carved" => {
-                if let Some(c) = self.decoded::<Carved>(e, "carved record") {
-                    self.carved.insert(rest.to_string(), c);
+            "carved" => match keys::parse_carved(k) {
+                Some((_, None)) => self.carved_v1.push(k.to_string()),
+                Some((tor, Some(keys::COOLING))) => {
+                    if let Some(c) = self.decoded::<Cooling>(e, "cooling record") {
+                        self.cooling.insert(tor.to_string(), c);
+                    }
                 }
-            }
+                Some((tor, Some(pool))) => {
+                    if let Some(c) = self.decoded::<CarvedShare>(e, "carved record") {
+                        self.shares
+                            .insert((tor.to_string(), pool.to_string()), c.ips);
+                    }
+                }
+                None => self.unknown(k),
+            },
             "pools" => {
                 if let Some(p) = self.decoded::<Pool>(e, "pool") {
                     if keys::pool(&p.name) != k {

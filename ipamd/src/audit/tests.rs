@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::*;
-use crate::core::{PodRef, Policy};
+use crate::core::{CarvedShare, PodRef, Policy};
 use crate::ipam::{AllocRequest, Ipam, PoolSpec};
 use crate::store::mem::MemStore;
 use crate::store::{StoreExt, Txn};
@@ -88,7 +88,10 @@ async fn a_store_written_by_ipam_is_clean() {
     let (store, _) = busy_store().await;
     let r = run(store.as_ref()).await.unwrap();
     assert_eq!(r.findings, vec![], "{:#?}", r.findings);
-    assert_eq!((r.schema_version, r.schema_recorded), (1, true));
+    assert_eq!(
+        (r.schema_version, r.schema_recorded),
+        (schema::CURRENT, true)
+    );
     assert!(r.records > 5, "{r:?}");
     assert_eq!(audit(store.as_ref()).await.unwrap(), Vec::<String>::new());
 }
@@ -212,12 +215,12 @@ async fn lease_holding_nothing_and_carved_mismatch_are_found() {
     let (pool, _) = store.get_json::<Pool>("pools/web").await.unwrap().unwrap();
     assert!(!pool.all_ips().contains(&ip), "10.1.0.19 is not web's");
     let (mut carved, _) = store
-        .get_json::<Carved>("carved/r1")
+        .get_json::<CarvedShare>("carved/r1/web")
         .await
         .unwrap()
         .unwrap();
-    carved.ips.insert(ip, "web".into());
-    put(&store, "carved/r1", &carved).await;
+    carved.ips.push(ip);
+    put(&store, "carved/r1/web", &carved).await;
     let empty = Lease {
         ip: pool.all_ips()[3],
         pool: "web".into(),
@@ -231,7 +234,7 @@ async fn lease_holding_nothing_and_carved_mismatch_are_found() {
     put(&store, &lease, &empty).await;
     let keys = keys_found(&store).await;
     assert!(keys.contains(&lease), "{keys:?}");
-    assert!(keys.contains(&"carved/r1".to_string()), "{keys:?}");
+    assert!(keys.contains(&"carved/r1/web".to_string()), "{keys:?}");
     assert!(keys.contains(&"free/web/r1".to_string()), "{keys:?}");
 }
 
@@ -239,9 +242,9 @@ async fn lease_holding_nothing_and_carved_mismatch_are_found() {
 async fn unknown_keys_and_newer_schema_are_found() {
     let (store, _) = busy_store().await;
     put(&store, "stray", &1).await;
-    put(&store, schema::KEY, &serde_json::json!({"version": 2})).await;
+    put(&store, schema::KEY, &serde_json::json!({"version": 3})).await;
     let r = run(store.as_ref()).await.unwrap();
     let keys: Vec<_> = r.findings.iter().map(|f| f.key.as_str()).collect();
     assert_eq!(keys, [schema::KEY, "stray"], "{:#?}", r.findings);
-    assert_eq!(r.schema_version, 2);
+    assert_eq!(r.schema_version, 3);
 }

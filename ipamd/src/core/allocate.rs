@@ -60,10 +60,18 @@ pub enum Refusal {
     /// The only free IPs here are new and inside their whitelist delay:
     /// one becomes allocatable at `until` (unix seconds).
     Waiting { tor: String, until: u64, ips: u32 },
+    /// The pool is being created or deleted (`what`): no pod gets an IP
+    /// of it until that is done.
+    Changing { what: &'static str },
 }
 
 pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
     let pool = input.pool;
+    // A pool half created may yet be undone, one half deleted is going:
+    // an IP handed out now could outlive the pool's claim on it.
+    if let Some(what) = pool.closed() {
+        return Err(Refusal::Changing { what });
+    }
     if let Some(b) = input.binding {
         if b.pool != pool.name {
             return Err(Refusal::OtherPool {
@@ -110,7 +118,11 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
     }
     let mut waiting: Option<(u64, u32)> = None;
     for (segment, ips) in &here {
-        for &ip in ips.iter().filter(|ip| !input.leases.contains_key(ip)) {
+        // IPs being given back (a shrink in progress) are no longer free.
+        let free = ips
+            .iter()
+            .filter(|ip| !input.leases.contains_key(ip) && !pool.leaving(**ip));
+        for &ip in free {
             if pool.allocatable(ip, input.now_unix) {
                 return Ok(AddDecision::Take {
                     ip,
@@ -169,6 +181,7 @@ mod tests {
             allow_namespaces: vec![],
             allocatable_after: BTreeMap::new(),
             owner: None,
+            op: None,
         }
     }
 
@@ -461,5 +474,82 @@ mod tests {
                 node_tor: "r1".into()
             })
         );
+    }
+
+    #[test]
+    fn pools_being_created_or_deleted_and_ips_being_given_back_are_refused() {
+        use crate::core::{PoolOp, PoolStep};
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let on_r1 = vec!["r1".to_string()];
+        let k = key("c");
+        let empty = BTreeMap::new();
+        let decide_for = |p: &Pool| {
+            decide(&AddInput {
+                pool: p,
+                tor: "r1",
+                segments: &on_r1,
+                leases: &empty,
+                binding: None,
+                key: &k,
+                keeps_ip: false,
+                now_unix: 0,
+            })
+        };
+        let with = |step| Pool {
+            op: Some(PoolOp {
+                since_unix: 0,
+                why: None,
+                step,
+            }),
+            ..pool()
+        };
+        let deleting = with(PoolStep::Deleting {
+            cooling_until: 0,
+            leases_done: false,
+        });
+        assert_eq!(
+            decide_for(&deleting),
+            Err(Refusal::Changing {
+                what: "being deleted"
+            })
+        );
+        let creating = with(PoolStep::Carving {
+            creating: true,
+            todo: BTreeMap::new(),
+            explicit: BTreeMap::new(),
+            carved: BTreeMap::new(),
+            bind: vec![],
+            allocatable_after: 0,
+        });
+        assert_eq!(
+            decide_for(&creating),
+            Err(Refusal::Changing {
+                what: "being created"
+            })
+        );
+        // A shrink giving back 10.1.0.10: the other IP of r1 is taken.
+        let shrinking = with(PoolStep::GivingBack {
+            ips: [("r1".to_string(), vec![ip("10.1.0.10")])].into(),
+            cooling_until: 0,
+        });
+        match decide_for(&shrinking) {
+            Ok(AddDecision::Take { ip: got, .. }) => assert_eq!(got, ip("10.1.0.11")),
+            other => panic!("{other:?}"),
+        }
+        let gone = with(PoolStep::GivingBack {
+            ips: [("r1".to_string(), vec![ip("10.1.0.10"), ip("10.1.0.11")])].into(),
+            cooling_until: 0,
+        });
+        assert!(matches!(decide_for(&gone), Err(Refusal::Full { .. })));
+        // A grow in progress hands out the IPs the pool already has.
+        let growing = with(PoolStep::Carving {
+            creating: false,
+            todo: BTreeMap::new(),
+            explicit: BTreeMap::new(),
+            carved: BTreeMap::new(),
+            bind: vec![],
+            allocatable_after: 0,
+        });
+        assert!(decide_for(&growing).is_ok());
     }
 }

@@ -6,8 +6,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::model::{Carved, Tor};
+use super::pool_change::Cooling;
 
 impl Carved {
+    /// The view of a segment's schema 2 records: each pool's IPs there and
+    /// the cooling record.
+    pub fn from_records<'a>(
+        shares: impl IntoIterator<Item = (&'a str, &'a [Ipv4Addr])>,
+        cooling: Option<&Cooling>,
+    ) -> Self {
+        let mut c = Carved::default();
+        for (pool, ips) in shares {
+            for ip in ips {
+                c.ips.insert(*ip, pool.to_string());
+            }
+        }
+        if let Some(cool) = cooling {
+            c.cooling = cool.until.clone();
+        }
+        c
+    }
+
     /// Whether `ip` is cooling down at `now`: given back by a pool less than
     /// the cool-down ago. Returns when it may be carved again.
     pub fn cooling_until(&self, ip: Ipv4Addr, now: u64) -> Option<u64> {

@@ -99,6 +99,13 @@ pub fn explain(
                 pool.name
             ),
         ),
+        Refusal::Changing { what } => Refused::new(
+            cni_code::TRY_AGAIN_LATER,
+            format!(
+                "pool {} is {what} (a change that takes several steps; ipamd finishes it, also after a restart): nothing was allocated, retry; if the pool is being deleted, name another pool",
+                pool.name
+            ),
+        ),
         Refusal::Waiting { tor, until, ips } => Refused::new(
             cni_code::TRY_AGAIN_LATER,
             format!(

@@ -8,6 +8,7 @@ pub mod carve;
 pub mod explain;
 pub mod model;
 pub mod pod;
+pub mod pool_change;
 pub mod schedule;
 pub mod spread;
 pub mod validate;
@@ -15,3 +16,4 @@ pub mod workload;
 
 pub use model::*;
 pub use pod::{OwnerKind, OwnerRef, PodFacts, POOL_ANNOTATION};
+pub use pool_change::*;

@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+use super::pool_change::PoolOp;
+
 /// An inclusive range of IPv4 addresses reserved for pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpRange {
@@ -144,6 +146,12 @@ pub struct Pool {
     /// it from the workload's annotations; None: made by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<PoolOwner>,
+    /// A change too big for one transaction, in progress (create, resize,
+    /// delete): what is left to do, so whoever reads the pool next (the
+    /// call that began it, or a restarted ipamd) can finish it. Every step
+    /// rewrites this record, so its version serializes the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<PoolOp>,
 }
 
 /// The workload a declared pool follows: the controller resizes the pool
@@ -196,8 +204,10 @@ impl Pool {
     }
 }
 
-/// Which IPs of a ToR are carved into which pool. One record per ToR, changed
-/// only by pool create/resize/delete, so allocation never contends on it.
+/// Which IPs of a ToR segment are carved into which pool, and which cool
+/// down: the view of every record under `carved/<tor>/` (schema 2), or the
+/// single `carved/<tor>` record of schema 1. Changed only by pool
+/// create/resize/delete, so allocation never contends on it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carved {
     pub ips: BTreeMap<Ipv4Addr, String>,

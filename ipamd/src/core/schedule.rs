@@ -148,6 +148,7 @@ mod tests {
             allow_namespaces: Vec::new(),
             allocatable_after: Default::default(),
             owner: None,
+            op: None,
         }
     }
 

@@ -175,6 +175,15 @@ impl Ipam {
             if !same_pod || now.evict || now.quarantine.is_some() {
                 return Ok(Attempt::Done(false));
             }
+            // A pool being deleted (or created) takes no attachment: its
+            // delete would drop this one.
+            let pool = self
+                .store
+                .get_json::<Pool>(&keys::pool(&lease.pool))
+                .await?;
+            let Some((pool, pool_entry)) = pool.filter(|(p, _)| p.closed().is_none()) else {
+                return Ok(Attempt::Done(false));
+            };
             match &now.attachment {
                 Some(other) if other.key == a.key => return Ok(Attempt::Done(true)),
                 Some(_) => return Ok(Attempt::Done(false)),
@@ -184,6 +193,7 @@ impl Ipam {
             merged.attachment = Some(a.clone());
             let mut txn = Txn::default();
             txn.expect(&key, Some(&entry))
+                .expect(&keys::pool(&pool.name), Some(&pool_entry))
                 .expect(&att_key, None)
                 .put(&key, &merged)
                 .put(

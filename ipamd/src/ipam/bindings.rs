@@ -32,7 +32,15 @@ impl Ipam {
         let name = view.pool.as_str();
         cas(self.store.as_ref(), "binding add", || async move {
             let (pool, pool_entry) = self.pool_entry(name).await?;
-            let Some(tor) = pool.tor_of(ip).map(str::to_string) else {
+            // A pool being created or deleted binds nothing; an IP being
+            // given back (a shrink in progress) is no longer the pool's.
+            if let Some(what) = pool.closed() {
+                return Err(Error::Conflict(format!(
+                    "pool {name} is {what}: bind an IP of another pool, or retry once it is done"
+                )));
+            }
+            let tor = pool.tor_of(ip).filter(|_| !pool.leaving(ip));
+            let Some(tor) = tor.map(str::to_string) else {
                 return Err(Error::Conflict(format!(
                     "{ip} left pool {name} meanwhile; run the command again"
                 )));

@@ -1,21 +1,38 @@
-//! Taking IPs from ToRs for a pool and giving them back, as writes added to
-//! a pool change's transaction: each ToR's carved record is guarded by its
-//! version, so two changes never take one IP. Given-back IPs cool down
-//! (`Carved::give_back`); new ones may wait out a whitelist delay
-//! (`Pool::allocatable_after`).
+//! Taking IPs from ToR segments for a pool and giving them back, as writes
+//! added to a step of a pool change. Everything carved from a segment is
+//! under one prefix, `carved/<tor>/`: one record per pool there and one of
+//! cooling IPs. A write reads the prefix and commits only if nothing under
+//! it was created or changed since (`expect_prefix_unchanged`), so two
+//! changes never take one IP; deletions, which that check does not see,
+//! only ever free IPs. Given-back IPs cool down; new ones may wait out a
+//! whitelist delay (`Pool::allocatable_after`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::core::{carve, spread, Carved, FreeCount, Lease, Pool, Tor};
+use crate::core::{carve, spread, Carved, CarvedShare, Cooling, FreeCount, Lease, Pool, Tor};
 use crate::error::{Error, Result};
-use crate::store::{keys, Entry, StoreExt, Txn};
+use crate::store::{decode, keys, Entry, StoreExt, Txn};
 
 use super::Ipam;
 
-/// A ToR segment a pool change reads: its record, its carved record and
-/// that record's entry (None: nothing carved on it yet).
-pub(super) type TorState = (Tor, Carved, Option<Entry>);
+/// A ToR segment as a pool change reads it: the segment, the view of its
+/// carved records, the records themselves and the revision of the read.
+pub(super) struct TorState {
+    pub tor: Tor,
+    pub carved: Carved,
+    /// Pool -> its record here.
+    pub shares: BTreeMap<String, (CarvedShare, Entry)>,
+    pub cooling: Option<(Cooling, Entry)>,
+    pub rev: u64,
+}
+
+type CarvedRecords = (
+    Carved,
+    BTreeMap<String, (CarvedShare, Entry)>,
+    Option<(Cooling, Entry)>,
+    u64,
+);
 
 /// When a pool change happens and what it waits for.
 #[derive(Debug, Clone, Copy)]
@@ -27,144 +44,163 @@ pub(super) struct Clocked {
     pub cooldown_secs: u64,
 }
 
-/// Carves `n` more IPs for `pool` over `tors`, weighted by each ToR's
-/// carvable IPs, and adds the carved-record writes to `txn`. Returns them.
-pub(super) fn carve_into(
-    pool: &mut Pool,
-    tors: &[TorState],
-    n: u32,
-    at: Clocked,
-    txn: &mut Txn,
-) -> Result<Vec<Ipv4Addr>> {
-    let free: BTreeMap<String, u32> = tors
-        .iter()
-        .map(|(t, c, _)| (t.name.clone(), carve::free_count(t, c, at.now)))
-        .collect();
-    let shares = spread::by_free(n, &free).map_err(|total| {
-        Error::Invalid(format!(
-            "pool {} needs {n} more IPs but ToRs {} have only {total} free (IPs given back by pools cool down for {} s first): add ranges, add ToRs or ask for fewer",
-            pool.name,
-            free.keys().cloned().collect::<Vec<_>>().join(", "),
-            at.cooldown_secs
-        ))
-    })?;
-    let mut added = Vec::new();
-    for (tor, carved, entry) in tors {
-        let share = shares[&tor.name];
-        if share == 0 {
-            continue;
-        }
-        let ips = carve::lowest_free(tor, carved, share, at.now);
-        add_ips(pool, tor, carved, entry, &ips, at, txn);
-        added.extend(ips);
+impl TorState {
+    /// The IPs pool `pool` has here.
+    pub fn share(&self, pool: &str) -> &[Ipv4Addr] {
+        self.shares.get(pool).map_or(&[], |(s, _)| &s.ips)
     }
-    added.sort();
-    Ok(added)
-}
 
-/// Gives `pool` exactly `ips` (bring your own), each checked against
-/// `tors` (in a pod range, in no pool, not cooling down).
-pub(super) fn carve_explicit(
-    pool: &mut Pool,
-    tors: &[TorState],
-    ips: &[Ipv4Addr],
-    at: Clocked,
-    txn: &mut Txn,
-) -> Result<()> {
-    let plain: Vec<(Tor, Carved)> = tors
-        .iter()
-        .map(|(t, c, _)| (t.clone(), c.clone()))
-        .collect();
-    let by_tor = carve::explicit(&plain, ips, at.now).map_err(|why| {
-        Error::Invalid(format!(
-            "pool {}: {}; nothing was created",
-            pool.name,
-            why.replace('\n', "; ")
-        ))
-    })?;
-    for (tor, carved, entry) in tors {
-        if let Some(ips) = by_tor.get(&tor.name) {
-            add_ips(pool, tor, carved, entry, ips, at, txn);
-        }
-    }
-    Ok(())
-}
-
-fn add_ips(
-    pool: &mut Pool,
-    tor: &Tor,
-    carved: &Carved,
-    entry: &Option<Entry>,
-    ips: &[Ipv4Addr],
-    at: Clocked,
-    txn: &mut Txn,
-) {
-    let mut carved = carved.clone();
-    carved.take(&pool.name, ips, at.now);
-    let list = pool.ips.entry(tor.name.clone()).or_default();
-    list.extend(ips);
-    list.sort();
-    if at.delay_secs > 0 {
+    /// Adds to `txn`: `pool` takes `ips` here too.
+    pub fn take(&self, pool: &str, ips: &[Ipv4Addr], now: u64, txn: &mut Txn) {
+        let mut mine = self.share(pool).to_vec();
+        mine.extend(ips);
+        mine.sort();
+        mine.dedup();
+        let mut cooling = self.cooling_now(now);
         for ip in ips {
-            pool.allocatable_after.insert(*ip, at.now + at.delay_secs);
+            cooling.remove(ip);
+        }
+        self.write(pool, mine, cooling, txn);
+    }
+
+    /// Adds to `txn`: `pool` gives `ips` back here, cooling until `until`
+    /// (not at all when that is not after `now`).
+    pub fn give_back(&self, pool: &str, ips: &[Ipv4Addr], now: u64, until: u64, txn: &mut Txn) {
+        let mine: Vec<Ipv4Addr> = self
+            .share(pool)
+            .iter()
+            .copied()
+            .filter(|ip| !ips.contains(ip))
+            .collect();
+        let mut cooling = self.cooling_now(now);
+        if until > now {
+            for ip in ips {
+                cooling.insert(*ip, until);
+            }
+        }
+        self.write(pool, mine, cooling, txn);
+    }
+
+    /// The cooling entries still running at `now`.
+    fn cooling_now(&self, now: u64) -> BTreeMap<Ipv4Addr, u64> {
+        let mut c = self.carved.cooling.clone();
+        c.retain(|_, t| *t > now);
+        c
+    }
+
+    fn write(
+        &self,
+        pool: &str,
+        mine: Vec<Ipv4Addr>,
+        cooling: BTreeMap<Ipv4Addr, u64>,
+        txn: &mut Txn,
+    ) {
+        let name = &self.tor.name;
+        txn.expect_prefix_unchanged(&keys::carved_prefix(name), self.rev);
+        let key = keys::carved(name, pool);
+        let old = self.shares.get(pool);
+        txn.expect(&key, old.map(|(_, e)| e));
+        if mine.is_empty() {
+            if old.is_some() {
+                txn.delete(&key);
+            }
+        } else if old.is_none_or(|(s, _)| s.ips != mine) {
+            txn.put(&key, &CarvedShare { ips: mine });
+        }
+        let ckey = keys::cooling(name);
+        let old = self.cooling.as_ref();
+        if old.map_or(BTreeMap::new(), |(c, _)| c.until.clone()) != cooling {
+            txn.expect(&ckey, old.map(|(_, e)| e));
+            if cooling.is_empty() {
+                txn.delete(&ckey);
+            } else {
+                txn.put(&ckey, &Cooling { until: cooling });
+            }
         }
     }
-    txn.expect(&keys::carved(&tor.name), entry.as_ref())
-        .put(&keys::carved(&tor.name), &carved);
+
+    /// About what a take or give-back here adds to a transaction, in
+    /// bytes (its records, rewritten).
+    pub fn write_bytes(&self, extra_ips: usize) -> usize {
+        let records: usize = self
+            .shares
+            .values()
+            .map(|(_, e)| e.value.len())
+            .max()
+            .unwrap_or(0)
+            + self.cooling.as_ref().map_or(0, |(_, e)| e.value.len());
+        records + 30 * extra_ips + 256
+    }
 }
 
 impl Ipam {
-    /// Takes `ips` out of `pool` and gives them back to their ToRs, to cool
-    /// down; adds the carved-record writes to `txn`.
-    pub(super) async fn give_back(
-        &self,
-        pool: &mut Pool,
-        ips: &[Ipv4Addr],
-        at: Clocked,
-        txn: &mut Txn,
-    ) -> Result<()> {
-        let mut by_tor: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-        for ip in ips {
-            let tor = pool
-                .tor_of(*ip)
-                .ok_or_else(|| Error::internal(format!("{ip} is not in pool {}", pool.name)))?;
-            by_tor.entry(tor.to_string()).or_default().push(*ip);
-        }
-        for (tor, ips) in by_tor {
-            let (mut carved, entry) = self.carved(&tor).await?;
-            carved.give_back(&ips, at.now, at.now + at.cooldown_secs);
-            let list = pool.ips.get_mut(&tor).expect("tor of the pool");
-            list.retain(|ip| !ips.contains(ip));
-            if list.is_empty() {
-                pool.ips.remove(&tor);
+    /// Reads ToR segment `tor`: every record under its prefix, in one list.
+    pub(super) async fn tor_state(&self, tor: Tor) -> Result<TorState> {
+        let (carved, shares, cooling, rev) = self.carved_records(&tor.name).await?;
+        Ok(TorState {
+            tor,
+            carved,
+            shares,
+            cooling,
+            rev,
+        })
+    }
+
+    /// Which IPs of ToR segment `tor` are carved into which pool and which
+    /// cool down (empty for a segment nothing was carved from).
+    pub(super) async fn carved(&self, tor: &str) -> Result<Carved> {
+        Ok(self.carved_records(tor).await?.0)
+    }
+
+    async fn carved_records(&self, tor: &str) -> Result<CarvedRecords> {
+        let (entries, rev) = self.store.list(&keys::carved_prefix(tor)).await?;
+        let mut shares = BTreeMap::new();
+        let mut cooling = None;
+        for e in entries {
+            let Some((_, Some(name))) = keys::parse_carved(&e.key) else {
+                continue;
+            };
+            if name == keys::COOLING {
+                cooling = Some((decode::<Cooling>(&e)?, e));
+            } else {
+                shares.insert(name.to_string(), (decode::<CarvedShare>(&e)?, e));
             }
-            for ip in &ips {
-                pool.allocatable_after.remove(ip);
-            }
-            txn.expect(&keys::carved(&tor), entry.as_ref())
-                .put(&keys::carved(&tor), &carved);
         }
-        Ok(())
+        let carved = Carved::from_records(
+            shares
+                .iter()
+                .map(|(p, (s, _))| (p.as_str(), s.ips.as_slice())),
+            cooling.as_ref().map(|(c, _)| c),
+        );
+        Ok((carved, shares, cooling, rev))
+    }
+
+    /// The segment named `name`, or an error saying it is gone.
+    pub(super) async fn tor_named(&self, name: &str) -> Result<Tor> {
+        self.tor(name).await?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "ToR {name} does not exist: add it with `ipamctl tor add {name} ...` or fix --tor"
+            ))
+        })
     }
 
     /// The ToR segments a pool's explicit IPs may lie in: those named, or
     /// every segment of every ToR.
     pub(super) async fn explicit_tors(&self, names: &[String]) -> Result<Vec<TorState>> {
         let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
-        let mut out = Vec::new();
-        for (t, _) in tors {
-            if names.is_empty() || names.contains(&t.name) {
-                let (c, e) = self.carved(&t.name).await?;
-                out.push((t, c, e));
-            }
-        }
         if let Some(missing) = names
             .iter()
-            .find(|n| !out.iter().any(|(t, ..)| &t.name == *n))
+            .find(|n| !tors.iter().any(|(t, _)| &t.name == *n))
         {
             return Err(Error::Invalid(format!(
                 "ToR {missing} does not exist: add it with `ipamctl tor add {missing} ...` or fix --tor"
             )));
+        }
+        let mut out = Vec::new();
+        for (t, _) in tors {
+            if names.is_empty() || names.contains(&t.name) {
+                out.push(self.tor_state(t).await?);
+            }
         }
         if out.is_empty() {
             return Err(Error::Invalid(
@@ -173,6 +209,87 @@ impl Ipam {
         }
         Ok(out)
     }
+
+    /// The ToRs a pool spreads over, read.
+    pub(super) async fn pool_tors(&self, names: &[String]) -> Result<Vec<TorState>> {
+        let mut out: Vec<TorState> = Vec::new();
+        if names.is_empty() {
+            let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
+            if tors.is_empty() {
+                return Err(Error::Invalid(
+                    "no ToR is defined yet: add one with `ipamctl tor add NAME --subnet CIDR --gateway IP`".into(),
+                ));
+            }
+            // By default a pool spreads over every ToR, on each ToR's own
+            // segment; other segments are only used when a pool names them.
+            for (t, _) in tors.into_iter().filter(|(t, _)| t.segment_of.is_none()) {
+                out.push(self.tor_state(t).await?);
+            }
+        } else {
+            for name in names {
+                let t = self.tor_named(name).await?;
+                // One segment per ToR: a pod on a node of that ToR must
+                // know which of the pool's subnets (and VLANs) it gets.
+                if let Some(o) = out.iter().find(|o| o.tor.switch() == t.switch()) {
+                    return Err(Error::Invalid(format!(
+                        "--tor names {} and {}, two segments of ToR {}: a pool takes one segment per ToR; name one of them",
+                        o.tor.name,
+                        t.name,
+                        t.switch()
+                    )));
+                }
+                out.push(self.tor_state(t).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How many IPs each segment gives to `n` more for pool `pool`, weighted
+/// by each segment's carvable IPs (only those with a share > 0).
+pub(super) fn plan_counts(
+    pool: &str,
+    tors: &[TorState],
+    n: u32,
+    at: Clocked,
+) -> Result<BTreeMap<String, u32>> {
+    let free: BTreeMap<String, u32> = tors
+        .iter()
+        .map(|t| {
+            (
+                t.tor.name.clone(),
+                carve::free_count(&t.tor, &t.carved, at.now),
+            )
+        })
+        .collect();
+    let shares = spread::by_free(n, &free).map_err(|total| {
+        Error::Invalid(format!(
+            "pool {pool} needs {n} more IPs but ToRs {} have only {total} free (IPs given back by pools cool down for {} s first): add ranges, add ToRs or ask for fewer",
+            free.keys().cloned().collect::<Vec<_>>().join(", "),
+            at.cooldown_secs
+        ))
+    })?;
+    Ok(shares.into_iter().filter(|(_, k)| *k > 0).collect())
+}
+
+/// Where explicit IPs go (bring your own), each checked against `tors`
+/// (in a pod range, in no pool, not cooling down).
+pub(super) fn plan_explicit(
+    pool: &str,
+    tors: &[TorState],
+    ips: &[Ipv4Addr],
+    now: u64,
+) -> Result<BTreeMap<String, Vec<Ipv4Addr>>> {
+    let plain: Vec<(Tor, Carved)> = tors
+        .iter()
+        .map(|t| (t.tor.clone(), t.carved.clone()))
+        .collect();
+    carve::explicit(&plain, ips, now).map_err(|why| {
+        Error::Invalid(format!(
+            "pool {pool}: {}; nothing was created",
+            why.replace('\n', "; ")
+        ))
+    })
 }
 
 /// Forgets whitelist delays that ended by `now`.
@@ -180,29 +297,35 @@ pub(super) fn prune_delays(pool: &mut Pool, now: u64) {
     pool.allocatable_after.retain(|_, t| *t > now);
 }
 
-/// Adds to `txn` the pool's published free counts, recomputed from `leases`,
-/// guarded by the versions of the counters read before them (`old`): any
-/// lease change since then also moved a counter, and fails the commit.
-pub(super) fn publish_counts(txn: &mut Txn, pool: &Pool, leases: &[Lease], old: &[Entry]) {
-    for e in old {
-        txn.expect(&e.key, Some(e));
-        if !pool.ips.keys().any(|t| keys::free(&pool.name, t) == e.key) {
-            txn.delete(&e.key);
+/// Adds to `txn` the pool's published free count on segment `tor`,
+/// recomputed from `leases`, guarded by the version of the counter read
+/// before them (`old`): any lease change since then also moved the counter
+/// and fails the commit. A segment the pool has no IPs on loses its counter.
+pub(super) fn publish_count(
+    txn: &mut Txn,
+    pool: &Pool,
+    tor: &str,
+    leases: &[Lease],
+    old: Option<&Entry>,
+) {
+    let key = keys::free(&pool.name, tor);
+    txn.expect(&key, old);
+    match pool.ips.get(tor) {
+        None => {
+            if old.is_some() {
+                txn.delete(&key);
+            }
         }
-    }
-    for (tor, ips) in &pool.ips {
-        let key = keys::free(&pool.name, tor);
-        if !old.iter().any(|e| e.key == key) {
-            txn.expect(&key, None);
+        Some(ips) => {
+            let used = leases.iter().filter(|l| l.tor == tor).count() as u32;
+            let total = ips.len() as u32;
+            txn.put(
+                &key,
+                &FreeCount {
+                    total,
+                    free: total.saturating_sub(used),
+                },
+            );
         }
-        let used = leases.iter().filter(|l| &l.tor == tor).count() as u32;
-        let total = ips.len() as u32;
-        txn.put(
-            &key,
-            &FreeCount {
-                total,
-                free: total.saturating_sub(used),
-            },
-        );
     }
 }

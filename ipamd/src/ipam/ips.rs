@@ -18,15 +18,15 @@ impl Ipam {
                 "{ip} is in no pool (ipamctl ip list shows the IPs of every pool)"
             ))
         };
-        // Only the ToR records: `tors()` would also read every ToR's carved
-        // record (tens of KiB each) just to count them.
+        // Only the ToR records, then one list of the segment's carved
+        // records (`tors()` would read every segment's).
         let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
         let tor = tors
             .iter()
             .map(|(t, _)| t)
             .find(|t| t.subnet.contains(ip))
             .ok_or_else(not_found)?;
-        let (carved, _) = self.carved(&tor.name).await?;
+        let carved = self.carved(&tor.name).await?;
         let pool = carved.ips.get(&ip).ok_or_else(not_found)?;
         let lease = self
             .store

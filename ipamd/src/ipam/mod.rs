@@ -8,6 +8,7 @@
 //! - `tors`: define, list and delete ToRs and their segments;
 //! - `pools`: create, list and delete pools; `resize`: grow and shrink
 //!   them; `carving`: taking IPs from ToRs and giving them back (cool-down);
+//!   `pool_op`: those changes as steps that survive a crash;
 //! - `bindings`: a pod's IP kept before the pod exists (bring your own IPs);
 //! - `ips`: what an IP is used for; `ip release` / `ip evict`;
 //! - `listing`: `ip list`, `pool list`, `binding list` as streams that
@@ -28,6 +29,7 @@ mod bindings;
 mod carving;
 mod ips;
 pub mod listing;
+mod pool_op;
 mod pools;
 mod reclaim;
 pub mod registry;

@@ -3,12 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::{validate, Binding, FreeCount, Lease, Pool, PoolOwner, DEFAULT_POOL_SIZE};
+use std::net::Ipv4Addr;
+
+use crate::core::{
+    validate, Binding, FreeCount, Lease, PodRef, Pool, PoolOp, PoolOwner, PoolStep,
+    DEFAULT_POOL_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
-use super::carving::{carve_explicit, carve_into, Clocked, TorState};
+use super::carving::{plan_counts, plan_explicit, Clocked};
+use super::pool_op::Finished;
 use super::{Ipam, PoolSpec};
 
 impl Ipam {
@@ -44,6 +50,8 @@ impl Ipam {
         };
         let lock = self.pool_lock(&spec.name);
         let _guard = lock.lock().await;
+        // A change left half done on a pool of this name is finished first.
+        self.drive(&spec.name, now_unix).await?;
         cas(self.store.as_ref(), "pool create", || async move {
             if let Some((p, _)) = self.store.get_json::<Pool>(&keys::pool(&spec.name)).await? {
                 return Err(Error::Conflict(format!(
@@ -68,39 +76,61 @@ impl Ipam {
                 namespace: spec.namespace.clone(),
                 app: spec.app.clone(),
                 policy: spec.policy,
-                tors: tors.iter().map(|(t, ..)| t.name.clone()).collect(),
+                tors: tors.iter().map(|t| t.tor.name.clone()).collect(),
                 ips: BTreeMap::new(),
                 allow_namespaces: spec.allow_namespaces.clone(),
                 allocatable_after: BTreeMap::new(),
                 owner: spec.owner.clone(),
+                op: None,
             };
-            let mut txn = Txn::default();
-            if spec.ips.is_empty() {
-                carve_into(&mut pool, &tors, size, at, &mut txn)?;
+            let (todo, explicit) = if spec.ips.is_empty() {
+                (plan_counts(&pool.name, &tors, size, at)?, BTreeMap::new())
             } else {
-                carve_explicit(&mut pool, &tors, &spec.ips, at, &mut txn)?;
+                let by_tor = plan_explicit(&pool.name, &tors, &spec.ips, at.now)?;
                 // The segments it has IPs on are the ones it grows on.
-                pool.tors = pool.ips.keys().cloned().collect();
-            }
-            let bound = self.bind_at_create(&pool, spec, &mut txn).await?;
-            publish_created(&mut txn, &pool, &bound);
+                pool.tors = by_tor.keys().cloned().collect();
+                (BTreeMap::new(), by_tor)
+            };
+            let bind = self.check_bind(spec).await?;
+            pool.op = Some(PoolOp {
+                since_unix: at.now,
+                why: None,
+                step: PoolStep::Carving {
+                    creating: true,
+                    todo,
+                    explicit,
+                    carved: BTreeMap::new(),
+                    bind,
+                    allocatable_after: if at.delay_secs > 0 {
+                        at.now + at.delay_secs
+                    } else {
+                        0
+                    },
+                },
+            });
+            // The pool and app records first: the name and the app are
+            // taken, and the record carries the rest of the create.
+            let mut txn = Txn::default();
             txn.expect(&keys::pool(&pool.name), None)
                 .expect(&app_key, None)
                 .put(&keys::pool(&pool.name), &pool)
                 .put(&app_key, &pool.name);
-            Ok(Attempt::Commit(txn, pool))
+            Ok(Attempt::Commit(txn, ()))
         })
-        .await
+        .await?;
+        match self.drive(&spec.name, now_unix).await? {
+            (Finished::Done(pool), None) => Ok(*pool),
+            (_, Some(why)) => Err(Error::Conflict(why)),
+            (Finished::Gone, None) => Err(Error::Conflict(format!(
+                "pool {} was deleted while it was being created",
+                spec.name
+            ))),
+        }
     }
 
-    /// Adds to `txn` the bindings of `spec.bind` (the i-th pod keeps the
-    /// i-th explicit IP); returns their leases.
-    async fn bind_at_create(
-        &self,
-        pool: &Pool,
-        spec: &PoolSpec,
-        txn: &mut Txn,
-    ) -> Result<Vec<Lease>> {
+    /// The pods of `spec.bind` with the IPs they keep (the i-th pod the
+    /// i-th explicit IP), each checked to keep no IP yet.
+    async fn check_bind(&self, spec: &PoolSpec) -> Result<Vec<(PodRef, Ipv4Addr)>> {
         if spec.bind.len() > spec.ips.len() {
             return Err(Error::Invalid(format!(
                 "pool {}: {} pods to bind but {} IPs",
@@ -109,80 +139,15 @@ impl Ipam {
                 spec.ips.len()
             )));
         }
-        let mut leases = Vec::new();
+        let mut out = Vec::new();
         for (pod, ip) in spec.bind.iter().zip(&spec.ips) {
-            let key = keys::binding(pod);
-            if let Some((b, _)) = self.store.get_json::<Binding>(&key).await? {
+            if let Some((b, _)) = self.store.get_json::<Binding>(&keys::binding(pod)).await? {
                 return Err(Error::Conflict(format!(
                     "pod {pod} already keeps IP {} of pool {}, so it cannot be given {ip}: release it first (ipamctl ip release {})",
                     b.ip, b.pool, b.ip
                 )));
             }
-            let tor = pool
-                .tor_of(*ip)
-                .expect("explicit IPs are the pool's")
-                .to_string();
-            let lease = Lease {
-                ip: *ip,
-                pool: pool.name.clone(),
-                tor: tor.clone(),
-                binding: Some(pod.clone()),
-                attachment: None,
-                evict: false,
-                quarantine: None,
-            };
-            let binding = Binding {
-                pod: pod.clone(),
-                pool: pool.name.clone(),
-                ip: *ip,
-                tor,
-            };
-            let lkey = keys::lease(&pool.name, *ip);
-            txn.expect(&key, None)
-                .put(&key, &binding)
-                .expect(&lkey, None)
-                .put(&lkey, &lease);
-            leases.push(lease);
-        }
-        Ok(leases)
-    }
-
-    /// The ToRs a pool spreads over, with their carved records.
-    pub(super) async fn pool_tors(&self, names: &[String]) -> Result<Vec<TorState>> {
-        let mut out = Vec::new();
-        if names.is_empty() {
-            let (tors, _) = self.store.list_json::<crate::core::Tor>(keys::TORS).await?;
-            if tors.is_empty() {
-                return Err(Error::Invalid(
-                    "no ToR is defined yet: add one with `ipamctl tor add NAME --subnet CIDR --gateway IP`".into(),
-                ));
-            }
-            // By default a pool spreads over every ToR, on each ToR's own
-            // segment; other segments are only used when a pool names them.
-            for (t, _) in tors.into_iter().filter(|(t, _)| t.segment_of.is_none()) {
-                let (c, e) = self.carved(&t.name).await?;
-                out.push((t, c, e));
-            }
-        } else {
-            for name in names {
-                let Some(t) = self.tor(name).await? else {
-                    return Err(Error::Invalid(format!(
-                        "ToR {name} does not exist: add it with `ipamctl tor add {name} ...` or fix --tor"
-                    )));
-                };
-                // One segment per ToR: a pod on a node of that ToR must
-                // know which of the pool's subnets (and VLANs) it gets.
-                if let Some((o, ..)) = out.iter().find(|(o, ..)| o.switch() == t.switch()) {
-                    return Err(Error::Invalid(format!(
-                        "--tor names {} and {}, two segments of ToR {}: a pool takes one segment per ToR; name one of them",
-                        o.name,
-                        t.name,
-                        t.switch()
-                    )));
-                }
-                let (c, e) = self.carved(name).await?;
-                out.push((t, c, e));
-            }
+            out.push((pod.clone(), *ip));
         }
         Ok(out)
     }
@@ -201,8 +166,21 @@ impl Ipam {
         Ok(pools.into_iter().map(|(p, _)| p).collect())
     }
 
+    /// A pool and its leases; a change in progress on it is finished first.
     pub async fn pool(&self, name: &str) -> Result<(Pool, Vec<Lease>)> {
-        let (pool, _) = self.pool_entry(name).await?;
+        let (mut pool, _) = self.pool_entry(name).await?;
+        if let Some(op) = &pool.op {
+            let lock = self.pool_lock(name);
+            let _guard = lock.lock().await;
+            pool = match self.drive(name, op.since_unix).await? {
+                (Finished::Done(p), _) => *p,
+                (Finished::Gone, _) => {
+                    return Err(Error::NotFound(format!(
+                        "pool {name} does not exist (ipamctl pool list)"
+                    )))
+                }
+            };
+        }
         let leases = self.leases(name).await?;
         Ok((pool, leases))
     }
@@ -217,69 +195,40 @@ impl Ipam {
     pub async fn delete_pool(&self, name: &str, now_unix: u64) -> Result<Pool> {
         let lock = self.pool_lock(name);
         let _guard = lock.lock().await;
-        let (pool, pool_entry) = self.pool_entry(name).await?;
-        let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
-        let attached: Vec<String> = leases
-            .iter()
-            .filter_map(|(l, _)| {
-                l.attachment
-                    .as_ref()
-                    .map(|a| format!("{} ({})", l.ip, a.pod))
-            })
-            .collect();
-        if !attached.is_empty() {
-            return Err(Error::Conflict(format!(
-                "pool {name} has {} IPs in use: {}; delete those pods first",
-                attached.len(),
-                attached.join(", ")
-            )));
+        let before = self.pool_entry(name).await?.0;
+        match self.drive(name, now_unix).await? {
+            // It was being deleted (or created and undone): now it is gone.
+            (Finished::Gone, _) => return Ok(before),
+            (Finished::Done(_), _) => {}
         }
-        // A quarantined IP is one another host answered for: deleting the
-        // pool would forget that and, after the cool-down, carve it for
-        // another app while that host may still hold it.
-        let quarantined: Vec<String> = leases
-            .iter()
-            .filter_map(|(l, _)| {
-                l.quarantine
-                    .as_ref()
-                    .map(|q| format!("{} (MAC {} answered for it)", l.ip, q.mac))
-            })
-            .collect();
-        if !quarantined.is_empty() {
-            return Err(Error::Conflict(format!(
-                "pool {name} has {} quarantined IPs: {}; once no other host uses them, release them with `ipamctl ip release IP`, then delete the pool",
-                quarantined.len(),
-                quarantined.join(", ")
-            )));
-        }
-        let mut txn = Txn::default();
-        txn.expect(&keys::pool(name), Some(&pool_entry))
-            .expect_prefix_unchanged(&keys::leases(name), rev)
-            .delete(&keys::pool(name))
-            .delete(&keys::app(&pool.namespace, &pool.app));
-        for (lease, _) in &leases {
-            txn.delete(&keys::lease(name, lease.ip));
-            if let Some(pod) = &lease.binding {
-                txn.delete(&keys::binding(pod));
-            }
-        }
-        let at = Clocked {
-            now: now_unix,
-            delay_secs: 0,
-            cooldown_secs: self.cooldown_secs,
-        };
-        let mut emptied = pool.clone();
-        self.give_back(&mut emptied, &pool.all_ips(), at, &mut txn)
-            .await?;
-        for e in self.store.list(&keys::frees(name)).await?.0 {
-            txn.delete(&e.key);
-        }
-        if self.store.commit(txn).await? {
-            Ok(pool)
-        } else {
-            Err(Error::Conflict(format!(
-                "pool {name} changed while deleting it; run the command again"
-            )))
+        let cooling_until = now_unix + self.cooldown_secs;
+        let pool = cas(self.store.as_ref(), "pool delete", || async move {
+            let (mut pool, pool_entry) = self.pool_entry(name).await?;
+            let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
+            refuse_busy(name, &leases)?;
+            let before = pool.clone();
+            pool.op = Some(PoolOp {
+                since_unix: now_unix,
+                why: None,
+                step: PoolStep::Deleting {
+                    cooling_until,
+                    leases_done: false,
+                },
+            });
+            // From this commit on no ADD takes an IP of the pool; none was
+            // attached when it was read.
+            let mut txn = Txn::default();
+            txn.expect(&keys::pool(name), Some(&pool_entry))
+                .expect_prefix_unchanged(&keys::leases(name), rev)
+                .put(&keys::pool(name), &pool);
+            Ok::<_, Error>(Attempt::Commit(txn, before))
+        })
+        .await?;
+        match self.drive(name, now_unix).await? {
+            (Finished::Gone, _) => Ok(pool),
+            (Finished::Done(_), _) => Err(Error::internal(format!(
+                "pool {name} is still there after its delete"
+            ))),
         }
     }
 
@@ -334,17 +283,40 @@ impl Ipam {
     }
 }
 
-/// Adds to `txn` a new pool's free counts: all free but what `bound` holds.
-fn publish_created(txn: &mut Txn, pool: &Pool, bound: &[Lease]) {
-    for (tor, ips) in &pool.ips {
-        let total = ips.len() as u32;
-        let held = bound.iter().filter(|l| &l.tor == tor).count() as u32;
-        txn.put(
-            &keys::free(&pool.name, tor),
-            &FreeCount {
-                total,
-                free: total - held,
-            },
-        );
+/// Refuses to delete a pool with IPs in use or quarantined.
+fn refuse_busy(name: &str, leases: &[(Lease, Entry)]) -> Result<()> {
+    let attached: Vec<String> = leases
+        .iter()
+        .filter_map(|(l, _)| {
+            l.attachment
+                .as_ref()
+                .map(|a| format!("{} ({})", l.ip, a.pod))
+        })
+        .collect();
+    if !attached.is_empty() {
+        return Err(Error::Conflict(format!(
+            "pool {name} has {} IPs in use: {}; delete those pods first",
+            attached.len(),
+            attached.join(", ")
+        )));
     }
+    // A quarantined IP is one another host answered for: deleting the
+    // pool would forget that and, after the cool-down, carve it for
+    // another app while that host may still hold it.
+    let quarantined: Vec<String> = leases
+        .iter()
+        .filter_map(|(l, _)| {
+            l.quarantine
+                .as_ref()
+                .map(|q| format!("{} (MAC {} answered for it)", l.ip, q.mac))
+        })
+        .collect();
+    if !quarantined.is_empty() {
+        return Err(Error::Conflict(format!(
+            "pool {name} has {} quarantined IPs: {}; once no other host uses them, release them with `ipamctl ip release IP`, then delete the pool",
+            quarantined.len(),
+            quarantined.join(", ")
+        )));
+    }
+    Ok(())
 }

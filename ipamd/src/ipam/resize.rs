@@ -3,15 +3,16 @@
 //! pod is bound to or uses, which then cool down before any pool may carve
 //! them again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
-use crate::core::{spread, validate, Lease, Pool};
+use crate::core::{spread, validate, Lease, Pool, PoolOp, PoolStep};
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, StoreExt, Txn};
 
-use super::carving::{carve_into, prune_delays, publish_counts, Clocked};
+use super::carving::{plan_counts, prune_delays, Clocked};
+use super::pool_op::Finished;
 use super::Ipam;
 
 /// What a resize asks for.
@@ -55,29 +56,41 @@ impl Ipam {
         };
         let lock = self.pool_lock(name);
         let _guard = lock.lock().await;
-        cas(self.store.as_ref(), "pool resize", || async move {
+        // A change left half done is finished first.
+        let before = match self.drive(name, now_unix).await? {
+            (Finished::Done(p), _) => *p,
+            (Finished::Gone, _) => {
+                return Err(Error::NotFound(format!(
+                    "pool {name} does not exist (ipamctl pool list)"
+                )))
+            }
+        };
+        let started = cas(self.store.as_ref(), "pool resize", || async move {
             let (mut pool, pool_entry) = self.pool_entry(name).await?;
             let current = pool.size();
-            // Read before the leases: a lease change after this read also
-            // changes a counter, and the counters' versions are checked.
-            let (counters, _) = self.store.list(&keys::frees(name)).await?;
             let mut txn = Txn::default();
-            let mut done = Resized {
-                pool: pool.clone(),
-                added: Vec::new(),
-                removed: Vec::new(),
-            };
-            if size > current {
+            let step = if size > current {
                 let tors = self.pool_tors(&pool.tors).await?;
                 prune_delays(&mut pool, at.now);
-                done.added = carve_into(&mut pool, &tors, size - current, at, &mut txn)?;
+                PoolStep::Carving {
+                    creating: false,
+                    todo: plan_counts(name, &tors, size - current, at)?,
+                    explicit: BTreeMap::new(),
+                    carved: BTreeMap::new(),
+                    bind: Vec::new(),
+                    allocatable_after: if at.delay_secs > 0 {
+                        at.now + at.delay_secs
+                    } else {
+                        0
+                    },
+                }
             } else if size < current {
                 let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
                 let busy: HashSet<Ipv4Addr> = leases.iter().map(|(l, _)| l.ip).collect();
                 let is_busy = |ip| busy.contains(&ip);
                 let drop = match spread::shrink(&pool.ips, &is_busy, current - size) {
                     Ok(d) => d,
-                    Err(0) if r.as_far_as_possible => return Ok(Attempt::Done(done)),
+                    Err(0) if r.as_far_as_possible => return Ok(Attempt::Done(false)),
                     Err(can) if r.as_far_as_possible => {
                         spread::shrink(&pool.ips, &is_busy, can).expect("can drop that many")
                     }
@@ -88,21 +101,58 @@ impl Ipam {
                     ))),
                 };
                 prune_delays(&mut pool, at.now);
-                self.give_back(&mut pool, &drop, at, &mut txn).await?;
-                // No lease appeared on an IP we drop since we read them.
+                let mut by_tor: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+                for ip in drop {
+                    let tor = pool.tor_of(ip).expect("IPs of the pool").to_string();
+                    by_tor.entry(tor).or_default().push(ip);
+                }
+                for ips in by_tor.values_mut() {
+                    ips.sort();
+                }
+                // No lease appeared on an IP we drop since we read them;
+                // from this commit on no ADD takes one.
                 txn.expect_prefix_unchanged(&keys::leases(name), rev);
-                done.removed = drop;
-                done.removed.sort();
+                PoolStep::GivingBack {
+                    ips: by_tor,
+                    cooling_until: at.now + at.cooldown_secs,
+                }
             } else {
-                return Ok(Attempt::Done(done));
-            }
-            let leases = self.leases(name).await?;
-            publish_counts(&mut txn, &pool, &leases, &counters);
+                return Ok(Attempt::Done(false));
+            };
+            pool.op = Some(PoolOp {
+                since_unix: at.now,
+                why: None,
+                step,
+            });
             txn.expect(&keys::pool(name), Some(&pool_entry))
                 .put(&keys::pool(name), &pool);
-            done.pool = pool;
-            Ok(Attempt::Commit(txn, done))
+            Ok(Attempt::Commit(txn, true))
         })
-        .await
+        .await?;
+        if !started {
+            return Ok(Resized {
+                pool: before,
+                added: Vec::new(),
+                removed: Vec::new(),
+            });
+        }
+        let pool = match self.drive(name, now_unix).await? {
+            (Finished::Done(p), None) => *p,
+            (_, Some(why)) => return Err(Error::Conflict(why)),
+            (Finished::Gone, None) => {
+                return Err(Error::NotFound(format!(
+                    "pool {name} was deleted while it was being resized"
+                )))
+            }
+        };
+        let (old, new): (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>) = (
+            before.all_ips().into_iter().collect(),
+            pool.all_ips().into_iter().collect(),
+        );
+        Ok(Resized {
+            added: new.difference(&old).copied().collect(),
+            removed: old.difference(&new).copied().collect(),
+            pool,
+        })
     }
 }

@@ -1,9 +1,11 @@
 //! ToRs (L2 domains) and their segments: define, read, delete.
 
-use crate::core::{validate, Carved, Tor};
+use std::collections::BTreeMap;
+
+use crate::core::{validate, CarvedShare, Tor};
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, Entry, StoreExt, Txn};
+use crate::store::{decode, keys, StoreExt, Txn};
 
 use super::Ipam;
 
@@ -32,15 +34,27 @@ impl Ipam {
         .await
     }
 
-    /// Every ToR and how many of its IPs are carved into pools.
+    /// Every ToR and how many of its IPs are carved into pools (one list
+    /// of every carved record; cooling IPs are not counted).
     pub async fn tors(&self) -> Result<Vec<(Tor, u32)>> {
         let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
-        let mut out = Vec::new();
-        for (tor, _) in tors {
-            let carved = self.carved(&tor.name).await?.0;
-            out.push((tor, carved.ips.len() as u32));
+        let (carved, _) = self.store.list(keys::CARVED).await?;
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for e in &carved {
+            if let Some((tor, Some(pool))) = keys::parse_carved(&e.key) {
+                if pool != keys::COOLING {
+                    *counts.entry(tor.to_string()).or_default() +=
+                        decode::<CarvedShare>(e)?.ips.len() as u32;
+                }
+            }
         }
-        Ok(out)
+        Ok(tors
+            .into_iter()
+            .map(|(t, _)| {
+                let n = counts.get(&t.name).copied().unwrap_or(0);
+                (t, n)
+            })
+            .collect())
     }
 
     /// The segments a node of ToR `tor` serves: the ToR's own record and
@@ -65,36 +79,29 @@ impl Ipam {
             .map(|(t, _)| t))
     }
 
-    /// Which IPs of ToR `tor` are carved into which pool, and the record's
-    /// entry (None: nothing carved yet).
-    pub(super) async fn carved(&self, tor: &str) -> Result<(Carved, Option<Entry>)> {
-        Ok(
-            match self.store.get_json::<Carved>(&keys::carved(tor)).await? {
-                Some((c, e)) => (c, Some(e)),
-                None => (Carved::default(), None),
-            },
-        )
-    }
-
     pub async fn delete_tor(&self, name: &str) -> Result<()> {
         let Some((_, tor_entry)) = self.store.get_json::<Tor>(&keys::tor(name)).await? else {
             return Err(Error::NotFound(format!("ToR {name} does not exist")));
         };
-        let (carved, carved_entry) = self.carved(name).await?;
-        if !carved.ips.is_empty() {
-            let mut pools: Vec<&str> = carved.ips.values().map(String::as_str).collect();
-            pools.dedup();
+        let Some(tor) = self.tor(name).await? else {
+            return Err(Error::NotFound(format!("ToR {name} does not exist")));
+        };
+        let st = self.tor_state(tor).await?;
+        if !st.carved.ips.is_empty() {
+            let pools: Vec<&str> = st.shares.keys().map(String::as_str).collect();
             return Err(Error::Conflict(format!(
                 "ToR {name} still has {} IPs in pools {}: delete or shrink those pools first",
-                carved.ips.len(),
+                st.carved.ips.len(),
                 pools.join(", ")
             )));
         }
+        // The cooling record stays: a ToR defined again under this name
+        // must not hand out IPs whose cool-down has not ended. No pool
+        // carved here since the read (a new record would fail the commit).
         let mut txn = Txn::default();
         txn.expect(&keys::tor(name), Some(&tor_entry))
-            .expect(&keys::carved(name), carved_entry.as_ref())
-            .delete(&keys::tor(name))
-            .delete(&keys::carved(name));
+            .expect_prefix_unchanged(&keys::carved_prefix(name), st.rev)
+            .delete(&keys::tor(name));
         if self.store.commit(txn).await? {
             Ok(())
         } else {

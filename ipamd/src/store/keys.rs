@@ -23,9 +23,46 @@ pub fn tor(name: &str) -> String {
     format!("tors/{name}")
 }
 
-/// Which IPs of a ToR belong to which pool.
-pub fn carved(tor: &str) -> String {
+/// Every ToR segment's carved records.
+pub const CARVED: &str = "carved/";
+
+/// The name under a segment's prefix of its cooling record. Pool names are
+/// DNS labels, which never hold `_`, so no pool's record can be it.
+pub const COOLING: &str = "_cooling";
+
+/// Everything carved from ToR segment `tor` (schema 2): one list of this
+/// prefix tells which IPs pools hold and which cool down.
+pub fn carved_prefix(tor: &str) -> String {
+    format!("carved/{tor}/")
+}
+
+/// Pool `pool`'s IPs on ToR segment `tor` (schema 2).
+pub fn carved(tor: &str, pool: &str) -> String {
+    format!("carved/{tor}/{pool}")
+}
+
+/// IPs of ToR segment `tor` that pools gave back, cooling down (schema 2).
+pub fn cooling(tor: &str) -> String {
+    format!("carved/{tor}/{COOLING}")
+}
+
+/// Schema 1's single record per ToR segment: every carved IP -> pool, and
+/// the cooling IPs. Only the migration to schema 2 reads it.
+pub fn carved_v1(tor: &str) -> String {
     format!("carved/{tor}")
+}
+
+/// What a key under `carved/` names: (segment, None) for a schema 1
+/// record, (segment, Some(pool or COOLING)) for a schema 2 one.
+pub fn parse_carved(key: &str) -> Option<(&str, Option<&str>)> {
+    let rest = key.strip_prefix(CARVED)?;
+    match rest.split_once('/') {
+        None if !rest.is_empty() => Some((rest, None)),
+        Some((tor, name)) if !tor.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Some((tor, Some(name)))
+        }
+        _ => None,
+    }
 }
 
 pub fn pool(name: &str) -> String {

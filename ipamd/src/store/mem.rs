@@ -137,6 +137,9 @@ impl Store for MemStore {
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {
         self.up()?;
+        // The tests run on this store: a change that would not fit etcd's
+        // limits fails here, not first on a real etcd.
+        txn.check_limits().map_err(StoreError::Other)?;
         let applied = apply(&mut self.inner.lock().unwrap(), txn);
         Ok(match applied {
             Some(events) => {

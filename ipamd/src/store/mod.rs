@@ -6,11 +6,14 @@
 
 pub mod etcd;
 pub mod keys;
+mod limits;
 mod local_watch;
 pub mod mem;
+mod migrate_v2;
 pub mod redb;
 pub mod retry;
 pub mod schema;
+pub mod stop;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;

@@ -1,7 +1,8 @@
 //! The store's schema version: one record, `schema` (under the etcd prefix
 //! like every key), `{"version": N}`. Version 1 is the layout of
 //! docs/architecture.md as it was when the record was introduced; a store
-//! without the record was written before then and is version 1.
+//! without the record was written before then and is version 1. Version 2
+//! keeps carved IPs per (pool, ToR segment) (`migrate_v2.rs`).
 //!
 //! ipamd calls [`check_at_open`] when it opens its store: an older store is
 //! migrated, one numbered migration at a time, and a newer one is refused,
@@ -29,7 +30,7 @@ use super::{Entry, Page, Store, StoreError, Txn, WatchStream};
 pub const KEY: &str = "schema";
 
 /// The schema version this ipamd reads and writes.
-pub const CURRENT: u32 = 1;
+pub const CURRENT: u32 = 2;
 
 /// The value of [`KEY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +52,11 @@ pub struct Migration {
 
 /// Every migration, in order: `MIGRATIONS[i].to == i + 2`. Version 1 needs
 /// none; a change to the records adds one here and bumps [`CURRENT`].
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to: 2,
+    what: "carved IPs: one record per (pool, ToR segment) instead of one per segment",
+    run: super::migrate_v2::run,
+}];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -335,16 +340,16 @@ mod tests {
         assert_eq!(
             o,
             Opened {
-                version: 1,
+                version: CURRENT,
                 found: None,
-                migrated: vec![]
+                migrated: (2..=CURRENT).collect()
             }
         );
-        assert_eq!(record(store).await, Some(1));
+        assert_eq!(record(store).await, Some(CURRENT));
         // Again: unchanged, nothing written.
         let before = store.get(KEY).await.unwrap().unwrap();
         let o = ensure(store).await.unwrap();
-        assert_eq!(o.found, Some(1));
+        assert_eq!(o.found, Some(CURRENT));
         assert_eq!(store.get(KEY).await.unwrap().unwrap(), before);
     }
 
@@ -360,7 +365,7 @@ mod tests {
         drop(s);
         // And the record is durable.
         let s = RedbStore::open(&dir.join("ipamd.redb")).unwrap();
-        assert_eq!(version(&s).await.unwrap(), 1);
+        assert_eq!(version(&s).await.unwrap(), CURRENT);
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -369,21 +374,21 @@ mod tests {
     async fn empty_store_gets_the_record() {
         let s = MemStore::new();
         ensure(&s).await.unwrap();
-        assert_eq!(record(&s).await, Some(1));
+        assert_eq!(record(&s).await, Some(CURRENT));
     }
 
     async fn newer_store_is_refused(store: &dyn Store) {
-        put(store, KEY, &SchemaRecord { version: 2 }).await;
+        put(store, KEY, &SchemaRecord { version: 3 }).await;
         let e = ensure(store).await.unwrap_err();
         assert!(
-            matches!(e, SchemaError::Newer { found: 2, known: 1 }),
+            matches!(e, SchemaError::Newer { found: 3, known: 2 }),
             "{e:?}"
         );
         let text = e.to_string();
-        for want in ["schema version is 2", "knows (1)", "Upgrade ipamd"] {
+        for want in ["schema version is 3", "knows (2)", "Upgrade ipamd"] {
             assert!(text.contains(want), "{want:?} in {text}");
         }
-        assert_eq!(record(store).await, Some(2), "left as it was");
+        assert_eq!(record(store).await, Some(3), "left as it was");
     }
 
     #[tokio::test]
@@ -433,9 +438,9 @@ mod tests {
         // Current: nothing runs again.
         ensure_with(&s, TEST_MIGRATIONS, 2).await.unwrap();
         assert_eq!(RUNS.load(Ordering::SeqCst), runs);
-        // This ipamd knows 1 only: refused.
+        // An ipamd that knows 1 only refuses it.
         assert!(matches!(
-            ensure(&s).await,
+            ensure_with(&s, &[], 1).await,
             Err(SchemaError::Newer { found: 2, known: 1 })
         ));
 
@@ -485,7 +490,7 @@ mod tests {
     #[tokio::test]
     async fn unavailable_store_is_checked_at_its_first_write() {
         let mem = Arc::new(MemStore::new());
-        put(mem.as_ref(), KEY, &SchemaRecord { version: 2 }).await;
+        put(mem.as_ref(), KEY, &SchemaRecord { version: 3 }).await;
         mem.set_down(true);
         let store = check_at_open(mem.clone()).await.expect("opens while down");
         mem.set_down(false);
@@ -511,7 +516,7 @@ mod tests {
         ));
         mem.set_down(false);
         assert!(store.commit(t).await.unwrap());
-        assert_eq!(record(mem.as_ref()).await, Some(1));
+        assert_eq!(record(mem.as_ref()).await, Some(CURRENT));
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! - `ipamctl audit`: clean (exit 0) after pods came and went; a planted
 //!   inconsistency is reported with its key (exit 1), in plain and JSON.
 //! - The store's schema version: a store written before the version record
-//!   existed opens as version 1 (and gets the record); a store of a newer
+//!   existed opens as version 1 (is migrated to 2 and gets the record); a store of a newer
 //!   version makes ipamd exit non-zero with the version found, the version
 //!   it knows and the fix. On etcd, ipamds starting together agree on it.
 
@@ -50,7 +50,7 @@ fn assert_clean(out: &Output, what: &str) {
         text(&out.stderr)
     );
     let mut lines = stdout.lines();
-    assert_eq!(lines.next(), Some("schema version 1"), "{what}: {stdout}");
+    assert_eq!(lines.next(), Some("schema version 2"), "{what}: {stdout}");
     assert!(
         lines.next().is_some_and(|l| l.starts_with("clean: ")),
         "{what}: {stdout}"
@@ -108,7 +108,7 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
     let (code, v) = audit_json(&tb.ipamctl(&["-o", "json", "audit"]));
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["clean"], json!(true), "{v:#}");
-    assert_eq!(v["schema_version"], json!(1), "{v:#}");
+    assert_eq!(v["schema_version"], json!(2), "{v:#}");
     assert_eq!(v["schema_recorded"], json!(true), "{v:#}");
     assert_eq!(v["findings"], json!([]), "{v:#}");
     assert!(v["records"].as_u64().unwrap() > 8, "{v:#}");
@@ -141,7 +141,7 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.starts_with("schema version 1\n2 findings in "),
+        stdout.starts_with("schema version 2\n2 findings in "),
         "{stdout}"
     );
     let ghost_line = format!("bindings/{POD_NAMESPACE}/ghost-0: keeps {ghost_ip} for pod");
@@ -240,7 +240,7 @@ fn store_without_schema_record_is_version_one_and_newer_is_refused() {
     tb.stop_ipamd();
     assert_eq!(
         schema_record(&tb),
-        Some(json!({"version": 1})),
+        Some(json!({"version": 2})),
         "ipamd wrote the record"
     );
 
@@ -253,7 +253,7 @@ fn store_without_schema_record_is_version_one_and_newer_is_refused() {
     assert_eq!(schema_record(&tb), None);
     tb.start_ipamd();
     assert!(
-        tb.log_tail(20).contains("store schema version 1"),
+        tb.log_tail(20).contains("store schema version 2"),
         "ipamd logs the version: {}",
         tb.log_tail(20)
     );
@@ -268,32 +268,32 @@ fn store_without_schema_record_is_version_one_and_newer_is_refused() {
             &v["schema_recorded"],
             &v["schema_known"]
         ),
-        (&json!(1), &json!(true), &json!(1)),
+        (&json!(2), &json!(true), &json!(2)),
         "{v:#}"
     );
     // Nothing else changed: the pod still holds its IP.
     let held = tb.ip_of_container(&cid).expect("web-0 still attached");
     assert_eq!(held["address"], json!(ip.to_string()));
     tb.stop_ipamd();
-    assert_eq!(schema_record(&tb), Some(json!({"version": 1})));
+    assert_eq!(schema_record(&tb), Some(json!({"version": 2})));
 
     // A store a newer ipamd migrated: refused, and left as it is.
     with_redb(&tb.store, |s| async move {
         let mut t = Txn::default();
-        t.put(schema::KEY, &json!({"version": 2}));
+        t.put(schema::KEY, &json!({"version": 3}));
         commit(&s, t).await;
     });
     let (code, stderr) = ipamd_exits(&tb);
     assert_eq!(code, Some(1), "{stderr}");
     for want in [
-        "schema version is 2",
+        "schema version is 3",
         "this ipamd",
-        "knows (1)",
+        "knows (2)",
         "Upgrade ipamd",
     ] {
         assert!(stderr.contains(want), "{want:?} in {stderr}");
     }
-    assert_eq!(schema_record(&tb), Some(json!({"version": 2})));
+    assert_eq!(schema_record(&tb), Some(json!({"version": 3})));
 }
 
 #[test]
@@ -304,11 +304,11 @@ fn etcd_ipamds_agree_on_the_schema_and_audit_finds_a_bad_count() {
             .node("n1", "tor-a")
             .node("n2", "tor-a"),
     );
-    // Both ipamds started on an empty prefix at once: one record, version 1.
+    // Both ipamds started on an empty prefix at once: one record, version 2.
     let rec = c.etcd_list(schema::KEY);
     assert_eq!(
         rec,
-        vec![(schema::KEY.to_string(), json!({"version": 1}))],
+        vec![(schema::KEY.to_string(), json!({"version": 2}))],
         "{rec:?}"
     );
     c.create_pool("web", "web", 4, &["tor-a"]);
@@ -339,6 +339,6 @@ fn etcd_ipamds_agree_on_the_schema_and_audit_finds_a_bad_count() {
     c.start_ipamd("n1");
     assert_eq!(
         c.etcd_list(schema::KEY),
-        vec![(schema::KEY.to_string(), json!({"version": 1}))]
+        vec![(schema::KEY.to_string(), json!({"version": 2}))]
     );
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{client, fake_api};
 use crate::clock::ManualClock;
 use crate::controller::*;
-use crate::core::{Carved, POOL_ANNOTATION};
+use crate::core::{Cooling, POOL_ANNOTATION};
 use crate::ipam::{AllocRequest, Ipam, PoolChoice};
 use crate::kubernetes::configmaps::{ConfigMaps, IPS_KEY};
 use crate::kubernetes::events::{Events, CONTROLLER_COMPONENT};
@@ -153,12 +153,12 @@ impl Loop {
     async fn cooling(&self, tor: &str) -> Vec<Ipv4Addr> {
         let c = self
             .store
-            .get_json::<Carved>(&keys::carved(tor))
+            .get_json::<Cooling>(&keys::cooling(tor))
             .await
             .unwrap()
             .map(|(c, _)| c)
             .unwrap_or_default();
-        c.cooling.keys().copied().collect()
+        c.until.keys().copied().collect()
     }
 
     /// An ADD of pod `name` (StatefulSet-like names keep their IP).
