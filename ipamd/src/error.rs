@@ -102,6 +102,23 @@ impl Error {
         }
     }
 
+    /// The same error again, for each of several requests that one failed
+    /// operation served (a batch): same kind, same CNI code, same words.
+    pub fn again(&self) -> Self {
+        match self {
+            Error::Invalid(m) => Error::Invalid(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::Conflict(m) => Error::Conflict(m.clone()),
+            Error::Refused { code, msg } => Error::refused(*code, msg.clone()),
+            Error::Unavailable { msg, .. } => Error::unavailable(msg.clone()),
+            Error::Contended(c) => Error::Contended(crate::store::retry::Contended {
+                what: c.what.clone(),
+                attempts: c.attempts,
+            }),
+            other => Error::internal(other.to_string()),
+        }
+    }
+
     pub fn refused(code: u32, msg: impl Into<String>) -> Self {
         Error::Refused {
             code,

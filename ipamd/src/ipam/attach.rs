@@ -3,38 +3,40 @@
 //! datapath is wired. The pool comes from `resolve.rs`; the decision's
 //! inputs from the store, or from the node's view (`attach_view.rs`).
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
-use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
+use crate::core::allocate::Refusal;
 use crate::core::explain::explain;
-use crate::core::{
-    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, Pool, Tor,
-};
+use crate::core::{AttachmentKey, AttachmentRef, Binding, FreeCount, Lease, Pool, Tor};
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, Entry, StoreExt, Txn};
+use crate::store::{keys, StoreExt, Txn};
 
+use super::attach_view::resolve_in_view;
+use super::plan::{segment_named, AddRead, Planner};
 use super::{AllocRequest, Allocation, Ipam};
+
+/// ADDs of one pool decided and committed together at most (the
+/// transaction stays within etcd's and our limits on its size).
+const MAX_BATCH: usize = 16;
+
+/// One ADD waiting for its pool's batch, with its ToR's segments.
+pub(super) struct Waiting {
+    pub req: AllocRequest,
+    pub segments: Vec<Tor>,
+}
 
 impl Ipam {
     /// Records the attachment and returns the IP. Repeated for the same
-    /// key, returns the same attachment. With a view of the store (etcd),
-    /// decides from it and commits once; anything the view cannot answer,
-    /// and a commit whose checks fail (the view was stale), goes the
-    /// reading way.
+    /// key, returns the same attachment. ADDs of one pool that arrive
+    /// together are decided together and committed at once (`batch`). With
+    /// a view of the store (etcd) they are decided from it; anything the
+    /// view cannot answer, and a commit whose checks fail (the view was
+    /// stale), goes the reading way.
     pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
-        if let Some(view) = self.view_for(&req.tor) {
-            if let Some(a) = self.allocate_from_view(view, req).await? {
-                return Ok(a);
-            }
-        }
-        self.allocate_reading(req).await
-    }
-
-    /// `allocate`, reading everything it decides from in the store.
-    async fn allocate_reading(&self, req: &AllocRequest) -> Result<Allocation> {
-        let segments = self.segments_of(&req.tor).await?;
+        let view = self.view_for(&req.tor);
+        let segments = match view.and_then(|v| v.segments()).filter(|s| !s.is_empty()) {
+            Some(s) => s,
+            None => self.segments_of(&req.tor).await?,
+        };
         if segments.is_empty() {
             return Err(Error::refused(
                 cni_code::TOR_UNDEFINED,
@@ -44,49 +46,124 @@ impl Ipam {
                 ),
             ));
         }
-        if let Some(existing) = self.attached(&req.key).await? {
-            return Ok(Allocation {
-                tor: segment_named(&segments, &existing.tor, &req.tor)?,
-                lease: existing,
-                existing: true,
-            });
-        }
-        let pool_name = self.resolve_pool(&req.pod, &req.choice).await?;
-        let lock = self.pool_lock(&pool_name);
-        let _guard = lock.lock().await;
-        let what = format!("allocating in pool {pool_name}");
-        let (pool_name, segments) = (&pool_name, &segments);
-        cas(self.store.as_ref(), &what, || async move {
-            let (pool, pool_entry) = self.pool_entry(pool_name).await?;
-            let binding = if req.pod.is_known() {
-                self.store
-                    .get_json::<Binding>(&keys::binding(&req.pod))
-                    .await?
-            } else {
-                None
-            };
-            // Read before the leases: a lease change after this read also moves
-            // the counters, whose versions the commit checks.
-            let (counters, _) = self
-                .store
-                .list_json::<FreeCount>(&keys::frees(pool_name))
-                .await?;
-            let (leases, _) = self
-                .store
-                .list_json::<Lease>(&keys::leases(&pool.name))
-                .await?;
-            let read = AddRead {
-                pool: (pool, pool_entry),
-                binding,
-                counters,
-                leases,
-            };
-            match plan(req, &read, segments)? {
-                Ok((txn, a)) => Ok(Attempt::Commit(txn, a)),
-                Err(r) => Err(self.refusal(r, &read.pool.0, req).await),
+        let pool = match view.and_then(|v| resolve_in_view(v, &req.pod, &req.choice)) {
+            Some(p) => p,
+            None => {
+                // A repeated ADD needs no pool (its pool may be gone since).
+                if let Some(existing) = self.attached(&req.key).await? {
+                    return Ok(Allocation {
+                        tor: segment_named(&segments, &existing.tor, &req.tor)?,
+                        lease: existing,
+                        existing: true,
+                    });
+                }
+                self.resolve_pool(&req.pod, &req.choice).await?
             }
-        })
-        .await
+        };
+        let waiting = Waiting {
+            req: req.clone(),
+            segments,
+        };
+        let run = |batch: Vec<Waiting>| self.allocate_batch(&pool, batch);
+        match self.adds.submit(&pool, waiting, MAX_BATCH, run).await {
+            Some(r) => r,
+            None => Err(Error::unavailable(format!(
+                "the ADD of {} was cut short (the request that ran it went away); retry",
+                req.key
+            ))),
+        }
+    }
+
+    /// ADDs of pool `pool`: from the view, all at once, or the reading way.
+    pub(super) async fn allocate_batch(&self, pool: &str, batch: Vec<Waiting>) -> Vec<Result<Allocation>> {
+        if let Some(view) = self.view_for(&batch[0].req.tor) {
+            if let Some(done) = self.allocate_from_view(view, pool, &batch).await {
+                return done;
+            }
+        }
+        self.allocate_reading(pool, &batch).await
+    }
+
+    /// The ADDs of `batch`, reading everything they decide from in the
+    /// store: one commit for all that are not refused.
+    async fn allocate_reading(&self, pool: &str, batch: &[Waiting]) -> Vec<Result<Allocation>> {
+        let mut out: Vec<Option<Result<Allocation>>> = batch.iter().map(|_| None).collect();
+        for (i, w) in batch.iter().enumerate() {
+            match self.attached(&w.req.key).await {
+                Ok(None) => {}
+                Ok(Some(existing)) => {
+                    out[i] = Some(segment_named(&w.segments, &existing.tor, &w.req.tor).map(
+                        |tor| Allocation {
+                            tor,
+                            lease: existing,
+                            existing: true,
+                        },
+                    ))
+                }
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let todo: Vec<usize> = (0..batch.len()).filter(|&i| out[i].is_none()).collect();
+        if todo.is_empty() {
+            return out.into_iter().flatten().collect();
+        }
+        let what = format!("allocating in pool {pool}");
+        let todo_ref = &todo;
+        let decided: Result<(Vec<Result<std::result::Result<Allocation, Refusal>>>, Pool)> =
+            cas(self.store.as_ref(), &what, || async move {
+                let pool_read = self.pool_entry(pool).await?;
+                // Read before the leases: a lease change after this read also moves
+                // the counters, whose versions the commit checks.
+                let (counters, _) = self
+                    .store
+                    .list_json::<FreeCount>(&keys::frees(pool))
+                    .await?;
+                let (leases, _) = self.store.list_json::<Lease>(&keys::leases(pool)).await?;
+                let mut bindings = Vec::new();
+                for &i in todo_ref {
+                    let pod = &batch[i].req.pod;
+                    bindings.push(if pod.is_known() {
+                        self.store.get_json::<Binding>(&keys::binding(pod)).await?
+                    } else {
+                        None
+                    });
+                }
+                let read = AddRead {
+                    pool: pool_read,
+                    counters,
+                    leases,
+                };
+                let mut planner = Planner::new(&read);
+                let mut results = Vec::new();
+                for (&i, b) in todo_ref.iter().zip(&bindings) {
+                    results.push(planner.add(&batch[i].req, &batch[i].segments, b.as_ref()));
+                }
+                let txn = planner.finish();
+                let pool = read.pool.0;
+                if results.iter().all(|r| !matches!(r, Ok(Ok(_)))) {
+                    Ok(Attempt::Done((results, pool)))
+                } else {
+                    Ok(Attempt::Commit(txn, (results, pool)))
+                }
+            })
+            .await;
+        match decided {
+            Ok((results, pool)) => {
+                for (&i, r) in todo.iter().zip(results) {
+                    out[i] = Some(match r {
+                        Ok(Ok(a)) => Ok(a),
+                        Ok(Err(refusal)) => Err(self.refusal(refusal, &pool, &batch[i].req).await),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            Err(e) => {
+                for &i in &todo {
+                    out[i] = Some(Err(e.again()));
+                }
+            }
+        }
+        out.into_iter().flatten().collect()
     }
 
     /// The error of a refused ADD, with what the operator needs to fix it.
@@ -207,140 +284,4 @@ impl Ipam {
         })
         .await
     }
-}
-
-/// What an ADD decides from: read from the store, or from the view.
-pub(super) struct AddRead {
-    pub pool: (Pool, Entry),
-    /// The pod's binding (any pool).
-    pub binding: Option<(Binding, Entry)>,
-    pub counters: Vec<(FreeCount, Entry)>,
-    pub leases: Vec<(Lease, Entry)>,
-}
-
-/// The segment `name` of this node's ToR `tor`.
-fn segment_named(segments: &[Tor], name: &str, tor: &str) -> Result<Tor> {
-    segments
-        .iter()
-        .find(|t| t.name == name)
-        .cloned()
-        .ok_or_else(|| {
-            Error::internal(format!(
-                "segment {name} is not on ToR {tor}; it was deleted or moved"
-            ))
-        })
-}
-
-/// The core's decision on `read`, as the transaction that records it: it
-/// applies only if every record the decision read is unchanged (the pool,
-/// the lease taken, the pod's binding or its absence, the counter) and the
-/// attachment does not exist yet. The attachment is recorded ready: a crash
-/// before the ADD returns is rolled back by the node (`node::inflight`).
-pub(super) fn plan(
-    req: &AllocRequest,
-    read: &AddRead,
-    segments: &[Tor],
-) -> Result<std::result::Result<(Txn, Allocation), Refusal>> {
-    let (pool, pool_entry) = &read.pool;
-    let leases: BTreeMap<Ipv4Addr, &(Lease, Entry)> =
-        read.leases.iter().map(|le| (le.0.ip, le)).collect();
-    let plain: BTreeMap<Ipv4Addr, Lease> =
-        leases.iter().map(|(ip, (l, _))| (*ip, l.clone())).collect();
-    let segment_names: Vec<String> = segments.iter().map(|t| t.name.clone()).collect();
-    let keeps_ip = req.pod.is_known() && pool.policy.keeps_ip(req.stable);
-    let decision = allocate::decide(&AddInput {
-        pool,
-        tor: &req.tor,
-        segments: &segment_names,
-        leases: &plain,
-        binding: read.binding.as_ref().map(|(b, _)| b),
-        key: &req.key,
-        keeps_ip,
-        now_unix: req.now_unix,
-    });
-    let AddDecision::Take {
-        ip,
-        segment: seg,
-        new_binding,
-    } = match decision {
-        Ok(d) => d,
-        Err(r) => return Ok(Err(r)),
-    };
-    let tor = segment_named(segments, &seg, &req.tor)?;
-    let old = leases.get(&ip);
-    let attachment = Attachment {
-        key: req.key.clone(),
-        pod: req.pod.clone(),
-        netns: req.netns.clone(),
-        network: req.network.clone(),
-        state: AttachmentState::Ready,
-        created_unix: req.now_unix,
-        created_binding: new_binding,
-    };
-    let lease = Lease {
-        ip,
-        pool: pool.name.clone(),
-        tor: seg.clone(),
-        binding: if new_binding {
-            Some(req.pod.clone())
-        } else {
-            old.and_then(|(l, _)| l.binding.clone())
-        },
-        attachment: Some(attachment),
-        evict: false,
-        quarantine: None,
-    };
-    let lease_key = keys::lease(&pool.name, ip);
-    let att_key = keys::attachment(&req.key);
-    let mut txn = Txn::default();
-    txn.expect(&keys::pool(&pool.name), Some(pool_entry))
-        .expect(&lease_key, old.map(|(_, e)| e))
-        .expect(&att_key, None)
-        .put(&lease_key, &lease)
-        .put(
-            &att_key,
-            &AttachmentRef {
-                pool: pool.name.clone(),
-                ip,
-            },
-        );
-    let binding_key = keys::binding(&req.pod);
-    if new_binding {
-        let b = Binding {
-            pod: req.pod.clone(),
-            pool: pool.name.clone(),
-            ip,
-            tor: seg.clone(),
-        };
-        txn.expect(&binding_key, None).put(&binding_key, &b);
-    } else if let Some((_, e)) = &read.binding {
-        txn.expect(&binding_key, Some(e));
-    } else if req.pod.is_known() {
-        // Decided as a pod without a binding: one made meanwhile (ipamctl
-        // binding add) would have changed the decision.
-        txn.expect(&binding_key, None);
-    }
-    if old.is_none() {
-        // A free IP became leased: publish the pool's free count on
-        // this segment, recomputed (so it also heals a stale one).
-        let key = keys::free(&pool.name, &seg);
-        let counter = read.counters.iter().find(|(_, e)| e.key == key);
-        let total = pool.ips.get(&seg).map_or(0, |v| v.len() as u32);
-        let used = 1 + plain.values().filter(|l| l.tor == seg).count() as u32;
-        txn.expect(&key, counter.map(|(_, e)| e)).put(
-            &key,
-            &FreeCount {
-                total,
-                free: total.saturating_sub(used),
-            },
-        );
-    }
-    Ok(Ok((
-        txn,
-        Allocation {
-            lease,
-            tor,
-            existing: false,
-        },
-    )))
 }

@@ -1,6 +1,7 @@
 //! The ADD path from the node's view of the store (`view.rs`): the pool
-//! resolved, the IP decided and the attachment recorded with one commit and,
-//! for a pod that keeps an IP, one read (its binding). Only the way that
+//! resolved, the IPs of a batch of ADDs decided and their attachments
+//! recorded with one commit and, for a pod that keeps an IP, one read (its
+//! binding). Only the way that
 //! succeeds is taken here; whatever the view cannot answer (a pool it does
 //! not follow, a refusal that needs explaining, a repeated ADD) and a commit
 //! whose checks fail go the reading way (`attach.rs`), which is exact.
@@ -9,61 +10,62 @@ use crate::core::{Binding, PodRef};
 use crate::error::Result;
 use crate::store::{keys, StoreExt};
 
-use super::attach::{plan, AddRead};
+use super::attach::Waiting;
+use super::plan::{AddRead, Planner};
 use super::view::View;
-use super::{AllocRequest, Allocation, Ipam, PoolChoice};
+use super::{Allocation, Ipam, PoolChoice};
 
 impl Ipam {
-    /// `None`: go the reading way (nothing was written).
+    /// The ADDs of `batch` (pool `pool`) decided from the view and
+    /// committed at once. `None`: go the reading way (nothing was written):
+    /// the view does not follow the pool live, an ADD was refused (the
+    /// reading way words the refusal), or the commit's checks failed.
     pub(super) async fn allocate_from_view(
         &self,
         view: &View,
-        req: &AllocRequest,
-    ) -> Result<Option<Allocation>> {
-        let Some(segments) = view.segments().filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        let Some(pool_name) = resolve_in_view(view, &req.pod, &req.choice) else {
-            return Ok(None);
-        };
-        let lock = self.pool_lock(&pool_name);
-        let _guard = lock.lock().await;
-        let Some(data) = view.pool_data(&pool_name) else {
-            return Ok(None);
+        pool: &str,
+        batch: &[Waiting],
+    ) -> Option<Vec<Result<Allocation>>> {
+        let data = view.pool_data(pool)?;
+        let read = AddRead {
+            pool: data.pool,
+            counters: data.counters,
+            leases: data.leases,
         };
         // A pod that keeps an IP of this pool: its binding record (in the
         // view only through the lease) is read, for its version. A binding
         // in another pool is not seen here: the commit checks that the pod
         // has none, and fails if it has.
-        let bound = req.pod.is_known()
-            && data
-                .leases
-                .iter()
-                .any(|(l, _)| l.binding.as_ref().is_some_and(|b| same_pod(b, &req.pod)));
-        let binding = if bound {
-            self.store
-                .get_json::<Binding>(&keys::binding(&req.pod))
-                .await?
-        } else {
-            None
-        };
-        let read = AddRead {
-            pool: data.pool,
-            binding,
-            counters: data.counters,
-            leases: data.leases,
-        };
-        let Ok((txn, alloc)) = plan(req, &read, &segments)? else {
-            return Ok(None);
-        };
-        let ops = txn.ops.clone();
-        match self.store.commit_at(txn).await? {
-            Some(rev) => {
-                view.committed(&ops, rev);
-                Ok(Some(alloc))
-            }
-            None => Ok(None),
+        let mut bindings = Vec::new();
+        for w in batch {
+            let pod = &w.req.pod;
+            let bound = pod.is_known()
+                && read
+                    .leases
+                    .iter()
+                    .any(|(l, _)| l.binding.as_ref().is_some_and(|b| same_pod(b, pod)));
+            bindings.push(if bound {
+                self.store
+                    .get_json::<Binding>(&keys::binding(pod))
+                    .await
+                    .ok()?
+            } else {
+                None
+            });
         }
+        let mut planner = Planner::new(&read);
+        let mut done = Vec::new();
+        for (w, b) in batch.iter().zip(&bindings) {
+            done.push(Ok(planner
+                .add(&w.req, &w.segments, b.as_ref())
+                .ok()?
+                .ok()?));
+        }
+        let txn = planner.finish();
+        let ops = txn.ops.clone();
+        let rev = self.store.commit_at(txn).await.ok()??;
+        view.committed(&ops, rev);
+        Some(done)
     }
 }
 
@@ -73,10 +75,9 @@ fn same_pod(a: &PodRef, b: &PodRef) -> bool {
 
 /// `Ipam::resolve_pool` from the view; `None` wherever the store must be
 /// asked (or the answer is an error, which the reading way words).
-fn resolve_in_view(view: &View, pod: &PodRef, c: &PoolChoice) -> Option<String> {
+pub(super) fn resolve_in_view(view: &View, pod: &PodRef, c: &PoolChoice) -> Option<String> {
     let named = |p: &String, ns: Option<&str>| -> Option<String> {
-        let pool = view.pool(p)??;
-        ns.is_none_or(|ns| pool.allows(ns)).then(|| p.clone())
+        view.pool_allows(p, ns)??.then(|| p.clone())
     };
     if let Some(p) = &c.explicit {
         return named(p, None);

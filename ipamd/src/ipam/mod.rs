@@ -25,10 +25,12 @@
 
 mod attach;
 mod attach_view;
+mod batch;
 mod bindings;
 mod carving;
 mod ips;
 pub mod listing;
+mod plan;
 mod pool_op;
 mod pools;
 mod reclaim;
@@ -73,6 +75,8 @@ pub struct Ipam {
     cooldown_secs: u64,
     /// The node's view of the store (`start_view`), for its ToR.
     view: std::sync::OnceLock<view::View>,
+    /// ADDs waiting for their pool's batch.
+    adds: batch::Batcher<attach::Waiting, crate::error::Result<Allocation>>,
 }
 
 /// What `pool create` asks for.
@@ -260,6 +264,7 @@ impl Ipam {
             shutdown: tokio::sync::watch::channel(false).0,
             cooldown_secs: DEFAULT_IP_COOLDOWN_SECS,
             view: std::sync::OnceLock::new(),
+            adds: batch::Batcher::default(),
         }
     }
 

@@ -36,8 +36,9 @@ impl Ipam {
         else {
             return Ok(None);
         };
-        let lock = self.pool_lock(&first.pool);
-        let _guard = lock.lock().await;
+        // Not between an ADD batch's read and its commit on this pool: both
+        // move the pool's free counts.
+        let _turn = self.adds.turn(&first.pool).await;
         let how = How {
             key,
             rollback,

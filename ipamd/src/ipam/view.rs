@@ -80,6 +80,14 @@ impl Cache {
         Some(Some((v, e)))
     }
 
+    /// Every record, decoded; None if one does not decode.
+    fn values<T: 'static>(&self) -> Option<Vec<&T>> {
+        self.entries
+            .keys()
+            .map(|k| self.values.get(k)?.as_ref()?.downcast_ref::<T>())
+            .collect()
+    }
+
     /// Every record, decoded (cloned), with its entry; None if one does not
     /// decode.
     fn all<T: Clone + 'static>(&self) -> Option<Vec<(T, Entry)>> {
@@ -233,11 +241,13 @@ impl View {
         )
     }
 
-    /// Pool `name`: `Some(None)` no such pool, `None` the view cannot say.
-    pub(super) fn pool(&self, name: &str) -> Option<Option<Pool>> {
+    /// Whether pool `name` exists and allows pods of namespace `ns` (any,
+    /// for None): `Some(None)` no such pool, `None` the view cannot say.
+    pub(super) fn pool_allows(&self, name: &str, ns: Option<&str>) -> Option<Option<bool>> {
         let s = self.shared.state.lock().unwrap();
         let c = s.caches.get(keys::POOLS).filter(|c| c.live)?;
-        Some(c.get::<Pool>(&keys::pool(name))?.map(|(p, _)| p.clone()))
+        let pool = c.get::<Pool>(&keys::pool(name))?;
+        Some(pool.map(|(p, _)| ns.is_none_or(|ns| p.allows(ns))))
     }
 
     /// The pool, its leases and its counts, if the view follows it live.
@@ -318,13 +328,17 @@ impl View {
 
 fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
     let c = s.caches.get(keys::TORS).filter(|c| c.live)?;
-    let all: Vec<Tor> = c.all::<Tor>()?.into_iter().map(|(t, _)| t).collect();
+    let all: Vec<&Tor> = c.values::<Tor>()?;
     let switch = all
         .iter()
         .find(|t| t.name == tor)
-        .map_or(tor, |t| t.switch())
-        .to_string();
-    Some(all.into_iter().filter(|t| t.switch() == switch).collect())
+        .map_or(tor, |t| t.switch());
+    Some(
+        all.iter()
+            .filter(|t| t.switch() == switch)
+            .map(|t| (*t).clone())
+            .collect(),
+    )
 }
 
 /// Follows the leases and counts of exactly the pools with IPs on this

@@ -88,15 +88,15 @@ impl RedbStore {
         })
     }
 
-    /// redb calls block (commit fsyncs): keep them off the async workers.
-    async fn blocking<T: Send + 'static>(
+    /// Reads run on the caller's thread: a read transaction of this small,
+    /// cached file takes microseconds, less than the hop to the blocking
+    /// pool and back, which under load cost more than the read itself, six
+    /// times per ADD. Commits, which fsync, go to the committer thread.
+    async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(other)?
+        f(&self.db)
     }
 }
 
@@ -230,7 +230,7 @@ fn run_committer(db: Arc<Database>, queue: &Mutex<Queue>, watchers: &Broadcaster
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let key = key.to_string();
-        self.blocking(move |db| {
+        self.read(move |db| {
             let r = db.begin_read().map_err(other)?;
             let kv = r.open_table(KV).map_err(other)?;
             match kv.get(key.as_str()).map_err(other)? {
@@ -243,7 +243,7 @@ impl Store for RedbStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
         let prefix = prefix.to_string();
-        self.blocking(move |db| {
+        self.read(move |db| {
             let r = db.begin_read().map_err(other)?;
             let kv = r.open_table(KV).map_err(other)?;
             let meta = r.open_table(META).map_err(other)?;
@@ -271,7 +271,7 @@ impl Store for RedbStore {
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
         let limit = limit.max(1);
-        self.blocking(move |db| {
+        self.read(move |db| {
             let r = db.begin_read().map_err(other)?;
             let kv = r.open_table(KV).map_err(other)?;
             let meta = r.open_table(META).map_err(other)?;

@@ -585,6 +585,7 @@ async fn free_counts_are_published_per_pool_and_tor() {
 }
 
 mod big_pools;
+mod batch;
 mod lifecycle;
 mod model;
 mod stopped;

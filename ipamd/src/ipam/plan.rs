@@ -1,0 +1,198 @@
+//! ADDs of one pool decided in turn, each seeing the ones before it, into
+//! one transaction that applies only if every record the decisions read is
+//! unchanged: the pool, each lease taken (or its absence), each pod's
+//! binding (or its absence), the free counters, and each attachment's
+//! absence. The attachments are recorded ready: a crash before the ADD
+//! returns is rolled back by the node (`node::inflight`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
+use crate::core::{
+    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, Pool, Tor,
+};
+use crate::error::{Error, Result};
+use crate::store::{keys, Entry, Txn};
+
+use super::{AllocRequest, Allocation};
+
+/// What ADDs of one pool decide from: read from the store, or from the view.
+pub(super) struct AddRead {
+    pub pool: (Pool, Entry),
+    pub counters: Vec<(FreeCount, Entry)>,
+    pub leases: Vec<(Lease, Entry)>,
+}
+
+/// The segment `name` of this node's ToR `tor`.
+pub(super) fn segment_named(segments: &[Tor], name: &str, tor: &str) -> Result<Tor> {
+    segments
+        .iter()
+        .find(|t| t.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "segment {name} is not on ToR {tor}; it was deleted or moved"
+            ))
+        })
+}
+
+type PodKey = (String, String);
+
+pub(super) struct Planner<'a> {
+    read: &'a AddRead,
+    /// The pool's leases as decided so far.
+    leases: BTreeMap<Ipv4Addr, Lease>,
+    /// The leases' entries as read (what the commit checks).
+    entries: BTreeMap<Ipv4Addr, &'a Entry>,
+    /// Bindings made by ADDs earlier in this batch.
+    made: HashMap<PodKey, Binding>,
+    keys: HashSet<AttachmentKey>,
+    /// Segments whose free count moves.
+    changed: BTreeSet<String>,
+    txn: Txn,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(read: &'a AddRead) -> Self {
+        let (pool, entry) = &read.pool;
+        let mut txn = Txn::default();
+        txn.expect(&keys::pool(&pool.name), Some(entry));
+        Self {
+            read,
+            leases: read.leases.iter().map(|(l, _)| (l.ip, l.clone())).collect(),
+            entries: read.leases.iter().map(|(l, e)| (l.ip, e)).collect(),
+            made: HashMap::new(),
+            keys: HashSet::new(),
+            changed: BTreeSet::new(),
+            txn,
+        }
+    }
+
+    /// Decides `req` (whose pod's binding, read from the store, is
+    /// `binding`) after the ADDs before it. `Ok(Err)`: refused, nothing
+    /// of it goes into the transaction.
+    pub fn add(
+        &mut self,
+        req: &AllocRequest,
+        segments: &[Tor],
+        binding: Option<&(Binding, Entry)>,
+    ) -> Result<std::result::Result<Allocation, Refusal>> {
+        if !self.keys.insert(req.key.clone()) {
+            return Err(Error::Conflict(format!(
+                "another ADD of {} is running: the runtime should not ADD one attachment twice at once; retry",
+                req.key
+            )));
+        }
+        let pool = &self.read.pool.0;
+        let pod_key = (req.pod.namespace.clone(), req.pod.name.clone());
+        let made = self.made.get(&pod_key).cloned();
+        let segment_names: Vec<String> = segments.iter().map(|t| t.name.clone()).collect();
+        let decision = allocate::decide(&AddInput {
+            pool,
+            tor: &req.tor,
+            segments: &segment_names,
+            leases: &self.leases,
+            binding: made.as_ref().or(binding.map(|(b, _)| b)),
+            key: &req.key,
+            keeps_ip: req.pod.is_known() && pool.policy.keeps_ip(req.stable),
+            now_unix: req.now_unix,
+        });
+        let AddDecision::Take {
+            ip,
+            segment: seg,
+            new_binding,
+        } = match decision {
+            Ok(d) => d,
+            Err(r) => {
+                self.keys.remove(&req.key);
+                return Ok(Err(r));
+            }
+        };
+        let tor = segment_named(segments, &seg, &req.tor)?;
+        let old = self.leases.get(&ip);
+        let attachment = Attachment {
+            key: req.key.clone(),
+            pod: req.pod.clone(),
+            netns: req.netns.clone(),
+            network: req.network.clone(),
+            state: AttachmentState::Ready,
+            created_unix: req.now_unix,
+            created_binding: new_binding,
+        };
+        let lease = Lease {
+            ip,
+            pool: pool.name.clone(),
+            tor: seg.clone(),
+            binding: if new_binding {
+                Some(req.pod.clone())
+            } else {
+                old.and_then(|l| l.binding.clone())
+            },
+            attachment: Some(attachment),
+            evict: false,
+            quarantine: None,
+        };
+        if old.is_none() {
+            self.changed.insert(seg.clone());
+        }
+        let lease_key = keys::lease(&pool.name, ip);
+        let att_key = keys::attachment(&req.key);
+        self.txn
+            .expect(&lease_key, self.entries.get(&ip).copied())
+            .expect(&att_key, None)
+            .put(&lease_key, &lease)
+            .put(
+                &att_key,
+                &AttachmentRef {
+                    pool: pool.name.clone(),
+                    ip,
+                },
+            );
+        let binding_key = keys::binding(&req.pod);
+        if new_binding {
+            let b = Binding {
+                pod: req.pod.clone(),
+                pool: pool.name.clone(),
+                ip,
+                tor: seg.clone(),
+            };
+            self.txn.expect(&binding_key, None).put(&binding_key, &b);
+            self.made.insert(pod_key, b);
+        } else if made.is_some() {
+            // Made by an ADD before this one, in this transaction.
+        } else if let Some((_, e)) = binding {
+            self.txn.expect(&binding_key, Some(e));
+        } else if req.pod.is_known() {
+            // Decided as a pod without a binding: one made meanwhile (ipamctl
+            // binding add) would have changed the decision.
+            self.txn.expect(&binding_key, None);
+        }
+        self.leases.insert(ip, lease.clone());
+        Ok(Ok(Allocation {
+            lease,
+            tor,
+            existing: false,
+        }))
+    }
+
+    /// The transaction of every ADD decided, with the free counts of the
+    /// segments they took IPs on recomputed (which also heals a stale one).
+    pub fn finish(mut self) -> Txn {
+        let pool = &self.read.pool.0;
+        for seg in &self.changed {
+            let key = keys::free(&pool.name, seg);
+            let counter = self.read.counters.iter().find(|(_, e)| e.key == key);
+            let total = pool.ips.get(seg).map_or(0, |v| v.len() as u32);
+            let used = self.leases.values().filter(|l| &l.tor == seg).count() as u32;
+            self.txn.expect(&key, counter.map(|(_, e)| e)).put(
+                &key,
+                &FreeCount {
+                    total,
+                    free: total.saturating_sub(used),
+                },
+            );
+        }
+        self.txn
+    }
+}
