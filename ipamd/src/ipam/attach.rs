@@ -75,7 +75,11 @@ impl Ipam {
     }
 
     /// ADDs of pool `pool`: from the view, all at once, or the reading way.
-    pub(super) async fn allocate_batch(&self, pool: &str, batch: Vec<Waiting>) -> Vec<Result<Allocation>> {
+    pub(super) async fn allocate_batch(
+        &self,
+        pool: &str,
+        batch: Vec<Waiting>,
+    ) -> Vec<Result<Allocation>> {
         if let Some(view) = self.view_for(&batch[0].req.tor) {
             if let Some(done) = self.allocate_from_view(view, pool, &batch).await {
                 return done;

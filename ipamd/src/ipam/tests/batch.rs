@@ -66,7 +66,10 @@ async fn a_burst_on_one_pool_goes_in_batches_each_pod_its_own_ip() {
         assert!(ips.insert(a.lease.ip), "{} twice", a.lease.ip);
     }
     let commits = slow.commits.load(Ordering::SeqCst);
-    assert!(commits < 10, "10 ADDs, {commits} commits: none went together");
+    assert!(
+        commits < 10,
+        "10 ADDs, {commits} commits: none went together"
+    );
     // web has 10 IPs on r1, all taken now: the next is refused, worded.
     let e = ipam
         .allocate(&req("n1", "r1", "c10", &deployment_pod(10)))

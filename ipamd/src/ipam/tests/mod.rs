@@ -584,8 +584,8 @@ async fn free_counts_are_published_per_pool_and_tor() {
     clean(&store).await;
 }
 
-mod big_pools;
 mod batch;
+mod big_pools;
 mod lifecycle;
 mod model;
 mod stopped;
