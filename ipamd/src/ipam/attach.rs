@@ -18,6 +18,9 @@ use super::{AllocRequest, Allocation, Ipam};
 /// transaction stays within etcd's and our limits on its size).
 const MAX_BATCH: usize = 16;
 
+/// What the planner made of one ADD of a batch.
+type Decided = Result<std::result::Result<Allocation, Refusal>>;
+
 /// One ADD waiting for its pool's batch, with its ToR's segments.
 pub(super) struct Waiting {
     pub req: AllocRequest,
@@ -113,7 +116,7 @@ impl Ipam {
         }
         let what = format!("allocating in pool {pool}");
         let todo_ref = &todo;
-        let decided: Result<(Vec<Result<std::result::Result<Allocation, Refusal>>>, Pool)> =
+        let decided: Result<(Vec<Decided>, Pool)> =
             cas(self.store.as_ref(), &what, || async move {
                 let pool_read = self.pool_entry(pool).await?;
                 // Read before the leases: a lease change after this read also moves
