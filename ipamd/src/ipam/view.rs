@@ -14,7 +14,7 @@
 //! them).
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ type Value = Option<Arc<dyn Any + Send + Sync>>;
 /// One watched prefix.
 #[derive(Default)]
 struct Cache {
-    entries: BTreeMap<String, Entry>,
+    entries: HashMap<String, Entry>,
     /// `entries` decoded, by the type the prefix holds (None: the record
     /// does not decode; readers then go to the store, which reports it).
     values: HashMap<String, Value>,
@@ -88,14 +88,14 @@ impl Cache {
             .collect()
     }
 
-    /// Every record, decoded (cloned), with its entry; None if one does not
-    /// decode.
+    /// Every record, decoded (cloned), with its entry (without the value:
+    /// what a compare needs); None if one does not decode.
     fn all<T: Clone + 'static>(&self) -> Option<Vec<(T, Entry)>> {
         self.entries
             .iter()
             .map(|(k, e)| {
                 let v = self.values.get(k)?.as_ref()?.downcast_ref::<T>()?;
-                Some((v.clone(), e.clone()))
+                Some((v.clone(), stub(e)))
             })
             .collect()
     }
@@ -127,6 +127,9 @@ struct State {
     /// Pools with IPs on this node's ToR: their leases and counts are
     /// watched (one task per prefix).
     followed: HashMap<String, Vec<tokio::task::AbortHandle>>,
+    /// This node's segments, worked out from `tors/` once per change of it
+    /// (every ADD asks).
+    segments: Option<Vec<Tor>>,
 }
 
 struct Shared {
@@ -154,6 +157,16 @@ impl Drop for View {
         for (_, tasks) in s.followed.drain() {
             tasks.iter().for_each(|t| t.abort());
         }
+    }
+}
+
+/// `e` without its value: its key and version, what a compare checks (the
+/// view's readers have the record decoded already).
+fn stub(e: &Entry) -> Entry {
+    Entry {
+        key: e.key.clone(),
+        value: Vec::new(),
+        version: e.version,
     }
 }
 
@@ -226,8 +239,11 @@ impl View {
 
     /// The segments a node of this ToR serves (`Ipam::segments_of`).
     pub(super) fn segments(&self) -> Option<Vec<Tor>> {
-        let s = self.shared.state.lock().unwrap();
-        segments(&s, &self.shared.tor)
+        let mut s = self.shared.state.lock().unwrap();
+        if s.segments.is_none() {
+            s.segments = segments(&s, &self.shared.tor);
+        }
+        s.segments.clone()
     }
 
     /// The pool registered for app `ns/app`: `Some(None)` none, `None` the
@@ -256,7 +272,7 @@ impl View {
         let live = |p: &str| s.caches.get(p).filter(|c| c.live);
         let (pool, entry) = live(keys::POOLS)?.get::<Pool>(&keys::pool(name))??;
         Some(PoolData {
-            pool: (pool.clone(), entry.clone()),
+            pool: (pool.clone(), stub(entry)),
             leases: live(&keys::leases(name))?.all()?,
             counters: live(&keys::frees(name))?.all()?,
         })
@@ -279,8 +295,8 @@ impl View {
         };
         let counter = counters
             .get::<FreeCount>(&keys::free(pool, &lease.tor))?
-            .map(|(c, e)| (*c, e.clone()));
-        Some((Some((lease.clone(), e.clone())), counter))
+            .map(|(c, e)| (*c, stub(e)));
+        Some((Some((lease.clone(), stub(e))), counter))
     }
 
     /// Drops `key` from the view, as a view whose watch lags behind a
@@ -319,6 +335,7 @@ impl View {
             }
         }
         if tors_changed {
+            s.segments = None;
             refollow(&self.shared, &mut s, None);
         } else if !pools_changed.is_empty() {
             refollow(&self.shared, &mut s, Some(&pools_changed));
@@ -328,7 +345,8 @@ impl View {
 
 fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
     let c = s.caches.get(keys::TORS).filter(|c| c.live)?;
-    let all: Vec<&Tor> = c.values::<Tor>()?;
+    let mut all: Vec<&Tor> = c.values::<Tor>()?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
     let switch = all
         .iter()
         .find(|t| t.name == tor)
@@ -438,6 +456,9 @@ async fn follow(shared: Arc<Shared>, prefix: String) {
             c.tombs.clear();
             c.seen = rev;
             c.live = true;
+            if prefix == keys::TORS {
+                s.segments = None;
+            }
             if prefix == keys::POOLS || prefix == keys::TORS {
                 refollow(&shared, &mut s, None);
             }
@@ -457,15 +478,21 @@ async fn follow(shared: Arc<Shared>, prefix: String) {
             let pool = pool_named(&ev.key);
             c.event(ev);
             if prefix == keys::TORS {
+                s.segments = None;
                 refollow(&shared, &mut s, None);
             } else if let Some(p) = pool {
                 refollow(&shared, &mut s, Some(&[p]));
             }
         }
         debug!(%prefix, "view: watch ended; listing again");
-        if let Some(c) = shared.state.lock().unwrap().caches.get_mut(&prefix) {
+        let mut s = shared.state.lock().unwrap();
+        if let Some(c) = s.caches.get_mut(&prefix) {
             c.live = false;
         }
+        if prefix == keys::TORS {
+            s.segments = None;
+        }
+        drop(s);
         failures += 1;
     }
 }
