@@ -525,23 +525,7 @@ impl Store for Counting {
         'l0: 'a,
         Self: 'a,
     {
-        Box::pin(async move {
-            self.c.commits.fetch_add(1, Ordering::Relaxed);
-            let n: u64 = txn
-                .ops
-                .iter()
-                .map(|op| match op {
-                    Op::Put { value, .. } => value.len() as u64,
-                    Op::Delete { .. } => 0,
-                })
-                .sum();
-            self.c.bytes_written.fetch_add(n, Ordering::Relaxed);
-            let ok = self.inner.commit(txn).await?;
-            if !ok {
-                self.c.cas_failed.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(ok)
-        })
+        Box::pin(async move { Ok(self.commit_at(txn).await?.is_some()) })
     }
 
     fn commit_at<'l0, 'a>(&'l0 self, txn: Txn) -> StoreFut<'a, Option<u64>>

@@ -11,7 +11,7 @@ use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, StoreExt, Txn};
 
 use super::attach_view::resolve_in_view;
-use super::plan::{segment_named, AddRead, Planner};
+use super::plan::{record_attachment, segment_named, AddRead, Planner};
 use super::{AllocRequest, Allocation, Ipam};
 
 /// ADDs of one pool decided and committed together at most (the
@@ -245,7 +245,6 @@ impl Ipam {
         let what = "writing an attachment made during an outage";
         cas(self.store.as_ref(), what, || async move {
             let key = keys::lease(&lease.pool, lease.ip);
-            let att_key = keys::attachment(&a.key);
             let Some((now, entry)) = self.store.get_json::<Lease>(&key).await? else {
                 return Ok(Attempt::Done(false));
             };
@@ -277,16 +276,8 @@ impl Ipam {
             merged.attachment = Some(a.clone());
             let mut txn = Txn::default();
             txn.expect(&key, Some(&entry))
-                .expect(&keys::pool(&pool.name), Some(&pool_entry))
-                .expect(&att_key, None)
-                .put(&key, &merged)
-                .put(
-                    &att_key,
-                    &AttachmentRef {
-                        pool: lease.pool.clone(),
-                        ip: lease.ip,
-                    },
-                );
+                .expect(&keys::pool(&pool.name), Some(&pool_entry));
+            record_attachment(&mut txn, &merged, &a.key);
             Ok(Attempt::Commit(txn, true))
         })
         .await

@@ -39,6 +39,21 @@ pub(super) fn segment_named(segments: &[Tor], name: &str, tor: &str) -> Result<T
 
 type PodKey = (String, String);
 
+/// Adds to `txn` the lease `lease` holding attachment `key` and the
+/// attachment's index entry, which must not exist yet.
+pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKey) {
+    let att_key = keys::attachment(key);
+    txn.expect(&att_key, None)
+        .put(&keys::lease(&lease.pool, lease.ip), lease)
+        .put(
+            &att_key,
+            &AttachmentRef {
+                pool: lease.pool.clone(),
+                ip: lease.ip,
+            },
+        );
+}
+
 pub(super) struct Planner<'a> {
     read: &'a AddRead,
     /// The pool's leases as decided so far.
@@ -136,19 +151,9 @@ impl<'a> Planner<'a> {
         if old.is_none() {
             self.changed.insert(seg.clone());
         }
-        let lease_key = keys::lease(&pool.name, ip);
-        let att_key = keys::attachment(&req.key);
         self.txn
-            .expect(&lease_key, self.entries.get(&ip).copied())
-            .expect(&att_key, None)
-            .put(&lease_key, &lease)
-            .put(
-                &att_key,
-                &AttachmentRef {
-                    pool: pool.name.clone(),
-                    ip,
-                },
-            );
+            .expect(&keys::lease(&pool.name, ip), self.entries.get(&ip).copied());
+        record_attachment(&mut self.txn, &lease, &req.key);
         let binding_key = keys::binding(&req.pod);
         if new_binding {
             let b = Binding {
