@@ -240,8 +240,7 @@ impl Ipam {
             .attachment
             .as_ref()
             .expect("attach_bound needs an attachment");
-        let lock = self.pool_lock(&lease.pool);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(&lease.pool).await;
         let what = "writing an attachment made during an outage";
         cas(self.store.as_ref(), what, || async move {
             let key = keys::lease(&lease.pool, lease.ip);

@@ -27,8 +27,7 @@ impl Ipam {
             )),
             other => other,
         })?;
-        let lock = self.pool_lock(&view.pool);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(&view.pool).await;
         let name = view.pool.as_str();
         cas(self.store.as_ref(), "binding add", || async move {
             let (pool, pool_entry) = self.pool_entry(name).await?;

@@ -72,8 +72,7 @@ impl Ipam {
         at_del: bool,
     ) -> Result<(IpView, bool, Option<Attachment>)> {
         let view = self.ip(ip).await?;
-        let lock = self.pool_lock(&view.pool);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(&view.pool).await;
         let key = keys::lease(&view.pool, ip);
         let what = if at_del { "ip evict" } else { "ip release" };
         let view = &view;

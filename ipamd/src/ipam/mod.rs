@@ -46,9 +46,8 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::core::{
     Attachment, AttachmentKey, Lease, OwnerKind, PodFacts, PodRef, Policy, PoolOwner, Tor,
@@ -65,9 +64,6 @@ pub const DEFAULT_IP_COOLDOWN_SECS: u64 = 600;
 
 pub struct Ipam {
     store: Arc<dyn Store>,
-    /// Serializes this daemon's own writes per pool, so its ADDs don't make
-    /// each other retry; other daemons are kept apart by the CAS checks.
-    pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set when ipamd stops: open watches end, so shutdown does not wait on
     /// streams that never finish by themselves.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -75,7 +71,10 @@ pub struct Ipam {
     cooldown_secs: u64,
     /// The node's view of the store (`start_view`), for its ToR.
     view: std::sync::OnceLock<view::View>,
-    /// ADDs waiting for their pool's batch.
+    /// Per pool, this daemon's turn to write: ADDs go in batches
+    /// (`batch.rs`), every other change of the pool takes the turn alone
+    /// (`pool_turn`), so the daemon's own writes never make each other
+    /// retry; other daemons are kept apart by the CAS checks.
     adds: batch::Batcher<attach::Waiting, crate::error::Result<Allocation>>,
 }
 
@@ -260,7 +259,6 @@ impl Ipam {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            pool_locks: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
             cooldown_secs: DEFAULT_IP_COOLDOWN_SECS,
             view: std::sync::OnceLock::new(),
@@ -305,12 +303,8 @@ impl Ipam {
         &self.store
     }
 
-    fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.pool_locks
-            .lock()
-            .unwrap()
-            .entry(pool.to_string())
-            .or_default()
-            .clone()
+    /// This daemon's turn to change pool `pool`, alone (see `adds`).
+    async fn pool_turn(&self, pool: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.adds.turn(pool).await
     }
 }

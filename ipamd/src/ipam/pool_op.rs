@@ -52,8 +52,7 @@ impl Ipam {
     pub async fn finish_pool_ops(&self, now_unix: u64) -> Result<Vec<String>> {
         let mut done = Vec::new();
         for p in self.pools().await?.into_iter().filter(|p| p.op.is_some()) {
-            let lock = self.pool_lock(&p.name);
-            let _guard = lock.lock().await;
+            let _turn = self.pool_turn(&p.name).await;
             let what = p.op.as_ref().map_or("", |o| o.step.what());
             match self.drive(&p.name, now_unix).await? {
                 (_, Some(why)) => {

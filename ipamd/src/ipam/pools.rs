@@ -48,8 +48,7 @@ impl Ipam {
             delay_secs: spec.delay_secs,
             cooldown_secs: self.cooldown_secs,
         };
-        let lock = self.pool_lock(&spec.name);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(&spec.name).await;
         // A change left half done on a pool of this name is finished first.
         self.drive(&spec.name, now_unix).await?;
         cas(self.store.as_ref(), "pool create", || async move {
@@ -170,8 +169,7 @@ impl Ipam {
     pub async fn pool(&self, name: &str) -> Result<(Pool, Vec<Lease>)> {
         let (mut pool, _) = self.pool_entry(name).await?;
         if let Some(op) = &pool.op {
-            let lock = self.pool_lock(name);
-            let _guard = lock.lock().await;
+            let _turn = self.pool_turn(name).await;
             pool = match self.drive(name, op.since_unix).await? {
                 (Finished::Done(p), _) => *p,
                 (Finished::Gone, _) => {
@@ -193,8 +191,7 @@ impl Ipam {
     /// Deletes a pool none of whose IPs is in use; its bindings go with it
     /// and its IPs cool down on their ToRs.
     pub async fn delete_pool(&self, name: &str, now_unix: u64) -> Result<Pool> {
-        let lock = self.pool_lock(name);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(name).await;
         let before = self.pool_entry(name).await?.0;
         match self.drive(name, now_unix).await? {
             // It was being deleted (or created and undone): now it is gone.
@@ -242,8 +239,7 @@ impl Ipam {
         app: &str,
         owner: Option<PoolOwner>,
     ) -> Result<Pool> {
-        let lock = self.pool_lock(name);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(name).await;
         let owner = &owner;
         cas(self.store.as_ref(), "pool adopt", || async move {
             let (mut pool, entry) = self.pool_entry(name).await?;

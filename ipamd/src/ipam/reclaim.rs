@@ -23,8 +23,7 @@ impl Ipam {
         pool: &str,
         pod: &PodRef,
     ) -> Result<bool> {
-        let lock = self.pool_lock(pool);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(pool).await;
         let key = keys::lease(pool, ip);
         let key = key.as_str();
         cas(

@@ -38,7 +38,7 @@ impl Ipam {
         };
         // Not between an ADD batch's read and its commit on this pool: both
         // move the pool's free counts.
-        let _turn = self.adds.turn(&first.pool).await;
+        let _turn = self.pool_turn(&first.pool).await;
         let how = How {
             key,
             rollback,

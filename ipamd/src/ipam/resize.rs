@@ -54,8 +54,7 @@ impl Ipam {
             delay_secs: r.delay_secs,
             cooldown_secs: self.cooldown_secs,
         };
-        let lock = self.pool_lock(name);
-        let _guard = lock.lock().await;
+        let _turn = self.pool_turn(name).await;
         // A change left half done is finished first.
         let before = match self.drive(name, now_unix).await? {
             (Finished::Done(p), _) => *p,

@@ -30,7 +30,12 @@ struct Record {
 
 pub struct InFlight {
     dir: PathBuf,
+    /// ADDs running now.
     keys: Mutex<HashSet<AttachmentKey>>,
+    /// Marks on disk that no running ADD owns: a crash's leftovers, and
+    /// ADDs that failed without a rollback. Only their keys' DELs touch the
+    /// directory.
+    left: Mutex<HashSet<AttachmentKey>>,
 }
 
 /// One ADD's mark. `done` removes it; dropped without `done` (the ADD
@@ -54,6 +59,7 @@ impl Drop for Mark<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.set.keys.lock().unwrap().remove(&self.key);
+            self.set.left.lock().unwrap().insert(self.key.clone());
         }
     }
 }
@@ -63,6 +69,7 @@ impl InFlight {
         Self {
             dir,
             keys: Mutex::default(),
+            left: Mutex::default(),
         }
     }
 
@@ -120,6 +127,7 @@ impl InFlight {
             }
         }
         self.keys.lock().unwrap().remove(key);
+        self.left.lock().unwrap().remove(key);
     }
 
     /// Whether an ADD of `key` is running now (GC and the sweep leave it).
@@ -153,13 +161,14 @@ impl InFlight {
                 }
             }
         }
+        self.left.lock().unwrap().extend(out.iter().cloned());
         out
     }
 
     /// Forgets the mark of `key` once its attachment is released (rolled
     /// back, or DELed by the runtime), unless an ADD of it is running.
     pub fn settled(&self, key: &AttachmentKey) {
-        if !self.contains(key) {
+        if !self.contains(key) && self.left.lock().unwrap().remove(key) {
             let _ = std::fs::remove_file(self.path(key));
         }
     }
