@@ -120,12 +120,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let store = stop_hook(store)?;
+    // One allocation service for the whole process (node, admin API,
+    // controller, webhook): one set of per-pool turns, one view.
+    let ipam = Arc::new(Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds));
     // Pool changes a previous run was killed in the middle of are finished
     // (or undone) before anything else.
-    pool_ops::finish_at_start(Arc::new(
-        Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds),
-    ))
-    .await;
+    pool_ops::finish_at_start(ipam.clone()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -165,7 +165,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.role == Role::Controller {
         let listener = api::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?;
-        let ipam = Arc::new(Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds));
         let _webhook = webhook.take().map(|w| w(ipam.clone()));
         let running = start_controller(ipam);
         api::serve_controller(running.collector, listener, stopped()).await?;
@@ -263,7 +262,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             gc_grace: Duration::from_secs(args.gc_grace_seconds),
             sticky_kinds: args.sticky_owner_kinds.clone(),
         },
-        Arc::new(Ipam::new(store.clone()).with_cooldown(args.ip_cooldown_seconds)),
+        ipam,
         datapath,
         mirror,
         clock.clone(),

@@ -32,7 +32,6 @@ impl DeclaredPools {
         pass: &mut Pass,
     ) -> Result<Option<String>, Fenced> {
         let Some(pool) = self.pool_of(w, d, pools, mem, pass).await? else {
-            pass.failed += 1;
             return Ok(None);
         };
         let pool = if d.explicit() || pool.size() == d.target {
@@ -216,7 +215,6 @@ impl DeclaredPools {
             Err(e) => {
                 let msg = format!("pool {} could not be resized {why}: {e}", pool.name);
                 self.say(mem, w, Warning, "MoorPoolResizeFailed", &msg);
-                pass.failed += 1;
                 return Ok(pool);
             }
         };
@@ -297,7 +295,6 @@ impl DeclaredPools {
                 }
             }
             Err(e) => {
-                pass.failed += 1;
                 let msg = format!(
                     "the whitelist of pool {} (ConfigMap {}/{}) could not be written: {e}",
                     pool.name,

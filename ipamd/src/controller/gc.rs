@@ -30,7 +30,6 @@ use crate::kubernetes::workloads::Workloads;
 use super::leadership::Leadership;
 use super::leftovers::{decide, Clocks, NodeHealth, Release, Target, World};
 
-/// Bound on writing one Event.
 /// How long a pass waits for the caches' first lists.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
 

@@ -53,7 +53,6 @@ pub struct Pass {
     pub deleted: Vec<String>,
     /// Pools whose ConfigMap was written.
     pub published: Vec<String>,
-    pub failed: usize,
     /// Stopped early: the fence closed.
     pub fenced: bool,
 }
@@ -124,7 +123,6 @@ impl DeclaredPools {
                     continue;
                 }
                 Err(e) => {
-                    pass.failed += 1;
                     self.say(mem, w, EventType::Warning, "MoorPoolInvalid", &e);
                     continue;
                 }

@@ -25,6 +25,9 @@ type Decided = Result<std::result::Result<Allocation, Refusal>>;
 pub(super) struct Waiting {
     pub req: AllocRequest,
     pub segments: Vec<Tor>,
+    /// The store said the key is not attached yet (read before the pool was
+    /// resolved): the reading way need not ask again.
+    pub not_attached: bool,
 }
 
 impl Ipam {
@@ -49,6 +52,7 @@ impl Ipam {
                 ),
             ));
         }
+        let mut not_attached = false;
         let pool = match view.and_then(|v| resolve_in_view(v, &req.pod, &req.choice)) {
             Some(p) => p,
             None => {
@@ -60,12 +64,14 @@ impl Ipam {
                         existing: true,
                     });
                 }
+                not_attached = true;
                 self.resolve_pool(&req.pod, &req.choice).await?
             }
         };
         let waiting = Waiting {
             req: req.clone(),
             segments,
+            not_attached,
         };
         let run = |batch: Vec<Waiting>| self.allocate_batch(&pool, batch);
         match self.adds.submit(&pool, waiting, MAX_BATCH, run).await {
@@ -95,7 +101,7 @@ impl Ipam {
     /// store: one commit for all that are not refused.
     async fn allocate_reading(&self, pool: &str, batch: &[Waiting]) -> Vec<Result<Allocation>> {
         let mut out: Vec<Option<Result<Allocation>>> = batch.iter().map(|_| None).collect();
-        for (i, w) in batch.iter().enumerate() {
+        for (i, w) in batch.iter().enumerate().filter(|(_, w)| !w.not_attached) {
             match self.attached(&w.req.key).await {
                 Ok(None) => {}
                 Ok(Some(existing)) => {

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::store::{keys, StoreExt};
 
 use super::attach::Waiting;
-use super::plan::{AddRead, Planner};
+use super::plan::Planner;
 use super::view::View;
 use super::{Allocation, Ipam, PoolChoice};
 
@@ -26,12 +26,7 @@ impl Ipam {
         pool: &str,
         batch: &[Waiting],
     ) -> Option<Vec<Result<Allocation>>> {
-        let data = view.pool_data(pool)?;
-        let read = AddRead {
-            pool: data.pool,
-            counters: data.counters,
-            leases: data.leases,
-        };
+        let read = view.pool_data(pool)?;
         // A pod that keeps an IP of this pool: its binding record (in the
         // view only through the lease) is read, for its version. A binding
         // in another pool is not seen here: the commit checks that the pod

@@ -271,11 +271,29 @@ impl Ipam {
         delta: i64,
     ) -> Result<()> {
         let key = keys::free(pool, tor);
-        if let Some((mut c, e)) = self.store.get_json::<FreeCount>(&key).await? {
-            c.free = (i64::from(c.free) + delta).clamp(0, i64::from(c.total)) as u32;
-            txn.expect(&key, Some(&e)).put(&key, &c);
-        }
+        let counter = self.store.get_json::<FreeCount>(&key).await?;
+        bump_count(txn, &key, counter, delta);
         Ok(())
+    }
+}
+
+/// Adds to `txn` the free count at `key`, read as `counter`, moved by
+/// `delta`, guarded by its version (by its absence when there is none, and
+/// then nothing is written: a pool without counts publishes none).
+pub(super) fn bump_count(
+    txn: &mut Txn,
+    key: &str,
+    counter: Option<(FreeCount, Entry)>,
+    delta: i64,
+) {
+    match counter {
+        Some((mut c, e)) => {
+            c.free = (i64::from(c.free) + delta).clamp(0, i64::from(c.total)) as u32;
+            txn.expect(key, Some(&e)).put(key, &c);
+        }
+        None => {
+            txn.expect(key, None);
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
+use super::pools::bump_count;
 use super::{Ipam, Released};
 
 impl Ipam {
@@ -132,15 +133,7 @@ fn plan(
     } else {
         txn.delete(&lease_key);
         // The published free count of (pool, segment) moves by one.
-        match counter {
-            Some((mut c, e)) => {
-                c.free = (c.free + 1).min(c.total);
-                txn.expect(&e.key, Some(&e)).put(&e.key, &c);
-            }
-            None => {
-                txn.expect(&keys::free(&r.pool, &lease.tor), None);
-            }
-        }
+        bump_count(&mut txn, &keys::free(&r.pool, &lease.tor), counter, 1);
     }
     let released = Released {
         ip: r.ip,

@@ -24,6 +24,8 @@ use tracing::debug;
 use crate::core::{FreeCount, Lease, Pool, Tor};
 use crate::store::{decode, keys, Entry, Op, Store, WatchEvent};
 
+use super::plan::AddRead;
+
 /// A record decoded once, when it arrives (ADDs read them many times).
 type Value = Option<Arc<dyn Any + Send + Sync>>;
 
@@ -138,13 +140,6 @@ struct Shared {
     tor: String,
     state: Mutex<State>,
     stop: tokio::sync::watch::Receiver<bool>,
-}
-
-/// What one ADD on pool `pool` reads, all from one moment of the view.
-pub(super) struct PoolData {
-    pub pool: (Pool, Entry),
-    pub leases: Vec<(Lease, Entry)>,
-    pub counters: Vec<(FreeCount, Entry)>,
 }
 
 pub struct View {
@@ -267,11 +262,11 @@ impl View {
     }
 
     /// The pool, its leases and its counts, if the view follows it live.
-    pub(super) fn pool_data(&self, name: &str) -> Option<PoolData> {
+    pub(super) fn pool_data(&self, name: &str) -> Option<AddRead> {
         let s = self.shared.state.lock().unwrap();
         let live = |p: &str| s.caches.get(p).filter(|c| c.live);
         let (pool, entry) = live(keys::POOLS)?.get::<Pool>(&keys::pool(name))??;
-        Some(PoolData {
+        Some(AddRead {
             pool: (pool.clone(), stub(entry)),
             leases: live(&keys::leases(name))?.all()?,
             counters: live(&keys::frees(name))?.all()?,
@@ -363,10 +358,13 @@ fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
 /// node's segments: all of them (`only` None: the ToRs or every pool were
 /// read again), or the pools whose records changed.
 fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
-    let Some(segs) = segments(s, &shared.tor) else {
+    if s.segments.is_none() {
+        s.segments = segments(s, &shared.tor);
+    }
+    let Some(segs) = &s.segments else {
         return;
     };
-    let segs: HashSet<String> = segs.into_iter().map(|t| t.name).collect();
+    let segs: HashSet<String> = segs.iter().map(|t| t.name.clone()).collect();
     let Some(pools) = s.caches.get(keys::POOLS).filter(|c| c.live) else {
         return;
     };

@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,7 @@ pub struct InFlight {
     /// ADDs that failed without a rollback. Only their keys' DELs touch the
     /// directory.
     left: Mutex<HashSet<AttachmentKey>>,
+    dir_made: AtomicBool,
 }
 
 /// One ADD's mark. `done` removes it; dropped without `done` (the ADD
@@ -70,6 +72,7 @@ impl InFlight {
             dir,
             keys: Mutex::default(),
             left: Mutex::default(),
+            dir_made: AtomicBool::new(false),
         }
     }
 
@@ -97,7 +100,16 @@ impl InFlight {
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
         };
-        let written = std::fs::create_dir_all(&self.dir).and_then(|_| {
+        // Made by the first ADD (there may be none before it is needed).
+        let made = || {
+            if self.dir_made.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::fs::create_dir_all(&self.dir)?;
+            self.dir_made.store(true, Ordering::Relaxed);
+            Ok(())
+        };
+        let written = made().and_then(|_| {
             std::fs::write(
                 self.path(key),
                 serde_json::to_vec(&rec).expect("records serialize"),

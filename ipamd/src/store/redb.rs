@@ -37,8 +37,8 @@ pub struct RedbStore {
     queue: Arc<Mutex<Queue>>,
 }
 
-/// A transaction's outcome: the changes it made, or None (a check failed).
-type Outcome = Result<Option<Vec<WatchEvent>>, StoreError>;
+/// A transaction's outcome: applied, or not (a check failed).
+type Outcome = Result<bool, StoreError>;
 
 /// Transactions waiting for the committer, and whether it runs.
 #[derive(Default)]
@@ -198,11 +198,20 @@ fn run_committer(db: Arc<Database>, queue: &Mutex<Queue>, watchers: &Broadcaster
     let mut db = Some(db);
     while !batch.is_empty() {
         let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().unzip();
-        let result = commit_batch(db.as_ref().expect("held while batches come"), txns);
         // Published in revision order, before a next committer can start.
-        for events in result.iter().flatten().flatten() {
-            watchers.publish(events.clone());
-        }
+        let result =
+            commit_batch(db.as_ref().expect("held while batches come"), txns).map(|outcomes| {
+                outcomes
+                    .into_iter()
+                    .map(|events| match events {
+                        Some(events) => {
+                            watchers.publish(events);
+                            true
+                        }
+                        None => false,
+                    })
+                    .collect::<Vec<bool>>()
+            });
         batch = {
             let mut q = queue.lock().unwrap();
             if q.waiting.is_empty() {
@@ -318,10 +327,10 @@ impl Store for RedbStore {
                 (self.db.clone(), self.queue.clone(), self.watchers.clone());
             tokio::task::spawn_blocking(move || run_committer(db, &queue, &watchers));
         }
-        let outcome = rx
+        let applied = rx
             .await
             .map_err(|_| other("the redb committer stopped"))??;
-        Ok(outcome.is_some())
+        Ok(applied)
     }
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
