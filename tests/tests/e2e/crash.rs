@@ -458,6 +458,15 @@ fn kill9_mid_del_burst_leaves_nothing() {
         parked >= DEL_KILL_AFTER,
         "only {parked} DELs retired a veth"
     );
+    let recorded = pods
+        .iter()
+        .filter(|(_, cid)| tb.pending_record(cid).exists())
+        .count();
+    println!("{recorded} DELs met the dead ipamd and were recorded by the plugin");
+    assert!(
+        recorded > 0,
+        "no DEL met the dead ipamd: the kill came too late"
+    );
 
     tb.start_ipamd();
     assert!(

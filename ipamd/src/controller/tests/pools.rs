@@ -377,7 +377,11 @@ async fn a_gone_workloads_pool_is_deleted_once_its_ips_are_free_and_they_cool_do
     );
     at_once.delete_pool("next", l.clock.now()).await.unwrap();
     l.clock.advance(COOLDOWN - 1);
-    assert!(at_once.create_pool(&ask(39), l.clock.now()).await.is_err());
+    let e = at_once
+        .create_pool(&ask(39), l.clock.now())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cool down"), "{e}");
     l.clock.advance(1);
     let next = at_once.create_pool(&ask(39), l.clock.now()).await.unwrap();
     assert!(taken.iter().all(|ip| next.all_ips().contains(ip)));
@@ -412,9 +416,14 @@ async fn explicit_ips_go_to_the_ordinals_and_bad_ones_are_refused_with_an_event(
         let e = l.event(name, "MoorPoolRefused").await;
         assert!(e.contains(refused), "{e}");
         assert!(!e.contains("10.1.0.13 "), "only the refused IP: {e}");
-        assert!(l.ipam.pool(&format!("shop-{name}")).await.is_err());
+        let e = l.ipam.pool(&format!("shop-{name}")).await.unwrap_err();
+        assert!(matches!(e, crate::error::Error::NotFound(_)), "{e}");
     }
-    assert!(l.ipam.ip(ip("10.1.0.13")).await.is_err(), "nothing carved");
+    let e = l.ipam.ip(ip("10.1.0.13")).await.unwrap_err();
+    assert!(
+        matches!(e, crate::error::Error::NotFound(_)),
+        "nothing carved: {e}"
+    );
 }
 
 #[tokio::test]

@@ -92,19 +92,13 @@ async fn one_batch_refuses_a_duplicate_and_keeps_the_rest() {
     let (mem, ipam) = setup(4, Policy::Auto).await;
     let a = req("n1", "r1", "c1", &deployment_pod(1));
     let b = req("n1", "r1", "c2", "db-0");
-    let batch: Vec<attach::Waiting> = [a.clone(), a, b]
+    let segments = ipam.segments_of("r1").await.unwrap();
+    let batch: Vec<attach::Waiting> = [a.clone(), a, b.clone()]
         .into_iter()
         .map(|req| attach::Waiting {
             req,
-            segments: Vec::new(),
-        })
-        .collect();
-    let segments = ipam.segments_of("r1").await.unwrap();
-    let batch: Vec<attach::Waiting> = batch
-        .into_iter()
-        .map(|w| attach::Waiting {
             segments: segments.clone(),
-            ..w
+            not_attached: false,
         })
         .collect();
     let out = ipam.allocate_batch("web", batch).await;
@@ -117,5 +111,24 @@ async fn one_batch_refuses_a_duplicate_and_keeps_the_rest() {
     let db = out[2].as_ref().unwrap();
     assert_ne!(db.lease.ip, out[0].as_ref().unwrap().lease.ip);
     assert!(db.lease.binding.is_some(), "db-0 keeps its IP");
+    // Both decided ADDs were committed, the duplicate left nothing.
+    let held: BTreeSet<_> = ipam
+        .leases("web")
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.ip)
+        .collect();
+    let decided: BTreeSet<_> = [&out[0], &out[2]]
+        .iter()
+        .map(|r| r.as_ref().unwrap().lease.ip)
+        .collect();
+    assert_eq!(held, decided);
+    let (binding, _) = mem
+        .get_json::<crate::core::Binding>(&keys::binding(&b.pod))
+        .await
+        .unwrap()
+        .expect("db-0's binding is in the store");
+    assert_eq!(binding.ip, db.lease.ip);
     clean(&mem).await;
 }

@@ -1,6 +1,7 @@
-//! The allocator against a model: random ADDs, DELs, resizes and binding
-//! releases on three nodes, checked after every step (no IP twice, the
-//! bindings and the free counts as the model says).
+//! The allocator under random concurrent scripts: ADDs, DELs, resizes and
+//! binding releases on three nodes, checked as they go (no IP attached to
+//! two pods at once, a sticky pod always gets its own IP) and at the end (the
+//! store consistent, only bindings left, the published free counts right).
 
 use super::*;
 
@@ -50,8 +51,11 @@ proptest! {
             // Each actor owns the pods with index % 4 == actor, so one pod is
             // never ADDed twice at once (a runtime never does that either).
             let mut tasks = Vec::new();
+            // Which pod holds each attached IP now, over all actors.
+            let holders: Arc<std::sync::Mutex<BTreeMap<Ipv4Addr, usize>>> = Arc::default();
             for (actor, script) in scripts.into_iter().enumerate() {
                 let ipam = ipam.clone();
+                let holders = holders.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut live: BTreeMap<usize, AttachmentKey> = BTreeMap::new();
                     let mut seen: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
@@ -64,6 +68,8 @@ proptest! {
                                 let r = req(n, t, &format!("p{pod}g{gen}"), &pod_name(pod));
                                 match ipam.allocate(&r).await {
                                     Ok(a) => {
+                                        let other = holders.lock().unwrap().insert(a.lease.ip, pod);
+                                        assert_eq!(other, None, "{} attached to pod {other:?} and to pod {pod}", a.lease.ip);
                                         if pod < 6 {
                                             if let Some(prev) = seen.get(&pod) {
                                                 assert_eq!(*prev, a.lease.ip, "sticky pod {pod} got a different IP");
@@ -80,7 +86,9 @@ proptest! {
                             }
                             Step::Del { pod } if pod % 4 == actor => {
                                 if let Some(k) = live.remove(&pod) {
-                                    assert!(ipam.release(&k, false).await.unwrap().is_some());
+                                    let r = ipam.release(&k, false).await.unwrap().expect("attached");
+                                    // Dropped before the next ADD can take the IP.
+                                    holders.lock().unwrap().retain(|ip, p| !(*ip == r.ip && *p == pod));
                                 }
                             }
                             Step::ReleaseBinding { pod } if pod % 4 == actor => {
@@ -94,8 +102,9 @@ proptest! {
                             _ => {}
                         }
                     }
-                    for k in live.values() {
-                        ipam.release(k, false).await.unwrap();
+                    for (pod, k) in &live {
+                        let r = ipam.release(k, false).await.unwrap().expect("attached");
+                        holders.lock().unwrap().retain(|ip, p| !(*ip == r.ip && p == pod));
                     }
                 }));
             }
@@ -105,14 +114,22 @@ proptest! {
             clean(&store).await;
             let leases = ipam.leases("web").await.unwrap();
             assert!(leases.iter().all(|l| l.attachment.is_none() && l.binding.is_some()), "{leases:?}");
-            let bound: BTreeSet<_> = leases.iter().map(|l| l.ip).collect();
-            assert_eq!(bound.len(), leases.len());
+            assert!(holders.lock().unwrap().is_empty());
             let (pool, _) = ipam.pool("web").await.unwrap();
             let counts = crate::core::pool_counts(&pool, &leases);
             let total: u32 = counts.values().map(|c| c.total).sum();
             let free: u32 = counts.values().map(|c| c.free).sum();
             assert_eq!(total, pool.size());
             assert_eq!(free as usize, pool.size() as usize - leases.len());
+            // What the store publishes agrees.
+            for (tor, c) in &counts {
+                let (published, _) = store
+                    .get_json::<FreeCount>(&keys::free("web", tor))
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("no published count for {tor}"));
+                assert_eq!((published.total, published.free), (c.total, c.free), "{tor}");
+            }
         });
     }
 }
