@@ -61,6 +61,24 @@ pub struct Tor {
     pub segment_of: Option<String>,
 }
 
+/// The segments a node of ToR `tor` serves, of `all`, by name: the ToR's
+/// own record and every record made with `--segment-of` it (a node
+/// configured with a segment's name serves that segment's ToR).
+pub fn segments_of<'a>(all: impl IntoIterator<Item = &'a Tor>, tor: &str) -> Vec<Tor> {
+    let all: Vec<&Tor> = all.into_iter().collect();
+    let switch = all
+        .iter()
+        .find(|t| t.name == tor)
+        .map_or(tor, |t| t.switch());
+    let mut out: Vec<Tor> = all
+        .iter()
+        .filter(|t| t.switch() == switch)
+        .map(|t| (*t).clone())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 impl Tor {
     /// The switch this segment is on: where its IPs may move between nodes.
     pub fn switch(&self) -> &str {

@@ -31,7 +31,7 @@ impl OwnerRef {
         self.api_version.split_once('/').map_or("", |(g, _)| g)
     }
 
-    fn is(&self, group: &str, kind: &str) -> bool {
+    pub(crate) fn is(&self, group: &str, kind: &str) -> bool {
         self.group() == group && self.kind == kind
     }
 }

@@ -62,13 +62,7 @@ impl Ipam {
     /// segment's name serves that segment's ToR.
     pub async fn segments_of(&self, tor: &str) -> Result<Vec<Tor>> {
         let (all, _) = self.store.list_json::<Tor>(keys::TORS).await?;
-        let all: Vec<Tor> = all.into_iter().map(|(t, _)| t).collect();
-        let switch = all
-            .iter()
-            .find(|t| t.name == tor)
-            .map_or(tor, |t| t.switch())
-            .to_string();
-        Ok(all.into_iter().filter(|t| t.switch() == switch).collect())
+        Ok(crate::core::segments_of(all.iter().map(|(t, _)| t), tor))
     }
 
     pub async fn tor(&self, name: &str) -> Result<Option<Tor>> {

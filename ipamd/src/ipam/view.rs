@@ -119,7 +119,9 @@ impl Cache {
         }
         self.seen = self.seen.max(ev.revision);
         let seen = self.seen;
-        self.tombs.retain(|_, t| *t > seen);
+        // Events of one revision (one transaction) come one after another:
+        // a tomb goes once the watch is past its revision.
+        self.tombs.retain(|_, t| *t >= seen);
     }
 }
 
@@ -300,7 +302,10 @@ impl View {
     pub(super) fn forget(&self, key: &str) {
         let mut s = self.shared.state.lock().unwrap();
         if let Some(c) = prefix_of(key).and_then(|p| s.caches.get_mut(&p)) {
-            c.entries.remove(key);
+            // Its watch event, if still on the way, must not bring it back.
+            if let Some(e) = c.entries.remove(key) {
+                c.tombs.insert(key.to_string(), e.version);
+            }
             c.values.remove(key);
         }
     }
@@ -340,18 +345,7 @@ impl View {
 
 fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
     let c = s.caches.get(keys::TORS).filter(|c| c.live)?;
-    let mut all: Vec<&Tor> = c.values::<Tor>()?;
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    let switch = all
-        .iter()
-        .find(|t| t.name == tor)
-        .map_or(tor, |t| t.switch());
-    Some(
-        all.iter()
-            .filter(|t| t.switch() == switch)
-            .map(|t| (*t).clone())
-            .collect(),
-    )
+    Some(crate::core::segments_of(c.values::<Tor>()?, tor))
 }
 
 /// Follows the leases and counts of exactly the pools with IPs on this
@@ -530,6 +524,12 @@ mod tests {
             key: "k".into(),
             value: None,
             revision: 7,
+        });
+        assert!(c.tombs.contains_key("k"), "kept through its own revision");
+        c.event(WatchEvent {
+            key: "other".into(),
+            value: Some(b"1".to_vec()),
+            revision: 8,
         });
         assert!(c.tombs.is_empty(), "the watch passed the delete");
         // A newer put wins; an older one after it does not.

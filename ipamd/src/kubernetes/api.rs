@@ -60,22 +60,18 @@ pub struct ApiCluster {
     events: Events,
 }
 
-/// A metadata-only reflector of `api` under `cfg`.
+/// A metadata-only reflector of `api` under `cfg`; `changed` as
+/// `reflect::reflect`'s.
 pub(super) fn reflect<K>(
     api: Api<PartialObjectMeta<K>>,
     cfg: watcher::Config,
     what: &'static str,
+    changed: Option<tokio::sync::watch::Sender<u64>>,
 ) -> Store<PartialObjectMeta<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    super::reflect::reflect(
-        api,
-        cfg,
-        what,
-        |o: &mut PartialObjectMeta<K>| o.metadata.managed_fields = None,
-        None,
-    )
+    super::reflect::reflect(api, cfg, what, |_: &mut PartialObjectMeta<K>| {}, changed)
 }
 
 fn controller_of(m: &ObjectMeta) -> Option<OwnerRef> {
@@ -109,11 +105,10 @@ impl ApiCluster {
     pub fn start(client: Client, opts: ApiOptions, clock: Arc<dyn Clock>) -> Arc<Self> {
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node));
         let (changed, pod_changes) = tokio::sync::watch::channel(0);
-        let pods = super::reflect::reflect(
+        let pods = reflect(
             Api::<PartialObjectMeta<Pod>>::all(client.clone()),
             on_node,
             "pods",
-            |o: &mut PartialObjectMeta<Pod>| o.metadata.managed_fields = None,
             Some(changed),
         );
         let namespaces = Namespaces::start(client.clone());
@@ -122,6 +117,7 @@ impl ApiCluster {
             Api::<PartialObjectMeta<Node>>::all(client.clone()),
             this_node,
             "node",
+            None,
         );
         let events = Events::start(
             client.clone(),
@@ -154,8 +150,7 @@ impl ApiCluster {
             .filter_map(|p| {
                 // The controller only (not every label and annotation, as
                 // pod_facts copies): this runs on every pod event.
-                let job = controller_of(&p.metadata)
-                    .filter(|o| o.group() == "batch" && o.kind == "Job")?;
+                let job = controller_of(&p.metadata).filter(|o| o.is("batch", "Job"))?;
                 let key = (p.metadata.namespace.clone()?, job.name);
                 (!known.contains_key(&key)).then_some(key)
             })

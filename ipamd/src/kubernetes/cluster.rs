@@ -45,7 +45,6 @@ pub struct ClusterCache {
 /// Keeps what identifies the pod (namespace, name, uid).
 fn trim_pod(p: &mut PartialObjectMeta<Pod>) {
     let m = &mut p.metadata;
-    m.managed_fields = None;
     m.annotations = None;
     m.labels = None;
     m.owner_references = None;
@@ -54,7 +53,6 @@ fn trim_pod(p: &mut PartialObjectMeta<Pod>) {
 
 /// Keeps the name and the `Ready` condition.
 fn trim_node(n: &mut Node) {
-    n.metadata.managed_fields = None;
     n.metadata.annotations = None;
     n.metadata.labels = None;
     n.spec = None;

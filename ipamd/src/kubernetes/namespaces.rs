@@ -23,6 +23,7 @@ impl Namespaces {
             Api::all(client),
             watcher::Config::default(),
             "namespaces",
+            None,
         ))
     }
 

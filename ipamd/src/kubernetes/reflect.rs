@@ -13,15 +13,15 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::warn;
 
-/// A reflector of `api` under `cfg`; `trim` runs on every object before it
-/// is cached (managed fields are most of an object's metadata and moor reads
-/// none of them: every caller drops them); `changed`, when given, counts
+/// A reflector of `api` under `cfg`; every object is cached without its
+/// managed fields (most of an object's metadata, and moor reads none of
+/// them) and after `trim` (what else its caller never reads); `changed`, when given, counts
 /// every watch event, for loops to wake on. `what` names the watch in logs.
 pub(super) fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     what: &'static str,
-    trim: impl FnMut(&mut K) + Send + 'static,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
     changed: Option<watch::Sender<u64>>,
 ) -> Store<K>
 where
@@ -30,7 +30,10 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, cfg)
         .default_backoff()
-        .modify(trim)
+        .modify(move |o| {
+            o.meta_mut().managed_fields = None;
+            trim(o)
+        })
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

@@ -209,10 +209,7 @@ fn reflect<K: Kind>(client: &Client, changed: watch::Sender<u64>) -> Store<K> {
         Api::<K>::all(client.clone()),
         watcher::Config::default(),
         K::KIND,
-        |o: &mut K| {
-            o.meta_mut().managed_fields = None;
-            o.slim();
-        },
+        |o: &mut K| o.slim(),
         Some(changed),
     )
 }

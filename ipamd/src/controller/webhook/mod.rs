@@ -100,7 +100,7 @@ impl Admission {
         let daemon = facts
             .controller
             .as_ref()
-            .is_some_and(|o| o.group() == "apps" && o.kind == "DaemonSet");
+            .is_some_and(|o| o.is("apps", "DaemonSet"));
         let placed = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
         if daemon || placed {
             debug!(pod = %who, "a DaemonSet's or already placed pod: unchanged");

@@ -57,7 +57,7 @@ proptest! {
                 let ipam = ipam.clone();
                 let holders = holders.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut live: BTreeMap<usize, AttachmentKey> = BTreeMap::new();
+                    let mut live: BTreeMap<usize, (AttachmentKey, Ipv4Addr)> = BTreeMap::new();
                     let mut seen: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
                     let mut gen = 0;
                     for s in script {
@@ -76,7 +76,7 @@ proptest! {
                                             }
                                             seen.insert(pod, a.lease.ip);
                                         }
-                                        live.insert(pod, r.key);
+                                        live.insert(pod, (r.key, a.lease.ip));
                                     }
                                     Err(e) => assert!(
                                         [cni_code::POOL_FULL, cni_code::WRONG_TOR, cni_code::TRY_AGAIN_LATER].contains(&e.cni_code()),
@@ -85,10 +85,12 @@ proptest! {
                                 }
                             }
                             Step::Del { pod } if pod % 4 == actor => {
-                                if let Some(k) = live.remove(&pod) {
+                                if let Some((k, ip)) = live.remove(&pod) {
+                                    // Not held from the moment the DEL starts: another
+                                    // ADD may take the IP as soon as it commits.
+                                    assert_eq!(holders.lock().unwrap().remove(&ip), Some(pod));
                                     let r = ipam.release(&k, false).await.unwrap().expect("attached");
-                                    // Dropped before the next ADD can take the IP.
-                                    holders.lock().unwrap().retain(|ip, p| !(*ip == r.ip && *p == pod));
+                                    assert_eq!(r.ip, ip);
                                 }
                             }
                             Step::ReleaseBinding { pod } if pod % 4 == actor => {
@@ -102,9 +104,9 @@ proptest! {
                             _ => {}
                         }
                     }
-                    for (pod, k) in &live {
-                        let r = ipam.release(k, false).await.unwrap().expect("attached");
-                        holders.lock().unwrap().retain(|ip, p| !(*ip == r.ip && p == pod));
+                    for (pod, (k, ip)) in &live {
+                        assert_eq!(holders.lock().unwrap().remove(ip), Some(*pod));
+                        ipam.release(k, false).await.unwrap().expect("attached");
                     }
                 }));
             }

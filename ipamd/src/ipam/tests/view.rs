@@ -220,6 +220,18 @@ async fn a_stale_view_costs_a_second_try_never_a_taken_ip() {
     assert_eq!(reads, 5, "the second try read the store");
     // DEL from a view that misses the lease: the commit checks it, fails,
     // and the reading way releases it.
+    // (Its lease reached the view by the watch: the reading way committed.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !view
+        .pool_data("web")
+        .unwrap()
+        .leases
+        .iter()
+        .any(|(l, _)| l.ip == mine.lease.ip)
+    {
+        assert!(std::time::Instant::now() < deadline, "the watch never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     view.forget(&keys::lease("web", mine.lease.ip));
     let r = s.ipam.release(&mine.attachment().key, false).await.unwrap();
     assert_eq!(r.unwrap().ip, mine.lease.ip);
