@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use crate::core::{FreeCount, PoolOp, PoolStep};
+use crate::core::{PoolOp, PoolStep};
 use crate::store::keys;
 
 use super::{Snapshot, REPORT_A_BUG};
@@ -18,9 +18,15 @@ impl Snapshot {
                 "start ipamd (it migrates the store at start)",
             );
         }
+        for key in std::mem::take(&mut self.free_v2) {
+            self.finding(
+                &key,
+                "is a free count, which moor no longer stores (since schema 3 counts are worked out from the leases)".to_string(),
+                "delete it: the migration to schema 3 deletes those it finds, so this one was written since, not by moor",
+            );
+        }
         self.check_pools();
         self.check_leases();
-        self.check_free_counts();
         self.check_bindings();
         self.check_attachments();
     }
@@ -225,61 +231,6 @@ impl Snapshot {
         }
         for (key, problem, fix) in bad {
             self.finding(&key, problem, &fix);
-        }
-    }
-
-    /// The published free counts agree with the pools and their leases.
-    fn check_free_counts(&mut self) {
-        let mut bad = Vec::new();
-        let mut used: HashMap<(&str, &str), u32> = HashMap::new();
-        for l in self.leases.values() {
-            *used.entry((&l.pool, &l.tor)).or_default() += 1;
-        }
-        let mut expected: BTreeMap<String, FreeCount> = BTreeMap::new();
-        // A pool change in progress publishes its counts last.
-        let changing: Vec<&str> = self
-            .pools
-            .values()
-            .filter(|p| p.op.is_some())
-            .map(|p| p.name.as_str())
-            .collect();
-        for p in self.pools.values().filter(|p| p.op.is_none()) {
-            for (tor, ips) in &p.ips {
-                let total = ips.len() as u32;
-                let used = used.get(&(p.name.as_str(), tor.as_str())).copied();
-                expected.insert(
-                    keys::free(&p.name, tor),
-                    FreeCount {
-                        total,
-                        free: total.saturating_sub(used.unwrap_or(0)),
-                    },
-                );
-            }
-        }
-        for (key, have) in &self.free {
-            let pool = key.split('/').nth(1).unwrap_or_default();
-            if changing.contains(&pool) {
-                continue;
-            }
-            match expected.get(key) {
-                None => bad.push((key.clone(), "belongs to no pool's ToR".to_string())),
-                Some(want) if want != have => bad.push((
-                    key.clone(),
-                    format!(
-                        "says {} free of {}; the pool and its leases say {} free of {}",
-                        have.free, have.total, want.free, want.total
-                    ),
-                )),
-                _ => {}
-            }
-        }
-        for key in expected.keys() {
-            if !self.free.contains_key(key) {
-                bad.push((key.clone(), "missing: the pool has IPs on this ToR".into()));
-            }
-        }
-        for (key, problem) in bad {
-            self.bug(&key, problem);
         }
     }
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::core::NodeRecord;
-use crate::core::{AttachmentRef, Binding, CarvedShare, Cooling, FreeCount, Lease, Pool, Tor};
+use crate::core::{AttachmentRef, Binding, CarvedShare, Cooling, Lease, Pool, Tor};
 use crate::store::{decode, keys, schema, Entry, Store, StoreError};
 
 /// The fix for what only a bug (or a hand edit) can leave behind: no
@@ -101,7 +101,8 @@ struct Snapshot {
     carved_v1: Vec<String>,
     pools: BTreeMap<String, Pool>,
     apps: BTreeMap<String, String>,
-    free: BTreeMap<String, FreeCount>,
+    /// Schema 2's `free/<pool>/<tor>` records (the migration to 3 removes them).
+    free_v2: Vec<String>,
     leases: BTreeMap<String, Lease>,
     bindings: BTreeMap<String, Binding>,
     attachments: BTreeMap<String, AttachmentRef>,
@@ -198,11 +199,7 @@ impl Snapshot {
                     self.apps.insert(k.to_string(), p);
                 }
             }
-            "free" => {
-                if let Some(c) = self.decoded::<FreeCount>(e, "free count") {
-                    self.free.insert(k.to_string(), c);
-                }
-            }
+            "free" => self.free_v2.push(k.to_string()),
             "leases" => {
                 if let Some(l) = self.decoded::<Lease>(e, "lease") {
                     if keys::lease(&l.pool, l.ip) != k {

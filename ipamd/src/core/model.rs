@@ -372,9 +372,9 @@ pub struct AttachmentRef {
     pub ip: Ipv4Addr,
 }
 
-/// What the store publishes per pool and ToR (`free/<pool>/<tor>`), kept
-/// exact by the same transactions that change leases, so a scheduler or a
-/// label sync can watch where an app still has room.
+/// How many of a pool's IPs on one ToR segment are free: worked out from
+/// the pool and its leases when asked (`free_counts`), never stored, so no
+/// ADD or DEL has a shared counter to write (they would all conflict on it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreeCount {
     /// IPs of the pool on the ToR.
@@ -390,6 +390,29 @@ pub struct PoolCounts {
     pub bound: u32,
     pub in_use: u32,
     pub free: u32,
+}
+
+/// The pool's free counts per segment, from the IPs that have a lease (a
+/// lease exists while its IP is bound, in use or quarantined). Leases of IPs
+/// the pool no longer holds count nowhere.
+pub fn free_counts(
+    pool: &Pool,
+    leased: impl IntoIterator<Item = Ipv4Addr>,
+) -> BTreeMap<String, FreeCount> {
+    let mut out: BTreeMap<String, FreeCount> = pool
+        .ips
+        .iter()
+        .map(|(tor, ips)| {
+            let total = ips.len() as u32;
+            (tor.clone(), FreeCount { total, free: total })
+        })
+        .collect();
+    for ip in leased {
+        if let Some(c) = pool.tor_of(ip).and_then(|t| out.get_mut(t)) {
+            c.free = c.free.saturating_sub(1);
+        }
+    }
+    out
 }
 
 /// Counts the pool's IPs on each ToR from its leases.

@@ -52,7 +52,8 @@ pub enum PoolStep {
         ips: BTreeMap<String, Vec<Ipv4Addr>>,
         cooling_until: u64,
     },
-    /// Publish the free counts of these segments (the last step).
+    /// Schema 2's last step, publishing free counts (schema 3 keeps none):
+    /// a store migrated mid-change may hold it; finishing it ends the change.
     Counting { tors: Vec<String> },
     /// Delete (or undo a create): leases and bindings first, then the IPs
     /// go back per segment, then the pool and app records.

@@ -5,7 +5,7 @@
 
 use crate::core::allocate::Refusal;
 use crate::core::explain::explain;
-use crate::core::{AttachmentKey, AttachmentRef, Binding, FreeCount, Lease, Pool, Tor};
+use crate::core::{AttachmentKey, AttachmentRef, Binding, Lease, Pool, Tor};
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, StoreExt, Txn};
@@ -125,12 +125,6 @@ impl Ipam {
         let decided: Result<(Vec<Decided>, Pool)> =
             cas(self.store.as_ref(), &what, || async move {
                 let pool_read = self.pool_entry(pool).await?;
-                // Read before the leases: a lease change after this read also moves
-                // the counters, whose versions the commit checks.
-                let (counters, _) = self
-                    .store
-                    .list_json::<FreeCount>(&keys::frees(pool))
-                    .await?;
                 let (leases, _) = self.store.list_json::<Lease>(&keys::leases(pool)).await?;
                 let mut bindings = Vec::new();
                 for &i in todo_ref {
@@ -143,7 +137,6 @@ impl Ipam {
                 }
                 let read = AddRead {
                     pool: pool_read,
-                    counters,
                     leases,
                 };
                 let mut planner = Planner::new(&read);

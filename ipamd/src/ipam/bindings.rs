@@ -89,7 +89,6 @@ impl Ipam {
                 .expect(&bkey, None)
                 .put(&lkey, &lease)
                 .put(&bkey, &want);
-            self.bump_free(&mut txn, name, &tor, -1).await?;
             Ok(Attempt::Commit(txn, want))
         })
         .await

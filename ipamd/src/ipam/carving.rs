@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::core::{carve, spread, Carved, CarvedShare, Cooling, FreeCount, Lease, Pool, Tor};
+use crate::core::{carve, spread, Carved, CarvedShare, Cooling, Pool, Tor};
 use crate::error::{Error, Result};
 use crate::store::{decode, keys, Entry, StoreExt, Txn};
 
@@ -295,37 +295,4 @@ pub(super) fn plan_explicit(
 /// Forgets whitelist delays that ended by `now`.
 pub(super) fn prune_delays(pool: &mut Pool, now: u64) {
     pool.allocatable_after.retain(|_, t| *t > now);
-}
-
-/// Adds to `txn` the pool's published free count on segment `tor`,
-/// recomputed from `leases`, guarded by the version of the counter read
-/// before them (`old`): any lease change since then also moved the counter
-/// and fails the commit. A segment the pool has no IPs on loses its counter.
-pub(super) fn publish_count(
-    txn: &mut Txn,
-    pool: &Pool,
-    tor: &str,
-    leases: &[Lease],
-    old: Option<&Entry>,
-) {
-    let key = keys::free(&pool.name, tor);
-    txn.expect(&key, old);
-    match pool.ips.get(tor) {
-        None => {
-            if old.is_some() {
-                txn.delete(&key);
-            }
-        }
-        Some(ips) => {
-            let used = leases.iter().filter(|l| l.tor == tor).count() as u32;
-            let total = ips.len() as u32;
-            txn.put(
-                &key,
-                &FreeCount {
-                    total,
-                    free: total.saturating_sub(used),
-                },
-            );
-        }
-    }
 }

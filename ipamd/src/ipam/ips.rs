@@ -123,7 +123,6 @@ impl Ipam {
                     txn.put(key, &lease);
                 } else {
                     txn.delete(key);
-                    self.bump_free(&mut txn, &view.pool, &lease.tor, 1).await?;
                 }
                 true
             };

@@ -18,6 +18,7 @@
 //!   `attach_view` the same from `view`, the node's watch-fed copy of what
 //!   its ADDs and DELs read (etcd);
 //! - `schedule`: what the admission webhook reads to steer a pod to ToRs;
+//!   `free`: free counts, worked out from leases when asked;
 //! - `release`: the DEL path: end an attachment, keep or free the IP;
 //! - `reclaim`: garbage collection's release of a binding nobody uses;
 //! - `watch`: a pool's IP set as a stream (whitelist syncers);
@@ -28,6 +29,7 @@ mod attach_view;
 mod batch;
 mod bindings;
 mod carving;
+mod free;
 mod ips;
 pub mod listing;
 mod plan;

@@ -1,16 +1,17 @@
 //! ADDs of one pool decided in turn, each seeing the ones before it, into
 //! one transaction that applies only if every record the decisions read is
 //! unchanged: the pool, each lease taken (or its absence), each pod's
-//! binding (or its absence), the free counters, and each attachment's
-//! absence. The attachments are recorded ready: a crash before the ADD
+//! binding (or its absence), and each attachment's absence. Nothing else
+//! is written: no count shared by every ADD of the pool (`core::free_counts`
+//! works free counts out when asked). The attachments are recorded ready: a crash before the ADD
 //! returns is rolled back by the node (`node::inflight`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::{
-    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, FreeCount, Lease, Pool, Tor,
+    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, Lease, Pool, Tor,
 };
 use crate::error::{Error, Result};
 use crate::store::{keys, Entry, Txn};
@@ -20,7 +21,6 @@ use super::{AllocRequest, Allocation};
 /// What ADDs of one pool decide from: read from the store, or from the view.
 pub(super) struct AddRead {
     pub pool: (Pool, Entry),
-    pub counters: Vec<(FreeCount, Entry)>,
     pub leases: Vec<(Lease, Entry)>,
 }
 
@@ -63,8 +63,6 @@ pub(super) struct Planner<'a> {
     /// Bindings made by ADDs earlier in this batch.
     made: HashMap<PodKey, Binding>,
     keys: HashSet<AttachmentKey>,
-    /// Segments whose free count moves.
-    changed: BTreeSet<String>,
     txn: Txn,
 }
 
@@ -79,7 +77,6 @@ impl<'a> Planner<'a> {
             entries: read.leases.iter().map(|(l, e)| (l.ip, e)).collect(),
             made: HashMap::new(),
             keys: HashSet::new(),
-            changed: BTreeSet::new(),
             txn,
         }
     }
@@ -148,9 +145,6 @@ impl<'a> Planner<'a> {
             evict: false,
             quarantine: None,
         };
-        if old.is_none() {
-            self.changed.insert(seg.clone());
-        }
         self.txn
             .expect(&keys::lease(&pool.name, ip), self.entries.get(&ip).copied());
         record_attachment(&mut self.txn, &lease, &req.key);
@@ -181,23 +175,8 @@ impl<'a> Planner<'a> {
         }))
     }
 
-    /// The transaction of every ADD decided, with the free counts of the
-    /// segments they took IPs on recomputed (which also heals a stale one).
-    pub fn finish(mut self) -> Txn {
-        let pool = &self.read.pool.0;
-        for seg in &self.changed {
-            let key = keys::free(&pool.name, seg);
-            let counter = self.read.counters.iter().find(|(_, e)| e.key == key);
-            let total = pool.ips.get(seg).map_or(0, |v| v.len() as u32);
-            let used = self.leases.values().filter(|l| &l.tor == seg).count() as u32;
-            self.txn.expect(&key, counter.map(|(_, e)| e)).put(
-                &key,
-                &FreeCount {
-                    total,
-                    free: total.saturating_sub(used),
-                },
-            );
-        }
+    /// The transaction of every ADD decided.
+    pub fn finish(self) -> Txn {
         self.txn
     }
 }

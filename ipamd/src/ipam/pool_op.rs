@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::store::retry::{Contended, MAX_ATTEMPTS};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
-use super::carving::{prune_delays, publish_count, TorState};
+use super::carving::{prune_delays, TorState};
 use super::Ipam;
 
 /// How a driven change ended.
@@ -114,7 +114,7 @@ impl Ipam {
                 self.giving_back_step(pool, entry, op, ips, *cooling_until, now)
                     .await
             }
-            PoolStep::Counting { tors } => self.counting_step(pool, entry, tors).await,
+            PoolStep::Counting { .. } => Ok(self.counting_step(pool, entry)),
             PoolStep::Deleting {
                 cooling_until,
                 leases_done,
@@ -241,7 +241,7 @@ impl Ipam {
                 }
             }
             prune_delays(&mut next, now);
-            next.op = self.counting(&next, op).await?;
+            next.op = None;
             return Ok(Step::Commit(rewrite(txn, entry, &next)));
         }
         next.op = Some(PoolOp {
@@ -256,23 +256,6 @@ impl Ipam {
             ..op.clone()
         });
         Ok(Step::Commit(rewrite(txn, entry, &next)))
-    }
-
-    /// The last step of a change: publish the free counts of every segment
-    /// the pool has IPs on or a counter for.
-    async fn counting(&self, next: &Pool, op: &PoolOp) -> Result<Option<PoolOp>> {
-        let (counters, _) = self.store.list(&keys::frees(&next.name)).await?;
-        let mut tors: Vec<String> = next.ips.keys().cloned().collect();
-        for e in counters {
-            let tor = e.key.rsplit('/').next().unwrap_or_default().to_string();
-            if !tors.contains(&tor) {
-                tors.push(tor);
-            }
-        }
-        Ok(Some(PoolOp {
-            step: PoolStep::Counting { tors },
-            ..op.clone()
-        }))
     }
 
     async fn giving_back_step(
@@ -297,7 +280,7 @@ impl Ipam {
             left.remove(tor);
         }
         next.op = if left.is_empty() {
-            self.counting(&next, op).await?
+            None
         } else {
             Some(PoolOp {
                 step: PoolStep::GivingBack {
@@ -310,27 +293,12 @@ impl Ipam {
         Ok(Step::Commit(rewrite(txn, entry, &next)))
     }
 
-    async fn counting_step(&self, pool: &Pool, entry: &Entry, tors: &[String]) -> Result<Step> {
-        // Counters before leases: a lease change after this read also moves
-        // a counter, whose version the commit checks.
-        let (counters, _) = self.store.list(&keys::frees(&pool.name)).await?;
-        let leases = self.leases(&pool.name).await?;
-        let mut txn = Txn::default();
-        let n = tors.len().min(90);
-        for tor in &tors[..n] {
-            let key = keys::free(&pool.name, tor);
-            let old = counters.iter().find(|e| e.key == key);
-            publish_count(&mut txn, pool, tor, &leases, old);
-        }
+    /// A change schema 2 left at its last step (publishing free counts,
+    /// which schema 3 no longer keeps): it is done.
+    fn counting_step(&self, pool: &Pool, entry: &Entry) -> Step {
         let mut next = pool.clone();
-        if n == tors.len() {
-            next.op = None;
-        } else if let Some(op) = &mut next.op {
-            op.step = PoolStep::Counting {
-                tors: tors[n..].to_vec(),
-            };
-        }
-        Ok(Step::Commit(rewrite(txn, entry, &next)))
+        next.op = None;
+        Step::Commit(rewrite(Txn::default(), entry, &next))
     }
 
     async fn deleting_step(
@@ -391,19 +359,11 @@ impl Ipam {
                     break;
                 }
                 st.give_back(name, give, now, cooling_until, &mut txn);
-                txn.delete(&keys::free(name, tor));
                 drop_ips(&mut next, tor, give);
             }
             return Ok(Step::Commit(rewrite(txn, entry, &next)));
         }
-        // Last: leftover counters, the app's record, the pool's.
-        let (counters, _) = self.store.list(&keys::frees(name)).await?;
-        for e in counters.iter().take(90) {
-            txn.delete(&e.key);
-        }
-        if counters.len() > 90 {
-            return Ok(Step::Commit(rewrite(txn, entry, &next)));
-        }
+        // Last: the app's record, the pool's.
         let app = keys::app(&pool.namespace, &pool.app);
         if let Some((p, e)) = self.store.get_json::<String>(&app).await? {
             if p == *name {

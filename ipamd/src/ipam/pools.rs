@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::core::{
-    validate, Binding, FreeCount, Lease, PodRef, Pool, PoolOp, PoolOwner, PoolStep,
-    DEFAULT_POOL_SIZE,
+    validate, Binding, Lease, PodRef, Pool, PoolOp, PoolOwner, PoolStep, DEFAULT_POOL_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
@@ -259,41 +258,6 @@ impl Ipam {
             Ok(Attempt::Commit(txn, pool))
         })
         .await
-    }
-
-    /// Adds to `txn` the published free count of (pool, tor) moved by
-    /// `delta` (+1: a lease went away), guarded by the counter's version.
-    pub(super) async fn bump_free(
-        &self,
-        txn: &mut Txn,
-        pool: &str,
-        tor: &str,
-        delta: i64,
-    ) -> Result<()> {
-        let key = keys::free(pool, tor);
-        let counter = self.store.get_json::<FreeCount>(&key).await?;
-        bump_count(txn, &key, counter, delta);
-        Ok(())
-    }
-}
-
-/// Adds to `txn` the free count at `key`, read as `counter`, moved by
-/// `delta`, guarded by its version (by its absence when there is none, and
-/// then nothing is written: a pool without counts publishes none).
-pub(super) fn bump_count(
-    txn: &mut Txn,
-    key: &str,
-    counter: Option<(FreeCount, Entry)>,
-    delta: i64,
-) {
-    match counter {
-        Some((mut c, e)) => {
-            c.free = (i64::from(c.free) + delta).clamp(0, i64::from(c.total)) as u32;
-            txn.expect(key, Some(&e)).put(key, &c);
-        }
-        None => {
-            txn.expect(key, None);
-        }
     }
 }
 

@@ -44,7 +44,6 @@ impl Ipam {
                 txn.expect(key, Some(&entry))
                     .delete(key)
                     .delete(&keys::binding(pod));
-                self.bump_free(&mut txn, pool, &lease.tor, 1).await?;
                 Ok(Attempt::Commit(txn, true))
             },
         )
@@ -56,10 +55,8 @@ impl Ipam {
 mod tests {
     use std::sync::Arc;
 
-    use crate::core::FreeCount;
     use crate::ipam::{AllocRequest, Ipam};
     use crate::store::mem::MemStore;
-    use crate::store::{keys, StoreExt};
 
     async fn ipam_with_pool() -> Ipam {
         let ipam = Ipam::new(Arc::new(MemStore::new()));
@@ -79,13 +76,7 @@ mod tests {
     }
 
     async fn free(ipam: &Ipam) -> u32 {
-        let (c, _) = ipam
-            .store()
-            .get_json::<FreeCount>(&keys::free("db", "t1"))
-            .await
-            .unwrap()
-            .unwrap();
-        c.free
+        ipam.free_count("db", "t1").await.free
     }
 
     #[tokio::test]

@@ -2,12 +2,11 @@
 //! with the pod (binding) or goes back to the pool. Also the rollback of a
 //! half-done ADD and the quarantine of an IP another host answered for.
 
-use crate::core::{AttachmentKey, AttachmentRef, FreeCount, Lease, Quarantine};
+use crate::core::{AttachmentKey, AttachmentRef, Lease, Quarantine};
 use crate::error::Result;
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
-use super::pools::bump_count;
 use super::{Ipam, Released};
 
 impl Ipam {
@@ -37,19 +36,16 @@ impl Ipam {
         else {
             return Ok(None);
         };
-        // Not between an ADD batch's read and its commit on this pool: both
-        // move the pool's free counts.
-        let _turn = self.pool_turn(&first.pool).await;
         let how = How {
             key,
             rollback,
             quarantine: &quarantine,
         };
-        // From the view: the lease and its counter; one commit whose checks
-        // cover them, else the reading way below.
+        // From the view: the lease; one commit whose checks cover it, else
+        // the reading way below.
         if let Some(view) = self.view.get() {
-            if let Some((lease, counter)) = view.lease_and_counter(&first.pool, first.ip) {
-                let (txn, released) = plan(&how, &first, &first_entry, lease, counter);
+            if let Some(lease) = view.lease(&first.pool, first.ip) {
+                let (txn, released) = plan(&how, &first, &first_entry, lease);
                 let ops = txn.ops.clone();
                 if let Some(rev) = self.store.commit_at(txn).await? {
                     view.committed(&ops, rev);
@@ -70,15 +66,7 @@ impl Ipam {
                     .store
                     .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
                     .await?;
-                let counter = match &lease {
-                    Some((l, _)) => {
-                        self.store
-                            .get_json::<FreeCount>(&keys::free(&r.pool, &l.tor))
-                            .await?
-                    }
-                    None => None,
-                };
-                let (txn, released) = plan(how, &r, &att_entry, lease, counter);
+                let (txn, released) = plan(how, &r, &att_entry, lease);
                 Ok(Attempt::Commit(txn, released))
             },
         )
@@ -95,15 +83,13 @@ struct How<'a> {
 }
 
 /// The release of `key`'s attachment, recorded at `r` (`att_entry`), as one
-/// transaction that applies only if the lease (and, when the IP goes back
-/// to the pool, its counter) is unchanged. `lease` None: a dangling index
-/// entry, dropped.
+/// transaction that applies only if the lease is unchanged. `lease` None:
+/// a dangling index entry, dropped.
 fn plan(
     how: &How,
     r: &AttachmentRef,
     att_entry: &Entry,
     lease: Option<(Lease, Entry)>,
-    counter: Option<(FreeCount, Entry)>,
 ) -> (Txn, Option<Released>) {
     let lease_key = keys::lease(&r.pool, r.ip);
     let mut txn = Txn::default();
@@ -132,8 +118,6 @@ fn plan(
         txn.put(&lease_key, &lease);
     } else {
         txn.delete(&lease_key);
-        // The published free count of (pool, segment) moves by one.
-        bump_count(&mut txn, &keys::free(&r.pool, &lease.tor), counter, 1);
     }
     let released = Released {
         ip: r.ip,

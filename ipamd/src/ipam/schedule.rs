@@ -1,12 +1,10 @@
 //! What the admission webhook reads to steer a pod to ToRs: the pod's pool
 //! (decided by `resolve_pool`, as its ADD will decide it), every ToR
-//! record, the pool's free counts and the pod's binding. Reads only; the
-//! decision is `core::schedule`'s.
-
-use std::collections::BTreeMap;
+//! record, the pool's lease keys (its free counts) and the pod's binding.
+//! Reads only; the decision is `core::schedule`'s.
 
 use crate::core::schedule::{self, ScheduleInput, TorChoice};
-use crate::core::{Binding, FreeCount, PodRef, Tor};
+use crate::core::{Binding, PodRef, Tor};
 use crate::error::{Error, Result};
 use crate::store::{keys, StoreExt};
 
@@ -24,7 +22,7 @@ impl Ipam {
         choice: &PoolChoice,
     ) -> Result<(String, Option<TorChoice>)> {
         let pool_name = self.resolve_pool(pod, choice).await?;
-        // One round trip's worth of latency for the four reads on etcd.
+        // One round trip's worth of latency for the reads on etcd.
         let binding = async {
             if !pod.is_known() {
                 return Ok(None);
@@ -33,15 +31,13 @@ impl Ipam {
             Ok::<_, Error>(b.map(|(b, _)| b))
         };
         let tors = async { Ok::<_, Error>(self.store.list_json::<Tor>(keys::TORS).await?.0) };
-        let prefix = keys::frees(&pool_name);
-        let frees = async { Ok::<_, Error>(self.store.list_json::<FreeCount>(&prefix).await?.0) };
-        let ((pool, _), binding, tors, frees) =
-            tokio::try_join!(self.pool_entry(&pool_name), binding, tors, frees)?;
+        let pool_and_free = async {
+            let (pool, _) = self.pool_entry(&pool_name).await?;
+            let free = self.free_counts(&pool).await?;
+            Ok::<_, Error>((pool, free))
+        };
+        let ((pool, free), binding, tors) = tokio::try_join!(pool_and_free, binding, tors)?;
         let tors: Vec<Tor> = tors.into_iter().map(|(t, _)| t).collect();
-        let free: BTreeMap<String, FreeCount> = frees
-            .into_iter()
-            .filter_map(|(c, e)| Some((e.key.strip_prefix(&prefix)?.to_string(), c)))
-            .collect();
         let choice = schedule::tors_for(&ScheduleInput {
             pool: &pool,
             tors: &tors,

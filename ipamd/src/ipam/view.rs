@@ -1,6 +1,6 @@
 //! A watch-fed view of what this node's ADDs and DELs read, for a store with
 //! history (etcd): the ToRs, the pools and the app registrations, and, for
-//! every pool with IPs on this node's ToR, its leases and free counts. An ADD
+//! every pool with IPs on this node's ToR, its leases. An ADD
 //! decides from the view and commits one compare-and-swap transaction whose
 //! checks cover every record it read (`attach.rs`), so a stale view costs one
 //! failed commit and a second try through the store, never a wrong answer.
@@ -14,7 +14,7 @@
 //! them).
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,9 +128,8 @@ impl Cache {
 #[derive(Default)]
 struct State {
     caches: HashMap<String, Cache>,
-    /// Pools with IPs on this node's ToR: their leases and counts are
-    /// watched (one task per prefix).
-    followed: HashMap<String, Vec<tokio::task::AbortHandle>>,
+    /// Pools with IPs on this node's ToR: their leases are watched.
+    followed: HashMap<String, tokio::task::AbortHandle>,
     /// This node's segments, worked out from `tors/` once per change of it
     /// (every ADD asks).
     segments: Option<Vec<Tor>>,
@@ -151,8 +150,8 @@ pub struct View {
 impl Drop for View {
     fn drop(&mut self) {
         let mut s = self.shared.state.lock().unwrap();
-        for (_, tasks) in s.followed.drain() {
-            tasks.iter().for_each(|t| t.abort());
+        for (_, task) in s.followed.drain() {
+            task.abort();
         }
     }
 }
@@ -178,8 +177,7 @@ fn decoder_for(prefix: &str) -> fn(&Entry) -> Value {
         keys::TORS => typed::<Tor>,
         keys::POOLS => typed::<Pool>,
         keys::APPS => typed::<String>,
-        p if p.starts_with(keys::LEASES) => typed::<Lease>,
-        _ => typed::<FreeCount>,
+        _ => typed::<Lease>,
     }
 }
 
@@ -190,7 +188,7 @@ fn prefix_of(key: &str) -> Option<String> {
             return Some(global.to_string());
         }
     }
-    if key.starts_with(keys::LEASES) || key.starts_with(keys::FREE) {
+    if key.starts_with(keys::LEASES) {
         let second = key.match_indices('/').nth(1)?.0;
         return Some(key[..=second].to_string());
     }
@@ -222,16 +220,14 @@ impl View {
     }
 
     /// Whether every prefix an ADD on this node reads is live: the global
-    /// ones, and leases and counts of every pool on this ToR.
+    /// ones, and the leases of every pool on this ToR.
     pub fn ready(&self) -> bool {
         let s = self.shared.state.lock().unwrap();
         let live = |p: &str| s.caches.get(p).is_some_and(|c| c.live);
         [keys::TORS, keys::POOLS, keys::APPS]
             .iter()
             .all(|p| live(p))
-            && s.followed
-                .keys()
-                .all(|p| live(&keys::leases(p)) && live(&keys::frees(p)))
+            && s.followed.keys().all(|p| live(&keys::leases(p)))
     }
 
     /// The segments a node of this ToR serves (`Ipam::segments_of`).
@@ -263,7 +259,7 @@ impl View {
         Some(pool.map(|(p, _)| ns.is_none_or(|ns| p.allows(ns))))
     }
 
-    /// The pool, its leases and its counts, if the view follows it live.
+    /// The pool and its leases, if the view follows it live.
     pub(super) fn pool_data(&self, name: &str) -> Option<AddRead> {
         let s = self.shared.state.lock().unwrap();
         let live = |p: &str| s.caches.get(p).filter(|c| c.live);
@@ -271,29 +267,39 @@ impl View {
         Some(AddRead {
             pool: (pool.clone(), stub(entry)),
             leases: live(&keys::leases(name))?.all()?,
-            counters: live(&keys::frees(name))?.all()?,
         })
     }
 
-    /// The lease of `ip` in `pool` (None inside: no lease) and the free
-    /// count of its segment, if the view follows the pool live.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn lease_and_counter(
+    /// The lease of `ip` in `pool` (None inside: no lease), if the view
+    /// follows the pool live.
+    pub(super) fn lease(
         &self,
         pool: &str,
         ip: std::net::Ipv4Addr,
-    ) -> Option<(Option<(Lease, Entry)>, Option<(FreeCount, Entry)>)> {
+    ) -> Option<Option<(Lease, Entry)>> {
         let s = self.shared.state.lock().unwrap();
-        let live = |p: &str| s.caches.get(p).filter(|c| c.live);
-        let leases = live(&keys::leases(pool))?;
-        let counters = live(&keys::frees(pool))?;
-        let Some((lease, e)) = leases.get::<Lease>(&keys::lease(pool, ip))? else {
-            return Some((None, None));
-        };
-        let counter = counters
-            .get::<FreeCount>(&keys::free(pool, &lease.tor))?
-            .map(|(c, e)| (*c, stub(e)));
-        Some((Some((lease.clone(), stub(e))), counter))
+        let leases = s.caches.get(&keys::leases(pool)).filter(|c| c.live)?;
+        Some(
+            leases
+                .get::<Lease>(&keys::lease(pool, ip))?
+                .map(|(l, e)| (l.clone(), stub(e))),
+        )
+    }
+
+    /// The free counts of every pool with IPs on this node's ToR, if the
+    /// view follows them all live (CNI STATUS).
+    pub(super) fn free_counts(&self) -> Option<Vec<BTreeMap<String, FreeCount>>> {
+        let s = self.shared.state.lock().unwrap();
+        let pools = s.caches.get(keys::POOLS).filter(|c| c.live)?;
+        s.followed
+            .keys()
+            .map(|name| {
+                let (pool, _) = pools.get::<Pool>(&keys::pool(name))??;
+                let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
+                let ips = leases.values::<Lease>()?.into_iter().map(|l| l.ip);
+                Some(crate::core::free_counts(pool, ips))
+            })
+            .collect()
     }
 
     /// Drops `key` from the view, as a view whose watch lags behind a
@@ -348,7 +354,7 @@ fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
     Some(crate::core::segments_of(c.values::<Tor>()?, tor))
 }
 
-/// Follows the leases and counts of exactly the pools with IPs on this
+/// Follows the leases of exactly the pools with IPs on this
 /// node's segments: all of them (`only` None: the ToRs or every pool were
 /// read again), or the pools whose records changed.
 fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
@@ -387,17 +393,13 @@ fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
     for p in consider {
         let followed = s.followed.contains_key(&p);
         if want.contains(&p) && !followed {
-            let tasks = [keys::leases(&p), keys::frees(&p)]
-                .into_iter()
-                .map(|prefix| tokio::spawn(follow(shared.clone(), prefix)).abort_handle())
-                .collect();
-            s.followed.insert(p, tasks);
+            let task = tokio::spawn(follow(shared.clone(), keys::leases(&p)));
+            s.followed.insert(p, task.abort_handle());
         } else if !want.contains(&p) && followed {
-            for t in s.followed.remove(&p).unwrap_or_default() {
-                t.abort();
+            if let Some(task) = s.followed.remove(&p) {
+                task.abort();
             }
             s.caches.remove(&keys::leases(&p));
-            s.caches.remove(&keys::frees(&p));
         }
     }
 }
@@ -500,7 +502,7 @@ mod tests {
             prefix_of("leases/web/10.0.0.1").as_deref(),
             Some("leases/web/")
         );
-        assert_eq!(prefix_of("free/web/r1").as_deref(), Some("free/web/"));
+        assert_eq!(prefix_of("free/web/r1"), None);
         assert_eq!(prefix_of("bindings/ns/p"), None);
         assert_eq!(prefix_of("leases/web"), None);
     }

@@ -1,12 +1,7 @@
-//! CNI STATUS: whether this node can serve an ADD now. Read from the
-//! published free counts (`free/<pool>/<segment>`, exact: every lease change
-//! updates them in its own transaction): one list, however many pools.
+//! CNI STATUS: whether this node can serve an ADD now: free IPs in the
+//! pools on its ToR (`Ipam::free_on`; from the node's view on etcd).
 
-use std::collections::BTreeSet;
-
-use crate::core::FreeCount;
 use crate::error::Result;
-use crate::store::{keys, StoreExt};
 
 use super::Node;
 
@@ -72,18 +67,6 @@ impl Node {
         if segments.is_empty() {
             return Ok(None);
         }
-        let (counts, _) = self.ipam.store().list_json::<FreeCount>(keys::FREE).await?;
-        let mut free = 0;
-        let mut pools = BTreeSet::new();
-        for (c, entry) in counts {
-            let Some((pool, segment)) = entry.key[keys::FREE.len()..].split_once('/') else {
-                continue;
-            };
-            if c.total > 0 && segments.iter().any(|s| s == segment) {
-                pools.insert(pool.to_string());
-                free += c.free;
-            }
-        }
-        Ok(Some((free, pools.len() as u32)))
+        Ok(Some(self.ipam.free_on(tor, &segments).await?))
     }
 }

@@ -479,23 +479,10 @@ fn collapse(ops: Vec<Op>) -> Vec<Op> {
     last.into_values().collect()
 }
 
-#[async_trait]
-impl Store for EtcdStore {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let full = self.full(key);
-        let resp = self
-            .call(true, |c| {
-                let full = full.clone();
-                async move { kv(&c).get(full, None).await }
-            })
-            .await?;
-        match resp.kvs().first() {
-            Some(kv) => Ok(Some(self.entry(kv)?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+impl EtcdStore {
+    /// Every entry under `prefix` (without values if `keys_only`), read in
+    /// pages of one snapshot, and the revision of that snapshot.
+    async fn range(&self, prefix: &str, keys_only: bool) -> Result<(Vec<Entry>, u64), StoreError> {
         let start = self.full(prefix);
         let end = prefix_end(&start);
         let mut out = Vec::new();
@@ -505,6 +492,9 @@ impl Store for EtcdStore {
             let resp = self
                 .call(true, |c| {
                     let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+                    if keys_only {
+                        opts = opts.with_keys_only();
+                    }
                     if let Some(rev) = at {
                         opts = opts.with_revision(rev);
                     }
@@ -531,6 +521,32 @@ impl Store for EtcdStore {
                 _ => return Ok((out, revision(rev))),
             }
         }
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let full = self.full(key);
+        let resp = self
+            .call(true, |c| {
+                let full = full.clone();
+                async move { kv(&c).get(full, None).await }
+            })
+            .await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Some(self.entry(kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        self.range(prefix, false).await
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (entries, _) = self.range(prefix, true).await?;
+        Ok(entries.into_iter().map(|e| e.key).collect())
     }
 
     /// One range request with a limit, at `at_revision` when given: etcd

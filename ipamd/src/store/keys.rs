@@ -74,15 +74,6 @@ pub fn app(namespace: &str, app: &str) -> String {
     format!("apps/{namespace}/{app}")
 }
 
-/// Free IPs of a pool on a ToR (published for schedulers and label syncs).
-pub fn free(pool: &str, tor: &str) -> String {
-    format!("free/{pool}/{tor}")
-}
-
-pub fn frees(pool: &str) -> String {
-    format!("free/{pool}/")
-}
-
 pub fn leases(pool: &str) -> String {
     format!("leases/{pool}/")
 }

@@ -58,7 +58,7 @@ async fn v1_store() -> Arc<MemStore> {
         records.push((keys::pool(&name), pool));
         records.push((keys::app("default", &name), serde_json::json!(name)));
         records.push((
-            keys::free(&name, "r1"),
+            format!("free/{name}/r1"),
             serde_json::json!({"total": ips.len(), "free": ips.len()}),
         ));
     }
@@ -92,7 +92,10 @@ async fn dump(store: &dyn Store) -> Vec<(String, Vec<u8>)> {
 }
 
 async fn check_migrated(store: Arc<MemStore>) {
-    assert_eq!(schema::version(store.as_ref()).await.unwrap(), 2);
+    assert_eq!(
+        schema::version(store.as_ref()).await.unwrap(),
+        schema::CURRENT
+    );
     let bad = audit(store.as_ref()).await.unwrap();
     assert!(bad.is_empty(), "{bad:#?}");
     assert!(store.get("carved/r1").await.unwrap().is_none());
@@ -137,7 +140,11 @@ async fn check_migrated(store: Arc<MemStore>) {
 async fn old_layout_migrates_and_carves_the_same() {
     let store = v1_store().await;
     let o = schema::ensure(store.as_ref()).await.unwrap();
-    assert_eq!(o.migrated, vec![2]);
+    assert_eq!(o.migrated, vec![2, 3]);
+    assert!(
+        store.list_keys("free/").await.unwrap().is_empty(),
+        "3 drops the counts"
+    );
     check_migrated(store).await;
 }
 

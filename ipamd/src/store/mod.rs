@@ -10,6 +10,7 @@ mod limits;
 mod local_watch;
 pub mod mem;
 mod migrate_v2;
+mod migrate_v3;
 pub mod redb;
 pub mod retry;
 pub mod schema;
@@ -130,6 +131,17 @@ pub trait Store: Send + Sync + 'static {
     /// Every entry under `prefix`, in key order, and the store revision the
     /// read saw (for `Check::PrefixUnchangedSince`).
     async fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError>;
+    /// The keys under `prefix`, in key order, without their values (what a
+    /// count needs: etcd then sends no values).
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .0
+            .into_iter()
+            .map(|e| e.key)
+            .collect())
+    }
     /// At most `limit` (at least 1) entries under `prefix` whose key comes
     /// after `start_after` (a key the previous page ended with; None: from
     /// the start), in key order. Reads that walk a prefix page by page hold

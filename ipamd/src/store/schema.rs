@@ -2,7 +2,8 @@
 //! like every key), `{"version": N}`. Version 1 is the layout of
 //! docs/architecture.md as it was when the record was introduced; a store
 //! without the record was written before then and is version 1. Version 2
-//! keeps carved IPs per (pool, ToR segment) (`migrate_v2.rs`).
+//! keeps carved IPs per (pool, ToR segment) (`migrate_v2.rs`); version 3
+//! keeps no published free counts (`migrate_v3.rs`).
 //!
 //! ipamd calls [`check_at_open`] when it opens its store: an older store is
 //! migrated, one numbered migration at a time, and a newer one is refused,
@@ -30,7 +31,7 @@ use super::{Entry, Page, Store, StoreError, Txn, WatchStream};
 pub const KEY: &str = "schema";
 
 /// The schema version this ipamd reads and writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
 /// The value of [`KEY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,11 +53,18 @@ pub struct Migration {
 
 /// Every migration, in order: `MIGRATIONS[i].to == i + 2`. Version 1 needs
 /// none; a change to the records adds one here and bumps [`CURRENT`].
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    to: 2,
-    what: "carved IPs: one record per (pool, ToR segment) instead of one per segment",
-    run: super::migrate_v2::run,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        what: "carved IPs: one record per (pool, ToR segment) instead of one per segment",
+        run: super::migrate_v2::run,
+    },
+    Migration {
+        to: 3,
+        what: "free counts: worked out from leases, no longer stored",
+        run: super::migrate_v3::run,
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -232,6 +240,10 @@ impl Store for Unchecked {
         self.inner.list(prefix).await
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list_keys(prefix).await
+    }
+
     async fn list_page(
         &self,
         prefix: &str,
@@ -378,17 +390,22 @@ mod tests {
     }
 
     async fn newer_store_is_refused(store: &dyn Store) {
-        put(store, KEY, &SchemaRecord { version: 3 }).await;
+        let newer = CURRENT + 1;
+        put(store, KEY, &SchemaRecord { version: newer }).await;
         let e = ensure(store).await.unwrap_err();
         assert!(
-            matches!(e, SchemaError::Newer { found: 3, known: 2 }),
+            matches!(e, SchemaError::Newer { found, known } if found == newer && known == CURRENT),
             "{e:?}"
         );
         let text = e.to_string();
-        for want in ["schema version is 3", "knows (2)", "Upgrade ipamd"] {
+        let (is, knows) = (
+            format!("schema version is {newer}"),
+            format!("knows ({CURRENT})"),
+        );
+        for want in [is.as_str(), knows.as_str(), "Upgrade ipamd"] {
             assert!(text.contains(want), "{want:?} in {text}");
         }
-        assert_eq!(record(store).await, Some(3), "left as it was");
+        assert_eq!(record(store).await, Some(newer), "left as it was");
     }
 
     #[tokio::test]
@@ -490,7 +507,14 @@ mod tests {
     #[tokio::test]
     async fn unavailable_store_is_checked_at_its_first_write() {
         let mem = Arc::new(MemStore::new());
-        put(mem.as_ref(), KEY, &SchemaRecord { version: 3 }).await;
+        put(
+            mem.as_ref(),
+            KEY,
+            &SchemaRecord {
+                version: CURRENT + 1,
+            },
+        )
+        .await;
         mem.set_down(true);
         let store = check_at_open(mem.clone()).await.expect("opens while down");
         mem.set_down(false);

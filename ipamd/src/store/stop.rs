@@ -74,6 +74,11 @@ impl Store for StopAfter {
         self.inner.list(prefix).await
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.alive()?;
+        self.inner.list_keys(prefix).await
+    }
+
     async fn list_page(
         &self,
         prefix: &str,

@@ -16,7 +16,7 @@ use moor_e2e::cluster::{Cluster, Layout};
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::testbed::{POD_NAMESPACE, TOR};
 use moor_e2e::Testbed;
-use moor_ipamd::core::{Binding, FreeCount, PodRef};
+use moor_ipamd::core::{Binding, PodRef};
 use moor_ipamd::store::redb::RedbStore;
 use moor_ipamd::store::{schema, Store, Txn};
 use serde_json::{json, Value};
@@ -50,7 +50,8 @@ fn assert_clean(out: &Output, what: &str) {
         text(&out.stderr)
     );
     let mut lines = stdout.lines();
-    assert_eq!(lines.next(), Some("schema version 2"), "{what}: {stdout}");
+    let first = format!("schema version {}", schema::CURRENT);
+    assert_eq!(lines.next(), Some(first.as_str()), "{what}: {stdout}");
     assert!(
         lines.next().is_some_and(|l| l.starts_with("clean: ")),
         "{what}: {stdout}"
@@ -108,13 +109,13 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
     let (code, v) = audit_json(&tb.ipamctl(&["-o", "json", "audit"]));
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["clean"], json!(true), "{v:#}");
-    assert_eq!(v["schema_version"], json!(2), "{v:#}");
+    assert_eq!(v["schema_version"], json!(schema::CURRENT), "{v:#}");
     assert_eq!(v["schema_recorded"], json!(true), "{v:#}");
     assert_eq!(v["findings"], json!([]), "{v:#}");
     assert!(v["records"].as_u64().unwrap() > 8, "{v:#}");
 
     // Plant two inconsistencies: a binding no lease knows of (on a free IP
-    // of web), and a free count that ignores api's pod.
+    // of web), and a free count (moor stores none since schema 3).
     tb.stop_ipamd();
     let ghost_ip = free_web_ips(&tb, &web0_ip)[0];
     with_redb(&tb.store, |s| async move {
@@ -132,7 +133,7 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
                 tor: TOR.into(),
             },
         )
-        .put(&format!("free/api/{TOR}"), &FreeCount { total: 4, free: 4 });
+        .put(&format!("free/api/{TOR}"), &json!({"total": 4, "free": 4}));
         commit(&s, t).await;
     });
     tb.start_ipamd();
@@ -141,14 +142,17 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.starts_with("schema version 2\n2 findings in "),
+        stdout.starts_with(&format!(
+            "schema version {}\n2 findings in ",
+            schema::CURRENT
+        )),
         "{stdout}"
     );
     let ghost_line = format!("bindings/{POD_NAMESPACE}/ghost-0: keeps {ghost_ip} for pod");
     assert!(stdout.contains(&ghost_line), "{stdout}");
-    let free_line = format!("free/api/{TOR}: says 4 free of 4; the pool and its leases say 3");
+    let free_line = format!("free/api/{TOR}: is a free count, which moor no longer stores");
     assert!(stdout.contains(&free_line), "{stdout}");
-    assert!(stdout.contains("\n  fix: report a bug"), "{stdout}");
+    assert!(stdout.contains("\n  fix: delete it: "), "{stdout}");
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 
     let (code, v) = audit_json(&tb.ipamctl(&["-o", "json", "audit"]));
@@ -240,7 +244,7 @@ fn store_without_schema_record_is_version_one_and_newer_is_refused() {
     tb.stop_ipamd();
     assert_eq!(
         schema_record(&tb),
-        Some(json!({"version": 2})),
+        Some(json!({"version": schema::CURRENT})),
         "ipamd wrote the record"
     );
 
@@ -253,7 +257,8 @@ fn store_without_schema_record_is_version_one_and_newer_is_refused() {
     assert_eq!(schema_record(&tb), None);
     tb.start_ipamd();
     assert!(
-        tb.log_tail(20).contains("store schema version 2"),
+        tb.log_tail(20)
+            .contains(&format!("store schema version {}", schema::CURRENT)),
         "ipamd logs the version: {}",
         tb.log_tail(20)
     );
@@ -268,32 +273,40 @@ fn store_without_schema_record_is_version_one_and_newer_is_refused() {
             &v["schema_recorded"],
             &v["schema_known"]
         ),
-        (&json!(2), &json!(true), &json!(2)),
+        (
+            &json!(schema::CURRENT),
+            &json!(true),
+            &json!(schema::CURRENT)
+        ),
         "{v:#}"
     );
     // Nothing else changed: the pod still holds its IP.
     let held = tb.ip_of_container(&cid).expect("web-0 still attached");
     assert_eq!(held["address"], json!(ip.to_string()));
     tb.stop_ipamd();
-    assert_eq!(schema_record(&tb), Some(json!({"version": 2})));
+    assert_eq!(
+        schema_record(&tb),
+        Some(json!({"version": schema::CURRENT}))
+    );
 
     // A store a newer ipamd migrated: refused, and left as it is.
+    let newer = schema::CURRENT + 1;
     with_redb(&tb.store, |s| async move {
         let mut t = Txn::default();
-        t.put(schema::KEY, &json!({"version": 3}));
+        t.put(schema::KEY, &json!({ "version": newer }));
         commit(&s, t).await;
     });
     let (code, stderr) = ipamd_exits(&tb);
     assert_eq!(code, Some(1), "{stderr}");
     for want in [
-        "schema version is 3",
-        "this ipamd",
-        "knows (2)",
-        "Upgrade ipamd",
+        format!("schema version is {newer}"),
+        "this ipamd".to_string(),
+        format!("knows ({})", schema::CURRENT),
+        "Upgrade ipamd".to_string(),
     ] {
-        assert!(stderr.contains(want), "{want:?} in {stderr}");
+        assert!(stderr.contains(&want), "{want:?} in {stderr}");
     }
-    assert_eq!(schema_record(&tb), Some(json!({"version": 3})));
+    assert_eq!(schema_record(&tb), Some(json!({ "version": newer })));
 }
 
 #[test]
@@ -304,11 +317,14 @@ fn etcd_ipamds_agree_on_the_schema_and_audit_finds_a_bad_count() {
             .node("n1", "tor-a")
             .node("n2", "tor-a"),
     );
-    // Both ipamds started on an empty prefix at once: one record, version 2.
+    // Both ipamds started on an empty prefix at once: one record, the current version.
     let rec = c.etcd_list(schema::KEY);
     assert_eq!(
         rec,
-        vec![(schema::KEY.to_string(), json!({"version": 2}))],
+        vec![(
+            schema::KEY.to_string(),
+            json!({ "version": schema::CURRENT })
+        )],
         "{rec:?}"
     );
     c.create_pool("web", "web", 4, &["tor-a"]);
@@ -321,7 +337,7 @@ fn etcd_ipamds_agree_on_the_schema_and_audit_finds_a_bad_count() {
 
     c.with_store(|s| async move {
         let mut t = Txn::default();
-        t.put("free/web/tor-a", &FreeCount { total: 4, free: 1 });
+        t.put("free/web/tor-a", &json!({"total": 4, "free": 1}));
         commit(&s, t).await;
     });
     let (code, v) = audit_json(&c.ipamctl("n1", &["-o", "json", "audit"]));
@@ -339,6 +355,9 @@ fn etcd_ipamds_agree_on_the_schema_and_audit_finds_a_bad_count() {
     c.start_ipamd("n1");
     assert_eq!(
         c.etcd_list(schema::KEY),
-        vec![(schema::KEY.to_string(), json!({"version": 2}))]
+        vec![(
+            schema::KEY.to_string(),
+            json!({ "version": schema::CURRENT })
+        )]
     );
 }

@@ -76,11 +76,7 @@ async fn a_burst_on_one_pool_goes_in_batches_each_pod_its_own_ip() {
         .await
         .unwrap_err();
     assert_eq!(code(e).0, cni_code::POOL_FULL);
-    let (c, _) = mem
-        .get_json::<FreeCount>("free/web/r1")
-        .await
-        .unwrap()
-        .unwrap();
+    let c = ipam.free_count("web", "r1").await;
     assert_eq!((c.total, c.free), (10, 0));
     clean(&mem).await;
 }

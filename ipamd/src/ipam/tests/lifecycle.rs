@@ -204,11 +204,7 @@ async fn explicit_ips_are_checked_and_bound_to_pods_in_order() {
     };
     assert_eq!(bound("db-0").await.ip, ip("10.2.0.15"));
     assert_eq!(bound("db-1").await.ip, ip("10.1.0.11"));
-    let (count, _) = store
-        .get_json::<FreeCount>(&keys::free("db", "r1"))
-        .await
-        .unwrap()
-        .unwrap();
+    let count = ipam.free_count("db", "r1").await;
     assert_eq!(count, FreeCount { total: 1, free: 0 });
     clean(&store).await;
     // db-0 starts on a node of r2 and gets its IP.
@@ -279,11 +275,7 @@ async fn binding_add_keeps_a_free_ip_for_a_pod_that_does_not_exist_yet() {
         assert!(e.to_string().contains(why), "{why}: {e}");
         assert!(!matches!(e, Error::Internal { .. }));
     }
-    let (count, _) = store
-        .get_json::<FreeCount>(&keys::free("web", "r1"))
-        .await
-        .unwrap()
-        .unwrap();
+    let count = ipam.free_count("web", "r1").await;
     assert_eq!(count, FreeCount { total: 2, free: 1 });
     clean(&store).await;
     // The pod's first ADD takes it, whatever the lowest free IP is.
