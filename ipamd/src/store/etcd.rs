@@ -27,7 +27,7 @@
 //! compares, or more than that many operations: such a `Txn` fails with
 //! [`StoreError::Other`] naming the limit, before anything is sent.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +40,8 @@ use etcd_client::{
 };
 
 use super::{Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream};
+
+mod watch;
 
 /// etcd's default `--max-txn-ops`: the most compares, and the most
 /// operations, one transaction may have.
@@ -117,6 +119,8 @@ pub struct EtcdStore {
     prefix: String,
     request_timeout: Duration,
     describe: String,
+    /// Every watch, on one etcd watch stream.
+    watches: watch::Mux,
 }
 
 fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -228,6 +232,7 @@ impl EtcdStore {
             current: AtomicUsize::new(start),
             prefix: opts.prefix,
             request_timeout: opts.request_timeout,
+            watches: watch::Mux::default(),
         })
     }
 
@@ -669,58 +674,18 @@ impl Store for EtcdStore {
         true
     }
 
-    /// An etcd watch from `after_revision + 1`. If etcd compacted that
-    /// history, the stream's first item is `Compacted`; after any error the
-    /// stream ends (the caller re-reads and watches again).
+    /// An etcd watch from `after_revision + 1`, on the store's one watch
+    /// stream (`watch.rs`). If etcd compacted that history, the stream's
+    /// first item is `Compacted`; after any error the stream ends (the
+    /// caller re-reads and watches again).
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
         let start = self.full(prefix);
         let end = prefix_end(&start);
         let from = to_rev("revision", after_revision.saturating_add(1))?;
-        let stream = self
-            .call(true, |c| {
-                let opts = WatchOptions::new()
-                    .with_range(end.clone())
-                    .with_start_revision(from);
-                let start = start.clone();
-                async move { c.watch_client().watch(start, Some(opts)).await }
-            })
-            .await?;
-        let prefix = self.prefix.clone();
-        let endpoints = self.endpoints();
-        let events = futures::stream::unfold(
-            (stream, VecDeque::new(), false),
-            move |(mut stream, mut queue, mut done)| {
-                let prefix = prefix.clone();
-                let endpoints = endpoints.clone();
-                async move {
-                    loop {
-                        if let Some(item) = queue.pop_front() {
-                            return Some((item, (stream, queue, done)));
-                        }
-                        if done {
-                            return None;
-                        }
-                        match stream.message().await {
-                            Ok(Some(resp)) => match watch_events(&prefix, &resp) {
-                                Ok(evs) => queue.extend(evs.into_iter().map(Ok)),
-                                Err(e) => {
-                                    queue.push_back(Err(e));
-                                    done = true;
-                                }
-                            },
-                            Ok(None) => return None,
-                            Err(e) => {
-                                queue.push_back(Err(StoreError::Unavailable(format!(
-                                    "etcd {endpoints}: the watch broke: {e}"
-                                ))));
-                                done = true;
-                            }
-                        }
-                    }
-                }
-            },
-        );
-        Ok(Box::pin(events))
+        let opts = WatchOptions::new()
+            .with_range(end)
+            .with_start_revision(from);
+        self.watches.watch(self, start, opts).await
     }
 
     fn describe(&self) -> String {
@@ -1158,6 +1123,88 @@ mod tests {
         }
         assert!(w.next().await.is_none(), "the stream ends after an error");
         unavailable(s.watch("w/", now).await.map(|_| ()), "watch");
+    }
+
+    /// etcd's own gauge `name` (its /metrics, plain HTTP).
+    fn etcd_gauge(etcd: &EtcdCluster, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let addr = etcd.client_url(0).trim_start_matches("http://").to_string();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in etcd's metrics"))
+    }
+
+    #[tokio::test]
+    async fn watches_share_one_stream() {
+        use futures::StreamExt;
+        let etcd = cluster("mux", 1).await;
+        let s = store(etcd.endpoints(), "/moor/").await;
+        let (_, rev) = s.list("m/").await.unwrap();
+        let mut watches = Vec::new();
+        for i in 0..30 {
+            watches.push(s.watch(&format!("m/{i}/"), rev).await.unwrap());
+        }
+        for i in 0..30 {
+            assert!(s.commit(create(&format!("m/{i}/k"), "v")).await.unwrap());
+        }
+        // Each watch gets the change under its own prefix, and only that.
+        for (i, w) in watches.iter_mut().enumerate() {
+            let ev = tokio::time::timeout(Duration::from_secs(3), w.next())
+                .await
+                .unwrap_or_else(|_| panic!("watch {i} got nothing"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(ev.key, format!("m/{i}/k"));
+        }
+        let gauge = |name: &str| etcd_gauge(&etcd, name);
+        assert_eq!(gauge("etcd_debugging_mvcc_watch_stream_total"), 1.0);
+        assert_eq!(gauge("etcd_debugging_mvcc_watcher_total"), 30.0);
+        // A watch dropped is cancelled in etcd at its next event.
+        drop(watches.remove(0));
+        assert!(s.commit(create("m/0/again", "v")).await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gauge("etcd_debugging_mvcc_watcher_total") != 29.0 {
+            assert!(Instant::now() < deadline, "the dropped watch stayed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The others go on; a watch from before a compaction fails alone.
+        let (_, now) = s.list("m/").await.unwrap();
+        raw(&etcd)
+            .await
+            .compact(to_rev("r", now).unwrap(), None)
+            .await
+            .unwrap();
+        let mut old = s.watch("m/1/", rev).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(3), old.next()).await {
+            Ok(Some(Err(StoreError::Compacted(_)))) => {}
+            other => panic!("watch from before a compaction: {other:?}"),
+        }
+        assert!(s.commit(create("m/2/more", "v")).await.unwrap());
+        let ev = watches[1].next().await.unwrap().unwrap();
+        assert_eq!(ev.key, "m/2/more");
+        // etcd going away ends every watch on the stream with Unavailable.
+        etcd.stop(0);
+        for w in &mut watches {
+            match tokio::time::timeout(Duration::from_secs(3), w.next()).await {
+                Ok(Some(Err(StoreError::Unavailable(_)))) => {}
+                other => panic!("watch while etcd stops: {other:?}"),
+            }
+            assert!(w.next().await.is_none(), "the stream ends after an error");
+        }
+        // Back: a new watch opens a new stream.
+        etcd.start_member(0);
+        etcd.wait_ready_async(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (_, now) = s.list("m/").await.unwrap();
+        let mut w = s.watch("m/3/", now).await.unwrap();
+        assert!(s.commit(create("m/3/back", "v")).await.unwrap());
+        let ev = tokio::time::timeout(Duration::from_secs(3), w.next()).await;
+        assert_eq!(ev.unwrap().unwrap().unwrap().key, "m/3/back");
     }
 
     #[tokio::test]
