@@ -139,13 +139,12 @@ impl Ipam {
                     pool: pool_read,
                     leases,
                 };
-                let mut planner = Planner::new(&read);
+                let mut planner = Planner::new(read);
                 let mut results = Vec::new();
                 for (&i, b) in todo_ref.iter().zip(&bindings) {
                     results.push(planner.add(&batch[i].req, &batch[i].segments, b.as_ref()));
                 }
-                let txn = planner.finish();
-                let pool = read.pool.0;
+                let (txn, pool) = planner.finish();
                 if results.iter().all(|r| !matches!(r, Ok(Ok(_)))) {
                     Ok(Attempt::Done((results, pool)))
                 } else {

@@ -48,7 +48,7 @@ impl Ipam {
                 None
             });
         }
-        let mut planner = Planner::new(&read);
+        let mut planner = Planner::new(read);
         let mut done = Vec::new();
         for (w, b) in batch.iter().zip(&bindings) {
             done.push(Ok(planner
@@ -56,7 +56,7 @@ impl Ipam {
                 .ok()?
                 .ok()?));
         }
-        let txn = planner.finish();
+        let (txn, _) = planner.finish();
         let ops = txn.ops.clone();
         let rev = self.store.commit_at(txn).await.ok()??;
         view.committed(&ops, rev);

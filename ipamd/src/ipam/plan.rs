@@ -54,27 +54,35 @@ pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKe
         );
 }
 
-pub(super) struct Planner<'a> {
-    read: &'a AddRead,
+pub(super) struct Planner {
+    pool: Pool,
     /// The pool's leases as decided so far.
     leases: BTreeMap<Ipv4Addr, Lease>,
     /// The leases' entries as read (what the commit checks).
-    entries: BTreeMap<Ipv4Addr, &'a Entry>,
+    entries: BTreeMap<Ipv4Addr, Entry>,
     /// Bindings made by ADDs earlier in this batch.
     made: HashMap<PodKey, Binding>,
     keys: HashSet<AttachmentKey>,
     txn: Txn,
 }
 
-impl<'a> Planner<'a> {
-    pub fn new(read: &'a AddRead) -> Self {
-        let (pool, entry) = &read.pool;
+impl Planner {
+    /// Plans from `read`, taking its records (a pool's leases are many; a
+    /// batch decides from them once).
+    pub fn new(read: AddRead) -> Self {
+        let (pool, entry) = read.pool;
         let mut txn = Txn::default();
-        txn.expect(&keys::pool(&pool.name), Some(entry));
+        txn.expect(&keys::pool(&pool.name), Some(&entry));
+        let mut leases = BTreeMap::new();
+        let mut entries = BTreeMap::new();
+        for (l, e) in read.leases {
+            entries.insert(l.ip, e);
+            leases.insert(l.ip, l);
+        }
         Self {
-            read,
-            leases: read.leases.iter().map(|(l, _)| (l.ip, l.clone())).collect(),
-            entries: read.leases.iter().map(|(l, e)| (l.ip, e)).collect(),
+            pool,
+            leases,
+            entries,
             made: HashMap::new(),
             keys: HashSet::new(),
             txn,
@@ -96,7 +104,7 @@ impl<'a> Planner<'a> {
                 req.key
             )));
         }
-        let pool = &self.read.pool.0;
+        let pool = &self.pool;
         let pod_key = (req.pod.namespace.clone(), req.pod.name.clone());
         let made = self.made.get(&pod_key).cloned();
         let segment_names: Vec<String> = segments.iter().map(|t| t.name.clone()).collect();
@@ -146,7 +154,7 @@ impl<'a> Planner<'a> {
             quarantine: None,
         };
         self.txn
-            .expect(&keys::lease(&pool.name, ip), self.entries.get(&ip).copied());
+            .expect(&keys::lease(&pool.name, ip), self.entries.get(&ip));
         record_attachment(&mut self.txn, &lease, &req.key);
         let binding_key = keys::binding(&req.pod);
         if new_binding {
@@ -175,8 +183,9 @@ impl<'a> Planner<'a> {
         }))
     }
 
-    /// The transaction of every ADD decided.
-    pub fn finish(self) -> Txn {
-        self.txn
+    /// The transaction of every ADD decided, and the pool they were
+    /// decided in.
+    pub fn finish(self) -> (Txn, Pool) {
+        (self.txn, self.pool)
     }
 }
