@@ -1236,37 +1236,27 @@ async fn run_level(
     );
     check_held(raw, &[], world).await?;
     audit(raw, "after releasing everything").await?;
-    // Diagnostic, last (the watched one leaves etcd slower for what comes
-    // after it): the floor's transactions shaped like an ADD (four compares,
-    // two puts), unwatched, then with each client watching where its puts
-    // go, as a node's view watches its pools' leases.
+    // Diagnostic, last: the floor's transactions shaped like an ADD (four
+    // compares, two puts), to tell the transaction's shape from the rest.
     if std::env::var_os("MOOR_BENCH_SHAPED_FLOOR").is_some() {
-        for watched in [false, true] {
-            let cpu0 = cpu_now(etcd);
-            let f = metrics::floor_shaped(
-                url,
-                shaped_clients.clone(),
-                if watched {
-                    "/moor-floor-addw/"
-                } else {
-                    "/moor-floor-add/"
-                },
-                floor_ops,
-                o.idle_cap,
-                true,
-                watched,
-            )
-            .await?;
-            let c = cpu_now(etcd).since(cpu0);
-            println!(
-            "{conc:>3} ADD-shaped floor{}: {:.0}/s, p99 {:.2} ms, CPU per txn: etcd {:.2} ms, bench {:.2} ms",
-            if watched { ", watched" } else { "" },
+        let cpu0 = cpu_now(etcd);
+        let f = metrics::floor_shaped(
+            url,
+            shaped_clients,
+            "/moor-floor-add/",
+            floor_ops,
+            o.idle_cap,
+            true,
+        )
+        .await?;
+        let c = cpu_now(etcd).since(cpu0);
+        println!(
+            "{conc:>3} ADD-shaped floor: {:.0}/s, p99 {:.2} ms, CPU per txn: etcd {:.2} ms, bench {:.2} ms",
             f.ops as f64 / f.wall.as_secs_f64(),
             ms(stats(f.latencies.clone()).p99),
             c.etcd * 1e3 / f.ops as f64,
             c.bench * 1e3 / f.ops as f64,
         );
-        }
     }
     Ok(Run {
         concurrency: conc,

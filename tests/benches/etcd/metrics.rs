@@ -169,14 +169,12 @@ pub async fn floor(
     ops: usize,
     idle_cap: Duration,
 ) -> Res<Floor> {
-    floor_shaped(url, clients, prefix, ops, idle_cap, false, false).await
+    floor_shaped(url, clients, prefix, ops, idle_cap, false).await
 }
 
 /// `floor`, or with `like_add` transactions shaped like moor's ADD (four
 /// compares, puts of 470 and 40 bytes), to tell the cost of the
-/// transaction's shape from the rest of moor's ADD; with `watched`, each
-/// client also watches the prefix its 470-byte puts go to, as a node's view
-/// watches its pools' leases (diagnostic).
+/// transaction's shape from the rest of moor's ADD (diagnostic).
 pub async fn floor_shaped(
     url: &str,
     clients: Vec<Client>,
@@ -184,39 +182,14 @@ pub async fn floor_shaped(
     ops: usize,
     idle_cap: Duration,
     like_add: bool,
-    watched: bool,
 ) -> Res<Floor> {
     let value = vec![b'x'; if like_add { 470 } else { 400 }];
     let next = Arc::new(AtomicUsize::new(0));
-    let mut watchers = Vec::new();
-    if watched {
-        for (n, c) in clients.iter().enumerate() {
-            let c = c.clone();
-            let p = format!("{prefix}c{n}/");
-            let mut events = c
-                .watch_client()
-                .watch(
-                    p.clone(),
-                    Some(etcd_client::WatchOptions::new().with_prefix()),
-                )
-                .await
-                .map_err(|e| format!("watch {p}: {e}"))?;
-            watchers.push(tokio::spawn(async move {
-                while let Ok(Some(_)) = events.message().await {}
-            }));
-        }
-    }
     let before = scrape(url)?;
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for (n, mut c) in clients.iter().cloned().enumerate() {
-        let (next, value, base) = (next.clone(), value.clone(), prefix.to_string());
-        // The 470-byte put (the lease) goes where its client watches.
-        let prefix = if watched {
-            format!("{prefix}c{n}/")
-        } else {
-            prefix.to_string()
-        };
+    for mut c in clients.iter().cloned() {
+        let (next, value, prefix) = (next.clone(), value.clone(), prefix.to_string());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -226,7 +199,7 @@ pub async fn floor_shaped(
                 }
                 let key = format!("{prefix}{i:08}");
                 let txn = if like_add {
-                    let k = |what: &str| format!("{base}{what}/{i:08}");
+                    let k = |what: &str| format!("{prefix}{what}/{i:08}");
                     Txn::new()
                         .when(
                             ["a", "b", "c"]
@@ -261,7 +234,6 @@ pub async fn floor_shaped(
         latencies.extend(task.await.map_err(|e| e.to_string())??);
     }
     let wall = t.elapsed();
-    watchers.iter().for_each(|w| w.abort());
     let after = scrape(url)?;
     let per_op = per_op(url, &before, &after, ops, idle_cap).await?;
     let mut c = clients.into_iter().next().ok_or("no client")?;
