@@ -1104,21 +1104,38 @@ async fn run_level(
         o.floor_ops
     };
     let shaped_clients = clients.clone();
-    let cpu0 = cpu_now(etcd);
-    let floor = metrics::floor(url, clients, "/moor-floor/", floor_ops, o.idle_cap).await?;
-    let floor_cpu = cpu_now(etcd).since(cpu0);
-    println!(
-        "{conc:>3} floor:      {} single-CAS txns in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {:.2} etcd requests each, CPU per txn: etcd {:.2} ms, bench {:.2} ms, others {:.2} cores",
-        floor.ops,
-        floor.wall.as_secs_f64(),
-        floor.ops as f64 / floor.wall.as_secs_f64(),
-        ms(stats(floor.latencies.clone()).p50),
-        ms(stats(floor.latencies.clone()).p99),
-        floor.per_op.total(),
-        floor_cpu.etcd * 1e3 / floor.ops as f64,
-        floor_cpu.bench * 1e3 / floor.ops as f64,
-        floor_cpu.others / floor.wall.as_secs_f64(),
-    );
+    // The floor runs before and after the allocations, half each: etcd's
+    // state (and the machine's load) moves during a level, and the ADDs
+    // are held to the floor of the same span.
+    let run_floor = |when: &'static str| {
+        let clients = clients.clone();
+        async move {
+            let cpu0 = cpu_now(etcd);
+            let f = metrics::floor(
+                url,
+                clients,
+                "/moor-floor/",
+                floor_ops.div_ceil(2),
+                o.idle_cap,
+            )
+            .await?;
+            let c = cpu_now(etcd).since(cpu0);
+            println!(
+                "{conc:>3} floor {when}: {} single-CAS txns in {:.1} s ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, {:.2} etcd requests each, CPU per txn: etcd {:.2} ms, bench {:.2} ms, others {:.2} cores",
+                f.ops,
+                f.wall.as_secs_f64(),
+                f.ops as f64 / f.wall.as_secs_f64(),
+                ms(stats(f.latencies.clone()).p50),
+                ms(stats(f.latencies.clone()).p99),
+                f.per_op.total(),
+                c.etcd * 1e3 / f.ops as f64,
+                c.bench * 1e3 / f.ops as f64,
+                c.others / f.wall.as_secs_f64(),
+            );
+            Ok::<_, String>(f)
+        }
+    };
+    let floor_before = run_floor("before").await?;
     // Allocate.
     let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
@@ -1175,6 +1192,7 @@ async fn run_level(
         ms(total.p50),
         ms(total.p99)
     );
+    let floor = floor_before.and(run_floor("after ").await?);
     let held: Vec<Held> = done.into_iter().map(|d| d.held).collect();
     check_held(raw, &held, world).await?;
     let held_audit = audit(raw, "with every allocation held").await?;

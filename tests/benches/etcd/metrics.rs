@@ -160,6 +160,17 @@ pub struct Floor {
     pub per_op: PerOp,
 }
 
+impl Floor {
+    /// Two floors as one: their ops and time added, latencies pooled.
+    pub fn and(mut self, other: Floor) -> Floor {
+        self.ops += other.ops;
+        self.wall += other.wall;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+        self
+    }
+}
+
 /// `ops` single compare-and-swap transactions from `clients` (one task
 /// each), keys under `prefix` (deleted afterwards, untimed).
 pub async fn floor(
