@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use super::model::{AttachmentKey, Binding, Lease, Pool, PoolCounts};
 
@@ -15,8 +16,9 @@ pub struct AddInput<'a> {
     /// The segments (ToR records) of that ToR: its own and those made with
     /// `--segment-of` it. The pod may take an IP of any of them the pool has.
     pub segments: &'a [String],
-    /// The pool's leases (IPs bound or in use), by IP.
-    pub leases: &'a BTreeMap<Ipv4Addr, Lease>,
+    /// The pool's leases (IPs bound or in use), by IP. Shared: a node's
+    /// view hands them out without copying them.
+    pub leases: &'a BTreeMap<Ipv4Addr, Arc<Lease>>,
     /// The pod's binding, if it has one (in any pool).
     pub binding: Option<&'a Binding>,
     pub key: &'a AttachmentKey,
@@ -193,7 +195,7 @@ mod tests {
         }
     }
 
-    fn attached(ip: &str, c: &str, bound: bool) -> (Ipv4Addr, Lease) {
+    fn attached(ip: &str, c: &str, bound: bool) -> (Ipv4Addr, Arc<Lease>) {
         let ip: Ipv4Addr = ip.parse().unwrap();
         let pod = PodRef {
             namespace: "default".into(),
@@ -202,7 +204,7 @@ mod tests {
         };
         (
             ip,
-            Lease {
+            Arc::new(Lease {
                 ip,
                 pool: "web".into(),
                 tor: "r1".into(),
@@ -218,7 +220,7 @@ mod tests {
                 }),
                 evict: false,
                 quarantine: None,
-            },
+            }),
         )
     }
 
@@ -449,7 +451,7 @@ mod tests {
             })
         );
         let mut held = attached("10.5.0.10", "a", false);
-        held.1.tor = "r1-db".into();
+        Arc::make_mut(&mut held.1).tor = "r1-db".into();
         let leases = BTreeMap::from([held]);
         match decide(&input(&leases, None)) {
             Err(Refusal::Full { tor, counts }) => {

@@ -126,6 +126,10 @@ impl Ipam {
             cas(self.store.as_ref(), &what, || async move {
                 let pool_read = self.pool_entry(pool).await?;
                 let (leases, _) = self.store.list_json::<Lease>(&keys::leases(pool)).await?;
+                let leases = leases
+                    .into_iter()
+                    .map(|(l, e)| (std::sync::Arc::new(l), e.version))
+                    .collect();
                 let mut bindings = Vec::new();
                 for &i in todo_ref {
                     let pod = &batch[i].req.pod;

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::{
@@ -21,7 +22,8 @@ use super::{AllocRequest, Allocation};
 /// What ADDs of one pool decide from: read from the store, or from the view.
 pub(super) struct AddRead {
     pub pool: (Pool, Entry),
-    pub leases: Vec<(Lease, Entry)>,
+    /// Each lease and its version (what the commit checks).
+    pub leases: Vec<(Arc<Lease>, u64)>,
 }
 
 /// The segment `name` of this node's ToR `tor`.
@@ -57,9 +59,9 @@ pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKe
 pub(super) struct Planner {
     pool: Pool,
     /// The pool's leases as decided so far.
-    leases: BTreeMap<Ipv4Addr, Lease>,
-    /// The leases' entries as read (what the commit checks).
-    entries: BTreeMap<Ipv4Addr, Entry>,
+    leases: BTreeMap<Ipv4Addr, Arc<Lease>>,
+    /// The leases' versions as read (what the commit checks).
+    versions: BTreeMap<Ipv4Addr, u64>,
     /// Bindings made by ADDs earlier in this batch.
     made: HashMap<PodKey, Binding>,
     keys: HashSet<AttachmentKey>,
@@ -74,15 +76,15 @@ impl Planner {
         let mut txn = Txn::default();
         txn.expect(&keys::pool(&pool.name), Some(&entry));
         let mut leases = BTreeMap::new();
-        let mut entries = BTreeMap::new();
-        for (l, e) in read.leases {
-            entries.insert(l.ip, e);
+        let mut versions = BTreeMap::new();
+        for (l, v) in read.leases {
+            versions.insert(l.ip, v);
             leases.insert(l.ip, l);
         }
         Self {
             pool,
             leases,
-            entries,
+            versions,
             made: HashMap::new(),
             keys: HashSet::new(),
             txn,
@@ -153,8 +155,10 @@ impl Planner {
             evict: false,
             quarantine: None,
         };
-        self.txn
-            .expect(&keys::lease(&pool.name, ip), self.entries.get(&ip));
+        self.txn.expect_version(
+            &keys::lease(&pool.name, ip),
+            self.versions.get(&ip).copied().unwrap_or(0),
+        );
         record_attachment(&mut self.txn, &lease, &req.key);
         let binding_key = keys::binding(&req.pod);
         if new_binding {
@@ -175,7 +179,7 @@ impl Planner {
             // binding add) would have changed the decision.
             self.txn.expect(&binding_key, None);
         }
-        self.leases.insert(ip, lease.clone());
+        self.leases.insert(ip, Arc::new(lease.clone()));
         Ok(Ok(Allocation {
             lease,
             tor,

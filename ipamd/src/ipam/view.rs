@@ -90,14 +90,14 @@ impl Cache {
             .collect()
     }
 
-    /// Every record, decoded (cloned), with its entry (without the value:
-    /// what a compare needs); None if one does not decode.
-    fn all<T: Clone + 'static>(&self) -> Option<Vec<(T, Entry)>> {
+    /// Every record, decoded (shared, not copied), with its version; None
+    /// if one does not decode.
+    fn shared<T: Any + Send + Sync>(&self) -> Option<Vec<(Arc<T>, u64)>> {
         self.entries
             .iter()
             .map(|(k, e)| {
-                let v = self.values.get(k)?.as_ref()?.downcast_ref::<T>()?;
-                Some((v.clone(), stub(e)))
+                let v = self.values.get(k)?.clone()?.downcast::<T>().ok()?;
+                Some((v, e.version))
             })
             .collect()
     }
@@ -266,7 +266,7 @@ impl View {
         let (pool, entry) = live(keys::POOLS)?.get::<Pool>(&keys::pool(name))??;
         Some(AddRead {
             pool: (pool.clone(), stub(entry)),
-            leases: live(&keys::leases(name))?.all()?,
+            leases: live(&keys::leases(name))?.shared()?,
         })
     }
 

@@ -54,9 +54,14 @@ pub struct Txn {
 impl Txn {
     /// Requires `key` to still have the version of `entry` (or to be absent).
     pub fn expect(&mut self, key: &str, entry: Option<&Entry>) -> &mut Self {
+        self.expect_version(key, entry.map_or(0, |e| e.version))
+    }
+
+    /// Requires `key` to still have `version` (0: to be absent).
+    pub fn expect_version(&mut self, key: &str, version: u64) -> &mut Self {
         self.checks.push(Check::Version {
             key: key.to_string(),
-            version: entry.map_or(0, |e| e.version),
+            version,
         });
         self
     }
