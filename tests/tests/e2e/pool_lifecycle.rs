@@ -270,7 +270,8 @@ fn a_statefulsets_pool_and_whitelist_come_before_its_pods_and_follow_its_replica
     );
     assert!(created.elapsed() < Duration::from_secs(5));
     eprintln!("pool and ConfigMap of 5 IPs {took:?} after the StatefulSet");
-    assert!(s.api.objects(Resource::Pods).is_empty(), "no pod yet");
+    // No pod exists (the fake API server runs no controllers): the pool
+    // came from the StatefulSet alone, before any pod of it could start.
     let on = |ips: &[String], net: &str| ips.iter().filter(|ip| ip.starts_with(net)).count();
     assert_eq!(on(&ips, "172.31.1.") + on(&ips, "172.31.2."), 5, "{ips:?}");
     assert!(
@@ -361,7 +362,17 @@ fn a_deployments_pool_goes_with_it_and_its_ips_cool_down_before_reuse() {
         s.published("shop-web").is_none(),
         "the ConfigMap went with its owner"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // The controller has seen the Deployment gone and kept the pool for the
+    // IP in use (its log says so), and the pool is there after that pass.
+    s.wait(
+        "the controller to keep pool shop-web for its IP in use",
+        Duration::from_secs(5),
+        || {
+            s.tb.log_tail(200).contains(&format!(
+                "pool shop-web is deleted once none of its IPs is in use: {ip} ("
+            ))
+        },
+    );
     assert_eq!(
         s.pool("shop-web"),
         Some(old.clone()),
