@@ -181,10 +181,12 @@ async fn wire(
     let mut laps = Laps::start();
     let mut steps = WireSteps::default();
     // Enters the pod's netns while the bridge is looked up.
-    let mut pair = NewPair::prepare(&link)?;
+    let mut pair = NewPair::prepare(&link, &handle)?;
     let br = bridge_info(&handle, &bridge).await?;
     let host_mac = pair.host_mac;
     steps.prepare = laps.lap();
+    pair.clear().await?;
+    steps.clear = laps.lap();
     pair.create(
         &handle,
         Some(br.index),
@@ -193,9 +195,7 @@ async fn wire(
     )
     .await?;
     steps.create = laps.lap();
-    let configured = pair
-        .configure_pod(handle.clone(), false, dad_probe.is_some())
-        .await;
+    let configured = pair.configure_pod(false, dad_probe.is_some()).await;
     steps.pod_side = laps.lap();
     let announcer = match configured {
         Ok((announcer, waited)) => {

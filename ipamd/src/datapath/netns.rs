@@ -18,7 +18,7 @@ use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::DatapathError;
 
@@ -87,28 +87,29 @@ where
     NetnsThread::spawn(netns, path)?.run(work).await
 }
 
-/// The one job a [`NetnsThread`] runs: given the thread's rtnetlink handle (or
+/// A job a [`NetnsThread`] runs: given the thread's rtnetlink handle (or
 /// the reason it has none), do the work and send the result back itself.
 type Job = Box<dyn FnOnce(Result<Handle, DatapathError>) -> LocalBoxFuture<'static, ()> + Send>;
 
-/// A thread that has entered a netns (or is doing so) and waits for one job.
+/// A thread that has entered a netns (or is doing so) and runs the jobs it
+/// is given, one after another, until it is dropped.
 ///
-/// Started before the job is known so that starting a thread, `setns` and
-/// opening a netlink socket (about 1.5 ms together on our machines) overlap
-/// with the caller's own work, such as creating the veth whose pod end the
-/// job configures. Dropping it unused lets the thread exit.
+/// Started before its first job is known so that starting a thread, `setns`
+/// and opening a netlink socket (about 1.5 ms together on our machines)
+/// overlap with the caller's own work, such as creating the veth whose pod
+/// end the job configures. Dropping it lets the thread exit.
 pub(crate) struct NetnsThread {
-    jobs: oneshot::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
     path: PathBuf,
 }
 
 impl NetnsThread {
     pub(crate) fn spawn(netns: File, path: PathBuf) -> Result<Self, DatapathError> {
-        let (jobs, job) = oneshot::channel::<Job>();
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
         let thread_path = path.clone();
         std::thread::Builder::new()
             .name("moor-netns".to_string())
-            .spawn(move || serve_one(&netns, &thread_path, job))
+            .spawn(move || serve(&netns, &thread_path, queue))
             .map_err(|e| DatapathError::Worker {
                 netns: path.clone(),
                 reason: format!("cannot start a thread: {e}"),
@@ -117,7 +118,7 @@ impl NetnsThread {
     }
 
     /// Runs `work` on the thread and returns its result.
-    pub(crate) async fn run<F, Fut, T>(self, work: F) -> Result<T, DatapathError>
+    pub(crate) async fn run<F, Fut, T>(&self, work: F) -> Result<T, DatapathError>
     where
         F: FnOnce(Handle) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DatapathError>> + 'static,
@@ -127,8 +128,20 @@ impl NetnsThread {
     }
 
     /// [`NetnsThread::run`], and how long the work waited for the thread
-    /// to be ready (in the netns, its netlink socket open).
-    pub(crate) async fn run_timed<F, Fut, T>(self, work: F) -> Result<(T, Duration), DatapathError>
+    /// to take it (the first job: to be in the netns, its netlink socket
+    /// open).
+    pub(crate) async fn run_timed<F, Fut, T>(&self, work: F) -> Result<(T, Duration), DatapathError>
+    where
+        F: FnOnce(Handle) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DatapathError>> + 'static,
+        T: Send + 'static,
+    {
+        self.start(work).outcome().await
+    }
+
+    /// Queues `work` on the thread without waiting for it: the caller
+    /// collects the result later ([`Started::outcome`]).
+    pub(crate) fn start<F, Fut, T>(&self, work: F) -> Started<T>
     where
         F: FnOnce(Handle) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DatapathError>> + 'static,
@@ -148,45 +161,59 @@ impl NetnsThread {
             }
             .boxed_local()
         });
-        let lost = || DatapathError::Worker {
-            netns: self.path.clone(),
-            reason: "the thread ended without an answer (it panicked)".to_string(),
-        };
-        self.jobs.send(job).map_err(|_| lost())?;
-        result.await.map_err(|_| lost())?
+        // A send that fails drops the job and with it `result_tx`: the
+        // outcome then says the thread is gone.
+        let _ = self.jobs.send(job);
+        Started {
+            result,
+            path: self.path.clone(),
+        }
     }
 }
 
-fn serve_one(netns: &File, path: &Path, job: oneshot::Receiver<Job>) {
-    let netns_error = |source: io::Error| DatapathError::Netns {
+/// A job queued on a [`NetnsThread`].
+pub(crate) struct Started<T> {
+    result: oneshot::Receiver<Result<(T, Duration), DatapathError>>,
+    path: PathBuf,
+}
+
+impl<T> Started<T> {
+    /// The job's result, and how long it waited for the thread.
+    pub(crate) async fn outcome(self) -> Result<(T, Duration), DatapathError> {
+        self.result.await.map_err(|_| DatapathError::Worker {
+            netns: self.path,
+            reason: "the thread ended without an answer (it panicked)".to_string(),
+        })?
+    }
+}
+
+fn serve(netns: &File, path: &Path, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let netns_error = |source: &io::Error| DatapathError::Netns {
         netns: path.to_path_buf(),
-        source,
+        source: io::Error::new(source.kind(), source.to_string()),
     };
     let runtime = setns(netns, CloneFlags::CLONE_NEWNET)
-        .map_err(|e| netns_error(e.into()))
+        .map_err(io::Error::from)
         .and_then(|()| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
                 .build()
-                .map_err(netns_error)
         });
     match runtime {
         Ok(runtime) => runtime.block_on(async {
             // Opened after setns, so the socket lives in the target netns.
-            let handle = rtnetlink::new_connection()
-                .map(|(connection, handle, _)| {
-                    tokio::spawn(connection);
-                    handle
-                })
-                .map_err(netns_error);
-            if let Ok(job) = job.await {
-                job(handle).await;
+            let handle = rtnetlink::new_connection().map(|(connection, handle, _)| {
+                tokio::spawn(connection);
+                handle
+            });
+            while let Some(job) = queue.recv().await {
+                job(handle.as_ref().map(Handle::clone).map_err(netns_error)).await;
             }
         }),
         Err(e) => {
-            if let Ok(job) = job.blocking_recv() {
-                futures::executor::block_on(job(Err(e)));
+            while let Some(job) = queue.blocking_recv() {
+                futures::executor::block_on(job(Err(netns_error(&e))));
             }
         }
     }

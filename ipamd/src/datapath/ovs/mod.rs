@@ -232,9 +232,11 @@ impl OvsDatapath {
         let _busy = self.graveyard.busy();
         let mut laps = Laps::start();
         let mut steps = WireSteps::default();
-        let mut pair = NewPair::prepare(&link)?;
+        let mut pair = NewPair::prepare(&link, &self.handle)?;
         let host_mac = pair.host_mac;
         steps.prepare = laps.lap();
+        pair.clear().await?;
+        steps.clear = laps.lap();
         pair.create(
             &self.handle,
             None,
@@ -249,11 +251,7 @@ impl OvsDatapath {
         let pod_started = laps;
         let pod_side = async {
             let configured = pair
-                .configure_pod(
-                    self.handle.clone(),
-                    self.userspace,
-                    self.dad_probe.is_some(),
-                )
+                .configure_pod(self.userspace, self.dad_probe.is_some())
                 .await;
             let mut since = pod_started;
             (configured, since.lap())
