@@ -14,12 +14,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::Handle;
 use tokio::sync::{mpsc, oneshot};
 
+use super::netns_pool::{self, Job, Session};
 use super::DatapathError;
 
 /// Opens a netns file such as `/run/netns/pod-a` or `/proc/<pid>/ns/net`.
@@ -87,17 +87,14 @@ where
     NetnsThread::spawn(netns, path)?.run(work).await
 }
 
-/// A job a [`NetnsThread`] runs: given the thread's rtnetlink handle (or
-/// the reason it has none), do the work and send the result back itself.
-type Job = Box<dyn FnOnce(Result<Handle, DatapathError>) -> LocalBoxFuture<'static, ()> + Send>;
-
 /// A thread that has entered a netns (or is doing so) and runs the jobs it
 /// is given, one after another, until it is dropped.
 ///
-/// Started before its first job is known so that starting a thread, `setns`
-/// and opening a netlink socket (about 1.5 ms together on our machines)
-/// overlap with the caller's own work, such as creating the veth whose pod
-/// end the job configures. Dropping it lets the thread exit.
+/// Started before its first job is known so that entering the netns and
+/// opening a netlink socket overlap with the caller's own work, such as
+/// reading the bridge while the pod's thread clears CNI_IFNAME. The thread
+/// comes from a pool (`netns_pool`) and goes back to it when this is
+/// dropped.
 pub(crate) struct NetnsThread {
     jobs: mpsc::UnboundedSender<Job>,
     path: PathBuf,
@@ -106,14 +103,11 @@ pub(crate) struct NetnsThread {
 impl NetnsThread {
     pub(crate) fn spawn(netns: File, path: PathBuf) -> Result<Self, DatapathError> {
         let (jobs, queue) = mpsc::unbounded_channel::<Job>();
-        let thread_path = path.clone();
-        std::thread::Builder::new()
-            .name("moor-netns".to_string())
-            .spawn(move || serve(&netns, &thread_path, queue))
-            .map_err(|e| DatapathError::Worker {
-                netns: path.clone(),
-                reason: format!("cannot start a thread: {e}"),
-            })?;
+        netns_pool::submit(Session {
+            netns,
+            path: path.clone(),
+            jobs: queue,
+        })?;
         Ok(NetnsThread { jobs, path })
     }
 
@@ -184,38 +178,6 @@ impl<T> Started<T> {
             netns: self.path,
             reason: "the thread ended without an answer (it panicked)".to_string(),
         })?
-    }
-}
-
-fn serve(netns: &File, path: &Path, mut queue: mpsc::UnboundedReceiver<Job>) {
-    let netns_error = |source: &io::Error| DatapathError::Netns {
-        netns: path.to_path_buf(),
-        source: io::Error::new(source.kind(), source.to_string()),
-    };
-    let runtime = setns(netns, CloneFlags::CLONE_NEWNET)
-        .map_err(io::Error::from)
-        .and_then(|()| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-        });
-    match runtime {
-        Ok(runtime) => runtime.block_on(async {
-            // Opened after setns, so the socket lives in the target netns.
-            let handle = rtnetlink::new_connection().map(|(connection, handle, _)| {
-                tokio::spawn(connection);
-                handle
-            });
-            while let Some(job) = queue.recv().await {
-                job(handle.as_ref().map(Handle::clone).map_err(netns_error)).await;
-            }
-        }),
-        Err(e) => {
-            while let Some(job) = queue.blocking_recv() {
-                futures::executor::block_on(job(Err(netns_error(&e))));
-            }
-        }
     }
 }
 
