@@ -33,7 +33,7 @@
 //! netns (a runtime that reuses it, or the benchmark) looks CNI_IFNAME up
 //! from the pod's thread before it creates the pair; when the name is held
 //! by such a retired end, it sets that one down and gives it its grave name
-//! (`veth::move_aside`), without waiting for the reaper, and the new pod end
+//! (`pod_end::move_aside`), without waiting for the reaper, and the new pod end
 //! is created under CNI_IFNAME. A runtime that deletes the pod's netns after DEL
 //! (all of them) makes the kernel unregister the pair with the netns; the
 //! group delete then finds nothing, which is fine.

@@ -26,6 +26,7 @@ mod netlinksafe;
 mod netns;
 mod netns_pool;
 mod ovs;
+mod pod_end;
 mod timing;
 mod veth;
 
@@ -39,7 +40,7 @@ pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
 pub use graveyard::{grave_name, GraveyardStats, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
-pub use veth::disable_tx_checksum;
+pub use pod_end::disable_tx_checksum;
 pub use timing::{monotonic_ns, Laps, WireSteps};
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.

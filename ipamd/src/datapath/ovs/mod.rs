@@ -86,7 +86,7 @@ pub struct OvsDatapath {
     bridge: String,
     mtu: u32,
     /// The bridge is on the userspace datapath: pods' veths need TX
-    /// checksum offload off (see `veth::disable_tx_checksum`).
+    /// checksum offload off (see `pod_end::disable_tx_checksum`).
     userspace: bool,
     /// The duplicate-address probe's window; None: no probe.
     dad_probe: Option<Duration>,
