@@ -3,8 +3,8 @@
 //! Each ADD works inside its pod's netns on a thread of its own (see
 //! `netns`). Starting an OS thread for it, building it a tokio runtime and
 //! tearing both down again (its stack unmapped, which interrupts the other
-//! CPUs to flush their TLBs) was about a fifth of those threads' CPU in
-//! `perf` of an 8-worker batch, next to their netlink work. So a thread that
+//! CPUs to flush their TLBs) was 15-20 % of those threads' CPU in `perf`
+//! of an 8-worker batch, next to their netlink work. So a thread that
 //! finished a pod's work goes back to its own netns (`home`: ipamd's, so
 //! that it keeps no pod's netns alive) and waits for the next pod, with its
 //! runtime; after [`IDLE`] without work it ends.
