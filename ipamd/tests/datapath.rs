@@ -459,6 +459,36 @@ fn wire_into_missing_netns_or_with_bad_input_leaves_nothing() {
 }
 
 #[test]
+fn a_pod_netns_deleted_after_its_add_takes_the_veth_along() {
+    // The pod's work runs on pooled threads that wait for the next pod in
+    // ipamd's own netns: one left in the pod's netns would keep the netns,
+    // and with it the veth, alive for as long as it idles (10 s).
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::ipv4_only("pod");
+    let link = pod_link(&pod, "ctr-netns-gone", Ipv4Addr::new(10, 1, 0, 19));
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        dp.wire(&link).await.unwrap();
+        dp.check(&link).await.unwrap();
+    });
+    // The runtime above is gone, and with it the announcer's socket.
+    assert!(node.link_exists(&link.host_ifname));
+    pod.delete();
+    // The kernel's netns cleanup takes well under a second here: 5 s is
+    // the margin, half the pooled threads' idle time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.link_exists(&link.host_ifname) {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived its pod's netns by 5 s: something still holds the netns",
+            link.host_ifname
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn unwire_is_idempotent() {
     require_root();
     let node = node_with_bridge();

@@ -302,6 +302,31 @@ impl Side {
         })
     }
 
+    /// CPU time ipamd (all its threads, ended ones included) has used so
+    /// far, to clock ticks (10 ms); zero for the reference.
+    fn daemon_cpu(&self) -> Duration {
+        let Some(d) = &self.daemon else {
+            return Duration::ZERO;
+        };
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", d.ipamd.pid())).unwrap_or_default();
+        // Fields 14 and 15 (utime, stime), counted after the command name,
+        // which ends at the last ')'.
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+        Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1))
+    }
+
     fn ctl(&self, args: &[&str]) -> Res<String> {
         let d = self.daemon.as_ref().expect("a moor side");
         ipamctl(&d.ipamctl, &d.socket, args)
@@ -626,6 +651,8 @@ struct Report {
     keys: Vec<&'static str>,
     multi: Vec<Samples>,
     single: Vec<Samples>,
+    /// Per side, the CPU of its multi-worker batches.
+    cpu: Vec<Cpu>,
     /// VERSION, per side.
     version: Vec<Vec<Duration>>,
     floor: Vec<Duration>,
@@ -696,7 +723,11 @@ impl Report {
                 }
             }
             for x in &v[..r] {
-                print!("{:>12.2}", x / v[r]);
+                if v[r] > 0.0 {
+                    print!("{:>12.2}", x / v[r]);
+                } else {
+                    print!("{:>12}", "-");
+                }
             }
             println!();
         };
@@ -732,6 +763,27 @@ impl Report {
             }
             println!();
         }
+        println!(
+            "-- CPU per ADD+DEL cycle, {} workers (user + system; the plugins with the bench's \
+             spawn, moor's with ipamd)",
+            o.workers
+        );
+        row(
+            "  plugin processes",
+            self.cpu.iter().map(|c| c.per_cycle().0).collect(),
+            "ms",
+        );
+        row(
+            "  ipamd",
+            self.cpu.iter().map(|c| c.per_cycle().1).collect(),
+            "ms",
+        );
+        // The reference has no daemon: ratios against its plugins.
+        row(
+            "  all",
+            self.cpu.iter().map(|c| c.per_cycle().2).collect(),
+            "ms",
+        );
         println!("-- process start (CNI_COMMAND=VERSION)");
         let p50 = |v: &[Duration]| ms(pct(v, 50.0));
         let fl = p50(&self.floor);
@@ -804,6 +856,12 @@ impl Report {
             j[*k] = side_json(i);
             j[*k]["version_p50_ms"] = json!(round3(p50(&self.version[i])));
             j[*k]["version_minus_floor_p50_ms"] = json!(round3(p50(&self.over_floor[i])));
+            let (plugins, daemon, all) = self.cpu[i].per_cycle();
+            j[*k]["multi"]["cpu_ms_per_cycle"] = json!({
+                "plugins": round3(plugins),
+                "ipamd": round3(daemon),
+                "all": round3(all),
+            });
             if i < r {
                 j[format!("ratio_{}_over_ref", k.replace('-', "_"))] = ratios(i);
             }
@@ -844,6 +902,41 @@ fn ref_version() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// CPU time this process's ended and waited-for children (every plugin
+/// invocation, with what it spawned, e.g. host-local) used so far: user +
+/// system, the bench's own fork, setns and /sys mount before exec included.
+fn children_cpu() -> Duration {
+    // SAFETY: rusage is plain old data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU a side used in its multi-worker batches: the plugin processes and
+/// ipamd. Less moved by the machine's load than the cycle rate (a busy
+/// machine slows a cycle down, it hardly makes it cost more CPU), so it
+/// compares builds across runs; kernel work done outside both (softirqs,
+/// kworkers) is not in it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    plugins: Duration,
+    daemon: Duration,
+    cycles: usize,
+}
+
+impl Cpu {
+    /// ms per ADD+DEL cycle of (plugins, ipamd, both).
+    fn per_cycle(&self) -> (f64, f64, f64) {
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / self.cycles.max(1) as f64;
+        let (p, d) = (per(self.plugins), per(self.daemon));
+        (p, d, p + d)
+    }
+}
+
 // ---------------------------------------------------------------- main
 
 fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
@@ -856,6 +949,7 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
     let t0 = Instant::now();
     let mut multi: Vec<Samples> = (0..n).map(|_| Samples::default()).collect();
     let mut single: Vec<Samples> = (0..n).map(|_| Samples::default()).collect();
+    let mut cpu = vec![Cpu::default(); n];
     for round in 0..opts.rounds {
         // The order rotates every round, so each side follows each other.
         let order: Vec<usize> = (0..n).map(|i| (i + round) % n).collect();
@@ -865,7 +959,11 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
         );
         for &i in &order {
             let side = &bed.sides[i];
+            let (plugins, daemon) = (children_cpu(), side.daemon_cpu());
             let s = side.batch(opts.workers, c)?;
+            cpu[i].plugins += children_cpu().saturating_sub(plugins);
+            cpu[i].daemon += side.daemon_cpu().saturating_sub(daemon);
+            cpu[i].cycles += s.cycles;
             eprintln!(
                 "bench: round {}/{} {:<6} {} workers x {c}: {:.1} cycles/s",
                 round + 1,
@@ -905,6 +1003,7 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
         keys: bed.sides.iter().map(|s| s.key).collect(),
         multi,
         single,
+        cpu,
         version,
         floor,
         over_floor,

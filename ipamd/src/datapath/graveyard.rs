@@ -30,11 +30,11 @@
 //!
 //! Until it is reaped, the pod end keeps CNI_IFNAME in the pod's netns,
 //! without carrier (its IP configured but not live). A re-ADD into that same
-//! netns (a runtime that reuses it, or the benchmark) creates its pod end
-//! under a name of its own and renames it to CNI_IFNAME from the pod's
-//! thread; when the name is held by such a retired end, it sets that one
-//! down and gives it its grave name first (`veth::move_aside`), without
-//! waiting for the reaper. A runtime that deletes the pod's netns after DEL
+//! netns (a runtime that reuses it, or the benchmark) looks CNI_IFNAME up
+//! from the pod's thread before it creates the pair; when the name is held
+//! by such a retired end, it sets that one down and gives it its grave name
+//! (`pod_end::move_aside`), without waiting for the reaper, and the new pod end
+//! is created under CNI_IFNAME. A runtime that deletes the pod's netns after DEL
 //! (all of them) makes the kernel unregister the pair with the netns; the
 //! group delete then finds nothing, which is fine.
 //!

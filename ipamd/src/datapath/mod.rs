@@ -13,8 +13,9 @@
 //! `ovs-vsctl`.
 //!
 //! Netlink sockets belong to the netns of the thread that opened them, so all
-//! work inside a pod netns runs on a short-lived OS thread of its own
-//! ([`netns`]); nothing async ever calls `setns`.
+//! work inside a pod netns runs on an OS thread of its own that entered it
+//! ([`netns`], threads kept between pods by `netns_pool`); nothing async
+//! ever calls `setns`.
 
 mod announce;
 mod bridge;
@@ -23,7 +24,9 @@ pub mod fake;
 mod graveyard;
 mod netlinksafe;
 mod netns;
+mod netns_pool;
 mod ovs;
+mod pod_end;
 mod timing;
 mod veth;
 
@@ -37,8 +40,8 @@ pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
 pub use graveyard::{grave_name, GraveyardStats, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
+pub use pod_end::disable_tx_checksum;
 pub use timing::{monotonic_ns, Laps, WireSteps};
-pub use veth::disable_tx_checksum;
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.
 #[derive(Debug, Clone, PartialEq, Eq)]

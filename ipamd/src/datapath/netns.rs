@@ -14,12 +14,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use super::netns_pool::{self, Job, Session};
 use super::DatapathError;
 
 /// Opens a netns file such as `/run/netns/pod-a` or `/proc/<pid>/ns/net`.
@@ -87,37 +87,32 @@ where
     NetnsThread::spawn(netns, path)?.run(work).await
 }
 
-/// The one job a [`NetnsThread`] runs: given the thread's rtnetlink handle (or
-/// the reason it has none), do the work and send the result back itself.
-type Job = Box<dyn FnOnce(Result<Handle, DatapathError>) -> LocalBoxFuture<'static, ()> + Send>;
-
-/// A thread that has entered a netns (or is doing so) and waits for one job.
+/// A thread that has entered a netns (or is doing so) and runs the jobs it
+/// is given, one after another, until it is dropped.
 ///
-/// Started before the job is known so that starting a thread, `setns` and
-/// opening a netlink socket (about 1.5 ms together on our machines) overlap
-/// with the caller's own work, such as creating the veth whose pod end the
-/// job configures. Dropping it unused lets the thread exit.
+/// Started before its first job is known so that entering the netns and
+/// opening a netlink socket overlap with the caller's own work, such as
+/// reading the bridge while the pod's thread clears CNI_IFNAME. The thread
+/// comes from a pool (`netns_pool`) and goes back to it when this is
+/// dropped.
 pub(crate) struct NetnsThread {
-    jobs: oneshot::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
     path: PathBuf,
 }
 
 impl NetnsThread {
     pub(crate) fn spawn(netns: File, path: PathBuf) -> Result<Self, DatapathError> {
-        let (jobs, job) = oneshot::channel::<Job>();
-        let thread_path = path.clone();
-        std::thread::Builder::new()
-            .name("moor-netns".to_string())
-            .spawn(move || serve_one(&netns, &thread_path, job))
-            .map_err(|e| DatapathError::Worker {
-                netns: path.clone(),
-                reason: format!("cannot start a thread: {e}"),
-            })?;
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
+        netns_pool::submit(Session {
+            netns,
+            path: path.clone(),
+            jobs: queue,
+        })?;
         Ok(NetnsThread { jobs, path })
     }
 
     /// Runs `work` on the thread and returns its result.
-    pub(crate) async fn run<F, Fut, T>(self, work: F) -> Result<T, DatapathError>
+    pub(crate) async fn run<F, Fut, T>(&self, work: F) -> Result<T, DatapathError>
     where
         F: FnOnce(Handle) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DatapathError>> + 'static,
@@ -127,8 +122,20 @@ impl NetnsThread {
     }
 
     /// [`NetnsThread::run`], and how long the work waited for the thread
-    /// to be ready (in the netns, its netlink socket open).
-    pub(crate) async fn run_timed<F, Fut, T>(self, work: F) -> Result<(T, Duration), DatapathError>
+    /// to take it (the first job: to be in the netns, its netlink socket
+    /// open).
+    pub(crate) async fn run_timed<F, Fut, T>(&self, work: F) -> Result<(T, Duration), DatapathError>
+    where
+        F: FnOnce(Handle) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DatapathError>> + 'static,
+        T: Send + 'static,
+    {
+        self.start(work).outcome().await
+    }
+
+    /// Queues `work` on the thread without waiting for it: the caller
+    /// collects the result later ([`Started::outcome`]).
+    pub(crate) fn start<F, Fut, T>(&self, work: F) -> Started<T>
     where
         F: FnOnce(Handle) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DatapathError>> + 'static,
@@ -148,47 +155,29 @@ impl NetnsThread {
             }
             .boxed_local()
         });
-        let lost = || DatapathError::Worker {
-            netns: self.path.clone(),
-            reason: "the thread ended without an answer (it panicked)".to_string(),
-        };
-        self.jobs.send(job).map_err(|_| lost())?;
-        result.await.map_err(|_| lost())?
+        // A send that fails drops the job and with it `result_tx`: the
+        // outcome then says the thread is gone.
+        let _ = self.jobs.send(job);
+        Started {
+            result,
+            path: self.path.clone(),
+        }
     }
 }
 
-fn serve_one(netns: &File, path: &Path, job: oneshot::Receiver<Job>) {
-    let netns_error = |source: io::Error| DatapathError::Netns {
-        netns: path.to_path_buf(),
-        source,
-    };
-    let runtime = setns(netns, CloneFlags::CLONE_NEWNET)
-        .map_err(|e| netns_error(e.into()))
-        .and_then(|()| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .map_err(netns_error)
-        });
-    match runtime {
-        Ok(runtime) => runtime.block_on(async {
-            // Opened after setns, so the socket lives in the target netns.
-            let handle = rtnetlink::new_connection()
-                .map(|(connection, handle, _)| {
-                    tokio::spawn(connection);
-                    handle
-                })
-                .map_err(netns_error);
-            if let Ok(job) = job.await {
-                job(handle).await;
-            }
-        }),
-        Err(e) => {
-            if let Ok(job) = job.blocking_recv() {
-                futures::executor::block_on(job(Err(e)));
-            }
-        }
+/// A job queued on a [`NetnsThread`].
+pub(crate) struct Started<T> {
+    result: oneshot::Receiver<Result<(T, Duration), DatapathError>>,
+    path: PathBuf,
+}
+
+impl<T> Started<T> {
+    /// The job's result, and how long it waited for the thread.
+    pub(crate) async fn outcome(self) -> Result<(T, Duration), DatapathError> {
+        self.result.await.map_err(|_| DatapathError::Worker {
+            netns: self.path,
+            reason: "the thread ended without an answer (it panicked)".to_string(),
+        })?
     }
 }
 

@@ -14,14 +14,18 @@ pub struct WireSteps {
     /// Input checks, opening the pod's netns, starting its thread, reading
     /// the bridge.
     pub prepare: Duration,
+    /// Until the pod's thread had looked CNI_IFNAME up in the pod's netns
+    /// (and moved a retired pod end aside, on a re-ADD into a netns whose
+    /// last veth is not reaped yet), as far as the wire waited for it.
+    pub clear: Duration,
     /// The one RTM_NEWLINK that creates the pair.
     pub create: Duration,
-    /// The pod's side, as the ADD waited for it: rename, up, address,
-    /// route and the announcement socket, on the pod's thread.
+    /// The pod's side, as the ADD waited for it: up, address, route and
+    /// the announcement socket, on the pod's thread.
     pub pod_side: Duration,
     /// Of `pod_side`, how long the work waited for the pod's thread to have
-    /// entered the netns and opened its netlink socket (the thread starts
-    /// in `prepare` so that this overlaps with `create`).
+    /// finished its earlier job (it starts in `prepare`, enters the netns
+    /// and clears CNI_IFNAME first).
     pub pod_thread_wait: Duration,
     /// Until the host end forwards (a bridge port's state; OVS: the port
     /// applied by ovs-vswitchd).

@@ -1,30 +1,39 @@
-//! The veth pair of one pod: the request that creates it, and what is done
-//! on the pod's side of it (CHECK is in `check`).
+//! The veth pair of one pod: the request that creates it, from the host
+//! ends' netns, with the pod's thread doing its part in the pod's netns
+//! (`pod_end`; CHECK is in `check`).
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use futures::StreamExt;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::announce::Announcer;
-use super::graveyard::{grave_name, park};
 use super::netlinksafe::{self, to_io};
-use super::netns::{open_netns, NetnsThread};
+use super::netns::{open_netns, NetnsThread, Started};
+use super::pod_end::{clear_ifname, configure_pod};
 use super::{validate_ifname, DatapathError, PodLink};
 
 /// The one RTM_NEWLINK that creates the whole pair: the host end up (and
 /// enslaved to `controller`, the Linux bridge, if given; an OVS port is added
 /// by OVSDB afterwards instead), the pod end created directly in the pod's
-/// netns (IFLA_NET_NS_FD on the peer, not created and then moved) with the
-/// pod's MAC and the same MTU, under [`pod_new_name`]: CNI_IFNAME may still
-/// be held by the pod end of this key's previous veth, retired by its DEL
-/// and not yet reaped; the pod's thread renames the new end to CNI_IFNAME
-/// as it sets it up ([`configure_pod`]).
+/// netns (IFLA_NET_NS_FD on the peer, not created and then moved) under its
+/// final name, CNI_IFNAME, with the pod's MAC and the same MTU.
+///
+/// Under its final name rather than a temporary one renamed later: a rename
+/// is one of the dearest link requests there is (the kernel re-registers
+/// the device's sysctl tables, net.ipv4.conf, net.ipv6.conf and the two
+/// neigh ones, under the rtnl lock), about two thirds of the pair's creation
+/// in `perf`. CNI_IFNAME may still be held by the pod end of this netns's
+/// previous veth, retired by its DEL and not yet reaped: the pod's thread
+/// moves that end aside before the pair is requested ([`NewPair::create`]).
 ///
 /// The pod end is not brought up here: the kernel applies the peer's
 /// ifinfomsg flags before it links the two ends, so IFF_UP on the peer makes
@@ -36,14 +45,13 @@ pub(crate) fn pair_request(
     mtu: u32,
     pod_netns: RawFd,
 ) -> LinkMessage {
-    let new_name = pod_new_name(&link.host_ifname);
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(new_name.clone())
+        .name(link.ifname.clone())
         .address(link.mac.to_vec())
         .mtu(mtu)
         .setns_by_fd(pod_netns)
         .build();
-    let host = LinkVeth::new(&link.host_ifname, &new_name)
+    let host = LinkVeth::new(&link.host_ifname, &link.ifname)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .address(host_mac.to_vec())
         .mtu(mtu);
@@ -55,15 +63,6 @@ pub(crate) fn pair_request(
     .build()
 }
 
-/// The name a new pod end has until the pod's thread renames it to
-/// CNI_IFNAME: `mn` + the host end's name without its `mr`, unique per
-/// attachment key, at most 15 bytes.
-pub(crate) fn pod_new_name(host_ifname: &str) -> String {
-    let tail = host_ifname.strip_prefix("mr").unwrap_or(host_ifname);
-    let tail = &tail[tail.len().saturating_sub(13)..];
-    format!("mn{tail}")
-}
-
 /// One pod's veth pair on its way: the input checked, the pod's netns open
 /// and a thread entering it, the host end's MAC drawn. Shared by the bridge
 /// and the OVS datapaths: [`NewPair::create`] makes both ends in one request,
@@ -71,15 +70,22 @@ pub(crate) fn pod_new_name(host_ifname: &str) -> String {
 /// nothing behind (the thread exits).
 pub(crate) struct NewPair {
     link: PodLink,
-    netns: Option<File>,
+    netns: File,
     pod: NetnsThread,
+    /// The pod's thread making CNI_IFNAME free ([`clear_ifname`]).
+    cleared: Option<Started<()>>,
     pub(crate) host_mac: [u8; 6],
+    /// The pod end's ifindex, if the kernel echoed the created host end
+    /// (its IFLA_LINK).
+    pod_index: Option<u32>,
 }
 
 impl NewPair {
     /// Checks the names and the gateway and starts the pod's thread, so that
-    /// entering the netns overlaps with the caller's next steps.
-    pub(crate) fn prepare(link: &PodLink) -> Result<Self, DatapathError> {
+    /// entering the netns overlaps with the caller's next steps; its first
+    /// job makes sure CNI_IFNAME is free for the pod end. `host`: netlink in
+    /// the host ends' netns, to tell a retired pod end in the way.
+    pub(crate) fn prepare(link: &PodLink, host: &Handle) -> Result<Self, DatapathError> {
         validate_ifname(&link.host_ifname)?;
         validate_ifname(&link.ifname)?;
         if !link.address.contains(link.gateway) {
@@ -96,20 +102,41 @@ impl NewPair {
             })?,
             link.netns.clone(),
         )?;
+        let (host, for_pod) = (host.clone(), link.clone());
+        let cleared =
+            pod.start(move |pod| async move { clear_ifname(&pod, &host, &for_pod).await });
         let host_mac = random_mac().map_err(|source| DatapathError::Netlink {
             op: "draw a random MAC for the host end".to_string(),
             source,
         })?;
         Ok(NewPair {
             link: link.clone(),
-            netns: Some(netns),
+            netns,
             pod,
+            cleared: Some(cleared),
             host_mac,
+            pod_index: None,
         })
     }
 
-    /// Creates both ends in one request (see [`pair_request`]); `attached`
-    /// says, for errors, where the host end goes ("port of bridge br0").
+    /// Waits for the pod's thread to have made CNI_IFNAME free (see
+    /// [`NewPair::create`]); [`NewPair::create`] does it if not done.
+    pub(crate) async fn clear(&mut self) -> Result<(), DatapathError> {
+        match self.cleared.take() {
+            Some(cleared) => cleared.outcome().await.map(|((), _)| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates both ends in one request (see [`pair_request`]) once the
+    /// pod's thread has made CNI_IFNAME free; `attached` says, for errors,
+    /// where the host end goes ("port of bridge br0").
+    ///
+    /// Checked first rather than after a failed request: a re-ADD into a
+    /// netns whose last DEL's veth is not reaped yet finds that pod end
+    /// there, and a failed veth request costs the kernel two devices made
+    /// and freed under the rtnl lock. In a new netns the check is one
+    /// lookup that finds nothing, done while the caller reads its bridge.
     pub(crate) async fn create(
         &mut self,
         handle: &Handle,
@@ -117,19 +144,19 @@ impl NewPair {
         mtu: u32,
         attached: &str,
     ) -> Result<(), DatapathError> {
-        let netns = self.netns.take().ok_or_else(|| DatapathError::Worker {
-            netns: self.link.netns.clone(),
-            reason: "the pair was created already".to_string(),
-        })?;
+        self.clear().await?;
         let request = pair_request(
             &self.link,
             self.host_mac,
             controller,
             mtu,
-            netns.as_raw_fd(),
+            self.netns.as_raw_fd(),
         );
-        match handle.link().add(request).execute().await {
-            Ok(()) => Ok(()),
+        match add_echoed(handle, request).await {
+            Ok(index) => {
+                self.pod_index = index;
+                Ok(())
+            }
             Err(e) => Err(create_error(handle, attached, &self.link, e).await),
         }
     }
@@ -137,21 +164,46 @@ impl NewPair {
     /// Sets the pod end up with its address and default route, on the pod's
     /// thread; returns the announcer for the caller to send the gratuitous
     /// ARPs once the host end forwards. The caller rolls back on failure.
-    /// `tx_checksum_off`: see [`disable_tx_checksum`]. `probe`: the
-    /// announcer can also run the duplicate-address probe. `host`: netlink
-    /// in the host ends' netns, to tell a retired pod end in the way.
+    /// `tx_checksum_off`: see [`super::disable_tx_checksum`]. `probe`: the
+    /// announcer can also run the duplicate-address probe.
     /// Also returns how long the work waited for the pod's thread.
     pub(crate) async fn configure_pod(
         self,
-        host: Handle,
         tx_checksum_off: bool,
         probe: bool,
     ) -> Result<(Announcer, Duration), DatapathError> {
-        let link = self.link;
+        let (link, index) = (self.link, self.pod_index);
         self.pod
-            .run_timed(move |pod| configure_pod(pod, host, link, tx_checksum_off, probe))
+            .run_timed(move |pod| configure_pod(pod, link, index, tx_checksum_off, probe))
             .await
     }
+}
+
+/// Sends the pair's RTM_NEWLINK with NLM_F_ECHO: the kernel (6.3 and
+/// later) answers with the new host end, whose IFLA_LINK is the pod end's
+/// ifindex, so the pod's thread needs no lookup. `None`: no echo (an older
+/// kernel); the pod's thread looks the pod end up by name.
+async fn add_echoed(
+    handle: &Handle,
+    request: LinkMessage,
+) -> Result<Option<u32>, rtnetlink::Error> {
+    let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewLink(request));
+    message.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO;
+    let mut replies = handle.clone().request(message)?;
+    let mut peer = None;
+    while let Some(reply) = replies.next().await {
+        match reply.payload {
+            NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(host)) => {
+                peer = host.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Link(index) => Some(*index),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(peer)
 }
 
 /// Turns a failed veth creation into the error a person can act on. EEXIST
@@ -209,273 +261,6 @@ fn random_mac() -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// Inside the pod's netns: the new pod end renamed to CNI_IFNAME and up,
-/// address, default route, and a packet socket on the interface for the
-/// announcements (sent by the caller once the host end forwards).
-pub(crate) async fn configure_pod(
-    handle: Handle,
-    host: Handle,
-    link: PodLink,
-    tx_checksum_off: bool,
-    probe: bool,
-) -> Result<Announcer, DatapathError> {
-    let netns = link.netns.display();
-    let ifname = &link.ifname;
-    let new_name = pod_new_name(&link.host_ifname);
-    if tx_checksum_off {
-        disable_tx_checksum(&new_name).map_err(|source| DatapathError::Netlink {
-            op: format!("turn TX checksum offload off on {ifname} in netns {netns} (SIOCETHTOOL)"),
-            source,
-        })?;
-    }
-    // One dump of the pod's (few) links finds the new end's index and what
-    // holds CNI_IFNAME, if anything: a runtime that reuses the netns finds
-    // the retired pod end of its last DEL there, which is moved aside before
-    // the rename instead of after the rename failed (3 requests fewer).
-    let (index, in_the_way) = pod_links(&handle, &new_name, ifname)
-        .await
-        .map_err(|source| DatapathError::Netlink {
-            op: format!("list the links of netns {netns}"),
-            source,
-        })?;
-    let index = index.ok_or_else(|| DatapathError::Netlink {
-        op: format!("find {new_name} in netns {netns} right after creating it"),
-        source: io::Error::from(io::ErrorKind::NotFound),
-    })?;
-    if let Some(old) = in_the_way {
-        move_aside(&handle, &host, &link, old).await?;
-    }
-
-    let ip = link.address.ip();
-    // Renamed while still down: every kernel allows that. The alias marks
-    // it as moor's pod end (see `move_aside`).
-    let set_up = || {
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(ifname.clone())
-                    .alias(POD_END_ALIAS)
-                    .up()
-                    .build(),
-            )
-            .execute()
-    };
-    let add_address = handle
-        .address()
-        .add(index, IpAddr::V4(ip), link.address.prefix())
-        .execute();
-    let add_route = || {
-        handle
-            .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(link.gateway)
-                    .output_interface(index)
-                    .build(),
-            )
-            .execute()
-    };
-    // All three requests go out before any answer is awaited. The kernel
-    // handles one socket's requests in order, so the route (whose gateway is
-    // reachable only through the up link and the address's subnet) is still
-    // added last.
-    let (up, address_added, route_added) = futures::join!(set_up(), add_address, add_route());
-    let up_error = |e| DatapathError::Netlink {
-        op: format!("rename {new_name} to {ifname} and set it up in netns {netns}"),
-        source: to_io(e),
-    };
-    address_added.map_err(|e| DatapathError::Netlink {
-        op: format!("add address {} to {ifname} in netns {netns}", link.address),
-        source: to_io(e),
-    })?;
-    let route_added = match up {
-        Ok(()) => route_added,
-        Err(e) if netlinksafe::errno(&e) == Some(libc::EEXIST) => {
-            // CNI_IFNAME was taken since the dump; the route failed with the
-            // link down.
-            let lookup = |source| DatapathError::Netlink {
-                op: format!("look up {ifname} in netns {netns}"),
-                source,
-            };
-            if let Some(old) = netlinksafe::link_by_name(&handle, ifname)
-                .await
-                .map_err(lookup)?
-            {
-                move_aside(&handle, &host, &link, old).await?;
-            }
-            set_up().await.map_err(up_error)?;
-            add_route().await
-        }
-        Err(e) => return Err(up_error(e)),
-    };
-    route_added.map_err(|e| {
-        let exists = netlinksafe::errno(&e) == Some(libc::EEXIST);
-        DatapathError::Netlink {
-            op: if exists {
-                format!(
-                    "add default route via {} on {ifname}: netns {netns} already has a default route \
-                     (another interface of this pod is wired with a gateway)",
-                    link.gateway
-                )
-            } else {
-                format!("add default route via {} on {ifname} in netns {netns}", link.gateway)
-            },
-            source: to_io(e),
-        }
-    })?;
-
-    let announce_error = |source| DatapathError::Announce {
-        ip,
-        ifname: ifname.clone(),
-        source,
-    };
-    Announcer::open(index, link.mac, ip, probe).map_err(announce_error)
-}
-
-/// Inside the pod's netns: the index of the link `new_name` and the link
-/// named `ifname`, if any, from one dump.
-async fn pod_links(
-    handle: &Handle,
-    new_name: &str,
-    ifname: &str,
-) -> io::Result<(Option<u32>, Option<LinkMessage>)> {
-    let all =
-        netlinksafe::dump(handle, RouteNetlinkMessage::GetLink(LinkMessage::default())).await?;
-    let (mut index, mut in_the_way) = (None, None);
-    for m in all {
-        let RouteNetlinkMessage::NewLink(l) = m else {
-            continue;
-        };
-        let name = l.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.as_str()),
-            _ => None,
-        });
-        if name == Some(new_name) {
-            index = Some(l.header.index);
-        } else if name == Some(ifname) {
-            in_the_way = Some(l);
-        }
-    }
-    Ok((index, in_the_way))
-}
-
-/// The alias (IFLA_IFALIAS) of every pod end moor wires.
-pub(crate) const POD_END_ALIAS: &str = "moor pod end";
-
-/// Inside the pod's netns: CNI_IFNAME is held by another interface. If it is
-/// the pod end of a retired veth (a re-ADD into the same netns before the
-/// reaper ran), it is set down, which takes its linkdown default route
-/// along, and given its grave name; the reaper deletes it with its host
-/// end. Anything else is the pod's own interface:
-/// [`DatapathError::PodIfnameExists`].
-///
-/// Retired = without carrier (moor sets a host end down only to retire it)
-/// and moor's: it carries [`POD_END_ALIAS`], or (a pod end wired before the
-/// alias) its peer in the host ends' netns is named as a grave. The alias
-/// also holds when the retired end's host side is on another node (a netns
-/// shared by test "nodes").
-async fn move_aside(
-    pod: &Handle,
-    host: &Handle,
-    link: &PodLink,
-    old: LinkMessage,
-) -> Result<(), DatapathError> {
-    let netns = link.netns.display();
-    let ifname = &link.ifname;
-    let lookup = |source| DatapathError::Netlink {
-        op: format!("look up {ifname} in netns {netns}"),
-        source,
-    };
-    let taken = || DatapathError::PodIfnameExists {
-        ifname: ifname.clone(),
-        netns: link.netns.clone(),
-    };
-    let carrier = old.header.flags.contains(LinkFlags::LowerUp);
-    let peer = old.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Link(peer) => Some(*peer),
-        _ => None,
-    });
-    let marked = old
-        .attributes
-        .contains(&LinkAttribute::IfAlias(POD_END_ALIAS.to_string()));
-    let retired = match peer {
-        _ if carrier => false,
-        _ if marked => true,
-        Some(peer) => netlinksafe::link_by_index(host, peer)
-            .await
-            .map_err(lookup)?
-            .is_some_and(|l| {
-                l.attributes
-                    .contains(&LinkAttribute::IfName(grave_name(peer)))
-            }),
-        None => false,
-    };
-    if !retired {
-        return Err(taken());
-    }
-    let index = old.header.index;
-    match park(pod, index, &grave_name(index), |b| b).await {
-        Ok(()) => {
-            tracing::debug!(%ifname, netns = %netns, "re-ADD moved a retired pod end aside");
-            Ok(())
-        }
-        // The reaper deleted the pair since it was listed: the name is free.
-        Err(e) if netlinksafe::errno(&e) == Some(libc::ENODEV) => Ok(()),
-        Err(e) => Err(DatapathError::Netlink {
-            op: format!("move the retired {ifname} aside in netns {netns}"),
-            source: to_io(e),
-        }),
-    }
-}
-
-/// `ethtool -K IFNAME tx off` in the calling thread's netns (the kernel drops
-/// TSO with it).
-///
-/// A veth hands the packets a pod sends to its peer with the TCP/UDP
-/// checksum left for "the hardware" to fill in (CHECKSUM_PARTIAL). The
-/// kernel's own bridge and OVS's kernel datapath keep that state with the
-/// packet, but OVS's userspace datapath (`datapath_type=netdev`) reads the
-/// host end through a packet socket and forwards the bytes as they are, so
-/// every TCP segment arrives with a wrong checksum and is dropped: ping
-/// works, TCP does not (seen here). With TX checksum offload off, the pod's
-/// kernel fills the checksum itself.
-pub fn disable_tx_checksum(ifname: &str) -> io::Result<()> {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    if ifname.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: plain syscall with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    request.ifr_ifru.ifru_data = std::ptr::addr_of_mut!(value).cast();
-    // SAFETY: SIOCETHTOOL takes an ifreq whose ifru_data points to an
-    // ethtool command struct; both live until the call returns.
-    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The host end of a pod's veth, if it exists.
 pub(crate) async fn host_end(
     handle: &Handle,
@@ -492,15 +277,8 @@ pub(crate) async fn host_end(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_route::link::{InfoKind, LinkInfo};
-
-    #[test]
-    fn new_pod_ends_have_names_of_their_own() {
-        assert_eq!(pod_new_name("mr0123456789ab"), "mn0123456789ab");
-        let long = pod_new_name("abcdefghijklmno");
-        assert!(long.len() <= 15 && long.starts_with("mn"), "{long}");
-        assert_ne!(pod_new_name("mr0123456789ab"), "eth0");
-    }
+    use netlink_packet_route::link::{InfoKind, LinkFlags, LinkInfo};
+    use std::net::Ipv4Addr;
 
     #[test]
     fn pair_request_puts_pod_end_in_the_pod_netns() {
@@ -541,8 +319,8 @@ mod tests {
         // Not up: see pair_request.
         assert!(!peer.header.change_mask.contains(LinkFlags::Up));
         let p = &peer.attributes;
-        // CNI_IFNAME comes later (configure_pod): it may still be taken.
-        assert!(p.contains(&LinkAttribute::IfName("mn0123456789ab".into())));
+        // Under its final name: no rename later (see pair_request).
+        assert!(p.contains(&LinkAttribute::IfName("eth0".into())));
         assert!(p.contains(&LinkAttribute::Address(link.mac.to_vec())));
         assert!(p.contains(&LinkAttribute::Mtu(1400)));
         assert!(p.contains(&LinkAttribute::NetNsFd(42)));

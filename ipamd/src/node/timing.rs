@@ -46,6 +46,7 @@ impl Timing {
         self.step("wire");
         self.steps.extend([
             ("wire.prepare", w.prepare),
+            ("wire.clear", w.clear),
             ("wire.create", w.create),
             ("wire.pod_side", w.pod_side),
             ("wire.pod_thread_wait", w.pod_thread_wait),

@@ -86,7 +86,7 @@ pub struct OvsDatapath {
     bridge: String,
     mtu: u32,
     /// The bridge is on the userspace datapath: pods' veths need TX
-    /// checksum offload off (see `veth::disable_tx_checksum`).
+    /// checksum offload off (see `pod_end::disable_tx_checksum`).
     userspace: bool,
     /// The duplicate-address probe's window; None: no probe.
     dad_probe: Option<Duration>,
@@ -232,9 +232,11 @@ impl OvsDatapath {
         let _busy = self.graveyard.busy();
         let mut laps = Laps::start();
         let mut steps = WireSteps::default();
-        let mut pair = NewPair::prepare(&link)?;
+        let mut pair = NewPair::prepare(&link, &self.handle)?;
         let host_mac = pair.host_mac;
         steps.prepare = laps.lap();
+        pair.clear().await?;
+        steps.clear = laps.lap();
         pair.create(
             &self.handle,
             None,
@@ -249,11 +251,7 @@ impl OvsDatapath {
         let pod_started = laps;
         let pod_side = async {
             let configured = pair
-                .configure_pod(
-                    self.handle.clone(),
-                    self.userspace,
-                    self.dad_probe.is_some(),
-                )
+                .configure_pod(self.userspace, self.dad_probe.is_some())
                 .await;
             let mut since = pod_started;
             (configured, since.lap())
