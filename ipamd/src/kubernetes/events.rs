@@ -217,9 +217,13 @@ impl Writer {
             return;
         }
         self.made += 1;
-        // As kubelet names them: the object's name, a dot, something unique.
+        // As kubelet names them: the object's name, a dot, something unique,
+        // also across processes: node agents and the controller post Events
+        // about the same pod, each with a counter of its own (seen: the
+        // controller's release Event refused, 409, because a node agent's
+        // ADD failure had taken the name in the same second).
         let prefix: String = o.name.chars().take(200).collect();
-        let name = format!("{prefix}.moor{:x}{:x}", now, self.made);
+        let name = format!("{prefix}.moor{:x}{:x}{:08x}", now, self.made, random_u32());
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -325,6 +329,18 @@ impl Writer {
         }
         self.series
             .retain(|_, s| now.saturating_sub(s.last_seen) < FORGET_AFTER_SECS);
+    }
+}
+
+/// Random bits for Event names; the process id if the kernel has none.
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == bytes.len() as isize {
+        u32::from_ne_bytes(bytes)
+    } else {
+        std::process::id()
     }
 }
 
