@@ -63,62 +63,40 @@ pub async fn print(
     };
     let result = match listing {
         Listing::Ips(pool) => {
-            let mut replies = client
-                .stream_ips(ListIpsRequest { pool: pool.clone() })
-                .await
-                .map_err(older)?
-                .into_inner();
-            let mut p = Printer::new(out, format, &output::IP_HEADERS);
-            loop {
-                match replies.message().await.map_err(ServerError)? {
-                    Some(m) => {
-                        let views: Vec<IpView> = m.ips.iter().map(IpView::from).collect();
-                        if let Err(e) = p.batch(&views, |v| output::ip_row(v).to_vec()) {
-                            break Err(e);
-                        }
-                    }
-                    None => break p.finish(),
-                }
-            }
+            let replies = client.stream_ips(ListIpsRequest { pool: pool.clone() });
+            let replies = replies.await.map_err(older)?.into_inner();
+            let p = Printer::new(out, format, &output::IP_HEADERS);
+            drain(
+                replies,
+                p,
+                |m| m.ips.iter().map(IpView::from).collect(),
+                |v| output::ip_row(v).to_vec(),
+            )
+            .await?
         }
         Listing::Pools => {
-            let mut replies = client
-                .stream_pools(ListPoolsRequest {})
-                .await
-                .map_err(older)?
-                .into_inner();
-            let mut p = Printer::new(out, format, &output::POOL_HEADERS);
-            loop {
-                match replies.message().await.map_err(ServerError)? {
-                    Some(m) => {
-                        let views: Vec<PoolView> = m.pools.iter().map(PoolView::from).collect();
-                        if let Err(e) = p.batch(&views, |v| output::pool_row(v).to_vec()) {
-                            break Err(e);
-                        }
-                    }
-                    None => break p.finish(),
-                }
-            }
+            let replies = client.stream_pools(ListPoolsRequest {});
+            let replies = replies.await.map_err(older)?.into_inner();
+            let p = Printer::new(out, format, &output::POOL_HEADERS);
+            drain(
+                replies,
+                p,
+                |m| m.pools.iter().map(PoolView::from).collect(),
+                |v| output::pool_row(v).to_vec(),
+            )
+            .await?
         }
         Listing::Bindings(pool) => {
-            let mut replies = client
-                .stream_bindings(ListBindingsRequest { pool: pool.clone() })
-                .await
-                .map_err(older)?
-                .into_inner();
-            let mut p = Printer::new(out, format, &output::BINDING_HEADERS);
-            loop {
-                match replies.message().await.map_err(ServerError)? {
-                    Some(m) => {
-                        let views: Vec<BindingView> =
-                            m.bindings.iter().map(BindingView::from).collect();
-                        if let Err(e) = p.batch(&views, |v| output::binding_row(v).to_vec()) {
-                            break Err(e);
-                        }
-                    }
-                    None => break p.finish(),
-                }
-            }
+            let replies = client.stream_bindings(ListBindingsRequest { pool: pool.clone() });
+            let replies = replies.await.map_err(older)?.into_inner();
+            let p = Printer::new(out, format, &output::BINDING_HEADERS);
+            drain(
+                replies,
+                p,
+                |m| m.bindings.iter().map(BindingView::from).collect(),
+                |v| output::binding_row(v).to_vec(),
+            )
+            .await?
         }
     };
     match result {
@@ -126,6 +104,23 @@ pub async fn print(
         Err(e) => Err(anyhow::anyhow!("writing the output: {e}")),
         Ok(()) => Ok(()),
     }
+}
+
+/// Prints every message of `replies` as it arrives (`views` turns one into
+/// the items to print, `row` an item into its table cells). The outer error
+/// is ipamd's, the inner one writing the output's.
+async fn drain<M, V: Serialize>(
+    mut replies: tonic::Streaming<M>,
+    mut p: Printer<'_>,
+    views: impl Fn(&M) -> Vec<V>,
+    row: impl Fn(&V) -> Vec<String> + Copy,
+) -> Result<io::Result<()>, ServerError> {
+    while let Some(m) = replies.message().await.map_err(ServerError)? {
+        if let Err(e) = p.batch(&views(&m), row) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(p.finish())
 }
 
 /// Writes a list as its batches arrive: a JSON array element by element
