@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::local_watch::Broadcaster;
-use super::{page_of, Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream};
+use super::{
+    page_of, page_start, Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream,
+};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -122,17 +124,18 @@ impl Store for MemStore {
     ) -> Result<Page, StoreError> {
         self.up()?;
         let inner = self.inner.lock().unwrap();
-        let from = start_after.filter(|a| *a > prefix).unwrap_or(prefix);
         let entries = inner
             .kv
-            .range(from.to_string()..)
+            .range(page_start(prefix, start_after).to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (value, version))| Entry {
-                key: k.clone(),
-                value: value.clone(),
-                version: *version,
+            .map(|(k, (value, version))| {
+                Ok(Entry {
+                    key: k.clone(),
+                    value: value.clone(),
+                    version: *version,
+                })
             });
-        Ok(page_of(entries, start_after, limit, inner.revision))
+        page_of(entries, start_after, limit, inner.revision)
     }
 
     async fn commit(&self, txn: Txn) -> Result<bool, StoreError> {

@@ -169,12 +169,12 @@ pub trait Store: Send + Sync + 'static {
         at_revision: Option<u64>,
     ) -> Result<Page, StoreError> {
         let (entries, revision) = self.list(prefix).await?;
-        Ok(page_of(
-            entries.into_iter(),
+        page_of(
+            entries.into_iter().map(Ok),
             start_after,
             limit,
             at_revision.unwrap_or(revision),
-        ))
+        )
     }
     /// Applies every op if every check holds, atomically and durably.
     /// `Ok(false)`: a check failed and nothing was written.
@@ -210,23 +210,34 @@ pub trait Store: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// The page of `entries` (in key order, all under the prefix) after
-/// `start_after`: what the backends without history return.
+/// Where a walk of `prefix` resumes after `start_after`.
+pub(crate) fn page_start<'a>(prefix: &'a str, start_after: Option<&'a str>) -> &'a str {
+    start_after.filter(|a| *a > prefix).unwrap_or(prefix)
+}
+
+/// The page of `entries` (in key order, all under the prefix, each read or
+/// failed) after `start_after`: what the backends without history return.
 pub(crate) fn page_of(
-    entries: impl Iterator<Item = Entry>,
+    entries: impl Iterator<Item = Result<Entry, StoreError>>,
     start_after: Option<&str>,
     limit: usize,
     revision: u64,
-) -> Page {
+) -> Result<Page, StoreError> {
     let limit = limit.max(1);
-    let mut rest = entries.skip_while(|e| start_after.is_some_and(|a| e.key.as_str() <= a));
-    let entries: Vec<Entry> = rest.by_ref().take(limit).collect();
-    let more = entries.len() == limit && rest.next().is_some();
-    Page {
+    let mut rest = entries.skip_while(|e| {
+        e.as_ref()
+            .is_ok_and(|e| start_after.is_some_and(|a| e.key.as_str() <= a))
+    });
+    let entries = rest
+        .by_ref()
+        .take(limit)
+        .collect::<Result<Vec<Entry>, _>>()?;
+    let more = entries.len() == limit && rest.next().transpose()?.is_some();
+    Ok(Page {
         entries,
         revision,
         more,
-    }
+    })
 }
 
 pub fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, StoreError> {

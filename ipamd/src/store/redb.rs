@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::local_watch::Broadcaster;
-use super::{Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream};
+use super::{
+    page_of, page_start, Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream,
+};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -49,6 +51,20 @@ struct Queue {
 
 fn other(e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(e.to_string())
+}
+
+/// The entries of `kv` from key `from` on, while their keys start with
+/// `prefix`.
+fn under<'a>(
+    kv: &'a redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    from: &str,
+    prefix: &'a str,
+) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + 'a, StoreError> {
+    let items = kv.range(from..).map_err(other)?.map(|item| {
+        let (k, v) = item.map_err(other)?;
+        split(k.value(), v.value())
+    });
+    Ok(items.take_while(move |e| e.as_ref().map_or(true, |e| e.key.starts_with(prefix))))
 }
 
 fn split(key: &str, raw: &[u8]) -> Result<Entry, StoreError> {
@@ -257,14 +273,7 @@ impl Store for RedbStore {
             let kv = r.open_table(KV).map_err(other)?;
             let meta = r.open_table(META).map_err(other)?;
             let rev = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value());
-            let mut out = Vec::new();
-            for item in kv.range(prefix.as_str()..).map_err(other)? {
-                let (k, v) = item.map_err(other)?;
-                if !k.value().starts_with(prefix.as_str()) {
-                    break;
-                }
-                out.push(split(k.value(), v.value())?);
-            }
+            let out = under(&kv, &prefix, &prefix)?.collect::<Result<_, _>>()?;
             Ok((out, rev))
         })
         .await
@@ -279,38 +288,14 @@ impl Store for RedbStore {
     ) -> Result<Page, StoreError> {
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
-        let limit = limit.max(1);
         self.read(move |db| {
             let r = db.begin_read().map_err(other)?;
             let kv = r.open_table(KV).map_err(other)?;
             let meta = r.open_table(META).map_err(other)?;
             let revision = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value());
-            let from = match &start_after {
-                Some(a) if a.as_str() > prefix.as_str() => a.as_str(),
-                _ => prefix.as_str(),
-            };
-            let mut entries = Vec::new();
-            let mut more = false;
-            for item in kv.range(from..).map_err(other)? {
-                let (k, v) = item.map_err(other)?;
-                let key = k.value();
-                if !key.starts_with(prefix.as_str()) {
-                    break;
-                }
-                if start_after.as_deref().is_some_and(|a| key <= a) {
-                    continue;
-                }
-                if entries.len() == limit {
-                    more = true;
-                    break;
-                }
-                entries.push(split(key, v.value())?);
-            }
-            Ok(Page {
-                entries,
-                revision,
-                more,
-            })
+            let from = page_start(&prefix, start_after.as_deref());
+            let entries = under(&kv, from, &prefix)?;
+            page_of(entries, start_after.as_deref(), limit, revision)
         })
         .await
     }
