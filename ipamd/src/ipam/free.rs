@@ -16,14 +16,8 @@ impl Ipam {
     /// The free counts of `pool` on each segment it has IPs on: one read of
     /// its lease keys (no values).
     pub async fn free_counts(&self, pool: &Pool) -> Result<BTreeMap<String, FreeCount>> {
-        let prefix = keys::leases(&pool.name);
-        let leased = self.store.list_keys(&prefix).await?;
-        Ok(core::free_counts(
-            pool,
-            leased
-                .iter()
-                .filter_map(|k| k.get(prefix.len()..)?.parse().ok()),
-        ))
+        let leased = self.store.list_keys(&keys::leases(&pool.name)).await?;
+        Ok(from_lease_keys(pool, &leased))
     }
 
     /// Free IPs over every pool with IPs on `segments` (those of this node's
@@ -56,6 +50,17 @@ impl Ipam {
         }
         Ok((free, pools))
     }
+}
+
+/// `pool`'s free counts from the keys under its `leases/<pool>/` prefix.
+pub(super) fn from_lease_keys(pool: &Pool, leased: &[String]) -> BTreeMap<String, FreeCount> {
+    let prefix = keys::leases(&pool.name);
+    core::free_counts(
+        pool,
+        leased
+            .iter()
+            .filter_map(|k| k.get(prefix.len()..)?.parse().ok()),
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ impl Ipam {
         choice: &PoolChoice,
     ) -> Result<(String, Option<TorChoice>)> {
         let pool_name = self.resolve_pool(pod, choice).await?;
-        // One round trip's worth of latency for the reads on etcd.
+        // One round trip's worth of latency for the four reads on etcd.
         let binding = async {
             if !pod.is_known() {
                 return Ok(None);
@@ -31,12 +31,11 @@ impl Ipam {
             Ok::<_, Error>(b.map(|(b, _)| b))
         };
         let tors = async { Ok::<_, Error>(self.store.list_json::<Tor>(keys::TORS).await?.0) };
-        let pool_and_free = async {
-            let (pool, _) = self.pool_entry(&pool_name).await?;
-            let free = self.free_counts(&pool).await?;
-            Ok::<_, Error>((pool, free))
-        };
-        let ((pool, free), binding, tors) = tokio::try_join!(pool_and_free, binding, tors)?;
+        let leased =
+            async { Ok::<_, Error>(self.store.list_keys(&keys::leases(&pool_name)).await?) };
+        let ((pool, _), binding, tors, leased) =
+            tokio::try_join!(self.pool_entry(&pool_name), binding, tors, leased)?;
+        let free = super::free::from_lease_keys(&pool, &leased);
         let tors: Vec<Tor> = tors.into_iter().map(|(t, _)| t).collect();
         let choice = schedule::tors_for(&ScheduleInput {
             pool: &pool,
