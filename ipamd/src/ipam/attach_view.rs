@@ -59,7 +59,12 @@ impl Ipam {
         let (txn, _) = planner.finish();
         let ops = txn.ops.clone();
         let rev = self.store.commit_at(txn).await.ok()??;
-        view.committed(&ops, rev);
+        let leases: Vec<&crate::core::Lease> = done
+            .iter()
+            .flatten()
+            .map(|a: &Allocation| &a.lease)
+            .collect();
+        view.committed(&ops, rev, &leases);
         Some(done)
     }
 }

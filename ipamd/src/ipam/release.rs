@@ -48,7 +48,7 @@ impl Ipam {
                 let (txn, released) = plan(&how, &first, &first_entry, lease);
                 let ops = txn.ops.clone();
                 if let Some(rev) = self.store.commit_at(txn).await? {
-                    view.committed(&ops, rev);
+                    view.committed(&ops, rev, &[]);
                     return Ok(released);
                 }
             }
