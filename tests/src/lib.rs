@@ -33,6 +33,7 @@ pub mod ipamctl;
 pub mod names;
 pub mod ovs_cluster;
 pub mod podman;
+pub mod scrape;
 pub mod testbed;
 pub mod webhook;
 

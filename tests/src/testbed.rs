@@ -436,6 +436,11 @@ impl Testbed {
             .kill9();
     }
 
+    /// The running ipamd's pid.
+    pub fn ipamd_pid(&self) -> Option<u32> {
+        self.ipamd.lock().unwrap().as_ref().map(|i| i.pid())
+    }
+
     pub fn ipamd_running(&self) -> bool {
         self.ipamd.lock().unwrap().is_some()
     }

@@ -48,6 +48,8 @@ mod gc;
 mod install_cni;
 #[path = "e2e/listing.rs"]
 mod listing;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
 #[path = "e2e/pool_lifecycle.rs"]
