@@ -283,6 +283,10 @@ fn page_shows_every_tor_and_pool_and_follows_ipamd() {
 
     let dom = chromium.dump_dom(&ui.url("?pool=web"), BUDGET_MS);
     assert_page_shows(&dom, &tb, "web");
+    // A pool that is not there (deleted while a link to it lives on).
+    let (status, body) = ui.get("/api/pools/no-such-pool/ips");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no-such-pool"), "{body}");
 
     // A page left open follows ipamd by itself.
     let mut browser = Browser::open(&ui.url("?pool=web"));
