@@ -315,6 +315,14 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// The store's series start at 0 (errors) so that an alert's
+    /// `increase()` sees the first failure, not only the second.
+    pub fn store_backend(&self, backend: &'static str) {
+        for kind in ["unavailable", "corrupt", "compacted", "other"] {
+            drop(self.store_errors.get_or_create(&StoreErr { backend, kind }));
+        }
+    }
+
     /// A store request that took `took`; `error`: the kind of its failure.
     pub fn store_request(
         &self,
@@ -422,6 +430,11 @@ impl Metrics {
     fn set_pools(&self, pools: &[PoolUse]) {
         self.pool_ips.clear();
         for p in pools {
+            // At 0 from the first scrape: the first refusal is an increase.
+            drop(self.pool_full.get_or_create(&PoolTor {
+                pool: p.pool.clone(),
+                tor: p.tor.clone(),
+            }));
             for (state, n) in [
                 ("total", p.total),
                 ("free", p.free),

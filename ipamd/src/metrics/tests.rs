@@ -87,6 +87,8 @@ async fn pool_series_follow_the_snapshot_and_vanish_with_the_pool() {
         v(r#"moor_pool_ips{pool="db",tor="t1",state="free"}"#),
         Some(0.0)
     );
+    // Refusal counters start at 0 for every pool, so the first one counts.
+    assert_eq!(v(r#"moor_pool_full_total{pool="db",tor="t1"}"#), Some(0.0));
     assert_eq!(v("moor_node_attachments"), Some(5.0));
     assert_eq!(v("moor_pending_dels"), Some(2.0));
 
@@ -98,7 +100,7 @@ async fn pool_series_follow_the_snapshot_and_vanish_with_the_pool() {
             pending_dels: Some(0),
         })
         .await;
-    assert!(!text.contains(r#"pool="db""#), "{text}");
+    assert!(!text.contains(r#"moor_pool_ips{pool="db""#), "{text}");
     assert_eq!(
         line_value(&text, r#"moor_pool_ips{pool="web",tor="t1",state="free"}"#),
         Some(3.0)
@@ -117,6 +119,12 @@ async fn pool_series_follow_the_snapshot_and_vanish_with_the_pool() {
 #[tokio::test]
 async fn the_store_is_down_only_when_it_did_not_answer() {
     let m = Metrics::new();
+    m.store_backend("etcd");
+    let zero = r#"moor_store_errors_total{backend="etcd",kind="unavailable"}"#;
+    assert_eq!(
+        line_value(&m.encode(Snapshot::default()).await, zero),
+        Some(0.0)
+    );
     let ms = Duration::from_millis(1);
     m.store_request("etcd", "commit", ms, None);
     let up = r#"moor_store_up{backend="etcd"}"#;

@@ -18,6 +18,7 @@ pub struct Metered {
 impl Metered {
     /// `backend`: the label of its series ("redb", "etcd").
     pub fn new(inner: Arc<dyn Store>, backend: &'static str) -> Self {
+        metrics::global().store_backend(backend);
         Self { inner, backend }
     }
 
