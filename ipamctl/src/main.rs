@@ -14,6 +14,7 @@ mod evict;
 mod gc;
 mod listing;
 mod output;
+mod ui;
 mod validate;
 mod watch;
 
@@ -92,6 +93,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Serve a read-only web page of ipamd's ToRs, pools, IPs and nodes:
+    /// counts as bars, a pool's IPs with pod, node and state, search and
+    /// paging; it reloads its data by itself. Runs until stopped.
+    Ui(UiArgs),
+}
+
+#[derive(Debug, Args)]
+struct UiArgs {
+    /// Where to serve the page, IP:PORT (port 0: any free port, printed on
+    /// stderr). Loopback only, unless --allow-remote.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9472")]
+    listen: String,
+    /// Seconds between the page's reloads of its data.
+    #[arg(long, value_name = "SECONDS", default_value_t = ui::DEFAULT_REFRESH_SECONDS.to_string())]
+    refresh: String,
+    /// Serve the page on a non-loopback --listen address, and to any Host
+    /// name. It has no login: whoever reaches it sees every pod's IP and node.
+    #[arg(long)]
+    allow_remote: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +312,8 @@ enum Rpc {
     CollectGarbage(bool),
     /// `ip evict --delete-pod`: ipamd and the Kubernetes API.
     EvictPod(evict::DeletePod),
+    /// `ui`: not one call, a web server: see `ui::run`.
+    Ui(ui::Config),
 }
 
 /// Checks the command line and turns it into an RPC, without I/O.
@@ -385,6 +407,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
         Command::Node(NodeCommand::List) => Rpc::ListNodes,
         Command::Audit => Rpc::Audit,
         Command::Gc { dry_run } => Rpc::CollectGarbage(*dry_run),
+        Command::Ui(a) => Rpc::Ui(ui::config(&a.listen, &a.refresh, a.allow_remote)?),
     })
 }
 
@@ -451,7 +474,7 @@ async fn call(
         }
         Rpc::WatchPool(..) => unreachable!("a watch is a stream: see run_watch"),
         Rpc::List(_) => unreachable!("a listing is a stream: see run_listing"),
-        Rpc::CollectGarbage(_) | Rpc::EvictPod(_) => {
+        Rpc::CollectGarbage(_) | Rpc::EvictPod(_) | Rpc::Ui(_) => {
             unreachable!("not the Admin service alone: see run")
         }
         Rpc::GetIp(address) => {
@@ -574,6 +597,15 @@ fn main() -> ExitCode {
     }
     if let Rpc::List(listing) = &rpc {
         return run_listing(&cli, listing);
+    }
+    if let Rpc::Ui(config) = &rpc {
+        return match ui::run(&cli.socket, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipamctl: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(&cli, rpc) {
         Ok(r) => match io::stdout().lock().write_all(r.text.as_bytes()) {
@@ -704,6 +736,24 @@ mod tests {
             Ok(Rpc::Audit) => {}
             other => panic!("{other:?}"),
         }
+        match plan_of(&["ui"]) {
+            Ok(Rpc::Ui(c)) => {
+                assert_eq!(c.listen.to_string(), "127.0.0.1:9472");
+                assert_eq!((c.refresh_seconds, c.allow_remote), (5, false));
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&[
+            "ui",
+            "--listen",
+            "0.0.0.0:80",
+            "--allow-remote",
+            "--refresh",
+            "1",
+        ]) {
+            Ok(Rpc::Ui(c)) => assert_eq!((c.refresh_seconds, c.allow_remote), (1, true)),
+            other => panic!("{other:?}"),
+        }
         // (args, the watch's line format)
         for (args, want) in [
             (
@@ -748,6 +798,8 @@ mod tests {
             (&["ip", "evict", "--force", "web-0"][..], "IP"),
             (&["ip", "evict", "--delete-pod", "web-0"][..], "IP"),
             (&["pool", "export", "Web", "--watch"][..], "NAME"),
+            (&["ui", "--listen", "0.0.0.0:9472"][..], "--listen"),
+            (&["ui", "--refresh", "0"][..], "--refresh"),
             (
                 &["pool", "export", "web", "--watch", "--format", "csv"][..],
                 "--format",

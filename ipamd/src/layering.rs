@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 const RANKS: &[(&str, u32)] = &[
     ("clock", 0),
     ("core", 0),
-    ("datapath", 0),
+    ("metrics", 0),
+    ("datapath", 1),
     ("store", 1),
     ("kubernetes", 1),
     ("error", 2),

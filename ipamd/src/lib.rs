@@ -3,6 +3,7 @@
 //! draws them; the `layering` test keeps them so):
 //!
 //! - `clock`, `core`: the wall clock, and the pure allocation logic;
+//! - `metrics`: what ipamd counts for Prometheus, bumped in every layer;
 //! - `datapath`: wires pods into the network (netlink, OVS), on its own;
 //! - `store`: where state lives (redb, etcd, memory) and the CAS retry;
 //! - `kubernetes`: the API server's pods, namespaces, node and events;
@@ -22,6 +23,7 @@ pub mod datapath;
 pub mod error;
 pub mod ipam;
 pub mod kubernetes;
+pub mod metrics;
 pub mod node;
 pub mod store;
 

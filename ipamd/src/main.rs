@@ -18,7 +18,7 @@ mod args;
 #[path = "main/pool_ops.rs"]
 mod pool_ops;
 
-use args::{Args, GcMode, Mode, Role};
+use args::{Args, GcMode, LogFormat, Mode, Role};
 
 /// The test hook `MOOR_TEST_STOP_AFTER_COMMITS=N` (tests only: see
 /// `store::stop`): ipamd aborts right after its N-th store commit, as if
@@ -39,11 +39,17 @@ fn stop_hook(s: Arc<dyn store::Store>) -> anyhow::Result<Arc<dyn store::Store>> 
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .init();
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?);
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Fields at the top level, next to "level" and "message", so a log
+        // pipeline filters on "pool" or "ip" directly.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -116,9 +122,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         etcd_key: args.etcd_key.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
     };
+    let metrics_listener = match api::metrics::parse_listen(&args.metrics_listen)
+        .map_err(anyhow::Error::msg)?
+    {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("--metrics-listen {addr}: cannot listen there (another ipamd? pick another port, or off)")
+            })?;
+            info!(addr = %l.local_addr()?, "metrics listening on /metrics");
+            Some(l)
+        }
+        None => None,
+    };
     let store = store::open(&args.store, &store_opts)
         .await
         .map_err(anyhow::Error::msg)?;
+    let backend = if args.store.starts_with("etcd:") {
+        "etcd"
+    } else {
+        "redb"
+    };
+    let store: Arc<dyn store::Store> = Arc::new(store::metered::Metered::new(store, backend));
     let store = stop_hook(store)?;
     // One allocation service for the whole process (node, admin API,
     // controller, webhook): one set of per-pool turns, one view.
@@ -162,7 +186,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let stop = stopped();
         move |ipam| w.start(client, ipam, stop)
     });
+    let serve_metrics = |node: Option<Arc<Node>>| {
+        if let Some(l) = metrics_listener {
+            tokio::spawn(api::metrics::serve(node, l, stopped()));
+        }
+    };
     if args.role == Role::Controller {
+        serve_metrics(None);
         let listener = api::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?;
         let _webhook = webhook.take().map(|w| w(ipam.clone()));
@@ -300,6 +330,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     heartbeat::spawn_heartbeat(node.clone(), me);
     let listener =
         api::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
+    serve_metrics(Some(node.clone()));
     info!(
         node = %node_name,
         tor = %node.tor().unwrap_or_else(|e| e.to_string()),

@@ -788,17 +788,25 @@ fn carrier(netns: &Netns, ifname: &str) -> Option<bool> {
     Some(flags.iter().any(|f| f == "LOWER_UP") && !flags.iter().any(|f| f == "NO-CARRIER"))
 }
 
-/// Right after an unwire: the host end's name is free, every retired link
-/// is down, out of the bridge and named as a grave, and the pod's interface
-/// (until reaped) has no carrier, so its IP is not live.
+/// Right after an unwire: every retired link is down, out of the bridge and
+/// named either as a grave or (the host end, which keeps its name until it
+/// is reaped or a same-key re-ADD needs it) `host_ifname`; the pod's
+/// interface (until reaped) has no carrier, so its IP is not live.
 fn assert_cut_off(node: &Netns, pod: &Netns, host_ifname: &str) {
-    assert!(!node.link_exists(host_ifname), "host end kept its name");
     for g in graves(node) {
         let flags = g["flags"].as_array().cloned().unwrap_or_default();
         assert!(!flags.iter().any(|f| f == "UP"), "retired link up: {g}");
         assert!(g.get("master").is_none(), "retired link still a port: {g}");
         let name = g["ifname"].as_str().unwrap();
-        assert!(name.starts_with(GRAVE_PREFIX), "{g}");
+        assert!(name.starts_with(GRAVE_PREFIX) || name == host_ifname, "{g}");
+    }
+    // One snapshot: the reaper may delete the link at any moment.
+    let all = node.ip_json(&["link", "show"]);
+    for l in all.as_array().into_iter().flatten() {
+        if l["ifname"] == host_ifname {
+            let group = GRAVEYARD_GROUP.to_string();
+            assert_eq!(l["group"], group.as_str(), "host end not retired: {l}");
+        }
     }
     assert_ne!(carrier(pod, "eth0"), Some(true), "pod end has carrier");
 }
@@ -850,7 +858,12 @@ fn unwire_cuts_the_pod_off_at_once_and_the_reaper_deletes_it_later() {
         assert_cut_off(&node, &pod, &link.host_ifname);
         let graves_now = graves(&node);
         if let Some(g) = graves_now.first() {
-            assert_eq!(g["ifname"], format!("{GRAVE_PREFIX}{index}"), "{g}");
+            assert_eq!(g["ifindex"], index, "{g}");
+            assert_eq!(
+                g["ifname"],
+                link.host_ifname.as_str(),
+                "no rename at DEL: {g}"
+            );
             assert!(
                 !pings_gateway(&pod),
                 "a retired pod still reaches the gateway"
@@ -911,9 +924,11 @@ fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
         dp.unwire(&link.host_ifname).await.unwrap();
         assert_eq!(graves(&node).len(), 1, "the old veth is still going away");
 
-        // Into the same netns: its eth0 is the old pod end, not yet reaped;
-        // the ADD moves it aside (down, grave name) and takes the name.
+        // Into the same netns: its eth0 is the old pod end, not yet reaped,
+        // and the old host end still holds the host name; the ADD moves both
+        // aside (grave names) and takes the names.
         let old_index = pod.link("eth0")["ifindex"].as_u64().unwrap();
+        let old_host_index = node.link(&link.host_ifname)["ifindex"].as_u64().unwrap();
         let started = Instant::now();
         dp.wire(&link).await.unwrap();
         println!("re-ADD into the same netns: {:?}", started.elapsed());
@@ -926,6 +941,13 @@ fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
         let old = pod.link(&format!("{GRAVE_PREFIX}{old_index}"));
         let flags = old["flags"].as_array().unwrap();
         assert!(!flags.iter().any(|f| f == "UP"), "old pod end up: {old}");
+        let old_host = node.link(&format!("{GRAVE_PREFIX}{old_host_index}"));
+        assert_eq!(old_host["group"], GRAVEYARD_GROUP.to_string(), "{old_host}");
+        assert_ne!(
+            node.link(&link.host_ifname)["ifindex"].as_u64().unwrap(),
+            old_host_index,
+            "the new pair holds the host name"
+        );
         assert!(pings_gateway(&pod), "re-ADDed pod cannot reach the gateway");
         dp.check(&link).await.unwrap();
         wait_reaped_or_flush(&dp, &node).await;

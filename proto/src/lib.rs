@@ -73,8 +73,22 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("mr{:012x}", h >> 16)
+    format!("{HOST_IFNAME_PREFIX}{:012x}", h >> 16)
 }
+
+/// What every [`host_ifname`] starts with.
+pub const HOST_IFNAME_PREFIX: &str = "mr";
+
+/// The device group retired host ends are parked in: "moor" in ASCII
+/// (0x6d6f6f72). Group 0 is every device's default, and admins who use
+/// groups (`/etc/iproute2/group`) number them from 1 up; a group delete
+/// refuses (EOPNOTSUPP) if any member cannot be deleted, so the group must be
+/// ours alone. A number no one picks by hand keeps it so.
+///
+/// A host end in this group is retired (ipamd's `datapath::graveyard`): its
+/// pod was DEL'd and it is gone for every purpose but its name, which it
+/// keeps until it is reaped.
+pub const GRAVEYARD_GROUP: u32 = 0x6d6f_6f72;
 
 /// MAC address of a pod interface, derived from its IPv4 address so that a pod
 /// re-created with the same IP (on any node) also has the same MAC, and peers'

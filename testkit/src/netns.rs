@@ -162,6 +162,41 @@ pub fn try_links(netns: &str) -> Result<Vec<String>, String> {
     Ok(link_names(&v))
 }
 
+/// The live pod veth host ends among `ip -j link show` output: named
+/// [`moor_proto::host_ifname`]-style and not retired (a retired one keeps
+/// its name, in [`moor_proto::GRAVEYARD_GROUP`], until it is reaped).
+pub fn live_host_ends(v: &Value) -> Vec<String> {
+    let retired = moor_proto::GRAVEYARD_GROUP.to_string();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["group"].as_str() != Some(retired.as_str()))
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| n.starts_with(moor_proto::HOST_IFNAME_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The retired links in `netns`: in [`moor_proto::GRAVEYARD_GROUP`],
+/// waiting for ipamd's reaper.
+pub fn retired_links(netns: &str) -> Vec<String> {
+    let out = try_ip(&["-n", netns, "-j", "link", "show"]).unwrap_or_else(|e| panic!("{e}"));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let retired = moor_proto::GRAVEYARD_GROUP.to_string();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["group"].as_str() == Some(retired.as_str()))
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The live pod veth host ends in `netns` ([`live_host_ends`]).
+pub fn host_ends(netns: &str) -> Vec<String> {
+    let out = try_ip(&["-n", netns, "-j", "link", "show"]).unwrap_or_else(|e| panic!("{e}"));
+    live_host_ends(&serde_json::from_str(&out).unwrap_or(Value::Null))
+}
+
 /// The `ifname`s of `ip -j link show` output.
 pub fn link_names(v: &Value) -> Vec<String> {
     v.as_array()

@@ -57,7 +57,7 @@ use moor_e2e::bench::{
 };
 use moor_e2e::bins::Bins;
 use moor_testkit::cmd::{describe_failure, try_run as run};
-use moor_testkit::netns::{try_links, wait_ping};
+use moor_testkit::netns::{retired_links, wait_ping};
 use moor_testkit::{Ipamd, IpamdCommand, Netns, TempDir};
 use serde_json::{json, Value};
 
@@ -587,11 +587,7 @@ impl Testbed {
             }
         }
         let waited = Instant::now();
-        while try_links(&self.node.name)?
-            .iter()
-            .any(|l| l.starts_with("mgone"))
-            && waited.elapsed() < REAPED_WITHIN
-        {
+        while !retired_links(&self.node.name).is_empty() && waited.elapsed() < REAPED_WITHIN {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut expected: HashSet<&str> = ["lo"].into();

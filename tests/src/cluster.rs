@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use moor_ipamd::store::etcd::{EtcdOptions, EtcdStore};
 use moor_ipamd::store::{Store, StoreError};
 use moor_testkit::cmd::{run as run_ok, tail};
-use moor_testkit::netns::{links, ping_from};
+use moor_testkit::netns::{host_ends, ping_from};
 use moor_testkit::{EtcdCluster, Ipamd, IpamdCommand};
 use serde_json::{json, Value};
 
@@ -794,12 +794,9 @@ impl Cluster {
 
     // ------------------------------------------------------------ looking
 
-    /// Host ends of pod veths ("mr...") in `node`'s netns.
+    /// Host ends of live pod veths ("mr...", not retired) in `node`'s netns.
     pub fn host_links(&self, node: &str) -> Vec<String> {
-        links(&self.node(node).ns)
-            .into_iter()
-            .filter(|n| n.starts_with("mr"))
-            .collect()
+        host_ends(&self.node(node).ns)
     }
 
     /// (node, link) of every host veth end on every node.

@@ -785,7 +785,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let ids = self.container_ids();
         for id in &ids {
             let veth = moor_proto::host_ifname(id, "eth0");
-            if link_exists(&veth) {
+            if live_host_end_exists(&veth) {
                 found.push(format!("host veth {veth} of container {id}"));
             }
         }
@@ -1058,6 +1058,17 @@ pub fn in_netns(netns: &str, program: &str, args: &[&str]) -> String {
 /// Is there a link named `name` in the root netns?
 pub fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Is there a live (not retired) pod veth host end named `name` in the root
+/// netns? A retired one keeps its name, in moor's device group, until it is
+/// reaped.
+pub fn live_host_end_exists(name: &str) -> bool {
+    let group = Path::new("/sys/class/net").join(name).join("netdev_group");
+    match std::fs::read_to_string(group) {
+        Ok(g) => g.trim() != moor_proto::GRAVEYARD_GROUP.to_string(),
+        Err(_) => false,
+    }
 }
 
 fn which(tool: &str) -> bool {

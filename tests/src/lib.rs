@@ -20,9 +20,12 @@
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
 //! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
 //!   with moor as its CNI.
+//! - [`ui`]: `ipamctl ui` and its page's DOM; [`chromium`]: headless
+//!   Chromium loading it (screenshots, DOM dumps, a page kept open).
 
 pub mod bench;
 pub mod bins;
+pub mod chromium;
 pub mod cluster;
 pub mod containerd;
 pub mod control_plane;
@@ -33,7 +36,9 @@ pub mod ipamctl;
 pub mod names;
 pub mod ovs_cluster;
 pub mod podman;
+pub mod scrape;
 pub mod testbed;
+pub mod ui;
 pub mod webhook;
 
 pub use testbed::{CniRun, Counts, Options, Pod, PodAddr, Testbed};

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 pub use moor_testkit::cmd::assert_ok;
 use moor_testkit::cmd::{run as run_ok, tail};
-use moor_testkit::netns::{links, ping_from, wait_ping, Netns};
+use moor_testkit::netns::{live_host_ends, ping_from, wait_ping, Netns};
 use moor_testkit::{Ipamd, IpamdCommand};
 use serde_json::{json, Value};
 
@@ -436,6 +436,11 @@ impl Testbed {
             .kill9();
     }
 
+    /// The running ipamd's pid.
+    pub fn ipamd_pid(&self) -> Option<u32> {
+        self.ipamd.lock().unwrap().as_ref().map(|i| i.pid())
+    }
+
     pub fn ipamd_running(&self) -> bool {
         self.ipamd.lock().unwrap().is_some()
     }
@@ -545,22 +550,17 @@ impl Testbed {
 
     // ------------------------------------------------------------ looking
 
-    /// Names of links in the node netns starting with "mr": host ends of pod
-    /// veths. With `root_netns` only those on this testbed's bridge: the root
+    /// Names of live host ends of pod veths in the node netns ("mr…", not
+    /// retired). With `root_netns` only those on this testbed's bridge: the root
     /// netns holds other testbeds' too.
     pub fn host_links(&self) -> Vec<String> {
         let all = if self.opts.root_netns {
-            let out = run_ok("ip", &["-j", "link", "show", "master", &self.bridge]);
-            let v: Value = serde_json::from_str(&out).expect("ip -j link show is JSON");
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-                .collect()
+            run_ok("ip", &["-j", "link", "show", "master", &self.bridge])
         } else {
-            links(&self.node_ns)
+            run_ok("ip", &["-n", &self.node_ns, "-j", "link", "show"])
         };
-        all.into_iter().filter(|n| n.starts_with("mr")).collect()
+        let v: Value = serde_json::from_str(&all).expect("ip -j link show is JSON");
+        live_host_ends(&v)
     }
 
     /// Names of the pod's links other than lo.

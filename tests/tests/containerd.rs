@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use moor_e2e::containerd::{
-    in_netns, link_exists, ping_in, sandbox_config, CriNode, MoorCall, Options, Sandbox,
-    CNI_RESULTS, TUNED_SYSCTL,
+    in_netns, link_exists, live_host_end_exists, ping_in, sandbox_config, CriNode, MoorCall,
+    Options, Sandbox, CNI_RESULTS, TUNED_SYSCTL,
 };
 use moor_e2e::cri::v1::{PodSandboxState, PortMapping, Protocol};
 use moor_e2e::names::{deployment_pod, statefulset_pod};
@@ -111,7 +111,10 @@ fn sandboxes_get_pool_ips_talk_keep_sticky_ips_and_leave_nothing() {
     );
     for s in [&a, &b] {
         node.stop_and_remove(&s.id);
-        assert!(!link_exists(&s.host_veth()), "{s:?}: host veth left");
+        assert!(
+            !live_host_end_exists(&s.host_veth()),
+            "{s:?}: host veth left"
+        );
         assert!(
             !std::path::Path::new(&s.netns).exists(),
             "{s:?}: netns left"
@@ -313,7 +316,10 @@ fn chained_portmap_bandwidth_tuning_work_and_are_torn_down() {
         let rules = node.nat_rules();
         assert!(rules.is_empty(), "{when}: NAT rules left: {rules:?}");
         assert!(!link_exists(&ifb), "{when}: ifb {ifb} left");
-        assert!(!link_exists(&veth), "{when}: host veth {veth} left");
+        assert!(
+            !live_host_end_exists(&veth),
+            "{when}: host veth {veth} left"
+        );
     };
     check_clean("after StopPodSandbox");
     // RemovePodSandbox: containerd DELs again, without prevResult.

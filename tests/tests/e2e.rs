@@ -18,7 +18,8 @@
 //! `pool_lifecycle`: its pools that follow their workloads; `webhook`: its
 //! admission webhook over HTTPS. `listing`: `ip list` of thousands of IPs
 //! streamed. `pool_steps`: issue 12's pools too big for one etcd
-//! transaction, and ipamd killed between their steps.
+//! transaction, and ipamd killed between their steps. `ui`: issue 14's
+//! pool page (`ipamctl ui`) loaded in headless Chromium.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -48,6 +49,8 @@ mod gc;
 mod install_cni;
 #[path = "e2e/listing.rs"]
 mod listing;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
 #[path = "e2e/pool_lifecycle.rs"]
@@ -62,5 +65,7 @@ mod socket;
 mod support;
 #[path = "e2e/sweep.rs"]
 mod sweep;
+#[path = "e2e/ui.rs"]
+mod ui;
 #[path = "e2e/webhook.rs"]
 mod webhook;

@@ -1,13 +1,16 @@
 //! The `Cni` service the plugin calls: one RPC per CNI command.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use moor_proto::v1::{self, cni_server::Cni};
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use crate::error::Error;
+use crate::metrics;
 use crate::node::{AddRequest, CheckRequest, Node};
 
 use super::convert::{add_reply, pod_from};
@@ -18,14 +21,55 @@ type Reply<T> = Result<Response<T>, Status>;
 pub struct CniApi(pub Arc<Node>);
 
 /// The attachment key's two parts, which every CNI RPC carries.
-fn key(k: Option<&v1::AttachmentKey>) -> Result<&v1::AttachmentKey, Status> {
-    k.ok_or_else(|| status(&Error::Invalid("request has no attachment key".into())))
+fn key(k: Option<&v1::AttachmentKey>) -> Result<&v1::AttachmentKey, Error> {
+    k.ok_or_else(|| Error::Invalid("request has no attachment key".into()))
+}
+
+/// Serves one CNI request, counted and timed (`moor_cni_*`) by its CNI
+/// result code, and turns its error into the gRPC status.
+async fn metered<T>(op: &'static str, served: impl Future<Output = Result<T, Error>>) -> Reply<T> {
+    let started = Instant::now();
+    let r = served.await;
+    let code = r.as_ref().err().map_or(0, Error::cni_code);
+    metrics::global().cni_request(op, code, started.elapsed());
+    r.map(Response::new).map_err(|e| status(&e))
 }
 
 #[tonic::async_trait]
 impl Cni for CniApi {
     async fn add(&self, r: Request<v1::AddRequest>) -> Reply<v1::AddReply> {
-        let r = r.into_inner();
+        metered("ADD", self.add_now(r.into_inner())).await
+    }
+
+    async fn del(&self, r: Request<v1::DelRequest>) -> Reply<v1::DelReply> {
+        metered("DEL", self.del_now(r.get_ref())).await
+    }
+
+    async fn check(&self, r: Request<v1::CheckRequest>) -> Reply<v1::CheckReply> {
+        metered("CHECK", self.check_now(r.into_inner())).await
+    }
+
+    async fn status(&self, _: Request<v1::StatusRequest>) -> Reply<v1::StatusReply> {
+        metered("STATUS", async {
+            let s = self.0.status().await;
+            Ok(v1::StatusReply {
+                node: s.node,
+                tor: s.tor,
+                ready: s.ready,
+                free: s.free,
+                reason: s.reason,
+            })
+        })
+        .await
+    }
+
+    async fn gc(&self, r: Request<v1::GcRequest>) -> Reply<v1::GcReply> {
+        metered("GC", self.gc_now(r.get_ref())).await
+    }
+}
+
+impl CniApi {
+    async fn add_now(&self, r: v1::AddRequest) -> Result<v1::AddReply, Error> {
         let k = key(r.key.as_ref())?;
         let req = AddRequest {
             container_id: k.container_id.clone(),
@@ -37,43 +81,37 @@ impl Cni for CniApi {
             default_pool: (!r.default_pool.is_empty()).then_some(r.default_pool),
         };
         match self.0.add(&req).await {
-            Ok(a) => Ok(Response::new(add_reply(&a))),
+            Ok(a) => Ok(add_reply(&a)),
             Err(e) => {
-                warn!(error = %e, "ADD failed");
-                Err(status(&e))
+                warn!(error = %e, code = e.cni_code(), "ADD failed");
+                Err(e)
             }
         }
     }
 
-    async fn del(&self, r: Request<v1::DelRequest>) -> Reply<v1::DelReply> {
-        let k = key(r.get_ref().key.as_ref())?;
-        let d = self
-            .0
-            .del(&k.container_id, &k.ifname)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(match d {
+    async fn del_now(&self, r: &v1::DelRequest) -> Result<v1::DelReply, Error> {
+        let k = key(r.key.as_ref())?;
+        Ok(match self.0.del(&k.container_id, &k.ifname).await? {
             Some(d) => v1::DelReply {
                 released: true,
                 address: d.ip.to_string(),
                 binding_kept: d.binding_kept,
             },
             None => v1::DelReply::default(),
-        }))
+        })
     }
 
-    async fn check(&self, r: Request<v1::CheckRequest>) -> Reply<v1::CheckReply> {
-        let r = r.into_inner();
+    async fn check_now(&self, r: v1::CheckRequest) -> Result<v1::CheckReply, Error> {
         let k = key(r.key.as_ref())?;
         let address = if r.address.is_empty() {
             None
         } else {
             let ip = r.address.split('/').next().unwrap_or_default();
             Some(ip.parse().map_err(|_| {
-                status(&Error::Invalid(format!(
+                Error::Invalid(format!(
                     "prevResult address {:?} is not an IPv4 CIDR",
                     r.address
-                )))
+                ))
             })?)
         };
         let req = CheckRequest {
@@ -82,35 +120,19 @@ impl Cni for CniApi {
             netns: r.netns,
             address,
         };
-        self.0.check(&req).await.map_err(|e| status(&e))?;
-        Ok(Response::new(v1::CheckReply {}))
+        self.0.check(&req).await?;
+        Ok(v1::CheckReply {})
     }
 
-    async fn status(&self, _: Request<v1::StatusRequest>) -> Reply<v1::StatusReply> {
-        let s = self.0.status().await;
-        Ok(Response::new(v1::StatusReply {
-            node: s.node,
-            tor: s.tor,
-            ready: s.ready,
-            free: s.free,
-            reason: s.reason,
-        }))
-    }
-
-    async fn gc(&self, r: Request<v1::GcRequest>) -> Reply<v1::GcReply> {
-        let r = r.get_ref();
+    async fn gc_now(&self, r: &v1::GcRequest) -> Result<v1::GcReply, Error> {
         let valid: HashSet<(String, String)> = r
             .valid
             .iter()
             .map(|k| (k.container_id.clone(), k.ifname.clone()))
             .collect();
-        let released = self
-            .0
-            .gc(&r.network, &valid)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(v1::GcReply {
+        let released = self.0.gc(&r.network, &valid).await?;
+        Ok(v1::GcReply {
             released: released.iter().map(|ip| ip.to_string()).collect(),
-        }))
+        })
     }
 }

@@ -8,6 +8,7 @@ mod admin;
 mod cni;
 mod controller;
 mod convert;
+pub mod metrics;
 mod socket;
 mod status;
 

@@ -221,6 +221,7 @@ impl Collector {
             name: pod.name.clone(),
             uid: pod.uid.clone(),
         };
+        crate::metrics::global().controller_action(reason);
         self.events.report_on(&about, type_, reason, &o.why);
     }
 

@@ -151,6 +151,10 @@ impl Controller {
     /// completes, then releases the Lease.
     pub fn start(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Running {
         let leadership = Leadership::new();
+        crate::metrics::global().leader_from({
+            let l = leadership.clone();
+            move || l.is_leader()
+        });
         let workloads = Arc::new(Workloads::start(self.client.clone()));
         let events = Arc::new(Events::start(
             self.client.clone(),

@@ -189,6 +189,7 @@ impl DeclaredPools {
     /// nothing).
     pub(super) fn event(&self, obj: &Involved, type_: EventType, reason: &str, message: &str) {
         if self.leadership.is_leader() {
+            crate::metrics::global().controller_action(reason);
             self.events.report_on(obj, type_, reason, message);
         }
     }

@@ -155,7 +155,9 @@ impl Announcer {
 
     /// Sends the announcement once.
     pub(crate) fn send(&self) -> io::Result<()> {
-        self.send_frame(&self.frame)
+        self.send_frame(&self.frame)?;
+        crate::metrics::global().announcement("ipv4");
+        Ok(())
     }
 
     fn send_frame(&self, frame: &[u8; GARP_LEN]) -> io::Result<()> {
@@ -293,6 +295,7 @@ pub(crate) async fn probe_for_owner(
             Ok(announcer)
         }
         Ok(Some(mac)) => {
+            crate::metrics::global().dad_conflict();
             close_off_runtime(announcer);
             Err(super::DatapathError::AddressConflict {
                 ip,

@@ -15,7 +15,8 @@ use super::announce::{announce_again, probe_for_owner, Announcer};
 use super::check;
 use super::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
 use super::netlinksafe::{self, to_io};
-use super::netns::{netlink_in, LinkDeleter};
+use super::netns::{netlink_in, LinkDeleter, Netlink};
+use super::retired::PortKind;
 use super::timing::{Laps, WireSteps};
 use super::veth::{self, rollback, NewPair};
 use super::{validate_ifname, Datapath, DatapathError, PodLink, Wired};
@@ -26,7 +27,7 @@ const PORT_FORWARDING_WAIT: Duration = Duration::from_millis(100);
 /// Wires pods onto a bridge in ipamd's own network namespace.
 pub struct BridgeDatapath {
     /// One rtnetlink connection in ipamd's netns for the daemon's life.
-    handle: Handle,
+    handle: Netlink,
     /// A second one for the ADD's lookups (the bridge, the new port's
     /// state): a netlink socket answers its requests one after another, each
     /// in the sender's context, so on the first one a lookup waited behind
@@ -34,12 +35,12 @@ pub struct BridgeDatapath {
     /// `prepare` and `forwarding` ~1.5 ms each, mostly that queue; 0.7 and
     /// 0.3 ms with it). The DEL's lookup is not among them: moved here, the
     /// 8-worker cycle rate dropped 6-7 % (two runs, sides swapped).
-    lookups: Handle,
+    lookups: Netlink,
     /// A third for the DEL's retirements (lookup and park): with them on
     /// the first, creations and retirements queued behind each other; on
     /// their own socket the 8-worker cycle rate rose ~6 % and the CPU per
     /// cycle fell 2-12 % (four runs, sides swapped).
-    retirements: Handle,
+    retirements: Netlink,
     bridge: String,
     deleter: LinkDeleter,
     /// Retired host ends and their reaper (DEL does not wait for the
@@ -162,7 +163,12 @@ impl Datapath for BridgeDatapath {
         let _busy = self.graveyard.busy();
         let retired = self
             .graveyard
-            .retire(&self.retirements, &self.deleter, host_ifname, true)
+            .retire(
+                &self.retirements,
+                &self.deleter,
+                host_ifname,
+                PortKind::Bridge,
+            )
             .await?;
         tracing::debug!(host_ifname, retired, "unwired");
         Ok(())
@@ -191,8 +197,8 @@ impl Datapath for BridgeDatapath {
 }
 
 async fn wire(
-    handle: Handle,
-    lookups: Handle,
+    handle: Netlink,
+    lookups: Netlink,
     bridge: String,
     link: PodLink,
     dad_probe: Option<Duration>,

@@ -3,21 +3,22 @@
 //!
 //! Deleting a veth costs ~14 ms of kernel time: unregistering a device waits
 //! for an RCU grace period with the rtnl lock held, and every plugin pays it
-//! inside the runtime's DEL. Setting the host end down, out of its bridge,
-//! renamed and into a device group is one RTM_SETLINK of ~0.3 ms, and it
-//! cuts the pod off for good: a veth whose host end is down has no carrier
-//! on either end, so the pod's address is no longer live (BRIEF's
-//! definition: configured on an interface that is up with carrier), and a
-//! down port is no bridge port at all once it left the bridge. The IP can be
-//! released right away.
+//! inside the runtime's DEL. Setting the host end down, out of its bridge
+//! and into a device group is one RTM_SETLINK of ~0.3 ms, and it cuts the
+//! pod off for good: a veth whose host end is down has no carrier on either
+//! end, so the pod's address is no longer live (BRIEF's definition:
+//! configured on an interface that is up with carrier), and a down port is
+//! no bridge port at all once it left the bridge. The IP can be released
+//! right away.
 //!
-//! The retired host end is renamed to [`grave_name`] (`mgone` + its
-//! ifindex): the host end's name is derived from the attachment key
-//! (`moor_proto::host_ifname`), so a re-ADD of the same container id and
-//! ifname needs that name free at once; the ifindex makes the grave name
-//! unique in its netns; and the prefix is not `mr`, so nothing that looks
-//! host ends up by name (the leak sweep, reconcile, CHECK, tools listing
-//! `mr*`) takes a retired link for a live pod.
+//! A retired host end is told by its group (`retired::is_retired`): whatever looks
+//! host ends up by name (the leak sweep, reconcile, CHECK, a second DEL)
+//! goes through `veth::host_end`, which takes a retired one for none. On a
+//! Linux bridge it keeps its name (`moor_proto::host_ifname`, derived from
+//! the attachment key); a re-ADD of the same container id and ifname, which
+//! needs that name, gives it its grave name ([`grave_name`]: `mgone` + its
+//! ifindex, unique in its netns) first (`retired::free_retired_name`). An OVS port
+//! is renamed at DEL ([`PortKind`] says why).
 //!
 //! The [`Reaper`] runs on a thread and netlink socket of its own (in the
 //! netns of the host ends) and deletes the whole device group in one
@@ -51,28 +52,16 @@ use std::time::{Duration, Instant};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::{Handle, LinkUnspec};
 use tokio::sync::{mpsc, oneshot};
 
 use super::netlinksafe::{self, errno, to_io};
 use super::netns::{open_netns, LinkDeleter};
 use super::{veth, DatapathError};
 
-/// The device group retired host ends are parked in: "moor" in ASCII
-/// (0x6d6f6f72). Group 0 is every device's default, and admins who use
-/// groups (`/etc/iproute2/group`) number them from 1 up; a group delete
-/// refuses (EOPNOTSUPP) if any member cannot be deleted, so the group must be
-/// ours alone. A number no one picks by hand keeps it so.
-pub const GRAVEYARD_GROUP: u32 = 0x6d6f_6f72;
+pub use moor_proto::GRAVEYARD_GROUP;
 
-/// Prefix of a retired host end's name; see the module doc.
-pub const GRAVE_PREFIX: &str = "mgone";
-
-/// The name a retired host end takes: unique in its netns while it exists,
-/// at most 15 bytes (5 + up to 10 digits), and never a `host_ifname`.
-pub fn grave_name(index: u32) -> String {
-    format!("{GRAVE_PREFIX}{index}")
-}
+use super::retired::{grave_name, park, PortKind, GRAVE_PREFIX};
 
 /// When the reaper deletes the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,10 +231,8 @@ impl Graveyard {
             })
     }
 
-    /// Retires the host end `host_ifname`: down, out of its bridge if
-    /// `detach` (a Linux bridge port; an OVS port row is removed over OVSDB
-    /// instead), renamed to its grave name and into the group, in one
-    /// request. `Ok(false)`: there was no such link.
+    /// Retires the host end `host_ifname`: down and into the group, in one
+    /// request, and as `port` says. `Ok(false)`: there was no such link.
     ///
     /// If the kernel refuses, the link is deleted here and now, the old way:
     /// a DEL never leaves a live name or a live pod behind.
@@ -254,19 +241,28 @@ impl Graveyard {
         handle: &Handle,
         deleter: &LinkDeleter,
         host_ifname: &str,
-        detach: bool,
+        port: PortKind,
     ) -> Result<bool, DatapathError> {
         let Some(link) = veth::host_end(handle, host_ifname).await? else {
             return Ok(false);
         };
         let index = link.header.index;
         let grave = grave_name(index);
-        let host = park(handle, index, &grave, |b| {
-            let b = if detach { b.nocontroller() } else { b };
-            b.link_group(GRAVEYARD_GROUP)
-        })
-        .await;
-        match host {
+        let parked = match port {
+            PortKind::Bridge => {
+                let down = LinkUnspec::new_with_index(index)
+                    .down()
+                    .nocontroller()
+                    .link_group(GRAVEYARD_GROUP);
+                handle.link().set(down.build()).execute().await
+            }
+            PortKind::Ovs => park(handle, index, &grave, |b| b.link_group(GRAVEYARD_GROUP)).await,
+        };
+        let name = match port {
+            PortKind::Bridge => host_ifname,
+            PortKind::Ovs => &grave,
+        };
+        match parked {
             Ok(()) => {}
             // Gone meanwhile (its pod's netns was deleted): nothing to do.
             Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(true),
@@ -282,34 +278,9 @@ impl Graveyard {
         self.shared.parked.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Msg::Parked).is_err() {
             // No reaper (its thread failed to start in the netns).
-            deleter.delete(&grave).await?;
+            deleter.delete(name).await?;
         }
         Ok(true)
-    }
-}
-
-/// Sets link `index` down and renames it to `grave`, with what `extra`
-/// adds, in one request; in two (down, then the name) on a kernel that
-/// refuses to rename an up device (EBUSY before Linux 6.x).
-pub(crate) async fn park(
-    handle: &Handle,
-    index: u32,
-    grave: &str,
-    extra: impl Fn(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
-) -> Result<(), rtnetlink::Error> {
-    let down = || extra(LinkUnspec::new_with_index(index).down());
-    let result = handle
-        .link()
-        .set(down().name(grave.to_string()).build())
-        .execute()
-        .await;
-    match result {
-        Err(e) if errno(&e) == Some(libc::EBUSY) => {
-            handle.link().set(down().build()).execute().await?;
-            let renamed = extra(LinkUnspec::new_with_index(index).name(grave.to_string()));
-            handle.link().set(renamed.build()).execute().await
-        }
-        other => other,
     }
 }
 
@@ -450,7 +421,8 @@ impl Reaper {
             let Some(name) = name.filter(|_| in_group) else {
                 continue;
             };
-            if !name.starts_with(GRAVE_PREFIX) {
+            if !name.starts_with(GRAVE_PREFIX) && !name.starts_with(moor_proto::HOST_IFNAME_PREFIX)
+            {
                 tracing::warn!(link = %name, group = self.group,
                     "a device that is not a retired pod veth is in moor's device group; \
                      move it to another group (ip link set {name} group default)");

@@ -27,6 +27,7 @@ mod netns;
 mod netns_pool;
 mod ovs;
 mod pod_end;
+mod retired;
 mod timing;
 mod veth;
 
@@ -38,9 +39,10 @@ use ipnetwork::Ipv4Network;
 
 pub use announce::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
-pub use graveyard::{grave_name, GraveyardStats, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX};
+pub use graveyard::{GraveyardStats, ReapPolicy, GRAVEYARD_GROUP};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
 pub use pod_end::disable_tx_checksum;
+pub use retired::{grave_name, GRAVE_PREFIX};
 pub use timing::{monotonic_ns, Laps, WireSteps};
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.

@@ -35,41 +35,90 @@ pub(crate) fn open_netns(path: &Path) -> Result<File, DatapathError> {
     })
 }
 
-/// An rtnetlink connection in `netns` (`None`: the calling thread's), driven
-/// by the current tokio runtime. The socket belongs to the netns of the thread
-/// that opens it, so for another netns it is opened on a short-lived thread
-/// that entered it, registered with this runtime's reactor; the socket keeps
-/// its netns after the thread ends.
-pub(crate) fn netlink_in(netns: Option<&Path>) -> Result<Handle, DatapathError> {
-    let open = || {
-        rtnetlink::new_connection().map_err(|source| DatapathError::Netlink {
-            op: "open a netlink socket".to_string(),
-            source,
+/// An rtnetlink connection in `netns` (`None`: the calling thread's),
+/// driven on a thread of its own for as long as this value lives.
+///
+/// Not on the daemon's runtime: the kernel runs a route-netlink request in
+/// the context of the `sendmsg` that carries it, rtnl lock wait included, so
+/// a connection polled by a runtime worker held that worker for every
+/// request's kernel time. With two workers (one per CPU), two creations
+/// waiting for the rtnl lock stopped every gRPC request and store commit on
+/// the node. The socket belongs to the netns of the thread that opens it,
+/// hence the thread opens it, after entering `netns`.
+#[derive(Clone)]
+pub(crate) struct Netlink {
+    handle: Handle,
+    /// Dropping the last clone ends the connection's thread (a connection
+    /// whose handles are all gone does not end by itself).
+    _stop: std::sync::Arc<oneshot::Sender<()>>,
+}
+
+impl std::ops::Deref for Netlink {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+pub(crate) fn netlink_in(netns: Option<&Path>) -> Result<Netlink, DatapathError> {
+    let file = netns.map(open_netns).transpose()?;
+    let path = netns.map(Path::to_path_buf);
+    let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+    let (stop_tx, stop) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("moor-netlink".into())
+        .spawn(move || {
+            let open = || -> Result<_, DatapathError> {
+                if let (Some(file), Some(path)) = (&file, &path) {
+                    setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| DatapathError::Netns {
+                        netns: path.clone(),
+                        source: io::Error::from(e),
+                    })?;
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(|source| DatapathError::Netlink {
+                        op: "start the netlink thread's runtime".to_string(),
+                        source,
+                    })?;
+                let (connection, handle, _) = {
+                    let _in_rt = runtime.enter();
+                    rtnetlink::new_connection().map_err(|source| DatapathError::Netlink {
+                        op: "open a netlink socket".to_string(),
+                        source,
+                    })?
+                };
+                Ok((runtime, connection, handle))
+            };
+            match open() {
+                Ok((runtime, connection, handle)) => {
+                    let _ = opened_tx.send(Ok(handle));
+                    runtime.block_on(async {
+                        tokio::select! {
+                            () = connection => {}
+                            _ = stop => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            }
         })
-    };
-    let (connection, handle, _) = match netns {
-        None => open()?,
-        Some(path) => {
-            let file = open_netns(path)?;
-            let rt = tokio::runtime::Handle::current();
-            let p = path.to_path_buf();
-            std::thread::spawn(move || {
-                let _in_rt = rt.enter();
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| DatapathError::Netns {
-                    netns: p.clone(),
-                    source: io::Error::from(e),
-                })?;
-                open()
-            })
-            .join()
-            .map_err(|_| DatapathError::Worker {
-                netns: path.to_path_buf(),
-                reason: "the thread opening its netlink socket panicked".into(),
-            })??
-        }
-    };
-    tokio::spawn(connection);
-    Ok(handle)
+        .map_err(|source| DatapathError::Netlink {
+            op: "start a netlink thread".to_string(),
+            source,
+        })?;
+    let handle = opened.recv().map_err(|_| DatapathError::Worker {
+        netns: netns.map(Path::to_path_buf).unwrap_or_default(),
+        reason: "the thread opening its netlink socket panicked".into(),
+    })??;
+    Ok(Netlink {
+        handle,
+        _stop: std::sync::Arc::new(stop_tx),
+    })
 }
 
 /// Runs `work` with an rtnetlink handle inside the netns `netns` (opened from

@@ -11,8 +11,8 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::announce::Announcer;
-use super::graveyard::{grave_name, park};
 use super::netlinksafe::{self, to_io};
+use super::retired::{grave_name, is_retired, park};
 use super::{DatapathError, PodLink};
 
 /// Inside the pod's netns, before the pair is requested: a retired pod end
@@ -142,7 +142,8 @@ pub(crate) const POD_END_ALIAS: &str = "moor pod end";
 ///
 /// Retired = without carrier (moor sets a host end down only to retire it)
 /// and moor's: it carries [`POD_END_ALIAS`], or (a pod end wired before the
-/// alias) its peer in the host ends' netns is named as a grave. The alias
+/// alias) its peer in the host ends' netns is retired (in the group, or
+/// named as a grave). The alias
 /// also holds when the retired end's host side is on another node (a netns
 /// shared by test "nodes").
 async fn move_aside(
@@ -176,8 +177,9 @@ async fn move_aside(
             .await
             .map_err(lookup)?
             .is_some_and(|l| {
-                l.attributes
-                    .contains(&LinkAttribute::IfName(grave_name(peer)))
+                is_retired(&l)
+                    || l.attributes
+                        .contains(&LinkAttribute::IfName(grave_name(peer)))
             }),
         None => false,
     };

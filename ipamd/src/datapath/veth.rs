@@ -19,6 +19,7 @@ use super::announce::Announcer;
 use super::netlinksafe::{self, to_io};
 use super::netns::{open_netns, NetnsThread, Started};
 use super::pod_end::{clear_ifname, configure_pod};
+use super::retired;
 use super::{validate_ifname, DatapathError, PodLink};
 
 /// The one RTM_NEWLINK that creates the whole pair: the host end up (and
@@ -145,14 +146,24 @@ impl NewPair {
         attached: &str,
     ) -> Result<(), DatapathError> {
         self.clear().await?;
-        let request = pair_request(
-            &self.link,
-            self.host_mac,
-            controller,
-            mtu,
-            self.netns.as_raw_fd(),
-        );
-        match add_echoed(handle, request).await {
+        let request = || {
+            pair_request(
+                &self.link,
+                self.host_mac,
+                controller,
+                mtu,
+                self.netns.as_raw_fd(),
+            )
+        };
+        let mut created = add_echoed(handle, request()).await;
+        // A same-key re-ADD before the reaper ran: the retired host end
+        // still holds the name (DEL does not rename it, see `graveyard`).
+        if matches!(&created, Err(e) if netlinksafe::errno(e) == Some(libc::EEXIST))
+            && retired::free_retired_name(handle, &self.link.host_ifname).await?
+        {
+            created = add_echoed(handle, request()).await;
+        }
+        match created {
             Ok(index) => {
                 self.pod_index = index;
                 Ok(())
@@ -261,17 +272,20 @@ fn random_mac() -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// The host end of a pod's veth, if it exists.
+/// The host end of a pod's veth, if it exists and is not retired (a
+/// retired one keeps its name until it is reaped or a same-key re-ADD moves
+/// it aside: it is gone for every purpose but the name).
 pub(crate) async fn host_end(
     handle: &Handle,
     host_ifname: &str,
 ) -> Result<Option<LinkMessage>, DatapathError> {
-    netlinksafe::link_by_name(handle, host_ifname)
+    let link = netlinksafe::link_by_name(handle, host_ifname)
         .await
         .map_err(|source| DatapathError::Netlink {
             op: format!("look up host interface {host_ifname}"),
             source,
-        })
+        })?;
+    Ok(link.filter(|l| !retired::is_retired(l)))
 }
 
 #[cfg(test)]

@@ -188,6 +188,9 @@ impl Ipam {
             Some(t) => self.alive_nodes_of(t, req.now_unix).await,
             None => Vec::new(),
         };
+        if let Refusal::Full { tor, .. } = &r {
+            crate::metrics::global().pool_full(&pool.name, tor);
+        }
         let r = explain(r, pool, &req.pod, bound_tor.as_deref(), &nodes);
         Error::refused(r.code, r.msg)
     }

@@ -42,6 +42,7 @@ mod resize;
 mod resolve;
 mod schedule;
 mod tors;
+mod usage;
 pub mod view;
 mod watch;
 
@@ -57,6 +58,7 @@ use crate::core::{
 use crate::store::Store;
 
 pub use resize::{Resize, Resized};
+pub use usage::PoolUsage;
 pub use watch::PoolChange;
 
 /// How long an IP a pool gave back (shrink, delete) cools down before any

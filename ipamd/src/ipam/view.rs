@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::debug;
 
-use crate::core::{FreeCount, Lease, Pool, Tor};
+use crate::core::{FreeCount, Lease, Pool, PoolCounts, Tor};
 use crate::store::{decode, keys, Entry, Op, Store};
 
 use super::plan::AddRead;
@@ -202,6 +202,24 @@ impl View {
                 let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
                 let ips = leases.values::<Lease>()?.into_iter().map(|l| l.ip);
                 Some(crate::core::free_counts(pool, ips))
+            })
+            .collect()
+    }
+
+    /// Every followed pool's counts per segment, if the view follows them
+    /// all live (metrics).
+    pub(super) fn pool_counts(&self) -> Option<Vec<(String, BTreeMap<String, PoolCounts>)>> {
+        let s = self.shared.state.lock().unwrap();
+        let pools = s.caches.get(keys::POOLS).filter(|c| c.live)?;
+        s.followed
+            .keys()
+            .map(|name| {
+                let (pool, _) = pools.get::<Pool>(&keys::pool(name))??;
+                let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
+                Some((
+                    name.clone(),
+                    super::usage::counts_of(pool, leases.values::<Lease>()?),
+                ))
             })
             .collect()
     }

@@ -39,12 +39,17 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => {
+                Ok(ev) => {
+                    // A (re)list complete: the cache is whole again.
+                    if matches!(ev, watcher::Event::InitDone) {
+                        crate::metrics::global().kube_cache(what, true);
+                    }
                     if let Some(c) = &changed {
                         c.send_modify(|n| *n += 1);
                     }
                 }
                 Err(e) => {
+                    crate::metrics::global().kube_cache(what, false);
                     warn!(what, error = %e, "Kubernetes watch failed; retrying with backoff (the cache keeps serving)")
                 }
             }

@@ -23,6 +23,12 @@ impl Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum GcMode {
     Auto,
     Manual,
@@ -223,6 +229,20 @@ pub(crate) struct Args {
     /// remove moor's ports whose interface is gone. 0 turns it off.
     #[arg(long, default_value_t = 60, value_name = "N")]
     pub(crate) reconcile_interval_seconds: u64,
+    /// Where to serve Prometheus metrics (GET /metrics) and /healthz, and
+    /// nothing else: ADDRESS:PORT, or off. The DaemonSet sets the node's
+    /// address so Prometheus can scrape it.
+    #[arg(
+        long,
+        env = "MOOR_METRICS_LISTEN",
+        default_value = "127.0.0.1:9471",
+        value_name = "ADDR:PORT|off"
+    )]
+    pub(crate) metrics_listen: String,
+    /// Log lines as text (default) or json: one object a line, with the
+    /// event's fields (pod, container id, IP, pool, ToR, code) as keys.
+    #[arg(long, env = "MOOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. info or moor_ipamd=debug.
     #[arg(long, env = "MOOR_LOG", default_value = "info")]
     pub(crate) log: String,

@@ -173,7 +173,8 @@ impl Node {
                     alloc.lease.ip
                 ))
             })?;
-            info!(%key, ip = %alloc.lease.ip, pool = %alloc.lease.pool, "ADD");
+            info!(%key, container_id = %key.container_id, pod = %alloc.attachment().pod,
+                ip = %alloc.lease.ip, pool = %alloc.lease.pool, tor = %alloc.tor.name, "ADD");
             return Ok(Added {
                 lease: alloc.lease,
                 tor: alloc.tor,
@@ -235,8 +236,9 @@ impl Node {
             }
         };
         timing.wire(&wired.steps);
+        info!(%key, container_id = %key.container_id, pod = %alloc.attachment().pod,
+            ip = %alloc.lease.ip, pool = %alloc.lease.pool, tor = %alloc.tor.name, "ADD");
         let lease = alloc.lease;
-        info!(%key, ip = %lease.ip, pool = %lease.pool, "ADD");
         timing.log("ADD", &key);
         Ok(Added {
             lease,

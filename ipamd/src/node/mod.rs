@@ -25,6 +25,7 @@ mod gc;
 mod health;
 pub mod heartbeat;
 pub mod inflight;
+mod metrics;
 pub mod mirror;
 mod offline;
 mod pending;

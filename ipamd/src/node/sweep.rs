@@ -148,6 +148,7 @@ impl Sweep {
                             "released an attachment whose pod is gone (the runtime never sent its DEL)"
                         );
                         report.released.push(a.key.clone());
+                        crate::metrics::global().sweep_released(1);
                     }
                     Err(e) => {
                         report.errors.push(format!("{}: {e}", a.key));

@@ -9,6 +9,7 @@ pub mod keys;
 mod limits;
 mod local_watch;
 pub mod mem;
+pub mod metered;
 mod migrate_v2;
 mod migrate_v3;
 pub mod redb;

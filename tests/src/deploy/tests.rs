@@ -296,6 +296,30 @@ fn daemonset_has_the_node_agent_essentials() {
         flag(&args, "--tor").is_none(),
         "no --tor: each node's ToR comes from its label"
     );
+    // Metrics on the node's address (Prometheus scrapes every node), on the
+    // port the container declares.
+    let metrics = flag(&args, "--metrics-listen").expect("--metrics-listen");
+    let (host, port) = metrics.rsplit_once(':').expect("ADDRESS:PORT");
+    assert_eq!(host, "$(NODE_IP)");
+    let node_ip = ipamd.env.iter().flatten().find(|e| e.name == "NODE_IP");
+    assert_eq!(
+        node_ip
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("status.hostIP"),
+        "NODE_IP comes from the downward API"
+    );
+    let declared = ipamd
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"));
+    assert_eq!(
+        declared.map(|p| p.container_port.to_string()),
+        Some(port.to_string()),
+        "the metrics port is declared"
+    );
 
     // The host mounts of docs/install-kubernetes.md; the netns dirs see the
     // runtime's netns mounts made after ipamd started.

@@ -282,10 +282,7 @@ fn interfaces(netns: &str) -> Vec<(String, bool, Vec<Ipv4Addr>)> {
 
 /// Retired host ends in the node netns.
 fn graves(tb: &Testbed) -> Vec<String> {
-    moor_testkit::netns::links(&tb.node_ns)
-        .into_iter()
-        .filter(|l| l.starts_with("mgone"))
-        .collect()
+    moor_testkit::netns::retired_links(&tb.node_ns)
 }
 
 /// The interfaces (of every pod in `pods`) on which `ip` is live.

@@ -14,6 +14,7 @@
 //! 6. `moor.io/ips` gives db-0 and db-1 the listed IPs in order; an IP
 //!    outside every ToR range or in use is refused with an Event naming it.
 
+use moor_e2e::scrape::{logged_addr, scrape, value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -316,6 +317,24 @@ fn a_statefulsets_pool_and_whitelist_come_before_its_pods_and_follow_its_replica
     assert_eq!(sorted(seen), ips, "pool export --watch saw every IP");
     assert!(s.event("db", "MoorPoolGrown").contains("from 5 to 8 IPs"));
     s.assert_requests_granted();
+
+    // Issue 14: what the controller did is counted by its Events' reasons;
+    // it leads; the node agent's pod cache is whole.
+    let m = scrape(None, &logged_addr(&s.tb.log));
+    let acted = |reason: &str| {
+        value(
+            &m,
+            &format!(r#"moor_controller_actions_total{{reason="{reason}"}}"#),
+        )
+    };
+    assert!(acted("MoorPoolCreated") >= 1.0, "{m:?}");
+    assert!(acted("MoorPoolGrown") >= 1.0, "{m:?}");
+    assert_eq!(value(&m, "moor_controller_leader"), 1.0);
+    assert_eq!(
+        value(&m, r#"moor_kube_cache_ready{resource="pods"}"#),
+        1.0,
+        "{m:?}"
+    );
 }
 
 #[test]

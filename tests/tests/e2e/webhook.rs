@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use moor_e2e::bins::bins;
 use moor_e2e::control_plane::ControlPlane;
+use moor_e2e::scrape::{logged_addr, scrape, value};
 use moor_e2e::webhook::{apply, bind_on, make_certs, review, Certs, Client, ServerName};
 use moor_ipamd::core::Policy;
 use moor_ipamd::ipam::{Ipam, PoolSpec};
@@ -320,6 +321,31 @@ fn the_webhook_steers_pods_to_the_tors_of_their_ip() {
     assert_eq!(term(&pod).0, ["t2"], "the same connection still serves");
     let mut a = a;
     assert!(a.alive(), "{}", a.log_tail(30));
+
+    // Issue 14: the controllers' metrics. Reviews timed by outcome, one
+    // leader between the two, their Kubernetes caches whole.
+    let (ma, mb) = (
+        scrape(None, &logged_addr(&a.log)),
+        scrape(None, &logged_addr(&b.log)),
+    );
+    let patched = r#"moor_webhook_request_duration_seconds_count{outcome="patched"}"#;
+    assert!(
+        value(&ma, patched) >= 1.0 && value(&mb, patched) >= 1.0,
+        "{ma:?}"
+    );
+    let bad = r#"moor_webhook_request_duration_seconds_count{outcome="bad_request"}"#;
+    assert!(value(&ma, bad) >= 1.0, "the bad bodies above: {ma:?}");
+    assert_eq!(
+        value(&ma, "moor_controller_leader") + value(&mb, "moor_controller_leader"),
+        1.0,
+        "one leader"
+    );
+    let caches: Vec<(&String, &f64)> = ma
+        .iter()
+        .filter(|(k, _)| k.starts_with("moor_kube_cache_ready{"))
+        .collect();
+    assert!(!caches.is_empty(), "no cache series: {ma:?}");
+    assert!(caches.iter().all(|(_, v)| **v == 1.0), "{caches:?}");
 
     // Every request the controllers made is one deploy/'s RBAC grants them
     // (the namespaces cache's list and watch included).

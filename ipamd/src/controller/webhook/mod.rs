@@ -73,11 +73,24 @@ pub struct Admission {
 impl Admission {
     /// The response body to one review body, or why it is not a review.
     pub async fn review(&self, body: &[u8]) -> Result<Vec<u8>, BadReview> {
-        let r = review::parse(body)?;
+        let started = std::time::Instant::now();
+        let r = match review::parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                crate::metrics::global().webhook_review("bad_request", started.elapsed());
+                return Err(e);
+            }
+        };
         let patch = match &r.pod {
             Some(pod) => self.decide(&r.namespace, pod).await,
             None => Patch::default(),
         };
+        let outcome = if patch.ops.is_empty() {
+            "unchanged"
+        } else {
+            "patched"
+        };
+        crate::metrics::global().webhook_review(outcome, started.elapsed());
         Ok(review::answer(&r.uid, &patch.ops, &patch.warnings))
     }
 

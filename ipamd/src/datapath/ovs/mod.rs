@@ -20,7 +20,8 @@ use crate::datapath::announce::{announce_again, probe_for_owner};
 use crate::datapath::check;
 use crate::datapath::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
 use crate::datapath::netlinksafe;
-use crate::datapath::netns::{netlink_in, LinkDeleter};
+use crate::datapath::netns::{netlink_in, LinkDeleter, Netlink};
+use crate::datapath::retired::PortKind;
 use crate::datapath::timing::{Laps, WireSteps};
 use crate::datapath::veth::{self, NewPair};
 use crate::datapath::{validate_ifname, Datapath, DatapathError, PodLink, ReconcileReport, Wired};
@@ -72,7 +73,7 @@ impl OvsConfig {
 pub struct OvsDatapath {
     /// rtnetlink in the netns of ovs-vswitchd (ipamd's `--netns`), where
     /// the host ends of the veths live.
-    handle: Handle,
+    handle: Netlink,
     /// Deletes veths off the shared socket (see `LinkDeleter`).
     deleter: LinkDeleter,
     /// Retired host ends and their reaper (see `graveyard`).
@@ -389,7 +390,7 @@ impl Datapath for OvsDatapath {
         let (port, host) = tokio::join!(
             self.ovs_nowait.remove_port(&self.bridge, host_ifname),
             self.graveyard
-                .retire(&self.handle, &self.deleter, host_ifname, false)
+                .retire(&self.handle, &self.deleter, host_ifname, PortKind::Ovs)
         );
         let deleted = host?;
         match port {
