@@ -122,18 +122,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         etcd_key: args.etcd_key.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
     };
-    let metrics_listener = match api::metrics::parse_listen(&args.metrics_listen)
-        .map_err(anyhow::Error::msg)?
+    // A port that cannot be had is logged, not fatal: pods' networking must
+    // not wait on metrics. Served from now on (until ipamd exits), the
+    // node's gauges once it is up.
+    let metrics_node: api::metrics::NodeCell = Arc::default();
+    if let Some(addr) =
+        api::metrics::parse_listen(&args.metrics_listen).map_err(anyhow::Error::msg)?
     {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("--metrics-listen {addr}: cannot listen there (another ipamd? pick another port, or off)")
-            })?;
-            info!(addr = %l.local_addr()?, "metrics listening on /metrics");
-            Some(l)
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!(addr = %l.local_addr()?, "metrics listening on /metrics");
+                let forever = std::future::pending::<()>();
+                tokio::spawn(api::metrics::serve(metrics_node.clone(), l, forever));
+            }
+            Err(e) => error!(%addr, error = %e,
+                "--metrics-listen: cannot listen there (another process on the port? pick another, or off); serving without metrics"),
         }
-        None => None,
-    };
+    }
     let store = store::open(&args.store, &store_opts)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -186,13 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let stop = stopped();
         move |ipam| w.start(client, ipam, stop)
     });
-    let serve_metrics = |node: Option<Arc<Node>>| {
-        if let Some(l) = metrics_listener {
-            tokio::spawn(api::metrics::serve(node, l, stopped()));
-        }
-    };
     if args.role == Role::Controller {
-        serve_metrics(None);
         let listener = api::bind(&args.socket)
             .with_context(|| format!("binding {}", args.socket.display()))?;
         let _webhook = webhook.take().map(|w| w(ipam.clone()));
@@ -330,7 +329,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     heartbeat::spawn_heartbeat(node.clone(), me);
     let listener =
         api::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
-    serve_metrics(Some(node.clone()));
+    let _ = metrics_node.set(node.clone());
     info!(
         node = %node_name,
         tor = %node.tor().unwrap_or_else(|e| e.to_string()),

@@ -299,12 +299,17 @@ impl Metrics {
 
     /// A CNI request served in `took`; `code` 0 on success.
     pub fn cni_request(&self, op: &'static str, code: u32, took: Duration) {
-        self.cni_requests
-            .get_or_create(&OpCode {
-                op,
-                code: code.to_string(),
-            })
-            .inc();
+        self.cni_counted(op, code.to_string(), took);
+    }
+
+    /// A CNI request given up on after `took`, unanswered: its caller's
+    /// deadline passed (the plugin's timeout) or it hung up.
+    pub fn cni_cancelled(&self, op: &'static str, took: Duration) {
+        self.cni_counted(op, "cancelled".to_string(), took);
+    }
+
+    fn cni_counted(&self, op: &'static str, code: String, took: Duration) {
+        self.cni_requests.get_or_create(&OpCode { op, code }).inc();
         self.cni_duration
             .get_or_create(&Op { op })
             .observe(took.as_secs_f64());
@@ -369,7 +374,7 @@ impl Metrics {
     }
 
     /// The webhook answered a review in `took`; `outcome`: patched,
-    /// allowed (nothing to change), refused, or bad_request.
+    /// unchanged (nothing to add), or bad_request (not an AdmissionReview).
     pub fn webhook_review(&self, outcome: &'static str, took: Duration) {
         self.webhook_duration
             .get_or_create(&Outcome { outcome })

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use moor_ipamd::datapath::{
     BridgeDatapath, Datapath, DatapathError, PodLink, ReapPolicy, GRAVEYARD_GROUP, GRAVE_PREFIX,
+    RETIRED_ALIAS,
 };
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use moor_testkit::cmd::run;
@@ -799,6 +800,7 @@ fn assert_cut_off(node: &Netns, pod: &Netns, host_ifname: &str) {
         assert!(g.get("master").is_none(), "retired link still a port: {g}");
         let name = g["ifname"].as_str().unwrap();
         assert!(name.starts_with(GRAVE_PREFIX) || name == host_ifname, "{g}");
+        assert_eq!(g["ifalias"], RETIRED_ALIAS, "says what it is: {g}");
     }
     // One snapshot: the reaper may delete the link at any moment.
     let all = node.ip_json(&["link", "show"]);

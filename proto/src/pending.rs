@@ -62,6 +62,12 @@ pub struct Scan {
     pub skipped: Vec<Skipped>,
 }
 
+/// Whether a file of the pending-DEL directory named `name` is a record (not
+/// a temporary file of a write under way, nor anything else).
+pub fn is_record_name(name: &str) -> bool {
+    !name.starts_with('.') && name.ends_with(RECORD_SUFFIX)
+}
+
 /// The file holding the record of attachment (`container_id`, `ifname`).
 pub fn path_for(dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
     dir.join(format!(

@@ -70,11 +70,16 @@ impl IpamdCommand {
         self
     }
 
-    /// Only PATH from this process's environment.
+    /// Only PATH from this process's environment (and MOOR_METRICS_LISTEN,
+    /// which .cargo/config.toml sets so that parallel ipamds do not all
+    /// want port 9471).
     pub fn env_only_path(mut self) -> Self {
         self.cmd
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
+        if let Ok(listen) = std::env::var("MOOR_METRICS_LISTEN") {
+            self.cmd.env("MOOR_METRICS_LISTEN", listen);
+        }
         self
     }
 

@@ -26,12 +26,21 @@ fn key(k: Option<&v1::AttachmentKey>) -> Result<&v1::AttachmentKey, Error> {
 }
 
 /// Serves one CNI request, counted and timed (`moor_cni_*`) by its CNI
-/// result code, and turns its error into the gRPC status.
+/// result code, and turns its error into the gRPC status. A request dropped
+/// before it is answered (the plugin's deadline passed: tonic cancels the
+/// handler) is counted as `cancelled` when it goes.
 async fn metered<T>(op: &'static str, served: impl Future<Output = Result<T, Error>>) -> Reply<T> {
-    let started = Instant::now();
+    struct Unanswered(&'static str, Instant);
+    impl Drop for Unanswered {
+        fn drop(&mut self) {
+            metrics::global().cni_cancelled(self.0, self.1.elapsed());
+        }
+    }
+    let pending = Unanswered(op, Instant::now());
     let r = served.await;
     let code = r.as_ref().err().map_or(0, Error::cni_code);
-    metrics::global().cni_request(op, code, started.elapsed());
+    metrics::global().cni_request(op, code, pending.1.elapsed());
+    std::mem::forget(pending);
     r.map(Response::new).map_err(|e| status(&e))
 }
 
@@ -83,7 +92,8 @@ impl CniApi {
         match self.0.add(&req).await {
             Ok(a) => Ok(add_reply(&a)),
             Err(e) => {
-                warn!(error = %e, code = e.cni_code(), "ADD failed");
+                warn!(error = %e, code = e.cni_code(), container_id = %req.container_id,
+                    ifname = %req.ifname, pod = %req.pod, "ADD failed");
                 Err(e)
             }
         }

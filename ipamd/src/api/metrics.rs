@@ -25,27 +25,44 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Where `--metrics-listen` points: `off`, or an address and port.
+/// Connections served at once; more wait in the kernel's backlog. A
+/// scraper needs one; the rest would only take CPU from the CNI requests.
+const MAX_CONNECTIONS: usize = 8;
+
+/// Where `--metrics-listen` points: `off`, or an address and port. An IPv6
+/// address may come bare (`fd00::1:9471`, what `$(NODE_IP):9471` makes of a
+/// node's IPv6 address) or in brackets.
 pub fn parse_listen(flag: &str) -> Result<Option<SocketAddr>, String> {
     if flag == "off" {
         return Ok(None);
     }
-    flag.parse().map(Some).map_err(|_| {
-        format!(
-            "--metrics-listen {flag:?} is not ADDRESS:PORT: give e.g. 127.0.0.1:9471 (this node only), 0.0.0.0:9471 (every address), or off"
-        )
-    })
+    let bare_v6 = || {
+        let (ip, port) = flag.rsplit_once(':')?;
+        Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+    };
+    match flag.parse() {
+        Ok(a) => Ok(Some(a)),
+        Err(_) => bare_v6().map(Some).ok_or_else(|| {
+            format!(
+                "--metrics-listen {flag:?} is not ADDRESS:PORT: give e.g. 127.0.0.1:9471 (this node only), 0.0.0.0:9471 (every address), or off"
+            )
+        }),
+    }
 }
 
-/// Serves the metrics of `node` (None: a controller, counters only) on
+/// What a scrape reports: counters only until the node is up (a scrape
+/// during start-up gets an answer), then the node's gauges too.
+pub type NodeCell = Arc<std::sync::OnceLock<Arc<Node>>>;
+
+/// Serves the metrics (with those of the node in `node`, once set) on
 /// `listener` until `shutdown` completes.
-pub async fn serve(
-    node: Option<Arc<Node>>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(node: NodeCell, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -59,7 +76,8 @@ pub async fn serve(
         };
         let node = node.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| handle(node.get().cloned(), req));
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -104,10 +122,36 @@ async fn handle(
     if path == "/healthz" {
         return Ok(reply(StatusCode::OK, text, "ok\n".into()));
     }
+    // One scrape at a time: each works out the gauges and publishes them,
+    // and two at once could publish an older snapshot after a newer one.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE_AT_A_TIME.lock().await;
     let now = match &node {
         Some(n) => n.metrics_snapshot().await,
         None => metrics::Snapshot::default(),
     };
     let body = metrics::global().encode(now).await;
     Ok(reply(StatusCode::OK, OPENMETRICS, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_take_v4_v6_bare_or_bracketed_and_off() {
+        let a = |s: &str| parse_listen(s).unwrap().map(|a| a.to_string());
+        assert_eq!(a("off"), None);
+        assert_eq!(a("127.0.0.1:9471").as_deref(), Some("127.0.0.1:9471"));
+        assert_eq!(a("[fd00::5]:9471").as_deref(), Some("[fd00::5]:9471"));
+        // What `$(NODE_IP):9471` makes of an IPv6 node address.
+        assert_eq!(a("fd00::5:9471").as_deref(), Some("[fd00::5]:9471"));
+        for bad in ["localhost:9471", "9471", "127.0.0.1", "", "on"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(
+                e.contains("--metrics-listen") && e.contains("off"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

@@ -416,14 +416,17 @@ pub fn free_counts(
 }
 
 /// Counts the pool's IPs on each ToR from its leases.
-pub fn pool_counts(pool: &Pool, leases: &[Lease]) -> BTreeMap<String, PoolCounts> {
+pub fn pool_counts<'a>(
+    pool: &Pool,
+    leases: impl IntoIterator<Item = &'a Lease>,
+) -> BTreeMap<String, PoolCounts> {
     let mut out: BTreeMap<String, PoolCounts> = BTreeMap::new();
     for (tor, ips) in &pool.ips {
         let c = out.entry(tor.clone()).or_default();
         c.total = ips.len() as u32;
         c.free = c.total;
     }
-    for lease in leases.iter().filter(|l| l.pool == pool.name) {
+    for lease in leases.into_iter().filter(|l| l.pool == pool.name) {
         let Some(tor) = pool.tor_of(lease.ip) else {
             continue;
         };

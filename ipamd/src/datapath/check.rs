@@ -146,7 +146,9 @@ pub(crate) async fn check_host_end_up(
     host_ifname: &str,
 ) -> Result<LinkMessage, DatapathError> {
     let host = host_end(handle, host_ifname).await?.ok_or_else(|| {
-        DatapathError::CheckFailed(format!("host interface {host_ifname} does not exist"))
+        DatapathError::CheckFailed(format!(
+            "host interface {host_ifname} does not exist (or a DEL retired it)"
+        ))
     })?;
     if !host.header.flags.contains(LinkFlags::Up) {
         return Err(DatapathError::CheckFailed(format!(

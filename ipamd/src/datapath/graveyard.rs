@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::{Handle, LinkUnspec};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use tokio::sync::{mpsc, oneshot};
 
 use super::netlinksafe::{self, errno, to_io};
@@ -61,7 +61,7 @@ use super::{veth, DatapathError};
 
 pub use moor_proto::GRAVEYARD_GROUP;
 
-use super::retired::{grave_name, park, PortKind, GRAVE_PREFIX};
+use super::retired::{grave_name, park, PortKind, GRAVE_PREFIX, RETIRED_ALIAS};
 
 /// When the reaper deletes the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,10 +253,17 @@ impl Graveyard {
                 let down = LinkUnspec::new_with_index(index)
                     .down()
                     .nocontroller()
-                    .link_group(GRAVEYARD_GROUP);
+                    .link_group(GRAVEYARD_GROUP)
+                    .alias(RETIRED_ALIAS.to_string());
                 handle.link().set(down.build()).execute().await
             }
-            PortKind::Ovs => park(handle, index, &grave, |b| b.link_group(GRAVEYARD_GROUP)).await,
+            PortKind::Ovs => {
+                let extra = |b: LinkMessageBuilder<LinkUnspec>| {
+                    b.link_group(GRAVEYARD_GROUP)
+                        .alias(RETIRED_ALIAS.to_string())
+                };
+                park(handle, index, &grave, extra).await
+            }
         };
         let name = match port {
             PortKind::Bridge => host_ifname,
@@ -429,7 +436,9 @@ impl Reaper {
                 continue;
             }
             self.shared.requests.fetch_add(1, Ordering::Relaxed);
-            deleted |= netlinksafe::delete_link_by_name(handle, &name).await?;
+            // By index: a same-key re-ADD may have moved this retired end
+            // aside and created a live one under its name since the dump.
+            deleted |= netlinksafe::delete_link_by_index(handle, link.header.index).await?;
         }
         Ok(deleted)
     }

@@ -42,7 +42,7 @@ pub use bridge::BridgeDatapath;
 pub use graveyard::{GraveyardStats, ReapPolicy, GRAVEYARD_GROUP};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
 pub use pod_end::disable_tx_checksum;
-pub use retired::{grave_name, GRAVE_PREFIX};
+pub use retired::{grave_name, GRAVE_PREFIX, RETIRED_ALIAS};
 pub use timing::{monotonic_ns, Laps, WireSteps};
 
 /// One pod interface to wire: what CNI ADD asks for, plus the IP ipamd chose.

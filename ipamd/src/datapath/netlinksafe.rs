@@ -68,6 +68,17 @@ pub(crate) async fn delete_link_by_name(handle: &Handle, name: &str) -> io::Resu
     }
 }
 
+/// Deletes link `index`. `Ok(false)` if there was none. By index, not by
+/// name, where the name may have passed to another link since it was read
+/// (a retired host end's name, taken by a same-key re-ADD).
+pub(crate) async fn delete_link_by_index(handle: &Handle, index: u32) -> io::Result<bool> {
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(to_io(e)),
+    }
+}
+
 /// Sends `request` as a dump and collects the answers, retrying while the
 /// kernel flags the dump as interrupted.
 pub(crate) async fn dump(

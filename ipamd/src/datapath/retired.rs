@@ -8,6 +8,11 @@ use super::netlinksafe::{self, errno, to_io};
 use super::DatapathError;
 use moor_proto::GRAVEYARD_GROUP;
 
+/// The alias (IFLA_IFALIAS) a retired host end carries, for whoever looks
+/// at `ip link`: its pod was DEL'd, its IP may be another pod's by now, and
+/// it must not be put back on the bridge by hand.
+pub const RETIRED_ALIAS: &str = "moor: retired by a DEL, deleted soon; do not reuse";
+
 /// Prefix of a retired host end's name; see the module doc.
 pub const GRAVE_PREFIX: &str = "mgone";
 

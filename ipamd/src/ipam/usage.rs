@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::core::{self, Lease, Pool, PoolCounts};
-use crate::error::Result;
+use crate::core::{self, Lease, PoolCounts};
+use crate::error::{Error, Result};
 use crate::store::{keys, StoreExt};
 
 use super::Ipam;
@@ -21,11 +21,21 @@ pub struct PoolUsage {
 
 impl Ipam {
     /// The counts of every pool with IPs on ToR `tor` (its segments), per
-    /// segment. From the node's view when it follows them all live (etcd:
-    /// no store request); else from three reads, the ToRs, every pool and
-    /// every lease (the embedded store, or a view catching up).
+    /// segment. On etcd from the node's view (no store request), and not at
+    /// all while the view catches up: the fallback would read every lease
+    /// of the cluster, on every node, at every scrape, just when etcd is
+    /// already in trouble. On the embedded store (no view) from three reads:
+    /// the ToRs, every pool and every lease.
     pub async fn usage_on(&self, tor: &str) -> Result<Vec<PoolUsage>> {
+        self.start_view(tor);
         let view = self.view_for(tor);
+        let viewed = view.and_then(|v| v.pool_counts());
+        if viewed.is_none() && self.store.keeps_history() {
+            return Err(Error::Unavailable {
+                msg: format!("the view of ToR {tor} is catching up with the store"),
+                source: None,
+            });
+        }
         let segments: Vec<String> = match view.and_then(|v| v.segments()) {
             Some(s) => s,
             None => self.segments_of(tor).await?,
@@ -34,7 +44,7 @@ impl Ipam {
         .map(|t| t.name)
         .collect();
         let segments = &segments[..];
-        let counts = match view.and_then(|v| v.pool_counts()) {
+        let counts = match viewed {
             Some(c) => c,
             None => {
                 let (leases, _) = self.store.list_json::<Lease>(keys::LEASES).await?;
@@ -86,12 +96,6 @@ fn on_segments(
         .collect();
     out.sort_by(|a, b| (&a.pool, &a.segment).cmp(&(&b.pool, &b.segment)));
     out
-}
-
-/// The counts of `pool` from the leases the view holds for it.
-pub(super) fn counts_of(pool: &Pool, leases: Vec<&Lease>) -> BTreeMap<String, PoolCounts> {
-    let leases: Vec<Lease> = leases.into_iter().cloned().collect();
-    core::pool_counts(pool, &leases)
 }
 
 #[cfg(test)]

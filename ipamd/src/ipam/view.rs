@@ -216,10 +216,8 @@ impl View {
             .map(|name| {
                 let (pool, _) = pools.get::<Pool>(&keys::pool(name))??;
                 let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
-                Some((
-                    name.clone(),
-                    super::usage::counts_of(pool, leases.values::<Lease>()?),
-                ))
+                let counts = crate::core::pool_counts(pool, leases.values::<Lease>()?);
+                Some((name.clone(), counts))
             })
             .collect()
     }

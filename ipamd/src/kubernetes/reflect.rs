@@ -37,11 +37,16 @@ where
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        // Up once the first list is in; down on a failed watch, up again at
+        // the next event (a watch resumed from its last version relists
+        // nothing, so no InitDone comes).
+        let (mut listed, mut up) = (false, false);
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ev) => {
-                    // A (re)list complete: the cache is whole again.
-                    if matches!(ev, watcher::Event::InitDone) {
+                    listed |= matches!(ev, watcher::Event::InitDone);
+                    if listed && !up {
+                        up = true;
                         crate::metrics::global().kube_cache(what, true);
                     }
                     if let Some(c) = &changed {
@@ -49,6 +54,7 @@ where
                     }
                 }
                 Err(e) => {
+                    up = false;
                     crate::metrics::global().kube_cache(what, false);
                     warn!(what, error = %e, "Kubernetes watch failed; retrying with backoff (the cache keeps serving)")
                 }

@@ -12,6 +12,8 @@ use moor_e2e::names::{container_id, deployment_pod};
 use moor_e2e::scrape::{http, logged_addr, scrape, sum, value};
 use moor_e2e::testbed::TOR;
 use moor_e2e::{Options, Testbed};
+use moor_testkit::netns::spawn_in_netns;
+use moor_testkit::IpamdCommand;
 use serde_json::{json, Value};
 
 fn testbed(metrics: &str, extra: &[&str]) -> Testbed {
@@ -298,4 +300,35 @@ fn on_etcd_every_node_of_a_tor_exports_its_pools_from_its_view_at_no_store_cost(
         cost <= 1.0,
         "a scrape cost {cost} etcd requests (a heartbeat may fall in between)"
     );
+}
+
+#[test]
+fn a_taken_metrics_port_is_logged_and_ipamd_serves_pods_without_it() {
+    let tb = testbed("127.0.0.1:0", &[]);
+    let taken = metrics_addr(&tb);
+    tb.stop_ipamd();
+    // Something else takes the port in the node netns; ipamd starts again
+    // with that port asked for.
+    let node = moor_testkit::netns::path(&tb.node_ns);
+    let to = taken.clone();
+    let holder = spawn_in_netns(node, move || std::net::TcpListener::bind(&to))
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("take {taken} again: {e}"));
+    let store = format!("redb:{}", tb.log.with_extension("redb").display());
+    let ipamd = IpamdCommand::in_netns(&tb.node_ns, &tb.bins().ipamd, &tb.socket, &tb.log)
+        .args(["--store", &store, "--node", &tb.node, "--tor", TOR])
+        .args(["--bridge", &tb.bridge, "--metrics-listen", &taken])
+        .start()
+        .unwrap_or_else(|e| panic!("ipamd with its metrics port taken did not serve: {e}"));
+    let log = std::fs::read_to_string(&tb.log).unwrap();
+    let refused = log
+        .lines()
+        .any(|l| l.contains("cannot listen there") && l.contains(&taken));
+    assert!(refused, "{log}");
+    // It serves its socket: the CNI path does not wait on metrics.
+    let listed = tb.ipamctl(&["tor", "list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    drop(ipamd);
+    drop(holder);
 }
