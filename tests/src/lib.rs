@@ -17,6 +17,8 @@
 //! - [`ipamctl`]: the admin CLI against one ipamd socket.
 //! - [`webhook`]: the controller's admission webhook as the API server
 //!   calls it (test certificates, HTTPS, AdmissionReview v1, the patch).
+//! - [`prometheus`]: deploy/monitoring/'s rules and dashboard, promtool,
+//!   ipamd's scrape, and a real Prometheus in a node's netns.
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
 //! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
 //!   with moor as its CNI.
@@ -36,6 +38,7 @@ pub mod ipamctl;
 pub mod names;
 pub mod ovs_cluster;
 pub mod podman;
+pub mod prometheus;
 pub mod scrape;
 pub mod testbed;
 pub mod ui;

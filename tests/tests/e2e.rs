@@ -19,7 +19,9 @@
 //! admission webhook over HTTPS. `listing`: `ip list` of thousands of IPs
 //! streamed. `pool_steps`: issue 12's pools too big for one etcd
 //! transaction, and ipamd killed between their steps. `ui`: issue 14's
-//! pool page (`ipamctl ui`) loaded in headless Chromium.
+//! pool page (`ipamctl ui`) loaded in headless Chromium. `monitoring`:
+//! issue 14's alert rules and dashboard, and a real Prometheus scraping
+//! ipamd.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -51,6 +53,8 @@ mod install_cni;
 mod listing;
 #[path = "e2e/metrics.rs"]
 mod metrics;
+#[path = "e2e/monitoring.rs"]
+mod monitoring;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
 #[path = "e2e/pool_lifecycle.rs"]
