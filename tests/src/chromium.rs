@@ -65,6 +65,10 @@ fn command(profile: &Path) -> Command {
             "--disable-extensions",
         ])
         .stdin(Stdio::null())
+        // Its temporary files (the profile's singleton socket dir,
+        // /tmp/org.chromium.Chromium.*, which a killed Chromium leaves
+        // behind) in the profile's directory, removed with it.
+        .env("TMPDIR", profile)
         // Its own process group, so its zygote and renderers go with it.
         .process_group(0);
     kill_with_thread(&mut cmd);
