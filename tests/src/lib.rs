@@ -33,6 +33,7 @@ pub mod containerd;
 pub mod control_plane;
 pub mod cri;
 pub mod deploy;
+pub mod grpc;
 pub mod install_cni;
 pub mod ipamctl;
 pub mod names;

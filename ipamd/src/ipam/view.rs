@@ -193,22 +193,22 @@ impl View {
     /// The free counts of every pool with IPs on this node's ToR, if the
     /// view follows them all live (CNI STATUS).
     pub(super) fn free_counts(&self) -> Option<Vec<BTreeMap<String, FreeCount>>> {
-        let s = self.shared.state.lock().unwrap();
-        let pools = s.caches.get(keys::POOLS).filter(|c| c.live)?;
-        s.followed
-            .keys()
-            .map(|name| {
-                let (pool, _) = pools.get::<Pool>(&keys::pool(name))??;
-                let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
-                let ips = leases.values::<Lease>()?.into_iter().map(|l| l.ip);
-                Some(crate::core::free_counts(pool, ips))
-            })
-            .collect()
+        self.each_followed(|pool, leases| {
+            crate::core::free_counts(pool, leases.into_iter().map(|l| l.ip))
+        })
     }
 
     /// Every followed pool's counts per segment, if the view follows them
     /// all live (metrics).
     pub(super) fn pool_counts(&self) -> Option<Vec<(String, BTreeMap<String, PoolCounts>)>> {
+        self.each_followed(|pool, leases| {
+            (pool.name.clone(), crate::core::pool_counts(pool, leases))
+        })
+    }
+
+    /// `f` of every pool with IPs on this node's ToR and its leases, if the
+    /// view follows them all live.
+    fn each_followed<T>(&self, f: impl Fn(&Pool, Vec<&Lease>) -> T) -> Option<Vec<T>> {
         let s = self.shared.state.lock().unwrap();
         let pools = s.caches.get(keys::POOLS).filter(|c| c.live)?;
         s.followed
@@ -216,8 +216,7 @@ impl View {
             .map(|name| {
                 let (pool, _) = pools.get::<Pool>(&keys::pool(name))??;
                 let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
-                let counts = crate::core::pool_counts(pool, leases.values::<Lease>()?);
-                Some((name.clone(), counts))
+                Some(f(pool, leases.values::<Lease>()?))
             })
             .collect()
     }

@@ -29,11 +29,9 @@
 //! (the default size). ipamd looks `--tor` names of a pool up instead of
 //! checking them ("does not exist"), so that one is ipamctl's alone.
 
-use std::io;
+use moor_e2e::grpc::unix_channel;
 use std::path::Path;
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use moor_e2e::names::container_id;
 use moor_e2e::Testbed;
 use moor_proto::v1::admin_client::AdminClient;
@@ -43,8 +41,7 @@ use moor_proto::v1::{
     ResizePoolRequest,
 };
 use serde_json::{json, Value};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::support::snapshot;
 
@@ -62,16 +59,8 @@ impl Ipamd {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let path = socket.to_path_buf();
-        let connector = tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        });
-        // The authority is a placeholder: the connector ignores it.
-        let endpoint =
-            Endpoint::from_static("http://[::]:50051").connect_timeout(Duration::from_secs(5));
         let channel = rt
-            .block_on(endpoint.connect_with_connector(connector))
+            .block_on(unix_channel(socket))
             .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
         Ipamd {
             rt,

@@ -4,16 +4,13 @@
 //! directly to see the messages). An ipamctl older than the stream (the
 //! unary ListIps) gets an error naming the fix, not the first message.
 
-use std::io;
+use moor_e2e::grpc::unix_channel;
 use std::net::Ipv4Addr;
 
-use hyper_util::rt::TokioIo;
 use moor_e2e::Testbed;
 use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::{ListIpsRequest, ListPoolsRequest};
 use serde_json::Value;
-use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
 
 /// Pools on the big ToR, and IPs each: 3,000 IPs in all.
 const POOLS: usize = 12;
@@ -30,15 +27,8 @@ fn messages(tb: &Testbed) -> (Vec<usize>, tonic::Status) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let path = tb.socket.clone();
     rt.block_on(async move {
-        let channel = Endpoint::from_static("http://[::]:50051")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .expect("connect to ipamd");
+        let channel = unix_channel(&tb.socket).await.expect("connect to ipamd");
         let mut admin = AdminClient::new(channel);
         let mut stream = admin
             .stream_ips(ListIpsRequest::default())

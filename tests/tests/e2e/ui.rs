@@ -5,13 +5,12 @@
 //! outage by itself; with 2,000 pools it searches and pages. Fails (never
 //! skips) without chromium.
 
+use moor_e2e::grpc::unix_channel;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use moor_e2e::chromium::{png_size, Browser, Chromium, WINDOW};
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::testbed::{POD_NAMESPACE, TOR};
@@ -21,8 +20,6 @@ use moor_proto::v1::admin_client::AdminClient;
 use moor_proto::v1::CreatePoolRequest;
 use moor_testkit::TempDir;
 use serde_json::json;
-use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
 
 /// `ipamctl ui --refresh`: short, so the tests see refreshes soon.
 const REFRESH_SECONDS: u64 = 1;
@@ -384,15 +381,8 @@ fn create_big_pools(socket: &Path) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let path = socket.to_path_buf();
     rt.block_on(async move {
-        let channel = Endpoint::from_static("http://[::]:50051")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .expect("connect to ipamd");
+        let channel = unix_channel(socket).await.expect("connect to ipamd");
         let mut admin = AdminClient::new(channel);
         // One at a time: ipamd checks a ToR's carvings unchanged when it
         // commits a pool, so pools made at once in one ToR conflict.
