@@ -1078,7 +1078,13 @@ fn a_burst_of_dels_is_reaped_in_few_batches() {
             assert!(waited.elapsed() < REAPED_WITHIN, "burst not reaped");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let after = dp.graveyard_stats();
+        // The links go when the kernel has deleted them, a moment before
+        // the reaper thread counts its reap: wait for the count (bounded).
+        let mut after = dp.graveyard_stats();
+        while after.reaps == before.reaps && waited.elapsed() < REAPED_WITHIN {
+            std::thread::sleep(Duration::from_millis(5));
+            after = dp.graveyard_stats();
+        }
         let reaps = after.reaps - before.reaps;
         let requests = after.requests - before.requests;
         println!("{PODS} DELs reaped in {reaps} group deletes ({requests} requests)");
