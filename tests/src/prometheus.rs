@@ -13,15 +13,13 @@
 //!   namespace if asked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use moor_testkit::cmd::tail;
-use moor_testkit::netns::spawn_in_netns;
 use moor_testkit::process::{spawn_logged, terminate, STOP_GRACE};
 use moor_testkit::TempDir;
 use serde_json::Value;
@@ -251,67 +249,14 @@ impl Scrape {
 
 // ------------------------------------------------------------ HTTP in a netns
 
-/// `GET path` (with its query) from `addr`; with `netns`, on a thread
-/// inside the network namespace at that path (where a testbed's ipamd and
-/// its Prometheus listen on 127.0.0.1). Returns the status and the body.
+/// `GET path` (with its query) from `addr`; with `netns`, from inside the
+/// network namespace at that path ([`crate::scrape::request`]).
 pub fn http_get(
     netns: Option<&Path>,
     addr: SocketAddr,
     path: &str,
 ) -> Result<(u16, String), String> {
-    let Some(netns) = netns else {
-        return get_here(addr, path);
-    };
-    let path = path.to_string();
-    spawn_in_netns(netns.to_path_buf(), move || get_here(addr, &path))
-        .join()
-        .map_err(|_| "the HTTP thread panicked".to_string())?
-}
-
-fn get_here(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let what = |e: std::io::Error| format!("GET http://{addr}{path}: {e}");
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(what)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(what)?;
-    // HTTP/1.0: the server closes the connection after the body, and Go's
-    // server (Prometheus) does not chunk it.
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(what)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(what)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("GET http://{addr}{path}: no end of headers in {raw:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("GET http://{addr}{path}: no status in {head:?}"))?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-/// The body of a chunked transfer encoding.
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16);
-        match size {
-            Ok(n) if n > 0 && after.len() >= n => {
-                out.push_str(&after[..n]);
-                rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
-            }
-            _ => break,
-        }
-    }
-    out
+    crate::scrape::request(netns, &addr.to_string(), "GET", path)
 }
 
 /// `s` percent-encoded for a URL's query (RFC 3986 unreserved kept).
@@ -537,10 +482,5 @@ mod tests {
             encode(r#"a{b="c"}[1m] / 2"#),
             "a%7Bb%3D%22c%22%7D%5B1m%5D%20%2F%202"
         );
-    }
-
-    #[test]
-    fn dechunk_joins_chunks() {
-        assert_eq!(dechunk("3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), "abcde");
     }
 }

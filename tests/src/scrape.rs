@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -43,32 +43,81 @@ pub fn logged_addr(log: &Path) -> String {
 }
 
 /// One HTTP/1.1 request to ipamd, from inside the netns `netns` (None:
-/// this process's); (status, body).
+/// this process's); (status, body). Panics if there is no answer.
 pub fn http(netns: Option<&str>, addr: &str, method: &str, path: &str) -> (u16, String) {
-    let to = addr.to_string();
-    let connect = move || TcpStream::connect(&to);
-    let mut s = match netns {
-        Some(ns) => spawn_in_netns(netns::path(ns), connect).join().unwrap(),
-        None => connect(),
+    let netns = netns.map(netns::path);
+    request(netns.as_deref(), addr, method, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `method path` to `addr`, one request on its own connection; with
+/// `netns`, from a thread inside the network namespace at that path (where
+/// a testbed's ipamd and its Prometheus listen on 127.0.0.1). The status
+/// and the body (chunks joined).
+pub fn request(
+    netns: Option<&Path>,
+    addr: &str,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let (addr, method, path) = (addr.to_string(), method.to_string(), path.to_string());
+    let send = move || send_here(&addr, &method, &path);
+    match netns {
+        Some(ns) => spawn_in_netns(ns.to_path_buf(), send)
+            .join()
+            .map_err(|_| "the HTTP thread panicked".to_string())?,
+        None => send(),
     }
-    .unwrap_or_else(|e| panic!("connect {addr} in {netns:?}: {e}"));
+}
+
+fn send_here(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+    let what = |e: std::io::Error| format!("{method} http://{addr}{path}: {e}");
+    let to: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("{method} http://{addr}{path}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(what)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(what)?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
+    .map_err(what)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(what)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{method} http://{addr}{path}: no end of headers in {raw:?}"))?;
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {out:?}"));
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+        .ok_or_else(|| format!("{method} http://{addr}{path}: no status in {head:?}"))?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// The body of a chunked transfer encoding.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16);
+        match size {
+            Ok(n) if n > 0 && after.len() >= n => {
+                out.push_str(&after[..n]);
+                rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Every sample of a scrape of `/metrics`: series (name and labels, as
@@ -96,4 +145,14 @@ pub fn sum(m: &BTreeMap<String, f64>, prefix: &str) -> f64 {
         .filter(|(k, _)| k.starts_with(prefix))
         .map(|(_, v)| v)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunk_joins_chunks() {
+        assert_eq!(dechunk("3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
 }
