@@ -119,8 +119,9 @@ pub struct Metrics {
     /// Whether this replica leads, asked at each scrape (the controller
     /// role sets it; a fence can expire between two events).
     leader: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
-    /// Serializes scrapes: each refills the gauges, then encodes.
-    scrape: tokio::sync::Mutex<()>,
+    /// Serializes scrapes: each works out the gauges, refills them, then
+    /// encodes.
+    scraping: tokio::sync::Mutex<()>,
 }
 
 /// What a scrape works out when it happens.
@@ -184,7 +185,7 @@ impl Metrics {
             controller_actions: Family::default(),
             controller_leader: Gauge::default(),
             leader: std::sync::OnceLock::new(),
-            scrape: tokio::sync::Mutex::new(()),
+            scraping: tokio::sync::Mutex::new(()),
         };
         // Every op has its series from the start, so a rate over "no ADD
         // yet" is 0, not absent.
@@ -406,7 +407,14 @@ impl Metrics {
     /// The OpenMetrics text of every series, with the gauges of `now`; a
     /// gauge whose source could not be read keeps its last value.
     pub async fn encode(&self, now: Snapshot) -> String {
-        let _one = self.scrape.lock().await;
+        self.scrape(async { now }).await
+    }
+
+    /// [`Metrics::encode`] with the gauges `now` works out, one scrape at a
+    /// time: two at once could publish an older snapshot after a newer one.
+    pub async fn scrape(&self, now: impl std::future::Future<Output = Snapshot>) -> String {
+        let _one = self.scraping.lock().await;
+        let now = now.await;
         if let Some(pools) = &now.pools {
             self.set_pools(pools);
         }

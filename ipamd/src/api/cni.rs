@@ -30,17 +30,29 @@ fn key(k: Option<&v1::AttachmentKey>) -> Result<&v1::AttachmentKey, Error> {
 /// before it is answered (the plugin's deadline passed: tonic cancels the
 /// handler) is counted as `cancelled` when it goes.
 async fn metered<T>(op: &'static str, served: impl Future<Output = Result<T, Error>>) -> Reply<T> {
-    struct Unanswered(&'static str, Instant);
-    impl Drop for Unanswered {
+    /// Counts the request when it goes: with its code once answered, as
+    /// cancelled if dropped before.
+    struct Counted {
+        op: &'static str,
+        started: Instant,
+        code: Option<u32>,
+    }
+    impl Drop for Counted {
         fn drop(&mut self) {
-            metrics::global().cni_cancelled(self.0, self.1.elapsed());
+            let took = self.started.elapsed();
+            match self.code {
+                Some(code) => metrics::global().cni_request(self.op, code, took),
+                None => metrics::global().cni_cancelled(self.op, took),
+            }
         }
     }
-    let pending = Unanswered(op, Instant::now());
+    let mut counted = Counted {
+        op,
+        started: Instant::now(),
+        code: None,
+    };
     let r = served.await;
-    let code = r.as_ref().err().map_or(0, Error::cni_code);
-    metrics::global().cni_request(op, code, pending.1.elapsed());
-    std::mem::forget(pending);
+    counted.code = Some(r.as_ref().err().map_or(0, Error::cni_code));
     r.map(Response::new).map_err(|e| status(&e))
 }
 
@@ -144,5 +156,39 @@ impl CniApi {
         Ok(v1::GcReply {
             released: released.iter().map(|ip| ip.to_string()).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series of `op` in the process's metrics.
+    async fn count(op: &str, code: &str) -> Option<String> {
+        let text = metrics::global().encode(metrics::Snapshot::default()).await;
+        let series = format!(r#"moor_cni_requests_total{{op="{op}",code="{code}"}} "#);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+    }
+
+    #[tokio::test]
+    async fn a_request_is_counted_by_its_code_and_as_cancelled_when_dropped_unanswered() {
+        // Ops of their own: the metrics are the process's.
+        let ok = metered("TEST_OK", async { Ok::<_, Error>(()) }).await;
+        assert!(ok.is_ok());
+        let refused = metered("TEST_OK", async {
+            Err::<(), _>(Error::refused(moor_proto::cni_code::POOL_FULL, "full"))
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(count("TEST_OK", "0").await.as_deref(), Some("1"));
+        assert_eq!(count("TEST_OK", "100").await.as_deref(), Some("1"));
+
+        // The plugin's deadline passes: tonic drops the handler mid-way.
+        let never = metered("TEST_CUT", std::future::pending::<Result<(), Error>>());
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(10), never).await;
+        assert!(cut.is_err());
+        assert_eq!(count("TEST_CUT", "cancelled").await.as_deref(), Some("1"));
+        assert_eq!(count("TEST_CUT", "0").await, None);
     }
 }

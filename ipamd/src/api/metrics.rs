@@ -122,15 +122,14 @@ async fn handle(
     if path == "/healthz" {
         return Ok(reply(StatusCode::OK, text, "ok\n".into()));
     }
-    // One scrape at a time: each works out the gauges and publishes them,
-    // and two at once could publish an older snapshot after a newer one.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one = ONE_AT_A_TIME.lock().await;
-    let now = match &node {
-        Some(n) => n.metrics_snapshot().await,
-        None => metrics::Snapshot::default(),
-    };
-    let body = metrics::global().encode(now).await;
+    let body = metrics::global()
+        .scrape(async {
+            match &node {
+                Some(n) => n.metrics_snapshot().await,
+                None => metrics::Snapshot::default(),
+            }
+        })
+        .await;
     Ok(reply(StatusCode::OK, OPENMETRICS, body))
 }
 
