@@ -156,54 +156,59 @@ pub fn links(netns: &str) -> Vec<String> {
 
 /// Names of the links in `netns`, or what went wrong.
 pub fn try_links(netns: &str) -> Result<Vec<String>, String> {
+    Ok(link_names(&try_link_json(netns)?))
+}
+
+/// `ip -j link show` in `netns`.
+fn try_link_json(netns: &str) -> Result<Value, String> {
     let out = try_ip(&["-n", netns, "-j", "link", "show"])?;
-    let v: Value =
-        serde_json::from_str(&out).map_err(|e| format!("ip -j link show in {netns}: {e}"))?;
-    Ok(link_names(&v))
+    serde_json::from_str(&out).map_err(|e| format!("ip -j link show in {netns}: {e}"))
+}
+
+/// Whether a link of `ip -j link show` is retired: in
+/// [`moor_proto::GRAVEYARD_GROUP`], waiting for ipamd's reaper (it keeps
+/// its name until then).
+fn is_retired(link: &Value) -> bool {
+    link["group"].as_str() == Some(moor_proto::GRAVEYARD_GROUP.to_string().as_str())
+}
+
+/// The names of the links of `v` (`ip -j link show`) that `keep`.
+fn names_where(v: &Value, keep: impl Fn(&Value) -> bool) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| keep(l))
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The live pod veth host ends among `ip -j link show` output: named
-/// [`moor_proto::host_ifname`]-style and not retired (a retired one keeps
-/// its name, in [`moor_proto::GRAVEYARD_GROUP`], until it is reaped).
+/// [`moor_proto::host_ifname`]-style and not retired.
 pub fn live_host_ends(v: &Value) -> Vec<String> {
-    let retired = moor_proto::GRAVEYARD_GROUP.to_string();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| l["group"].as_str() != Some(retired.as_str()))
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| n.starts_with(moor_proto::HOST_IFNAME_PREFIX))
-        .map(str::to_owned)
-        .collect()
+    names_where(v, |l| {
+        !is_retired(l)
+            && l["ifname"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(moor_proto::HOST_IFNAME_PREFIX))
+    })
 }
 
-/// The retired links in `netns`: in [`moor_proto::GRAVEYARD_GROUP`],
-/// waiting for ipamd's reaper.
+/// The retired links in `netns`.
 pub fn retired_links(netns: &str) -> Vec<String> {
-    let out = try_ip(&["-n", netns, "-j", "link", "show"]).unwrap_or_else(|e| panic!("{e}"));
-    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-    let retired = moor_proto::GRAVEYARD_GROUP.to_string();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| l["group"].as_str() == Some(retired.as_str()))
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect()
+    names_where(
+        &try_link_json(netns).unwrap_or_else(|e| panic!("{e}")),
+        is_retired,
+    )
 }
 
 /// The live pod veth host ends in `netns` ([`live_host_ends`]).
 pub fn host_ends(netns: &str) -> Vec<String> {
-    let out = try_ip(&["-n", netns, "-j", "link", "show"]).unwrap_or_else(|e| panic!("{e}"));
-    live_host_ends(&serde_json::from_str(&out).unwrap_or(Value::Null))
+    live_host_ends(&try_link_json(netns).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The `ifname`s of `ip -j link show` output.
 pub fn link_names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect()
+    names_where(v, |_| true)
 }
 
 /// Turns IPv6 off in `netns` (all and default), e.g. so that a pod's

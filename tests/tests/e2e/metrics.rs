@@ -152,13 +152,16 @@ fn tcp_listeners(tb: &Testbed, pid: u32) -> Vec<String> {
 #[test]
 fn a_bad_metrics_address_is_refused_by_name() {
     let tb = testbed("127.0.0.1:0", &[]);
+    // A store ipamd could create: refused before it is opened, it is not.
+    let dir = moor_testkit::TempDir::new("bad-metrics-listen");
+    let store = dir.path().join("ipamd.redb");
+    let socket = dir.path().join("ipamd.sock");
     let out = std::process::Command::new(&tb.bins().ipamd)
-        .args([
-            "--metrics-listen",
-            "localhost",
-            "--store",
-            "redb:/nonexistent/x.redb",
-        ])
+        .args(["--metrics-listen", "localhost"])
+        .arg("--store")
+        .arg(format!("redb:{}", store.display()))
+        .arg("--socket")
+        .arg(&socket)
         .args(["--bridge", "nosuchbr0", "--tor", TOR])
         .output()
         .unwrap();
@@ -168,7 +171,8 @@ fn a_bad_metrics_address_is_refused_by_name() {
         err.contains("--metrics-listen") && err.contains("ADDRESS:PORT") && err.contains("off"),
         "{err}"
     );
-    assert!(!std::path::Path::new("/nonexistent/x.redb").exists());
+    assert!(!store.exists(), "a refused start opened its store");
+    assert!(!socket.exists(), "a refused start bound its socket");
 }
 
 #[test]
