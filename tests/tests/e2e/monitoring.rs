@@ -513,15 +513,23 @@ fn prometheus_scrapes_two_nodes_of_a_tor_and_the_shipped_monitoring_holds() {
     // errors are counted and the node's store-down alert goes active.
     c.etcd_kill9_all();
     assert_eq!(add(&c, "n1", SPARE, 5).0, 11, "ADD with etcd down");
+    // The error series exist at 0 from the start: wait for n1's to count.
+    let n1 = instance("n1");
     wait_series(
         &prom,
-        "store errors in Prometheus",
-        r#"moor_store_errors_total{backend="etcd"}"#,
+        "n1's store errors in Prometheus",
+        &format!(
+            r#"moor_store_errors_total{{backend="etcd",kind="unavailable",instance="{n1}"}} > 0"#
+        ),
     );
-    let down = active_after(&prom, "MoorStoreDown", 0.0);
+    let down = wait_series(
+        &prom,
+        "MoorStoreDown active for n1",
+        &format!(r#"ALERTS{{alertname="MoorStoreDown",instance="{n1}"}}"#),
+    );
     assert!(
         down.iter()
-            .any(|l| l["instance"] == instance("n1").as_str()),
+            .any(|s| s["metric"]["backend"] == "etcd" && s["metric"]["severity"] == "critical"),
         "n1's store is down: {down:?}"
     );
 
