@@ -98,6 +98,22 @@ pub fn mac_for_ipv4(ip: std::net::Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
+/// MAC address of a pod interface whose first address is `ip`: an IPv4
+/// address as [`mac_for_ipv4`]; an IPv6 one (an IPv6-only pod) 0a:59
+/// followed by the two halves of its interface identifier XORed, which
+/// differ for every two addresses of a pod range shorter than 2^32 (any
+/// range an operator writes), and never equal a MAC derived from IPv4.
+pub fn mac_for_ip(ip: std::net::IpAddr) -> [u8; 6] {
+    match ip {
+        std::net::IpAddr::V4(v4) => mac_for_ipv4(v4),
+        std::net::IpAddr::V6(v6) => {
+            let iid = u128::from(v6) as u64;
+            let folded = ((iid >> 32) as u32 ^ iid as u32).to_be_bytes();
+            [0x0a, 0x59, folded[0], folded[1], folded[2], folded[3]]
+        }
+    }
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -175,5 +191,22 @@ mod tests {
         assert_eq!(format_mac(&mac), "0a:58:0a:01:02:03");
         assert_eq!(mac[0] & 1, 0, "unicast");
         assert_eq!(mac[0] & 2, 2, "locally administered");
+    }
+
+    #[test]
+    fn ipv6_mac_folds_the_interface_identifier() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            mac_for_ip(ip("10.1.2.3")),
+            mac_for_ipv4("10.1.2.3".parse().unwrap())
+        );
+        let mac = mac_for_ip(ip("fd00:1::1:0:a"));
+        // IID 0000:0001:0000:000a: 0x00000001 ^ 0x0000000a.
+        assert_eq!(format_mac(&mac), "0a:59:00:00:00:0b");
+        // Neighbours in a range differ; the prefix does not matter.
+        assert_ne!(mac_for_ip(ip("fd00:1::10")), mac_for_ip(ip("fd00:1::11")));
+        assert_eq!(mac_for_ip(ip("fd00:1::10")), mac_for_ip(ip("fd00:2::10")));
+        // Never a MAC of an IPv4 pod, even with the same low bits.
+        assert_ne!(mac_for_ip(ip("::a01:203")), mac_for_ip(ip("10.1.2.3")));
     }
 }
