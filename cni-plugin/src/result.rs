@@ -67,6 +67,29 @@ pub fn build(reply: &AddReply, version: CniVersion, cni_version: &str) -> Result
             reply.gateway
         )));
     }
+    // A dual-stack pod's IPv6 address: an IPv6 CIDR (and gateway).
+    let ip6 = if reply.address6.is_empty() {
+        None
+    } else {
+        match parse_cidr(&reply.address6) {
+            Some(a) if a.is_ipv6() && ip.is_ipv4() => Some(a),
+            _ => return Err(bad_reply(format!(
+                "address6 {:?} is not an IPv6 address in CIDR notation beside IPv4 address {:?}",
+                reply.address6, reply.address
+            ))),
+        }
+    };
+    if !reply.gateway6.is_empty() && !reply.gateway6.parse::<IpAddr>().is_ok_and(|g| g.is_ipv6()) {
+        return Err(bad_reply(format!(
+            "gateway6 {:?} is not an IPv6 address",
+            reply.gateway6
+        )));
+    }
+    let ip_version = |a: IpAddr| {
+        version
+            .ips_carry_version()
+            .then_some(if a.is_ipv4() { "4" } else { "6" })
+    };
     if reply.interface_index as usize >= reply.interfaces.len() {
         return Err(bad_reply(format!(
             "interface_index {} but {} interface(s)",
@@ -86,14 +109,19 @@ pub fn build(reply: &AddReply, version: CniVersion, cni_version: &str) -> Result
                 sandbox: &i.sandbox,
             })
             .collect(),
-        ips: vec![IpConfig {
-            version: version
-                .ips_carry_version()
-                .then_some(if ip.is_ipv4() { "4" } else { "6" }),
+        ips: std::iter::once(IpConfig {
+            version: ip_version(ip),
             address: &reply.address,
             gateway: &reply.gateway,
             interface: reply.interface_index,
-        }],
+        })
+        .chain(ip6.map(|a| IpConfig {
+            version: ip_version(a),
+            address: &reply.address6,
+            gateway: &reply.gateway6,
+            interface: reply.interface_index,
+        }))
+        .collect(),
         routes: reply
             .routes
             .iter()
@@ -218,6 +246,58 @@ mod tests {
             pool: "mysql".into(),
             tor: "tor-a".into(),
             sticky: true,
+            address6: String::new(),
+            gateway6: String::new(),
+        }
+    }
+
+    /// A dual-stack pod's reply: both addresses, both default routes.
+    fn dual() -> AddReply {
+        let mut r = reply();
+        r.address6 = "fd00:1::11/64".into();
+        r.gateway6 = "fd00:1::1".into();
+        r.routes.push(PRoute {
+            dst: "::/0".into(),
+            gw: "fd00:1::1".into(),
+        });
+        r
+    }
+
+    #[test]
+    fn dual_stack_results_carry_both_ips_per_version() {
+        for (v, ip_version) in [
+            ("0.3.0", true),
+            ("0.3.1", true),
+            ("0.4.0", true),
+            ("1.0.0", false),
+            ("1.1.0", false),
+        ] {
+            let got = build(&dual(), CniVersion::parse(v).unwrap(), v).unwrap();
+            let mut v4 = json!({"address": "10.1.0.17/24", "gateway": "10.1.0.1", "interface": 1});
+            let mut v6 =
+                json!({"address": "fd00:1::11/64", "gateway": "fd00:1::1", "interface": 1});
+            if ip_version {
+                v4["version"] = json!("4");
+                v6["version"] = json!("6");
+            }
+            assert_eq!(got["ips"], json!([v4, v6]), "version {v}");
+            assert_eq!(
+                got["routes"],
+                json!([{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0", "gw": "fd00:1::1"}]),
+                "version {v}"
+            );
+        }
+        // An IPv6 address6 only beside an IPv4 address, and a real one.
+        for (a, a6, g6) in [
+            ("10.1.0.17/24", "10.1.0.18/24", "fd00:1::1"),
+            ("fd00:2::5/64", "fd00:1::11/64", "fd00:1::1"),
+            ("10.1.0.17/24", "fd00:1::11", "fd00:1::1"),
+            ("10.1.0.17/24", "fd00:1::11/64", "10.1.0.1"),
+        ] {
+            let mut r = dual();
+            (r.address, r.address6, r.gateway6) = (a.into(), a6.into(), g6.into());
+            let e = build(&r, CniVersion::V1_1, "1.1.0").unwrap_err();
+            assert!(e.to_string().contains("ipamd"), "{a} {a6} {g6}: {e}");
         }
     }
 

@@ -79,6 +79,7 @@ impl Cni for Fake {
             pool: req.pool,
             tor: "tor-a".into(),
             sticky: true,
+            ..AddReply::default()
         }))
     }
 

@@ -1,6 +1,6 @@
 //! The `Admin` service ipamctl calls: ToRs, pools, IPs, bindings, nodes.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures::stream::TryChunksError;
@@ -14,8 +14,8 @@ use crate::ipam::{registry, PoolChange, PoolSpec};
 use crate::node::Node;
 
 use super::convert::{
-    audit_reply, binding_msg, evict_reply, ip_msg, parse_ip, pod_from, policy_from, pool_msg,
-    tor_msg,
+    audit_reply, binding_msg, evict_reply, family_from, ip_msg, parse_ip, pod_from, policy_from,
+    pool_msg, tor_msg,
 };
 use super::status;
 
@@ -69,16 +69,13 @@ impl Admin for AdminApi {
         let r = r.into_inner();
         let ranges: Vec<(String, String)> =
             r.ranges.into_iter().map(|x| (x.first, x.last)).collect();
+        let mut nets = vec![(r.subnet, r.gateway)];
+        if !r.subnet6.is_empty() || !r.gateway6.is_empty() {
+            nets.push((r.subnet6, r.gateway6));
+        }
         let ipam = &self.0.ipam;
         ok(ipam
-            .add_tor(
-                &r.name,
-                &r.subnet,
-                &r.gateway,
-                r.vlan,
-                &ranges,
-                &r.segment_of,
-            )
+            .add_tor_families(&r.name, &nets, r.vlan, &ranges, &r.segment_of)
             .await
             .map(|t| tor_msg(&t, 0)))
     }
@@ -125,6 +122,7 @@ impl Admin for AdminApi {
             policy: policy_from(r.policy)?,
             allow_namespaces: r.allow_namespaces,
             ips,
+            family: family_from(&r.family)?,
             ..PoolSpec::default()
         };
         let now = self.0.clock.now_unix();
@@ -185,15 +183,21 @@ impl Admin for AdminApi {
     }
 
     async fn export_pool(&self, r: Request<v1::ExportPoolRequest>) -> Reply<v1::ExportPoolReply> {
-        ok(self
-            .0
-            .ipam
-            .pool(&r.get_ref().name)
-            .await
-            .map(|(p, _)| v1::ExportPoolReply {
+        let ipam = &self.0.ipam;
+        let export = async {
+            let (p, _) = ipam.pool(&r.get_ref().name).await?;
+            let partners = ipam.partners(&p).await?;
+            let ips = p.all_ips();
+            Ok(v1::ExportPoolReply {
                 pool: p.name.clone(),
-                ips: p.all_ips().iter().map(|ip| ip.to_string()).collect(),
-            }))
+                ips6: ips
+                    .iter()
+                    .filter_map(|ip| partners.get(ip).map(|a| a.to_string()))
+                    .collect(),
+                ips: ips.iter().map(|ip| ip.to_string()).collect(),
+            })
+        };
+        ok(export.await)
     }
 
     async fn list_ips(&self, _: Request<v1::ListIpsRequest>) -> Reply<v1::ListIpsReply> {
@@ -270,7 +274,7 @@ impl Admin for AdminApi {
         let name = r.into_inner().name;
         let pool = name.clone();
         let stream = self.0.ipam.clone().watch_pool(name).map(move |c| {
-            let strs = |ips: Vec<Ipv4Addr>| ips.iter().map(|ip| ip.to_string()).collect();
+            let strs = |ips: Vec<IpAddr>| ips.iter().map(|ip| ip.to_string()).collect();
             let (kind, ips, revision) = match c.map_err(|e| status(&e))? {
                 PoolChange::Snapshot { ips, revision } => (Kind::Snapshot, strs(ips), revision),
                 PoolChange::Add { ips, revision } => (Kind::Add, strs(ips), revision),

@@ -1,12 +1,12 @@
 //! Domain values as wire messages, and wire values as domain ones.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use moor_proto::v1;
 use tonic::Status;
 
 use crate::core::{
-    pool_counts, Attachment, AttachmentState, Binding, Lease, PodRef, Policy, Pool, Tor,
+    pool_counts, Attachment, AttachmentState, Binding, IpFamily, Lease, PodRef, Policy, Pool, Tor,
 };
 use crate::ipam::IpView;
 use crate::node::{Added, Evicted};
@@ -39,31 +39,48 @@ pub fn pod_from(p: Option<&v1::PodRef>) -> PodRef {
     .unwrap_or_default()
 }
 
-pub fn parse_ip(s: &str) -> Result<Ipv4Addr, Status> {
+pub fn parse_ip(s: &str) -> Result<IpAddr, Status> {
     s.parse().map_err(|_| {
         Status::invalid_argument(format!(
-            "{s:?} is not an IPv4 address: write it like 10.1.0.17"
+            "{s:?} is not an IP address: write it like 10.1.0.17 or fd00:1::11"
+        ))
+    })
+}
+
+/// A pool's family as asked on the wire: empty is "every family its ToRs
+/// have".
+pub fn family_from(s: &str) -> Result<Option<IpFamily>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    IpFamily::parse(s).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "family {s:?} is not an address family: use ipv4, ipv6 or dual (or leave it out: every family its ToRs have)"
         ))
     })
 }
 
 pub fn tor_msg(t: &Tor, carved: u32) -> v1::Tor {
+    let v6 = t.ipv6.as_ref();
     v1::Tor {
         name: t.name.clone(),
-        subnet: t.subnet.to_string(),
-        gateway: t.gateway.to_string(),
+        subnet: t.first.subnet.to_string(),
+        gateway: t.first.gateway.to_string(),
         vlan: t.vlan.map_or(0, u32::from),
         ranges: t
-            .ranges
-            .iter()
+            .families()
+            .flat_map(|f| f.ranges.iter())
             .map(|r| v1::IpRange {
                 first: r.first.to_string(),
                 last: r.last.to_string(),
             })
             .collect(),
-        capacity: t.capacity(),
+        capacity: t.capacity(t.default_family()),
         carved,
         segment_of: t.segment_of.clone().unwrap_or_default(),
+        subnet6: v6.map(|f| f.subnet.to_string()).unwrap_or_default(),
+        gateway6: v6.map(|f| f.gateway.to_string()).unwrap_or_default(),
+        capacity6: t.capacity(IpFamily::Ipv6),
     }
 }
 
@@ -83,6 +100,7 @@ pub fn pool_msg(p: &Pool, leases: &[Lease]) -> v1::Pool {
         size: p.size(),
         policy: policy_to(p.policy),
         allow_namespaces: p.allow_namespaces.clone(),
+        family: p.family.as_str().into(),
         tors: pool_counts(p, leases)
             .into_iter()
             .map(|(tor, c)| v1::PoolTor {
@@ -96,7 +114,7 @@ pub fn pool_msg(p: &Pool, leases: &[Lease]) -> v1::Pool {
     }
 }
 
-pub fn attachment_msg(a: &Attachment, ip: Ipv4Addr) -> v1::Attachment {
+pub fn attachment_msg(a: &Attachment, ip: IpAddr) -> v1::Attachment {
     v1::Attachment {
         container_id: a.key.container_id.clone(),
         ifname: a.key.ifname.clone(),
@@ -104,7 +122,7 @@ pub fn attachment_msg(a: &Attachment, ip: Ipv4Addr) -> v1::Attachment {
         netns: a.netns.clone(),
         pod: Some(pod_msg(&a.pod)),
         host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
-        mac: moor_proto::format_mac(&moor_proto::mac_for_ipv4(ip)),
+        mac: moor_proto::format_mac(&moor_proto::mac_for_ip(ip)),
         state: match a.state {
             AttachmentState::Pending => "pending".into(),
             AttachmentState::Ready => "ready".into(),
@@ -121,6 +139,7 @@ pub fn binding_msg(b: &Binding, attached: bool) -> v1::Binding {
         address: b.ip.to_string(),
         tor: b.tor.clone(),
         attached,
+        address6: String::new(),
     }
 }
 
@@ -128,6 +147,7 @@ pub fn ip_msg(v: &IpView) -> v1::Ip {
     let state = v.lease.as_ref().map_or("free", |l| l.state().as_str());
     v1::Ip {
         address: v.ip.to_string(),
+        address6: v.ipv6.map(|a| a.to_string()).unwrap_or_default(),
         pool: v.pool.clone(),
         tor: v.tor.clone(),
         state: state.into(),
@@ -174,15 +194,27 @@ pub fn add_reply(a: &Added) -> v1::AddReply {
         mtu,
         sandbox: link.netns.display().to_string(),
     });
+    let gateway = a.tor.first.gateway;
+    let default_route = |gw: IpAddr| v1::Route {
+        dst: if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }.into(),
+        gw: gw.to_string(),
+    };
+    let mut routes = vec![default_route(gateway)];
+    // A dual-stack pod: its IPv6 address with the segment's IPv6 prefix.
+    let v6 = a.lease.ipv6.zip(a.tor.ipv6.as_ref());
+    if let Some((_, f)) = v6 {
+        routes.push(default_route(f.gateway));
+    }
     v1::AddReply {
         interface_index: interfaces.len() as u32 - 1,
         interfaces,
         address: link.address.to_string(),
-        gateway: a.tor.gateway.to_string(),
-        routes: vec![v1::Route {
-            dst: "0.0.0.0/0".into(),
-            gw: a.tor.gateway.to_string(),
-        }],
+        gateway: gateway.to_string(),
+        routes,
+        address6: v6
+            .map(|(ip, f)| format!("{ip}/{}", f.subnet.prefix()))
+            .unwrap_or_default(),
+        gateway6: v6.map(|(_, f)| f.gateway.to_string()).unwrap_or_default(),
         pool: a.lease.pool.clone(),
         tor: a.tor.name.clone(),
         sticky: a.lease.binding.is_some(),

@@ -2,7 +2,7 @@
 //! decoded snapshot.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{PoolOp, PoolStep};
 use crate::store::keys;
@@ -35,7 +35,7 @@ impl Snapshot {
     /// and the app index agree with the pools.
     fn check_pools(&mut self) {
         let mut bad = Vec::new();
-        let mut owner: HashMap<Ipv4Addr, &str> = HashMap::new();
+        let mut owner: HashMap<IpAddr, &str> = HashMap::new();
         for p in self.pools.values() {
             let key = keys::pool(&p.name);
             for (tor, ips) in &p.ips {
@@ -49,9 +49,16 @@ impl Snapshot {
                             key.clone(),
                             format!("{ip} is on ToR {tor}, which does not exist"),
                         )),
-                        Some(t) if !t.subnet.contains(*ip) => bad.push((
+                        Some(t) if !t.carves_ip(p.family, *ip) => bad.push((
                             key.clone(),
-                            format!("{ip} is not in the subnet {} of ToR {tor}", t.subnet),
+                            format!(
+                                "{ip} is not a pod IP a pool of family {} may have on ToR {tor} (subnets {})",
+                                p.family,
+                                t.families()
+                                    .map(|f| f.subnet.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
                         )),
                         _ => {}
                     }
@@ -82,7 +89,7 @@ impl Snapshot {
         }
         // What each pool holds per segment: its IPs, and those a change in
         // progress carved and has not made the pool's yet.
-        let mut held: BTreeMap<(String, String), Vec<Ipv4Addr>> = BTreeMap::new();
+        let mut held: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
         for p in self.pools.values() {
             let carving = match &p.op {
                 Some(PoolOp {

@@ -94,7 +94,7 @@ struct Snapshot {
     schema: Option<(u32, bool)>,
     tors: BTreeMap<String, Tor>,
     /// (segment, pool) -> the pool's IPs there (`carved/<tor>/<pool>`).
-    shares: BTreeMap<(String, String), Vec<std::net::Ipv4Addr>>,
+    shares: BTreeMap<(String, String), Vec<std::net::IpAddr>>,
     /// Segment -> its cooling record.
     cooling: BTreeMap<String, Cooling>,
     /// Schema 1's `carved/<tor>` records (the migration to 2 removes them).

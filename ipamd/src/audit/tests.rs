@@ -1,7 +1,7 @@
 //! The audit over stores written by the allocation service, with one
 //! planted inconsistency of each kind.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::*;
@@ -16,7 +16,7 @@ fn req(cid: &str, pod: &str) -> AllocRequest {
 
 /// ToR r1 (10 pod IPs), pool web of 4, a sticky pod web-0 attached (c1)
 /// and a Deployment pod attached (c2); returns web-0's IP.
-async fn busy_store() -> (Arc<MemStore>, Ipv4Addr) {
+async fn busy_store() -> (Arc<MemStore>, IpAddr) {
     let store = Arc::new(MemStore::new());
     let ipam = Ipam::new(store.clone());
     ipam.add_tor(
@@ -217,7 +217,7 @@ async fn attachment_index_under_another_node_is_found() {
 #[tokio::test]
 async fn lease_holding_nothing_and_carved_mismatch_are_found() {
     let (store, _) = busy_store().await;
-    let ip: Ipv4Addr = "10.1.0.19".parse().unwrap();
+    let ip: IpAddr = "10.1.0.19".parse().unwrap();
     let (pool, _) = store.get_json::<Pool>("pools/web").await.unwrap().unwrap();
     assert!(!pool.all_ips().contains(&ip), "10.1.0.19 is not web's");
     let (mut carved, _) = store
@@ -228,6 +228,7 @@ async fn lease_holding_nothing_and_carved_mismatch_are_found() {
     carved.ips.push(ip);
     put(&store, "carved/r1/web", &carved).await;
     let empty = Lease {
+        ipv6: None,
         ip: pool.all_ips()[3],
         pool: "web".into(),
         tor: "r1".into(),

@@ -15,7 +15,7 @@
 //! hash where that is no pool name (longer than a DNS label, or holding a
 //! '.').
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{validate, PodRef, Policy, PoolOwner};
 use crate::ipam::PoolSpec;
@@ -193,6 +193,7 @@ pub fn declared_pool(w: &Workload) -> Result<Option<Declared>, String> {
                 retain,
             }),
             bind,
+            family: None,
         },
         named,
         target,
@@ -202,8 +203,8 @@ pub fn declared_pool(w: &Workload) -> Result<Option<Declared>, String> {
 }
 
 /// `moor.io/ips`: IPv4 addresses separated by commas (or white space).
-fn explicit_ips(list: &str) -> Result<Vec<Ipv4Addr>, String> {
-    let ips: Vec<Ipv4Addr> = list
+fn explicit_ips(list: &str) -> Result<Vec<IpAddr>, String> {
+    let ips: Vec<IpAddr> = list
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -390,7 +391,7 @@ mod tests {
         assert!(d.explicit());
         assert_eq!(d.target, 2);
         assert_eq!(d.spec.size, 0);
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(d.spec.ips, [ip("10.1.0.6"), ip("10.1.0.5")]);
         let pods: Vec<String> = d.spec.bind.iter().map(|p| p.to_string()).collect();
         assert_eq!(pods, ["shop/db-0", "shop/db-1"]);

@@ -13,7 +13,7 @@ use crate::kubernetes::workloads::Workload;
 use super::declared::Declared;
 use super::pools::{DeclaredPools, Fenced, Memory, Pass, Pools};
 
-fn ips_list(ips: &[std::net::Ipv4Addr]) -> String {
+fn ips_list(ips: &[std::net::IpAddr]) -> String {
     ips.iter()
         .map(|ip| ip.to_string())
         .collect::<Vec<_>>()

@@ -25,7 +25,7 @@
 //! them anew, which only delays a release.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{Attachment, Lease, PodRef};
 
@@ -108,7 +108,7 @@ pub enum Reason {
 /// One release the collector decided on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub pool: String,
     pub target: Target,
     pub reason: Reason,

@@ -1,5 +1,5 @@
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use proptest::prelude::*;
 
@@ -17,14 +17,15 @@ fn pod(name: &str, uid: &str) -> PodRef {
     }
 }
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, 0, n)
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([10, 1, 0, n])
 }
 
 /// A lease of pool shop-db: bound to `bound` (if any), attached to pod
 /// `attached` = (name, uid, node) (if any).
 fn lease(n: u8, bound: Option<&str>, attached: Option<(&str, &str, &str)>) -> Lease {
     Lease {
+        ipv6: None,
         ip: ip(n),
         pool: "shop-db".into(),
         tor: "t1".into(),
@@ -65,12 +66,7 @@ fn world(pods: &[(&str, &str)], sets: &[&str], nodes: &[&str], agents: &[&str]) 
     }
 }
 
-fn run(
-    leases: &[Lease],
-    w: &World,
-    clocks: &mut Clocks,
-    now: u64,
-) -> Vec<(Ipv4Addr, &'static str)> {
+fn run(leases: &[Lease], w: &World, clocks: &mut Clocks, now: u64) -> Vec<(IpAddr, &'static str)> {
     decide(leases, &HashSet::new(), w, clocks, now, GRACE)
         .iter()
         .map(|r| (r.ip, r.kind()))

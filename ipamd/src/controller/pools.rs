@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ pub struct Memory {
     pub(super) said: BTreeMap<String, String>,
     /// What each pool's ConfigMap was last written with (pool -> IPs and
     /// owner uid), so an unchanged pool costs no API request.
-    pub(super) published: HashMap<String, (Vec<Ipv4Addr>, String)>,
+    pub(super) published: HashMap<String, (Vec<IpAddr>, String)>,
 }
 
 /// The fence closed during a pass: stop writing.

@@ -3,7 +3,7 @@
 //! that says why, never a silently different IP.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::model::{AttachmentKey, Binding, Lease, Pool, PoolCounts};
@@ -18,7 +18,7 @@ pub struct AddInput<'a> {
     pub segments: &'a [String],
     /// The pool's leases (IPs bound or in use), by IP. Shared: a node's
     /// view hands them out without copying them.
-    pub leases: &'a BTreeMap<Ipv4Addr, Arc<Lease>>,
+    pub leases: &'a BTreeMap<IpAddr, Arc<Lease>>,
     /// The pod's binding, if it has one (in any pool).
     pub binding: Option<&'a Binding>,
     pub key: &'a AttachmentKey,
@@ -33,7 +33,7 @@ pub struct AddInput<'a> {
 pub enum AddDecision {
     /// Attach `ip` of `segment`. `new_binding`: also bind it to the pod.
     Take {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         segment: String,
         new_binding: bool,
     },
@@ -43,17 +43,17 @@ pub enum AddDecision {
 pub enum Refusal {
     /// The pod's IP belongs to a segment that is not on the node's ToR.
     WrongTor {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         bound_segment: String,
         node_tor: String,
     },
     /// The pod is bound to an IP of another pool than the one it asks for.
-    OtherPool { ip: Ipv4Addr, bound_pool: String },
+    OtherPool { ip: IpAddr, bound_pool: String },
     /// The pod's IP is still attached to another container (its previous
     /// incarnation not torn down yet): try again later.
-    StillAttached { ip: Ipv4Addr, holder: AttachmentKey },
+    StillAttached { ip: IpAddr, holder: AttachmentKey },
     /// The pod's IP is quarantined: another interface answered for it.
-    Quarantined { ip: Ipv4Addr, mac: String },
+    Quarantined { ip: IpAddr, mac: String },
     /// The pool has no IPs on the node's ToR at all.
     NotOnTor { pool_tors: Vec<String> },
     /// Every IP of the pool on this ToR is bound or in use. `tor` names the
@@ -108,7 +108,7 @@ pub fn decide(input: &AddInput) -> Result<AddDecision, Refusal> {
             new_binding: false,
         });
     }
-    let here: Vec<(&String, &Vec<Ipv4Addr>)> = pool
+    let here: Vec<(&String, &Vec<IpAddr>)> = pool
         .ips
         .iter()
         .filter(|(seg, ips)| input.segments.contains(seg) && !ips.is_empty())
@@ -168,8 +168,9 @@ mod tests {
     use crate::core::model::*;
 
     fn pool() -> Pool {
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         Pool {
+            family: Default::default(),
             name: "web".into(),
             namespace: "default".into(),
             app: "web".into(),
@@ -195,8 +196,8 @@ mod tests {
         }
     }
 
-    fn attached(ip: &str, c: &str, bound: bool) -> (Ipv4Addr, Arc<Lease>) {
-        let ip: Ipv4Addr = ip.parse().unwrap();
+    fn attached(ip: &str, c: &str, bound: bool) -> (IpAddr, Arc<Lease>) {
+        let ip: IpAddr = ip.parse().unwrap();
         let pod = PodRef {
             namespace: "default".into(),
             name: format!("pod-{c}"),
@@ -205,6 +206,7 @@ mod tests {
         (
             ip,
             Arc::new(Lease {
+                ipv6: None,
                 ip,
                 pool: "web".into(),
                 tor: "r1".into(),
@@ -269,7 +271,7 @@ mod tests {
 
     #[test]
     fn new_ips_are_given_out_only_after_their_whitelist_delay() {
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut p = pool();
         p.allocatable_after.insert(ip("10.1.0.10"), 100);
         p.allocatable_after.insert(ip("10.1.0.11"), 90);
@@ -419,7 +421,7 @@ mod tests {
 
     #[test]
     fn segments_of_the_node_tor_are_served_and_named_when_full() {
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         // A pool on segment r1-db of ToR r1 (and on ToR r2's own segment).
         let p = Pool {
             ips: [
@@ -481,7 +483,7 @@ mod tests {
     #[test]
     fn pools_being_created_or_deleted_and_ips_being_given_back_are_refused() {
         use crate::core::{PoolOp, PoolStep};
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let on_r1 = vec!["r1".to_string()];
         let k = key("c");
         let empty = BTreeMap::new();

@@ -3,16 +3,16 @@
 //! in (unix seconds).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use super::model::{Carved, Tor};
+use super::model::{Carved, IpFamily, Tor};
 use super::pool_change::Cooling;
 
 impl Carved {
     /// The view of a segment's schema 2 records: each pool's IPs there and
     /// the cooling record.
     pub fn from_records<'a>(
-        shares: impl IntoIterator<Item = (&'a str, &'a [Ipv4Addr])>,
+        shares: impl IntoIterator<Item = (&'a str, &'a [IpAddr])>,
         cooling: Option<&Cooling>,
     ) -> Self {
         let mut c = Carved::default();
@@ -29,13 +29,13 @@ impl Carved {
 
     /// Whether `ip` is cooling down at `now`: given back by a pool less than
     /// the cool-down ago. Returns when it may be carved again.
-    pub fn cooling_until(&self, ip: Ipv4Addr, now: u64) -> Option<u64> {
+    pub fn cooling_until(&self, ip: IpAddr, now: u64) -> Option<u64> {
         self.cooling.get(&ip).copied().filter(|t| *t > now)
     }
 
     /// Gives `ips` back to the ToR: no pool has them any more, and none may
     /// carve them before `until`. Forgets cool-downs that ended by `now`.
-    pub fn give_back(&mut self, ips: &[Ipv4Addr], now: u64, until: u64) {
+    pub fn give_back(&mut self, ips: &[IpAddr], now: u64, until: u64) {
         self.cooling.retain(|_, t| *t > now);
         for ip in ips {
             self.ips.remove(ip);
@@ -46,7 +46,7 @@ impl Carved {
     }
 
     /// Records `ips` as `pool`'s; forgets cool-downs that ended by `now`.
-    pub fn take(&mut self, pool: &str, ips: &[Ipv4Addr], now: u64) {
+    pub fn take(&mut self, pool: &str, ips: &[IpAddr], now: u64) {
         self.cooling.retain(|_, t| *t > now);
         for ip in ips {
             self.cooling.remove(ip);
@@ -55,25 +55,28 @@ impl Carved {
     }
 }
 
-/// The lowest `n` IPs of the ToR that no pool has and that are not cooling
-/// down at `now`. Fewer when the ToR runs out; callers check the length.
-pub fn lowest_free(tor: &Tor, carved: &Carved, n: u32, now: u64) -> Vec<Ipv4Addr> {
-    tor.pod_ips()
+/// The lowest `n` IPs of the ToR for a pool of family `family` that no
+/// pool has and that are not cooling down at `now`. Fewer when the ToR runs
+/// out; callers check the length.
+pub fn lowest_free(tor: &Tor, family: IpFamily, carved: &Carved, n: u32, now: u64) -> Vec<IpAddr> {
+    tor.pod_ips(family)
         .filter(|ip| !carved.ips.contains_key(ip) && carved.cooling_until(*ip, now).is_none())
         .take(n as usize)
         .collect()
 }
 
-/// IPs of the ToR a pool may carve at `now`: neither in a pool nor cooling.
-pub fn free_count(tor: &Tor, carved: &Carved, now: u64) -> u32 {
-    let in_tor = |ip: &Ipv4Addr| tor.subnet.contains(*ip);
+/// IPs of the ToR a pool of family `family` may carve at `now`: neither in
+/// a pool nor cooling.
+pub fn free_count(tor: &Tor, family: IpFamily, carved: &Carved, now: u64) -> u32 {
+    let in_tor = |ip: &IpAddr| tor.carves_ip(family, *ip);
     let taken = carved.ips.keys().filter(|ip| in_tor(ip)).count();
     let cooling = carved
         .cooling
         .iter()
         .filter(|(ip, t)| **t > now && in_tor(ip) && !carved.ips.contains_key(ip))
         .count();
-    tor.capacity().saturating_sub((taken + cooling) as u32)
+    tor.capacity(family)
+        .saturating_sub((taken + cooling) as u32)
 }
 
 /// Where explicit IPs (bring your own: `moor.io/ips`, `pool create --ip`)
@@ -82,10 +85,11 @@ pub fn free_count(tor: &Tor, carved: &Carved, now: u64) -> u32 {
 /// IPs by segment, or every refused IP with the reason, one per line.
 pub fn explicit(
     tors: &[(Tor, Carved)],
-    ips: &[Ipv4Addr],
+    family: IpFamily,
+    ips: &[IpAddr],
     now: u64,
-) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, String> {
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+) -> Result<BTreeMap<String, Vec<IpAddr>>, String> {
+    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     let mut refused = Vec::new();
     let names = || {
@@ -99,10 +103,14 @@ pub fn explicit(
             refused.push(format!("IP {ip} is listed twice"));
             continue;
         }
-        let home = tors
-            .iter()
-            .find(|(t, _)| t.ranges.iter().any(|r| r.contains(*ip)) && t.gateway != *ip);
+        let home = tors.iter().find(|(t, _)| t.carves_ip(family, *ip));
         let Some((tor, carved)) = home else {
+            if let Some(v4) = tors.iter().find_map(|(t, _)| t.partner_of(*ip)) {
+                refused.push(format!(
+                    "IP {ip} is the IPv6 partner of {v4}: a {family} pool lists its IPv4 addresses (each brings its partner), so name {v4}"
+                ));
+                continue;
+            }
             refused.push(format!(
                 "IP {ip} is in no pod range of ToR segments {}: define a segment whose range holds it (ipamctl tor add) or name the right one",
                 names()
@@ -140,7 +148,7 @@ mod tests {
     use crate::core::validate;
     use proptest::prelude::*;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -149,10 +157,10 @@ mod tests {
         let tor = validate::tor("r1", "10.0.0.0/29", "10.0.0.3", 0, &[], "", &[]).unwrap();
         let mut carved = Carved::default();
         carved.ips.insert(ip("10.0.0.2"), "p".into());
-        let got = lowest_free(&tor, &carved, 3, 0);
+        let got = lowest_free(&tor, IpFamily::Ipv4, &carved, 3, 0);
         assert_eq!(got, [ip("10.0.0.1"), ip("10.0.0.4"), ip("10.0.0.5")]);
-        assert_eq!(free_count(&tor, &carved, 0), 4); // .1 .4 .5 .6
-        assert_eq!(lowest_free(&tor, &carved, 10, 0).len(), 4);
+        assert_eq!(free_count(&tor, IpFamily::Ipv4, &carved, 0), 4); // .1 .4 .5 .6
+        assert_eq!(lowest_free(&tor, IpFamily::Ipv4, &carved, 10, 0).len(), 4);
     }
 
     #[test]
@@ -164,15 +172,18 @@ mod tests {
         assert!(!carved.ips.contains_key(&ip("10.0.0.1")));
         assert_eq!(carved.cooling_until(ip("10.0.0.1"), 100), Some(700));
         // Not carved while cooling: .4 .5 .6 are free, .1 waits.
-        assert_eq!(free_count(&tor, &carved, 699), 3);
+        assert_eq!(free_count(&tor, IpFamily::Ipv4, &carved, 699), 3);
         assert_eq!(
-            lowest_free(&tor, &carved, 2, 699),
+            lowest_free(&tor, IpFamily::Ipv4, &carved, 2, 699),
             [ip("10.0.0.4"), ip("10.0.0.5")]
         );
         // From the end of the cool-down on, it is the lowest free again.
         assert_eq!(carved.cooling_until(ip("10.0.0.1"), 700), None);
-        assert_eq!(free_count(&tor, &carved, 700), 4);
-        assert_eq!(lowest_free(&tor, &carved, 1, 700), [ip("10.0.0.1")]);
+        assert_eq!(free_count(&tor, IpFamily::Ipv4, &carved, 700), 4);
+        assert_eq!(
+            lowest_free(&tor, IpFamily::Ipv4, &carved, 1, 700),
+            [ip("10.0.0.1")]
+        );
         // The next change forgets ended cool-downs; a take ends one.
         carved.give_back(&[ip("10.0.0.2")], 800, 1400);
         assert_eq!(carved.cooling.keys().collect::<Vec<_>>(), [&ip("10.0.0.2")]);
@@ -194,6 +205,7 @@ mod tests {
         let tors = [(t1, c1), (t2, Carved::default())];
         let got = explicit(
             &tors,
+            IpFamily::Ipv4,
             &[ip("10.2.0.7"), ip("10.0.0.11"), ip("10.0.0.10")],
             100,
         )
@@ -207,17 +219,23 @@ mod tests {
             ("10.0.0.12", "already in pool other"),
             ("10.0.0.13", "cools down for 400 s more"),
         ] {
-            let e = explicit(&tors, &[ip("10.0.0.10"), ip(bad)], 100).unwrap_err();
+            let e = explicit(&tors, IpFamily::Ipv4, &[ip("10.0.0.10"), ip(bad)], 100).unwrap_err();
             assert!(e.contains(bad) && e.contains(why), "{bad}: {e}");
             assert!(
                 !e.contains("10.0.0.10 "),
                 "only the refused IP is named: {e}"
             );
         }
-        let e = explicit(&tors, &[ip("10.0.0.10"), ip("10.0.0.10")], 100).unwrap_err();
+        let e = explicit(
+            &tors,
+            IpFamily::Ipv4,
+            &[ip("10.0.0.10"), ip("10.0.0.10")],
+            100,
+        )
+        .unwrap_err();
         assert!(e.contains("listed twice"), "{e}");
         // After its cool-down the IP may be taken.
-        assert!(explicit(&tors, &[ip("10.0.0.13")], 500).is_ok());
+        assert!(explicit(&tors, IpFamily::Ipv4, &[ip("10.0.0.13")], 500).is_ok());
     }
 
     proptest! {
@@ -231,14 +249,14 @@ mod tests {
         ) {
             let tor = validate::tor("r", "10.0.0.0/27", "10.0.0.30", 0, &[], "", &[]).unwrap();
             let mut carved = Carved::default();
-            let at = |n: u32| Ipv4Addr::from(0x0a00_0000 + n);
+            let at = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
             for (n, until) in &back {
                 carved.cooling.insert(at(*n), *until);
             }
-            let taken: Vec<Ipv4Addr> = taken.iter().map(|n| at(*n)).collect();
+            let taken: Vec<IpAddr> = taken.iter().map(|n| at(*n)).collect();
             carved.take("p", &taken, 0);
-            let free = lowest_free(&tor, &carved, 100, now);
-            prop_assert_eq!(free.len() as u32, free_count(&tor, &carved, now));
+            let free = lowest_free(&tor, IpFamily::Ipv4, &carved, 100, now);
+            prop_assert_eq!(free.len() as u32, free_count(&tor, IpFamily::Ipv4, &carved, now));
             for ip in free {
                 prop_assert!(!carved.ips.contains_key(&ip));
                 prop_assert!(carved.cooling_until(ip, now).is_none());

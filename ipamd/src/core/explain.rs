@@ -3,7 +3,7 @@
 //! passes what it read (the bound ToR, the alive nodes that could take the
 //! pod).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use moor_proto::cni_code;
 
@@ -24,7 +24,7 @@ impl Refused {
 }
 
 /// What a pod (or its runtime) is told about a quarantined IP.
-pub fn quarantine_message(ip: Ipv4Addr, mac: &str, pod: Option<&PodRef>) -> String {
+pub fn quarantine_message(ip: IpAddr, mac: &str, pod: Option<&PodRef>) -> String {
     let whose = pod.map_or(String::new(), |p| format!(" of pod {p}"));
     format!(
         "IP {ip}{whose} is quarantined: MAC {mac} answered for it on the network (moor's duplicate-address probe), so no pod gets it; find that host (`ip neigh | grep -i {mac}` on the gateway, or the switch's MAC table), then `ipamctl ip release {ip}`"

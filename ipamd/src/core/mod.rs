@@ -6,12 +6,15 @@
 pub mod allocate;
 pub mod carve;
 pub mod explain;
+pub mod family;
 pub mod model;
 pub mod pod;
 pub mod pool_change;
 pub mod schedule;
 pub mod spread;
+mod tor;
 pub mod validate;
+mod validate_tor;
 pub mod workload;
 
 pub use model::*;

@@ -3,102 +3,13 @@
 //! format: add fields with `#[serde(default)]`, never rename.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub use super::family::{Family, IpFamily, IpRange};
 use super::pool_change::PoolOp;
-
-/// An inclusive range of IPv4 addresses reserved for pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpRange {
-    pub first: Ipv4Addr,
-    pub last: Ipv4Addr,
-}
-
-impl IpRange {
-    /// Number of IPs in the range (never 0: first <= last is validated).
-    pub fn size(&self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.first <= ip && ip <= self.last
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> {
-        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from)
-    }
-}
-
-impl std::fmt::Display for IpRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
-    }
-}
-
-/// A ToR (top-of-rack switch) and its L2 domain: the subnet, the gateway, an
-/// optional VLAN and the parts of the subnet reserved for pods. An IP can move
-/// between nodes of one ToR, never out of it.
-///
-/// A ToR that carries several VLANs/subnets has one record per segment: the
-/// extra ones name the ToR in `segment_of`, and nodes of the ToR serve all of
-/// them. Pools name the segment they take IPs from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tor {
-    pub name: String,
-    pub subnet: Ipv4Network,
-    pub gateway: Ipv4Addr,
-    #[serde(default)]
-    pub vlan: Option<u16>,
-    /// Never empty once validated: "no ranges given" is stored as the whole
-    /// subnet minus network, broadcast and gateway, split around the gateway.
-    pub ranges: Vec<IpRange>,
-    /// The ToR this record is an extra segment of; None: it is a ToR (and
-    /// its first segment) itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub segment_of: Option<String>,
-}
-
-/// The segments a node of ToR `tor` serves, of `all`, by name: the ToR's
-/// own record and every record made with `--segment-of` it (a node
-/// configured with a segment's name serves that segment's ToR).
-pub fn segments_of<'a>(all: impl IntoIterator<Item = &'a Tor>, tor: &str) -> Vec<Tor> {
-    let all: Vec<&Tor> = all.into_iter().collect();
-    let switch = all
-        .iter()
-        .find(|t| t.name == tor)
-        .map_or(tor, |t| t.switch());
-    let mut out: Vec<Tor> = all
-        .iter()
-        .filter(|t| t.switch() == switch)
-        .map(|t| (*t).clone())
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-impl Tor {
-    /// The switch this segment is on: where its IPs may move between nodes.
-    pub fn switch(&self) -> &str {
-        self.segment_of.as_deref().unwrap_or(&self.name)
-    }
-
-    /// IPs in the pod ranges, the gateway excluded.
-    pub fn capacity(&self) -> u32 {
-        self.ranges.iter().map(IpRange::size).sum::<u32>()
-            - u32::from(self.ranges.iter().any(|r| r.contains(self.gateway)))
-    }
-
-    /// Every IP a pool may be given, in ascending order.
-    pub fn pod_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.ranges
-            .iter()
-            .flat_map(IpRange::iter)
-            .filter(move |ip| *ip != self.gateway)
-    }
-}
+pub use super::tor::{segments_of, Tor};
 
 /// Whether a pod keeps its IP after DEL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -147,7 +58,13 @@ pub struct Pool {
     /// a ToR was full).
     pub tors: Vec<String>,
     /// The pool's IPs per ToR, ascending. `size` is their total.
-    pub ips: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub ips: BTreeMap<String, Vec<IpAddr>>,
+    /// Which families its pods get. `ips` are IPv4 addresses for an IPv4
+    /// or dual-stack pool (a pod's IPv6 address is its IPv4 one's partner
+    /// on the segment, `Tor::partner`), IPv6 ones for an IPv6-only pool.
+    /// Written into every pool by the migration to schema 4.
+    #[serde(default)]
+    pub family: IpFamily,
     /// Other namespaces whose pods may name this pool by annotation
     /// (`moor.io/pool`); `*`: all. A pod of the pool's own namespace always
     /// may. (Added after schema version 1 without a migration: an absent
@@ -159,7 +76,7 @@ pub struct Pool {
     /// syncers push them before any pod uses them. Entries in the past mean
     /// nothing and are dropped by the pool's next change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub allocatable_after: BTreeMap<Ipv4Addr, u64>,
+    pub allocatable_after: BTreeMap<IpAddr, u64>,
     /// The workload the pool follows, when the controller made or adopted
     /// it from the workload's annotations; None: made by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,14 +117,14 @@ impl Pool {
         self.ips.values().map(|v| v.len() as u32).sum()
     }
 
-    pub fn tor_of(&self, ip: Ipv4Addr) -> Option<&str> {
+    pub fn tor_of(&self, ip: IpAddr) -> Option<&str> {
         self.ips
             .iter()
             .find(|(_, ips)| ips.binary_search(&ip).is_ok())
             .map(|(t, _)| t.as_str())
     }
 
-    pub fn all_ips(&self) -> Vec<Ipv4Addr> {
+    pub fn all_ips(&self) -> Vec<IpAddr> {
         let mut v: Vec<_> = self.ips.values().flatten().copied().collect();
         v.sort();
         v
@@ -215,7 +132,7 @@ impl Pool {
 
     /// Whether a pod may take `ip` at `now_unix` (its whitelist delay, if
     /// any, has passed).
-    pub fn allocatable(&self, ip: Ipv4Addr, now_unix: u64) -> bool {
+    pub fn allocatable(&self, ip: IpAddr, now_unix: u64) -> bool {
         self.allocatable_after
             .get(&ip)
             .is_none_or(|t| *t <= now_unix)
@@ -228,14 +145,14 @@ impl Pool {
 /// create/resize/delete, so allocation never contends on it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carved {
-    pub ips: BTreeMap<Ipv4Addr, String>,
+    pub ips: BTreeMap<IpAddr, String>,
     /// IPs a shrunk or deleted pool gave back, and when (unix seconds) any
     /// pool may carve them again: a database that still trusts such an IP
     /// must not see another app's pod on it before its whitelist is
     /// updated (`--ip-cooldown-seconds`). Entries in the past mean nothing
     /// and are dropped by the record's next change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub cooling: BTreeMap<Ipv4Addr, u64>,
+    pub cooling: BTreeMap<IpAddr, u64>,
 }
 
 /// A pod as kubelet names it.
@@ -301,7 +218,11 @@ pub struct Attachment {
 /// record at all; the record exists while the IP is bound, attached or both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
+    /// A dual-stack pod's IPv6 address (the partner of `ip` on its
+    /// segment), set by the ADD that attaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     pub pool: String,
     pub tor: String,
     /// The pod this IP is kept for (sticky).
@@ -361,7 +282,7 @@ impl IpState {
 pub struct Binding {
     pub pod: PodRef,
     pub pool: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub tor: String,
 }
 
@@ -369,7 +290,7 @@ pub struct Binding {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentRef {
     pub pool: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// How many of a pool's IPs on one ToR segment are free: worked out from
@@ -397,7 +318,7 @@ pub struct PoolCounts {
 /// the pool no longer holds count nowhere.
 pub fn free_counts(
     pool: &Pool,
-    leased: impl IntoIterator<Item = Ipv4Addr>,
+    leased: impl IntoIterator<Item = IpAddr>,
 ) -> BTreeMap<String, FreeCount> {
     let mut out: BTreeMap<String, FreeCount> = pool
         .ips

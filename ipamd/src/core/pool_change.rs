@@ -4,7 +4,7 @@
 //! rest of `model.rs`: add fields with `#[serde(default)]`, never rename.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,13 +35,13 @@ pub enum PoolStep {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         todo: BTreeMap<String, u32>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        explicit: BTreeMap<String, Vec<Ipv4Addr>>,
+        explicit: BTreeMap<String, Vec<IpAddr>>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        carved: BTreeMap<String, Vec<Ipv4Addr>>,
+        carved: BTreeMap<String, Vec<IpAddr>>,
         /// Pods that keep an IP from the start (`pool create --bind`), not
         /// bound yet.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        bind: Vec<(PodRef, Ipv4Addr)>,
+        bind: Vec<(PodRef, IpAddr)>,
         /// The new IPs are allocatable from then on (0: at once).
         #[serde(default)]
         allocatable_after: u64,
@@ -49,7 +49,7 @@ pub enum PoolStep {
     /// Shrink (or undo a grow): give `ips` back to their ToR segments,
     /// cooling down until `cooling_until`. No pod gets them meanwhile.
     GivingBack {
-        ips: BTreeMap<String, Vec<Ipv4Addr>>,
+        ips: BTreeMap<String, Vec<IpAddr>>,
         cooling_until: u64,
     },
     /// Schema 2's last step, publishing free counts (schema 3 keeps none):
@@ -80,7 +80,7 @@ impl PoolStep {
 /// A pool's IPs on one ToR segment (`carved/<tor>/<pool>`), ascending.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarvedShare {
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
 }
 
 /// IPs of a ToR segment that pools gave back and when (unix seconds) any
@@ -88,13 +88,13 @@ pub struct CarvedShare {
 /// are dropped by the next write under the segment's prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cooling {
-    pub until: BTreeMap<Ipv4Addr, u64>,
+    pub until: BTreeMap<IpAddr, u64>,
 }
 
 impl Pool {
     /// Whether `ip` is on its way out of the pool (a shrink in progress):
     /// no pod may take it.
-    pub fn leaving(&self, ip: Ipv4Addr) -> bool {
+    pub fn leaving(&self, ip: IpAddr) -> bool {
         matches!(&self.op, Some(PoolOp { step: PoolStep::GivingBack { ips, .. }, .. })
             if ips.values().any(|v| v.contains(&ip)))
     }

@@ -106,7 +106,7 @@ pub fn tors_for(input: &ScheduleInput) -> Option<TorChoice> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
     use proptest::prelude::*;
 
@@ -116,11 +116,14 @@ mod tests {
     fn tor(name: &str, segment_of: Option<&str>) -> Tor {
         Tor {
             name: name.into(),
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            first: crate::core::Family {
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                gateway: IpAddr::from([10, 0, 0, 1]),
+                ranges: Vec::new(),
+            },
             vlan: None,
-            ranges: Vec::new(),
             segment_of: segment_of.map(str::to_string),
+            ipv6: None,
         }
     }
 
@@ -132,7 +135,7 @@ mod tests {
                 let v = (0..*n)
                     .map(|_| {
                         next += 1;
-                        Ipv4Addr::new(10, 0, 0, next)
+                        IpAddr::from([10, 0, 0, next])
                     })
                     .collect();
                 (s.to_string(), v)
@@ -145,6 +148,7 @@ mod tests {
             policy: Policy::Auto,
             tors: Vec::new(),
             ips,
+            family: Default::default(),
             allow_namespaces: Vec::new(),
             allocatable_after: Default::default(),
             owner: None,
@@ -167,7 +171,7 @@ mod tests {
                 uid: String::new(),
             },
             pool: pool.into(),
-            ip: Ipv4Addr::new(10, 0, 0, 11),
+            ip: IpAddr::from([10, 0, 0, 11]),
             tor: segment.into(),
         }
     }

@@ -2,7 +2,7 @@
 //! proportion to its free container IPs, so busy racks are not drained first.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Splits `n` IPs over ToRs in proportion to their free IPs (largest-remainder
 /// rounding, ties to the name that sorts first). No ToR gets more than it has
@@ -37,15 +37,15 @@ pub fn by_free(n: u32, free: &BTreeMap<String, u32>) -> Result<BTreeMap<String, 
 /// always from the ToR that has the most IPs left (so the spread holds), the
 /// highest IP first. Errors with the number that could be dropped.
 pub fn shrink(
-    ips: &BTreeMap<String, Vec<Ipv4Addr>>,
-    busy: &dyn Fn(Ipv4Addr) -> bool,
+    ips: &BTreeMap<String, Vec<IpAddr>>,
+    busy: &dyn Fn(IpAddr) -> bool,
     k: u32,
-) -> Result<Vec<Ipv4Addr>, u32> {
+) -> Result<Vec<IpAddr>, u32> {
     let mut left: BTreeMap<&str, u32> = ips
         .iter()
         .map(|(t, v)| (t.as_str(), v.len() as u32))
         .collect();
-    let mut droppable: BTreeMap<&str, Vec<Ipv4Addr>> = ips
+    let mut droppable: BTreeMap<&str, Vec<IpAddr>> = ips
         .iter()
         .map(|(t, v)| {
             (
@@ -98,13 +98,13 @@ mod tests {
 
     #[test]
     fn shrink_keeps_the_spread_and_spares_busy_ips() {
-        let ip = |n: u32| Ipv4Addr::from(0x0a00_0000 + n);
-        let ips: BTreeMap<String, Vec<Ipv4Addr>> = [
+        let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        let ips: BTreeMap<String, Vec<IpAddr>> = [
             ("a".to_string(), (1..=6).map(ip).collect()),
             ("b".to_string(), (11..=12).map(ip).collect()),
         ]
         .into();
-        let busy = |x: Ipv4Addr| x == ip(6);
+        let busy = |x: IpAddr| x == ip(6);
         let drop = shrink(&ips, &busy, 4).unwrap();
         // a goes 6 -> 2 to meet b at 2; the busy .6 stays.
         assert_eq!(drop, vec![ip(5), ip(4), ip(3), ip(2)]);
@@ -136,11 +136,13 @@ mod tests {
             let mut ips = BTreeMap::new();
             let mut next = 1u32;
             for (i, s) in sizes.iter().enumerate() {
-                let v: Vec<Ipv4Addr> = (next..next + s).map(Ipv4Addr::from).collect();
+                let v: Vec<IpAddr> = (next..next + s)
+                    .map(|n| IpAddr::from(std::net::Ipv4Addr::from(n)))
+                    .collect();
                 next += s;
                 ips.insert(format!("t{i}"), v);
             }
-            let busy = |x: Ipv4Addr| u32::from(x) % busy_mod == 0;
+            let busy = |x: IpAddr| crate::core::family::num(x) % u128::from(busy_mod) == 0;
             if let Ok(drop) = shrink(&ips, &busy, k) {
                 prop_assert_eq!(drop.len() as u32, k);
                 prop_assert!(drop.iter().all(|x| !busy(*x)));

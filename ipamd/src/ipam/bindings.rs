@@ -4,7 +4,7 @@
 //! by hand). The pod's first ADD then finds its binding and takes that IP,
 //! on any node of the IP's ToR.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{Binding, Lease, PodRef, Pool};
 use crate::error::{Error, Result};
@@ -16,7 +16,7 @@ use super::Ipam;
 impl Ipam {
     /// Binds `ip` (free, in a pool the pod's namespace may use) to `pod`.
     /// Binding a pod to the IP it already keeps changes nothing.
-    pub async fn bind(&self, pod: &PodRef, ip: Ipv4Addr) -> Result<Binding> {
+    pub async fn bind(&self, pod: &PodRef, ip: IpAddr) -> Result<Binding> {
         moor_proto::fields::namespace("pod namespace", &pod.namespace)
             .and_then(|_| moor_proto::fields::pod_name("pod name", &pod.name))
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -75,6 +75,7 @@ impl Ipam {
                 )));
             }
             let lease = Lease {
+                ipv6: None,
                 ip,
                 pool: name.to_string(),
                 tor: tor.clone(),
@@ -95,7 +96,7 @@ impl Ipam {
     }
 }
 
-fn refuse_other_namespace(pool: &Pool, pod: &PodRef, ip: Ipv4Addr) -> Result<()> {
+fn refuse_other_namespace(pool: &Pool, pod: &PodRef, ip: IpAddr) -> Result<()> {
     if pool.allows(&pod.namespace) {
         return Ok(());
     }

@@ -8,9 +8,9 @@
 //! whitelist delay (`Pool::allocatable_after`).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::core::{carve, spread, Carved, CarvedShare, Cooling, Pool, Tor};
+use crate::core::{carve, spread, Carved, CarvedShare, Cooling, IpFamily, Pool, Tor};
 use crate::error::{Error, Result};
 use crate::store::{decode, keys, Entry, StoreExt, Txn};
 
@@ -46,12 +46,12 @@ pub(super) struct Clocked {
 
 impl TorState {
     /// The IPs pool `pool` has here.
-    pub fn share(&self, pool: &str) -> &[Ipv4Addr] {
+    pub fn share(&self, pool: &str) -> &[IpAddr] {
         self.shares.get(pool).map_or(&[], |(s, _)| &s.ips)
     }
 
     /// Adds to `txn`: `pool` takes `ips` here too.
-    pub fn take(&self, pool: &str, ips: &[Ipv4Addr], now: u64, txn: &mut Txn) {
+    pub fn take(&self, pool: &str, ips: &[IpAddr], now: u64, txn: &mut Txn) {
         let mut mine = self.share(pool).to_vec();
         mine.extend(ips);
         mine.sort();
@@ -65,8 +65,8 @@ impl TorState {
 
     /// Adds to `txn`: `pool` gives `ips` back here, cooling until `until`
     /// (not at all when that is not after `now`).
-    pub fn give_back(&self, pool: &str, ips: &[Ipv4Addr], now: u64, until: u64, txn: &mut Txn) {
-        let mine: Vec<Ipv4Addr> = self
+    pub fn give_back(&self, pool: &str, ips: &[IpAddr], now: u64, until: u64, txn: &mut Txn) {
+        let mine: Vec<IpAddr> = self
             .share(pool)
             .iter()
             .copied()
@@ -82,19 +82,13 @@ impl TorState {
     }
 
     /// The cooling entries still running at `now`.
-    fn cooling_now(&self, now: u64) -> BTreeMap<Ipv4Addr, u64> {
+    fn cooling_now(&self, now: u64) -> BTreeMap<IpAddr, u64> {
         let mut c = self.carved.cooling.clone();
         c.retain(|_, t| *t > now);
         c
     }
 
-    fn write(
-        &self,
-        pool: &str,
-        mine: Vec<Ipv4Addr>,
-        cooling: BTreeMap<Ipv4Addr, u64>,
-        txn: &mut Txn,
-    ) {
+    fn write(&self, pool: &str, mine: Vec<IpAddr>, cooling: BTreeMap<IpAddr, u64>, txn: &mut Txn) {
         let name = &self.tor.name;
         txn.expect_prefix_unchanged(&keys::carved_prefix(name), self.rev);
         let key = keys::carved(name, pool);
@@ -249,6 +243,7 @@ impl Ipam {
 /// by each segment's carvable IPs (only those with a share > 0).
 pub(super) fn plan_counts(
     pool: &str,
+    family: IpFamily,
     tors: &[TorState],
     n: u32,
     at: Clocked,
@@ -258,7 +253,7 @@ pub(super) fn plan_counts(
         .map(|t| {
             (
                 t.tor.name.clone(),
-                carve::free_count(&t.tor, &t.carved, at.now),
+                carve::free_count(&t.tor, family, &t.carved, at.now),
             )
         })
         .collect();
@@ -276,20 +271,69 @@ pub(super) fn plan_counts(
 /// (in a pod range, in no pool, not cooling down).
 pub(super) fn plan_explicit(
     pool: &str,
+    family: IpFamily,
     tors: &[TorState],
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     now: u64,
-) -> Result<BTreeMap<String, Vec<Ipv4Addr>>> {
+) -> Result<BTreeMap<String, Vec<IpAddr>>> {
     let plain: Vec<(Tor, Carved)> = tors
         .iter()
         .map(|t| (t.tor.clone(), t.carved.clone()))
         .collect();
-    carve::explicit(&plain, ips, now).map_err(|why| {
+    carve::explicit(&plain, family, ips, now).map_err(|why| {
         Error::Invalid(format!(
             "pool {pool}: {}; nothing was created",
             why.replace('\n', "; ")
         ))
     })
+}
+
+/// The family of a new pool over `tors`: `asked`, which every segment
+/// named must have (segments picked by default that lack it are left
+/// out), or else every family all the segments have.
+pub(super) fn choose_family(
+    pool: &str,
+    asked: Option<IpFamily>,
+    tors: &mut Vec<TorState>,
+    named: bool,
+) -> Result<IpFamily> {
+    let describe = |t: &Tor| {
+        let fams: Vec<&str> = [(IpFamily::Ipv4, "IPv4"), (IpFamily::Ipv6, "IPv6")]
+            .iter()
+            .filter(|(f, _)| t.offers(*f))
+            .map(|(_, n)| *n)
+            .collect();
+        format!("{} ({})", t.name, fams.join(" and "))
+    };
+    if let Some(f) = asked {
+        if named {
+            if let Some(t) = tors.iter().find(|t| !t.tor.offers(f)) {
+                return Err(Error::Invalid(format!(
+                    "pool {pool}: family {f} needs {} on every ToR, but ToR {} has no {}: add that subnet to the ToR (ipamctl tor add ... --subnet), name other ToRs, or pick another --family",
+                    if f == IpFamily::Dual { "an IPv4 and an IPv6 subnet" } else { "that family" },
+                    describe(&t.tor),
+                    if t.tor.v4().is_none() { "IPv4 subnet" } else { "IPv6 subnet" },
+                )));
+            }
+        } else {
+            tors.retain(|t| t.tor.offers(f));
+            if tors.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "pool {pool}: no ToR offers family {f}: add a ToR with such subnets (ipamctl tor add ... --subnet) or pick another --family"
+                )));
+            }
+        }
+        return Ok(f);
+    }
+    for f in [IpFamily::Dual, IpFamily::Ipv4, IpFamily::Ipv6] {
+        if tors.iter().all(|t| t.tor.offers(f)) {
+            return Ok(f);
+        }
+    }
+    Err(Error::Invalid(format!(
+        "pool {pool}: ToRs {} have no address family in common: name ToRs of one family (--tor) or pick a --family",
+        tors.iter().map(|t| describe(&t.tor)).collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// Forgets whitelist delays that ended by `now`.

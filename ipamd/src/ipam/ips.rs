@@ -2,9 +2,9 @@
 //! back: `ip release` (drop the binding now) and `ip evict` (drop it with the
 //! holder's DEL). The listings of every IP and binding are in `listing`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::core::{Attachment, Binding, Lease, Tor};
+use crate::core::{Attachment, Binding, IpFamily, Lease, Pool, Tor};
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, StoreExt, Txn};
@@ -12,22 +12,50 @@ use crate::store::{keys, StoreExt, Txn};
 use super::{IpView, Ipam};
 
 impl Ipam {
-    pub async fn ip(&self, ip: Ipv4Addr) -> Result<IpView> {
+    /// The IP `asked` (either address of a dual-stack pod) and its use.
+    pub async fn ip(&self, asked: IpAddr) -> Result<IpView> {
         let not_found = || {
             Error::NotFound(format!(
-                "{ip} is in no pool (ipamctl ip list shows the IPs of every pool)"
+                "{asked} is in no pool (ipamctl ip list shows the IPs of every pool)"
             ))
         };
+        let ip = asked;
         // Only the ToR records, then one list of the segment's carved
         // records (`tors()` would read every segment's).
         let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
         let tor = tors
             .iter()
             .map(|(t, _)| t)
-            .find(|t| t.subnet.contains(ip))
+            .find(|t| t.family_of(ip).is_some())
             .ok_or_else(not_found)?;
         let carved = self.carved(&tor.name).await?;
-        let pool = carved.ips.get(&ip).ok_or_else(not_found)?;
+        // An IPv6 address of a dual-stack pod is known by its IPv4 partner.
+        let (ip, pool) = match carved.ips.get(&ip) {
+            Some(pool) => (ip, pool),
+            None => {
+                let v4 = tor.partner_of(ip).ok_or_else(not_found)?;
+                (v4, carved.ips.get(&v4).ok_or_else(not_found)?)
+            }
+        };
+        let family = self
+            .store
+            .get_json::<Pool>(&keys::pool(pool))
+            .await?
+            .map(|(p, _)| p.family);
+        let ipv6 = match family {
+            Some(IpFamily::Dual) => tor.partner(ip),
+            _ => None,
+        };
+        if asked != ip
+            && ipv6
+                != Some(asked).and_then(|a| match a {
+                    IpAddr::V6(a) => Some(a),
+                    IpAddr::V4(_) => None,
+                })
+        {
+            // The partner of an IPv4 address whose pool is not dual stack.
+            return Err(not_found());
+        }
         let lease = self
             .store
             .get_json::<Lease>(&keys::lease(pool, ip))
@@ -35,6 +63,7 @@ impl Ipam {
             .map(|(l, _)| l);
         Ok(IpView {
             ip,
+            ipv6,
             pool: pool.clone(),
             tor: tor.name.clone(),
             lease,
@@ -43,7 +72,7 @@ impl Ipam {
 
     /// Drops the binding on an IP. A live attachment keeps the IP until its
     /// DEL; then it goes back to the pool.
-    pub async fn release_ip(&self, ip: Ipv4Addr) -> Result<(IpView, bool)> {
+    pub async fn release_ip(&self, ip: IpAddr) -> Result<(IpView, bool)> {
         let (view, dropped, _) = self.drop_binding(ip, false).await?;
         Ok((view, dropped))
     }
@@ -58,7 +87,7 @@ impl Ipam {
     /// `ip evict` without force: a bound IP no pod holds is released now; a
     /// held one is marked so its binding goes with the holder's DEL. Returns
     /// the IP after the change, whether it was released, and the holder.
-    pub async fn mark_evict(&self, ip: Ipv4Addr) -> Result<(IpView, bool, Option<Attachment>)> {
+    pub async fn mark_evict(&self, ip: IpAddr) -> Result<(IpView, bool, Option<Attachment>)> {
         self.drop_binding(ip, true).await
     }
 
@@ -68,10 +97,11 @@ impl Ipam {
     /// binding was dropped now, and the holder.
     async fn drop_binding(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         at_del: bool,
     ) -> Result<(IpView, bool, Option<Attachment>)> {
         let view = self.ip(ip).await?;
+        let ip = view.ip;
         let _turn = self.pool_turn(&view.pool).await;
         let key = keys::lease(&view.pool, ip);
         let what = if at_del { "ip evict" } else { "ip release" };

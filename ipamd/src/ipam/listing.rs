@@ -9,13 +9,13 @@
 //! listing fails with a message saying to run it again (it cannot start over
 //! by itself: the first part is already on its way to the caller).
 
-use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
-use crate::core::{Binding, Lease, Pool};
+use crate::core::{Binding, IpFamily, Lease, Pool, Tor};
 use crate::error::{Error, Result};
 use crate::store::{decode, keys, Entry, Store, StoreError, StoreExt};
 
@@ -93,16 +93,30 @@ async fn leases_at(store: &Arc<dyn Store>, pool: &str, at: Option<u64>) -> Resul
     Ok(out)
 }
 
+async fn partners(store: &Arc<dyn Store>, p: &Pool) -> Result<BTreeMap<IpAddr, Ipv6Addr>> {
+    let mut out = BTreeMap::new();
+    if p.family != IpFamily::Dual {
+        return Ok(out);
+    }
+    for (seg, ips) in &p.ips {
+        let Some((tor, _)) = store.get_json::<Tor>(&keys::tor(seg)).await? else {
+            continue;
+        };
+        out.extend(ips.iter().filter_map(|ip| Some((*ip, tor.partner(*ip)?))));
+    }
+    Ok(out)
+}
+
 /// The IPs of one pool in address order, each with its lease.
-fn views(p: &Pool, leases: Vec<Lease>) -> Vec<IpView> {
-    let mut leases: std::collections::BTreeMap<Ipv4Addr, Lease> =
-        leases.into_iter().map(|l| (l.ip, l)).collect();
+fn views(p: &Pool, leases: Vec<Lease>, partners: &BTreeMap<IpAddr, Ipv6Addr>) -> Vec<IpView> {
+    let mut leases: BTreeMap<IpAddr, Lease> = leases.into_iter().map(|l| (l.ip, l)).collect();
     let mut out: Vec<IpView> = p
         .ips
         .iter()
         .flat_map(|(tor, ips)| ips.iter().map(move |ip| (tor, *ip)))
         .map(|(tor, ip)| IpView {
             ip,
+            ipv6: partners.get(&ip).copied(),
             pool: p.name.clone(),
             tor: tor.clone(),
             lease: leases.remove(&ip),
@@ -113,6 +127,12 @@ fn views(p: &Pool, leases: Vec<Lease>) -> Vec<IpView> {
 }
 
 impl Ipam {
+    /// The IPv6 partner of each IP of a dual-stack pool (empty for a pool
+    /// of one family): its segments' records read once.
+    pub async fn partners(&self, p: &Pool) -> Result<BTreeMap<IpAddr, Ipv6Addr>> {
+        partners(&self.store, p).await
+    }
+
     /// Every pool in name order with its leases, one pool at a time.
     pub fn pool_walk(&self) -> Items<(Pool, Vec<Lease>)> {
         let walk = Walk::new(self.store.clone(), keys::POOLS);
@@ -138,8 +158,17 @@ impl Ipam {
             }
             None => self.pool_walk(),
         };
+        let store = self.store.clone();
         Ok(pools
-            .map_ok(|(p, leases)| stream::iter(views(&p, leases).into_iter().map(Ok)))
+            .and_then(move |(p, leases)| {
+                let store = store.clone();
+                async move {
+                    let partners = partners(&store, &p).await?;
+                    Ok(stream::iter(
+                        views(&p, leases, &partners).into_iter().map(Ok),
+                    ))
+                }
+            })
             .try_flatten()
             .boxed())
     }

@@ -49,11 +49,11 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::core::{
-    Attachment, AttachmentKey, Lease, OwnerKind, PodFacts, PodRef, Policy, PoolOwner, Tor,
+    Attachment, AttachmentKey, IpFamily, Lease, OwnerKind, PodFacts, PodRef, Policy, PoolOwner, Tor,
 };
 use crate::store::Store;
 
@@ -97,7 +97,7 @@ pub struct PoolSpec {
     pub allow_namespaces: Vec<String>,
     /// Bring your own: exactly these IPs, instead of `size` carved ones
     /// (`size` is then 0 or their number).
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     /// Pods may take the new IPs only this many seconds after they are
     /// carved (whitelist syncers push them first).
     pub delay_secs: u64,
@@ -107,6 +107,8 @@ pub struct PoolSpec {
     /// ordinals: db-0 the first IP), bound in the creating transaction so
     /// no pod can take another's IP in between.
     pub bind: Vec<PodRef>,
+    /// Which families its pods get; None: every family all its ToRs have.
+    pub family: Option<IpFamily>,
 }
 
 /// Where a pod's pool may come from, in the order they are tried. Without
@@ -244,7 +246,7 @@ impl Allocation {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub pool: String,
     pub binding_kept: bool,
     pub attachment: Attachment,
@@ -253,7 +255,9 @@ pub struct Released {
 /// An IP of a pool as `ipamctl ip` shows it.
 #[derive(Debug, Clone)]
 pub struct IpView {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
+    /// A dual-stack pool's IPv6 partner of `ip`.
+    pub ipv6: Option<std::net::Ipv6Addr>,
     pub pool: String,
     pub tor: String,
     pub lease: Option<Lease>,

@@ -7,12 +7,12 @@
 //! returns is rolled back by the node (`node::inflight`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::core::allocate::{self, AddDecision, AddInput, Refusal};
 use crate::core::{
-    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, Lease, Pool, Tor,
+    Attachment, AttachmentKey, AttachmentRef, AttachmentState, Binding, IpFamily, Lease, Pool, Tor,
 };
 use crate::error::{Error, Result};
 use crate::store::{keys, Entry, Txn};
@@ -59,9 +59,9 @@ pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKe
 pub(super) struct Planner {
     pool: Pool,
     /// The pool's leases as decided so far.
-    leases: BTreeMap<Ipv4Addr, Arc<Lease>>,
+    leases: BTreeMap<IpAddr, Arc<Lease>>,
     /// The leases' versions as read (what the commit checks).
-    versions: BTreeMap<Ipv4Addr, u64>,
+    versions: BTreeMap<IpAddr, u64>,
     /// Bindings made by ADDs earlier in this batch.
     made: HashMap<PodKey, Binding>,
     keys: HashSet<AttachmentKey>,
@@ -144,6 +144,15 @@ impl Planner {
         };
         let lease = Lease {
             ip,
+            ipv6: match pool.family {
+                IpFamily::Dual => Some(tor.partner(ip).ok_or_else(|| {
+                    Error::internal(format!(
+                        "IP {ip} of dual-stack pool {} has no IPv6 partner on segment {}",
+                        pool.name, tor.name
+                    ))
+                })?),
+                _ => None,
+            },
             pool: pool.name.clone(),
             tor: seg.clone(),
             binding: if new_binding {

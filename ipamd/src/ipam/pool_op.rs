@@ -13,12 +13,12 @@
 //! cool-down (no pod ever had it). Shrink and delete only go forward.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::core::{carve, AttachmentRef, Binding, Lease, Pool, PoolOp, PoolStep, Tor};
+use crate::core::{carve, AttachmentRef, Binding, Family, Lease, Pool, PoolOp, PoolStep, Tor};
 use crate::error::{Error, Result};
 use crate::store::retry::{Contended, MAX_ATTEMPTS};
 use crate::store::{keys, Entry, StoreExt, Txn};
@@ -157,7 +157,7 @@ impl Ipam {
                 };
                 let st = self.tor_state(tor).await?;
                 let ips = if let Some(n) = todo.get(&name) {
-                    let ips = carve::lowest_free(&st.tor, &st.carved, *n, now);
+                    let ips = carve::lowest_free(&st.tor, pool.family, &st.carved, *n, now);
                     if ips.len() < *n as usize {
                         return Ok(Step::Fail(format!(
                             "pool {}: ToR {name} no longer has {n} free IPs (another pool took them meanwhile); nothing was changed, run the command again",
@@ -168,7 +168,7 @@ impl Ipam {
                 } else {
                     let want = &explicit[&name];
                     let plain = [(st.tor.clone(), st.carved.clone())];
-                    if let Err(why) = carve::explicit(&plain, want, now) {
+                    if let Err(why) = carve::explicit(&plain, pool.family, want, now) {
                         return Ok(Step::Fail(format!(
                             "pool {}: {}; nothing was created",
                             pool.name,
@@ -209,6 +209,7 @@ impl Ipam {
                 };
                 let lease = Lease {
                     ip,
+                    ipv6: None,
                     pool: pool.name.clone(),
                     tor: tor.clone(),
                     binding: Some(pod.clone()),
@@ -263,7 +264,7 @@ impl Ipam {
         pool: &Pool,
         entry: &Entry,
         op: &PoolOp,
-        ips: &BTreeMap<String, Vec<Ipv4Addr>>,
+        ips: &BTreeMap<String, Vec<IpAddr>>,
         cooling_until: u64,
         now: u64,
     ) -> Result<Step> {
@@ -382,11 +383,14 @@ impl Ipam {
             Some(t) => t,
             None => Tor {
                 name: name.to_string(),
-                subnet: "0.0.0.0/32".parse().expect("a network"),
-                gateway: Ipv4Addr::UNSPECIFIED,
+                first: Family {
+                    subnet: "0.0.0.0/32".parse().expect("a network"),
+                    gateway: IpAddr::from([0, 0, 0, 0]),
+                    ranges: Vec::new(),
+                },
                 vlan: None,
-                ranges: Vec::new(),
                 segment_of: None,
+                ipv6: None,
             },
         };
         self.tor_state(tor).await
@@ -439,7 +443,7 @@ fn rewrite(mut txn: Txn, entry: &Entry, next: &Pool) -> Txn {
 }
 
 /// Takes `ips` of segment `tor` out of the pool record.
-fn drop_ips(pool: &mut Pool, tor: &str, ips: &[Ipv4Addr]) {
+fn drop_ips(pool: &mut Pool, tor: &str, ips: &[IpAddr]) {
     if let Some(list) = pool.ips.get_mut(tor) {
         list.retain(|ip| !ips.contains(ip));
         if list.is_empty() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{
     validate, Binding, Lease, PodRef, Pool, PoolOp, PoolOwner, PoolStep, DEFAULT_POOL_SIZE,
@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, Entry, StoreExt, Txn};
 
-use super::carving::{plan_counts, plan_explicit, Clocked};
+use super::carving::{choose_family, plan_counts, plan_explicit, Clocked};
 use super::pool_op::Finished;
 use super::{Ipam, PoolSpec};
 
@@ -64,11 +64,12 @@ impl Ipam {
                     spec.namespace, spec.app
                 )));
             }
-            let tors = if spec.ips.is_empty() {
+            let mut tors = if spec.ips.is_empty() {
                 self.pool_tors(&spec.tors).await?
             } else {
                 self.explicit_tors(&spec.tors).await?
             };
+            let family = choose_family(&spec.name, spec.family, &mut tors, !spec.tors.is_empty())?;
             let mut pool = Pool {
                 name: spec.name.clone(),
                 namespace: spec.namespace.clone(),
@@ -76,15 +77,19 @@ impl Ipam {
                 policy: spec.policy,
                 tors: tors.iter().map(|t| t.tor.name.clone()).collect(),
                 ips: BTreeMap::new(),
+                family,
                 allow_namespaces: spec.allow_namespaces.clone(),
                 allocatable_after: BTreeMap::new(),
                 owner: spec.owner.clone(),
                 op: None,
             };
             let (todo, explicit) = if spec.ips.is_empty() {
-                (plan_counts(&pool.name, &tors, size, at)?, BTreeMap::new())
+                (
+                    plan_counts(&pool.name, family, &tors, size, at)?,
+                    BTreeMap::new(),
+                )
             } else {
-                let by_tor = plan_explicit(&pool.name, &tors, &spec.ips, at.now)?;
+                let by_tor = plan_explicit(&pool.name, family, &tors, &spec.ips, at.now)?;
                 // The segments it has IPs on are the ones it grows on.
                 pool.tors = by_tor.keys().cloned().collect();
                 (BTreeMap::new(), by_tor)
@@ -128,7 +133,7 @@ impl Ipam {
 
     /// The pods of `spec.bind` with the IPs they keep (the i-th pod the
     /// i-th explicit IP), each checked to keep no IP yet.
-    async fn check_bind(&self, spec: &PoolSpec) -> Result<Vec<(PodRef, Ipv4Addr)>> {
+    async fn check_bind(&self, spec: &PoolSpec) -> Result<Vec<(PodRef, IpAddr)>> {
         if spec.bind.len() > spec.ips.len() {
             return Err(Error::Invalid(format!(
                 "pool {}: {} pods to bind but {} IPs",

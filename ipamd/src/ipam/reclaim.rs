@@ -3,7 +3,7 @@
 //! exactly as the decision saw it; an attachment on a dead node goes
 //! through `release` (the DEL path), which keeps its binding.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{Lease, PodRef};
 use crate::error::Result;
@@ -19,7 +19,7 @@ impl Ipam {
     /// took it, an operator released it): nothing was written.
     pub async fn release_unused_binding(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         pool: &str,
         pod: &PodRef,
     ) -> Result<bool> {

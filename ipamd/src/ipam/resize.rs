@@ -4,7 +4,7 @@
 //! them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{spread, validate, Lease, Pool, PoolOp, PoolStep};
 use crate::error::{Error, Result};
@@ -31,9 +31,9 @@ pub struct Resize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resized {
     pub pool: Pool,
-    pub added: Vec<Ipv4Addr>,
+    pub added: Vec<IpAddr>,
     /// Given back to their ToRs (cooling down).
-    pub removed: Vec<Ipv4Addr>,
+    pub removed: Vec<IpAddr>,
 }
 
 impl Ipam {
@@ -73,7 +73,7 @@ impl Ipam {
                 prune_delays(&mut pool, at.now);
                 PoolStep::Carving {
                     creating: false,
-                    todo: plan_counts(name, &tors, size - current, at)?,
+                    todo: plan_counts(name, pool.family, &tors, size - current, at)?,
                     explicit: BTreeMap::new(),
                     carved: BTreeMap::new(),
                     bind: Vec::new(),
@@ -85,7 +85,7 @@ impl Ipam {
                 }
             } else if size < current {
                 let (leases, rev) = self.store.list_json::<Lease>(&keys::leases(name)).await?;
-                let busy: HashSet<Ipv4Addr> = leases.iter().map(|(l, _)| l.ip).collect();
+                let busy: HashSet<IpAddr> = leases.iter().map(|(l, _)| l.ip).collect();
                 let is_busy = |ip| busy.contains(&ip);
                 let drop = match spread::shrink(&pool.ips, &is_busy, current - size) {
                     Ok(d) => d,
@@ -100,7 +100,7 @@ impl Ipam {
                     ))),
                 };
                 prune_delays(&mut pool, at.now);
-                let mut by_tor: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+                let mut by_tor: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
                 for ip in drop {
                     let tor = pool.tor_of(ip).expect("IPs of the pool").to_string();
                     by_tor.entry(tor).or_default().push(ip);
@@ -144,7 +144,7 @@ impl Ipam {
                 )))
             }
         };
-        let (old, new): (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>) = (
+        let (old, new): (BTreeSet<IpAddr>, BTreeSet<IpAddr>) = (
             before.all_ips().into_iter().collect(),
             pool.all_ips().into_iter().collect(),
         );

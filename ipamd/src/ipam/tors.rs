@@ -10,6 +10,8 @@ use crate::store::{decode, keys, StoreExt, Txn};
 use super::Ipam;
 
 impl Ipam {
+    /// A single-family segment: [`Self::add_tor_families`] with one
+    /// subnet.
     pub async fn add_tor(
         &self,
         name: &str,
@@ -19,10 +21,24 @@ impl Ipam {
         ranges: &[(String, String)],
         segment_of: &str,
     ) -> Result<Tor> {
+        let nets = [(subnet.to_string(), gateway.to_string())];
+        self.add_tor_families(name, &nets, vlan, ranges, segment_of)
+            .await
+    }
+
+    /// Defines a ToR segment with its (subnet, gateway) per family.
+    pub async fn add_tor_families(
+        &self,
+        name: &str,
+        nets: &[(String, String)],
+        vlan: u32,
+        ranges: &[(String, String)],
+        segment_of: &str,
+    ) -> Result<Tor> {
         cas(self.store.as_ref(), "tor add", || async move {
             let (tors, rev) = self.store.list_json::<Tor>(keys::TORS).await?;
             let existing: Vec<Tor> = tors.into_iter().map(|(t, _)| t).collect();
-            let tor = validate::tor(name, subnet, gateway, vlan, ranges, segment_of, &existing)
+            let tor = validate::tor_families(name, nets, vlan, ranges, segment_of, &existing)
                 .map_err(Error::Invalid)?;
             let mut txn = Txn::default();
             // No ToR appeared meanwhile (its subnet could overlap ours).

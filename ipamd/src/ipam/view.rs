@@ -176,11 +176,7 @@ impl View {
 
     /// The lease of `ip` in `pool` (None inside: no lease), if the view
     /// follows the pool live.
-    pub(super) fn lease(
-        &self,
-        pool: &str,
-        ip: std::net::Ipv4Addr,
-    ) -> Option<Option<(Lease, Entry)>> {
+    pub(super) fn lease(&self, pool: &str, ip: std::net::IpAddr) -> Option<Option<(Lease, Entry)>> {
         let s = self.shared.state.lock().unwrap();
         let leases = s.caches.get(&keys::leases(pool)).filter(|c| c.live)?;
         Some(

@@ -3,7 +3,7 @@
 //! store's history cannot be replayed, so no change is ever missed.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +37,9 @@ impl Ipam {
 /// One change of a pool's IP set, as `WatchPool` streams it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolChange {
-    Snapshot { ips: Vec<Ipv4Addr>, revision: u64 },
-    Add { ips: Vec<Ipv4Addr>, revision: u64 },
-    Remove { ips: Vec<Ipv4Addr>, revision: u64 },
+    Snapshot { ips: Vec<IpAddr>, revision: u64 },
+    Add { ips: Vec<IpAddr>, revision: u64 },
+    Remove { ips: Vec<IpAddr>, revision: u64 },
     Deleted { revision: u64 },
 }
 
@@ -106,7 +106,7 @@ async fn feed_pool_changes(
         };
         first = false;
         failures = 0;
-        let mut have: BTreeSet<Ipv4Addr> = pool.all_ips().into_iter().collect();
+        let mut have: BTreeSet<IpAddr> = pool.all_ips().into_iter().collect();
         let snap = PoolChange::Snapshot {
             ips: have.iter().copied().collect(),
             revision: rev,
@@ -141,9 +141,9 @@ async fn feed_pool_changes(
             let Ok(pool) = serde_json::from_slice::<Pool>(&value) else {
                 continue 'snapshot;
             };
-            let now: BTreeSet<Ipv4Addr> = pool.all_ips().into_iter().collect();
-            let removed: Vec<Ipv4Addr> = have.difference(&now).copied().collect();
-            let added: Vec<Ipv4Addr> = now.difference(&have).copied().collect();
+            let now: BTreeSet<IpAddr> = pool.all_ips().into_iter().collect();
+            let removed: Vec<IpAddr> = have.difference(&now).copied().collect();
+            let added: Vec<IpAddr> = now.difference(&have).copied().collect();
             have = now;
             for change in [
                 (!removed.is_empty()).then_some(PoolChange::Remove {

@@ -5,7 +5,7 @@
 //! never patches the workload itself (GitOps tools own it).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
@@ -38,7 +38,7 @@ pub struct Owner {
 pub struct Whitelist {
     pub namespace: String,
     pub pool: String,
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     pub owner: Owner,
 }
 
@@ -49,7 +49,7 @@ pub fn name(pool: &str) -> String {
 }
 
 /// The `ips` value: sorted, one per line, a newline after the last.
-pub fn ips_text(ips: &[Ipv4Addr]) -> String {
+pub fn ips_text(ips: &[IpAddr]) -> String {
     let mut ips = ips.to_vec();
     ips.sort();
     ips.iter().map(|ip| format!("{ip}\n")).collect()

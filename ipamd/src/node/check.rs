@@ -1,7 +1,7 @@
 //! CNI CHECK: the attachment exists, holds the IP the runtime was told, and
 //! its wiring is intact. Works from the local mirror during a store outage.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{AttachmentKey, Lease, Tor};
 use crate::error::{cni_code, Error, Result};
@@ -15,7 +15,7 @@ pub struct CheckRequest {
     /// `CNI_NETNS`; empty: the one recorded at ADD.
     pub netns: String,
     /// The IP the runtime's prevResult holds, if it passed one.
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
 }
 
 impl Node {

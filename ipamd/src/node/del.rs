@@ -2,7 +2,7 @@
 //! missing thing, nor for a store outage: the release is then recorded as a
 //! pending-DEL file and applied when the store answers (`pending`).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ use super::Node;
 /// None: nothing was attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deleted {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub binding_kept: bool,
 }
 

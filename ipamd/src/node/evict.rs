@@ -1,7 +1,7 @@
 //! `ipamctl ip evict`: take a kept IP back from the pod that holds it (the
 //! Mogujie ask: delete one StatefulSet instance by its IP).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::warn;
 
@@ -30,7 +30,7 @@ impl Node {
     /// pod; with `force`, also ends the attachment when it is on this node
     /// (the pod loses its interface) or on a node that is not alive (its DEL
     /// will never come).
-    pub async fn evict(&self, ip: Ipv4Addr, force: bool) -> Result<Evicted> {
+    pub async fn evict(&self, ip: IpAddr, force: bool) -> Result<Evicted> {
         // A forced evict that will be refused must change nothing: check the
         // holder's node before marking anything.
         if force {

@@ -2,7 +2,7 @@
 //! no longer knows. Errors are collected, not fatal: GC removes what it can.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::info;
 
@@ -19,7 +19,7 @@ impl Node {
         &self,
         network: &str,
         valid: &HashSet<(String, String)>,
-    ) -> Result<Vec<Ipv4Addr>> {
+    ) -> Result<Vec<IpAddr>> {
         let cutoff = self.now().saturating_sub(self.cfg.gc_grace.as_secs());
         let mut released = Vec::new();
         let mut errors = Vec::new();

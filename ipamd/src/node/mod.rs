@@ -169,10 +169,20 @@ fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
         netns: PathBuf::from(netns),
         ifname: a.key.ifname.clone(),
         host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
-        address: Ipv4Network::new(lease.ip, tor.subnet.prefix())
-            .map_err(|e| Error::internal_from(e.to_string(), e))?,
-        gateway: tor.gateway,
-        mac: moor_proto::mac_for_ipv4(lease.ip),
+        address: match lease.ip {
+            std::net::IpAddr::V4(ip) => Ipv4Network::new(ip, tor.first.subnet.prefix())
+                .map_err(|e| Error::internal_from(e.to_string(), e))?,
+            std::net::IpAddr::V6(_) => {
+                return Err(Error::internal("IPv6 wiring: datapath pending"))
+            }
+        },
+        gateway: match tor.first.gateway {
+            std::net::IpAddr::V4(gw) => gw,
+            std::net::IpAddr::V6(_) => {
+                return Err(Error::internal("IPv6 wiring: datapath pending"))
+            }
+        },
+        mac: moor_proto::mac_for_ip(lease.ip),
         vlan: tor.vlan,
         pod_namespace: a.pod.namespace.clone(),
         pod_name: a.pod.name.clone(),

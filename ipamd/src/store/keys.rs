@@ -1,7 +1,7 @@
 //! The key layout, one prefix per kind of record. Documented for operators in
 //! docs/architecture.md; a change here is a data migration.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::core::{AttachmentKey, PodRef};
 
@@ -78,7 +78,7 @@ pub fn leases(pool: &str) -> String {
     format!("leases/{pool}/")
 }
 
-pub fn lease(pool: &str, ip: Ipv4Addr) -> String {
+pub fn lease(pool: &str, ip: IpAddr) -> String {
     format!("leases/{pool}/{ip}")
 }
 

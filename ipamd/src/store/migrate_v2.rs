@@ -38,7 +38,7 @@ async fn migrate(store: &dyn Store) -> Result<(), StoreError> {
 
 /// The records schema 2 keeps for a segment schema 1 recorded as `old`.
 fn records(tor: &str, old: &Carved) -> BTreeMap<String, Vec<u8>> {
-    let mut shares: BTreeMap<&str, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    let mut shares: BTreeMap<&str, Vec<std::net::IpAddr>> = BTreeMap::new();
     for (ip, pool) in &old.ips {
         shares.entry(pool).or_default().push(*ip);
     }

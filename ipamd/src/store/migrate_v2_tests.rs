@@ -1,6 +1,6 @@
 //! The migration to schema 2 over stores written as schema 1 wrote them.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::*;
@@ -11,8 +11,8 @@ use crate::store::mem::MemStore;
 use crate::store::stop::StopAfter;
 use crate::store::{schema, Store, StoreExt};
 
-fn ip(n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a01_0000 + n)
+fn ip(n: u32) -> IpAddr {
+    IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + n))
 }
 
 async fn put(store: &dyn Store, key: &str, value: &impl serde::Serialize) {
@@ -43,7 +43,7 @@ async fn v1_store() -> Arc<MemStore> {
         } else {
             format!("p{n}")
         };
-        let ips: Vec<Ipv4Addr> = if n == 150 {
+        let ips: Vec<IpAddr> = if n == 150 {
             (200..204).map(ip).collect()
         } else {
             vec![ip(10 + n)]
@@ -140,7 +140,7 @@ async fn check_migrated(store: Arc<MemStore>) {
 async fn old_layout_migrates_and_carves_the_same() {
     let store = v1_store().await;
     let o = schema::ensure(store.as_ref()).await.unwrap();
-    assert_eq!(o.migrated, vec![2, 3]);
+    assert_eq!(o.migrated, vec![2, 3, 4]);
     assert!(
         store.list_keys("free/").await.unwrap().is_empty(),
         "3 drops the counts"

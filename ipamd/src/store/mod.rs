@@ -12,6 +12,7 @@ pub mod mem;
 pub mod metered;
 mod migrate_v2;
 mod migrate_v3;
+mod migrate_v4;
 pub mod redb;
 pub mod retry;
 pub mod schema;

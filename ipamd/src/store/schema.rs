@@ -3,7 +3,9 @@
 //! docs/architecture.md as it was when the record was introduced; a store
 //! without the record was written before then and is version 1. Version 2
 //! keeps carved IPs per (pool, ToR segment) (`migrate_v2.rs`); version 3
-//! keeps no published free counts (`migrate_v3.rs`).
+//! keeps no published free counts (`migrate_v3.rs`); version 4 may hold
+//! IPv6 addresses and records each pool's address family
+//! (`migrate_v4.rs`).
 //!
 //! ipamd calls [`check_at_open`] when it opens its store: an older store is
 //! migrated, one numbered migration at a time, and a newer one is refused,
@@ -31,7 +33,7 @@ use super::{Entry, Page, Store, StoreError, Txn, WatchStream};
 pub const KEY: &str = "schema";
 
 /// The schema version this ipamd reads and writes.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 
 /// The value of [`KEY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         to: 3,
         what: "free counts: worked out from leases, no longer stored",
         run: super::migrate_v3::run,
+    },
+    Migration {
+        to: 4,
+        what: "dual stack: every pool records its address family (ipv4 for pools made before)",
+        run: super::migrate_v4::run,
     },
 ];
 

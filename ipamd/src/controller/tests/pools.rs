@@ -1,7 +1,7 @@
 //! The pools loop in process, against testkit's fake API server and the
 //! in-memory store, one pass at a time, on a clock that moves when told.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ struct Loop {
     mem: Memory,
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -122,7 +122,7 @@ impl Loop {
             .get(Resource::ConfigMaps, "shop", &format!("moor-pool-{pool}"))
     }
 
-    fn published(&self, pool: &str) -> Vec<Ipv4Addr> {
+    fn published(&self, pool: &str) -> Vec<IpAddr> {
         let cm = self.configmap(pool).expect("the ConfigMap exists");
         cm["data"][IPS_KEY]
             .as_str()
@@ -150,7 +150,7 @@ impl Loop {
         }
     }
 
-    async fn cooling(&self, tor: &str) -> Vec<Ipv4Addr> {
+    async fn cooling(&self, tor: &str) -> Vec<IpAddr> {
         let c = self
             .store
             .get_json::<Cooling>(&keys::cooling(tor))

@@ -2,7 +2,7 @@
 //! Helpers shared with `stopped.rs` (the same changes, stopped at every
 //! transaction boundary).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::{clean, code};
@@ -48,8 +48,8 @@ pub(super) async fn bound_pool() -> Arc<MemStore> {
     ipam.add_tor("big", "10.9.0.0/22", "10.9.0.1", 0, &[], "")
         .await
         .unwrap();
-    let ips: Vec<Ipv4Addr> = (0..1000u32)
-        .map(|n| Ipv4Addr::from(0x0a09_0002 + n))
+    let ips: Vec<IpAddr> = (0..1000u32)
+        .map(|n| IpAddr::from(std::net::Ipv4Addr::from(0x0a09_0002 + n)))
         .collect();
     let bind = (0..1000).map(|n| pod(&format!("bound-{n}"))).collect();
     let p = ipam
@@ -165,7 +165,7 @@ async fn pool_with_1000_bindings_is_deleted() {
     let e = ipam
         .create_pool(
             &PoolSpec {
-                ips: vec![Ipv4Addr::new(10, 9, 0, 2)],
+                ips: vec![IpAddr::from([10, 9, 0, 2])],
                 ..spec("again", 0)
             },
             200,

@@ -3,7 +3,7 @@
 //! are checked and bound to pods in order, a shrink stops at what is
 //! bound or in use.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::{clean, code};
@@ -15,7 +15,7 @@ use crate::store::{keys, StoreExt};
 
 const COOLDOWN: u64 = 600;
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 

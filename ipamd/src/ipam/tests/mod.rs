@@ -309,7 +309,7 @@ async fn a_tor_with_two_segments_serves_the_one_the_pool_names() {
     let db = ipam.allocate(&req("n1", "r1", "c1", "db-0")).await.unwrap();
     assert_eq!(db.tor.name, "r1-db");
     assert_eq!(db.tor.vlan, Some(200));
-    assert!(db.tor.subnet.contains(db.lease.ip), "{}", db.lease.ip);
+    assert!(db.tor.first.subnet.contains(db.lease.ip), "{}", db.lease.ip);
     assert_eq!(db.lease.tor, "r1-db");
     let web = ipam
         .allocate(&req("n1", "r1", "c2", "web-7d9f8c6b5-x2x9z"))

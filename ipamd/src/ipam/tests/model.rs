@@ -52,13 +52,13 @@ proptest! {
             // never ADDed twice at once (a runtime never does that either).
             let mut tasks = Vec::new();
             // Which pod holds each attached IP now, over all actors.
-            let holders: Arc<std::sync::Mutex<BTreeMap<Ipv4Addr, usize>>> = Arc::default();
+            let holders: Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
             for (actor, script) in scripts.into_iter().enumerate() {
                 let ipam = ipam.clone();
                 let holders = holders.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut live: BTreeMap<usize, (AttachmentKey, Ipv4Addr)> = BTreeMap::new();
-                    let mut seen: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
+                    let mut live: BTreeMap<usize, (AttachmentKey, IpAddr)> = BTreeMap::new();
+                    let mut seen: BTreeMap<usize, IpAddr> = BTreeMap::new();
                     let mut gen = 0;
                     for s in script {
                         match s {

@@ -103,7 +103,7 @@ async fn create_with_bindings_stopped_at_every_step() {
     let n = stop_everywhere(&base, "kept", None, Some(100), |ipam| async move {
         let spec = crate::ipam::PoolSpec {
             ips: (0..100u32)
-                .map(|n| std::net::Ipv4Addr::from(0x0a09_0002 + n))
+                .map(|n| std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a09_0002 + n)))
                 .collect(),
             bind: (0..100)
                 .map(|n| super::big_pools::pod(&format!("kept-{n}")))

@@ -28,7 +28,7 @@ async fn add_wires_the_pods_ip_and_records_it_ready() {
     assert_eq!(link.address.ip(), a.lease.ip);
     assert_eq!(link.address.prefix(), 24);
     assert_eq!(link.gateway.to_string(), "10.1.0.1");
-    assert_eq!(link.mac, moor_proto::mac_for_ipv4(a.lease.ip));
+    assert_eq!(link.mac, moor_proto::mac_for_ip(a.lease.ip));
     assert_eq!(link.host_ifname, Harness::host("c1"));
     assert_eq!(link.netns.to_str(), Some("/run/netns/c1"));
     let stored = h.lease("web", a.lease.ip).await.unwrap();
@@ -220,7 +220,7 @@ async fn a_sticky_pod_whose_ip_is_quarantined_is_refused_not_moved() {
     h.dp.fail_next(
         Op::Wire,
         DatapathError::AddressConflict {
-            ip: first.lease.ip,
+            ip: first.lease.ip.to_string().parse().unwrap(),
             mac: "52:54:00:00:00:01".into(),
         },
     );

@@ -53,7 +53,7 @@ async fn forced_evict_on_this_node_ends_the_attachment() {
 
 /// db-0 attached on node `n2` (its own ipamd), whose last heartbeat was
 /// `beat_at`.
-async fn held_on_n2(h: &Harness, beat_at: u64) -> std::net::Ipv4Addr {
+async fn held_on_n2(h: &Harness, beat_at: u64) -> std::net::IpAddr {
     let req = AllocRequest::for_test("n2", "r1", "c9", "db-0", beat_at);
     let alloc = h.ipam.allocate(&req).await.unwrap();
     beat(
@@ -111,7 +111,7 @@ async fn evict_of_a_quarantined_ip_is_refused() {
     h.dp.fail_next(
         crate::datapath::fake::Op::Wire,
         crate::datapath::DatapathError::AddressConflict {
-            ip: a.lease.ip,
+            ip: a.lease.ip.to_string().parse().unwrap(),
             mac: "52:54:00:00:00:02".into(),
         },
     );

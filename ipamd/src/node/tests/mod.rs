@@ -207,7 +207,7 @@ impl Harness {
     }
 
     /// The lease of an IP as the store has it now.
-    pub async fn lease(&self, pool: &str, ip: std::net::Ipv4Addr) -> Option<Lease> {
+    pub async fn lease(&self, pool: &str, ip: std::net::IpAddr) -> Option<Lease> {
         self.store
             .get_json::<Lease>(&keys::lease(pool, ip))
             .await

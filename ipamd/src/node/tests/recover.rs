@@ -9,7 +9,7 @@ use super::*;
 
 /// An ADD that got as far as its commit and wiring, then ipamd died before
 /// it replied: the runtime never got a result, and its in-flight mark stays.
-async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::Ipv4Addr {
+async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::IpAddr {
     std::mem::forget(h.node.inflight.begin(&h.key(cid)).unwrap().unwrap());
     let alloc = h
         .ipam
@@ -22,7 +22,7 @@ async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::Ipv4Add
         host_ifname: Harness::host(cid),
         address: format!("{}/24", alloc.lease.ip).parse().unwrap(),
         gateway: "10.1.0.1".parse().unwrap(),
-        mac: moor_proto::mac_for_ipv4(alloc.lease.ip),
+        mac: moor_proto::mac_for_ip(alloc.lease.ip),
         vlan: None,
         pod_namespace: "default".into(),
         pod_name: pod.into(),
