@@ -73,10 +73,12 @@ pub fn build(reply: &AddReply, version: CniVersion, cni_version: &str) -> Result
     } else {
         match parse_cidr(&reply.address6) {
             Some(a) if a.is_ipv6() && ip.is_ipv4() => Some(a),
-            _ => return Err(bad_reply(format!(
+            _ => {
+                return Err(bad_reply(format!(
                 "address6 {:?} is not an IPv6 address in CIDR notation beside IPv4 address {:?}",
                 reply.address6, reply.address
-            ))),
+            )))
+            }
         }
     };
     if !reply.gateway6.is_empty() && !reply.gateway6.parse::<IpAddr>().is_ok_and(|g| g.is_ipv6()) {

@@ -230,6 +230,7 @@ mod tests {
                 ..Attachment::default()
             }),
             quarantine: None,
+            ..Default::default()
         }
     }
 

@@ -1011,6 +1011,7 @@ mod tests {
             capacity: 91,
             carved: 30,
             segment_of: String::new(),
+            ..Default::default()
         }
     }
 
@@ -1038,6 +1039,7 @@ mod tests {
                     free: 14,
                 },
             ],
+            ..Default::default()
         }
     }
 
@@ -1069,6 +1071,7 @@ mod tests {
                 created_unix: 1_714_564_800,
             }),
             quarantine: None,
+            ..Default::default()
         }
     }
 
@@ -1081,6 +1084,7 @@ mod tests {
             binding: Some(PodRef::default()),
             attachment: None,
             quarantine: None,
+            ..Default::default()
         }
     }
 
@@ -1223,6 +1227,7 @@ mod tests {
         let reply = ExportPoolReply {
             pool: "mysql".into(),
             ips: vec!["10.1.0.10".into(), "10.1.0.11".into()],
+            ..Default::default()
         };
         assert_eq!(
             pool_export(&reply, ExportFormat::Plain),
@@ -1241,6 +1246,7 @@ mod tests {
         let empty = ExportPoolReply {
             pool: "x".into(),
             ips: vec![],
+            ..Default::default()
         };
         assert_eq!(pool_export(&empty, ExportFormat::Plain), "");
         assert_eq!(pool_export(&empty, ExportFormat::Csv), "ip,pool\n");
@@ -1317,6 +1323,7 @@ mod tests {
             address: "10.1.0.17".into(),
             tor: "rack-1".into(),
             attached,
+            ..Default::default()
         };
         let list = [b("db", "mysql-1", false), b("db", "mysql-0", true)];
         assert_eq!(

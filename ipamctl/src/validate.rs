@@ -129,6 +129,7 @@ pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
                 last: last.to_string(),
             })
             .collect(),
+        ..Default::default()
     })
 }
 
@@ -199,6 +200,7 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
         policy: policy.into(),
         allow_namespaces,
         ips: ips.iter().map(|ip| ip.to_string()).collect(),
+        ..Default::default()
     })
 }
 

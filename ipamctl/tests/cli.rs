@@ -413,6 +413,7 @@ fn tor(name: &str) -> Tor {
         capacity: 90,
         carved: 30,
         segment_of: String::new(),
+        ..Default::default()
     }
 }
 
@@ -431,6 +432,7 @@ fn pool(name: &str) -> Pool {
             free: 23,
         }],
         allow_namespaces: vec![],
+        ..Default::default()
     }
 }
 
@@ -452,6 +454,7 @@ impl Admin for FakeAdmin {
             capacity: 90,
             carved: 0,
             segment_of: r.segment_of,
+            ..Default::default()
         }))
     }
     async fn list_tors(
@@ -518,6 +521,7 @@ impl Admin for FakeAdmin {
         Ok(Response::new(ExportPoolReply {
             pool: r.into_inner().name,
             ips: vec!["10.1.0.10".into(), "10.1.0.11".into()],
+            ..Default::default()
         }))
     }
     async fn list_ips(&self, _: Request<ListIpsRequest>) -> Result<Response<ListIpsReply>, Status> {
@@ -541,6 +545,7 @@ impl Admin for FakeAdmin {
             }),
             attachment: None,
             quarantine: None,
+            ..Default::default()
         };
         let free = |address: &str| Ip {
             address: address.into(),
@@ -592,6 +597,7 @@ impl Admin for FakeAdmin {
                 binding: None,
                 attachment: None,
                 quarantine: None,
+                ..Default::default()
             }),
             was_bound: true,
         }))
@@ -625,6 +631,7 @@ impl Admin for FakeAdmin {
             address: r.address,
             tor: "rack-1".into(),
             attached: false,
+            ..Default::default()
         }))
     }
     async fn evict_ip(&self, r: Request<EvictIpRequest>) -> Result<Response<EvictIpReply>, Status> {
@@ -660,6 +667,7 @@ impl Admin for FakeAdmin {
                 binding: Some(pod),
                 attachment: Some(holder.clone()),
                 quarantine: None,
+                ..Default::default()
             }),
             released: false,
             pending: true,

@@ -170,6 +170,7 @@ mod tests {
             capacity,
             carved,
             segment_of: String::new(),
+            ..Default::default()
         }
     }
 

@@ -7,7 +7,7 @@
 //!   it knows and the fix. On etcd, ipamds starting together agree on it.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -176,7 +176,7 @@ fn audit_is_clean_after_pods_and_names_a_planted_inconsistency() {
 
 /// The IPs of pool web but `taken` (web-0's), read from the store (ipamd
 /// is stopped).
-fn free_web_ips(tb: &Testbed, taken: &str) -> Vec<Ipv4Addr> {
+fn free_web_ips(tb: &Testbed, taken: &str) -> Vec<IpAddr> {
     let taken = taken.to_string();
     with_redb(&tb.store, |s| async move {
         let e = s.get("pools/web").await.unwrap().expect("pool web");

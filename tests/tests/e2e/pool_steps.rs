@@ -104,8 +104,8 @@ fn pool_with_1000_bindings_deleted_with_ipamd_killed_midway() {
         ipam.add_tor("big", "172.30.0.0/22", "172.30.0.1", 0, &[], "")
             .await
             .unwrap();
-        let ips: Vec<Ipv4Addr> = (0..1000u32)
-            .map(|n| Ipv4Addr::from(0xac1e_0002 + n))
+        let ips: Vec<std::net::IpAddr> = (0..1000u32)
+            .map(|n| Ipv4Addr::from(0xac1e_0002 + n).into())
             .collect();
         let bind = (0..1000)
             .map(|n| PodRef {
