@@ -55,7 +55,7 @@ mod metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{ExitCode, Stdio};
@@ -636,7 +636,7 @@ impl World {
 #[derive(Clone)]
 struct Held {
     key: AttachmentKey,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     pool: usize,
     tor: usize,
     slot: usize,
@@ -1013,7 +1013,7 @@ async fn check_held(store: &EtcdStore, held: &[Held], world: &World) -> Res<()> 
             held.len()
         ));
     }
-    let by_ip: HashMap<Ipv4Addr, &Held> = held.iter().map(|h| (h.ip, h)).collect();
+    let by_ip: HashMap<IpAddr, &Held> = held.iter().map(|h| (h.ip, h)).collect();
     for (l, _) in &leases {
         let Some(h) = by_ip.get(&l.ip) else {
             return Err(format!("lease of {} that no allocator holds", l.ip));
