@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::core::{carve, spread, Carved, CarvedShare, Cooling, IpFamily, Pool, Tor};
+use crate::core::{carve, spread, validate, Carved, CarvedShare, Cooling, IpFamily, Pool, Tor};
 use crate::error::{Error, Result};
 use crate::store::{decode, keys, Entry, StoreExt, Txn};
 
@@ -253,7 +253,10 @@ pub(super) fn plan_counts(
         .map(|t| {
             (
                 t.tor.name.clone(),
-                carve::free_count(&t.tor, family, &t.carved, at.now),
+                // An IPv6 /64 has more free IPs than any pool takes:
+                // beyond the largest pool, free IPs weigh nothing, so two
+                // /64s share evenly instead of by their astronomic counts.
+                carve::free_count(&t.tor, family, &t.carved, at.now).min(validate::MAX_POOL_SIZE),
             )
         })
         .collect();

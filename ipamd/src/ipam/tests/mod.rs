@@ -577,6 +577,7 @@ async fn free_counts_follow_leases_per_pool_and_tor() {
 
 mod batch;
 mod big_pools;
+mod dual;
 mod lifecycle;
 mod model;
 mod stopped;
