@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::core::{PoolOp, PoolStep};
+use crate::core::{IpFamily, PoolOp, PoolStep};
 use crate::store::keys;
 
 use super::{Snapshot, REPORT_A_BUG};
@@ -181,6 +181,29 @@ impl Snapshot {
                     ),
                     REPORT_A_BUG.to_string(),
                 )),
+                Some(p) if l.attachment.is_some() => {
+                    // A dual-stack pod's IPv6 address is its IPv4 one's
+                    // partner; a pod of one family has none.
+                    let want = match p.family {
+                        IpFamily::Dual => self.tors.get(&l.tor).and_then(|t| t.partner(l.ip)),
+                        _ => None,
+                    };
+                    if l.ipv6 != want {
+                        bad.push((
+                            key.clone(),
+                            format!(
+                                "gives its pod IPv6 address {}, but pool {} ({}) pairs {} with {} on ToR {}",
+                                l.ipv6.map_or("none".to_string(), |a| a.to_string()),
+                                p.name,
+                                p.family,
+                                l.ip,
+                                want.map_or("none".to_string(), |a| a.to_string()),
+                                l.tor
+                            ),
+                            REPORT_A_BUG.to_string(),
+                        ));
+                    }
+                }
                 _ => {}
             }
             if l.binding.is_none() && l.attachment.is_none() && l.quarantine.is_none() {

@@ -89,6 +89,28 @@ async fn a_dual_stack_pod_gets_and_keeps_both_ips() {
     // The next pod gets the next pair.
     let c = ipam.allocate(&req("n1", "d1", "c3", "db-1")).await.unwrap();
     assert_eq!(c.lease.ipv6, Some(v6("fd00:1::101")));
+    // The audit knows the pairing: a lease with another IPv6 address is
+    // a finding.
+    let lkey = keys::lease("db", c.lease.ip);
+    let (mut l, e) = store
+        .get_json::<crate::core::Lease>(&lkey)
+        .await
+        .unwrap()
+        .unwrap();
+    l.ipv6 = Some(v6("fd00:1::1fe"));
+    let mut t = crate::store::Txn::default();
+    t.expect(&lkey, Some(&e)).put(&lkey, &l);
+    assert!(store.commit(t).await.unwrap());
+    let found = crate::audit::audit(store.as_ref()).await.unwrap();
+    assert!(
+        found.len() == 1 && found[0].contains("pairs 10.1.0.11 with fd00:1::101"),
+        "{found:#?}"
+    );
+    l.ipv6 = c.lease.ipv6;
+    let e = store.get(&lkey).await.unwrap().unwrap();
+    let mut t = crate::store::Txn::default();
+    t.expect(&lkey, Some(&e)).put(&lkey, &l);
+    assert!(store.commit(t).await.unwrap());
     // Either address finds the IP.
     let by6 = ipam.ip("fd00:1::100".parse().unwrap()).await.unwrap();
     assert_eq!(by6.ip, a.lease.ip);
