@@ -64,8 +64,9 @@ fn pod_link(pod: &Netns, container_id: &str, ip: Ipv4Addr) -> PodLink {
         netns: pod.path(),
         ifname: "eth0".to_string(),
         host_ifname: host_ifname(container_id, "eth0"),
-        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
-        gateway: GATEWAY,
+        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap().into(),
+        gateway: GATEWAY.into(),
+        ipv6: None,
         mac: mac_for_ipv4(ip),
         vlan: None,
         pod_namespace: "default".to_string(),
@@ -240,7 +241,7 @@ fn dad_probe_refuses_an_ip_another_host_answers_for_and_leaves_nothing() {
         let started = Instant::now();
         match dp.wire(&link).await {
             Err(DatapathError::AddressConflict { ip: got, mac }) => {
-                assert_eq!((got, mac.as_str()), (ip, other_mac));
+                assert_eq!((got, mac.as_str()), (ip.into(), other_mac));
             }
             other => panic!("wire of a taken IP: want AddressConflict, got {other:?}"),
         }
@@ -432,7 +433,7 @@ fn wire_into_missing_netns_or_with_bad_input_leaves_nothing() {
         println!("{err}");
 
         let outside = PodLink {
-            gateway: Ipv4Addr::new(10, 2, 0, 1),
+            gateway: Ipv4Addr::new(10, 2, 0, 1).into(),
             ..pod_link(&pod, "ctr-gw", Ipv4Addr::new(10, 1, 0, 17))
         };
         let err = dp.wire(&outside).await.unwrap_err();

@@ -179,6 +179,8 @@ pub fn add_reply(a: &Added) -> v1::AddReply {
         interfaces,
         address: link.address.to_string(),
         gateway: a.tor.gateway.to_string(),
+        address6: link.ipv6.map_or(String::new(), |v6| v6.address.to_string()),
+        gateway6: link.ipv6.map_or(String::new(), |v6| v6.gateway.to_string()),
         routes: vec![v1::Route {
             dst: "0.0.0.0/0".into(),
             gw: a.tor.gateway.to_string(),

@@ -170,8 +170,10 @@ fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
         ifname: a.key.ifname.clone(),
         host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
         address: Ipv4Network::new(lease.ip, tor.subnet.prefix())
-            .map_err(|e| Error::internal_from(e.to_string(), e))?,
-        gateway: tor.gateway,
+            .map_err(|e| Error::internal_from(e.to_string(), e))?
+            .into(),
+        gateway: tor.gateway.into(),
+        ipv6: None,
         mac: moor_proto::mac_for_ipv4(lease.ip),
         vlan: tor.vlan,
         pod_namespace: a.pod.namespace.clone(),

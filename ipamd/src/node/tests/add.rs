@@ -25,7 +25,7 @@ async fn add_wires_the_pods_ip_and_records_it_ready() {
     let [Call::Wire(link)] = calls.as_slice() else {
         panic!("{calls:?}")
     };
-    assert_eq!(link.address.ip(), a.lease.ip);
+    assert_eq!(link.address.ip(), std::net::IpAddr::V4(a.lease.ip));
     assert_eq!(link.address.prefix(), 24);
     assert_eq!(link.gateway.to_string(), "10.1.0.1");
     assert_eq!(link.mac, moor_proto::mac_for_ipv4(a.lease.ip));
@@ -220,7 +220,7 @@ async fn a_sticky_pod_whose_ip_is_quarantined_is_refused_not_moved() {
     h.dp.fail_next(
         Op::Wire,
         DatapathError::AddressConflict {
-            ip: first.lease.ip,
+            ip: first.lease.ip.into(),
             mac: "52:54:00:00:00:01".into(),
         },
     );
