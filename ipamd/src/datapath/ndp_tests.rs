@@ -80,10 +80,7 @@ fn checksum_sums_the_pseudo_header_and_pads_odd_lengths() {
     // Carries fold back in: 0xffff + 0xffff + 4 + 58 = 0x2003c, folded
     // 0x003c + 0x2.
     let z = Ipv6Addr::UNSPECIFIED;
-    assert_eq!(
-        icmpv6_checksum(z, z, &[0xff, 0xff, 0xff, 0xff]),
-        !0x003eu16
-    );
+    assert_eq!(icmpv6_checksum(z, z, &[0xff, 0xff, 0xff, 0xff]), !0x003eu16);
 }
 
 /// `frame` with its ICMPv6 checksum recomputed after an edit.
