@@ -356,3 +356,35 @@ fn wire_sends_three_neighbour_advertisements() {
         "expected 3 unsolicited NAs from the pod, tcpdump saw:\n{seen}"
     );
 }
+
+/// Prints what the IPv6 side adds to a wire (no assertion on speed: the
+/// numbers move with the machine's load; compare inside one run).
+#[test]
+fn wire_wall_time_ipv4_vs_dual_stack() {
+    require_root();
+    let node = node_with_dual_stack_bridge();
+    let pod = Netns::new("pod");
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        let v4 = pod_link(&pod, "ctr-t4", Ipv4Addr::new(10, 1, 0, 70));
+        let dual = dual_link(&pod, "ctr-t6", Ipv4Addr::new(10, 1, 0, 71), v6(0x71));
+        let (mut walls, mut pod_sides) = ([vec![], vec![]], [vec![], vec![]]);
+        for _ in 0..20 {
+            for (i, link) in [&v4, &dual].into_iter().enumerate() {
+                let started = Instant::now();
+                let wired = dp.wire(link).await.unwrap();
+                walls[i].push(started.elapsed());
+                pod_sides[i].push(wired.steps.pod_side);
+                dp.unwire(&link.host_ifname).await.unwrap();
+            }
+        }
+        for (i, name) in ["IPv4", "dual stack"].into_iter().enumerate() {
+            walls[i].sort();
+            pod_sides[i].sort();
+            println!(
+                "{name}: wire median {:?} (pod side {:?}), max {:?}",
+                walls[i][10], pod_sides[i][10], walls[i][19]
+            );
+        }
+    });
+}
