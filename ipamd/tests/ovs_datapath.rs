@@ -23,6 +23,9 @@ use moor_testkit::tcp_echo::tcp_echo;
 use moor_testkit::Ovs;
 use serde_json::Value;
 
+#[path = "ovs_datapath/ipv6.rs"]
+mod ipv6;
+
 const BRIDGE: &str = "br-int";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
