@@ -21,6 +21,9 @@ use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use moor_testkit::cmd::run;
 use moor_testkit::netns::{enter, Netns};
 
+#[path = "datapath/ipv6.rs"]
+mod ipv6;
+
 const BRIDGE: &str = "br0";
 const BRIDGE_MAC: &str = "02:00:00:0b:00:01";
 const BRIDGE_MTU: u32 = 1400;
@@ -64,8 +67,9 @@ fn pod_link(pod: &Netns, container_id: &str, ip: Ipv4Addr) -> PodLink {
         netns: pod.path(),
         ifname: "eth0".to_string(),
         host_ifname: host_ifname(container_id, "eth0"),
-        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
-        gateway: GATEWAY,
+        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap().into(),
+        gateway: GATEWAY.into(),
+        ipv6: None,
         mac: mac_for_ipv4(ip),
         vlan: None,
         pod_namespace: "default".to_string(),
@@ -240,7 +244,7 @@ fn dad_probe_refuses_an_ip_another_host_answers_for_and_leaves_nothing() {
         let started = Instant::now();
         match dp.wire(&link).await {
             Err(DatapathError::AddressConflict { ip: got, mac }) => {
-                assert_eq!((got, mac.as_str()), (ip, other_mac));
+                assert_eq!((got, mac.as_str()), (ip.into(), other_mac));
             }
             other => panic!("wire of a taken IP: want AddressConflict, got {other:?}"),
         }
@@ -269,6 +273,19 @@ fn dad_probe_refuses_an_ip_another_host_answers_for_and_leaves_nothing() {
     });
 }
 
+/// Waits until `tcpdump` (stderr piped) listens; its stderr says so.
+fn wait_listening(tcpdump: &mut std::process::Child) {
+    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tcpdump exited early"
+        );
+    }
+}
+
 #[test]
 fn wire_sends_three_gratuitous_arps() {
     require_root();
@@ -283,16 +300,7 @@ fn wire_sends_three_gratuitous_arps() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start tcpdump");
-    // Wire only once tcpdump listens; its stderr says so.
-    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "tcpdump exited early"
-        );
-    }
+    wait_listening(&mut tcpdump);
     let link = pod_link(&pod, "ctr-garp", Ipv4Addr::new(10, 1, 0, 17));
     in_netns(&node, || async {
         let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
@@ -432,7 +440,7 @@ fn wire_into_missing_netns_or_with_bad_input_leaves_nothing() {
         println!("{err}");
 
         let outside = PodLink {
-            gateway: Ipv4Addr::new(10, 2, 0, 1),
+            gateway: Ipv4Addr::new(10, 2, 0, 1).into(),
             ..pod_link(&pod, "ctr-gw", Ipv4Addr::new(10, 1, 0, 17))
         };
         let err = dp.wire(&outside).await.unwrap_err();

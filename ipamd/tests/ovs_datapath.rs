@@ -23,6 +23,9 @@ use moor_testkit::tcp_echo::tcp_echo;
 use moor_testkit::Ovs;
 use serde_json::Value;
 
+#[path = "ovs_datapath/ipv6.rs"]
+mod ipv6;
+
 const BRIDGE: &str = "br-int";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
@@ -55,8 +58,9 @@ fn pod_link(pod: &Netns, container_id: &str, ip: Ipv4Addr, vlan: u16) -> PodLink
         netns: pod.path(),
         ifname: "eth0".to_string(),
         host_ifname: host_ifname(container_id, "eth0"),
-        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap(),
-        gateway: GATEWAY,
+        address: ipnetwork::Ipv4Network::new(ip, 24).unwrap().into(),
+        gateway: GATEWAY.into(),
+        ipv6: None,
         mac: mac_for_ipv4(ip),
         vlan: Some(vlan),
         pod_namespace: "shop".to_string(),

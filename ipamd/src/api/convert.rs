@@ -200,10 +200,9 @@ pub fn add_reply(a: &Added) -> v1::AddReply {
         gw: gw.to_string(),
     };
     let mut routes = vec![default_route(gateway)];
-    // A dual-stack pod: its IPv6 address with the segment's IPv6 prefix.
-    let v6 = a.lease.ipv6.zip(a.tor.ipv6.as_ref());
-    if let Some((_, f)) = v6 {
-        routes.push(default_route(f.gateway));
+    // A dual-stack pod: its IPv6 default route too.
+    if let Some(v6) = link.ipv6 {
+        routes.push(default_route(v6.gateway.into()));
     }
     v1::AddReply {
         interface_index: interfaces.len() as u32 - 1,
@@ -211,10 +210,8 @@ pub fn add_reply(a: &Added) -> v1::AddReply {
         address: link.address.to_string(),
         gateway: gateway.to_string(),
         routes,
-        address6: v6
-            .map(|(ip, f)| format!("{ip}/{}", f.subnet.prefix()))
-            .unwrap_or_default(),
-        gateway6: v6.map(|(_, f)| f.gateway.to_string()).unwrap_or_default(),
+        address6: link.ipv6.map_or(String::new(), |v6| v6.address.to_string()),
+        gateway6: link.ipv6.map_or(String::new(), |v6| v6.gateway.to_string()),
         pool: a.lease.pool.clone(),
         tor: a.tor.name.clone(),
         sticky: a.lease.binding.is_some(),

@@ -11,11 +11,13 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{Handle, LinkUnspec};
 
-use super::announce::{announce_again, probe_for_owner, Announcer};
+use super::announce::{announce_again, announce_first};
 use super::check;
 use super::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
+use super::host_sysctl::HostSysctl;
 use super::netlinksafe::{self, to_io};
 use super::netns::{netlink_in, LinkDeleter, Netlink};
+use super::probe::probe_for_owner;
 use super::retired::PortKind;
 use super::timing::{Laps, WireSteps};
 use super::veth::{self, rollback, NewPair};
@@ -46,6 +48,8 @@ pub struct BridgeDatapath {
     /// Retired host ends and their reaper (DEL does not wait for the
     /// kernel to unregister a veth).
     graveyard: Graveyard,
+    /// Turns IPv6 off on host ends (see `host_sysctl`).
+    sysctl: HostSysctl,
     /// The duplicate-address probe's window; None: no probe.
     dad_probe: Option<Duration>,
 }
@@ -84,6 +88,7 @@ impl BridgeDatapath {
         let deleter = LinkDeleter::new(netns)?;
         let info = bridge_info(&handle, bridge).await?;
         let graveyard = Graveyard::start(netns).await?;
+        let sysctl = HostSysctl::start(netns)?;
         let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
             op: format!("read the MAC of bridge {bridge}"),
             source: io::Error::other("the kernel reported no address"),
@@ -101,6 +106,7 @@ impl BridgeDatapath {
             bridge: bridge.to_string(),
             deleter,
             graveyard,
+            sysctl,
             dad_probe: None,
         })
     }
@@ -143,6 +149,7 @@ impl Datapath for BridgeDatapath {
         let task = tokio::spawn(wire(
             self.handle.clone(),
             self.lookups.clone(),
+            self.sysctl.clone(),
             self.bridge.clone(),
             link.clone(),
             self.dad_probe,
@@ -199,6 +206,7 @@ impl Datapath for BridgeDatapath {
 async fn wire(
     handle: Netlink,
     lookups: Netlink,
+    sysctl: HostSysctl,
     bridge: String,
     link: PodLink,
     dad_probe: Option<Duration>,
@@ -214,6 +222,7 @@ async fn wire(
     steps.clear = laps.lap();
     pair.create(
         &handle,
+        &sysctl,
         Some(br.index),
         br.mtu,
         &format!("port of bridge {bridge}"),
@@ -256,7 +265,7 @@ async fn wire(
 }
 
 /// Waits (bounded) until the host end forwards, so that the probe and the
-/// first gratuitous ARP reach the network.
+/// first announcements reach the network.
 ///
 /// The bridge enables a new port only when the kernel's linkwatch worker
 /// processes the carrier change of the host end, asynchronously and after
@@ -277,19 +286,10 @@ async fn wait_forwarding(handle: &Handle, link: &PodLink) {
             host_ifname = %link.host_ifname,
             ?state,
             "bridge port not forwarding {PORT_FORWARDING_WAIT:?} after wiring (STP on?); \
-             gratuitous ARPs may be dropped until it does"
+             announcements may be dropped until it does"
         );
     }
     tracing::debug!(host_ifname = %link.host_ifname, waited = ?started.elapsed(), "host end forwarding");
-}
-
-/// Sends the first gratuitous ARP.
-fn announce_first(announcer: &Announcer, link: &PodLink) -> Result<(), DatapathError> {
-    announcer.send().map_err(|source| DatapathError::Announce {
-        ip: link.address.ip(),
-        ifname: link.ifname.clone(),
-        source,
-    })
 }
 
 /// The bridge port state of `host_ifname`, if it can be read.

@@ -1,10 +1,11 @@
 //! CHECK of a pod's wiring, both datapaths: the host end exists and is up,
 //! and, on a thread inside the pod's netns, the pod's interface has its MAC,
-//! is up, has its address, and the default route goes via the gateway.
+//! is up, has its addresses, and the default route of each family goes via
+//! its gateway.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use moor_proto::format_mac;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -17,8 +18,9 @@ use super::netns::open_netns;
 use super::veth::host_end;
 use super::{DatapathError, PodLink};
 
-/// Inside the pod's netns: the interface has the MAC, is up, has the
-/// address, and the default route goes via the gateway.
+/// Inside the pod's netns: the interface has the MAC, is up, has each
+/// address, and the default route of each address's family goes via its
+/// gateway.
 pub(crate) async fn check_pod(handle: Handle, link: PodLink) -> Result<(), DatapathError> {
     let netns = link.netns.display();
     let ifname = &link.ifname;
@@ -54,63 +56,75 @@ pub(crate) async fn check_pod(handle: Handle, link: PodLink) -> Result<(), Datap
         op: format!("list {what} in netns {netns}"),
         source,
     };
-    let mut request = AddressMessage::default();
-    request.header.family = AddressFamily::Inet;
-    let addresses: Vec<Ipv4Network> =
-        netlinksafe::dump(&handle, RouteNetlinkMessage::GetAddress(request))
-            .await
-            .map_err(|e| dump_error("addresses", e))?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => ipv4_of(&a),
-                _ => None,
-            })
-            .collect();
-    if !addresses.contains(&link.address) {
-        return Err(DatapathError::CheckFailed(format!(
-            "{ifname} in netns {netns} does not have address {} (it has: {})",
-            link.address,
-            list_or_none(&addresses)
-        )));
-    }
+    for (address, gateway) in link.addresses() {
+        let ipv4 = address.is_ipv4();
+        let mut request = AddressMessage::default();
+        request.header.family = if ipv4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let addresses: Vec<IpNetwork> =
+            netlinksafe::dump(&handle, RouteNetlinkMessage::GetAddress(request))
+                .await
+                .map_err(|e| dump_error("addresses", e))?
+                .into_iter()
+                .filter_map(|m| match m {
+                    RouteNetlinkMessage::NewAddress(a) if a.header.index == index => address_of(&a),
+                    _ => None,
+                })
+                .filter(|a| a.is_ipv4() == ipv4)
+                .collect();
+        if !addresses.contains(&address) {
+            return Err(DatapathError::CheckFailed(format!(
+                "{ifname} in netns {netns} does not have address {address} (it has: {})",
+                list_or_none(&addresses)
+            )));
+        }
 
-    let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let gateways: Vec<Ipv4Addr> =
-        netlinksafe::dump(&handle, RouteNetlinkMessage::GetRoute(request))
-            .await
-            .map_err(|e| dump_error("routes", e))?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => default_gateway(&r),
-                _ => None,
-            })
-            .collect();
-    if !gateways.contains(&link.gateway) {
-        return Err(DatapathError::CheckFailed(format!(
-            "netns {netns} has no default route via {} (default routes via: {})",
-            link.gateway,
-            list_or_none(&gateways)
-        )));
+        let request = if ipv4 {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        };
+        let gateways: Vec<IpAddr> =
+            netlinksafe::dump(&handle, RouteNetlinkMessage::GetRoute(request))
+                .await
+                .map_err(|e| dump_error("routes", e))?
+                .into_iter()
+                .filter_map(|m| match m {
+                    RouteNetlinkMessage::NewRoute(r) => default_gateway(&r),
+                    _ => None,
+                })
+                .filter(|gw| gw.is_ipv4() == ipv4)
+                .collect();
+        if !gateways.contains(&gateway) {
+            return Err(DatapathError::CheckFailed(format!(
+                "netns {netns} has no default route via {gateway} (default routes via: {})",
+                list_or_none(&gateways)
+            )));
+        }
     }
     Ok(())
 }
 
-fn ipv4_of(message: &AddressMessage) -> Option<Ipv4Network> {
+fn address_of(message: &AddressMessage) -> Option<IpNetwork> {
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
-    // point-to-point links and the same otherwise.
+    // point-to-point links and the same otherwise (IPv6 sends only
+    // IFA_ADDRESS).
     let local = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
     let address = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     });
-    Ipv4Network::new(local.or(address)?, message.header.prefix_len).ok()
+    IpNetwork::new(local.or(address)?, message.header.prefix_len).ok()
 }
 
 /// The gateway of `route` if it is a default route of the main table.
-fn default_gateway(route: &RouteMessage) -> Option<Ipv4Addr> {
+fn default_gateway(route: &RouteMessage) -> Option<IpAddr> {
     let table = route
         .attributes
         .iter()
@@ -124,7 +138,8 @@ fn default_gateway(route: &RouteMessage) -> Option<Ipv4Addr> {
         return None;
     }
     route.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(IpAddr::V4(*gw)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => Some(IpAddr::V6(*gw)),
         _ => None,
     })
 }

@@ -141,6 +141,18 @@ fn differences(have: &PodLink, want: &PodLink) -> Vec<String> {
     if have.gateway != want.gateway {
         d.push(format!("gateway {} (want {})", have.gateway, want.gateway));
     }
+    if have.ipv6 != want.ipv6 {
+        let show = |v6: Option<super::PodIpv6>| {
+            v6.map_or("none".to_string(), |v6| {
+                format!("{} via {}", v6.address, v6.gateway)
+            })
+        };
+        d.push(format!(
+            "IPv6 {} (want {})",
+            show(have.ipv6),
+            show(want.ipv6)
+        ));
+    }
     if have.vlan != want.vlan {
         d.push(format!("VLAN {:?} (want {:?})", have.vlan, want.vlan));
     }
@@ -233,6 +245,7 @@ mod tests {
             host_ifname: host.into(),
             address: format!("{ip}/24").parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),
+            ipv6: None,
             mac: [0x0a, 0x58, 10, 0, 0, 5],
             vlan: None,
             pod_namespace: "ns".into(),

@@ -3,9 +3,10 @@
 //!
 //! Physical mode ([`BridgeDatapath`]): a veth pair whose host end is a port of
 //! the node's bridge to the physical network and whose pod end is `CNI_IFNAME`
-//! in the pod's network namespace, with the pod's sticky IP and MAC, a default
-//! route via the ToR's gateway, and gratuitous ARPs so that peers which cached
-//! an earlier owner of the IP learn the new MAC at once.
+//! in the pod's network namespace, with the pod's sticky IP(s) and MAC, a
+//! default route per family via the ToR's gateway, and gratuitous ARPs
+//! (IPv4) and unsolicited neighbour advertisements (IPv6) so that peers which
+//! cached an earlier owner of the IP learn the new MAC at once.
 //!
 //! OVS mode ([`OvsDatapath`]): the same veth pair, its host end an access
 //! port of an Open vSwitch bridge (`br-int`) with the VLAN of the pod's ToR,
@@ -18,26 +19,30 @@
 //! ever calls `setns`.
 
 mod announce;
+mod arp;
 mod bridge;
 mod check;
 pub mod fake;
 mod graveyard;
+mod host_sysctl;
+pub mod ndp;
 mod netlinksafe;
 mod netns;
 mod netns_pool;
 mod ovs;
 mod pod_end;
+mod probe;
 mod retired;
 mod timing;
 mod veth;
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv6Network};
 
-pub use announce::{gratuitous_arp, GARP_LEN};
+pub use arp::{gratuitous_arp, GARP_LEN};
 pub use bridge::BridgeDatapath;
 pub use graveyard::{GraveyardStats, ReapPolicy, GRAVEYARD_GROUP};
 pub use ovs::{pod_port, OvsConfig, OvsDatapath};
@@ -54,10 +59,15 @@ pub struct PodLink {
     pub ifname: String,
     /// Host end of the veth; callers use `moor_proto::host_ifname`.
     pub host_ifname: String,
-    /// Pod IP with the ToR subnet's prefix, e.g. 10.1.0.17/24.
-    pub address: Ipv4Network,
-    pub gateway: Ipv4Addr,
-    /// Pod MAC; callers use `moor_proto::mac_for_ipv4`.
+    /// The pod's first address with its segment's prefix: IPv4 when the pod
+    /// has one, else IPv6 (e.g. 10.1.0.17/24, fd00:1::11/64).
+    pub address: IpNetwork,
+    /// The gateway of `address`'s family.
+    pub gateway: IpAddr,
+    /// A dual-stack pod's IPv6 address (with its segment's prefix) and
+    /// gateway; None: one family.
+    pub ipv6: Option<PodIpv6>,
+    /// Pod MAC; callers use `moor_proto::mac_for_ip(address.ip())`.
     pub mac: [u8; 6],
     /// VLAN of the pod's ToR (OVS mode: the access port's tag; `None`: an
     /// untagged port). Unused in physical mode.
@@ -67,6 +77,41 @@ pub struct PodLink {
     pub pod_name: String,
     /// `CNI_CONTAINERID`; with `ifname` the attachment's key.
     pub container_id: String,
+}
+
+/// A dual-stack pod's IPv6 side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodIpv6 {
+    pub address: Ipv6Network,
+    pub gateway: Ipv6Addr,
+}
+
+impl PodLink {
+    /// Each address of the pod with its gateway: `address` first, then the
+    /// dual-stack IPv6 one.
+    pub fn addresses(&self) -> impl Iterator<Item = (IpNetwork, IpAddr)> + '_ {
+        let v6 = self
+            .ipv6
+            .map(|v6| (IpNetwork::V6(v6.address), IpAddr::V6(v6.gateway)));
+        std::iter::once((self.address, self.gateway)).chain(v6)
+    }
+
+    /// Checks what the kernel would refuse with a bare EINVAL, or accept
+    /// wrongly: each gateway inside its address's subnet (same family), and
+    /// at most one address per family.
+    pub(crate) fn validate_addresses(&self) -> Result<(), DatapathError> {
+        for (address, gateway) in self.addresses() {
+            if !address.contains(gateway) {
+                return Err(DatapathError::GatewayOutsideSubnet { gateway, address });
+            }
+        }
+        if self.address.is_ipv6() && self.ipv6.is_some() {
+            return Err(DatapathError::TwoIpv6Addresses {
+                first: self.address,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What [`Datapath::reconcile`] found and did, by host interface name.
@@ -142,10 +187,13 @@ pub enum DatapathError {
     #[error(
         "gateway {gateway} is not inside the pod's subnet {address}: fix the ToR's gateway or subnet"
     )]
-    GatewayOutsideSubnet {
-        gateway: Ipv4Addr,
-        address: Ipv4Network,
-    },
+    GatewayOutsideSubnet { gateway: IpAddr, address: IpNetwork },
+
+    #[error(
+        "the pod's first address {first} is IPv6 and it has a second IPv6 address: \
+         a dual-stack pod's first address is its IPv4 one (PodLink.ipv6 is its IPv6 one)"
+    )]
+    TwoIpv6Addresses { first: IpNetwork },
 
     /// A kernel request failed; `op` says what was being done to which link.
     #[error("failed to {op}: {source}")]
@@ -159,11 +207,14 @@ pub enum DatapathError {
     #[error(
         "{ip} is already used on the network by MAC {mac} (it answered moor's duplicate-address probe)"
     )]
-    AddressConflict { ip: Ipv4Addr, mac: String },
+    AddressConflict { ip: IpAddr, mac: String },
 
-    #[error("failed to announce {ip} (gratuitous ARP) on {ifname}: {source}")]
+    #[error(
+        "failed to announce {ip} ({}) on {ifname}: {source}",
+        if ip.is_ipv4() { "gratuitous ARP" } else { "unsolicited neighbour advertisement" }
+    )]
     Announce {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         ifname: String,
         #[source]
         source: io::Error,

@@ -4,9 +4,10 @@
 //! pod's own interface.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd};
 
+use netlink_packet_route::address::AddressHeaderFlags;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -36,9 +37,9 @@ pub(crate) async fn clear_ifname(
 }
 
 /// Inside the pod's netns: the new pod end (`index`, else looked up by
-/// CNI_IFNAME) up, address, default route, and a packet socket on the
-/// interface for the announcements (sent by the caller once the host end
-/// forwards).
+/// CNI_IFNAME) up, its addresses (IPv6 without DAD), a default route per
+/// family, and packet sockets on the interface for the announcements (sent
+/// by the caller once the host end forwards).
 pub(crate) async fn configure_pod(
     handle: Handle,
     link: PodLink,
@@ -69,7 +70,15 @@ pub(crate) async fn configure_pod(
         }
     };
 
-    let ip = link.address.ip();
+    if link.addresses().any(|(a, _)| a.is_ipv6()) {
+        enable_ipv6(ifname).map_err(|source| DatapathError::Netlink {
+            op: format!(
+                "turn IPv6 on for {ifname} in netns {netns} \
+                 (/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6 = 0) for the pod's IPv6 address"
+            ),
+            source,
+        })?;
+    }
     // The alias marks it as moor's pod end (see `move_aside`).
     let set_up = handle
         .link()
@@ -80,54 +89,81 @@ pub(crate) async fn configure_pod(
                 .build(),
         )
         .execute();
-    let add_address = handle
-        .address()
-        .add(index, IpAddr::V4(ip), link.address.prefix())
-        .execute();
-    let add_route = handle
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(link.gateway)
+    let add_addresses = futures::future::join_all(link.addresses().map(|(address, _)| {
+        let mut request = handle.address().add(index, address.ip(), address.prefix());
+        if address.is_ipv6() {
+            // Usable at once: no DAD by the pod's kernel (see `probe`).
+            request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        request.execute()
+    }));
+    let add_routes = futures::future::join_all(link.addresses().map(|(_, gateway)| {
+        let route = match gateway {
+            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
                 .output_interface(index)
                 .build(),
-        )
-        .execute();
-    // All three requests go out before any answer is awaited. The kernel
-    // handles one socket's requests in order, so the route (whose gateway is
-    // reachable only through the up link and the address's subnet) is still
-    // added last.
-    let (up, address_added, route_added) = futures::join!(set_up, add_address, add_route);
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+        };
+        handle.route().add(route).execute()
+    }));
+    // All requests go out before any answer is awaited. The kernel handles
+    // one socket's requests in order, so each route (whose gateway is
+    // reachable only through the up link and its address's subnet) is still
+    // added after the link is up and the addresses are in place.
+    let (up, addresses_added, routes_added) = futures::join!(set_up, add_addresses, add_routes);
     up.map_err(|e| DatapathError::Netlink {
         op: format!("set {ifname} up in netns {netns}"),
         source: to_io(e),
     })?;
-    address_added.map_err(|e| DatapathError::Netlink {
-        op: format!("add address {} to {ifname} in netns {netns}", link.address),
-        source: to_io(e),
-    })?;
-    route_added.map_err(|e| {
-        let exists = netlinksafe::errno(&e) == Some(libc::EEXIST);
-        DatapathError::Netlink {
-            op: if exists {
-                format!(
-                    "add default route via {} on {ifname}: netns {netns} already has a default route \
-                     (another interface of this pod is wired with a gateway)",
-                    link.gateway
-                )
-            } else {
-                format!("add default route via {} on {ifname} in netns {netns}", link.gateway)
-            },
+    for ((address, _), added) in link.addresses().zip(addresses_added) {
+        added.map_err(|e| DatapathError::Netlink {
+            op: format!("add address {address} to {ifname} in netns {netns}"),
             source: to_io(e),
-        }
-    })?;
+        })?;
+    }
+    for ((_, gateway), added) in link.addresses().zip(routes_added) {
+        added.map_err(|e| route_error(&link, gateway, e))?;
+    }
 
-    let announce_error = |source| DatapathError::Announce {
-        ip,
+    let ips = link.addresses().map(|(a, _)| a.ip()).collect();
+    Announcer::open(index, link.mac, ips, probe).map_err(|source| DatapathError::Announce {
+        ip: link.address.ip(),
         ifname: ifname.clone(),
         source,
-    };
-    Announcer::open(index, link.mac, ip, probe).map_err(announce_error)
+    })
+}
+
+fn route_error(link: &PodLink, gateway: IpAddr, e: rtnetlink::Error) -> DatapathError {
+    let (netns, ifname) = (link.netns.display(), &link.ifname);
+    let exists = netlinksafe::errno(&e) == Some(libc::EEXIST);
+    DatapathError::Netlink {
+        op: if exists {
+            format!(
+                "add default route via {gateway} on {ifname}: netns {netns} already has a default \
+                 route (another interface of this pod is wired with a gateway)"
+            )
+        } else {
+            format!("add default route via {gateway} on {ifname} in netns {netns}")
+        },
+        source: to_io(e),
+    }
+}
+
+/// `net.ipv6.conf.<ifname>.disable_ipv6 = 0` in the calling thread's netns
+/// if it is 1: a new link takes the netns's `default` value, which a
+/// runtime or image may have set to 1, and an IPv6 address cannot be added
+/// then (EACCES). Read first, so that the common case (0, as in a new netns
+/// on Debian 12) is one read. As the reference plugins do for IPv6.
+fn enable_ipv6(ifname: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if std::fs::read_to_string(&path)?.trim() == "0" {
+        return Ok(());
+    }
+    std::fs::write(&path, "0")
 }
 
 /// The alias (IFLA_IFALIAS) of every pod end moor wires.

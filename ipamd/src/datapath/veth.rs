@@ -16,6 +16,7 @@ use rtnetlink::packet_core::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::announce::Announcer;
+use super::host_sysctl::HostSysctl;
 use super::netlinksafe::{self, to_io};
 use super::netns::{open_netns, NetnsThread, Started};
 use super::pod_end::{clear_ifname, configure_pod};
@@ -89,12 +90,7 @@ impl NewPair {
     pub(crate) fn prepare(link: &PodLink, host: &Handle) -> Result<Self, DatapathError> {
         validate_ifname(&link.host_ifname)?;
         validate_ifname(&link.ifname)?;
-        if !link.address.contains(link.gateway) {
-            return Err(DatapathError::GatewayOutsideSubnet {
-                gateway: link.gateway,
-                address: link.address,
-            });
-        }
+        link.validate_addresses()?;
         let netns = open_netns(&link.netns)?;
         let pod = NetnsThread::spawn(
             netns.try_clone().map_err(|source| DatapathError::Netns {
@@ -131,7 +127,8 @@ impl NewPair {
 
     /// Creates both ends in one request (see [`pair_request`]) once the
     /// pod's thread has made CNI_IFNAME free; `attached` says, for errors,
-    /// where the host end goes ("port of bridge br0").
+    /// where the host end goes ("port of bridge br0"). The host end's IPv6
+    /// is turned off (`sysctl`) before the pod end comes up.
     ///
     /// Checked first rather than after a failed request: a re-ADD into a
     /// netns whose last DEL's veth is not reaped yet finds that pod end
@@ -141,6 +138,7 @@ impl NewPair {
     pub(crate) async fn create(
         &mut self,
         handle: &Handle,
+        sysctl: &HostSysctl,
         controller: Option<u32>,
         mtu: u32,
         attached: &str,
@@ -166,15 +164,18 @@ impl NewPair {
         match created {
             Ok(index) => {
                 self.pod_index = index;
+                // Before the pod end is up: until then the host end has no
+                // carrier, and IPv6 on it has done nothing yet.
+                sysctl.disable_ipv6(&self.link.host_ifname).await;
                 Ok(())
             }
             Err(e) => Err(create_error(handle, attached, &self.link, e).await),
         }
     }
 
-    /// Sets the pod end up with its address and default route, on the pod's
-    /// thread; returns the announcer for the caller to send the gratuitous
-    /// ARPs once the host end forwards. The caller rolls back on failure.
+    /// Sets the pod end up with its addresses and default routes, on the
+    /// pod's thread; returns the announcer for the caller to send the
+    /// announcements once the host end forwards. The caller rolls back on failure.
     /// `tx_checksum_off`: see [`super::disable_tx_checksum`]. `probe`: the
     /// announcer can also run the duplicate-address probe.
     /// Also returns how long the work waited for the pod's thread.
@@ -301,7 +302,8 @@ mod tests {
             ifname: "eth0".into(),
             host_ifname: "mr0123456789ab".into(),
             address: "10.1.0.17/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 1, 0, 1),
+            gateway: Ipv4Addr::new(10, 1, 0, 1).into(),
+            ipv6: None,
             mac: [0x0a, 0x58, 10, 1, 0, 17],
             vlan: None,
             pod_namespace: "default".into(),

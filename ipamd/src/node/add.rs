@@ -209,7 +209,7 @@ impl Node {
                 warn!(%key, %ip, other_mac = %mac, "duplicate address: IP quarantined");
                 return Err(Error::refused(
                     cni_code::ADDRESS_CONFLICT,
-                    quarantine_message(ip.into(), &mac, Some(pod)),
+                    quarantine_message(ip, &mac, Some(pod)),
                 ));
             }
             Err(e) => {

@@ -44,12 +44,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv6Network};
 use moor_proto::fields;
 
 use crate::clock::Clock;
 use crate::core::{AttachmentKey, Lease, OwnerKind, Tor};
-use crate::datapath::{Datapath, PodLink};
+use crate::datapath::{Datapath, PodIpv6, PodLink};
 use crate::error::{cni_code, Error, Result};
 use crate::ipam::Ipam;
 use crate::kubernetes::Cluster;
@@ -169,18 +169,21 @@ fn link_for(tor: &Tor, lease: &Lease, netns: &str) -> Result<PodLink> {
         netns: PathBuf::from(netns),
         ifname: a.key.ifname.clone(),
         host_ifname: moor_proto::host_ifname(&a.key.container_id, &a.key.ifname),
-        address: match lease.ip {
-            std::net::IpAddr::V4(ip) => Ipv4Network::new(ip, tor.first.subnet.prefix())
-                .map_err(|e| Error::internal_from(e.to_string(), e))?,
-            std::net::IpAddr::V6(_) => {
-                return Err(Error::internal("IPv6 wiring: datapath pending"))
-            }
-        },
-        gateway: match tor.first.gateway {
-            std::net::IpAddr::V4(gw) => gw,
-            std::net::IpAddr::V6(_) => {
-                return Err(Error::internal("IPv6 wiring: datapath pending"))
-            }
+        address: IpNetwork::new(lease.ip, tor.first.subnet.prefix())
+            .map_err(|e| Error::internal_from(e.to_string(), e))?,
+        gateway: tor.first.gateway,
+        // A dual-stack pod: its IPv6 address with the segment's IPv6
+        // prefix and gateway.
+        ipv6: match (lease.ipv6, &tor.ipv6) {
+            (Some(ip), Some(f)) => match f.gateway {
+                std::net::IpAddr::V6(gateway) => Some(PodIpv6 {
+                    address: Ipv6Network::new(ip, f.subnet.prefix())
+                        .map_err(|e| Error::internal_from(e.to_string(), e))?,
+                    gateway,
+                }),
+                std::net::IpAddr::V4(_) => None,
+            },
+            _ => None,
         },
         mac: moor_proto::mac_for_ip(lease.ip),
         vlan: tor.vlan,

@@ -16,11 +16,13 @@ use moor_ovs::{Endpoint, ErrorKind, Options, Ovsdb, Port};
 use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::Handle;
 
-use crate::datapath::announce::{announce_again, probe_for_owner};
+use crate::datapath::announce::{announce_again, announce_first};
 use crate::datapath::check;
 use crate::datapath::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
+use crate::datapath::host_sysctl::HostSysctl;
 use crate::datapath::netlinksafe;
 use crate::datapath::netns::{netlink_in, LinkDeleter, Netlink};
+use crate::datapath::probe::probe_for_owner;
 use crate::datapath::retired::PortKind;
 use crate::datapath::timing::{Laps, WireSteps};
 use crate::datapath::veth::{self, NewPair};
@@ -78,6 +80,8 @@ pub struct OvsDatapath {
     deleter: LinkDeleter,
     /// Retired host ends and their reaper (see `graveyard`).
     graveyard: Graveyard,
+    /// Turns IPv6 off on host ends (see `host_sysctl`).
+    sysctl: HostSysctl,
     /// Writes return once ovs-vswitchd applied them.
     ovs: Ovsdb,
     /// The same connection, not waiting for ovs-vswitchd: for removals, where
@@ -119,6 +123,7 @@ impl OvsDatapath {
         let handle = netlink_in(netns)?;
         let deleter = LinkDeleter::new(netns)?;
         let graveyard = Graveyard::start(netns).await?;
+        let sysctl = HostSysctl::start(netns)?;
         let opts = Options {
             timeout: cfg.timeout,
             wait_applied: true,
@@ -173,6 +178,7 @@ impl OvsDatapath {
             handle,
             deleter,
             graveyard,
+            sysctl,
             ovs,
             ovs_nowait,
             bridge: bridge.to_string(),
@@ -240,6 +246,7 @@ impl OvsDatapath {
         steps.clear = laps.lap();
         pair.create(
             &self.handle,
+            &self.sysctl,
             None,
             self.mtu,
             &format!("for OVS bridge {}", self.bridge),
@@ -296,15 +303,11 @@ impl OvsDatapath {
             }
         };
         steps.probe = laps.lap();
-        let sent = announcer.send();
+        let sent = announce_first(&announcer, &link);
         steps.announce = laps.lap();
-        if let Err(source) = sent {
+        if let Err(e) = sent {
             self.rollback(&link.host_ifname, true).await;
-            return Err(DatapathError::Announce {
-                ip: link.address.ip(),
-                ifname: link.ifname.clone(),
-                source,
-            });
+            return Err(e);
         }
         tokio::spawn(announce_again(announcer, link));
         Ok(Wired {
@@ -477,7 +480,8 @@ mod tests {
             ifname: "eth0".into(),
             host_ifname: "mr0123456789ab".into(),
             address: "10.1.0.17/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 1, 0, 1),
+            gateway: Ipv4Addr::new(10, 1, 0, 1).into(),
+            ipv6: None,
             mac: [0x0a, 0x58, 10, 1, 0, 17],
             vlan: Some(100),
             pod_namespace: "default".into(),

@@ -220,7 +220,7 @@ async fn a_sticky_pod_whose_ip_is_quarantined_is_refused_not_moved() {
     h.dp.fail_next(
         Op::Wire,
         DatapathError::AddressConflict {
-            ip: first.lease.ip.to_string().parse().unwrap(),
+            ip: first.lease.ip,
             mac: "52:54:00:00:00:01".into(),
         },
     );

@@ -111,7 +111,7 @@ async fn evict_of_a_quarantined_ip_is_refused() {
     h.dp.fail_next(
         crate::datapath::fake::Op::Wire,
         crate::datapath::DatapathError::AddressConflict {
-            ip: a.lease.ip.to_string().parse().unwrap(),
+            ip: a.lease.ip,
             mac: "52:54:00:00:00:02".into(),
         },
     );

@@ -22,6 +22,7 @@ async fn crashed_mid_add(h: &Harness, cid: &str, pod: &str) -> std::net::IpAddr 
         host_ifname: Harness::host(cid),
         address: format!("{}/24", alloc.lease.ip).parse().unwrap(),
         gateway: "10.1.0.1".parse().unwrap(),
+        ipv6: None,
         mac: moor_proto::mac_for_ip(alloc.lease.ip),
         vlan: None,
         pod_namespace: "default".into(),
