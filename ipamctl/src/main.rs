@@ -173,7 +173,8 @@ enum PoolCommand {
     Show { name: String },
     /// Delete a pool.
     Delete { name: String },
-    /// Print the pool's whitelist: every IP of the pool, whatever its state.
+    /// Print the pool's whitelist: every IP of the pool, whatever its state
+    /// (a dual-stack pool's IPv6 partners too).
     ///
     /// With --watch, stream it for a whitelist syncer, one line a change,
     /// flushed: `= N` (replace your set with the N `+ IP` lines that follow),
