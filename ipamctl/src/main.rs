@@ -132,17 +132,22 @@ enum TorCommand {
 struct TorAddArgs {
     /// The ToR's name: lowercase letters, digits and '-', e.g. rack-1.
     name: String,
-    /// The ToR's subnet, e.g. 10.1.0.0/24.
-    #[arg(long, value_name = "CIDR")]
-    subnet: String,
-    /// The router of the subnet, e.g. 10.1.0.1.
-    #[arg(long, value_name = "IP")]
-    gateway: String,
+    /// The segment's subnet, e.g. 10.1.0.0/24 or fd00:1::/64 (an IPv6 one
+    /// is a /64 to /126). Give one per family for dual stack: --subnet
+    /// 10.1.0.0/24 --gateway 10.1.0.1 --subnet fd00:1::/64 --gateway
+    /// fd00:1::1; each pod then gets an address of each.
+    #[arg(long = "subnet", value_name = "CIDR", required = true)]
+    subnets: Vec<String>,
+    /// The router of the subnet, e.g. 10.1.0.1; one per --subnet, in the
+    /// same order.
+    #[arg(long = "gateway", value_name = "IP", required = true)]
+    gateways: Vec<String>,
     /// 802.1Q VLAN id, 1-4094; omit for untagged.
     #[arg(long, value_name = "ID", allow_negative_numbers = true)]
     vlan: Option<String>,
-    /// Addresses reserved for pods, FIRST-LAST; repeatable. Default: the
-    /// whole subnet but network, gateway and broadcast.
+    /// Addresses reserved for pods, FIRST-LAST, of either family;
+    /// repeatable. Default: the whole subnet of a family that has none, but
+    /// network, gateway and broadcast.
     #[arg(long = "range", value_name = "A-B")]
     ranges: Vec<String>,
     /// Make this an extra segment (VLAN and subnet) of ToR TOR: nodes of
@@ -168,7 +173,8 @@ enum PoolCommand {
     Show { name: String },
     /// Delete a pool.
     Delete { name: String },
-    /// Print the pool's whitelist: every IP of the pool, whatever its state.
+    /// Print the pool's whitelist: every IP of the pool, whatever its state
+    /// (a dual-stack pool's IPv6 partners too).
     ///
     /// With --watch, stream it for a whitelist syncer, one line a change,
     /// flushed: `= N` (replace your set with the N `+ IP` lines that follow),
@@ -219,6 +225,11 @@ struct PoolCreateArgs {
     /// ones. Keep one for a pod with `binding add`.
     #[arg(long = "ip", value_name = "IP")]
     ips: Vec<String>,
+    /// Which addresses its pods get: ipv4, ipv6, or dual (one of each, from
+    /// dual-stack ToR segments; --ip then lists the IPv4 ones, each brings
+    /// its IPv6 partner). Default: every family all its ToRs have.
+    #[arg(long, value_enum)]
+    family: Option<validate::PoolFamily>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,8 +338,8 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
         Command::Tor(c) => match c {
             TorCommand::Add(a) => Rpc::AddTor(validate::tor_add(&validate::TorAdd {
                 name: &a.name,
-                subnet: &a.subnet,
-                gateway: &a.gateway,
+                subnets: &a.subnets,
+                gateways: &a.gateways,
                 vlan: a.vlan.as_deref(),
                 ranges: &a.ranges,
                 segment_of: a.segment_of.as_deref(),
@@ -348,6 +359,7 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
                     policy: a.policy.as_deref(),
                     allow_namespaces: &a.allow_namespaces,
                     ips: &a.ips,
+                    family: a.family,
                 })?)
             }
             PoolCommand::Resize { name: n, size } => Rpc::ResizePool(ResizePoolRequest {
@@ -665,6 +677,55 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Dual stack: --subnet and --gateway pair up in order, IPv6 first
+        // or not.
+        match plan_of(&[
+            "tor",
+            "add",
+            "rack-1",
+            "--subnet",
+            "fd00:1::/64",
+            "--gateway",
+            "fd00:1::1",
+            "--subnet",
+            "10.1.0.0/24",
+            "--gateway",
+            "10.1.0.1",
+            "--range",
+            "fd00:1::10-fd00:1::ffff",
+        ]) {
+            Ok(Rpc::AddTor(req)) => {
+                assert_eq!(
+                    (req.subnet.as_str(), req.gateway.as_str()),
+                    ("10.1.0.0/24", "10.1.0.1")
+                );
+                assert_eq!(
+                    (req.subnet6.as_str(), req.gateway6.as_str()),
+                    ("fd00:1::/64", "fd00:1::1")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for (family, want) in [(&["--family", "dual"][..], "dual"), (&[][..], "")] {
+            let mut args = vec![
+                "pool",
+                "create",
+                "web",
+                "--namespace",
+                "shop",
+                "--app",
+                "web",
+            ];
+            args.extend_from_slice(family);
+            match plan_of(&args) {
+                Ok(Rpc::CreatePool(req)) => assert_eq!(req.family, want, "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        match plan_of(&["ip", "show", "fd00:1::11"]) {
+            Ok(Rpc::GetIp(address)) => assert_eq!(address, "fd00:1::11"),
+            other => panic!("{other:?}"),
+        }
         match plan_of(&["pool", "resize", "web", "--size", "40"]) {
             Ok(Rpc::ResizePool(req)) => assert_eq!((req.name.as_str(), req.size), ("web", 40)),
             other => panic!("{other:?}"),
@@ -793,7 +854,7 @@ mod tests {
             (&["ip", "list", "--pool", "Web"][..], "--pool"),
             (&["binding", "list", "--pool", ""][..], "--pool"),
             (&["ip", "release", "10.1.0.300"][..], "IP"),
-            (&["ip", "show", "fd00::1"][..], "IP"),
+            (&["ip", "show", "fd00::1/64"][..], "IP"),
             (&["ip", "evict", "10.1.0.17/24"][..], "IP"),
             (&["ip", "evict", "--force", "web-0"][..], "IP"),
             (&["ip", "evict", "--delete-pod", "web-0"][..], "IP"),

@@ -6,7 +6,7 @@
 //! (ToRs, pools by name; IPs by pool, then address; bindings by pod). The
 //! long lists ipamd streams are printed by `listing`, with the rows below.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use clap::ValueEnum;
 use moor_proto::v1::pool_change::Kind;
@@ -27,11 +27,14 @@ pub enum Format {
 /// database's grant script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
-    /// One IP a line.
+    /// One IP a line; a dual-stack pool's IPv4 addresses, then their IPv6
+    /// partners.
     Plain,
-    /// Header `ip,pool`, then one row per IP.
+    /// Header `ip,pool`, then one row per IP; a dual-stack pool's header is
+    /// `ip,pool,ip6`, each row an IPv4 address with its IPv6 partner.
     Csv,
-    /// `{"pool": NAME, "ips": [..]}`.
+    /// `{"pool": NAME, "ips": [..], "ips6": [..]}` (`ips6`: a dual-stack
+    /// pool's IPv6 partners of `ips`, same order; else empty).
     Json,
 }
 
@@ -59,15 +62,37 @@ pub struct RangeView {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TorView {
     pub name: String,
+    /// The IPv4 subnet (an IPv6-only segment: its IPv6 one).
     pub subnet: String,
     pub gateway: String,
+    /// A dual-stack segment's IPv6 subnet and gateway; `null` otherwise.
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     /// `null` = untagged.
     pub vlan: Option<u32>,
     pub ranges: Vec<RangeView>,
+    /// IPs pools of the segment's own family carve (dual stack: pairs).
     pub capacity: u32,
+    /// IPs IPv6-only pools may carve (saturating: a /64 is more than any
+    /// pool asks for); 0 without IPv6.
+    pub capacity6: u32,
     pub carved: u32,
     /// The ToR this record is a segment of; `null`: a ToR's own segment.
     pub segment_of: Option<String>,
+}
+
+impl TorView {
+    fn has_ipv6(&self) -> bool {
+        self.subnet6.is_some() || self.subnet.contains(':')
+    }
+
+    /// Both subnets (or gateways), IPv4 first, for one table cell.
+    fn both(first: &str, v6: &Option<String>) -> String {
+        match v6 {
+            Some(v6) => format!("{first},{v6}"),
+            None => first.to_string(),
+        }
+    }
 }
 
 impl From<&Tor> for TorView {
@@ -76,6 +101,8 @@ impl From<&Tor> for TorView {
             name: t.name.clone(),
             subnet: t.subnet.clone(),
             gateway: t.gateway.clone(),
+            subnet6: (!t.subnet6.is_empty()).then(|| t.subnet6.clone()),
+            gateway6: (!t.gateway6.is_empty()).then(|| t.gateway6.clone()),
             vlan: (t.vlan != 0).then_some(t.vlan),
             ranges: t
                 .ranges
@@ -86,6 +113,7 @@ impl From<&Tor> for TorView {
                 })
                 .collect(),
             capacity: t.capacity,
+            capacity6: t.capacity6,
             carved: t.carved,
             segment_of: (!t.segment_of.is_empty()).then(|| t.segment_of.clone()),
         }
@@ -115,6 +143,8 @@ pub struct PoolView {
     pub size: u32,
     /// `auto`, `sticky` or `release`.
     pub policy: String,
+    /// `ipv4`, `ipv6` or `dual`: which addresses its pods get.
+    pub family: String,
     /// Other namespaces whose pods may name the pool (`*`: all).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_namespaces: Vec<String>,
@@ -150,6 +180,13 @@ impl From<&Pool> for PoolView {
             app: p.app.clone(),
             size: p.size,
             policy: policy_name(p.policy),
+            // An ipamd from before dual stack sends none: its pools are all
+            // IPv4.
+            family: if p.family.is_empty() {
+                "ipv4".to_string()
+            } else {
+                p.family.clone()
+            },
             allow_namespaces: p.allow_namespaces.clone(),
             tors,
             totals,
@@ -223,6 +260,8 @@ impl From<&Attachment> for AttachmentView {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct IpView {
     pub address: String,
+    /// A dual-stack pod's IPv6 partner of `address`; `null` otherwise.
+    pub address6: Option<String>,
     pub pool: String,
     pub tor: String,
     /// `free`, `bound`, `in-use` or `quarantined`.
@@ -248,6 +287,7 @@ impl From<&Ip> for IpView {
     fn from(ip: &Ip) -> Self {
         Self {
             address: ip.address.clone(),
+            address6: (!ip.address6.is_empty()).then(|| ip.address6.clone()),
             pool: ip.pool.clone(),
             tor: ip.tor.clone(),
             state: ip.state.clone(),
@@ -308,6 +348,8 @@ pub struct ReleaseView {
 pub struct ExportView {
     pub pool: String,
     pub ips: Vec<String>,
+    /// A dual-stack pool: the IPv6 partner of each of `ips`, same order.
+    pub ips6: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -410,19 +452,34 @@ pub fn tor_list(tors: &[Tor], format: Format) -> String {
     if format == Format::Json {
         return json(&views);
     }
+    // A dual-stack segment's subnets and gateways share a cell, IPv4
+    // first, as its ranges do: every row has the same columns.
     let mut t = Table::new(&[
-        "NAME", "TOR", "SUBNET", "GATEWAY", "VLAN", "RANGES", "CAPACITY", "CARVED",
+        "NAME",
+        "TOR",
+        "SUBNET",
+        "GATEWAY",
+        "VLAN",
+        "RANGES",
+        "CAPACITY",
+        "CARVED",
+        "CAPACITY6",
     ]);
     for v in &views {
         t.row([
             v.name.clone(),
             v.segment_of.clone().unwrap_or_else(|| v.name.clone()),
-            v.subnet.clone(),
-            v.gateway.clone(),
+            TorView::both(&v.subnet, &v.subnet6),
+            TorView::both(&v.gateway, &v.gateway6),
             vlan(v.vlan),
             ranges(&v.ranges, ","),
             v.capacity.to_string(),
             v.carved.to_string(),
+            if v.has_ipv6() {
+                v.capacity6.to_string()
+            } else {
+                String::new()
+            },
         ]);
     }
     t.render()
@@ -433,7 +490,7 @@ pub fn tor_show(tor: &Tor, format: Format) -> String {
     if format == Format::Json {
         return json(&v);
     }
-    fields(&[
+    let mut rows = vec![
         ("Name", v.name.clone()),
         (
             "ToR",
@@ -441,23 +498,42 @@ pub fn tor_show(tor: &Tor, format: Format) -> String {
         ),
         ("Subnet", v.subnet.clone()),
         ("Gateway", v.gateway.clone()),
+    ];
+    if let (Some(subnet6), Some(gateway6)) = (&v.subnet6, &v.gateway6) {
+        rows.extend([("Subnet6", subnet6.clone()), ("Gateway6", gateway6.clone())]);
+    }
+    rows.extend([
         ("VLAN", vlan(v.vlan)),
         ("Ranges", ranges(&v.ranges, ", ")),
         ("Capacity", v.capacity.to_string()),
-        ("Carved", v.carved.to_string()),
-    ])
+    ]);
+    if v.has_ipv6() {
+        rows.push(("Capacity6", v.capacity6.to_string()));
+    }
+    rows.push(("Carved", v.carved.to_string()));
+    fields(&rows)
 }
 
 /// `pool list`'s table columns.
-pub const POOL_HEADERS: [&str; 7] = ["NAME", "NAMESPACE", "APP", "SIZE", "POLICY", "TORS", "FREE"];
+pub const POOL_HEADERS: [&str; 8] = [
+    "NAME",
+    "NAMESPACE",
+    "APP",
+    "SIZE",
+    "POLICY",
+    "FAMILY",
+    "TORS",
+    "FREE",
+];
 
-pub fn pool_row(v: &PoolView) -> [String; 7] {
+pub fn pool_row(v: &PoolView) -> [String; 8] {
     [
         v.name.clone(),
         v.namespace.clone(),
         v.app.clone(),
         v.size.to_string(),
         v.policy.clone(),
+        v.family.clone(),
         v.tors
             .iter()
             .map(|t| t.tor.as_str())
@@ -494,6 +570,7 @@ pub fn pool_show(pool: &Pool, format: Format) -> String {
         ("App", v.app.clone()),
         ("Size", v.size.to_string()),
         ("Policy", v.policy.clone()),
+        ("Family", v.family.clone()),
     ];
     if !v.allow_namespaces.is_empty() {
         rows.push(("Allowed namespaces", v.allow_namespaces.join(", ")));
@@ -518,21 +595,39 @@ pub fn pool_show(pool: &Pool, format: Format) -> String {
     out
 }
 
+/// A whitelist holds every address a pod of the pool may have: a
+/// dual-stack pool's IPv6 partners too.
 pub fn pool_export(reply: &ExportPoolReply, format: ExportFormat) -> String {
     match format {
-        ExportFormat::Plain => reply.ips.iter().map(|ip| format!("{ip}\n")).collect(),
-        ExportFormat::Csv => {
-            // Pool names are DNS labels and IPs are dotted quads: nothing to
-            // quote.
+        ExportFormat::Plain => reply
+            .ips
+            .iter()
+            .chain(&reply.ips6)
+            .map(|ip| format!("{ip}\n"))
+            .collect(),
+        // Pool names are DNS labels and IPs are dotted quads or IPv6
+        // colons: nothing to quote.
+        ExportFormat::Csv if reply.ips6.is_empty() => {
             let mut out = String::from("ip,pool\n");
             for ip in &reply.ips {
                 out.push_str(&format!("{ip},{}\n", reply.pool));
             }
             out
         }
+        // The partner in a column of its own, after the two every pool
+        // has, so a reader of `ip,pool` reads a dual-stack pool alike.
+        ExportFormat::Csv => {
+            let mut out = String::from("ip,pool,ip6\n");
+            for (i, ip) in reply.ips.iter().enumerate() {
+                let ip6 = reply.ips6.get(i).map_or("", String::as_str);
+                out.push_str(&format!("{ip},{},{ip6}\n", reply.pool));
+            }
+            out
+        }
         ExportFormat::Json => json(&ExportView {
             pool: reply.pool.clone(),
             ips: reply.ips.clone(),
+            ips6: reply.ips6.clone(),
         }),
     }
 }
@@ -543,7 +638,12 @@ pub const IP_HEADERS: [&str; 7] = ["IP", "POOL", "TOR", "STATE", "POD", "NODE", 
 pub fn ip_row(v: &IpView) -> [String; 7] {
     let att = v.attachment.as_ref();
     [
-        v.address.clone(),
+        // A dual-stack pod's two addresses share the cell, as a segment's
+        // subnets do in `tor list`: every row keeps its 7 columns.
+        match &v.address6 {
+            Some(v6) => format!("{},{v6}", v.address),
+            None => v.address.clone(),
+        },
         v.pool.clone(),
         v.tor.clone(),
         v.state.clone(),
@@ -791,8 +891,11 @@ pub fn deleted(kind: &str, name: &str, format: Format) -> String {
 }
 
 fn ip_fields(v: &IpView) -> Vec<(&'static str, String)> {
-    let mut rows = vec![
-        ("Address", v.address.clone()),
+    let mut rows = vec![("Address", v.address.clone())];
+    if let Some(v6) = &v.address6 {
+        rows.push(("Address6", v6.clone()));
+    }
+    rows.extend([
         ("Pool", v.pool.clone()),
         ("ToR", v.tor.clone()),
         ("State", v.state.clone()),
@@ -800,7 +903,7 @@ fn ip_fields(v: &IpView) -> Vec<(&'static str, String)> {
             "Binding",
             v.binding.as_ref().map(PodView::display).unwrap_or_default(),
         ),
-    ];
+    ]);
     match &v.attachment {
         None => rows.push(("Attachment", String::new())),
         Some(a) => rows.extend([
@@ -861,11 +964,13 @@ fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-/// Sort key that puts 10.0.0.9 before 10.0.0.10; anything unparsable last.
-fn address_key(a: &str) -> (u8, u32, String) {
-    match a.parse::<Ipv4Addr>() {
-        Ok(ip) => (0, u32::from(ip), String::new()),
-        Err(_) => (1, 0, a.to_string()),
+/// Sort key that puts 10.0.0.9 before 10.0.0.10 and IPv4 before IPv6, as
+/// ipamd sorts; anything unparsable last.
+fn address_key(a: &str) -> (u8, u128, String) {
+    match a.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => (0, u128::from(u32::from(ip)), String::new()),
+        Ok(IpAddr::V6(ip)) => (1, u128::from(ip), String::new()),
+        Err(_) => (2, 0, a.to_string()),
     }
 }
 
@@ -1133,11 +1238,11 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME       TOR     SUBNET       GATEWAY   VLAN  RANGES                          CAPACITY  CARVED"
+            "NAME       TOR     SUBNET       GATEWAY   VLAN  RANGES                          CAPACITY  CARVED  CAPACITY6"
         );
         assert_eq!(
             lines[1],
-            "rack-1     rack-1  10.1.0.0/24  10.1.0.1  100   10.1.0.10-10.1.0.99,10.1.0.200  91        30"
+            "rack-1     rack-1  10.1.0.0/24  10.1.0.1  100   10.1.0.10-10.1.0.99,10.1.0.200  91        30      -"
         );
         assert!(lines[2].starts_with("rack-1-db  rack-1  10.1.0.0/24  10.1.0.1  200   "));
         assert!(lines[3].starts_with("rack-2     rack-2  10.1.0.0/24  10.1.0.1  -     "));
@@ -1153,12 +1258,15 @@ mod tests {
                 "name": "rack-1",
                 "subnet": "10.1.0.0/24",
                 "gateway": "10.1.0.1",
+                "subnet6": null,
+                "gateway6": null,
                 "vlan": null,
                 "ranges": [
                     {"first": "10.1.0.10", "last": "10.1.0.99"},
                     {"first": "10.1.0.200", "last": "10.1.0.200"}
                 ],
                 "capacity": 91,
+                "capacity6": 0,
                 "carved": 30,
                 "segment_of": null
             }])
@@ -1210,8 +1318,8 @@ mod tests {
         let out = pool_list(&[pool()], Format::Table);
         assert_eq!(
             out,
-            "NAME   NAMESPACE  APP    SIZE  POLICY  TORS           FREE\n\
-             mysql  db         mysql  30    sticky  rack-1,rack-2  16\n"
+            "NAME   NAMESPACE  APP    SIZE  POLICY  FAMILY  TORS           FREE\n\
+             mysql  db         mysql  30    sticky  ipv4    rack-1,rack-2  16\n"
         );
     }
 
@@ -1241,7 +1349,7 @@ mod tests {
             serde_json::from_str(&pool_export(&reply, ExportFormat::Json)).unwrap();
         assert_eq!(
             v,
-            json!({"pool": "mysql", "ips": ["10.1.0.10", "10.1.0.11"]})
+            json!({"pool": "mysql", "ips": ["10.1.0.10", "10.1.0.11"], "ips6": []})
         );
         let empty = ExportPoolReply {
             pool: "x".into(),
@@ -1276,7 +1384,7 @@ mod tests {
         assert_eq!(
             v[0],
             json!({
-                "address": "10.1.0.9", "pool": "mysql", "tor": "rack-2",
+                "address": "10.1.0.9", "address6": null, "pool": "mysql", "tor": "rack-2",
                 "state": "free", "binding": null, "attachment": null
             })
         );
@@ -1610,6 +1718,196 @@ mod tests {
         reply.schema_recorded = false;
         reply.findings.clear();
         assert!(audit(&reply, Format::Table).starts_with("schema version 1 (no record yet"));
+    }
+
+    /// A dual-stack segment as ipamd answers it: IPv4 in `subnet`, IPv6 in
+    /// `subnet6`, ranges of both.
+    fn dual_tor() -> Tor {
+        Tor {
+            subnet6: "fd00:1::/64".into(),
+            gateway6: "fd00:1::1".into(),
+            capacity6: u32::MAX,
+            ranges: vec![
+                IpRange {
+                    first: "10.1.0.10".into(),
+                    last: "10.1.0.99".into(),
+                },
+                IpRange {
+                    first: "fd00:1::10".into(),
+                    last: "fd00:1::ffff".into(),
+                },
+            ],
+            ..tor("rack-6", 0)
+        }
+    }
+
+    #[test]
+    fn dual_stack_tor_shows_both_subnets_and_gateways() {
+        let v6_only = Tor {
+            subnet: "fd00:2::/64".into(),
+            gateway: "fd00:2::1".into(),
+            ranges: vec![],
+            capacity: u32::MAX,
+            capacity6: u32::MAX,
+            ..tor("rack-7", 0)
+        };
+        let out = tor_list(
+            &[dual_tor(), v6_only.clone(), tor("rack-1", 0)],
+            Format::Table,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "NAME    TOR     SUBNET                   GATEWAY             VLAN  RANGES                                       CAPACITY    CARVED  CAPACITY6",
+                "rack-1  rack-1  10.1.0.0/24              10.1.0.1            -     10.1.0.10-10.1.0.99,10.1.0.200               91          30      -",
+                "rack-6  rack-6  10.1.0.0/24,fd00:1::/64  10.1.0.1,fd00:1::1  -     10.1.0.10-10.1.0.99,fd00:1::10-fd00:1::ffff  91          30      4294967295",
+                "rack-7  rack-7  fd00:2::/64              fd00:2::1           -     -                                            4294967295  30      4294967295",
+            ]
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&tor_show(&dual_tor(), Format::Json)).unwrap();
+        assert_eq!(
+            (&v["subnet"], &v["gateway"], &v["subnet6"], &v["gateway6"]),
+            (
+                &json!("10.1.0.0/24"),
+                &json!("10.1.0.1"),
+                &json!("fd00:1::/64"),
+                &json!("fd00:1::1")
+            )
+        );
+        assert_eq!(v["capacity6"], u32::MAX);
+        assert_eq!(
+            v["ranges"][1],
+            json!({"first": "fd00:1::10", "last": "fd00:1::ffff"})
+        );
+        let show = tor_show(&dual_tor(), Format::Table);
+        assert_eq!(
+            show,
+            "Name:       rack-6\n\
+             ToR:        rack-6\n\
+             Subnet:     10.1.0.0/24\n\
+             Gateway:    10.1.0.1\n\
+             Subnet6:    fd00:1::/64\n\
+             Gateway6:   fd00:1::1\n\
+             VLAN:       -\n\
+             Ranges:     10.1.0.10-10.1.0.99, fd00:1::10-fd00:1::ffff\n\
+             Capacity:   91\n\
+             Capacity6:  4294967295\n\
+             Carved:     30\n"
+        );
+        let only = tor_show(&v6_only, Format::Table);
+        assert!(only.contains("Subnet:     fd00:2::/64\n"), "{only}");
+        assert!(!only.contains("Subnet6"), "{only}");
+        assert!(only.contains("Capacity6:  4294967295\n"), "{only}");
+        assert!(!tor_show(&tor("rack-1", 0), Format::Table).contains("6:"));
+    }
+
+    #[test]
+    fn pools_show_their_family() {
+        let dual = Pool {
+            family: "dual".into(),
+            ..pool()
+        };
+        let out = pool_show(&dual, Format::Table);
+        assert!(
+            out.contains("Policy:     sticky\nFamily:     dual\n"),
+            "{out}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&pool_show(&dual, Format::Json)).unwrap();
+        assert_eq!(v["family"], "dual");
+        let list = pool_list(&[dual], Format::Table);
+        assert!(
+            list.lines()
+                .nth(1)
+                .unwrap()
+                .contains("  sticky  dual    rack-1"),
+            "{list}"
+        );
+        // An ipamd from before dual stack sends no family: IPv4, all of them.
+        assert_eq!(PoolView::from(&pool()).family, "ipv4");
+    }
+
+    fn dual_export() -> ExportPoolReply {
+        ExportPoolReply {
+            pool: "db".into(),
+            ips: vec!["10.1.0.10".into(), "10.1.0.11".into()],
+            ips6: vec!["fd00:1::a".into(), "fd00:1::b".into()],
+        }
+    }
+
+    #[test]
+    fn dual_stack_export_lists_both_families() {
+        let reply = dual_export();
+        assert_eq!(
+            pool_export(&reply, ExportFormat::Plain),
+            "10.1.0.10\n10.1.0.11\nfd00:1::a\nfd00:1::b\n"
+        );
+        assert_eq!(
+            pool_export(&reply, ExportFormat::Csv),
+            "ip,pool,ip6\n10.1.0.10,db,fd00:1::a\n10.1.0.11,db,fd00:1::b\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&pool_export(&reply, ExportFormat::Json)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "pool": "db",
+                "ips": ["10.1.0.10", "10.1.0.11"],
+                "ips6": ["fd00:1::a", "fd00:1::b"]
+            })
+        );
+        // An IPv6-only pool: its addresses are `ips`, the CSV is `ip,pool`.
+        let v6 = ExportPoolReply {
+            pool: "v6".into(),
+            ips: vec!["fd00:2::10".into()],
+            ips6: vec![],
+        };
+        assert_eq!(
+            pool_export(&v6, ExportFormat::Csv),
+            "ip,pool\nfd00:2::10,v6\n"
+        );
+        assert_eq!(pool_export(&v6, ExportFormat::Plain), "fd00:2::10\n");
+    }
+
+    #[test]
+    fn dual_stack_ip_shows_its_ipv6_partner() {
+        let ip = Ip {
+            address6: "fd00:1::8".into(),
+            ..in_use_ip()
+        };
+        let v: serde_json::Value = serde_json::from_str(&ip_show(&ip, Format::Json)).unwrap();
+        assert_eq!(
+            (&v["address"], &v["address6"]),
+            (&json!("10.1.0.17"), &json!("fd00:1::8"))
+        );
+        let show = ip_show(&ip, Format::Table);
+        assert!(
+            show.starts_with("Address:        10.1.0.17\nAddress6:       fd00:1::8\nPool:"),
+            "{show}"
+        );
+        assert!(!ip_show(&in_use_ip(), Format::Table).contains("Address6"));
+        // The list: both in the IP cell, 7 columns on every row, IPv4
+        // addresses before IPv6 ones (an IPv6-only pool), each numerically.
+        let v6 = |a: &str| Ip {
+            address: a.into(),
+            ..free_ip("")
+        };
+        let out = ip_list(
+            &[v6("fd00:2::10"), v6("fd00:2::9"), ip, free_ip("10.1.0.9")],
+            Format::Table,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "IP                   POOL   TOR     STATE   POD         NODE    CONTAINER",
+                "10.1.0.9             mysql  rack-2  free    -           -       -",
+                "10.1.0.17,fd00:1::8  mysql  rack-1  in-use  db/mysql-0  node-a  0123456789ab",
+                "fd00:2::9            mysql  rack-2  free    -           -       -",
+                "fd00:2::10           mysql  rack-2  free    -           -       -",
+            ]
+        );
     }
 
     #[test]

@@ -4,17 +4,18 @@
 //! that names the flag, the bad value and the fix, without a round trip and
 //! even when ipamd is down. Pure functions: no I/O.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+mod tor;
 
-use ipnetwork::Ipv4Network;
+use std::fmt;
+use std::net::IpAddr;
+
+use clap::ValueEnum;
 use moor_proto::fields::{self, FieldError, MAX_POOL_SIZE};
-use moor_proto::v1::{
-    AddBindingRequest, AddTorRequest, CreatePoolRequest, EvictIpRequest, IpRange, PodRef,
-    ReleasePolicy,
-};
+use moor_proto::v1::{AddBindingRequest, CreatePoolRequest, EvictIpRequest, PodRef, ReleasePolicy};
 
 use crate::output::{ExportFormat, Format, WatchFormat};
+
+pub use tor::{tor_add, TorAdd};
 
 /// Bad input: which flag (or positional argument), the value given, and what
 /// is wrong with it including how to fix it.
@@ -58,17 +59,6 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// The arguments of `tor add`, as typed.
-#[derive(Debug, Default, Clone)]
-pub struct TorAdd<'a> {
-    pub name: &'a str,
-    pub subnet: &'a str,
-    pub gateway: &'a str,
-    pub vlan: Option<&'a str>,
-    pub ranges: &'a [String],
-    pub segment_of: Option<&'a str>,
-}
-
 /// The arguments of `pool create`, as typed.
 #[derive(Debug, Default, Clone)]
 pub struct PoolCreate<'a> {
@@ -82,55 +72,30 @@ pub struct PoolCreate<'a> {
     pub allow_namespaces: &'a [String],
     /// `--ip`, repeatable: bring your own IPs.
     pub ips: &'a [String],
+    /// `--family`; `None`: every family all the pool's ToRs have.
+    pub family: Option<PoolFamily>,
 }
 
-pub fn tor_add(args: &TorAdd<'_>) -> Result<AddTorRequest, InputError> {
-    let name = tor_name("NAME", args.name)?;
-    let subnet = subnet("--subnet", args.subnet)?;
-    let gateway = gateway("--gateway", args.gateway, subnet)?;
-    let vlan = match args.vlan {
-        Some(v) => vlan("--vlan", v)?,
-        None => 0,
-    };
-    let mut ranges: Vec<(Ipv4Addr, Ipv4Addr, &str)> = Vec::new();
-    for text in args.ranges {
-        let (first, last) = range("--range", text, subnet)?;
-        if let Some((_, _, other)) = ranges.iter().find(|(f, l, _)| first <= *l && *f <= last) {
-            return Err(InputError::new(
-                "--range",
-                text,
-                format!("overlaps --range {other}; merge them into one range"),
-            ));
+/// `pool create --family`: which address families the pool's pods get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolFamily {
+    /// An IPv4 address each.
+    Ipv4,
+    /// An IPv6 address each.
+    Ipv6,
+    /// One of each, from a dual-stack ToR segment.
+    Dual,
+}
+
+impl PoolFamily {
+    /// As ipamd spells it on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolFamily::Ipv4 => "ipv4",
+            PoolFamily::Ipv6 => "ipv6",
+            PoolFamily::Dual => "dual",
         }
-        ranges.push((first, last, text));
     }
-    let segment_of = match args.segment_of {
-        Some(of) => tor_name("--segment-of", of)?,
-        None => String::new(),
-    };
-    if segment_of == name {
-        return Err(InputError::new(
-            "--segment-of",
-            &segment_of,
-            "names the segment itself: give the ToR it is on, or leave --segment-of out"
-                .to_string(),
-        ));
-    }
-    Ok(AddTorRequest {
-        segment_of,
-        name,
-        subnet: subnet.to_string(),
-        gateway: gateway.to_string(),
-        vlan,
-        ranges: ranges
-            .into_iter()
-            .map(|(first, last, _)| IpRange {
-                first: first.to_string(),
-                last: last.to_string(),
-            })
-            .collect(),
-        ..Default::default()
-    })
 }
 
 pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputError> {
@@ -169,7 +134,7 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
             allow_namespaces.push(ns);
         }
     }
-    let mut ips: Vec<Ipv4Addr> = Vec::new();
+    let mut ips: Vec<IpAddr> = Vec::new();
     for ip in args.ips {
         let a = address("--ip", ip)?;
         if ips.contains(&a) {
@@ -179,6 +144,7 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
                 "is given twice; name each IP once",
             ));
         }
+        ip_of_family("--ip", ip, a, args.family, ips.first())?;
         ips.push(a);
     }
     if !ips.is_empty() && size != 0 && size as usize != ips.len() {
@@ -200,8 +166,38 @@ pub fn pool_create(args: &PoolCreate<'_>) -> Result<CreatePoolRequest, InputErro
         policy: policy.into(),
         allow_namespaces,
         ips: ips.iter().map(|ip| ip.to_string()).collect(),
-        ..Default::default()
+        family: args.family.map_or("", PoolFamily::as_str).to_string(),
     })
+}
+
+/// A pool lists the addresses it carves: a dual-stack pool its IPv4 ones
+/// (each brings its IPv6 partner), so a pool's `--ip`s are of one family
+/// (ipamd's rule; it also checks each is in a pod range).
+fn ip_of_family(
+    flag: &str,
+    value: &str,
+    ip: IpAddr,
+    family: Option<PoolFamily>,
+    first: Option<&IpAddr>,
+) -> Result<(), InputError> {
+    let fix = match (family, ip) {
+        (Some(PoolFamily::Ipv4), IpAddr::V6(_)) => {
+            "is IPv6 but --family is ipv4; give IPv4 addresses, or --family ipv6"
+        }
+        (Some(PoolFamily::Ipv6), IpAddr::V4(_)) => {
+            "is IPv4 but --family is ipv6; give IPv6 addresses, or --family ipv4 or dual"
+        }
+        (Some(PoolFamily::Dual), IpAddr::V6(_)) => {
+            "is IPv6, but a dual-stack pool lists its IPv4 addresses (each brings its IPv6 \
+             partner); name the IPv4 address it pairs with"
+        }
+        (None, _) if first.is_some_and(|f| f.is_ipv4() != ip.is_ipv4()) => {
+            "mixes IPv4 and IPv6 in one pool; a pool lists one family's addresses (a dual-stack \
+             pool its IPv4 ones, each brings its IPv6 partner: --family dual)"
+        }
+        _ => return Ok(()),
+    };
+    Err(InputError::new(flag, value, fix))
 }
 
 /// `binding add NS/POD IP`.
@@ -253,94 +249,6 @@ pub fn app(flag: &str, value: &str) -> Result<String, InputError> {
     Ok(value.to_string())
 }
 
-/// An IPv4 subnet in CIDR form with the host bits zero.
-pub fn subnet(flag: &str, value: &str) -> Result<Ipv4Network, InputError> {
-    let Some((addr, prefix)) = value.split_once('/') else {
-        return Err(InputError::new(
-            flag,
-            value,
-            "needs a prefix length; write address/prefix, e.g. 10.1.0.0/24",
-        ));
-    };
-    match addr.parse::<IpAddr>() {
-        Ok(IpAddr::V4(_)) => {}
-        Ok(IpAddr::V6(_)) => {
-            return Err(InputError::new(
-                flag,
-                value,
-                "is IPv6; ToRs are IPv4, use a subnet such as 10.1.0.0/24",
-            ))
-        }
-        Err(_) => {
-            return Err(InputError::new(
-                flag,
-                value,
-                format!("{addr:?} is not an IPv4 address; write address/prefix, e.g. 10.1.0.0/24"),
-            ))
-        }
-    }
-    let net: Ipv4Network = value.parse().map_err(|_| {
-        InputError::new(
-            flag,
-            value,
-            format!("prefix length {prefix:?} is not 0-32; write address/prefix, e.g. 10.1.0.0/24"),
-        )
-    })?;
-    if net.ip() != net.network() {
-        let fixed = Ipv4Network::new(net.network(), net.prefix()).expect("same prefix");
-        return Err(InputError::new(
-            flag,
-            value,
-            format!("host bits are set: use {fixed}, not {value}"),
-        ));
-    }
-    if net.prefix() > 30 {
-        return Err(InputError::new(
-            flag,
-            value,
-            "leaves no room for a gateway and pods; use a /30 or wider, e.g. 10.1.0.0/24",
-        ));
-    }
-    Ok(net)
-}
-
-/// The ToR's router: a host address of `subnet`.
-pub fn gateway(flag: &str, value: &str, subnet: Ipv4Network) -> Result<Ipv4Addr, InputError> {
-    let first = first_host(subnet);
-    let ip = ipv4(value).ok_or_else(|| {
-        InputError::new(
-            flag,
-            value,
-            format!("is not an IPv4 address; give the router's address in {subnet}, e.g. {first}"),
-        )
-    })?;
-    if !subnet.contains(ip) {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!("is outside --subnet {subnet}; give the router's address in it, e.g. {first}"),
-        ));
-    }
-    if ip == subnet.network() {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!("is the network address of {subnet}; use a host address such as {first}"),
-        ));
-    }
-    if ip == subnet.broadcast() {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!(
-                "is the broadcast address of {subnet}; use a host address such as {}",
-                last_host(subnet)
-            ),
-        ));
-    }
-    Ok(ip)
-}
-
 /// An 802.1Q VLAN id; untagged is "no --vlan", not 0.
 pub fn vlan(flag: &str, value: &str) -> Result<u32, InputError> {
     let id: u32 = value.parse().map_err(|_| {
@@ -351,52 +259,6 @@ pub fn vlan(flag: &str, value: &str) -> Result<u32, InputError> {
         )
     })?;
     Ok(fields::vlan(flag, id)?.into())
-}
-
-/// `FIRST-LAST`, both in `subnet`, FIRST <= LAST.
-pub fn range(
-    flag: &str,
-    value: &str,
-    subnet: Ipv4Network,
-) -> Result<(Ipv4Addr, Ipv4Addr), InputError> {
-    let example = format!("{}-{}", first_host(subnet), last_host(subnet));
-    let Some((a, b)) = value.split_once('-') else {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!("write a range as FIRST-LAST, e.g. {example}"),
-        ));
-    };
-    let parse = |s: &str| {
-        ipv4(s.trim()).ok_or_else(|| {
-            InputError::new(
-                flag,
-                value,
-                format!(
-                    "{:?} is not an IPv4 address; write FIRST-LAST, e.g. {example}",
-                    s.trim()
-                ),
-            )
-        })
-    };
-    let (first, last) = (parse(a)?, parse(b)?);
-    if first > last {
-        return Err(InputError::new(
-            flag,
-            value,
-            format!("starts after it ends; write it low-high: {last}-{first}"),
-        ));
-    }
-    for ip in [first, last] {
-        if !subnet.contains(ip) {
-            return Err(InputError::new(
-                flag,
-                value,
-                format!("{ip} is outside --subnet {subnet}; keep ranges inside it, e.g. {example}"),
-            ));
-        }
-    }
-    Ok((first, last))
 }
 
 /// A pool size, for `pool create --size` and `pool resize --size`.
@@ -425,13 +287,14 @@ pub fn policy(flag: &str, value: &str) -> Result<ReleasePolicy, InputError> {
     }
 }
 
-/// An address argument, as in `ip show IP`.
-pub fn address(flag: &str, value: &str) -> Result<Ipv4Addr, InputError> {
-    ipv4(value).ok_or_else(|| {
+/// An address argument, as in `ip show IP`: IPv4 or IPv6 (either address
+/// of a dual-stack pod; ipamd finds the pod by either).
+pub fn address(flag: &str, value: &str) -> Result<IpAddr, InputError> {
+    value.parse().map_err(|_| {
         InputError::new(
             flag,
             value,
-            "is not an IPv4 address; give a pod address such as 10.1.0.17 (no /prefix)",
+            "is not an IP address; give a pod address such as 10.1.0.17 or fd00:1::17 (no /prefix)",
         )
     })
 }
@@ -462,39 +325,9 @@ pub fn watch_format(
     }
 }
 
-fn ipv4(s: &str) -> Option<Ipv4Addr> {
-    s.parse().ok()
-}
-
-fn first_host(net: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
-}
-
-fn last_host(net: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.broadcast()).saturating_sub(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tor(
-        name: &str,
-        subnet: &str,
-        gateway: &str,
-        vlan: Option<&str>,
-        ranges: &[&str],
-    ) -> Result<AddTorRequest, InputError> {
-        let ranges: Vec<String> = ranges.iter().map(|s| s.to_string()).collect();
-        tor_add(&TorAdd {
-            name,
-            subnet,
-            gateway,
-            vlan,
-            ranges: &ranges,
-            segment_of: None,
-        })
-    }
 
     fn pool(
         name: &str,
@@ -514,6 +347,20 @@ mod tests {
             policy,
             allow_namespaces: &[],
             ips: &[],
+            family: None,
+        })
+    }
+
+    /// `pool create db ... --ip IP ... [--family F]`.
+    fn byo(ips: &[&str], family: Option<PoolFamily>) -> Result<CreatePoolRequest, InputError> {
+        let ips: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+        pool_create(&PoolCreate {
+            name: "db",
+            namespace: "shop",
+            app: "db",
+            ips: &ips,
+            family,
+            ..Default::default()
         })
     }
 
@@ -523,154 +370,8 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_flag_the_value_and_the_fix() {
-        const NET: &str = "10.1.0.0/24";
-        const GW: &str = "10.1.0.1";
         // (what, error, flag it must name, words of the fix)
         let cases: Vec<(&str, Option<InputError>, &str, &str)> = vec![
-            (
-                "tor name with capitals",
-                err(tor("Rack1", NET, GW, None, &[])),
-                "NAME",
-                "e.g. rack1",
-            ),
-            (
-                "tor name with underscore",
-                err(tor("rack_1", NET, GW, None, &[])),
-                "NAME",
-                "e.g. rack-1",
-            ),
-            (
-                "tor name ending in '-'",
-                err(tor("rack-", NET, GW, None, &[])),
-                "NAME",
-                "starting and ending",
-            ),
-            (
-                "empty tor name",
-                err(tor("", NET, GW, None, &[])),
-                "NAME",
-                "must not be empty",
-            ),
-            (
-                "64-char tor name",
-                err(tor(&"a".repeat(64), NET, GW, None, &[])),
-                "NAME",
-                "at most 63",
-            ),
-            (
-                "subnet with host bits",
-                err(tor("r1", "10.1.0.5/24", GW, None, &[])),
-                "--subnet",
-                "use 10.1.0.0/24, not 10.1.0.5/24",
-            ),
-            (
-                "subnet without prefix",
-                err(tor("r1", "10.1.0.0", GW, None, &[])),
-                "--subnet",
-                "e.g. 10.1.0.0/24",
-            ),
-            (
-                "subnet garbage",
-                err(tor("r1", "10.1.0/24", GW, None, &[])),
-                "--subnet",
-                "not an IPv4 address",
-            ),
-            (
-                "subnet prefix 33",
-                err(tor("r1", "10.1.0.0/33", GW, None, &[])),
-                "--subnet",
-                "not 0-32",
-            ),
-            (
-                "IPv6 subnet",
-                err(tor("r1", "fd00::/64", GW, None, &[])),
-                "--subnet",
-                "is IPv6",
-            ),
-            (
-                "/31 subnet",
-                err(tor("r1", "10.1.0.0/31", "10.1.0.1", None, &[])),
-                "--subnet",
-                "/30 or wider",
-            ),
-            (
-                "gateway outside subnet",
-                err(tor("r1", NET, "10.2.0.1", None, &[])),
-                "--gateway",
-                "outside --subnet 10.1.0.0/24",
-            ),
-            (
-                "gateway is network address",
-                err(tor("r1", NET, "10.1.0.0", None, &[])),
-                "--gateway",
-                "network address of 10.1.0.0/24; use a host address such as 10.1.0.1",
-            ),
-            (
-                "gateway is broadcast address",
-                err(tor("r1", NET, "10.1.0.255", None, &[])),
-                "--gateway",
-                "such as 10.1.0.254",
-            ),
-            (
-                "gateway not an IP",
-                err(tor("r1", NET, "router", None, &[])),
-                "--gateway",
-                "not an IPv4 address",
-            ),
-            (
-                "VLAN 0",
-                err(tor("r1", NET, GW, Some("0"), &[])),
-                "--vlan",
-                "omit --vlan for untagged",
-            ),
-            (
-                "VLAN 4095",
-                err(tor("r1", NET, GW, Some("4095"), &[])),
-                "--vlan",
-                "1-4094",
-            ),
-            (
-                "VLAN not a number",
-                err(tor("r1", NET, GW, Some("ten"), &[])),
-                "--vlan",
-                "not a number",
-            ),
-            (
-                "range without dash",
-                err(tor("r1", NET, GW, None, &["10.1.0.10"])),
-                "--range",
-                "FIRST-LAST, e.g. 10.1.0.1-10.1.0.254",
-            ),
-            (
-                "range reversed",
-                err(tor("r1", NET, GW, None, &["10.1.0.20-10.1.0.10"])),
-                "--range",
-                "low-high: 10.1.0.10-10.1.0.20",
-            ),
-            (
-                "range leaving the subnet",
-                err(tor("r1", NET, GW, None, &["10.1.0.200-10.1.1.10"])),
-                "--range",
-                "10.1.1.10 is outside --subnet 10.1.0.0/24",
-            ),
-            (
-                "range end not an IP",
-                err(tor("r1", NET, GW, None, &["10.1.0.10-x"])),
-                "--range",
-                "\"x\" is not an IPv4 address",
-            ),
-            (
-                "overlapping ranges",
-                err(tor(
-                    "r1",
-                    NET,
-                    GW,
-                    None,
-                    &["10.1.0.10-10.1.0.20", "10.1.0.20-10.1.0.30"],
-                )),
-                "--range",
-                "overlaps --range 10.1.0.10-10.1.0.20",
-            ),
             (
                 "pool name with a dot",
                 err(pool("my.pool", "default", "web", None, &[], None)),
@@ -756,6 +457,42 @@ mod tests {
                 "IP",
                 "no /prefix",
             ),
+            (
+                "IPv6 address with prefix",
+                err(address("IP", "fd00:1::17/64")),
+                "IP",
+                "such as 10.1.0.17 or fd00:1::17 (no /prefix)",
+            ),
+            (
+                "--ip IPv6 in an ipv4 pool",
+                err(byo(&["fd00:1::5"], Some(PoolFamily::Ipv4))),
+                "--ip",
+                "or --family ipv6",
+            ),
+            (
+                "--ip IPv4 in an ipv6 pool",
+                err(byo(&["10.1.0.5"], Some(PoolFamily::Ipv6))),
+                "--ip",
+                "give IPv6 addresses",
+            ),
+            (
+                "--ip IPv6 partner in a dual pool",
+                err(byo(&["10.1.0.5", "fd00:1::5"], Some(PoolFamily::Dual))),
+                "--ip",
+                "name the IPv4 address it pairs with",
+            ),
+            (
+                "--ip of both families, no --family",
+                err(byo(&["fd00:1::5", "10.1.0.5"], None)),
+                "--ip",
+                "--family dual",
+            ),
+            (
+                "--ip IPv6 twice, spelled two ways",
+                err(byo(&["fd00:1::5", "FD00:1:0::5"], None)),
+                "--ip",
+                "given twice",
+            ),
         ];
         assert!(cases.len() >= 15);
         for (what, error, flag, fix) in cases {
@@ -769,29 +506,6 @@ mod tests {
             );
             assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
         }
-    }
-
-    #[test]
-    fn good_tor_becomes_the_request() {
-        let req = tor(
-            "rack-1",
-            "10.1.0.0/24",
-            "10.1.0.1",
-            Some("100"),
-            &["10.1.0.10-10.1.0.99", "10.1.0.200 - 10.1.0.200"],
-        )
-        .unwrap();
-        assert_eq!(req.name, "rack-1");
-        assert_eq!(req.subnet, "10.1.0.0/24");
-        assert_eq!(req.gateway, "10.1.0.1");
-        assert_eq!(req.vlan, 100);
-        assert_eq!(req.ranges.len(), 2);
-        assert_eq!(req.ranges[1].first, "10.1.0.200");
-        assert_eq!(req.ranges[1].last, "10.1.0.200");
-
-        let untagged = tor("r2", "192.168.0.0/30", "192.168.0.2", None, &[]).unwrap();
-        assert_eq!(untagged.vlan, 0);
-        assert!(untagged.ranges.is_empty());
     }
 
     #[test]
@@ -810,9 +524,32 @@ mod tests {
         assert_eq!(req.policy, ReleasePolicy::Sticky as i32);
 
         let defaults = pool("web", "default", "web", None, &[], None).unwrap();
+        assert_eq!(defaults.family, "", "every family its ToRs have");
         assert_eq!(defaults.size, 0, "0 asks ipamd for its default");
         assert_eq!(defaults.policy, ReleasePolicy::Auto as i32);
         assert!(defaults.tors.is_empty());
+
+        // (--ip, --family, the request's ips and family)
+        for (ips, family, want_ips, want_family) in [
+            (
+                &["fd00:1::6", "FD00:1::5"][..],
+                Some(PoolFamily::Ipv6),
+                &["fd00:1::6", "fd00:1::5"][..],
+                "ipv6",
+            ),
+            (&["fd00:1::6"][..], None, &["fd00:1::6"][..], ""),
+            (
+                &["10.1.0.6", "10.1.0.5"][..],
+                Some(PoolFamily::Dual),
+                &["10.1.0.6", "10.1.0.5"][..],
+                "dual",
+            ),
+            (&[][..], Some(PoolFamily::Ipv4), &[][..], "ipv4"),
+        ] {
+            let req = byo(ips, family).unwrap();
+            assert_eq!(req.ips, want_ips, "{ips:?}");
+            assert_eq!(req.family, want_family, "{ips:?}");
+        }
     }
 
     #[test]
@@ -829,19 +566,19 @@ mod tests {
                 "evict a name",
                 err(evict("web-0", true)),
                 "IP",
-                "not an IPv4 address",
+                "not an IP address",
             ),
             (
-                "evict an IPv6 address",
-                err(evict("fd00::17", false)),
+                "evict an IPv6 address with a prefix",
+                err(evict("fd00:1::17/64", false)),
                 "IP",
-                "such as 10.1.0.17",
+                "such as 10.1.0.17 or fd00:1::17 (no /prefix)",
             ),
             (
                 "evict nothing",
                 err(evict("", false)),
                 "IP",
-                "not an IPv4 address",
+                "not an IP address",
             ),
             (
                 "watch as csv",
@@ -869,6 +606,9 @@ mod tests {
 
         let req = evict("10.1.0.17", true).unwrap();
         assert_eq!((req.address.as_str(), req.force), ("10.1.0.17", true));
+        // Either address of a dual-stack pod; sent in its canonical form.
+        let req = evict("FD00:1:0::17", false).unwrap();
+        assert_eq!(req.address, "fd00:1::17");
         // --format wins over -o; -o json alone means JSON lines.
         for (format, output, want) in [
             (None, Format::Table, WatchFormat::Plain),

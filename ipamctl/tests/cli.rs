@@ -257,6 +257,159 @@ fn bad_input_exits_2_names_the_flag_and_prints_nothing_on_stdout() {
             "IP",
             "10.1.0.17",
         ),
+        // IPv6 and dual stack.
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "fd00:1::/48",
+                "--gateway",
+                "fd00:1::1",
+            ],
+            "--subnet",
+            "give the ToR one /64 of it, e.g. fd00:1::/64",
+        ),
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "10.1.0.0/24",
+                "--gateway",
+                "fd00:1::1",
+                "--subnet",
+                "fd00:1::/64",
+                "--gateway",
+                "10.1.0.1",
+            ],
+            "--gateway",
+            "give each --subnet its --gateway, in the same order",
+        ),
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "10.1.0.0/24",
+                "--gateway",
+                "10.1.0.1",
+                "--subnet",
+                "fd00:1::/64",
+            ],
+            "--subnet",
+            "has no --gateway",
+        ),
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "10.1.0.0/24",
+                "--gateway",
+                "10.1.0.1",
+                "--subnet",
+                "10.2.0.0/24",
+                "--gateway",
+                "10.2.0.1",
+            ],
+            "--subnet",
+            "at most one subnet per family",
+        ),
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "10.1.0.0/24",
+                "--gateway",
+                "10.1.0.1",
+                "--range",
+                "fd00:1::10-fd00:1::20",
+            ],
+            "--range",
+            "no IPv6 --subnet is given",
+        ),
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "10.1.0.0/24",
+                "--gateway",
+                "10.1.0.1",
+                "--subnet",
+                "fd00:1::/64",
+                "--gateway",
+                "fd00:1::1",
+                "--range",
+                "10.1.0.10-fd00:1::20",
+            ],
+            "--range",
+            "mixes IPv4 and IPv6",
+        ),
+        (
+            &[
+                "tor",
+                "add",
+                "r1",
+                "--subnet",
+                "10.1.0.0/24",
+                "--gateway",
+                "10.1.0.1",
+                "--subnet",
+                "fd00:1::/64",
+                "--gateway",
+                "fd00:1::1",
+                "--range",
+                "fd00:1::10-fd00:1::1f",
+            ],
+            "--range",
+            "fewer than the 253 of --subnet 10.1.0.0/24",
+        ),
+        (
+            &[
+                "pool",
+                "create",
+                "db",
+                "--namespace",
+                "shop",
+                "--app",
+                "db",
+                "--family",
+                "ipv5",
+            ],
+            "--family",
+            "dual",
+        ),
+        (
+            &[
+                "pool",
+                "create",
+                "db",
+                "--namespace",
+                "shop",
+                "--app",
+                "db",
+                "--family",
+                "dual",
+                "--ip",
+                "fd00:1::5",
+            ],
+            "--ip",
+            "name the IPv4 address it pairs with",
+        ),
+        (
+            &["ip", "show", "fd00:1::5/64"],
+            "IP",
+            "fd00:1::17 (no /prefix)",
+        ),
     ];
     for (args, flag, fix) in cases {
         let out = ipamctl(&socket, args);
@@ -436,6 +589,23 @@ fn pool(name: &str) -> Pool {
     }
 }
 
+/// A dual-stack pod's IP: its IPv4 address and the IPv6 partner.
+fn dual_ip() -> Ip {
+    Ip {
+        address: "10.1.0.10".into(),
+        address6: "fd00:1::a".into(),
+        pool: "dual".into(),
+        tor: "rack-6".into(),
+        state: "bound".into(),
+        binding: Some(PodRef {
+            namespace: "shop".into(),
+            name: "db-0".into(),
+            uid: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
 fn not_found(what: &str, name: &str) -> Status {
     Status::not_found(format!("{what} {name} not found"))
 }
@@ -454,7 +624,9 @@ impl Admin for FakeAdmin {
             capacity: 90,
             carved: 0,
             segment_of: r.segment_of,
-            ..Default::default()
+            capacity6: if r.subnet6.is_empty() { 0 } else { u32::MAX },
+            subnet6: r.subnet6,
+            gateway6: r.gateway6,
         }))
     }
     async fn list_tors(
@@ -504,6 +676,11 @@ impl Admin for FakeAdmin {
         let name = r.into_inner().name;
         if name == "mysql" {
             Ok(Response::new(pool(&name)))
+        } else if name == "dual" {
+            Ok(Response::new(Pool {
+                family: "dual".into(),
+                ..pool(&name)
+            }))
         } else {
             Err(not_found("pool", &name))
         }
@@ -518,10 +695,16 @@ impl Admin for FakeAdmin {
         &self,
         r: Request<ExportPoolRequest>,
     ) -> Result<Response<ExportPoolReply>, Status> {
+        let pool = r.into_inner().name;
+        let ips6 = if pool == "dual" {
+            vec!["fd00:1::a".into(), "fd00:1::b".into()]
+        } else {
+            vec![]
+        };
         Ok(Response::new(ExportPoolReply {
-            pool: r.into_inner().name,
+            pool,
             ips: vec!["10.1.0.10".into(), "10.1.0.11".into()],
-            ..Default::default()
+            ips6,
         }))
     }
     async fn list_ips(&self, _: Request<ListIpsRequest>) -> Result<Response<ListIpsReply>, Status> {
@@ -575,14 +758,29 @@ impl Admin for FakeAdmin {
                     ips: vec![free("10.1.0.12")],
                 }),
             ],
+            "dual" => vec![Ok(ListIpsReply {
+                ips: vec![
+                    dual_ip(),
+                    Ip {
+                        address: "10.1.0.11".into(),
+                        address6: "fd00:1::b".into(),
+                        state: "free".into(),
+                        binding: None,
+                        ..dual_ip()
+                    },
+                ],
+            })],
             _ => vec![Ok(ListIpsReply { ips: vec![bound] })],
         }))
     }
     async fn get_ip(&self, r: Request<GetIpRequest>) -> Result<Response<Ip>, Status> {
-        Err(Status::not_found(format!(
-            "{} is in no pool",
-            r.into_inner().address
-        )))
+        let address = r.into_inner().address;
+        self.saw(&address);
+        // ipamd finds a dual-stack pod by either address.
+        if address == "10.1.0.10" || address == "fd00:1::a" {
+            return Ok(Response::new(dual_ip()));
+        }
+        Err(Status::not_found(format!("{address} is in no pool")))
     }
     async fn release_ip(
         &self,
@@ -945,6 +1143,204 @@ fn talks_to_ipamd_over_the_socket() {
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert_eq!(text(&out.stderr), format!("ipamctl: {message}\n"));
         assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dual_stack_requests_and_replies() {
+    let dir = temp_dir("dual");
+    let fake = FakeAdmin::default();
+    let socket = serve(&dir, fake.clone());
+
+    // tor add: IPv6 given first; IPv4 goes in `subnet`, IPv6 in `subnet6`.
+    let show = ok(&ipamctl(
+        &socket,
+        &[
+            "tor",
+            "add",
+            "rack-6",
+            "--subnet",
+            "fd00:1::/64",
+            "--gateway",
+            "fd00:1::1",
+            "--subnet",
+            "10.6.0.0/24",
+            "--gateway",
+            "10.6.0.1",
+            "--range",
+            "10.6.0.10-10.6.0.99",
+            "--range",
+            "fd00:1::10-fd00:1::ffff",
+        ],
+    ));
+    assert!(
+        show.contains("Subnet:     10.6.0.0/24\nGateway:    10.6.0.1\nSubnet6:    fd00:1::/64\nGateway6:   fd00:1::1\n"),
+        "{show}"
+    );
+    assert!(show.contains("Capacity6:  4294967295\n"), "{show}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+        &socket,
+        &[
+            "-o",
+            "json",
+            "tor",
+            "add",
+            "rack-7",
+            "--subnet",
+            "fd00:7::/64",
+            "--gateway",
+            "fd00:7::1",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        (&v["subnet"], &v["subnet6"]),
+        (&"fd00:7::/64".into(), &serde_json::Value::Null),
+        "{v}"
+    );
+
+    // pool create --family, and an IPv6-only pool's own IPs.
+    for args in [
+        &[
+            "pool",
+            "create",
+            "db",
+            "--namespace",
+            "shop",
+            "--app",
+            "db",
+            "--family",
+            "dual",
+        ][..],
+        &[
+            "pool",
+            "create",
+            "web",
+            "--namespace",
+            "shop",
+            "--app",
+            "web",
+        ][..],
+        &[
+            "pool",
+            "create",
+            "v6",
+            "--namespace",
+            "shop",
+            "--app",
+            "v6",
+            "--family",
+            "ipv6",
+            "--ip",
+            "fd00:1::21",
+            "--ip",
+            "FD00:1::20",
+        ][..],
+    ] {
+        ok(&ipamctl(&socket, args));
+    }
+    let seen = fake.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for want in [
+        r#"name: "rack-6", subnet: "10.6.0.0/24", gateway: "10.6.0.1""#,
+        r#"subnet6: "fd00:1::/64", gateway6: "fd00:1::1""#,
+        r#"ranges: [IpRange { first: "10.6.0.10", last: "10.6.0.99" }, IpRange { first: "fd00:1::10", last: "fd00:1::ffff" }]"#,
+    ] {
+        assert!(seen[0].contains(want), "{want} in {}", seen[0]);
+    }
+    assert!(
+        seen[1].contains(r#"subnet: "fd00:7::/64", gateway: "fd00:7::1""#)
+            && seen[1].contains(r#"subnet6: """#),
+        "an IPv6-only segment: {}",
+        seen[1]
+    );
+    assert!(seen[2].contains(r#"family: "dual""#), "{}", seen[2]);
+    assert!(
+        seen[3].contains(r#"family: """#),
+        "absent = every family: {}",
+        seen[3]
+    );
+    assert!(
+        seen[4].contains(r#"ips: ["fd00:1::21", "fd00:1::20"], family: "ipv6""#),
+        "{}",
+        seen[4]
+    );
+
+    // pool show/list: the family.
+    let show = ok(&ipamctl(&socket, &["pool", "show", "dual"]));
+    assert!(show.contains("Family:     dual\n"), "{show}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+        &socket,
+        &["-o", "json", "pool", "show", "dual"],
+    )))
+    .unwrap();
+    assert_eq!(v["family"], "dual");
+    let list = ok(&ipamctl(&socket, &["pool", "list"]));
+    assert!(
+        list.starts_with("NAME   NAMESPACE  APP    SIZE  POLICY  FAMILY  TORS    FREE\n"),
+        "{list}"
+    );
+
+    // pool export: both families, in each format.
+    assert_eq!(
+        ok(&ipamctl(&socket, &["pool", "export", "dual"])),
+        "10.1.0.10\n10.1.0.11\nfd00:1::a\nfd00:1::b\n"
+    );
+    assert_eq!(
+        ok(&ipamctl(
+            &socket,
+            &["pool", "export", "dual", "--format", "csv"]
+        )),
+        "ip,pool,ip6\n10.1.0.10,dual,fd00:1::a\n10.1.0.11,dual,fd00:1::b\n"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+        &socket,
+        &["-o", "json", "pool", "export", "dual"],
+    )))
+    .unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"pool": "dual", "ips": ["10.1.0.10", "10.1.0.11"], "ips6": ["fd00:1::a", "fd00:1::b"]})
+    );
+
+    // ip list/show: the IPv6 partner.
+    let table = ok(&ipamctl(&socket, &["ip", "list", "--pool", "dual"]));
+    assert_eq!(
+        table,
+        "IP                   POOL  TOR     STATE  POD        NODE  CONTAINER\n\
+         10.1.0.10,fd00:1::a  dual  rack-6  bound  shop/db-0  -     -\n\
+         10.1.0.11,fd00:1::b  dual  rack-6  free   -          -     -\n"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+        &socket,
+        &["-o", "json", "ip", "list", "--pool", "dual"],
+    )))
+    .unwrap();
+    assert_eq!(
+        (&v[0]["address6"], &v[1]["address6"]),
+        (&"fd00:1::a".into(), &"fd00:1::b".into())
+    );
+    // A single-family pool's IPs: no partner.
+    let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+        &socket,
+        &["-o", "json", "ip", "list", "--pool", "mysql"],
+    )))
+    .unwrap();
+    assert_eq!(v[0]["address6"], serde_json::Value::Null, "{v}");
+    // Either address finds the pod.
+    for address in ["fd00:1::a", "10.1.0.10"] {
+        let show = ok(&ipamctl(&socket, &["ip", "show", address]));
+        assert!(
+            show.starts_with("Address:     10.1.0.10\nAddress6:    fd00:1::a\n"),
+            "{show}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&ok(&ipamctl(
+            &socket,
+            &["-o", "json", "ip", "show", address],
+        )))
+        .unwrap();
+        assert_eq!(v["address6"], "fd00:1::a");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -106,6 +106,7 @@
             { class: "sub" },
             [
               tor.subnet || "not listed by ipamd",
+              tor.subnet6,
               tor.subnet ? (tor.vlan ? `VLAN ${tor.vlan}` : "untagged") : null,
               tor.segment_of ? `segment of ${tor.segment_of}` : null,
             ]
@@ -170,7 +171,7 @@
             "td",
             { class: "name" },
             el("a", { href: href({ pool: p.name, ippage: 1 }) }, p.name),
-            el("div", { class: "sub" }, `${p.namespace} / ${p.app} · ${p.policy} · size ${p.size}`),
+            el("div", { class: "sub" }, `${p.namespace} / ${p.app} · ${p.policy} · ${p.family} · size ${p.size}`),
           ),
           ...counts(p.totals),
         ),
@@ -218,7 +219,7 @@
       return el(
         "tr",
         { "data-ip": ip.address, "data-state": ip.state },
-        el("td", { class: "address" }, ip.address),
+        el("td", { class: "address" }, ip.address, ip.address6 ? el("div", { class: "sub" }, ip.address6) : null),
         el("td", { class: "tor" }, ip.tor),
         el("td", { class: "state" }, ip.state),
         el("td", { class: "pod" }, pod ? (pod.namespace ? `${pod.namespace}/${pod.name}` : pod.name) : ""),

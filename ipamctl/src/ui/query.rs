@@ -184,6 +184,7 @@ mod tests {
             app: app.into(),
             size: 1,
             policy: "auto".into(),
+            family: "ipv4".into(),
             allow_namespaces: Vec::new(),
             tors: Vec::new(),
             totals: CountsView::default(),

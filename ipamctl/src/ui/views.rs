@@ -124,6 +124,7 @@ mod tests {
     use super::*;
     use crate::output::PoolTorView;
     use moor_proto::v1::IpRange;
+    use serde_json::json;
 
     fn counts(total: u32, bound: u32, in_use: u32) -> CountsView {
         CountsView {
@@ -151,6 +152,7 @@ mod tests {
             app: name.into(),
             size: totals.total,
             policy: "auto".into(),
+            family: "ipv4".into(),
             allow_namespaces: Vec::new(),
             tors,
             totals,
@@ -240,6 +242,15 @@ mod tests {
         assert_eq!(t["capacity"], 50);
         assert_eq!(t["carved"], 3);
         assert_eq!(t["pools"], 1);
+        // What the page shows of a segment's IPv6 side: null without one.
+        assert_eq!((&t["subnet6"], &t["capacity6"]), (&json!(null), &json!(0)));
+        let dual = Tor {
+            subnet6: "fd00:1::/64".into(),
+            gateway6: "fd00:1::1".into(),
+            ..tor("rack-6", 9, 0)
+        };
+        let v6 = serde_json::to_value(overview(&[dual], &[], &[], 5)).unwrap();
+        assert_eq!(v6["tors"][0]["subnet6"], "fd00:1::/64");
         assert_eq!(
             (&t["total"], &t["bound"], &t["in_use"], &t["free"]),
             (&3.into(), &1.into(), &1.into(), &1.into())
@@ -268,6 +279,7 @@ mod tests {
             assert_eq!(v[k], want, "{k} in {v}");
         }
         assert_eq!(v["pools"][0]["name"], "web");
+        assert_eq!(v["pools"][0]["family"], "ipv4");
         assert_eq!(v["pools"][0]["totals"]["total"], 0);
     }
 }
