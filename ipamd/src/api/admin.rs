@@ -190,10 +190,16 @@ impl Admin for AdminApi {
             let ips = p.all_ips();
             Ok(v1::ExportPoolReply {
                 pool: p.name.clone(),
-                ips6: ips
-                    .iter()
-                    .filter_map(|ip| partners.get(ip).map(|a| a.to_string()))
-                    .collect(),
+                // Same order as `ips`, one entry each: a partner missing
+                // (its segment deleted under the pool) is an empty entry,
+                // so no address is paired with another's.
+                ips6: if partners.is_empty() {
+                    Vec::new()
+                } else {
+                    ips.iter()
+                        .map(|ip| partners.get(ip).map(|a| a.to_string()).unwrap_or_default())
+                        .collect()
+                },
                 ips: ips.iter().map(|ip| ip.to_string()).collect(),
             })
         };
