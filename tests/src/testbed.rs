@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -63,6 +63,19 @@ pub struct Options {
     pub root_netns: bool,
     /// More `ipamd` flags, e.g. `--reconcile-interval-seconds 1`.
     pub ipamd_args: Vec<String>,
+    /// The ToR's address families: IPv4 (default), dual stack or IPv6
+    /// only. With IPv6, the ToR netns's `tor0` has the IPv6 gateway and
+    /// the node's bridge an IPv6 node address (both without DAD).
+    pub families: Families,
+}
+
+/// Which subnets a testbed's ToR has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Families {
+    #[default]
+    Ipv4,
+    Dual,
+    Ipv6,
 }
 
 impl Default for Options {
@@ -73,6 +86,7 @@ impl Default for Options {
             log: "info".into(),
             root_netns: false,
             ipamd_args: Vec::new(),
+            families: Families::Ipv4,
         }
     }
 }
@@ -172,6 +186,16 @@ impl CniRun {
             })
     }
 
+    /// The IPv6 address of an ADD result (the `ips` entry of family 6,
+    /// without its prefix length), if any.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.json["ips"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .next()
+    }
+
     /// The IP of an ADD result (`ips[0].address` without its prefix length).
     pub fn ip(&self) -> Ipv4Addr {
         self.json["ips"][0]["address"]
@@ -202,6 +226,8 @@ pub struct Testbed {
     /// This testbed's subnet: `subnet_base`.0/24.
     pub subnet_base: [u8; 3],
     pub gateway: Ipv4Addr,
+    /// The IPv6 gateway (`fd00:B1:B2::1` of `subnet6`), with IPv6.
+    pub gateway6: Ipv6Addr,
     pub node_ip: Ipv4Addr,
     /// The pod range of the ToR: `range.0`..=`range.1`.
     pub range: (Ipv4Addr, Ipv4Addr),
@@ -277,6 +303,16 @@ impl Testbed {
         let mut tb = Testbed {
             subnet_base,
             gateway: ip(1),
+            gateway6: Ipv6Addr::new(
+                0xfd00,
+                u16::from(subnet_base[1]),
+                u16::from(subnet_base[2]),
+                0,
+                0,
+                0,
+                0,
+                1,
+            ),
             node_ip: ip(2),
             range: (ip(10), ip(249)),
             bridge_mac,
@@ -339,6 +375,23 @@ impl Testbed {
         if !self.opts.root_netns {
             run_ok("ip", &["-n", &node, "addr", "add", &node_ip, "dev", bridge]);
         }
+        if self.opts.families != Families::Ipv4 {
+            // No DAD: the addresses are usable at once, as the pods' are.
+            let gw6 = format!("{}/64", self.gateway6);
+            run_ok(
+                "ip",
+                &["-n", &tor, "addr", "add", &gw6, "dev", "tor0", "nodad"],
+            );
+            if !self.opts.root_netns {
+                let mut node6 = self.gateway6.octets();
+                node6[15] = 2;
+                let node6 = format!("{}/64", Ipv6Addr::from(node6));
+                run_ok(
+                    "ip",
+                    &["-n", &node, "addr", "add", &node6, "dev", bridge, "nodad"],
+                );
+            }
+        }
         self.node_ns_file =
             Some(File::open(format!("/run/netns/{node}")).expect("open the node's netns"));
         if self.opts.root_netns {
@@ -372,8 +425,33 @@ impl Testbed {
 
     /// `ipamctl tor add` for this testbed's ToR.
     pub fn define_tor(&self) {
-        self.ctl()
-            .tor_add(TOR, &self.subnet(), self.gateway, self.range, &[]);
+        let (subnet6, gw6) = (self.subnet6(), self.gateway6.to_string());
+        match self.opts.families {
+            Families::Ipv4 => {
+                self.ctl()
+                    .tor_add(TOR, &self.subnet(), self.gateway, self.range, &[]);
+            }
+            Families::Dual => self.ctl().tor_add(
+                TOR,
+                &self.subnet(),
+                self.gateway,
+                self.range,
+                &["--subnet", &subnet6, "--gateway", &gw6],
+            ),
+            Families::Ipv6 => {
+                assert_ok(
+                    &self.ipamctl(&["tor", "add", TOR, "--subnet", &subnet6, "--gateway", &gw6]),
+                    "ipamctl tor add (IPv6 only)",
+                );
+            }
+        }
+    }
+
+    /// The IPv6 subnet (used with [`Options::families`] other than IPv4).
+    pub fn subnet6(&self) -> String {
+        let mut net = self.gateway6.octets();
+        net[15] = 0;
+        format!("{}/64", Ipv6Addr::from(net))
     }
 
     /// The subnet in CIDR notation.
