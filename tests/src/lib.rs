@@ -45,4 +45,4 @@ pub mod testbed;
 pub mod ui;
 pub mod webhook;
 
-pub use testbed::{CniRun, Counts, Options, Pod, PodAddr, Testbed};
+pub use testbed::{CniRun, Counts, Families, Options, Pod, PodAddr, Testbed};

@@ -426,6 +426,8 @@ impl Testbed {
     /// `ipamctl tor add` for this testbed's ToR.
     pub fn define_tor(&self) {
         let (subnet6, gw6) = (self.subnet6(), self.gateway6.to_string());
+        let range6 = self.range6();
+        let range6 = format!("{}-{}", range6.0, range6.1);
         match self.opts.families {
             Families::Ipv4 => {
                 self.ctl()
@@ -436,15 +438,37 @@ impl Testbed {
                 &self.subnet(),
                 self.gateway,
                 self.range,
-                &["--subnet", &subnet6, "--gateway", &gw6],
+                &["--subnet", &subnet6, "--gateway", &gw6, "--range", &range6],
             ),
             Families::Ipv6 => {
                 assert_ok(
-                    &self.ipamctl(&["tor", "add", TOR, "--subnet", &subnet6, "--gateway", &gw6]),
+                    &self.ipamctl(&[
+                        "tor",
+                        "add",
+                        TOR,
+                        "--subnet",
+                        &subnet6,
+                        "--gateway",
+                        &gw6,
+                        "--range",
+                        &range6,
+                    ]),
                     "ipamctl tor add (IPv6 only)",
                 );
             }
         }
+    }
+
+    /// The IPv6 pod range: `::1000`-`::1fff` of the /64, clear of the
+    /// gateway (::1) and the node (::2), and larger than the IPv4 range,
+    /// so every IPv4 pod IP has its partner.
+    pub fn range6(&self) -> (Ipv6Addr, Ipv6Addr) {
+        let at = |n: u16| {
+            let mut s = self.gateway6.segments();
+            s[7] = n;
+            Ipv6Addr::from(s)
+        };
+        (at(0x1000), at(0x1fff))
     }
 
     /// The IPv6 subnet (used with [`Options::families`] other than IPv4).

@@ -21,7 +21,8 @@
 //! transaction, and ipamd killed between their steps. `ui`: issue 14's
 //! pool page (`ipamctl ui`) loaded in headless Chromium. `monitoring`:
 //! issue 14's alert rules and dashboard, and a real Prometheus scraping
-//! ipamd.
+//! ipamd. `dual_stack`: issue 13's dual-stack and IPv6-only pods on one
+//! node.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -43,6 +44,8 @@ mod dad;
 mod daemon_down;
 #[path = "e2e/datapath.rs"]
 mod datapath;
+#[path = "e2e/dual_stack.rs"]
+mod dual_stack;
 #[path = "e2e/field_rules.rs"]
 mod field_rules;
 #[path = "e2e/gc.rs"]

@@ -1,9 +1,9 @@
 //! Checks several tests share: the shape of an ADD result, a pod's wiring.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use moor_e2e::{Pod, Testbed};
+use moor_e2e::{Families, Pod, Testbed};
 use moor_proto::{format_mac, host_ifname, mac_for_ipv4};
 use serde_json::{json, Value};
 
@@ -15,6 +15,8 @@ pub const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub struct Attached {
     pub ip: Ipv4Addr,
     pub mac: String,
+    /// A dual-stack pod's IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 fn keys(v: &Value) -> BTreeSet<&str> {
@@ -117,7 +119,8 @@ pub fn check_add_result(
     }
 
     let ips = res["ips"].as_array().expect("ips is an array");
-    assert_eq!(ips.len(), 1, "one IP: {res}");
+    let dual = tb.opts.families == Families::Dual;
+    assert_eq!(ips.len(), 1 + usize::from(dual), "one IP per family: {res}");
     let ipc = &ips[0];
     let mut ip_keys = vec!["address", "gateway", "interface"];
     if pre_1_0 {
@@ -165,9 +168,50 @@ pub fn check_add_result(
     );
     assert!(res["dns"].is_object(), "dns is an object: {res}");
 
+    let ip6 = dual.then(|| {
+        let ipc = &ips[1];
+        if pre_1_0 {
+            assert_eq!(
+                ipc["version"], "6",
+                "ips[1].version is \"6\" before 1.0.0: {res}"
+            );
+        } else {
+            assert!(
+                ipc.get("version").is_none(),
+                "no ips[].version from 1.0.0: {res}"
+            );
+        }
+        assert_keys_within(ipc, &ip_keys, "ips[1]");
+        let (addr, prefix) = ipc["address"]
+            .as_str()
+            .and_then(|a| a.split_once('/'))
+            .unwrap_or_else(|| panic!("address is CIDR: {ipc}"));
+        let ip6: Ipv6Addr = addr.parse().expect("ips[1] is IPv6");
+        assert_eq!(prefix, "64", "the IPv6 address has the /64's prefix: {res}");
+        assert_eq!(
+            ip6.segments()[..4],
+            tb.gateway6.segments()[..4],
+            "{ip6} in {}",
+            tb.subnet6()
+        );
+        assert_eq!(
+            ipc["gateway"],
+            tb.gateway6.to_string().as_str(),
+            "IPv6 gateway"
+        );
+        assert_eq!(
+            ipc["interface"], pod_index as u64,
+            "ips[1].interface is eth0's"
+        );
+        assert!(
+            routes.contains(&json!({"dst": "::/0", "gw": tb.gateway6.to_string()})),
+            "IPv6 default route via the IPv6 gateway: {res}"
+        );
+        ip6
+    });
     let mac = format_mac(&mac_for_ipv4(ip));
     assert_eq!(pod_iface["mac"], mac.as_str(), "pod MAC is 0a:58 + the IP");
-    Attached { ip, mac }
+    Attached { ip, mac, ip6 }
 }
 
 /// The pod really has the attachment: the IP with the ToR prefix and the
