@@ -194,6 +194,11 @@ pub fn check_add_result(
             "{ip6} in {}",
             tb.subnet6()
         );
+        let range6 = tb.range6();
+        assert!(
+            (range6.0..=range6.1).contains(&ip6),
+            "{ip6} in the ToR's IPv6 pod range {range6:?}"
+        );
         assert_eq!(
             ipc["gateway"],
             tb.gateway6.to_string().as_str(),
