@@ -269,7 +269,16 @@ impl DeclaredPools {
         mem: &mut Memory,
         pass: &mut Pass,
     ) -> Result<(), Fenced> {
-        let ips = pool.all_ips();
+        // A dual-stack pool's whitelist holds both families.
+        let mut ips = pool.all_ips();
+        match self.ipam.partners(pool).await {
+            Ok(p) => ips.extend(p.into_values().map(std::net::IpAddr::V6)),
+            Err(e) => {
+                // Published on a later pass (nothing is remembered).
+                tracing::warn!(pool = %pool.name, error = %e, "whitelist not published: the pool's IPv6 partners could not be read");
+                return Ok(());
+            }
+        }
         let have = (ips.clone(), w.uid.clone());
         if mem.published.get(&pool.name) == Some(&have) {
             return Ok(());

@@ -1,6 +1,7 @@
 //! A pool's IP set as a stream, for whitelist syncers (`ipamctl pool export
 //! --watch`): a snapshot, then every change, and a new snapshot whenever the
-//! store's history cannot be replayed, so no change is ever missed.
+//! store's history cannot be replayed, so no change is ever missed. A
+//! dual-stack pool's set holds both families: each IP and its IPv6 partner.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -41,6 +42,14 @@ pub enum PoolChange {
     Add { ips: Vec<IpAddr>, revision: u64 },
     Remove { ips: Vec<IpAddr>, revision: u64 },
     Deleted { revision: u64 },
+}
+
+/// Every address of the pool a whitelist must hold: its IPs and, for a
+/// dual-stack pool, their IPv6 partners (which come and go with them).
+async fn addresses(ipam: &Ipam, pool: &Pool) -> Result<BTreeSet<IpAddr>> {
+    let mut all: BTreeSet<IpAddr> = pool.all_ips().into_iter().collect();
+    all.extend(ipam.partners(pool).await?.into_values().map(IpAddr::V6));
+    Ok(all)
 }
 
 /// Feeds `tx` until the client goes away or the pool is deleted.
@@ -104,9 +113,19 @@ async fn feed_pool_changes(
                 continue;
             }
         };
+        let mut have = match addresses(&ipam, &pool).await {
+            Ok(a) => a,
+            Err(e) if first => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            Err(_) => {
+                failures += 1;
+                continue;
+            }
+        };
         first = false;
         failures = 0;
-        let mut have: BTreeSet<IpAddr> = pool.all_ips().into_iter().collect();
         let snap = PoolChange::Snapshot {
             ips: have.iter().copied().collect(),
             revision: rev,
@@ -141,7 +160,10 @@ async fn feed_pool_changes(
             let Ok(pool) = serde_json::from_slice::<Pool>(&value) else {
                 continue 'snapshot;
             };
-            let now: BTreeSet<IpAddr> = pool.all_ips().into_iter().collect();
+            let Ok(now) = addresses(&ipam, &pool).await else {
+                failures = 1;
+                continue 'snapshot;
+            };
             let removed: Vec<IpAddr> = have.difference(&now).copied().collect();
             let added: Vec<IpAddr> = now.difference(&have).copied().collect();
             have = now;

@@ -260,3 +260,30 @@ async fn a_family_the_tors_lack_is_refused_and_changes_nothing() {
     );
     assert_eq!(store.list("").await.unwrap().0, before, "nothing written");
 }
+
+/// A whitelist syncer watching a dual-stack pool gets both families: the
+/// snapshot and every change carry each IP with its IPv6 partner.
+#[tokio::test]
+async fn the_watch_feed_of_a_dual_stack_pool_carries_both_families() {
+    use crate::ipam::PoolChange;
+    use futures::StreamExt;
+    let (_store, ipam) = setup().await;
+    let ipam = Arc::new(ipam);
+    ipam.create_pool(&spec("db", 2, &["d1"], None), 0)
+        .await
+        .unwrap();
+    let mut feed = Box::pin(ipam.clone().watch_pool("db".into()));
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    match feed.next().await.unwrap().unwrap() {
+        PoolChange::Snapshot { ips, .. } => assert_eq!(
+            ips,
+            ["10.1.0.10", "10.1.0.11", "fd00:1::100", "fd00:1::101"].map(ip)
+        ),
+        other => panic!("{other:?}"),
+    }
+    ipam.resize_pool("db", 3, 0).await.unwrap();
+    match feed.next().await.unwrap().unwrap() {
+        PoolChange::Add { ips, .. } => assert_eq!(ips, ["10.1.0.12", "fd00:1::102"].map(ip)),
+        other => panic!("{other:?}"),
+    }
+}
