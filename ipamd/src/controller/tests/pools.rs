@@ -472,3 +472,35 @@ async fn a_pool_of_the_app_is_adopted_another_apps_refused_and_let_go() {
     assert!(l.configmap("api-pool").is_none());
     assert!(l.event("api", "MoorPoolUnfollowed").await.contains("stays"));
 }
+
+/// A declared pool on a dual-stack ToR is dual stack, and its ConfigMap
+/// whitelists both families.
+#[tokio::test]
+async fn a_dual_stack_pool_publishes_both_families() {
+    let mut l = setup().await;
+    let nets = [
+        ("10.3.0.0/24".to_string(), "10.3.0.1".to_string()),
+        ("fd00:3::/64".to_string(), "fd00:3::1".to_string()),
+    ];
+    let ranges = [
+        ("10.3.0.10".to_string(), "10.3.0.29".to_string()),
+        ("fd00:3::10".to_string(), "fd00:3::ff".to_string()),
+    ];
+    l.ipam
+        .add_tor_families("d3", &nets, 0, &ranges, "")
+        .await
+        .unwrap();
+    l.api.create(
+        objects::statefulset("shop", "db", 2)
+            .annotation(POOL_SIZE_ANNOTATION, "2")
+            .annotation(TORS_ANNOTATION, "d3"),
+    );
+    l.settle(1, |_| true).await;
+    assert_eq!(l.pass().await.created, ["shop-db"]);
+    let (pool, _) = l.ipam.pool("shop-db").await.unwrap();
+    assert_eq!(pool.family, crate::core::IpFamily::Dual);
+    assert_eq!(
+        l.published("shop-db"),
+        ["10.3.0.10", "10.3.0.11", "fd00:3::10", "fd00:3::11"].map(ip)
+    );
+}
