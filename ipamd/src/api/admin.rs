@@ -314,7 +314,7 @@ impl Admin for AdminApi {
         let pool = (!pool.is_empty()).then_some(pool.as_str());
         Ok(Response::new(batches(
             self.0.ipam.binding_walk(pool),
-            |(b, attached)| binding_msg(&b, attached),
+            |(b, attached, ipv6)| binding_msg(&b, attached, ipv6),
             |bindings| v1::ListBindingsReply { bindings },
         )))
     }
@@ -329,7 +329,7 @@ impl Admin for AdminApi {
             .ipam
             .bind(&pod, ip)
             .await
-            .map(|b| binding_msg(&b, false)))
+            .map(|b| binding_msg(&b, false, None)))
     }
 
     async fn audit(&self, _: Request<v1::AuditRequest>) -> Reply<v1::AuditReply> {

@@ -1,6 +1,6 @@
 //! Domain values as wire messages, and wire values as domain ones.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use moor_proto::v1;
 use tonic::Status;
@@ -132,14 +132,14 @@ pub fn attachment_msg(a: &Attachment, ip: IpAddr) -> v1::Attachment {
     }
 }
 
-pub fn binding_msg(b: &Binding, attached: bool) -> v1::Binding {
+pub fn binding_msg(b: &Binding, attached: bool, ipv6: Option<Ipv6Addr>) -> v1::Binding {
     v1::Binding {
         pod: Some(pod_msg(&b.pod)),
         pool: b.pool.clone(),
         address: b.ip.to_string(),
         tor: b.tor.clone(),
         attached,
-        address6: String::new(),
+        address6: ipv6.map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 

@@ -79,7 +79,10 @@ impl Ipam {
 
     /// Every binding (of one pool, or all), and whether its IP is attached
     /// (`binding_walk`, collected).
-    pub async fn bindings(&self, pool: Option<&str>) -> Result<Vec<(Binding, bool)>> {
+    pub async fn bindings(
+        &self,
+        pool: Option<&str>,
+    ) -> Result<Vec<(Binding, bool, Option<std::net::Ipv6Addr>)>> {
         use futures::TryStreamExt;
         self.binding_walk(pool).try_collect().await
     }

@@ -173,26 +173,39 @@ impl Ipam {
             .boxed())
     }
 
-    /// Every binding (of one pool, or all) in pod order, and whether its IP
-    /// is attached.
-    pub fn binding_walk(&self, pool: Option<&str>) -> Items<(Binding, bool)> {
+    /// Every binding (of one pool, or all) in pod order, whether its IP
+    /// is attached, and its IPv6 partner (a dual-stack pool's).
+    pub fn binding_walk(&self, pool: Option<&str>) -> Items<(Binding, bool, Option<Ipv6Addr>)> {
         let walk = Walk::new(self.store.clone(), keys::BINDINGS);
         let pool = pool.map(str::to_string);
-        stream::try_unfold((walk, pool), |(mut walk, pool)| async move {
-            while let Some(e) = walk.next().await? {
-                let b: Binding = decode(&e)?;
-                if pool.as_ref().is_some_and(|p| *p != b.pool) {
-                    continue;
+        // Each pool's partners, read once per walk.
+        let known: BTreeMap<String, BTreeMap<IpAddr, Ipv6Addr>> = BTreeMap::new();
+        stream::try_unfold(
+            (walk, pool, known),
+            |(mut walk, pool, mut known)| async move {
+                while let Some(e) = walk.next().await? {
+                    let b: Binding = decode(&e)?;
+                    if pool.as_ref().is_some_and(|p| *p != b.pool) {
+                        continue;
+                    }
+                    let attached = walk
+                        .store
+                        .get_json::<Lease>(&keys::lease(&b.pool, b.ip))
+                        .await?
+                        .is_some_and(|(l, _)| l.attachment.is_some());
+                    if !known.contains_key(&b.pool) {
+                        let found = match walk.store.get_json::<Pool>(&keys::pool(&b.pool)).await? {
+                            Some((p, _)) => partners(&walk.store, &p).await?,
+                            None => BTreeMap::new(),
+                        };
+                        known.insert(b.pool.clone(), found);
+                    }
+                    let ipv6 = known[&b.pool].get(&b.ip).copied();
+                    return Ok(Some(((b, attached, ipv6), (walk, pool, known))));
                 }
-                let attached = walk
-                    .store
-                    .get_json::<Lease>(&keys::lease(&b.pool, b.ip))
-                    .await?
-                    .is_some_and(|(l, _)| l.attachment.is_some());
-                return Ok(Some(((b, attached), (walk, pool))));
-            }
-            Ok(None)
-        })
+                Ok(None)
+            },
+        )
         .boxed()
     }
 }

@@ -118,6 +118,12 @@ async fn a_dual_stack_pod_gets_and_keeps_both_ips() {
     let by4 = ipam.ip(a.lease.ip).await.unwrap();
     assert_eq!(by4.ipv6, a.lease.ipv6);
     // Listing and export name both.
+    let bindings = ipam.bindings(Some("db")).await.unwrap();
+    let db0 = bindings
+        .iter()
+        .find(|(b, _, _)| b.pod.name == "db-0")
+        .unwrap();
+    assert_eq!((db0.1, db0.2), (true, Some(v6("fd00:1::100"))));
     let partners = ipam.partners(&pool).await.unwrap();
     assert_eq!(partners.len(), 4);
     assert_eq!(partners[&c.lease.ip], v6("fd00:1::101"));
