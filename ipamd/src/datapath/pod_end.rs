@@ -74,7 +74,7 @@ pub(crate) async fn configure_pod(
         enable_ipv6(ifname).map_err(|source| DatapathError::Netlink {
             op: format!(
                 "turn IPv6 on for {ifname} in netns {netns} \
-                 (/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6 = 0) for the pod's IPv6 address"
+                 (/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6 = 0, accept_ra = 0) for the pod's IPv6 address"
             ),
             source,
         })?;
@@ -158,8 +158,15 @@ fn route_error(link: &PodLink, gateway: IpAddr, e: rtnetlink::Error) -> Datapath
 /// runtime or image may have set to 1, and an IPv6 address cannot be added
 /// then (EACCES). Read first, so that the common case (0, as in a new netns
 /// on Debian 12) is one read. As the reference plugins do for IPv6.
+///
+/// And `accept_ra = 0`: moor gives the pod its IPv6 address and default
+/// route; a router advertisement on the segment would add a SLAAC address
+/// and a default route of its own (a second source address a database
+/// whitelist does not know).
 fn enable_ipv6(ifname: &str) -> io::Result<()> {
-    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    let conf = format!("/proc/sys/net/ipv6/conf/{ifname}");
+    std::fs::write(format!("{conf}/accept_ra"), "0")?;
+    let path = format!("{conf}/disable_ipv6");
     if std::fs::read_to_string(&path)?.trim() == "0" {
         return Ok(());
     }

@@ -98,6 +98,21 @@ fn dual_stack_pods_per_cni_version() {
             on[0].1
         );
         check_wired(&tb, &pod, &got);
+        let accept_ra = moor_testkit::cmd::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &pod.netns,
+                "cat",
+                "/proc/sys/net/ipv6/conf/eth0/accept_ra",
+            ],
+        );
+        assert_eq!(
+            accept_ra.trim(),
+            "0",
+            "{ctx}: no SLAAC beside moor's address"
+        );
         let route6 = ip_in(&pod.netns, &["-6", "route", "show", "default"]);
         assert!(
             route6.contains(&format!("via {}", tb.gateway6)),
