@@ -17,6 +17,11 @@
 //! process id and a counter, so nodes run in parallel with each other and
 //! with other test binaries.
 //!
+//! With [`Options::families`] = dual stack the ToR has an IPv6 subnet too
+//! (`fd00:B1:B2::/64`, gateway `::1` on tor0, without DAD) and every sandbox
+//! gets an address of each family; the root netns gets no IPv6 address or
+//! route, so parallel nodes cannot clash there.
+//!
 //! With [`Options::kube`] ipamd reads a fake Kubernetes API server instead
 //! of taking `--tor` ([`kube`]: the API's side, as the controllers make
 //! objects); [`plugin`] runs moor directly where CRI hides what a test
@@ -32,7 +37,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -50,7 +55,7 @@ use crate::cri::v1::{PodSandboxConfig, PodSandboxMetadata, PodSandboxState};
 use crate::cri::{Cri, SandboxInfo};
 use crate::install_cni;
 use crate::ipamctl::Ipamctl;
-use crate::testbed::require_root;
+use crate::testbed::{require_root, Families};
 use moor_testkit::cmd::{assert_ok, run as run_ok, tail};
 use moor_testkit::netns::{link_names, Netns};
 use moor_testkit::process::{kill9, spawn_appending, terminate};
@@ -100,6 +105,9 @@ pub struct Options {
     /// ipamd reads pods, namespaces and its Node from a fake Kubernetes API
     /// server this node runs ([`CriNode::api`]).
     pub kube: Option<Kube>,
+    /// The ToR's subnets: IPv4 (default) or dual stack. IPv6 only is not
+    /// built: CRI's `network.ip` is the IPv4 one here.
+    pub families: Families,
 }
 
 /// A running sandbox as the test sees it.
@@ -107,8 +115,11 @@ pub struct Options {
 pub struct Sandbox {
     pub id: String,
     pub name: String,
-    /// The IP PodSandboxStatus reports.
+    /// The IP PodSandboxStatus reports (`network.ip`).
     pub ip: Ipv4Addr,
+    /// The IPv6 address PodSandboxStatus reports in
+    /// `network.additional_ips` (a dual-stack pod's), if any.
+    pub ip6: Option<Ipv6Addr>,
     /// The netns containerd made for it (/var/run/netns/cni-UUID).
     pub netns: String,
     /// The sandbox process.
@@ -131,6 +142,8 @@ pub struct CriNode {
     pub network: String,
     pub subnet_base: [u8; 3],
     pub gateway: Ipv4Addr,
+    /// The IPv6 gateway `fd00:B1:B2::1` (on tor0 with dual stack only).
+    pub gateway6: Ipv6Addr,
     pub node_ip: Ipv4Addr,
     /// The ToR's pod range: `range.0..=range.1`.
     pub range: (Ipv4Addr, Ipv4Addr),
@@ -174,6 +187,11 @@ impl CriNode {
     /// the sandbox image imported and moor's conflist installed and loaded.
     pub fn new(opts: Options) -> CriNode {
         require_root();
+        assert_ne!(
+            opts.families,
+            Families::Ipv6,
+            "CriNode builds IPv4 and dual-stack nodes, not IPv6-only ones"
+        );
         for tool in [
             "containerd",
             "ctr",
@@ -209,6 +227,16 @@ impl CriNode {
             network: format!("moor-cri-{pid}-{n}-{}", secs % 100_000),
             subnet_base,
             gateway: ip(1),
+            gateway6: Ipv6Addr::new(
+                0xfd00,
+                u16::from(subnet_base[1]),
+                u16::from(subnet_base[2]),
+                0,
+                0,
+                0,
+                0,
+                1,
+            ),
             node_ip: ip(2),
             range: (ip(10), ip(249)),
             bridge: format!("mb{pid}x{n}"),
@@ -290,12 +318,27 @@ impl CriNode {
         for args in steps {
             run_ok("ip", args);
         }
+        if self.opts.families == Families::Dual {
+            // No DAD: usable at once, as the pods' addresses are.
+            let gw6 = format!("{}/64", self.gateway6);
+            run_ok(
+                "ip",
+                &["-n", &tor, "addr", "add", &gw6, "dev", "tor0", "nodad"],
+            );
+        }
     }
 
     /// The subnet in CIDR notation.
     pub fn subnet(&self) -> String {
         let b = self.subnet_base;
         format!("{}.{}.{}.0/24", b[0], b[1], b[2])
+    }
+
+    /// The IPv6 subnet of the dual-stack ToR (`fd00:B1:B2::/64`).
+    pub fn subnet6(&self) -> String {
+        let mut net = self.gateway6.octets();
+        net[15] = 0;
+        format!("{}/64", Ipv6Addr::from(net))
     }
 
     /// Names of the links enslaved to this node's bridge whose names start
@@ -352,9 +395,16 @@ impl CriNode {
         ipamd.signal(sig).expect("signal ipamd");
     }
 
+    /// `ipamctl tor add`: the IPv4 subnet with its range and, with dual
+    /// stack, the IPv6 subnet (its pod range: the whole subnet).
     fn define_tor(&self) {
+        let (subnet6, gw6) = (self.subnet6(), self.gateway6.to_string());
+        let extra: &[&str] = match self.opts.families {
+            Families::Dual => &["--subnet", &subnet6, "--gateway", &gw6],
+            _ => &[],
+        };
         self.ctl()
-            .tor_add(TOR, &self.subnet(), self.gateway, self.range, &[]);
+            .tor_add(TOR, &self.subnet(), self.gateway, self.range, extra);
     }
 
     /// `ipamctl` against this node's ipamd.
@@ -671,18 +721,34 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .netns
             .unwrap_or_else(|| panic!("sandbox {id}: no network namespace in {}", info.raw));
         self.netns_seen.lock().unwrap().insert(netns.clone());
-        let ip = status
-            .network
-            .as_ref()
-            .map(|n| n.ip.as_str())
-            .unwrap_or_default();
-        let ip = ip.parse().unwrap_or_else(|_| {
+        let network = status.network.clone().unwrap_or_default();
+        let ip = network.ip.parse().unwrap_or_else(|_| {
             panic!("sandbox {id} ({name}): no IPv4 in PodSandboxStatus: {status:?}")
         });
+        // containerd puts the IPv4 address first and the rest of the CNI
+        // result's IPs after it: with moor, at most the IPv6 partner.
+        let additional: Vec<IpAddr> = network
+            .additional_ips
+            .iter()
+            .map(|p| {
+                p.ip.parse().unwrap_or_else(|_| {
+                    panic!("sandbox {id} ({name}): additional IP {:?} is no IP", p.ip)
+                })
+            })
+            .collect();
+        let ip6 = match additional[..] {
+            [] => None,
+            [IpAddr::V6(v6)] => Some(v6),
+            _ => panic!(
+                "sandbox {id} ({name}): additional IPs {additional:?}, not one IPv6 at most: \
+                 {status:?}"
+            ),
+        };
         Ok(Sandbox {
             id,
             name,
             ip,
+            ip6,
             netns,
             pid: info.pid,
         })
@@ -1032,10 +1098,10 @@ pub fn sandbox_config_in(namespace: &str, name: &str, uid: &str) -> PodSandboxCo
     }
 }
 
-/// Does one ping from the netns at `netns` (a path) to `ip` get an answer
-/// (3 tries)?
-pub fn ping_in(netns: &str, ip: Ipv4Addr) -> bool {
-    let ip = ip.to_string();
+/// Does one ping from the netns at `netns` (a path) to `ip` (either
+/// family) get an answer (3 tries)?
+pub fn ping_in(netns: &str, ip: impl Into<IpAddr>) -> bool {
+    let ip = ip.into().to_string();
     (0..3).any(|_| {
         Command::new("nsenter")
             .arg(format!("--net={netns}"))

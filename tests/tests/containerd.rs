@@ -3,7 +3,8 @@
 //! back, the reference plugins chained after moor work and are torn down,
 //! a refused ADD leaves nothing, and a containerd crash leaks nothing for
 //! long. Every test runs its own containerd and ipamd ([`CriNode`]).
-//! [`kube`]: the same with ipamd reading a Kubernetes API (issue 10).
+//! [`kube`]: the same with ipamd reading a Kubernetes API (issue 10);
+//! [`dual_stack`]: IPv4 and IPv6 per sandbox (issue 13).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -21,6 +22,8 @@ use moor_e2e::names::{deployment_pod, statefulset_pod};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+#[path = "containerd/dual_stack.rs"]
+mod dual_stack;
 #[path = "containerd/kube.rs"]
 mod kube;
 

@@ -14,11 +14,12 @@
 //! on DEL, even from a sticky pool: a podman container is never bound.
 
 use moor_e2e::containerd::live_host_end_exists;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Instant;
 
 use moor_e2e::podman::{Podman, IMAGE};
+use moor_e2e::testbed::Families;
 use moor_e2e::{install_cni, Counts, Options, Testbed};
 use moor_proto::host_ifname;
 use serde_json::{json, Value};
@@ -36,8 +37,14 @@ struct Env {
 /// A root-netns testbed with a sticky pool of `size`, a private podman, and
 /// a moor network for the pool installed by scripts/install-cni.
 fn env(size: u32) -> Env {
+    env_of(size, Families::Ipv4)
+}
+
+/// [`env`] on a ToR of `families` (the pool takes every family the ToR has).
+fn env_of(size: u32, families: Families) -> Env {
     let tb = Testbed::with(Options {
         root_netns: true,
+        families,
         ..Options::default()
     });
     let size = size.to_string();
@@ -136,8 +143,8 @@ fn assert_no_bindings(tb: &Testbed) {
     assert_eq!(b, json!([]), "no bindings");
 }
 
-fn exec_ping(p: &Podman, container: &str, ip: Ipv4Addr) -> bool {
-    let ip = ip.to_string();
+fn exec_ping(p: &Podman, container: &str, ip: impl Into<IpAddr>) -> bool {
+    let ip = ip.into().to_string();
     (0..3).any(|_| {
         p.run(&["exec", container, "ping", "-c1", "-W1", &ip])
             .status
@@ -329,4 +336,109 @@ fn a_full_pool_fails_the_container_with_our_message_and_leaves_nothing() {
         "only the first container's veth"
     );
     eprintln!("podman's error: {}", err.trim());
+}
+
+/// The global IPv6 addresses and prefixes in `ip -o addr show` output.
+fn parse_inet6_global(out: &str) -> Vec<(Ipv6Addr, u8)> {
+    out.lines()
+        .filter(|l| l.contains(" scope global"))
+        .filter_map(|l| {
+            let cidr = l.split_whitespace().skip_while(|w| *w != "inet6").nth(1)?;
+            let (ip, prefix) = cidr.split_once('/')?;
+            Some((ip.parse().ok()?, prefix.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Both addresses on container `name`'s eth0: the IPv4 one and the one
+/// global IPv6 one.
+fn eth0_dual(p: &Podman, name: &str) -> ((Ipv4Addr, u8), (Ipv6Addr, u8)) {
+    let out = p.ok(&["exec", name, "ip", "-o", "addr", "show", "dev", "eth0"]);
+    dual_of(&out)
+}
+
+fn dual_of(out: &str) -> ((Ipv4Addr, u8), (Ipv6Addr, u8)) {
+    let v6 = parse_inet6_global(out);
+    assert_eq!(v6.len(), 1, "one global IPv6 address on eth0: {out}");
+    (parse_inet(out), v6[0])
+}
+
+/// `ipamctl -o json ip show V4`'s IPv6 partner of `v4`.
+fn partner_of(tb: &Testbed, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+    let v = tb.ipamctl_json(&["ip", "show", &v4.to_string()]);
+    v["address6"].as_str().and_then(|a| a.parse().ok())
+}
+
+/// Dual stack (issue 13): on a dual-stack ToR, a podman container prints
+/// both its addresses (the pool's IPv4 one and its IPv6 partner, each with
+/// the ToR's prefix), has both default routes, pings both gateways, and
+/// `podman rm` gives both back (a podman container is never bound).
+#[test]
+fn dual_stack_container_shows_both_addresses_pings_both_gateways_and_gives_them_back() {
+    let e = env_of(3, Families::Dual);
+    let pool = e.tb.ipamctl_json(&["pool", "show", POOL]);
+    assert_eq!(pool["family"], "dual", "{pool}");
+    let p = &e.podman;
+
+    let out = timed(
+        p,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            &e.net,
+            IMAGE,
+            "ip",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ],
+    );
+    let ((ip, prefix), (ip6, prefix6)) = dual_of(&out);
+    assert_eq!((prefix, prefix6), (24, 64), "the ToR's prefixes: {out}");
+    assert!(pool_ips(&e.tb).contains(&ip), "{ip} is an IP of {POOL}");
+    assert_eq!(partner_of(&e.tb, ip), Some(ip6), "{ip6} is {ip}'s partner");
+    assert_eq!(e.tb.pool_counts(POOL).free, 3, "--rm gave both back");
+    assert_eq!(e.tb.host_links(), Vec::<String>::new(), "no host veth");
+
+    let name = format!("{}-a", e.net);
+    let cid = timed(p, &run_detached(&name, &e.net)).trim().to_string();
+    let ((ip, _), (ip6, _)) = eth0_dual(p, &name);
+    assert_eq!(partner_of(&e.tb, ip), Some(ip6), "{ip6} is {ip}'s partner");
+    let entry =
+        e.tb.ip_of_container(&cid)
+            .unwrap_or_else(|| panic!("ipamctl ip list has no attachment of {cid}"));
+    assert_eq!(entry["address"], ip.to_string().as_str(), "{entry}");
+    // podman's own view of the network, from the CNI result.
+    let settings = &p.inspect(&name)["NetworkSettings"]["Networks"][&e.net];
+    assert_eq!(settings["IPAddress"], ip.to_string().as_str(), "{settings}");
+    assert_eq!(
+        settings["GlobalIPv6Address"],
+        ip6.to_string().as_str(),
+        "{settings}"
+    );
+    let routes6 = p.ok(&["exec", &name, "ip", "-6", "route", "show", "default"]);
+    assert!(
+        routes6.contains(&format!("via {}", e.tb.gateway6)),
+        "the IPv6 default route: {routes6}"
+    );
+    assert!(
+        exec_ping(p, &name, e.tb.gateway),
+        "{name} pings the gateway"
+    );
+    assert!(
+        exec_ping(p, &name, e.tb.gateway6),
+        "{name} pings the IPv6 gateway {}",
+        e.tb.gateway6
+    );
+
+    timed(p, &["rm", "--force", "--time", "0", &name]);
+    assert_gone(&e, &cid, "after podman rm -f");
+    assert_no_bindings(&e.tb);
+    let shown = e.tb.ipamctl_json(&["ip", "show", &ip.to_string()]);
+    assert_eq!(shown["state"], "free", "{shown}");
+    assert_eq!(e.tb.pool_counts(POOL).free, 3, "every IP back");
+    assert_eq!(e.tb.audit(), Vec::<String>::new(), "store audit");
 }
