@@ -30,10 +30,10 @@
 //!
 //! With [`OvsCluster::with_families`] the ToRs are dual stack or IPv6 only:
 //! ToR `10.A.B.0/24` gets `fd00:A:B::/64` (the octets as hex groups: 200
-//! is c8), gateway
-//! `::1` on the same internal port (no DAD), and a pod range at the same
-//! positions as the IPv4 one (`.10` -> `::a`), so that a dual-stack pod's
-//! IPv6 address ends as its IPv4 one does ([`OvsCluster::tor6`]).
+//! is c8), gateway `::1` on the same internal port (no DAD), and a pod
+//! range at the same positions as the IPv4 one (`.10` -> `::a`), so that a
+//! dual-stack pod's IPv6 address ends as its IPv4 one does
+//! ([`OvsCluster::tor6`]).
 //! `ovs-ofctl` against a node's bridge ([`OvsCluster::ofctl`]) lets a test
 //! add flows above the bridge's NORMAL one, e.g. to drop a pod's frames.
 //!

@@ -21,7 +21,8 @@
 //! transaction, and ipamd killed between their steps. `ui`: issue 14's
 //! pool page (`ipamctl ui`) loaded in headless Chromium. `monitoring`:
 //! issue 14's alert rules and dashboard, and a real Prometheus scraping
-//! ipamd.
+//! ipamd. `ovs_ipv6`: issue 13's moved IPv6 and dual-stack pods on the
+//! OVS testbed, and the control that shows the unsolicited NA is needed.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -57,6 +58,8 @@ mod metrics;
 mod monitoring;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
+#[path = "e2e/ovs_ipv6.rs"]
+mod ovs_ipv6;
 #[path = "e2e/pool_lifecycle.rs"]
 mod pool_lifecycle;
 #[path = "e2e/pool_steps.rs"]
