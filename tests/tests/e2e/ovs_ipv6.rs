@@ -12,12 +12,13 @@
 //! 2. `moved_ipv6_pod_is_reached_within_a_second_through_its_unsolicited_na`:
 //!    an IPv6-only web-0 moved the same way, twice, with OpenFlow rules on
 //!    n2's bridge dropping the frames from its MAC that would teach the
-//!    switches where it is: its kernel's own (MLD reports, router
-//!    solicitations, DAD and other neighbour solicitations, router
-//!    advertisements; ICMPv6 130-135 and 143) in both runs, and its
-//!    neighbour advertisements (136) in the control run only. Echo replies
-//!    pass. The control run is not reached within 1 s; the real run, whose
-//!    only difference is that ipamd's unsolicited NAs get through, is.
+//!    switches where it is: those its kernel sends unasked (MLD, router
+//!    solicitations and advertisements, DAD: ICMPv6 130-134, 143, and 135
+//!    from `::`) in both runs, and its neighbour advertisements (136) in
+//!    the control run only. What it sends only once something reached it
+//!    (echo replies, the solicitation for the peer's MAC) passes. The
+//!    control run is not reached within 1 s; the real run, whose only
+//!    difference is that ipamd's unsolicited NAs get through, is.
 //!    tcpdump on n2's uplink records what each run put on the wire from
 //!    the pod's MAC: nothing in the control run (the flow counters show
 //!    the NAs and the pod's own frames were sent and dropped), the
