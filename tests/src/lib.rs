@@ -8,6 +8,7 @@
 //! - [`names`]: Kubernetes-shaped pod names and container ids.
 //! - [`bins`]: where the built binaries are.
 //! - [`bench`]: what the ADD/DEL benches share (options, statistics, machine facts).
+//! - [`capture`]: tcpdump on an interface, the frames it saw as lines.
 //!
 //! Namespaces, temp dirs, the ipamd and etcd processes, Open vSwitch and the
 //! TCP echo are moor-testkit's, shared with the other crates' tests.
@@ -27,6 +28,7 @@
 
 pub mod bench;
 pub mod bins;
+pub mod capture;
 pub mod chromium;
 pub mod cluster;
 pub mod containerd;

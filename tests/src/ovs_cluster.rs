@@ -25,6 +25,17 @@
 //! Pods are namespaces made as a runtime makes them, with IPv6 off (pods'
 //! link-local chatter teaches switches where a MAC is and would hide a
 //! missing announcement), ADDed by the real `moor` in the node namespace.
+//! ([`OvsCluster::pod_with_ipv6`] leaves it on, for IPv6 pods whose own
+//! neighbour discovery a test means to see or suppress.)
+//!
+//! With [`OvsCluster::with_families`] the ToRs are dual stack or IPv6 only:
+//! ToR `10.A.B.0/24` gets `fd00:A:B::/64` (the octets as hex groups: 200
+//! is c8), gateway `::1` on the same internal port (no DAD), and a pod
+//! range at the same positions as the IPv4 one (`.10` -> `::a`), so that a
+//! dual-stack pod's IPv6 address ends as its IPv4 one does
+//! ([`OvsCluster::tor6`]).
+//! `ovs-ofctl` against a node's bridge ([`OvsCluster::ofctl`]) lets a test
+//! add flows above the bridge's NORMAL one, e.g. to drop a pod's frames.
 //!
 //! Drop stops the ipamds, then every ovs-vswitchd and ovsdb-server (by pid),
 //! then the etcd members, and deletes every namespace and directory; when
@@ -32,7 +43,7 @@
 //! prints the ipamds').
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -43,7 +54,8 @@ use moor_testkit::netns::disable_ipv6;
 use moor_testkit::Ovs;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, Fabric, Layout, TOR_BRIDGE, UPLINK};
+use crate::cluster::{Cluster, Fabric, Layout, TorNet, TOR_BRIDGE, UPLINK};
+use crate::testbed::Families;
 use crate::Pod;
 
 /// The integration bridge on every node (ipamd's `--bridge`).
@@ -75,11 +87,55 @@ impl Switch {
     }
 }
 
+/// The IPv6 side of a ToR (or segment) of an [`OvsCluster`] with IPv6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tor6 {
+    /// e.g. fd00:c8:5::/64.
+    pub subnet: String,
+    pub gateway: Ipv6Addr,
+    /// The pod range: `range.0..=range.1`.
+    pub range: (Ipv6Addr, Ipv6Addr),
+}
+
+impl Tor6 {
+    /// The IPv6 side of `t`: `10.A.B.0/24` -> `fd00:A:B::/64`, gateway
+    /// `::1`, the pod range at the IPv4 range's positions.
+    fn of(t: &TorNet) -> Tor6 {
+        let o = t.gateway.octets();
+        let at = |last: u8| {
+            Ipv6Addr::new(
+                0xfd00,
+                u16::from(o[1]),
+                u16::from(o[2]),
+                0,
+                0,
+                0,
+                0,
+                u16::from(last),
+            )
+        };
+        Tor6 {
+            subnet: format!("{}/64", at(0)),
+            gateway: at(1),
+            range: (at(t.range.0.octets()[3]), at(t.range.1.octets()[3])),
+        }
+    }
+
+    pub fn in_range(&self, ip: Ipv6Addr) -> bool {
+        (self.range.0..=self.range.1).contains(&ip)
+    }
+}
+
 pub struct OvsCluster {
     /// One per ToR namespace, then one per node. Dropped (stopped) before
     /// `cluster`, which deletes their namespaces.
     tor_switches: Vec<Switch>,
     node_switches: Vec<Switch>,
+    /// The ToRs' address families (all ToRs have the same).
+    families: Families,
+    /// The IPv6 side of every ToR and segment, by name (none with IPv4
+    /// only).
+    tor6: BTreeMap<String, Tor6>,
     cluster: Cluster,
 }
 
@@ -134,13 +190,30 @@ impl OvsCluster {
     /// The cluster of `layout` (its fabric is set to [`Fabric::Bare`]) with
     /// Open vSwitch in every ToR and node namespace, every node's ipamd in
     /// OVS mode, and the ToRs (and segments) defined.
-    pub fn new(mut layout: Layout) -> OvsCluster {
+    pub fn new(layout: Layout) -> OvsCluster {
+        Self::with_families(layout, Families::Ipv4)
+    }
+
+    /// [`OvsCluster::new`] with ToRs of `families`: dual stack or IPv6
+    /// only add each ToR's [`Tor6`] (its gateway on the ToR's switch, its
+    /// subnet in `ipamctl tor add`); IPv6 only leaves out the IPv4 side.
+    pub fn with_families(mut layout: Layout, families: Families) -> OvsCluster {
         layout.fabric = Fabric::Bare;
         let mut c = OvsCluster {
             tor_switches: Vec::new(),
             node_switches: Vec::new(),
+            families,
+            tor6: BTreeMap::new(),
             cluster: Cluster::new(layout),
         };
+        if families != Families::Ipv4 {
+            c.tor6 = c
+                .cluster
+                .tors
+                .iter()
+                .map(|t| (t.name.clone(), Tor6::of(t)))
+                .collect();
+        }
         // Each step pushes what it started, so a panic half-way still
         // stops it (Drop).
         let primaries: Vec<String> = c
@@ -190,8 +263,54 @@ impl OvsCluster {
             });
             c.cluster.start_ipamd(&name);
         }
-        c.cluster.define_tors();
+        c.define_tors();
         c
+    }
+
+    /// `ipamctl tor add` of every ToR and segment, in order, with the
+    /// subnets of [`OvsCluster::with_families`].
+    fn define_tors(&self) {
+        if self.families == Families::Ipv4 {
+            return self.cluster.define_tors();
+        }
+        let ctl = self.cluster.ctl(&self.cluster.nodes[0].name);
+        for t in &self.cluster.tors {
+            let t6 = self.tor6(&t.name);
+            let mut args: Vec<String> = ["tor", "add", &t.name].map(String::from).to_vec();
+            let mut family = |subnet: &str, gateway: String, range: String| {
+                args.extend(
+                    ["--subnet", subnet, "--gateway", &gateway, "--range", &range]
+                        .map(String::from),
+                );
+            };
+            if self.families == Families::Dual {
+                family(
+                    &t.subnet,
+                    t.gateway.to_string(),
+                    format!("{}-{}", t.range.0, t.range.1),
+                );
+            }
+            family(
+                &t6.subnet,
+                t6.gateway.to_string(),
+                format!("{}-{}", t6.range.0, t6.range.1),
+            );
+            if let Some(v) = t.vlan {
+                args.extend(["--vlan".to_string(), v.to_string()]);
+            }
+            if let Some(of) = &t.segment_of {
+                args.extend(["--segment-of".to_string(), of.clone()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ctl.ok(&args);
+        }
+    }
+
+    /// The IPv6 side of ToR (or segment) `name`; panics without IPv6.
+    pub fn tor6(&self, name: &str) -> &Tor6 {
+        self.tor6
+            .get(name)
+            .unwrap_or_else(|| panic!("ToR {name} has no IPv6 subnet (OvsCluster::with_families)"))
     }
 
     /// The ToR's switch: every node under it on a trunk port, and the
@@ -243,12 +362,28 @@ impl OvsCluster {
             let mac = format!("mac=\"{}\"", t.mac);
             add.extend(["--", "set", "interface", &port, "type=internal", &mac]);
             ovs.vsctl(&add);
-            let cidr = format!("{}/24", t.gateway);
-            run_ok("ip", &["-n", ns, "addr", "add", &cidr, "dev", &port]);
+            if self.families != Families::Ipv6 {
+                let cidr = format!("{}/24", t.gateway);
+                run_ok("ip", &["-n", ns, "addr", "add", &cidr, "dev", &port]);
+            }
+            if let Some(t6) = self.tor6.get(&t.name) {
+                // No DAD: usable at once, as the pods' addresses are.
+                let cidr = format!("{}/64", t6.gateway);
+                #[rustfmt::skip]
+                run_ok("ip", &["-n", ns, "addr", "add", &cidr, "dev", &port, "nodad"]);
+            }
             run_ok("ip", &["-n", ns, "link", "set", &port, "up"]);
-            let have = crate::testbed::addr_in(ns, &port)
-                .unwrap_or_else(|| panic!("gateway port {port} in {ns} has no address"));
-            assert_eq!(have.mac, t.mac, "gateway {port} of {} has its MAC", t.name);
+            let link: Value = serde_json::from_str(&run_ok(
+                "ip",
+                &["-n", ns, "-j", "link", "show", "dev", &port],
+            ))
+            .expect("ip -j link prints JSON");
+            assert_eq!(
+                link[0]["address"].as_str(),
+                Some(t.mac.as_str()),
+                "gateway {port} of {} has its MAC",
+                t.name
+            );
         }
     }
 
@@ -276,6 +411,20 @@ impl OvsCluster {
     /// `ovs-vsctl` against the switch of ToR `tor`; panics if it fails.
     pub fn tor_vsctl(&self, tor: &str, args: &[&str]) -> String {
         self.tor_switch(tor).ovs().vsctl(args)
+    }
+
+    /// `ovs-ofctl COMMAND unix:<node's br-int management socket> ARGS...`
+    /// (e.g. `add-flow`, `del-flows`, `dump-flows`); panics if it fails.
+    pub fn ofctl(&self, node: &str, command: &str, args: &[&str]) -> String {
+        let mgmt = self
+            .node_switch(node)
+            .ovs()
+            .dir
+            .join(format!("{NODE_BRIDGE}.mgmt"));
+        let target = format!("unix:{}", mgmt.display());
+        let mut all = vec![command, &target];
+        all.extend_from_slice(args);
+        run_ok("ovs-ofctl", &all)
     }
 
     /// `node`'s ovsdb-server endpoint, `unix:PATH`.
@@ -384,16 +533,39 @@ impl OvsCluster {
         pod
     }
 
+    /// A pod's namespace as [`Cluster::pod`] makes it, IPv6 left on: its
+    /// kernel's own neighbour discovery and MLD (link-local DAD, router
+    /// solicitations, reports) go on the wire as they would in production.
+    pub fn pod_with_ipv6(&self, name: &str) -> Pod {
+        self.cluster.pod(name)
+    }
+
     /// How long until a ping from `pod` to `ip` is answered, if within
     /// `within`: pings of 100 ms each, one after the other.
     pub fn reaches(&self, pod: &Pod, ip: Ipv4Addr, within: Duration) -> Option<Duration> {
+        self.reaches_from(pod, None, ip.into(), within)
+    }
+
+    /// [`OvsCluster::reaches`] of any family, the pings sent from source
+    /// address `from` when given (`ping -I`).
+    pub fn reaches_from(
+        &self,
+        pod: &Pod,
+        from: Option<IpAddr>,
+        ip: IpAddr,
+        within: Duration,
+    ) -> Option<Duration> {
         let ip = ip.to_string();
+        let from = from.map(|f| f.to_string());
+        let mut args = vec!["netns", "exec", &pod.netns, "ping", "-c1", "-W0.1", "-q"];
+        if let Some(from) = &from {
+            args.extend(["-I", from.as_str()]);
+        }
+        args.push(&ip);
         let start = Instant::now();
         loop {
             let answered = Command::new("ip")
-                .args([
-                    "netns", "exec", &pod.netns, "ping", "-c1", "-W0.1", "-q", &ip,
-                ])
+                .args(&args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()

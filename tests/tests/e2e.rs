@@ -22,7 +22,8 @@
 //! pool page (`ipamctl ui`) loaded in headless Chromium. `monitoring`:
 //! issue 14's alert rules and dashboard, and a real Prometheus scraping
 //! ipamd. `dual_stack`: issue 13's dual-stack and IPv6-only pods on one
-//! node.
+//! node; `ovs_ipv6`: its moved IPv6 and dual-stack pods on the OVS testbed,
+//! and the control that shows the unsolicited NA is needed.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -60,6 +61,8 @@ mod metrics;
 mod monitoring;
 #[path = "e2e/ovs_cluster.rs"]
 mod ovs_cluster;
+#[path = "e2e/ovs_ipv6.rs"]
+mod ovs_ipv6;
 #[path = "e2e/pool_lifecycle.rs"]
 mod pool_lifecycle;
 #[path = "e2e/pool_steps.rs"]

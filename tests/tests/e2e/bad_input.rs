@@ -38,6 +38,32 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let tb = Testbed::new();
     tb.create_pool("web", "web", 3);
     tb.create_pool("api", "api", 1);
+    // An IPv6-only ToR whose /64 the IPv6 cases overlap.
+    let b = tb.subnet_base;
+    // Canonical (as ipamd prints addresses): `fd00:X:Y::`, `fd00:X::`.
+    let v6_net = std::net::Ipv6Addr::new(
+        0xfd00,
+        0x100 + u16::from(b[1]),
+        u16::from(b[2]),
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    .to_string();
+    moor_testkit::cmd::assert_ok(
+        &tb.ipamctl(&[
+            "tor",
+            "add",
+            "rack-6",
+            "--subnet",
+            &format!("{v6_net}/64"),
+            "--gateway",
+            &format!("{v6_net}1"),
+        ]),
+        "tor add rack-6",
+    );
     // Live state the bad input must leave alone: two web pods, and the api
     // pool full.
     let web0 = tb.pod("web-0");
@@ -85,7 +111,6 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         cni_code,
         needles: s(needles),
     };
-    let b = tb.subnet_base;
     let net = |last: u8| format!("{}.{}.{}.{last}", b[0], b[1], b[2]);
     let other_net = format!("{}.{}.{}", b[0], b[1] ^ 0x80, b[2]);
     let gone_netns = format!("/run/netns/{}-no-such-pod", tb.id);
@@ -129,8 +154,21 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         case("pool size 0", Input::Ctl(s(&["pool", "create", "db", "--namespace", "shop", "--app", "db", "--size", "0"])), 2, None, &["--size", "0"]),
         case("bad pool name", Input::Ctl(s(&["pool", "create", "Web_1", "--namespace", "shop", "--app", "db"])), 2, None, &["Web_1", "lowercase"]),
         case("malformed IP", Input::Ctl(s(&["ip", "show", "10.1.2"])), 2, None, &["10.1.2"]),
+        // IPv6 (issue 13), caught by ipamctl.
+        case("IPv6 gateway outside its subnet", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", &format!("{other_net}.0/24"), "--gateway", &format!("{other_net}.1"), "--subnet", "fd00:77::/64", "--gateway", "fd00:78::1"])), 2, None, &["--gateway", "fd00:78::1", "fd00:77::/64"]),
+        case("IPv6 range across prefixes", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", &format!("{other_net}.0/24"), "--gateway", &format!("{other_net}.1"), "--subnet", "fd00:77::/64", "--gateway", "fd00:77::1", "--range", "fd00:77::10-fd00:78::10"])), 2, None, &["--range", "fd00:77::/64"]),
+        case("IPv6 subnet wider than a /64", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", "fd00:77::/48", "--gateway", "fd00:77::1"])), 2, None, &["--subnet", "/64"]),
+        case("two IPv6 subnets", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", "fd00:77::/64", "--gateway", "fd00:77::1", "--subnet", "fd00:78::/64", "--gateway", "fd00:78::1"])), 2, None, &["--subnet", "IPv6"]),
+        case("pool family not a family", Input::Ctl(s(&["pool", "create", "db", "--namespace", "shop", "--app", "db", "--family", "ipv5"])), 2, None, &["--family", "ipv5"]),
         // ipamctl: refused by ipamd (exit 1).
         case("overlapping subnet", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", &format!("{}/25", net(0)), "--gateway", &net(1)])), 1, None, &["overlap", "rack-1"]),
+        // IPv6 (issue 13), refused by ipamd.
+        case("overlapping /64", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", &format!("{other_net}.0/24"), "--gateway", &format!("{other_net}.1"), "--subnet", &format!("{v6_net}/64"), "--gateway", &format!("{v6_net}1")])), 1, None, &["overlap", "rack-6"]),
+        case("IPv6 subnet inside another ToR's /64", Input::Ctl(s(&["tor", "add", "rack-2", "--subnet", &format!("{v6_net}8000:0:0:0/65"), "--gateway", &format!("{v6_net}8000:0:0:1")])), 1, None, &["overlap", "rack-6"]),
+        case("dual-stack pool on an IPv4 ToR", Input::Ctl(s(&["pool", "create", "db", "--namespace", "shop", "--app", "db", "--family", "dual", "--tor", "rack-1"])), 1, None, &["rack-1", "IPv6"]),
+        case("IPv4 pool on an IPv6 ToR", Input::Ctl(s(&["pool", "create", "db", "--namespace", "shop", "--app", "db", "--family", "ipv4", "--tor", "rack-6"])), 1, None, &["rack-6", "IPv4"]),
+        case("ToRs with no family in common", Input::Ctl(s(&["pool", "create", "db", "--namespace", "shop", "--app", "db", "--tor", "rack-1", "--tor", "rack-6"])), 1, None, &["rack-1", "rack-6", "family"]),
+        case("release of an IPv6 address in no pool", Input::Ctl(s(&["ip", "release", &format!("{v6_net}5")])), 1, None, &[&format!("{v6_net}5")]),
         case("duplicate ToR name", Input::Ctl(s(&["tor", "add", "rack-1", "--subnet", &format!("{other_net}.0/24"), "--gateway", &format!("{other_net}.1")])), 1, None, &["rack-1", "exists"]),
         case("pool for a missing ToR", Input::Ctl(s(&["pool", "create", "db", "--namespace", "shop", "--app", "db", "--tor", "rack-9"])), 1, None, &["rack-9"]),
         case("duplicate app", Input::Ctl(s(&["pool", "create", "web2", "--namespace", "shop", "--app", "web"])), 1, None, &["shop/web", "web"]),
