@@ -30,6 +30,14 @@
 //!   during batches: `--reap-quiet-ms 300 --reap-max-wait-ms 30000`);
 //!   `--moor-b-bins DIR` gives moor-b the `moor`, `ipamd` and `ipamctl` of
 //!   DIR instead, to compare two builds (before/after) in one run.
+//! - `--dual`: every side dual stack. The ToR netns gets an IPv6 gateway
+//!   (no DAD) beside each IPv4 one, the node's bridges an IPv6 address;
+//!   moor's ToR is defined with both subnets (its pool is dual: checked with
+//!   `pool show`), host-local gets a second range (`"ranges": [[v4], [v6]]`)
+//!   and a `::/0` route; every ADD's result must hold one IP of each
+//!   family, and neither may be live twice. `--moor-b-dual`: only moor-b
+//!   (same binaries and flags as moor unless told otherwise) is dual stack,
+//!   so one run shows moor IPv4 against moor dual stack.
 //! - `--timing`: the moor sides run with `MOOR_TIMING=1` and ipamd logs its
 //!   per-step timing line; the report adds a table of where each ADD's and
 //!   DEL's time goes (timing.rs).
@@ -50,10 +58,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_e2e::bench::{
-    add_del, add_uplink, check_interrupted, check_rounds, commit, container_id, cpus, ipamctl,
-    kernel, leftover_links, loadavg, ms, no_problems, pct, pool_busy, release_bins, round3, share,
-    spawn_in_node, start, suffix, temp_dir, Args, CniPlugin, CniPod, Cycle, Live, Res, Samples,
-    Uplink, PATH_ENV, PERCENTILES,
+    add_del_families, add_uplink, add_uplink6, check_interrupted, check_rounds, commit,
+    container_id, cpus, ipamctl, kernel, leftover_links, loadavg, ms, no_problems, pct, pool_busy,
+    release_bins, round3, share, spawn_in_node, start, suffix, temp_dir, Args, CniPlugin, CniPod,
+    Cycle, Live, Res, Samples, Uplink, Uplink6, PATH_ENV, PERCENTILES,
 };
 use moor_e2e::bins::Bins;
 use moor_testkit::cmd::{describe_failure, try_run as run};
@@ -80,6 +88,11 @@ Options:
   --moor-b-args A    a third side, moor-b: moor against a second ipamd
                      started with these extra flags (one string)
   --moor-b-bins DIR  moor-b runs the moor, ipamd and ipamctl of DIR
+  --dual             every side dual stack: IPv6 gateways on the ToR, moor's
+                     ToR and pool dual, host-local with an IPv6 range too;
+                     each ADD must return one IPv4 and one IPv6 address
+  --moor-b-dual      moor-b (added if not asked for otherwise) dual stack,
+                     moor and ref IPv4: moor IPv4 against moor dual
   --timing           per-step timing of every moor ADD and DEL (MOOR_TIMING=1,
                      ipamd's timing log line), printed as a table
   -h, --help         this text
@@ -106,7 +119,18 @@ struct Opts {
     version_runs: usize,
     moor_b_args: Option<Vec<String>>,
     moor_b_bins: Option<PathBuf>,
+    /// Every side dual stack.
+    dual: bool,
+    /// moor-b dual stack (with `dual` off: the other sides IPv4).
+    moor_b_dual: bool,
     timing: bool,
+}
+
+impl Opts {
+    /// Whether the side `key` runs dual stack.
+    fn dual(&self, key: &str) -> bool {
+        self.dual || (self.moor_b_dual && key == "moor-b")
+    }
 }
 
 fn parse_opts() -> Res<Option<Opts>> {
@@ -118,6 +142,8 @@ fn parse_opts() -> Res<Option<Opts>> {
         version_runs: 100,
         moor_b_args: None,
         moor_b_bins: None,
+        dual: false,
+        moor_b_dual: false,
         timing: false,
     };
     let mut args = Args::new(USAGE);
@@ -126,6 +152,15 @@ fn parse_opts() -> Res<Option<Opts>> {
             "-h" | "--help" => return Ok(None),
             "--timing" => {
                 o.timing = true;
+                continue;
+            }
+            "--dual" => {
+                o.dual = true;
+                continue;
+            }
+            "--moor-b-dual" => {
+                o.moor_b_dual = true;
+                o.moor_b_args.get_or_insert_with(Vec::new);
                 continue;
             }
             "--moor-b-args" => {
@@ -170,6 +205,18 @@ struct Net {
     node_ip: &'static str,
     subnet: &'static str,
     range: &'static str,
+    /// The same in IPv6, used when the side is dual stack.
+    gateway6: &'static str,
+    node_ip6: &'static str,
+    subnet6: &'static str,
+    range6: (&'static str, &'static str),
+}
+
+impl Net {
+    /// The IPv6 range as ipamctl takes it.
+    fn range6(&self) -> String {
+        format!("{}-{}", self.range6.0, self.range6.1)
+    }
 }
 
 const MOOR_NET: Net = Net {
@@ -181,6 +228,12 @@ const MOOR_NET: Net = Net {
     node_ip: "10.211.0.2",
     subnet: "10.211.0.0/16",
     range: "10.211.1.1-10.211.4.254",
+    gateway6: "fd00:211::1",
+    node_ip6: "fd00:211::2",
+    subnet6: "fd00:211::/64",
+    // Larger than the IPv4 range: every IPv4 address of a dual pool has
+    // its IPv6 partner.
+    range6: ("fd00:211::1000", "fd00:211::1fff"),
 };
 const REF_NET: Net = Net {
     bridge: "br-ref",
@@ -191,6 +244,12 @@ const REF_NET: Net = Net {
     node_ip: "10.212.0.2",
     subnet: "10.212.0.0/16",
     range: "10.212.1.1-10.212.4.254",
+    gateway6: "fd00:212::1",
+    node_ip6: "fd00:212::2",
+    subnet6: "fd00:212::/64",
+    // Larger than the IPv4 range: every IPv4 address of a dual pool has
+    // its IPv6 partner.
+    range6: ("fd00:212::1000", "fd00:212::1fff"),
 };
 const MOOR_B_NET: Net = Net {
     bridge: "br-moorb",
@@ -201,6 +260,12 @@ const MOOR_B_NET: Net = Net {
     node_ip: "10.213.0.2",
     subnet: "10.213.0.0/16",
     range: "10.213.1.1-10.213.4.254",
+    gateway6: "fd00:213::1",
+    node_ip6: "fd00:213::2",
+    subnet6: "fd00:213::/64",
+    // Larger than the IPv4 range: every IPv4 address of a dual pool has
+    // its IPv6 partner.
+    range6: ("fd00:213::1000", "fd00:213::1fff"),
 };
 
 /// A moor side's daemon.
@@ -220,6 +285,8 @@ struct Side {
     daemon: Option<Daemon>,
     cni: CniPlugin,
     net: &'static Net,
+    /// Dual stack: each ADD hands out an IPv4 and an IPv6 address.
+    dual: bool,
     /// Pod network namespaces, one per worker.
     pods: Vec<Netns>,
     seq: AtomicU64,
@@ -270,7 +337,7 @@ impl Side {
     /// One ADD then DEL in `pod`; the ADD's IP is checked against `live`.
     fn cycle(&self, pod: &Netns, live: &Live) -> Res<Cycle> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        add_del(self.key, self.key, live, |command| {
+        add_del_families(self.key, self.key, self.dual, live, |command| {
             let command = if command == "ADD" { "ADD" } else { "DEL" };
             self.invoke(command, pod, seq)
         })
@@ -331,6 +398,54 @@ impl Side {
         let d = self.daemon.as_ref().expect("a moor side");
         ipamctl(&d.ipamctl, &d.socket, args)
     }
+
+    /// The bench pool's family as `pool show` gives it is the side's:
+    /// `dual` on a dual-stack ToR, `ipv4` else.
+    fn check_family(&self) -> Res<()> {
+        let shown = self.ctl(&["-o", "json", "pool", "show", POOL])?;
+        let pool: Value = serde_json::from_str(&shown)
+            .map_err(|e| format!("{}: ipamctl -o json pool show: {e}", self.key))?;
+        let want = if self.dual { "dual" } else { "ipv4" };
+        if pool["family"] != want {
+            return Err(format!(
+                "{}: pool {POOL} has family {}, want {want}: {shown}",
+                self.key, pool["family"]
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The reference's config: the brief's, plus a default route via the
+/// gateway (moor sets one too) and a range that leaves the node's own
+/// address alone; with `dual`, a second range set from the IPv6 subnet
+/// (host-local hands out one IP of each) and a `::/0` route.
+fn ref_config(host_local_dir: &Path, dual: bool) -> String {
+    let n = &REF_NET;
+    let (first, last) = n.range.split_once('-').expect("a range is FIRST-LAST");
+    let mut ranges = vec![json!([{
+        "subnet": n.subnet, "gateway": n.gateway,
+        "rangeStart": first, "rangeEnd": last,
+    }])];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+    if dual {
+        ranges.push(json!([{
+            "subnet": n.subnet6, "gateway": n.gateway6,
+            "rangeStart": n.range6.0, "rangeEnd": n.range6.1,
+        }]));
+        routes.push(json!({"dst": "::/0"}));
+    }
+    json!({
+        "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+        "bridge": n.bridge, "isGateway": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": ranges,
+            "routes": routes,
+            "dataDir": host_local_dir,
+        },
+    })
+    .to_string()
 }
 
 // ---------------------------------------------------------------- testbed
@@ -369,12 +484,12 @@ impl Testbed {
         let id = format!("mbench{}", std::process::id());
         let tor = Netns::add(format!("{id}-tor"))?;
         let node = Netns::add(format!("{id}-node"))?;
-        let mut nets = vec![&MOOR_NET];
+        let mut nets = vec![("moor", &MOOR_NET)];
         if opts.moor_b_args.is_some() {
-            nets.push(&MOOR_B_NET);
+            nets.push(("moor-b", &MOOR_B_NET));
         }
-        nets.push(&REF_NET);
-        for n in &nets {
+        nets.push(("ref", &REF_NET));
+        for (key, n) in &nets {
             let uplink = Uplink {
                 bridge: n.bridge,
                 mac: n.mac,
@@ -384,11 +499,23 @@ impl Testbed {
                 node_ip: n.node_ip,
             };
             add_uplink(&tor, &node, &uplink)?;
+            if opts.dual(key) {
+                let uplink6 = Uplink6 {
+                    bridge: n.bridge,
+                    tor_end: n.tor_end,
+                    gateway6: n.gateway6,
+                    node_ip6: n.node_ip6,
+                };
+                add_uplink6(&tor, &node, &uplink6)?;
+            }
         }
         // A new bridge raises its carrier about a second after its first port
         // joins: wait until every gateway answers.
-        for n in &nets {
+        for (key, n) in &nets {
             wait_ping(&node.name, n.gateway, PING_WITHIN)?;
+            if opts.dual(key) {
+                wait_ping(&node.name, n.gateway6, PING_WITHIN)?;
+            }
         }
         let node_fd =
             File::open(node.path()).map_err(|e| format!("open {}: {e}", node.path().display()))?;
@@ -454,6 +581,7 @@ impl Testbed {
                     },
                 },
                 net,
+                dual: opts.dual(key),
                 pods: Vec::new(),
                 seq: AtomicU64::new(0),
                 timed: timed.then(|| Mutex::new(Vec::new())),
@@ -467,27 +595,12 @@ impl Testbed {
             cni: CniPlugin {
                 bin: Path::new(REF_PLUGIN_DIR).join("bridge"),
                 cni_path: REF_PLUGIN_DIR.into(),
-                // The brief's reference config, plus a default route via the
-                // gateway (moor sets one too) and a range that leaves the
-                // node's own address alone.
-                config: json!({
-                    "cniVersion": "1.0.0", "name": "ref", "type": "bridge",
-                    "bridge": REF_NET.bridge, "isGateway": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{
-                            "subnet": REF_NET.subnet, "gateway": REF_NET.gateway,
-                            "rangeStart": "10.212.1.1", "rangeEnd": "10.212.4.254",
-                        }]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": host_local_dir,
-                    },
-                })
-                .to_string(),
+                config: ref_config(&host_local_dir, opts.dual("ref")),
                 node_fd: node_fd.as_raw_fd(),
                 env: Vec::new(),
             },
             net: &REF_NET,
+            dual: opts.dual("ref"),
             pods: Vec::new(),
             seq: AtomicU64::new(0),
             timed: None,
@@ -507,7 +620,8 @@ impl Testbed {
         let size = (2 * opts.workers + 2).to_string();
         for side in bed.sides.iter().filter(|s| s.is_moor()) {
             let n = side.net;
-            side.ctl(&[
+            let range6 = n.range6();
+            let mut tor = vec![
                 "tor",
                 "add",
                 "bench-rack",
@@ -517,7 +631,19 @@ impl Testbed {
                 n.gateway,
                 "--range",
                 n.range,
-            ])?;
+            ];
+            if side.dual {
+                tor.extend([
+                    "--subnet",
+                    n.subnet6,
+                    "--gateway",
+                    n.gateway6,
+                    "--range",
+                    &range6,
+                ]);
+            }
+            side.ctl(&tor)?;
+            // No --family: a pool takes every family its ToRs have.
             side.ctl(&[
                 "pool",
                 "create",
@@ -529,6 +655,7 @@ impl Testbed {
                 "--size",
                 &size,
             ])?;
+            side.check_family()?;
         }
         let mut bed = bed;
         for side in bed.sides.iter_mut() {
@@ -545,7 +672,10 @@ impl Testbed {
         let pod = &side.pods[0];
         let seq = side.seq.fetch_add(1, Ordering::Relaxed);
         side.invoke("ADD", pod, seq)?;
-        let pinged = wait_ping(&pod.name, side.net.gateway, PING_WITHIN);
+        let mut pinged = wait_ping(&pod.name, side.net.gateway, PING_WITHIN);
+        if side.dual && pinged.is_ok() {
+            pinged = wait_ping(&pod.name, side.net.gateway6, PING_WITHIN);
+        }
         side.invoke("DEL", pod, seq)?;
         pinged.map_err(|e| format!("{} pod: {e}", side.key))?;
         side.batch(workers, 1)?;
@@ -645,6 +775,8 @@ struct Report {
     opts: Opts,
     /// Per side, in the testbed's order (ref last).
     keys: Vec<&'static str>,
+    /// Per side, whether it ran dual stack.
+    dual: Vec<bool>,
     multi: Vec<Samples>,
     single: Vec<Samples>,
     /// Per side, the CPU of its multi-worker batches.
@@ -685,6 +817,15 @@ impl Report {
         }
         if let Some(a) = o.moor_b_args.as_ref().filter(|a| !a.is_empty()) {
             println!("moor-b: ipamd started with {}", a.join(" "));
+        }
+        if self.dual.contains(&true) {
+            let families: Vec<String> = self
+                .keys
+                .iter()
+                .zip(&self.dual)
+                .map(|(k, d)| format!("{k} {}", if *d { "dual stack" } else { "IPv4" }))
+                .collect();
+            println!("address families: {}", families.join(", "));
         }
         println!(
             "machine: {} CPUs, kernel {}; each plugin: {} workers x {} cycles, then 1 worker x {} cycles",
@@ -850,6 +991,7 @@ impl Report {
         });
         for (i, k) in self.keys.iter().enumerate() {
             j[*k] = side_json(i);
+            j[*k]["dual"] = json!(self.dual[i]);
             j[*k]["version_p50_ms"] = json!(round3(p50(&self.version[i])));
             j[*k]["version_minus_floor_p50_ms"] = json!(round3(p50(&self.over_floor[i])));
             let (plugins, daemon, all) = self.cpu[i].per_cycle();
@@ -868,6 +1010,8 @@ impl Report {
         if let Some(d) = &o.moor_b_bins {
             j["moor_b_bins"] = json!(d.display().to_string());
         }
+        j["dual"] = json!(o.dual);
+        j["moor_b_dual"] = json!(o.moor_b_dual);
         if !self.timing.is_empty() {
             j["timing"] = Value::Object(
                 self.timing
@@ -997,6 +1141,7 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
     Ok(Report {
         opts: opts.clone(),
         keys: bed.sides.iter().map(|s| s.key).collect(),
+        dual: bed.sides.iter().map(|s| s.dual).collect(),
         multi,
         single,
         cpu,

@@ -351,6 +351,29 @@ pub fn add_uplink(tor: &Netns, node: &Netns, u: &Uplink) -> Res<()> {
     Ok(())
 }
 
+/// The IPv6 half of a dual-stack [`Uplink`]: `gateway6`/64 on the ToR end,
+/// `node_ip6`/64 on the bridge, both without DAD (usable at once, as moor's
+/// pod addresses are).
+pub struct Uplink6<'a> {
+    pub bridge: &'a str,
+    pub tor_end: &'a str,
+    pub gateway6: &'a str,
+    pub node_ip6: &'a str,
+}
+
+/// Adds `u`'s IPv6 addresses to an uplink [`add_uplink`] made.
+pub fn add_uplink6(tor: &Netns, node: &Netns, u: &Uplink6) -> Res<()> {
+    let gw = format!("{}/64", u.gateway6);
+    let own = format!("{}/64", u.node_ip6);
+    try_ip(&[
+        "-n", &tor.name, "addr", "add", &gw, "dev", u.tor_end, "nodad",
+    ])?;
+    try_ip(&[
+        "-n", &node.name, "addr", "add", &own, "dev", u.bridge, "nodad",
+    ])?;
+    Ok(())
+}
+
 /// `ipamctl --socket SOCKET ARGS…`, its output.
 pub fn ipamctl(bin: &Path, socket: &Path, args: &[&str]) -> Res<String> {
     try_run(Command::new(bin).arg("--socket").arg(socket).args(args))
@@ -479,11 +502,24 @@ pub struct Cycle {
     pub del: Duration,
 }
 
-/// One ADD then DEL by `invoke`; the ADD's IP is checked against `live`.
-/// Errors name `who` (the plugin) and `key` (the side).
+/// One ADD then DEL by `invoke` on an IPv4 network: [`add_del_families`]
+/// wanting one IPv4 address.
 pub fn add_del(
     who: &str,
     key: &str,
+    live: &Live,
+    invoke: impl Fn(&str) -> Res<(Duration, Output)>,
+) -> Res<Cycle> {
+    add_del_families(who, key, false, live, invoke)
+}
+
+/// One ADD then DEL by `invoke`. The ADD's result must hold one IPv4
+/// address and, with `dual`, one IPv6 address (else none); each is checked
+/// against `live`. Errors name `who` (the plugin) and `key` (the side).
+pub fn add_del_families(
+    who: &str,
+    key: &str,
+    dual: bool,
     live: &Live,
     invoke: impl Fn(&str) -> Res<(Duration, Output)>,
 ) -> Res<Cycle> {
@@ -491,20 +527,51 @@ pub fn add_del(
     let result: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         describe_failure(&format!("{who} ADD printed no JSON result ({e}); it"), &out)
     })?;
-    let addr = result["ips"][0]["address"]
-        .as_str()
-        .ok_or_else(|| format!("{who} ADD result has no ips[0].address: {result}"))?
-        .to_string();
-    if !live.lock().unwrap().insert(addr.clone()) {
-        return Err(format!(
-            "{key}: {addr} handed out while another pod still holds it"
-        ));
+    let addrs = result_ips(&result, dual).map_err(|e| format!("{who} ADD result {e}"))?;
+    {
+        let mut held = live.lock().unwrap();
+        for addr in &addrs {
+            if !held.insert(addr.clone()) {
+                return Err(format!(
+                    "{key}: {addr} handed out while another pod still holds it"
+                ));
+            }
+        }
+        // The IPs may go to another pod as soon as ipamd released them,
+        // inside this DEL, before the plugin exits: they stop counting as
+        // held here.
+        for addr in &addrs {
+            held.remove(addr);
+        }
     }
-    // The IP may go to another pod as soon as ipamd released it, inside
-    // this DEL, before the plugin exits: it stops counting as held here.
-    live.lock().unwrap().remove(&addr);
     let (del, _) = invoke("DEL")?;
     Ok(Cycle { add, del })
+}
+
+/// The addresses (`ips[].address`, prefix length kept) of a CNI ADD
+/// result, checked: one IPv4 and, with `dual`, one IPv6; none else.
+pub fn result_ips(result: &Value, dual: bool) -> Res<Vec<String>> {
+    let addrs: Vec<String> = result["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|i| i["address"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let v6 = addrs.iter().filter(|a| a.contains(':')).count();
+    let v4 = addrs.len() - v6;
+    if v4 != 1 || v6 != usize::from(dual) {
+        let want = if dual {
+            "one IPv4 and one IPv6 address"
+        } else {
+            "one IPv4 address"
+        };
+        return Err(format!(
+            "has {v4} IPv4 and {v6} IPv6 addresses, want {want}: {result}"
+        ));
+    }
+    Ok(addrs)
 }
 
 /// `workers` threads, each doing `cycles` ADD+DEL cycles in its own pod
@@ -784,4 +851,30 @@ pub fn commit() -> String {
 
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_add_result_holds_one_ip_of_each_family_it_should() {
+        let v4 = json!({"ips": [{"address": "10.1.1.5/16"}]});
+        let dual = json!({"ips": [{"address": "10.1.1.5/16"}, {"address": "fd00:1::1005/64"}]});
+        assert_eq!(result_ips(&v4, false).unwrap(), ["10.1.1.5/16"]);
+        assert_eq!(
+            result_ips(&dual, true).unwrap(),
+            ["10.1.1.5/16", "fd00:1::1005/64"]
+        );
+        // A missing family, an extra one, two of one, none at all.
+        let e = result_ips(&v4, true).unwrap_err();
+        assert!(
+            e.contains("1 IPv4 and 0 IPv6") && e.contains("one IPv6"),
+            "{e}"
+        );
+        assert!(result_ips(&dual, false).is_err());
+        let two = json!({"ips": [{"address": "10.1.1.5/16"}, {"address": "10.1.1.6/16"}]});
+        assert!(result_ips(&two, false).is_err());
+        assert!(result_ips(&json!({}), false).is_err());
+    }
 }
