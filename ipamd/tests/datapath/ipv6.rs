@@ -2,7 +2,6 @@
 //! segment's IPv6 gateway (fd00:1::1/64).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv6Network};
@@ -316,26 +315,9 @@ fn wire_sends_three_neighbour_advertisements() {
     require_root();
     let node = node_with_dual_stack_bridge();
     let pod = Netns::new("pod");
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns", "exec", &node.name, "tcpdump", "-l", "-n", "-e", "-vv",
-        ])
-        .args(["-i", BRIDGE, "icmp6 and ip6[40] == 136"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump");
-    super::wait_listening(&mut tcpdump);
     let link = dual_link(&pod, "ctr-na3", Ipv4Addr::new(10, 1, 0, 17), v6(0x61));
-    in_netns(&node, || async {
-        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
-        dp.wire(&link).await.unwrap();
-        // The later announcements go out from this runtime at ~+0.2 s, ~+1 s.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-    });
-    let _ = tcpdump.kill();
-    let out = tcpdump.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&out.stdout).replace("\n\t", " ");
+    let seen = super::tcpdump_during_wire(&node, &link, &["-vv"], "icmp6 and ip6[40] == 136")
+        .replace("\n\t", " ");
     let mac = format_mac(&link.mac);
     let nas: Vec<&str> = seen
         .lines()
