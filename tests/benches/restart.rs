@@ -136,12 +136,27 @@ impl Bed {
         };
         bed.ipamd = Some(bed.ipamd_command().start()?);
         bed.ctl(&[
-            "tor", "add", "bench-rack", "--subnet", "10.230.0.0/16", "--gateway", "10.230.0.1",
-            "--range", "10.230.1.0-10.230.16.255",
+            "tor",
+            "add",
+            "bench-rack",
+            "--subnet",
+            "10.230.0.0/16",
+            "--gateway",
+            "10.230.0.1",
+            "--range",
+            "10.230.1.0-10.230.16.255",
         ])?;
         let size = (opts.pods + opts.rounds + 1).to_string();
         bed.ctl(&[
-            "pool", "create", POOL, "--namespace", "bench", "--app", "bench", "--size", &size,
+            "pool",
+            "create",
+            POOL,
+            "--namespace",
+            "bench",
+            "--app",
+            "bench",
+            "--size",
+            &size,
         ])?;
         for n in 0..opts.pods + 1 {
             bed.pods.push(Netns::add(format!("{id}-p{n}"))?);
@@ -176,9 +191,7 @@ impl Bed {
             cid: &cid,
             netns: &self.pods[n],
         };
-        self.cni
-            .invoke("moor", command, &pod)
-            .map(|(took, _)| took)
+        self.cni.invoke("moor", command, &pod).map(|(took, _)| took)
     }
 }
 

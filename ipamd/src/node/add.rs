@@ -91,10 +91,11 @@ impl Node {
         self.replay_pending_del(&key).await?;
         let tor = self.tor()?;
         self.ipam.start_view(&tor);
+        let unfinished = self.inflight.unfinished(&key);
         let mark = self.inflight.begin(&key)?;
         let mut unsettled = false;
         let added = self
-            .add_marked(req, &key, tor, timing, &mut unsettled)
+            .add_marked(req, &key, tor, timing, unfinished, &mut unsettled)
             .await;
         // Kept only when a failed ADD's allocation could not be given back:
         // the next start (or the runtime's DEL) does it.
@@ -110,6 +111,7 @@ impl Node {
         key: &AttachmentKey,
         tor: String,
         mut timing: Timing,
+        unfinished: bool,
         unsettled: &mut bool,
     ) -> Result<Added> {
         let key = key.clone();
@@ -153,38 +155,59 @@ impl Node {
                 // another pool is refused online, so it is not served here.
                 let c = &place.choice;
                 let pool = c.explicit.as_deref().or(c.pod_annotation.as_deref());
-                return self.add_offline(&key, req, &tor, pool, e).await;
+                let offline = self.add_offline(&key, req, &tor, pool, e).await;
+                // The allocation may have been committed before the store
+                // went away (its reply lost): the mark stays, so a retried
+                // ADD of the key wires what it finds and a restart rolls
+                // an unwired one back.
+                *unsettled |= offline.is_err();
+                return offline;
             }
             Err(e) => return Err(e),
         };
         timing.step("allocate");
         let link = link_for(&alloc.tor, &alloc.lease, &req.netns)?;
-        if !alloc.existing {
+        // Whether this ADD owns the attachment: made it now, or adopts the
+        // one an earlier ADD of the key committed without learning so.
+        let mut owned = !alloc.existing;
+        if alloc.existing && alloc.attachment().state == AttachmentState::Ready {
+            // A repeated ADD: fine if what we built is still intact.
+            match self.datapath.check(&link).await {
+                Ok(()) => {
+                    info!(%key, container_id = %key.container_id, pod = %alloc.attachment().pod,
+                        ip = %alloc.lease.ip, pool = %alloc.lease.pool, tor = %alloc.tor.name, "ADD");
+                    return Ok(Added {
+                        lease: alloc.lease,
+                        tor: alloc.tor,
+                        link,
+                        wired: None,
+                    });
+                }
+                Err(e) if unfinished => {
+                    warn!(%key, ip = %alloc.lease.ip, error = %e,
+                        "an earlier ADD of this attachment lost its store's reply after committing: wiring it now");
+                    // Whatever that ADD built half way goes first.
+                    if let Err(e) = self.datapath.unwire(&link.host_ifname).await {
+                        warn!(%key, error = %e, "could not remove an earlier ADD's half-built wiring");
+                    }
+                    owned = true;
+                }
+                Err(e) => {
+                    return Err(Error::Conflict(format!(
+                        "{key} is already attached with {} but its wiring is broken ({e}): DEL it first",
+                        alloc.lease.ip
+                    )))
+                }
+            }
+        }
+        if owned {
             // Copied before wiring: a restart during an outage rolls it back.
             self.mirror_put(&alloc.lease, &alloc.tor).await;
         }
         timing.step("mirror");
-        let ready = alloc.existing && alloc.attachment().state == AttachmentState::Ready;
-        if ready {
-            // A repeated ADD: fine if what we built is still intact.
-            self.datapath.check(&link).await.map_err(|e| {
-                Error::Conflict(format!(
-                    "{key} is already attached with {} but its wiring is broken ({e}): DEL it first",
-                    alloc.lease.ip
-                ))
-            })?;
-            info!(%key, container_id = %key.container_id, pod = %alloc.attachment().pod,
-                ip = %alloc.lease.ip, pool = %alloc.lease.pool, tor = %alloc.tor.name, "ADD");
-            return Ok(Added {
-                lease: alloc.lease,
-                tor: alloc.tor,
-                link,
-                wired: None,
-            });
-        }
         let wired = match self.datapath.wire(&link).await {
             Ok(w) => w,
-            Err(DatapathError::AddressConflict { ip, mac }) if !alloc.existing => {
+            Err(DatapathError::AddressConflict { ip, mac }) if owned => {
                 let q = Quarantine {
                     mac: mac.clone(),
                     node: self.cfg.name.clone(),
@@ -215,10 +238,10 @@ impl Node {
             Err(e) => {
                 // A pending attachment found here belongs to an ADD that may
                 // still be running; only roll back what this call made.
-                let rollback = if alloc.existing {
-                    Ok(None)
-                } else {
+                let rollback = if owned {
                     self.ipam.release(&key, true).await
+                } else {
+                    Ok(None)
                 };
                 if let Err(re) = rollback {
                     // The attachment stays marked; the next start rolls it back.

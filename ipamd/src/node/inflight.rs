@@ -142,6 +142,13 @@ impl InFlight {
         self.left.lock().unwrap().remove(key);
     }
 
+    /// Whether an earlier ADD of `key` ended without knowing whether its
+    /// allocation was committed (its mark is left): a Ready attachment of
+    /// the key may then be unwired.
+    pub fn unfinished(&self, key: &AttachmentKey) -> bool {
+        self.left.lock().unwrap().contains(key)
+    }
+
     /// Whether an ADD of `key` is running now (GC and the sweep leave it).
     pub fn contains(&self, key: &AttachmentKey) -> bool {
         self.keys.lock().unwrap().contains(key)

@@ -17,6 +17,7 @@ use super::{
 pub struct MemStore {
     inner: Mutex<Inner>,
     down: AtomicBool,
+    lose_reply: AtomicBool,
     watchers: Broadcaster,
 }
 
@@ -34,6 +35,13 @@ impl MemStore {
     /// While down, every call fails with `Unavailable`.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The next commit is applied, then the store goes down before it
+    /// answers: the caller sees `Unavailable` for a commit that landed (an
+    /// etcd leader dying right after committing).
+    pub fn lose_next_reply(&self) {
+        self.lose_reply.store(true, Ordering::SeqCst);
     }
 
     fn up(&self) -> Result<(), StoreError> {
@@ -144,13 +152,20 @@ impl Store for MemStore {
         // limits fails here, not first on a real etcd.
         txn.check_limits().map_err(StoreError::Other)?;
         let applied = apply(&mut self.inner.lock().unwrap(), txn);
-        Ok(match applied {
+        let applied = match applied {
             Some(events) => {
                 self.watchers.publish(events);
                 true
             }
             None => false,
-        })
+        };
+        if self.lose_reply.swap(false, Ordering::SeqCst) {
+            self.set_down(true);
+            return Err(StoreError::Unavailable(
+                "memory store switched off after the commit (its reply lost)".into(),
+            ));
+        }
+        Ok(applied)
     }
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {

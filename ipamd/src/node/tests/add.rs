@@ -335,3 +335,34 @@ async fn an_outage_after_the_commit_does_not_fail_the_add() {
     assert_eq!(h.pending_files(), 0);
     h.clean().await;
 }
+
+/// The store committed an ADD's allocation and went away before it
+/// answered (an etcd leader dying right after the commit): the ADD fails
+/// without knowing. The runtime's retry of the same attachment finds it
+/// Ready but unwired, and wires it (one IP, no "DEL it first"); a key with
+/// no such lost reply is still refused (the test above).
+#[tokio::test]
+async fn a_retried_add_wires_what_a_lost_commit_reply_left() {
+    let h = Harness::new().await;
+    h.store.lose_next_reply();
+    let e = h.add("c1", "db-0").await.unwrap_err();
+    assert_eq!(e.cni_code(), cni_code::TRY_AGAIN_LATER, "{e}");
+    assert!(!h.dp.is_wired(&Harness::host("c1")));
+    h.store.set_down(false);
+    h.clock.advance(super::super::health::FAIL_FAST_SECS);
+    let landed = h.ipam.attached(&h.key("c1")).await.unwrap().unwrap();
+    assert_eq!(
+        landed.attachment.as_ref().unwrap().state,
+        AttachmentState::Ready
+    );
+
+    let a = h.add("c1", "db-0").await.unwrap();
+    assert_eq!(a.lease.ip, landed.ip, "the IP the lost commit took");
+    assert!(h.dp.is_wired(&Harness::host("c1")));
+    assert!(
+        h.node.inflight.leftovers("n1").is_empty(),
+        "the mark is gone once wired"
+    );
+    h.node.del("c1", "eth0").await.unwrap();
+    h.clean().await;
+}
