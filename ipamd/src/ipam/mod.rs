@@ -25,6 +25,7 @@
 //! - `registry`: the node records (heartbeats) the refusal messages cite.
 
 mod attach;
+pub mod backup;
 mod attach_view;
 mod batch;
 mod bindings;
