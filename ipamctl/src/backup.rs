@@ -144,7 +144,10 @@ impl<W: Write> Writer<W> {
             store: s.store.clone(),
             sha256: hex(self.digest.finish().as_ref()),
         };
-        let line = format!("{}\n", serde_json::to_string(&EndLine { end: end.clone() })?);
+        let line = format!(
+            "{}\n",
+            serde_json::to_string(&EndLine { end: end.clone() })?
+        );
         self.out.write_all(line.as_bytes())?;
         Ok((self.out, end))
     }
@@ -195,7 +198,9 @@ impl<R: BufRead> Reader<R> {
             bail!("{path} is truncated (no end line after {} records): it is not a whole backup; use another copy", self.records);
         }
         if let Ok(e) = serde_json::from_str::<EndLine>(&line) {
-            let sum = hex(std::mem::replace(&mut self.digest, Digest::new(&SHA256)).finish().as_ref());
+            let sum = hex(std::mem::replace(&mut self.digest, Digest::new(&SHA256))
+                .finish()
+                .as_ref());
             if sum != e.end.sha256 {
                 bail!("{path} fails its checksum (sha256 {sum}, the file says {}): it was edited or damaged; use another copy", e.end.sha256);
             }
@@ -286,8 +291,9 @@ async fn write_to(client: &mut AdminClient<Channel>, tmp: &Path) -> anyhow::Resu
             summary = chunk.summary;
         }
     }
-    let summary =
-        summary.ok_or_else(|| anyhow!("ipamd's backup stream ended without its summary: run the backup again"))?;
+    let summary = summary.ok_or_else(|| {
+        anyhow!("ipamd's backup stream ended without its summary: run the backup again")
+    })?;
     let (out, end) = w.end(&summary)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;

@@ -326,7 +326,8 @@ impl Restore {
         }
         self.flush().await?;
         let mut txn = Txn::default();
-        txn.expect_version(MARKER, self.marker.version).delete(MARKER);
+        txn.expect_version(MARKER, self.marker.version)
+            .delete(MARKER);
         if !self.store.commit(txn).await? {
             return Err(Error::Conflict(format!(
                 "the restore marker {MARKER:?} changed under this restore: another restore is running into this store"

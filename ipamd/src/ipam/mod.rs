@@ -25,8 +25,8 @@
 //! - `registry`: the node records (heartbeats) the refusal messages cite.
 
 mod attach;
-pub mod backup;
 mod attach_view;
+pub mod backup;
 mod batch;
 mod bindings;
 mod carving;

@@ -223,27 +223,30 @@ pub trait Store: Send + Sync + 'static {
     /// during the walk); redb overrides it with one read transaction.
     fn snapshot(self: std::sync::Arc<Self>, prefixes: Vec<String>) -> PageStream {
         let walk = (self, prefixes, 0usize, None::<String>, None::<u64>);
-        futures::stream::try_unfold(walk, |(store, prefixes, mut i, mut after, mut at)| async move {
-            // Pages that are empty are skipped, but the last one, which
-            // says the revision when the store holds nothing.
-            while let Some(prefix) = prefixes.get(i) {
-                let page = store
-                    .list_page(prefix, after.as_deref(), SNAPSHOT_PAGE, at)
-                    .await?;
-                at = Some(page.revision);
-                let of = i;
-                if page.more {
-                    after = page.entries.last().map(|e| e.key.clone());
-                } else {
-                    after = None;
-                    i += 1;
+        futures::stream::try_unfold(
+            walk,
+            |(store, prefixes, mut i, mut after, mut at)| async move {
+                // Pages that are empty are skipped, but the last one, which
+                // says the revision when the store holds nothing.
+                while let Some(prefix) = prefixes.get(i) {
+                    let page = store
+                        .list_page(prefix, after.as_deref(), SNAPSHOT_PAGE, at)
+                        .await?;
+                    at = Some(page.revision);
+                    let of = i;
+                    if page.more {
+                        after = page.entries.last().map(|e| e.key.clone());
+                    } else {
+                        after = None;
+                        i += 1;
+                    }
+                    if !page.entries.is_empty() || i == prefixes.len() {
+                        return Ok(Some(((of, page), (store, prefixes, i, after, at))));
+                    }
                 }
-                if !page.entries.is_empty() || i == prefixes.len() {
-                    return Ok(Some(((of, page), (store, prefixes, i, after, at))));
-                }
-            }
-            Ok(None)
-        })
+                Ok(None)
+            },
+        )
         .boxed()
     }
     /// What the store is, for logs and `ipamctl`.
