@@ -25,7 +25,9 @@ fn file(n: u64) -> (Vec<u8>, End) {
     w.end(&summary(n)).unwrap()
 }
 
-fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<(String, Vec<u8>)>, End)> {
+type Records = Vec<(String, Vec<u8>)>;
+
+fn read_all(bytes: &[u8]) -> anyhow::Result<(Records, End)> {
     let mut r = Reader::new(bytes, "b.json")?;
     let mut out = Vec::new();
     while let Some(rec) = r.next_record()? {
