@@ -33,8 +33,12 @@ use crate::output::Format;
 
 /// The version of the file format.
 const FORMAT: u32 = 1;
-/// Records per restore message.
+/// Records per restore message at most.
 const BATCH: usize = 500;
+/// Bytes of keys and values per restore message at most: ipamd, like any
+/// tonic server, takes messages of up to 4 MiB (a pool record of many IPs
+/// is big; 500 of them would not fit).
+const BATCH_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Head {
@@ -321,17 +325,24 @@ pub async fn restore(
             header: Some(header),
             ..RestoreChunk::default()
         };
+        let mut bytes = 0;
         loop {
             match reader.next_record()? {
-                Some((key, value)) => chunk.records.push(StoreRecord { key, value }),
+                Some((key, value)) => {
+                    bytes += key.len() + value.len();
+                    chunk.records.push(StoreRecord { key, value });
+                }
                 None => {
                     chunk.done = true;
                     let _ = tx.send(chunk).await;
                     return Ok::<_, anyhow::Error>(());
                 }
             }
-            if chunk.records.len() == BATCH && tx.send(std::mem::take(&mut chunk)).await.is_err() {
-                return Ok(());
+            if chunk.records.len() == BATCH || bytes >= BATCH_BYTES {
+                bytes = 0;
+                if tx.send(std::mem::take(&mut chunk)).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     };
