@@ -9,6 +9,7 @@
 //! by a listing (`ip list`, `pool list`, `binding list`), printed as ipamd
 //! streams it, that fails part way (see `listing`).
 
+mod backup;
 mod client;
 mod evict;
 mod gc;
@@ -92,6 +93,24 @@ enum Command {
         /// List what would be released and why; release nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Write a consistent snapshot of the whole store (every record under
+    /// moor's prefix, one store revision) to FILE: written to a temporary
+    /// file next to it, fsynced and renamed, so FILE is never half written.
+    /// The file says the schema version, moor version, time and record
+    /// count, with a sha256 checksum.
+    Backup {
+        /// Where to write the backup.
+        file: PathBuf,
+    },
+    /// Load a backup FILE into an empty store (a fresh etcd, or a new redb
+    /// file): refused when the store holds any ToR, pool, lease, binding or
+    /// attachment, and for a damaged file, changing nothing. ipamd refuses
+    /// ADDs while it restores. Killed midway, run it again with the same
+    /// FILE to finish. Then run `ipamctl audit`.
+    Restore {
+        /// The backup to load.
+        file: PathBuf,
     },
     /// Serve a read-only web page of ipamd's ToRs, pools, IPs and nodes:
     /// counts as bars, a pool's IPs with pod, node and state, search and
@@ -325,6 +344,10 @@ enum Rpc {
     EvictPod(evict::DeletePod),
     /// `ui`: not one call, a web server: see `ui::run`.
     Ui(ui::Config),
+    /// `backup FILE`: a stream into a file, see `backup`.
+    Backup(PathBuf),
+    /// `restore FILE`: the file is checked first, see `backup`.
+    Restore(PathBuf),
 }
 
 /// Checks the command line and turns it into an RPC, without I/O.
@@ -420,6 +443,8 @@ fn plan(command: &Command, format: Format) -> Result<Rpc, InputError> {
         Command::Audit => Rpc::Audit,
         Command::Gc { dry_run } => Rpc::CollectGarbage(*dry_run),
         Command::Ui(a) => Rpc::Ui(ui::config(&a.listen, &a.refresh, a.allow_remote)?),
+        Command::Backup { file } => Rpc::Backup(file.clone()),
+        Command::Restore { file } => Rpc::Restore(file.clone()),
     })
 }
 
@@ -486,7 +511,11 @@ async fn call(
         }
         Rpc::WatchPool(..) => unreachable!("a watch is a stream: see run_watch"),
         Rpc::List(_) => unreachable!("a listing is a stream: see run_listing"),
-        Rpc::CollectGarbage(_) | Rpc::EvictPod(_) | Rpc::Ui(_) => {
+        Rpc::CollectGarbage(_)
+        | Rpc::EvictPod(_)
+        | Rpc::Ui(_)
+        | Rpc::Backup(_)
+        | Rpc::Restore(_) => {
             unreachable!("not the Admin service alone: see run")
         }
         Rpc::GetIp(address) => {
@@ -592,6 +621,51 @@ fn run_listing(cli: &Cli, listing: &Listing) -> ExitCode {
     }
 }
 
+/// `backup FILE` / `restore FILE`. A restore checks the whole file first:
+/// a missing, truncated or edited file exits 2 and sends nothing.
+fn run_backup(cli: &Cli, restore: bool, file: &std::path::Path) -> ExitCode {
+    let checked = if restore {
+        match backup::verify(file) {
+            Ok(end) => Some(end),
+            Err(e) => {
+                eprintln!("ipamctl: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let mut client = client::connect_watch(&cli.socket).await?;
+                Ok(match &checked {
+                    Some(end) => {
+                        let r = backup::restore(&mut client, file, end).await?;
+                        backup::restored(&r, end, file, cli.output)
+                    }
+                    None => {
+                        let end = backup::backup(&mut client, file).await?;
+                        backup::backed_up(&end, file, cli.output)
+                    }
+                })
+            })
+        });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ipamctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // clap prints its own usage errors and exits 2.
     let cli = Cli::parse();
@@ -609,6 +683,9 @@ fn main() -> ExitCode {
     }
     if let Rpc::List(listing) = &rpc {
         return run_listing(&cli, listing);
+    }
+    if let Rpc::Backup(file) | Rpc::Restore(file) = &rpc {
+        return run_backup(&cli, matches!(rpc, Rpc::Restore(_)), file);
     }
     if let Rpc::Ui(config) = &rpc {
         return match ui::run(&cli.socket, config) {

@@ -911,6 +911,22 @@ impl Admin for FakeAdmin {
             findings: self.findings.lock().unwrap().clone(),
         }))
     }
+    // Backup and restore are tested against a real ipamd (tests/tests/e2e/backup.rs).
+    type BackupStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<BackupChunk, Status>> + Send + 'static>,
+    >;
+    async fn backup(
+        &self,
+        _: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        Err(Status::unimplemented("the fake has no store"))
+    }
+    async fn restore(
+        &self,
+        _: Request<tonic::Streaming<RestoreChunk>>,
+    ) -> Result<Response<RestoreReply>, Status> {
+        Err(Status::unimplemented("the fake has no store"))
+    }
     type WatchPoolStream = ChangeStream;
     async fn watch_pool(
         &self,

@@ -23,10 +23,13 @@
 //! issue 14's alert rules and dashboard, and a real Prometheus scraping
 //! ipamd. `dual_stack`: issue 13's dual-stack and IPv6-only pods on one
 //! node; `ovs_ipv6`: its moved IPv6 and dual-stack pods on the OVS testbed,
-//! and the control that shows the unsolicited NA is needed.
+//! and the control that shows the unsolicited NA is needed. `backup`:
+//! issue 15's backup on etcd restored into a fresh store, and on redb.
 
 #[path = "e2e/audit.rs"]
 mod audit;
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/bad_input.rs"]
 mod bad_input;
 #[path = "e2e/cluster.rs"]

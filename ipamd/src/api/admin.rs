@@ -61,7 +61,7 @@ fn ok<T>(r: Result<T>) -> Reply<T> {
     r.map(Response::new).map_err(|e| status(&e))
 }
 
-pub struct AdminApi(pub Arc<Node>);
+pub struct AdminApi(pub Arc<Node>, pub super::backup::Restoring);
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
@@ -337,5 +337,20 @@ impl Admin for AdminApi {
             .await
             .map_err(|e| status(&Error::from(e)))?;
         Ok(Response::new(audit_reply(report)))
+    }
+
+    type BackupStream = super::backup::BackupStream;
+
+    async fn backup(&self, _: Request<v1::BackupRequest>) -> Reply<Self::BackupStream> {
+        Ok(Response::new(super::backup::backup(&self.0)))
+    }
+
+    async fn restore(
+        &self,
+        r: Request<tonic::Streaming<v1::RestoreChunk>>,
+    ) -> Reply<v1::RestoreReply> {
+        super::backup::restore(&self.0, &self.1, r.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -18,7 +18,7 @@ use super::status;
 
 type Reply<T> = Result<Response<T>, Status>;
 
-pub struct CniApi(pub Arc<Node>);
+pub struct CniApi(pub Arc<Node>, pub super::backup::Restoring);
 
 /// The attachment key's two parts, which every CNI RPC carries.
 fn key(k: Option<&v1::AttachmentKey>) -> Result<&v1::AttachmentKey, Error> {
@@ -91,6 +91,9 @@ impl Cni for CniApi {
 
 impl CniApi {
     async fn add_now(&self, r: v1::AddRequest) -> Result<v1::AddReply, Error> {
+        if let Some(e) = self.1.refuse_add() {
+            return Err(e);
+        }
         let k = key(r.key.as_ref())?;
         let req = AddRequest {
             container_id: k.container_id.clone(),

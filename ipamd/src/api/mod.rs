@@ -5,6 +5,7 @@
 //! and domain results and errors into replies. Nothing below it sees gRPC.
 
 mod admin;
+mod backup;
 mod cni;
 mod controller;
 mod convert;
@@ -34,9 +35,15 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let restoring = backup::Restoring::default();
     tonic::transport::Server::builder()
-        .add_service(v1::cni_server::CniServer::new(CniApi(node.clone())))
-        .add_service(v1::admin_server::AdminServer::new(AdminApi(node)))
+        .add_service(v1::cni_server::CniServer::new(CniApi(
+            node.clone(),
+            restoring.clone(),
+        )))
+        .add_service(v1::admin_server::AdminServer::new(AdminApi(
+            node, restoring,
+        )))
         .add_optional_service(
             collector.map(|c| v1::controller_server::ControllerServer::new(ControllerApi(c))),
         )

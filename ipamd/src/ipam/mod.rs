@@ -26,6 +26,7 @@
 
 mod attach;
 mod attach_view;
+pub mod backup;
 mod batch;
 mod bindings;
 mod carving;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Entry, Page, Store, StoreError, Txn, WatchStream};
+use super::{Entry, Page, PageStream, Store, StoreError, Txn, WatchStream};
 use crate::metrics;
 
 pub struct Metered {
@@ -91,6 +91,10 @@ impl Store for Metered {
 
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
         timed!(self, "watch", self.inner.watch(prefix, after_revision))
+    }
+
+    fn snapshot(self: Arc<Self>, prefixes: Vec<String>) -> PageStream {
+        self.inner.clone().snapshot(prefixes)
     }
 
     fn describe(&self) -> String {

@@ -25,7 +25,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::local_watch::Broadcaster;
 use super::{
-    page_of, page_start, Check, Entry, Op, Page, Store, StoreError, Txn, WatchEvent, WatchStream,
+    page_of, page_start, Check, Entry, Op, Page, PageStream, Store, StoreError, Txn, WatchEvent,
+    WatchStream, SNAPSHOT_PAGE,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -324,9 +325,65 @@ impl Store for RedbStore {
             .watch(prefix, after_revision, move || revision(&db))
     }
 
+    /// One read transaction for the whole walk (redb keeps what it sees
+    /// while commits go on), on a blocking thread that hands pages over a
+    /// channel of two: the reader's pace bounds what is held.
+    fn snapshot(self: Arc<Self>, prefixes: Vec<String>) -> PageStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = snapshot_pages(&db, &prefixes, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
     fn describe(&self) -> String {
         format!("redb:{}", self.path)
     }
+}
+
+/// Sends the entries under each of `prefixes` in pages, from one read
+/// transaction; stops when the receiver is gone.
+fn snapshot_pages(
+    db: &Database,
+    prefixes: &[String],
+    tx: &tokio::sync::mpsc::Sender<Result<(usize, Page), StoreError>>,
+) -> Result<(), StoreError> {
+    let r = db.begin_read().map_err(other)?;
+    let kv = r.open_table(KV).map_err(other)?;
+    let meta = r.open_table(META).map_err(other)?;
+    let revision = meta.get(REVISION).map_err(other)?.map_or(0, |v| v.value());
+    let last = prefixes.len().saturating_sub(1);
+    for (i, prefix) in prefixes.iter().enumerate() {
+        let mut entries = Vec::new();
+        let mut items = under(&kv, prefix, prefix)?.peekable();
+        while let Some(e) = items.next() {
+            entries.push(e?);
+            let more = items.peek().is_some();
+            if entries.len() == SNAPSHOT_PAGE || !more {
+                let page = Page {
+                    entries: std::mem::take(&mut entries),
+                    revision,
+                    more,
+                };
+                if tx.blocking_send(Ok((i, page))).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if i == last && entries.is_empty() {
+            // The last page says the revision even when it is empty.
+            let page = Page {
+                entries,
+                revision,
+                more: false,
+            };
+            let _ = tx.blocking_send(Ok((i, page)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

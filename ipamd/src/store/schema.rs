@@ -27,7 +27,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::{Entry, Page, Store, StoreError, Txn, WatchStream};
+use super::{Entry, Page, PageStream, Store, StoreError, Txn, WatchStream};
 
 /// The key of the version record.
 pub const KEY: &str = "schema";
@@ -279,6 +279,10 @@ impl Store for Unchecked {
 
     fn keeps_history(&self) -> bool {
         self.inner.keeps_history()
+    }
+
+    fn snapshot(self: Arc<Self>, prefixes: Vec<String>) -> PageStream {
+        self.inner.clone().snapshot(prefixes)
     }
 
     fn describe(&self) -> String {

@@ -575,6 +575,7 @@ async fn free_counts_follow_leases_per_pool_and_tor() {
     clean(&store).await;
 }
 
+mod backup;
 mod batch;
 mod big_pools;
 mod dual;
