@@ -788,16 +788,6 @@ fn graves(netns: &Netns) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `Some(carrier)` of `ifname` in `netns`, `None` if there is no such link.
-fn carrier(netns: &Netns, ifname: &str) -> Option<bool> {
-    if !netns.link_exists(ifname) {
-        return None;
-    }
-    let link = netns.link(ifname);
-    let flags = link["flags"].as_array().cloned().unwrap_or_default();
-    Some(flags.iter().any(|f| f == "LOWER_UP") && !flags.iter().any(|f| f == "NO-CARRIER"))
-}
-
 /// Right after an unwire: every retired link is down, out of the bridge and
 /// named either as a grave or (the host end, which keeps its name until it
 /// is reaped or a same-key re-ADD needs it) `host_ifname`; the pod's
@@ -819,7 +809,7 @@ fn assert_cut_off(node: &Netns, pod: &Netns, host_ifname: &str) {
             assert_eq!(l["group"], group.as_str(), "host end not retired: {l}");
         }
     }
-    assert_ne!(carrier(pod, "eth0"), Some(true), "pod end has carrier");
+    assert_ne!(pod.carrier("eth0"), Some(true), "pod end has carrier");
 }
 
 /// Polls (bounded) until the graveyard of `node` is empty and `pod` has no
@@ -903,7 +893,7 @@ fn retired_links_are_down_off_the_bridge_and_without_carrier_until_reaped() {
         assert_cut_off(&node, &pod, &link.host_ifname);
         assert_eq!(graves(&node).len(), 1);
         assert_eq!(
-            carrier(&pod, "eth0"),
+            pod.carrier("eth0"),
             Some(false),
             "pod end kept until reaped"
         );
@@ -948,7 +938,7 @@ fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
             1,
             "a re-ADD does not wait for the reaper"
         );
-        assert_eq!(carrier(&pod, "eth0"), Some(true));
+        assert_eq!(pod.carrier("eth0"), Some(true));
         let old = pod.link(&format!("{GRAVE_PREFIX}{old_index}"));
         let flags = old["flags"].as_array().unwrap();
         assert!(!flags.iter().any(|f| f == "UP"), "old pod end up: {old}");
@@ -978,7 +968,7 @@ fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
         };
         dp.wire(&moved).await.unwrap();
         assert_eq!(graves(&node).len(), 1, "the old veth waits for the reaper");
-        assert_eq!(carrier(&pod, "eth0"), Some(false), "old pod end not live");
+        assert_eq!(pod.carrier("eth0"), Some(false), "old pod end not live");
         assert!(
             pings_gateway(&fresh),
             "re-ADDed pod cannot reach the gateway"
@@ -996,7 +986,7 @@ fn re_add_of_the_same_key_right_after_del_works_and_reaches_the_gateway() {
             .await
             .unwrap();
         other.wire(&link).await.unwrap();
-        assert_eq!(carrier(&pod, "eth0"), Some(true));
+        assert_eq!(pod.carrier("eth0"), Some(true));
         assert_eq!(graves(&node).len(), 1, "the first node's reaper has it");
         other.unwire(&link.host_ifname).await.unwrap();
     });

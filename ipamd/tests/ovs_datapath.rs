@@ -234,7 +234,7 @@ async fn unwire_removes_port_and_veth_and_is_idempotent() {
         !link_exists(&ovs.netns, &link.host_ifname),
         "host end kept its name"
     );
-    assert_ne!(carrier(&pod, "eth0"), Some(true), "pod end has carrier");
+    assert_ne!(pod.carrier("eth0"), Some(true), "pod end has carrier");
     assert!(!dp.host_link_exists(&link.host_ifname).await.unwrap());
     wait_reaped(&ovs, &pod);
 
@@ -620,18 +620,6 @@ fn graves(ovs: &Ovs) -> Vec<Value> {
         .collect()
 }
 
-/// `Some(carrier)` of `ifname` in `netns`, `None` if there is no such link.
-fn carrier(netns: &Netns, ifname: &str) -> Option<bool> {
-    if !netns.link_exists(ifname) {
-        return None;
-    }
-    let flags = netns.link(ifname)["flags"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Some(flags.iter().any(|f| f == "LOWER_UP"))
-}
-
 /// Polls (bounded) until the node's graveyard is empty and `pod` has only lo.
 fn wait_reaped(ovs: &Ovs, pod: &Netns) {
     let started = Instant::now();
@@ -675,14 +663,14 @@ async fn unwire_retires_the_veth_re_add_works_and_a_crash_leaves_nothing() {
     assert_eq!(g.len(), 1, "{g:?}");
     assert_eq!(g[0]["ifname"], format!("{GRAVE_PREFIX}{index}"));
     assert!(!g[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    assert_eq!(carrier(&pod, "eth0"), Some(false));
+    assert_eq!(pod.carrier("eth0"), Some(false));
 
     // Re-ADD of the same key into the same netns, the old veth still there:
     // works, and the pod is on the switch again.
     dp.wire(&link).await.unwrap();
     dp.check(&link).await.unwrap();
     assert_eq!(ports(&ovs, BRIDGE), vec![link.host_ifname.clone()]);
-    assert_eq!(carrier(&pod, "eth0"), Some(true));
+    assert_eq!(pod.carrier("eth0"), Some(true));
     assert_eq!(
         graves(&ovs).len(),
         1,

@@ -88,6 +88,16 @@ impl Netns {
         link_exists(&self.name, name)
     }
 
+    /// `Some(carrier)` of link `name`, `None` if there is no such link.
+    /// One listing of every link, so a link deleted meanwhile (a reaper
+    /// at work) reads as gone, never as an error.
+    pub fn carrier(&self, name: &str) -> Option<bool> {
+        let all = self.ip_json(&["link", "show"]);
+        let link = all.as_array()?.iter().find(|l| l["ifname"] == name)?;
+        let flags = link["flags"].as_array().cloned().unwrap_or_default();
+        Some(flags.iter().any(|f| f == "LOWER_UP") && !flags.iter().any(|f| f == "NO-CARRIER"))
+    }
+
     /// The one link called `name`, as `ip -j link show` prints it.
     pub fn link(&self, name: &str) -> Value {
         self.ip_json(&["link", "show", "dev", name])[0].clone()
