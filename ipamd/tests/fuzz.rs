@@ -35,7 +35,7 @@ use proptest::prelude::*;
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::Request;
 
 const T0: u64 = 1_000_000;
