@@ -22,6 +22,7 @@ use crate::controller::Collector;
 use crate::node::Node;
 
 pub use admin::AdminApi;
+pub use backup::Restoring;
 pub use cni::CniApi;
 pub use controller::ControllerApi;
 pub use socket::{authorized, bind};
