@@ -325,6 +325,30 @@ pub fn watch_format(
     }
 }
 
+/// The error of a bad input, for the tables of the tests.
+#[cfg(test)]
+fn err<T: fmt::Debug>(r: Result<T, InputError>) -> Option<InputError> {
+    r.err()
+}
+
+/// Each case (what, error, the flag it names, words of the fix) was
+/// refused with an error that names its flag, quotes its value and says
+/// the fix.
+#[cfg(test)]
+fn assert_refusals(cases: Vec<(&str, Option<InputError>, &str, &str)>) {
+    for (what, error, flag, fix) in cases {
+        let e = error.unwrap_or_else(|| panic!("{what}: accepted"));
+        let text = e.to_string();
+        assert_eq!(e.flag, flag, "{what}: {text}");
+        assert!(text.contains(flag), "{what}: {text} does not name {flag}");
+        assert!(
+            text.contains(&format!("{:?}", e.value)),
+            "{what}: {text} does not quote the value"
+        );
+        assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,10 +386,6 @@ mod tests {
             family,
             ..Default::default()
         })
-    }
-
-    fn err<T: fmt::Debug>(r: Result<T, InputError>) -> Option<InputError> {
-        r.err()
     }
 
     #[test]
@@ -495,17 +515,7 @@ mod tests {
             ),
         ];
         assert!(cases.len() >= 15);
-        for (what, error, flag, fix) in cases {
-            let e = error.unwrap_or_else(|| panic!("{what}: accepted"));
-            let text = e.to_string();
-            assert_eq!(e.flag, flag, "{what}: {text}");
-            assert!(text.contains(flag), "{what}: {text} does not name {flag}");
-            assert!(
-                text.contains(&format!("{:?}", e.value)),
-                "{what}: {text} does not quote the value"
-            );
-            assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
-        }
+        assert_refusals(cases);
     }
 
     #[test]
@@ -593,16 +603,7 @@ mod tests {
                 "--format plain",
             ),
         ];
-        for (what, error, flag, fix) in cases {
-            let e = error.unwrap_or_else(|| panic!("{what}: accepted"));
-            let text = e.to_string();
-            assert_eq!(e.flag, flag, "{what}: {text}");
-            assert!(
-                text.contains(&format!("{:?}", e.value)),
-                "{what}: {text} does not quote the value"
-            );
-            assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
-        }
+        assert_refusals(cases);
 
         let req = evict("10.1.0.17", true).unwrap();
         assert_eq!((req.address.as_str(), req.force), ("10.1.0.17", true));

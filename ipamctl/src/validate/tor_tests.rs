@@ -3,6 +3,7 @@
 //! becomes the request ipamd expects.
 
 use super::*;
+use crate::validate::err;
 
 const NET: &str = "10.1.0.0/24";
 const GW: &str = "10.1.0.1";
@@ -46,10 +47,6 @@ fn segment(
         ranges: &strings(ranges),
         segment_of: None,
     })
-}
-
-fn err<T: std::fmt::Debug>(r: Result<T, InputError>) -> Option<InputError> {
-    r.err()
 }
 
 #[test]
@@ -343,17 +340,7 @@ fn bad_input_names_the_flag_the_value_and_the_fix() {
         ),
     ];
     assert!(cases.len() >= 40);
-    for (what, error, flag, fix) in cases {
-        let e = error.unwrap_or_else(|| panic!("{what}: accepted"));
-        let text = e.to_string();
-        assert_eq!(e.flag, flag, "{what}: {text}");
-        assert!(text.contains(flag), "{what}: {text} does not name {flag}");
-        assert!(
-            text.contains(&format!("{:?}", e.value)),
-            "{what}: {text} does not quote the value"
-        );
-        assert!(text.contains(fix), "{what}: {text} lacks {fix:?}");
-    }
+    super::super::assert_refusals(cases);
 }
 
 #[test]
