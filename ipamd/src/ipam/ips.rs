@@ -19,21 +19,20 @@ impl Ipam {
                 "{asked} is in no pool (ipamctl ip list shows the IPs of every pool)"
             ))
         };
-        let ip = asked;
         // Only the ToR records, then one list of the segment's carved
         // records (`tors()` would read every segment's).
         let (tors, _) = self.store.list_json::<Tor>(keys::TORS).await?;
         let tor = tors
             .iter()
             .map(|(t, _)| t)
-            .find(|t| t.family_of(ip).is_some())
+            .find(|t| t.family_of(asked).is_some())
             .ok_or_else(not_found)?;
         let carved = self.carved(&tor.name).await?;
         // An IPv6 address of a dual-stack pod is known by its IPv4 partner.
-        let (ip, pool) = match carved.ips.get(&ip) {
-            Some(pool) => (ip, pool),
+        let (ip, pool) = match carved.ips.get(&asked) {
+            Some(pool) => (asked, pool),
             None => {
-                let v4 = tor.partner_of(ip).ok_or_else(not_found)?;
+                let v4 = tor.partner_of(asked).ok_or_else(not_found)?;
                 (v4, carved.ips.get(&v4).ok_or_else(not_found)?)
             }
         };
@@ -46,13 +45,7 @@ impl Ipam {
             Some(IpFamily::Dual) => tor.partner(ip),
             _ => None,
         };
-        if asked != ip
-            && ipv6
-                != Some(asked).and_then(|a| match a {
-                    IpAddr::V6(a) => Some(a),
-                    IpAddr::V4(_) => None,
-                })
-        {
+        if asked != ip && ipv6.map(IpAddr::V6) != Some(asked) {
             // The partner of an IPv4 address whose pool is not dual stack.
             return Err(not_found());
         }
