@@ -127,6 +127,15 @@ async fn a_dual_stack_pod_gets_and_keeps_both_ips() {
     let partners = ipam.partners(&pool).await.unwrap();
     assert_eq!(partners.len(), 4);
     assert_eq!(partners[&c.lease.ip], v6("fd00:1::101"));
+    // Evicted by its IPv6 address: the IPv4 one's binding goes with the
+    // holder's DEL.
+    let (view, released, holder) = ipam
+        .mark_evict("fd00:1::101".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((view.ip, released), (c.lease.ip, false));
+    assert_eq!(holder.unwrap().key, c.attachment().key);
+    assert!(view.lease.unwrap().evict);
     // Released by its IPv6 address: the binding goes.
     ipam.release(&b.attachment().key, false).await.unwrap();
     let (view, was_bound) = ipam
