@@ -68,8 +68,8 @@ impl PortSpec {
             return Err("empty interface type (leave it unset for a system device)".into());
         }
         for vlan in self.tag.iter().chain(&self.trunks) {
-            if *vlan > 4095 {
-                return Err(format!("VLAN {vlan} is not in 0..=4095"));
+            if *vlan > MAX_VLAN {
+                return Err(format!("VLAN {vlan} is not in 0..={MAX_VLAN}"));
             }
         }
         Ok(())
@@ -467,8 +467,16 @@ fn as_object(v: &Value) -> Result<Row<'_>, DatumError> {
         .ok_or_else(|| DatumError(format!("expected a row, got {v}")))
 }
 
+/// The largest 802.1Q VLAN id; OVS's schema bounds tags and trunks by it.
+const MAX_VLAN: u16 = 4095;
+
+/// A tag or trunk as OVS stores it: the schema bounds both to 0..=4095, so a
+/// larger number means the row is not what we think it is.
 fn vlan(v: i64) -> Result<u16, DatumError> {
-    u16::try_from(v).map_err(|_| DatumError(format!("VLAN {v} out of range")))
+    u16::try_from(v)
+        .ok()
+        .filter(|v| *v <= MAX_VLAN)
+        .ok_or_else(|| DatumError(format!("VLAN {v} is not in 0..={MAX_VLAN}")))
 }
 
 /// Whether the Port row's interfaces are exactly the Interface row of its
@@ -646,6 +654,29 @@ mod tests {
             "type",
         ] {
             assert!(d.contains(want), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_tag_or_trunk_past_4095_is_refused_not_truncated() {
+        let bridges = [json!({"name": "br0", "ports": ["set", [["uuid", "p1"]]]})];
+        let ifaces =
+            [json!({"_uuid": ["uuid", "i1"], "type": "", "ofport": 1, "error": ["set", []]})];
+        let port = |tag: Value, trunks: Value| {
+            [
+                json!({"_uuid": ["uuid", "p1"], "name": "veth1", "interfaces": ["uuid", "i1"],
+                    "tag": tag, "trunks": trunks, "external_ids": ["map", []]}),
+            ]
+        };
+        let ok = join_ports(&bridges, &port(json!(4095), json!(["set", [0]])), &ifaces).unwrap();
+        assert_eq!((ok[0].tag, ok[0].trunks.clone()), (Some(4095), vec![0]));
+        for (tag, trunks) in [
+            (json!(4096), json!(["set", []])),
+            (json!(65535), json!(["set", []])),
+            (json!(["set", []]), json!(["set", [100, 4096]])),
+        ] {
+            let e = join_ports(&bridges, &port(tag, trunks), &ifaces).unwrap_err();
+            assert!(e.to_string().contains("is not in 0..=4095"), "{e}");
         }
     }
 
