@@ -361,8 +361,14 @@ fn admission_review() {
                 let out: Value = serde_json::from_slice(&body).expect("the answer is JSON");
                 assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
                 assert_eq!(out["kind"], "AdmissionReview");
-                // The uid is echoed, never empty (serde also takes the
-                // request as an array of its fields: request-as-array.json).
+                // Only a request written as an object is read (serde would
+                // take an array of its fields too: request-as-array.json).
+                let review: Value = serde_json::from_slice(input).unwrap();
+                assert!(
+                    review["request"].is_object(),
+                    "a request that is not an object accepted"
+                );
+                // The uid is echoed, never empty.
                 let uid = out["response"]["uid"].as_str().expect("a uid");
                 assert!(!uid.is_empty());
                 assert_eq!(out["response"]["allowed"], true);

@@ -87,6 +87,13 @@ pub fn parse(body: &[u8]) -> Result<Review, BadReview> {
         .request
         .filter(|r| !r.is_null())
         .ok_or_else(|| bad("the AdmissionReview has no request"))?;
+    // serde reads a struct from an array of its fields too; the API server
+    // sends objects only, so anything else is not a review we understand.
+    if !req.is_object() || !req.get("kind").is_some_and(Value::is_object) {
+        return Err(bad(
+            "request is not an AdmissionRequest v1: request and request.kind must be JSON objects",
+        ));
+    }
     let req: RequestIn = serde_json::from_value(req)
         .map_err(|e| bad(format!("request is not an AdmissionRequest v1: {e}")))?;
     if req.uid.is_empty() {

@@ -403,6 +403,21 @@ async fn bodies_that_are_not_reviews_are_refused_with_the_reason() {
             with("/request/kind", "Pod".into()),
             "request is not an AdmissionRequest v1",
         ),
+        (
+            with(
+                "/request",
+                json!(["uid-1", {"group": "", "version": "v1", "kind": "Pod"}]),
+            ),
+            "request and request.kind must be JSON objects",
+        ),
+        (
+            with("/request/kind", json!(["", "v1", "Pod"])),
+            "request and request.kind must be JSON objects",
+        ),
+        (
+            without("kind"),
+            "request and request.kind must be JSON objects",
+        ),
         (without("object"), "request.object is missing"),
         (
             with("/request/object", json!("pod")),
