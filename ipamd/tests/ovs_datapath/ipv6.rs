@@ -11,7 +11,7 @@ use moor_proto::{format_mac, mac_for_ip};
 use moor_testkit::netns::Netns;
 use moor_testkit::Ovs;
 
-use super::{config, datapath, pod_link, require_root, BRIDGE, GATEWAY};
+use super::{config, datapath, pod_link, port_settings, require_root, BRIDGE, GATEWAY};
 
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 const VLAN: u16 = 100;
@@ -123,6 +123,16 @@ async fn dual_stack_and_ipv6_only_pods_on_a_vlan_reach_the_gateway_and_each_othe
             "host end IPv6 on"
         );
     }
+    // The ports name both addresses: moor-ip the first, moor-ip6 the IPv6 one.
+    let ids = |link: &PodLink| {
+        let ids = port_settings(&ovs, &link.host_ifname).2;
+        (ids.get("moor-ip").cloned(), ids.get("moor-ip6").cloned())
+    };
+    assert_eq!(
+        ids(&a),
+        (Some("10.1.0.11".into()), Some("fd00:1::11".into()))
+    );
+    assert_eq!(ids(&b), (Some("fd00:1::12".into()), None));
     assert!(
         reaches(&pa, GATEWAY6),
         "dual-stack pod cannot reach the IPv6 gateway"

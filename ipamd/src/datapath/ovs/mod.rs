@@ -471,6 +471,7 @@ impl Datapath for OvsDatapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::PodIpv6;
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
 
@@ -513,6 +514,16 @@ mod tests {
             ..link()
         });
         assert_eq!(untagged.tag, None);
+        let dual = pod_port(&PodLink {
+            ipv6: Some(PodIpv6 {
+                address: "fd00:1::17/64".parse().unwrap(),
+                gateway: "fd00:1::1".parse().unwrap(),
+            }),
+            ..link()
+        });
+        assert_eq!(dual.external_ids[IP_KEY], "10.1.0.17");
+        assert_eq!(dual.external_ids[IP6_KEY], "fd00:1::17");
+        assert!(!spec.external_ids.contains_key(IP6_KEY));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const NAME_KEY: &str = "moor-name";
 pub const CONTAINER_KEY: &str = "moor-container";
 pub const IFNAME_KEY: &str = "moor-ifname";
 pub const IP_KEY: &str = "moor-ip";
+/// A dual-stack or IPv6-only pod's IPv6 address (`moor-ip` holds its first
+/// address: the IPv4 one of a dual-stack pod).
+pub const IP6_KEY: &str = "moor-ip6";
 /// The uplink's port says `moor-role=uplink` (and no owner, so that reconcile
 /// never takes it for a pod's).
 pub const ROLE_KEY: &str = "moor-role";
@@ -30,6 +33,9 @@ pub fn pod_port(link: &PodLink) -> PortSpec {
         .external_id(CONTAINER_KEY, link.container_id.clone())
         .external_id(IFNAME_KEY, link.ifname.clone())
         .external_id(IP_KEY, link.address.ip().to_string());
+    if let Some(v6) = &link.ipv6 {
+        spec = spec.external_id(IP6_KEY, v6.address.ip().to_string());
+    }
     spec.tag = link.vlan;
     spec
 }
