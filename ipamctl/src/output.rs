@@ -317,6 +317,8 @@ pub struct BindingView {
     pub pod: PodView,
     pub pool: String,
     pub address: String,
+    /// A dual-stack pool's IPv6 partner of `address`; `null` otherwise.
+    pub address6: Option<String>,
     pub tor: String,
     pub attached: bool,
 }
@@ -331,6 +333,7 @@ impl From<&Binding> for BindingView {
             }),
             pool: b.pool.clone(),
             address: b.address.clone(),
+            address6: (!b.address6.is_empty()).then(|| b.address6.clone()),
             tor: b.tor.clone(),
             attached: b.attached,
         }
@@ -633,17 +636,21 @@ pub fn pool_export(reply: &ExportPoolReply, format: ExportFormat) -> String {
 }
 
 /// `ip list`'s table columns.
+/// A dual-stack pod's two addresses share one cell, as a segment's subnets
+/// do in `tor list`: every row keeps its columns.
+fn both_addresses(address: &str, address6: Option<&str>) -> String {
+    match address6 {
+        Some(v6) => format!("{address},{v6}"),
+        None => address.to_string(),
+    }
+}
+
 pub const IP_HEADERS: [&str; 7] = ["IP", "POOL", "TOR", "STATE", "POD", "NODE", "CONTAINER"];
 
 pub fn ip_row(v: &IpView) -> [String; 7] {
     let att = v.attachment.as_ref();
     [
-        // A dual-stack pod's two addresses share the cell, as a segment's
-        // subnets do in `tor list`: every row keeps its 7 columns.
-        match &v.address6 {
-            Some(v6) => format!("{},{v6}", v.address),
-            None => v.address.clone(),
-        },
+        both_addresses(&v.address, v.address6.as_deref()),
         v.pool.clone(),
         v.tor.clone(),
         v.state.clone(),
@@ -704,7 +711,7 @@ pub fn binding_row(v: &BindingView) -> [String; 5] {
     [
         v.pod.display(),
         v.pool.clone(),
-        v.address.clone(),
+        both_addresses(&v.address, v.address6.as_deref()),
         v.tor.clone(),
         if v.attached { "yes" } else { "no" }.to_string(),
     ]
@@ -1433,12 +1440,17 @@ mod tests {
             attached,
             ..Default::default()
         };
-        let list = [b("db", "mysql-1", false), b("db", "mysql-0", true)];
+        let dual = Binding {
+            address6: "fd00:1::11".into(),
+            ..b("db", "mysql-2", false)
+        };
+        let list = [b("db", "mysql-1", false), b("db", "mysql-0", true), dual];
         assert_eq!(
             binding_list(&list, Format::Table),
-            "POD         POOL   IP         TOR     ATTACHED\n\
-             db/mysql-0  mysql  10.1.0.17  rack-1  yes\n\
-             db/mysql-1  mysql  10.1.0.17  rack-1  no\n"
+            "POD         POOL   IP                    TOR     ATTACHED\n\
+             db/mysql-0  mysql  10.1.0.17             rack-1  yes\n\
+             db/mysql-1  mysql  10.1.0.17             rack-1  no\n\
+             db/mysql-2  mysql  10.1.0.17,fd00:1::11  rack-1  no\n"
         );
         let v: serde_json::Value =
             serde_json::from_str(&binding_list(&list, Format::Json)).unwrap();
@@ -1446,9 +1458,11 @@ mod tests {
             v[0],
             json!({
                 "pod": {"namespace": "db", "name": "mysql-0", "uid": "u1"},
-                "pool": "mysql", "address": "10.1.0.17", "tor": "rack-1", "attached": true
+                "pool": "mysql", "address": "10.1.0.17", "address6": null, "tor": "rack-1",
+                "attached": true
             })
         );
+        assert_eq!(v[2]["address6"], "fd00:1::11");
     }
 
     #[test]

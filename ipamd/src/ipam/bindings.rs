@@ -15,18 +15,21 @@ use super::Ipam;
 
 impl Ipam {
     /// Binds `ip` (free, in a pool the pod's namespace may use) to `pod`.
-    /// Binding a pod to the IP it already keeps changes nothing.
-    pub async fn bind(&self, pod: &PodRef, ip: IpAddr) -> Result<Binding> {
+    /// Binding a pod to the IP it already keeps changes nothing. A
+    /// dual-stack pod's IPv6 address binds its IPv4 partner, the address
+    /// its records are keyed by.
+    pub async fn bind(&self, pod: &PodRef, asked: IpAddr) -> Result<Binding> {
         moor_proto::fields::namespace("pod namespace", &pod.namespace)
             .and_then(|_| moor_proto::fields::pod_name("pod name", &pod.name))
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let view = self.ip(ip).await.map_err(|e| match e {
+        let view = self.ip(asked).await.map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound(format!(
-                "{ip} is in no pool: make a pool with it first (ipamctl pool create NAME --namespace {} --app APP --ip {ip})",
+                "{asked} is in no pool: make a pool with it first (ipamctl pool create NAME --namespace {} --app APP --ip {asked})",
                 pod.namespace
             )),
             other => other,
         })?;
+        let ip = view.ip;
         let _turn = self.pool_turn(&view.pool).await;
         let name = view.pool.as_str();
         cas(self.store.as_ref(), "binding add", || async move {

@@ -200,6 +200,25 @@ fn sticky_dual_stack_pod_gets_both_ips_and_its_mac_back() {
         ip6.as_str(),
         "the partner in the same place: {export}"
     );
+    // A binding made by a free pair's IPv6 address keeps the pair; the
+    // reply and `binding list` name both halves.
+    let free = (at + 1) % ips.len();
+    let target = format!("{}/db-3", again.namespace);
+    let bound = tb.ipamctl_json(&["binding", "add", &target, ips6[free].as_str().unwrap()]);
+    let bound = &bound[0];
+    assert_eq!(
+        (&bound["address"], &bound["address6"]),
+        (&ips[free], &ips6[free]),
+        "{bound}"
+    );
+    let list = tb.ipamctl_json(&["binding", "list", "--pool", "db"]);
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["pod"]["name"] == "db-3")
+        .unwrap_or_else(|| panic!("db-3 not listed: {list}"));
+    assert_eq!(listed["address6"], ips6[free], "{list}");
     tb.moor("DEL", &again, &cid2, "1.1.0", &json!({}), None)
         .ok("DEL");
     let bad = tb.audit();

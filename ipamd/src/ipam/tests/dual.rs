@@ -302,3 +302,23 @@ async fn the_watch_feed_of_a_dual_stack_pool_carries_both_families() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn binding_a_pods_ipv6_address_binds_the_pair() {
+    let (store, ipam) = setup().await;
+    ipam.create_pool(&spec("db", 4, &["d1"], None), 0)
+        .await
+        .unwrap();
+    let pod = super::big_pools::pod("db-3");
+    // The IPv6 address names the pair; the binding is keyed by its IPv4 half.
+    let b = ipam
+        .bind(&pod, "fd00:1::103".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(b.ip.to_string(), "10.1.0.13");
+    // Bound again by either address: nothing changes.
+    assert_eq!(ipam.bind(&pod, b.ip).await.unwrap(), b);
+    let a = ipam.allocate(&req("n1", "d1", "c1", "db-3")).await.unwrap();
+    assert_eq!((a.lease.ip, a.lease.ipv6), (b.ip, Some(v6("fd00:1::103"))));
+    clean(&store).await;
+}
