@@ -9,7 +9,9 @@
 //! all), `moor.io/policy: auto|sticky|release`, `moor.io/pool: NAME` (the
 //! pool's name), `moor.io/whitelist-delay: "30s"` (new IPs wait that long
 //! before pods may take them), `moor.io/retain: "true"` (the pool outlives
-//! the workload). `moor.io/ips: "A,B"` instead makes a pool of exactly
+//! the workload), `moor.io/ip-family: ipv4|ipv6|dual` (default: every
+//! family its ToRs have; set when the pool is made). `moor.io/ips: "A,B"`
+//! instead makes a pool of exactly
 //! those IPs (bring your own), bound to a StatefulSet's ordinals in order.
 //! Without a name the pool is `<namespace>-<workload>`, shortened with a
 //! hash where that is no pool name (longer than a DNS label, or holding a
@@ -17,7 +19,7 @@
 
 use std::net::IpAddr;
 
-use crate::core::{validate, PodRef, Policy, PoolOwner};
+use crate::core::{validate, IpFamily, PodRef, Policy, PoolOwner};
 use crate::ipam::PoolSpec;
 use crate::kubernetes::workloads::Workload;
 
@@ -29,6 +31,7 @@ pub const POLICY_ANNOTATION: &str = "moor.io/policy";
 pub const IPS_ANNOTATION: &str = "moor.io/ips";
 pub const RETAIN_ANNOTATION: &str = "moor.io/retain";
 pub const WHITELIST_DELAY_ANNOTATION: &str = "moor.io/whitelist-delay";
+pub const FAMILY_ANNOTATION: &str = "moor.io/ip-family";
 pub use crate::core::POOL_ANNOTATION;
 
 /// A DNS label's limit, the pool-name rule.
@@ -163,6 +166,14 @@ pub fn declared_pool(w: &Workload) -> Result<Option<Declared>, String> {
         None => 0,
         Some(d) => seconds(d).map_err(|e| what(&format!("{WHITELIST_DELAY_ANNOTATION}: {e}")))?,
     };
+    let family = match a.get(FAMILY_ANNOTATION).map(|f| f.trim()) {
+        None | Some("") => None,
+        Some(f) => Some(IpFamily::parse(f).ok_or_else(|| {
+            what(&format!(
+                "{FAMILY_ANNOTATION} {f:?} is not ipv4, ipv6 or dual (or leave it out: every family the pool's ToRs have)"
+            ))
+        })?),
+    };
     // A StatefulSet's pods are its ordinals: db-0 keeps the first IP.
     let bind = if w.kind == "StatefulSet" {
         (0..ips.len())
@@ -193,7 +204,7 @@ pub fn declared_pool(w: &Workload) -> Result<Option<Declared>, String> {
                 retain,
             }),
             bind,
-            family: None,
+            family,
         },
         named,
         target,
@@ -310,6 +321,16 @@ mod tests {
         );
         assert_eq!(p.tors, ["t1", "t2"]);
         assert_eq!(p.policy, Policy::Sticky);
+        assert_eq!(p.family, None, "every family its ToRs have");
+        let v6 = sts(
+            "shop",
+            "db",
+            &[(POOL_SIZE_ANNOTATION, "5"), (FAMILY_ANNOTATION, " ipv6 ")],
+        );
+        assert_eq!(
+            declared_pool(&v6).unwrap().unwrap().spec.family,
+            Some(IpFamily::Ipv6)
+        );
         let named = sts(
             "shop",
             "db",
@@ -329,6 +350,8 @@ mod tests {
             (POOL_ANNOTATION, "Not_A_Name"),
             (IPS_ANNOTATION, "10.1.0.5,10.1.0"),
             (IPS_ANNOTATION, " , "),
+            (FAMILY_ANNOTATION, "ipv5"),
+            (FAMILY_ANNOTATION, "IPv4"),
         ] {
             let w = sts("shop", "db", &[(POOL_SIZE_ANNOTATION, "3"), bad]);
             let e = declared_pool(&w).unwrap_err();

@@ -10,7 +10,7 @@ use crate::kubernetes::configmaps::{self, Owner, Whitelist};
 use crate::kubernetes::events::EventType::{Normal, Warning};
 use crate::kubernetes::workloads::Workload;
 
-use super::declared::Declared;
+use super::declared::{Declared, FAMILY_ANNOTATION};
 use super::pools::{DeclaredPools, Fenced, Memory, Pass, Pools};
 
 fn ips_list(ips: &[std::net::IpAddr]) -> String {
@@ -34,6 +34,23 @@ impl DeclaredPools {
         let Some(pool) = self.pool_of(w, d, pools, mem, pass).await? else {
             return Ok(None);
         };
+        if let Some(asked) = d.spec.family.filter(|f| *f != pool.family) {
+            // A pool's family is fixed when it is made (its IPs and the
+            // whitelists published from them depend on it).
+            self.say(
+                mem,
+                w,
+                Warning,
+                "MoorPoolFamily",
+                &format!(
+                    "{}: pool {} is {}, {FAMILY_ANNOTATION} asks {asked}: a pool keeps the family it was made with; to change it, delete the pool once its pods are gone (ipamctl pool delete {}) and it is made again, or drop the annotation",
+                    w.describe(),
+                    pool.name,
+                    pool.family,
+                    pool.name
+                ),
+            );
+        }
         let pool = if d.explicit() || pool.size() == d.target {
             pool
         } else {

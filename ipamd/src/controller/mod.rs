@@ -38,8 +38,9 @@ use crate::kubernetes::lease::LeaseApi;
 use crate::kubernetes::workloads::Workloads;
 
 pub use declared::{
-    declared_pool, derived_pool_name, Declared, IPS_ANNOTATION, POLICY_ANNOTATION,
-    POOL_SIZE_ANNOTATION, RETAIN_ANNOTATION, TORS_ANNOTATION, WHITELIST_DELAY_ANNOTATION,
+    declared_pool, derived_pool_name, Declared, FAMILY_ANNOTATION, IPS_ANNOTATION,
+    POLICY_ANNOTATION, POOL_SIZE_ANNOTATION, RETAIN_ANNOTATION, TORS_ANNOTATION,
+    WHITELIST_DELAY_ANNOTATION,
 };
 pub use elector::{Elector, Step};
 pub use gc::{Collection, Collector, Outcome};

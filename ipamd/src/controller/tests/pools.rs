@@ -503,4 +503,41 @@ async fn a_dual_stack_pool_publishes_both_families() {
         l.published("shop-db"),
         ["10.3.0.10", "10.3.0.11", "fd00:3::10", "fd00:3::11"].map(ip)
     );
+
+    // moor.io/ip-family picks one family of the ToR; a family the ToRs
+    // lack is refused; a pool made already keeps its family and says so.
+    l.api.create(
+        objects::deployment("shop", "web", 1)
+            .annotation(POOL_SIZE_ANNOTATION, "1")
+            .annotation(TORS_ANNOTATION, "d3")
+            .annotation(FAMILY_ANNOTATION, "ipv6"),
+    );
+    l.api.create(
+        objects::deployment("shop", "api", 1)
+            .annotation(POOL_SIZE_ANNOTATION, "1")
+            .annotation(TORS_ANNOTATION, "t1")
+            .annotation(FAMILY_ANNOTATION, "dual"),
+    );
+    l.api.modify(Resource::StatefulSets, "shop", "db", |o| {
+        o["metadata"]["annotations"][FAMILY_ANNOTATION] = "ipv4".into();
+    });
+    l.settle(3, |w| {
+        w.iter()
+            .any(|w| w.name == "db" && w.annotations.contains_key(FAMILY_ANNOTATION))
+    })
+    .await;
+    assert_eq!(l.pass().await.created, ["shop-web"]);
+    let (web, _) = l.ipam.pool("shop-web").await.unwrap();
+    assert_eq!(web.family, crate::core::IpFamily::Ipv6);
+    assert!(l.published("shop-web").iter().all(IpAddr::is_ipv6));
+    assert!(l.ipam.pool("shop-api").await.is_err(), "no pool for api");
+    let refused = l.event("api", "MoorPoolRefused").await;
+    assert!(refused.contains("dual"), "{refused}");
+    let kept = l.event("db", "MoorPoolFamily").await;
+    assert!(
+        kept.contains("pool shop-db is dual, moor.io/ip-family asks ipv4"),
+        "{kept}"
+    );
+    let (db, _) = l.ipam.pool("shop-db").await.unwrap();
+    assert_eq!(db.family, crate::core::IpFamily::Dual);
 }
