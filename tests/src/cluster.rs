@@ -107,6 +107,10 @@ pub struct Layout {
     pub fabric: Fabric,
     /// More flags for every node's ipamd (e.g. `--kubeconfig PATH`).
     pub ipamd_args: Vec<String>,
+    /// The binaries every node starts with; None: this tree's
+    /// ([`crate::bins::bins`]). The upgrade test starts on the previous
+    /// release's and swaps them node by node ([`Cluster::set_bins`]).
+    pub bins: Option<&'static Bins>,
 }
 
 impl Default for Layout {
@@ -117,6 +121,7 @@ impl Default for Layout {
             log: "info".into(),
             fabric: Fabric::default(),
             ipamd_args: Vec::new(),
+            bins: None,
         }
     }
 }
@@ -230,6 +235,9 @@ pub struct ClusterNode {
     pub log: PathBuf,
     ns_file: File,
     ipamd: Mutex<Option<Ipamd>>,
+    /// The binaries this node runs: its ipamd, and the `moor` and
+    /// `ipamctl` run on it.
+    bins: Mutex<&'static Bins>,
 }
 
 impl ClusterNode {
@@ -259,6 +267,7 @@ pub struct Cluster {
     etcd: EtcdCluster,
     log_level: String,
     ipamd_args: Vec<String>,
+    /// The binaries nodes start with.
     bins: &'static Bins,
     netns: Namespaces,
 }
@@ -295,7 +304,7 @@ impl Cluster {
             etcd,
             log_level: layout.log.clone(),
             ipamd_args: layout.ipamd_args.clone(),
-            bins: bins(),
+            bins: layout.bins.unwrap_or_else(bins),
             netns: Namespaces::new(&id),
             id,
         };
@@ -580,6 +589,7 @@ impl Cluster {
                 dir,
                 ns_file,
                 ipamd: Mutex::new(None),
+                bins: Mutex::new(self.bins),
             });
         }
         if bare {
@@ -638,7 +648,7 @@ impl Cluster {
         assert!(guard.is_none(), "ipamd of {name} is already running");
         let _ = std::fs::remove_file(&node.socket);
         let netns = format!("/run/netns/{}", node.ns);
-        let ipamd = IpamdCommand::new(&self.bins.ipamd, &node.socket, &node.log)
+        let ipamd = IpamdCommand::new(&self.bins_of(name).ipamd, &node.socket, &node.log)
             .args(["--store", &self.store_spec(), "--etcd-prefix", &self.prefix])
             .arg("--local-state")
             .arg(&node.local_state)
@@ -679,6 +689,18 @@ impl Cluster {
         self.node(name).ipamd.lock().unwrap().is_some()
     }
 
+    /// The binaries node `name` runs.
+    pub fn bins_of(&self, name: &str) -> &'static Bins {
+        *self.node(name).bins.lock().unwrap()
+    }
+
+    /// Node `name` runs `bins` from now on: its next ipamd start, and every
+    /// `moor` and `ipamctl` on it (a DaemonSet's rolling update: stop its
+    /// ipamd, swap, start it).
+    pub fn set_bins(&self, name: &str, bins: &'static Bins) {
+        *self.node(name).bins.lock().unwrap() = bins;
+    }
+
     /// The first node whose ipamd runs (for cluster-wide ipamctl reads).
     fn any_running(&self) -> &str {
         self.nodes
@@ -693,7 +715,7 @@ impl Cluster {
     /// `ipamctl` against `node`'s ipamd.
     pub fn ctl(&self, node: &str) -> Ipamctl<'_> {
         Ipamctl {
-            bin: &self.bins.ipamctl,
+            bin: &self.bins_of(node).ipamctl,
             socket: &self.node(node).socket,
         }
     }
@@ -764,14 +786,10 @@ impl Cluster {
     /// CNI_COMMAND=`cmd` for `pod` (ifname eth0), the config of
     /// [`Cluster::net_conf`] on stdin.
     pub fn moor(&self, node: &str, cmd: &str, pod: &Pod, cid: &str, extra: &Value) -> CniRun {
-        let env = cni_env(self.bins, cmd, pod, cid);
+        let bins = self.bins_of(node);
+        let env = cni_env(bins, cmd, pod, cid);
         let conf = self.net_conf(node, extra).to_string();
-        run_moor(
-            &self.bins.moor,
-            &self.node(node).ns_file,
-            &env,
-            conf.as_bytes(),
-        )
+        run_moor(&bins.moor, &self.node(node).ns_file, &env, conf.as_bytes())
     }
 
     pub fn add(&self, node: &str, pod: &Pod, cid: &str) -> CniRun {

@@ -67,6 +67,10 @@ pub struct Options {
     /// only. With IPv6, the ToR netns's `tor0` has the IPv6 gateway and
     /// the node's bridge an IPv6 node address (both without DAD).
     pub families: Families,
+    /// The binaries the testbed starts with; None: this tree's
+    /// ([`crate::bins::bins`]). The upgrade test starts on the previous
+    /// release's and swaps them with [`Testbed::set_bins`].
+    pub bins: Option<&'static Bins>,
 }
 
 /// Which subnets a testbed's ToR has.
@@ -87,6 +91,7 @@ impl Default for Options {
             root_netns: false,
             ipamd_args: Vec::new(),
             families: Families::Ipv4,
+            bins: None,
         }
     }
 }
@@ -271,7 +276,7 @@ impl Testbed {
 
     pub fn with(opts: Options) -> Testbed {
         require_root();
-        let bins = bins();
+        let bins = opts.bins.unwrap_or_else(bins);
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -493,6 +498,12 @@ impl Testbed {
     /// The binaries this testbed runs.
     pub fn bins(&self) -> &'static Bins {
         self.bins
+    }
+
+    /// Runs `bins` from now on: the next [`Testbed::start_ipamd`], every
+    /// `moor` and `ipamctl` (an upgrade: stop ipamd, swap, start it).
+    pub fn set_bins(&mut self, bins: &'static Bins) {
+        self.bins = bins;
     }
 
     /// Is `ip` in this testbed's /24?

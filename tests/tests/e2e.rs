@@ -25,6 +25,9 @@
 //! node; `ovs_ipv6`: its moved IPv6 and dual-stack pods on the OVS testbed,
 //! and the control that shows the unsolicited NA is needed. `backup`:
 //! issue 15's backup on etcd restored into a fresh store, and on redb.
+//! `upgrade`: issue 15's upgrade from the previous release
+//! (`tests/upgrade-from`, built by `scripts/build-upgrade-from`) with live
+//! pods, on redb and as a rolling update on etcd.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -80,5 +83,7 @@ mod support;
 mod sweep;
 #[path = "e2e/ui.rs"]
 mod ui;
+#[path = "e2e/upgrade.rs"]
+mod upgrade;
 #[path = "e2e/webhook.rs"]
 mod webhook;
