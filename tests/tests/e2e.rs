@@ -25,6 +25,8 @@
 //! node; `ovs_ipv6`: its moved IPv6 and dual-stack pods on the OVS testbed,
 //! and the control that shows the unsolicited NA is needed. `backup`:
 //! issue 15's backup on etcd restored into a fresh store, and on redb.
+//! `soak`: issue 15's 2-minute fault-injecting soak (`moor_e2e::soak`) and
+//! its checker catching a planted IP live twice.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -72,6 +74,8 @@ mod pool_lifecycle;
 mod pool_steps;
 #[path = "e2e/protocol.rs"]
 mod protocol;
+#[path = "e2e/soak.rs"]
+mod soak;
 #[path = "e2e/socket.rs"]
 mod socket;
 #[path = "e2e/support.rs"]

@@ -226,6 +226,19 @@ impl Worker<'_> {
                 r.stdout
             ));
         }
+        if ips.iter().any(IpAddr::is_ipv4) && ips.iter().any(IpAddr::is_ipv6) {
+            self.shared.figures.bump("ADD: dual-stack results");
+        }
+        // What ADD said is what the pod has: eth0 up with carrier and
+        // every address of the result.
+        let live = super::checker::live_addresses(&pod.netns).unwrap_or_default();
+        for ip in &ips {
+            if !live.iter().any(|(i, a)| i == "eth0" && a == ip) {
+                self.shared.figures.violation(format!(
+                    "ADD of {name} on {node} returned {ip}, but it is not live on the pod's eth0: {live:?}"
+                ));
+            }
+        }
         if let Some(o) = ordinal {
             let v4 = ips.iter().find_map(|ip| match ip {
                 IpAddr::V4(a) => Some(*a),
