@@ -209,6 +209,11 @@ impl Worker<'_> {
         };
         let c = self.bed.cluster();
         let pod = self.bed.pod(&name);
+        if let Some(kube) = &self.bed.kube {
+            // Scheduled onto `node`: kubelet there runs it.
+            let global = ordinal.map(|o| self.id as u32 * ORDINALS + o);
+            kube.create_pod(&pod, node, STATEFULSET_APP, DEPLOYMENT_APP, global);
+        }
         let cid = container_id();
         let r = c.moor(node, "ADD", &pod, &cid, &json!({}));
         if r.code != 0 {
@@ -290,6 +295,10 @@ impl Worker<'_> {
             std::thread::sleep(Duration::from_millis((100 * tries).min(1000)));
         }
         c.remove_pod(pod);
+        if let Some(kube) = &self.bed.kube {
+            // The sandbox is gone: the pod object goes (kubelet's order).
+            kube.delete_pod(pod);
+        }
     }
 
     /// CHECK of a running pod against its ADD's result.
@@ -305,9 +314,28 @@ impl Worker<'_> {
             &json!({ "prevResult": l.result }),
         );
         if r.code != 0 {
+            let cause = cause(&r);
+            let mut message = r.message();
+            if !cause.starts_with("code 11,") {
+                // Not "try again later": what did ipamd do with this pod?
+                let short = &l.cid[..12];
+                let log = std::fs::read_to_string(&self.bed.cluster().node(&l.node).log)
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|x| x.contains(short) || x.contains(&l.cid) || x.contains(&l.pod.name))
+                    .collect();
+                message += &format!(
+                    "\n    {}'s ipamd log on {}:\n    {}",
+                    l.pod.name,
+                    l.node,
+                    lines.join("\n    ")
+                );
+                eprintln!("soak: CHECK of {} on {}: {message}", l.pod.name, l.node);
+            }
             self.shared
                 .figures
-                .failure(&format!("CHECK failed: {}", cause(&r)), &r.message());
+                .failure(&format!("CHECK failed: {cause}"), &message);
         }
     }
 

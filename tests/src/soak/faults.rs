@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Bed, Mode, Rng, Shared};
+use super::{Bed, Mode, Net, Rng, Shared};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -24,6 +24,12 @@ pub enum Fault {
     /// kill -9 of one node's ovsdb-server and ovs-vswitchd, restarted
     /// after 0.2-1.5 s (OVS mode).
     OvsRestart,
+    /// The API server refuses and resets connections for 1-4 s (physical
+    /// mode, with the API).
+    ApiOutage,
+    /// kill -9 of the controller holding the Lease; the other must take
+    /// over within 15 s; restarted after 0.5-2 s.
+    ControllerFailover,
 }
 
 impl Fault {
@@ -33,14 +39,17 @@ impl Fault {
             Fault::EtcdMemberKill => "etcd member kill -9 + restart",
             Fault::EtcdOutage => "etcd outage (all members kill -9)",
             Fault::OvsRestart => "ovsdb-server+ovs-vswitchd kill -9 + restart",
+            Fault::ApiOutage => "API server outage",
+            Fault::ControllerFailover => "controller failover (leader kill -9)",
         }
     }
 
     /// The kinds a run of `mode` injects.
     pub fn kinds(mode: Mode) -> Vec<Fault> {
         let mut v = vec![Fault::IpamdKill, Fault::EtcdMemberKill, Fault::EtcdOutage];
-        if mode == Mode::Ovs {
-            v.push(Fault::OvsRestart);
+        match mode {
+            Mode::Ovs => v.push(Fault::OvsRestart),
+            Mode::Physical => v.extend([Fault::ApiOutage, Fault::ControllerFailover]),
         }
         v
     }
@@ -48,15 +57,18 @@ impl Fault {
 
 /// The faults of a run, in order, each with the progress (0..1) at which
 /// it comes: `ipamd_kills` ipamd kills, a quarter as many etcd member
-/// kills, a tenth as many etcd outages and (OVS) OVS restarts, at least
-/// one of each, shuffled.
+/// kills, a tenth as many etcd outages, (OVS) OVS restarts, (physical)
+/// API outages and controller failovers, at least one of each, shuffled.
 pub fn schedule(mode: Mode, ipamd_kills: u64, rng: &mut Rng) -> Vec<(f64, Fault)> {
     let mut faults = Vec::new();
     for kind in Fault::kinds(mode) {
         let n = match kind {
             Fault::IpamdKill => ipamd_kills,
             Fault::EtcdMemberKill => ipamd_kills.div_ceil(4),
-            Fault::EtcdOutage | Fault::OvsRestart => ipamd_kills.div_ceil(10),
+            Fault::EtcdOutage
+            | Fault::OvsRestart
+            | Fault::ApiOutage
+            | Fault::ControllerFailover => ipamd_kills.div_ceil(10),
         };
         faults.extend((0..n.max(1)).map(|_| kind));
     }
@@ -153,7 +165,7 @@ impl<'a> Injector<'a> {
                 c.etcd_wait_ready();
             }
             Fault::OvsRestart => {
-                let Bed::Ovs(ovs) = self.bed else {
+                let Net::Ovs(ovs) = &self.bed.net else {
                     unreachable!("OVS restarts are planned in OVS mode only")
                 };
                 let node = c.nodes[self.rng.below(c.nodes.len() as u64) as usize]
@@ -162,6 +174,33 @@ impl<'a> Injector<'a> {
                 ovs.kill9_ovs(&node);
                 std::thread::sleep(self.rng.millis(200, 1500));
                 ovs.start_ovs(&node);
+            }
+            Fault::ApiOutage => {
+                let kube = self.bed.kube.as_ref().expect("API faults need the API");
+                kube.api.stop();
+                std::thread::sleep(self.rng.millis(1000, 4000));
+                kube.api.restart();
+            }
+            Fault::ControllerFailover => {
+                let kube = self.bed.kube.as_ref().expect("controllers need the API");
+                let Some(leader) = kube.wait_leader(None, Duration::from_secs(15)) else {
+                    self.shared.figures.violation(format!(
+                        "no controller holds the Lease\n{}",
+                        kube.log_tails(20)
+                    ));
+                    return;
+                };
+                kube.kill9_controller(leader);
+                let taken = kube.wait_leader(Some(leader), Duration::from_secs(15));
+                if taken.is_none() {
+                    self.shared.figures.violation(format!(
+                        "controller {} was killed and the other has not taken the Lease in 15 s\n{}",
+                        super::kube::CONTROLLERS[leader],
+                        kube.log_tails(20)
+                    ));
+                }
+                std::thread::sleep(self.rng.millis(500, 2000));
+                kube.start_controller(c, leader);
             }
         }
         self.shared

@@ -2,13 +2,15 @@
 //! with the real ipamd, driven by pod workers that run the real `moor`
 //! binary as a runtime does (ADD, DEL, CHECK of StatefulSet and Deployment
 //! pods, moves of sticky pods between the nodes of one ToR), while a fault
-//! injector kills ipamds, etcd members, the whole etcd cluster and (OVS
-//! mode) a node's Open vSwitch, and an independent checker scans every
-//! namespace for an IP live in two places.
+//! injector kills ipamds, etcd members, the whole etcd cluster, (OVS
+//! mode) a node's Open vSwitch and (physical mode) the API server and the
+//! leading controller, and an independent checker scans every namespace
+//! for an IP live in two places.
 //!
 //! - [`driver`]: the pod workers and the runtime's rules they follow.
 //! - [`faults`]: the fault schedule and the injector.
 //! - [`checker`]: the scan of every netns for an IP live twice.
+//! - [`kube`]: the fake API server, pods as its objects, two controllers.
 //! - [`settle`]: the end checks (every DEL succeeded, audit, no leak).
 //! - [`figures`]: the counts a run prints.
 //!
@@ -20,6 +22,7 @@ pub mod checker;
 pub mod driver;
 pub mod faults;
 pub mod figures;
+pub mod kube;
 pub mod settle;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +38,8 @@ pub use figures::Figures;
 /// Which datapath the nodes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Linux bridges to the ToR, ipamd `--mode physical`.
+    /// Linux bridges to the ToR, ipamd `--mode physical`, the node agents
+    /// on the (fake) Kubernetes API, two controllers.
     Physical,
     /// Open vSwitch per node and per ToR, ipamd `--mode ovs`, dual-stack
     /// ToRs (pods get an IPv4 and an IPv6 address).
@@ -121,55 +125,83 @@ impl Rng {
     }
 }
 
-/// The cluster a soak runs on: physical or OVS.
-pub enum Bed {
+/// The network of a soak: physical or OVS.
+pub enum Net {
     Physical(Cluster),
     Ovs(OvsCluster),
 }
 
+/// What a soak runs on: the cluster, and in physical mode the Kubernetes
+/// API with two controllers ([`kube`]). Dropped in this order: the
+/// ipamds first, then the controllers and the API.
+pub struct Bed {
+    pub net: Net,
+    pub kube: Option<kube::Kube>,
+}
+
 impl Bed {
     /// The layout of every soak: n1 and n2 under tor-a (sticky pods move
-    /// between them), n3 under tor-b.
+    /// between them), n3 under tor-b. Physical mode: the node agents read
+    /// their pods from the fake API and two controllers run; OVS mode:
+    /// ipamd reads workloads from pod names (podman, plain containerd) and
+    /// the ToRs are dual stack.
     fn new(mode: Mode) -> Bed {
         let layout = Layout::standard();
         match mode {
-            Mode::Physical => Bed::Physical(Cluster::new(Layout {
-                // The leak sweep and the reaper short, so the end's settle
-                // is quick; OvsCluster sets the same for its nodes.
-                ipamd_args: [
+            Mode::Physical => {
+                let kube = kube::Kube::start();
+                let mut args: Vec<String> = [
                     "--reconcile-interval-seconds",
                     "1",
                     "--gc-grace-seconds",
                     "1",
                 ]
                 .map(String::from)
-                .to_vec(),
-                ..layout
-            })),
-            Mode::Ovs => Bed::Ovs(OvsCluster::with_families(layout, Families::Dual)),
+                .to_vec();
+                args.push("--kubeconfig".into());
+                args.push(kube.kubeconfig.display().to_string());
+                // The leak sweep and the reaper short, so the end's settle
+                // is quick; OvsCluster sets the same for its nodes.
+                let c = Cluster::new(Layout {
+                    ipamd_args: args,
+                    ..layout
+                });
+                kube.seed(&c, driver::STATEFULSET_APP, driver::DEPLOYMENT_APP);
+                for i in 0..kube::CONTROLLERS.len() {
+                    kube.start_controller(&c, i);
+                }
+                Bed {
+                    net: Net::Physical(c),
+                    kube: Some(kube),
+                }
+            }
+            Mode::Ovs => Bed {
+                net: Net::Ovs(OvsCluster::with_families(layout, Families::Dual)),
+                kube: None,
+            },
         }
     }
 
     pub fn cluster(&self) -> &Cluster {
-        match self {
-            Bed::Physical(c) => c,
-            Bed::Ovs(c) => c,
+        match &self.net {
+            Net::Physical(c) => c,
+            Net::Ovs(c) => c,
         }
     }
 
     pub fn mode(&self) -> Mode {
-        match self {
-            Bed::Physical(_) => Mode::Physical,
-            Bed::Ovs(_) => Mode::Ovs,
+        match self.net {
+            Net::Physical(_) => Mode::Physical,
+            Net::Ovs(_) => Mode::Ovs,
         }
     }
 
     /// A pod's netns as a runtime makes it (OVS mode: IPv6 on, the pods
     /// are dual stack).
     pub fn pod(&self, name: &str) -> Pod {
-        match self {
-            Bed::Physical(c) => c.pod(name),
-            Bed::Ovs(c) => c.pod_with_ipv6(name),
+        match &self.net {
+            Net::Physical(c) => c.pod(name),
+            Net::Ovs(c) => c.pod_with_ipv6(name),
         }
     }
 }

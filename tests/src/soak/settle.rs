@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::driver::{DEPLOYMENT_APP, ORDINALS, STATEFULSET_APP};
-use super::{Bed, Shared};
+use super::{Bed, Net, Shared};
 
 /// How long the cluster may take to settle after the last DEL.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -32,7 +32,7 @@ fn leftovers(bed: &Bed) -> Vec<String> {
         if !links.is_empty() {
             left.push(format!("host veths left on {}: {links:?}", n.name));
         }
-        if let Bed::Ovs(ovs) = bed {
+        if let Net::Ovs(ovs) = &bed.net {
             let ports: Vec<String> = ovs.pod_ports(&n.name).into_keys().collect();
             if !ports.is_empty() {
                 left.push(format!("OVS pod ports left on {}: {ports:?}", n.name));
