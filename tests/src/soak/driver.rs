@@ -11,6 +11,8 @@
 //!   netns is removed only after it succeeded. A DEL that has not
 //!   succeeded after [`DEL_PATIENCE`] is a violation.
 //! - CHECK with the ADD's result as `prevResult`, as containerd keeps it.
+//!   It may say "try again later" (code 11: ipamd or the store down);
+//!   any other failure of a running pod's CHECK is a violation.
 //! - A StatefulSet pod (`db-N`) that moves is DELeted on its node and
 //!   ADDed as a new sandbox on another node of the same ToR; it must get
 //!   the IP it had (its binding) or fail, never get another one.
@@ -331,7 +333,12 @@ impl Worker<'_> {
                     l.node,
                     lines.join("\n    ")
                 );
-                eprintln!("soak: CHECK of {} on {}: {message}", l.pod.name, l.node);
+                // A running pod whose ADD succeeded: its network is intact
+                // and recorded, whatever was killed meanwhile.
+                self.shared.figures.violation(format!(
+                    "CHECK of running pod {} on {} failed ({cause}): {message}",
+                    l.pod.name, l.node
+                ));
             }
             self.shared
                 .figures
