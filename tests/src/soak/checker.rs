@@ -135,6 +135,8 @@ pub fn scan(netns: &[String]) -> (Vec<Duplicate>, usize) {
 /// violation.
 pub fn run(bed: &Bed, shared: &Shared) {
     let prefix = format!("{}-", bed.cluster().id);
+    // Each duplicate once, however many scans see it.
+    let mut reported = std::collections::BTreeSet::new();
     while !shared.stop_checker.load(Ordering::SeqCst) {
         let ns = namespaces(&prefix);
         let (dups, seen) = scan(&ns);
@@ -143,6 +145,9 @@ pub fn run(bed: &Bed, shared: &Shared) {
             .figures
             .add("checker: live addresses seen", seen as u64);
         for d in dups {
+            if !reported.insert((d.ip, d.places.clone())) {
+                continue;
+            }
             shared.figures.violation(format!(
                 "{} live in two places at once: {} and {}",
                 d.ip, d.places.0, d.places.1

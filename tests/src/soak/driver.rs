@@ -285,6 +285,9 @@ impl Worker<'_> {
             self.shared
                 .figures
                 .failure(&format!("DEL failed, retried: {}", cause(&r)), &r.message());
+            if self.shared.abort.load(Ordering::SeqCst) {
+                break;
+            }
             if start.elapsed() > DEL_PATIENCE {
                 self.shared.figures.violation(format!(
                     "DEL of {} ({cid}) on {node} never succeeded in {tries} tries over {:?}: {}",

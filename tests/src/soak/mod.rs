@@ -230,6 +230,9 @@ pub struct Shared {
     pub faults_done: AtomicU64,
     /// Set after the end checks: the checker stops.
     pub stop_checker: AtomicBool,
+    /// Set when the run's own thread panics: workers and checker stop at
+    /// once (the scope waits for them before the cluster is removed).
+    pub abort: AtomicBool,
     pub figures: Figures,
 }
 
@@ -285,11 +288,13 @@ pub fn run(cfg: Config) -> Figures {
         fault_marks: plan.iter().map(|(at, _)| *at).collect(),
         faults_done: AtomicU64::new(0),
         stop_checker: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
         figures: Figures::default(),
         cfg,
     };
     let mut injector = faults::Injector::new(&bed, &shared, plan);
     std::thread::scope(|s| {
+        let _abort = AbortOnPanic(&shared);
         let checker = s.spawn(|| checker::run(&bed, &shared));
         let workers = driver::spawn_workers(s, &bed, &shared);
         injector.run_until(|| workers.iter().all(|w| w.is_finished()));
@@ -313,4 +318,18 @@ pub fn run(cfg: Config) -> Figures {
     });
     shared.figures.set_wall(shared.started.elapsed());
     shared.figures
+}
+
+/// Tells the workers and the checker to stop when the run's thread
+/// panics (an injector step that failed): they would go on against dead
+/// daemons, and the scope waits for them.
+struct AbortOnPanic<'a>(&'a Shared);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abort.store(true, Ordering::SeqCst);
+            self.0.stop_checker.store(true, Ordering::SeqCst);
+        }
+    }
 }
