@@ -31,8 +31,8 @@ fn two_minute_soak_has_no_violation() {
     println!("soak test: seed {seed} (scripts/soak --seed {seed} ... repeats its choices)");
     // Each mode on its own thread, which keeps its cluster.
     let runs: Vec<(Mode, Figures)> = std::thread::scope(|s| {
-        let handles = [Mode::Physical, Mode::Ovs]
-            .map(|m| (m, s.spawn(move || soak::run(short(m, seed)))));
+        let handles =
+            [Mode::Physical, Mode::Ovs].map(|m| (m, s.spawn(move || soak::run(short(m, seed)))));
         handles
             .into_iter()
             .map(|(m, h)| (m, h.join().expect("a soak run panicked")))
@@ -42,7 +42,11 @@ fn two_minute_soak_has_no_violation() {
         println!("==== soak {mode}, seed {seed}\n{f}");
     }
     for (mode, f) in &runs {
-        assert_eq!(f.violations(), Vec::<String>::new(), "soak {mode}, seed {seed}");
+        assert_eq!(
+            f.violations(),
+            Vec::<String>::new(),
+            "soak {mode}, seed {seed}"
+        );
         for kind in Fault::kinds(*mode) {
             assert!(
                 f.get(&format!("faults: {}", kind.name())) >= 1,
@@ -51,10 +55,19 @@ fn two_minute_soak_has_no_violation() {
             );
         }
         assert!(f.get("ADD: succeeded") > 0 && f.get("DEL: succeeded") > 0);
-        assert!(f.get("ops: move StatefulSet pod") > 0, "soak {mode}: no move");
-        assert!(f.get("checker: scans") > 0, "soak {mode}: the checker never ran");
+        assert!(
+            f.get("ops: move StatefulSet pod") > 0,
+            "soak {mode}: no move"
+        );
+        assert!(
+            f.get("checker: scans") > 0,
+            "soak {mode}: the checker never ran"
+        );
         if *mode == Mode::Ovs {
-            assert!(f.get("ADD: dual-stack results") > 0, "soak ovs: no dual-stack pod");
+            assert!(
+                f.get("ADD: dual-stack results") > 0,
+                "soak ovs: no dual-stack pod"
+            );
         }
     }
 }
@@ -66,7 +79,9 @@ fn checker_catches_a_planted_duplicate() {
     let a = Netns::new("soak-a");
     let b = Netns::new("soak-b");
     let both = [a.name.clone(), b.name.clone()];
-    a.ip(&["link", "add", "x0", "type", "veth", "peer", "name", "y0", "netns", &b.name]);
+    a.ip(&[
+        "link", "add", "x0", "type", "veth", "peer", "name", "y0", "netns", &b.name,
+    ]);
     a.ip(&["addr", "add", "10.254.7.9/24", "dev", "x0"]);
     b.ip(&["addr", "add", "10.254.7.9/24", "dev", "y0"]);
     a.ip(&["addr", "add", "10.254.7.10/24", "dev", "x0"]);
