@@ -23,6 +23,8 @@
 //! - [`podman`]: a private podman 4.3 on the CNI backend.
 //! - [`containerd`]: a private containerd 1.6 driven through CRI ([`cri`]),
 //!   with moor as its CNI.
+//! - [`soak`]: the fault-injecting soak (issue 15): pod workers, a fault
+//!   injector and an independent checker on a 3-node cluster.
 //! - [`ui`]: `ipamctl ui` and its page's DOM; [`chromium`]: headless
 //!   Chromium loading it (screenshots, DOM dumps, a page kept open).
 
@@ -43,6 +45,7 @@ pub mod ovs_cluster;
 pub mod podman;
 pub mod prometheus;
 pub mod scrape;
+pub mod soak;
 pub mod testbed;
 pub mod ui;
 pub mod webhook;

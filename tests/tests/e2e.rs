@@ -28,6 +28,8 @@
 //! `upgrade`: issue 15's upgrade from the previous release
 //! (`tests/upgrade-from`, built by `scripts/build-upgrade-from`) with live
 //! pods, on redb and as a rolling update on etcd.
+//! `soak`: issue 15's 2-minute fault-injecting soak (`moor_e2e::soak`) and
+//! its checker catching a planted IP live twice.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -75,6 +77,8 @@ mod pool_lifecycle;
 mod pool_steps;
 #[path = "e2e/protocol.rs"]
 mod protocol;
+#[path = "e2e/soak.rs"]
+mod soak;
 #[path = "e2e/socket.rs"]
 mod socket;
 #[path = "e2e/support.rs"]

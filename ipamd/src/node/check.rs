@@ -52,10 +52,18 @@ impl Node {
     }
 
     /// The attachment of `key`, from the store or, when it is out of reach,
-    /// from the local mirror.
+    /// from the local mirror. One made during a store outage is in the
+    /// mirror alone until the write-back after the outage (up to 5 s).
     async fn attachment_of(&self, key: &AttachmentKey) -> Result<Option<(Lease, Tor)>> {
         match self.note(self.ipam.attached(key).await) {
-            Ok(None) => Ok(None),
+            Ok(None) => match &self.mirror {
+                Some(m) => Ok(m
+                    .get(key)
+                    .await?
+                    .filter(|c| c.offline)
+                    .map(|c| (c.lease, c.tor))),
+                None => Ok(None),
+            },
             Ok(Some(lease)) => {
                 let tor = self.ipam.tor(&lease.tor).await?.ok_or_else(|| {
                     Error::internal(format!("ToR {} of {} is gone", lease.tor, lease.ip))

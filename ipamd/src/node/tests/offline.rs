@@ -170,3 +170,27 @@ async fn a_restart_after_an_outage_writes_back_what_was_attached_during_it() {
     assert_eq!(h.node.sync_offline().await.unwrap(), 0, "written once");
     h.clean().await;
 }
+
+/// Found by the soak (issue 15): once the store answers again, a pod
+/// restarted during the outage is in the store only after the next
+/// write-back (up to 5 s later); a CHECK in between must still find it in
+/// the mirror, not say "ADD it first".
+#[tokio::test]
+async fn check_finds_an_outage_restart_before_it_is_written_back() {
+    let h = Harness::mirrored().await;
+    let first = h.add("c1", "db-0").await.unwrap();
+    h.node.del("c1", "eth0").await.unwrap();
+    h.store.set_down(true);
+    h.add("c2", "db-0").await.unwrap();
+    h.store.set_down(false);
+    let check = crate::node::CheckRequest {
+        container_id: "c2".into(),
+        ifname: "eth0".into(),
+        netns: String::new(),
+        address: Some(first.lease.ip),
+    };
+    h.node.check(&check).await.unwrap();
+    assert_eq!(h.node.sync_offline().await.unwrap(), 1);
+    h.node.check(&check).await.unwrap();
+    h.clean().await;
+}
