@@ -10,7 +10,7 @@ use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
 use crate::store::{keys, StoreExt, Txn};
 
-use super::attach_view::resolve_in_view;
+use super::attach_view::{resolve_in_view, FromView};
 use super::plan::{record_attachment, segment_named, AddRead, Planner};
 use super::{AllocRequest, Allocation, Ipam};
 
@@ -62,6 +62,7 @@ impl Ipam {
                         tor: segment_named(&segments, &existing.tor, &req.tor)?,
                         lease: existing,
                         existing: true,
+                        after_lost_reply: false,
                     });
                 }
                 not_attached = true;
@@ -89,12 +90,24 @@ impl Ipam {
         pool: &str,
         batch: Vec<Waiting>,
     ) -> Vec<Result<Allocation>> {
+        let mut lost_reply = false;
         if let Some(view) = self.view_for(&batch[0].req.tor) {
-            if let Some(done) = self.allocate_from_view(view, pool, &batch).await {
-                return done;
+            match self.allocate_from_view(view, pool, &batch).await {
+                FromView::Done(done) => return done,
+                FromView::Read => {}
+                FromView::LostReply => lost_reply = true,
             }
         }
-        self.allocate_reading(pool, &batch).await
+        let mut out = self.allocate_reading(pool, &batch).await;
+        if lost_reply {
+            // What the reading way finds attached may be what that commit
+            // wrote: the node wires it if it is not wired yet, rather than
+            // refusing it as a broken earlier ADD of the key.
+            for a in out.iter_mut().flatten() {
+                a.after_lost_reply = a.existing;
+            }
+        }
+        out
     }
 
     /// The ADDs of `batch`, reading everything they decide from in the
@@ -110,6 +123,7 @@ impl Ipam {
                             tor,
                             lease: existing,
                             existing: true,
+                            after_lost_reply: false,
                         },
                     ))
                 }

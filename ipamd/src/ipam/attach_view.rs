@@ -17,16 +17,19 @@ use super::{Allocation, Ipam, PoolChoice};
 
 impl Ipam {
     /// The ADDs of `batch` (pool `pool`) decided from the view and
-    /// committed at once. `None`: go the reading way (nothing was written):
-    /// the view does not follow the pool live, an ADD was refused (the
-    /// reading way words the refusal), or the commit's checks failed.
+    /// committed at once, or the reading way to go: nothing was written
+    /// (the view does not follow the pool live, an ADD was refused: the
+    /// reading way words the refusal, or the commit's checks failed), or
+    /// the commit went unanswered and may have been applied.
     pub(super) async fn allocate_from_view(
         &self,
         view: &View,
         pool: &str,
         batch: &[Waiting],
-    ) -> Option<Vec<Result<Allocation>>> {
-        let read = view.pool_data(pool)?;
+    ) -> FromView {
+        let Some(read) = view.pool_data(pool) else {
+            return FromView::Read;
+        };
         // A pod that keeps an IP of this pool: its binding record (in the
         // view only through the lease) is read, for its version. A binding
         // in another pool is not seen here: the commit checks that the pod
@@ -40,10 +43,10 @@ impl Ipam {
                     .iter()
                     .any(|(l, _)| l.binding.as_ref().is_some_and(|b| same_pod(b, pod)));
             bindings.push(if bound {
-                self.store
-                    .get_json::<Binding>(&keys::binding(pod))
-                    .await
-                    .ok()?
+                match self.store.get_json::<Binding>(&keys::binding(pod)).await {
+                    Ok(b) => b,
+                    Err(_) => return FromView::Read,
+                }
             } else {
                 None
             });
@@ -51,22 +54,38 @@ impl Ipam {
         let mut planner = Planner::new(read);
         let mut done = Vec::new();
         for (w, b) in batch.iter().zip(&bindings) {
-            done.push(Ok(planner
-                .add(&w.req, &w.segments, b.as_ref())
-                .ok()?
-                .ok()?));
+            match planner.add(&w.req, &w.segments, b.as_ref()) {
+                Ok(Ok(a)) => done.push(Ok(a)),
+                _ => return FromView::Read,
+            }
         }
         let (txn, _) = planner.finish();
         let ops = txn.ops.clone();
-        let rev = self.store.commit_at(txn).await.ok()??;
+        let rev = match self.store.commit_at(txn).await {
+            Ok(Some(rev)) => rev,
+            Ok(None) => return FromView::Read,
+            // The store may have applied it (etcd's answer was lost when
+            // its leader died): the reading way finds out.
+            Err(_) => return FromView::LostReply,
+        };
         let leases: Vec<&crate::core::Lease> = done
             .iter()
             .flatten()
             .map(|a: &Allocation| &a.lease)
             .collect();
         view.committed(&ops, rev, &leases);
-        Some(done)
+        FromView::Done(done)
     }
+}
+
+/// How an ADD batch went on the view's way.
+pub(super) enum FromView {
+    Done(Vec<Result<Allocation>>),
+    /// Nothing was written: the reading way decides.
+    Read,
+    /// The commit went unanswered: the reading way decides, and what it
+    /// finds attached may be this batch's.
+    LostReply,
 }
 
 fn same_pod(a: &PodRef, b: &PodRef) -> bool {

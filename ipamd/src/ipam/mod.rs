@@ -234,6 +234,10 @@ pub struct Allocation {
     pub tor: Tor,
     /// The attachment existed before this call (a repeated ADD).
     pub existing: bool,
+    /// Found existing only after this call's own commit went unanswered
+    /// (the store may have applied it): it may be the attachment this call
+    /// made, not yet wired.
+    pub after_lost_reply: bool,
 }
 
 impl Allocation {

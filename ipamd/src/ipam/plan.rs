@@ -193,6 +193,7 @@ impl Planner {
             lease,
             tor,
             existing: false,
+            after_lost_reply: false,
         }))
     }
 

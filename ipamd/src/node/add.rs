@@ -183,7 +183,7 @@ impl Node {
                         wired: None,
                     });
                 }
-                Err(e) if unfinished => {
+                Err(e) if unfinished || alloc.after_lost_reply => {
                     warn!(%key, ip = %alloc.lease.ip, error = %e,
                         "an earlier ADD of this attachment lost its store's reply after committing: wiring it now");
                     // Whatever that ADD built half way goes first.

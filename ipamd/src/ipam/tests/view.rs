@@ -1,7 +1,7 @@
 //! ADD and DEL through the node's view of a real etcd: what each costs in
 //! store calls, and that a stale view costs a second try, never a wrong IP.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,9 @@ struct Counting {
     inner: Arc<dyn Store>,
     reads: AtomicUsize,
     commits: AtomicUsize,
+    /// The next commit is applied, then answered with `Unavailable` (an
+    /// etcd leader dying right after committing).
+    lose_reply: AtomicBool,
 }
 
 impl Counting {
@@ -47,7 +50,12 @@ impl Store for Counting {
     }
     async fn commit_at(&self, txn: Txn) -> std::result::Result<Option<u64>, StoreError> {
         self.commits.fetch_add(1, Ordering::SeqCst);
-        self.inner.commit_at(txn).await
+        let done = self.inner.commit_at(txn).await;
+        if self.lose_reply.swap(false, Ordering::SeqCst) {
+            assert!(matches!(done, Ok(Some(_))), "the lost commit applied");
+            return Err(StoreError::Unavailable("the answer was lost".into()));
+        }
+        done
     }
     async fn watch(
         &self,
@@ -118,6 +126,7 @@ async fn setup(test: &str) -> Setup {
         inner: open().await,
         reads: AtomicUsize::new(0),
         commits: AtomicUsize::new(0),
+        lose_reply: AtomicBool::new(false),
     });
     let ipam = Ipam::new(counting.clone());
     assert!(ipam.start_view("r1"));
@@ -248,5 +257,31 @@ async fn a_stale_view_costs_a_second_try_never_a_taken_ip() {
         .unwrap()
         .iter()
         .all(|l| l.ip != mine.lease.ip));
+    assert!(audit(s.ipam.store().as_ref()).await.unwrap().is_empty());
+}
+
+/// The view's commit applied but its answer was lost: the reading way finds
+/// the attachment and says it may be this ADD's own (so the node wires it
+/// instead of refusing it as an earlier ADD's broken wiring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_whose_commit_answer_was_lost_finds_its_own_attachment() {
+    let s = setup("lost").await;
+    s.counting.lose_reply.store(true, Ordering::SeqCst);
+    let a = s
+        .ipam
+        .allocate(&req("c1", "web-7d9f8c6b5-l2x9z"))
+        .await
+        .unwrap();
+    assert!(a.existing && a.after_lost_reply, "{a:?}");
+    assert_eq!(s.counting.take().1, 1, "one commit: the lost one");
+    // A repeated ADD of a key attached before is existing, not "lost".
+    let again = s
+        .ipam
+        .allocate(&req("c1", "web-7d9f8c6b5-l2x9z"))
+        .await
+        .unwrap();
+    assert_eq!(again.lease.ip, a.lease.ip);
+    assert!(again.existing && !again.after_lost_reply, "{again:?}");
+    s.ipam.release(&a.attachment().key, false).await.unwrap();
     assert!(audit(s.ipam.store().as_ref()).await.unwrap().is_empty());
 }
