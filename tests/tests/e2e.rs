@@ -25,6 +25,8 @@
 //! node; `ovs_ipv6`: its moved IPv6 and dual-stack pods on the OVS testbed,
 //! and the control that shows the unsolicited NA is needed. `backup`:
 //! issue 15's backup on etcd restored into a fresh store, and on redb.
+//! `corrupt`: issue 15's records that do not decode, one of each kind, on
+//! redb and etcd: only what needs them fails, naming the key.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -40,6 +42,8 @@ mod cluster_cli;
 mod concurrency;
 #[path = "e2e/controller.rs"]
 mod controller;
+#[path = "e2e/corrupt.rs"]
+mod corrupt;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/dad.rs"]

@@ -5,6 +5,7 @@
 use tonic::Code;
 
 use crate::error::{cni_code, Error};
+use crate::store::StoreError;
 
 pub fn status(e: &Error) -> tonic::Status {
     let code = match e {
@@ -15,6 +16,8 @@ pub fn status(e: &Error) -> tonic::Status {
         Error::Refused { code, .. } if *code == cni_code::POOL_FULL => Code::ResourceExhausted,
         Error::Refused { .. } => Code::FailedPrecondition,
         Error::Unavailable { .. } | Error::Contended(_) => Code::Unavailable,
+        // A record that does not decode: the data is damaged, not ipamd.
+        Error::Store(StoreError::Corrupt { .. }) => Code::DataLoss,
         Error::Datapath { .. } | Error::Store(_) | Error::Internal { .. } => Code::Internal,
     };
     let mut s = tonic::Status::new(code, e.to_string());

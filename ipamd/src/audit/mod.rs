@@ -130,7 +130,13 @@ impl Snapshot {
                     StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                self.bug(&e.key, format!("does not decode as a {kind}: {reason}"));
+                // Not a bug to report but damage to repair: the fix is the
+                // one the refused operations name.
+                self.finding(
+                    &e.key,
+                    format!("corrupt: does not decode as a {kind}: {reason}"),
+                    crate::store::CORRUPT_FIX,
+                );
                 None
             }
         }

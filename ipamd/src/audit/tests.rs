@@ -195,7 +195,15 @@ async fn undecodable_record_is_a_finding_not_an_error() {
     );
     let r = run(store.as_ref()).await.unwrap();
     let f = r.findings.iter().find(|f| f.key == key).unwrap();
-    assert!(f.problem.starts_with("does not decode as a lease"), "{f}");
+    assert!(
+        f.problem.starts_with("corrupt: does not decode as a lease"),
+        "{f}"
+    );
+    assert_eq!(
+        f.fix,
+        crate::store::CORRUPT_FIX,
+        "damage to repair, not a bug"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use crate::core::explain::explain;
 use crate::core::{AttachmentKey, AttachmentRef, Binding, Lease, Pool, Tor};
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, StoreExt, Txn};
+use crate::store::{decode, keys, StoreError, StoreExt, Txn};
+use tracing::warn;
 
 use super::attach_view::resolve_in_view;
 use super::plan::{record_attachment, segment_named, AddRead, Planner};
@@ -212,28 +213,43 @@ impl Ipam {
             .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
     }
 
-    /// Every attachment recorded for a node.
-    pub async fn node_attachments(&self, node: &str) -> Result<Vec<Lease>> {
-        let (refs, _) = self
-            .store
-            .list_json::<AttachmentRef>(&keys::node_attachments(node))
-            .await?;
+    /// Every attachment recorded for a node, and the keys of the records
+    /// (attachment index entries or their leases) that do not decode. Those
+    /// are left out, not taken for absent: the node's start, GC and sweep
+    /// go on for the other pods, release nothing of them, and callers that
+    /// would undo what is missing (the datapath reconcile) hold back.
+    pub async fn node_attachments(&self, node: &str) -> Result<(Vec<Lease>, Vec<String>)> {
+        let (refs, _) = self.store.list(&keys::node_attachments(node)).await?;
         let mut out = Vec::new();
-        for (r, e) in refs {
-            if let Some((l, _)) = self
-                .store
-                .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
-                .await?
-            {
-                if l.attachment
-                    .as_ref()
-                    .is_some_and(|a| keys::attachment(&a.key) == e.key)
-                {
-                    out.push(l);
+        let mut corrupt = Vec::new();
+        for e in refs {
+            let r = match decode::<AttachmentRef>(&e) {
+                Ok(r) => r,
+                Err(err) => {
+                    warn!(error = %err, "an attachment of this node does not decode; its pod is left as it is");
+                    corrupt.push(e.key);
+                    continue;
                 }
+            };
+            let lease_key = keys::lease(&r.pool, r.ip);
+            match self.store.get_json::<Lease>(&lease_key).await {
+                Ok(Some((l, _))) => {
+                    if l.attachment
+                        .as_ref()
+                        .is_some_and(|a| keys::attachment(&a.key) == e.key)
+                    {
+                        out.push(l);
+                    }
+                }
+                Ok(None) => {}
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    warn!(error = %err, "the lease of an attachment of this node does not decode; its pod is left as it is");
+                    corrupt.push(lease_key);
+                }
+                Err(err) => return Err(err.into()),
             }
         }
-        Ok(out)
+        Ok((out, corrupt))
     }
 
     /// Writes an attachment made during a store outage from the pod's cached

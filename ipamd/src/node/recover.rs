@@ -86,7 +86,9 @@ impl Node {
     /// and whether they came from the store.
     pub(crate) async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
         match self.note(self.ipam.node_attachments(&self.cfg.name).await) {
-            Ok(all) => Ok((all, true)),
+            // The ones that do not decode were logged; what uses this list
+            // (GC, sweep, the start's roll-back) leaves their pods alone.
+            Ok((all, _corrupt)) => Ok((all, true)),
             Err(why) if why.is_unavailable() => match &self.mirror {
                 Some(m) => Ok((m.all().await?.into_iter().map(|c| c.lease).collect(), false)),
                 None => Err(why),
@@ -108,7 +110,19 @@ impl Node {
         let pairs: Vec<(Lease, Tor)> = if online {
             let mut tors: HashMap<String, Option<Tor>> = HashMap::new();
             let mut pairs = Vec::new();
-            for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+            let (mine, corrupt) = self.ipam.node_attachments(&self.cfg.name).await?;
+            if !corrupt.is_empty() {
+                // The reconcile removes every port the list lacks: it would
+                // cut off the pods whose records do not decode.
+                tracing::error!(
+                    corrupt = ?corrupt,
+                    "the datapath is not reconciled: records of this node's attachments do not \
+                     decode (ipamctl audit lists them); ports stay as they are until a start \
+                     after the repair"
+                );
+                return Ok(());
+            }
+            for lease in mine {
                 if !tors.contains_key(&lease.tor) {
                     tors.insert(lease.tor.clone(), self.ipam.tor(&lease.tor).await?);
                 }
