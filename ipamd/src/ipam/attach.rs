@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::attach_view::resolve_in_view;
 use super::plan::{record_attachment, segment_named, AddRead, Planner};
+use super::tors::Unreadable;
 use super::{AllocRequest, Allocation, Ipam};
 
 /// ADDs of one pool decided and committed together at most (the
@@ -40,9 +41,11 @@ impl Ipam {
     /// stale), goes the reading way.
     pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
         let view = self.view_for(&req.tor);
-        let segments = match view.and_then(|v| v.segments()).filter(|s| !s.is_empty()) {
-            Some(s) => s,
-            None => self.segments_of(&req.tor).await?,
+        // (The view has no segments while a ToR record does not decode.)
+        let (segments, unreadable) = match view.and_then(|v| v.segments()).filter(|s| !s.is_empty())
+        {
+            Some(s) => (s, Vec::new()),
+            None => self.segments_and_unreadable(&req.tor).await?,
         };
         if segments.is_empty() {
             return Err(Error::refused(
@@ -69,6 +72,9 @@ impl Ipam {
                 self.resolve_pool(&req.pod, &req.choice).await?
             }
         };
+        if !unreadable.is_empty() {
+            self.refuse_unreadable_segment(&pool, &unreadable).await?;
+        }
         let waiting = Waiting {
             req: req.clone(),
             segments,
@@ -81,6 +87,20 @@ impl Ipam {
                 "the ADD of {} was cut short (the request that ran it went away); retry",
                 req.key
             ))),
+        }
+    }
+
+    /// The error of a ToR record that does not decode when pool `pool`
+    /// has IPs on the ToR it names: it may be a segment of this node's
+    /// ToR, and which of the pool's IPs are this node's to hand out cannot
+    /// be told without it.
+    async fn refuse_unreadable_segment(&self, pool: &str, unreadable: &[Unreadable]) -> Result<()> {
+        let Some((p, _)) = self.store.get_json::<Pool>(&keys::pool(pool)).await? else {
+            return Ok(());
+        };
+        match unreadable.iter().find(|u| p.ips.contains_key(&u.name)) {
+            Some(u) => Err(u.error()),
+            None => Ok(()),
         }
     }
 

@@ -172,9 +172,6 @@ struct Kind {
     what: &'static str,
     key: String,
     needs: Needs,
-    /// Whether ADDs of other pods on this node keep working (a ToR record
-    /// may be a segment of any ToR: see docs/failure-behaviour.md).
-    adds_work: bool,
 }
 
 /// Runs `needs` and returns (succeeded, everything it printed).
@@ -223,15 +220,13 @@ fn audit(bed: &dyn Bed) -> (Option<i32>, Value) {
 
 /// Pods of the other pool come and go and are checked, and the attached
 /// pods answer CHECK: what a damaged record must not stop.
-fn others_work(bed: &dyn Bed, label: &str, adds: bool, steady: &[&Running]) {
+fn others_work(bed: &dyn Bed, label: &str, steady: &[&Running]) {
     for r in steady {
         check(bed, r).ok(&format!("{label}: CHECK of {}", r.pod.name));
     }
-    if adds {
-        let fresh = add(bed, &deployment_pod("api", rand_seed()));
-        check(bed, &fresh).ok(&format!("{label}: CHECK of a new api pod"));
-        del(bed, &fresh).ok(&format!("{label}: DEL of a new api pod"));
-    }
+    let fresh = add(bed, &deployment_pod("api", rand_seed()));
+    check(bed, &fresh).ok(&format!("{label}: CHECK of a new api pod"));
+    del(bed, &fresh).ok(&format!("{label}: DEL of a new api pod"));
 }
 
 fn rand_seed() -> u64 {
@@ -268,43 +263,36 @@ fn scenario(bed: &dyn Bed, store: &str) {
             what: "pool",
             key: "pools/web".into(),
             needs: Needs::Add(statefulset_pod("web", 2)),
-            adds_work: true,
         },
         Kind {
             what: "app registration",
             key: format!("apps/{POD_NAMESPACE}/web"),
             needs: Needs::Add(statefulset_pod("web", 2)),
-            adds_work: true,
         },
         Kind {
             what: "lease",
             key: format!("leases/web/{}", web1.ip),
             needs: Needs::Add(statefulset_pod("web", 2)),
-            adds_work: true,
         },
         Kind {
             what: "binding",
             key: format!("bindings/{POD_NAMESPACE}/web-0"),
             needs: Needs::Add(statefulset_pod("web", 0)),
-            adds_work: true,
         },
         Kind {
             what: "attachment",
             key: format!("attachments/{}/{}/eth0", bed.node(), web1.cid),
             needs: Needs::Check,
-            adds_work: true,
         },
         Kind {
             what: "carved share",
             key: format!("carved/{tor}/web"),
             needs: Needs::Ctl(s(&["pool", "resize", "web", "--size", "5"])),
-            adds_work: true,
         },
         Kind {
             what: "cooling record",
             key: format!("carved/{tor}/_cooling"),
             needs: Needs::Ctl(s(&["pool", "resize", "web", "--size", "5"])),
-            adds_work: true,
         },
         Kind {
             what: "ToR",
@@ -322,7 +310,6 @@ fn scenario(bed: &dyn Bed, store: &str) {
                 "--tor",
                 OTHER_TOR,
             ])),
-            adds_work: false,
         },
     ];
     for k in &kinds {
@@ -368,7 +355,7 @@ fn scenario(bed: &dyn Bed, store: &str) {
             } else {
                 vec![&api, &web1]
             };
-        others_work(bed, &label, k.adds_work, &steady);
+        others_work(bed, &label, &steady);
         assert!(bed.ipamd_alive(), "{label}: ipamd died: {}", bed.log_tail());
         assert!(
             !bed.log_tail().contains("panicked"),
