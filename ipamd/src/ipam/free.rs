@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use crate::core::{self, FreeCount, Pool};
 use crate::error::Result;
-use crate::store::keys;
+use crate::store::{decode, keys};
+use tracing::warn;
 
 use super::Ipam;
 
@@ -28,7 +29,18 @@ impl Ipam {
             Some(counts) => counts,
             None => {
                 let mut counts = Vec::new();
-                for pool in self.pools().await? {
+                let (entries, _) = self.store.list(keys::POOLS).await?;
+                for e in entries {
+                    // A pool record that does not decode fails the ADDs of
+                    // its pool, naming it; the node stays ready for the
+                    // others (its IPs are left out of the count).
+                    let pool = match decode::<Pool>(&e) {
+                        Ok(p) => p,
+                        Err(err) => {
+                            warn!(error = %err, "STATUS leaves out a pool whose record does not decode");
+                            continue;
+                        }
+                    };
                     if pool.ips.keys().any(|t| segments.contains(t)) {
                         counts.push(self.free_counts(&pool).await?);
                     }

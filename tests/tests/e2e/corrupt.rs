@@ -227,6 +227,10 @@ fn others_work(bed: &dyn Bed, label: &str, steady: &[&Running]) {
     let fresh = add(bed, &deployment_pod("api", rand_seed()));
     check(bed, &fresh).ok(&format!("{label}: CHECK of a new api pod"));
     del(bed, &fresh).ok(&format!("{label}: DEL of a new api pod"));
+    // STATUS (CNI 1.1.0): the node stays ready; a runtime that saw it fail
+    // would stop starting pods here.
+    bed.cni("STATUS", &fresh.pod, &fresh.cid, &json!({"cniVersion": "1.1.0"}))
+        .ok(&format!("{label}: STATUS"));
 }
 
 fn rand_seed() -> u64 {
