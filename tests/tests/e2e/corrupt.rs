@@ -229,8 +229,13 @@ fn others_work(bed: &dyn Bed, label: &str, steady: &[&Running]) {
     del(bed, &fresh).ok(&format!("{label}: DEL of a new api pod"));
     // STATUS (CNI 1.1.0): the node stays ready; a runtime that saw it fail
     // would stop starting pods here.
-    bed.cni("STATUS", &fresh.pod, &fresh.cid, &json!({"cniVersion": "1.1.0"}))
-        .ok(&format!("{label}: STATUS"));
+    bed.cni(
+        "STATUS",
+        &fresh.pod,
+        &fresh.cid,
+        &json!({"cniVersion": "1.1.0"}),
+    )
+    .ok(&format!("{label}: STATUS"));
 }
 
 fn rand_seed() -> u64 {
@@ -351,6 +356,32 @@ fn scenario(bed: &dyn Bed, store: &str) {
         assert!(said.contains("corrupt"), "{label}: {said}");
         assert!(said.contains("ipamctl restore"), "{label}: no fix: {said}");
 
+        // Listings that would show the record refuse, naming it (a list or
+        // a whitelist export that left it out would mislead); a backup
+        // refuses to carry it (its restore would refuse the file).
+        let backup = std::env::temp_dir().join(format!(
+            "moor-corrupt-{}-{store}.backup",
+            std::process::id()
+        ));
+        let listings: &[&[&str]] = &[
+            &["ip", "list"],
+            &["binding", "list"],
+            &["pool", "list"],
+            &["pool", "show", "web"],
+            &["pool", "export", "web"],
+            &["tor", "list"],
+            &["backup", backup.to_str().unwrap()],
+        ];
+        for args in listings {
+            let out = bed.ctl().run(args);
+            let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            if !out.status.success() {
+                assert!(said.contains(&k.key), "{label}: ipamctl {args:?}: {said}");
+            } else if args[0] == "backup" {
+                panic!("{label}: the backup took a record it cannot restore: {said}");
+            }
+        }
+        let _ = std::fs::remove_file(&backup);
         // Everything else keeps working.
         // web-1's own records: its CHECK needs them.
         let steady: Vec<&Running> =
