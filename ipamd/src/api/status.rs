@@ -42,4 +42,23 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.metadata().get(moor_proto::CNI_CODE_KEY).unwrap(), "11");
     }
+
+    #[test]
+    fn a_corrupt_record_is_data_loss_naming_it_also_for_a_whole_batch() {
+        let e = Error::from(StoreError::Corrupt {
+            key: "pools/web".into(),
+            reason: "EOF".into(),
+        });
+        for e in [e.again(), e] {
+            let s = status(&e);
+            assert_eq!(s.code(), Code::DataLoss);
+            assert!(s.message().contains("pools/web"), "{}", s.message());
+            assert!(s.message().contains("ipamctl restore"), "{}", s.message());
+            let code = cni_code::IPAMD_FAILED.to_string();
+            assert_eq!(
+                s.metadata().get(moor_proto::CNI_CODE_KEY).unwrap(),
+                code.as_str()
+            );
+        }
+    }
 }
