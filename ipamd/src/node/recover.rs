@@ -90,7 +90,10 @@ impl Node {
             // (GC, sweep, the start's roll-back) leaves their pods alone.
             Ok((all, _corrupt)) => Ok((all, true)),
             Err(why) if why.is_unavailable() => match &self.mirror {
-                Some(m) => Ok((m.all().await?.into_iter().map(|c| c.lease).collect(), false)),
+                Some(m) => Ok((
+                    m.readable().await?.0.into_iter().map(|c| c.lease).collect(),
+                    false,
+                )),
                 None => Err(why),
             },
             Err(e) => Err(e),
@@ -136,12 +139,15 @@ impl Node {
             pairs
         } else {
             match &self.mirror {
-                Some(m) => m
-                    .all()
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.lease, c.tor))
-                    .collect(),
+                // All or nothing: a pod left out would have its port removed.
+                Some(m) => match m.all().await {
+                    Ok(all) => all.into_iter().map(|c| (c.lease, c.tor)).collect(),
+                    Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+                        tracing::error!(error = %e, "the datapath is not reconciled: a record of the local mirror does not decode; ports stay as they are until a start with the store");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 None => return Ok(()),
             }
         };
