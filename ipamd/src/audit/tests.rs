@@ -204,6 +204,14 @@ async fn undecodable_record_is_a_finding_not_an_error() {
         crate::store::CORRUPT_FIX,
         "damage to repair, not a bug"
     );
+    // The binding that now points at nothing waits for the repair: its
+    // fix must not be acted on first.
+    let b = r
+        .findings
+        .iter()
+        .find(|f| f.key == "bindings/default/web-0")
+        .unwrap();
+    assert!(b.fix.starts_with(super::DEFER_TO_CORRUPT), "{b}");
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use moor_e2e::ipamctl::Ipamctl;
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::testbed::{CniRun, Pod, POD_NAMESPACE, TOR};
 use moor_e2e::Testbed;
+use moor_ipamd::audit::DEFER_TO_CORRUPT;
 use moor_ipamd::store::redb::RedbStore;
 use moor_ipamd::store::{Op, Store, Txn};
 use serde_json::{json, Value};
@@ -224,7 +225,7 @@ fn others_work(bed: &dyn Bed, label: &str, steady: &[&Running]) {
     for r in steady {
         check(bed, r).ok(&format!("{label}: CHECK of {}", r.pod.name));
     }
-    let fresh = add(bed, &deployment_pod("api", rand_seed()));
+    let fresh = add(bed, &deployment_pod("api", next_seed()));
     check(bed, &fresh).ok(&format!("{label}: CHECK of a new api pod"));
     del(bed, &fresh).ok(&format!("{label}: DEL of a new api pod"));
     // STATUS (CNI 1.1.0): the node stays ready; a runtime that saw it fail
@@ -238,7 +239,7 @@ fn others_work(bed: &dyn Bed, label: &str, steady: &[&Running]) {
     .ok(&format!("{label}: STATUS"));
 }
 
-fn rand_seed() -> u64 {
+fn next_seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(100);
     N.fetch_add(1, Ordering::Relaxed)
@@ -342,6 +343,17 @@ fn scenario(bed: &dyn Bed, store: &str) {
             f["fix"].as_str().unwrap().contains("ipamctl restore"),
             "{label}: {f}"
         );
+        // What only follows from it (a lease whose binding is the damaged
+        // record looks kept for no one) waits for the repair: acting on it
+        // first (`ip release`) would undo what the record held.
+        for other in v["findings"].as_array().unwrap() {
+            if other["key"] != json!(k.key) {
+                assert!(
+                    other["fix"].as_str().unwrap().starts_with(DEFER_TO_CORRUPT),
+                    "{label}: {other}"
+                );
+            }
+        }
 
         // The operation that needs it is refused, naming the key and the fix.
         let (ok, said, _) = attempt(bed, &k.needs, &web1);
