@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::core::{self, FreeCount, Pool};
 use crate::error::Result;
-use crate::store::{decode, keys};
-use tracing::warn;
+use crate::store::keys;
 
 use super::Ipam;
 
@@ -29,18 +28,10 @@ impl Ipam {
             Some(counts) => counts,
             None => {
                 let mut counts = Vec::new();
-                let (entries, _) = self.store.list(keys::POOLS).await?;
-                for e in entries {
-                    // A pool record that does not decode fails the ADDs of
-                    // its pool, naming it; the node stays ready for the
-                    // others (its IPs are left out of the count).
-                    let pool = match decode::<Pool>(&e) {
-                        Ok(p) => p,
-                        Err(err) => {
-                            warn!(error = %err, "STATUS leaves out a pool whose record does not decode");
-                            continue;
-                        }
-                    };
+                // A pool record that does not decode fails the ADDs of its
+                // pool, naming it; the node stays ready for the others (its
+                // IPs are left out of the count).
+                for pool in self.pools_readable().await?.0 {
                     if pool.ips.keys().any(|t| segments.contains(t)) {
                         counts.push(self.free_counts(&pool).await?);
                     }
