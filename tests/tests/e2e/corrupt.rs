@@ -163,7 +163,7 @@ fn del(bed: &dyn Bed, r: &Running) -> CniRun {
 enum Needs {
     /// ADD of a new pod of this name.
     Add(String),
-    /// CHECK of the pod attached with this container id.
+    /// CHECK of web-1 (attached all along).
     Check,
     /// This ipamctl command.
     Ctl(Vec<String>),
@@ -206,7 +206,7 @@ fn attempt(bed: &dyn Bed, needs: &Needs, web1: &Running) -> (bool, String, Optio
     }
 }
 
-/// `ipamctl -o json audit`: its exit code and the keys it names.
+/// `ipamctl -o json audit`: its exit code and its report.
 fn audit(bed: &dyn Bed) -> (Option<i32>, Value) {
     let out = bed.ctl().run(&["-o", "json", "audit"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
