@@ -115,6 +115,13 @@ impl Error {
                 what: c.what.clone(),
                 attempts: c.attempts,
             }),
+            // Still the damage it is (DATA_LOSS, not an internal error).
+            Error::Store(StoreError::Corrupt { key, reason }) => {
+                Error::Store(StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                })
+            }
             other => Error::internal(other.to_string()),
         }
     }

@@ -30,6 +30,8 @@
 //! pods, on redb and as a rolling update on etcd.
 //! `soak`: issue 15's 2-minute fault-injecting soak (`moor_e2e::soak`) and
 //! its checker catching a planted IP live twice.
+//! `corrupt`: issue 15's records that do not decode, one of each kind, on
+//! redb and etcd: only what needs them fails, naming the key.
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -45,6 +47,8 @@ mod cluster_cli;
 mod concurrency;
 #[path = "e2e/controller.rs"]
 mod controller;
+#[path = "e2e/corrupt.rs"]
+mod corrupt;
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/dad.rs"]

@@ -20,6 +20,10 @@ use crate::store::{decode, keys, schema, Entry, Store, StoreError};
 pub const REPORT_A_BUG: &str =
     "report a bug: moor wrote an inconsistent store (keep this output and a copy of the store)";
 
+/// What every other finding's fix starts with while records do not decode.
+pub const DEFER_TO_CORRUPT: &str =
+    "first repair the records that do not decode (found corrupt above), which this may follow from";
+
 /// One inconsistency: the record it is about, what is wrong with it, and
 /// what an operator does about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,6 +82,7 @@ pub async fn run(store: &dyn Store) -> Result<Report, StoreError> {
         s.take(e);
     }
     s.check();
+    s.defer_to_corrupt();
     let (schema_version, schema_recorded) = s.schema.unwrap_or((1, false));
     Ok(Report {
         schema_version,
@@ -107,6 +112,8 @@ struct Snapshot {
     bindings: BTreeMap<String, Binding>,
     attachments: BTreeMap<String, AttachmentRef>,
     bad: Vec<Finding>,
+    /// Keys of the records that do not decode.
+    corrupt: std::collections::BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -116,6 +123,24 @@ impl Snapshot {
             problem,
             fix: fix.to_string(),
         });
+    }
+
+    /// With records that do not decode, the other findings may only
+    /// follow from them (a lease kept for a pod whose binding is damaged
+    /// looks kept for no one): their fix, such as releasing that IP, must
+    /// wait for the repair, or it would undo what the damaged record held.
+    fn defer_to_corrupt(&mut self) {
+        if self.corrupt.is_empty() {
+            return;
+        }
+        for f in &mut self.bad {
+            if !self.corrupt.contains(&f.key) {
+                f.fix = format!(
+                    "{DEFER_TO_CORRUPT}; then, if this is still found: {}",
+                    f.fix
+                );
+            }
+        }
     }
 
     fn bug(&mut self, key: &str, problem: String) {
@@ -130,7 +155,14 @@ impl Snapshot {
                     StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                self.bug(&e.key, format!("does not decode as a {kind}: {reason}"));
+                // Not a bug to report but damage to repair: the fix is the
+                // one the refused operations name.
+                self.corrupt.insert(e.key.clone());
+                self.finding(
+                    &e.key,
+                    format!("corrupt: does not decode as a {kind}: {reason}"),
+                    crate::store::CORRUPT_FIX,
+                );
                 None
             }
         }

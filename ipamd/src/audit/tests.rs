@@ -195,7 +195,23 @@ async fn undecodable_record_is_a_finding_not_an_error() {
     );
     let r = run(store.as_ref()).await.unwrap();
     let f = r.findings.iter().find(|f| f.key == key).unwrap();
-    assert!(f.problem.starts_with("does not decode as a lease"), "{f}");
+    assert!(
+        f.problem.starts_with("corrupt: does not decode as a lease"),
+        "{f}"
+    );
+    assert_eq!(
+        f.fix,
+        crate::store::CORRUPT_FIX,
+        "damage to repair, not a bug"
+    );
+    // The binding that now points at nothing waits for the repair: its
+    // fix must not be acted on first.
+    let b = r
+        .findings
+        .iter()
+        .find(|f| f.key == "bindings/default/web-0")
+        .unwrap();
+    assert!(b.fix.starts_with(super::DEFER_TO_CORRUPT), "{b}");
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ use crate::ipam::{registry, Ipam};
 use crate::kubernetes::cluster::ClusterCache;
 use crate::kubernetes::events::{EventType, Events, Involved};
 use crate::kubernetes::workloads::Workloads;
+use crate::store::StoreError;
 
 use super::leadership::Leadership;
 use super::leftovers::{decide, Clocks, NodeHealth, Release, Target, World};
@@ -94,12 +95,29 @@ impl Collector {
         }
         let mut leases = Vec::new();
         let mut sticky = HashSet::new();
-        for p in self.ipam.pools().await? {
+        // A record that does not decode keeps what it may hold out of the
+        // pass (never released as if absent) and stops nothing else: a
+        // pool's, its leases; a lease's, its pool's; a node's, the
+        // attachments on that node (it may be alive).
+        let (pools, _) = self.ipam.pools_readable().await?;
+        for p in pools {
             if p.policy == Policy::Sticky {
                 sticky.insert(p.name.clone());
             }
-            leases.extend(self.ipam.leases(&p.name).await?);
+            match self.ipam.leases(&p.name).await {
+                Ok(l) => leases.extend(l),
+                Err(Error::Store(e @ StoreError::Corrupt { .. })) => {
+                    warn!(pool = %p.name, error = %e, "GC leaves out a pool with a lease that does not decode");
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let (agents, unreadable) = registry::nodes_readable(self.ipam.store().as_ref()).await?;
+        leases.retain(|l| {
+            !l.attachment
+                .as_ref()
+                .is_some_and(|a| unreadable.contains(&a.key.node))
+        });
         let now = self.clock.now_unix();
         let world = World {
             pods: self
@@ -130,8 +148,7 @@ impl Collector {
                     (n.name, health)
                 })
                 .collect(),
-            live_agents: registry::nodes(self.ipam.store().as_ref())
-                .await?
+            live_agents: agents
                 .into_iter()
                 .filter(|n| n.alive(now))
                 .map(|n| n.name)

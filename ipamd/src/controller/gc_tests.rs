@@ -192,3 +192,84 @@ async fn releases_what_kubernetes_no_longer_has_only_while_leading() {
     assert_eq!(summary(&fenced), [("binding", ip0.to_string(), false)]);
     assert!(ipam.ip(ip0).await.unwrap().lease.is_some());
 }
+
+/// Records that do not decode (issue 15) keep what they may hold out of
+/// the pass and stop nothing else.
+#[tokio::test]
+async fn records_that_do_not_decode_hold_back_only_what_they_may_hold() {
+    use crate::store::{Op, Store, Txn};
+    let api = FakeApi::start();
+    let store = Arc::new(MemStore::new());
+    let ipam = Arc::new(Ipam::new(store.clone()));
+    let range = [("10.1.0.10".to_string(), "10.1.0.19".to_string())];
+    ipam.add_tor("t1", "10.1.0.0/24", "10.1.0.1", 0, &range, "")
+        .await
+        .unwrap();
+    for (name, app) in [("default-db", "db"), ("default-web", "web")] {
+        let spec = PoolSpec {
+            name: name.into(),
+            namespace: "default".into(),
+            app: app.into(),
+            size: 2,
+            ..Default::default()
+        };
+        ipam.create_pool(&spec, 0).await.unwrap();
+    }
+    // db-0 is attached on n2, whose record is damaged; db-1 is bound only;
+    // web-0 is bound in pool web, whose record is damaged. No StatefulSet,
+    // pod or node exists in Kubernetes: all three are due.
+    let ip0 = ipam
+        .allocate(&AllocRequest::for_test("n2", "t1", "c0", "db-0", T0))
+        .await
+        .unwrap()
+        .lease
+        .ip;
+    let run1 = AllocRequest::for_test("n1", "t1", "c1", "db-1", T0);
+    let ip1 = ipam.allocate(&run1).await.unwrap().lease.ip;
+    ipam.release(&run1.key, false).await.unwrap();
+    let web = AllocRequest::for_test("n1", "t1", "c2", "web-0", T0);
+    let ipw = ipam.allocate(&web).await.unwrap().lease.ip;
+    ipam.release(&web.key, false).await.unwrap();
+    beat(&ipam, "n2", T0).await;
+    let mut t = Txn::default();
+    for key in ["nodes/n2", "pools/default-web"] {
+        t.ops.push(Op::Put {
+            key: key.into(),
+            value: b"{\"cut".to_vec(),
+        });
+    }
+    assert!(store.commit(t).await.unwrap());
+
+    let clock = Arc::new(ManualClock::new(T0));
+    let client = client(&api).await;
+    let leadership = Leadership::new();
+    leadership.extend(Instant::now(), Duration::from_secs(60));
+    let gc = Collector {
+        ipam: ipam.clone(),
+        cluster: Arc::new(ClusterCache::start(client.clone())),
+        workloads: Arc::new(Workloads::start(client.clone())),
+        leadership: leadership.clone(),
+        clock: clock.clone(),
+        events: Arc::new(Events::start(
+            client,
+            CONTROLLER_COMPONENT,
+            "c1_test".into(),
+            clock.clone(),
+            Duration::from_secs(1),
+        )),
+        grace: Duration::from_secs(GRACE),
+        auto: true,
+        resync: Duration::from_secs(30),
+        clocks: Default::default(),
+    };
+    gc.collect(false, true).await.unwrap();
+    clock.advance(registry::ALIVE_WITHIN + GRACE);
+    let done = gc.collect(false, true).await.unwrap();
+    assert_eq!(summary(&done), [("binding", ip1.to_string(), true)]);
+    assert!(
+        ipam.ip(ip0).await.unwrap().lease.is_some(),
+        "db-0 on n2 kept"
+    );
+    let web_binding = store.get("bindings/default/web-0").await.unwrap();
+    assert!(web_binding.is_some(), "web-0's binding ({ipw}) kept");
+}

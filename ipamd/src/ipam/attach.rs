@@ -8,10 +8,12 @@ use crate::core::explain::explain;
 use crate::core::{AttachmentKey, AttachmentRef, Binding, Lease, Pool, Tor};
 use crate::error::{cni_code, Error, Result};
 use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, StoreExt, Txn};
+use crate::store::{decode, keys, StoreError, StoreExt, Txn};
+use tracing::warn;
 
 use super::attach_view::{resolve_in_view, FromView};
 use super::plan::{record_attachment, segment_named, AddRead, Planner};
+use super::tors::Unreadable;
 use super::{AllocRequest, Allocation, Ipam};
 
 /// ADDs of one pool decided and committed together at most (the
@@ -39,9 +41,11 @@ impl Ipam {
     /// stale), goes the reading way.
     pub async fn allocate(&self, req: &AllocRequest) -> Result<Allocation> {
         let view = self.view_for(&req.tor);
-        let segments = match view.and_then(|v| v.segments()).filter(|s| !s.is_empty()) {
-            Some(s) => s,
-            None => self.segments_of(&req.tor).await?,
+        // (The view has no segments while a ToR record does not decode.)
+        let (segments, unreadable) = match view.and_then(|v| v.segments()).filter(|s| !s.is_empty())
+        {
+            Some(s) => (s, Vec::new()),
+            None => self.segments_and_unreadable(&req.tor).await?,
         };
         if segments.is_empty() {
             return Err(Error::refused(
@@ -69,6 +73,9 @@ impl Ipam {
                 self.resolve_pool(&req.pod, &req.choice).await?
             }
         };
+        if !unreadable.is_empty() {
+            self.refuse_unreadable_segment(&pool, &unreadable).await?;
+        }
         let waiting = Waiting {
             req: req.clone(),
             segments,
@@ -81,6 +88,20 @@ impl Ipam {
                 "the ADD of {} was cut short (the request that ran it went away); retry",
                 req.key
             ))),
+        }
+    }
+
+    /// The error of a ToR record that does not decode when pool `pool`
+    /// has IPs on the ToR it names: it may be a segment of this node's
+    /// ToR, and which of the pool's IPs are this node's to hand out cannot
+    /// be told without it.
+    async fn refuse_unreadable_segment(&self, pool: &str, unreadable: &[Unreadable]) -> Result<()> {
+        let Some((p, _)) = self.store.get_json::<Pool>(&keys::pool(pool)).await? else {
+            return Ok(());
+        };
+        match unreadable.iter().find(|u| p.ips.contains_key(&u.name)) {
+            Some(u) => Err(u.error()),
+            None => Ok(()),
         }
     }
 
@@ -226,28 +247,43 @@ impl Ipam {
             .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
     }
 
-    /// Every attachment recorded for a node.
-    pub async fn node_attachments(&self, node: &str) -> Result<Vec<Lease>> {
-        let (refs, _) = self
-            .store
-            .list_json::<AttachmentRef>(&keys::node_attachments(node))
-            .await?;
+    /// Every attachment recorded for a node, and the keys of the records
+    /// (attachment index entries or their leases) that do not decode. Those
+    /// are left out, not taken for absent: the node's start, GC and sweep
+    /// go on for the other pods, release nothing of them, and callers that
+    /// would undo what is missing (the datapath reconcile) hold back.
+    pub async fn node_attachments(&self, node: &str) -> Result<(Vec<Lease>, Vec<String>)> {
+        let (refs, _) = self.store.list(&keys::node_attachments(node)).await?;
         let mut out = Vec::new();
-        for (r, e) in refs {
-            if let Some((l, _)) = self
-                .store
-                .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
-                .await?
-            {
-                if l.attachment
-                    .as_ref()
-                    .is_some_and(|a| keys::attachment(&a.key) == e.key)
-                {
-                    out.push(l);
+        let mut corrupt = Vec::new();
+        for e in refs {
+            let r = match decode::<AttachmentRef>(&e) {
+                Ok(r) => r,
+                Err(err) => {
+                    warn!(error = %err, "an attachment of this node does not decode; its pod is left as it is");
+                    corrupt.push(e.key);
+                    continue;
                 }
+            };
+            let lease_key = keys::lease(&r.pool, r.ip);
+            match self.store.get_json::<Lease>(&lease_key).await {
+                Ok(Some((l, _))) => {
+                    if l.attachment
+                        .as_ref()
+                        .is_some_and(|a| keys::attachment(&a.key) == e.key)
+                    {
+                        out.push(l);
+                    }
+                }
+                Ok(None) => {}
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    warn!(error = %err, "the lease of an attachment of this node does not decode; its pod is left as it is");
+                    corrupt.push(lease_key);
+                }
+                Err(err) => return Err(err.into()),
             }
         }
-        Ok(out)
+        Ok((out, corrupt))
     }
 
     /// Writes an attachment made during a store outage from the pod's cached

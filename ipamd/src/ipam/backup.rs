@@ -226,6 +226,15 @@ fn check_backup_entry(e: &Entry, sum: &mut Summary) -> Result<()> {
             "the store holds the marker {MARKER:?} of a restore that did not finish: run that `ipamctl restore` again to finish it, then back up"
         )));
     }
+    // A restore refuses a record that is not JSON (the file was edited):
+    // a backup that holds one could never be restored, so it is refused
+    // now, naming the record to repair first.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&e.value).is_err() {
+        return Err(Error::Store(StoreError::Corrupt {
+            key: e.key.clone(),
+            reason: "not JSON, and a backup holding it could not be restored".into(),
+        }));
+    }
     if e.key == schema::KEY {
         sum.schema_version = schema::parse(e).map_err(|why| {
             Error::Store(StoreError::Corrupt {

@@ -28,7 +28,10 @@ impl Ipam {
             Some(counts) => counts,
             None => {
                 let mut counts = Vec::new();
-                for pool in self.pools().await? {
+                // A pool record that does not decode fails the ADDs of its
+                // pool, naming it; the node stays ready for the others (its
+                // IPs are left out of the count).
+                for pool in self.pools_readable().await?.0 {
                     if pool.ips.keys().any(|t| segments.contains(t)) {
                         counts.push(self.free_counts(&pool).await?);
                     }

@@ -10,7 +10,7 @@ use crate::core::{
 };
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, Entry, StoreExt, Txn};
+use crate::store::{decode, keys, Entry, StoreExt, Txn};
 
 use super::carving::{choose_family, plan_counts, plan_explicit, Clocked};
 use super::pool_op::Finished;
@@ -167,6 +167,23 @@ impl Ipam {
     pub async fn pools(&self) -> Result<Vec<Pool>> {
         let (pools, _) = self.store.list_json::<Pool>(keys::POOLS).await?;
         Ok(pools.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// Every pool whose record decodes, and the keys of those that do not
+    /// (logged): for what goes on without them (the controller's GC).
+    pub async fn pools_readable(&self) -> Result<(Vec<Pool>, Vec<String>)> {
+        let (entries, _) = self.store.list(keys::POOLS).await?;
+        let (mut ok, mut corrupt) = (Vec::new(), Vec::new());
+        for e in entries {
+            match decode::<Pool>(&e) {
+                Ok(p) => ok.push(p),
+                Err(err) => {
+                    tracing::warn!(error = %err, "a pool record does not decode; it is left out");
+                    corrupt.push(e.key);
+                }
+            }
+        }
+        Ok((ok, corrupt))
     }
 
     /// A pool and its leases; a change in progress on it is finished first.

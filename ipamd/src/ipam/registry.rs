@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::store::{keys, Store, StoreError, StoreExt, Txn};
+use crate::store::{decode, keys, Store, StoreError, StoreExt, Txn};
 
 pub use crate::core::{NodeRecord, ALIVE_WITHIN};
 
@@ -18,6 +18,31 @@ pub async fn beat(store: &dyn Store, rec: &NodeRecord) -> Result<(), StoreError>
     let mut txn = Txn::default();
     txn.put(&keys::node(&rec.name), rec);
     store.commit(txn).await.map(|_| ())
+}
+
+/// Every node record that decodes, and the names (from their keys) of
+/// those that do not: a node whose record cannot be read may be alive, so
+/// the controller's GC leaves its attachments alone.
+pub async fn nodes_readable(
+    store: &dyn Store,
+) -> Result<(Vec<NodeRecord>, Vec<String>), StoreError> {
+    let (entries, _) = store.list(keys::NODES).await?;
+    let (mut ok, mut unreadable) = (Vec::new(), Vec::new());
+    for e in entries {
+        match decode::<NodeRecord>(&e) {
+            Ok(n) => ok.push(n),
+            Err(err) => {
+                tracing::warn!(error = %err, "a node record does not decode; that node's attachments are left alone");
+                unreadable.push(
+                    e.key
+                        .strip_prefix(keys::NODES)
+                        .unwrap_or(&e.key)
+                        .to_string(),
+                );
+            }
+        }
+    }
+    Ok((ok, unreadable))
 }
 
 pub async fn nodes(store: &dyn Store) -> Result<Vec<NodeRecord>, StoreError> {

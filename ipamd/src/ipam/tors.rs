@@ -5,9 +5,27 @@ use std::collections::BTreeMap;
 use crate::core::{validate, CarvedShare, Tor};
 use crate::error::{Error, Result};
 use crate::store::retry::{cas, Attempt};
-use crate::store::{decode, keys, StoreExt, Txn};
+use crate::store::{decode, keys, StoreError, StoreExt, Txn};
 
 use super::Ipam;
+
+/// A ToR record that does not decode: the ToR its key names, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct Unreadable {
+    pub name: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl Unreadable {
+    pub(crate) fn error(&self) -> Error {
+        StoreError::Corrupt {
+            key: self.key.clone(),
+            reason: self.reason.clone(),
+        }
+        .into()
+    }
+}
 
 impl Ipam {
     /// A single-family segment: [`Self::add_tor_families`] with one
@@ -76,9 +94,38 @@ impl Ipam {
     /// The segments a node of ToR `tor` serves: the ToR's own record and
     /// every record made with `--segment-of` it. A node configured with a
     /// segment's name serves that segment's ToR.
+    /// A ToR record that does not decode fails this only when it is `tor`'s
+    /// own (the others are left out: [`Self::segments_and_unreadable`]).
     pub async fn segments_of(&self, tor: &str) -> Result<Vec<Tor>> {
-        let (all, _) = self.store.list_json::<Tor>(keys::TORS).await?;
-        Ok(crate::core::segments_of(all.iter().map(|(t, _)| t), tor))
+        Ok(self.segments_and_unreadable(tor).await?.0)
+    }
+
+    /// [`Self::segments_of`], and the ToR records that do not decode. Any
+    /// of those may be a segment of `tor` (the record says whose segment
+    /// it is): an ADD refuses a pool with IPs on one, naming it, and
+    /// serves the other pools; a record is never taken for absent where
+    /// it decides which IPs are free.
+    pub(crate) async fn segments_and_unreadable(
+        &self,
+        tor: &str,
+    ) -> Result<(Vec<Tor>, Vec<Unreadable>)> {
+        let (entries, _) = self.store.list(keys::TORS).await?;
+        let mut all = Vec::new();
+        let mut unreadable = Vec::new();
+        for e in entries {
+            match decode::<Tor>(&e) {
+                Ok(t) => all.push(t),
+                Err(StoreError::Corrupt { key, reason }) => {
+                    let name = key.strip_prefix(keys::TORS).unwrap_or(&key).to_string();
+                    if name == tor {
+                        return Err(StoreError::Corrupt { key, reason }.into());
+                    }
+                    unreadable.push(Unreadable { name, key, reason });
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok((crate::core::segments_of(all.iter(), tor), unreadable))
     }
 
     pub async fn tor(&self, name: &str) -> Result<Option<Tor>> {

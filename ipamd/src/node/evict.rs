@@ -95,9 +95,21 @@ impl Node {
 
     async fn node_alive(&self, node: &str) -> Result<bool> {
         let now = self.now();
-        Ok(registry::nodes(self.ipam.store().as_ref())
-            .await?
-            .iter()
-            .any(|n| n.name == node && n.alive(now)))
+        // Only `node`'s own record must decode: another's damage says
+        // nothing about this one.
+        let (nodes, unreadable) = registry::nodes_readable(self.ipam.store().as_ref()).await?;
+        if unreadable.iter().any(|n| n == node) {
+            let key = crate::store::keys::node(node);
+            let e = self
+                .ipam
+                .store()
+                .get(&key)
+                .await?
+                .map(|e| crate::store::decode::<registry::NodeRecord>(&e));
+            if let Some(Err(e)) = e {
+                return Err(e.into());
+            }
+        }
+        Ok(nodes.iter().any(|n| n.name == node && n.alive(now)))
     }
 }

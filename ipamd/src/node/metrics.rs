@@ -47,7 +47,7 @@ impl Node {
     /// one, else one read of the store.
     async fn attachment_count(&self) -> Option<u64> {
         let n = match &self.mirror {
-            Some(m) => m.all().await.ok()?.len(),
+            Some(m) => m.readable().await.ok()?.0.len(),
             None => self
                 .ipam
                 .store()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{AttachmentKey, Lease, PodRef, Tor};
 use crate::store::redb::RedbStore;
-use crate::store::{Store, StoreError, StoreExt, Txn};
+use crate::store::{decode, Store, StoreError, StoreExt, Txn};
 
 const PREFIX: &str = "mirror/";
 /// Bindings of pods that ran on this node (`bound/<ns>/<pod>`), kept after
@@ -72,9 +72,31 @@ impl Mirror {
             .map(|(m, _)| m))
     }
 
+    /// Every mirrored attachment; fails, naming it, on one that does not
+    /// decode: for what must see them all (an offline ADD looking for its
+    /// IP's holder, the sync of offline attachments to the store).
     pub async fn all(&self) -> Result<Vec<Mirrored>, StoreError> {
         let (all, _) = self.store.list_json::<Mirrored>(PREFIX).await?;
         Ok(all.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// Every mirrored attachment that decodes, and the keys of those that
+    /// do not (logged): for what leaves those pods alone (the sweep, GC in
+    /// an outage, metrics). The next start rewrites the mirror from the
+    /// store (`replace_all`), which repairs it.
+    pub async fn readable(&self) -> Result<(Vec<Mirrored>, Vec<String>), StoreError> {
+        let (entries, _) = self.store.list(PREFIX).await?;
+        let (mut out, mut corrupt) = (Vec::new(), Vec::new());
+        for e in entries {
+            match decode::<Mirrored>(&e) {
+                Ok(m) => out.push(m),
+                Err(err) => {
+                    tracing::warn!(error = %err, "a record of the local mirror does not decode; its pod is left as it is");
+                    corrupt.push(e.key);
+                }
+            }
+        }
+        Ok((out, corrupt))
     }
 
     /// Remembers that `pod` keeps `m.lease.ip` (its DEL kept the binding).
@@ -115,5 +137,58 @@ impl Mirror {
             txn.put(&key(&a.key), m);
         }
         self.store.commit(txn).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::{AllocRequest, Ipam, PoolSpec};
+    use crate::store::mem::MemStore;
+    use crate::store::Op;
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_named_and_the_rest_read() {
+        let ipam = Ipam::new(std::sync::Arc::new(MemStore::new()));
+        let range = [("10.1.0.10".to_string(), "10.1.0.19".to_string())];
+        ipam.add_tor("r1", "10.1.0.0/24", "10.1.0.1", 0, &range, "")
+            .await
+            .unwrap();
+        let spec = PoolSpec {
+            name: "web".into(),
+            namespace: "default".into(),
+            app: "web".into(),
+            size: 2,
+            ..PoolSpec::default()
+        };
+        ipam.create_pool(&spec, 0).await.unwrap();
+        let dir = moor_testkit::TempDir::new("mirror-corrupt");
+        let m = Mirror::open(&dir.path().join("mirror.redb")).unwrap();
+        let mut keys_of = Vec::new();
+        for (cid, pod) in [("c1", "web-0"), ("c2", "web-1")] {
+            let a = ipam
+                .allocate(&AllocRequest::for_test("n1", "r1", cid, pod, 1))
+                .await
+                .unwrap();
+            keys_of.push(key(&a.lease.attachment.as_ref().unwrap().key));
+            m.put(&Mirrored {
+                lease: a.lease,
+                tor: a.tor,
+                offline: false,
+            })
+            .await
+            .unwrap();
+        }
+        let mut t = Txn::default();
+        t.ops.push(Op::Put {
+            key: keys_of[0].clone(),
+            value: b"{".to_vec(),
+        });
+        m.store.commit(t).await.unwrap();
+        let e = m.all().await.unwrap_err();
+        assert!(e.to_string().contains(&keys_of[0]), "{e}");
+        let (ok, corrupt) = m.readable().await.unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(corrupt, [keys_of[0].clone()]);
     }
 }

@@ -86,9 +86,14 @@ impl Node {
     /// and whether they came from the store.
     pub(crate) async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
         match self.note(self.ipam.node_attachments(&self.cfg.name).await) {
-            Ok(all) => Ok((all, true)),
+            // The ones that do not decode were logged; what uses this list
+            // (GC, sweep, the start's roll-back) leaves their pods alone.
+            Ok((all, _corrupt)) => Ok((all, true)),
             Err(why) if why.is_unavailable() => match &self.mirror {
-                Some(m) => Ok((m.all().await?.into_iter().map(|c| c.lease).collect(), false)),
+                Some(m) => Ok((
+                    m.readable().await?.0.into_iter().map(|c| c.lease).collect(),
+                    false,
+                )),
                 None => Err(why),
             },
             Err(e) => Err(e),
@@ -108,7 +113,19 @@ impl Node {
         let pairs: Vec<(Lease, Tor)> = if online {
             let mut tors: HashMap<String, Option<Tor>> = HashMap::new();
             let mut pairs = Vec::new();
-            for lease in self.ipam.node_attachments(&self.cfg.name).await? {
+            let (mine, corrupt) = self.ipam.node_attachments(&self.cfg.name).await?;
+            if !corrupt.is_empty() {
+                // The reconcile removes every port the list lacks: it would
+                // cut off the pods whose records do not decode.
+                tracing::error!(
+                    corrupt = ?corrupt,
+                    "the datapath is not reconciled: records of this node's attachments do not \
+                     decode (ipamctl audit lists them); ports stay as they are until a start \
+                     after the repair"
+                );
+                return Ok(());
+            }
+            for lease in mine {
                 if !tors.contains_key(&lease.tor) {
                     tors.insert(lease.tor.clone(), self.ipam.tor(&lease.tor).await?);
                 }
@@ -122,12 +139,15 @@ impl Node {
             pairs
         } else {
             match &self.mirror {
-                Some(m) => m
-                    .all()
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.lease, c.tor))
-                    .collect(),
+                // All or nothing: a pod left out would have its port removed.
+                Some(m) => match m.all().await {
+                    Ok(all) => all.into_iter().map(|c| (c.lease, c.tor)).collect(),
+                    Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+                        tracing::error!(error = %e, "the datapath is not reconciled: a record of the local mirror does not decode; ports stay as they are until a start with the store");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 None => return Ok(()),
             }
         };

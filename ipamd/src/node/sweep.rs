@@ -104,7 +104,7 @@ impl Sweep {
         // attachments without a store read per attachment on every pass of
         // every node; the release itself goes through the store.
         let mine = match &node.mirror {
-            Some(m) => m.all().await?.into_iter().map(|c| c.lease).collect(),
+            Some(m) => m.readable().await?.0.into_iter().map(|c| c.lease).collect(),
             None => node.my_attachments().await?.0,
         };
         let now = node.clock.now_unix();

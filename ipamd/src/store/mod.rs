@@ -113,6 +113,10 @@ pub struct Page {
     pub more: bool,
 }
 
+/// What an operator does about a record that does not decode (the error
+/// and `ipamctl audit` say it).
+pub const CORRUPT_FIX: &str = "restore the record from a backup (ipamctl restore), or, after checking what it held, delete it (etcdctl del under moor's --etcd-prefix; on redb, ipamd stopped); ipamctl audit lists every such record";
+
 pub type WatchStream = futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>;
 
 /// Pages of a [`Store::snapshot`], each with the index of its prefix.
@@ -132,8 +136,11 @@ pub enum StoreError {
     /// may be retried later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// A record could not be decoded: a bug or a hand edit.
-    #[error("store record {key} is corrupt: {reason}")]
+    /// A record could not be decoded: a bug, a hand edit or a damaged
+    /// disk. Only the operations that need this record fail (never as if
+    /// it were absent: that could hand its IP out twice), so the message
+    /// names the key and the repair.
+    #[error("store record {key} is corrupt ({reason}): {CORRUPT_FIX}")]
     Corrupt { key: String, reason: String },
     #[error("store error: {0}")]
     Other(String),

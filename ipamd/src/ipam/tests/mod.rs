@@ -578,6 +578,7 @@ async fn free_counts_follow_leases_per_pool_and_tor() {
 mod backup;
 mod batch;
 mod big_pools;
+mod corrupt;
 mod dual;
 mod lifecycle;
 mod model;
