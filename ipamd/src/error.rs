@@ -157,6 +157,11 @@ impl Error {
         matches!(self, Error::Unavailable { .. })
     }
 
+    /// A store record this needed does not decode (`StoreError::Corrupt`).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Store(StoreError::Corrupt { .. }))
+    }
+
     /// The CNI error code a runtime sees for this error.
     pub fn cni_code(&self) -> u32 {
         match self {

@@ -1,6 +1,7 @@
 //! CNI DEL: unwire, then release. A DEL never fails a pod's teardown for a
-//! missing thing, nor for a store outage: the release is then recorded as a
-//! pending-DEL file and applied when the store answers (`pending`).
+//! missing thing, nor for a store outage, nor for a record of the pod that
+//! does not decode: the release is then recorded as a pending-DEL file and
+//! applied when the store answers or the record is repaired (`pending`).
 
 use std::net::IpAddr;
 
@@ -79,7 +80,10 @@ impl Node {
                     binding_kept: r.binding_kept,
                 }))
             }
-            Err(why) if defer && why.is_unavailable() => {
+            // The pod is cut off already; a damaged record must not keep
+            // it Terminating (nor be taken for absent: the IP stays its
+            // until the repair lets the recorded DEL release it).
+            Err(why) if defer && (why.is_unavailable() || why.is_corrupt()) => {
                 let pod = cached.as_ref().and_then(|c| c.lease.attachment.as_ref());
                 let rec = moor_proto::pending::PendingDel {
                     container_id: key.container_id.clone(),
@@ -108,7 +112,11 @@ impl Node {
                     }
                     let _ = m.remove(key).await;
                 }
-                warn!(%key, "store unavailable: DEL recorded, applied when the store is back");
+                if why.is_corrupt() {
+                    warn!(%key, error = %why, "DEL recorded: applied once the record is repaired (ipamctl audit lists it)");
+                } else {
+                    warn!(%key, "store unavailable: DEL recorded, applied when the store is back");
+                }
                 Ok(cached.map(|c| Deleted {
                     ip: c.lease.ip,
                     binding_kept: c.lease.binding.is_some() && !c.lease.evict,

@@ -37,7 +37,15 @@ impl Node {
                 ifname: rec.ifname.clone(),
             };
             // Not deferred again: on failure the record stays for the next try.
-            self.del_key(&key, false, rec.rollback).await?;
+            match self.del_key(&key, false, rec.rollback).await {
+                Ok(_) => {}
+                // It waits for the repair; the others go on.
+                Err(e) if e.is_corrupt() => {
+                    warn!(%key, error = %e, "a recorded DEL waits for its record to be repaired");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let _ = moor_proto::pending::remove(&path);
             info!(%key, "applied a DEL recorded while ipamd or the store was out of reach");
             n += 1;

@@ -111,3 +111,49 @@ async fn a_del_whose_unwire_fails_changes_nothing_in_the_store() {
     h.node.del("c1", "eth0").await.unwrap();
     h.clean().await;
 }
+
+/// A pod whose lease does not decode: its DEL cuts it off and succeeds
+/// (the pod must not stay Terminating), the release waits in the pending
+/// directory without holding up other recorded DELs, and the IP is never
+/// taken for free; once the record is repaired the replay releases it.
+#[tokio::test]
+async fn del_past_a_record_that_does_not_decode_waits_for_the_repair() {
+    use crate::store::{Op, Store, Txn};
+    let h = Harness::new().await;
+    let a = h.add("c1", WEB_POD).await.unwrap();
+    let b = h.add("c2", "web-7d9f8c6b5-b2x9z").await.unwrap();
+    let lkey = keys::lease("web", a.lease.ip);
+    let good = h.store.get(&lkey).await.unwrap().unwrap();
+    let put = |value: Vec<u8>| {
+        let mut t = Txn::default();
+        t.ops.push(Op::Put {
+            key: lkey.clone(),
+            value,
+        });
+        t
+    };
+    assert!(h.store.commit(put(b"{\"cut\": [".to_vec())).await.unwrap());
+
+    h.node.del("c1", "eth0").await.unwrap();
+    assert!(!h.dp.is_wired(&Harness::host("c1")), "cut off at once");
+    assert_eq!(h.pending_files(), 1, "the release is recorded");
+    h.store.set_down(true);
+    h.node.del("c2", "eth0").await.unwrap();
+    h.store.set_down(false);
+    assert_eq!(h.pending_files(), 2);
+    assert_eq!(
+        h.node.replay_pending_dels().await.unwrap(),
+        1,
+        "c2's DEL applied past c1's"
+    );
+    assert!(h.lease("web", b.lease.ip).await.is_none());
+    assert_eq!(h.pending_files(), 1, "c1's waits");
+    let e = h.add("c3", "web-7d9f8c6b5-c2x9z").await.unwrap_err();
+    assert!(e.to_string().contains(&lkey), "never taken for free: {e}");
+
+    assert!(h.store.commit(put(good.value)).await.unwrap());
+    assert_eq!(h.node.replay_pending_dels().await.unwrap(), 1);
+    assert!(h.lease("web", a.lease.ip).await.is_none(), "released");
+    assert_eq!(h.pending_files(), 0);
+    h.clean().await;
+}
