@@ -349,6 +349,20 @@ impl Cluster {
         format!("etcd:{}", self.etcd_endpoints().join(","))
     }
 
+    /// A new 3-member etcd with nothing in it in place of the cluster's
+    /// (whose members are killed and their data removed): a cluster
+    /// restored from a backup. Stop the ipamds first; they find the new
+    /// members when started again.
+    pub fn replace_etcd(&mut self) {
+        let id = format!("{}-fresh", self.id);
+        let dir = crate::control_plane::etcd_dir(&id, &self.dir.join("etcd-new"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fresh = EtcdCluster::start(&dir, 3, &id, &[])
+            .unwrap_or_else(|e| panic!("a fresh etcd would not start: {e}"));
+        drop(std::mem::replace(&mut self.etcd, fresh));
+        self.etcd_wait_ready();
+    }
+
     pub fn etcd_members(&self) -> usize {
         self.etcd.len()
     }

@@ -3,9 +3,9 @@
 //! the refusals that change nothing (a non-empty store, a damaged file, a
 //! missing one). Then the same round trip on redb.
 //!
-//! The fresh etcd store is a new `--etcd-prefix` on the cluster's etcd
-//! members (to ipamd a store is its prefix: a new prefix holds nothing),
-//! with node n1's ipamd restarted on it.
+//! The fresh etcd is a new 3-member cluster in place of the old one (whose
+//! members are killed and their data removed), with node n1's ipamd
+//! restarted on it.
 
 use std::path::Path;
 use std::process::Output;
@@ -129,10 +129,15 @@ fn backup_on_etcd_restores_into_a_fresh_store_and_the_sticky_pod_keeps_its_ip() 
     bad_files_refused(|a| c.ipamctl("n1", a), &file);
     assert_eq!(state(&c), before, "refusals change nothing");
 
-    // A fresh store: n1's ipamd on a new prefix (empty but for what ipamd
-    // writes at start: the schema record and its registration).
+    // A fresh etcd (empty but for what ipamd writes at start: the schema
+    // record and its registration).
     c.stop_ipamd("n1");
-    c.prefix = format!("{}-fresh/", c.prefix.trim_end_matches('/'));
+    let old = c.etcd_endpoints();
+    c.replace_etcd();
+    assert!(
+        c.etcd_endpoints().iter().all(|e| !old.contains(e)),
+        "other members"
+    );
     c.start_ipamd("n1");
     assert!(
         state(&c).iter().all(|(k, _)| k == "schema"),
