@@ -304,6 +304,13 @@ fn scenario(bed: &dyn Bed, store: &str) {
             key: format!("carved/{tor}/_cooling"),
             needs: Needs::Ctl(s(&["pool", "resize", "web", "--size", "5"])),
         },
+        // A node's own record is rewritten by its heartbeat (10 s) and at
+        // start; a node that is gone (its ipamd stopped for good) keeps it.
+        Kind {
+            what: "node registration",
+            key: "nodes/gone-node".into(),
+            needs: Needs::Ctl(s(&["node", "list"])),
+        },
         Kind {
             what: "ToR",
             key: format!("tors/{OTHER_TOR}"),
@@ -421,10 +428,12 @@ fn scenario(bed: &dyn Bed, store: &str) {
             del(bed, &r).ok(&format!("{label}: DEL after the repair"));
         }
         if let Needs::Ctl(args) = &k.needs {
-            if args[1] == "resize" {
-                bed.ctl().resize_pool("web", 4);
-            } else {
-                bed.ctl().ok(&["pool", "delete", "z"]);
+            match (args[0].as_str(), args[1].as_str()) {
+                ("pool", "resize") => bed.ctl().resize_pool("web", 4),
+                ("pool", "create") => {
+                    bed.ctl().ok(&["pool", "delete", "z"]);
+                }
+                _ => {}
             }
         }
         let (code, v) = audit(bed);
