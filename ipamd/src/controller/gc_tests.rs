@@ -19,6 +19,34 @@ use crate::store::mem::MemStore;
 const T0: u64 = 1_700_000_000;
 const GRACE: u64 = 2;
 
+/// The collector over `ipam`, reading the fake API `api`; grace `GRACE`.
+async fn collector(
+    api: &FakeApi,
+    ipam: &Arc<Ipam>,
+    leadership: &Leadership,
+    clock: &Arc<ManualClock>,
+) -> Collector {
+    let client = client(api).await;
+    Collector {
+        ipam: ipam.clone(),
+        cluster: Arc::new(ClusterCache::start(client.clone())),
+        workloads: Arc::new(Workloads::start(client.clone())),
+        leadership: leadership.clone(),
+        clock: clock.clone(),
+        events: Arc::new(Events::start(
+            client,
+            CONTROLLER_COMPONENT,
+            "c1_test".into(),
+            clock.clone(),
+            Duration::from_secs(1),
+        )),
+        grace: Duration::from_secs(GRACE),
+        auto: true,
+        resync: Duration::from_secs(30),
+        clocks: Default::default(),
+    }
+}
+
 async fn client(api: &FakeApi) -> kube::Client {
     let dir = TempDir::new("gc");
     crate::kubernetes::client(Some(&api.write_kubeconfig(dir.path())))
@@ -89,26 +117,8 @@ async fn releases_what_kubernetes_no_longer_has_only_while_leading() {
     );
 
     let clock = Arc::new(ManualClock::new(T0));
-    let client = client(&api).await;
     let leadership = Leadership::new();
-    let gc = Collector {
-        ipam: ipam.clone(),
-        cluster: Arc::new(ClusterCache::start(client.clone())),
-        workloads: Arc::new(Workloads::start(client.clone())),
-        leadership: leadership.clone(),
-        clock: clock.clone(),
-        events: Arc::new(Events::start(
-            client,
-            CONTROLLER_COMPONENT,
-            "c1_test".into(),
-            clock.clone(),
-            Duration::from_secs(1),
-        )),
-        grace: Duration::from_secs(GRACE),
-        auto: true,
-        resync: Duration::from_secs(30),
-        clocks: Default::default(),
-    };
+    let gc = collector(&api, &ipam, &leadership, &clock).await;
     assert_eq!(gc.period(), Duration::from_secs(1));
     settle("db's pod, StatefulSet and node", || {
         gc.cluster.pods().len() == 1
@@ -241,27 +251,9 @@ async fn records_that_do_not_decode_hold_back_only_what_they_may_hold() {
     assert!(store.commit(t).await.unwrap());
 
     let clock = Arc::new(ManualClock::new(T0));
-    let client = client(&api).await;
     let leadership = Leadership::new();
     leadership.extend(Instant::now(), Duration::from_secs(60));
-    let gc = Collector {
-        ipam: ipam.clone(),
-        cluster: Arc::new(ClusterCache::start(client.clone())),
-        workloads: Arc::new(Workloads::start(client.clone())),
-        leadership: leadership.clone(),
-        clock: clock.clone(),
-        events: Arc::new(Events::start(
-            client,
-            CONTROLLER_COMPONENT,
-            "c1_test".into(),
-            clock.clone(),
-            Duration::from_secs(1),
-        )),
-        grace: Duration::from_secs(GRACE),
-        auto: true,
-        resync: Duration::from_secs(30),
-        clocks: Default::default(),
-    };
+    let gc = collector(&api, &ipam, &leadership, &clock).await;
     gc.collect(false, true).await.unwrap();
     clock.advance(registry::ALIVE_WITHIN + GRACE);
     let done = gc.collect(false, true).await.unwrap();
