@@ -86,30 +86,49 @@ impl ControlPlane {
     /// `ipamd --role controller` on this API and store, with a 3 s Lease
     /// renewed every second; `extra` arguments go last.
     pub fn controller(&self, node: &str, extra: &[&str]) -> Ipamd {
-        let log = self.dir.path().join(format!("{node}.log"));
-        let socket = self.dir.path().join(format!("{node}.sock"));
-        IpamdCommand::new(&bins().ipamd, &socket, &log)
-            .args(["--role", "controller", "--node", node])
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--store")
-            .arg(format!("etcd:{}", self.etcd.endpoints().join(",")))
-            .args(["--etcd-prefix", &self.prefix])
-            .args([
-                "--lease-namespace",
-                LEASE_NAMESPACE,
-                "--lease-name",
-                LEASE_NAME,
-            ])
-            .args([
-                "--lease-duration-seconds",
-                "3",
-                "--lease-renew-seconds",
-                "1",
-            ])
-            .args(extra.iter().copied())
-            .kill_with_thread()
-            .spawn()
-            .unwrap()
+        let store = format!("etcd:{}", self.etcd.endpoints().join(","));
+        controller_command(
+            self.dir.path(),
+            node,
+            &self.kubeconfig,
+            &store,
+            &self.prefix,
+        )
+        .args(extra.iter().copied())
+        .spawn()
+        .unwrap()
     }
+}
+
+/// `ipamd --role controller` named `node` on `kubeconfig`'s API and the etcd
+/// `store` (`etcd:URL,...`) under `prefix`, its log and socket in `dir`, with
+/// a 3 s Lease renewed every second (production: 15/5), so that a failover
+/// takes seconds; killed with the thread that spawns it.
+pub fn controller_command(
+    dir: &Path,
+    node: &str,
+    kubeconfig: &Path,
+    store: &str,
+    prefix: &str,
+) -> IpamdCommand {
+    let log = dir.join(format!("{node}.log"));
+    let socket = dir.join(format!("{node}.sock"));
+    IpamdCommand::new(&bins().ipamd, &socket, &log)
+        .args(["--role", "controller", "--node", node])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--store", store, "--etcd-prefix", prefix])
+        .args([
+            "--lease-namespace",
+            LEASE_NAMESPACE,
+            "--lease-name",
+            LEASE_NAME,
+        ])
+        .args([
+            "--lease-duration-seconds",
+            "3",
+            "--lease-renew-seconds",
+            "1",
+        ])
+        .kill_with_thread()
 }

@@ -12,15 +12,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moor_testkit::kubeapi::{objects, Resource};
-use moor_testkit::{FakeApi, Ipamd, IpamdCommand, TempDir};
+use moor_testkit::{FakeApi, Ipamd, TempDir};
 
-use crate::bins::bins;
 use crate::cluster::Cluster;
+use crate::control_plane::{controller_command, LEASE_NAME, LEASE_NAMESPACE};
 use crate::testbed::POD_NAMESPACE;
 use crate::Pod;
 
-const LEASE_NAMESPACE: &str = "moor-system";
-const LEASE_NAME: &str = "moor-controller";
 /// The controllers' `--node`s (the Lease holder is `NAME_...`).
 pub const CONTROLLERS: [&str; 2] = ["ctl-a", "ctl-b"];
 
@@ -63,29 +61,15 @@ impl Kube {
     /// Starts controller `i` (0 or 1) on the cluster's store.
     pub fn start_controller(&self, c: &Cluster, i: usize) {
         let name = CONTROLLERS[i];
-        let log = self.dir.path().join(format!("{name}.log"));
-        let socket = self.dir.path().join(format!("{name}.sock"));
-        let ipamd = IpamdCommand::new(&bins().ipamd, &socket, &log)
-            .args(["--role", "controller", "--node", name])
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["--store", &c.store_spec(), "--etcd-prefix", &c.prefix])
-            .args([
-                "--lease-namespace",
-                LEASE_NAMESPACE,
-                "--lease-name",
-                LEASE_NAME,
-            ])
-            // Short, so that a failover is seconds (production: 15/5).
-            .args([
-                "--lease-duration-seconds",
-                "3",
-                "--lease-renew-seconds",
-                "1",
-            ])
-            .kill_with_thread()
-            .spawn()
-            .unwrap_or_else(|e| panic!("controller {name}: {e}"));
+        let ipamd = controller_command(
+            self.dir.path(),
+            name,
+            &self.kubeconfig,
+            &c.store_spec(),
+            &c.prefix,
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("controller {name}: {e}"));
         let mut slots = self.controllers.lock().unwrap();
         assert!(slots[i].is_none(), "controller {name} is already running");
         slots[i] = Some(ipamd);
