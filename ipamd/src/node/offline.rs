@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use crate::core::{Attachment, AttachmentKey, AttachmentState, Lease, Tor};
 use crate::error::{Error, Result};
+use crate::store::StoreExt;
 
 use super::mirror::{Mirror, Mirrored};
 use super::{link_for, AddRequest, Added, Node};
@@ -144,7 +145,24 @@ impl Node {
             if !m.get(&a.key).await?.is_some_and(|x| x.offline) {
                 continue;
             }
-            if self.note(self.ipam.attach_bound(&e.lease).await)? {
+            let mut written = self.note(self.ipam.attach_bound(&e.lease).await)?;
+            if !written {
+                // The pod's previous instance on this node may still hold the
+                // IP: its DEL, recorded during the outage, first (the replay
+                // task may not have got it through yet: etcd answering reads
+                // before it has a leader for writes).
+                if let Some(prev) = self.pending_holder(&e.lease).await {
+                    match self.replay_pending_del(&prev).await {
+                        Ok(()) => written = self.note(self.ipam.attach_bound(&e.lease).await)?,
+                        // Not through yet either: the next round tries again.
+                        Err(err) => {
+                            warn!(key = %a.key, previous = %prev, error = %err, "an attachment made during the outage waits for its previous instance's recorded DEL");
+                            continue;
+                        }
+                    }
+                }
+            }
+            if written {
                 m.put(&Mirrored {
                     offline: false,
                     ..e.clone()
@@ -168,5 +186,19 @@ impl Node {
             }
         }
         Ok(n)
+    }
+
+    /// The attachment of this node holding `lease`'s IP in the store whose
+    /// DEL is recorded in the pending-DEL directory, if there is one.
+    async fn pending_holder(&self, lease: &Lease) -> Option<AttachmentKey> {
+        let key = crate::store::keys::lease(&lease.pool, lease.ip);
+        let (now, _) = self.ipam.store().get_json::<Lease>(&key).await.ok()??;
+        let holder = now.attachment?.key;
+        let record = moor_proto::pending::path_for(
+            &self.cfg.pending_dir,
+            &holder.container_id,
+            &holder.ifname,
+        );
+        (holder.node == self.cfg.name && record.exists()).then_some(holder)
     }
 }

@@ -95,6 +95,32 @@ async fn a_sticky_pod_deleted_and_restarted_within_one_outage_keeps_its_ip() {
     h.clean().await;
 }
 
+/// The write-back before the replay got the previous instance's recorded
+/// DEL through (etcd answering reads before it has a leader for writes):
+/// the write-back applies that DEL first and keeps the pod, instead of
+/// taking down a pod whose IP only its own previous instance held.
+#[tokio::test]
+async fn the_write_back_applies_the_previous_instances_recorded_del_first() {
+    let h = Harness::mirrored().await;
+    let first = h.add("c1", "db-0").await.unwrap();
+    h.store.set_down(true);
+    h.node.del("c1", "eth0").await.unwrap();
+    let again = h.add("c2", "db-0").await.unwrap();
+    h.store.set_down(false);
+    assert_eq!(h.pending_files(), 1);
+    assert_eq!(h.node.sync_offline().await.unwrap(), 1);
+    assert_eq!(h.pending_files(), 0, "c1's DEL applied");
+    let a = h
+        .lease("db", again.lease.ip)
+        .await
+        .unwrap()
+        .attachment
+        .unwrap();
+    assert_eq!((a.key, again.lease.ip), (h.key("c2"), first.lease.ip));
+    assert!(h.dp.is_wired(&Harness::host("c2")), "kept");
+    h.clean().await;
+}
+
 #[tokio::test]
 async fn an_outage_restart_is_refused_while_a_previous_instance_holds_the_ip() {
     let h = Harness::mirrored().await;
