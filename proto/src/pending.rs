@@ -18,6 +18,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,9 +92,15 @@ pub fn write(dir: &Path, rec: &PendingDel) -> io::Result<PathBuf> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    // Dot-prefixed so readers skip it; the pid keeps two concurrent writers of
-    // the same record (runtimes do retry DEL) off each other's temp file.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Dot-prefixed so readers skip it; the pid and a count keep two
+    // concurrent writers of the same record (runtimes retry a DEL that timed
+    // out while ipamd still works on it) off each other's temp file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let body = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -253,6 +260,36 @@ mod tests {
         let all = read_all(&dir).unwrap();
         assert_eq!(all.len(), 2);
         assert!(all.iter().any(|(_, r)| *r == second));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_record_in_one_process_all_succeed() {
+        let dir = temp_dir("concurrent");
+        fs::create_dir_all(&dir).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let mut r = rec("c1", "eth0");
+                    r.written_unix += i;
+                    (0..50)
+                        .map(|_| write(&dir, &r).map(|_| ()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            for r in t.join().unwrap() {
+                r.expect("every write lands");
+            }
+        }
+        assert_eq!(
+            read_all(&dir).unwrap().len(),
+            1,
+            "one record, no temp files read"
+        );
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
         fs::remove_dir_all(&dir).unwrap();
     }
 
