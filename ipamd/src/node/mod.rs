@@ -90,6 +90,9 @@ pub struct Node {
     reconciled: AtomicBool,
     /// ADDs running now, marked so a crash's leftovers are rolled back.
     inflight: inflight::InFlight,
+    /// Attachments made during an outage waiting for an earlier instance of
+    /// their pod to let go of the IP, since when (`offline.rs`).
+    offline_waits: std::sync::Mutex<std::collections::HashMap<crate::core::AttachmentKey, u64>>,
 }
 
 impl Node {
@@ -109,6 +112,7 @@ impl Node {
             health: health::StoreHealth::default(),
             reconciled: AtomicBool::new(false),
             inflight: inflight::InFlight::new(inflight::InFlight::dir_beside(&cfg.pending_dir)),
+            offline_waits: Default::default(),
             cfg,
         }
     }

@@ -147,21 +147,31 @@ impl Node {
             }
             let mut written = self.note(self.ipam.attach_bound(&e.lease).await)?;
             if !written {
-                // The pod's previous instance on this node may still hold the
-                // IP: its DEL, recorded during the outage, first (the replay
-                // task may not have got it through yet: etcd answering reads
-                // before it has a leader for writes).
-                if let Some(prev) = self.pending_holder(&e.lease).await {
-                    match self.replay_pending_del(&prev).await {
+                match self.holder(&e.lease, &a).await {
+                    // The pod's previous instance on this node: its DEL,
+                    // recorded during the outage, first (the replay task may
+                    // not have got it through yet: etcd answering reads
+                    // before it has a leader for writes).
+                    Holder::PendingHere(prev) => match self.replay_pending_del(&prev).await {
                         Ok(()) => written = self.note(self.ipam.attach_bound(&e.lease).await)?,
-                        // Not through yet either: the next round tries again.
                         Err(err) => {
                             warn!(key = %a.key, previous = %prev, error = %err, "an attachment made during the outage waits for its previous instance's recorded DEL");
                             continue;
                         }
+                    },
+                    // An earlier instance of the pod elsewhere, whose DEL
+                    // that node may not have replayed yet: wait for it a
+                    // while (the pod has run on the IP all through the
+                    // outage) before giving up the IP.
+                    Holder::Earlier(prev) if self.still_waiting(&a.key) => {
+                        warn!(key = %a.key, previous = %prev, "an attachment made during the outage waits for its pod's previous instance to be deleted");
+                        continue;
                     }
+                    Holder::Unknown => continue,
+                    _ => {}
                 }
             }
+            self.offline_waits.lock().unwrap().remove(&a.key);
             if written {
                 m.put(&Mirrored {
                     offline: false,
@@ -188,17 +198,54 @@ impl Node {
         Ok(n)
     }
 
-    /// The attachment of this node holding `lease`'s IP in the store whose
-    /// DEL is recorded in the pending-DEL directory, if there is one.
-    async fn pending_holder(&self, lease: &Lease) -> Option<AttachmentKey> {
+    /// Who holds `lease`'s IP in the store instead of offline attachment `a`.
+    async fn holder(&self, lease: &Lease, a: &Attachment) -> Holder {
         let key = crate::store::keys::lease(&lease.pool, lease.ip);
-        let (now, _) = self.ipam.store().get_json::<Lease>(&key).await.ok()??;
-        let holder = now.attachment?.key;
+        let now = match self.ipam.store().get_json::<Lease>(&key).await {
+            Ok(now) => now.map(|(l, _)| l),
+            Err(_) => return Holder::Unknown,
+        };
+        let Some(held) = now.and_then(|l| l.attachment) else {
+            return Holder::Other;
+        };
         let record = moor_proto::pending::path_for(
             &self.cfg.pending_dir,
-            &holder.container_id,
-            &holder.ifname,
+            &held.key.container_id,
+            &held.key.ifname,
         );
-        (holder.node == self.cfg.name && record.exists()).then_some(holder)
+        if held.key.node == self.cfg.name && record.exists() {
+            return Holder::PendingHere(held.key);
+        }
+        let same_pod = held.pod.namespace == a.pod.namespace && held.pod.name == a.pod.name;
+        if same_pod && held.key != a.key && held.created_unix <= a.created_unix {
+            return Holder::Earlier(held.key);
+        }
+        Holder::Other
     }
+
+    /// Whether offline attachment `key` may still wait for the IP (first
+    /// asked now, or less than `EARLIER_INSTANCE_WAIT_SECS` ago).
+    fn still_waiting(&self, key: &AttachmentKey) -> bool {
+        let now = self.now();
+        let mut waits = self.offline_waits.lock().unwrap();
+        let since = *waits.entry(key.clone()).or_insert(now);
+        now.saturating_sub(since) < EARLIER_INSTANCE_WAIT_SECS
+    }
+}
+
+/// How long an attachment made during an outage waits, once the store is
+/// back, for an earlier instance of its pod on another node to be deleted
+/// (that node replays the DEL it recorded every few seconds).
+pub const EARLIER_INSTANCE_WAIT_SECS: u64 = 60;
+
+/// Who holds an IP that an offline attachment wants written back.
+enum Holder {
+    /// An attachment of this node whose DEL is recorded, not yet applied.
+    PendingHere(AttachmentKey),
+    /// An earlier instance of the same pod (another container).
+    Earlier(AttachmentKey),
+    /// The store could not be read: try again next round.
+    Unknown,
+    /// Anyone else, or no one (released).
+    Other,
 }

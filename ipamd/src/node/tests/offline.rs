@@ -220,3 +220,44 @@ async fn check_finds_an_outage_restart_before_it_is_written_back() {
     h.node.check(&check).await.unwrap();
     h.clean().await;
 }
+
+/// An outage restart whose IP the store still shows on an earlier instance
+/// of the pod on another node (that node has not replayed the DEL it
+/// recorded yet) waits for it instead of losing its interface at once; it
+/// is written back once that instance lets go, and gives the IP up if it
+/// does not within `EARLIER_INSTANCE_WAIT_SECS`.
+#[tokio::test]
+async fn an_outage_restart_waits_a_while_for_an_earlier_instance_elsewhere() {
+    use crate::ipam::AllocRequest;
+    use crate::node::offline::EARLIER_INSTANCE_WAIT_SECS;
+    for lets_go in [true, false] {
+        let h = Harness::mirrored().await;
+        h.add("c1", "db-0").await.unwrap();
+        h.node.del("c1", "eth0").await.unwrap();
+        // The pod moved to n2 (n1's mirror still caches its binding).
+        let n2 = AllocRequest::for_test("n2", "r1", "o1", "db-0", T0);
+        let there = h.ipam.allocate(&n2).await.unwrap();
+        h.store.set_down(true);
+        let back = h.add("c2", "db-0").await.unwrap();
+        assert_eq!(back.lease.ip, there.lease.ip);
+        h.store.set_down(false);
+        assert_eq!(h.node.sync_offline().await.unwrap(), 0, "waits");
+        assert!(h.dp.is_wired(&Harness::host("c2")), "not taken down yet");
+        h.clock.advance(EARLIER_INSTANCE_WAIT_SECS - 1);
+        assert_eq!(h.node.sync_offline().await.unwrap(), 0, "still waits");
+        if lets_go {
+            // n2 replays the DEL it recorded.
+            h.ipam.release(&n2.key, false).await.unwrap();
+            assert_eq!(h.node.sync_offline().await.unwrap(), 1);
+            let a = h.lease("db", back.lease.ip).await.unwrap().attachment;
+            assert_eq!(a.unwrap().key, h.key("c2"));
+            assert!(h.dp.is_wired(&Harness::host("c2")));
+        } else {
+            h.clock.advance(1);
+            assert_eq!(h.node.sync_offline().await.unwrap(), 0);
+            assert!(!h.dp.is_wired(&Harness::host("c2")), "gave the IP up");
+            let a = h.lease("db", back.lease.ip).await.unwrap().attachment;
+            assert_eq!(a.unwrap().key, n2.key, "n2's instance keeps it");
+        }
+    }
+}
