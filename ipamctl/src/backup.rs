@@ -73,27 +73,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `unix` as an RFC 3339 UTC time (days to civil date: Howard Hinnant's
-/// algorithm).
-fn rfc3339(unix: u64) -> String {
-    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// Writes a backup file: the head line, then records, then [`Writer::end`].
 pub struct Writer<W: Write> {
     out: W,
@@ -107,7 +86,7 @@ impl<W: Write> Writer<W> {
         let head = Head {
             moor_backup: FORMAT,
             created_unix: now_unix,
-            created: rfc3339(now_unix),
+            created: moor_proto::rfc3339_utc(now_unix),
             ipamctl_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let line = format!("{}\n", serde_json::to_string(&head)?);
