@@ -552,11 +552,17 @@ async fn call(
     .into())
 }
 
-fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<Rendered> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` to completion on a runtime of this thread (one RPC or stream
+/// per command: nothing to share between threads).
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(async {
+        .build()?
+        .block_on(f)
+}
+
+fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<Rendered> {
+    block_on(async {
         let channel = client::channel(&cli.socket).await?;
         Ok(match rpc {
             Rpc::CollectGarbage(dry_run) => {
@@ -576,19 +582,13 @@ fn run(cli: &Cli, rpc: Rpc) -> anyhow::Result<Rendered> {
 
 /// `pool export --watch`: prints as it goes, so it owns stdout.
 fn run_watch(cli: &Cli, pool: &str, format: WatchFormat) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(watch::follow(
-                &cli.socket,
-                pool,
-                format,
-                &mut io::stdout(),
-                &mut |note| eprintln!("{note}"),
-            ))
-        });
+    let result = block_on(watch::follow(
+        &cli.socket,
+        pool,
+        format,
+        &mut io::stdout(),
+        &mut |note| eprintln!("{note}"),
+    ));
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -601,17 +601,11 @@ fn run_watch(cli: &Cli, pool: &str, format: WatchFormat) -> ExitCode {
 /// `ip list`, `pool list`, `binding list`: printed as the stream comes, so
 /// it owns stdout.
 fn run_listing(cli: &Cli, listing: &Listing) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let channel = client::channel(&cli.socket).await?;
-                let mut out = io::stdout().lock();
-                listing::print(&mut client::admin(channel), listing, cli.output, &mut out).await
-            })
-        });
+    let result = block_on(async {
+        let channel = client::channel(&cli.socket).await?;
+        let mut out = io::stdout().lock();
+        listing::print(&mut client::admin(channel), listing, cli.output, &mut out).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -635,25 +629,19 @@ fn run_backup(cli: &Cli, restore: bool, file: &std::path::Path) -> ExitCode {
     } else {
         None
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let mut client = client::connect_watch(&cli.socket).await?;
-                Ok(match &checked {
-                    Some(end) => {
-                        let r = backup::restore(&mut client, file, end).await?;
-                        backup::restored(&r, end, file, cli.output)
-                    }
-                    None => {
-                        let end = backup::backup(&mut client, file).await?;
-                        backup::backed_up(&end, file, cli.output)
-                    }
-                })
-            })
-        });
+    let result = block_on(async {
+        let mut client = client::connect_watch(&cli.socket).await?;
+        Ok(match &checked {
+            Some(end) => {
+                let r = backup::restore(&mut client, file, end).await?;
+                backup::restored(&r, end, file, cli.output)
+            }
+            None => {
+                let end = backup::backup(&mut client, file).await?;
+                backup::backed_up(&end, file, cli.output)
+            }
+        })
+    });
     match result {
         Ok(text) => {
             print!("{text}");
