@@ -6,6 +6,17 @@ use crate::error::cni_code;
 
 use super::*;
 
+/// db-0 (container c1) deleted, then restarted as c2 during a store outage
+/// on the IP this node cached; the store answers again. c1's allocation.
+async fn restarted_during_an_outage(h: &Harness) -> Added {
+    let first = h.add("c1", "db-0").await.unwrap();
+    h.node.del("c1", "eth0").await.unwrap();
+    h.store.set_down(true);
+    h.add("c2", "db-0").await.unwrap();
+    h.store.set_down(false);
+    first
+}
+
 #[tokio::test]
 async fn a_sticky_pod_restarts_on_its_cached_ip_during_an_outage_and_is_written_back() {
     let h = Harness::mirrored().await;
@@ -42,11 +53,7 @@ async fn a_sticky_pod_restarts_on_its_cached_ip_during_an_outage_and_is_written_
 #[tokio::test]
 async fn an_outage_restart_the_store_no_longer_allows_loses_its_interface() {
     let h = Harness::mirrored().await;
-    let first = h.add("c1", "db-0").await.unwrap();
-    h.node.del("c1", "eth0").await.unwrap();
-    h.store.set_down(true);
-    h.add("c2", "db-0").await.unwrap();
-    h.store.set_down(false);
+    let first = restarted_during_an_outage(&h).await;
     // Meanwhile an operator released db-0's IP.
     h.ipam.release_ip(first.lease.ip).await.unwrap();
     assert_eq!(h.node.sync_offline().await.unwrap(), 0);
@@ -177,11 +184,7 @@ async fn an_outage_restart_needs_the_cached_ip_on_this_tor_and_in_the_asked_pool
 #[tokio::test]
 async fn a_restart_after_an_outage_writes_back_what_was_attached_during_it() {
     let h = Harness::mirrored().await;
-    let first = h.add("c1", "db-0").await.unwrap();
-    h.node.del("c1", "eth0").await.unwrap();
-    h.store.set_down(true);
-    h.add("c2", "db-0").await.unwrap();
-    h.store.set_down(false);
+    let first = restarted_during_an_outage(&h).await;
     let h = h.restart();
     assert!(h.node.recover().await.unwrap());
     let a = h
@@ -204,11 +207,7 @@ async fn a_restart_after_an_outage_writes_back_what_was_attached_during_it() {
 #[tokio::test]
 async fn check_finds_an_outage_restart_before_it_is_written_back() {
     let h = Harness::mirrored().await;
-    let first = h.add("c1", "db-0").await.unwrap();
-    h.node.del("c1", "eth0").await.unwrap();
-    h.store.set_down(true);
-    h.add("c2", "db-0").await.unwrap();
-    h.store.set_down(false);
+    let first = restarted_during_an_outage(&h).await;
     let check = crate::node::CheckRequest {
         container_id: "c2".into(),
         ifname: "eth0".into(),
