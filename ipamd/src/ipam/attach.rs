@@ -288,9 +288,10 @@ impl Ipam {
 
     /// Writes an attachment made during a store outage from the pod's cached
     /// binding (`lease` carries it, ready). Applies only if the store still
-    /// keeps that IP for that pod and nothing is attached to it: `Ok(false)`
-    /// means it does not, and the caller must take the pod's interface down.
-    pub async fn attach_bound(&self, lease: &Lease) -> Result<bool> {
+    /// keeps that IP for that pod and nothing else is attached to it;
+    /// otherwise says why, and the caller takes the pod's interface down
+    /// (or, for [`WriteBack::Held`], may wait for the holder to go).
+    pub async fn attach_bound(&self, lease: &Lease) -> Result<WriteBack> {
         let a = lease
             .attachment
             .as_ref()
@@ -300,7 +301,7 @@ impl Ipam {
         cas(self.store.as_ref(), what, || async move {
             let key = keys::lease(&lease.pool, lease.ip);
             let Some((now, entry)) = self.store.get_json::<Lease>(&key).await? else {
-                return Ok(Attempt::Done(false));
+                return Ok(Attempt::Done(WriteBack::Refused));
             };
             // The same pod by name: a re-created pod has a new UID.
             let same_pod = now
@@ -310,7 +311,7 @@ impl Ipam {
             // A quarantined IP is in use by someone else on the network: the
             // pod's offline restart loses it (its interface is taken down).
             if !same_pod || now.evict || now.quarantine.is_some() {
-                return Ok(Attempt::Done(false));
+                return Ok(Attempt::Done(WriteBack::Refused));
             }
             // A pool being deleted (or created) takes no attachment: its
             // delete would drop this one.
@@ -319,11 +320,11 @@ impl Ipam {
                 .get_json::<Pool>(&keys::pool(&lease.pool))
                 .await?;
             let Some((pool, pool_entry)) = pool.filter(|(p, _)| p.closed().is_none()) else {
-                return Ok(Attempt::Done(false));
+                return Ok(Attempt::Done(WriteBack::Refused));
             };
             match &now.attachment {
-                Some(other) if other.key == a.key => return Ok(Attempt::Done(true)),
-                Some(_) => return Ok(Attempt::Done(false)),
+                Some(other) if other.key == a.key => return Ok(Attempt::Done(WriteBack::Written)),
+                Some(other) => return Ok(Attempt::Done(WriteBack::Held(Box::new(other.clone())))),
                 None => {}
             }
             let mut merged = now.clone();
@@ -332,8 +333,19 @@ impl Ipam {
             txn.expect(&key, Some(&entry))
                 .expect(&keys::pool(&pool.name), Some(&pool_entry));
             record_attachment(&mut txn, &merged, &a.key);
-            Ok(Attempt::Commit(txn, true))
+            Ok(Attempt::Commit(txn, WriteBack::Written))
         })
         .await
     }
+}
+
+/// How writing back an attachment made during an outage went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteBack {
+    Written,
+    /// The IP is attached to another container (`Attachment`) in the store.
+    Held(Box<crate::core::Attachment>),
+    /// The store no longer keeps the IP for the pod (released, evicted,
+    /// quarantined, its pool closed).
+    Refused,
 }

@@ -58,6 +58,7 @@ use crate::core::{
 };
 use crate::store::Store;
 
+pub use attach::WriteBack;
 pub use resize::{Resize, Resized};
 pub use usage::PoolUsage;
 pub use watch::PoolChange;

@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use crate::core::{Attachment, AttachmentKey, AttachmentState, Lease, Tor};
 use crate::error::{Error, Result};
-use crate::store::StoreExt;
+use crate::ipam::WriteBack;
 
 use super::mirror::{Mirror, Mirrored};
 use super::{link_for, AddRequest, Added, Node};
@@ -143,19 +143,20 @@ impl Node {
             };
             // A DEL may have taken it away since the list was read.
             if !m.get(&a.key).await?.is_some_and(|x| x.offline) {
+                self.offline_waits.lock().unwrap().remove(&a.key);
                 continue;
             }
-            let mut written = self.note(self.ipam.attach_bound(&e.lease).await)?;
-            if !written {
-                match self.holder(&e.lease, &a).await {
+            let mut done = self.note(self.ipam.attach_bound(&e.lease).await)?;
+            if let WriteBack::Held(held) = &done {
+                match self.holder(held, &a) {
                     // The pod's previous instance on this node: its DEL,
                     // recorded during the outage, first (the replay task may
                     // not have got it through yet: etcd answering reads
                     // before it has a leader for writes).
-                    Holder::PendingHere(prev) => match self.replay_pending_del(&prev).await {
-                        Ok(()) => written = self.note(self.ipam.attach_bound(&e.lease).await)?,
+                    Holder::PendingHere => match self.replay_pending_del(&held.key).await {
+                        Ok(()) => done = self.note(self.ipam.attach_bound(&e.lease).await)?,
                         Err(err) => {
-                            warn!(key = %a.key, previous = %prev, error = %err, "an attachment made during the outage waits for its previous instance's recorded DEL");
+                            warn!(key = %a.key, previous = %held.key, error = %err, "an attachment made during the outage waits for its previous instance's recorded DEL");
                             continue;
                         }
                     },
@@ -163,14 +164,14 @@ impl Node {
                     // that node may not have replayed yet: wait for it a
                     // while (the pod has run on the IP all through the
                     // outage) before giving up the IP.
-                    Holder::Earlier(prev) if self.still_waiting(&a.key) => {
-                        warn!(key = %a.key, previous = %prev, "an attachment made during the outage waits for its pod's previous instance to be deleted");
+                    Holder::Earlier if self.still_waiting(&a.key) => {
+                        warn!(key = %a.key, previous = %held.key, "an attachment made during the outage waits for its pod's previous instance to be deleted");
                         continue;
                     }
-                    Holder::Unknown => continue,
                     _ => {}
                 }
             }
+            let written = done == WriteBack::Written;
             self.offline_waits.lock().unwrap().remove(&a.key);
             if written {
                 m.put(&Mirrored {
@@ -198,27 +199,20 @@ impl Node {
         Ok(n)
     }
 
-    /// Who holds `lease`'s IP in the store instead of offline attachment `a`.
-    async fn holder(&self, lease: &Lease, a: &Attachment) -> Holder {
-        let key = crate::store::keys::lease(&lease.pool, lease.ip);
-        let now = match self.ipam.store().get_json::<Lease>(&key).await {
-            Ok(now) => now.map(|(l, _)| l),
-            Err(_) => return Holder::Unknown,
-        };
-        let Some(held) = now.and_then(|l| l.attachment) else {
-            return Holder::Other;
-        };
+    /// What `held`, attached in the store to the IP offline attachment `a`
+    /// wants, is to `a`.
+    fn holder(&self, held: &Attachment, a: &Attachment) -> Holder {
         let record = moor_proto::pending::path_for(
             &self.cfg.pending_dir,
             &held.key.container_id,
             &held.key.ifname,
         );
         if held.key.node == self.cfg.name && record.exists() {
-            return Holder::PendingHere(held.key);
+            return Holder::PendingHere;
         }
         let same_pod = held.pod.namespace == a.pod.namespace && held.pod.name == a.pod.name;
-        if same_pod && held.key != a.key && held.created_unix <= a.created_unix {
-            return Holder::Earlier(held.key);
+        if same_pod && held.created_unix <= a.created_unix {
+            return Holder::Earlier;
         }
         Holder::Other
     }
@@ -238,14 +232,12 @@ impl Node {
 /// (that node replays the DEL it recorded every few seconds).
 pub const EARLIER_INSTANCE_WAIT_SECS: u64 = 60;
 
-/// Who holds an IP that an offline attachment wants written back.
+/// Who holds, in the store, the IP an offline attachment wants written back.
 enum Holder {
     /// An attachment of this node whose DEL is recorded, not yet applied.
-    PendingHere(AttachmentKey),
+    PendingHere,
     /// An earlier instance of the same pod (another container).
-    Earlier(AttachmentKey),
-    /// The store could not be read: try again next round.
-    Unknown,
-    /// Anyone else, or no one (released).
+    Earlier,
+    /// Anyone else.
     Other,
 }

@@ -421,7 +421,10 @@ async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
     // binding) is not written back onto the quarantined IP.
     let mut offline = again.lease.clone();
     offline.attachment.as_mut().unwrap().key.container_id = "c-offline".into();
-    assert!(!ipam.attach_bound(&offline).await.unwrap());
+    assert_eq!(
+        ipam.attach_bound(&offline).await.unwrap(),
+        crate::ipam::WriteBack::Refused
+    );
     clean(&store).await;
 
     // Deleting the pool would forget the quarantine: refused, naming the
