@@ -18,11 +18,12 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moor_e2e::bins::{bins, previous_release};
 use moor_e2e::cluster::{Cluster, Layout};
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
+use moor_e2e::prometheus::wait_for;
 use moor_e2e::{Options, Pod, Testbed};
 use serde_json::{json, Value};
 
@@ -48,19 +49,15 @@ enum Stop {
     Kill9,
 }
 
-/// Waits up to 10 s for `done`, panicking with `what` and the last state.
-fn wait_for<T: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> (bool, T)) {
-    let start = Instant::now();
-    loop {
-        let (ok, state) = probe();
-        if ok {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what}: not after 10 s: {state:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+/// How long the waits below may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `Ok` once `done`, else what was seen (for `wait_for`'s panic).
+fn settled(done: bool, seen: impl std::fmt::Debug) -> Result<(), String> {
+    if done {
+        Ok(())
+    } else {
+        Err(format!("{seen:?}"))
     }
 }
 
@@ -171,9 +168,9 @@ fn upgrade_on_redb(stop: Stop) {
     tb.set_bins(bins());
     tb.start_ipamd();
     assert_schema_log(&tb.log, old_log, 3);
-    wait_for("the queued DEL replayed", || {
+    wait_for("the queued DEL replayed", WAIT, || {
         let e = tb.ipamctl_json(&["ip", "show", &gone.ip.to_string()]);
-        (e["state"] == "free" && !record.exists(), e)
+        settled(e["state"] == "free" && !record.exists(), e)
     });
 
     let list = tb.ip_list();
@@ -303,11 +300,9 @@ fn rolling_update_on_etcd_while_add_and_del_go_on() {
             s.spawn(|| churn(&c, &others, &stop, &done, &failures));
             // Two cycles before: the others serve while this node's ipamd
             // goes.
-            wait_for("churn before the update", || {
-                (
-                    done.load(Ordering::Relaxed) >= 2,
-                    done.load(Ordering::Relaxed),
-                )
+            wait_for("churn before the update", WAIT, || {
+                let n = done.load(Ordering::Relaxed);
+                settled(n >= 2, n)
             });
             c.stop_ipamd(node);
             // The kubelet deletes one of the node's Deployment pods
@@ -328,11 +323,9 @@ fn rolling_update_on_etcd_while_add_and_del_go_on() {
             assert_schema_log(&c.node(node).log, old_log, if node == "n1" { 3 } else { 4 });
             // Mixed versions: two cycles more with the new ipamd up.
             let after = done.load(Ordering::Relaxed) + 2;
-            wait_for("churn after the update", || {
-                (
-                    done.load(Ordering::Relaxed) >= after,
-                    done.load(Ordering::Relaxed),
-                )
+            wait_for("churn after the update", WAIT, || {
+                let n = done.load(Ordering::Relaxed);
+                settled(n >= after, n)
             });
             gone
         });
@@ -345,9 +338,9 @@ fn rolling_update_on_etcd_while_add_and_del_go_on() {
         let schema = c.etcd_list("schema");
         assert_eq!(schema[0].1["version"], json!(SCHEMA), "{schema:?}");
 
-        wait_for("the queued DEL replayed", || {
+        wait_for("the queued DEL replayed", WAIT, || {
             let e = c.ipamctl_json(node, &["ip", "show", &gone.ip.to_string()]);
-            (e["state"] == "free" && c.node(node).pending().is_empty(), e)
+            settled(e["state"] == "free" && c.node(node).pending().is_empty(), e)
         });
         let list = c.ip_list();
         for l in live.iter().filter(|l| l.node == node) {
