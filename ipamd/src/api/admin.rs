@@ -324,13 +324,13 @@ impl Admin for AdminApi {
         let ip = parse_ip(&r.address)?;
         let mut pod = pod_from(r.pod.as_ref());
         pod.uid.clear();
-        let ipam = &self.0.ipam;
-        let bound = match ipam.bind(&pod, ip).await {
-            // The reply names the IPv6 partner too, as `binding list` does.
-            Ok(b) => ipam.ip(b.ip).await.map(|v| binding_msg(&b, false, v.ipv6)),
-            Err(e) => Err(e),
-        };
-        ok(bound)
+        // The reply names the IPv6 partner too, as `binding list` does.
+        ok(self
+            .0
+            .ipam
+            .bind(&pod, ip)
+            .await
+            .map(|(b, ipv6)| binding_msg(&b, false, ipv6)))
     }
 
     async fn audit(&self, _: Request<v1::AuditRequest>) -> Reply<v1::AuditReply> {

@@ -4,7 +4,7 @@
 //! by hand). The pod's first ADD then finds its binding and takes that IP,
 //! on any node of the IP's ToR.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::core::{Binding, Lease, PodRef, Pool};
 use crate::error::{Error, Result};
@@ -17,8 +17,8 @@ impl Ipam {
     /// Binds `ip` (free, in a pool the pod's namespace may use) to `pod`.
     /// Binding a pod to the IP it already keeps changes nothing. A
     /// dual-stack pod's IPv6 address binds its IPv4 partner, the address
-    /// its records are keyed by.
-    pub async fn bind(&self, pod: &PodRef, asked: IpAddr) -> Result<Binding> {
+    /// its records are keyed by; the partner comes back with the binding.
+    pub async fn bind(&self, pod: &PodRef, asked: IpAddr) -> Result<(Binding, Option<Ipv6Addr>)> {
         moor_proto::fields::namespace("pod namespace", &pod.namespace)
             .and_then(|_| moor_proto::fields::pod_name("pod name", &pod.name))
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -32,7 +32,7 @@ impl Ipam {
         let ip = view.ip;
         let _turn = self.pool_turn(&view.pool).await;
         let name = view.pool.as_str();
-        cas(self.store.as_ref(), "binding add", || async move {
+        let bound = cas(self.store.as_ref(), "binding add", || async move {
             let (pool, pool_entry) = self.pool_entry(name).await?;
             // A pool being created or deleted binds nothing; an IP being
             // given back (a shrink in progress) is no longer the pool's.
@@ -95,7 +95,8 @@ impl Ipam {
                 .put(&bkey, &want);
             Ok(Attempt::Commit(txn, want))
         })
-        .await
+        .await?;
+        Ok((bound, view.ipv6))
     }
 }
 

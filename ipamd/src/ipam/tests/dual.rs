@@ -311,13 +311,14 @@ async fn binding_a_pods_ipv6_address_binds_the_pair() {
         .unwrap();
     let pod = super::big_pools::pod("db-3");
     // The IPv6 address names the pair; the binding is keyed by its IPv4 half.
-    let b = ipam
+    let (b, partner) = ipam
         .bind(&pod, "fd00:1::103".parse().unwrap())
         .await
         .unwrap();
     assert_eq!(b.ip.to_string(), "10.1.0.13");
+    assert_eq!(partner, Some(v6("fd00:1::103")));
     // Bound again by either address: nothing changes.
-    assert_eq!(ipam.bind(&pod, b.ip).await.unwrap(), b);
+    assert_eq!(ipam.bind(&pod, b.ip).await.unwrap(), (b.clone(), partner));
     let a = ipam.allocate(&req("n1", "d1", "c1", "db-3")).await.unwrap();
     assert_eq!((a.lease.ip, a.lease.ipv6), (b.ip, Some(v6("fd00:1::103"))));
     clean(&store).await;

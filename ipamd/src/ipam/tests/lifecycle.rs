@@ -253,10 +253,14 @@ async fn binding_add_keeps_a_free_ip_for_a_pod_that_does_not_exist_yet() {
     let mut web = spec("web", 0, &[]);
     web.ips = vec![ip("10.1.0.10"), ip("10.1.0.11")];
     ipam.create_pool(&web, 0).await.unwrap();
-    let b = ipam.bind(&pod("web-3"), ip("10.1.0.11")).await.unwrap();
+    let (b, partner) = ipam.bind(&pod("web-3"), ip("10.1.0.11")).await.unwrap();
+    assert_eq!(partner, None, "an IPv4 pool");
     assert_eq!((b.pool.as_str(), b.tor.as_str()), ("web", "r1"));
     // Again: nothing changes.
-    assert_eq!(ipam.bind(&pod("web-3"), ip("10.1.0.11")).await.unwrap(), b);
+    assert_eq!(
+        ipam.bind(&pod("web-3"), ip("10.1.0.11")).await.unwrap().0,
+        b
+    );
     let refusals = [
         (pod("web-4"), "10.1.0.11", "kept for pod default/web-3"),
         (pod("web-3"), "10.1.0.10", "already keeps IP 10.1.0.11"),
