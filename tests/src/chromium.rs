@@ -276,9 +276,11 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// The page's DOM as it is now.
+    /// The page's DOM as it is now; empty while a navigation has replaced
+    /// the document and the new one has no root element yet (pollers then
+    /// look again).
     pub fn dom(&mut self) -> String {
-        let v = self.eval("document.documentElement.outerHTML");
+        let v = self.eval("document.documentElement ? document.documentElement.outerHTML : ''");
         v.as_str().expect("outerHTML is a string").to_string()
     }
 }
