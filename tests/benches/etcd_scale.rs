@@ -48,6 +48,14 @@
 //!   the floor at the same concurrency: single compare-and-swap
 //!   transactions against the same etcd, whose rate and p99 moor's ADD is
 //!   shown as a ratio of (etcd/metrics.rs).
+//! - Every timed phase (floor, allocation, release) starts after etcd has
+//!   dropped its write buffer (`settle`): etcd 3.4 copies its buffer of
+//!   writes not yet committed to bbolt into every transaction it applies,
+//!   at the largest size the buffer ever grew to, and drops it only at a
+//!   commit that finds it unused. The floor's cleanup (one delete of
+//!   2,500 keys) right before the allocations grew it to thousands of
+//!   entries, and every ADD of the phase paid for copying them
+//!   (`bucketBuffer.Copy`: a third of etcd's CPU in the phase).
 //! - Prints a table and a final JSON line.
 
 #[path = "etcd/metrics.rs"]
@@ -357,6 +365,30 @@ impl Stats {
 
 // ----------------------------------------------------------------- etcd
 
+/// Longer than etcd's backend batch interval (100 ms): a commit falls in it.
+const BATCH_GAP: Duration = Duration::from_millis(150);
+
+/// Brings etcd's write buffer back to nothing before a timed phase (see
+/// the module's doc). etcd commits to bbolt only when something was
+/// written, and at a commit it drops a bucket's buffer only if nothing was
+/// written to that bucket since the last one; so: a pause (the last writes
+/// are committed), a lease granted and revoked (writes to the lease bucket
+/// alone: the next commit finds the key bucket's buffer unused and drops
+/// it), a pause for that commit.
+async fn settle(raw: &EtcdStore) -> Res<()> {
+    tokio::time::sleep(BATCH_GAP).await;
+    let mut c = raw.client();
+    let lease = c
+        .lease_grant(60, None)
+        .await
+        .map_err(|e| format!("settle: lease grant: {e}"))?;
+    c.lease_revoke(lease.id())
+        .await
+        .map_err(|e| format!("settle: lease revoke: {e}"))?;
+    tokio::time::sleep(BATCH_GAP).await;
+    Ok(())
+}
+
 /// Our single-member etcd: killed by pid and its directory removed on drop;
 /// with --keep-logs its log is copied out first.
 struct Etcd {
@@ -378,6 +410,9 @@ impl Etcd {
                 "--auto-compaction-retention=1000",
                 "--logger=zap",
                 "--log-level=warn",
+                // `curl URL/debug/pprof/profile?seconds=5 > etcd.pprof`, then
+                // `go tool pprof -top etcd.pprof`: how the settle was found.
+                "--enable-pprof",
             ],
         )?;
         Ok(Etcd { cluster, keep_logs })
@@ -1135,8 +1170,10 @@ async fn run_level(
             Ok::<_, String>(f)
         }
     };
+    settle(raw).await?;
     let floor_before = run_floor("before").await?;
     // Allocate.
+    settle(raw).await?;
     let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
     let before = counters.snap();
@@ -1192,6 +1229,7 @@ async fn run_level(
         ms(total.p50),
         ms(total.p99)
     );
+    settle(raw).await?;
     let floor = floor_before.and(run_floor("after ").await?);
     let held: Vec<Held> = done.into_iter().map(|d| d.held).collect();
     check_held(raw, &held, world).await?;
@@ -1208,6 +1246,7 @@ async fn run_level(
     };
 
     // Release, with the same concurrency.
+    settle(raw).await?;
     let scraped = metrics::scrape(url)?;
     let cpu0 = cpu_now(etcd);
     let before = counters.snap();

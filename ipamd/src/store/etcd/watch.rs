@@ -76,9 +76,10 @@ impl Mux {
             }
             None => {
                 let stream = store
-                    .call(true, |c| {
+                    .call(true, |m| {
                         let (start, opts) = (start.clone(), opts.clone());
-                        async move { c.watch_client().watch(start, Some(opts)).await }
+                        let mut watch = m.client.watch_client();
+                        async move { watch.watch(start, Some(opts)).await }
                     })
                     .await?;
                 let (sender, responses) = stream.split();
