@@ -331,6 +331,45 @@ fn wire_sends_three_gratuitous_arps() {
     );
 }
 
+/// The host end sends no IPv6 into the pod: with IPv6 as the kernel leaves
+/// a new link it would make a link-local address on carrier and send an
+/// MLD report (at once), a DAD solicitation (~1 s) and router
+/// solicitations (~2 s) into the pod on every ADD.
+#[test]
+fn host_end_sends_no_ipv6_into_the_pod() {
+    require_root();
+    let node = node_with_bridge();
+    let pod = Netns::new("pod");
+    let link = pod_link(&pod, "ctr-quiet", Ipv4Addr::new(10, 1, 0, 18));
+    // `any`: eth0 does not exist yet; frames from the host end arrive as
+    // "In <host end's MAC>".
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &pod.name, "tcpdump", "-l", "-n", "-e"])
+        .args(["-i", "any", "ip6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcpdump");
+    wait_listening(&mut tcpdump);
+    in_netns(&node, || async {
+        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
+        dp.wire(&link).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    });
+    let _ = tcpdump.kill();
+    let out = tcpdump.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    let host = node.ip_json(&["-d", "link", "show", "dev", &link.host_ifname]);
+    let host_mac = host[0]["address"].as_str().unwrap();
+    let from_host: Vec<&str> = seen.lines().filter(|l| l.contains(host_mac)).collect();
+    assert!(
+        from_host.is_empty(),
+        "the host end ({host_mac}) sent IPv6 into the pod:\n{}",
+        from_host.join("\n")
+    );
+    assert_eq!(host[0]["inet6_addr_gen_mode"], "none", "{host}");
+}
+
 #[test]
 fn garp_corrects_a_stale_neighbour_entry_on_the_node() {
     require_root();

@@ -406,7 +406,9 @@ impl Side {
         let pool: Value = serde_json::from_str(&shown)
             .map_err(|e| format!("{}: ipamctl -o json pool show: {e}", self.key))?;
         let want = if self.dual { "dual" } else { "ipv4" };
-        if pool["family"] != want {
+        // A build from before IPv6 (`--moor-b-bins`) shows no family: IPv4.
+        let ipv4_before_ipv6 = pool["family"].is_null() && !self.dual;
+        if pool["family"] != want && !ipv4_before_ipv6 {
             return Err(format!(
                 "{}: pool {POOL} has family {}, want {want}: {shown}",
                 self.key, pool["family"]

@@ -14,7 +14,6 @@ use rtnetlink::{Handle, LinkUnspec};
 use super::announce::{announce_again, announce_first};
 use super::check;
 use super::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
-use super::host_sysctl::HostSysctl;
 use super::netlinksafe::{self, to_io};
 use super::netns::{netlink_in, LinkDeleter, Netlink};
 use super::probe::probe_for_owner;
@@ -48,8 +47,6 @@ pub struct BridgeDatapath {
     /// Retired host ends and their reaper (DEL does not wait for the
     /// kernel to unregister a veth).
     graveyard: Graveyard,
-    /// Turns IPv6 off on host ends (see `host_sysctl`).
-    sysctl: HostSysctl,
     /// The duplicate-address probe's window; None: no probe.
     dad_probe: Option<Duration>,
 }
@@ -88,7 +85,6 @@ impl BridgeDatapath {
         let deleter = LinkDeleter::new(netns)?;
         let info = bridge_info(&handle, bridge).await?;
         let graveyard = Graveyard::start(netns).await?;
-        let sysctl = HostSysctl::start(netns)?;
         let mac = info.mac.ok_or_else(|| DatapathError::Netlink {
             op: format!("read the MAC of bridge {bridge}"),
             source: io::Error::other("the kernel reported no address"),
@@ -106,7 +102,6 @@ impl BridgeDatapath {
             bridge: bridge.to_string(),
             deleter,
             graveyard,
-            sysctl,
             dad_probe: None,
         })
     }
@@ -149,7 +144,6 @@ impl Datapath for BridgeDatapath {
         let task = tokio::spawn(wire(
             self.handle.clone(),
             self.lookups.clone(),
-            self.sysctl.clone(),
             self.bridge.clone(),
             link.clone(),
             self.dad_probe,
@@ -206,7 +200,6 @@ impl Datapath for BridgeDatapath {
 async fn wire(
     handle: Netlink,
     lookups: Netlink,
-    sysctl: HostSysctl,
     bridge: String,
     link: PodLink,
     dad_probe: Option<Duration>,
@@ -222,7 +215,6 @@ async fn wire(
     steps.clear = laps.lap();
     pair.create(
         &handle,
-        &sysctl,
         Some(br.index),
         br.mtu,
         &format!("port of bridge {bridge}"),

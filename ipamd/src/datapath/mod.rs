@@ -24,7 +24,6 @@ mod bridge;
 mod check;
 pub mod fake;
 mod graveyard;
-mod host_sysctl;
 pub mod ndp;
 mod netlinksafe;
 mod netns;

@@ -8,7 +8,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use futures::StreamExt;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkMessage,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
@@ -16,7 +18,6 @@ use rtnetlink::packet_core::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::announce::Announcer;
-use super::host_sysctl::HostSysctl;
 use super::netlinksafe::{self, to_io};
 use super::netns::{open_netns, NetnsThread, Started};
 use super::pod_end::{clear_ifname, configure_pod};
@@ -128,7 +129,7 @@ impl NewPair {
     /// Creates both ends in one request (see [`pair_request`]) once the
     /// pod's thread has made CNI_IFNAME free; `attached` says, for errors,
     /// where the host end goes ("port of bridge br0"). The host end's IPv6
-    /// is turned off (`sysctl`) before the pod end comes up.
+    /// is silenced ([`silence_ipv6`]) before the pod end comes up.
     ///
     /// Checked first rather than after a failed request: a re-ADD into a
     /// netns whose last DEL's veth is not reaped yet finds that pod end
@@ -138,7 +139,6 @@ impl NewPair {
     pub(crate) async fn create(
         &mut self,
         handle: &Handle,
-        sysctl: &HostSysctl,
         controller: Option<u32>,
         mtu: u32,
         attached: &str,
@@ -166,7 +166,7 @@ impl NewPair {
                 self.pod_index = index;
                 // Before the pod end is up: until then the host end has no
                 // carrier, and IPv6 on it has done nothing yet.
-                sysctl.disable_ipv6(&self.link.host_ifname).await;
+                silence_ipv6(handle, &self.link.host_ifname).await;
                 Ok(())
             }
             Err(e) => Err(create_error(handle, attached, &self.link, e).await),
@@ -188,6 +188,38 @@ impl NewPair {
         self.pod
             .run_timed(move |pod| configure_pod(pod, link, index, tx_checksum_off, probe))
             .await
+    }
+}
+
+/// IPv6 quiet on a host end: `addr_gen_mode none` (RTM_SETLINK,
+/// IFLA_AF_SPEC), before the pod end is up. A host end is an L2 port with
+/// no address of its own to use; with IPv6 as the kernel leaves a new link,
+/// it makes itself a link-local address when it gets carrier and sends a
+/// DAD solicitation, router solicitations and MLD reports into the pod on
+/// every ADD. Without a link-local address it sends none of them (on a
+/// host with IPv6 forwarding on, two MLD reports for all-routers remain).
+///
+/// Not `net.ipv6.conf.<if>.disable_ipv6 = 1`: the kernel takes that
+/// sysctl's write with a trylock of the rtnl lock and restarts the system
+/// call until it gets it, so under a burst of ADDs and DELs (the lock held
+/// most of the time) the write spun on a CPU: a quarter of ipamd's CPU per
+/// pod in `scripts/bench` at 8 workers.
+///
+/// Not fatal to an ADD (the pod works either way): a failure is logged. A
+/// kernel without IPv6, or a link without it (an MTU under 1280), answers
+/// EAFNOSUPPORT: nothing to silence.
+pub(crate) async fn silence_ipv6(handle: &Handle, host_ifname: &str) {
+    let request = LinkUnspec::new_with_name(host_ifname)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]))
+        .build();
+    match handle.link().set(request).execute().await {
+        Ok(()) => {}
+        Err(e) if netlinksafe::errno(&e) == Some(libc::EAFNOSUPPORT) => {}
+        Err(error) => tracing::warn!(host_ifname, %error,
+            "could not turn IPv6 address generation off on the host end of a pod's veth; \
+             it will send DAD/RS/MLD into the pod"),
     }
 }
 

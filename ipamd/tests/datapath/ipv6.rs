@@ -113,12 +113,10 @@ fn dual_stack_and_ipv6_only_pods_are_usable_when_wire_returns() {
                 "{routes}"
             );
             dp.check(link).await.unwrap();
-            // The host end is an L2 port: IPv6 off, no address of its own.
-            let sysctl = node.exec(&[
-                "cat",
-                &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", link.host_ifname),
-            ]);
-            assert_eq!(String::from_utf8_lossy(&sysctl.stdout).trim(), "1");
+            // The host end is an L2 port: no IPv6 address of its own, and
+            // none made when it got carrier.
+            let host = node.ip_json(&["-d", "link", "show", "dev", &link.host_ifname]);
+            assert_eq!(host[0]["inet6_addr_gen_mode"], "none", "{host}");
             let host6 = node.ip_json(&["-6", "addr", "show", "dev", &link.host_ifname]);
             assert!(
                 host6

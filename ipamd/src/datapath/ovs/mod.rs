@@ -19,7 +19,6 @@ use rtnetlink::Handle;
 use crate::datapath::announce::{announce_again, announce_first};
 use crate::datapath::check;
 use crate::datapath::graveyard::{Graveyard, GraveyardStats, ReapPolicy};
-use crate::datapath::host_sysctl::HostSysctl;
 use crate::datapath::netlinksafe;
 use crate::datapath::netns::{netlink_in, LinkDeleter, Netlink};
 use crate::datapath::probe::probe_for_owner;
@@ -80,8 +79,6 @@ pub struct OvsDatapath {
     deleter: LinkDeleter,
     /// Retired host ends and their reaper (see `graveyard`).
     graveyard: Graveyard,
-    /// Turns IPv6 off on host ends (see `host_sysctl`).
-    sysctl: HostSysctl,
     /// Writes return once ovs-vswitchd applied them.
     ovs: Ovsdb,
     /// The same connection, not waiting for ovs-vswitchd: for removals, where
@@ -123,7 +120,6 @@ impl OvsDatapath {
         let handle = netlink_in(netns)?;
         let deleter = LinkDeleter::new(netns)?;
         let graveyard = Graveyard::start(netns).await?;
-        let sysctl = HostSysctl::start(netns)?;
         let opts = Options {
             timeout: cfg.timeout,
             wait_applied: true,
@@ -178,7 +174,6 @@ impl OvsDatapath {
             handle,
             deleter,
             graveyard,
-            sysctl,
             ovs,
             ovs_nowait,
             bridge: bridge.to_string(),
@@ -246,7 +241,6 @@ impl OvsDatapath {
         steps.clear = laps.lap();
         pair.create(
             &self.handle,
-            &self.sysctl,
             None,
             self.mtu,
             &format!("for OVS bridge {}", self.bridge),
