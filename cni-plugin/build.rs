@@ -44,6 +44,11 @@ const STATIC_LIBS: &[(&str, &[&str])] = &[
 ];
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    // musl targets link statically on their own.
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl") {
+        return;
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // For every binary and test of the crate: libgcc_s is the static unwinder.
     std::fs::write(out.join("libgcc_s.a"), "INPUT(-lgcc_eh)\n").expect("write into OUT_DIR");
@@ -62,7 +67,6 @@ fn main() {
              plugin that starts faster"
         ),
     }
-    println!("cargo:rerun-if-changed=build.rs");
 }
 
 fn write_static_scripts(dir: &Path) -> Result<(), String> {

@@ -263,6 +263,8 @@ pub fn run<B, R>(
 
 /// The release binaries next to the bench's executable (or in
 /// `MOOR_BIN_DIR`); `script` is the bench's script, which builds them.
+/// `MOOR_PLUGIN`, when set, is the plugin instead: the scripts set it to
+/// the musl build, the plugin as it ships (see .cargo/config.toml).
 pub fn release_bins(script: &str) -> Res<Bins> {
     // The bench runs from target/release/deps/; the binaries sit one up.
     let dir = match std::env::var_os("MOOR_BIN_DIR") {
@@ -275,7 +277,9 @@ pub fn release_bins(script: &str) -> Res<Bins> {
             .ok_or("cannot find the target dir")?,
     };
     let bins = Bins {
-        moor: dir.join("moor"),
+        moor: std::env::var_os("MOOR_PLUGIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("moor")),
         ipamd: dir.join("ipamd"),
         ipamctl: dir.join("ipamctl"),
     };
