@@ -290,10 +290,24 @@ fn wait_listening(tcpdump: &mut std::process::Child) {
 /// bridge saw while `link` was wired and for 1.5 s after, when the last
 /// of the three announcements (~0, ~+0.2 s, ~+1 s) is out.
 fn tcpdump_during_wire(node: &Netns, link: &PodLink, args: &[&str], filter: &str) -> String {
+    tcpdump_in_during_wire(node, BRIDGE, node, link, filter, args, 1500)
+}
+
+/// What tcpdump on `iface` of netns `on` saw while `link` was wired (from
+/// `node`) and for `after_ms` after.
+fn tcpdump_in_during_wire(
+    on: &Netns,
+    iface: &str,
+    node: &Netns,
+    link: &PodLink,
+    filter: &str,
+    args: &[&str],
+    after_ms: u64,
+) -> String {
     let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", &node.name, "tcpdump", "-l", "-n", "-e"])
+        .args(["netns", "exec", &on.name, "tcpdump", "-l", "-n", "-e"])
         .args(args)
-        .args(["-i", BRIDGE, filter])
+        .args(["-i", iface, filter])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -302,7 +316,7 @@ fn tcpdump_during_wire(node: &Netns, link: &PodLink, args: &[&str], filter: &str
     in_netns(node, || async {
         let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
         dp.wire(link).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
     });
     let _ = tcpdump.kill();
     let out = tcpdump.wait_with_output().unwrap();
@@ -343,22 +357,7 @@ fn host_end_sends_no_ipv6_into_the_pod() {
     let link = pod_link(&pod, "ctr-quiet", Ipv4Addr::new(10, 1, 0, 18));
     // `any`: eth0 does not exist yet; frames from the host end arrive as
     // "In <host end's MAC>".
-    let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", &pod.name, "tcpdump", "-l", "-n", "-e"])
-        .args(["-i", "any", "ip6"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump");
-    wait_listening(&mut tcpdump);
-    in_netns(&node, || async {
-        let dp = BridgeDatapath::new(BRIDGE).await.unwrap();
-        dp.wire(&link).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-    });
-    let _ = tcpdump.kill();
-    let out = tcpdump.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&out.stdout);
+    let seen = tcpdump_in_during_wire(&pod, "any", &node, &link, "ip6", &[], 2500);
     let host = node.ip_json(&["-d", "link", "show", "dev", &link.host_ifname]);
     let host_mac = host[0]["address"].as_str().unwrap();
     let from_host: Vec<&str> = seen.lines().filter(|l| l.contains(host_mac)).collect();
