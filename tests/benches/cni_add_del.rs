@@ -814,6 +814,7 @@ impl Report {
             o.rounds,
             self.total.as_secs_f64()
         );
+        println!("moor: the plugin {}", plugin().display());
         if let Some(d) = &o.moor_b_bins {
             println!("moor-b: the binaries of {}", d.display());
         }
@@ -1009,6 +1010,7 @@ impl Report {
         if let Some(a) = &o.moor_b_args {
             j["moor_b_args"] = json!(a.join(" "));
         }
+        j["moor_plugin"] = json!(plugin().display().to_string());
         if let Some(d) = &o.moor_b_bins {
             j["moor_b_bins"] = json!(d.display().to_string());
         }
@@ -1185,4 +1187,12 @@ fn main() -> ExitCode {
             }
         },
     )
+}
+
+/// The plugin the moor side ran (the musl build when scripts/bench made
+/// it, see `release_bins`): named in the report, so a fallback shows.
+fn plugin() -> PathBuf {
+    release_bins("./scripts/bench")
+        .map(|b| b.moor)
+        .unwrap_or_default()
 }

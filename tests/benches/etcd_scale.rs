@@ -378,13 +378,20 @@ const BATCH_GAP: Duration = Duration::from_millis(150);
 async fn settle(raw: &EtcdStore) -> Res<()> {
     tokio::time::sleep(BATCH_GAP).await;
     let mut c = raw.client();
-    let lease = c
-        .lease_grant(60, None)
+    let lease_and_revoke = async {
+        // A short TTL: a lease a failed revoke leaves behind goes soon.
+        let lease = c
+            .lease_grant(5, None)
+            .await
+            .map_err(|e| format!("settle: lease grant: {e}"))?;
+        c.lease_revoke(lease.id())
+            .await
+            .map_err(|e| format!("settle: lease revoke: {e}"))?;
+        Ok::<_, String>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), lease_and_revoke)
         .await
-        .map_err(|e| format!("settle: lease grant: {e}"))?;
-    c.lease_revoke(lease.id())
-        .await
-        .map_err(|e| format!("settle: lease revoke: {e}"))?;
+        .map_err(|_| "settle: etcd did not grant and revoke a lease within 10 s".to_string())??;
     tokio::time::sleep(BATCH_GAP).await;
     Ok(())
 }
