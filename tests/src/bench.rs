@@ -263,9 +263,8 @@ pub fn run<B, R>(
 
 /// The release binaries next to the bench's executable (or in
 /// `MOOR_BIN_DIR`); `script` is the bench's script, which builds them.
-/// `MOOR_PLUGIN`, when set, is the plugin instead: scripts/bench sets it to
-/// the musl build, the plugin as it ships (see .cargo/config.toml); the
-/// other benches' scripts time the glibc build unless it is set.
+/// `MOOR_PLUGIN`, when set, is the plugin instead: the bench scripts set it
+/// to the musl build, the plugin as it ships (scripts/musl-plugin).
 pub fn release_bins(script: &str) -> Res<Bins> {
     // The bench runs from target/release/deps/; the binaries sit one up.
     let dir = match std::env::var_os("MOOR_BIN_DIR") {
