@@ -775,6 +775,9 @@ impl Testbed {
 
 struct Report {
     opts: Opts,
+    /// The plugin the moor side ran (the musl build when scripts/bench
+    /// made it): named in the report, so a fallback to glibc shows.
+    plugin: PathBuf,
     /// Per side, in the testbed's order (ref last).
     keys: Vec<&'static str>,
     /// Per side, whether it ran dual stack.
@@ -814,7 +817,7 @@ impl Report {
             o.rounds,
             self.total.as_secs_f64()
         );
-        println!("moor: the plugin {}", plugin().display());
+        println!("moor: the plugin {}", self.plugin.display());
         if let Some(d) = &o.moor_b_bins {
             println!("moor-b: the binaries of {}", d.display());
         }
@@ -1010,7 +1013,7 @@ impl Report {
         if let Some(a) = &o.moor_b_args {
             j["moor_b_args"] = json!(a.join(" "));
         }
-        j["moor_plugin"] = json!(plugin().display().to_string());
+        j["moor_plugin"] = json!(self.plugin.display().to_string());
         if let Some(d) = &o.moor_b_bins {
             j["moor_b_bins"] = json!(d.display().to_string());
         }
@@ -1083,7 +1086,7 @@ impl Cpu {
 
 // ---------------------------------------------------------------- main
 
-fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
+fn bench(opts: &Opts, plugin: &Path, bed: &mut Testbed) -> Res<Report> {
     eprintln!("bench: warm-up (one pod of each pings its gateway)");
     for side in &bed.sides {
         bed.warm_up(side, opts.workers)?;
@@ -1144,6 +1147,7 @@ fn bench(opts: &Opts, bed: &mut Testbed) -> Res<Report> {
     bed.verify_clean()?;
     Ok(Report {
         opts: opts.clone(),
+        plugin: plugin.to_path_buf(),
         keys: bed.sides.iter().map(|s| s.key).collect(),
         dual: bed.sides.iter().map(|s| s.dual).collect(),
         multi,
@@ -1178,7 +1182,7 @@ fn main() -> ExitCode {
     moor_e2e::bench::run(
         "cni_add_del",
         Testbed::new(&bins, &opts),
-        |bed| bench(&opts, bed),
+        |bed| bench(&opts, &bins.moor, bed),
         |mut report| report.print(),
         |bed| {
             let tails = bed.log_tails();
@@ -1187,12 +1191,4 @@ fn main() -> ExitCode {
             }
         },
     )
-}
-
-/// The plugin the moor side ran (the musl build when scripts/bench made
-/// it, see `release_bins`): named in the report, so a fallback shows.
-fn plugin() -> PathBuf {
-    release_bins("./scripts/bench")
-        .map(|b| b.moor)
-        .unwrap_or_default()
 }
