@@ -54,7 +54,7 @@ use moor_testkit::netns::disable_ipv6;
 use moor_testkit::Ovs;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, Fabric, Layout, TorNet, TOR_BRIDGE, UPLINK};
+use crate::cluster::{Cluster, Fabric, Layout, TorNet, FAST_SWEEP, TOR_BRIDGE, UPLINK};
 use crate::testbed::Families;
 use crate::Pod;
 
@@ -248,15 +248,14 @@ impl OvsCluster {
                 UPLINK,
                 "--ovs-datapath-type",
                 "netdev",
-                // The leak sweep removes ports a DEL during an OVS outage
-                // could not; fast here so tests see it.
-                "--reconcile-interval-seconds",
-                "1",
-                "--gc-grace-seconds",
-                "1",
             ]
             .map(String::from)
             .to_vec();
+            // The leak sweep removes ports a DEL during an OVS outage
+            // could not; fast here so tests see it.
+            c.cluster.nodes[i]
+                .datapath_args
+                .extend(FAST_SWEEP.map(String::from));
             c.node_switches.push(Switch {
                 owner: name.clone(),
                 ovs: Mutex::new(ovs),

@@ -139,14 +139,20 @@ impl<'a> Injector<'a> {
         }
     }
 
+    /// One of the cluster's nodes, by the run's seed.
+    fn random_node(&mut self) -> String {
+        let nodes = &self.bed.cluster().nodes;
+        nodes[self.rng.below(nodes.len() as u64) as usize]
+            .name
+            .clone()
+    }
+
     fn inject(&mut self, fault: Fault) {
         let c = self.bed.cluster();
         let t = Instant::now();
         match fault {
             Fault::IpamdKill => {
-                let node = c.nodes[self.rng.below(c.nodes.len() as u64) as usize]
-                    .name
-                    .clone();
+                let node = self.random_node();
                 c.kill9_ipamd(&node);
                 std::thread::sleep(self.rng.millis(100, 2000));
                 c.start_ipamd(&node);
@@ -168,9 +174,7 @@ impl<'a> Injector<'a> {
                 let Net::Ovs(ovs) = &self.bed.net else {
                     unreachable!("OVS restarts are planned in OVS mode only")
                 };
-                let node = c.nodes[self.rng.below(c.nodes.len() as u64) as usize]
-                    .name
-                    .clone();
+                let node = self.random_node();
                 ovs.kill9_ovs(&node);
                 std::thread::sleep(self.rng.millis(200, 1500));
                 ovs.start_ovs(&node);

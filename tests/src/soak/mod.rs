@@ -28,7 +28,7 @@ pub mod settle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, Layout};
+use crate::cluster::{Cluster, Layout, FAST_SWEEP};
 use crate::ovs_cluster::OvsCluster;
 use crate::testbed::Families;
 use crate::Pod;
@@ -150,18 +150,11 @@ impl Bed {
         match mode {
             Mode::Physical => {
                 let kube = kube::Kube::start();
-                let mut args: Vec<String> = [
-                    "--reconcile-interval-seconds",
-                    "1",
-                    "--gc-grace-seconds",
-                    "1",
-                ]
-                .map(String::from)
-                .to_vec();
+                // The leak sweep short, so the end's settle is quick;
+                // OvsCluster sets the same for its nodes.
+                let mut args: Vec<String> = FAST_SWEEP.map(String::from).to_vec();
                 args.push("--kubeconfig".into());
                 args.push(kube.kubeconfig.display().to_string());
-                // The leak sweep and the reaper short, so the end's settle
-                // is quick; OvsCluster sets the same for its nodes.
                 let c = Cluster::new(Layout {
                     ipamd_args: args,
                     ..layout

@@ -8,7 +8,7 @@ use moor_e2e::names::{container_id, deployment_pod};
 use moor_e2e::{Counts, Pod, Testbed};
 use serde_json::json;
 
-use crate::support::{check_add_result, check_wired, ip_entry, Attached};
+use crate::support::{binding_of, check_add_result, check_wired, ip_entry, Attached};
 
 fn add(tb: &Testbed, pod: &Pod, cid: &str) -> Attached {
     let r = tb.moor("ADD", pod, cid, "1.0.0", &json!({}), None);
@@ -55,13 +55,7 @@ fn pods_reach_gateway_and_each_other_and_stick() {
         .ok("DEL web-0");
     tb.remove_pod(&web0);
     assert_eq!(tb.host_links().len(), 2, "web-0's host veth is gone");
-    let bindings = tb.ipamctl_json(&["binding", "list"]);
-    let kept = bindings
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["pod"]["name"] == "web-0")
-        .unwrap_or_else(|| panic!("web-0 keeps a binding: {bindings}"));
+    let kept = binding_of(&tb, &["binding", "list"], "web-0");
     assert_eq!(kept["address"], a0.ip.to_string().as_str());
     assert_eq!(kept["attached"], false);
     assert_eq!(

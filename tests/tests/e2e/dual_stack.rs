@@ -19,7 +19,7 @@ use moor_e2e::{Families, Options, Pod, Testbed};
 use moor_testkit::netns::pings;
 use serde_json::{json, Value};
 
-use crate::support::{check_add_result, check_wired, VERSIONS};
+use crate::support::{binding_of, check_add_result, check_wired, VERSIONS};
 
 fn dual() -> Testbed {
     Testbed::with(Options {
@@ -211,14 +211,8 @@ fn sticky_dual_stack_pod_gets_both_ips_and_its_mac_back() {
         (&ips[free], &ips6[free]),
         "{bound}"
     );
-    let list = tb.ipamctl_json(&["binding", "list", "--pool", "db"]);
-    let listed = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["pod"]["name"] == "db-3")
-        .unwrap_or_else(|| panic!("db-3 not listed: {list}"));
-    assert_eq!(listed["address6"], ips6[free], "{list}");
+    let listed = binding_of(&tb, &["binding", "list", "--pool", "db"], "db-3");
+    assert_eq!(listed["address6"], ips6[free], "{listed}");
     tb.moor("DEL", &again, &cid2, "1.1.0", &json!({}), None)
         .ok("DEL");
     let bad = tb.audit();

@@ -246,6 +246,18 @@ pub fn prev_result(pod: &Pod, version: &str, ip: Ipv4Addr) -> Value {
 }
 
 /// The `ip list` entry of `ip`.
+/// Pod `pod`'s binding in `ipamctl -o json binding list` (panics naming
+/// the list when it has none).
+pub fn binding_of(tb: &Testbed, args: &[&str], pod: &str) -> Value {
+    let list = tb.ipamctl_json(args);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["pod"]["name"] == pod)
+        .cloned()
+        .unwrap_or_else(|| panic!("{pod} has no binding: {list}"))
+}
+
 pub fn ip_entry(tb: &Testbed, ip: Ipv4Addr) -> Value {
     tb.ipamctl_json(&["ip", "show", &ip.to_string()])
 }

@@ -82,6 +82,15 @@ fn assert_attached(list: &[Value], l: &Live, when: &str) {
 /// Asserts that `log` (every run of one node's ipamd, appended) says the
 /// old release opened a schema 3 store and, after `from` bytes, that the new
 /// one found it at `found` and runs on schema 4; returns the log's length.
+/// Takes one of `node`'s Deployment (web-) pods out of `live`.
+fn take_web_pod(live: &mut Vec<Live>, node: &str) -> Live {
+    let at = live
+        .iter()
+        .position(|l| l.node == node && l.pod.name.starts_with("web-"))
+        .unwrap_or_else(|| panic!("no web pod left on {node}"));
+    live.remove(at)
+}
+
 fn assert_schema_log(log: &std::path::Path, from: usize, found: u32) -> usize {
     let text = std::fs::read_to_string(log).unwrap();
     assert!(
@@ -307,11 +316,7 @@ fn rolling_update_on_etcd_while_add_and_del_go_on() {
             c.stop_ipamd(node);
             // The kubelet deletes one of the node's Deployment pods
             // meanwhile: the old moor queues the DEL.
-            let at = live
-                .iter()
-                .position(|l| l.node == node && l.pod.name.starts_with("web-"))
-                .expect("a web pod on the node");
-            let gone = live.remove(at);
+            let gone = take_web_pod(&mut live, node);
             c.del(node, &gone.pod, &gone.cid)
                 .ok("DEL with no ipamd (old moor)");
             assert_eq!(c.node(node).pending().len(), 1, "old moor queued the DEL");
@@ -350,11 +355,7 @@ fn rolling_update_on_etcd_while_add_and_del_go_on() {
             assert_eq!(c.pod_addr(&l.pod).map(|a| a.ip), Some(l.ip));
         }
         // DEL of a pod the old release ADDed, on the updated node.
-        let at = live
-            .iter()
-            .position(|l| l.node == node && l.pod.name.starts_with("web-"))
-            .expect("another web pod on the node");
-        let web = live.remove(at);
+        let web = take_web_pod(&mut live, node);
         c.del(node, &web.pod, &web.cid)
             .ok("DEL of an old pod after the update");
         assert!(c.pod_links(&web.pod).is_empty(), "its eth0 is gone");
