@@ -248,19 +248,16 @@ fn churn(
         i += 1;
         let pod = c.pod(&deployment_pod("bg", SEED.fetch_add(1, Ordering::Relaxed)));
         let cid = container_id();
-        let add = c.add(node, &pod, &cid);
-        if add.code != 0 {
-            failures
-                .lock()
-                .unwrap()
-                .push(format!("ADD {} on {node}: {}", pod.name, add.stdout));
-        }
-        let del = c.del(node, &pod, &cid);
-        if del.code != 0 {
-            failures
-                .lock()
-                .unwrap()
-                .push(format!("DEL {} on {node}: {}", pod.name, del.stdout));
+        for (op, out) in [
+            ("ADD", c.add(node, &pod, &cid)),
+            ("DEL", c.del(node, &pod, &cid)),
+        ] {
+            if out.code != 0 {
+                failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("{op} {} on {node}: {}", pod.name, out.stdout));
+            }
         }
         c.remove_pod(&pod);
         done.fetch_add(1, Ordering::Relaxed);

@@ -102,12 +102,7 @@ async fn a_del_whose_unwire_fails_changes_nothing_in_the_store() {
     );
     let e = h.node.del("c1", "eth0").await.unwrap_err();
     assert_eq!(e.cni_code(), crate::error::cni_code::DATAPATH);
-    assert!(h
-        .lease("web", a.lease.ip)
-        .await
-        .unwrap()
-        .attachment
-        .is_some());
+    assert!(h.attachment("web", a.lease.ip).await.is_some());
     h.node.del("c1", "eth0").await.unwrap();
     h.clean().await;
 }

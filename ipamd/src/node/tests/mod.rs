@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::audit::audit;
 use crate::clock::ManualClock;
-use crate::core::{AttachmentKey, Lease, PodRef, Policy};
+use crate::core::{Attachment, AttachmentKey, Lease, PodRef, Policy};
 use crate::datapath::fake::RecordingDatapath;
 use crate::datapath::{Datapath, DatapathError, PodLink, ReconcileReport, Wired};
 use crate::error::Error;
@@ -213,6 +213,12 @@ impl Harness {
             .await
             .unwrap()
             .map(|(l, _)| l)
+    }
+
+    /// The attachment on an IP's lease as the store has it now (None: no
+    /// lease, or a lease without one).
+    pub async fn attachment(&self, pool: &str, ip: std::net::IpAddr) -> Option<Attachment> {
+        self.lease(pool, ip).await.and_then(|l| l.attachment)
     }
 
     pub async fn binding(&self, pod: &str) -> bool {

@@ -91,12 +91,7 @@ async fn a_sticky_pod_deleted_and_restarted_within_one_outage_keeps_its_ip() {
     // and of the replay task).
     assert_eq!(h.node.replay_pending_dels().await.unwrap(), 1);
     assert_eq!(h.node.sync_offline().await.unwrap(), 1);
-    let a = h
-        .lease("db", first.lease.ip)
-        .await
-        .unwrap()
-        .attachment
-        .unwrap();
+    let a = h.attachment("db", first.lease.ip).await.unwrap();
     assert_eq!(a.key, h.key("c2"));
     assert!(h.dp.is_wired(&Harness::host("c2")));
     h.clean().await;
@@ -117,12 +112,7 @@ async fn the_write_back_applies_the_previous_instances_recorded_del_first() {
     assert_eq!(h.pending_files(), 1);
     assert_eq!(h.node.sync_offline().await.unwrap(), 1);
     assert_eq!(h.pending_files(), 0, "c1's DEL applied");
-    let a = h
-        .lease("db", again.lease.ip)
-        .await
-        .unwrap()
-        .attachment
-        .unwrap();
+    let a = h.attachment("db", again.lease.ip).await.unwrap();
     assert_eq!((a.key, again.lease.ip), (h.key("c2"), first.lease.ip));
     assert!(h.dp.is_wired(&Harness::host("c2")), "kept");
     h.clean().await;
@@ -187,12 +177,7 @@ async fn a_restart_after_an_outage_writes_back_what_was_attached_during_it() {
     let first = restarted_during_an_outage(&h).await;
     let h = h.restart();
     assert!(h.node.recover().await.unwrap());
-    let a = h
-        .lease("db", first.lease.ip)
-        .await
-        .unwrap()
-        .attachment
-        .unwrap();
+    let a = h.attachment("db", first.lease.ip).await.unwrap();
     assert_eq!(a.key, h.key("c2"));
     assert_eq!(a.state, AttachmentState::Ready);
     assert!(h.dp.is_wired(&Harness::host("c2")), "kept by the reconcile");
