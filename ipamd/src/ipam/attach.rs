@@ -3,6 +3,8 @@
 //! datapath is wired. The pool comes from `resolve.rs`; the decision's
 //! inputs from the store, or from the node's view (`attach_view.rs`).
 
+use std::sync::Arc;
+
 use crate::core::allocate::Refusal;
 use crate::core::explain::explain;
 use crate::core::{AttachmentKey, AttachmentRef, Binding, Lease, Pool, Tor};
@@ -157,13 +159,13 @@ impl Ipam {
         }
         let what = format!("allocating in pool {pool}");
         let todo_ref = &todo;
-        let decided: Result<(Vec<Decided>, Pool)> =
+        let decided: Result<(Vec<Decided>, Arc<Pool>)> =
             cas(self.store.as_ref(), &what, || async move {
                 let pool_read = self.pool_entry(pool).await?;
                 let (leases, _) = self.store.list_json::<Lease>(&keys::leases(pool)).await?;
                 let leases = leases
                     .into_iter()
-                    .map(|(l, e)| (std::sync::Arc::new(l), e.version))
+                    .map(|(l, e)| (Arc::new(l), e.version))
                     .collect();
                 let mut bindings = Vec::new();
                 for &i in todo_ref {
@@ -175,7 +177,7 @@ impl Ipam {
                     });
                 }
                 let read = AddRead {
-                    pool: pool_read,
+                    pool: (Arc::new(pool_read.0), pool_read.1),
                     leases,
                 };
                 let mut planner = Planner::new(read);
@@ -183,7 +185,7 @@ impl Ipam {
                 for (&i, b) in todo_ref.iter().zip(&bindings) {
                     results.push(planner.add(&batch[i].req, &batch[i].segments, b.as_ref()));
                 }
-                let (txn, pool) = planner.finish();
+                let (txn, pool, _) = planner.finish();
                 if results.iter().all(|r| !matches!(r, Ok(Ok(_)))) {
                     Ok(Attempt::Done((results, pool)))
                 } else {

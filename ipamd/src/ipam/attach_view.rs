@@ -59,7 +59,7 @@ impl Ipam {
                 _ => return FromView::Read,
             }
         }
-        let (txn, _) = planner.finish();
+        let (txn, _, leases) = planner.finish();
         let ops = txn.ops.clone();
         let rev = match self.store.commit_at(txn).await {
             Ok(Some(rev)) => rev,
@@ -68,11 +68,6 @@ impl Ipam {
             // its leader died): the reading way finds out.
             Err(_) => return FromView::LostReply,
         };
-        let leases: Vec<&crate::core::Lease> = done
-            .iter()
-            .flatten()
-            .map(|a: &Allocation| &a.lease)
-            .collect();
         view.committed(&ops, rev, &leases);
         FromView::Done(done)
     }

@@ -21,7 +21,8 @@ use super::{AllocRequest, Allocation};
 
 /// What ADDs of one pool decide from: read from the store, or from the view.
 pub(super) struct AddRead {
-    pub pool: (Pool, Entry),
+    /// Shared with the view that holds it (not copied per ADD).
+    pub pool: (Arc<Pool>, Entry),
     /// Each lease and its version (what the commit checks).
     pub leases: Vec<(Arc<Lease>, u64)>,
 }
@@ -57,7 +58,7 @@ pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKe
 }
 
 pub(super) struct Planner {
-    pool: Pool,
+    pool: Arc<Pool>,
     /// The pool's leases as decided so far.
     leases: BTreeMap<IpAddr, Arc<Lease>>,
     /// The leases' versions as read (what the commit checks).
@@ -66,6 +67,8 @@ pub(super) struct Planner {
     made: HashMap<PodKey, Binding>,
     keys: HashSet<AttachmentKey>,
     txn: Txn,
+    /// The leases the transaction puts, shared with `leases`.
+    taken: Vec<Arc<Lease>>,
 }
 
 impl Planner {
@@ -88,6 +91,7 @@ impl Planner {
             made: HashMap::new(),
             keys: HashSet::new(),
             txn,
+            taken: Vec::new(),
         }
     }
 
@@ -188,7 +192,9 @@ impl Planner {
             // binding add) would have changed the decision.
             self.txn.expect(&binding_key, None);
         }
-        self.leases.insert(ip, Arc::new(lease.clone()));
+        let shared = Arc::new(lease.clone());
+        self.taken.push(shared.clone());
+        self.leases.insert(ip, shared);
         Ok(Ok(Allocation {
             lease,
             tor,
@@ -197,9 +203,9 @@ impl Planner {
         }))
     }
 
-    /// The transaction of every ADD decided, and the pool they were
-    /// decided in.
-    pub fn finish(self) -> (Txn, Pool) {
-        (self.txn, self.pool)
+    /// The transaction of every ADD decided, the pool they were decided
+    /// in, and the leases the transaction puts.
+    pub fn finish(self) -> (Txn, Arc<Pool>, Vec<Arc<Lease>>) {
+        (self.txn, self.pool, self.taken)
     }
 }

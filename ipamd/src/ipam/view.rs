@@ -60,13 +60,13 @@ impl Drop for View {
     }
 }
 
-/// `e` without its value: its key and version, what a compare checks (the
-/// view's readers have the record decoded already).
-fn stub(e: &Entry) -> Entry {
+/// An entry without its value: its key and version, what a compare checks
+/// (the view's readers have the record decoded already).
+fn stub(key: String, version: u64) -> Entry {
     Entry {
-        key: e.key.clone(),
+        key,
         value: Vec::new(),
-        version: e.version,
+        version,
     }
 }
 
@@ -167,9 +167,10 @@ impl View {
     pub(super) fn pool_data(&self, name: &str) -> Option<AddRead> {
         let s = self.shared.state.lock().unwrap();
         let live = |p: &str| s.caches.get(p).filter(|c| c.live);
-        let (pool, entry) = live(keys::POOLS)?.get::<Pool>(&keys::pool(name))??;
+        let key = keys::pool(name);
+        let (pool, version) = live(keys::POOLS)?.get_shared::<Pool>(&key)??;
         Some(AddRead {
-            pool: (pool.clone(), stub(entry)),
+            pool: (pool, stub(key, version)),
             leases: live(&keys::leases(name))?.shared()?,
         })
     }
@@ -179,10 +180,11 @@ impl View {
     pub(super) fn lease(&self, pool: &str, ip: std::net::IpAddr) -> Option<Option<(Lease, Entry)>> {
         let s = self.shared.state.lock().unwrap();
         let leases = s.caches.get(&keys::leases(pool)).filter(|c| c.live)?;
+        let key = keys::lease(pool, ip);
         Some(
             leases
-                .get::<Lease>(&keys::lease(pool, ip))?
-                .map(|(l, e)| (l.clone(), stub(e))),
+                .get::<Lease>(&key)?
+                .map(|(l, version)| (l.clone(), stub(key, version))),
         )
     }
 
@@ -224,23 +226,22 @@ impl View {
         let mut s = self.shared.state.lock().unwrap();
         if let Some(c) = prefix_of(key).and_then(|p| s.caches.get_mut(&p)) {
             // Its watch event, if still on the way, must not bring it back.
-            if let Some(e) = c.entries.remove(key) {
-                c.tombs.insert(key.to_string(), e.version);
+            if let Some(slot) = c.slots.remove(key) {
+                c.tombs.insert(key.to_string(), slot.version);
             }
-            c.values.remove(key);
         }
     }
 
     /// Applies this node's own committed change, which got `revision`.
     /// `leases`: leases the change put, as the caller has them (they are
-    /// not decoded again).
-    pub(super) fn committed(&self, ops: &[Op], revision: u64, leases: &[&Lease]) {
+    /// not decoded again, nor copied).
+    pub(super) fn committed(&self, ops: &[Op], revision: u64, leases: &[Arc<Lease>]) {
         if revision == 0 {
             return;
         }
-        let known: Vec<(String, &Lease)> = leases
+        let known: Vec<(String, &Arc<Lease>)> = leases
             .iter()
-            .map(|l| (keys::lease(&l.pool, l.ip), *l))
+            .map(|l| (keys::lease(&l.pool, l.ip), l))
             .collect();
         let mut s = self.shared.state.lock().unwrap();
         let mut tors_changed = false;
@@ -256,15 +257,15 @@ impl View {
             let Some(c) = s.caches.get_mut(&p) else {
                 continue;
             };
-            match value {
-                Some(v) => {
-                    let known = known
-                        .iter()
-                        .find(|(k, _)| k == key)
-                        .map(|(_, l)| Arc::new((*l).clone()) as Arc<dyn Any + Send + Sync>);
-                    c.put_decoded(key, v.clone(), revision, known)
-                }
-                None => c.delete(key, revision),
+            let known = known.iter().find(|(k, _)| k == key);
+            match (value, known) {
+                (Some(_), Some((_, l))) => c.put_decoded(
+                    key,
+                    revision,
+                    Some((*l).clone() as Arc<dyn Any + Send + Sync>),
+                ),
+                (Some(v), None) => c.put(key, v.clone(), revision),
+                (None, _) => c.delete(key, revision),
             }
         }
         if tors_changed {
@@ -304,7 +305,7 @@ fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
     };
     let (want, consider): (HashSet<String>, Vec<String>) = match only {
         None => {
-            let want: HashSet<String> = pools.entries.keys().filter_map(serves).collect();
+            let want: HashSet<String> = pools.slots.keys().filter_map(serves).collect();
             let mut all: Vec<String> = s.followed.keys().cloned().collect();
             all.extend(want.iter().cloned());
             (want, all)
@@ -385,10 +386,14 @@ async fn follow(shared: Arc<Shared>, prefix: String) {
             }
         }
         failures = 0;
+        // One wait for the stop, not one per event (each registers with
+        // the stop channel and unregisters again: a lock and a list walk).
+        let stopped = stop.wait_for(|s| *s);
+        tokio::pin!(stopped);
         loop {
             let ev = tokio::select! {
                 ev = events.next() => ev,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = &mut stopped => return,
             };
             let Some(Ok(ev)) = ev else { break };
             let mut s = shared.state.lock().unwrap();

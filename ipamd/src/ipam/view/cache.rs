@@ -11,13 +11,20 @@ use crate::store::{Entry, WatchEvent};
 /// A record decoded once, when it arrives (ADDs read them many times).
 pub(super) type Value = Option<Arc<dyn Any + Send + Sync>>;
 
+/// One record of the prefix: its version (what a compare checks) and its
+/// value decoded (None: the record does not decode; readers then go to the
+/// store, which reports it). The raw bytes are not kept: nothing reads them.
+pub(super) struct Slot {
+    pub(super) version: u64,
+    pub(super) value: Value,
+}
+
 /// One watched prefix.
 #[derive(Default)]
 pub(super) struct Cache {
-    pub(super) entries: HashMap<String, Entry>,
-    /// `entries` decoded, by the type the prefix holds (None: the record
-    /// does not decode; readers then go to the store, which reports it).
-    pub(super) values: HashMap<String, Value>,
+    /// By key: one map, so a reader finds a record's version and value
+    /// with one lookup (an ADD reads every lease of its pool).
+    pub(super) slots: HashMap<String, Slot>,
     pub(super) decoder: Option<fn(&Entry) -> Value>,
     /// Listed and watched: readers may trust it (up to the compare).
     pub(super) live: bool,
@@ -30,72 +37,99 @@ pub(super) struct Cache {
 
 impl Cache {
     pub(super) fn put(&mut self, key: &str, value: Vec<u8>, revision: u64) {
-        self.put_decoded(key, value, revision, None);
-    }
-
-    /// `put`, with the record already decoded (`decoded`) when the caller
-    /// has it: the node's own commits.
-    pub(super) fn put_decoded(&mut self, key: &str, value: Vec<u8>, revision: u64, decoded: Value) {
-        let newer = |v: u64| v >= revision;
-        if self.entries.get(key).is_some_and(|e| newer(e.version))
-            || self.tombs.get(key).is_some_and(|t| newer(*t))
-        {
+        if self.stale(key, revision) {
             return;
         }
-        self.tombs.remove(key);
         let e = Entry {
             key: key.to_string(),
             value,
             version: revision,
         };
-        let decoded = decoded.or_else(|| self.decoder.and_then(|d| d(&e)));
-        self.values.insert(key.to_string(), decoded);
-        self.entries.insert(key.to_string(), e);
+        let decoded = self.decoder.and_then(|d| d(&e));
+        self.set(e.key, revision, decoded);
+    }
+
+    /// `put` of a record the caller has decoded already (the node's own
+    /// commits): nothing is decoded or copied.
+    pub(super) fn put_decoded(&mut self, key: &str, revision: u64, decoded: Value) {
+        if !self.stale(key, revision) {
+            self.set(key.to_string(), revision, decoded);
+        }
+    }
+
+    /// Whether the view holds `key` at `revision` or newer (or deleted it
+    /// there): a put of `revision` is older news.
+    fn stale(&self, key: &str, revision: u64) -> bool {
+        self.slots.get(key).is_some_and(|s| s.version >= revision)
+            || self.tombs.get(key).is_some_and(|t| *t >= revision)
+    }
+
+    fn set(&mut self, key: String, version: u64, value: Value) {
+        if !self.tombs.is_empty() {
+            self.tombs.remove(&key);
+        }
+        self.slots.insert(key, Slot { version, value });
     }
 
     pub(super) fn replace(&mut self, entries: Vec<Entry>) {
-        self.values = entries
+        self.slots = entries
             .iter()
-            .map(|e| (e.key.clone(), self.decoder.and_then(|d| d(e))))
+            .map(|e| {
+                let value = self.decoder.and_then(|d| d(e));
+                (
+                    e.key.clone(),
+                    Slot {
+                        version: e.version,
+                        value,
+                    },
+                )
+            })
             .collect();
-        self.entries = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
     }
 
-    /// The record at `key`, decoded, and its entry.
-    pub(super) fn get<T: 'static>(&self, key: &str) -> Option<Option<(&T, &Entry)>> {
-        let Some(e) = self.entries.get(key) else {
+    /// The record at `key`, decoded, and its version.
+    pub(super) fn get<T: 'static>(&self, key: &str) -> Option<Option<(&T, u64)>> {
+        let Some(s) = self.slots.get(key) else {
             return Some(None);
         };
-        let v = self.values.get(key)?.as_ref()?.downcast_ref::<T>()?;
-        Some(Some((v, e)))
+        let v = s.value.as_ref()?.downcast_ref::<T>()?;
+        Some(Some((v, s.version)))
+    }
+
+    /// The record at `key`, decoded (shared, not copied), and its version.
+    pub(super) fn get_shared<T: Any + Send + Sync>(
+        &self,
+        key: &str,
+    ) -> Option<Option<(Arc<T>, u64)>> {
+        let Some(s) = self.slots.get(key) else {
+            return Some(None);
+        };
+        let v = s.value.clone()?.downcast::<T>().ok()?;
+        Some(Some((v, s.version)))
     }
 
     /// Every record, decoded; None if one does not decode.
     pub(super) fn values<T: 'static>(&self) -> Option<Vec<&T>> {
-        self.entries
-            .keys()
-            .map(|k| self.values.get(k)?.as_ref()?.downcast_ref::<T>())
+        self.slots
+            .values()
+            .map(|s| s.value.as_ref()?.downcast_ref::<T>())
             .collect()
     }
 
     /// Every record, decoded (shared, not copied), with its version; None
     /// if one does not decode.
     pub(super) fn shared<T: Any + Send + Sync>(&self) -> Option<Vec<(Arc<T>, u64)>> {
-        self.entries
-            .iter()
-            .map(|(k, e)| {
-                let v = self.values.get(k)?.clone()?.downcast::<T>().ok()?;
-                Some((v, e.version))
-            })
+        self.slots
+            .values()
+            .map(|s| Some((s.value.clone()?.downcast::<T>().ok()?, s.version)))
             .collect()
     }
 
     pub(super) fn delete(&mut self, key: &str, revision: u64) {
-        if self.entries.get(key).is_some_and(|e| e.version > revision) {
+        if self.slots.get(key).is_some_and(|s| s.version > revision) {
             return;
         }
-        self.entries.remove(key);
-        self.values.remove(key);
+        self.slots.remove(key);
         let t = self.tombs.entry(key.to_string()).or_default();
         *t = (*t).max(revision);
     }
@@ -109,7 +143,9 @@ impl Cache {
         let seen = self.seen;
         // Events of one revision (one transaction) come one after another:
         // a tomb goes once the watch is past its revision.
-        self.tombs.retain(|_, t| *t >= seen);
+        if !self.tombs.is_empty() {
+            self.tombs.retain(|_, t| *t >= seen);
+        }
     }
 }
 
@@ -119,7 +155,10 @@ mod tests {
 
     #[test]
     fn late_events_do_not_undo_newer_state() {
-        let mut c = Cache::default();
+        let mut c = Cache {
+            decoder: Some(|e| Some(Arc::new(e.value.clone()) as Arc<dyn Any + Send + Sync>)),
+            ..Cache::default()
+        };
         c.put("k", b"1".to_vec(), 5);
         // Our own delete at 7, then the watch delivers the put of 5 and a
         // put of 6 (older), then the delete of 7.
@@ -130,7 +169,7 @@ mod tests {
                 value: v,
                 revision: rev,
             });
-            assert!(!c.entries.contains_key("k"), "rev {rev} came back");
+            assert!(!c.slots.contains_key("k"), "rev {rev} came back");
         }
         c.event(WatchEvent {
             key: "k".into(),
@@ -151,7 +190,6 @@ mod tests {
             value: Some(b"x".to_vec()),
             revision: 7,
         });
-        assert_eq!(c.entries["k"].value, b"8");
-        assert_eq!(c.entries["k"].version, 8);
+        assert_eq!(c.get::<Vec<u8>>("k"), Some(Some((&b"8".to_vec(), 8))));
     }
 }
