@@ -9,8 +9,9 @@
 //!
 //! - Starts its own single-member etcd (/usr/bin/etcd) on free 127.0.0.1
 //!   ports in a temp data dir (on disk, so commits pay a real fsync), with
-//!   revision auto-compaction and a raised backend quota; killed and removed
-//!   on exit, error, panic or Ctrl-C (Drop guards; PDEATHSIG as a backstop).
+//!   revision auto-compaction and a raised backend quota (and the flags
+//!   `--etcd-arg` adds); killed and removed on exit, error, panic or Ctrl-C
+//!   (Drop guards; PDEATHSIG as a backstop).
 //! - Setup through `Ipam`: the ToRs (10.N.0.0/21, 1,600 pod IPs each), the
 //!   nodes' registry records (10 per ToR), the pools (each over 2 ToRs,
 //!   round robin), timed. Then one pool over every ToR, twice (the pool
@@ -105,6 +106,9 @@ Options:
                        traffic is subtracted at its rate)          [default: 10]
   --no-ipamd           skip the real ipamd (no root needed)
   --keep-logs          keep etcd's and ipamd's logs (printed path)
+  --etcd-arg FLAG      one more flag for the bench's etcd, repeatable, e.g.
+                       --etcd-arg --backend-batch-interval=10ms (diagnostics:
+                       the default run uses etcd's defaults)
   -h, --help           this text
 ";
 
@@ -130,6 +134,9 @@ struct Opts {
     idle_cap: Duration,
     ipamd: bool,
     keep_logs: bool,
+    /// More flags for the bench's etcd (diagnostics: what etcd's own
+    /// settings do to both sides).
+    etcd_args: Vec<String>,
 }
 
 fn parse_opts() -> Res<Option<Opts>> {
@@ -147,6 +154,7 @@ fn parse_opts() -> Res<Option<Opts>> {
         idle_cap: Duration::from_secs(10),
         ipamd: true,
         keep_logs: false,
+        etcd_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -178,6 +186,15 @@ fn parse_opts() -> Res<Option<Opts>> {
             }
             "--no-ipamd" => o.ipamd = false,
             "--keep-logs" => o.keep_logs = true,
+            "--etcd-arg" => {
+                let v = args.next().ok_or("--etcd-arg needs a value")?;
+                if !v.starts_with("--") {
+                    return Err(format!(
+                        "--etcd-arg {v:?}: give one etcd flag with its value, e.g. --etcd-arg --backend-batch-interval=10ms"
+                    ));
+                }
+                o.etcd_args.push(v);
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -404,24 +421,21 @@ struct Etcd {
 }
 
 impl Etcd {
-    fn start(dir: &Path, keep_logs: bool) -> Res<Etcd> {
-        let cluster = EtcdCluster::start(
-            dir,
-            1,
-            &moor_testkit::unique("moor-bench-etcd"),
-            &[
-                // 8 GiB: the setup rewrites the ToRs' carved records thousands
-                // of times; compaction frees the space, but the file only grows.
-                "--quota-backend-bytes=8589934592",
-                "--auto-compaction-mode=revision",
-                "--auto-compaction-retention=1000",
-                "--logger=zap",
-                "--log-level=warn",
-                // `curl URL/debug/pprof/profile?seconds=5 > etcd.pprof`, then
-                // `go tool pprof -top etcd.pprof`: how the settle was found.
-                "--enable-pprof",
-            ],
-        )?;
+    fn start(dir: &Path, keep_logs: bool, extra: &[String]) -> Res<Etcd> {
+        let mut args = vec![
+            // 8 GiB: the setup rewrites the ToRs' carved records thousands
+            // of times; compaction frees the space, but the file only grows.
+            "--quota-backend-bytes=8589934592",
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+            "--logger=zap",
+            "--log-level=warn",
+            // `curl URL/debug/pprof/profile?seconds=5 > etcd.pprof`, then
+            // `go tool pprof -top etcd.pprof`: how the settle was found.
+            "--enable-pprof",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let cluster = EtcdCluster::start(dir, 1, &moor_testkit::unique("moor-bench-etcd"), &args)?;
         Ok(Etcd { cluster, keep_logs })
     }
 
@@ -1788,6 +1802,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
         "tors_per_pool": o.tors_per_pool, "ips": o.pools * o.pool_size as usize,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "loadavg_start": load_start,
+        "etcd_args": o.etcd_args,
         "loadavg_end": load_end,
         "setup": {
             "wall_s": setup_wall.as_secs_f64(),
@@ -1864,7 +1879,7 @@ fn main() -> ExitCode {
     };
     // etcd is started here, on the main thread, so PDEATHSIG follows this
     // process and not some worker thread.
-    let etcd = match Etcd::start(&dir.join("etcd"), o.keep_logs) {
+    let etcd = match Etcd::start(&dir.join("etcd"), o.keep_logs, &o.etcd_args) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("etcd_scale: {e}");
