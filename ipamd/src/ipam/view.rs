@@ -7,19 +7,18 @@
 //!
 //! Each prefix is listed, then watched from the revision of the list; a
 //! broken or compacted watch marks the prefix stale (readers fall back to
-//! the store) until it is listed again. The node's own commits are applied at
-//! once with the revision they got, so back-to-back ADDs on one pool do not
-//! wait for their watch events; an event older than what the view holds for
-//! a key is ignored (deletes leave a tombstone until the watch has passed
-//! them).
+//! the store) until it is listed again. A pool's leases are followed only
+//! under the longest key prefix its IPs on this node's segments share
+//! (`follow.rs`): a pool spread over many ToRs sends each node the events
+//! of its own ToR's IPs, not those of every ToR (a node reads no other).
+//! The node's own commits are applied at once with the revision they got,
+//! so back-to-back ADDs on one pool do not wait for their watch events; an
+//! event older than what the view holds for a key is ignored (deletes leave
+//! a tombstone until the watch has passed them).
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use futures::StreamExt;
-use tracing::debug;
 
 use crate::core::{FreeCount, Lease, Pool, PoolCounts, Tor};
 use crate::store::{decode, keys, Entry, Op, Store};
@@ -27,13 +26,18 @@ use crate::store::{decode, keys, Entry, Op, Store};
 use super::plan::AddRead;
 
 mod cache;
+mod follow;
 use cache::{Cache, Value};
+use follow::{follow, pool_named, refollow, segments, watched, Follow, Followed};
 
 #[derive(Default)]
 struct State {
     caches: HashMap<String, Cache>,
     /// Pools with IPs on this node's ToR: their leases are watched.
-    followed: HashMap<String, tokio::task::AbortHandle>,
+    followed: HashMap<String, Followed>,
+    /// Numbers the follow tasks of pools, so a task replaced or stopped
+    /// while it waited for the lock writes nothing.
+    generation: u64,
     /// This node's segments, worked out from `tors/` once per change of it
     /// (every ADD asks).
     segments: Option<Vec<Tor>>,
@@ -54,8 +58,8 @@ pub struct View {
 impl Drop for View {
     fn drop(&mut self) {
         let mut s = self.shared.state.lock().unwrap();
-        for (_, task) in s.followed.drain() {
-            task.abort();
+        for (_, f) in s.followed.drain() {
+            f.task.abort();
         }
     }
 }
@@ -114,7 +118,7 @@ impl View {
             stop,
         });
         for p in [keys::TORS, keys::POOLS, keys::APPS] {
-            tokio::spawn(follow(shared.clone(), p.to_string()));
+            tokio::spawn(follow(shared.clone(), Follow::of(p)));
         }
         Self { shared }
     }
@@ -254,6 +258,10 @@ impl View {
             let Some(p) = prefix_of(key) else { continue };
             tors_changed |= p == keys::TORS;
             pools_changed.extend(pool_named(key));
+            if !watched(&s, key) {
+                // No watch would bring its later changes.
+                continue;
+            }
             let Some(c) = s.caches.get_mut(&p) else {
                 continue;
             };
@@ -274,152 +282,6 @@ impl View {
         } else if !pools_changed.is_empty() {
             refollow(&self.shared, &mut s, Some(&pools_changed));
         }
-    }
-}
-
-fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
-    let c = s.caches.get(keys::TORS).filter(|c| c.live)?;
-    Some(crate::core::segments_of(c.values::<Tor>()?, tor))
-}
-
-/// Follows the leases of exactly the pools with IPs on this
-/// node's segments: all of them (`only` None: the ToRs or every pool were
-/// read again), or the pools whose records changed.
-fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
-    if s.segments.is_none() {
-        s.segments = segments(s, &shared.tor);
-    }
-    let Some(segs) = &s.segments else {
-        return;
-    };
-    let segs: HashSet<String> = segs.iter().map(|t| t.name.clone()).collect();
-    let Some(pools) = s.caches.get(keys::POOLS).filter(|c| c.live) else {
-        return;
-    };
-    let serves = |key: &String| {
-        let (p, _) = pools.get::<Pool>(key)??;
-        p.ips
-            .keys()
-            .any(|t| segs.contains(t))
-            .then(|| p.name.clone())
-    };
-    let (want, consider): (HashSet<String>, Vec<String>) = match only {
-        None => {
-            let want: HashSet<String> = pools.slots.keys().filter_map(serves).collect();
-            let mut all: Vec<String> = s.followed.keys().cloned().collect();
-            all.extend(want.iter().cloned());
-            (want, all)
-        }
-        Some(names) => {
-            let want = names
-                .iter()
-                .filter_map(|n| serves(&keys::pool(n)))
-                .collect();
-            (want, names.to_vec())
-        }
-    };
-    for p in consider {
-        let followed = s.followed.contains_key(&p);
-        if want.contains(&p) && !followed {
-            let task = tokio::spawn(follow(shared.clone(), keys::leases(&p)));
-            s.followed.insert(p, task.abort_handle());
-        } else if !want.contains(&p) && followed {
-            if let Some(task) = s.followed.remove(&p) {
-                task.abort();
-            }
-            s.caches.remove(&keys::leases(&p));
-        }
-    }
-}
-
-/// The pool a `pools/` key names.
-fn pool_named(key: &str) -> Option<String> {
-    key.strip_prefix(keys::POOLS).map(str::to_string)
-}
-
-/// Lists `prefix`, then applies every change after that list, again and
-/// again: a broken or compacted watch marks it stale until it is listed again.
-async fn follow(shared: Arc<Shared>, prefix: String) {
-    let mut stop = shared.stop.clone();
-    let mut failures = 0u32;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        if failures > 0 {
-            let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-        let listed = shared.store.list(&prefix).await;
-        let (entries, rev) = match listed {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(%prefix, error = %e, "view: list failed");
-                failures += 1;
-                continue;
-            }
-        };
-        let mut events = match shared.store.watch(&prefix, rev).await {
-            Ok(w) => w,
-            Err(e) => {
-                debug!(%prefix, error = %e, "view: watch failed");
-                failures += 1;
-                continue;
-            }
-        };
-        {
-            let mut s = shared.state.lock().unwrap();
-            let c = s.caches.entry(prefix.clone()).or_default();
-            c.decoder = Some(decoder_for(&prefix));
-            c.replace(entries);
-            c.tombs.clear();
-            c.seen = rev;
-            c.live = true;
-            if prefix == keys::TORS {
-                s.segments = None;
-            }
-            if prefix == keys::POOLS || prefix == keys::TORS {
-                refollow(&shared, &mut s, None);
-            }
-        }
-        failures = 0;
-        // One wait for the stop, not one per event (each registers with
-        // the stop channel and unregisters again: a lock and a list walk).
-        let stopped = stop.wait_for(|s| *s);
-        tokio::pin!(stopped);
-        loop {
-            let ev = tokio::select! {
-                ev = events.next() => ev,
-                _ = &mut stopped => return,
-            };
-            let Some(Ok(ev)) = ev else { break };
-            let mut s = shared.state.lock().unwrap();
-            let Some(c) = s.caches.get_mut(&prefix) else {
-                // No longer followed.
-                return;
-            };
-            let pool = pool_named(&ev.key);
-            c.event(ev);
-            if prefix == keys::TORS {
-                s.segments = None;
-                refollow(&shared, &mut s, None);
-            } else if let Some(p) = pool {
-                refollow(&shared, &mut s, Some(&[p]));
-            }
-        }
-        debug!(%prefix, "view: watch ended; listing again");
-        let mut s = shared.state.lock().unwrap();
-        if let Some(c) = s.caches.get_mut(&prefix) {
-            c.live = false;
-        }
-        if prefix == keys::TORS {
-            s.segments = None;
-        }
-        drop(s);
-        failures += 1;
     }
 }
 

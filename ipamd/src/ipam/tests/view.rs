@@ -19,6 +19,8 @@ struct Counting {
     /// The next commit is applied, then answered with `Unavailable` (an
     /// etcd leader dying right after committing).
     lose_reply: AtomicBool,
+    /// The prefixes watched, in order.
+    watched: std::sync::Mutex<Vec<String>>,
 }
 
 impl Counting {
@@ -27,6 +29,16 @@ impl Counting {
             self.reads.swap(0, Ordering::SeqCst),
             self.commits.swap(0, Ordering::SeqCst),
         )
+    }
+
+    /// The keys of `pool`'s leases watched last.
+    fn lease_range(&self, pool: &str) -> Option<String> {
+        let watched = self.watched.lock().unwrap();
+        watched
+            .iter()
+            .rev()
+            .find(|p| p.starts_with(&keys::leases(pool)))
+            .cloned()
     }
 }
 
@@ -62,6 +74,7 @@ impl Store for Counting {
         prefix: &str,
         after: u64,
     ) -> std::result::Result<WatchStream, StoreError> {
+        self.watched.lock().unwrap().push(prefix.to_string());
         self.inner.watch(prefix, after).await
     }
     fn keeps_history(&self) -> bool {
@@ -127,6 +140,7 @@ async fn setup(test: &str) -> Setup {
         reads: AtomicUsize::new(0),
         commits: AtomicUsize::new(0),
         lose_reply: AtomicBool::new(false),
+        watched: Default::default(),
     });
     let ipam = Ipam::new(counting.clone());
     assert!(ipam.start_view("r1"));
@@ -283,5 +297,138 @@ async fn an_add_whose_commit_answer_was_lost_finds_its_own_attachment() {
     assert_eq!(again.lease.ip, a.lease.ip);
     assert!(again.existing && !again.after_lost_reply, "{again:?}");
     s.ipam.release(&a.attachment().key, false).await.unwrap();
+    assert!(audit(s.ipam.store().as_ref()).await.unwrap().is_empty());
+}
+
+/// Waits up to 10 s for `what` to hold.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A pool over two ToRs: this node follows only the keys of its ToR's
+/// IPs, so the ADDs of another ToR send it nothing; when the pool grows,
+/// it follows the keys of its new IPs. ADDs still cost one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_over_two_tors_is_followed_on_this_tor_only() {
+    let s = setup("range").await;
+    s.other
+        .add_tor(
+            "r2",
+            "10.2.0.0/24",
+            "10.2.0.1",
+            0,
+            &[range("10.2.0.10", "10.2.0.99")],
+            "",
+        )
+        .await
+        .unwrap();
+    let spec = PoolSpec {
+        name: "spread".into(),
+        namespace: "default".into(),
+        app: "spread".into(),
+        size: 20,
+        policy: Policy::Auto,
+        tors: vec!["r1".into(), "r2".into()],
+        ..PoolSpec::default()
+    };
+    s.other.create_pool(&spec, 0).await.unwrap();
+    let view = s.ipam.view_for("r1").unwrap();
+    eventually("the view follows spread", || {
+        view.ready() && view.pool_data("spread").is_some()
+    })
+    .await;
+    // The keys followed: every IP of r1, none of r2.
+    let covers = |range: &str, pool: &crate::core::Pool| {
+        assert!(
+            !pool.ips["r1"].is_empty() && !pool.ips["r2"].is_empty(),
+            "{:?}",
+            pool.ips
+        );
+        let on = |tor: &str| {
+            pool.ips[tor]
+                .iter()
+                .map(|ip| keys::lease("spread", *ip).starts_with(range))
+                .collect::<Vec<_>>()
+        };
+        assert!(on("r1").iter().all(|b| *b), "{range} misses r1's IPs");
+        assert!(on("r2").iter().all(|b| !*b), "{range} covers r2's IPs");
+    };
+    let first = s.counting.lease_range("spread").unwrap();
+    covers(&first, &s.other.pool("spread").await.unwrap().0);
+
+    // Another node of r2 takes an IP, then one of r1: the view gets r1's
+    // lease, never r2's.
+    let at = |node: &str, tor: &str, cid: &str, pod: &str| {
+        AllocRequest::for_test(node, tor, cid, pod, 100)
+    };
+    let there = s
+        .other
+        .allocate(&at("n3", "r2", "o2", "spread-7d9f8c6b5-t2x9z"))
+        .await
+        .unwrap();
+    let here = s
+        .other
+        .allocate(&at("n2", "r1", "o1", "spread-7d9f8c6b5-h2x9z"))
+        .await
+        .unwrap();
+    let held = || -> Vec<IpAddr> {
+        let read = view.pool_data("spread").unwrap();
+        read.leases.iter().map(|(l, _)| l.ip).collect()
+    };
+    eventually("r1's lease reaches the view", || {
+        held().contains(&here.lease.ip)
+    })
+    .await;
+    assert!(
+        !held().contains(&there.lease.ip),
+        "r2's lease reached r1's view"
+    );
+    s.counting.take();
+    let mine = s
+        .ipam
+        .allocate(&req("c1", "spread-7d9f8c6b5-m2x9z"))
+        .await
+        .unwrap();
+    assert_ne!(mine.lease.ip, here.lease.ip);
+    assert_eq!(s.counting.take(), (0, 1), "from the view: one commit");
+
+    // Grown: more IPs on r1, under other keys; the view follows them.
+    s.other.resize_pool("spread", 60, 0).await.unwrap();
+    let grown = s.other.pool("spread").await.unwrap().0;
+    eventually("the view follows spread's new IPs", || {
+        s.counting.lease_range("spread").as_ref() != Some(&first)
+            && view.ready()
+            && view.pool_data("spread").is_some()
+    })
+    .await;
+    covers(&s.counting.lease_range("spread").unwrap(), &grown);
+    assert!(held().contains(&mine.lease.ip) && held().contains(&here.lease.ip));
+    // Every r1 IP but the two held, through the view, one commit each.
+    let suffix = |i: usize| {
+        let a = b"bcdfghjklmnpqrstvwxz2456789";
+        format!("g{}{}x9", a[i % 27] as char, a[i / 27 % 27] as char)
+    };
+    s.counting.take();
+    let free = grown.ips["r1"].len() - 2;
+    let mut got = BTreeSet::new();
+    for i in 0..free {
+        let a = s
+            .ipam
+            .allocate(&req(
+                &format!("g{i}"),
+                &format!("spread-7d9f8c6b5-{}", suffix(i)),
+            ))
+            .await
+            .unwrap();
+        assert!(got.insert(a.lease.ip) && grown.ips["r1"].contains(&a.lease.ip));
+    }
+    assert_eq!(s.counting.take(), (0, free), "{free} ADDs from the view");
     assert!(audit(s.ipam.store().as_ref()).await.unwrap().is_empty());
 }
