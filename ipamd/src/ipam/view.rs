@@ -180,11 +180,15 @@ impl View {
     }
 
     /// The lease of `ip` in `pool` (None inside: no lease), if the view
-    /// follows the pool live.
+    /// follows it live (the pool, and the IP's key: a pool's leases on other
+    /// segments are not followed).
     pub(super) fn lease(&self, pool: &str, ip: std::net::IpAddr) -> Option<Option<(Lease, Entry)>> {
         let s = self.shared.state.lock().unwrap();
         let leases = s.caches.get(&keys::leases(pool)).filter(|c| c.live)?;
         let key = keys::lease(pool, ip);
+        if !watched(&s, &key) {
+            return None;
+        }
         Some(
             leases
                 .get::<Lease>(&key)?

@@ -390,6 +390,10 @@ async fn a_pool_over_two_tors_is_followed_on_this_tor_only() {
         !held().contains(&there.lease.ip),
         "r2's lease reached r1's view"
     );
+    // Asked for a lease it does not follow, the view cannot say (a DEL
+    // then reads the store); one it follows, it has.
+    assert!(view.lease("spread", there.lease.ip).is_none());
+    assert!(matches!(view.lease("spread", here.lease.ip), Some(Some(_))));
     s.counting.take();
     let mine = s
         .ipam
