@@ -33,7 +33,8 @@ use follow::{follow, pool_named, refollow, segments, watched, Follow, Followed};
 #[derive(Default)]
 struct State {
     caches: HashMap<String, Cache>,
-    /// Pools with IPs on this node's ToR: their leases are watched.
+    /// Pools with IPs on this node's ToR: their leases there are watched
+    /// (`follow.rs`).
     followed: HashMap<String, Followed>,
     /// Numbers the follow tasks of pools, so a task replaced or stopped
     /// while it waited for the lock writes nothing.
@@ -196,33 +197,48 @@ impl View {
         )
     }
 
-    /// The free counts of every pool with IPs on this node's ToR, if the
-    /// view follows them all live (CNI STATUS).
+    /// The free counts on this node's segments of every pool with IPs
+    /// there, if the view follows them all live (CNI STATUS).
     pub(super) fn free_counts(&self) -> Option<Vec<BTreeMap<String, FreeCount>>> {
-        self.each_followed(|pool, leases| {
+        let counts = self.each_followed(|pool, leases| {
             crate::core::free_counts(pool, leases.into_iter().map(|l| l.ip))
-        })
+        })?;
+        Some(counts.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// Every followed pool's counts per segment, if the view follows them
-    /// all live (metrics).
+    /// Every followed pool's counts on this node's segments, if the view
+    /// follows them all live (metrics).
     pub(super) fn pool_counts(&self) -> Option<Vec<(String, BTreeMap<String, PoolCounts>)>> {
-        self.each_followed(|pool, leases| {
-            (pool.name.clone(), crate::core::pool_counts(pool, leases))
-        })
+        self.each_followed(|pool, leases| crate::core::pool_counts(pool, leases))
     }
 
-    /// `f` of every pool with IPs on this node's ToR and its leases, if the
-    /// view follows them all live.
-    fn each_followed<T>(&self, f: impl Fn(&Pool, Vec<&Lease>) -> T) -> Option<Vec<T>> {
-        let s = self.shared.state.lock().unwrap();
+    /// `f` of every pool with IPs on this node's ToR and its leases, per
+    /// segment of this node's, if the view follows them all live. Other
+    /// segments are left out: their leases are not followed.
+    fn each_followed<X>(
+        &self,
+        f: impl Fn(&Pool, Vec<&Lease>) -> BTreeMap<String, X>,
+    ) -> Option<Vec<(String, BTreeMap<String, X>)>> {
+        let mut s = self.shared.state.lock().unwrap();
+        if s.segments.is_none() {
+            s.segments = segments(&s, &self.shared.tor);
+        }
+        // The segments the followed keys were worked out for.
+        let here: Vec<&str> = s
+            .segments
+            .as_ref()?
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         let pools = s.caches.get(keys::POOLS).filter(|c| c.live)?;
         s.followed
             .keys()
             .map(|name| {
                 let (pool, _) = pools.get::<Pool>(&keys::pool(name))??;
                 let leases = s.caches.get(&keys::leases(name)).filter(|c| c.live)?;
-                Some(f(pool, leases.values::<Lease>()?))
+                let mut counts = f(pool, leases.values::<Lease>()?);
+                counts.retain(|seg, _| here.contains(&seg.as_str()));
+                Some((name.clone(), counts))
             })
             .collect()
     }

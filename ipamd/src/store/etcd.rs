@@ -1216,6 +1216,46 @@ mod tests {
         assert_eq!(ev.unwrap().unwrap().unwrap().key, "m/3/back");
     }
 
+    /// A caller dropped while its ask waits for the stream's sender (held
+    /// here as a cancel in flight holds it) leaves no ask queued unsent:
+    /// the watches asked after it get their own events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_dropped_while_it_is_asked_mixes_up_no_other() {
+        use futures::StreamExt;
+        let etcd = cluster("ask", 1).await;
+        let s = Arc::new(store(etcd.endpoints(), "/moor/").await);
+        let (_, rev) = s.list("a/").await.unwrap();
+        let _open = s.watch("a/open/", rev).await.unwrap();
+        s.watches
+            .with_sender_held(async {
+                let asking = tokio::spawn({
+                    let s = s.clone();
+                    async move { s.watch("a/dropped/", rev).await }
+                });
+                // Its ask is queued; it waits for the sender.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert!(!asking.is_finished());
+                asking.abort();
+                let _ = asking.await;
+            })
+            .await;
+        let mut watches = Vec::new();
+        for i in 0..3 {
+            watches.push(s.watch(&format!("a/{i}/"), rev).await.unwrap());
+        }
+        for i in 0..3 {
+            assert!(s.commit(create(&format!("a/{i}/k"), "v")).await.unwrap());
+        }
+        for (i, w) in watches.iter_mut().enumerate() {
+            let ev = tokio::time::timeout(Duration::from_secs(3), w.next())
+                .await
+                .unwrap_or_else(|_| panic!("watch {i} got nothing"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(ev.key, format!("a/{i}/k"));
+        }
+    }
+
     #[tokio::test]
     async fn bad_options_are_refused() {
         let bad = |o: EtcdOptions| async move {

@@ -402,6 +402,16 @@ async fn a_pool_over_two_tors_is_followed_on_this_tor_only() {
         .unwrap();
     assert_ne!(mine.lease.ip, here.lease.ip);
     assert_eq!(s.counting.take(), (0, 1), "from the view: one commit");
+    // The view's counts are of r1 only (it has no r2 lease to count), and
+    // r1's are the store's.
+    let counts = view.pool_counts().unwrap();
+    assert!(
+        counts.iter().all(|(_, c)| c.keys().all(|seg| seg == "r1")),
+        "{counts:?}"
+    );
+    let spread = counts.iter().find(|(p, _)| p == "spread").unwrap();
+    let c = s.ipam.free_count("spread", "r1").await;
+    assert_eq!((spread.1["r1"].in_use, c.free), (2, spread.1["r1"].free));
 
     // Grown: more IPs on r1, under other keys; the view follows them.
     s.other.resize_pool("spread", 60, 0).await.unwrap();

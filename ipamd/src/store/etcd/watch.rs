@@ -64,10 +64,22 @@ impl Mux {
             .cloned();
         match open {
             Some(conn) => {
-                conn.routes.lock().unwrap().asked.push_back(tx);
-                let sent = conn.sender.lock().await.watch(start, Some(opts)).await;
+                // Queued and sent by a task of its own, so a caller dropped
+                // in between (a view's follow task replaced) cannot leave
+                // the ask queued unsent: every later watch on the stream
+                // would get the `created` (and the events) of the one
+                // before it. The sender's lock is fair, so asks still go
+                // out in the order they were queued.
+                let ask = tokio::spawn(async move {
+                    conn.routes.lock().unwrap().asked.push_back(tx);
+                    let sent = conn.sender.lock().await.watch(start, Some(opts)).await;
+                    if sent.is_err() {
+                        conn.routes.lock().unwrap().broken = true;
+                    }
+                    sent.map_err(|e| e.to_string())
+                });
+                let sent = ask.await.map_err(|e| e.to_string()).and_then(|r| r);
                 if let Err(e) = sent {
-                    conn.routes.lock().unwrap().broken = true;
                     return Err(StoreError::Unavailable(format!(
                         "etcd {}: the watch stream broke: {e}",
                         store.endpoints()
@@ -100,6 +112,17 @@ impl Mux {
             }
         }
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+impl Mux {
+    /// Runs `f` while the open stream's sender is held, as a cancel in
+    /// flight holds it (tests).
+    pub(super) async fn with_sender_held<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let conn = self.current.lock().await.clone().expect("a stream is open");
+        let _held = conn.sender.lock().await;
+        f.await
     }
 }
 
