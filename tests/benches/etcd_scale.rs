@@ -45,7 +45,8 @@
 //!   root; `--no-ipamd` skips it.
 //! - etcd's own count: `grpc_server_handled_total` by method from its
 //!   `/metrics`, before and after each allocation and release phase, idle
-//!   traffic subtracted, per operation; and before each allocation phase,
+//!   traffic subtracted, per operation, and the watch events it sent
+//!   (`etcd_debugging_mvcc_events_total`: how many views each put reached); and before each allocation phase,
 //!   the floor at the same concurrency: single compare-and-swap
 //!   transactions against the same etcd, whose rate and p99 moor's ADD is
 //!   shown as a ratio of (etcd/metrics.rs).
@@ -1698,7 +1699,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     }
     println!();
     println!(
-        "etcd's own count: requests per op (grpc_server_handled_total by method, idle traffic subtracted)"
+        "etcd's own count: requests per op (grpc_server_handled_total by method), watch events sent per op (etcd_debugging_mvcc_events_total: how many views a put reached), idle traffic subtracted"
     );
     let methods: Vec<String> = {
         let mut m: Vec<String> = runs
@@ -1714,7 +1715,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
     for m in &methods {
         print!(" {m:>11}");
     }
-    println!(" {:>12}", "idle req/s");
+    println!(" {:>12} {:>12}", "idle req/s", "watch events");
     for r in &runs {
         for (what, p) in [
             ("allocate", &r.alloc_etcd),
@@ -1725,7 +1726,7 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
             for m in &methods {
                 print!(" {:>11.2}", p.get(m));
             }
-            println!(" {:>12.2}", p.idle_per_s);
+            println!(" {:>12.2} {:>12.2}", p.idle_per_s, p.watch_events);
         }
     }
     println!();

@@ -7,6 +7,9 @@
 //!   (idle traffic) is measured in an idle window right after the phase and
 //!   subtracted at its rate. This counts what reached etcd, whatever the
 //!   code path, rather than what our store wrapper thinks it sent.
+//! - Watch events: `etcd_debugging_mvcc_events_total`, the events etcd
+//!   sent to watchers, the same way: per ADD, how many views a lease put
+//!   reached (the fan-out).
 //! - The floor: single compare-and-swap transactions (compare a key's
 //!   create revision, put ~400 bytes: one etcd request, one raft entry, one
 //!   fsync), at the same concurrency, each worker on its own connection as
@@ -29,6 +32,8 @@ type Res<T> = Result<T, String>;
 pub struct Scrape {
     at: Option<Instant>,
     by_method: BTreeMap<String, f64>,
+    /// Watch events sent, all watchers together.
+    events: f64,
 }
 
 /// `GET /metrics` of the etcd at `url` (http://HOST:PORT), parsed.
@@ -53,7 +58,20 @@ pub fn scrape(url: &str) -> Res<Scrape> {
             body.lines().next().unwrap_or("")
         ));
     }
-    Ok(Scrape { at, by_method })
+    let events = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("etcd_debugging_mvcc_events_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("{url}/metrics has no etcd_debugging_mvcc_events_total"))?;
+    Ok(Scrape {
+        at,
+        by_method,
+        events,
+    })
 }
 
 /// Sums `grpc_server_handled_total{...grpc_method="M"...} V` by M.
@@ -78,8 +96,9 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
 }
 
 impl Scrape {
-    /// Requests by method between `before` and this scrape, and how long.
-    fn since(&self, before: &Scrape) -> (BTreeMap<String, f64>, Duration) {
+    /// Requests by method between `before` and this scrape, how long, and
+    /// the watch events sent meanwhile.
+    fn since(&self, before: &Scrape) -> (BTreeMap<String, f64>, Duration, f64) {
         let mut d = BTreeMap::new();
         for (m, v) in &self.by_method {
             let was = before.by_method.get(m).copied().unwrap_or(0.0);
@@ -91,7 +110,7 @@ impl Scrape {
             (Some(a), Some(b)) => a.saturating_duration_since(b),
             _ => Duration::ZERO,
         };
-        (d, took)
+        (d, took, (self.events - before.events).max(0.0))
     }
 }
 
@@ -101,6 +120,8 @@ pub struct PerOp {
     pub by_method: BTreeMap<String, f64>,
     /// What the idle window saw, per second.
     pub idle_per_s: f64,
+    /// Watch events etcd sent per operation (to every watcher).
+    pub watch_events: f64,
 }
 
 impl PerOp {
@@ -119,6 +140,7 @@ impl PerOp {
             "by_method": self.by_method.iter().map(|(k, v)| (k.clone(), json!(r(*v))))
                 .collect::<serde_json::Map<_, _>>(),
             "idle_requests_per_s": r(self.idle_per_s),
+            "watch_events": r(self.watch_events),
         })
     }
 }
@@ -132,11 +154,13 @@ pub async fn per_op(
     ops: usize,
     idle_cap: Duration,
 ) -> Res<PerOp> {
-    let (phase, wall) = after.since(before);
+    let (phase, wall, events) = after.since(before);
     let idle0 = scrape(url)?;
     tokio::time::sleep(wall.min(idle_cap)).await;
-    let (idle, idle_wall) = scrape(url)?.since(&idle0);
+    let (idle, idle_wall, idle_events) = scrape(url)?.since(&idle0);
     let secs = idle_wall.as_secs_f64().max(1e-3);
+    let watch_events =
+        (events - idle_events / secs * wall.as_secs_f64()).max(0.0) / ops.max(1) as f64;
     let mut by_method = BTreeMap::new();
     for (m, v) in phase {
         let background = idle.get(&m).copied().unwrap_or(0.0) / secs * wall.as_secs_f64();
@@ -149,6 +173,7 @@ pub async fn per_op(
         by_method,
         // (An empty f64 sum is -0.0.)
         idle_per_s: (idle.values().sum::<f64>() / secs).max(0.0),
+        watch_events,
     })
 }
 
