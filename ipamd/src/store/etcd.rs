@@ -1147,28 +1147,43 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in etcd's metrics"))
     }
 
-    #[tokio::test]
-    async fn watches_share_one_stream() {
+    /// `n` watches of `base/<i>/` from `rev`, then a key created under
+    /// each: each watch gets the change under its own prefix, and only that.
+    async fn each_watch_gets_its_own(
+        s: &EtcdStore,
+        base: &str,
+        n: usize,
+        rev: u64,
+    ) -> Vec<WatchStream> {
         use futures::StreamExt;
-        let etcd = cluster("mux", 1).await;
-        let s = store(etcd.endpoints(), "/moor/").await;
-        let (_, rev) = s.list("m/").await.unwrap();
         let mut watches = Vec::new();
-        for i in 0..30 {
-            watches.push(s.watch(&format!("m/{i}/"), rev).await.unwrap());
+        for i in 0..n {
+            watches.push(s.watch(&format!("{base}/{i}/"), rev).await.unwrap());
         }
-        for i in 0..30 {
-            assert!(s.commit(create(&format!("m/{i}/k"), "v")).await.unwrap());
+        for i in 0..n {
+            assert!(s
+                .commit(create(&format!("{base}/{i}/k"), "v"))
+                .await
+                .unwrap());
         }
-        // Each watch gets the change under its own prefix, and only that.
         for (i, w) in watches.iter_mut().enumerate() {
             let ev = tokio::time::timeout(Duration::from_secs(3), w.next())
                 .await
                 .unwrap_or_else(|_| panic!("watch {i} got nothing"))
                 .unwrap()
                 .unwrap();
-            assert_eq!(ev.key, format!("m/{i}/k"));
+            assert_eq!(ev.key, format!("{base}/{i}/k"));
         }
+        watches
+    }
+
+    #[tokio::test]
+    async fn watches_share_one_stream() {
+        use futures::StreamExt;
+        let etcd = cluster("mux", 1).await;
+        let s = store(etcd.endpoints(), "/moor/").await;
+        let (_, rev) = s.list("m/").await.unwrap();
+        let mut watches = each_watch_gets_its_own(&s, "m", 30, rev).await;
         let gauge = |name: &str| etcd_gauge(&etcd, name);
         assert_eq!(gauge("etcd_debugging_mvcc_watch_stream_total"), 1.0);
         assert_eq!(gauge("etcd_debugging_mvcc_watcher_total"), 30.0);
@@ -1221,7 +1236,6 @@ mod tests {
     /// the watches asked after it get their own events.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watch_dropped_while_it_is_asked_mixes_up_no_other() {
-        use futures::StreamExt;
         let etcd = cluster("ask", 1).await;
         let s = Arc::new(store(etcd.endpoints(), "/moor/").await);
         let (_, rev) = s.list("a/").await.unwrap();
@@ -1239,21 +1253,7 @@ mod tests {
                 let _ = asking.await;
             })
             .await;
-        let mut watches = Vec::new();
-        for i in 0..3 {
-            watches.push(s.watch(&format!("a/{i}/"), rev).await.unwrap());
-        }
-        for i in 0..3 {
-            assert!(s.commit(create(&format!("a/{i}/k"), "v")).await.unwrap());
-        }
-        for (i, w) in watches.iter_mut().enumerate() {
-            let ev = tokio::time::timeout(Duration::from_secs(3), w.next())
-                .await
-                .unwrap_or_else(|_| panic!("watch {i} got nothing"))
-                .unwrap()
-                .unwrap();
-            assert_eq!(ev.key, format!("a/{i}/k"));
-        }
+        each_watch_gets_its_own(&s, "a", 3, rev).await;
     }
 
     #[tokio::test]
