@@ -9,10 +9,14 @@
 //! A broken stream ends every watch on it with an error (their owners read
 //! again and watch again, which opens a new stream). A consumer that falls
 //! `BUFFER` events behind has its watch ended (it reads again), so it never
-//! holds up the others; one that goes away is cancelled at its next event.
+//! holds up the others; one that goes away (its owner dropped it: a view's
+//! pool deleted or no longer on its ToR) is cancelled in etcd at its next
+//! event or within `SWEEP`, whichever comes first (the next event may never
+//! come).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
 use tokio::sync::mpsc;
@@ -23,6 +27,9 @@ use crate::store::{StoreError, WatchEvent, WatchStream};
 
 /// Events a watch may have waiting before it is ended.
 const BUFFER: usize = 4096;
+
+/// How often the watches whose owners are gone are looked for.
+const SWEEP: Duration = Duration::from_secs(1);
 
 type Tx = mpsc::Sender<Result<WatchEvent, StoreError>>;
 
@@ -126,6 +133,14 @@ impl Mux {
     }
 }
 
+/// Cancels watch `id` in etcd.
+fn cancel(conn: &Arc<Conn>, id: i64) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let _ = conn.sender.lock().await.cancel(id).await;
+    });
+}
+
 /// Routes the stream's responses to their watches until it ends.
 async fn read(
     conn: Arc<Conn>,
@@ -133,8 +148,23 @@ async fn read(
     prefix: String,
     endpoints: String,
 ) {
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let why = loop {
-        let resp = match responses.message().await {
+        let resp = tokio::select! {
+            resp = responses.message() => resp,
+            _ = sweep.tick() => {
+                let mut routes = conn.routes.lock().unwrap();
+                routes.by_id.retain(|id, tx| {
+                    if tx.is_closed() {
+                        cancel(&conn, *id);
+                    }
+                    !tx.is_closed()
+                });
+                continue;
+            }
+        };
+        let resp = match resp {
             Ok(Some(resp)) => resp,
             Ok(None) => break "etcd ended the stream".to_string(),
             Err(e) => break e.to_string(),
@@ -167,10 +197,7 @@ async fn read(
         } else if !keep {
             routes.by_id.remove(&id);
             drop(routes);
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let _ = conn.sender.lock().await.cancel(id).await;
-            });
+            cancel(&conn, id);
         }
     };
     let mut routes = conn.routes.lock().unwrap();
