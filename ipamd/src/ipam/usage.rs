@@ -50,7 +50,7 @@ impl Ipam {
                 let (leases, _) = self.store.list_json::<Lease>(keys::LEASES).await?;
                 let mut by_pool: HashMap<String, Vec<Lease>> = HashMap::new();
                 for (lease, entry) in leases {
-                    if let Some(pool) = pool_of_lease_key(&entry.key) {
+                    if let Some(pool) = keys::lease_pool(&entry.key) {
                         by_pool.entry(pool.to_string()).or_default().push(lease);
                     }
                 }
@@ -67,13 +67,6 @@ impl Ipam {
         };
         Ok(on_segments(counts, segments))
     }
-}
-
-/// `pool` of a `leases/<pool>/<ip>` key.
-fn pool_of_lease_key(key: &str) -> Option<&str> {
-    key.strip_prefix(keys::LEASES)?
-        .split_once('/')
-        .map(|(p, _)| p)
 }
 
 /// The counts of `segments` only, sorted by pool then segment.
@@ -104,9 +97,9 @@ mod tests {
 
     #[test]
     fn lease_keys_name_their_pool() {
-        assert_eq!(pool_of_lease_key("leases/web/10.0.0.1"), Some("web"));
-        assert_eq!(pool_of_lease_key("leases/web"), None);
-        assert_eq!(pool_of_lease_key("pools/web"), None);
+        assert_eq!(keys::lease_pool("leases/web/10.0.0.1"), Some("web"));
+        assert_eq!(keys::lease_pool("leases/web"), None);
+        assert_eq!(keys::lease_pool("pools/web"), None);
     }
 
     #[test]

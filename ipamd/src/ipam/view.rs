@@ -36,12 +36,19 @@ struct State {
     /// Pools with IPs on this node's ToR: their leases there are watched
     /// (`follow.rs`).
     followed: HashMap<String, Followed>,
-    /// Numbers the follow tasks of pools, so a task replaced or stopped
-    /// while it waited for the lock writes nothing.
-    generation: u64,
     /// This node's segments, worked out from `tors/` once per change of it
     /// (every ADD asks).
     segments: Option<Vec<Tor>>,
+}
+
+impl State {
+    /// Works this node's segments out if they are not known (the ToRs
+    /// changed, or were read again); stays None while `tors/` is not live.
+    fn know_segments(&mut self, tor: &str) {
+        if self.segments.is_none() {
+            self.segments = segments(self, tor);
+        }
+    }
 }
 
 struct Shared {
@@ -97,11 +104,7 @@ fn prefix_of(key: &str) -> Option<String> {
             return Some(global.to_string());
         }
     }
-    if key.starts_with(keys::LEASES) {
-        let second = key.match_indices('/').nth(1)?.0;
-        return Some(key[..=second].to_string());
-    }
-    None
+    keys::lease_pool(key).map(keys::leases)
 }
 
 impl View {
@@ -142,9 +145,7 @@ impl View {
     /// The segments a node of this ToR serves (`Ipam::segments_of`).
     pub(super) fn segments(&self) -> Option<Vec<Tor>> {
         let mut s = self.shared.state.lock().unwrap();
-        if s.segments.is_none() {
-            s.segments = segments(&s, &self.shared.tor);
-        }
+        s.know_segments(&self.shared.tor);
         s.segments.clone()
     }
 
@@ -220,9 +221,7 @@ impl View {
         f: impl Fn(&Pool, Vec<&Lease>) -> BTreeMap<String, X>,
     ) -> Option<Vec<(String, BTreeMap<String, X>)>> {
         let mut s = self.shared.state.lock().unwrap();
-        if s.segments.is_none() {
-            s.segments = segments(&s, &self.shared.tor);
-        }
+        s.know_segments(&self.shared.tor);
         // The segments the followed keys were worked out for.
         let here: Vec<&str> = s
             .segments

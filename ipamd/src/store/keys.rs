@@ -82,6 +82,11 @@ pub fn lease(pool: &str, ip: IpAddr) -> String {
     format!("leases/{pool}/{ip}")
 }
 
+/// The pool a `leases/<pool>/<ip>` key names.
+pub fn lease_pool(key: &str) -> Option<&str> {
+    key.strip_prefix(LEASES)?.split_once('/').map(|(p, _)| p)
+}
+
 pub fn binding(pod: &PodRef) -> String {
     format!("bindings/{}/{}", pod.namespace, pod.name)
 }

@@ -15,17 +15,16 @@ use super::{decoder_for, Shared, State};
 
 /// A pool whose leases are followed: under which keys, by which task.
 pub(super) struct Followed {
-    pub(super) range: String,
-    generation: u64,
+    range: String,
     pub(super) task: tokio::task::AbortHandle,
 }
 
 /// What one follow task keeps up to date: the cache `cache`, from the keys
-/// under `range`; for a pool's leases, which pool and task generation.
+/// under `range`; for a pool's leases, which pool.
 pub(super) struct Follow {
     cache: String,
     range: String,
-    pool: Option<(String, u64)>,
+    pool: Option<String>,
 }
 
 impl Follow {
@@ -38,12 +37,13 @@ impl Follow {
     }
 
     /// Whether this task still follows its keys (a pool's task is replaced
-    /// when the pool's IPs here change, stopped when it has none left).
+    /// when the pool's IPs here change, stopped when it has none left; one
+    /// aborted while it waited for the lock must write nothing).
     fn current(&self, s: &State) -> bool {
-        self.pool.as_ref().is_none_or(|(pool, generation)| {
+        self.pool.as_ref().is_none_or(|pool| {
             s.followed
                 .get(pool)
-                .is_some_and(|f| f.generation == *generation)
+                .is_some_and(|f| f.task.id() == tokio::task::id())
         })
     }
 }
@@ -57,9 +57,7 @@ pub(super) fn segments(s: &State, tor: &str) -> Option<Vec<Tor>> {
 /// node's segments: all of them (`only` None: the ToRs or every pool were
 /// read again), or the pools whose records changed.
 pub(super) fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[String]>) {
-    if s.segments.is_none() {
-        s.segments = segments(s, &shared.tor);
-    }
+    s.know_segments(&shared.tor);
     let Some(segs) = &s.segments else {
         return;
     };
@@ -98,21 +96,20 @@ pub(super) fn refollow(shared: &Arc<Shared>, s: &mut State, only: Option<&[Strin
         }
         s.caches.remove(&keys::leases(&p));
         let Some(range) = range else { continue };
-        s.generation += 1;
-        let generation = s.generation;
+        // The task takes the state's lock (held here) before anything
+        // else: it finds itself in `followed`.
         let task = tokio::spawn(follow(
             shared.clone(),
             Follow {
                 cache: keys::leases(&p),
                 range: range.clone(),
-                pool: Some((p.clone(), generation)),
+                pool: Some(p.clone()),
             },
         ));
         s.followed.insert(
             p,
             Followed {
                 range: range.clone(),
-                generation,
                 task: task.abort_handle(),
             },
         );
@@ -156,10 +153,7 @@ fn common_len(a: &str, b: &str) -> usize {
 /// Whether the view's watches cover `key`: a lease outside the keys its
 /// pool is followed under would never be updated again.
 pub(super) fn watched(s: &State, key: &str) -> bool {
-    let Some((pool, _)) = key
-        .strip_prefix(keys::LEASES)
-        .and_then(|rest| rest.split_once('/'))
-    else {
+    let Some(pool) = keys::lease_pool(key) else {
         return true;
     };
     s.followed

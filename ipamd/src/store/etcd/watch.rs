@@ -156,10 +156,11 @@ async fn read(
             _ = sweep.tick() => {
                 let mut routes = conn.routes.lock().unwrap();
                 routes.by_id.retain(|id, tx| {
-                    if tx.is_closed() {
+                    let gone = tx.is_closed();
+                    if gone {
                         cancel(&conn, *id);
                     }
-                    !tx.is_closed()
+                    !gone
                 });
                 continue;
             }
