@@ -58,8 +58,13 @@
 //!   2,500 keys) right before the allocations grew it to thousands of
 //!   entries, and every ADD of the phase paid for copying them
 //!   (`bucketBuffer.Copy`: a third of etcd's CPU in the phase).
+//! - With `--split-cpus`, etcd and the bench on CPUs of their own
+//!   (etcd/cpus.rs): both sides of the ratio then measure etcd without the
+//!   allocators' CPU taken from it.
 //! - Prints a table and a final JSON line.
 
+#[path = "etcd/cpus.rs"]
+mod cpus;
 #[path = "etcd/metrics.rs"]
 mod metrics;
 
@@ -107,6 +112,10 @@ Options:
                        traffic is subtracted at its rate)          [default: 10]
   --no-ipamd           skip the real ipamd (no root needed)
   --keep-logs          keep etcd's and ipamd's logs (printed path)
+  --split-cpus         etcd on the first half of this process's CPUs, the
+                       bench (allocators, floor clients, ipamd) on the rest:
+                       etcd's rate without the clients' CPU taken from it,
+                       as on a cluster where etcd has machines of its own
   --etcd-arg FLAG      one more flag for the bench's etcd, repeatable, e.g.
                        --etcd-arg --backend-batch-interval=10ms (diagnostics:
                        the default run uses etcd's defaults)
@@ -135,6 +144,8 @@ struct Opts {
     idle_cap: Duration,
     ipamd: bool,
     keep_logs: bool,
+    /// etcd and the bench on CPUs of their own (`cpus.rs`).
+    split_cpus: bool,
     /// More flags for the bench's etcd (diagnostics: what etcd's own
     /// settings do to both sides).
     etcd_args: Vec<String>,
@@ -155,6 +166,7 @@ fn parse_opts() -> Res<Option<Opts>> {
         idle_cap: Duration::from_secs(10),
         ipamd: true,
         keep_logs: false,
+        split_cpus: false,
         etcd_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -187,6 +199,7 @@ fn parse_opts() -> Res<Option<Opts>> {
             }
             "--no-ipamd" => o.ipamd = false,
             "--keep-logs" => o.keep_logs = true,
+            "--split-cpus" => o.split_cpus = true,
             "--etcd-arg" => {
                 let v = args.next().ok_or("--etcd-arg needs a value")?;
                 if !v.starts_with("--") {
@@ -1559,9 +1572,23 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
+async fn bench(o: Opts, etcd: &Etcd, dir: &Path, split: Option<cpus::Split>) -> Res<Value> {
     let load_start = loadavg();
     println!("load average before the run: {load_start}");
+    let cpus_line = match &split {
+        Some(s) => format!(
+            "CPUs split: etcd on {}, the bench on {}",
+            cpus::describe(&s.etcd),
+            cpus::describe(&s.bench)
+        ),
+        None => "CPUs shared by etcd and the bench".to_string(),
+    };
+    println!("{cpus_line}");
+    // All of the machine's, the bench's and etcd's together when split.
+    let cores = match &split {
+        Some(s) => s.etcd.len() + s.bench.len(),
+        None => std::thread::available_parallelism().map_or(0, |n| n.get()),
+    };
     let url = etcd.url();
     let first = open_store(&url).await?;
     let counters = Arc::new(Counters::default());
@@ -1602,8 +1629,9 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
         o.pool_size,
         o.tors_per_pool,
         o.pools * o.pool_size as usize,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        cores
     );
+    println!("{cpus_line}");
     println!(
         "setup                 {:.1} s: ToRs {:.2} s, node records {:.2} s, pools {:.1} s ({:.0} pools/s at {} at once; create p50 {:.1} ms, p99 {:.1} ms; {} CAS retries)",
         setup_wall.as_secs_f64(),
@@ -1801,7 +1829,8 @@ async fn bench(o: Opts, etcd: &Etcd, dir: &Path) -> Res<Value> {
         "bench": "etcd_scale",
         "tors": o.tors, "nodes": o.nodes, "pools": o.pools, "pool_size": o.pool_size,
         "tors_per_pool": o.tors_per_pool, "ips": o.pools * o.pool_size as usize,
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cores": cores,
+        "cpu_split": split.as_ref().map(|s| json!({"etcd": s.etcd, "bench": s.bench})),
         "loadavg_start": load_start,
         "etcd_args": o.etcd_args,
         "loadavg_end": load_end,
@@ -1878,6 +1907,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // With --split-cpus the main thread, still the only one, takes etcd's
+    // CPUs to start it and the bench's after (`cpus.rs`).
+    let split = match o.split_cpus.then(cpus::split).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("etcd_scale: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bind = |cpus: &[usize]| {
+        cpus::bind_this_thread(cpus).map_err(|e| eprintln!("etcd_scale: --split-cpus: {e}"))
+    };
+    if let Some(s) = &split {
+        if bind(&s.etcd).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
     // etcd is started here, on the main thread, so PDEATHSIG follows this
     // process and not some worker thread.
     let etcd = match Etcd::start(&dir.join("etcd"), o.keep_logs, &o.etcd_args) {
@@ -1887,6 +1933,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(s) = &split {
+        if bind(&s.bench).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(e) = etcd.cluster.wait_ready(Duration::from_secs(30)) {
         eprintln!("etcd_scale: {e}");
         return ExitCode::FAILURE;
@@ -1898,7 +1949,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let r = rt.block_on(async {
         tokio::select! {
-            r = bench(o, &etcd, &dir) => r,
+            r = bench(o, &etcd, &dir, split) => r,
             _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
         }
     });
