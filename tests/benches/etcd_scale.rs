@@ -120,6 +120,11 @@ Options:
                        --etcd-arg --backend-batch-interval=10ms (diagnostics:
                        the default run uses etcd's defaults)
   -h, --help           this text
+
+Environment:
+  MOOR_BENCH_SHAPED_FLOOR=1|C,P  last in each level, a diagnostic floor of
+                       transactions of C compares and P puts (1: the ADD's
+                       shape, 4 and 2)
 ";
 
 const PREFIX: &str = "/moor/";
@@ -146,6 +151,9 @@ struct Opts {
     keep_logs: bool,
     /// etcd and the bench on CPUs of their own (`cpus.rs`).
     split_cpus: bool,
+    /// `MOOR_BENCH_SHAPED_FLOOR`: a diagnostic floor of this shape, last
+    /// in each level.
+    shaped_floor: Option<metrics::Shape>,
     /// More flags for the bench's etcd (diagnostics: what etcd's own
     /// settings do to both sides).
     etcd_args: Vec<String>,
@@ -167,6 +175,10 @@ fn parse_opts() -> Res<Option<Opts>> {
         ipamd: true,
         keep_logs: false,
         split_cpus: false,
+        shaped_floor: std::env::var("MOOR_BENCH_SHAPED_FLOOR")
+            .ok()
+            .map(|v| metrics::Shape::parse(&v))
+            .transpose()?,
         etcd_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -1329,8 +1341,9 @@ async fn run_level(
     check_held(raw, &[], world).await?;
     audit(raw, "after releasing everything").await?;
     // Diagnostic, last: the floor's transactions shaped like an ADD (four
-    // compares, two puts), to tell the transaction's shape from the rest.
-    if std::env::var_os("MOOR_BENCH_SHAPED_FLOOR").is_some() {
+    // compares, two puts) or as asked, to tell the transaction's shape from
+    // the rest.
+    if let Some(shape) = &o.shaped_floor {
         let cpu0 = cpu_now(etcd);
         let f = metrics::floor_shaped(
             url,
@@ -1338,12 +1351,14 @@ async fn run_level(
             "/moor-floor-add/",
             floor_ops,
             o.idle_cap,
-            true,
+            Some(*shape),
         )
         .await?;
         let c = cpu_now(etcd).since(cpu0);
         println!(
-            "{conc:>3} ADD-shaped floor: {:.0}/s, p99 {:.2} ms, CPU per txn: etcd {:.2} ms, bench {:.2} ms",
+            "{conc:>3} shaped floor (compares/puts {}/{}): {:.0}/s, p99 {:.2} ms, CPU per txn: etcd {:.2} ms, bench {:.2} ms",
+            shape.compares,
+            shape.puts,
             f.ops as f64 / f.wall.as_secs_f64(),
             ms(stats(f.latencies.clone()).p99),
             c.etcd * 1e3 / f.ops as f64,

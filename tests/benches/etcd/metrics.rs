@@ -205,11 +205,49 @@ pub async fn floor(
     ops: usize,
     idle_cap: Duration,
 ) -> Res<Floor> {
-    floor_shaped(url, clients, prefix, ops, idle_cap, false).await
+    floor_shaped(url, clients, prefix, ops, idle_cap, None).await
 }
 
-/// `floor`, or with `like_add` transactions shaped like moor's ADD (four
-/// compares, puts of 470 and 40 bytes), to tell the cost of the
+/// The shape of a diagnostic floor's transactions: `compares` compares
+/// (1–4: the put key's absence, then absent keys) and `puts` puts (1–2: 470
+/// bytes, then 40). Moor's ADD of a Deployment pod is 4 and 2.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub compares: usize,
+    pub puts: usize,
+}
+
+impl Shape {
+    pub const ADD: Shape = Shape {
+        compares: 4,
+        puts: 2,
+    };
+
+    /// `MOOR_BENCH_SHAPED_FLOOR`: `1` for the ADD's shape, or
+    /// `COMPARES,PUTS`.
+    pub fn parse(v: &str) -> Res<Shape> {
+        if v == "1" {
+            return Ok(Shape::ADD);
+        }
+        let bad = || {
+            format!(
+                "MOOR_BENCH_SHAPED_FLOOR={v:?}: give 1 (the ADD's shape: 4 compares, 2 puts) or COMPARES,PUTS with 1-4 compares and 1-2 puts, e.g. 4,1"
+            )
+        };
+        let (c, p) = v.split_once(',').ok_or_else(bad)?;
+        let n = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+        let shape = Shape {
+            compares: n(c)?,
+            puts: n(p)?,
+        };
+        if !(1..=4).contains(&shape.compares) || !(1..=2).contains(&shape.puts) {
+            return Err(bad());
+        }
+        Ok(shape)
+    }
+}
+
+/// `floor`, or with `shape`d transactions, to tell the cost of the
 /// transaction's shape from the rest of moor's ADD (diagnostic).
 pub async fn floor_shaped(
     url: &str,
@@ -217,9 +255,9 @@ pub async fn floor_shaped(
     prefix: &str,
     ops: usize,
     idle_cap: Duration,
-    like_add: bool,
+    shape: Option<Shape>,
 ) -> Res<Floor> {
-    let value = vec![b'x'; if like_add { 470 } else { 400 }];
+    let value = vec![b'x'; if shape.is_some() { 470 } else { 400 }];
     let next = Arc::new(AtomicUsize::new(0));
     let before = scrape(url)?;
     let t = Instant::now();
@@ -234,20 +272,18 @@ pub async fn floor_shaped(
                     return Ok::<_, String>(lat);
                 }
                 let key = format!("{prefix}{i:08}");
-                let txn = if like_add {
+                let txn = if let Some(shape) = shape {
                     let k = |what: &str| format!("{prefix}{what}/{i:08}");
-                    Txn::new()
-                        .when(
-                            ["a", "b", "c"]
-                                .map(|w| Compare::mod_revision(k(w), CompareOp::Equal, 0))
-                                .into_iter()
-                                .chain([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                                .collect::<Vec<_>>(),
-                        )
-                        .and_then([
-                            TxnOp::put(key.clone(), value.clone(), None),
-                            TxnOp::put(k("b"), vec![b'y'; 40], None),
-                        ])
+                    let compares = ["a", "b", "c"][..shape.compares - 1]
+                        .iter()
+                        .map(|w| Compare::mod_revision(k(w), CompareOp::Equal, 0))
+                        .chain([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .collect::<Vec<_>>();
+                    let mut puts = vec![TxnOp::put(key.clone(), value.clone(), None)];
+                    if shape.puts == 2 {
+                        puts.push(TxnOp::put(k("b"), vec![b'y'; 40], None));
+                    }
+                    Txn::new().when(compares).and_then(puts)
                 } else {
                     Txn::new()
                         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
