@@ -1957,7 +1957,14 @@ fn main() -> ExitCode {
         eprintln!("etcd_scale: {e}");
         return ExitCode::FAILURE;
     }
+    // At least two workers, also on the one CPU a split leaves the bench
+    // here, as with the cores shared. With one, a split run ended in
+    // "KeepAliveTimedOut" on the run's last read: the idle connection's
+    // keep-alive answer (1.5 s timeout) waited, most likely, behind a long
+    // synchronous step such as the audit of every record.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio runtime");
