@@ -145,14 +145,10 @@ async fn setup(test: &str) -> Setup {
     let ipam = Ipam::new(counting.clone());
     assert!(ipam.start_view("r1"));
     let view = ipam.view_for("r1").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !(view.ready() && view.pool_data("web").is_some() && view.pool_data("db").is_some()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the view did not catch up within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the view catches up", || {
+        view.ready() && view.pool_data("web").is_some() && view.pool_data("db").is_some()
+    })
+    .await;
     counting.take();
     Setup {
         _etcd: etcd,
@@ -228,11 +224,10 @@ async fn a_stale_view_costs_a_second_try_never_a_taken_ip() {
         ))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while view.pool_data("web").unwrap().leases.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the watch never came");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("their lease reaches the view", || {
+        !view.pool_data("web").unwrap().leases.is_empty()
+    })
+    .await;
     view.forget(&keys::lease("web", theirs.lease.ip));
     let mine = s
         .ipam
@@ -247,17 +242,14 @@ async fn a_stale_view_costs_a_second_try_never_a_taken_ip() {
     // DEL from a view that misses the lease: the commit checks it, fails,
     // and the reading way releases it.
     // (Its lease reached the view by the watch: the reading way committed.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !view
-        .pool_data("web")
-        .unwrap()
-        .leases
-        .iter()
-        .any(|(l, _)| l.ip == mine.lease.ip)
-    {
-        assert!(std::time::Instant::now() < deadline, "the watch never came");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("my lease reaches the view", || {
+        view.pool_data("web")
+            .unwrap()
+            .leases
+            .iter()
+            .any(|(l, _)| l.ip == mine.lease.ip)
+    })
+    .await;
     view.forget(&keys::lease("web", mine.lease.ip));
     let r = s.ipam.release(&mine.attachment().key, false).await.unwrap();
     assert_eq!(r.unwrap().ip, mine.lease.ip);
