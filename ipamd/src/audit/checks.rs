@@ -248,6 +248,7 @@ impl Snapshot {
                         ),
                         REPORT_A_BUG.to_string(),
                     )),
+                    None if !self.indexed => {}
                     None => bad.push((
                         key.clone(),
                         format!(

@@ -77,7 +77,10 @@ pub async fn findings(store: &dyn Store) -> Result<Vec<Finding>, StoreError> {
 pub async fn run(store: &dyn Store) -> Result<Report, StoreError> {
     let (entries, revision) = store.list("").await?;
     let records = entries.len();
-    let mut s = Snapshot::default();
+    let mut s = Snapshot {
+        indexed: !store.keeps_history(),
+        ..Snapshot::default()
+    };
     for e in &entries {
         s.take(e);
     }
@@ -97,6 +100,10 @@ pub async fn run(store: &dyn Store) -> Result<Report, StoreError> {
 #[derive(Default)]
 struct Snapshot {
     schema: Option<(u32, bool)>,
+    /// Whether every attachment has an index entry: not on etcd, where
+    /// ipamd writes none since schema 5 (`ipam::find`); those left from
+    /// before must still match their lease.
+    indexed: bool,
     tors: BTreeMap<String, Tor>,
     /// (segment, pool) -> the pool's IPs there (`carved/<tor>/<pool>`).
     shares: BTreeMap<(String, String), Vec<std::net::IpAddr>>,

@@ -3,13 +3,14 @@
 //! datapath is wired. The pool comes from `resolve.rs`; the decision's
 //! inputs from the store, or from the node's view (`attach_view.rs`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::core::allocate::Refusal;
 use crate::core::explain::explain;
 use crate::core::{AttachmentKey, AttachmentRef, Binding, Lease, Pool, Tor};
 use crate::error::{cni_code, Error, Result};
-use crate::store::retry::{cas, Attempt};
+use crate::store::retry::Attempt;
 use crate::store::{decode, keys, StoreError, StoreExt, Txn};
 use tracing::warn;
 
@@ -159,8 +160,8 @@ impl Ipam {
         }
         let what = format!("allocating in pool {pool}");
         let todo_ref = &todo;
-        let decided: Result<(Vec<Decided>, Arc<Pool>)> =
-            cas(self.store.as_ref(), &what, || async move {
+        let decided: Result<(Vec<Decided>, Arc<Pool>)> = self
+            .cas_seen(&what, || async move {
                 let pool_read = self.pool_entry(pool).await?;
                 let (leases, _) = self.store.list_json::<Lease>(&keys::leases(pool)).await?;
                 let leases = leases
@@ -180,13 +181,17 @@ impl Ipam {
                     pool: (Arc::new(pool_read.0), pool_read.1),
                     leases,
                 };
-                let mut planner = Planner::new(read);
+                let mut planner = Planner::new(read, self.indexed());
                 let mut results = Vec::new();
                 for (&i, b) in todo_ref.iter().zip(&bindings) {
                     results.push(planner.add(&batch[i].req, &batch[i].segments, b.as_ref()));
                 }
                 let (txn, pool, _) = planner.finish();
-                if results.iter().all(|r| !matches!(r, Ok(Ok(_)))) {
+                // Only ADDs that take an IP write (one found attached does not).
+                if results
+                    .iter()
+                    .all(|r| !matches!(r, Ok(Ok(a)) if !a.existing))
+                {
                     Ok(Attempt::Done((results, pool)))
                 } else {
                     Ok(Attempt::Commit(txn, (results, pool)))
@@ -234,27 +239,44 @@ impl Ipam {
 
     /// The lease of an attachment, if this key is attached.
     pub async fn attached(&self, key: &AttachmentKey) -> Result<Option<Lease>> {
-        let Some((r, _)) = self
-            .store
-            .get_json::<AttachmentRef>(&keys::attachment(key))
-            .await?
-        else {
-            return Ok(None);
-        };
+        self.attached_at(key, None).await
+    }
+
+    /// `attached`, with where the node's mirror says it is (pool, IP): see
+    /// `release_at`.
+    pub async fn attached_at(
+        &self,
+        key: &AttachmentKey,
+        hint: Option<(&str, IpAddr)>,
+    ) -> Result<Option<Lease>> {
+        let viewed = self.viewed_attachment(key);
+        match &viewed {
+            // Read again: the view may lag behind a change by another
+            // writer (the controller releasing it), and what this answers
+            // is not checked by a commit. Only this node attaches its keys:
+            // not there, not attached.
+            Some(Some((l, _))) => return self.attached_there(key, &l.pool, l.ip).await,
+            Some(None) if hint.is_none() => return Ok(None),
+            _ => {}
+        }
+        let walk = viewed.is_none();
         Ok(self
-            .store
-            .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
+            .find_attached(key, hint, walk)
             .await?
-            .map(|(l, _)| l)
-            .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
+            .and_then(|f| f.lease_of(key)))
     }
 
     /// Every attachment recorded for a node, and the keys of the records
-    /// (attachment index entries or their leases) that do not decode. Those
+    /// (attachment index entries or leases) that do not decode. Those
     /// are left out, not taken for absent: the node's start, GC and sweep
     /// go on for the other pods, release nothing of them, and callers that
-    /// would undo what is missing (the datapath reconcile) hold back.
+    /// would undo what is missing (the datapath reconcile) hold back. On
+    /// etcd a lease that does not decode may be any node's: every one the
+    /// node's view follows is named.
     pub async fn node_attachments(&self, node: &str) -> Result<(Vec<Lease>, Vec<String>)> {
+        if !self.indexed() {
+            return self.attached_on(node).await;
+        }
         let (refs, _) = self.store.list(&keys::node_attachments(node)).await?;
         let mut out = Vec::new();
         let mut corrupt = Vec::new();
@@ -300,7 +322,7 @@ impl Ipam {
             .expect("attach_bound needs an attachment");
         let _turn = self.pool_turn(&lease.pool).await;
         let what = "writing an attachment made during an outage";
-        cas(self.store.as_ref(), what, || async move {
+        self.cas_seen(what, || async move {
             let key = keys::lease(&lease.pool, lease.ip);
             let Some((now, entry)) = self.store.get_json::<Lease>(&key).await? else {
                 return Ok(Attempt::Done(WriteBack::Refused));
@@ -334,7 +356,7 @@ impl Ipam {
             let mut txn = Txn::default();
             txn.expect(&key, Some(&entry))
                 .expect(&keys::pool(&pool.name), Some(&pool_entry));
-            record_attachment(&mut txn, &merged, &a.key);
+            record_attachment(&mut txn, &merged, &a.key, self.indexed());
             Ok(Attempt::Commit(txn, WriteBack::Written))
         })
         .await

@@ -51,11 +51,13 @@ impl Ipam {
                 None
             });
         }
-        let mut planner = Planner::new(read);
+        let mut planner = Planner::new(read, self.indexed());
         let mut done = Vec::new();
         for (w, b) in batch.iter().zip(&bindings) {
             match planner.add(&w.req, &w.segments, b.as_ref()) {
-                Ok(Ok(a)) => done.push(Ok(a)),
+                // Attached already (per the view, which may lag behind a
+                // release): the reading way answers from the store.
+                Ok(Ok(a)) if !a.existing => done.push(Ok(a)),
                 _ => return FromView::Read,
             }
         }

@@ -30,6 +30,7 @@ pub mod backup;
 mod batch;
 mod bindings;
 mod carving;
+mod find;
 mod free;
 mod ips;
 pub mod listing;
@@ -247,6 +248,11 @@ impl Allocation {
             .attachment
             .as_ref()
             .expect("allocations are attached")
+    }
+
+    /// Where it is, (pool, IP): what `release_at` reads first.
+    pub fn at(&self) -> Option<(&str, IpAddr)> {
+        Some((self.lease.pool.as_str(), self.lease.ip))
     }
 }
 

@@ -1,7 +1,8 @@
 //! ADDs of one pool decided in turn, each seeing the ones before it, into
 //! one transaction that applies only if every record the decisions read is
 //! unchanged: the pool, each lease taken (or its absence), each pod's
-//! binding (or its absence), and each attachment's absence. Nothing else
+//! binding (or its absence), and, where attachments are indexed
+//! (`find.rs`), each index entry's absence. Nothing else
 //! is written: no count shared by every ADD of the pool (`core::free_counts`
 //! works free counts out when asked). The attachments are recorded ready: a crash before the ADD
 //! returns is rolled back by the node (`node::inflight`).
@@ -42,19 +43,23 @@ pub(super) fn segment_named(segments: &[Tor], name: &str, tor: &str) -> Result<T
 
 type PodKey = (String, String);
 
-/// Adds to `txn` the lease `lease` holding attachment `key` and the
-/// attachment's index entry, which must not exist yet.
-pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKey) {
-    let att_key = keys::attachment(key);
-    txn.expect(&att_key, None)
-        .put(&keys::lease(&lease.pool, lease.ip), lease)
-        .put(
+/// Adds to `txn` the lease `lease` holding attachment `key` and, on a
+/// store that keeps one (`find.rs`), the attachment's index entry, which
+/// must not exist yet. On etcd nothing but the lease is written: one key
+/// per ADD (the node keeps one ADD of a key at a time, `node::inflight`,
+/// and finds an earlier one among its pool's leases, `Planner::add`).
+pub(super) fn record_attachment(txn: &mut Txn, lease: &Lease, key: &AttachmentKey, indexed: bool) {
+    txn.put(&keys::lease(&lease.pool, lease.ip), lease);
+    if indexed {
+        let att_key = keys::attachment(key);
+        txn.expect(&att_key, None).put(
             &att_key,
             &AttachmentRef {
                 pool: lease.pool.clone(),
                 ip: lease.ip,
             },
         );
+    }
 }
 
 pub(super) struct Planner {
@@ -66,6 +71,8 @@ pub(super) struct Planner {
     /// Bindings made by ADDs earlier in this batch.
     made: HashMap<PodKey, Binding>,
     keys: HashSet<AttachmentKey>,
+    /// Whether the store keeps attachment index entries (`find.rs`).
+    indexed: bool,
     txn: Txn,
     /// The leases the transaction puts, shared with `leases`.
     taken: Vec<Arc<Lease>>,
@@ -74,7 +81,7 @@ pub(super) struct Planner {
 impl Planner {
     /// Plans from `read`, taking its records (a pool's leases are many; a
     /// batch decides from them once).
-    pub fn new(read: AddRead) -> Self {
+    pub fn new(read: AddRead, indexed: bool) -> Self {
         let (pool, entry) = read.pool;
         let mut txn = Txn::default();
         txn.expect(&keys::pool(&pool.name), Some(&entry));
@@ -90,6 +97,7 @@ impl Planner {
             versions,
             made: HashMap::new(),
             keys: HashSet::new(),
+            indexed,
             txn,
             taken: Vec::new(),
         }
@@ -109,6 +117,23 @@ impl Planner {
                 "another ADD of {} is running: the runtime should not ADD one attachment twice at once; retry",
                 req.key
             )));
+        }
+        if !self.indexed {
+            // No index entry whose absence the commit checks: an ADD of
+            // the key that committed before (its reply lost) is found here.
+            let key = &req.key;
+            if let Some(l) = self
+                .leases
+                .values()
+                .find(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key))
+            {
+                return Ok(Ok(Allocation {
+                    tor: segment_named(segments, &l.tor, &req.tor)?,
+                    lease: Lease::clone(l),
+                    existing: true,
+                    after_lost_reply: false,
+                }));
+            }
         }
         let pool = &self.pool;
         let pod_key = (req.pod.namespace.clone(), req.pod.name.clone());
@@ -172,7 +197,7 @@ impl Planner {
             &keys::lease(&pool.name, ip),
             self.versions.get(&ip).copied().unwrap_or(0),
         );
-        record_attachment(&mut self.txn, &lease, &req.key);
+        record_attachment(&mut self.txn, &lease, &req.key, self.indexed);
         let binding_key = keys::binding(&req.pod);
         if new_binding {
             let b = Binding {

@@ -2,11 +2,14 @@
 //! with the pod (binding) or goes back to the pool. Also the rollback of a
 //! half-done ADD and the quarantine of an IP another host answered for.
 
-use crate::core::{AttachmentKey, AttachmentRef, Lease, Quarantine};
-use crate::error::Result;
-use crate::store::retry::{cas, Attempt};
-use crate::store::{keys, Entry, StoreExt, Txn};
+use std::net::IpAddr;
 
+use crate::core::{AttachmentKey, Quarantine};
+use crate::error::Result;
+use crate::store::retry::Attempt;
+use crate::store::{keys, Txn};
+
+use super::find::Found;
 use super::{Ipam, Released};
 
 impl Ipam {
@@ -14,7 +17,19 @@ impl Ipam {
     /// else goes back to the pool. `rollback` (a failed or half-done ADD) also
     /// drops a binding that ADD created. `Ok(None)`: nothing was attached.
     pub async fn release(&self, key: &AttachmentKey, rollback: bool) -> Result<Option<Released>> {
-        self.release_as(key, rollback, None).await
+        self.release_as(key, rollback, None, None).await
+    }
+
+    /// `release`, with where the node's mirror says the attachment is
+    /// (pool, IP): found there even when the node's view does not follow
+    /// it (the node moved to another ToR).
+    pub async fn release_at(
+        &self,
+        key: &AttachmentKey,
+        rollback: bool,
+        hint: Option<(&str, IpAddr)>,
+    ) -> Result<Option<Released>> {
+        self.release_as(key, rollback, None, hint).await
     }
 
     /// Rolls back an ADD whose duplicate-address probe heard another owner
@@ -22,7 +37,7 @@ impl Ipam {
     /// that this ADD did not create stays too, so the pod is refused rather
     /// than given another IP) until `ipamctl ip release`.
     pub async fn quarantine(&self, key: &AttachmentKey, q: Quarantine) -> Result<Option<Released>> {
-        self.release_as(key, true, Some(q)).await
+        self.release_as(key, true, Some(q), None).await
     }
 
     async fn release_as(
@@ -30,12 +45,8 @@ impl Ipam {
         key: &AttachmentKey,
         rollback: bool,
         quarantine: Option<Quarantine>,
+        hint: Option<(&str, IpAddr)>,
     ) -> Result<Option<Released>> {
-        let att_key = keys::attachment(key);
-        let Some((first, first_entry)) = self.store.get_json::<AttachmentRef>(&att_key).await?
-        else {
-            return Ok(None);
-        };
         let how = How {
             key,
             rollback,
@@ -43,33 +54,39 @@ impl Ipam {
         };
         // From the view: the lease; one commit whose checks cover it, else
         // the reading way below.
-        if let Some(view) = self.view.get() {
-            if let Some(lease) = view.lease(&first.pool, first.ip) {
-                let (txn, released) = plan(&how, &first, &first_entry, lease);
+        let viewed = self.viewed_attachment(key);
+        // Where the reading way looks: where the view (or else the node's
+        // mirror) says; the whole store only where the view cannot say.
+        let mut at = hint;
+        match &viewed {
+            Some(Some((lease, entry))) => {
+                let found = Found {
+                    index: None,
+                    lease: Some((lease.clone(), entry.clone())),
+                };
+                let (txn, released) = plan(&how, &found);
                 let ops = txn.ops.clone();
                 if let Some(rev) = self.store.commit_at(txn).await? {
-                    view.committed(&ops, rev, &[]);
+                    if let Some(view) = self.view.get() {
+                        view.committed(&ops, rev, &[]);
+                    }
                     return Ok(released);
                 }
+                // The view lagged behind a change of the lease.
+                at = Some((lease.pool.as_str(), lease.ip));
             }
+            Some(None) if hint.is_none() => return Ok(None),
+            _ => {}
         }
-        let (att_key, how) = (att_key.as_str(), &how);
-        cas(
-            self.store.as_ref(),
-            "releasing an attachment",
-            || async move {
-                let Some((r, att_entry)) = self.store.get_json::<AttachmentRef>(att_key).await?
-                else {
-                    return Ok(Attempt::Done(None));
-                };
-                let lease = self
-                    .store
-                    .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
-                    .await?;
-                let (txn, released) = plan(how, &r, &att_entry, lease);
-                Ok(Attempt::Commit(txn, released))
-            },
-        )
+        let walk = viewed.is_none();
+        let how = &how;
+        self.cas_seen("releasing an attachment", || async move {
+            let Some(found) = self.find_attached(key, at, walk).await? else {
+                return Ok(Attempt::Done(None));
+            };
+            let (txn, released) = plan(how, &found);
+            Ok(Attempt::Commit(txn, released))
+        })
         .await
     }
 }
@@ -82,24 +99,25 @@ struct How<'a> {
     quarantine: &'a Option<Quarantine>,
 }
 
-/// The release of `key`'s attachment, recorded at `r` (`att_entry`), as one
-/// transaction that applies only if the lease is unchanged. `lease` None:
+/// The release of `key`'s attachment, `found`, as one transaction that
+/// applies only if the lease (and its index entry) are unchanged. No lease:
 /// a dangling index entry, dropped.
-fn plan(
-    how: &How,
-    r: &AttachmentRef,
-    att_entry: &Entry,
-    lease: Option<(Lease, Entry)>,
-) -> (Txn, Option<Released>) {
-    let lease_key = keys::lease(&r.pool, r.ip);
+fn plan(how: &How, found: &Found) -> (Txn, Option<Released>) {
     let mut txn = Txn::default();
-    txn.expect(&att_entry.key, Some(att_entry))
-        .delete(&att_entry.key);
-    let Some((mut lease, lease_entry)) = lease else {
-        txn.expect(&lease_key, None);
-        return (txn, None);
+    if let Some((_, e)) = &found.index {
+        txn.expect(&e.key, Some(e)).delete(&e.key);
+    }
+    let (mut lease, lease_entry) = match &found.lease {
+        Some((l, e)) => (l.clone(), e),
+        None => {
+            if let Some((r, _)) = &found.index {
+                txn.expect(&keys::lease(&r.pool, r.ip), None);
+            }
+            return (txn, None);
+        }
     };
-    txn.expect(&lease_key, Some(&lease_entry));
+    let lease_key = keys::lease(&lease.pool, lease.ip);
+    txn.expect(&lease_key, Some(lease_entry));
     let attachment = match lease.attachment.take() {
         Some(a) if &a.key == how.key => a,
         // The IP moved on; only the index entry is ours.
@@ -120,8 +138,8 @@ fn plan(
         txn.delete(&lease_key);
     }
     let released = Released {
-        ip: r.ip,
-        pool: r.pool.clone(),
+        ip: lease.ip,
+        pool: lease.pool.clone(),
         binding_kept,
         attachment,
     };

@@ -20,7 +20,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::core::{FreeCount, Lease, Pool, PoolCounts, Tor};
+use crate::core::{AttachmentKey, FreeCount, Lease, Pool, PoolCounts, Tor};
 use crate::store::{decode, keys, Entry, Op, Store};
 
 use super::plan::AddRead;
@@ -39,6 +39,13 @@ struct State {
     /// This node's segments, worked out from `tors/` once per change of it
     /// (every ADD asks).
     segments: Option<Vec<Tor>>,
+    /// Pools this node wrote a lease of that the view did not follow yet
+    /// (the pool's record had not reached it): until it does, the view
+    /// cannot say what is attached (`each_lease`).
+    unfollowed: std::collections::HashSet<String>,
+    /// The last list of a prefix failed (the store does not answer): no
+    /// use waiting for the view (`settled`).
+    list_failed: bool,
 }
 
 impl State {
@@ -142,6 +149,13 @@ impl View {
             && s.followed.keys().all(|p| live(&keys::leases(p)))
     }
 
+    /// Whether the view is live, or its lists fail (the store does not
+    /// answer): what a start waits for before it looks for the node's
+    /// attachments (`node::recover`).
+    pub fn settled(&self) -> bool {
+        self.ready() || self.shared.state.lock().unwrap().list_failed
+    }
+
     /// The segments a node of this ToR serves (`Ipam::segments_of`).
     pub(super) fn segments(&self) -> Option<Vec<Tor>> {
         let mut s = self.shared.state.lock().unwrap();
@@ -183,7 +197,9 @@ impl View {
 
     /// The lease of `ip` in `pool` (None inside: no lease), if the view
     /// follows it live (the pool, and the IP's key: a pool's leases on other
-    /// segments are not followed).
+    /// segments are not followed). Tests: the ADD and DEL paths look leases
+    /// up by attachment (`attached`).
+    #[cfg(test)]
     pub(super) fn lease(&self, pool: &str, ip: std::net::IpAddr) -> Option<Option<(Lease, Entry)>> {
         let s = self.shared.state.lock().unwrap();
         let leases = s.caches.get(&keys::leases(pool)).filter(|c| c.live)?;
@@ -196,6 +212,85 @@ impl View {
                 .get::<Lease>(&key)?
                 .map(|(l, version)| (l.clone(), stub(key, version))),
         )
+    }
+
+    /// The lease attached to `key`, from the leases the view follows (every
+    /// IP of this node's segments, where its ADDs take theirs): `Some(None)`
+    /// none is, `None` the view cannot say (not all of it is live). A lease
+    /// that does not decode is passed over: it may be this key's, but taking
+    /// it for unknown would send every DEL of the node to the store while it
+    /// stays damaged (`ipamctl audit` names it).
+    pub(super) fn attached(&self, key: &AttachmentKey) -> Option<Option<(Lease, Entry)>> {
+        let mut found = None;
+        self.each_lease(|k, l, version| {
+            if found.is_none()
+                && l.is_some_and(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key))
+            {
+                found = l.map(|l| (l.clone(), stub(k.to_string(), version)));
+            }
+        })?;
+        Some(found)
+    }
+
+    /// Every lease the view follows attached on node `node`, and the keys
+    /// of the followed leases that do not decode (any may be the node's),
+    /// if the view is live.
+    pub(super) fn attached_on(&self, node: &str) -> Option<(Vec<Lease>, Vec<String>)> {
+        let (mut mine, mut corrupt) = (Vec::new(), Vec::new());
+        self.each_lease(|k, l, _| match l {
+            Some(l) if l.attachment.as_ref().is_some_and(|a| a.key.node == node) => {
+                mine.push(l.clone())
+            }
+            Some(_) => {}
+            None => corrupt.push(k.to_string()),
+        })?;
+        Some((mine, corrupt))
+    }
+
+    /// `f` of every followed lease (None: it does not decode) and its
+    /// version, if the view is live: the ToRs and pools (which say what is
+    /// followed) and every followed pool's leases.
+    fn each_lease(&self, mut f: impl FnMut(&str, Option<&Lease>, u64)) -> Option<()> {
+        let mut s = self.shared.state.lock().unwrap();
+        s.know_segments(&self.shared.tor);
+        s.segments.as_ref()?;
+        if !s.unfollowed.is_empty() {
+            let State {
+                unfollowed,
+                followed,
+                caches,
+                ..
+            } = &mut *s;
+            // Known and not followed: it has no IPs here (an attachment
+            // made on another ToR is found where the node's mirror says).
+            let known = |p: &str| {
+                caches
+                    .get(keys::POOLS)
+                    .is_some_and(|c| c.live && c.slots.contains_key(&keys::pool(p)))
+            };
+            unfollowed.retain(|p| !followed.contains_key(p) && !known(p));
+            if !unfollowed.is_empty() {
+                return None;
+            }
+        }
+        let live = |p: &str| s.caches.get(p).filter(|c| c.live);
+        live(keys::TORS)?;
+        live(keys::POOLS)?;
+        let caches: Vec<&Cache> = s
+            .followed
+            .keys()
+            .map(|p| live(&keys::leases(p)))
+            .collect::<Option<_>>()?;
+        for c in caches {
+            for (k, slot) in &c.slots {
+                let lease = slot
+                    .value
+                    .as_deref()
+                    .and_then(|v| v.downcast_ref::<Lease>());
+                f(k, lease, slot.version);
+            }
+        }
+        Some(())
     }
 
     /// The free counts on this node's segments of every pool with IPs
@@ -255,6 +350,19 @@ impl View {
         }
     }
 
+    /// Puts `lease` back at `key` with its older `version`, as a view whose
+    /// watch has not yet brought a change by another writer would hold it
+    /// (tests).
+    #[cfg(test)]
+    pub(super) fn rewind(&self, key: &str, lease: Lease, version: u64) {
+        let mut s = self.shared.state.lock().unwrap();
+        if let Some(c) = prefix_of(key).and_then(|p| s.caches.get_mut(&p)) {
+            let value: cache::Value = Some(Arc::new(lease));
+            c.slots
+                .insert(key.to_string(), cache::Slot { version, value });
+        }
+    }
+
     /// Applies this node's own committed change, which got `revision`.
     /// `leases`: leases the change put, as the caller has them (they are
     /// not decoded again, nor copied).
@@ -278,7 +386,13 @@ impl View {
             tors_changed |= p == keys::TORS;
             pools_changed.extend(pool_named(key));
             if !watched(&s, key) {
-                // No watch would bring its later changes.
+                // No watch would bring its later changes. A lease of a pool
+                // not followed yet: what is attached is unknown until it is.
+                if let (Some(pool), Some(_)) = (keys::lease_pool(key), value) {
+                    if !s.followed.contains_key(pool) {
+                        s.unfollowed.insert(pool.to_string());
+                    }
+                }
                 continue;
             }
             let Some(c) = s.caches.get_mut(&p) else {

@@ -218,7 +218,7 @@ impl Node {
                     // Not quarantined: at least give the IP back (the next
                     // ADD probes again), or a restart rolls it back.
                     warn!(%key, %ip, other_mac = %mac, error = %re, "duplicate address, and the IP could not be quarantined");
-                    if let Err(re) = self.ipam.release(&key, true).await {
+                    if let Err(re) = self.ipam.release_at(&key, true, alloc.at()).await {
                         warn!(%key, error = %re, "could not roll back the allocation of a failed ADD");
                         *unsettled = true;
                     }
@@ -239,7 +239,7 @@ impl Node {
                 // A pending attachment found here belongs to an ADD that may
                 // still be running; only roll back what this call made.
                 let rollback = if owned {
-                    self.ipam.release(&key, true).await
+                    self.ipam.release_at(&key, true, alloc.at()).await
                 } else {
                     Ok(None)
                 };

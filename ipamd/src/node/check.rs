@@ -55,25 +55,27 @@ impl Node {
     /// from the local mirror. One made during a store outage is in the
     /// mirror alone until the write-back after the outage (up to 5 s).
     async fn attachment_of(&self, key: &AttachmentKey) -> Result<Option<(Lease, Tor)>> {
-        match self.note(self.ipam.attached(key).await) {
-            Ok(None) => match &self.mirror {
-                Some(m) => Ok(m
-                    .get(key)
-                    .await?
-                    .filter(|c| c.offline)
-                    .map(|c| (c.lease, c.tor))),
-                None => Ok(None),
-            },
+        let cached = match &self.mirror {
+            Some(m) => m.get(key).await?,
+            None => None,
+        };
+        // Where the mirror says it is: found there also outside the leases
+        // the node's view follows (the node moved to another ToR).
+        let hint = cached
+            .as_ref()
+            .filter(|c| !c.offline)
+            .map(|c| (c.lease.pool.as_str(), c.lease.ip));
+        match self.note(self.ipam.attached_at(key, hint).await) {
+            Ok(None) => Ok(cached.filter(|c| c.offline).map(|c| (c.lease, c.tor))),
             Ok(Some(lease)) => {
                 let tor = self.ipam.tor(&lease.tor).await?.ok_or_else(|| {
                     Error::internal(format!("ToR {} of {} is gone", lease.tor, lease.ip))
                 })?;
                 Ok(Some((lease, tor)))
             }
-            Err(why) if why.is_unavailable() => match &self.mirror {
-                Some(m) => Ok(m.get(key).await?.map(|c| (c.lease, c.tor))),
-                None => Err(why),
-            },
+            Err(why) if why.is_unavailable() && self.mirror.is_some() => {
+                Ok(cached.map(|c| (c.lease, c.tor)))
+            }
             Err(e) => Err(e),
         }
     }

@@ -55,7 +55,8 @@ impl Node {
             Some(m) => m.get(key).await.ok().flatten(),
             None => None,
         };
-        match self.note(self.ipam.release(key, rollback).await) {
+        let hint = cached.as_ref().map(|c| (c.lease.pool.as_str(), c.lease.ip));
+        match self.note(self.ipam.release_at(key, rollback, hint).await) {
             Ok(released) => {
                 timing.step("release");
                 if let Some(m) = &self.mirror {

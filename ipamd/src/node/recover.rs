@@ -3,16 +3,21 @@
 //! attached during an outage, rebuild the local mirror, and make the
 //! datapath (OVS ports) match this node's attachments.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::core::{AttachmentState, Lease, Tor};
+use crate::core::{AttachmentKey, AttachmentState, Lease, Tor};
 use crate::error::Result;
+use crate::store::keys;
 
 use super::mirror::Mirrored;
 use super::{link_for, Node};
+
+/// How long a start waits for the view (`wait_for_view`).
+const VIEW_WAIT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// `Ok(false)`: the store was unavailable, the mirror's pending ADDs
@@ -21,6 +26,7 @@ impl Node {
     pub async fn recover(&self) -> Result<bool> {
         if !self.cfg.tor.is_empty() {
             self.ipam.start_view(&self.cfg.tor);
+            self.wait_for_view().await;
         }
         let mut rolled_back = 0;
         // ADDs a crash cut short: marked in flight, attached or not.
@@ -50,6 +56,13 @@ impl Node {
             return Ok(false);
         }
         let replayed = self.replay_pending_dels().await?;
+        let dropped = self.ipam.drop_index_of(&self.cfg.name).await?;
+        if dropped > 0 {
+            info!(
+                dropped,
+                "dropped this node's attachment index entries, which ipamd no longer writes on etcd (schema 5)"
+            );
+        }
         let synced = self.sync_offline().await?;
         if synced > 0 {
             info!(
@@ -82,10 +95,22 @@ impl Node {
         Ok(true)
     }
 
+    /// On etcd, this node finds its attachments among the leases its view
+    /// follows (`ipam::find`): the start waits for the view's first lists
+    /// (what the store would otherwise be walked for, lease by lease), for
+    /// at most [`VIEW_WAIT`], and no longer once a list fails (the store
+    /// does not answer: the mirror serves).
+    async fn wait_for_view(&self) {
+        let until = tokio::time::Instant::now() + VIEW_WAIT;
+        while self.ipam.view_settled() == Some(false) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// This node's attachments, from the store or, in an outage, the mirror;
     /// and whether they came from the store.
     pub(crate) async fn my_attachments(&self) -> Result<(Vec<Lease>, bool)> {
-        match self.note(self.ipam.node_attachments(&self.cfg.name).await) {
+        match self.note(self.attached_here().await) {
             // The ones that do not decode were logged; what uses this list
             // (GC, sweep, the start's roll-back) leaves their pods alone.
             Ok((all, _corrupt)) => Ok((all, true)),
@@ -98,6 +123,43 @@ impl Node {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// This node's attachments in the store, and the keys of records that
+    /// do not decode. On etcd they are found among the leases of this
+    /// node's ToR; what the mirror holds outside them (the node was moved
+    /// to another ToR) is read where the mirror says it is.
+    async fn attached_here(&self) -> Result<(Vec<Lease>, Vec<String>)> {
+        let (mut all, mut corrupt) = self.ipam.node_attachments(&self.cfg.name).await?;
+        let Some(m) = &self.mirror else {
+            return Ok((all, corrupt));
+        };
+        let known: HashSet<AttachmentKey> = all
+            .iter()
+            .filter_map(|l| l.attachment.as_ref().map(|a| a.key.clone()))
+            .collect();
+        let (mirrored, _) = m.readable().await?;
+        for c in mirrored.iter().filter(|c| !c.offline) {
+            let Some(a) = c
+                .lease
+                .attachment
+                .as_ref()
+                .filter(|a| !known.contains(&a.key))
+            else {
+                continue;
+            };
+            match self
+                .ipam
+                .attached_there(&a.key, &c.lease.pool, c.lease.ip)
+                .await
+            {
+                Ok(Some(l)) => all.push(l),
+                Ok(None) => {}
+                Err(e) if e.is_corrupt() => corrupt.push(keys::lease(&c.lease.pool, c.lease.ip)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((all, corrupt))
     }
 
     /// Makes the datapath (OVS ports) match this node's attachments, from the
@@ -113,7 +175,7 @@ impl Node {
         let pairs: Vec<(Lease, Tor)> = if online {
             let mut tors: HashMap<String, Option<Tor>> = HashMap::new();
             let mut pairs = Vec::new();
-            let (mine, corrupt) = self.ipam.node_attachments(&self.cfg.name).await?;
+            let (mine, corrupt) = self.attached_here().await?;
             if !corrupt.is_empty() {
                 // The reconcile removes every port the list lacks: it would
                 // cut off the pods whose records do not decode.

@@ -13,6 +13,7 @@ pub mod metered;
 mod migrate_v2;
 mod migrate_v3;
 mod migrate_v4;
+mod migrate_v5;
 pub mod redb;
 pub mod retry;
 pub mod schema;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{Store, StoreError, Txn};
+use super::{Op, Store, StoreError, Txn};
 
 /// How often a change is tried before giving up. Other writers change the
 /// same records for a while at most (a burst of ADDs on one pool); a store
@@ -45,6 +45,38 @@ where
             Attempt::Commit(txn, v) => {
                 if store.commit(txn).await? {
                     return Ok(v);
+                }
+            }
+        }
+        backoff(n).await;
+    }
+    Err(Contended {
+        what: what.to_string(),
+        attempts: MAX_ATTEMPTS,
+    }
+    .into())
+}
+
+/// `cas`, and what the commit wrote with the revision it got (None: the
+/// decision needed no commit), for a cache of the store that applies its
+/// owner's writes at once (`ipam::view`).
+pub async fn cas_at<T, E, F, Fut>(
+    store: &dyn Store,
+    what: &str,
+    mut attempt: F,
+) -> Result<(T, Option<(Vec<Op>, u64)>), E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Attempt<T>, E>>,
+    E: From<StoreError> + From<Contended>,
+{
+    for n in 0..MAX_ATTEMPTS {
+        match attempt().await? {
+            Attempt::Done(v) => return Ok((v, None)),
+            Attempt::Commit(txn, v) => {
+                let ops = txn.ops.clone();
+                if let Some(rev) = store.commit_at(txn).await? {
+                    return Ok((v, Some((ops, rev))));
                 }
             }
         }

@@ -5,7 +5,8 @@
 //! keeps carved IPs per (pool, ToR segment) (`migrate_v2.rs`); version 3
 //! keeps no published free counts (`migrate_v3.rs`); version 4 may hold
 //! IPv6 addresses and records each pool's address family
-//! (`migrate_v4.rs`).
+//! (`migrate_v4.rs`); version 5 writes no attachment index entries on etcd
+//! (`migrate_v5.rs`).
 //!
 //! ipamd calls [`check_at_open`] when it opens its store: an older store is
 //! migrated, one numbered migration at a time, and a newer one is refused,
@@ -33,7 +34,7 @@ use super::{Entry, Page, PageStream, Store, StoreError, Txn, WatchStream};
 pub const KEY: &str = "schema";
 
 /// The schema version this ipamd reads and writes.
-pub const CURRENT: u32 = 4;
+pub const CURRENT: u32 = 5;
 
 /// The value of [`KEY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         to: 4,
         what: "dual stack: every pool records its address family (ipv4 for pools made before)",
         run: super::migrate_v4::run,
+    },
+    Migration {
+        to: 5,
+        what: "attachments on etcd: found from the leases, no index entry written",
+        run: super::migrate_v5::run,
     },
 ];
 

@@ -13,6 +13,7 @@ use std::process::Output;
 use moor_e2e::cluster::{Cluster, Layout};
 use moor_e2e::names::{container_id, deployment_pod, statefulset_pod};
 use moor_e2e::Testbed;
+use moor_ipamd::store::schema;
 use serde_json::{json, Value};
 
 fn text(o: &Output) -> String {
@@ -101,7 +102,7 @@ fn backup_on_etcd_restores_into_a_fresh_store_and_the_sticky_pod_keeps_its_ip() 
         c.etcd_list("").len() as u64,
         "{made}"
     );
-    assert_eq!(made["schema_version"], 4, "{made}");
+    assert_eq!(made["schema_version"], schema::CURRENT, "{made}");
     assert!(
         made["store"].as_str().unwrap().starts_with("etcd:"),
         "{made}"

@@ -167,6 +167,17 @@ fn attachments(c: &Cluster) -> BTreeMap<String, (Ipv4Addr, String)> {
     out
 }
 
+/// The leases in etcd, read raw, attached on `node` (None: on any node).
+fn raw_attached(c: &Cluster, node: Option<&str>) -> usize {
+    c.etcd_list("leases/")
+        .iter()
+        .filter(|(_, l)| {
+            let n = &l["attachment"]["key"]["node"];
+            n.is_string() && node.is_none_or(|node| n == node)
+        })
+        .count()
+}
+
 // ------------------------------------------------------------ 1
 
 const WORKERS: usize = 12;
@@ -794,7 +805,11 @@ fn whole_cluster_down_and_back(c: &Cluster) {
         .map(|u| (u.cid.clone(), (u.ip, u.node.to_string())))
         .collect();
     assert_eq!(att, want, "attachments after the outage");
-    assert_eq!(c.etcd_list("attachments/").len(), 3);
+    assert_eq!(raw_attached(c, None), 3);
+    assert!(
+        c.etcd_list("attachments/").is_empty(),
+        "no index entries on etcd (schema 5)"
+    );
     let bindings = c.etcd_list("bindings/");
     let bound_ips: BTreeSet<&str> = bindings
         .iter()
@@ -906,7 +921,7 @@ fn kill9_ipamd_mid_burst_matches_etcd() {
     }
 
     // What the crash left in etcd: the finished ADDs and those in flight.
-    let left = c.etcd_list("attachments/n1/").len();
+    let left = raw_attached(&c, Some("n1"));
     let t = Instant::now();
     c.start_ipamd("n1");
     let restart = t.elapsed();
@@ -917,15 +932,15 @@ fn kill9_ipamd_mid_burst_matches_etcd() {
         .filter(|(_, (_, node))| node == "n1")
         .map(|(cid, (ip, _))| (cid.as_str(), *ip))
         .collect();
-    let raw_n1 = c
-        .etcd_list("attachments/")
-        .iter()
-        .filter(|(k, _)| k.starts_with("attachments/n1/"))
-        .count();
+    let raw_n1 = raw_attached(&c, Some("n1"));
     assert_eq!(
         raw_n1,
         on_n1.len(),
-        "etcd's attachment index of n1 agrees with ip list"
+        "etcd's leases attached on n1 agree with ip list"
+    );
+    assert!(
+        c.etcd_list("attachments/").is_empty(),
+        "no index entries on etcd (schema 5)"
     );
     assert_eq!(
         att.get(&other.cid).map(|(ip, n)| (*ip, n.as_str())),

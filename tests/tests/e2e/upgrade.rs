@@ -1,7 +1,7 @@
 //! Issue 15's done-when 4: an upgrade from the previous release to this one
 //! with live pods, on redb and on etcd. The previous release is the commit
-//! `tests/upgrade-from` names (store schema 3, so ipamd's 3 -> 4 migration
-//! runs for real); `scripts/build-upgrade-from` builds its three binaries
+//! `tests/upgrade-from` names (store schema 3, so ipamd's 3 -> 4 and 4 -> 5
+//! migrations run for real); `scripts/build-upgrade-from` builds its three binaries
 //! into `target/upgrade-from/bin/` (scripts/test runs it). Without them the
 //! tests fail, naming the script; they never skip.
 //!
@@ -12,7 +12,7 @@
 //! every pod keeps its IP (CHECK through the new moor passes, eth0 unchanged),
 //! DEL of pods ADDed by the old release works, a DEL the old moor queued
 //! while ipamd was down is replayed by the new ipamd, a sticky pod re-created
-//! gets its IP, new ADDs work, the store is at schema 4 and `ipamctl audit`
+//! gets its IP, new ADDs work, the store is at schema 5 and `ipamctl audit`
 //! finds nothing.
 
 use std::net::Ipv4Addr;
@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use crate::support::prev_result;
 
 /// The store schema of this release (the previous one's is 3).
-const SCHEMA: u64 = 4;
+const SCHEMA: u64 = 5;
 
 /// A pod the test keeps up: its sandbox, container id, node and IP.
 struct Live {
@@ -81,7 +81,8 @@ fn assert_attached(list: &[Value], l: &Live, when: &str) {
 
 /// Asserts that `log` (every run of one node's ipamd, appended) says the
 /// old release opened a schema 3 store and, after `from` bytes, that the new
-/// one found it at `found` and runs on schema 4; returns the log's length.
+/// one found it at `found` and runs on this release's schema; returns the
+/// log's length.
 /// Takes one of `node`'s Deployment (web-) pods out of `live`.
 fn take_web_pod(live: &mut Vec<Live>, node: &str) -> Live {
     let at = live
@@ -99,11 +100,12 @@ fn assert_schema_log(log: &std::path::Path, from: usize, found: u32) -> usize {
         log.display()
     );
     let new = &text[from..];
-    let migrated = new.contains("migrating the store from=3 to=4");
+    let migrated = new.contains("migrating the store from=3 to=4")
+        && new.contains("migrating the store from=4 to=5");
     assert_eq!(
         migrated,
         found == 3,
-        "the new ipamd migrates a schema 3 store, not a schema 4 one:\n{new}"
+        "the new ipamd migrates a schema 3 store, not a migrated one:\n{new}"
     );
     assert!(
         new.contains(&format!("store schema version {SCHEMA}")),
@@ -112,7 +114,7 @@ fn assert_schema_log(log: &std::path::Path, from: usize, found: u32) -> usize {
     text.len()
 }
 
-/// `ipamctl -o json audit` through the new ipamctl: clean, schema 4.
+/// `ipamctl -o json audit` through the new ipamctl: clean, this schema.
 fn assert_audit_clean(audit: &Value) {
     assert_eq!(audit["clean"], json!(true), "{audit:#}");
     assert_eq!(audit["findings"], json!([]), "{audit:#}");
@@ -321,8 +323,9 @@ fn rolling_update_on_etcd_while_add_and_del_go_on() {
             let old_log = std::fs::metadata(&c.node(node).log).unwrap().len() as usize;
             c.set_bins(node, bins());
             c.start_ipamd(node);
-            // The first new ipamd migrates; the others find schema 4.
-            assert_schema_log(&c.node(node).log, old_log, if node == "n1" { 3 } else { 4 });
+            // The first new ipamd migrates; the others find it migrated.
+            let found = if node == "n1" { 3 } else { SCHEMA as u32 };
+            assert_schema_log(&c.node(node).log, old_log, found);
             // Mixed versions: two cycles more with the new ipamd up.
             let after = done.load(Ordering::Relaxed) + 2;
             wait_for("churn after the update", WAIT, || {

@@ -583,6 +583,7 @@ mod batch;
 mod big_pools;
 mod corrupt;
 mod dual;
+mod find;
 mod lifecycle;
 mod model;
 mod stopped;

@@ -189,6 +189,7 @@ pub(super) async fn follow(shared: Arc<Shared>, f: Follow) {
             Ok(r) => r,
             Err(e) => {
                 debug!(range = %f.range, error = %e, "view: list failed");
+                shared.state.lock().unwrap().list_failed = true;
                 failures += 1;
                 continue;
             }
@@ -212,6 +213,7 @@ pub(super) async fn follow(shared: Arc<Shared>, f: Follow) {
             c.tombs.clear();
             c.seen = rev;
             c.live = true;
+            s.list_failed = false;
             if prefix == keys::TORS {
                 s.segments = None;
             }

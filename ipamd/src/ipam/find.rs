@@ -1,0 +1,217 @@
+//! Where an attachment is, by its key (node, container, ifname).
+//!
+//! A store without history (redb: one node) keeps an index entry per
+//! attachment, `attachments/<node>/<container>/<ifname>` -> (pool, IP),
+//! written in the ADD's transaction: a local write, cheap. On etcd (schema
+//! 5) no index is written: a second key in every ADD's transaction cost
+//! etcd about a tenth of its ADD rate (docs/benchmarks.md, "Eighth
+//! round"). A node's attachments are on its own ToR's segments, whose
+//! leases its view follows (each lease names its attachment), so the node
+//! finds them there; while the view is not live, by reading the leases a
+//! page at a time. Index entries an ipamd of schema 4 wrote stay valid
+//! until the node's ipamd starts on schema 5, which drops them
+//! (`drop_index_of`).
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use tracing::warn;
+
+use crate::core::{AttachmentKey, AttachmentRef, Lease};
+use crate::error::Result;
+use crate::store::retry::{cas_at, Attempt};
+use crate::store::{decode, keys, Entry, StoreExt, Txn};
+
+use super::Ipam;
+
+/// Leases read per page by the walk that stands in for the view.
+const PAGE: usize = 500;
+
+/// Index entries deleted per transaction (etcd allows 128 ops).
+const DROP_BATCH: usize = 100;
+
+/// An attachment found by its key.
+pub(super) struct Found {
+    /// Its index entry, on a store that keeps one (None on etcd).
+    pub index: Option<(AttachmentRef, Entry)>,
+    /// The lease the index entry names, or the one found attached to the
+    /// key, and its entry (None: a dangling index entry).
+    pub lease: Option<(Lease, Entry)>,
+}
+
+impl Found {
+    /// The lease, if it is still attached to `key` (an index entry may
+    /// outlive it: the IP moved on).
+    pub fn lease_of(self, key: &AttachmentKey) -> Option<Lease> {
+        self.lease
+            .map(|(l, _)| l)
+            .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key))
+    }
+}
+
+impl Ipam {
+    /// Whether attachments have index entries in this store.
+    pub(super) fn indexed(&self) -> bool {
+        !self.store.keeps_history()
+    }
+
+    /// The attachment of `key`, from the store (the index, or the leases
+    /// read a page at a time). `hint`: where the node's mirror says it is
+    /// (pool, IP), read first: a node moved to another ToR keeps
+    /// attachments outside the leases its view follows. `walk` false: the
+    /// view said none is attached where it looks, so only the hint is read.
+    pub(super) async fn find_attached(
+        &self,
+        key: &AttachmentKey,
+        hint: Option<(&str, IpAddr)>,
+        walk: bool,
+    ) -> Result<Option<Found>> {
+        if self.indexed() {
+            let Some((r, e)) = self
+                .store
+                .get_json::<AttachmentRef>(&keys::attachment(key))
+                .await?
+            else {
+                return Ok(None);
+            };
+            let lease = self
+                .store
+                .get_json::<Lease>(&keys::lease(&r.pool, r.ip))
+                .await?;
+            return Ok(Some(Found {
+                index: Some((r, e)),
+                lease,
+            }));
+        }
+        let is_key = |l: &Lease| l.attachment.as_ref().is_some_and(|a| &a.key == key);
+        if let Some((pool, ip)) = hint {
+            if let Some((l, e)) = self.store.get_json::<Lease>(&keys::lease(pool, ip)).await? {
+                if is_key(&l) {
+                    return Ok(Some(Found {
+                        index: None,
+                        lease: Some((l, e)),
+                    }));
+                }
+            }
+        }
+        if !walk {
+            return Ok(None);
+        }
+        let (mut found, _) = self.walk_leases(|l| is_key(l)).await?;
+        Ok(found.pop().map(|lease| Found {
+            index: None,
+            lease: Some(lease),
+        }))
+    }
+
+    /// `store::retry::cas`, its commit applied to the node's view at once:
+    /// what finds this node's attachments there must see the ones the
+    /// reading way writes, not wait for the watch.
+    pub(super) async fn cas_seen<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Attempt<T>>>,
+    {
+        let (v, committed) = cas_at(self.store.as_ref(), what, attempt).await?;
+        if let (Some((ops, rev)), Some(view)) = (committed, self.view.get()) {
+            view.committed(&ops, rev, &[]);
+        }
+        Ok(v)
+    }
+
+    /// Whether the node's view is live or its lists fail (`View::settled`);
+    /// None: there is no view (a store without history, or no ToR).
+    pub fn view_settled(&self) -> Option<bool> {
+        self.view.get().map(|v| v.settled())
+    }
+
+    /// The lease of `ip` in `pool` if it is attached to `key`: one read,
+    /// where the node's mirror says an attachment is.
+    pub async fn attached_there(
+        &self,
+        key: &AttachmentKey,
+        pool: &str,
+        ip: IpAddr,
+    ) -> Result<Option<Lease>> {
+        let lease = self.store.get_json::<Lease>(&keys::lease(pool, ip)).await?;
+        Ok(lease
+            .map(|(l, _)| l)
+            .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
+    }
+
+    /// The attachment of `key` as the view has it, if the view can say
+    /// (etcd only): `Some(None)` none. Not checked against the store: a
+    /// commit that relies on it checks the lease's version.
+    pub(super) fn viewed_attachment(&self, key: &AttachmentKey) -> Option<Option<(Lease, Entry)>> {
+        if self.indexed() {
+            return None;
+        }
+        self.view.get()?.attached(key)
+    }
+
+    /// Every lease matching `keep` and the keys of the leases that do not
+    /// decode, read a page at a time (memory stays one page whatever the
+    /// store's size).
+    async fn walk_leases(
+        &self,
+        keep: impl Fn(&Lease) -> bool,
+    ) -> Result<(Vec<(Lease, Entry)>, Vec<String>)> {
+        let (mut out, mut corrupt) = (Vec::new(), Vec::new());
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_page(keys::LEASES, after.as_deref(), PAGE, None)
+                .await?;
+            after = page.entries.last().map(|e| e.key.clone());
+            for e in page.entries {
+                match decode::<Lease>(&e) {
+                    Ok(l) if keep(&l) => out.push((l, e)),
+                    Ok(_) => {}
+                    Err(err) => {
+                        warn!(error = %err, "a lease does not decode; if it is this node's, its pod is left as it is");
+                        corrupt.push(e.key);
+                    }
+                }
+            }
+            if !page.more {
+                return Ok((out, corrupt));
+            }
+        }
+    }
+
+    /// Every attachment on node `node` and the keys of the records that do
+    /// not decode and may be one (etcd: any lease the node's view follows,
+    /// or any lease at all while the view is not live).
+    pub(super) async fn attached_on(&self, node: &str) -> Result<(Vec<Lease>, Vec<String>)> {
+        if let Some(found) = self.view.get().and_then(|v| v.attached_on(node)) {
+            return Ok(found);
+        }
+        let on = |l: &Lease| l.attachment.as_ref().is_some_and(|a| a.key.node == node);
+        let (found, corrupt) = self.walk_leases(on).await?;
+        Ok((found.into_iter().map(|(l, _)| l).collect(), corrupt))
+    }
+
+    /// Deletes the index entries of node `node`'s attachments that an ipamd
+    /// of schema 4 wrote (etcd): nothing reads them since schema 5, and an
+    /// entry would outlive its attachment, which `ipamctl audit` reports.
+    /// Each delete checks the entry unchanged; a crash part way leaves the
+    /// rest for the next start. Returns how many went.
+    pub async fn drop_index_of(&self, node: &str) -> Result<usize> {
+        if self.indexed() {
+            return Ok(0);
+        }
+        let (entries, _) = self.store.list(&keys::node_attachments(node)).await?;
+        let mut dropped = 0;
+        for chunk in entries.chunks(DROP_BATCH) {
+            let mut txn = Txn::default();
+            for e in chunk {
+                txn.expect(&e.key, Some(e)).delete(&e.key);
+            }
+            if self.store.commit(txn).await? {
+                dropped += chunk.len();
+            }
+        }
+        Ok(dropped)
+    }
+}
