@@ -1149,6 +1149,7 @@ async fn run_level(
             c: counters.clone(),
         })));
         let node = world.node_for(i);
+        ipam.serve_node(&node_name(node));
         ipam.start_view(&world.tor_names[world.node_tor[node]]);
         ipams.push((ipam, node));
     }

@@ -206,7 +206,7 @@ impl Collector {
             match &r.target {
                 Target::Attachment(a) => self
                     .ipam
-                    .release(&a.key, false)
+                    .release_at(&a.key, false, Some((&r.pool, r.ip)))
                     .await
                     .map(|done| done.is_some()),
                 Target::Binding(pod) => self.ipam.release_unused_binding(r.ip, &r.pool, pod).await,

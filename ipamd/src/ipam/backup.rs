@@ -274,12 +274,34 @@ impl Restore {
                 // A node registered since: its record is newer.
                 continue;
             }
-            if !self.txn.has_room(1, 1, key.len() + value.len() + 8) && !self.txn.ops.is_empty() {
+            let index = self.index_entry(&key, &value);
+            let room =
+                key.len() + value.len() + 8 + index.as_ref().map_or(0, |(k, v)| k.len() + v.len());
+            if !self.txn.has_room(2, 1, room) && !self.txn.ops.is_empty() {
                 self.flush().await?;
             }
             self.txn.ops.push(crate::store::Op::Put { key, value });
+            if let Some((key, value)) = index {
+                self.txn.ops.push(crate::store::Op::Put { key, value });
+            }
         }
         Ok(())
+    }
+
+    /// Into a store that indexes attachments (redb, `find.rs`), the index
+    /// entry of an attached lease: a backup of etcd (schema 5) holds none.
+    /// A backup that holds it puts the same entry again.
+    fn index_entry(&self, key: &str, value: &[u8]) -> Option<(String, Vec<u8>)> {
+        if self.store.keeps_history() || !key.starts_with(keys::LEASES) {
+            return None;
+        }
+        let lease: crate::core::Lease = serde_json::from_slice(value).ok()?;
+        let a = lease.attachment?;
+        let r = crate::core::AttachmentRef {
+            pool: lease.pool,
+            ip: lease.ip,
+        };
+        Some((keys::attachment(&a.key), serde_json::to_vec(&r).ok()?))
     }
 
     fn check_record(&self, key: &str, value: &[u8]) -> Result<()> {

@@ -139,14 +139,40 @@ impl Ipam {
             .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
     }
 
+    /// Says which node this daemon serves: the view then answers only for
+    /// that node's attachments. Another node's (the controller's GC, a
+    /// forced evict) may be on a ToR the view does not follow. Once.
+    pub fn serve_node(&self, name: &str) {
+        let _ = self.node.set(name.to_string());
+    }
+
+    /// Whether `key` is attached on another node than the one this daemon
+    /// serves (unknown: not another, for the view).
+    fn foreign(&self, key: &AttachmentKey) -> bool {
+        self.node.get().is_some_and(|n| *n != key.node)
+    }
+
     /// The attachment of `key` as the view has it, if the view can say
-    /// (etcd only): `Some(None)` none. Not checked against the store: a
-    /// commit that relies on it checks the lease's version.
+    /// (etcd only, and the node's own keys): `Some(None)` none. Not checked
+    /// against the store: a commit that relies on it checks the lease's
+    /// version.
     pub(super) fn viewed_attachment(&self, key: &AttachmentKey) -> Option<Option<(Lease, Entry)>> {
-        if self.indexed() {
+        if self.indexed() || self.foreign(key) {
             return None;
         }
         self.view.get()?.attached(key)
+    }
+
+    /// On etcd, the index entry an ipamd of schema 4 may have left for
+    /// an attachment this daemon releases for another node (the
+    /// controller's GC, a forced evict; that node's ipamd drops its own when
+    /// it starts on schema 5, a dead node's never does): deleted with the
+    /// release, whether there or not.
+    pub(super) fn drop_foreign_index(&self, key: &AttachmentKey, txn: &mut Txn) {
+        let own = self.node.get().is_some_and(|n| *n == key.node);
+        if !self.indexed() && !own {
+            txn.delete(&keys::attachment(key));
+        }
     }
 
     /// Every lease matching `keep` and the keys of the leases that do not

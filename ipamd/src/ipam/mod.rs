@@ -78,6 +78,9 @@ pub struct Ipam {
     cooldown_secs: u64,
     /// The node's view of the store (`start_view`), for its ToR.
     view: std::sync::OnceLock<view::View>,
+    /// The node this daemon serves (`serve_node`): the view answers for
+    /// its attachments only (`find.rs`).
+    node: std::sync::OnceLock<String>,
     /// Per pool, this daemon's turn to write: ADDs go in batches
     /// (`batch.rs`), every other change of the pool takes the turn alone
     /// (`pool_turn`), so the daemon's own writes never make each other
@@ -282,6 +285,7 @@ impl Ipam {
             shutdown: tokio::sync::watch::channel(false).0,
             cooldown_secs: DEFAULT_IP_COOLDOWN_SECS,
             view: std::sync::OnceLock::new(),
+            node: std::sync::OnceLock::new(),
             adds: batch::Batcher::default(),
         }
     }

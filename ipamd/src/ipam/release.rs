@@ -36,8 +36,14 @@ impl Ipam {
     /// of the IP, and quarantines the IP: it stays out of use (a binding
     /// that this ADD did not create stays too, so the pod is refused rather
     /// than given another IP) until `ipamctl ip release`.
-    pub async fn quarantine(&self, key: &AttachmentKey, q: Quarantine) -> Result<Option<Released>> {
-        self.release_as(key, true, Some(q), None).await
+    /// `at`: where the ADD put it (pool, IP), as for `release_at`.
+    pub async fn quarantine(
+        &self,
+        key: &AttachmentKey,
+        q: Quarantine,
+        at: Option<(&str, IpAddr)>,
+    ) -> Result<Option<Released>> {
+        self.release_as(key, true, Some(q), at).await
     }
 
     async fn release_as(
@@ -84,7 +90,10 @@ impl Ipam {
             let Some(found) = self.find_attached(key, at, walk).await? else {
                 return Ok(Attempt::Done(None));
             };
-            let (txn, released) = plan(how, &found);
+            let (mut txn, released) = plan(how, &found);
+            if found.index.is_none() {
+                self.drop_foreign_index(key, &mut txn);
+            }
             Ok(Attempt::Commit(txn, released))
         })
         .await

@@ -39,10 +39,12 @@ struct State {
     /// This node's segments, worked out from `tors/` once per change of it
     /// (every ADD asks).
     segments: Option<Vec<Tor>>,
-    /// Pools this node wrote a lease of that the view did not follow yet
-    /// (the pool's record had not reached it): until it does, the view
-    /// cannot say what is attached (`each_lease`).
-    unfollowed: std::collections::HashSet<String>,
+    /// Leases this node wrote that the view could not take in (its pool not
+    /// followed yet, the pool's cache being listed again, the key outside
+    /// the keys followed), with the revision of the write: until a live
+    /// cache covers the key and has seen that revision, the view cannot say
+    /// what is attached (`each_lease`).
+    unseen: HashMap<String, u64>,
     /// The last list of a prefix failed (the store does not answer): no
     /// use waiting for the view (`settled`).
     list_failed: bool,
@@ -254,22 +256,34 @@ impl View {
         let mut s = self.shared.state.lock().unwrap();
         s.know_segments(&self.shared.tor);
         s.segments.as_ref()?;
-        if !s.unfollowed.is_empty() {
+        if !s.unseen.is_empty() {
             let State {
-                unfollowed,
+                unseen,
                 followed,
                 caches,
                 ..
             } = &mut *s;
-            // Known and not followed: it has no IPs here (an attachment
-            // made on another ToR is found where the node's mirror says).
-            let known = |p: &str| {
-                caches
-                    .get(keys::POOLS)
-                    .is_some_and(|c| c.live && c.slots.contains_key(&keys::pool(p)))
-            };
-            unfollowed.retain(|p| !followed.contains_key(p) && !known(p));
-            if !unfollowed.is_empty() {
+            unseen.retain(|key, rev| {
+                let Some(pool) = keys::lease_pool(key) else {
+                    return false;
+                };
+                let cache = caches.get(&keys::leases(pool)).filter(|c| c.live);
+                match followed.get(pool) {
+                    // Followed: until its live cache has seen the write.
+                    Some(f) if key.starts_with(&f.range) => cache.is_none_or(|c| c.seen < *rev),
+                    // Not followed, or outside the keys followed: until the
+                    // pool's record reaches the view (which then follows
+                    // it). Known and not followed there, it has no IPs on
+                    // this node's ToR (a node moved to another ToR finds
+                    // those where its mirror says); gone from a view that
+                    // has seen the write's revision, it was deleted.
+                    _ => caches
+                        .get(keys::POOLS)
+                        .filter(|c| c.live)
+                        .is_none_or(|c| !c.slots.contains_key(&keys::pool(pool)) && c.seen < *rev),
+                }
+            });
+            if !unseen.is_empty() {
                 return None;
             }
         }
@@ -385,15 +399,19 @@ impl View {
             let Some(p) = prefix_of(key) else { continue };
             tors_changed |= p == keys::TORS;
             pools_changed.extend(pool_named(key));
-            if !watched(&s, key) {
-                // No watch would bring its later changes. A lease of a pool
-                // not followed yet: what is attached is unknown until it is.
-                if let (Some(pool), Some(_)) = (keys::lease_pool(key), value) {
-                    if !s.followed.contains_key(pool) {
-                        s.unfollowed.insert(pool.to_string());
-                    }
+            let lease = keys::lease_pool(key).is_some();
+            if !(watched(&s, key) && s.caches.contains_key(&p)) {
+                // No watch would bring its later changes.
+                if lease {
+                    match value {
+                        Some(_) => s.unseen.insert(key.clone(), revision),
+                        None => s.unseen.remove(key),
+                    };
                 }
                 continue;
+            }
+            if lease && !s.unseen.is_empty() {
+                s.unseen.remove(key);
             }
             let Some(c) = s.caches.get_mut(&p) else {
                 continue;

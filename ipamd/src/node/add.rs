@@ -214,7 +214,7 @@ impl Node {
                     since_unix: self.now(),
                 };
                 let pod = &alloc.attachment().pod;
-                if let Err(re) = self.ipam.quarantine(&key, q).await {
+                if let Err(re) = self.ipam.quarantine(&key, q, alloc.at()).await {
                     // Not quarantined: at least give the IP back (the next
                     // ADD probes again), or a restart rolls it back.
                     warn!(%key, %ip, other_mac = %mac, error = %re, "duplicate address, and the IP could not be quarantined");

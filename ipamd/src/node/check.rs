@@ -55,8 +55,10 @@ impl Node {
     /// from the local mirror. One made during a store outage is in the
     /// mirror alone until the write-back after the outage (up to 5 s).
     async fn attachment_of(&self, key: &AttachmentKey) -> Result<Option<(Lease, Tor)>> {
+        // A mirror record that does not decode is left out (as DEL does):
+        // the store answers while it is up.
         let cached = match &self.mirror {
-            Some(m) => m.get(key).await?,
+            Some(m) => m.get(key).await.ok().flatten(),
             None => None,
         };
         // Where the mirror says it is: found there also outside the leases

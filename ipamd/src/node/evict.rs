@@ -81,7 +81,8 @@ impl Node {
         } else {
             // Checked above; a node that came alive since is only a race
             // with its own DEL, which releases the same attachment.
-            self.ipam.release(&h.key, false).await?;
+            let at = Some((view.pool.as_str(), view.ip));
+            self.ipam.release_at(&h.key, false, at).await?;
         }
         warn!(%ip, holder = %h.key, "evicted by force");
         Ok(Evicted {

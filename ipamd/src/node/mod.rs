@@ -103,6 +103,7 @@ impl Node {
         mirror: Option<Mirror>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        ipam.serve_node(&cfg.name);
         Self {
             ipam,
             datapath,

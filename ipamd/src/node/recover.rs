@@ -24,8 +24,11 @@ impl Node {
     /// were rolled back locally (their releases are recorded), and `recover`
     /// must run again once the store answers.
     pub async fn recover(&self) -> Result<bool> {
-        if !self.cfg.tor.is_empty() {
-            self.ipam.start_view(&self.cfg.tor);
+        // The ToR from --tor or the node's label (the Kubernetes API's
+        // first lists come before this); without it, no view yet, and this
+        // node's attachments are found by walking the leases.
+        if let Ok(tor) = self.tor() {
+            self.ipam.start_view(&tor);
             self.wait_for_view().await;
         }
         let mut rolled_back = 0;

@@ -33,28 +33,13 @@ pub struct Contended {
 
 /// Runs `attempt` until its decision commits or needs no commit. Errors of an
 /// attempt (including a store that does not answer) end the loop at once.
-pub async fn cas<T, E, F, Fut>(store: &dyn Store, what: &str, mut attempt: F) -> Result<T, E>
+pub async fn cas<T, E, F, Fut>(store: &dyn Store, what: &str, attempt: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Attempt<T>, E>>,
     E: From<StoreError> + From<Contended>,
 {
-    for n in 0..MAX_ATTEMPTS {
-        match attempt().await? {
-            Attempt::Done(v) => return Ok(v),
-            Attempt::Commit(txn, v) => {
-                if store.commit(txn).await? {
-                    return Ok(v);
-                }
-            }
-        }
-        backoff(n).await;
-    }
-    Err(Contended {
-        what: what.to_string(),
-        attempts: MAX_ATTEMPTS,
-    }
-    .into())
+    Ok(cas_at(store, what, attempt).await?.0)
 }
 
 /// `cas`, and what the commit wrote with the revision it got (None: the

@@ -345,3 +345,33 @@ async fn redb_snapshot_is_one_read_transaction() {
     drop(pages);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A backup of etcd (schema 5) holds no attachment index entries; restored
+/// into a store that keeps them (redb, here in memory), each attached
+/// lease gets its entry, so DEL finds the attachment there.
+#[tokio::test]
+async fn a_backup_without_index_entries_gets_them_in_a_store_that_keeps_them() {
+    let (_, ipam, ip) = source().await;
+    let (mut records, sum) = take(&ipam).await;
+    let before = records.len();
+    records.retain(|e| !e.key.starts_with(keys::ATTACHMENTS));
+    assert_eq!(records.len(), before - 1, "the one index entry left out");
+    let target = Arc::new(MemStore::new());
+    let restored = Ipam::new(target.clone());
+    let mut r = restored
+        .restore_begin(header(&records, sum.schema_version), 7)
+        .await
+        .unwrap();
+    r.records(pairs(&records)).await.unwrap();
+    r.finish().await.unwrap();
+    clean(&target).await;
+    let key = AttachmentKey {
+        node: "n1".into(),
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    };
+    assert_eq!(restored.attached(&key).await.unwrap().unwrap().ip, ip);
+    let rel = restored.release(&key, false).await.unwrap().unwrap();
+    assert!(rel.binding_kept);
+    clean(&target).await;
+}

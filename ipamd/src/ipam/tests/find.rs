@@ -7,7 +7,7 @@ use crate::audit::audit;
 use crate::core::AttachmentRef;
 use crate::store::Txn;
 
-use super::view::{req, setup};
+use super::view::{add_r2, req, setup};
 use super::*;
 
 /// Every key under `prefix` in the store.
@@ -70,12 +70,22 @@ async fn an_add_writes_its_lease_alone_and_every_way_finds_it() {
     let key = &mine[1].attachment().key;
     let found = s.other.attached(key).await.unwrap().unwrap();
     assert_eq!(found.ip, mine[1].lease.ip);
-    let r = s
-        .other
-        .release(&theirs.attachment().key, false)
-        .await
-        .unwrap();
+    // Another node's attachment, released here (as the controller's GC
+    // does): not taken from the view, which answers for n1 only; an index
+    // entry schema 4 left for it goes with it.
+    let theirs_key = &theirs.attachment().key;
+    let mut t = Txn::default();
+    t.put(
+        &keys::attachment(theirs_key),
+        &AttachmentRef {
+            pool: theirs.lease.pool.clone(),
+            ip: theirs.lease.ip,
+        },
+    );
+    assert!(s.ipam.store().commit(t).await.unwrap());
+    let r = s.ipam.release(theirs_key, false).await.unwrap();
     assert_eq!(r.unwrap().ip, theirs.lease.ip);
+    assert!(keys_under(&s.ipam, keys::ATTACHMENTS).await.is_empty());
     let r = s.ipam.release(key, false).await.unwrap().unwrap();
     assert!(r.binding_kept, "db-0 keeps its IP");
     assert!(s.ipam.attached(key).await.unwrap().is_none());
@@ -89,17 +99,7 @@ async fn an_add_writes_its_lease_alone_and_every_way_finds_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_outside_the_view_are_found_where_the_mirror_says() {
     let s = setup("find-moved").await;
-    s.other
-        .add_tor(
-            "r2",
-            "10.2.0.0/24",
-            "10.2.0.1",
-            0,
-            &[range("10.2.0.10", "10.2.0.19")],
-            "",
-        )
-        .await
-        .unwrap();
+    add_r2(&s.other).await;
     let spec = PoolSpec {
         name: "far".into(),
         namespace: "default".into(),
@@ -192,4 +192,60 @@ async fn index_entries_from_schema_4_are_checked_then_dropped() {
         assert_eq!(r.unwrap().ip, x.lease.ip);
     }
     assert!(audit(store.as_ref()).await.unwrap().is_empty());
+}
+
+/// A lease this node wrote that its view could not take in (here: of a pool
+/// whose record the view has not seen) makes the view answer "cannot say"
+/// until it has seen the write's revision: meanwhile the store is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_view_did_not_take_in_sends_lookups_to_the_store() {
+    let s = setup("find-unseen").await;
+    let view = s.ipam.view_for("r1").unwrap();
+    let r = req("g1", "ghost-7d9f8c6b5-g2x9z");
+    let ip: std::net::IpAddr = "10.1.0.200".parse().unwrap();
+    let lease = Lease {
+        ip,
+        ipv6: None,
+        pool: "ghost".into(),
+        tor: "r1".into(),
+        binding: None,
+        attachment: Some(Attachment {
+            key: r.key.clone(),
+            pod: r.pod.clone(),
+            netns: r.netns.clone(),
+            network: r.network.clone(),
+            state: crate::core::AttachmentState::Ready,
+            created_unix: 100,
+            created_binding: false,
+        }),
+        evict: false,
+        quarantine: None,
+    };
+    let mut txn = Txn::default();
+    txn.put(&keys::lease("ghost", ip), &lease);
+    let ops = txn.ops.clone();
+    let rev = s.ipam.store().commit_at(txn).await.unwrap().unwrap();
+    view.committed(&ops, rev, &[]);
+    assert!(view.attached(&r.key).is_none(), "the view cannot say");
+    s.counting.take();
+    let found = s.ipam.attached(&r.key).await.unwrap().unwrap();
+    assert_eq!(found.ip, ip);
+    assert!(s.counting.take().0 >= 1, "found by reading the store");
+    // The view sees a revision past the write (another pool's record) and
+    // ghost has no record: it answers again.
+    let spec = PoolSpec {
+        name: "later".into(),
+        namespace: "default".into(),
+        app: "later".into(),
+        size: 2,
+        ..PoolSpec::default()
+    };
+    s.other.create_pool(&spec, 0).await.unwrap();
+    super::view::eventually("the view has seen past the write", || {
+        view.attached(&r.key).is_some()
+    })
+    .await;
+    let mut txn = Txn::default();
+    txn.delete(&keys::lease("ghost", ip));
+    assert!(s.ipam.store().commit(txn).await.unwrap());
 }

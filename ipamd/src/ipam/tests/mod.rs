@@ -360,7 +360,7 @@ async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
         .await
         .unwrap();
     let bad_ip = first.lease.ip;
-    ipam.quarantine(&first.attachment().key, q("02:00:00:00:00:99"))
+    ipam.quarantine(&first.attachment().key, q("02:00:00:00:00:99"), None)
         .await
         .unwrap();
     let view = ipam.ip(bad_ip).await.unwrap();
@@ -396,7 +396,7 @@ async fn a_quarantined_ip_is_given_to_no_pod_until_released() {
         .await
         .unwrap();
     assert_eq!(again.lease.ip, web0.lease.ip);
-    ipam.quarantine(&again.attachment().key, q("02:00:00:00:00:98"))
+    ipam.quarantine(&again.attachment().key, q("02:00:00:00:00:98"), None)
         .await
         .unwrap();
     let (c, msg) = code(

@@ -143,6 +143,7 @@ pub(super) async fn setup(test: &str) -> Setup {
         watched: Default::default(),
     });
     let ipam = Ipam::new(counting.clone());
+    ipam.serve_node("n1");
     assert!(ipam.start_view("r1"));
     let view = ipam.view_for("r1").unwrap();
     eventually("the view catches up", || {
@@ -156,6 +157,20 @@ pub(super) async fn setup(test: &str) -> Setup {
         ipam,
         other,
     }
+}
+
+/// A second ToR, r2, that node n1's view does not follow.
+pub(super) async fn add_r2(ipam: &Ipam) {
+    ipam.add_tor(
+        "r2",
+        "10.2.0.0/24",
+        "10.2.0.1",
+        0,
+        &[range("10.2.0.10", "10.2.0.99")],
+        "",
+    )
+    .await
+    .unwrap();
 }
 
 pub(super) fn req(cid: &str, pod: &str) -> AllocRequest {
@@ -335,17 +350,7 @@ pub(super) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_over_two_tors_is_followed_on_this_tor_only() {
     let s = setup("range").await;
-    s.other
-        .add_tor(
-            "r2",
-            "10.2.0.0/24",
-            "10.2.0.1",
-            0,
-            &[range("10.2.0.10", "10.2.0.99")],
-            "",
-        )
-        .await
-        .unwrap();
+    add_r2(&s.other).await;
     let spec = PoolSpec {
         name: "spread".into(),
         namespace: "default".into(),

@@ -15,7 +15,7 @@ use super::{decoder_for, Shared, State};
 
 /// A pool whose leases are followed: under which keys, by which task.
 pub(super) struct Followed {
-    range: String,
+    pub(super) range: String,
     pub(super) task: tokio::task::AbortHandle,
 }
 
