@@ -275,8 +275,10 @@ impl Restore {
                 continue;
             }
             let index = self.index_entry(&key, &value);
-            let room =
-                key.len() + value.len() + 8 + index.as_ref().map_or(0, |(k, v)| k.len() + v.len());
+            let room = key.len()
+                + value.len()
+                + 8
+                + index.as_ref().map_or(0, |(k, v)| k.len() + v.len() + 8);
             if !self.txn.has_room(2, 1, room) && !self.txn.ops.is_empty() {
                 self.flush().await?;
             }

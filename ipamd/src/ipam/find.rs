@@ -10,7 +10,8 @@
 //! finds them there; while the view is not live, by reading the leases a
 //! page at a time. Index entries an ipamd of schema 4 wrote stay valid
 //! until the node's ipamd starts on schema 5, which drops them
-//! (`drop_index_of`).
+//! (`drop_index_of`), or a release of the attachment by another node (the
+//! controller's GC, a forced evict) deletes one (`drop_foreign_index`).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -148,7 +149,7 @@ impl Ipam {
 
     /// Whether `key` is attached on another node than the one this daemon
     /// serves (unknown: not another, for the view).
-    fn foreign(&self, key: &AttachmentKey) -> bool {
+    pub(super) fn foreign(&self, key: &AttachmentKey) -> bool {
         self.node.get().is_some_and(|n| *n != key.node)
     }
 

@@ -84,7 +84,9 @@ impl Ipam {
             Some(None) if hint.is_none() => return Ok(None),
             _ => {}
         }
-        let walk = viewed.is_none();
+        // Another node's, found where the caller says (GC, evict): not
+        // there, released meanwhile by that node's own DEL.
+        let walk = viewed.is_none() && !(self.foreign(key) && at.is_some());
         let how = &how;
         self.cas_seen("releasing an attachment", || async move {
             let Some(found) = self.find_attached(key, at, walk).await? else {

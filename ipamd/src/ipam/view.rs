@@ -39,11 +39,15 @@ struct State {
     /// This node's segments, worked out from `tors/` once per change of it
     /// (every ADD asks).
     segments: Option<Vec<Tor>>,
-    /// Leases this node wrote that the view could not take in (its pool not
-    /// followed yet, the pool's cache being listed again, the key outside
-    /// the keys followed), with the revision of the write: until a live
-    /// cache covers the key and has seen that revision, the view cannot say
-    /// what is attached (`each_lease`).
+    /// Leases this node wrote that the view could not take in for good (its
+    /// pool not followed yet, the pool's cache being listed again, the key
+    /// outside the keys followed), with the revision of the write: until a
+    /// live cache covers the key and has seen that revision, the view
+    /// cannot say what is attached (`each_lease`). One whose pool the view
+    /// knows and follows elsewhere, or not at all, is dropped at once: a
+    /// pool record or ToR the view has not caught up with can hide one for
+    /// a moment, and lookups then rely on where the node's mirror says the
+    /// attachment is.
     unseen: HashMap<String, u64>,
     /// The last list of a prefix failed (the store does not answer): no
     /// use waiting for the view (`settled`).
@@ -410,8 +414,14 @@ impl View {
                 }
                 continue;
             }
-            if lease && !s.unseen.is_empty() {
-                s.unseen.remove(key);
+            if lease {
+                // A cache being listed again is replaced by the list, which
+                // may predate this write: unseen until it is live past it.
+                let relisting = s.caches.get(&p).is_some_and(|c| !c.live);
+                match (relisting, value) {
+                    (true, Some(_)) => s.unseen.insert(key.clone(), revision),
+                    _ => s.unseen.remove(key),
+                };
             }
             let Some(c) = s.caches.get_mut(&p) else {
                 continue;
