@@ -3,8 +3,9 @@
 //! A store without history (redb: one node) keeps an index entry per
 //! attachment, `attachments/<node>/<container>/<ifname>` -> (pool, IP),
 //! written in the ADD's transaction: a local write, cheap. On etcd (schema
-//! 5) no index is written: a second key in every ADD's transaction cost
-//! etcd about a tenth of its ADD rate (docs/benchmarks.md, "Eighth
+//! 5) no index is written: a second key (and its compare) in every
+//! ADD's transaction held the ADD at 0.60-0.73 of etcd's single-CAS rate
+//! at 64 allocators, 0.74-0.82 without (docs/benchmarks.md, "Eighth
 //! round"). A node's attachments are on its own ToR's segments, whose
 //! leases its view follows (each lease names its attachment), so the node
 //! finds them there; while the view is not live, by reading the leases a
