@@ -248,6 +248,11 @@ pub struct Quarantine {
 }
 
 impl Lease {
+    /// Whether the IP is attached to the container interface `key`.
+    pub fn attached_to(&self, key: &AttachmentKey) -> bool {
+        self.attachment.as_ref().is_some_and(|a| &a.key == key)
+    }
+
     pub fn state(&self) -> IpState {
         match (&self.binding, &self.attachment, &self.quarantine) {
             (_, Some(_), _) => IpState::InUse,

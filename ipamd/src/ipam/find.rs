@@ -24,10 +24,8 @@ use crate::error::Result;
 use crate::store::retry::{cas_at, Attempt};
 use crate::store::{decode, keys, Entry, StoreExt, Txn};
 
+use super::listing::Walk;
 use super::Ipam;
-
-/// Leases read per page by the walk that stands in for the view.
-const PAGE: usize = 500;
 
 /// Index entries deleted per transaction (etcd allows 128 ops).
 const DROP_BATCH: usize = 100;
@@ -45,9 +43,7 @@ impl Found {
     /// The lease, if it is still attached to `key` (an index entry may
     /// outlive it: the IP moved on).
     pub fn lease_of(self, key: &AttachmentKey) -> Option<Lease> {
-        self.lease
-            .map(|(l, _)| l)
-            .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key))
+        self.lease.map(|(l, _)| l).filter(|l| l.attached_to(key))
     }
 }
 
@@ -85,24 +81,18 @@ impl Ipam {
                 lease,
             }));
         }
-        let is_key = |l: &Lease| l.attachment.as_ref().is_some_and(|a| &a.key == key);
-        if let Some((pool, ip)) = hint {
-            if let Some((l, e)) = self.store.get_json::<Lease>(&keys::lease(pool, ip)).await? {
-                if is_key(&l) {
-                    return Ok(Some(Found {
-                        index: None,
-                        lease: Some((l, e)),
-                    }));
-                }
-            }
-        }
-        if !walk {
-            return Ok(None);
-        }
-        let (mut found, _) = self.walk_leases(|l| is_key(l)).await?;
-        Ok(found.pop().map(|lease| Found {
+        let lease = match hint {
+            Some((pool, ip)) => self.lease_attached(key, pool, ip).await?,
+            None => None,
+        };
+        let lease = match lease {
+            Some(l) => Some(l),
+            None if walk => self.walk_leases(|l| l.attached_to(key)).await?.0.pop(),
+            None => None,
+        };
+        Ok(lease.map(|l| Found {
             index: None,
-            lease: Some(lease),
+            lease: Some(l),
         }))
     }
 
@@ -114,8 +104,9 @@ impl Ipam {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Attempt<T>>>,
     {
-        let (v, committed) = cas_at(self.store.as_ref(), what, attempt).await?;
-        if let (Some((ops, rev)), Some(view)) = (committed, self.view.get()) {
+        let view = self.view.get();
+        let (v, committed) = cas_at(self.store.as_ref(), what, view.is_some(), attempt).await?;
+        if let (Some((ops, rev)), Some(view)) = (committed, view) {
             view.committed(&ops, rev, &[]);
         }
         Ok(v)
@@ -135,10 +126,18 @@ impl Ipam {
         pool: &str,
         ip: IpAddr,
     ) -> Result<Option<Lease>> {
+        Ok(self.lease_attached(key, pool, ip).await?.map(|(l, _)| l))
+    }
+
+    /// The lease of `ip` in `pool` and its entry, if attached to `key`.
+    async fn lease_attached(
+        &self,
+        key: &AttachmentKey,
+        pool: &str,
+        ip: IpAddr,
+    ) -> Result<Option<(Lease, Entry)>> {
         let lease = self.store.get_json::<Lease>(&keys::lease(pool, ip)).await?;
-        Ok(lease
-            .map(|(l, _)| l)
-            .filter(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key)))
+        Ok(lease.filter(|(l, _)| l.attached_to(key)))
     }
 
     /// Says which node this daemon serves: the view then answers only for
@@ -185,27 +184,18 @@ impl Ipam {
         keep: impl Fn(&Lease) -> bool,
     ) -> Result<(Vec<(Lease, Entry)>, Vec<String>)> {
         let (mut out, mut corrupt) = (Vec::new(), Vec::new());
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list_page(keys::LEASES, after.as_deref(), PAGE, None)
-                .await?;
-            after = page.entries.last().map(|e| e.key.clone());
-            for e in page.entries {
-                match decode::<Lease>(&e) {
-                    Ok(l) if keep(&l) => out.push((l, e)),
-                    Ok(_) => {}
-                    Err(err) => {
-                        warn!(error = %err, "a lease does not decode; if it is this node's, its pod is left as it is");
-                        corrupt.push(e.key);
-                    }
+        let mut walk = Walk::new(self.store.clone(), keys::LEASES).current();
+        while let Some(e) = walk.next().await? {
+            match decode::<Lease>(&e) {
+                Ok(l) if keep(&l) => out.push((l, e)),
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(error = %err, "a lease does not decode; if it is this node's, its pod is left as it is");
+                    corrupt.push(e.key);
                 }
             }
-            if !page.more {
-                return Ok((out, corrupt));
-            }
         }
+        Ok((out, corrupt))
     }
 
     /// Every attachment on node `node` and the keys of the records that do

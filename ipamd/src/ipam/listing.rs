@@ -28,30 +28,42 @@ pub const PAGE: usize = 500;
 pub type Items<T> = BoxStream<'static, Result<T>>;
 
 /// Where a walk over the keys of a prefix is.
-struct Walk {
+pub(super) struct Walk {
     store: Arc<dyn Store>,
     prefix: String,
     after: Option<String>,
     at: Option<u64>,
+    /// Every page at the first one's revision (one snapshot), or each at
+    /// the store's current state (`current`).
+    pinned: bool,
     done: bool,
     /// Read and not yet handed out.
     queue: VecDeque<Entry>,
 }
 
 impl Walk {
-    fn new(store: Arc<dyn Store>, prefix: &str) -> Self {
+    pub(super) fn new(store: Arc<dyn Store>, prefix: &str) -> Self {
         Self {
             store,
             prefix: prefix.to_string(),
             after: None,
             at: None,
+            pinned: true,
             done: false,
             queue: VecDeque::new(),
         }
     }
 
+    /// Each page read at the store's current state, not at the first
+    /// page's revision: a lookup that outlives etcd's compaction goes on
+    /// (each key that exists throughout is still seen once).
+    pub(super) fn current(mut self) -> Self {
+        self.pinned = false;
+        self
+    }
+
     /// The next entry, reading the next page when the last one is used up.
-    async fn next(&mut self) -> Result<Option<Entry>> {
+    pub(super) async fn next(&mut self) -> Result<Option<Entry>> {
         loop {
             if let Some(e) = self.queue.pop_front() {
                 return Ok(Some(e));
@@ -64,7 +76,9 @@ impl Walk {
                 .list_page(&self.prefix, self.after.as_deref(), PAGE, self.at)
                 .await
                 .map_err(|e| compacted(e, &self.prefix))?;
-            self.at = Some(page.revision);
+            if self.pinned {
+                self.at = Some(page.revision);
+            }
             self.after = page.entries.last().map(|e| e.key.clone());
             self.done = !page.more;
             self.queue.extend(page.entries);

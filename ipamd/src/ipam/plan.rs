@@ -122,11 +122,7 @@ impl Planner {
             // No index entry whose absence the commit checks: an ADD of
             // the key that committed before (its reply lost) is found here.
             let key = &req.key;
-            if let Some(l) = self
-                .leases
-                .values()
-                .find(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key))
-            {
+            if let Some(l) = self.leases.values().find(|l| l.attached_to(key)) {
                 return Ok(Ok(Allocation {
                     tor: segment_named(segments, &l.tor, &req.tor)?,
                     lease: Lease::clone(l),

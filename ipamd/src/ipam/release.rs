@@ -61,14 +61,13 @@ impl Ipam {
         // From the view: the lease; one commit whose checks cover it, else
         // the reading way below.
         let viewed = self.viewed_attachment(key);
-        // Where the reading way looks: where the view (or else the node's
-        // mirror) says; the whole store only where the view cannot say.
-        let mut at = hint;
-        match &viewed {
-            Some(Some((lease, entry))) => {
+        let view_cannot_say = viewed.is_none();
+        let mut lagged = None;
+        match viewed {
+            Some(Some(lease)) => {
                 let found = Found {
                     index: None,
-                    lease: Some((lease.clone(), entry.clone())),
+                    lease: Some(lease),
                 };
                 let (txn, released) = plan(&how, &found);
                 let ops = txn.ops.clone();
@@ -79,14 +78,20 @@ impl Ipam {
                     return Ok(released);
                 }
                 // The view lagged behind a change of the lease.
-                at = Some((lease.pool.as_str(), lease.ip));
+                lagged = found.lease;
             }
             Some(None) if hint.is_none() => return Ok(None),
             _ => {}
         }
+        // Where the reading way looks: where the view (or else the node's
+        // mirror) says; the whole store only where the view cannot say.
+        let at = match &lagged {
+            Some((l, _)) => Some((l.pool.as_str(), l.ip)),
+            None => hint,
+        };
         // Another node's, found where the caller says (GC, evict): not
         // there, released meanwhile by that node's own DEL.
-        let walk = viewed.is_none() && !(self.foreign(key) && at.is_some());
+        let walk = view_cannot_say && !(self.foreign(key) && at.is_some());
         let how = &how;
         self.cas_seen("releasing an attachment", || async move {
             let Some(found) = self.find_attached(key, at, walk).await? else {

@@ -39,15 +39,16 @@ where
     Fut: Future<Output = Result<Attempt<T>, E>>,
     E: From<StoreError> + From<Contended>,
 {
-    Ok(cas_at(store, what, attempt).await?.0)
+    Ok(cas_at(store, what, false, attempt).await?.0)
 }
 
-/// `cas`, and what the commit wrote with the revision it got (None: the
-/// decision needed no commit), for a cache of the store that applies its
-/// owner's writes at once (`ipam::view`).
+/// `cas`, and what the commit wrote (`keep_ops`; else no ops) with the
+/// revision it got (None: the decision needed no commit), for a cache of
+/// the store that applies its owner's writes at once (`ipam::view`).
 pub async fn cas_at<T, E, F, Fut>(
     store: &dyn Store,
     what: &str,
+    keep_ops: bool,
     mut attempt: F,
 ) -> Result<(T, Option<(Vec<Op>, u64)>), E>
 where
@@ -59,7 +60,13 @@ where
         match attempt().await? {
             Attempt::Done(v) => return Ok((v, None)),
             Attempt::Commit(txn, v) => {
-                let ops = txn.ops.clone();
+                // Copied only for a caller that applies them (the writes
+                // of a redb node's every ADD go through here).
+                let ops = if keep_ops {
+                    txn.ops.clone()
+                } else {
+                    Vec::new()
+                };
                 if let Some(rev) = store.commit_at(txn).await? {
                     return Ok((v, Some((ops, rev))));
                 }
