@@ -110,6 +110,32 @@ fn decoder_for(prefix: &str) -> fn(&Entry) -> Value {
     }
 }
 
+/// Whether lease `key`, which this node wrote at `rev` and the view could
+/// not take in, is still not in it (`State::unseen`). `range`: the keys its
+/// pool is followed under (None: not followed); `leases`: the pool's lease
+/// cache; `pools`: the pools' cache.
+fn still_unseen(
+    key: &str,
+    rev: u64,
+    range: Option<&str>,
+    leases: Option<&Cache>,
+    pools: Option<&Cache>,
+) -> bool {
+    match range {
+        // Followed: until its live cache has seen the write.
+        Some(r) if key.starts_with(r) => leases.filter(|c| c.live).is_none_or(|c| c.seen < rev),
+        // Not followed, or outside the keys followed: until the pool's
+        // record reaches the view (which then follows it). Known and not
+        // followed there, it has no IPs on this node's ToR (a node moved to
+        // another ToR finds those where its mirror says); gone from a view
+        // that has seen the write's revision, it was deleted.
+        _ => pools.filter(|c| c.live).is_none_or(|c| {
+            let pool = keys::lease_pool(key).unwrap_or_default();
+            !c.slots.contains_key(&keys::pool(pool)) && c.seen < rev
+        }),
+    }
+}
+
 /// The prefix a key is cached under, if the view caches it.
 fn prefix_of(key: &str) -> Option<String> {
     for global in [keys::TORS, keys::POOLS, keys::APPS] {
@@ -229,9 +255,7 @@ impl View {
     pub(super) fn attached(&self, key: &AttachmentKey) -> Option<Option<(Lease, Entry)>> {
         let mut found = None;
         self.each_lease(|k, l, version| {
-            if found.is_none()
-                && l.is_some_and(|l| l.attachment.as_ref().is_some_and(|a| &a.key == key))
-            {
+            if found.is_none() && l.is_some_and(|l| l.attached_to(key)) {
                 found = l.map(|l| (l.clone(), stub(k.to_string(), version)));
             }
         })?;
@@ -271,21 +295,13 @@ impl View {
                 let Some(pool) = keys::lease_pool(key) else {
                     return false;
                 };
-                let cache = caches.get(&keys::leases(pool)).filter(|c| c.live);
-                match followed.get(pool) {
-                    // Followed: until its live cache has seen the write.
-                    Some(f) if key.starts_with(&f.range) => cache.is_none_or(|c| c.seen < *rev),
-                    // Not followed, or outside the keys followed: until the
-                    // pool's record reaches the view (which then follows
-                    // it). Known and not followed there, it has no IPs on
-                    // this node's ToR (a node moved to another ToR finds
-                    // those where its mirror says); gone from a view that
-                    // has seen the write's revision, it was deleted.
-                    _ => caches
-                        .get(keys::POOLS)
-                        .filter(|c| c.live)
-                        .is_none_or(|c| !c.slots.contains_key(&keys::pool(pool)) && c.seen < *rev),
-                }
+                still_unseen(
+                    key,
+                    *rev,
+                    followed.get(pool).map(|f| f.range.as_str()),
+                    caches.get(&keys::leases(pool)),
+                    caches.get(keys::POOLS),
+                )
             });
             if !unseen.is_empty() {
                 return None;
@@ -449,6 +465,70 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache as listed at `seen`, holding `keys`.
+    fn cache(live: bool, seen: u64, keys: &[&str]) -> Cache {
+        let mut c = Cache {
+            live,
+            seen,
+            ..Cache::default()
+        };
+        for k in keys {
+            c.put_decoded(k, seen, None);
+        }
+        c
+    }
+
+    #[test]
+    fn a_write_stays_unseen_until_a_live_cache_covering_it_is_past_it() {
+        let key = "leases/web/10.1.0.7";
+        let range = Some("leases/web/10.1.0.");
+        let pools = cache(true, 50, &["pools/web"]);
+        let p = Some(&pools);
+        // Followed and in range: the lease cache decides.
+        assert!(still_unseen(key, 100, range, None, p), "no cache yet");
+        let relisting = cache(false, 120, &[]);
+        assert!(
+            still_unseen(key, 100, range, Some(&relisting), p),
+            "being listed again"
+        );
+        let behind = cache(true, 99, &[]);
+        assert!(
+            still_unseen(key, 100, range, Some(&behind), p),
+            "live, not past it"
+        );
+        let past = cache(true, 100, &[]);
+        assert!(
+            !still_unseen(key, 100, range, Some(&past), p),
+            "live at its revision"
+        );
+        // Not followed, or outside the keys followed: the pools' cache.
+        let other = Some("leases/web/10.2.0.");
+        assert!(
+            !still_unseen(key, 100, other, None, p),
+            "pool known: not here"
+        );
+        assert!(
+            !still_unseen(key, 100, None, None, p),
+            "pool known, not followed"
+        );
+        let without = cache(true, 50, &[]);
+        assert!(
+            still_unseen(key, 100, None, None, Some(&without)),
+            "pool not seen yet"
+        );
+        let gone = cache(true, 101, &[]);
+        assert!(
+            !still_unseen(key, 100, None, None, Some(&gone)),
+            "pool deleted since"
+        );
+        let stale = cache(false, 200, &[]);
+        assert!(
+            still_unseen(key, 100, None, None, Some(&stale)),
+            "pools being listed"
+        );
+        assert!(still_unseen(key, 100, None, None, None), "no pools cache");
+    }
 
     #[test]
     fn prefixes() {

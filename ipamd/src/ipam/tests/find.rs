@@ -52,7 +52,11 @@ async fn an_add_writes_its_lease_alone_and_every_way_finds_it() {
         .unwrap();
     assert!(again.existing, "{again:?}");
     assert_eq!(again.lease.ip, mine[0].lease.ip);
-    assert_eq!(s.counting.take().1, 0, "a repeated ADD commits nothing");
+    assert_eq!(
+        s.counting.take(),
+        (1, 0),
+        "a repeated ADD: one read (the lease the view named), no commit"
+    );
 
     // The node's attachments: from the view, and by walking the leases.
     let ips = |v: Vec<Lease>| v.into_iter().map(|l| l.ip).collect::<BTreeSet<_>>();
