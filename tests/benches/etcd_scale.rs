@@ -124,7 +124,7 @@ Options:
 Environment:
   MOOR_BENCH_SHAPED_FLOOR=1|C,P  last in each level, a diagnostic floor of
                        transactions of C compares and P puts (1: the ADD's
-                       shape, 4 and 2)
+                       shape, 3 and 1)
 ";
 
 const PREFIX: &str = "/moor/";
@@ -1341,8 +1341,8 @@ async fn run_level(
     );
     check_held(raw, &[], world).await?;
     audit(raw, "after releasing everything").await?;
-    // Diagnostic, last: the floor's transactions shaped like an ADD (four
-    // compares, two puts) or as asked, to tell the transaction's shape from
+    // Diagnostic, last: the floor's transactions shaped like an ADD (three
+    // compares, one put) or as asked, to tell the transaction's shape from
     // the rest.
     if let Some(shape) = &o.shaped_floor {
         let cpu0 = cpu_now(etcd);

@@ -210,7 +210,8 @@ pub async fn floor(
 
 /// The shape of a diagnostic floor's transactions: `compares` compares
 /// (1–4: the put key's absence, then absent keys) and `puts` puts (1–2: 470
-/// bytes, then 40). Moor's ADD of a Deployment pod is 4 and 2.
+/// bytes, then 40). Moor's ADD of a Deployment pod on etcd is 3 and 1
+/// (schema 5; it was 4 and 2 with the attachment index).
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub compares: usize,
@@ -219,8 +220,8 @@ pub struct Shape {
 
 impl Shape {
     pub const ADD: Shape = Shape {
-        compares: 4,
-        puts: 2,
+        compares: 3,
+        puts: 1,
     };
 
     /// `MOOR_BENCH_SHAPED_FLOOR`: `1` for the ADD's shape, or
@@ -231,7 +232,7 @@ impl Shape {
         }
         let bad = || {
             format!(
-                "MOOR_BENCH_SHAPED_FLOOR={v:?}: give 1 (the ADD's shape: 4 compares, 2 puts) or COMPARES,PUTS with 1-4 compares and 1-2 puts, e.g. 4,1"
+                "MOOR_BENCH_SHAPED_FLOOR={v:?}: give 1 (the ADD's shape: 3 compares, 1 put) or COMPARES,PUTS with 1-4 compares and 1-2 puts, e.g. 4,1"
             )
         };
         let (c, p) = v.split_once(',').ok_or_else(bad)?;
